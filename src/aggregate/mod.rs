@@ -1,0 +1,19 @@
+//! In-memory rollups by event-time minute and dimension combination.
+//!
+//! [`Aggregator`] is the synchronous, I/O-free core of the pipeline: the
+//! ingest thread calls [`Aggregator::record`] for every sampled event and
+//! [`Aggregator::drain`] once per flush interval, which hands a [`Delta`] (one
+//! row per minute bucket and dimensions) to the sink. The hour rollup is the
+//! same rows grouped by hour, which the sink derives from the delta inside the
+//! same transaction, so both tables always see exactly the same events.
+
+mod aggregator;
+mod delta;
+mod normalise;
+
+pub use aggregator::{AggregateConfig, AggregateStats, Aggregator, Outcome};
+pub use delta::{Counters, Delta, OsName, RowKey};
+pub use normalise::{normalise_country, normalise_os, OS_OTHER, OS_UNKNOWN};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+use super::*;
+use crate::decode::Event;
+use crate::wire::EventType;
+use proptest::prelude::*;
+
+const NOW: i64 = 1_764_180_000_000; // 2025-11-26T18:00:00Z
+
+fn ev<'a>(et: EventType, ts: i64, country: Option<&'a str>, os: Option<&'a str>, campaign: u32) -> Event<'a> {
+    Event {
+        event_type: et,
+        partition: 0,
+        txn: b"t",
+        ts_ms: ts,
+        publisher: None,
+        seq: None,
+        country,
+        os,
+        campaign,
+        advertiser: 7,
+        exchange: None,
+        price: Some(100),
+        revenue: None,
+        attributed: Some(true),
+        name: None,
+    }
+}
+
+fn row(d: &Delta, minute: i64, et: EventType, country: &str, os: &str, campaign: i64) -> Option<Counters> {
+    d.rows
+        .iter()
+        .find(|(k, _)| {
+            k.minute == minute
+                && k.event_type == et
+                && k.country_str() == country
+                && k.os.as_str() == os
+                && k.campaign == campaign
+        })
+        .map(|(_, c)| *c)
+}
+
+#[test]
+fn countries_normalise() {
+    assert_eq!(&normalise_country(Some("br")), b"BR");
+    assert_eq!(&normalise_country(Some("Br")), b"BR");
+    assert_eq!(&normalise_country(None), b"--");
+    assert_eq!(&normalise_country(Some("BRA")), b"--");
+    assert_eq!(&normalise_country(Some("B1")), b"--");
+    assert_eq!(&normalise_country(Some("ü")), b"--"); // two bytes, not two letters
+    assert_eq!(&normalise_country(Some("")), b"--");
+}
+
+#[test]
+fn os_normalises() {
+    let mut buf = [0u8; 32];
+    assert_eq!(normalise_os(Some("Android"), &mut buf), Some("android"));
+    assert_eq!(normalise_os(Some("iOS 17"), &mut buf), Some("ios 17"));
+    assert_eq!(normalise_os(Some(""), &mut buf), None);
+    assert_eq!(normalise_os(None, &mut buf), None);
+    assert_eq!(normalise_os(Some("ÄNDROID"), &mut buf), Some("Ändroid"), "only ASCII letters change");
+    let long = "A".repeat(40);
+    assert_eq!(normalise_os(Some(&long), &mut buf), Some("a".repeat(32).as_str()));
+    // 31 ASCII bytes then a 2-byte char: the cut must not split it
+    let s = format!("{}é", "x".repeat(31));
+    assert_eq!(normalise_os(Some(&s), &mut buf), Some("x".repeat(31).as_str()));
+    assert_eq!(normalise_os(Some("O'Brien\"; DROP"), &mut buf), Some("o'brien\"; drop"));
+}
+
+#[test]
+fn events_land_in_their_minute_and_sum() {
+    let mut a = Aggregator::new(AggregateConfig::default());
+    let m = NOW / 60_000;
+    assert_eq!(a.record(&ev(EventType::Bid, NOW + 1, Some("br"), Some("Android"), 5), NOW), Outcome::Accepted);
+    assert_eq!(a.record(&ev(EventType::Bid, NOW + 59_999, Some("BR"), Some("android"), 5), NOW), Outcome::Accepted);
+    assert_eq!(a.record(&ev(EventType::Bid, NOW + 60_000, Some("BR"), Some("android"), 5), NOW), Outcome::Accepted);
+    // three hours late still lands in its own bucket
+    assert_eq!(a.record(&ev(EventType::Install, NOW - 3 * 3_600_000, None, None, 0), NOW), Outcome::Accepted);
+    assert_eq!(a.live_keys(), 3);
+    let stats = a.take_stats();
+    assert_eq!(stats.accepted[EventType::Bid.index()], 3);
+    let d = a.drain();
+    assert_eq!(d.events, 4);
+    let c = row(&d, m, EventType::Bid, "BR", "android", 5).unwrap();
+    assert_eq!(c, Counters { events: 2, attributed: 2, price: 200, revenue: 0 });
+    assert_eq!(row(&d, m + 1, EventType::Bid, "BR", "android", 5).unwrap().events, 1);
+    assert_eq!(row(&d, m - 180, EventType::Install, "--", "unknown", 0).unwrap().events, 1);
+    assert!(a.drain().is_empty(), "drain starts afresh");
+}
+
+#[test]
+fn late_and_future_events_are_rejected() {
+    let cfg = AggregateConfig { max_lateness_ms: 1000, max_future_skew_ms: 500, ..Default::default() };
+    let mut a = Aggregator::new(cfg);
+    assert_eq!(a.record(&ev(EventType::Win, NOW - 1000, None, None, 0), NOW), Outcome::Accepted);
+    assert_eq!(a.record(&ev(EventType::Win, NOW - 1001, None, None, 0), NOW), Outcome::Late);
+    assert_eq!(a.record(&ev(EventType::Win, NOW + 500, None, None, 0), NOW), Outcome::Accepted);
+    assert_eq!(a.record(&ev(EventType::Win, NOW + 501, None, None, 0), NOW), Outcome::Future);
+    assert_eq!(a.record(&ev(EventType::Win, -5, None, None, 0), 100), Outcome::Late);
+    let s = a.take_stats();
+    assert_eq!((s.late, s.future), (2, 1));
+    assert_eq!(a.drain().events, 2);
+}
+
+#[test]
+fn key_cap_folds_but_keeps_totals_exact() {
+    let cfg = AggregateConfig { max_live_keys: 10, ..Default::default() };
+    let mut a = Aggregator::new(cfg);
+    for campaign in 1..=1000u32 {
+        a.record(&ev(EventType::Click, NOW, Some("US"), Some("ios"), campaign), NOW);
+    }
+    assert!(a.live_keys() <= 11, "{} keys", a.live_keys());
+    assert_eq!(a.take_stats().folded, 990);
+    let d = a.drain();
+    assert_eq!(d.rows.values().map(|c| c.events).sum::<u64>(), 1000);
+    assert_eq!(d.rows.values().map(|c| c.price).sum::<i64>(), 100_000);
+    let folded = row(&d, NOW / 60_000, EventType::Click, "US", "other", -1).unwrap();
+    assert_eq!(folded.events, 990);
+    assert!(d.rows.keys().all(|k| k.campaign == -1 || k.advertiser == 7));
+}
+
+#[test]
+fn os_cap_folds_into_other() {
+    let cfg = AggregateConfig { max_os_values: 3, ..Default::default() };
+    let mut a = Aggregator::new(cfg);
+    let names: Vec<String> = (0..100).map(|i| format!("os-{i}")).collect();
+    for n in &names {
+        a.record(&ev(EventType::Auction, NOW, None, Some(n), 0), NOW);
+    }
+    assert_eq!(a.take_stats().folded, 97);
+    let d = a.drain();
+    assert_eq!(d.rows.len(), 4);
+    assert_eq!(row(&d, NOW / 60_000, EventType::Auction, "--", "other", 0).unwrap().events, 97);
+    // the table resets at drain: new values get in again
+    a.record(&ev(EventType::Auction, NOW, None, Some("fresh"), 0), NOW);
+    assert_eq!(a.take_stats().folded, 0);
+}
+
+#[test]
+fn delta_merge_adds_and_caps() {
+    let mut a = Aggregator::new(AggregateConfig::default());
+    for c in 0..50 {
+        a.record(&ev(EventType::Bid, NOW, Some("DE"), None, c), NOW);
+    }
+    let d1 = a.drain();
+    for c in 25..75 {
+        a.record(&ev(EventType::Bid, NOW, Some("DE"), None, c), NOW);
+    }
+    let d2 = a.drain();
+    let mut merged = d1.clone();
+    assert_eq!(merged.merge(d2.clone(), 1_000), 0);
+    assert_eq!(merged.events, 100);
+    assert_eq!(merged.rows.len(), 75);
+    let mut capped = d1;
+    let folded = capped.merge(d2, 60);
+    assert_eq!(folded, 15);
+    assert_eq!(capped.events, 100);
+    assert_eq!(capped.rows.values().map(|c| c.events).sum::<u64>(), 100);
+    assert_eq!(capped.rows.len(), 61);
+}
+
+proptest! {
+    #[test]
+    fn packed_keys_round_trip(minute in any::<u32>(), t in 0usize..8, a in b'A'..=b'Z', b in b'A'..=b'Z',
+                              os in 0u16..u16::MAX, c in any::<u32>(), adv in any::<u32>()) {
+        prop_assert!(super::aggregator::key_round_trip(minute, EventType::ALL[t], [a, b], os, c, adv));
+        prop_assert!(super::aggregator::key_round_trip(minute, EventType::ALL[t], *b"--", os, c, adv));
+    }
+
+    #[test]
+    fn bucket_is_the_minute_containing_ts(offset in 0i64..(7 * 24 * 3_600_000)) {
+        let ts = NOW - offset;
+        let mut a = Aggregator::new(AggregateConfig::default());
+        prop_assert_eq!(a.record(&ev(EventType::Bid, ts, None, None, 0), NOW), Outcome::Accepted);
+        let d = a.drain();
+        let key = d.rows.keys().next().unwrap();
+        prop_assert!(key.minute * 60_000 <= ts && ts < (key.minute + 1) * 60_000);
+    }
+
+    #[test]
+    fn totals_survive_any_cap(cap in 1usize..50, n in 1usize..500) {
+        let mut a = Aggregator::new(AggregateConfig { max_live_keys: cap, max_os_values: cap, ..Default::default() });
+        let oses: Vec<String> = (0..n).map(|i| format!("o{}", i % 37)).collect();
+        for (i, os) in oses.iter().enumerate() {
+            a.record(&ev(EventType::ALL[i % 8], NOW - (i as i64 % 5) * 60_000, Some("FR"), Some(os), i as u32 % 13), NOW);
+        }
+        let d = a.drain();
+        prop_assert_eq!(d.events, n as u64);
+        prop_assert_eq!(d.rows.values().map(|c| c.events).sum::<u64>(), n as u64);
+        for t in EventType::ALL {
+            let per_type = d.rows.iter().filter(|(k, _)| k.event_type == t).map(|(_, c)| c.events).sum::<u64>();
+            let expected = (0..n).filter(|i| i % 8 == t.index()).count() as u64;
+            prop_assert_eq!(per_type, expected);
+        }
+    }
+}

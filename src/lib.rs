@@ -1,0 +1,41 @@
+//! bid-logger: subscribes to the bidder fleet's ZeroMQ event streams, samples
+//! whole transactions, aggregates events by event-time minute and dimensions,
+//! and flushes the rollups to PostgreSQL exactly once.
+//!
+//! # Layout
+//!
+//! The service is a pipeline; each stage is one module with its own config,
+//! error type and tests:
+//!
+//! ```text
+//!  ZeroMQ SUB ──► ingest ──► decode ──► sample ──► aggregate ──Delta──► sink ──► PostgreSQL
+//!  (OS thread per socket, blocking libzmq)            (sync core)  (bounded   (tokio task,
+//!                                                                   channel)   one tx per batch)
+//! ```
+//!
+//! * [`wire`]: the publisher contract: topics, event types, the FNV-1a
+//!   partition hash.
+//! * [`decode`]: one message (topic + MessagePack payload) into a borrowed
+//!   [`decode::Event`], or a [`decode::DecodeError`] naming the reason.
+//! * [`sample`]: consistent sampling by transaction id, and which partitions
+//!   are worth subscribing to at all.
+//! * [`aggregate`]: the synchronous, I/O-free rollup core:
+//!   `record(&Event)` per event, `drain() -> Delta` per flush interval.
+//! * [`ingest`]: the receive loop on dedicated OS threads: sockets,
+//!   subscriptions, `seq` gap detection, local counters; hands deltas to the
+//!   sink through a bounded channel and never waits for it.
+//! * [`sink`]: migrations and the exactly-once flush (binary `COPY` into a
+//!   staging table, additive upserts into `rollup_minute` and `rollup_hour`,
+//!   a ledger row per batch) with retries and merging of pending deltas.
+//! * [`pipeline`]: wires the stages together and runs them until a signal.
+//! * [`config`]: the configuration file, flags and environment, validated
+//!   into each stage's config.
+//! * [`telemetry`]: every metric name, described once; logging set-up.
+//! * [`pgtemp`]: a throwaway PostgreSQL cluster for the demo and the tests.
+
+#![warn(missing_docs, rust_2018_idioms, clippy::all)]
+
+pub mod aggregate;
+pub mod decode;
+pub mod sample;
+pub mod wire;
