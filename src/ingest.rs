@@ -1,0 +1,461 @@
+//! The receive loop: SUB sockets on dedicated OS threads.
+//!
+//! libzmq sockets are blocking and not thread-safe, so each ingest thread owns
+//! one SUB socket outright and runs the whole hot path (decode → sample →
+//! aggregate) on it, outside the async runtime: a tokio worker blocked in
+//! `zmq_recv` would stall every task scheduled on it, and moving each message
+//! across threads would cost more than processing it. The only boundary to
+//! tokio is a bounded channel of [`Delta`]s, used with `try_reserve`: when the
+//! sink is behind, the thread simply keeps aggregating into the same table
+//! (which merges the pending interval into the next one) instead of waiting,
+//! so nothing the database does can block the receive loop.
+
+use crate::aggregate::{AggregateConfig, AggregateStats, Aggregator, Delta};
+use crate::decode::{decode, DecodeError};
+use crate::sample::{PartitionShare, Rate, Sampler};
+use crate::telemetry as t;
+use crate::wire::{topic, EventType};
+use metrics::{counter, gauge, Counter, Gauge};
+use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Settings of the ingest stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestConfig {
+    /// Endpoints to connect to.
+    pub connect: Vec<String>,
+    /// Endpoints to bind.
+    pub bind: Vec<String>,
+    /// Fleet-wide partition count.
+    pub partition_count: u32,
+    /// This instance's partitions, sorted.
+    pub partitions: Vec<u32>,
+    /// Event types subscribed to.
+    pub event_types: Vec<EventType>,
+    /// Rollup sampling rate.
+    pub sample: Rate,
+    /// ZMQ_RCVHWM.
+    pub receive_hwm: i32,
+    /// ZMQ_MAXMSGSIZE.
+    pub max_message_size: i64,
+    /// Number of receive threads.
+    pub threads: usize,
+}
+
+/// Failure to set up a socket.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// A libzmq call failed.
+    #[error("zeromq {what} failed: {source}")]
+    Zmq {
+        /// The call, with its argument.
+        what: String,
+        /// libzmq's error.
+        source: zmq::Error,
+    },
+}
+
+/// How long one `recv` waits before the loop looks at the clock and the stop flag.
+const RECV_TIMEOUT_MS: i32 = 50;
+/// How often (at most) the loop refreshes its event-time clock, checks the
+/// stop flag and the flush deadline, in milliseconds of the coarse clock.
+const HOUSEKEEPING_MS: u64 = 10;
+/// Publishers tracked for `seq` gaps; more are not tracked (bounded memory).
+const MAX_TRACKED_PUBLISHERS: usize = 10_000;
+
+/// The topics thread `index` of `threads` subscribes to: its share of this
+/// instance's partitions (round robin), minus partitions the sample leaves
+/// out entirely, for each configured event type.
+pub fn subscriptions(config: &IngestConfig, sampler: &Sampler, index: usize, threads: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for &et in &config.event_types {
+        for (i, &p) in config.partitions.iter().enumerate() {
+            if i % threads == index && sampler.share(p) != PartitionShare::Nothing {
+                out.push(topic(et, p));
+            }
+        }
+    }
+    out
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in milliseconds: read from the vDSO without a
+/// syscall or a TSC read, with the kernel tick's resolution (1–4 ms).
+#[inline]
+fn coarse_monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec we pass it.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// Creates, configures, subscribes and connects/binds one SUB socket.
+pub fn open_socket(ctx: &zmq::Context, config: &IngestConfig, topics: &[String]) -> Result<zmq::Socket, IngestError> {
+    let z = |what: String| move |source| IngestError::Zmq { what, source };
+    let socket = ctx.socket(zmq::SUB).map_err(z("socket(SUB)".into()))?;
+    socket.set_rcvhwm(config.receive_hwm).map_err(z("setsockopt(RCVHWM)".into()))?;
+    socket.set_maxmsgsize(config.max_message_size).map_err(z("setsockopt(MAXMSGSIZE)".into()))?;
+    socket.set_rcvtimeo(RECV_TIMEOUT_MS).map_err(z("setsockopt(RCVTIMEO)".into()))?;
+    socket.set_linger(0).map_err(z("setsockopt(LINGER)".into()))?;
+    for tpc in topics {
+        socket.set_subscribe(tpc.as_bytes()).map_err(z(format!("subscribe({tpc})")))?;
+    }
+    for e in &config.bind {
+        socket.bind(e).map_err(z(format!("bind({e})")))?;
+    }
+    for e in &config.connect {
+        socket.connect(e).map_err(z(format!("connect({e})")))?;
+    }
+    Ok(socket)
+}
+
+/// Detects messages lost between publishers and us from `seq` gaps, per
+/// publisher and topic. A `seq` that does not go up is a publisher restart.
+#[derive(Debug, Default)]
+pub struct SeqTracker {
+    last: FxHashMap<Box<[u8]>, FxHashMap<u32, u64>>,
+    /// Messages lost since the last take.
+    pub lost: u64,
+    /// Restarts seen since the last take.
+    pub restarts: u64,
+}
+
+impl SeqTracker {
+    /// Records `seq` from `publisher` on topic `(event_type, partition)`.
+    #[inline]
+    pub fn observe(&mut self, publisher: &str, event_type: EventType, partition: u32, seq: u64) {
+        let topic_id = event_type as u32 * 10_000 + partition;
+        let per_topic = match self.last.get_mut(publisher.as_bytes()) {
+            Some(m) => m,
+            None => {
+                if self.last.len() >= MAX_TRACKED_PUBLISHERS {
+                    return;
+                }
+                self.last.entry(publisher.as_bytes().into()).or_default()
+            }
+        };
+        match per_topic.insert(topic_id, seq) {
+            Some(prev) if seq > prev => self.lost += seq - prev - 1,
+            Some(_) => self.restarts += 1,
+            None => {}
+        }
+    }
+}
+
+/// Metric handles of one ingest thread; counts are kept locally per message
+/// and added here in batches (a few times per second).
+struct IngestMetrics {
+    received: Counter,
+    accepted: [Counter; 8],
+    invalid: [Counter; 9],
+    sampled_out: Counter,
+    late: Counter,
+    future: Counter,
+    lost: Counter,
+    restarts: Counter,
+    folded: Counter,
+    live_keys: Gauge,
+    published_live_keys: usize,
+}
+
+impl IngestMetrics {
+    fn new() -> IngestMetrics {
+        IngestMetrics {
+            received: counter!(t::MESSAGES_RECEIVED),
+            accepted: EventType::ALL.map(|et| counter!(t::EVENTS_ACCEPTED, "event_type" => et.as_str())),
+            invalid: DecodeError::ALL.map(|r| counter!(t::MESSAGES_INVALID, "reason" => r.reason())),
+            sampled_out: counter!(t::EVENTS_SAMPLED_OUT),
+            late: counter!(t::EVENTS_REJECTED, "reason" => "late"),
+            future: counter!(t::EVENTS_REJECTED, "reason" => "future"),
+            lost: counter!(t::MESSAGES_LOST),
+            restarts: counter!(t::PUBLISHER_RESTARTS),
+            folded: counter!(t::OVERFLOW_FOLDED),
+            live_keys: gauge!(t::LIVE_KEYS),
+            published_live_keys: 0,
+        }
+    }
+}
+
+/// What one ingest thread counted over its life.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestSummary {
+    /// Messages received.
+    pub received: u64,
+    /// Invalid messages.
+    pub invalid: u64,
+    /// Sampled out.
+    pub sampled_out: u64,
+    /// Accepted into the rollups.
+    pub accepted: u64,
+    /// Rejected late or future.
+    pub rejected: u64,
+    /// Lost per seq gaps.
+    pub lost: u64,
+}
+
+/// One ingest thread's state: socket, hot-path stages and local counters.
+pub struct Ingest {
+    socket: zmq::Socket,
+    partition_count: u32,
+    sampler: Sampler,
+    aggregator: Aggregator,
+    seqs: SeqTracker,
+    sink: mpsc::Sender<Delta>,
+    flush_interval: Duration,
+    // local counters, published in batches
+    received: u64,
+    invalid: [u64; 9],
+    sampled_out: u64,
+    summary: IngestSummary,
+    metrics: IngestMetrics,
+}
+
+impl Ingest {
+    /// Prepares thread `index` of `config.threads`: opens its socket and
+    /// subscribes. Deltas go to `sink` every `flush_interval`.
+    pub fn new(
+        ctx: &zmq::Context,
+        config: &IngestConfig,
+        aggregate: AggregateConfig,
+        index: usize,
+        flush_interval: Duration,
+        sink: mpsc::Sender<Delta>,
+    ) -> Result<Ingest, IngestError> {
+        let sampler = Sampler::new(config.sample, config.partition_count);
+        let topics = subscriptions(config, &sampler, index, config.threads);
+        let socket = open_socket(ctx, config, &topics)?;
+        tracing::info!(thread = index, topics = topics.len(), "subscribed");
+        Ok(Ingest {
+            socket,
+            partition_count: config.partition_count,
+            sampler,
+            aggregator: Aggregator::new(aggregate),
+            seqs: SeqTracker::default(),
+            sink,
+            flush_interval,
+            received: 0,
+            invalid: [0; 9],
+            sampled_out: 0,
+            summary: IngestSummary::default(),
+            metrics: IngestMetrics::new(),
+        })
+    }
+
+    /// Receives until `stop` is set, then hands the last delta to the sink
+    /// (waiting for room, since nothing else is left to do) and returns.
+    pub fn run(mut self, stop: &AtomicBool) -> IngestSummary {
+        let mut topic = zmq::Message::new();
+        let mut payload = zmq::Message::new();
+        let mut now_ms = now_ms();
+        let mut next_flush = Instant::now() + self.flush_interval;
+        let mut next_housekeeping = coarse_monotonic_ms() + HOUSEKEEPING_MS;
+        let everything = self.sampler.keeps_everything();
+        loop {
+            let got = self.socket.recv(&mut topic, 0);
+            let housekeeping = match got {
+                Ok(()) => {
+                    self.received += 1;
+                    self.handle(&topic, &mut payload, now_ms, everything);
+                    // The coarse clock costs a few ns (no syscall, no TSC read),
+                    // cheap enough to look at after every message.
+                    coarse_monotonic_ms() >= next_housekeeping
+                }
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "receive failed; stopping this ingest thread");
+                    break;
+                }
+            };
+            if housekeeping {
+                next_housekeeping = coarse_monotonic_ms() + HOUSEKEEPING_MS;
+                now_ms = self::now_ms();
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if Instant::now() >= next_flush {
+                    self.publish_counts();
+                    self.hand_over();
+                    next_flush = Instant::now() + self.flush_interval;
+                }
+            }
+        }
+        self.publish_counts();
+        let last = self.aggregator.drain();
+        if !last.is_empty() && self.sink.blocking_send(last).is_err() {
+            tracing::error!("sink is gone; the last interval could not be handed over");
+        }
+        self.summary
+    }
+
+    /// Decodes, samples and aggregates one message whose topic frame has
+    /// just been received.
+    #[inline]
+    fn handle(&mut self, topic: &zmq::Message, payload: &mut zmq::Message, now_ms: i64, everything: bool) {
+        if !topic.get_more() {
+            self.invalid[DecodeError::Frames.index()] += 1;
+            return;
+        }
+        // ZeroMQ delivers all frames of a message atomically: the second is here.
+        if self.socket.recv(payload, 0).is_err() {
+            self.invalid[DecodeError::Frames.index()] += 1;
+            return;
+        }
+        if payload.get_more() {
+            // Swallow the rest of the message so the next recv starts a new one.
+            while payload.get_more() && self.socket.recv(payload, 0).is_ok() {}
+            self.invalid[DecodeError::Frames.index()] += 1;
+            return;
+        }
+        let ev = match decode(&topic[..], &payload[..], self.partition_count) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.invalid[e.index()] += 1;
+                return;
+            }
+        };
+        if let (Some(publisher), Some(seq)) = (ev.publisher, ev.seq) {
+            self.seqs.observe(publisher, ev.event_type, ev.partition, seq);
+        }
+        if !everything && !self.sampler.keep(ev.txn) {
+            self.sampled_out += 1;
+            return;
+        }
+        self.aggregator.record(&ev, now_ms);
+    }
+
+    /// Gives the accumulated delta to the sink if the channel has room;
+    /// otherwise keeps it (the next interval merges into it).
+    fn hand_over(&mut self) {
+        if self.aggregator.live_keys() == 0 {
+            return;
+        }
+        match self.sink.try_reserve() {
+            Ok(permit) => permit.send(self.aggregator.drain()),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                tracing::debug!(keys = self.aggregator.live_keys(), "sink busy; merging into the next interval")
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                tracing::error!("sink is gone; dropping nothing yet, keeping the delta in memory")
+            }
+        }
+        self.publish_live_keys();
+    }
+
+    fn publish_live_keys(&mut self) {
+        let now = self.aggregator.live_keys();
+        let m = &mut self.metrics;
+        m.live_keys.increment(now as f64 - m.published_live_keys as f64);
+        m.published_live_keys = now;
+    }
+
+    fn publish_counts(&mut self) {
+        let m = &self.metrics;
+        let AggregateStats { accepted, late, future, folded } = self.aggregator.take_stats();
+        m.received.increment(self.received);
+        for (c, n) in m.accepted.iter().zip(accepted) {
+            if n > 0 {
+                c.increment(n);
+            }
+        }
+        for (c, n) in m.invalid.iter().zip(self.invalid) {
+            if n > 0 {
+                c.increment(n);
+            }
+        }
+        m.sampled_out.increment(self.sampled_out);
+        m.late.increment(late);
+        m.future.increment(future);
+        m.folded.increment(folded);
+        m.lost.increment(self.seqs.lost);
+        m.restarts.increment(self.seqs.restarts);
+        let s = &mut self.summary;
+        s.received += self.received;
+        s.invalid += self.invalid.iter().sum::<u64>();
+        s.sampled_out += self.sampled_out;
+        s.accepted += accepted.iter().sum::<u64>();
+        s.rejected += late + future;
+        s.lost += self.seqs.lost;
+        self.received = 0;
+        self.invalid = [0; 9];
+        self.sampled_out = 0;
+        self.seqs.lost = 0;
+        self.seqs.restarts = 0;
+        self.publish_live_keys();
+    }
+}
+
+/// Starts `config.threads` ingest threads sharing one ZeroMQ context.
+/// Sockets are opened before this returns, so set-up errors surface here.
+pub fn spawn(
+    config: &IngestConfig,
+    aggregate: &AggregateConfig,
+    flush_interval: Duration,
+    sink: mpsc::Sender<Delta>,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<std::thread::JoinHandle<IngestSummary>>, IngestError> {
+    let ctx = zmq::Context::new();
+    ctx.set_io_threads(config.threads.min(4) as i32)
+        .map_err(|source| IngestError::Zmq { what: "set io threads".into(), source })?;
+    let mut workers = Vec::new();
+    for index in 0..config.threads {
+        let ingest = Ingest::new(&ctx, config, aggregate.clone(), index, flush_interval, sink.clone())?;
+        let stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("ingest-{index}"))
+            .spawn(move || ingest.run(&stop))
+            .expect("spawning an OS thread");
+        workers.push(handle);
+    }
+    Ok(workers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_gaps_count_losses_and_decreases_count_restarts() {
+        let mut s = SeqTracker::default();
+        for seq in [41, 45, 46, 47] {
+            s.observe("p1", EventType::Bid, 3, seq);
+        }
+        assert_eq!(s.lost, 3);
+        s.observe("p1", EventType::Bid, 4, 100); // another topic: its own sequence
+        s.observe("p2", EventType::Bid, 3, 1); // another publisher
+        assert_eq!(s.lost, 3);
+        s.observe("p1", EventType::Bid, 3, 0); // restart
+        s.observe("p1", EventType::Bid, 3, 1);
+        assert_eq!((s.lost, s.restarts), (3, 1));
+    }
+
+    #[test]
+    fn subscriptions_follow_partitions_types_threads_and_sample() {
+        let config = IngestConfig {
+            connect: vec![],
+            bind: vec![],
+            partition_count: 64,
+            partitions: (0..16).collect(),
+            event_types: vec![EventType::Bid, EventType::Win],
+            sample: Rate::ALL,
+            receive_hwm: 0,
+            max_message_size: 1024,
+            threads: 2,
+        };
+        let all = Sampler::new(Rate::ALL, 64);
+        let t0 = subscriptions(&config, &all, 0, 2);
+        let t1 = subscriptions(&config, &all, 1, 2);
+        assert_eq!(t0.len() + t1.len(), 32);
+        assert!(t0.contains(&"bid.0000".to_string()) && t1.contains(&"win.0015".to_string()));
+        let eighth = Sampler::new("1/8".parse().unwrap(), 64);
+        let mut sampled = subscriptions(&config, &eighth, 0, 1);
+        sampled.sort();
+        assert_eq!(sampled, vec!["bid.0000", "bid.0008", "win.0000", "win.0008"]);
+    }
+}

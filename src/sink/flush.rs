@@ -1,0 +1,145 @@
+//! Writing one batch, exactly once.
+//!
+//! A batch is written in one transaction:
+//!
+//! 1. `INSERT` its ledger row `(instance, run_id, batch_id)` with
+//!    `ON CONFLICT DO NOTHING`. If the row exists, an earlier attempt whose
+//!    `COMMIT` outcome was lost (connection killed, server restarted) did land,
+//!    and the batch is not written again.
+//! 2. Binary `COPY` its rows into a temporary staging table.
+//! 3. One additive upsert into `rollup_minute` and one into `rollup_hour`
+//!    (the same rows grouped by hour), each `GROUP BY` the key so a key never
+//!    repeats in a statement and `ORDER BY` the key so concurrent instances
+//!    lock rows in the same order and cannot deadlock.
+//!
+//! Retrying a batch with the same id is therefore always safe.
+
+use crate::aggregate::Delta;
+use futures_util::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+
+/// Identifies a batch across attempts and restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchId {
+    /// Random per process start, so batch numbers never collide across runs.
+    pub run_id: i64,
+    /// Sequential within the run.
+    pub batch: i64,
+}
+
+/// What an attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The batch was written now.
+    Now {
+        /// Rows inserted or updated in `rollup_minute`.
+        minute_rows: u64,
+        /// Rows inserted or updated in `rollup_hour`.
+        hour_rows: u64,
+    },
+    /// An earlier attempt had already written it (found in the ledger).
+    Already,
+}
+
+const INSERT_LEDGER: &str = "INSERT INTO bid_logger_flush_ledger (instance, run_id, batch_id, events, rows)
+    VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+
+const CREATE_STAGE: &str = "CREATE TEMP TABLE IF NOT EXISTS bid_logger_stage (
+    minute bigint NOT NULL, event_type text NOT NULL, country text NOT NULL, os text NOT NULL,
+    campaign_id bigint NOT NULL, advertiser_id bigint NOT NULL, events bigint NOT NULL,
+    attributed_events bigint NOT NULL, price_micros bigint NOT NULL, revenue_micros bigint NOT NULL
+) ON COMMIT DELETE ROWS";
+
+const COPY_STAGE: &str = "COPY bid_logger_stage (minute, event_type, country, os, campaign_id, advertiser_id,
+    events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)";
+
+const STAGE_TYPES: [Type; 10] = [
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+];
+
+/// Additive upsert of the staged rows into `rollup_minute`; `$1` is the sample rate.
+const UPSERT_MINUTE: &str = "INSERT INTO rollup_minute AS t (bucket, event_type, country, os, campaign_id,
+    advertiser_id, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
+SELECT to_timestamp(minute * 60), event_type, country, os, campaign_id, advertiser_id, $1,
+    sum(events), sum(attributed_events), sum(price_micros), sum(revenue_micros), now()
+FROM bid_logger_stage
+GROUP BY minute, event_type, country, os, campaign_id, advertiser_id
+ORDER BY minute, event_type, country, os, campaign_id, advertiser_id
+ON CONFLICT (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm) DO UPDATE SET
+    events = t.events + EXCLUDED.events,
+    attributed_events = t.attributed_events + EXCLUDED.attributed_events,
+    price_micros = t.price_micros + EXCLUDED.price_micros,
+    revenue_micros = t.revenue_micros + EXCLUDED.revenue_micros,
+    updated_at = EXCLUDED.updated_at";
+
+/// The same for `rollup_hour`, grouping the staged minutes by hour with
+/// integer arithmetic (no dependence on the session's time zone).
+const UPSERT_HOUR: &str = "INSERT INTO rollup_hour AS t (bucket, event_type, country, os, campaign_id,
+    advertiser_id, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
+SELECT to_timestamp(div(minute, 60) * 3600), event_type, country, os, campaign_id, advertiser_id, $1,
+    sum(events), sum(attributed_events), sum(price_micros), sum(revenue_micros), now()
+FROM bid_logger_stage
+GROUP BY div(minute, 60), event_type, country, os, campaign_id, advertiser_id
+ORDER BY div(minute, 60), event_type, country, os, campaign_id, advertiser_id
+ON CONFLICT (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm) DO UPDATE SET
+    events = t.events + EXCLUDED.events,
+    attributed_events = t.attributed_events + EXCLUDED.attributed_events,
+    price_micros = t.price_micros + EXCLUDED.price_micros,
+    revenue_micros = t.revenue_micros + EXCLUDED.revenue_micros,
+    updated_at = EXCLUDED.updated_at";
+
+/// Deletes ledger rows old enough that no retry can still be looking for them.
+pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushed_at < now() - interval '2 days'";
+
+/// Writes `delta` as batch `id` of `instance`, exactly once.
+pub async fn write_batch(
+    client: &mut tokio_postgres::Client,
+    instance: &str,
+    id: BatchId,
+    delta: &Delta,
+    sample_ppm: u32,
+) -> Result<Written, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let events = delta.events as i64;
+    let rows = delta.rows.len() as i64;
+    let new = tx.execute(INSERT_LEDGER, &[&instance, &id.run_id, &id.batch, &events, &rows]).await?;
+    if new == 0 {
+        tx.rollback().await?;
+        return Ok(Written::Already);
+    }
+    tx.batch_execute(CREATE_STAGE).await?;
+    let sink = tx.copy_in(COPY_STAGE).await?;
+    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
+    pin_mut!(writer);
+    for (key, c) in &delta.rows {
+        let row: [&(dyn ToSql + Sync); 10] = [
+            &key.minute,
+            &key.event_type.as_str(),
+            &key.country_str(),
+            &key.os.as_str(),
+            &key.campaign,
+            &key.advertiser,
+            &(c.events as i64),
+            &(c.attributed as i64),
+            &c.price,
+            &c.revenue,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    let ppm = sample_ppm as i32;
+    let minute_rows = tx.execute(UPSERT_MINUTE, &[&ppm]).await?;
+    let hour_rows = tx.execute(UPSERT_HOUR, &[&ppm]).await?;
+    tx.commit().await?;
+    Ok(Written::Now { minute_rows, hour_rows })
+}

@@ -1,0 +1,116 @@
+//! The PostgreSQL sink: migrations and the exactly-once flush.
+//!
+//! * [`migrate`]: applies `sql/*.sql` once, under an advisory lock, so that
+//!   several instances starting together are safe.
+//! * [`flush`]: writes one batch in one transaction (ledger row, binary
+//!   `COPY` into a staging table, additive upserts into both rollup tables).
+//! * [`service`]: the task that receives deltas from ingest, merges them
+//!   while the database is slow or down, and retries with backoff.
+
+pub mod flush;
+pub mod migrate;
+pub mod service;
+
+pub use migrate::migrate;
+pub use service::{Sink, SinkSummary};
+
+use std::time::Duration;
+
+/// Settings of the sink stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// PostgreSQL URL.
+    pub database_url: String,
+    /// This instance's name in the ledger.
+    pub instance_id: String,
+    /// How often a batch is written.
+    pub flush_interval: Duration,
+    /// Longest one flush attempt may take.
+    pub flush_timeout: Duration,
+    /// Longest a graceful stop keeps trying.
+    pub shutdown_timeout: Duration,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Cap on distinct rows waiting to be written.
+    pub max_pending_rows: usize,
+    /// The sampling rate recorded with every row.
+    pub sample_ppm: u32,
+}
+
+/// A database failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// A statement or the connection failed.
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// No connection could be had from the pool.
+    #[error("no database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The pool could not be built.
+    #[error("cannot build the connection pool: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    /// The URL does not parse.
+    #[error("invalid database url: {0}")]
+    Url(tokio_postgres::Error),
+    /// An attempt took longer than allowed.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl SinkError {
+    /// Whether retrying can help without anyone changing anything: lost
+    /// connections, server restarts, timeouts, lock and serialization
+    /// conflicts. Decided from the error's class, never its text.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SinkError::Db(e) => db_error_is_transient(e),
+            SinkError::Pool(deadpool_postgres::PoolError::Backend(e)) => db_error_is_transient(e),
+            SinkError::Pool(_) | SinkError::Timeout(_) => true,
+            SinkError::Build(_) | SinkError::Url(_) => false,
+        }
+    }
+}
+
+fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        // No SQLSTATE: I/O, connect or protocol failure.
+        None => true,
+        Some(state) => {
+            let code = state.code();
+            // 08 connection exception, 53 insufficient resources, 57 operator
+            // intervention (shutdown, statement timeout), 40001 serialization
+            // failure, 40P01 deadlock, 55P03 lock not available.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || matches!(code, "40001" | "40P01" | "55P03")
+        }
+    }
+}
+
+/// Builds a connection pool for `url`, tagging connections with
+/// `application_name = bid-logger` so operators can find them.
+pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, SinkError> {
+    let mut pg: tokio_postgres::Config = url.parse().map_err(SinkError::Url)?;
+    if pg.get_application_name().is_none() {
+        pg.application_name("bid-logger");
+    }
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(Duration::from_secs(5));
+    }
+    pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
+    let manager = deadpool_postgres::Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+    );
+    Ok(deadpool_postgres::Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .build()?)
+}

@@ -1,0 +1,271 @@
+//! The sink task: receives deltas, writes batches, retries, never loses.
+//!
+//! State is one *pending* batch (immutable once attempted: an attempt may have
+//! landed without us knowing, and only an identical retry is safe) and one
+//! *queued* delta that everything arriving meanwhile merges into. So a slow
+//! or absent database never piles up batches: at most two exist, and the
+//! queued one is bounded by `max_pending_rows` through the same folding as
+//! the aggregator's.
+
+use super::flush::{write_batch, BatchId, Written, PRUNE_LEDGER};
+use super::{SinkConfig, SinkError};
+use crate::aggregate::Delta;
+use crate::telemetry as t;
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Retry delays grow from this …
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// … to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Prune the ledger every this many batches.
+const PRUNE_EVERY: i64 = 3600;
+
+/// How the sink ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SinkSummary {
+    /// Events written over the run.
+    pub events_written: u64,
+    /// Batches written.
+    pub batches: u64,
+    /// Events accepted but not written when the sink gave up (0 on a clean stop).
+    pub events_unwritten: u64,
+}
+
+struct SinkMetrics {
+    duration: Histogram,
+    minute_rows: Counter,
+    hour_rows: Counter,
+    events: Counter,
+    failures: Counter,
+    pending_batches: Gauge,
+    pending_events: Gauge,
+    last_flush: Gauge,
+    folded: Counter,
+    live_keys: Gauge,
+    published_live_keys: usize,
+}
+
+/// The sink: owns the pool, the pending batch and the queued delta.
+pub struct Sink {
+    config: SinkConfig,
+    pool: deadpool_postgres::Pool,
+    rx: mpsc::Receiver<Delta>,
+    run_id: i64,
+    next_batch: i64,
+    pending: Option<(BatchId, Delta)>,
+    queued: Delta,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+    migrated: bool,
+    summary: SinkSummary,
+    metrics: SinkMetrics,
+}
+
+impl Sink {
+    /// A sink writing what arrives on `rx`.
+    pub fn new(config: SinkConfig, pool: deadpool_postgres::Pool, rx: mpsc::Receiver<Delta>) -> Sink {
+        let run_id = (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as i64)
+            ^ (i64::from(std::process::id()) << 40)
+            ^ rand::random::<i64>();
+        let metrics = SinkMetrics {
+            duration: histogram!(t::FLUSH_DURATION),
+            minute_rows: counter!(t::ROWS_UPSERTED, "table" => "rollup_minute"),
+            hour_rows: counter!(t::ROWS_UPSERTED, "table" => "rollup_hour"),
+            events: counter!(t::EVENTS_FLUSHED),
+            failures: counter!(t::FLUSH_FAILURES),
+            pending_batches: gauge!(t::PENDING_BATCHES),
+            pending_events: gauge!(t::PENDING_EVENTS),
+            last_flush: gauge!(t::LAST_FLUSH),
+            folded: counter!(t::OVERFLOW_FOLDED),
+            live_keys: gauge!(t::LIVE_KEYS),
+            published_live_keys: 0,
+        };
+        Sink {
+            config,
+            pool,
+            rx,
+            run_id,
+            next_batch: 1,
+            pending: None,
+            queued: Delta::default(),
+            backoff: BACKOFF_MIN,
+            retry_at: None,
+            migrated: false,
+            summary: SinkSummary::default(),
+            metrics,
+        }
+    }
+
+    /// Runs until every sender is gone, then writes what is left, trying for
+    /// at most `shutdown_timeout`.
+    pub async fn run(mut self) -> SinkSummary {
+        let mut tick = tokio::time::interval(self.config.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                msg = self.rx.recv() => match msg {
+                    Some(delta) => {
+                        self.enqueue(delta);
+                        continue;
+                    }
+                    None => break,
+                },
+            }
+            while let Ok(delta) = self.rx.try_recv() {
+                self.enqueue(delta);
+            }
+            if self.retry_at.is_none_or(|at| Instant::now() >= at) {
+                self.flush_once().await;
+            }
+        }
+        self.drain_on_shutdown().await
+    }
+
+    async fn drain_on_shutdown(mut self) -> SinkSummary {
+        let deadline = Instant::now() + self.config.shutdown_timeout;
+        while self.pending.is_some() || !self.queued.is_empty() {
+            if Instant::now() >= deadline {
+                let unwritten =
+                    self.pending.as_ref().map_or(0, |(_, d)| d.events) + self.queued.events;
+                tracing::error!(
+                    events_unwritten = unwritten,
+                    timeout = ?self.config.shutdown_timeout,
+                    "giving up: the database stayed unreachable; these accepted events were NOT written"
+                );
+                self.summary.events_unwritten = unwritten;
+                break;
+            }
+            if !self.flush_once().await {
+                let wait = self.backoff.min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(wait).await;
+            }
+        }
+        self.publish_pending();
+        self.summary
+    }
+
+    fn enqueue(&mut self, delta: Delta) {
+        let folded = self.queued.merge(delta, self.config.max_pending_rows);
+        if folded > 0 {
+            self.metrics.folded.increment(folded);
+        }
+        self.publish_pending();
+    }
+
+    /// One attempt at writing the pending batch (formed from the queued delta
+    /// when there is none). Returns whether nothing is left failing.
+    async fn flush_once(&mut self) -> bool {
+        if self.pending.is_none() {
+            if self.queued.is_empty() {
+                return true;
+            }
+            let id = BatchId { run_id: self.run_id, batch: self.next_batch };
+            self.next_batch += 1;
+            self.pending = Some((id, std::mem::take(&mut self.queued)));
+        }
+        let (id, delta) = self.pending.as_ref().expect("formed above");
+        let started = Instant::now();
+        let result = attempt(&self.pool, &self.config, *id, delta, &mut self.migrated).await;
+        match result {
+            Ok(written) => {
+                let events = delta.events;
+                let elapsed = started.elapsed();
+                self.metrics.duration.record(elapsed.as_secs_f64());
+                self.metrics.events.increment(events);
+                self.metrics.last_flush.set(
+                    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                );
+                match written {
+                    Written::Now { minute_rows, hour_rows } => {
+                        self.metrics.minute_rows.increment(minute_rows);
+                        self.metrics.hour_rows.increment(hour_rows);
+                        tracing::debug!(batch = id.batch, events, minute_rows, hour_rows, ?elapsed, "flushed");
+                    }
+                    Written::Already => {
+                        tracing::info!(batch = id.batch, events, "batch had already landed (found in the ledger); not written again")
+                    }
+                }
+                if id.batch % PRUNE_EVERY == 0 {
+                    self.prune_ledger().await;
+                }
+                self.summary.events_written += events;
+                self.summary.batches += 1;
+                self.pending = None;
+                self.backoff = BACKOFF_MIN;
+                self.retry_at = None;
+                self.publish_pending();
+                true
+            }
+            Err(e) => {
+                self.metrics.failures.increment(1);
+                let transient = e.is_transient();
+                if transient {
+                    tracing::warn!(error = %e, batch = id.batch, retry_in = ?self.backoff, "flush failed; will retry");
+                } else {
+                    // Never drop accepted data: keep retrying, loudly, so an
+                    // operator can fix the schema or permissions.
+                    tracing::error!(error = %e, batch = id.batch, retry_in = ?self.backoff, "flush failed and needs attention; will retry");
+                }
+                self.retry_at = Some(Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                self.publish_pending();
+                false
+            }
+        }
+    }
+
+    async fn prune_ledger(&self) {
+        if let Ok(client) = self.pool.get().await {
+            if let Err(e) = client.execute(PRUNE_LEDGER, &[]).await {
+                tracing::warn!(error = %e, "ledger pruning failed");
+            }
+        }
+    }
+
+    fn publish_pending(&mut self) {
+        let pending_events = self.pending.as_ref().map_or(0, |(_, d)| d.events) + self.queued.events;
+        let batches = usize::from(self.pending.is_some()) + usize::from(!self.queued.is_empty()) + self.rx.len();
+        self.metrics.pending_batches.set(batches as f64);
+        self.metrics.pending_events.set(pending_events as f64);
+        let keys = self.pending.as_ref().map_or(0, |(_, d)| d.rows.len()) + self.queued.rows.len();
+        let m = &mut self.metrics;
+        m.live_keys.increment(keys as f64 - m.published_live_keys as f64);
+        m.published_live_keys = keys;
+    }
+}
+
+/// One attempt, bounded by `flush_timeout`, applying the migrations first if
+/// they have not been yet (so a database that is down at start-up is simply
+/// retried like any flush). A connection that saw any error (or a timeout,
+/// after which its state is unknown) is discarded rather than returned to
+/// the pool.
+async fn attempt(
+    pool: &deadpool_postgres::Pool,
+    config: &SinkConfig,
+    id: BatchId,
+    delta: &Delta,
+    migrated: &mut bool,
+) -> Result<Written, SinkError> {
+    let mut client = pool.get().await?;
+    let work = async {
+        if !*migrated {
+            super::migrate(&mut client).await?;
+            *migrated = true;
+        }
+        write_batch(&mut client, &config.instance_id, id, delta, config.sample_ppm).await.map_err(SinkError::Db)
+    };
+    match tokio::time::timeout(config.flush_timeout, work).await {
+        Ok(Ok(written)) => Ok(written),
+        Ok(Err(e)) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(e)
+        }
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(SinkError::Timeout(config.flush_timeout))
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Every metric the logger exports, described once, and logging set-up.
+//!
+//! Dashboards, alerts, the README and the tests use exactly these names.
+//! Labels come only from small fixed sets (`event_type`, `reason`, `table`).
+
+use crate::config::LogFormat;
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use std::net::SocketAddr;
+
+/// Messages taken off the SUB sockets (valid or not).
+pub const MESSAGES_RECEIVED: &str = "bid_logger_messages_received_total";
+/// Valid, sampled, in-window events counted into the rollups, by `event_type`.
+pub const EVENTS_ACCEPTED: &str = "bid_logger_events_accepted_total";
+/// Invalid messages dropped, by `reason`.
+pub const MESSAGES_INVALID: &str = "bid_logger_messages_invalid_total";
+/// Valid events outside the transaction sample.
+pub const EVENTS_SAMPLED_OUT: &str = "bid_logger_events_sampled_out_total";
+/// Valid events rejected for their event time, by `reason` (`late`, `future`).
+pub const EVENTS_REJECTED: &str = "bid_logger_events_rejected_total";
+/// Messages lost between publishers and the logger, from `seq` gaps.
+pub const MESSAGES_LOST: &str = "bid_logger_messages_lost_total";
+/// Publisher restarts seen (a `seq` going backwards).
+pub const PUBLISHER_RESTARTS: &str = "bid_logger_publisher_restarts_total";
+/// Distinct rollup keys held in memory, by ingest and by the sink's pending batch.
+pub const LIVE_KEYS: &str = "bid_logger_live_keys";
+/// Events folded into `other`/`-1` by a cardinality cap.
+pub const OVERFLOW_FOLDED: &str = "bid_logger_overflow_folded_events_total";
+/// Time a successful flush took.
+pub const FLUSH_DURATION: &str = "bid_logger_flush_duration_seconds";
+/// Rows inserted or updated, by `table`.
+pub const ROWS_UPSERTED: &str = "bid_logger_rows_upserted_total";
+/// Events written to PostgreSQL (each event once, whatever the number of tables).
+pub const EVENTS_FLUSHED: &str = "bid_logger_events_flushed_total";
+/// Flush attempts that failed (and will be retried).
+pub const FLUSH_FAILURES: &str = "bid_logger_flush_failures_total";
+/// Batches waiting to be written (queued and in flight).
+pub const PENDING_BATCHES: &str = "bid_logger_pending_batches";
+/// Events accepted but not yet written.
+pub const PENDING_EVENTS: &str = "bid_logger_pending_events";
+/// Unix time of the last successful flush.
+pub const LAST_FLUSH: &str = "bid_logger_last_flush_timestamp_seconds";
+/// Always 1, with the version as a label.
+pub const BUILD_INFO: &str = "bid_logger_build_info";
+
+/// Buckets of [`FLUSH_DURATION`], in seconds.
+pub const FLUSH_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Describes every metric (type, unit, help) with the installed recorder.
+pub fn describe() {
+    describe_counter!(MESSAGES_RECEIVED, Unit::Count, "Messages taken off the SUB sockets, valid or not.");
+    describe_counter!(EVENTS_ACCEPTED, Unit::Count, "Valid, sampled, in-window events counted into the rollups.");
+    describe_counter!(MESSAGES_INVALID, Unit::Count, "Invalid messages dropped, by reason.");
+    describe_counter!(EVENTS_SAMPLED_OUT, Unit::Count, "Valid events outside the transaction sample.");
+    describe_counter!(EVENTS_REJECTED, Unit::Count, "Valid events rejected for their event time (late, future).");
+    describe_counter!(MESSAGES_LOST, Unit::Count, "Messages lost between publishers and the logger, from seq gaps.");
+    describe_counter!(PUBLISHER_RESTARTS, Unit::Count, "Publisher restarts seen (seq going backwards).");
+    describe_gauge!(LIVE_KEYS, Unit::Count, "Distinct rollup keys held in memory.");
+    describe_counter!(OVERFLOW_FOLDED, Unit::Count, "Events folded into other/-1 by a cardinality cap.");
+    describe_histogram!(FLUSH_DURATION, Unit::Seconds, "Time a successful flush took.");
+    describe_counter!(ROWS_UPSERTED, Unit::Count, "Rollup rows inserted or updated, by table.");
+    describe_counter!(EVENTS_FLUSHED, Unit::Count, "Events written to PostgreSQL.");
+    describe_counter!(FLUSH_FAILURES, Unit::Count, "Flush attempts that failed and will be retried.");
+    describe_gauge!(PENDING_BATCHES, Unit::Count, "Batches waiting to be written (queued and in flight).");
+    describe_gauge!(PENDING_EVENTS, Unit::Count, "Events accepted but not yet written.");
+    describe_gauge!(LAST_FLUSH, Unit::Seconds, "Unix time of the last successful flush.");
+    describe_gauge!(BUILD_INFO, Unit::Count, "Always 1; the version is a label.");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// Installs the Prometheus exporter serving `/metrics` on `addr` and
+/// describes every metric. Must be called inside a tokio runtime.
+pub fn install_exporter(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Full(FLUSH_DURATION.into()), FLUSH_BUCKETS)?
+        .install()?;
+    describe();
+    Ok(())
+}
+
+/// Sets up `tracing` on stderr; the level comes from `RUST_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
