@@ -127,7 +127,10 @@ pub fn decode<'a>(
     if partition >= partition_count {
         return Err(DecodeError::Topic);
     }
-    let mut r = Reader { buf: payload, pos: 0 };
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
     let entries = match r.value()? {
         Value::Map(n) => n,
         _ => return Err(DecodeError::NotMap),
@@ -191,7 +194,9 @@ pub fn decode<'a>(
             b"seq" => ev.seq = r.value()?.opt_uint(u64::MAX)?,
             b"country" => ev.country = r.value()?.opt_str(usize::MAX)?,
             b"os" => ev.os = r.value()?.opt_str(usize::MAX)?,
-            b"campaign" => ev.campaign = r.value()?.opt_uint(u64::from(u32::MAX))?.unwrap_or(0) as u32,
+            b"campaign" => {
+                ev.campaign = r.value()?.opt_uint(u64::from(u32::MAX))?.unwrap_or(0) as u32
+            }
             b"advertiser" => {
                 ev.advertiser = r.value()?.opt_uint(u64::from(u32::MAX))?.unwrap_or(0) as u32
             }

@@ -63,13 +63,20 @@ const RECV_TIMEOUT_MS: i32 = 50;
 /// How often (at most) the loop refreshes its event-time clock, checks the
 /// stop flag and the flush deadline, in milliseconds of the coarse clock.
 const HOUSEKEEPING_MS: u64 = 10;
+/// How often local counts are added to the exported metrics.
+const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// Publishers tracked for `seq` gaps; more are not tracked (bounded memory).
 const MAX_TRACKED_PUBLISHERS: usize = 10_000;
 
 /// The topics thread `index` of `threads` subscribes to: its share of this
 /// instance's partitions (round robin), minus partitions the sample leaves
 /// out entirely, for each configured event type.
-pub fn subscriptions(config: &IngestConfig, sampler: &Sampler, index: usize, threads: usize) -> Vec<String> {
+pub fn subscriptions(
+    config: &IngestConfig,
+    sampler: &Sampler,
+    index: usize,
+    threads: usize,
+) -> Vec<String> {
     let mut out = Vec::new();
     for &et in &config.event_types {
         for (i, &p) in config.partitions.iter().enumerate() {
@@ -83,29 +90,49 @@ pub fn subscriptions(config: &IngestConfig, sampler: &Sampler, index: usize, thr
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// `CLOCK_MONOTONIC_COARSE` in milliseconds: read from the vDSO without a
 /// syscall or a TSC read, with the kernel tick's resolution (1–4 ms).
 #[inline]
 fn coarse_monotonic_ms() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime only writes the timespec we pass it.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// Creates, configures, subscribes and connects/binds one SUB socket.
-pub fn open_socket(ctx: &zmq::Context, config: &IngestConfig, topics: &[String]) -> Result<zmq::Socket, IngestError> {
+pub fn open_socket(
+    ctx: &zmq::Context,
+    config: &IngestConfig,
+    topics: &[String],
+) -> Result<zmq::Socket, IngestError> {
     let z = |what: String| move |source| IngestError::Zmq { what, source };
     let socket = ctx.socket(zmq::SUB).map_err(z("socket(SUB)".into()))?;
-    socket.set_rcvhwm(config.receive_hwm).map_err(z("setsockopt(RCVHWM)".into()))?;
-    socket.set_maxmsgsize(config.max_message_size).map_err(z("setsockopt(MAXMSGSIZE)".into()))?;
-    socket.set_rcvtimeo(RECV_TIMEOUT_MS).map_err(z("setsockopt(RCVTIMEO)".into()))?;
-    socket.set_linger(0).map_err(z("setsockopt(LINGER)".into()))?;
+    socket
+        .set_rcvhwm(config.receive_hwm)
+        .map_err(z("setsockopt(RCVHWM)".into()))?;
+    socket
+        .set_maxmsgsize(config.max_message_size)
+        .map_err(z("setsockopt(MAXMSGSIZE)".into()))?;
+    socket
+        .set_rcvtimeo(RECV_TIMEOUT_MS)
+        .map_err(z("setsockopt(RCVTIMEO)".into()))?;
+    socket
+        .set_linger(0)
+        .map_err(z("setsockopt(LINGER)".into()))?;
     for tpc in topics {
-        socket.set_subscribe(tpc.as_bytes()).map_err(z(format!("subscribe({tpc})")))?;
+        socket
+            .set_subscribe(tpc.as_bytes())
+            .map_err(z(format!("subscribe({tpc})")))?;
     }
     for e in &config.bind {
         socket.bind(e).map_err(z(format!("bind({e})")))?;
@@ -169,8 +196,10 @@ impl IngestMetrics {
     fn new() -> IngestMetrics {
         IngestMetrics {
             received: counter!(t::MESSAGES_RECEIVED),
-            accepted: EventType::ALL.map(|et| counter!(t::EVENTS_ACCEPTED, "event_type" => et.as_str())),
-            invalid: DecodeError::ALL.map(|r| counter!(t::MESSAGES_INVALID, "reason" => r.reason())),
+            accepted: EventType::ALL
+                .map(|et| counter!(t::EVENTS_ACCEPTED, "event_type" => et.as_str())),
+            invalid: DecodeError::ALL
+                .map(|r| counter!(t::MESSAGES_INVALID, "reason" => r.reason())),
             sampled_out: counter!(t::EVENTS_SAMPLED_OUT),
             late: counter!(t::EVENTS_REJECTED, "reason" => "late"),
             future: counter!(t::EVENTS_REJECTED, "reason" => "future"),
@@ -255,6 +284,7 @@ impl Ingest {
         let mut payload = zmq::Message::new();
         let mut now_ms = now_ms();
         let mut next_flush = Instant::now() + self.flush_interval;
+        let mut next_publish = Instant::now() + PUBLISH_EVERY;
         let mut next_housekeeping = coarse_monotonic_ms() + HOUSEKEEPING_MS;
         let everything = self.sampler.keeps_everything();
         loop {
@@ -279,10 +309,14 @@ impl Ingest {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                if Instant::now() >= next_flush {
+                let now = Instant::now();
+                if now >= next_publish {
                     self.publish_counts();
+                    next_publish = now + PUBLISH_EVERY;
+                }
+                if now >= next_flush {
                     self.hand_over();
-                    next_flush = Instant::now() + self.flush_interval;
+                    next_flush = now + self.flush_interval;
                 }
             }
         }
@@ -297,7 +331,13 @@ impl Ingest {
     /// Decodes, samples and aggregates one message whose topic frame has
     /// just been received.
     #[inline]
-    fn handle(&mut self, topic: &zmq::Message, payload: &mut zmq::Message, now_ms: i64, everything: bool) {
+    fn handle(
+        &mut self,
+        topic: &zmq::Message,
+        payload: &mut zmq::Message,
+        now_ms: i64,
+        everything: bool,
+    ) {
         if !topic.get_more() {
             self.invalid[DecodeError::Frames.index()] += 1;
             return;
@@ -321,7 +361,8 @@ impl Ingest {
             }
         };
         if let (Some(publisher), Some(seq)) = (ev.publisher, ev.seq) {
-            self.seqs.observe(publisher, ev.event_type, ev.partition, seq);
+            self.seqs
+                .observe(publisher, ev.event_type, ev.partition, seq);
         }
         if !everything && !self.sampler.keep(ev.txn) {
             self.sampled_out += 1;
@@ -339,7 +380,10 @@ impl Ingest {
         match self.sink.try_reserve() {
             Ok(permit) => permit.send(self.aggregator.drain()),
             Err(mpsc::error::TrySendError::Full(())) => {
-                tracing::debug!(keys = self.aggregator.live_keys(), "sink busy; merging into the next interval")
+                tracing::debug!(
+                    keys = self.aggregator.live_keys(),
+                    "sink busy; merging into the next interval"
+                )
             }
             Err(mpsc::error::TrySendError::Closed(())) => {
                 tracing::error!("sink is gone; dropping nothing yet, keeping the delta in memory")
@@ -351,13 +395,19 @@ impl Ingest {
     fn publish_live_keys(&mut self) {
         let now = self.aggregator.live_keys();
         let m = &mut self.metrics;
-        m.live_keys.increment(now as f64 - m.published_live_keys as f64);
+        m.live_keys
+            .increment(now as f64 - m.published_live_keys as f64);
         m.published_live_keys = now;
     }
 
     fn publish_counts(&mut self) {
         let m = &self.metrics;
-        let AggregateStats { accepted, late, future, folded } = self.aggregator.take_stats();
+        let AggregateStats {
+            accepted,
+            late,
+            future,
+            folded,
+        } = self.aggregator.take_stats();
         m.received.increment(self.received);
         for (c, n) in m.accepted.iter().zip(accepted) {
             if n > 0 {
@@ -402,10 +452,20 @@ pub fn spawn(
 ) -> Result<Vec<std::thread::JoinHandle<IngestSummary>>, IngestError> {
     let ctx = zmq::Context::new();
     ctx.set_io_threads(config.threads.min(4) as i32)
-        .map_err(|source| IngestError::Zmq { what: "set io threads".into(), source })?;
+        .map_err(|source| IngestError::Zmq {
+            what: "set io threads".into(),
+            source,
+        })?;
     let mut workers = Vec::new();
     for index in 0..config.threads {
-        let ingest = Ingest::new(&ctx, config, aggregate.clone(), index, flush_interval, sink.clone())?;
+        let ingest = Ingest::new(
+            &ctx,
+            config,
+            aggregate.clone(),
+            index,
+            flush_interval,
+            sink.clone(),
+        )?;
         let stop = stop.clone();
         let handle = std::thread::Builder::new()
             .name(format!("ingest-{index}"))
@@ -456,6 +516,9 @@ mod tests {
         let eighth = Sampler::new("1/8".parse().unwrap(), 64);
         let mut sampled = subscriptions(&config, &eighth, 0, 1);
         sampled.sort();
-        assert_eq!(sampled, vec!["bid.0000", "bid.0008", "win.0000", "win.0008"]);
+        assert_eq!(
+            sampled,
+            vec!["bid.0000", "bid.0008", "win.0000", "win.0008"]
+        );
     }
 }

@@ -36,12 +36,12 @@
 #![warn(missing_docs, rust_2018_idioms, clippy::all)]
 
 pub mod aggregate;
-pub mod decode;
-pub mod sample;
-pub mod wire;
 pub mod config;
+pub mod decode;
 pub mod ingest;
 pub mod pgtemp;
 pub mod pipeline;
+pub mod sample;
 pub mod sink;
 pub mod telemetry;
+pub mod wire;

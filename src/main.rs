@@ -112,7 +112,10 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
 fn migrate(url: &str) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let pool = sink::pool(url, 1)?;
-        let mut client = pool.get().await.with_context(|| format!("connecting to {}", mask_database_url(url)))?;
+        let mut client = pool
+            .get()
+            .await
+            .with_context(|| format!("connecting to {}", mask_database_url(url)))?;
         let applied = sink::migrate(&mut client).await?;
         println!("migrations: {applied} applied, schema up to date");
         Ok(ExitCode::SUCCESS)

@@ -64,7 +64,14 @@ const FOLDED: u128 = 1 << 64;
 
 impl Key {
     #[inline]
-    fn new(minute: u32, event_type: EventType, country: u16, os: u16, campaign: u32, advertiser: u32) -> Key {
+    fn new(
+        minute: u32,
+        event_type: EventType,
+        country: u16,
+        os: u16,
+        campaign: u32,
+        advertiser: u32,
+    ) -> Key {
         let hi = (u64::from(minute) << 32)
             | ((event_type as u64) << 28)
             | (u64::from(country) << 17)
@@ -127,7 +134,11 @@ struct OsTable {
 
 impl OsTable {
     fn new(cap: usize) -> OsTable {
-        let mut t = OsTable { ids: FxHashMap::default(), names: Vec::new(), cap: cap.min(60_000) };
+        let mut t = OsTable {
+            ids: FxHashMap::default(),
+            names: Vec::new(),
+            cap: cap.min(60_000),
+        };
         t.reset();
         t
     }
@@ -172,7 +183,13 @@ impl Aggregator {
     /// An empty aggregator.
     pub fn new(config: AggregateConfig) -> Aggregator {
         let os = OsTable::new(config.max_os_values);
-        Aggregator { config, rows: FxHashMap::default(), os, events: 0, stats: AggregateStats::default() }
+        Aggregator {
+            config,
+            rows: FxHashMap::default(),
+            os,
+            events: 0,
+            stats: AggregateStats::default(),
+        }
     }
 
     /// Counts `ev` into its minute bucket, unless its event time is outside
@@ -198,7 +215,14 @@ impl Aggregator {
                 OS_OTHER_ID
             }),
         };
-        let mut key = Key::new(minute, ev.event_type, country, os, ev.campaign, ev.advertiser);
+        let mut key = Key::new(
+            minute,
+            ev.event_type,
+            country,
+            os,
+            ev.campaign,
+            ev.advertiser,
+        );
         let counters = Counters {
             events: 1,
             attributed: u64::from(ev.attributed == Some(true)),
@@ -240,8 +264,11 @@ impl Aggregator {
         };
         for (key, counters) in self.rows.drain() {
             let (minute, et, country, os, folded, campaign, advertiser) = key.unpack();
-            let (campaign, advertiser) =
-                if folded { (-1, -1) } else { (i64::from(campaign), i64::from(advertiser)) };
+            let (campaign, advertiser) = if folded {
+                (-1, -1)
+            } else {
+                (i64::from(campaign), i64::from(advertiser))
+            };
             let row = RowKey {
                 minute: i64::from(minute),
                 event_type: EventType::ALL[usize::from(et)],
@@ -261,7 +288,14 @@ impl Aggregator {
 }
 
 #[cfg(test)]
-pub(super) fn key_round_trip(minute: u32, et: EventType, country: [u8; 2], os: u16, c: u32, a: u32) -> bool {
+pub(super) fn key_round_trip(
+    minute: u32,
+    et: EventType,
+    country: [u8; 2],
+    os: u16,
+    c: u32,
+    a: u32,
+) -> bool {
     let k = Key::new(minute, et, country_code(country), os, c, a);
     let (m2, et2, c2, os2, f2, ca2, ad2) = k.unpack();
     let f = k.folded().unpack();
@@ -272,5 +306,13 @@ pub(super) fn key_round_trip(minute: u32, et: EventType, country: [u8; 2], os: u
         && !f2
         && ca2 == c
         && ad2 == a
-        && f == (minute, et as u8, country_code(country), OS_OTHER_ID, true, 0, 0)
+        && f == (
+            minute,
+            et as u8,
+            country_code(country),
+            OS_OTHER_ID,
+            true,
+            0,
+            0,
+        )
 }

@@ -21,10 +21,16 @@ impl OsName {
     ///
     /// If `name` is longer than 32 bytes (normalisation guarantees it is not).
     pub fn new(name: &str) -> OsName {
-        assert!(name.len() <= OS_MAX_LEN, "OS names are normalised to 32 bytes");
+        assert!(
+            name.len() <= OS_MAX_LEN,
+            "OS names are normalised to 32 bytes"
+        );
         let mut bytes = [0u8; OS_MAX_LEN];
         bytes[..name.len()].copy_from_slice(name.as_bytes());
-        OsName { len: name.len() as u8, bytes }
+        OsName {
+            len: name.len() as u8,
+            bytes,
+        }
     }
 
     /// The name.
@@ -60,7 +66,12 @@ impl RowKey {
     /// The key that over-cap combinations of this bucket, type and country
     /// fold into: OS `other`, campaign and advertiser `-1`.
     pub fn folded(&self) -> RowKey {
-        RowKey { os: OsName::new(OS_OTHER), campaign: -1, advertiser: -1, ..*self }
+        RowKey {
+            os: OsName::new(OS_OTHER),
+            campaign: -1,
+            advertiser: -1,
+            ..*self
+        }
     }
 
     /// The country as text.
@@ -118,7 +129,11 @@ impl Delta {
             c.add(counters);
             return false;
         }
-        let (key, folded) = if self.rows.len() >= max_rows { (key.folded(), true) } else { (key, false) };
+        let (key, folded) = if self.rows.len() >= max_rows {
+            (key.folded(), true)
+        } else {
+            (key, false)
+        };
         self.rows.entry(key).or_default().add(counters);
         folded
     }

@@ -42,7 +42,8 @@ pub enum Written {
     Already,
 }
 
-const INSERT_LEDGER: &str = "INSERT INTO bid_logger_flush_ledger (instance, run_id, batch_id, events, rows)
+const INSERT_LEDGER: &str =
+    "INSERT INTO bid_logger_flush_ledger (instance, run_id, batch_id, events, rows)
     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
 
 const CREATE_STAGE: &str = "CREATE TEMP TABLE IF NOT EXISTS bid_logger_stage (
@@ -51,7 +52,8 @@ const CREATE_STAGE: &str = "CREATE TEMP TABLE IF NOT EXISTS bid_logger_stage (
     attributed_events bigint NOT NULL, price_micros bigint NOT NULL, revenue_micros bigint NOT NULL
 ) ON COMMIT DELETE ROWS";
 
-const COPY_STAGE: &str = "COPY bid_logger_stage (minute, event_type, country, os, campaign_id, advertiser_id,
+const COPY_STAGE: &str =
+    "COPY bid_logger_stage (minute, event_type, country, os, campaign_id, advertiser_id,
     events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)";
 
 const STAGE_TYPES: [Type; 10] = [
@@ -68,7 +70,8 @@ const STAGE_TYPES: [Type; 10] = [
 ];
 
 /// Additive upsert of the staged rows into `rollup_minute`; `$1` is the sample rate.
-const UPSERT_MINUTE: &str = "INSERT INTO rollup_minute AS t (bucket, event_type, country, os, campaign_id,
+const UPSERT_MINUTE: &str =
+    "INSERT INTO rollup_minute AS t (bucket, event_type, country, os, campaign_id,
     advertiser_id, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
 SELECT to_timestamp(minute * 60), event_type, country, os, campaign_id, advertiser_id, $1,
     sum(events), sum(attributed_events), sum(price_micros), sum(revenue_micros), now()
@@ -99,7 +102,8 @@ ON CONFLICT (bucket, event_type, country, os, campaign_id, advertiser_id, sample
     updated_at = EXCLUDED.updated_at";
 
 /// Deletes ledger rows old enough that no retry can still be looking for them.
-pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushed_at < now() - interval '2 days'";
+pub const PRUNE_LEDGER: &str =
+    "DELETE FROM bid_logger_flush_ledger WHERE flushed_at < now() - interval '2 days'";
 
 /// Writes `delta` as batch `id` of `instance`, exactly once.
 pub async fn write_batch(
@@ -112,7 +116,12 @@ pub async fn write_batch(
     let tx = client.transaction().await?;
     let events = delta.events as i64;
     let rows = delta.rows.len() as i64;
-    let new = tx.execute(INSERT_LEDGER, &[&instance, &id.run_id, &id.batch, &events, &rows]).await?;
+    let new = tx
+        .execute(
+            INSERT_LEDGER,
+            &[&instance, &id.run_id, &id.batch, &events, &rows],
+        )
+        .await?;
     if new == 0 {
         tx.rollback().await?;
         return Ok(Written::Already);
@@ -141,5 +150,8 @@ pub async fn write_batch(
     let minute_rows = tx.execute(UPSERT_MINUTE, &[&ppm]).await?;
     let hour_rows = tx.execute(UPSERT_HOUR, &[&ppm]).await?;
     tx.commit().await?;
-    Ok(Written::Now { minute_rows, hour_rows })
+    Ok(Written::Now {
+        minute_rows,
+        hour_rows,
+    })
 }

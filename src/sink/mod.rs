@@ -105,7 +105,9 @@ pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, SinkError
     let manager = deadpool_postgres::Manager::from_config(
         pg,
         tokio_postgres::NoTls,
-        deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
     );
     Ok(deadpool_postgres::Pool::builder(manager)
         .max_size(size)

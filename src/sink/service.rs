@@ -65,8 +65,15 @@ pub struct Sink {
 
 impl Sink {
     /// A sink writing what arrives on `rx`.
-    pub fn new(config: SinkConfig, pool: deadpool_postgres::Pool, rx: mpsc::Receiver<Delta>) -> Sink {
-        let run_id = (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as i64)
+    pub fn new(
+        config: SinkConfig,
+        pool: deadpool_postgres::Pool,
+        rx: mpsc::Receiver<Delta>,
+    ) -> Sink {
+        let run_id = (SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0) as i64)
             ^ (i64::from(std::process::id()) << 40)
             ^ rand::random::<i64>();
         let metrics = SinkMetrics {
@@ -139,7 +146,9 @@ impl Sink {
                 break;
             }
             if !self.flush_once().await {
-                let wait = self.backoff.min(deadline.saturating_duration_since(Instant::now()));
+                let wait = self
+                    .backoff
+                    .min(deadline.saturating_duration_since(Instant::now()));
                 tokio::time::sleep(wait).await;
             }
         }
@@ -162,7 +171,10 @@ impl Sink {
             if self.queued.is_empty() {
                 return true;
             }
-            let id = BatchId { run_id: self.run_id, batch: self.next_batch };
+            let id = BatchId {
+                run_id: self.run_id,
+                batch: self.next_batch,
+            };
             self.next_batch += 1;
             self.pending = Some((id, std::mem::take(&mut self.queued)));
         }
@@ -176,16 +188,33 @@ impl Sink {
                 self.metrics.duration.record(elapsed.as_secs_f64());
                 self.metrics.events.increment(events);
                 self.metrics.last_flush.set(
-                    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0),
                 );
                 match written {
-                    Written::Now { minute_rows, hour_rows } => {
+                    Written::Now {
+                        minute_rows,
+                        hour_rows,
+                    } => {
                         self.metrics.minute_rows.increment(minute_rows);
                         self.metrics.hour_rows.increment(hour_rows);
-                        tracing::debug!(batch = id.batch, events, minute_rows, hour_rows, ?elapsed, "flushed");
+                        tracing::debug!(
+                            batch = id.batch,
+                            events,
+                            minute_rows,
+                            hour_rows,
+                            ?elapsed,
+                            "flushed"
+                        );
                     }
                     Written::Already => {
-                        tracing::info!(batch = id.batch, events, "batch had already landed (found in the ledger); not written again")
+                        tracing::info!(
+                            batch = id.batch,
+                            events,
+                            "batch had already landed (found in the ledger); not written again"
+                        )
                     }
                 }
                 if id.batch % PRUNE_EVERY == 0 {
@@ -226,13 +255,17 @@ impl Sink {
     }
 
     fn publish_pending(&mut self) {
-        let pending_events = self.pending.as_ref().map_or(0, |(_, d)| d.events) + self.queued.events;
-        let batches = usize::from(self.pending.is_some()) + usize::from(!self.queued.is_empty()) + self.rx.len();
+        let pending_events =
+            self.pending.as_ref().map_or(0, |(_, d)| d.events) + self.queued.events;
+        let batches = usize::from(self.pending.is_some())
+            + usize::from(!self.queued.is_empty())
+            + self.rx.len();
         self.metrics.pending_batches.set(batches as f64);
         self.metrics.pending_events.set(pending_events as f64);
         let keys = self.pending.as_ref().map_or(0, |(_, d)| d.rows.len()) + self.queued.rows.len();
         let m = &mut self.metrics;
-        m.live_keys.increment(keys as f64 - m.published_live_keys as f64);
+        m.live_keys
+            .increment(keys as f64 - m.published_live_keys as f64);
         m.published_live_keys = keys;
     }
 }
@@ -255,7 +288,15 @@ async fn attempt(
             super::migrate(&mut client).await?;
             *migrated = true;
         }
-        write_batch(&mut client, &config.instance_id, id, delta, config.sample_ppm).await.map_err(SinkError::Db)
+        write_batch(
+            &mut client,
+            &config.instance_id,
+            id,
+            delta,
+            config.sample_ppm,
+        )
+        .await
+        .map_err(SinkError::Db)
     };
     match tokio::time::timeout(config.flush_timeout, work).await {
         Ok(Ok(written)) => Ok(written),
