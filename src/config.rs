@@ -474,7 +474,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "d" => n * 86_400.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0 && secs < 1e9).then(|| Duration::from_secs_f64(secs))
+    (secs.is_finite() && (0.0..1e9).contains(&secs)).then(|| Duration::from_secs_f64(secs))
 }
 
 /// Formats a duration in the largest unit that divides it.
@@ -486,7 +486,7 @@ pub fn format_duration(d: Duration) -> String {
         ("m", 60_000),
         ("s", 1000),
     ] {
-        if ms >= size && ms % size == 0 {
+        if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }
@@ -632,7 +632,8 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_key() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Settings)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Settings)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("partition-count", Box::new(|s| s.partition_count = Some(0))),
             (
                 "partition-count",

@@ -62,7 +62,7 @@ impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.ppm == FULL_PPM {
             f.write_str("1")
-        } else if self.ppm > 0 && FULL_PPM % self.ppm == 0 {
+        } else if self.ppm > 0 && FULL_PPM.is_multiple_of(self.ppm) {
             write!(f, "1/{}", FULL_PPM / self.ppm)
         } else {
             write!(f, "{}", self.fraction())

@@ -153,12 +153,4 @@ impl Delta {
         }
         folded
     }
-
-    /// Rows sorted by key: the order in which they are written, so that
-    /// concurrent writers lock rows in the same order and cannot deadlock.
-    pub fn sorted_rows(&self) -> Vec<(&RowKey, &Counters)> {
-        let mut rows: Vec<_> = self.rows.iter().collect();
-        rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        rows
-    }
 }
