@@ -38,10 +38,12 @@
 pub mod aggregate;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod ingest;
 pub mod pgtemp;
 pub mod pipeline;
 pub mod sample;
+pub mod simulate;
 pub mod sink;
 pub mod telemetry;
 pub mod wire;

@@ -143,10 +143,13 @@ pub fn install_exporter(addr: SocketAddr) -> Result<(), metrics_exporter_prometh
     Ok(())
 }
 
-/// Sets up `tracing` on stderr; the level comes from `RUST_LOG` (default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Sets up `tracing` on stderr; the filter comes from `RUST_LOG`, else `default`
+/// (e.g. `info`). PostgreSQL's notices (logged by tokio-postgres) are kept
+/// out unless `RUST_LOG` asks for them.
+pub fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},tokio_postgres=warn"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

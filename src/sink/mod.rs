@@ -101,6 +101,10 @@ pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, SinkError
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(Duration::from_secs(5));
     }
+    // Notices such as "relation already exists, skipping" are noise here.
+    if pg.get_options().is_none() {
+        pg.options("-c client_min_messages=warning");
+    }
     pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
     let manager = deadpool_postgres::Manager::from_config(
         pg,
