@@ -36,6 +36,7 @@
 #![warn(missing_docs, rust_2018_idioms, clippy::all)]
 
 pub mod aggregate;
+pub mod bench;
 pub mod config;
 pub mod decode;
 pub mod demo;

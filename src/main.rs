@@ -32,6 +32,20 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Publish a realistic bidder-fleet stream (auction → bid → win → impression → click → install → events).
     Simulate(SimulateArgs),
+    /// End-to-end benchmark: null subscriber, logger (sample 1 and 1/8) and the Python baseline on one stream.
+    Bench(BenchArgs),
+    /// (benchmark helper) Receive N messages with the logger's socket set-up and do nothing else.
+    #[command(hide = true)]
+    NullSubscriber {
+        #[arg(long)]
+        connect: String,
+        #[arg(long, default_value_t = 64)]
+        partition_count: u32,
+        #[arg(long, default_value = "1")]
+        sample: String,
+        #[arg(long)]
+        count: u64,
+    },
     /// One-command demo: throwaway PostgreSQL (unless DATABASE_URL is set), simulator and logger,
     /// graceful stop, warehouse checked against the simulator's truth, and a short report.
     Demo(DemoArgs),
@@ -86,6 +100,23 @@ struct SimulateArgs {
     /// Write the exact expected warehouse totals as JSON to this file.
     #[arg(long, value_name = "FILE")]
     truth: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Messages in the pre-generated stream.
+    #[arg(long, value_name = "N", default_value_t = 2_000_000)]
+    count: usize,
+    /// Fleet-wide partition count.
+    #[arg(long, value_name = "P", default_value_t = 64)]
+    partition_count: u32,
+    /// The Python baseline script (measured when the file exists).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "../shared/baseline/py_bid_logger.py"
+    )]
+    baseline: PathBuf,
 }
 
 #[derive(Args)]
@@ -164,6 +195,28 @@ fn main() -> ExitCode {
                 rt.block_on(bid_logger::demo::run(config))?;
                 Ok(ExitCode::SUCCESS)
             }))
+        }
+        Command::Bench(args) => {
+            telemetry::init_logging(LogFormat::Text, "warn");
+            report(bench(args))
+        }
+        Command::NullSubscriber {
+            connect,
+            partition_count,
+            sample,
+            count,
+        } => {
+            let rate = match sample.parse() {
+                Ok(r) => r,
+                Err(e) => {
+                    return config_failure(ConfigError::Invalid {
+                        key: "sample",
+                        message: format!("{e}"),
+                    })
+                }
+            };
+            bid_logger::bench::null_subscriber(&connect, partition_count, rate, count);
+            ExitCode::SUCCESS
         }
         Command::CheckConfig(args) => match args.load() {
             Ok(c) => {
@@ -282,4 +335,34 @@ extern "C" fn on_signal(_: libc::c_int) {
     if let Some(stop) = STOP.get() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe()?.display().to_string();
+    let baseline = args.baseline.is_file().then(|| args.baseline.clone());
+    if baseline.is_none() {
+        eprintln!(
+            "bench: {} not found; the Python baseline is not measured",
+            args.baseline.display()
+        );
+    }
+    let config = bid_logger::bench::BenchConfig {
+        count: args.count,
+        partition_count: args.partition_count,
+        baseline,
+        exe,
+    };
+    runtime()?.block_on(async {
+        let (_cluster, url) = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+            Some(url) => (None, url),
+            None => {
+                let pg =
+                    tokio::task::spawn_blocking(bid_logger::pgtemp::TempPostgres::start).await??;
+                let url = pg.url();
+                (Some(pg), url)
+            }
+        };
+        bid_logger::bench::run(config, &url).await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }

@@ -42,6 +42,11 @@ pub enum Written {
     Already,
 }
 
+/// Enough memory for the batch's GROUP BY and sort to stay off disk; the
+/// order is byte order (`COLLATE "C"`): any fixed order prevents deadlocks,
+/// and this one is the cheapest to sort.
+const TUNE_TX: &str = "SET LOCAL work_mem = '256MB'";
+
 const INSERT_LEDGER: &str =
     "INSERT INTO bid_logger_flush_ledger (instance, run_id, batch_id, events, rows)
     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
@@ -70,36 +75,35 @@ const STAGE_TYPES: [Type; 10] = [
 ];
 
 /// Additive upsert of the staged rows into `rollup_minute`; `$1` is the sample rate.
-const UPSERT_MINUTE: &str =
-    "INSERT INTO rollup_minute AS t (bucket, event_type, country, os, campaign_id,
+const UPSERT_MINUTE: &str = r#"INSERT INTO rollup_minute AS t (bucket, event_type, country, os, campaign_id,
     advertiser_id, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
 SELECT to_timestamp(minute * 60), event_type, country, os, campaign_id, advertiser_id, $1,
     sum(events), sum(attributed_events), sum(price_micros), sum(revenue_micros), now()
 FROM bid_logger_stage
 GROUP BY minute, event_type, country, os, campaign_id, advertiser_id
-ORDER BY minute, event_type, country, os, campaign_id, advertiser_id
+ORDER BY minute, event_type COLLATE "C", country COLLATE "C", os COLLATE "C", campaign_id, advertiser_id
 ON CONFLICT (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm) DO UPDATE SET
     events = t.events + EXCLUDED.events,
     attributed_events = t.attributed_events + EXCLUDED.attributed_events,
     price_micros = t.price_micros + EXCLUDED.price_micros,
     revenue_micros = t.revenue_micros + EXCLUDED.revenue_micros,
-    updated_at = EXCLUDED.updated_at";
+    updated_at = EXCLUDED.updated_at"#;
 
 /// The same for `rollup_hour`, grouping the staged minutes by hour with
 /// integer arithmetic (no dependence on the session's time zone).
-const UPSERT_HOUR: &str = "INSERT INTO rollup_hour AS t (bucket, event_type, country, os, campaign_id,
+const UPSERT_HOUR: &str = r#"INSERT INTO rollup_hour AS t (bucket, event_type, country, os, campaign_id,
     advertiser_id, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
 SELECT to_timestamp(div(minute, 60) * 3600), event_type, country, os, campaign_id, advertiser_id, $1,
     sum(events), sum(attributed_events), sum(price_micros), sum(revenue_micros), now()
 FROM bid_logger_stage
 GROUP BY div(minute, 60), event_type, country, os, campaign_id, advertiser_id
-ORDER BY div(minute, 60), event_type, country, os, campaign_id, advertiser_id
+ORDER BY div(minute, 60), event_type COLLATE "C", country COLLATE "C", os COLLATE "C", campaign_id, advertiser_id
 ON CONFLICT (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm) DO UPDATE SET
     events = t.events + EXCLUDED.events,
     attributed_events = t.attributed_events + EXCLUDED.attributed_events,
     price_micros = t.price_micros + EXCLUDED.price_micros,
     revenue_micros = t.revenue_micros + EXCLUDED.revenue_micros,
-    updated_at = EXCLUDED.updated_at";
+    updated_at = EXCLUDED.updated_at"#;
 
 /// Deletes ledger rows old enough that no retry can still be looking for them.
 pub const PRUNE_LEDGER: &str =
@@ -126,6 +130,7 @@ pub async fn write_batch(
         tx.rollback().await?;
         return Ok(Written::Already);
     }
+    tx.batch_execute(TUNE_TX).await?;
     tx.batch_execute(CREATE_STAGE).await?;
     let sink = tx.copy_in(COPY_STAGE).await?;
     let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);

@@ -107,25 +107,35 @@ impl Sink {
 
     /// Runs until every sender is gone, then writes what is left, trying for
     /// at most `shutdown_timeout`.
+    ///
+    /// A delta is written as soon as it arrives (ingest already paces them
+    /// at the flush interval), so an event is visible within one interval
+    /// plus the flush's own time; after a failure, the next attempt waits
+    /// for the backoff, and whatever arrives meanwhile merges.
     pub async fn run(mut self) -> SinkSummary {
-        let mut tick = tokio::time::interval(self.config.flush_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let retry_at = self.retry_at.map(tokio::time::Instant::from_std);
             tokio::select! {
-                _ = tick.tick() => {}
                 msg = self.rx.recv() => match msg {
-                    Some(delta) => {
-                        self.enqueue(delta);
-                        continue;
-                    }
+                    Some(delta) => self.enqueue(delta),
                     None => break,
                 },
+                _ = sleep_until_some(retry_at) => {}
             }
             while let Ok(delta) = self.rx.try_recv() {
                 self.enqueue(delta);
             }
-            if self.retry_at.is_none_or(|at| Instant::now() >= at) {
-                self.flush_once().await;
+            // Write until nothing is left or an attempt fails: what merged
+            // while a batch was in flight goes out right after it.
+            while self.retry_at.is_none_or(|at| Instant::now() >= at)
+                && (self.pending.is_some() || !self.queued.is_empty())
+            {
+                if !self.flush_once().await {
+                    break;
+                }
+                while let Ok(delta) = self.rx.try_recv() {
+                    self.enqueue(delta);
+                }
             }
         }
         self.drain_on_shutdown().await
@@ -267,6 +277,14 @@ impl Sink {
         m.live_keys
             .increment(keys as f64 - m.published_live_keys as f64);
         m.published_live_keys = keys;
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
