@@ -34,13 +34,8 @@ fn hot_path(c: &mut Criterion) {
         })
     });
     let sampler = Sampler::new("0.3".parse().unwrap(), 64);
-    let evs: Vec<_> = msgs
-        .iter()
-        .map(|(t, p)| decode(t, p, 64).unwrap())
-        .collect();
-    group.bench_function("sample/keep_0.3", |b| {
-        b.iter(|| evs.iter().filter(|e| sampler.keep(e.txn)).count())
-    });
+    let evs: Vec<_> = msgs.iter().map(|(t, p)| decode(t, p, 64).unwrap()).collect();
+    group.bench_function("sample/keep_0.3", |b| b.iter(|| evs.iter().filter(|e| sampler.keep(e.txn)).count()));
     group.bench_function("aggregate/record", |b| {
         let mut agg = Aggregator::new(AggregateConfig::default());
         b.iter(|| {

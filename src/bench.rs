@@ -26,12 +26,7 @@ pub struct Stream {
 
 /// Generates `count` valid messages with the simulator's traffic model.
 pub fn generate(count: usize, partition_count: u32, seed: u64) -> Stream {
-    let config = SimulateConfig {
-        partition_count,
-        seed,
-        late_fraction: 0.01,
-        ..Default::default()
-    };
+    let config = SimulateConfig { partition_count, seed, late_fraction: 0.01, ..Default::default() };
     let mut gen = Generator::new(&config);
     let now = crate::ingest::now_ms();
     let mut seqs = vec![1u64; 8 * partition_count as usize];
@@ -48,22 +43,13 @@ pub fn generate(count: usize, partition_count: u32, seed: u64) -> Stream {
         bytes += payload.len();
         messages.push((topic, payload));
     }
-    Stream {
-        mean_payload: bytes as f64 / count as f64,
-        messages,
-        partition_count,
-    }
+    Stream { mean_payload: bytes as f64 / count as f64, messages, partition_count }
 }
 
 /// Publishes `stream` on an XPUB bound at `endpoint` once `subscriptions`
 /// subscriptions have arrived; returns when everything is queued for sending.
 /// Calls `started` just before the first message.
-pub fn publish(
-    stream: &Stream,
-    endpoint: &str,
-    subscriptions: usize,
-    started: impl FnOnce(),
-) -> zmq::Socket {
+pub fn publish(stream: &Stream, endpoint: &str, subscriptions: usize, started: impl FnOnce()) -> zmq::Socket {
     let ctx = zmq::Context::new();
     let s = ctx.socket(zmq::XPUB).expect("XPUB");
     s.set_sndhwm(0).expect("SNDHWM");
@@ -96,12 +82,13 @@ pub fn null_subscriber(connect: &str, partition_count: u32, sample: Rate, count:
         partitions: (0..partition_count).collect(),
         event_types: EventType::ALL.to_vec(),
         sample,
+        raw_sample: Rate::NONE,
         receive_hwm: 1_000_000,
         max_message_size: 65_536,
         threads: 1,
     };
     let sampler = Sampler::new(sample, partition_count);
-    let topics = subscriptions(&config, &sampler, 0, 1);
+    let topics = subscriptions(&config, &[&sampler], 0, 1);
     let ctx = zmq::Context::new();
     let socket = open_socket(&ctx, &config, &topics).expect("socket");
     let mut msg = zmq::Message::new();
@@ -190,11 +177,7 @@ pub fn measure(
     spawn: impl FnOnce(&str) -> Child,
     mut done: impl FnMut(&mut Child) -> Progress,
 ) -> Measurement {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let endpoint = format!("tcp://127.0.0.1:{port}");
     let mut child = spawn(&endpoint);
     let pid = child.id();
@@ -217,25 +200,12 @@ pub fn measure(
                 Progress::Ingested if ingested.is_none() => ingested = Some(t0.elapsed()),
                 _ => {}
             }
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not finish within 600 s"
-            );
+            assert!(Instant::now() < deadline, "{name} did not finish within 600 s");
             std::thread::sleep(Duration::from_millis(10));
         };
         let socket = handle.join().expect("publisher thread");
         let events = stream.messages.len() as u64;
-        (
-            Measurement {
-                name: name.to_string(),
-                events,
-                elapsed,
-                cpu,
-                rss: peak,
-                ingested,
-            },
-            socket,
-        )
+        (Measurement { name: name.to_string(), events, elapsed, cpu, rss: peak, ingested }, socket)
     });
     let (m, socket) = publisher;
     drop(socket);
@@ -304,20 +274,14 @@ fn metrics(port: u16) -> (f64, f64) {
             .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
             .sum()
     };
-    (
-        sum(crate::telemetry::EVENTS_ACCEPTED),
-        sum(crate::telemetry::EVENTS_FLUSHED),
-    )
+    (sum(crate::telemetry::EVENTS_ACCEPTED), sum(crate::telemetry::EVENTS_FLUSHED))
 }
 
 /// Runs every subject and prints the table and ratios; `database_url` is a
 /// server where fresh databases can be created.
 pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measurement>> {
     let p = cfg.partition_count;
-    eprintln!(
-        "bench: generating {} messages (partition count {p})…",
-        cfg.count
-    );
+    eprintln!("bench: generating {} messages (partition count {p})…", cfg.count);
     let stream = generate(cfg.count, p, 7);
     eprintln!("bench: mean payload {:.0} bytes", stream.mean_payload);
     let eighth: Rate = "1/8".parse().expect("valid rate");
@@ -331,10 +295,7 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
         }
         kept_events += u64::from(sampler.keep(ev.txn));
     }
-    let subscribed_eighth = 8
-        * (0..p)
-            .filter(|&q| sampler.share(q) != crate::sample::PartitionShare::Nothing)
-            .count();
+    let subscribed_eighth = 8 * (0..p).filter(|&q| sampler.share(q) != crate::sample::PartitionShare::Nothing).count();
     let n = cfg.count as u64;
     let exe = cfg.exe.clone();
     let mut results = Vec::new();
@@ -368,11 +329,7 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
 
     let logger = |name: &str, sample: &str, expected: u64, subs: usize, db: String| {
         eprintln!("bench: {name}…");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut last_poll = Instant::now();
         measure(
             name,
@@ -416,20 +373,9 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     };
     let db1 = fresh_db(server_url, "bench_logger").await?;
     results.push(logger("bid-logger (sample 1)", "1", n, 8 * p as usize, db1));
-    results.push(null(
-        "null subscriber (sample 1/8)",
-        "1/8",
-        kept_messages,
-        subscribed_eighth,
-    ));
+    results.push(null("null subscriber (sample 1/8)", "1/8", kept_messages, subscribed_eighth));
     let db8 = fresh_db(server_url, "bench_logger8").await?;
-    results.push(logger(
-        "bid-logger (sample 1/8)",
-        "1/8",
-        kept_events,
-        subscribed_eighth,
-        db8,
-    ));
+    results.push(logger("bid-logger (sample 1/8)", "1/8", kept_events, subscribed_eighth, db8));
 
     if let Some(script) = &cfg.baseline {
         eprintln!("bench: python baseline…");
@@ -442,15 +388,7 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
             |ep| {
                 spawn(
                     "python3",
-                    &[
-                        script,
-                        "--connect".into(),
-                        ep.into(),
-                        "--dsn".into(),
-                        db,
-                        "--count".into(),
-                        n.to_string(),
-                    ],
+                    &[script, "--connect".into(), ep.into(), "--dsn".into(), db, "--count".into(), n.to_string()],
                 )
             },
             exited,
@@ -464,9 +402,7 @@ async fn fresh_db(server_url: &str, prefix: &str) -> anyhow::Result<String> {
     let (client, conn) = tokio_postgres::connect(server_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     let name = format!("{prefix}_{}", crate::ingest::now_ms());
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await?;
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
     Ok(crate::demo::with_dbname(server_url, &name)?)
 }
 
@@ -479,13 +415,7 @@ fn print_table(results: &[Measurement], stream: &Stream) {
     );
     println!(
         "{:<30} {:>10} {:>12} {:>14} {:>12} {:>16} {:>12}",
-        "subject",
-        "ingest s",
-        "ingest ev/s",
-        "all flushed s",
-        "e2e ev/s",
-        "CPU s / M events",
-        "peak RSS MiB"
+        "subject", "ingest s", "ingest ev/s", "all flushed s", "e2e ev/s", "CPU s / M events", "peak RSS MiB"
     );
     for m in results {
         let ingest = m.ingested.unwrap_or(m.elapsed);
@@ -494,11 +424,7 @@ fn print_table(results: &[Measurement], stream: &Stream) {
             m.name,
             ingest.as_secs_f64(),
             m.events as f64 / ingest.as_secs_f64(),
-            if m.ingested.is_some() {
-                format!("{:.3}", m.elapsed.as_secs_f64())
-            } else {
-                "-".into()
-            },
+            if m.ingested.is_some() { format!("{:.3}", m.elapsed.as_secs_f64()) } else { "-".into() },
             m.rate(),
             m.cpu_per_million(),
             m.rss as f64 / 1048576.0

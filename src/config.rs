@@ -46,10 +46,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
+    ConfigError::Invalid { key, message: message.into() }
 }
 
 /// Every setting of `bid-logger run`, all optional. The same struct is the
@@ -58,20 +55,10 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Settings {
     /// Publisher endpoint to connect the SUB socket to, e.g. tcp://10.0.0.5:5556 (repeatable).
-    #[arg(
-        long,
-        env = "BID_LOGGER_CONNECT",
-        value_delimiter = ',',
-        value_name = "ENDPOINT"
-    )]
+    #[arg(long, env = "BID_LOGGER_CONNECT", value_delimiter = ',', value_name = "ENDPOINT")]
     pub connect: Option<Vec<String>>,
     /// Endpoint to bind the SUB socket to, for XPUB/XSUB forwarder set-ups (repeatable).
-    #[arg(
-        long,
-        env = "BID_LOGGER_BIND",
-        value_delimiter = ',',
-        value_name = "ENDPOINT"
-    )]
+    #[arg(long, env = "BID_LOGGER_BIND", value_delimiter = ',', value_name = "ENDPOINT")]
     pub bind: Option<Vec<String>>,
     /// PostgreSQL URL (also read from DATABASE_URL).
     #[arg(long, env = "BID_LOGGER_DATABASE_URL", value_name = "URL")]
@@ -130,6 +117,15 @@ pub struct Settings {
     /// Cap on distinct rows waiting for the database while it is slow or down [default: 2000000].
     #[arg(long, env = "BID_LOGGER_MAX_PENDING_ROWS", value_name = "N")]
     pub max_pending_rows: Option<usize>,
+    /// Raw-event sample rate by transaction for `events_sample`; `0` turns it off [default: 1/1000].
+    #[arg(long, env = "BID_LOGGER_RAW_SAMPLE", value_name = "RATE")]
+    pub raw_sample: Option<String>,
+    /// Days of `events_sample` kept; older daily partitions are dropped [default: 7d].
+    #[arg(long, env = "BID_LOGGER_RAW_RETENTION", value_name = "DURATION")]
+    pub raw_retention: Option<String>,
+    /// Raw rows buffered while PostgreSQL is slow or down; beyond it they are dropped and counted [default: 1000000].
+    #[arg(long, env = "BID_LOGGER_RAW_BUFFER_ROWS", value_name = "N")]
+    pub raw_buffer_rows: Option<usize>,
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "BID_LOGGER_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -162,14 +158,9 @@ pub struct Config {
 impl Settings {
     /// Reads a TOML file of settings.
     pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Settings::from_toml(&text).map_err(|message| ConfigError::Parse {
-            path: path.display().to_string(),
-            message,
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Settings::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.display().to_string(), message })
     }
 
     /// Parses TOML text; the error is one line.
@@ -204,6 +195,9 @@ impl Settings {
             flush_timeout,
             shutdown_timeout,
             max_pending_rows,
+            raw_sample,
+            raw_retention,
+            raw_buffer_rows,
             log_format
         )
     }
@@ -215,62 +209,41 @@ impl Settings {
         for (key, endpoints) in [("connect", &connect), ("bind", &bind)] {
             for e in endpoints {
                 if !e.contains("://") {
-                    return Err(invalid(
-                        key,
-                        format!("`{e}` is not a ZeroMQ endpoint such as tcp://127.0.0.1:5556"),
-                    ));
+                    return Err(invalid(key, format!("`{e}` is not a ZeroMQ endpoint such as tcp://127.0.0.1:5556")));
                 }
             }
         }
         if connect.is_empty() && bind.is_empty() {
-            return Err(invalid(
-                "connect",
-                "no publisher endpoint: set --connect (or --bind)",
-            ));
+            return Err(invalid("connect", "no publisher endpoint: set --connect (or --bind)"));
         }
         let partition_count = self.partition_count.unwrap_or(64);
         if partition_count == 0 || partition_count > MAX_PARTITIONS {
-            return Err(invalid(
-                "partition-count",
-                format!("must be 1 to {MAX_PARTITIONS}, got {partition_count}"),
-            ));
+            return Err(invalid("partition-count", format!("must be 1 to {MAX_PARTITIONS}, got {partition_count}")));
         }
         let partitions = match self.partitions.as_deref() {
             None | Some("all") => (0..partition_count).collect(),
-            Some(list) => {
-                parse_partitions(list, partition_count).map_err(|m| invalid("partitions", m))?
-            }
+            Some(list) => parse_partitions(list, partition_count).map_err(|m| invalid("partitions", m))?,
         };
         let event_types = match self.event_types.as_deref() {
             None | Some("all") => EventType::ALL.to_vec(),
             Some(list) => parse_event_types(list).map_err(|m| invalid("event-types", m))?,
         };
-        let sample: Rate = self
-            .sample
-            .as_deref()
-            .unwrap_or("1")
-            .parse()
-            .map_err(|e| invalid("sample", format!("{e}")))?;
+        let sample: Rate =
+            self.sample.as_deref().unwrap_or("1").parse().map_err(|e| invalid("sample", format!("{e}")))?;
         let flush_interval = duration("flush-interval", self.flush_interval.as_deref(), "1s")?;
         if flush_interval < Duration::from_millis(10) {
             return Err(invalid("flush-interval", "must be at least 10ms"));
         }
         let metrics_addr = self.metrics_addr.as_deref().unwrap_or("127.0.0.1:9464");
         let metrics_addr: SocketAddr = metrics_addr.parse().map_err(|_| {
-            invalid(
-                "metrics-addr",
-                format!("expected HOST:PORT such as 127.0.0.1:9464, got `{metrics_addr}`"),
-            )
+            invalid("metrics-addr", format!("expected HOST:PORT such as 127.0.0.1:9464, got `{metrics_addr}`"))
         })?;
         let max_lateness = duration("max-lateness", self.max_lateness.as_deref(), "7d")?;
         let max_future_skew = duration("max-future-skew", self.max_future_skew.as_deref(), "5m")?;
         let max_live_keys = positive("max-live-keys", self.max_live_keys.unwrap_or(1_000_000))?;
         let max_os_values = self.max_os_values.unwrap_or(1_000);
         if max_os_values == 0 || max_os_values > 60_000 {
-            return Err(invalid(
-                "max-os-values",
-                format!("must be 1 to 60000, got {max_os_values}"),
-            ));
+            return Err(invalid("max-os-values", format!("must be 1 to 60000, got {max_os_values}")));
         }
         let receive_hwm = self.receive_hwm.unwrap_or(1_000_000);
         if receive_hwm < 0 {
@@ -287,12 +260,7 @@ impl Settings {
         let database_url = self
             .database_url
             .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
-            .ok_or_else(|| {
-                invalid(
-                    "database-url",
-                    "not set: use --database-url or DATABASE_URL",
-                )
-            })?;
+            .ok_or_else(|| invalid("database-url", "not set: use --database-url or DATABASE_URL"))?;
         database_url
             .parse::<tokio_postgres::Config>()
             .map_err(|e| invalid("database-url", format!("not a PostgreSQL URL: {e}")))?;
@@ -302,21 +270,23 @@ impl Settings {
         }
         let pool_size = positive("db-pool-size", self.db_pool_size.unwrap_or(2))?;
         let flush_timeout = duration("flush-timeout", self.flush_timeout.as_deref(), "30s")?;
-        let shutdown_timeout =
-            duration("shutdown-timeout", self.shutdown_timeout.as_deref(), "30s")?;
-        let max_pending_rows = positive(
-            "max-pending-rows",
-            self.max_pending_rows.unwrap_or(2_000_000),
-        )?;
+        let shutdown_timeout = duration("shutdown-timeout", self.shutdown_timeout.as_deref(), "30s")?;
+        let max_pending_rows = positive("max-pending-rows", self.max_pending_rows.unwrap_or(2_000_000))?;
+        let raw_sample: Rate = self
+            .raw_sample
+            .as_deref()
+            .unwrap_or("1/1000")
+            .parse()
+            .map_err(|e| invalid("raw-sample", format!("{e}")))?;
+        let raw_retention = duration("raw-retention", self.raw_retention.as_deref(), "7d")?;
+        if raw_retention < Duration::from_secs(86_400) || raw_retention.as_secs() % 86_400 != 0 {
+            return Err(invalid("raw-retention", "must be a whole number of days, at least 1d"));
+        }
+        let raw_buffer_rows = positive("raw-buffer-rows", self.raw_buffer_rows.unwrap_or(1_000_000))?;
         let log_format = match self.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => {
-                return Err(invalid(
-                    "log-format",
-                    format!("expected `text` or `json`, got `{other}`"),
-                ))
-            }
+            other => return Err(invalid("log-format", format!("expected `text` or `json`, got `{other}`"))),
         };
         Ok(Config {
             ingest: IngestConfig {
@@ -326,6 +296,7 @@ impl Settings {
                 partitions,
                 event_types,
                 sample,
+                raw_sample,
                 receive_hwm,
                 max_message_size,
                 threads: ingest_threads,
@@ -335,6 +306,7 @@ impl Settings {
                 max_future_skew_ms: max_future_skew.as_millis() as i64,
                 max_live_keys,
                 max_os_values,
+                max_raw_rows: raw_buffer_rows,
             },
             sink: SinkConfig {
                 database_url,
@@ -345,6 +317,10 @@ impl Settings {
                 pool_size,
                 max_pending_rows,
                 sample_ppm: sample.ppm(),
+                raw_sample_ppm: raw_sample.ppm(),
+                raw_retention_days: (raw_retention.as_secs() / 86_400) as i64,
+                max_raw_rows: raw_buffer_rows,
+                max_lateness_ms: max_lateness.as_millis() as i64,
             },
             metrics_addr,
             log_format,
@@ -358,53 +334,21 @@ impl Config {
         let i = &self.ingest;
         let a = &self.aggregate;
         let s = &self.sink;
-        let list = |v: &[String]| {
-            format!(
-                "[{}]",
-                v.iter()
-                    .map(|e| format!("{e:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
+        let list = |v: &[String]| format!("[{}]", v.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", "));
         let types: Vec<&str> = i.event_types.iter().map(|t| t.as_str()).collect();
         let mut out = String::new();
         let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
         line("connect", list(&i.connect));
         line("bind", list(&i.bind));
-        line(
-            "database-url",
-            format!("{:?}", mask_database_url(&s.database_url)),
-        );
+        line("database-url", format!("{:?}", mask_database_url(&s.database_url)));
         line("partition-count", i.partition_count.to_string());
-        line(
-            "partitions",
-            format!("{:?}", format_partitions(&i.partitions)),
-        );
+        line("partitions", format!("{:?}", format_partitions(&i.partitions)));
         line("event-types", format!("{:?}", types.join(",")));
         line("sample", format!("{:?}", i.sample.to_string()));
-        line(
-            "flush-interval",
-            format!("{:?}", format_duration(s.flush_interval)),
-        );
-        line(
-            "metrics-addr",
-            format!("{:?}", self.metrics_addr.to_string()),
-        );
-        line(
-            "max-lateness",
-            format!(
-                "{:?}",
-                format_duration(Duration::from_millis(a.max_lateness_ms as u64))
-            ),
-        );
-        line(
-            "max-future-skew",
-            format!(
-                "{:?}",
-                format_duration(Duration::from_millis(a.max_future_skew_ms as u64))
-            ),
-        );
+        line("flush-interval", format!("{:?}", format_duration(s.flush_interval)));
+        line("metrics-addr", format!("{:?}", self.metrics_addr.to_string()));
+        line("max-lateness", format!("{:?}", format_duration(Duration::from_millis(a.max_lateness_ms as u64))));
+        line("max-future-skew", format!("{:?}", format_duration(Duration::from_millis(a.max_future_skew_ms as u64))));
         line("max-live-keys", a.max_live_keys.to_string());
         line("max-os-values", a.max_os_values.to_string());
         line("receive-hwm", i.receive_hwm.to_string());
@@ -412,26 +356,13 @@ impl Config {
         line("ingest-threads", i.threads.to_string());
         line("instance-id", format!("{:?}", s.instance_id));
         line("db-pool-size", s.pool_size.to_string());
-        line(
-            "flush-timeout",
-            format!("{:?}", format_duration(s.flush_timeout)),
-        );
-        line(
-            "shutdown-timeout",
-            format!("{:?}", format_duration(s.shutdown_timeout)),
-        );
+        line("flush-timeout", format!("{:?}", format_duration(s.flush_timeout)));
+        line("shutdown-timeout", format!("{:?}", format_duration(s.shutdown_timeout)));
         line("max-pending-rows", s.max_pending_rows.to_string());
-        line(
-            "log-format",
-            format!(
-                "{:?}",
-                if self.log_format == LogFormat::Json {
-                    "json"
-                } else {
-                    "text"
-                }
-            ),
-        );
+        line("raw-sample", format!("{:?}", i.raw_sample.to_string()));
+        line("raw-retention", format!("\"{}d\"", s.raw_retention_days));
+        line("raw-buffer-rows", s.max_raw_rows.to_string());
+        line("log-format", format!("{:?}", if self.log_format == LogFormat::Json { "json" } else { "text" }));
         out
     }
 }
@@ -444,26 +375,16 @@ fn positive(key: &'static str, n: usize) -> Result<usize, ConfigError> {
     }
 }
 
-fn duration(
-    key: &'static str,
-    value: Option<&str>,
-    default: &str,
-) -> Result<Duration, ConfigError> {
+fn duration(key: &'static str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
     let v = value.unwrap_or(default);
-    parse_duration(v).ok_or_else(|| {
-        invalid(
-            key,
-            format!("expected a duration such as 250ms, 1s, 5m, 2h or 7d, got `{v}`"),
-        )
-    })
+    parse_duration(v)
+        .ok_or_else(|| invalid(key, format!("expected a duration such as 250ms, 1s, 5m, 2h or 7d, got `{v}`")))
 }
 
 /// Parses `250ms`, `1s`, `1.5s`, `5m`, `2h`, `7d` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().ok()?;
     let secs = match unit.trim() {
@@ -480,12 +401,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 /// Formats a duration in the largest unit that divides it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    for (unit, size) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1000),
-    ] {
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
         if ms >= size && ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
@@ -506,9 +422,7 @@ pub fn parse_partitions(list: &str, count: u32) -> Result<Vec<u32>, String> {
             _ => return Err(format!("`{part}` is not a partition or range such as 0-15")),
         };
         if hi >= count {
-            return Err(format!(
-                "partition {hi} is not below partition-count {count}"
-            ));
+            return Err(format!("partition {hi} is not below partition-count {count}"));
         }
         out.extend(lo..=hi);
     }
@@ -528,11 +442,7 @@ fn format_partitions(p: &[u32]) -> String {
         while i + 1 < p.len() && p[i + 1] == p[i] + 1 {
             i += 1;
         }
-        parts.push(if p[i] == start {
-            start.to_string()
-        } else {
-            format!("{start}-{}", p[i])
-        });
+        parts.push(if p[i] == start { start.to_string() } else { format!("{start}-{}", p[i]) });
         i += 1;
     }
     parts.join(",")
@@ -635,76 +545,33 @@ mod tests {
         type Mutation = Box<dyn Fn(&mut Settings)>;
         let cases: Vec<(&str, Mutation)> = vec![
             ("partition-count", Box::new(|s| s.partition_count = Some(0))),
-            (
-                "partition-count",
-                Box::new(|s| s.partition_count = Some(10_001)),
-            ),
-            (
-                "partitions",
-                Box::new(|s| s.partitions = Some("0-64".into())),
-            ),
-            (
-                "partitions",
-                Box::new(|s| s.partitions = Some("5-2".into())),
-            ),
-            (
-                "event-types",
-                Box::new(|s| s.event_types = Some("bid,wins".into())),
-            ),
+            ("partition-count", Box::new(|s| s.partition_count = Some(10_001))),
+            ("partitions", Box::new(|s| s.partitions = Some("0-64".into()))),
+            ("partitions", Box::new(|s| s.partitions = Some("5-2".into()))),
+            ("event-types", Box::new(|s| s.event_types = Some("bid,wins".into()))),
             ("sample", Box::new(|s| s.sample = Some("2".into()))),
-            (
-                "flush-interval",
-                Box::new(|s| s.flush_interval = Some("soon".into())),
-            ),
-            (
-                "metrics-addr",
-                Box::new(|s| s.metrics_addr = Some("localhost".into())),
-            ),
-            (
-                "max-lateness",
-                Box::new(|s| s.max_lateness = Some("7 weeks".into())),
-            ),
+            ("flush-interval", Box::new(|s| s.flush_interval = Some("soon".into()))),
+            ("metrics-addr", Box::new(|s| s.metrics_addr = Some("localhost".into()))),
+            ("max-lateness", Box::new(|s| s.max_lateness = Some("7 weeks".into()))),
             ("max-live-keys", Box::new(|s| s.max_live_keys = Some(0))),
-            (
-                "connect",
-                Box::new(|s| s.connect = Some(vec!["127.0.0.1:5556".into()])),
-            ),
-            (
-                "log-format",
-                Box::new(|s| s.log_format = Some("xml".into())),
-            ),
-            (
-                "database-url",
-                Box::new(|s| s.database_url = Some("postgres://h:notaport/db".into())),
-            ),
+            ("connect", Box::new(|s| s.connect = Some(vec!["127.0.0.1:5556".into()]))),
+            ("log-format", Box::new(|s| s.log_format = Some("xml".into()))),
+            ("database-url", Box::new(|s| s.database_url = Some("postgres://h:notaport/db".into()))),
         ];
         for (key, mutate) in cases {
             let mut s = base();
             mutate(&mut s);
             assert_eq!(key_of(s), key);
         }
-        let err = Settings {
-            sample: Some("abc".into()),
-            ..base()
-        }
-        .resolve()
-        .unwrap_err()
-        .to_string();
+        let err = Settings { sample: Some("abc".into()), ..base() }.resolve().unwrap_err().to_string();
         assert!(err.starts_with("invalid configuration: `sample`:"), "{err}");
         assert!(!err.contains('\n'));
     }
 
     #[test]
     fn flags_win_over_the_file() {
-        let file = Settings {
-            sample: Some("1/8".into()),
-            partition_count: Some(256),
-            ..Default::default()
-        };
-        let flags = Settings {
-            sample: Some("1/2".into()),
-            ..base()
-        };
+        let file = Settings { sample: Some("1/8".into()), partition_count: Some(256), ..Default::default() };
+        let flags = Settings { sample: Some("1/2".into()), ..base() };
         let c = flags.over(file).resolve().unwrap();
         assert_eq!(c.ingest.sample.ppm(), 500_000);
         assert_eq!(c.ingest.partition_count, 256);
@@ -712,18 +579,12 @@ mod tests {
 
     #[test]
     fn the_example_file_parses_and_resolves() {
-        let s = Settings::from_toml(include_str!("../bid-logger.toml"))
-            .expect("bid-logger.toml parses");
+        let s = Settings::from_toml(include_str!("../bid-logger.toml")).expect("bid-logger.toml parses");
         let c = s.resolve().expect("bid-logger.toml is valid");
         assert_eq!(c.ingest.partition_count, 64);
         // round trip: the printed effective config parses again with the same meaning
         let printed = Settings::from_toml(&c.to_toml()).unwrap();
-        let again = Settings {
-            database_url: Some(c.sink.database_url.clone()),
-            ..printed
-        }
-        .resolve()
-        .unwrap();
+        let again = Settings { database_url: Some(c.sink.database_url.clone()), ..printed }.resolve().unwrap();
         assert_eq!(again.to_toml(), c.to_toml());
     }
 
@@ -735,18 +596,9 @@ mod tests {
 
     #[test]
     fn passwords_are_masked() {
-        assert_eq!(
-            mask_database_url("postgres://u:pw@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(
-            mask_database_url("postgres://u@h/db?password=pw&x=1"),
-            "postgres://u@h/db?password=***&x=1"
-        );
-        assert_eq!(
-            mask_database_url("host=h password=pw user=u"),
-            "host=h password=*** user=u"
-        );
+        assert_eq!(mask_database_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(mask_database_url("postgres://u@h/db?password=pw&x=1"), "postgres://u@h/db?password=***&x=1");
+        assert_eq!(mask_database_url("host=h password=pw user=u"), "host=h password=*** user=u");
         assert_eq!(mask_database_url("postgres://h/db"), "postgres://h/db");
         let c = base().resolve().unwrap();
         assert!(!c.to_toml().contains("secret"));
@@ -760,10 +612,7 @@ mod tests {
         assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
         assert_eq!(parse_duration("-1s"), None);
         assert_eq!(format_duration(Duration::from_secs(300)), "5m");
-        assert_eq!(
-            parse_partitions("0-3, 8,2", 64).unwrap(),
-            vec![0, 1, 2, 3, 8]
-        );
+        assert_eq!(parse_partitions("0-3, 8,2", 64).unwrap(), vec![0, 1, 2, 3, 8]);
         assert_eq!(format_partitions(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
     }
 }

@@ -118,19 +118,12 @@ pub const MAX_ID_LEN: usize = 64;
 
 /// Decodes and validates one message made of `topic` and `payload` frames.
 /// `partition_count` bounds the topic's partition number.
-pub fn decode<'a>(
-    topic: &[u8],
-    payload: &'a [u8],
-    partition_count: u32,
-) -> Result<Event<'a>, DecodeError> {
+pub fn decode<'a>(topic: &[u8], payload: &'a [u8], partition_count: u32) -> Result<Event<'a>, DecodeError> {
     let (event_type, partition) = parse_topic(topic).ok_or(DecodeError::Topic)?;
     if partition >= partition_count {
         return Err(DecodeError::Topic);
     }
-    let mut r = Reader {
-        buf: payload,
-        pos: 0,
-    };
+    let mut r = Reader { buf: payload, pos: 0 };
     let entries = match r.value()? {
         Value::Map(n) => n,
         _ => return Err(DecodeError::NotMap),
@@ -194,12 +187,8 @@ pub fn decode<'a>(
             b"seq" => ev.seq = r.value()?.opt_uint(u64::MAX)?,
             b"country" => ev.country = r.value()?.opt_str(usize::MAX)?,
             b"os" => ev.os = r.value()?.opt_str(usize::MAX)?,
-            b"campaign" => {
-                ev.campaign = r.value()?.opt_uint(u64::from(u32::MAX))?.unwrap_or(0) as u32
-            }
-            b"advertiser" => {
-                ev.advertiser = r.value()?.opt_uint(u64::from(u32::MAX))?.unwrap_or(0) as u32
-            }
+            b"campaign" => ev.campaign = r.value()?.opt_uint(u64::from(u32::MAX))?.unwrap_or(0) as u32,
+            b"advertiser" => ev.advertiser = r.value()?.opt_uint(u64::from(u32::MAX))?.unwrap_or(0) as u32,
             b"exchange" => ev.exchange = r.value()?.opt_str(MAX_ID_LEN)?,
             b"price" => ev.price = r.value()?.opt_int()?,
             b"revenue" => ev.revenue = r.value()?.opt_int()?,

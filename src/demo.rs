@@ -52,32 +52,19 @@ fn db_err(e: impl std::fmt::Display) -> DemoError {
 
 /// Runs the demo, printing its progress and report on stdout.
 pub async fn run(cfg: DemoConfig) -> Result<(), DemoError> {
-    println!(
-        "bid-logger demo: simulator → ZeroMQ → bid-logger → PostgreSQL, for {:?}\n",
-        cfg.duration
-    );
+    println!("bid-logger demo: simulator → ZeroMQ → bid-logger → PostgreSQL, for {:?}\n", cfg.duration);
 
     // 1. database
-    let (_cluster, server_url) = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty())
-    {
+    let (_cluster, server_url) = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
         Some(url) => {
-            println!(
-                "[1/5] database: DATABASE_URL is set ({})",
-                mask_database_url(&url)
-            );
+            println!("[1/5] database: DATABASE_URL is set ({})", mask_database_url(&url));
             (None, url)
         }
         None => {
             println!("[1/5] database: DATABASE_URL not set; starting a throwaway PostgreSQL (initdb, pg_ctl)…");
-            let pg = tokio::task::spawn_blocking(TempPostgres::start)
-                .await
-                .expect("join")
-                .map_err(db_err)?;
+            let pg = tokio::task::spawn_blocking(TempPostgres::start).await.expect("join").map_err(db_err)?;
             let url = pg.url();
-            println!(
-                "      running on 127.0.0.1:{} (removed when the demo ends)",
-                pg.port()
-            );
+            println!("      running on 127.0.0.1:{} (removed when the demo ends)", pg.port());
             (Some(pg), url)
         }
     };
@@ -86,11 +73,7 @@ pub async fn run(cfg: DemoConfig) -> Result<(), DemoError> {
     admin
         .batch_execute(&format!("CREATE DATABASE {db_name}"))
         .await
-        .map_err(|e| {
-            db_err(format!(
-                "cannot create database {db_name} (needs CREATEDB): {e}"
-            ))
-        })?;
+        .map_err(|e| db_err(format!("cannot create database {db_name} (needs CREATEDB): {e}")))?;
     let db_url = with_dbname(&server_url, &db_name)?;
     println!("      fresh database `{db_name}`");
 
@@ -105,23 +88,15 @@ pub async fn run(cfg: DemoConfig) -> Result<(), DemoError> {
         instance_id: Some("demo".into()),
         ..Default::default()
     };
-    let config = settings
-        .resolve()
-        .map_err(|e| DemoError::Mismatch(e.to_string()))?;
+    let config = settings.resolve().map_err(|e| DemoError::Mismatch(e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let logger = tokio::spawn(crate::pipeline::run(config, async {
         let _ = stop_rx.await;
     }));
-    println!(
-        "[2/5] logger: subscribed to {endpoint}; metrics at http://{}/metrics",
-        cfg.metrics_addr
-    );
+    println!("[2/5] logger: subscribed to {endpoint}; metrics at http://{}/metrics", cfg.metrics_addr);
 
     // 3. simulator
-    println!(
-        "[3/5] simulator: {} msg/s for {:?} over {} partitions",
-        cfg.rate, cfg.duration, cfg.partition_count
-    );
+    println!("[3/5] simulator: {} msg/s for {:?} over {} partitions", cfg.rate, cfg.duration, cfg.partition_count);
     let sim_config = SimulateConfig {
         bind: vec![endpoint],
         partition_count: cfg.partition_count,
@@ -134,20 +109,9 @@ pub async fn run(cfg: DemoConfig) -> Result<(), DemoError> {
         ..Default::default()
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let sim = tokio::task::spawn_blocking(move || simulate::run(&sim_config, &stop))
-        .await
-        .expect("join")?;
-    let by_type: Vec<String> = sim
-        .by_type
-        .iter()
-        .map(|(t, n)| format!("{t} {n}"))
-        .collect();
-    println!(
-        "      sent {} messages in {:.1} s: {}",
-        sim.sent,
-        sim.elapsed.as_secs_f64(),
-        by_type.join(", ")
-    );
+    let sim = tokio::task::spawn_blocking(move || simulate::run(&sim_config, &stop)).await.expect("join")?;
+    let by_type: Vec<String> = sim.by_type.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    println!("      sent {} messages in {:.1} s: {}", sim.sent, sim.elapsed.as_secs_f64(), by_type.join(", "));
 
     // 4. graceful stop once everything sent has been received
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -169,7 +133,10 @@ pub async fn run(cfg: DemoConfig) -> Result<(), DemoError> {
     // 5. verify and report
     let client = connect(&db_url).await?;
     verify(&client, &sim.truth).await?;
-    println!("[5/5] verified: rollup_minute and rollup_hour equal the simulator's exact totals ({} events)\n", sim.truth.events);
+    println!(
+        "[5/5] verified: rollup_minute and rollup_hour equal the simulator's exact totals ({} events)\n",
+        sim.truth.events
+    );
     report(&client).await?;
     if _cluster.is_some() {
         println!("The throwaway PostgreSQL is removed now; set DATABASE_URL to keep the data and query it yourself.");
@@ -207,15 +174,9 @@ pub async fn verify(client: &tokio_postgres::Client, truth: &Truth) -> Result<()
         for r in client.query(&sql, &[]).await.map_err(db_err)? {
             got.insert(r.get(0), totals(&r, 1));
         }
-        let want: BTreeMap<String, Totals> = truth
-            .by_type
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
+        let want: BTreeMap<String, Totals> = truth.by_type.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         if got != want {
-            return Err(DemoError::Mismatch(format!(
-                "{table} per event type: expected {want:?}, found {got:?}"
-            )));
+            return Err(DemoError::Mismatch(format!("{table} per event type: expected {want:?}, found {got:?}")));
         }
     }
     let sql = "SELECT (extract(epoch FROM bucket) / 60)::bigint, event_type, sum(events)::bigint,
@@ -225,17 +186,11 @@ pub async fn verify(client: &tokio_postgres::Client, truth: &Truth) -> Result<()
     for r in client.query(sql, &[]).await.map_err(db_err)? {
         got.insert((r.get(0), r.get(1)), totals(&r, 2));
     }
-    let want: BTreeMap<(i64, String), Totals> = truth
-        .by_minute
-        .iter()
-        .map(|((m, t), v)| ((*m, t.to_string()), *v))
-        .collect();
+    let want: BTreeMap<(i64, String), Totals> =
+        truth.by_minute.iter().map(|((m, t), v)| ((*m, t.to_string()), *v)).collect();
     if got != want {
         let differing = want.iter().filter(|(k, v)| got.get(*k) != Some(v)).count();
-        return Err(DemoError::Mismatch(format!(
-            "rollup_minute: {differing} of {} minute buckets differ",
-            want.len()
-        )));
+        return Err(DemoError::Mismatch(format!("rollup_minute: {differing} of {} minute buckets differ", want.len())));
     }
     Ok(())
 }
@@ -297,28 +252,14 @@ pub async fn report(client: &tokio_postgres::Client) -> Result<(), DemoError> {
                 if header.is_empty() {
                     header = r.columns().iter().map(|c| c.name().to_string()).collect();
                 }
-                rows.push(
-                    (0..r.len())
-                        .map(|i| r.get(i).unwrap_or("").to_string())
-                        .collect(),
-                );
+                rows.push((0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect());
             }
         }
         let widths: Vec<usize> = (0..header.len())
-            .map(|i| {
-                rows.iter()
-                    .map(|r| r[i].len())
-                    .chain([header[i].len()])
-                    .max()
-                    .unwrap_or(0)
-            })
+            .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
             .collect();
         let line = |cells: &[String]| {
-            let c: Vec<String> = cells
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:>w$}"))
-                .collect();
+            let c: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect();
             println!("  {}", c.join("  "));
         };
         line(&header);
@@ -341,9 +282,7 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, DemoError> {
 /// `url` with its database replaced by `db` (URL or key-value form).
 pub fn with_dbname(url: &str, db: &str) -> Result<String, DemoError> {
     if url.contains("://") {
-        let (head, query) = url
-            .split_once('?')
-            .map_or((url, None), |(h, q)| (h, Some(q)));
+        let (head, query) = url.split_once('?').map_or((url, None), |(h, q)| (h, Some(q)));
         let scheme_end = head.find("://").expect("checked") + 3;
         let base = match head[scheme_end..].find('/') {
             Some(i) => &head[..scheme_end + i],
@@ -359,30 +298,19 @@ pub fn with_dbname(url: &str, db: &str) -> Result<String, DemoError> {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn database_names_are_replaced() {
-        assert_eq!(
-            super::with_dbname("postgres://u@h:5/x", "d").unwrap(),
-            "postgres://u@h:5/d"
-        );
-        assert_eq!(
-            super::with_dbname("postgres://u@h:5", "d").unwrap(),
-            "postgres://u@h:5/d"
-        );
+        assert_eq!(super::with_dbname("postgres://u@h:5/x", "d").unwrap(), "postgres://u@h:5/d");
+        assert_eq!(super::with_dbname("postgres://u@h:5", "d").unwrap(), "postgres://u@h:5/d");
         assert_eq!(
             super::with_dbname("postgresql://u@h/x?sslmode=disable", "d").unwrap(),
             "postgresql://u@h/d?sslmode=disable"
         );
-        assert_eq!(
-            super::with_dbname("host=h user=u", "d").unwrap(),
-            "host=h user=u dbname=d"
-        );
+        assert_eq!(super::with_dbname("host=h user=u", "d").unwrap(), "host=h user=u dbname=d");
     }
 }

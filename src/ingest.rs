@@ -10,7 +10,7 @@
 //! (which merges the pending interval into the next one) instead of waiting,
 //! so nothing the database does can block the receive loop.
 
-use crate::aggregate::{AggregateConfig, AggregateStats, Aggregator, Delta};
+use crate::aggregate::{AggregateConfig, AggregateStats, Aggregator, Delta, Outcome};
 use crate::decode::{decode, DecodeError};
 use crate::sample::{PartitionShare, Rate, Sampler};
 use crate::telemetry as t;
@@ -37,6 +37,8 @@ pub struct IngestConfig {
     pub event_types: Vec<EventType>,
     /// Rollup sampling rate.
     pub sample: Rate,
+    /// Raw-event sampling rate (`events_sample`).
+    pub raw_sample: Rate,
     /// ZMQ_RCVHWM.
     pub receive_hwm: i32,
     /// ZMQ_MAXMSGSIZE.
@@ -69,18 +71,14 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 const MAX_TRACKED_PUBLISHERS: usize = 10_000;
 
 /// The topics thread `index` of `threads` subscribes to: its share of this
-/// instance's partitions (round robin), minus partitions the sample leaves
-/// out entirely, for each configured event type.
-pub fn subscriptions(
-    config: &IngestConfig,
-    sampler: &Sampler,
-    index: usize,
-    threads: usize,
-) -> Vec<String> {
+/// instance's partitions (round robin), minus partitions that none of the
+/// samplers (rollup, raw) needs, for each configured event type.
+pub fn subscriptions(config: &IngestConfig, samplers: &[&Sampler], index: usize, threads: usize) -> Vec<String> {
     let mut out = Vec::new();
     for &et in &config.event_types {
         for (i, &p) in config.partitions.iter().enumerate() {
-            if i % threads == index && sampler.share(p) != PartitionShare::Nothing {
+            let wanted = samplers.iter().any(|s| s.share(p) != PartitionShare::Nothing);
+            if i % threads == index && wanted {
                 out.push(topic(et, p));
             }
         }
@@ -90,49 +88,29 @@ pub fn subscriptions(
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// `CLOCK_MONOTONIC_COARSE` in milliseconds: read from the vDSO without a
 /// syscall or a TSC read, with the kernel tick's resolution (1–4 ms).
 #[inline]
 fn coarse_monotonic_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime only writes the timespec we pass it.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// Creates, configures, subscribes and connects/binds one SUB socket.
-pub fn open_socket(
-    ctx: &zmq::Context,
-    config: &IngestConfig,
-    topics: &[String],
-) -> Result<zmq::Socket, IngestError> {
+pub fn open_socket(ctx: &zmq::Context, config: &IngestConfig, topics: &[String]) -> Result<zmq::Socket, IngestError> {
     let z = |what: String| move |source| IngestError::Zmq { what, source };
     let socket = ctx.socket(zmq::SUB).map_err(z("socket(SUB)".into()))?;
-    socket
-        .set_rcvhwm(config.receive_hwm)
-        .map_err(z("setsockopt(RCVHWM)".into()))?;
-    socket
-        .set_maxmsgsize(config.max_message_size)
-        .map_err(z("setsockopt(MAXMSGSIZE)".into()))?;
-    socket
-        .set_rcvtimeo(RECV_TIMEOUT_MS)
-        .map_err(z("setsockopt(RCVTIMEO)".into()))?;
-    socket
-        .set_linger(0)
-        .map_err(z("setsockopt(LINGER)".into()))?;
+    socket.set_rcvhwm(config.receive_hwm).map_err(z("setsockopt(RCVHWM)".into()))?;
+    socket.set_maxmsgsize(config.max_message_size).map_err(z("setsockopt(MAXMSGSIZE)".into()))?;
+    socket.set_rcvtimeo(RECV_TIMEOUT_MS).map_err(z("setsockopt(RCVTIMEO)".into()))?;
+    socket.set_linger(0).map_err(z("setsockopt(LINGER)".into()))?;
     for tpc in topics {
-        socket
-            .set_subscribe(tpc.as_bytes())
-            .map_err(z(format!("subscribe({tpc})")))?;
+        socket.set_subscribe(tpc.as_bytes()).map_err(z(format!("subscribe({tpc})")))?;
     }
     for e in &config.bind {
         socket.bind(e).map_err(z(format!("bind({e})")))?;
@@ -188,6 +166,7 @@ struct IngestMetrics {
     lost: Counter,
     restarts: Counter,
     folded: Counter,
+    raw_dropped: Counter,
     live_keys: Gauge,
     published_live_keys: usize,
 }
@@ -196,16 +175,15 @@ impl IngestMetrics {
     fn new() -> IngestMetrics {
         IngestMetrics {
             received: counter!(t::MESSAGES_RECEIVED),
-            accepted: EventType::ALL
-                .map(|et| counter!(t::EVENTS_ACCEPTED, "event_type" => et.as_str())),
-            invalid: DecodeError::ALL
-                .map(|r| counter!(t::MESSAGES_INVALID, "reason" => r.reason())),
+            accepted: EventType::ALL.map(|et| counter!(t::EVENTS_ACCEPTED, "event_type" => et.as_str())),
+            invalid: DecodeError::ALL.map(|r| counter!(t::MESSAGES_INVALID, "reason" => r.reason())),
             sampled_out: counter!(t::EVENTS_SAMPLED_OUT),
             late: counter!(t::EVENTS_REJECTED, "reason" => "late"),
             future: counter!(t::EVENTS_REJECTED, "reason" => "future"),
             lost: counter!(t::MESSAGES_LOST),
             restarts: counter!(t::PUBLISHER_RESTARTS),
             folded: counter!(t::OVERFLOW_FOLDED),
+            raw_dropped: counter!(t::RAW_ROWS_DROPPED, "reason" => "buffer_full"),
             live_keys: gauge!(t::LIVE_KEYS),
             published_live_keys: 0,
         }
@@ -234,6 +212,8 @@ pub struct Ingest {
     socket: zmq::Socket,
     partition_count: u32,
     sampler: Sampler,
+    /// `None` when the raw sample is off.
+    raw_sampler: Option<Sampler>,
     aggregator: Aggregator,
     seqs: SeqTracker,
     sink: mpsc::Sender<Delta>,
@@ -258,13 +238,18 @@ impl Ingest {
         sink: mpsc::Sender<Delta>,
     ) -> Result<Ingest, IngestError> {
         let sampler = Sampler::new(config.sample, config.partition_count);
-        let topics = subscriptions(config, &sampler, index, config.threads);
+        let raw_sampler =
+            (config.raw_sample != Rate::NONE).then(|| Sampler::new(config.raw_sample, config.partition_count));
+        let mut samplers = vec![&sampler];
+        samplers.extend(raw_sampler.as_ref());
+        let topics = subscriptions(config, &samplers, index, config.threads);
         let socket = open_socket(ctx, config, &topics)?;
         tracing::info!(thread = index, topics = topics.len(), "subscribed");
         Ok(Ingest {
             socket,
             partition_count: config.partition_count,
             sampler,
+            raw_sampler,
             aggregator: Aggregator::new(aggregate),
             seqs: SeqTracker::default(),
             sink,
@@ -331,13 +316,7 @@ impl Ingest {
     /// Decodes, samples and aggregates one message whose topic frame has
     /// just been received.
     #[inline]
-    fn handle(
-        &mut self,
-        topic: &zmq::Message,
-        payload: &mut zmq::Message,
-        now_ms: i64,
-        everything: bool,
-    ) {
+    fn handle(&mut self, topic: &zmq::Message, payload: &mut zmq::Message, now_ms: i64, everything: bool) {
         if !topic.get_more() {
             self.invalid[DecodeError::Frames.index()] += 1;
             return;
@@ -361,29 +340,37 @@ impl Ingest {
             }
         };
         if let (Some(publisher), Some(seq)) = (ev.publisher, ev.seq) {
-            self.seqs
-                .observe(publisher, ev.event_type, ev.partition, seq);
+            self.seqs.observe(publisher, ev.event_type, ev.partition, seq);
         }
-        if !everything && !self.sampler.keep(ev.txn) {
+        let rollup = everything || self.sampler.keep(ev.txn);
+        let raw = self.raw_sampler.as_ref().is_some_and(|s| s.keep(ev.txn));
+        if !rollup && !raw {
             self.sampled_out += 1;
             return;
         }
-        self.aggregator.record(&ev, now_ms);
+        if self.aggregator.admit(ev.ts_ms, now_ms) != Outcome::Accepted {
+            return;
+        }
+        if raw {
+            self.aggregator.push_raw(&ev, now_ms);
+        }
+        if rollup {
+            self.aggregator.record_admitted(&ev);
+        } else {
+            self.sampled_out += 1;
+        }
     }
 
     /// Gives the accumulated delta to the sink if the channel has room;
     /// otherwise keeps it (the next interval merges into it).
     fn hand_over(&mut self) {
-        if self.aggregator.live_keys() == 0 {
+        if self.aggregator.is_empty() {
             return;
         }
         match self.sink.try_reserve() {
             Ok(permit) => permit.send(self.aggregator.drain()),
             Err(mpsc::error::TrySendError::Full(())) => {
-                tracing::debug!(
-                    keys = self.aggregator.live_keys(),
-                    "sink busy; merging into the next interval"
-                )
+                tracing::debug!(keys = self.aggregator.live_keys(), "sink busy; merging into the next interval")
             }
             Err(mpsc::error::TrySendError::Closed(())) => {
                 tracing::error!("sink is gone; dropping nothing yet, keeping the delta in memory")
@@ -395,19 +382,13 @@ impl Ingest {
     fn publish_live_keys(&mut self) {
         let now = self.aggregator.live_keys();
         let m = &mut self.metrics;
-        m.live_keys
-            .increment(now as f64 - m.published_live_keys as f64);
+        m.live_keys.increment(now as f64 - m.published_live_keys as f64);
         m.published_live_keys = now;
     }
 
     fn publish_counts(&mut self) {
         let m = &self.metrics;
-        let AggregateStats {
-            accepted,
-            late,
-            future,
-            folded,
-        } = self.aggregator.take_stats();
+        let AggregateStats { accepted, late, future, folded, raw: _, raw_dropped } = self.aggregator.take_stats();
         m.received.increment(self.received);
         for (c, n) in m.accepted.iter().zip(accepted) {
             if n > 0 {
@@ -423,6 +404,7 @@ impl Ingest {
         m.late.increment(late);
         m.future.increment(future);
         m.folded.increment(folded);
+        m.raw_dropped.increment(raw_dropped);
         m.lost.increment(self.seqs.lost);
         m.restarts.increment(self.seqs.restarts);
         let s = &mut self.summary;
@@ -452,20 +434,10 @@ pub fn spawn(
 ) -> Result<Vec<std::thread::JoinHandle<IngestSummary>>, IngestError> {
     let ctx = zmq::Context::new();
     ctx.set_io_threads(config.threads.min(4) as i32)
-        .map_err(|source| IngestError::Zmq {
-            what: "set io threads".into(),
-            source,
-        })?;
+        .map_err(|source| IngestError::Zmq { what: "set io threads".into(), source })?;
     let mut workers = Vec::new();
     for index in 0..config.threads {
-        let ingest = Ingest::new(
-            &ctx,
-            config,
-            aggregate.clone(),
-            index,
-            flush_interval,
-            sink.clone(),
-        )?;
+        let ingest = Ingest::new(&ctx, config, aggregate.clone(), index, flush_interval, sink.clone())?;
         let stop = stop.clone();
         let handle = std::thread::Builder::new()
             .name(format!("ingest-{index}"))
@@ -504,21 +476,25 @@ mod tests {
             partitions: (0..16).collect(),
             event_types: vec![EventType::Bid, EventType::Win],
             sample: Rate::ALL,
+            raw_sample: Rate::NONE,
             receive_hwm: 0,
             max_message_size: 1024,
             threads: 2,
         };
         let all = Sampler::new(Rate::ALL, 64);
-        let t0 = subscriptions(&config, &all, 0, 2);
-        let t1 = subscriptions(&config, &all, 1, 2);
+        let t0 = subscriptions(&config, &[&all], 0, 2);
+        let t1 = subscriptions(&config, &[&all], 1, 2);
         assert_eq!(t0.len() + t1.len(), 32);
         assert!(t0.contains(&"bid.0000".to_string()) && t1.contains(&"win.0015".to_string()));
         let eighth = Sampler::new("1/8".parse().unwrap(), 64);
-        let mut sampled = subscriptions(&config, &eighth, 0, 1);
+        let mut sampled = subscriptions(&config, &[&eighth], 0, 1);
         sampled.sort();
-        assert_eq!(
-            sampled,
-            vec!["bid.0000", "bid.0008", "win.0000", "win.0008"]
-        );
+        assert_eq!(sampled, vec!["bid.0000", "bid.0008", "win.0000", "win.0008"]);
+        // a raw sample at a lower rate needs no extra partition (samples nest)
+        let raw = Sampler::new("1/1000".parse().unwrap(), 64);
+        assert_eq!(subscriptions(&config, &[&eighth, &raw], 0, 1).len(), 4);
+        // at a higher rate it does
+        let half = Sampler::new("1/2".parse().unwrap(), 64);
+        assert_eq!(subscriptions(&config, &[&eighth, &half], 0, 1).len(), 16);
     }
 }

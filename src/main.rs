@@ -60,12 +60,7 @@ struct SimulateArgs {
     #[arg(long, value_name = "P", default_value_t = 64)]
     partition_count: u32,
     /// Messages per second.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 10_000.0,
-        conflicts_with = "max"
-    )]
+    #[arg(long, value_name = "N", default_value_t = 10_000.0, conflicts_with = "max")]
     rate: f64,
     /// Publish as fast as possible.
     #[arg(long)]
@@ -111,11 +106,7 @@ struct BenchArgs {
     #[arg(long, value_name = "P", default_value_t = 64)]
     partition_count: u32,
     /// The Python baseline script (measured when the file exists).
-    #[arg(
-        long,
-        value_name = "FILE",
-        default_value = "../shared/baseline/py_bid_logger.py"
-    )]
+    #[arg(long, value_name = "FILE", default_value = "../shared/baseline/py_bid_logger.py")]
     baseline: PathBuf,
 }
 
@@ -139,8 +130,7 @@ struct DemoArgs {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    bid_logger::config::parse_duration(s)
-        .ok_or_else(|| format!("expected a duration such as 30s or 5m, got `{s}`"))
+    bid_logger::config::parse_duration(s).ok_or_else(|| format!("expected a duration such as 30s or 5m, got `{s}`"))
 }
 
 #[derive(Args)]
@@ -200,20 +190,10 @@ fn main() -> ExitCode {
             telemetry::init_logging(LogFormat::Text, "warn");
             report(bench(args))
         }
-        Command::NullSubscriber {
-            connect,
-            partition_count,
-            sample,
-            count,
-        } => {
+        Command::NullSubscriber { connect, partition_count, sample, count } => {
             let rate = match sample.parse() {
                 Ok(r) => r,
-                Err(e) => {
-                    return config_failure(ConfigError::Invalid {
-                        key: "sample",
-                        message: format!("{e}"),
-                    })
-                }
+                Err(e) => return config_failure(ConfigError::Invalid { key: "sample", message: format!("{e}") }),
             };
             bid_logger::bench::null_subscriber(&connect, partition_count, rate, count);
             ExitCode::SUCCESS
@@ -264,10 +244,7 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
 fn migrate(url: &str) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let pool = sink::pool(url, 1)?;
-        let mut client = pool
-            .get()
-            .await
-            .with_context(|| format!("connecting to {}", mask_database_url(url)))?;
+        let mut client = pool.get().await.with_context(|| format!("connecting to {}", mask_database_url(url)))?;
         let applied = sink::migrate(&mut client).await?;
         println!("migrations: {applied} applied, schema up to date");
         Ok(ExitCode::SUCCESS)
@@ -302,10 +279,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
     if !args.no_wait {
-        eprintln!(
-            "simulate: waiting for a subscriber on {}",
-            config.bind.join(", ")
-        );
+        eprintln!("simulate: waiting for a subscriber on {}", config.bind.join(", "));
     }
     let summary = bid_logger::simulate::run(&config, &stop)?;
     let secs = summary.elapsed.as_secs_f64().max(1e-9);
@@ -328,8 +302,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Set by SIGINT/SIGTERM so the simulator ends cleanly, with its summary.
-static STOP: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
-    std::sync::OnceLock::new();
+static STOP: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> = std::sync::OnceLock::new();
 
 extern "C" fn on_signal(_: libc::c_int) {
     if let Some(stop) = STOP.get() {
@@ -341,23 +314,15 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe()?.display().to_string();
     let baseline = args.baseline.is_file().then(|| args.baseline.clone());
     if baseline.is_none() {
-        eprintln!(
-            "bench: {} not found; the Python baseline is not measured",
-            args.baseline.display()
-        );
+        eprintln!("bench: {} not found; the Python baseline is not measured", args.baseline.display());
     }
-    let config = bid_logger::bench::BenchConfig {
-        count: args.count,
-        partition_count: args.partition_count,
-        baseline,
-        exe,
-    };
+    let config =
+        bid_logger::bench::BenchConfig { count: args.count, partition_count: args.partition_count, baseline, exe };
     runtime()?.block_on(async {
         let (_cluster, url) = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
             Some(url) => (None, url),
             None => {
-                let pg =
-                    tokio::task::spawn_blocking(bid_logger::pgtemp::TempPostgres::start).await??;
+                let pg = tokio::task::spawn_blocking(bid_logger::pgtemp::TempPostgres::start).await??;
                 let url = pg.url();
                 (Some(pg), url)
             }

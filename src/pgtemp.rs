@@ -32,10 +32,7 @@ pub enum TempPostgresError {
 }
 
 fn step(step: &'static str) -> impl Fn(std::io::Error) -> TempPostgresError {
-    move |e| TempPostgresError::Step {
-        step,
-        detail: e.to_string(),
-    }
+    move |e| TempPostgresError::Step { step, detail: e.to_string() }
 }
 
 /// A running throwaway cluster; stopped and deleted on drop.
@@ -52,36 +49,18 @@ impl TempPostgres {
     pub fn start() -> Result<TempPostgres, TempPostgresError> {
         let bindir = find_bindir().ok_or(TempPostgresError::NoBinaries)?;
         let run_as = unprivileged_user()?;
-        let dir = std::env::temp_dir().join(format!(
-            "bid-logger-pg-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
+        let dir = std::env::temp_dir().join(format!("bid-logger-pg-{}-{}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&dir).map_err(step("creating the cluster directory"))?;
         if let Some((uid, gid)) = run_as {
             chown(&dir, uid, gid)?;
         }
         let port = free_port()?;
-        let pg = TempPostgres {
-            dir,
-            bindir,
-            port,
-            run_as,
-        };
+        let pg = TempPostgres { dir, bindir, port, run_as };
         let data = pg.dir.join("data");
         pg.command("initdb")
             .arg("-D")
             .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])
             .output_ok("initdb")?;
         pg.watchdog();
         let options = format!(
@@ -138,19 +117,11 @@ impl TempPostgres {
     /// Appends the end of the server's log to a start-up error.
     fn with_server_log(&self, e: TempPostgresError) -> TempPostgresError {
         let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-        let tail: Vec<&str> = log
-            .lines()
-            .rev()
-            .take(10)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let tail: Vec<&str> = log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
         match e {
-            TempPostgresError::Step { step, detail } => TempPostgresError::Step {
-                step,
-                detail: format!("{detail}\nserver log:\n{}", tail.join("\n")),
-            },
+            TempPostgresError::Step { step, detail } => {
+                TempPostgresError::Step { step, detail: format!("{detail}\nserver log:\n{}", tail.join("\n")) }
+            }
             other => other,
         }
     }
@@ -175,10 +146,7 @@ impl TempPostgres {
             dir = self.dir.display()
         );
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         if let Some((uid, gid)) = self.run_as {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(gid);
@@ -236,11 +204,7 @@ pub fn find_bindir() -> Option<PathBuf> {
             if has(&dir) {
                 // initdb may be a symlink into the real bindir, where postgres lives
                 let real = std::fs::canonicalize(dir.join("initdb")).ok()?;
-                return real
-                    .parent()
-                    .map(Path::to_path_buf)
-                    .filter(|d| has(d))
-                    .or(Some(dir));
+                return real.parent().map(Path::to_path_buf).filter(|d| has(d)).or(Some(dir));
             }
         }
     }
@@ -277,8 +241,7 @@ fn unprivileged_user() -> Result<Option<(u32, u32)>, TempPostgresError> {
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), TempPostgresError> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .map_err(step("chown of the cluster directory"))
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(step("chown of the cluster directory"))
 }
 
 fn free_port() -> Result<u16, TempPostgresError> {

@@ -40,12 +40,8 @@ pub struct RunSummary {
 
 /// Runs the logger until SIGTERM or SIGINT (or until `stop` resolves), then
 /// stops receiving, flushes everything and returns the summary.
-pub async fn run(
-    config: Config,
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<RunSummary, PipelineError> {
-    crate::telemetry::install_exporter(config.metrics_addr)
-        .map_err(|e| PipelineError::Metrics(e.to_string()))?;
+pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<RunSummary, PipelineError> {
+    crate::telemetry::install_exporter(config.metrics_addr).map_err(|e| PipelineError::Metrics(e.to_string()))?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         database = %crate::config::mask_database_url(&config.sink.database_url),
@@ -55,37 +51,28 @@ pub async fn run(
         partition_count = config.ingest.partition_count,
         "starting"
     );
-    let pool = sink::pool(&config.sink.database_url, config.sink.pool_size)
-        .map_err(PipelineError::Database)?;
+    let pool = sink::pool(&config.sink.database_url, config.sink.pool_size).map_err(PipelineError::Database)?;
     check_database(&pool).await?;
 
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let stopping = Arc::new(AtomicBool::new(false));
-    let workers = ingest::spawn(
-        &config.ingest,
-        &config.aggregate,
-        config.sink.flush_interval,
-        tx,
-        stopping.clone(),
-    )?;
+    let workers = ingest::spawn(&config.ingest, &config.aggregate, config.sink.flush_interval, tx, stopping.clone())?;
     let sink = tokio::spawn(Sink::new(config.sink.clone(), pool, rx).run());
 
     wait_for_stop(stop).await?;
     tracing::info!("stopping: no longer receiving; flushing what was accepted");
     stopping.store(true, Ordering::Relaxed);
     let ingest = tokio::task::spawn_blocking(move || {
-        workers
-            .into_iter()
-            .fold(IngestSummary::default(), |mut acc, w| {
-                let s = w.join().expect("ingest threads do not panic");
-                acc.received += s.received;
-                acc.invalid += s.invalid;
-                acc.sampled_out += s.sampled_out;
-                acc.accepted += s.accepted;
-                acc.rejected += s.rejected;
-                acc.lost += s.lost;
-                acc
-            })
+        workers.into_iter().fold(IngestSummary::default(), |mut acc, w| {
+            let s = w.join().expect("ingest threads do not panic");
+            acc.received += s.received;
+            acc.invalid += s.invalid;
+            acc.sampled_out += s.sampled_out;
+            acc.accepted += s.accepted;
+            acc.rejected += s.rejected;
+            acc.lost += s.lost;
+            acc
+        })
     })
     .await
     .expect("joining ingest threads");

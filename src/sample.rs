@@ -42,9 +42,7 @@ impl Rate {
 
     /// A rate of `ppm` parts per million, clamped to a full sample.
     pub fn from_ppm(ppm: u32) -> Rate {
-        Rate {
-            ppm: ppm.min(FULL_PPM),
-        }
+        Rate { ppm: ppm.min(FULL_PPM) }
     }
 
     /// Parts per million.
@@ -155,12 +153,7 @@ impl Sampler {
                 threshold[p] = (frac * 2f64.powi(64)).min(u64::MAX as f64) as u64;
             }
         }
-        Sampler {
-            rate,
-            partition_count,
-            threshold,
-            whole,
-        }
+        Sampler { rate, partition_count, threshold, whole }
     }
 
     /// The configured rate.
@@ -246,9 +239,7 @@ mod tests {
     #[test]
     fn one_eighth_of_64_partitions_keeps_8_whole_partitions_spread_out() {
         let s = Sampler::new("1/8".parse().unwrap(), 64);
-        let whole: Vec<u32> = (0..64)
-            .filter(|&p| s.share(p) == PartitionShare::Whole)
-            .collect();
+        let whole: Vec<u32> = (0..64).filter(|&p| s.share(p) == PartitionShare::Whole).collect();
         assert_eq!(whole, vec![0, 8, 16, 24, 32, 40, 48, 56]);
         assert!((0..64).all(|p| s.share(p) != PartitionShare::Part));
     }
@@ -266,22 +257,13 @@ mod tests {
 
     #[test]
     fn observed_rate_is_within_tolerance() {
-        for (rate, p_count) in [
-            ("0.1", 64),
-            ("1/8", 64),
-            ("0.3", 100),
-            ("0.01", 256),
-            ("0.5", 7),
-        ] {
+        for (rate, p_count) in [("0.1", 64), ("1/8", 64), ("0.3", 100), ("0.01", 256), ("0.5", 7)] {
             let s = Sampler::new(rate.parse().unwrap(), p_count);
             let n = 200_000u64;
             let kept = (0..n).filter(|&i| s.keep(&txn(i))).count() as f64;
             let r = s.rate().fraction();
             let sd = (n as f64 * r * (1.0 - r)).sqrt();
-            assert!(
-                (kept - n as f64 * r).abs() < 5.0 * sd + 1.0,
-                "rate {rate} over P={p_count}: kept {kept} of {n}"
-            );
+            assert!((kept - n as f64 * r).abs() < 5.0 * sd + 1.0, "rate {rate} over P={p_count}: kept {kept} of {n}");
         }
     }
 

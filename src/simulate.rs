@@ -224,12 +224,7 @@ impl Generator {
 
     /// Writes the next message into `topic` and `payload` (cleared first),
     /// with event times relative to `now_ms`; returns its partition and kind.
-    pub fn next(
-        &mut self,
-        now_ms: i64,
-        topic: &mut Vec<u8>,
-        payload: &mut Vec<u8>,
-    ) -> (u32, Produced) {
+    pub fn next(&mut self, now_ms: i64, topic: &mut Vec<u8>, payload: &mut Vec<u8>) -> (u32, Produced) {
         topic.clear();
         payload.clear();
         if self.invalid_fraction > 0.0 && self.rng.gen_bool(self.invalid_fraction) {
@@ -240,10 +235,7 @@ impl Generator {
             self.chains.push(chain);
         }
         let i = self.rng.gen_range(0..self.chains.len());
-        let ev = self.chains[i]
-            .events
-            .pop_front()
-            .expect("chains are never empty here");
+        let ev = self.chains[i].events.pop_front().expect("chains are never empty here");
         let chain = &self.chains[i];
         let partition = chain.partition;
         write!(topic, "{}.{:04}", ev.event_type.as_str(), partition).expect("Vec write");
@@ -269,16 +261,11 @@ impl Truth {
         let t = self;
         t.events += 1;
         t.by_type.entry(ev.event_type.as_str()).or_default().add(ev);
-        t.by_minute
-            .entry((ev.ts.div_euclid(60_000), ev.event_type.as_str()))
-            .or_default()
-            .add(ev);
+        t.by_minute.entry((ev.ts.div_euclid(60_000), ev.event_type.as_str())).or_default().add(ev);
         if ev.event_type == EventType::Win {
             let c = normalise_country(Some(ev.country).filter(|c| !c.is_empty()));
             let mut buf = [0u8; 32];
-            let os = normalise_os(Some(os), &mut buf)
-                .unwrap_or("unknown")
-                .to_string();
+            let os = normalise_os(Some(os), &mut buf).unwrap_or("unknown").to_string();
             let key = format!("{}/{}", String::from_utf8_lossy(&c), os);
             t.wins_by_country.entry(key).or_default().add(ev);
         }
@@ -320,47 +307,25 @@ impl Generator {
         let mut events = std::collections::VecDeque::new();
         let mut t = 0i64;
         events.push_back(base.clone());
-        let with = |et: EventType, t: i64| SimEvent {
-            event_type: et,
-            ts: t,
-            campaign,
-            advertiser,
-            ..base.clone()
-        };
+        let with = |et: EventType, t: i64| SimEvent { event_type: et, ts: t, campaign, advertiser, ..base.clone() };
         if rng.gen_bool(0.2) {
             t += rng.gen_range(5..50);
             let bid_price = rng.gen_range(500..20_000);
-            events.push_back(SimEvent {
-                price: Some(bid_price),
-                ..with(EventType::Bid, t)
-            });
+            events.push_back(SimEvent { price: Some(bid_price), ..with(EventType::Bid, t) });
             t += rng.gen_range(50..150);
             if rng.gen_bool(0.15) {
                 let clearing = bid_price * rng.gen_range(50..100) / 100;
-                events.push_back(SimEvent {
-                    price: Some(clearing),
-                    ..with(EventType::Win, t)
-                });
+                events.push_back(SimEvent { price: Some(clearing), ..with(EventType::Win, t) });
                 if rng.gen_bool(0.95) {
                     t += rng.gen_range(1_000..5_000);
-                    events.push_back(SimEvent {
-                        price: Some(clearing),
-                        ..with(EventType::Impression, t)
-                    });
+                    events.push_back(SimEvent { price: Some(clearing), ..with(EventType::Impression, t) });
                     if rng.gen_bool(0.03) {
                         t += rng.gen_range(5_000..60_000);
-                        events.push_back(SimEvent {
-                            attributed: Some(true),
-                            ..with(EventType::Click, t)
-                        });
+                        events.push_back(SimEvent { attributed: Some(true), ..with(EventType::Click, t) });
                         if rng.gen_bool(0.15) {
                             t += rng.gen_range(120_000..1_800_000);
                             let attributed = rng.gen_bool(0.8);
-                            let revenue = if attributed {
-                                rng.gen_range(1_000_000..5_000_000)
-                            } else {
-                                0
-                            };
+                            let revenue = if attributed { rng.gen_range(1_000_000..5_000_000) } else { 0 };
                             events.push_back(SimEvent {
                                 attributed: Some(attributed),
                                 revenue: Some(revenue),
@@ -391,11 +356,7 @@ impl Generator {
         for e in &mut events {
             e.ts += start;
         }
-        Chain {
-            txn,
-            partition,
-            events,
-        }
+        Chain { txn, partition, events }
     }
 
     fn invalid(&mut self, topic: &mut Vec<u8>, payload: &mut Vec<u8>) -> Produced {
@@ -521,17 +482,13 @@ pub enum SimulateError {
 }
 
 /// Publishes until the duration or count is reached, or `stop` is set.
-pub fn run(
-    config: &SimulateConfig,
-    stop: &std::sync::atomic::AtomicBool,
-) -> Result<SimSummary, SimulateError> {
+pub fn run(config: &SimulateConfig, stop: &std::sync::atomic::AtomicBool) -> Result<SimSummary, SimulateError> {
     let z = |what: String| move |source| SimulateError::Zmq { what, source };
     let ctx = zmq::Context::new();
     let mut sockets = Vec::new();
     for (i, endpoint) in config.bind.iter().enumerate() {
         let s = ctx.socket(zmq::XPUB).map_err(z("socket(XPUB)".into()))?;
-        s.set_sndhwm(config.send_hwm)
-            .map_err(z("setsockopt(SNDHWM)".into()))?;
+        s.set_sndhwm(config.send_hwm).map_err(z("setsockopt(SNDHWM)".into()))?;
         s.set_linger(2000).map_err(z("setsockopt(LINGER)".into()))?;
         s.bind(endpoint).map_err(z(format!("bind({endpoint})")))?;
         sockets.push((s, format!("bidder-{i}")));
@@ -590,9 +547,7 @@ pub fn run(
                 seqs[which].iter_mut().for_each(|s| *s = 1);
             }
         }
-        socket
-            .send(&topic, zmq::SNDMORE)
-            .map_err(z("send".into()))?;
+        socket.send(&topic, zmq::SNDMORE).map_err(z("send".into()))?;
         socket.send(&payload, 0).map_err(z("send".into()))?;
         summary.sent += 1;
     }
@@ -633,11 +588,7 @@ mod tests {
 
     #[test]
     fn every_generated_message_decodes_or_is_meant_to_be_invalid() {
-        let config = SimulateConfig {
-            invalid_fraction: 0.05,
-            late_fraction: 0.1,
-            ..Default::default()
-        };
+        let config = SimulateConfig { invalid_fraction: 0.05, late_fraction: 0.1, ..Default::default() };
         let mut gen = Generator::new(&config);
         let (mut topic, mut payload) = (Vec::new(), Vec::new());
         let mut counts = [0u64; 8];

@@ -39,92 +39,42 @@ pub const PENDING_BATCHES: &str = "bid_logger_pending_batches";
 pub const PENDING_EVENTS: &str = "bid_logger_pending_events";
 /// Unix time of the last successful flush.
 pub const LAST_FLUSH: &str = "bid_logger_last_flush_timestamp_seconds";
+/// Raw rows written to `events_sample`.
+pub const RAW_ROWS_WRITTEN: &str = "bid_logger_raw_rows_written_total";
+/// Raw rows dropped, by `reason` (`buffer_full`, `expired`).
+pub const RAW_ROWS_DROPPED: &str = "bid_logger_raw_rows_dropped_total";
+/// Daily `events_sample` partitions created.
+pub const RAW_PARTITIONS_CREATED: &str = "bid_logger_raw_partitions_created_total";
+/// Daily `events_sample` partitions dropped by retention.
+pub const RAW_PARTITIONS_DROPPED: &str = "bid_logger_raw_partitions_dropped_total";
 /// Always 1, with the version as a label.
 pub const BUILD_INFO: &str = "bid_logger_build_info";
 
 /// Buckets of [`FLUSH_DURATION`], in seconds.
-pub const FLUSH_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+pub const FLUSH_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Describes every metric (type, unit, help) with the installed recorder.
 pub fn describe() {
-    describe_counter!(
-        MESSAGES_RECEIVED,
-        Unit::Count,
-        "Messages taken off the SUB sockets, valid or not."
-    );
-    describe_counter!(
-        EVENTS_ACCEPTED,
-        Unit::Count,
-        "Valid, sampled, in-window events counted into the rollups."
-    );
-    describe_counter!(
-        MESSAGES_INVALID,
-        Unit::Count,
-        "Invalid messages dropped, by reason."
-    );
-    describe_counter!(
-        EVENTS_SAMPLED_OUT,
-        Unit::Count,
-        "Valid events outside the transaction sample."
-    );
-    describe_counter!(
-        EVENTS_REJECTED,
-        Unit::Count,
-        "Valid events rejected for their event time (late, future)."
-    );
-    describe_counter!(
-        MESSAGES_LOST,
-        Unit::Count,
-        "Messages lost between publishers and the logger, from seq gaps."
-    );
-    describe_counter!(
-        PUBLISHER_RESTARTS,
-        Unit::Count,
-        "Publisher restarts seen (seq going backwards)."
-    );
-    describe_gauge!(
-        LIVE_KEYS,
-        Unit::Count,
-        "Distinct rollup keys held in memory."
-    );
-    describe_counter!(
-        OVERFLOW_FOLDED,
-        Unit::Count,
-        "Events folded into other/-1 by a cardinality cap."
-    );
-    describe_histogram!(
-        FLUSH_DURATION,
-        Unit::Seconds,
-        "Time a successful flush took."
-    );
-    describe_counter!(
-        ROWS_UPSERTED,
-        Unit::Count,
-        "Rollup rows inserted or updated, by table."
-    );
+    describe_counter!(MESSAGES_RECEIVED, Unit::Count, "Messages taken off the SUB sockets, valid or not.");
+    describe_counter!(EVENTS_ACCEPTED, Unit::Count, "Valid, sampled, in-window events counted into the rollups.");
+    describe_counter!(MESSAGES_INVALID, Unit::Count, "Invalid messages dropped, by reason.");
+    describe_counter!(EVENTS_SAMPLED_OUT, Unit::Count, "Valid events outside the transaction sample.");
+    describe_counter!(EVENTS_REJECTED, Unit::Count, "Valid events rejected for their event time (late, future).");
+    describe_counter!(MESSAGES_LOST, Unit::Count, "Messages lost between publishers and the logger, from seq gaps.");
+    describe_counter!(PUBLISHER_RESTARTS, Unit::Count, "Publisher restarts seen (seq going backwards).");
+    describe_gauge!(LIVE_KEYS, Unit::Count, "Distinct rollup keys held in memory.");
+    describe_counter!(OVERFLOW_FOLDED, Unit::Count, "Events folded into other/-1 by a cardinality cap.");
+    describe_histogram!(FLUSH_DURATION, Unit::Seconds, "Time a successful flush took.");
+    describe_counter!(ROWS_UPSERTED, Unit::Count, "Rollup rows inserted or updated, by table.");
     describe_counter!(EVENTS_FLUSHED, Unit::Count, "Events written to PostgreSQL.");
-    describe_counter!(
-        FLUSH_FAILURES,
-        Unit::Count,
-        "Flush attempts that failed and will be retried."
-    );
-    describe_gauge!(
-        PENDING_BATCHES,
-        Unit::Count,
-        "Batches waiting to be written (queued and in flight)."
-    );
-    describe_gauge!(
-        PENDING_EVENTS,
-        Unit::Count,
-        "Events accepted but not yet written."
-    );
-    describe_gauge!(
-        LAST_FLUSH,
-        Unit::Seconds,
-        "Unix time of the last successful flush."
-    );
+    describe_counter!(FLUSH_FAILURES, Unit::Count, "Flush attempts that failed and will be retried.");
+    describe_gauge!(PENDING_BATCHES, Unit::Count, "Batches waiting to be written (queued and in flight).");
+    describe_gauge!(PENDING_EVENTS, Unit::Count, "Events accepted but not yet written.");
+    describe_gauge!(LAST_FLUSH, Unit::Seconds, "Unix time of the last successful flush.");
+    describe_counter!(RAW_ROWS_WRITTEN, Unit::Count, "Raw rows written to events_sample.");
+    describe_counter!(RAW_ROWS_DROPPED, Unit::Count, "Raw rows dropped, by reason (buffer_full, expired).");
+    describe_counter!(RAW_PARTITIONS_CREATED, Unit::Count, "Daily events_sample partitions created.");
+    describe_counter!(RAW_PARTITIONS_DROPPED, Unit::Count, "Daily events_sample partitions dropped by retention.");
     describe_gauge!(BUILD_INFO, Unit::Count, "Always 1; the version is a label.");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
@@ -134,10 +84,7 @@ pub fn describe() {
 pub fn install_exporter(addr: SocketAddr) -> Result<(), metrics_exporter_prometheus::BuildError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(FLUSH_DURATION.into()),
-            FLUSH_BUCKETS,
-        )?
+        .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Full(FLUSH_DURATION.into()), FLUSH_BUCKETS)?
         .install()?;
     describe();
     Ok(())
@@ -147,12 +94,9 @@ pub fn install_exporter(addr: SocketAddr) -> Result<(), metrics_exporter_prometh
 /// (e.g. `info`). PostgreSQL's notices (logged by tokio-postgres) are kept
 /// out unless `RUST_LOG` asks for them.
 pub fn init_logging(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default},tokio_postgres=warn"))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},tokio_postgres=warn")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),

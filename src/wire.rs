@@ -133,21 +133,13 @@ mod tests {
     #[test]
     fn fnv_test_vectors_from_the_spec() {
         let bin: Vec<u8> = (0..16)
-            .map(|i| {
-                u8::from_str_radix(&"0f1e2d3c4b5a69788796a5b4c3d2e1f0"[i * 2..i * 2 + 2], 16)
-                    .unwrap()
-            })
+            .map(|i| u8::from_str_radix(&"0f1e2d3c4b5a69788796a5b4c3d2e1f0"[i * 2..i * 2 + 2], 16).unwrap())
             .collect();
         let vectors: [(&[u8], u64, u32, u32); 5] = [
             (b"", 0xcbf29ce484222325, 37, 37),
             (b"a", 0xaf63dc4c8601ec8c, 12, 140),
             (b"txn-000001", 0x400f5d1ebf464b83, 3, 131),
-            (
-                b"9b2f6c1e-3a4d-4e5f-8a9b-0c1d2e3f4a5b",
-                0x66a3766d91f27bdf,
-                31,
-                223,
-            ),
+            (b"9b2f6c1e-3a4d-4e5f-8a9b-0c1d2e3f4a5b", 0x66a3766d91f27bdf, 31, 223),
             (&bin, 0xc991cf3aba9d09e5, 37, 229),
         ];
         for (txn, hash, p64, p256) in vectors {
@@ -160,10 +152,7 @@ mod tests {
     #[test]
     fn topics_parse_and_reject() {
         assert_eq!(parse_topic(b"bid.0031"), Some((EventType::Bid, 31)));
-        assert_eq!(
-            parse_topic(b"impression.0063"),
-            Some((EventType::Impression, 63))
-        );
+        assert_eq!(parse_topic(b"impression.0063"), Some((EventType::Impression, 63)));
         assert_eq!(parse_topic(b"event.9999"), Some((EventType::Event, 9999)));
         for bad in [
             &b"bid.31"[..],

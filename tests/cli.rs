@@ -24,13 +24,7 @@ fn bid_logger(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn bad_configuration_fails_at_start_with_one_line_naming_the_key() {
-    let base = [
-        "run",
-        "--connect",
-        "tcp://127.0.0.1:1",
-        "--database-url",
-        "postgres://u@127.0.0.1:1/db",
-    ];
+    let base = ["run", "--connect", "tcp://127.0.0.1:1", "--database-url", "postgres://u@127.0.0.1:1/db"];
     for (flag, value, key) in [
         ("--sample", "2", "`sample`"),
         ("--partitions", "0-99", "`partitions`"),
@@ -76,14 +70,8 @@ fn check_config_prints_every_key_with_the_password_masked() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
-    assert!(
-        stdout.contains("postgres://logger:***@db.internal:5432/warehouse"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("sample = \"1/8\""),
-        "flags override the file: {stdout}"
-    );
+    assert!(stdout.contains("postgres://logger:***@db.internal:5432/warehouse"), "{stdout}");
+    assert!(stdout.contains("sample = \"1/8\""), "flags override the file: {stdout}");
     let example_keys: Vec<String> = std::fs::read_to_string(example)
         .unwrap()
         .lines()
@@ -91,10 +79,7 @@ fn check_config_prints_every_key_with_the_password_masked() {
         .map(|l| l.split(" = ").next().unwrap().to_string())
         .collect();
     for key in &example_keys {
-        assert!(
-            stdout.contains(&format!("{key} = ")),
-            "check-config omits {key}"
-        );
+        assert!(stdout.contains(&format!("{key} = ")), "check-config omits {key}");
     }
 }
 
@@ -113,20 +98,14 @@ async fn migrate_is_idempotent_and_creates_the_warehouse() {
         "rollup_minute_est",
         "rollup_hour_est",
         "bid_logger_flush_ledger",
+        "events_sample",
     ] {
-        let n: i64 = client
-            .query_one("SELECT count(*) FROM pg_class WHERE relname = $1", &[&rel])
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 =
+            client.query_one("SELECT count(*) FROM pg_class WHERE relname = $1", &[&rel]).await.unwrap().get(0);
         assert_eq!(n, 1, "{rel}");
     }
-    let versions: i64 = client
-        .query_one("SELECT count(*) FROM bid_logger_migrations", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(versions, 1);
+    let versions: i64 = client.query_one("SELECT count(*) FROM bid_logger_migrations", &[]).await.unwrap().get(0);
+    assert_eq!(versions as usize, bid_logger::sink::migrate::MIGRATIONS.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

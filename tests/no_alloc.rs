@@ -46,20 +46,12 @@ fn decode_and_record_allocate_nothing_per_event() {
         agg.record(&decode(t, p, 64).unwrap(), now);
     }
     let before = ALLOCATIONS.load(Ordering::Relaxed);
-    assert!(
-        before > start,
-        "the counting allocator sees the tables grow"
-    );
+    assert!(before > start, "the counting allocator sees the tables grow");
     // Second pass over the same keys: nothing may allocate.
     for (t, p) in &msgs {
         agg.record(&decode(t, p, 64).unwrap(), now);
     }
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
-    assert_eq!(
-        allocations,
-        0,
-        "{allocations} allocations for {} events",
-        msgs.len()
-    );
+    assert_eq!(allocations, 0, "{allocations} allocations for {} events", msgs.len());
     assert_eq!(agg.events(), 40_000);
 }

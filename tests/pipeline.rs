@@ -13,23 +13,11 @@ use support::*;
 const P: u32 = 16;
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-const COUNTRIES: &[Option<&str>] = &[
-    Some("BR"),
-    Some("us"),
-    Some("Us"),
-    Some("BRA"),
-    Some(""),
-    Some("ü1"),
-    None,
-    Some("d'"),
-    Some("DE"),
-];
+const COUNTRIES: &[Option<&str>] =
+    &[Some("BR"), Some("us"), Some("Us"), Some("BRA"), Some(""), Some("ü1"), None, Some("d'"), Some("DE")];
 const OSES: &[Option<&str>] = &[
     Some("Android"),
     Some("iOS"),
@@ -56,11 +44,7 @@ fn chains(
         let base = ts_of(rng) - 400_000;
         let country = COUNTRIES[rng.gen_range(0..COUNTRIES.len())].map(str::to_string);
         let os = OSES[rng.gen_range(0..OSES.len())].map(str::to_string);
-        let campaign = if unique_campaigns {
-            i as u32 + 1
-        } else {
-            rng.gen_range(0..20)
-        };
+        let campaign = if unique_campaigns { i as u32 + 1 } else { rng.gen_range(0..20) };
         let advertiser = if campaign == 0 { 0 } else { campaign % 7 + 1 };
         let ev = |t: &'static str, dt: i64| {
             let mut e = TestEvent::new(t, txn.clone(), base + dt);
@@ -96,9 +80,7 @@ fn chains(
                         let mut purchase = ev("event", 400_000);
                         purchase.revenue = Some(rng.gen_range(1..9_000_000));
                         purchase.attributed = Some(true);
-                        purchase.extra = Some(
-                            serde_json::json!({"name": "purchase", "nested": [1, {"x": null}]}),
-                        );
+                        purchase.extra = Some(serde_json::json!({"name": "purchase", "nested": [1, {"x": null}]}));
                         out.push(purchase);
                     }
                 } else {
@@ -123,9 +105,7 @@ fn number(events: &mut [TestEvent], publisher: &str) {
 
 /// Invalid messages, one per rule, on topics the logger subscribes to.
 fn garbage() -> Vec<(Vec<Vec<u8>>, &'static str)> {
-    let valid = |ts: serde_json::Value| {
-        rmp_serde::to_vec(&serde_json::json!({"txn": "g", "ts": ts})).unwrap()
-    };
+    let valid = |ts: serde_json::Value| rmp_serde::to_vec(&serde_json::json!({"txn": "g", "ts": ts})).unwrap();
     let topic = format!("bid.{:04}", bid_logger::wire::partition_of(b"g", P)).into_bytes();
     let bad_utf8 = {
         let mut b = Vec::new();
@@ -141,51 +121,18 @@ fn garbage() -> Vec<(Vec<Vec<u8>>, &'static str)> {
     };
     vec![
         (vec![topic.clone()], "frames"),
-        (
-            vec![
-                topic.clone(),
-                valid(serde_json::json!(1)),
-                b"third".to_vec(),
-            ],
-            "frames",
-        ),
-        (
-            vec![b"bid.00001".to_vec(), valid(serde_json::json!(1))],
-            "topic",
-        ),
+        (vec![topic.clone(), valid(serde_json::json!(1)), b"third".to_vec()], "frames"),
+        (vec![b"bid.00001".to_vec(), valid(serde_json::json!(1))], "topic"),
         (vec![topic.clone(), b"\xc1".to_vec()], "malformed"),
+        (vec![topic.clone(), rmp_serde::to_vec(&serde_json::json!([1, 2])).unwrap()], "not_map"),
+        (vec![topic.clone(), rmp_serde::to_vec(&serde_json::json!({"txn": "g"})).unwrap()], "missing_field"),
+        (vec![topic.clone(), valid(serde_json::json!(1.5))], "wrong_type"),
         (
-            vec![
-                topic.clone(),
-                rmp_serde::to_vec(&serde_json::json!([1, 2])).unwrap(),
-            ],
-            "not_map",
-        ),
-        (
-            vec![
-                topic.clone(),
-                rmp_serde::to_vec(&serde_json::json!({"txn": "g"})).unwrap(),
-            ],
-            "missing_field",
-        ),
-        (
-            vec![topic.clone(), valid(serde_json::json!(1.5))],
-            "wrong_type",
-        ),
-        (
-            vec![
-                topic.clone(),
-                rmp_serde::to_vec(&serde_json::json!({"txn": "g", "ts": 1, "campaign": -3}))
-                    .unwrap(),
-            ],
+            vec![topic.clone(), rmp_serde::to_vec(&serde_json::json!({"txn": "g", "ts": 1, "campaign": -3})).unwrap()],
             "out_of_range",
         ),
         (
-            vec![
-                topic.clone(),
-                rmp_serde::to_vec(&serde_json::json!({"txn": "g", "ts": 1, "type": "win"}))
-                    .unwrap(),
-            ],
+            vec![topic.clone(), rmp_serde::to_vec(&serde_json::json!({"txn": "g", "ts": 1, "type": "win"})).unwrap()],
             "type_mismatch",
         ),
         (vec![topic, bad_utf8], "invalid_utf8"),
@@ -196,10 +143,7 @@ fn garbage() -> Vec<(Vec<Vec<u8>>, &'static str)> {
 async fn exact_totals_with_late_out_of_order_invalid_and_odd_values() {
     let db = fresh_database("exact").await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(
-        &db,
-        &["--connect", &publisher.endpoint, "--partition-count", "16"],
-    );
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
     publisher.wait_for_subscriptions(all_topics(P));
 
     let now = now_ms();
@@ -217,11 +161,7 @@ async fn exact_totals_with_late_out_of_order_invalid_and_odd_values() {
     for (i, e) in events.iter().enumerate() {
         publisher.publish(e, P);
         if i % 500 == 0 {
-            let frames: Vec<&[u8]> = garbage[(i / 500) % garbage.len()]
-                .0
-                .iter()
-                .map(Vec::as_slice)
-                .collect();
+            let frames: Vec<&[u8]> = garbage[(i / 500) % garbage.len()].0.iter().map(Vec::as_slice).collect();
             publisher.send(&frames);
         }
     }
@@ -233,48 +173,21 @@ async fn exact_totals_with_late_out_of_order_invalid_and_odd_values() {
     publisher.publish(&rejected_future, P);
     let garbage_sent = garbage.len() + events.len().div_ceil(500);
     let total = events.len() + garbage_sent + 2;
-    logger.wait_metric(
-        "bid_logger_messages_received_total",
-        total as f64,
-        Duration::from_secs(60),
-    );
-    logger.wait_metric(
-        "bid_logger_events_flushed_total",
-        events.len() as f64,
-        Duration::from_secs(30),
-    );
+    logger.wait_metric("bid_logger_messages_received_total", total as f64, Duration::from_secs(60));
+    logger.wait_metric("bid_logger_events_flushed_total", events.len() as f64, Duration::from_secs(30));
 
     let invalid = logger.metric("bid_logger_messages_invalid_total", "");
-    assert_eq!(
-        invalid as usize, garbage_sent,
-        "every invalid message counted once"
-    );
+    assert_eq!(invalid as usize, garbage_sent, "every invalid message counted once");
     for (_, reason) in &garbage {
         assert!(
-            logger.metric(
-                "bid_logger_messages_invalid_total",
-                &format!("reason=\"{reason}\"")
-            ) >= 1.0,
+            logger.metric("bid_logger_messages_invalid_total", &format!("reason=\"{reason}\"")) >= 1.0,
             "reason {reason} counted"
         );
     }
-    assert_eq!(
-        logger.metric("bid_logger_events_rejected_total", "reason=\"late\""),
-        1.0
-    );
-    assert_eq!(
-        logger.metric("bid_logger_events_rejected_total", "reason=\"future\""),
-        1.0
-    );
-    assert_eq!(
-        logger.metric("bid_logger_messages_lost_total", ""),
-        0.0,
-        "no false loss"
-    );
-    assert_eq!(
-        logger.metric("bid_logger_events_accepted_total", "") as usize,
-        events.len()
-    );
+    assert_eq!(logger.metric("bid_logger_events_rejected_total", "reason=\"late\""), 1.0);
+    assert_eq!(logger.metric("bid_logger_events_rejected_total", "reason=\"future\""), 1.0);
+    assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 0.0, "no false loss");
+    assert_eq!(logger.metric("bid_logger_events_accepted_total", "") as usize, events.len());
 
     let (code, stderr) = logger.stop();
     assert_eq!(code, 0, "graceful stop exits 0; stderr:\n{stderr}");
@@ -291,11 +204,7 @@ async fn exact_totals_with_late_out_of_order_invalid_and_odd_values() {
         "rollup_hour",
     );
     // the estimate views equal the rollups at a full sample
-    let est: f64 = client
-        .query_one("SELECT sum(events) FROM rollup_hour_est", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let est: f64 = client.query_one("SELECT sum(events) FROM rollup_hour_est", &[]).await.unwrap().get(0);
     assert_eq!(est as usize, events.len());
 }
 
@@ -303,34 +212,16 @@ async fn exact_totals_with_late_out_of_order_invalid_and_odd_values() {
 async fn graceful_stop_flushes_everything_even_with_a_long_flush_interval() {
     let db = fresh_database("stop").await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(
-        &db,
-        &[
-            "--connect",
-            &publisher.endpoint,
-            "--partition-count",
-            "16",
-            "--flush-interval",
-            "1h",
-        ],
-    );
+    let logger =
+        Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--flush-interval", "1h"]);
     publisher.wait_for_subscriptions(all_topics(P));
     let now = now_ms();
     let mut rng = SmallRng::seed_from_u64(11);
-    let events = chains(
-        &mut rng,
-        500,
-        &|r: &mut SmallRng| now - r.gen_range(0..60_000),
-        false,
-    );
+    let events = chains(&mut rng, 500, &|r: &mut SmallRng| now - r.gen_range(0..60_000), false);
     for e in &events {
         publisher.publish(e, P);
     }
-    logger.wait_metric(
-        "bid_logger_messages_received_total",
-        events.len() as f64,
-        Duration::from_secs(30),
-    );
+    logger.wait_metric("bid_logger_messages_received_total", events.len() as f64, Duration::from_secs(30));
     let (code, stderr) = logger.stop();
     assert_eq!(code, 0, "{stderr}");
     let client = connect(&db).await;
@@ -346,29 +237,15 @@ async fn killed_database_connections_mid_run_still_give_exact_totals() {
     let db = fresh_database("kill").await;
     let admin = connect(&db).await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(
-        &db,
-        &[
-            "--connect",
-            &publisher.endpoint,
-            "--partition-count",
-            "16",
-            "--flush-interval",
-            "100ms",
-        ],
-    );
+    let logger =
+        Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--flush-interval", "100ms"]);
     publisher.wait_for_subscriptions(all_topics(P));
     let now = now_ms();
     let mut rng = SmallRng::seed_from_u64(3);
     let mut all = Vec::new();
     let mut killed = 0u64;
     for _wave in 0..6 {
-        let events = chains(
-            &mut rng,
-            400,
-            &|r: &mut SmallRng| now - r.gen_range(0..7_200_000),
-            false,
-        );
+        let events = chains(&mut rng, 400, &|r: &mut SmallRng| now - r.gen_range(0..7_200_000), false);
         for e in &events {
             publisher.publish(e, P);
         }
@@ -387,15 +264,8 @@ async fn killed_database_connections_mid_run_still_give_exact_totals() {
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
     }
-    assert!(
-        killed > 0,
-        "the test killed no connection, so it proved nothing"
-    );
-    logger.wait_metric(
-        "bid_logger_events_flushed_total",
-        all.len() as f64,
-        Duration::from_secs(60),
-    );
+    assert!(killed > 0, "the test killed no connection, so it proved nothing");
+    logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(60));
     let (code, stderr) = logger.stop();
     assert_eq!(code, 0, "{stderr}");
     assert_rows_eq(
@@ -403,62 +273,37 @@ async fn killed_database_connections_mid_run_still_give_exact_totals() {
         &expected_rows(&all, 60, 1_000_000),
         "rollup_minute",
     );
-    assert_rows_eq(
-        &warehouse_rows(&admin, "rollup_hour").await,
-        &expected_rows(&all, 3600, 1_000_000),
-        "rollup_hour",
-    );
+    assert_rows_eq(&warehouse_rows(&admin, "rollup_hour").await, &expected_rows(&all, 3600, 1_000_000), "rollup_hour");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_down_at_start_and_restarted_mid_run_gives_exact_totals() {
     // Needs a server this test may stop and start: always a private cluster.
-    let pg = bid_logger::pgtemp::TempPostgres::start()
-        .expect("throwaway PostgreSQL for the restart test");
+    let pg = bid_logger::pgtemp::TempPostgres::start().expect("throwaway PostgreSQL for the restart test");
     let db = create_database_on(&pg.url(), "restart").await;
     pg.stop().unwrap();
 
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(
-        &db,
-        &["--connect", &publisher.endpoint, "--partition-count", "16"],
-    );
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
     publisher.wait_for_subscriptions(all_topics(P));
     let now = now_ms();
     let mut rng = SmallRng::seed_from_u64(5);
     let mut all = Vec::new();
     for wave in 0..3 {
-        let events = chains(
-            &mut rng,
-            500,
-            &|r: &mut SmallRng| now - r.gen_range(0..600_000),
-            false,
-        );
+        let events = chains(&mut rng, 500, &|r: &mut SmallRng| now - r.gen_range(0..600_000), false);
         for e in &events {
             publisher.publish(e, P);
         }
         all.extend(events);
-        logger.wait_metric(
-            "bid_logger_events_accepted_total",
-            all.len() as f64,
-            Duration::from_secs(30),
-        );
+        logger.wait_metric("bid_logger_events_accepted_total", all.len() as f64, Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(700)).await;
         if wave == 0 {
-            assert_eq!(
-                logger.metric("bid_logger_events_flushed_total", ""),
-                0.0,
-                "nothing can be flushed yet"
-            );
+            assert_eq!(logger.metric("bid_logger_events_flushed_total", ""), 0.0, "nothing can be flushed yet");
             assert!(logger.metric("bid_logger_flush_failures_total", "") >= 1.0);
         }
         pg.restart().unwrap();
     }
-    logger.wait_metric(
-        "bid_logger_events_flushed_total",
-        all.len() as f64,
-        Duration::from_secs(60),
-    );
+    logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(60));
     let (code, stderr) = logger.stop();
     assert_eq!(code, 0, "{stderr}");
     let client = connect(&db).await;
@@ -467,11 +312,7 @@ async fn database_down_at_start_and_restarted_mid_run_gives_exact_totals() {
         &expected_rows(&all, 60, 1_000_000),
         "rollup_minute",
     );
-    assert_rows_eq(
-        &warehouse_rows(&client, "rollup_hour").await,
-        &expected_rows(&all, 3600, 1_000_000),
-        "rollup_hour",
-    );
+    assert_rows_eq(&warehouse_rows(&client, "rollup_hour").await, &expected_rows(&all, 3600, 1_000_000), "rollup_hour");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,62 +337,32 @@ async fn database_gone_for_good_exits_nonzero_and_says_how_much_was_lost() {
     pg.stop().unwrap();
     let now = now_ms();
     let mut rng = SmallRng::seed_from_u64(9);
-    let events = chains(
-        &mut rng,
-        100,
-        &|r: &mut SmallRng| now - r.gen_range(0..60_000),
-        false,
-    );
+    let events = chains(&mut rng, 100, &|r: &mut SmallRng| now - r.gen_range(0..60_000), false);
     for e in &events {
         publisher.publish(e, P);
     }
-    logger.wait_metric(
-        "bid_logger_events_accepted_total",
-        events.len() as f64,
-        Duration::from_secs(30),
-    );
+    logger.wait_metric("bid_logger_events_accepted_total", events.len() as f64, Duration::from_secs(30));
     let (code, stderr) = logger.stop();
     assert_ne!(code, 0);
-    assert!(
-        stderr.contains(&format!("{} accepted events NOT written", events.len())),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("{} accepted events NOT written", events.len())), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_keeps_whole_transactions_and_subscribes_to_fewer_partitions() {
     let db = fresh_database("sample").await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(
-        &db,
-        &[
-            "--connect",
-            &publisher.endpoint,
-            "--partition-count",
-            "16",
-            "--sample",
-            "0.3",
-        ],
-    );
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--sample", "0.3"]);
     // 0.3 of 16 partitions: 4 whole and one refined by the hash
     publisher.wait_for_subscriptions(8 * 5);
     let now = now_ms();
     let mut rng = SmallRng::seed_from_u64(13);
-    let events = chains(
-        &mut rng,
-        4000,
-        &|r: &mut SmallRng| now - r.gen_range(0..600_000),
-        true,
-    );
+    let events = chains(&mut rng, 4000, &|r: &mut SmallRng| now - r.gen_range(0..600_000), true);
     for e in &events {
         publisher.publish(e, P);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let received = logger.metric("bid_logger_messages_received_total", "");
-    assert!(
-        received < events.len() as f64 * 0.4,
-        "unsubscribed partitions are filtered at the publisher: {received}"
-    );
+    assert!(received < events.len() as f64 * 0.4, "unsubscribed partitions are filtered at the publisher: {received}");
     let (code, stderr) = logger.stop();
     assert_eq!(code, 0, "{stderr}");
 
@@ -567,25 +378,15 @@ async fn sampling_keeps_whole_transactions_and_subscribes_to_fewer_partitions() 
         .unwrap();
     for r in &rows {
         let (c, n, lo, hi): (i64, i64, i32, i32) = (r.get(0), r.get(1), r.get(2), r.get(3));
-        assert_eq!(
-            n, chain_len[&c],
-            "transaction of campaign {c} is incomplete"
-        );
+        assert_eq!(n, chain_len[&c], "transaction of campaign {c} is incomplete");
         assert_eq!((lo, hi), (300_000, 300_000));
     }
     let kept = rows.len() as f64 / chain_len.len() as f64;
     let sd = (0.3 * 0.7 / chain_len.len() as f64).sqrt();
-    assert!(
-        (kept - 0.3).abs() < 5.0 * sd,
-        "kept {kept} of transactions with a bid, expected ~0.3"
-    );
+    assert!((kept - 0.3).abs() < 5.0 * sd, "kept {kept} of transactions with a bid, expected ~0.3");
     // and exactly the transactions the documented rule selects
     let sampler = bid_logger::sample::Sampler::new("0.3".parse().unwrap(), P);
-    let expected: Vec<TestEvent> = events
-        .iter()
-        .filter(|e| sampler.keep(e.txn.as_bytes()))
-        .cloned()
-        .collect();
+    let expected: Vec<TestEvent> = events.iter().filter(|e| sampler.keep(e.txn.as_bytes())).cloned().collect();
     assert_rows_eq(
         &warehouse_rows(&client, "rollup_minute").await,
         &expected_rows(&expected, 60, 300_000),
@@ -597,17 +398,8 @@ async fn sampling_keeps_whole_transactions_and_subscribes_to_fewer_partitions() 
 async fn seq_gaps_are_reported_as_lost_and_restarts_are_not() {
     let db = fresh_database("seq").await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(
-        &db,
-        &[
-            "--connect",
-            &publisher.endpoint,
-            "--partition-count",
-            "16",
-            "--event-types",
-            "bid",
-        ],
-    );
+    let logger =
+        Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--event-types", "bid"]);
     publisher.wait_for_subscriptions(16);
     let now = now_ms();
     let mut e = TestEvent::new("bid", "same-txn", now);
@@ -617,17 +409,10 @@ async fn seq_gaps_are_reported_as_lost_and_restarts_are_not() {
         e.seq = Some(seq);
         publisher.publish(&e, P);
     }
-    logger.wait_metric(
-        "bid_logger_messages_received_total",
-        6.0,
-        Duration::from_secs(30),
-    );
+    logger.wait_metric("bid_logger_messages_received_total", 6.0, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 4.0);
-    assert_eq!(
-        logger.metric("bid_logger_publisher_restarts_total", ""),
-        1.0
-    );
+    assert_eq!(logger.metric("bid_logger_publisher_restarts_total", ""), 1.0);
     let (code, _) = logger.stop();
     assert_eq!(code, 0);
 }

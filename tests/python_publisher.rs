@@ -9,9 +9,7 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_published_from_python_land_exactly() {
-    let check = Command::new("python3")
-        .args(["-c", "import zmq, msgpack"])
-        .output();
+    let check = Command::new("python3").args(["-c", "import zmq, msgpack"]).output();
     match check {
         Ok(out) if out.status.success() => {}
         _ => panic!(
@@ -25,13 +23,7 @@ async fn events_published_from_python_land_exactly() {
     let n = 3000;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/publish.py");
     let publisher = Command::new("python3")
-        .args([
-            script,
-            &endpoint,
-            "16",
-            &(8 * 16).to_string(),
-            &n.to_string(),
-        ])
+        .args([script, &endpoint, "16", &(8 * 16).to_string(), &n.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -39,28 +31,15 @@ async fn events_published_from_python_land_exactly() {
     std::thread::sleep(Duration::from_millis(300)); // let it bind
     let logger = Logger::start(&db, &["--connect", &endpoint, "--partition-count", "16"]);
     let out = publisher.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "publisher failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "publisher failed: {}", String::from_utf8_lossy(&out.stderr));
 
     let mut events = Vec::new();
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let et: &'static str = [
-            "auction",
-            "bid",
-            "win",
-            "loss",
-            "impression",
-            "click",
-            "install",
-            "event",
-        ]
-        .into_iter()
-        .find(|t| *t == v["type"].as_str().unwrap())
-        .unwrap();
+        let et: &'static str = ["auction", "bid", "win", "loss", "impression", "click", "install", "event"]
+            .into_iter()
+            .find(|t| *t == v["type"].as_str().unwrap())
+            .unwrap();
         let mut e = TestEvent::new(et, v["txn"].as_str().unwrap(), v["ts"].as_i64().unwrap());
         e.country = v["country"].as_str().map(String::from);
         e.os = v["os"].as_str().map(String::from);
@@ -72,11 +51,7 @@ async fn events_published_from_python_land_exactly() {
         events.push(e);
     }
     assert_eq!(events.len(), n);
-    logger.wait_metric(
-        "bid_logger_events_accepted_total",
-        n as f64,
-        Duration::from_secs(30),
-    );
+    logger.wait_metric("bid_logger_events_accepted_total", n as f64, Duration::from_secs(30));
     assert_eq!(logger.metric("bid_logger_messages_invalid_total", ""), 0.0);
     assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 0.0);
     let (code, stderr) = logger.stop();

@@ -2,6 +2,7 @@
 
 use super::delta::{Counters, Delta, OsName, RowKey};
 use super::normalise::{normalise_country, normalise_os, OS_MAX_LEN, OS_OTHER, OS_UNKNOWN};
+use super::raw::RawRow;
 use crate::decode::Event;
 use crate::wire::EventType;
 use rustc_hash::FxHashMap;
@@ -17,6 +18,8 @@ pub struct AggregateConfig {
     pub max_live_keys: usize,
     /// Cap on distinct OS strings between two flushes; more fold into `other`.
     pub max_os_values: usize,
+    /// Cap on raw rows held; beyond it raw rows are dropped (and counted).
+    pub max_raw_rows: usize,
 }
 
 impl Default for AggregateConfig {
@@ -26,6 +29,7 @@ impl Default for AggregateConfig {
             max_future_skew_ms: 5 * 60 * 1000,
             max_live_keys: 1_000_000,
             max_os_values: 1_000,
+            max_raw_rows: 1_000_000,
         }
     }
 }
@@ -52,6 +56,10 @@ pub struct AggregateStats {
     pub future: u64,
     /// Accepted but folded into `other`/`-1` by a cardinality cap.
     pub folded: u64,
+    /// Raw rows taken for `events_sample`.
+    pub raw: u64,
+    /// Raw rows dropped because the raw buffer was full.
+    pub raw_dropped: u64,
 }
 
 /// A packed key: `minute:32 | type:4 | country:11 | os:16 | folded:1` in the
@@ -64,18 +72,9 @@ const FOLDED: u128 = 1 << 64;
 
 impl Key {
     #[inline]
-    fn new(
-        minute: u32,
-        event_type: EventType,
-        country: u16,
-        os: u16,
-        campaign: u32,
-        advertiser: u32,
-    ) -> Key {
-        let hi = (u64::from(minute) << 32)
-            | ((event_type as u64) << 28)
-            | (u64::from(country) << 17)
-            | (u64::from(os) << 1);
+    fn new(minute: u32, event_type: EventType, country: u16, os: u16, campaign: u32, advertiser: u32) -> Key {
+        let hi =
+            (u64::from(minute) << 32) | ((event_type as u64) << 28) | (u64::from(country) << 17) | (u64::from(os) << 1);
         Key((u128::from(hi) << 64) | (u128::from(campaign) << 32) | u128::from(advertiser))
     }
 
@@ -134,11 +133,7 @@ struct OsTable {
 
 impl OsTable {
     fn new(cap: usize) -> OsTable {
-        let mut t = OsTable {
-            ids: FxHashMap::default(),
-            names: Vec::new(),
-            cap: cap.min(60_000),
-        };
+        let mut t = OsTable { ids: FxHashMap::default(), names: Vec::new(), cap: cap.min(60_000) };
         t.reset();
         t
     }
@@ -175,6 +170,7 @@ pub struct Aggregator {
     rows: FxHashMap<Key, Counters>,
     os: OsTable,
     events: u64,
+    raw: Vec<RawRow>,
     /// Counts since the last [`Aggregator::take_stats`].
     stats: AggregateStats,
 }
@@ -188,6 +184,7 @@ impl Aggregator {
             rows: FxHashMap::default(),
             os,
             events: 0,
+            raw: Vec::new(),
             stats: AggregateStats::default(),
         }
     }
@@ -196,14 +193,42 @@ impl Aggregator {
     /// the accepted window around `now_ms`.
     #[inline]
     pub fn record(&mut self, ev: &Event<'_>, now_ms: i64) -> Outcome {
-        if ev.ts_ms < now_ms.saturating_sub(self.config.max_lateness_ms) || ev.ts_ms < 0 {
+        let outcome = self.admit(ev.ts_ms, now_ms);
+        if outcome == Outcome::Accepted {
+            self.record_admitted(ev);
+        }
+        outcome
+    }
+
+    /// Whether an event time is inside the accepted window around `now_ms`;
+    /// counts the rejections.
+    #[inline]
+    pub fn admit(&mut self, ts_ms: i64, now_ms: i64) -> Outcome {
+        if ts_ms < now_ms.saturating_sub(self.config.max_lateness_ms) || ts_ms < 0 {
             self.stats.late += 1;
-            return Outcome::Late;
-        }
-        if ev.ts_ms > now_ms.saturating_add(self.config.max_future_skew_ms) {
+            Outcome::Late
+        } else if ts_ms > now_ms.saturating_add(self.config.max_future_skew_ms) {
             self.stats.future += 1;
-            return Outcome::Future;
+            Outcome::Future
+        } else {
+            Outcome::Accepted
         }
+    }
+
+    /// Keeps `ev` as a raw row (it passed [`Aggregator::admit`]), unless the
+    /// raw buffer is full, in which case it is dropped and counted.
+    pub fn push_raw(&mut self, ev: &Event<'_>, received_ms: i64) {
+        if self.raw.len() >= self.config.max_raw_rows {
+            self.stats.raw_dropped += 1;
+            return;
+        }
+        self.stats.raw += 1;
+        self.raw.push(RawRow::from_event(ev, received_ms));
+    }
+
+    /// Counts an event that passed [`Aggregator::admit`] into its bucket.
+    #[inline]
+    pub fn record_admitted(&mut self, ev: &Event<'_>) {
         let minute = u32::try_from(ev.ts_ms / 60_000).unwrap_or(u32::MAX);
         let country = country_code(normalise_country(ev.country));
         let mut buf = [0u8; OS_MAX_LEN];
@@ -215,14 +240,7 @@ impl Aggregator {
                 OS_OTHER_ID
             }),
         };
-        let mut key = Key::new(
-            minute,
-            ev.event_type,
-            country,
-            os,
-            ev.campaign,
-            ev.advertiser,
-        );
+        let mut key = Key::new(minute, ev.event_type, country, os, ev.campaign, ev.advertiser);
         let counters = Counters {
             events: 1,
             attributed: u64::from(ev.attributed == Some(true)),
@@ -237,12 +255,16 @@ impl Aggregator {
         self.events += 1;
         self.stats.accepted[ev.event_type.index()] += 1;
         self.stats.folded += u64::from(folded);
-        Outcome::Accepted
     }
 
     /// Distinct keys held now.
     pub fn live_keys(&self) -> usize {
         self.rows.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.raw.is_empty()
     }
 
     /// Events held now.
@@ -261,14 +283,11 @@ impl Aggregator {
         let mut delta = Delta {
             rows: FxHashMap::with_capacity_and_hasher(self.rows.len(), Default::default()),
             events: self.events,
+            raw: std::mem::take(&mut self.raw),
         };
         for (key, counters) in self.rows.drain() {
             let (minute, et, country, os, folded, campaign, advertiser) = key.unpack();
-            let (campaign, advertiser) = if folded {
-                (-1, -1)
-            } else {
-                (i64::from(campaign), i64::from(advertiser))
-            };
+            let (campaign, advertiser) = if folded { (-1, -1) } else { (i64::from(campaign), i64::from(advertiser)) };
             let row = RowKey {
                 minute: i64::from(minute),
                 event_type: EventType::ALL[usize::from(et)],
@@ -288,14 +307,7 @@ impl Aggregator {
 }
 
 #[cfg(test)]
-pub(super) fn key_round_trip(
-    minute: u32,
-    et: EventType,
-    country: [u8; 2],
-    os: u16,
-    c: u32,
-    a: u32,
-) -> bool {
+pub(super) fn key_round_trip(minute: u32, et: EventType, country: [u8; 2], os: u16, c: u32, a: u32) -> bool {
     let k = Key::new(minute, et, country_code(country), os, c, a);
     let (m2, et2, c2, os2, f2, ca2, ad2) = k.unpack();
     let f = k.folded().unpack();
@@ -306,13 +318,5 @@ pub(super) fn key_round_trip(
         && !f2
         && ca2 == c
         && ad2 == a
-        && f == (
-            minute,
-            et as u8,
-            country_code(country),
-            OS_OTHER_ID,
-            true,
-            0,
-            0,
-        )
+        && f == (minute, et as u8, country_code(country), OS_OTHER_ID, true, 0, 0)
 }

@@ -5,6 +5,7 @@ use rustc_hash::FxHashMap;
 use std::fmt;
 
 use super::normalise::{OS_MAX_LEN, OS_OTHER};
+use super::raw::RawRow;
 
 /// A normalised OS name stored inline (it is at most 32 bytes), so that
 /// delta keys are `Copy` and merging deltas allocates nothing per row.
@@ -21,16 +22,10 @@ impl OsName {
     ///
     /// If `name` is longer than 32 bytes (normalisation guarantees it is not).
     pub fn new(name: &str) -> OsName {
-        assert!(
-            name.len() <= OS_MAX_LEN,
-            "OS names are normalised to 32 bytes"
-        );
+        assert!(name.len() <= OS_MAX_LEN, "OS names are normalised to 32 bytes");
         let mut bytes = [0u8; OS_MAX_LEN];
         bytes[..name.len()].copy_from_slice(name.as_bytes());
-        OsName {
-            len: name.len() as u8,
-            bytes,
-        }
+        OsName { len: name.len() as u8, bytes }
     }
 
     /// The name.
@@ -66,12 +61,7 @@ impl RowKey {
     /// The key that over-cap combinations of this bucket, type and country
     /// fold into: OS `other`, campaign and advertiser `-1`.
     pub fn folded(&self) -> RowKey {
-        RowKey {
-            os: OsName::new(OS_OTHER),
-            campaign: -1,
-            advertiser: -1,
-            ..*self
-        }
+        RowKey { os: OsName::new(OS_OTHER), campaign: -1, advertiser: -1, ..*self }
     }
 
     /// The country as text.
@@ -112,12 +102,23 @@ pub struct Delta {
     pub rows: FxHashMap<RowKey, Counters>,
     /// Total events in `rows` (the sum of `events`).
     pub events: u64,
+    /// Raw rows for `events_sample`.
+    pub raw: Vec<RawRow>,
+}
+
+/// What merging had to give up to stay within its bounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MergeLoss {
+    /// Events folded into `other`/`-1` (still counted, less detailed).
+    pub folded_events: u64,
+    /// Raw rows dropped because the raw buffer was full.
+    pub raw_dropped: u64,
 }
 
 impl Delta {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.rows.is_empty() && self.raw.is_empty()
     }
 
     /// Adds one row; once `max_rows` distinct keys are held, a new key is
@@ -129,28 +130,29 @@ impl Delta {
             c.add(counters);
             return false;
         }
-        let (key, folded) = if self.rows.len() >= max_rows {
-            (key.folded(), true)
-        } else {
-            (key, false)
-        };
+        let (key, folded) = if self.rows.len() >= max_rows { (key.folded(), true) } else { (key, false) };
         self.rows.entry(key).or_default().add(counters);
         folded
     }
 
-    /// Merges `other` into `self` under the same cap; returns how many events
-    /// had to be folded.
-    pub fn merge(&mut self, other: Delta, max_rows: usize) -> u64 {
-        if self.rows.is_empty() {
+    /// Merges `other` into `self`: rows under the `max_rows` cap (folding),
+    /// raw rows up to `max_raw` (dropping the excess).
+    pub fn merge(&mut self, other: Delta, max_rows: usize, max_raw: usize) -> MergeLoss {
+        let mut loss = MergeLoss::default();
+        if self.is_empty() {
             *self = other;
-            return 0;
-        }
-        let mut folded = 0;
-        for (key, counters) in other.rows {
-            if self.add(key, &counters, max_rows) {
-                folded += counters.events;
+        } else {
+            for (key, counters) in other.rows {
+                if self.add(key, &counters, max_rows) {
+                    loss.folded_events += counters.events;
+                }
             }
+            self.raw.extend(other.raw);
         }
-        folded
+        if self.raw.len() > max_raw {
+            loss.raw_dropped = (self.raw.len() - max_raw) as u64;
+            self.raw.truncate(max_raw);
+        }
+        loss
     }
 }

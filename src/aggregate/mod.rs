@@ -10,10 +10,12 @@
 mod aggregator;
 mod delta;
 mod normalise;
+mod raw;
 
 pub use aggregator::{AggregateConfig, AggregateStats, Aggregator, Outcome};
-pub use delta::{Counters, Delta, OsName, RowKey};
+pub use delta::{Counters, Delta, MergeLoss, OsName, RowKey};
 pub use normalise::{normalise_country, normalise_os, OS_OTHER, OS_UNKNOWN};
+pub use raw::RawRow;
 
 #[cfg(test)]
 mod tests;

@@ -5,13 +5,7 @@ use proptest::prelude::*;
 
 const NOW: i64 = 1_764_180_000_000; // 2025-11-26T18:00:00Z
 
-fn ev<'a>(
-    et: EventType,
-    ts: i64,
-    country: Option<&'a str>,
-    os: Option<&'a str>,
-    campaign: u32,
-) -> Event<'a> {
+fn ev<'a>(et: EventType, ts: i64, country: Option<&'a str>, os: Option<&'a str>, campaign: u32) -> Event<'a> {
     Event {
         event_type: et,
         partition: 0,
@@ -31,14 +25,7 @@ fn ev<'a>(
     }
 }
 
-fn row(
-    d: &Delta,
-    minute: i64,
-    et: EventType,
-    country: &str,
-    os: &str,
-    campaign: i64,
-) -> Option<Counters> {
+fn row(d: &Delta, minute: i64, et: EventType, country: &str, os: &str, campaign: i64) -> Option<Counters> {
     d.rows
         .iter()
         .find(|(k, _)| {
@@ -69,119 +56,45 @@ fn os_normalises() {
     assert_eq!(normalise_os(Some("iOS 17"), &mut buf), Some("ios 17"));
     assert_eq!(normalise_os(Some(""), &mut buf), None);
     assert_eq!(normalise_os(None, &mut buf), None);
-    assert_eq!(
-        normalise_os(Some("ÄNDROID"), &mut buf),
-        Some("Ändroid"),
-        "only ASCII letters change"
-    );
+    assert_eq!(normalise_os(Some("ÄNDROID"), &mut buf), Some("Ändroid"), "only ASCII letters change");
     let long = "A".repeat(40);
-    assert_eq!(
-        normalise_os(Some(&long), &mut buf),
-        Some("a".repeat(32).as_str())
-    );
+    assert_eq!(normalise_os(Some(&long), &mut buf), Some("a".repeat(32).as_str()));
     // 31 ASCII bytes then a 2-byte char: the cut must not split it
     let s = format!("{}é", "x".repeat(31));
-    assert_eq!(
-        normalise_os(Some(&s), &mut buf),
-        Some("x".repeat(31).as_str())
-    );
-    assert_eq!(
-        normalise_os(Some("O'Brien\"; DROP"), &mut buf),
-        Some("o'brien\"; drop")
-    );
+    assert_eq!(normalise_os(Some(&s), &mut buf), Some("x".repeat(31).as_str()));
+    assert_eq!(normalise_os(Some("O'Brien\"; DROP"), &mut buf), Some("o'brien\"; drop"));
 }
 
 #[test]
 fn events_land_in_their_minute_and_sum() {
     let mut a = Aggregator::new(AggregateConfig::default());
     let m = NOW / 60_000;
-    assert_eq!(
-        a.record(
-            &ev(EventType::Bid, NOW + 1, Some("br"), Some("Android"), 5),
-            NOW
-        ),
-        Outcome::Accepted
-    );
-    assert_eq!(
-        a.record(
-            &ev(EventType::Bid, NOW + 59_999, Some("BR"), Some("android"), 5),
-            NOW
-        ),
-        Outcome::Accepted
-    );
-    assert_eq!(
-        a.record(
-            &ev(EventType::Bid, NOW + 60_000, Some("BR"), Some("android"), 5),
-            NOW
-        ),
-        Outcome::Accepted
-    );
+    assert_eq!(a.record(&ev(EventType::Bid, NOW + 1, Some("br"), Some("Android"), 5), NOW), Outcome::Accepted);
+    assert_eq!(a.record(&ev(EventType::Bid, NOW + 59_999, Some("BR"), Some("android"), 5), NOW), Outcome::Accepted);
+    assert_eq!(a.record(&ev(EventType::Bid, NOW + 60_000, Some("BR"), Some("android"), 5), NOW), Outcome::Accepted);
     // three hours late still lands in its own bucket
-    assert_eq!(
-        a.record(
-            &ev(EventType::Install, NOW - 3 * 3_600_000, None, None, 0),
-            NOW
-        ),
-        Outcome::Accepted
-    );
+    assert_eq!(a.record(&ev(EventType::Install, NOW - 3 * 3_600_000, None, None, 0), NOW), Outcome::Accepted);
     assert_eq!(a.live_keys(), 3);
     let stats = a.take_stats();
     assert_eq!(stats.accepted[EventType::Bid.index()], 3);
     let d = a.drain();
     assert_eq!(d.events, 4);
     let c = row(&d, m, EventType::Bid, "BR", "android", 5).unwrap();
-    assert_eq!(
-        c,
-        Counters {
-            events: 2,
-            attributed: 2,
-            price: 200,
-            revenue: 0
-        }
-    );
-    assert_eq!(
-        row(&d, m + 1, EventType::Bid, "BR", "android", 5)
-            .unwrap()
-            .events,
-        1
-    );
-    assert_eq!(
-        row(&d, m - 180, EventType::Install, "--", "unknown", 0)
-            .unwrap()
-            .events,
-        1
-    );
+    assert_eq!(c, Counters { events: 2, attributed: 2, price: 200, revenue: 0 });
+    assert_eq!(row(&d, m + 1, EventType::Bid, "BR", "android", 5).unwrap().events, 1);
+    assert_eq!(row(&d, m - 180, EventType::Install, "--", "unknown", 0).unwrap().events, 1);
     assert!(a.drain().is_empty(), "drain starts afresh");
 }
 
 #[test]
 fn late_and_future_events_are_rejected() {
-    let cfg = AggregateConfig {
-        max_lateness_ms: 1000,
-        max_future_skew_ms: 500,
-        ..Default::default()
-    };
+    let cfg = AggregateConfig { max_lateness_ms: 1000, max_future_skew_ms: 500, ..Default::default() };
     let mut a = Aggregator::new(cfg);
-    assert_eq!(
-        a.record(&ev(EventType::Win, NOW - 1000, None, None, 0), NOW),
-        Outcome::Accepted
-    );
-    assert_eq!(
-        a.record(&ev(EventType::Win, NOW - 1001, None, None, 0), NOW),
-        Outcome::Late
-    );
-    assert_eq!(
-        a.record(&ev(EventType::Win, NOW + 500, None, None, 0), NOW),
-        Outcome::Accepted
-    );
-    assert_eq!(
-        a.record(&ev(EventType::Win, NOW + 501, None, None, 0), NOW),
-        Outcome::Future
-    );
-    assert_eq!(
-        a.record(&ev(EventType::Win, -5, None, None, 0), 100),
-        Outcome::Late
-    );
+    assert_eq!(a.record(&ev(EventType::Win, NOW - 1000, None, None, 0), NOW), Outcome::Accepted);
+    assert_eq!(a.record(&ev(EventType::Win, NOW - 1001, None, None, 0), NOW), Outcome::Late);
+    assert_eq!(a.record(&ev(EventType::Win, NOW + 500, None, None, 0), NOW), Outcome::Accepted);
+    assert_eq!(a.record(&ev(EventType::Win, NOW + 501, None, None, 0), NOW), Outcome::Future);
+    assert_eq!(a.record(&ev(EventType::Win, -5, None, None, 0), 100), Outcome::Late);
     let s = a.take_stats();
     assert_eq!((s.late, s.future), (2, 1));
     assert_eq!(a.drain().events, 2);
@@ -189,16 +102,10 @@ fn late_and_future_events_are_rejected() {
 
 #[test]
 fn key_cap_folds_but_keeps_totals_exact() {
-    let cfg = AggregateConfig {
-        max_live_keys: 10,
-        ..Default::default()
-    };
+    let cfg = AggregateConfig { max_live_keys: 10, ..Default::default() };
     let mut a = Aggregator::new(cfg);
     for campaign in 1..=1000u32 {
-        a.record(
-            &ev(EventType::Click, NOW, Some("US"), Some("ios"), campaign),
-            NOW,
-        );
+        a.record(&ev(EventType::Click, NOW, Some("US"), Some("ios"), campaign), NOW);
     }
     assert!(a.live_keys() <= 11, "{} keys", a.live_keys());
     assert_eq!(a.take_stats().folded, 990);
@@ -212,10 +119,7 @@ fn key_cap_folds_but_keeps_totals_exact() {
 
 #[test]
 fn os_cap_folds_into_other() {
-    let cfg = AggregateConfig {
-        max_os_values: 3,
-        ..Default::default()
-    };
+    let cfg = AggregateConfig { max_os_values: 3, ..Default::default() };
     let mut a = Aggregator::new(cfg);
     let names: Vec<String> = (0..100).map(|i| format!("os-{i}")).collect();
     for n in &names {
@@ -224,12 +128,7 @@ fn os_cap_folds_into_other() {
     assert_eq!(a.take_stats().folded, 97);
     let d = a.drain();
     assert_eq!(d.rows.len(), 4);
-    assert_eq!(
-        row(&d, NOW / 60_000, EventType::Auction, "--", "other", 0)
-            .unwrap()
-            .events,
-        97
-    );
+    assert_eq!(row(&d, NOW / 60_000, EventType::Auction, "--", "other", 0).unwrap().events, 97);
     // the table resets at drain: new values get in again
     a.record(&ev(EventType::Auction, NOW, None, Some("fresh"), 0), NOW);
     assert_eq!(a.take_stats().folded, 0);
@@ -247,12 +146,12 @@ fn delta_merge_adds_and_caps() {
     }
     let d2 = a.drain();
     let mut merged = d1.clone();
-    assert_eq!(merged.merge(d2.clone(), 1_000), 0);
+    assert_eq!(merged.merge(d2.clone(), 1_000, 10), MergeLoss::default());
     assert_eq!(merged.events, 100);
     assert_eq!(merged.rows.len(), 75);
     let mut capped = d1;
-    let folded = capped.merge(d2, 60);
-    assert_eq!(folded, 15);
+    let loss = capped.merge(d2, 60, 10);
+    assert_eq!(loss.folded_events, 15);
     assert_eq!(capped.events, 100);
     assert_eq!(capped.rows.values().map(|c| c.events).sum::<u64>(), 100);
     assert_eq!(capped.rows.len(), 61);
@@ -292,4 +191,26 @@ proptest! {
             prop_assert_eq!(per_type, expected);
         }
     }
+}
+
+#[test]
+fn raw_rows_are_kept_up_to_the_cap_and_counted_beyond() {
+    let cfg = AggregateConfig { max_raw_rows: 3, ..Default::default() };
+    let mut a = Aggregator::new(cfg);
+    for i in 0..5 {
+        let e = ev(EventType::Click, NOW - i, Some("us"), Some("iOS"), 1);
+        assert_eq!(a.admit(e.ts_ms, NOW), Outcome::Accepted);
+        a.push_raw(&e, NOW);
+    }
+    let s = a.take_stats();
+    assert_eq!((s.raw, s.raw_dropped), (3, 2));
+    let d = a.drain();
+    assert_eq!(d.raw.len(), 3);
+    assert_eq!(&d.raw[0].country, b"US");
+    assert_eq!(d.raw[0].os.as_str(), "ios");
+    assert!(d.rows.is_empty(), "raw rows are not rollup rows");
+    let mut merged = Delta::default();
+    assert_eq!(merged.merge(d.clone(), 10, 4).raw_dropped, 0);
+    assert_eq!(merged.merge(d, 10, 4).raw_dropped, 2);
+    assert_eq!(merged.raw.len(), 4);
 }

@@ -59,10 +59,7 @@ fn minimal_event_and_binary_txn() {
 
 #[test]
 fn unknown_keys_of_any_shape_are_skipped() {
-    let payload = with(
-        "extra",
-        json!({"nested": [1, -2, 3.5, null, true, {"deep": ["x", {"y": [[[]]]}]}], "s": "ü"}),
-    );
+    let payload = with("extra", json!({"nested": [1, -2, 3.5, null, true, {"deep": ["x", {"y": [[[]]]}]}], "s": "ü"}));
     assert!(decode(b"bid.0031", &payload, 64).is_ok());
 }
 
@@ -84,130 +81,50 @@ fn every_invalid_rule_has_its_reason() {
     // topic
     assert_eq!(reason(b"bid.31", &ok), DecodeError::Topic);
     assert_eq!(reason(b"bids.0031", &ok), DecodeError::Topic);
-    assert_eq!(
-        reason(b"bid.0064", &ok),
-        DecodeError::Topic,
-        "partition >= P"
-    );
+    assert_eq!(reason(b"bid.0064", &ok), DecodeError::Topic, "partition >= P");
     // payload not a map / trailing bytes / not msgpack
-    assert_eq!(
-        reason(b"bid.0031", &pack(&json!([1, 2]))),
-        DecodeError::NotMap
-    );
-    assert_eq!(
-        reason(b"bid.0031", &pack(&json!("txn"))),
-        DecodeError::NotMap
-    );
+    assert_eq!(reason(b"bid.0031", &pack(&json!([1, 2]))), DecodeError::NotMap);
+    assert_eq!(reason(b"bid.0031", &pack(&json!("txn"))), DecodeError::NotMap);
     let mut trailing = ok.clone();
     trailing.push(0xc0);
     assert_eq!(reason(b"bid.0031", &trailing), DecodeError::NotMap);
-    assert_eq!(
-        reason(b"bid.0031", &ok[..ok.len() - 3]),
-        DecodeError::Malformed
-    );
+    assert_eq!(reason(b"bid.0031", &ok[..ok.len() - 3]), DecodeError::Malformed);
     assert_eq!(reason(b"bid.0031", &[]), DecodeError::Malformed);
     assert_eq!(reason(b"bid.0031", &[0xc1]), DecodeError::Malformed);
-    assert_eq!(
-        reason(b"bid.0031", b"{\"json\": 1}"),
-        DecodeError::NotMap,
-        "JSON starts with a fixint"
-    );
+    assert_eq!(reason(b"bid.0031", b"{\"json\": 1}"), DecodeError::NotMap, "JSON starts with a fixint");
     // a map claiming 2^32-1 entries with none present
-    assert_eq!(
-        reason(b"bid.0031", &[0xdf, 0xff, 0xff, 0xff, 0xff]),
-        DecodeError::Malformed
-    );
+    assert_eq!(reason(b"bid.0031", &[0xdf, 0xff, 0xff, 0xff, 0xff]), DecodeError::Malformed);
     // required keys
-    assert_eq!(
-        reason(b"bid.0031", &without("txn")),
-        DecodeError::MissingField
-    );
-    assert_eq!(
-        reason(b"bid.0031", &without("ts")),
-        DecodeError::MissingField
-    );
+    assert_eq!(reason(b"bid.0031", &without("txn")), DecodeError::MissingField);
+    assert_eq!(reason(b"bid.0031", &without("ts")), DecodeError::MissingField);
     // wrong types
-    assert_eq!(
-        reason(b"bid.0031", &with("ts", json!(1.5))),
-        DecodeError::WrongType
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("ts", json!("1764180000123"))),
-        DecodeError::WrongType
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("txn", json!(17))),
-        DecodeError::WrongType
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("price", json!(1.25))),
-        DecodeError::WrongType
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("campaign", json!("4021"))),
-        DecodeError::WrongType
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("attributed", json!(1))),
-        DecodeError::WrongType
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("country", json!(55))),
-        DecodeError::WrongType
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("type", json!(1))),
-        DecodeError::WrongType
-    );
+    assert_eq!(reason(b"bid.0031", &with("ts", json!(1.5))), DecodeError::WrongType);
+    assert_eq!(reason(b"bid.0031", &with("ts", json!("1764180000123"))), DecodeError::WrongType);
+    assert_eq!(reason(b"bid.0031", &with("txn", json!(17))), DecodeError::WrongType);
+    assert_eq!(reason(b"bid.0031", &with("price", json!(1.25))), DecodeError::WrongType);
+    assert_eq!(reason(b"bid.0031", &with("campaign", json!("4021"))), DecodeError::WrongType);
+    assert_eq!(reason(b"bid.0031", &with("attributed", json!(1))), DecodeError::WrongType);
+    assert_eq!(reason(b"bid.0031", &with("country", json!(55))), DecodeError::WrongType);
+    assert_eq!(reason(b"bid.0031", &with("type", json!(1))), DecodeError::WrongType);
     let mut int_key = Vec::new();
     rmp::encode::write_map_len(&mut int_key, 1).unwrap();
     rmp::encode::write_uint(&mut int_key, 1).unwrap();
     rmp::encode::write_uint(&mut int_key, 1).unwrap();
     assert_eq!(reason(b"bid.0031", &int_key), DecodeError::WrongType);
     // out of range
-    assert_eq!(
-        reason(b"bid.0031", &with("txn", json!(""))),
-        DecodeError::OutOfRange
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("txn", json!("x".repeat(65)))),
-        DecodeError::OutOfRange
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("pub", json!("p".repeat(65)))),
-        DecodeError::OutOfRange
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("campaign", json!(4294967296u64))),
-        DecodeError::OutOfRange
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("advertiser", json!(-1))),
-        DecodeError::OutOfRange
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("seq", json!(-5))),
-        DecodeError::OutOfRange
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("ts", json!(u64::MAX))),
-        DecodeError::OutOfRange
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("name", json!("n".repeat(65)))),
-        DecodeError::OutOfRange
-    );
+    assert_eq!(reason(b"bid.0031", &with("txn", json!(""))), DecodeError::OutOfRange);
+    assert_eq!(reason(b"bid.0031", &with("txn", json!("x".repeat(65)))), DecodeError::OutOfRange);
+    assert_eq!(reason(b"bid.0031", &with("pub", json!("p".repeat(65)))), DecodeError::OutOfRange);
+    assert_eq!(reason(b"bid.0031", &with("campaign", json!(4294967296u64))), DecodeError::OutOfRange);
+    assert_eq!(reason(b"bid.0031", &with("advertiser", json!(-1))), DecodeError::OutOfRange);
+    assert_eq!(reason(b"bid.0031", &with("seq", json!(-5))), DecodeError::OutOfRange);
+    assert_eq!(reason(b"bid.0031", &with("ts", json!(u64::MAX))), DecodeError::OutOfRange);
+    assert_eq!(reason(b"bid.0031", &with("name", json!("n".repeat(65)))), DecodeError::OutOfRange);
     // 64-byte ids are fine
     assert!(decode(b"bid.0031", &with("txn", json!("x".repeat(64))), 64).is_ok());
     // type mismatch
-    assert_eq!(
-        reason(b"bid.0031", &with("type", json!("win"))),
-        DecodeError::TypeMismatch
-    );
-    assert_eq!(
-        reason(b"bid.0031", &with("type", json!("nonsense"))),
-        DecodeError::TypeMismatch
-    );
+    assert_eq!(reason(b"bid.0031", &with("type", json!("win"))), DecodeError::TypeMismatch);
+    assert_eq!(reason(b"bid.0031", &with("type", json!("nonsense"))), DecodeError::TypeMismatch);
     // invalid UTF-8, in a known value, an unknown value and a key
     for (k, bad) in [("os", true), ("zzz", true)] {
         let mut buf = Vec::new();
@@ -219,11 +136,7 @@ fn every_invalid_rule_has_its_reason() {
         rmp::encode::write_str(&mut buf, k).unwrap();
         rmp::encode::write_str_len(&mut buf, 2).unwrap();
         buf.extend_from_slice(&[0xc3, 0x28]);
-        assert_eq!(
-            bad,
-            reason(b"bid.0031", &buf) == DecodeError::InvalidUtf8,
-            "{k}"
-        );
+        assert_eq!(bad, reason(b"bid.0031", &buf) == DecodeError::InvalidUtf8, "{k}");
     }
     let mut bad_key = Vec::new();
     rmp::encode::write_map_len(&mut bad_key, 1).unwrap();

@@ -37,6 +37,8 @@ pub enum Written {
         minute_rows: u64,
         /// Rows inserted or updated in `rollup_hour`.
         hour_rows: u64,
+        /// Rows written to `events_sample`.
+        raw_rows: u64,
     },
     /// An earlier attempt had already written it (found in the ledger).
     Already,
@@ -47,8 +49,7 @@ pub enum Written {
 /// and this one is the cheapest to sort.
 const TUNE_TX: &str = "SET LOCAL work_mem = '256MB'";
 
-const INSERT_LEDGER: &str =
-    "INSERT INTO bid_logger_flush_ledger (instance, run_id, batch_id, events, rows)
+const INSERT_LEDGER: &str = "INSERT INTO bid_logger_flush_ledger (instance, run_id, batch_id, events, rows)
     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
 
 const CREATE_STAGE: &str = "CREATE TEMP TABLE IF NOT EXISTS bid_logger_stage (
@@ -57,8 +58,7 @@ const CREATE_STAGE: &str = "CREATE TEMP TABLE IF NOT EXISTS bid_logger_stage (
     attributed_events bigint NOT NULL, price_micros bigint NOT NULL, revenue_micros bigint NOT NULL
 ) ON COMMIT DELETE ROWS";
 
-const COPY_STAGE: &str =
-    "COPY bid_logger_stage (minute, event_type, country, os, campaign_id, advertiser_id,
+const COPY_STAGE: &str = "COPY bid_logger_stage (minute, event_type, country, os, campaign_id, advertiser_id,
     events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)";
 
 const STAGE_TYPES: [Type; 10] = [
@@ -105,9 +105,36 @@ ON CONFLICT (bucket, event_type, country, os, campaign_id, advertiser_id, sample
     revenue_micros = t.revenue_micros + EXCLUDED.revenue_micros,
     updated_at = EXCLUDED.updated_at"#;
 
+const COPY_RAW: &str = "COPY events_sample (ts, received_at, event_type, txn, partition, pub, seq, country, os,
+    campaign_id, advertiser_id, exchange, name, price_micros, revenue_micros, attributed, sample_ppm)
+    FROM STDIN (FORMAT binary)";
+
+const RAW_TYPES: [Type; 17] = [
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::INT4,
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::BOOL,
+    Type::INT4,
+];
+
+fn system_time(ms: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
+}
+
 /// Deletes ledger rows old enough that no retry can still be looking for them.
-pub const PRUNE_LEDGER: &str =
-    "DELETE FROM bid_logger_flush_ledger WHERE flushed_at < now() - interval '2 days'";
+pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushed_at < now() - interval '2 days'";
 
 /// Writes `delta` as batch `id` of `instance`, exactly once.
 pub async fn write_batch(
@@ -116,16 +143,12 @@ pub async fn write_batch(
     id: BatchId,
     delta: &Delta,
     sample_ppm: u32,
+    raw_sample_ppm: u32,
 ) -> Result<Written, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let events = delta.events as i64;
     let rows = delta.rows.len() as i64;
-    let new = tx
-        .execute(
-            INSERT_LEDGER,
-            &[&instance, &id.run_id, &id.batch, &events, &rows],
-        )
-        .await?;
+    let new = tx.execute(INSERT_LEDGER, &[&instance, &id.run_id, &id.batch, &events, &rows]).await?;
     if new == 0 {
         tx.rollback().await?;
         return Ok(Written::Already);
@@ -154,9 +177,36 @@ pub async fn write_batch(
     let ppm = sample_ppm as i32;
     let minute_rows = tx.execute(UPSERT_MINUTE, &[&ppm]).await?;
     let hour_rows = tx.execute(UPSERT_HOUR, &[&ppm]).await?;
+    let raw_rows = delta.raw.len() as u64;
+    if raw_rows > 0 {
+        let sink = tx.copy_in(COPY_RAW).await?;
+        let writer = BinaryCopyInWriter::new(sink, &RAW_TYPES);
+        pin_mut!(writer);
+        let raw_ppm = raw_sample_ppm as i32;
+        for r in &delta.raw {
+            let row: [&(dyn ToSql + Sync); 17] = [
+                &system_time(r.ts_ms),
+                &system_time(r.received_ms),
+                &r.event_type.as_str(),
+                &r.txn,
+                &(r.partition as i32),
+                &r.publisher,
+                &r.seq.map(|s| s as i64),
+                &std::str::from_utf8(&r.country).unwrap_or("--"),
+                &r.os.as_str(),
+                &i64::from(r.campaign),
+                &i64::from(r.advertiser),
+                &r.exchange,
+                &r.name,
+                &r.price,
+                &r.revenue,
+                &r.attributed,
+                &raw_ppm,
+            ];
+            writer.as_mut().write(&row).await?;
+        }
+        writer.finish().await?;
+    }
     tx.commit().await?;
-    Ok(Written::Now {
-        minute_rows,
-        hour_rows,
-    })
+    Ok(Written::Now { minute_rows, hour_rows, raw_rows })
 }

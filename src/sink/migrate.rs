@@ -3,8 +3,10 @@
 use super::SinkError;
 
 /// Every migration, in order: (version, name, SQL).
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "rollups", include_str!("../../sql/0001_rollups.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "rollups", include_str!("../../sql/0001_rollups.sql")),
+    (2, "events_sample", include_str!("../../sql/0002_events_sample.sql")),
+];
 
 /// Serialises concurrent migrations of several instances (an arbitrary,
 /// fixed advisory-lock key: "bidlog" in ASCII).
@@ -22,12 +24,7 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<usize, SinkE
     let tx = client.transaction().await?;
     tx.execute(LOCK, &[&MIGRATION_LOCK]).await?;
     tx.batch_execute(CREATE_VERSIONS).await?;
-    let applied: Vec<i32> = tx
-        .query(APPLIED, &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let applied: Vec<i32> = tx.query(APPLIED, &[]).await?.iter().map(|r| r.get(0)).collect();
     let mut count = 0;
     for &(version, name, sql) in MIGRATIONS {
         if applied.contains(&version) {

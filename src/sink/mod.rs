@@ -9,6 +9,7 @@
 
 pub mod flush;
 pub mod migrate;
+pub mod partitions;
 pub mod service;
 
 pub use migrate::migrate;
@@ -35,6 +36,14 @@ pub struct SinkConfig {
     pub max_pending_rows: usize,
     /// The sampling rate recorded with every row.
     pub sample_ppm: u32,
+    /// The raw sample's rate (0 = no raw sample).
+    pub raw_sample_ppm: u32,
+    /// Days of `events_sample` kept.
+    pub raw_retention_days: i64,
+    /// Cap on raw rows waiting to be written.
+    pub max_raw_rows: usize,
+    /// Oldest accepted event time relative to now, ms (partitions are made for it).
+    pub max_lateness_ms: i64,
 }
 
 /// A database failure.
@@ -109,9 +118,7 @@ pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, SinkError
     let manager = deadpool_postgres::Manager::from_config(
         pg,
         tokio_postgres::NoTls,
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
+        deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
     );
     Ok(deadpool_postgres::Pool::builder(manager)
         .max_size(size)

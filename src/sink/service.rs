@@ -8,10 +8,12 @@
 //! the aggregator's.
 
 use super::flush::{write_batch, BatchId, Written, PRUNE_LEDGER};
+use super::partitions;
 use super::{SinkConfig, SinkError};
 use crate::aggregate::Delta;
 use crate::telemetry as t;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
@@ -43,6 +45,11 @@ struct SinkMetrics {
     pending_events: Gauge,
     last_flush: Gauge,
     folded: Counter,
+    raw_written: Counter,
+    raw_dropped_full: Counter,
+    raw_dropped_expired: Counter,
+    partitions_created: Counter,
+    partitions_dropped: Counter,
     live_keys: Gauge,
     published_live_keys: usize,
 }
@@ -59,21 +66,15 @@ pub struct Sink {
     backoff: Duration,
     retry_at: Option<Instant>,
     migrated: bool,
+    partitions: Partitions,
     summary: SinkSummary,
     metrics: SinkMetrics,
 }
 
 impl Sink {
     /// A sink writing what arrives on `rx`.
-    pub fn new(
-        config: SinkConfig,
-        pool: deadpool_postgres::Pool,
-        rx: mpsc::Receiver<Delta>,
-    ) -> Sink {
-        let run_id = (SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0) as i64)
+    pub fn new(config: SinkConfig, pool: deadpool_postgres::Pool, rx: mpsc::Receiver<Delta>) -> Sink {
+        let run_id = (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as i64)
             ^ (i64::from(std::process::id()) << 40)
             ^ rand::random::<i64>();
         let metrics = SinkMetrics {
@@ -86,6 +87,11 @@ impl Sink {
             pending_events: gauge!(t::PENDING_EVENTS),
             last_flush: gauge!(t::LAST_FLUSH),
             folded: counter!(t::OVERFLOW_FOLDED),
+            raw_written: counter!(t::RAW_ROWS_WRITTEN),
+            raw_dropped_full: counter!(t::RAW_ROWS_DROPPED, "reason" => "buffer_full"),
+            raw_dropped_expired: counter!(t::RAW_ROWS_DROPPED, "reason" => "expired"),
+            partitions_created: counter!(t::RAW_PARTITIONS_CREATED),
+            partitions_dropped: counter!(t::RAW_PARTITIONS_DROPPED),
             live_keys: gauge!(t::LIVE_KEYS),
             published_live_keys: 0,
         };
@@ -100,6 +106,7 @@ impl Sink {
             backoff: BACKOFF_MIN,
             retry_at: None,
             migrated: false,
+            partitions: Partitions::default(),
             summary: SinkSummary::default(),
             metrics,
         }
@@ -145,8 +152,7 @@ impl Sink {
         let deadline = Instant::now() + self.config.shutdown_timeout;
         while self.pending.is_some() || !self.queued.is_empty() {
             if Instant::now() >= deadline {
-                let unwritten =
-                    self.pending.as_ref().map_or(0, |(_, d)| d.events) + self.queued.events;
+                let unwritten = self.pending.as_ref().map_or(0, |(_, d)| d.events) + self.queued.events;
                 tracing::error!(
                     events_unwritten = unwritten,
                     timeout = ?self.config.shutdown_timeout,
@@ -156,9 +162,7 @@ impl Sink {
                 break;
             }
             if !self.flush_once().await {
-                let wait = self
-                    .backoff
-                    .min(deadline.saturating_duration_since(Instant::now()));
+                let wait = self.backoff.min(deadline.saturating_duration_since(Instant::now()));
                 tokio::time::sleep(wait).await;
             }
         }
@@ -167,9 +171,15 @@ impl Sink {
     }
 
     fn enqueue(&mut self, delta: Delta) {
-        let folded = self.queued.merge(delta, self.config.max_pending_rows);
-        if folded > 0 {
-            self.metrics.folded.increment(folded);
+        let loss = self.queued.merge(delta, self.config.max_pending_rows, self.config.max_raw_rows);
+        self.metrics.folded.increment(loss.folded_events);
+        if loss.raw_dropped > 0 {
+            self.metrics.raw_dropped_full.increment(loss.raw_dropped);
+            tracing::warn!(
+                dropped = loss.raw_dropped,
+                cap = self.config.max_raw_rows,
+                "raw buffer full while the database is behind: raw rows dropped (rollups stay exact)"
+            );
         }
         self.publish_pending();
     }
@@ -181,43 +191,37 @@ impl Sink {
             if self.queued.is_empty() {
                 return true;
             }
-            let id = BatchId {
-                run_id: self.run_id,
-                batch: self.next_batch,
-            };
+            let id = BatchId { run_id: self.run_id, batch: self.next_batch };
             self.next_batch += 1;
+            // Raw rows whose day is already past the retention would land in
+            // a partition about to be dropped (or re-create a dropped one).
+            let oldest_kept = self.partitions.oldest_kept(self.config.raw_retention_days);
+            let before = self.queued.raw.len();
+            self.queued.raw.retain(|r| r.day() >= oldest_kept);
+            let expired = (before - self.queued.raw.len()) as u64;
+            if expired > 0 {
+                self.metrics.raw_dropped_expired.increment(expired);
+            }
             self.pending = Some((id, std::mem::take(&mut self.queued)));
         }
         let (id, delta) = self.pending.as_ref().expect("formed above");
         let started = Instant::now();
-        let result = attempt(&self.pool, &self.config, *id, delta, &mut self.migrated).await;
+        let result = attempt(&self.pool, &self.config, *id, delta, &mut self.migrated, &mut self.partitions).await;
         match result {
             Ok(written) => {
                 let events = delta.events;
                 let elapsed = started.elapsed();
                 self.metrics.duration.record(elapsed.as_secs_f64());
                 self.metrics.events.increment(events);
-                self.metrics.last_flush.set(
-                    SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_secs_f64())
-                        .unwrap_or(0.0),
-                );
+                self.metrics
+                    .last_flush
+                    .set(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0));
                 match written {
-                    Written::Now {
-                        minute_rows,
-                        hour_rows,
-                    } => {
+                    Written::Now { minute_rows, hour_rows, raw_rows } => {
                         self.metrics.minute_rows.increment(minute_rows);
                         self.metrics.hour_rows.increment(hour_rows);
-                        tracing::debug!(
-                            batch = id.batch,
-                            events,
-                            minute_rows,
-                            hour_rows,
-                            ?elapsed,
-                            "flushed"
-                        );
+                        self.metrics.raw_written.increment(raw_rows);
+                        tracing::debug!(batch = id.batch, events, minute_rows, hour_rows, ?elapsed, "flushed");
                     }
                     Written::Already => {
                         tracing::info!(
@@ -230,6 +234,9 @@ impl Sink {
                 if id.batch % PRUNE_EVERY == 0 {
                     self.prune_ledger().await;
                 }
+                let p = &mut self.partitions;
+                self.metrics.partitions_created.increment(std::mem::take(&mut p.created));
+                self.metrics.partitions_dropped.increment(std::mem::take(&mut p.dropped));
                 self.summary.events_written += events;
                 self.summary.batches += 1;
                 self.pending = None;
@@ -240,6 +247,8 @@ impl Sink {
             }
             Err(e) => {
                 self.metrics.failures.increment(1);
+                // Re-check partitions next time: one may have been dropped under us.
+                self.partitions.known.clear();
                 let transient = e.is_transient();
                 if transient {
                     tracing::warn!(error = %e, batch = id.batch, retry_in = ?self.backoff, "flush failed; will retry");
@@ -265,18 +274,68 @@ impl Sink {
     }
 
     fn publish_pending(&mut self) {
-        let pending_events =
-            self.pending.as_ref().map_or(0, |(_, d)| d.events) + self.queued.events;
-        let batches = usize::from(self.pending.is_some())
-            + usize::from(!self.queued.is_empty())
-            + self.rx.len();
+        let pending_events = self.pending.as_ref().map_or(0, |(_, d)| d.events) + self.queued.events;
+        let batches = usize::from(self.pending.is_some()) + usize::from(!self.queued.is_empty()) + self.rx.len();
         self.metrics.pending_batches.set(batches as f64);
         self.metrics.pending_events.set(pending_events as f64);
         let keys = self.pending.as_ref().map_or(0, |(_, d)| d.rows.len()) + self.queued.rows.len();
         let m = &mut self.metrics;
-        m.live_keys
-            .increment(keys as f64 - m.published_live_keys as f64);
+        m.live_keys.increment(keys as f64 - m.published_live_keys as f64);
         m.published_live_keys = keys;
+    }
+}
+
+/// What the sink knows of `events_sample`'s daily partitions.
+#[derive(Debug, Default)]
+struct Partitions {
+    /// Days known to have a partition.
+    known: BTreeSet<i64>,
+    /// When creation ahead of time and retention run next.
+    next_maintenance: Option<Instant>,
+    /// Created / dropped since last published.
+    created: u64,
+    dropped: u64,
+}
+
+/// Creation ahead of time and retention run this often.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+
+impl Partitions {
+    fn today() -> i64 {
+        partitions::day_of(crate::ingest::now_ms())
+    }
+
+    fn oldest_kept(&self, retention_days: i64) -> i64 {
+        Self::today() - retention_days
+    }
+
+    /// Makes sure partitions exist for `days`.
+    async fn ensure(
+        &mut self,
+        client: &mut tokio_postgres::Client,
+        days: impl Iterator<Item = i64>,
+    ) -> Result<(), SinkError> {
+        let missing: BTreeSet<i64> = days.filter(|d| !self.known.contains(d)).collect();
+        if !missing.is_empty() {
+            self.created += partitions::ensure(client, &missing).await?;
+            self.known.extend(missing);
+        }
+        Ok(())
+    }
+
+    /// Hourly: partitions for yesterday to two days ahead, and retention.
+    async fn maintain(&mut self, client: &mut tokio_postgres::Client, config: &SinkConfig) -> Result<(), SinkError> {
+        if self.next_maintenance.is_some_and(|at| Instant::now() < at) {
+            return Ok(());
+        }
+        let today = Self::today();
+        let oldest = self.oldest_kept(config.raw_retention_days);
+        let dropped = partitions::drop_before(client, oldest).await?;
+        self.dropped += dropped.len() as u64;
+        self.known.retain(|d| *d >= oldest);
+        self.ensure(client, (today - 1).max(oldest)..=today + 2).await?;
+        self.next_maintenance = Some(Instant::now() + MAINTENANCE_EVERY);
+        Ok(())
     }
 }
 
@@ -299,6 +358,7 @@ async fn attempt(
     id: BatchId,
     delta: &Delta,
     migrated: &mut bool,
+    partitions: &mut Partitions,
 ) -> Result<Written, SinkError> {
     let mut client = pool.get().await?;
     let work = async {
@@ -306,15 +366,13 @@ async fn attempt(
             super::migrate(&mut client).await?;
             *migrated = true;
         }
-        write_batch(
-            &mut client,
-            &config.instance_id,
-            id,
-            delta,
-            config.sample_ppm,
-        )
-        .await
-        .map_err(SinkError::Db)
+        if config.raw_sample_ppm > 0 {
+            partitions.maintain(&mut client, config).await?;
+            partitions.ensure(&mut client, delta.raw.iter().map(|r| r.day())).await?;
+        }
+        write_batch(&mut client, &config.instance_id, id, delta, config.sample_ppm, config.raw_sample_ppm)
+            .await
+            .map_err(SinkError::Db)
     };
     match tokio::time::timeout(config.flush_timeout, work).await {
         Ok(Ok(written)) => Ok(written),

@@ -20,8 +20,7 @@ fn server_url() -> String {
         .get_or_init(|| match std::env::var("DATABASE_URL") {
             Ok(url) if !url.is_empty() => (None, url),
             _ => {
-                let pg = TempPostgres::start()
-                    .unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"));
+                let pg = TempPostgres::start().unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"));
                 let url = pg.url();
                 (Some(pg), url)
             }
@@ -36,10 +35,7 @@ pub fn with_database(url: &str, db: &str) -> String {
     cfg.dbname(db);
     // Rebuild as a URL: user, host, port, db (tests run on trust or password-in-URL set-ups).
     let user = cfg.get_user().unwrap_or("postgres");
-    let password = cfg
-        .get_password()
-        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
-        .unwrap_or_default();
+    let password = cfg.get_password().map(|p| format!(":{}", String::from_utf8_lossy(p))).unwrap_or_default();
     let host = match cfg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => "127.0.0.1".to_string(),
@@ -66,20 +62,13 @@ pub async fn fresh_database(test: &str) -> String {
 pub async fn create_database_on(server: &str, test: &str) -> String {
     let name = format!("bl_{}_{}", test, rand::random::<u32>());
     let admin = connect(server).await;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("CREATE DATABASE");
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("CREATE DATABASE");
     with_database(server, &name)
 }
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// An XPUB socket standing in for a bidder's PUB socket: it sends exactly
@@ -100,23 +89,14 @@ impl Publisher {
         socket.set_rcvtimeo(100).unwrap();
         socket.bind("tcp://127.0.0.1:*").unwrap();
         let endpoint = socket.get_last_endpoint().unwrap().unwrap();
-        Publisher {
-            _ctx: ctx,
-            socket,
-            endpoint,
-            subscribed: 0,
-        }
+        Publisher { _ctx: ctx, socket, endpoint, subscribed: 0 }
     }
 
     /// Waits until `topics` subscriptions have arrived (or panics after 30 s).
     pub fn wait_for_subscriptions(&mut self, topics: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.subscribed < topics {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {topics} subscriptions arrived",
-                self.subscribed
-            );
+            assert!(Instant::now() < deadline, "only {} of {topics} subscriptions arrived", self.subscribed);
             if let Ok(msg) = self.socket.recv_bytes(0) {
                 if msg.first() == Some(&1) {
                     self.subscribed += 1;
@@ -126,9 +106,7 @@ impl Publisher {
     }
 
     pub fn send(&self, frames: &[&[u8]]) {
-        self.socket
-            .send_multipart(frames.iter().copied(), 0)
-            .unwrap();
+        self.socket.send_multipart(frames.iter().copied(), 0).unwrap();
     }
 
     pub fn publish(&self, ev: &TestEvent, partition_count: u32) {
@@ -175,11 +153,7 @@ impl TestEvent {
     }
 
     pub fn topic(&self, partition_count: u32) -> String {
-        format!(
-            "{}.{:04}",
-            self.event_type,
-            bid_logger::wire::partition_of(self.txn.as_bytes(), partition_count)
-        )
+        format!("{}.{:04}", self.event_type, bid_logger::wire::partition_of(self.txn.as_bytes(), partition_count))
     }
 
     pub fn payload(&self) -> Vec<u8> {
@@ -196,14 +170,8 @@ impl TestEvent {
         opt("seq", self.seq.map(|s| json!(s)));
         opt("country", self.country.as_ref().map(|c| json!(c)));
         opt("os", self.os.as_ref().map(|c| json!(c)));
-        opt(
-            "campaign",
-            (self.campaign != 0).then(|| json!(self.campaign)),
-        );
-        opt(
-            "advertiser",
-            (self.advertiser != 0).then(|| json!(self.advertiser)),
-        );
+        opt("campaign", (self.campaign != 0).then(|| json!(self.campaign)));
+        opt("advertiser", (self.advertiser != 0).then(|| json!(self.advertiser)));
         opt("price", self.price.map(|p| json!(p)));
         opt("revenue", self.revenue.map(|p| json!(p)));
         opt("attributed", self.attributed.map(|p| json!(p)));
@@ -222,9 +190,7 @@ pub type Rows = BTreeMap<RowKey, RowVal>;
 /// of the logger's code.
 pub fn expected_country(c: Option<&str>) -> String {
     match c {
-        Some(s) if s.len() == 2 && s.chars().all(|ch| ch.is_ascii_alphabetic()) => {
-            s.to_ascii_uppercase()
-        }
+        Some(s) if s.len() == 2 && s.chars().all(|ch| ch.is_ascii_alphabetic()) => s.to_ascii_uppercase(),
         _ => "--".into(),
     }
 }
@@ -239,21 +205,13 @@ pub fn expected_os(o: Option<&str>) -> String {
         if out.len() + ch.len_utf8() > 32 {
             break;
         }
-        out.push(if ch.is_ascii_alphabetic() {
-            ch.to_ascii_lowercase()
-        } else {
-            ch
-        });
+        out.push(if ch.is_ascii_alphabetic() { ch.to_ascii_lowercase() } else { ch });
     }
     out
 }
 
 /// Expected rollup rows for `events` at bucket size `bucket_s` seconds.
-pub fn expected_rows<'a>(
-    events: impl IntoIterator<Item = &'a TestEvent>,
-    bucket_s: i64,
-    sample_ppm: i32,
-) -> Rows {
+pub fn expected_rows<'a>(events: impl IntoIterator<Item = &'a TestEvent>, bucket_s: i64, sample_ppm: i32) -> Rows {
     let mut rows = Rows::new();
     for e in events {
         let bucket = e.ts.div_euclid(bucket_s * 1000) * bucket_s;
@@ -284,15 +242,7 @@ pub async fn warehouse_rows(client: &tokio_postgres::Client, table: &str) -> Row
     let mut rows = Rows::new();
     for r in client.query(&sql, &[]).await.unwrap() {
         rows.insert(
-            (
-                r.get(0),
-                r.get(1),
-                r.get(2),
-                r.get(3),
-                r.get(4),
-                r.get(5),
-                r.get(6),
-            ),
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)),
             (r.get(7), r.get(8), r.get(9), r.get(10)),
         );
     }
@@ -317,12 +267,7 @@ pub fn assert_rows_eq(actual: &Rows, expected: &Rows, what: &str) {
         }
     }
     let shown: Vec<_> = diff.iter().take(20).cloned().collect();
-    panic!(
-        "{what}: {} rows differ (of {} expected):\n{}",
-        diff.len(),
-        expected.len(),
-        shown.join("\n")
-    );
+    panic!("{what}: {} rows differ (of {} expected):\n{}", diff.len(), expected.len(), shown.join("\n"));
 }
 
 /// The real `bid-logger run` process.
@@ -349,14 +294,9 @@ impl Logger {
                 cmd.env_remove(k);
             }
         }
-        cmd.env("RUST_LOG", "info,bid_logger=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "info,bid_logger=debug").stdout(Stdio::null()).stderr(Stdio::piped());
         let child = cmd.spawn().expect("starting bid-logger");
-        Logger {
-            child,
-            metrics_port,
-        }
+        Logger { child, metrics_port }
     }
 
     /// The current value of a metric (summed over label sets matching `labels`), or 0.
@@ -376,10 +316,7 @@ impl Logger {
             if now >= value {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{name} stayed at {now}, expected {value}"
-            );
+            assert!(Instant::now() < deadline, "{name} stayed at {now}, expected {value}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -402,12 +339,7 @@ impl Logger {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 let mut err = String::new();
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
+                self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
                 return (status.code().unwrap_or(-1), err);
             }
             if Instant::now() > deadline {
@@ -442,9 +374,7 @@ pub fn parse_metric(body: &str, name: &str, labels: &str) -> f64 {
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let (n, rest) = series.split_once('{').map_or((series, ""), |(n, r)| (n, r));
-            (n == name && rest.contains(labels))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
+            (n == name && rest.contains(labels)).then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
 }
