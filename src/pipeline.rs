@@ -42,6 +42,7 @@ pub struct RunSummary {
 /// stops receiving, flushes everything and returns the summary.
 pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<RunSummary, PipelineError> {
     crate::telemetry::install_exporter(config.metrics_addr).map_err(|e| PipelineError::Metrics(e.to_string()))?;
+    let process_metrics = tokio::spawn(crate::telemetry::sample_process_metrics());
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         database = %crate::config::mask_database_url(&config.sink.database_url),
@@ -77,6 +78,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     .await
     .expect("joining ingest threads");
     let sink = sink.await.expect("the sink task does not panic");
+    process_metrics.abort();
     tracing::info!(
         received = ingest.received,
         accepted = ingest.accepted,

@@ -47,6 +47,10 @@ pub const RAW_ROWS_DROPPED: &str = "bid_logger_raw_rows_dropped_total";
 pub const RAW_PARTITIONS_CREATED: &str = "bid_logger_raw_partitions_created_total";
 /// Daily `events_sample` partitions dropped by retention.
 pub const RAW_PARTITIONS_DROPPED: &str = "bid_logger_raw_partitions_dropped_total";
+/// CPU time (user + system) the process has used, in seconds (cumulative).
+pub const PROCESS_CPU: &str = "bid_logger_process_cpu_seconds";
+/// Resident set size of the process.
+pub const PROCESS_RSS: &str = "bid_logger_process_resident_memory_bytes";
 /// Always 1, with the version as a label.
 pub const BUILD_INFO: &str = "bid_logger_build_info";
 
@@ -75,6 +79,8 @@ pub fn describe() {
     describe_counter!(RAW_ROWS_DROPPED, Unit::Count, "Raw rows dropped, by reason (buffer_full, expired).");
     describe_counter!(RAW_PARTITIONS_CREATED, Unit::Count, "Daily events_sample partitions created.");
     describe_counter!(RAW_PARTITIONS_DROPPED, Unit::Count, "Daily events_sample partitions dropped by retention.");
+    describe_gauge!(PROCESS_CPU, Unit::Seconds, "CPU time (user + system) used by the process, cumulative.");
+    describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident set size of the process.");
     describe_gauge!(BUILD_INFO, Unit::Count, "Always 1; the version is a label.");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
@@ -101,4 +107,24 @@ pub fn init_logging(format: LogFormat, default: &str) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Samples the process's CPU time and RSS from `/proc/self` every second,
+/// for the operations dashboard (the exporter does not provide them).
+pub async fn sample_process_metrics() {
+    let cpu = metrics::gauge!(PROCESS_CPU);
+    let rss = metrics::gauge!(PROCESS_RSS);
+    // SAFETY: sysconf has no preconditions.
+    let (hz, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK) as f64, libc::sysconf(libc::_SC_PAGESIZE) as f64) };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the parenthesised command name: utime is the 12th, stime the 13th, rss the 22nd.
+            let f: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            cpu.set((num(11) + num(12)) / hz);
+            rss.set(num(21) * page);
+        }
+    }
 }
