@@ -321,6 +321,11 @@ impl Logger {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The whole /metrics text.
     pub fn metrics_text(&self) -> String {
         http_get(self.metrics_port, "/metrics").unwrap_or_default()

@@ -1,0 +1,324 @@
+//! The fault matrix: inject real faults (database outages, locks, killed
+//! processes, overflowing high-water marks, several instances) and compare
+//! the warehouse with exactly what was published.
+
+mod support;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::*;
+
+const P: u32 = 16;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn events(rng: &mut SmallRng, n: usize, tag: &str) -> Vec<TestEvent> {
+    const TYPES: [&str; 8] = ["auction", "bid", "win", "loss", "impression", "click", "install", "event"];
+    let now = now_ms();
+    (0..n)
+        .map(|i| {
+            let mut e =
+                TestEvent::new(TYPES[rng.gen_range(0..8)], format!("{tag}-{i}"), now - rng.gen_range(0..3_600_000));
+            e.country = Some(["US", "BR", "DE"][rng.gen_range(0..3)].into());
+            e.campaign = rng.gen_range(0..50);
+            e.price = Some(rng.gen_range(0..10_000));
+            e
+        })
+        .collect()
+}
+
+async fn total_events(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client.query_one(&format!("SELECT coalesce(sum(events), 0)::bigint FROM {table}"), &[]).await.unwrap().get(0)
+}
+
+/// A field `key=value` of the logger's final `stopped` log line.
+fn stopped_field(stderr: &str, key: &str) -> u64 {
+    let line =
+        stderr.lines().rev().find(|l| l.contains("stopped")).unwrap_or_else(|| panic!("no stopped line:\n{stderr}"));
+    let plain: String = strip_ansi(line);
+    plain
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {plain}"))
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_disjoint_partitions_write_the_same_tables_exactly() {
+    let db = fresh_database("two").await;
+    let mut publisher = Publisher::bind();
+    let endpoint = publisher.endpoint.clone();
+    let common = ["--connect", &endpoint, "--partition-count", "16", "--flush-interval", "50ms"];
+    let a = Logger::start(&db, &[&common[..], &["--partitions", "0-7", "--instance-id", "a"]].concat());
+    let b = Logger::start(&db, &[&common[..], &["--partitions", "8-15", "--instance-id", "b"]].concat());
+    publisher.wait_for_subscriptions(2 * 8 * 8);
+    let mut rng = SmallRng::seed_from_u64(1);
+    let all = events(&mut rng, 20_000, "two");
+    for e in &all {
+        publisher.publish(e, P);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.metric("bid_logger_events_flushed_total", "") + b.metric("bid_logger_events_flushed_total", "")
+        < all.len() as f64
+    {
+        assert!(Instant::now() < deadline, "the two instances did not flush everything (deadlock?)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        a.metric("bid_logger_events_flushed_total", "") > 0.0 && b.metric("bid_logger_events_flushed_total", "") > 0.0
+    );
+    assert_eq!((a.stop().0, b.stop().0), (0, 0));
+    let client = connect(&db).await;
+    assert_rows_eq(
+        &warehouse_rows(&client, "rollup_minute").await,
+        &expected_rows(&all, 60, 1_000_000),
+        "rollup_minute",
+    );
+    assert_rows_eq(&warehouse_rows(&client, "rollup_hour").await, &expected_rows(&all, 3600, 1_000_000), "rollup_hour");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_on_the_rollup_table_makes_flushes_wait_and_retry_without_loss() {
+    let db = fresh_database("lock").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(
+        &db,
+        &[
+            "--connect",
+            &publisher.endpoint,
+            "--partition-count",
+            "16",
+            "--flush-timeout",
+            "500ms",
+            "--flush-interval",
+            "100ms",
+        ],
+    );
+    publisher.wait_for_subscriptions(8 * 16);
+    let mut rng = SmallRng::seed_from_u64(2);
+    let first = events(&mut rng, 2000, "before");
+    for e in &first {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
+
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_minute IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let second = events(&mut rng, 3000, "during");
+    for e in &second {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric(
+        "bid_logger_events_accepted_total",
+        (first.len() + second.len()) as f64,
+        Duration::from_secs(30),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while logger.metric("bid_logger_flush_failures_total", "") < 2.0 {
+        assert!(Instant::now() < deadline, "flushes did not time out against the lock");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(logger.metric("bid_logger_events_flushed_total", ""), first.len() as f64, "nothing lands while locked");
+    tx.rollback().await.unwrap();
+    let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
+    logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(30));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    assert_rows_eq(
+        &warehouse_rows(&client, "rollup_minute").await,
+        &expected_rows(&all, 60, 1_000_000),
+        "rollup_minute",
+    );
+    assert_rows_eq(&warehouse_rows(&client, "rollup_hour").await, &expected_rows(&all, 3600, 1_000_000), "rollup_hour");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_full_load_writes_every_event_received() {
+    let db = fresh_database("term").await;
+    let port = free_port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let mut simulator = Command::new(env!("CARGO_BIN_EXE_bid-logger"))
+        .args(["simulate", "--bind", &endpoint, "--partition-count", "16", "--max", "--duration", "30s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let logger = Logger::start(&db, &["--connect", &endpoint, "--partition-count", "16"]);
+    logger.wait_metric("bid_logger_events_accepted_total", 200_000.0, Duration::from_secs(60));
+    let (code, stderr) = logger.stop(); // while the simulator is still publishing at full speed
+    let _ = simulator.kill();
+    let _ = simulator.wait();
+    assert_eq!(code, 0, "{stderr}");
+    let accepted = stopped_field(&stderr, "accepted");
+    let written = stopped_field(&stderr, "written");
+    assert!(accepted >= 200_000);
+    assert_eq!(written, accepted, "every accepted event written");
+    assert_eq!(stopped_field(&stderr, "unwritten"), 0);
+    let client = connect(&db).await;
+    assert_eq!(total_events(&client, "rollup_minute").await as u64, accepted);
+    assert_eq!(total_events(&client, "rollup_hour").await as u64, accepted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_at_most_the_unflushed_interval_and_the_next_start_is_clean() {
+    let db = fresh_database("kill9").await;
+    let mut publisher = Publisher::bind();
+    let endpoint = publisher.endpoint.clone();
+    let args = ["--connect", &endpoint, "--partition-count", "16", "--instance-id", "k"];
+    let first = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(8 * 16);
+    let mut rng = SmallRng::seed_from_u64(3);
+    let flushed = events(&mut rng, 3000, "flushed");
+    for e in &flushed {
+        publisher.publish(e, P);
+    }
+    first.wait_metric("bid_logger_events_flushed_total", flushed.len() as f64, Duration::from_secs(30));
+    let unflushed = events(&mut rng, 500, "unflushed");
+    for e in &unflushed {
+        publisher.publish(e, P);
+    }
+    first.wait_metric(
+        "bid_logger_events_accepted_total",
+        (flushed.len() + unflushed.len()) as f64,
+        Duration::from_secs(30),
+    );
+    drop(first); // SIGKILL
+    let client = connect(&db).await;
+    let after_kill = total_events(&client, "rollup_minute").await as usize;
+    assert!(after_kill >= flushed.len() && after_kill <= flushed.len() + unflushed.len(), "{after_kill}");
+
+    let second = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(2 * 8 * 16);
+    let more = events(&mut rng, 2000, "second");
+    for e in &more {
+        publisher.publish(e, P);
+    }
+    second.wait_metric("bid_logger_events_flushed_total", more.len() as f64, Duration::from_secs(30));
+    let (code, stderr) = second.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!strip_ansi(&stderr).contains("ERROR"), "the restart is clean:\n{stderr}");
+    assert_eq!(total_events(&client, "rollup_minute").await as usize, after_kill + more.len());
+    assert_eq!(total_events(&client, "rollup_hour").await as usize, after_kill + more.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_dropped_by_overflowing_high_water_marks_are_counted_exactly() {
+    let db = fresh_database("hwm").await;
+    let ctx = zmq::Context::new();
+    let xpub = ctx.socket(zmq::XPUB).unwrap();
+    xpub.set_sndhwm(100).unwrap();
+    xpub.set_rcvtimeo(30_000).unwrap();
+    xpub.bind("tcp://127.0.0.1:*").unwrap();
+    let endpoint = xpub.get_last_endpoint().unwrap().unwrap();
+    let logger = Logger::start(
+        &db,
+        &["--connect", &endpoint, "--partition-count", "16", "--event-types", "bid", "--receive-hwm", "100"],
+    );
+    for _ in 0..16 {
+        xpub.recv_bytes(0).unwrap(); // subscriptions
+    }
+    let txn = "hwm-txn";
+    let mut e = TestEvent::new("bid", txn, now_ms());
+    e.publisher = Some("p".into());
+    let topic = e.topic(P);
+    // Freeze the logger so both high-water marks overflow and ZeroMQ drops.
+    let pid = logger_pid(&logger);
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let n = 50_000u64;
+    for seq in 1..=n {
+        e.seq = Some(seq);
+        let _ = xpub.send_multipart([topic.as_bytes(), &e.payload()], zmq::DONTWAIT);
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(1500));
+    // One last message after the backlog drained, so every gap is closed by a later seq.
+    e.seq = Some(n + 1);
+    xpub.send_multipart([topic.as_bytes(), &e.payload()], 0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let received = logger.metric("bid_logger_messages_received_total", "");
+        let lost = logger.metric("bid_logger_messages_lost_total", "");
+        if received > 0.0 && received + lost >= (n + 1) as f64 {
+            assert!(lost > 0.0, "the test overflowed nothing, so it proved nothing");
+            assert_eq!(received + lost, (n + 1) as f64, "lost = published - received, exactly");
+            break;
+        }
+        assert!(Instant::now() < deadline, "received {received} + lost {lost} never reached {}", n + 1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(logger.stop().0, 0);
+}
+
+fn logger_pid(logger: &Logger) -> i32 {
+    logger.pid() as i32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_under_load_never_stalls_ingest_and_totals_match_the_truth() {
+    let pg = bid_logger::pgtemp::TempPostgres::start().expect("throwaway PostgreSQL");
+    let db = create_database_on(&pg.url(), "outage").await;
+    let port = free_port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let truth = std::env::temp_dir().join(format!("bl-truth-{}.json", rand::random::<u32>()));
+    let simulator = Command::new(env!("CARGO_BIN_EXE_bid-logger"))
+        .args(["simulate", "--bind", &endpoint, "--partition-count", "16", "--rate", "20000", "--duration", "12s"])
+        .args(["--late-fraction", "0.05", "--truth", truth.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let logger = Logger::start(&db, &["--connect", &endpoint, "--partition-count", "16"]);
+    logger.wait_metric("bid_logger_events_flushed_total", 20_000.0, Duration::from_secs(30));
+    pg.stop().unwrap();
+    let before = logger.metric("bid_logger_events_accepted_total", "");
+    tokio::time::sleep(Duration::from_secs(5)).await; // scaled down from 30 s for CI
+    let during = logger.metric("bid_logger_events_accepted_total", "");
+    assert!(during - before > 20_000.0, "ingest stalled while the database was down: {before} → {during}");
+    assert!(logger.metric("bid_logger_pending_events", "") > 0.0);
+    pg.restart().unwrap();
+    let out = simulator.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let truth: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&truth).unwrap()).unwrap();
+    let total = truth["events"].as_u64().unwrap();
+    logger.wait_metric("bid_logger_events_flushed_total", total as f64, Duration::from_secs(60));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    for (et, t) in truth["by_type"].as_object().unwrap() {
+        let r = client
+            .query_one(
+                "SELECT coalesce(sum(events), 0)::bigint, coalesce(sum(price_micros), 0)::bigint,
+                        coalesce(sum(revenue_micros), 0)::bigint FROM rollup_hour WHERE event_type = $1",
+                &[et],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.get::<_, i64>(0) as u64, t["events"].as_u64().unwrap(), "{et} events");
+        assert_eq!(r.get::<_, i64>(1), t["price_micros"].as_i64().unwrap(), "{et} price");
+        assert_eq!(r.get::<_, i64>(2), t["revenue_micros"].as_i64().unwrap(), "{et} revenue");
+    }
+    assert_eq!(total_events(&client, "rollup_minute").await as u64, total);
+}
