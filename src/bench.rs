@@ -86,6 +86,7 @@ pub fn null_subscriber(connect: &str, partition_count: u32, sample: Rate, count:
         receive_hwm: 1_000_000,
         max_message_size: 65_536,
         threads: 1,
+        allow: vec![],
     };
     let sampler = Sampler::new(sample, partition_count);
     let topics = subscriptions(&config, &[&sampler], 0, 1);

@@ -60,6 +60,9 @@ pub struct Settings {
     /// Endpoint to bind the SUB socket to, for XPUB/XSUB forwarder set-ups (repeatable).
     #[arg(long, env = "BID_LOGGER_BIND", value_delimiter = ',', value_name = "ENDPOINT")]
     pub bind: Option<Vec<String>>,
+    /// Peers allowed to connect to bound endpoints: IPs or CIDR networks (repeatable) [default: any].
+    #[arg(long, env = "BID_LOGGER_ALLOW", value_delimiter = ',', value_name = "NETWORK")]
+    pub allow: Option<Vec<String>>,
     /// PostgreSQL URL (also read from DATABASE_URL).
     #[arg(long, env = "BID_LOGGER_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
@@ -176,6 +179,7 @@ impl Settings {
         pick!(
             connect,
             bind,
+            allow,
             database_url,
             partition_count,
             partitions,
@@ -215,6 +219,16 @@ impl Settings {
         }
         if connect.is_empty() && bind.is_empty() {
             return Err(invalid("connect", "no publisher endpoint: set --connect (or --bind)"));
+        }
+        let allow = self
+            .allow
+            .unwrap_or_default()
+            .iter()
+            .map(|a| crate::zap::Allowed::parse(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| invalid("allow", m))?;
+        if !allow.is_empty() && bind.is_empty() {
+            return Err(invalid("allow", "only applies to bound endpoints: set --bind too"));
         }
         let partition_count = self.partition_count.unwrap_or(64);
         if partition_count == 0 || partition_count > MAX_PARTITIONS {
@@ -300,6 +314,7 @@ impl Settings {
                 receive_hwm,
                 max_message_size,
                 threads: ingest_threads,
+                allow,
             },
             aggregate: AggregateConfig {
                 max_lateness_ms: max_lateness.as_millis() as i64,
@@ -340,6 +355,7 @@ impl Config {
         let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
         line("connect", list(&i.connect));
         line("bind", list(&i.bind));
+        line("allow", list(&i.allow.iter().map(ToString::to_string).collect::<Vec<_>>()));
         line("database-url", format!("{:?}", mask_database_url(&s.database_url)));
         line("partition-count", i.partition_count.to_string());
         line("partitions", format!("{:?}", format_partitions(&i.partitions)));

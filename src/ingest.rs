@@ -45,6 +45,8 @@ pub struct IngestConfig {
     pub max_message_size: i64,
     /// Number of receive threads.
     pub threads: usize,
+    /// Peers allowed to connect to bound endpoints (empty = no check).
+    pub allow: Vec<crate::zap::Allowed>,
 }
 
 /// Failure to set up a socket.
@@ -109,6 +111,9 @@ pub fn open_socket(ctx: &zmq::Context, config: &IngestConfig, topics: &[String])
     socket.set_maxmsgsize(config.max_message_size).map_err(z("setsockopt(MAXMSGSIZE)".into()))?;
     socket.set_rcvtimeo(RECV_TIMEOUT_MS).map_err(z("setsockopt(RCVTIMEO)".into()))?;
     socket.set_linger(0).map_err(z("setsockopt(LINGER)".into()))?;
+    if !config.allow.is_empty() {
+        socket.set_zap_domain(crate::zap::ZAP_DOMAIN).map_err(z("setsockopt(ZAP_DOMAIN)".into()))?;
+    }
     for tpc in topics {
         socket.set_subscribe(tpc.as_bytes()).map_err(z(format!("subscribe({tpc})")))?;
     }
@@ -436,6 +441,12 @@ pub fn spawn(
     ctx.set_io_threads(config.threads.min(4) as i32)
         .map_err(|source| IngestError::Zmq { what: "set io threads".into(), source })?;
     let mut workers = Vec::new();
+    if !config.allow.is_empty() {
+        let zap = crate::zap::spawn(&ctx, config.allow.clone(), stop.clone())
+            .map_err(|source| IngestError::Zmq { what: "ZAP handler".into(), source })?;
+        // The ZAP thread ends with the stop flag; it holds no data to hand over.
+        drop(zap);
+    }
     for index in 0..config.threads {
         let ingest = Ingest::new(&ctx, config, aggregate.clone(), index, flush_interval, sink.clone())?;
         let stop = stop.clone();
@@ -480,6 +491,7 @@ mod tests {
             receive_hwm: 0,
             max_message_size: 1024,
             threads: 2,
+            allow: vec![],
         };
         let all = Sampler::new(Rate::ALL, 64);
         let t0 = subscriptions(&config, &[&all], 0, 2);

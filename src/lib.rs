@@ -32,6 +32,9 @@
 //!   into each stage's config.
 //! * [`telemetry`]: every metric name, described once; logging set-up.
 //! * [`pgtemp`]: a throwaway PostgreSQL cluster for the demo and the tests.
+//! * [`zap`]: the address allow-list for bound sockets (a ZeroMQ ZAP handler).
+//! * [`simulate`], [`demo`], [`bench`]: the bidder-fleet simulator, the
+//!   one-command demo and the end-to-end benchmark.
 
 #![warn(missing_docs, rust_2018_idioms, clippy::all)]
 
@@ -48,3 +51,4 @@ pub mod simulate;
 pub mod sink;
 pub mod telemetry;
 pub mod wire;
+pub mod zap;

@@ -47,6 +47,8 @@ pub const RAW_ROWS_DROPPED: &str = "bid_logger_raw_rows_dropped_total";
 pub const RAW_PARTITIONS_CREATED: &str = "bid_logger_raw_partitions_created_total";
 /// Daily `events_sample` partitions dropped by retention.
 pub const RAW_PARTITIONS_DROPPED: &str = "bid_logger_raw_partitions_dropped_total";
+/// Connections to a bound socket refused by the address allow-list.
+pub const CONNECTIONS_REFUSED: &str = "bid_logger_connections_refused_total";
 /// CPU time (user + system) the process has used, in seconds (cumulative).
 pub const PROCESS_CPU: &str = "bid_logger_process_cpu_seconds";
 /// Resident set size of the process.
@@ -79,6 +81,7 @@ pub fn describe() {
     describe_counter!(RAW_ROWS_DROPPED, Unit::Count, "Raw rows dropped, by reason (buffer_full, expired).");
     describe_counter!(RAW_PARTITIONS_CREATED, Unit::Count, "Daily events_sample partitions created.");
     describe_counter!(RAW_PARTITIONS_DROPPED, Unit::Count, "Daily events_sample partitions dropped by retention.");
+    describe_counter!(CONNECTIONS_REFUSED, Unit::Count, "Connections to a bound socket refused by the allow-list.");
     describe_gauge!(PROCESS_CPU, Unit::Seconds, "CPU time (user + system) used by the process, cumulative.");
     describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident set size of the process.");
     describe_gauge!(BUILD_INFO, Unit::Count, "Always 1; the version is a label.");

@@ -322,3 +322,37 @@ async fn postgres_stopped_under_load_never_stalls_ingest_and_totals_match_the_tr
     }
     assert_eq!(total_events(&client, "rollup_minute").await as u64, total);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_logger_refuses_publishers_outside_its_allow_list() {
+    let db = fresh_database("zap").await;
+    let port = free_port();
+    let bound = format!("tcp://127.0.0.1:{port}");
+    let logger = Logger::start(
+        &db,
+        &["--bind", &bound, "--allow", "127.0.0.1", "--partition-count", "16", "--event-types", "bid"],
+    );
+    let ctx = zmq::Context::new();
+    let publish_from = |source: &str, tag: &str, n: usize| {
+        let s = ctx.socket(zmq::PUB).unwrap();
+        s.set_linger(0).unwrap();
+        // "source;destination": connect from a chosen loopback address
+        s.connect(&format!("tcp://{source}:0;127.0.0.1:{port}")).unwrap();
+        std::thread::sleep(Duration::from_millis(700)); // handshake and subscriptions
+        for i in 0..n {
+            let e = TestEvent::new("bid", format!("{tag}-{i}"), now_ms());
+            s.send_multipart([e.topic(P).as_bytes(), &e.payload()], 0).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        s
+    };
+    let _outsider = publish_from("127.0.0.2", "outsider", 100);
+    assert!(logger.metric("bid_logger_connections_refused_total", "") >= 1.0, "127.0.0.2 was not refused");
+    assert_eq!(logger.metric("bid_logger_messages_received_total", ""), 0.0, "nothing from 127.0.0.2");
+    let _insider = publish_from("127.0.0.1", "insider", 100);
+    logger.wait_metric("bid_logger_messages_received_total", 100.0, Duration::from_secs(10));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    assert_eq!(total_events(&client, "rollup_minute").await, 100);
+}
