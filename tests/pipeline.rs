@@ -193,16 +193,7 @@ async fn exact_totals_with_late_out_of_order_invalid_and_odd_values() {
     assert_eq!(code, 0, "graceful stop exits 0; stderr:\n{stderr}");
 
     let client = connect(&db).await;
-    assert_rows_eq(
-        &warehouse_rows(&client, "rollup_minute").await,
-        &expected_rows(&events, 60, 1_000_000),
-        "rollup_minute",
-    );
-    assert_rows_eq(
-        &warehouse_rows(&client, "rollup_hour").await,
-        &expected_rows(&events, 3600, 1_000_000),
-        "rollup_hour",
-    );
+    assert_warehouse_matches(&client, &events, 1_000_000).await;
     // the estimate views equal the rollups at a full sample
     let est: f64 = client.query_one("SELECT sum(events) FROM rollup_hour_est", &[]).await.unwrap().get(0);
     assert_eq!(est as usize, events.len());
@@ -243,7 +234,7 @@ async fn killed_database_connections_mid_run_still_give_exact_totals() {
     let now = now_ms();
     let mut rng = SmallRng::seed_from_u64(3);
     let mut all = Vec::new();
-    let mut killed = 0u64;
+    let mut killed = 0;
     for _wave in 0..6 {
         let events = chains(&mut rng, 400, &|r: &mut SmallRng| now - r.gen_range(0..7_200_000), false);
         for e in &events {
@@ -252,15 +243,7 @@ async fn killed_database_connections_mid_run_still_give_exact_totals() {
         all.extend(events);
         // Kill the logger's sessions while flushes are under way.
         for _ in 0..5 {
-            let rows = admin
-                .query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                     WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'bid-logger'",
-                    &[],
-                )
-                .await
-                .unwrap();
-            killed += rows.len() as u64;
+            killed += kill_logger_connections(&admin).await;
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
     }
@@ -268,12 +251,7 @@ async fn killed_database_connections_mid_run_still_give_exact_totals() {
     logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(60));
     let (code, stderr) = logger.stop();
     assert_eq!(code, 0, "{stderr}");
-    assert_rows_eq(
-        &warehouse_rows(&admin, "rollup_minute").await,
-        &expected_rows(&all, 60, 1_000_000),
-        "rollup_minute",
-    );
-    assert_rows_eq(&warehouse_rows(&admin, "rollup_hour").await, &expected_rows(&all, 3600, 1_000_000), "rollup_hour");
+    assert_warehouse_matches(&admin, &all, 1_000_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,12 +285,7 @@ async fn database_down_at_start_and_restarted_mid_run_gives_exact_totals() {
     let (code, stderr) = logger.stop();
     assert_eq!(code, 0, "{stderr}");
     let client = connect(&db).await;
-    assert_rows_eq(
-        &warehouse_rows(&client, "rollup_minute").await,
-        &expected_rows(&all, 60, 1_000_000),
-        "rollup_minute",
-    );
-    assert_rows_eq(&warehouse_rows(&client, "rollup_hour").await, &expected_rows(&all, 3600, 1_000_000), "rollup_hour");
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,15 +83,7 @@ async fn sampled_transactions_are_complete_late_events_included_and_never_duplic
         if i % 2000 == 1999 {
             // lose the logger's connections mid-run: retried batches must not duplicate
             tokio::time::sleep(Duration::from_millis(120)).await;
-            killed += admin
-                .query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                     WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'bid-logger'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .len();
+            killed += kill_logger_connections(&admin).await;
         }
     }
     assert!(killed > 0, "no connection was killed; the test would prove nothing about retries");

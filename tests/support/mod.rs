@@ -270,6 +270,34 @@ pub fn assert_rows_eq(actual: &Rows, expected: &Rows, what: &str) {
     panic!("{what}: {} rows differ (of {} expected):\n{}", diff.len(), expected.len(), shown.join("\n"));
 }
 
+/// Asserts both rollup tables equal what `events` should produce.
+pub async fn assert_warehouse_matches(client: &tokio_postgres::Client, events: &[TestEvent], sample_ppm: i32) {
+    assert_rows_eq(
+        &warehouse_rows(client, "rollup_minute").await,
+        &expected_rows(events, 60, sample_ppm),
+        "rollup_minute",
+    );
+    assert_rows_eq(
+        &warehouse_rows(client, "rollup_hour").await,
+        &expected_rows(events, 3600, sample_ppm),
+        "rollup_hour",
+    );
+}
+
+/// Terminates the logger's PostgreSQL sessions on the current database;
+/// returns how many were killed.
+pub async fn kill_logger_connections(client: &tokio_postgres::Client) -> usize {
+    client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'bid-logger'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .len()
+}
+
 /// The real `bid-logger run` process.
 pub struct Logger {
     child: Child,
