@@ -217,6 +217,12 @@ pub fn decode<'a>(topic: &[u8], payload: &'a [u8], partition_count: u32) -> Resu
 
 #[inline]
 fn utf8(bytes: &[u8]) -> Result<&str, DecodeError> {
+    // Nearly every string on the wire is short ASCII: check that inline
+    // (word-at-a-time) before falling back to the full validator.
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
     std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)
 }
 

@@ -347,8 +347,11 @@ impl Ingest {
         if let (Some(publisher), Some(seq)) = (ev.publisher, ev.seq) {
             self.seqs.observe(publisher, ev.event_type, ev.partition, seq);
         }
-        let rollup = everything || self.sampler.keep(ev.txn);
-        let raw = self.raw_sampler.as_ref().is_some_and(|s| s.keep(ev.txn));
+        // The topic's partition is the publishers' fnv1a64(txn) mod P (the
+        // wire contract), so partitions kept whole or not at all decide
+        // without hashing; only a refined partition hashes the txn.
+        let rollup = everything || self.sampler.keep_in(ev.partition, ev.txn);
+        let raw = self.raw_sampler.as_ref().is_some_and(|s| s.keep_in(ev.partition, ev.txn));
         if !rollup && !raw {
             self.sampled_out += 1;
             return;
