@@ -56,6 +56,34 @@ pub const PROCESS_RSS: &str = "bid_logger_process_resident_memory_bytes";
 /// Always 1, with the version as a label.
 pub const BUILD_INFO: &str = "bid_logger_build_info";
 
+/// Every metric name, for documentation checks.
+pub const ALL: &[&str] = &[
+    MESSAGES_RECEIVED,
+    EVENTS_ACCEPTED,
+    MESSAGES_INVALID,
+    EVENTS_SAMPLED_OUT,
+    EVENTS_REJECTED,
+    MESSAGES_LOST,
+    PUBLISHER_RESTARTS,
+    LIVE_KEYS,
+    OVERFLOW_FOLDED,
+    FLUSH_DURATION,
+    ROWS_UPSERTED,
+    EVENTS_FLUSHED,
+    FLUSH_FAILURES,
+    PENDING_BATCHES,
+    PENDING_EVENTS,
+    LAST_FLUSH,
+    RAW_ROWS_WRITTEN,
+    RAW_ROWS_DROPPED,
+    RAW_PARTITIONS_CREATED,
+    RAW_PARTITIONS_DROPPED,
+    CONNECTIONS_REFUSED,
+    PROCESS_CPU,
+    PROCESS_RSS,
+    BUILD_INFO,
+];
+
 /// Buckets of [`FLUSH_DURATION`], in seconds.
 pub const FLUSH_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
