@@ -126,6 +126,58 @@ pub fn open_socket(ctx: &zmq::Context, config: &IngestConfig, topics: &[String])
     Ok(socket)
 }
 
+/// Re-connects publishers that libzmq dropped for good.
+///
+/// libzmq reconnects a connecting socket after a lost connection, but not
+/// after a *protocol* error: a publisher sending one message larger than
+/// `ZMQ_MAXMSGSIZE` would otherwise be cut off until the logger restarts. A
+/// socket monitor reports each disconnect, and the endpoint is connected
+/// again (libzmq re-sends the subscriptions).
+struct Reconnector {
+    monitor: zmq::Socket,
+    endpoints: Vec<String>,
+    reconnects: Counter,
+}
+
+impl Reconnector {
+    fn new(
+        ctx: &zmq::Context,
+        socket: &zmq::Socket,
+        endpoints: &[String],
+        index: usize,
+    ) -> Result<Reconnector, IngestError> {
+        let z = |what: &'static str| move |source| IngestError::Zmq { what: what.into(), source };
+        let addr = format!("inproc://bid-logger-monitor-{}-{index}", std::process::id());
+        socket.monitor(&addr, zmq::SocketEvent::DISCONNECTED.to_raw() as i32).map_err(z("monitor"))?;
+        let monitor = ctx.socket(zmq::PAIR).map_err(z("socket(PAIR)"))?;
+        monitor.connect(&addr).map_err(z("connect(monitor)"))?;
+        Ok(Reconnector { monitor, endpoints: endpoints.to_vec(), reconnects: counter!(t::RECONNECTS) })
+    }
+
+    /// Handles the disconnects reported since the last call (never blocks).
+    fn poll(&mut self, socket: &zmq::Socket) {
+        while let Ok(frames) = self.monitor.recv_multipart(zmq::DONTWAIT) {
+            let event = frames.first().filter(|f| f.len() >= 2).map(|f| u16::from_le_bytes([f[0], f[1]]));
+            if event != Some(zmq::SocketEvent::DISCONNECTED.to_raw()) {
+                continue;
+            }
+            let peer = frames.get(1).map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
+            // The event names the resolved address; a configured host name
+            // may not match it, in which case every endpoint is renewed.
+            let matching: Vec<String> = self.endpoints.iter().filter(|e| **e == peer).cloned().collect();
+            let targets = if matching.is_empty() { self.endpoints.clone() } else { matching };
+            for e in targets {
+                tracing::warn!(endpoint = %e, "publisher connection dropped (e.g. an oversized message); connecting again");
+                let _ = socket.disconnect(&e);
+                if let Err(err) = socket.connect(&e) {
+                    tracing::error!(endpoint = %e, error = %err, "reconnect failed");
+                }
+                self.reconnects.increment(1);
+            }
+        }
+    }
+}
+
 /// Detects messages lost between publishers and us from `seq` gaps, per
 /// publisher and topic. A `seq` that does not go up is a publisher restart.
 #[derive(Debug, Default)]
@@ -215,6 +267,8 @@ pub struct IngestSummary {
 /// One ingest thread's state: socket, hot-path stages and local counters.
 pub struct Ingest {
     socket: zmq::Socket,
+    /// `None` when nothing is connected (bind only).
+    reconnector: Option<Reconnector>,
     partition_count: u32,
     sampler: Sampler,
     /// `None` when the raw sample is off.
@@ -249,9 +303,15 @@ impl Ingest {
         samplers.extend(raw_sampler.as_ref());
         let topics = subscriptions(config, &samplers, index, config.threads);
         let socket = open_socket(ctx, config, &topics)?;
+        let reconnector = if config.connect.is_empty() {
+            None
+        } else {
+            Some(Reconnector::new(ctx, &socket, &config.connect, index)?)
+        };
         tracing::info!(thread = index, topics = topics.len(), "subscribed");
         Ok(Ingest {
             socket,
+            reconnector,
             partition_count: config.partition_count,
             sampler,
             raw_sampler,
@@ -298,6 +358,9 @@ impl Ingest {
                 now_ms = self::now_ms();
                 if stop.load(Ordering::Relaxed) {
                     break;
+                }
+                if let Some(r) = &mut self.reconnector {
+                    r.poll(&self.socket);
                 }
                 let now = Instant::now();
                 if now >= next_publish {

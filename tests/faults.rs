@@ -346,3 +346,46 @@ async fn a_bound_logger_refuses_publishers_outside_its_allow_list() {
     let client = connect(&db).await;
     assert_eq!(total_events(&client, "rollup_minute").await, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_does_not_cut_the_publisher_off_for_good() {
+    let db = fresh_database("oversized").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(
+        &db,
+        &[
+            "--connect",
+            &publisher.endpoint,
+            "--partition-count",
+            "16",
+            "--event-types",
+            "bid",
+            "--max-message-size",
+            "4096",
+        ],
+    );
+    publisher.wait_for_subscriptions(16);
+    let mut rng = SmallRng::seed_from_u64(8);
+    let before: Vec<TestEvent> =
+        (0..100).map(|i| TestEvent::new("bid", format!("before-{i}"), now_ms() - rng.gen_range(0..1000))).collect();
+    for e in &before {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_accepted_total", 100.0, Duration::from_secs(10));
+    // libzmq drops the connection on a message over ZMQ_MAXMSGSIZE and, being
+    // a protocol error, would never reconnect by itself.
+    let big = vec![0u8; 10_000];
+    publisher.send(&[before[0].topic(P).as_bytes(), &big]);
+    logger.wait_metric("bid_logger_reconnects_total", 1.0, Duration::from_secs(10));
+    publisher.wait_for_subscriptions(2 * 16); // subscriptions arrive again
+    let after: Vec<TestEvent> =
+        (0..100).map(|i| TestEvent::new("bid", format!("after-{i}"), now_ms() - rng.gen_range(0..1000))).collect();
+    for e in &after {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_accepted_total", 200.0, Duration::from_secs(10));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    assert_warehouse_matches(&client, &[before, after].concat(), 1_000_000).await;
+}

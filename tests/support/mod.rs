@@ -86,6 +86,8 @@ impl Publisher {
         let socket = ctx.socket(zmq::XPUB).unwrap();
         socket.set_sndhwm(0).unwrap();
         socket.set_linger(5000).unwrap();
+        // Pass every subscription on, repeated ones too (a reconnecting subscriber).
+        socket.set_xpub_verbose(true).unwrap();
         socket.set_rcvtimeo(100).unwrap();
         socket.bind("tcp://127.0.0.1:*").unwrap();
         let endpoint = socket.get_last_endpoint().unwrap().unwrap();
