@@ -46,6 +46,12 @@ enum Command {
         #[arg(long)]
         count: u64,
     },
+    /// (soak helper) PostgreSQL down for a while under load; see scripts/soak-outage.
+    #[command(hide = true)]
+    SoakOutage {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// One-command demo: throwaway PostgreSQL (unless DATABASE_URL is set), simulator and logger,
     /// graceful stop, warehouse checked against the simulator's truth, and a short report.
     Demo(DemoArgs),
@@ -197,6 +203,13 @@ fn main() -> ExitCode {
             };
             bid_logger::bench::null_subscriber(&connect, partition_count, rate, count);
             ExitCode::SUCCESS
+        }
+        Command::SoakOutage { minutes } => {
+            telemetry::init_logging(LogFormat::Text, "warn");
+            report(std::env::current_exe().map_err(anyhow::Error::from).and_then(|exe| {
+                bid_logger::bench::soak_outage(&exe.display().to_string(), minutes)?;
+                Ok(ExitCode::SUCCESS)
+            }))
         }
         Command::CheckConfig(args) => match args.load() {
             Ok(c) => {
