@@ -55,7 +55,7 @@ pub async fn run(cfg: DemoConfig) -> Result<(), DemoError> {
     println!("bid-logger demo: simulator → ZeroMQ → bid-logger → PostgreSQL, for {:?}\n", cfg.duration);
 
     // 1. database
-    let (_cluster, server_url) = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+    let (cluster, server_url) = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
         Some(url) => {
             println!("[1/5] database: DATABASE_URL is set ({})", mask_database_url(&url));
             (None, url)
@@ -138,7 +138,7 @@ pub async fn run(cfg: DemoConfig) -> Result<(), DemoError> {
         sim.truth.events
     );
     report(&client).await?;
-    if _cluster.is_some() {
+    if cluster.is_some() {
         println!("The throwaway PostgreSQL is removed now; set DATABASE_URL to keep the data and query it yourself.");
     } else {
         println!("Query it yourself: psql '{}'", mask_database_url(&db_url));

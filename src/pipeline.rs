@@ -53,12 +53,12 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         "starting"
     );
     let pool = sink::pool(&config.sink.database_url, config.sink.pool_size).map_err(PipelineError::Database)?;
-    check_database(&pool).await?;
+    let migrated = check_database(&pool).await?;
 
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let stopping = Arc::new(AtomicBool::new(false));
     let workers = ingest::spawn(&config.ingest, &config.aggregate, config.sink.flush_interval, tx, stopping.clone())?;
-    let sink = tokio::spawn(Sink::new(config.sink.clone(), pool, rx).run());
+    let sink = tokio::spawn(Sink::new(config.sink.clone(), pool, rx, migrated).run());
 
     wait_for_stop(stop).await?;
     tracing::info!("stopping: no longer receiving; flushing what was accepted");
@@ -95,18 +95,19 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
 
 /// Fails fast when the database refuses us for good (bad password, no such
 /// database); when it is merely unreachable, says so and carries on: the
-/// sink retries (migrations included) until it appears.
-async fn check_database(pool: &deadpool_postgres::Pool) -> Result<(), PipelineError> {
+/// sink retries (migrations included) until it appears. Returns whether the
+/// migrations are applied.
+async fn check_database(pool: &deadpool_postgres::Pool) -> Result<bool, PipelineError> {
     let result = async {
         let mut client = pool.get().await?;
         sink::migrate(&mut client).await
     }
     .await;
     match result {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         Err(e) if e.is_transient() => {
             tracing::warn!(error = %e, "database not reachable yet; receiving anyway and retrying in the background");
-            Ok(())
+            Ok(false)
         }
         Err(e) => Err(PipelineError::Database(e)),
     }

@@ -72,8 +72,9 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// A sink writing what arrives on `rx`.
-    pub fn new(config: SinkConfig, pool: deadpool_postgres::Pool, rx: mpsc::Receiver<Delta>) -> Sink {
+    /// A sink writing what arrives on `rx`; `migrated` says whether the
+    /// schema is known to be up to date (otherwise the first flush migrates).
+    pub fn new(config: SinkConfig, pool: deadpool_postgres::Pool, rx: mpsc::Receiver<Delta>, migrated: bool) -> Sink {
         let run_id = (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as i64)
             ^ (i64::from(std::process::id()) << 40)
             ^ rand::random::<i64>();
@@ -105,7 +106,7 @@ impl Sink {
             queued: Delta::default(),
             backoff: BACKOFF_MIN,
             retry_at: None,
-            migrated: false,
+            migrated,
             partitions: Partitions::default(),
             summary: SinkSummary::default(),
             metrics,
