@@ -21,6 +21,16 @@ fn table_names(text: &str, heading: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The keys of the commented example configuration.
+fn example_keys() -> BTreeSet<String> {
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bid-logger.toml")).unwrap();
+    example
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(" = "))
+        .map(|l| l.split(" = ").next().unwrap().trim().to_string())
+        .collect()
+}
+
 #[test]
 fn every_metric_is_documented_and_every_documented_metric_exists() {
     let documented = table_names(&readme(), "## Metrics");
@@ -31,12 +41,7 @@ fn every_metric_is_documented_and_every_documented_metric_exists() {
 #[test]
 fn every_configuration_key_is_documented() {
     let documented = table_names(&readme(), "## Configuration reference");
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bid-logger.toml")).unwrap();
-    let keys: BTreeSet<String> = example
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.contains(" = "))
-        .map(|l| l.split(" = ").next().unwrap().trim().to_string())
-        .collect();
+    let keys = example_keys();
     assert_eq!(documented, keys, "README configuration reference vs bid-logger.toml");
 }
 
@@ -45,11 +50,6 @@ fn the_example_file_has_every_flag_of_run() {
     use clap::Args;
     let cmd = bid_logger::config::Settings::augment_args(clap::Command::new("run"));
     let flags: BTreeSet<String> = cmd.get_arguments().filter_map(|a| a.get_long()).map(str::to_string).collect();
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bid-logger.toml")).unwrap();
-    let keys: BTreeSet<String> = example
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.contains(" = "))
-        .map(|l| l.split(" = ").next().unwrap().trim().to_string())
-        .collect();
+    let keys = example_keys();
     assert_eq!(flags, keys, "flags of `run` vs keys of bid-logger.toml");
 }
