@@ -135,6 +135,25 @@ impl Delta {
         folded
     }
 
+    /// Takes at most `max_rows` rows and `max_raw` raw rows out of `self`
+    /// into a delta of their own (all of it when it is small enough).
+    pub fn split_off(&mut self, max_rows: usize, max_raw: usize) -> Delta {
+        if self.rows.len() <= max_rows && self.raw.len() <= max_raw {
+            return std::mem::take(self);
+        }
+        let keys: Vec<RowKey> = self.rows.keys().take(max_rows).copied().collect();
+        let mut part = Delta::default();
+        for key in keys {
+            let counters = self.rows.remove(&key).expect("key taken from the map");
+            part.events += counters.events;
+            part.rows.insert(key, counters);
+        }
+        self.events -= part.events;
+        let raw_taken = self.raw.len().min(max_raw);
+        part.raw = self.raw.drain(..raw_taken).collect();
+        part
+    }
+
     /// Merges `other` into `self`: rows under the `max_rows` cap (folding),
     /// raw rows up to `max_raw` (dropping the excess).
     pub fn merge(&mut self, other: Delta, max_rows: usize, max_raw: usize) -> MergeLoss {

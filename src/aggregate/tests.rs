@@ -214,3 +214,23 @@ fn raw_rows_are_kept_up_to_the_cap_and_counted_beyond() {
     assert_eq!(merged.merge(d, 10, 4).raw_dropped, 2);
     assert_eq!(merged.raw.len(), 4);
 }
+
+#[test]
+fn split_off_moves_bounded_parts_and_keeps_totals() {
+    let mut a = Aggregator::new(AggregateConfig::default());
+    for c in 0..1000 {
+        let e = ev(EventType::Bid, NOW, Some("DE"), None, c);
+        a.record(&e, NOW);
+        a.push_raw(&e, NOW);
+    }
+    let mut d = a.drain();
+    let mut parts = Vec::new();
+    while !d.is_empty() {
+        parts.push(d.split_off(300, 400));
+    }
+    assert_eq!(parts.len(), 4);
+    assert!(parts.iter().all(|p| p.rows.len() <= 300 && p.raw.len() <= 400));
+    assert_eq!(parts.iter().map(|p| p.events).sum::<u64>(), 1000);
+    assert!(parts.iter().all(|p| p.events == p.rows.values().map(|c| c.events).sum::<u64>()));
+    assert_eq!(parts.iter().map(|p| p.raw.len()).sum::<usize>(), 1000);
+}

@@ -21,6 +21,10 @@ use tokio::sync::mpsc;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// … to this.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Rows (rollup keys) written in one transaction at most.
+const MAX_BATCH_ROWS: usize = 50_000;
+/// Raw rows written in one transaction at most.
+const MAX_BATCH_RAW_ROWS: usize = 100_000;
 /// Prune the ledger every this many batches.
 const PRUNE_EVERY: i64 = 3600;
 
@@ -203,7 +207,10 @@ impl Sink {
             if expired > 0 {
                 self.metrics.raw_dropped_expired.increment(expired);
             }
-            self.pending = Some((id, std::mem::take(&mut self.queued)));
+            // A backlog (after an outage) is written in bounded transactions,
+            // each its own batch, so that none outgrows the flush timeout.
+            let batch = self.queued.split_off(MAX_BATCH_ROWS, MAX_BATCH_RAW_ROWS);
+            self.pending = Some((id, batch));
         }
         let (id, delta) = self.pending.as_ref().expect("formed above");
         let started = Instant::now();
