@@ -74,36 +74,45 @@ const STAGE_TYPES: [Type; 10] = [
     Type::INT8,
 ];
 
-/// Additive upsert of the staged rows into `rollup_minute`; `$1` is the sample rate.
-const UPSERT_MINUTE: &str = r#"INSERT INTO rollup_minute AS t (bucket, event_type, country, os, campaign_id,
+/// An additive upsert of the staged rows into `$table`, bucketing the staged
+/// minute by `$bucket_key` (a `bigint` expression) whose unit is `$seconds`;
+/// `$1` is the sample rate. The two rollup tables differ only in that.
+macro_rules! upsert {
+    ($table:literal, $bucket_key:literal, $seconds:literal) => {
+        concat!(
+            "INSERT INTO ",
+            $table,
+            " AS t (bucket, event_type, country, os, campaign_id,
     advertiser_id, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
-SELECT to_timestamp(minute * 60), event_type, country, os, campaign_id, advertiser_id, $1,
+SELECT to_timestamp(",
+            $bucket_key,
+            " * ",
+            $seconds,
+            "), event_type, country, os, campaign_id, advertiser_id, $1,
     sum(events), sum(attributed_events), sum(price_micros), sum(revenue_micros), now()
 FROM bid_logger_stage
-GROUP BY minute, event_type, country, os, campaign_id, advertiser_id
-ORDER BY minute, event_type COLLATE "C", country COLLATE "C", os COLLATE "C", campaign_id, advertiser_id
+GROUP BY ",
+            $bucket_key,
+            ", event_type, country, os, campaign_id, advertiser_id
+ORDER BY ",
+            $bucket_key,
+            r#", event_type COLLATE "C", country COLLATE "C", os COLLATE "C", campaign_id, advertiser_id
 ON CONFLICT (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm) DO UPDATE SET
     events = t.events + EXCLUDED.events,
     attributed_events = t.attributed_events + EXCLUDED.attributed_events,
     price_micros = t.price_micros + EXCLUDED.price_micros,
     revenue_micros = t.revenue_micros + EXCLUDED.revenue_micros,
-    updated_at = EXCLUDED.updated_at"#;
+    updated_at = EXCLUDED.updated_at"#
+        )
+    };
+}
 
-/// The same for `rollup_hour`, grouping the staged minutes by hour with
-/// integer arithmetic (no dependence on the session's time zone).
-const UPSERT_HOUR: &str = r#"INSERT INTO rollup_hour AS t (bucket, event_type, country, os, campaign_id,
-    advertiser_id, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
-SELECT to_timestamp(div(minute, 60) * 3600), event_type, country, os, campaign_id, advertiser_id, $1,
-    sum(events), sum(attributed_events), sum(price_micros), sum(revenue_micros), now()
-FROM bid_logger_stage
-GROUP BY div(minute, 60), event_type, country, os, campaign_id, advertiser_id
-ORDER BY div(minute, 60), event_type COLLATE "C", country COLLATE "C", os COLLATE "C", campaign_id, advertiser_id
-ON CONFLICT (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm) DO UPDATE SET
-    events = t.events + EXCLUDED.events,
-    attributed_events = t.attributed_events + EXCLUDED.attributed_events,
-    price_micros = t.price_micros + EXCLUDED.price_micros,
-    revenue_micros = t.revenue_micros + EXCLUDED.revenue_micros,
-    updated_at = EXCLUDED.updated_at"#;
+/// Upsert into `rollup_minute`.
+const UPSERT_MINUTE: &str = upsert!("rollup_minute", "minute", "60");
+
+/// Upsert into `rollup_hour`: the staged minutes grouped by hour with integer
+/// arithmetic (no dependence on the session's time zone).
+const UPSERT_HOUR: &str = upsert!("rollup_hour", "div(minute, 60)", "3600");
 
 const COPY_RAW: &str = "COPY events_sample (ts, received_at, event_type, txn, partition, pub, seq, country, os,
     campaign_id, advertiser_id, exchange, name, price_micros, revenue_micros, attributed, sample_ppm)
