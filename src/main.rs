@@ -114,6 +114,12 @@ struct BenchArgs {
     /// The Python baseline script (measured when the file exists).
     #[arg(long, value_name = "FILE", default_value = "../shared/baseline/py_bid_logger.py")]
     baseline: PathBuf,
+    /// Rounds of the null-subscriber and logger runs; the table shows medians.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    rounds: usize,
+    /// How long the latency run (at half the logger's ingest rate) publishes; 0s skips it.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    latency: std::time::Duration,
 }
 
 #[derive(Args)]
@@ -330,7 +336,14 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("bench: {} not found; the Python baseline is not measured", args.baseline.display());
     }
     let config =
-        bid_logger::bench::BenchConfig { count: args.count, partition_count: args.partition_count, baseline, exe };
+        bid_logger::bench::BenchConfig {
+        count: args.count,
+        partition_count: args.partition_count,
+        baseline,
+        exe,
+        rounds: args.rounds,
+        latency: args.latency,
+    };
     runtime()?.block_on(async {
         let (_cluster, url) = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
             Some(url) => (None, url),

@@ -22,7 +22,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// … to this.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Rows (rollup keys) written in one transaction at most.
-const MAX_BATCH_ROWS: usize = 50_000;
+pub const MAX_BATCH_ROWS: usize = 50_000;
 /// Raw rows written in one transaction at most.
 const MAX_BATCH_RAW_ROWS: usize = 100_000;
 /// Prune the ledger every this many batches.

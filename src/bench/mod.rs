@@ -14,7 +14,11 @@ use crate::wire::EventType;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod flush;
+pub mod latency;
+
 /// A pre-generated stream: every message's two frames.
+#[derive(Clone)]
 pub struct Stream {
     /// (topic, payload) per message.
     pub messages: Vec<(Vec<u8>, Vec<u8>)>,
@@ -50,6 +54,18 @@ pub fn generate(count: usize, partition_count: u32, seed: u64) -> Stream {
 /// subscriptions have arrived; returns when everything is queued for sending.
 /// Calls `started` just before the first message.
 pub fn publish(stream: &Stream, endpoint: &str, subscriptions: usize, started: impl FnOnce()) -> zmq::Socket {
+    let s = xpub_waiting(endpoint, subscriptions);
+    started();
+    for (topic, payload) in &stream.messages {
+        s.send(topic.as_slice(), zmq::SNDMORE).expect("send");
+        s.send(payload.as_slice(), 0).expect("send");
+    }
+    s
+}
+
+/// An XPUB bound at `endpoint` (unbounded send queue) once `subscriptions`
+/// subscriptions have arrived, plus 200 ms for the subscriber to settle.
+fn xpub_waiting(endpoint: &str, subscriptions: usize) -> zmq::Socket {
     let ctx = zmq::Context::new();
     let s = ctx.socket(zmq::XPUB).expect("XPUB");
     s.set_sndhwm(0).expect("SNDHWM");
@@ -64,11 +80,6 @@ pub fn publish(stream: &Stream, endpoint: &str, subscriptions: usize, started: i
         }
     }
     std::thread::sleep(Duration::from_millis(200));
-    started();
-    for (topic, payload) in &stream.messages {
-        s.send(topic.as_slice(), zmq::SNDMORE).expect("send");
-        s.send(payload.as_slice(), 0).expect("send");
-    }
     s
 }
 
@@ -248,6 +259,10 @@ pub struct BenchConfig {
     pub baseline: Option<std::path::PathBuf>,
     /// This executable (spawned as the subjects).
     pub exe: String,
+    /// Rounds of the null-subscriber and logger subjects (medians are reported).
+    pub rounds: usize,
+    /// How long the latency run publishes (zero: not measured).
+    pub latency: Duration,
 }
 
 fn exited(child: &mut Child) -> Progress {
@@ -326,36 +341,16 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
             exited,
         )
     };
-    results.push(null("null subscriber", "1", n, 8 * p as usize));
 
     let logger = |name: &str, sample: &str, expected: u64, subs: usize, db: String| {
         eprintln!("bench: {name}…");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let mut last_poll = Instant::now();
         measure(
             name,
             &stream,
             subs,
-            |ep| {
-                spawn(
-                    &exe,
-                    &[
-                        "run".into(),
-                        "--connect".into(),
-                        ep.into(),
-                        "--database-url".into(),
-                        db,
-                        "--partition-count".into(),
-                        p.to_string(),
-                        "--sample".into(),
-                        sample.into(),
-                        "--metrics-addr".into(),
-                        format!("127.0.0.1:{port}"),
-                        "--instance-id".into(),
-                        "bench".into(),
-                    ],
-                )
-            },
+            |ep| spawn(&exe, &logger_args(ep, &db, p, sample, port)),
             |_| {
                 if last_poll.elapsed() < Duration::from_millis(20) {
                     return Progress::Busy;
@@ -372,11 +367,30 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
             },
         )
     };
-    let db1 = fresh_db(server_url, "bench_logger").await?;
-    results.push(logger("bid-logger (sample 1)", "1", n, 8 * p as usize, db1));
-    results.push(null("null subscriber (sample 1/8)", "1/8", kept_messages, subscribed_eighth));
-    let db8 = fresh_db(server_url, "bench_logger8").await?;
-    results.push(logger("bid-logger (sample 1/8)", "1/8", kept_events, subscribed_eighth, db8));
+    // Subjects alternate round by round, so slow phases of the shared
+    // machine spread over all of them; the table shows each one's medians.
+    let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); 4];
+    for round in 1..=cfg.rounds.max(1) {
+        eprintln!("bench: round {round} of {}", cfg.rounds.max(1));
+        rounds[0].push(null("null subscriber", "1", n, 8 * p as usize));
+        let db = fresh_db(server_url, "bench_logger").await?;
+        rounds[1].push(logger("bid-logger (sample 1)", "1", n, 8 * p as usize, db));
+        rounds[2].push(null("null subscriber (sample 1/8)", "1/8", kept_messages, subscribed_eighth));
+        let db = fresh_db(server_url, "bench_logger8").await?;
+        rounds[3].push(logger("bid-logger (sample 1/8)", "1/8", kept_events, subscribed_eighth, db));
+    }
+    for r in &rounds {
+        for m in r {
+            eprintln!(
+                "bench: {:<30} ingest {:.3} s, done {:.3} s, {:.3} CPU s/M",
+                m.name,
+                m.ingested.unwrap_or(m.elapsed).as_secs_f64(),
+                m.elapsed.as_secs_f64(),
+                m.cpu_per_million()
+            );
+        }
+    }
+    results.extend(rounds.iter().map(|r| median(r)));
 
     if let Some(script) = &cfg.baseline {
         eprintln!("bench: python baseline…");
@@ -396,7 +410,130 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
         ));
     }
     print_table(&results, &stream);
+
+    eprintln!("bench: flush, logger vs plain COPY + INSERT … ON CONFLICT…");
+    let delta = flush::batch_of(&stream, crate::sink::service::MAX_BATCH_ROWS);
+    let a = fresh_db(server_url, "bench_flush_logger").await?;
+    let b = fresh_db(server_url, "bench_flush_plain").await?;
+    let flush_rounds = flush::compare(&a, &b, &delta, 5).await?;
+    print_flush(&flush_rounds);
+
+    if !cfg.latency.is_zero() {
+        let max = results[1].ingest_rate();
+        let rate = (max / 2.0).round();
+        eprintln!("bench: latency at {rate:.0} events/s (half the logger's median ingest rate) for {:?}…", cfg.latency);
+        let db = fresh_db(server_url, "bench_latency").await?;
+        let report = latency_run(&exe, &db, &stream, rate, cfg.latency).await?;
+        println!(
+            "\nlatency at {:.0} events/s (50 % of the logger's ingest rate), publish → visible in rollup_minute, \
+             {} events after a 2 s warm-up, flush interval 1 s: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            report.rate,
+            report.events,
+            report.p50.as_secs_f64() * 1e3,
+            report.p99.as_secs_f64() * 1e3,
+            report.max.as_secs_f64() * 1e3
+        );
+    }
     Ok(results)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn logger_args(endpoint: &str, db: &str, partition_count: u32, sample: &str, metrics_port: u16) -> Vec<String> {
+    [
+        "run",
+        "--connect",
+        endpoint,
+        "--database-url",
+        db,
+        "--partition-count",
+        &partition_count.to_string(),
+        "--sample",
+        sample,
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+        "--instance-id",
+        "bench",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Each figure's median over the rounds (peak RSS: the largest).
+fn median(rounds: &[Measurement]) -> Measurement {
+    fn mid<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+        v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        v[v.len() / 2]
+    }
+    let first = &rounds[0];
+    Measurement {
+        name: first.name.clone(),
+        events: first.events,
+        elapsed: mid(rounds.iter().map(|m| m.elapsed).collect()),
+        cpu: mid(rounds.iter().map(|m| m.cpu).collect()),
+        rss: rounds.iter().map(|m| m.rss).max().unwrap_or(0),
+        ingested: first.ingested.map(|_| mid(rounds.iter().filter_map(|m| m.ingested).collect())),
+    }
+}
+
+async fn latency_run(
+    exe: &str,
+    db: &str,
+    stream: &Stream,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<latency::LatencyReport> {
+    let port = free_port();
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let p = stream.partition_count;
+    let mut child = spawn(exe, &logger_args(&endpoint, db, p, "1", port));
+    let published = std::sync::Arc::new(std::sync::OnceLock::new());
+    let publisher = {
+        let (stream, endpoint, published) = (stream.clone(), endpoint.clone(), published.clone());
+        std::thread::spawn(move || {
+            let (socket, timeline) = latency::paced_publish(&stream, &endpoint, 8 * p as usize, rate, duration);
+            let _ = published.set(timeline.last().map_or(0, |t| t.1));
+            (socket, timeline)
+        })
+    };
+    let visible = latency::poll_visible(db, || published.get().copied(), duration + Duration::from_secs(120)).await;
+    let (socket, timeline) = publisher.join().expect("publisher thread");
+    drop(socket);
+    let _ = child.kill();
+    let _ = child.wait();
+    let visible = visible?;
+    let (client, conn) = tokio_postgres::connect(db, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT (SELECT sum(events) FROM rollup_minute)::bigint, (SELECT sum(events) FROM bid_logger_flush_ledger)::bigint",
+            &[],
+        )
+        .await?;
+    let (rollup, ledger): (i64, i64) = (row.get(0), row.get(1));
+    anyhow::ensure!(rollup == ledger, "rollup_minute holds {rollup} events but the ledger says {ledger}");
+    latency::report(rate, &timeline, &visible, Duration::from_secs(2)).ok_or_else(|| anyhow::anyhow!("no latency samples"))
+}
+
+fn print_flush(rounds: &[flush::FlushRound]) {
+    println!("\nflush: one batch of {} rows (minute + hour), logger write_batch vs plain COPY + INSERT … ON CONFLICT", rounds[0].rows);
+    println!("{:<8} {:>14} {:>16} {:>14} {:>16} {:>8}", "round", "logger s", "logger rows/s", "plain s", "plain rows/s", "ratio");
+    for (i, r) in rounds.iter().enumerate() {
+        println!(
+            "{:<8} {:>14.3} {:>16.0} {:>14.3} {:>16.0} {:>8.2}",
+            if i == 0 { "insert".to_string() } else { format!("update {i}") },
+            r.logger.as_secs_f64(),
+            r.rows as f64 / r.logger.as_secs_f64(),
+            r.plain.as_secs_f64(),
+            r.rows as f64 / r.plain.as_secs_f64(),
+            r.ratio()
+        );
+    }
+    let mut ratios: Vec<f64> = rounds.iter().map(|r| r.ratio()).collect();
+    ratios.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    println!("flush: logger takes {:.2}× the plain time (median of {} rounds)", ratios[ratios.len() / 2], ratios.len());
 }
 
 async fn fresh_db(server_url: &str, prefix: &str) -> anyhow::Result<String> {

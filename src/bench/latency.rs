@@ -1,0 +1,136 @@
+//! Latency: from an event being published to it being visible in
+//! `rollup_minute`, at a fixed rate below the maximum.
+//!
+//! The publisher sends the benchmark stream (looping over it) in 1 ms ticks
+//! and records how many events it had sent at each tick. A poller reads the
+//! flush ledger every 10 ms: a ledger row is committed in the same
+//! transaction as its rollup rows, so `sum(events)` over the ledger is
+//! exactly the number of events visible in `rollup_minute` (the benchmark
+//! checks that at the end). Events are received, aggregated and flushed in
+//! publish order, so the *k*-th published event is visible once that sum
+//! reaches *k*. Each tick's events get the latency of the first poll that
+//! saw all of them: an over-estimate by up to the poll interval and the
+//! transport time (publish, not receipt, starts the clock).
+
+use super::Stream;
+use std::time::{Duration, Instant};
+
+/// What the latency run measured.
+#[derive(Debug, Clone)]
+pub struct LatencyReport {
+    /// Publish rate asked for, events/s.
+    pub rate: f64,
+    /// Events measured (after the warm-up).
+    pub events: u64,
+    /// Median latency.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Largest.
+    pub max: Duration,
+}
+
+/// Events the publisher had sent by each tick: (time, cumulative count).
+pub type Timeline = Vec<(Instant, u64)>;
+
+/// Publishes `stream` in a loop at `rate` events/s for `duration` on an XPUB
+/// bound at `endpoint`, once `subscriptions` subscriptions have arrived.
+pub fn paced_publish(
+    stream: &Stream,
+    endpoint: &str,
+    subscriptions: usize,
+    rate: f64,
+    duration: Duration,
+) -> (zmq::Socket, Timeline) {
+    let s = super::xpub_waiting(endpoint, subscriptions);
+    let tick = Duration::from_millis(1);
+    let per_tick = rate / 1000.0;
+    let mut timeline = Vec::with_capacity(duration.as_millis() as usize + 1);
+    let start = Instant::now();
+    let mut next = start;
+    let mut sent = 0u64;
+    let mut due = 0.0f64;
+    let mut messages = stream.messages.iter().cycle();
+    while next.duration_since(start) < duration {
+        due += per_tick;
+        while (sent as f64) < due {
+            let (topic, payload) = messages.next().expect("a non-empty stream");
+            s.send(topic.as_slice(), zmq::SNDMORE).expect("send");
+            s.send(payload.as_slice(), 0).expect("send");
+            sent += 1;
+        }
+        timeline.push((Instant::now(), sent));
+        next += tick;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    (s, timeline)
+}
+
+/// Events visible in `rollup_minute` over time: (time, ledger events).
+pub type Visibility = Vec<(Instant, u64)>;
+
+/// Weighted percentiles of `timeline` against `visible`, ignoring ticks
+/// before `warm_up` (connections and tables are being set up then).
+pub fn report(rate: f64, timeline: &Timeline, visible: &Visibility, warm_up: Duration) -> Option<LatencyReport> {
+    let start = timeline.first()?.0;
+    let mut samples: Vec<(Duration, u64)> = Vec::new();
+    let mut prev = 0u64;
+    let mut poll = 0usize;
+    for &(at, cum) in timeline {
+        let n = cum - prev;
+        prev = cum;
+        if n == 0 || at.duration_since(start) < warm_up {
+            continue;
+        }
+        while poll < visible.len() && visible[poll].1 < cum {
+            poll += 1;
+        }
+        // Polls are in time order, and so are ticks: the search only moves forward.
+        let (seen_at, _) = *visible.get(poll)?;
+        samples.push((seen_at.saturating_duration_since(at), n));
+    }
+    samples.sort();
+    let total: u64 = samples.iter().map(|s| s.1).sum();
+    let pick = |q: f64| {
+        let target = (q * total as f64).ceil() as u64;
+        let mut acc = 0;
+        for &(d, n) in &samples {
+            acc += n;
+            if acc >= target {
+                return d;
+            }
+        }
+        samples.last().map(|s| s.0).unwrap_or_default()
+    };
+    Some(LatencyReport { rate, events: total, p50: pick(0.5), p99: pick(0.99), max: pick(1.0) })
+}
+
+/// Polls the ledger of `db_url` every 10 ms until `done()` and everything in
+/// `expected()` is visible, or `timeout` passes.
+pub async fn poll_visible(
+    db_url: &str,
+    expected: impl Fn() -> Option<u64>,
+    timeout: Duration,
+) -> anyhow::Result<Visibility> {
+    let (client, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        ticker.tick().await;
+        // Before the logger's first migration the ledger does not exist yet.
+        let v = match client.query_one("SELECT coalesce(sum(events), 0)::bigint FROM bid_logger_flush_ledger", &[]).await
+        {
+            Ok(row) => row.get::<_, i64>(0) as u64,
+            Err(_) => 0,
+        };
+        out.push((Instant::now(), v));
+        if expected().is_some_and(|n| v >= n) {
+            return Ok(out);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "latency run: only {v} events visible after {timeout:?}");
+    }
+}
