@@ -274,23 +274,27 @@ fn exited(child: &mut Child) -> Progress {
 
 /// (events accepted, events flushed) from the logger's /metrics.
 fn metrics(port: u16) -> (f64, f64) {
+    let m = scrape(port);
+    (m(crate::telemetry::EVENTS_ACCEPTED), m(crate::telemetry::EVENTS_FLUSHED))
+}
+
+/// The logger's /metrics on `port`, as a function from a metric name (or
+/// name prefix) to the sum of its series; 0 for anything missing.
+fn scrape(port: u16) -> impl Fn(&str) -> f64 {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0.0, 0.0);
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(s, "GET /metrics HTTP/1.0\r\n\r\n").is_err() {
-        return (0.0, 0.0);
-    }
     let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    let sum = |name: &str| -> f64 {
+    if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if write!(s, "GET /metrics HTTP/1.0\r\n\r\n").is_ok() {
+            let _ = s.read_to_string(&mut body);
+        }
+    }
+    move |name: &str| -> f64 {
         body.lines()
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
             .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
             .sum()
-    };
-    (sum(crate::telemetry::EVENTS_ACCEPTED), sum(crate::telemetry::EVENTS_FLUSHED))
+    }
 }
 
 /// Runs every subject and prints the table and ratios; `database_url` is a
@@ -351,7 +355,10 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
             &stream,
             subs,
             |ep| spawn(&exe, &logger_args(ep, &db, p, sample, port)),
-            |_| {
+            |child| {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("{name} exited early ({status}); run it by hand to see its log");
+                }
                 if last_poll.elapsed() < Duration::from_millis(20) {
                     return Progress::Busy;
                 }
@@ -500,6 +507,13 @@ async fn latency_run(
     };
     let visible = latency::poll_visible(db, || published.get().copied(), duration + Duration::from_secs(120)).await;
     let (socket, timeline) = publisher.join().expect("publisher thread");
+    let m = scrape(port);
+    let flushes = m(&format!("{}_count", crate::telemetry::FLUSH_DURATION));
+    eprintln!(
+        "bench: latency run: {flushes:.0} flushes, mean {:.0} ms, mean {:.0} rows (minute + hour) per flush",
+        m(&format!("{}_sum", crate::telemetry::FLUSH_DURATION)) / flushes * 1e3,
+        m(crate::telemetry::ROWS_UPSERTED) / flushes
+    );
     drop(socket);
     let _ = child.kill();
     let _ = child.wait();

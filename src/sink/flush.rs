@@ -6,15 +6,21 @@
 //!    `ON CONFLICT DO NOTHING`. If the row exists, an earlier attempt whose
 //!    `COMMIT` outcome was lost (connection killed, server restarted) did land,
 //!    and the batch is not written again.
-//! 2. Binary `COPY` its rows into a temporary staging table.
-//! 3. One additive upsert into `rollup_minute` and one into `rollup_hour`
-//!    (the same rows grouped by hour), each `GROUP BY` the key so a key never
-//!    repeats in a statement and `ORDER BY` the key so concurrent instances
-//!    lock rows in the same order and cannot deadlock.
+//! 2. Binary `COPY` its minute rows, and the same rows grouped by hour, into
+//!    two temporary staging tables. The grouping and ordering happen here, not
+//!    in SQL: each staged key is unique, and rows are staged in key order.
+//! 3. One additive upsert into `rollup_minute` and one into `rollup_hour`,
+//!    each a plain `INSERT … SELECT … ON CONFLICT DO UPDATE` of its stage. A
+//!    freshly filled temporary table is read back in the order it was written,
+//!    so every instance locks rows in key order and two instances do not
+//!    deadlock on overlapping keys (were that order ever broken, PostgreSQL
+//!    would detect the deadlock and the batch would be retried: a deadlock is
+//!    a transient error).
 //!
 //! Retrying a batch with the same id is therefore always safe.
 
-use crate::aggregate::Delta;
+use crate::aggregate::{Counters, Delta, RowKey};
+use rustc_hash::FxHashMap;
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -44,25 +50,37 @@ pub enum Written {
     Already,
 }
 
-/// Enough memory for the batch's GROUP BY and sort to stay off disk; the
-/// order is byte order (`COLLATE "C"`): any fixed order prevents deadlocks,
-/// and this one is the cheapest to sort.
-const TUNE_TX: &str = "SET LOCAL work_mem = '256MB'";
-
 const INSERT_LEDGER: &str = "INSERT INTO bid_logger_flush_ledger (instance, run_id, batch_id, events, rows)
     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
 
-const CREATE_STAGE: &str = "CREATE TEMP TABLE IF NOT EXISTS bid_logger_stage (
-    minute bigint NOT NULL, event_type text NOT NULL, country text NOT NULL, os text NOT NULL,
+/// The staging tables (`$stage` is `minute` or `hour`) and their COPY.
+macro_rules! stage {
+    ($stage:literal) => {
+        (
+            concat!(
+                "CREATE TEMP TABLE IF NOT EXISTS bid_logger_stage_",
+                $stage,
+                " (
+    bucket timestamptz NOT NULL, event_type text NOT NULL, country text NOT NULL, os text NOT NULL,
     campaign_id bigint NOT NULL, advertiser_id bigint NOT NULL, events bigint NOT NULL,
     attributed_events bigint NOT NULL, price_micros bigint NOT NULL, revenue_micros bigint NOT NULL
-) ON COMMIT DELETE ROWS";
+) ON COMMIT DELETE ROWS"
+            ),
+            concat!(
+                "COPY bid_logger_stage_",
+                $stage,
+                " (bucket, event_type, country, os, campaign_id, advertiser_id,
+    events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)"
+            ),
+        )
+    };
+}
 
-const COPY_STAGE: &str = "COPY bid_logger_stage (minute, event_type, country, os, campaign_id, advertiser_id,
-    events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)";
+const STAGE_MINUTE: (&str, &str) = stage!("minute");
+const STAGE_HOUR: (&str, &str) = stage!("hour");
 
 const STAGE_TYPES: [Type; 10] = [
-    Type::INT8,
+    Type::TIMESTAMPTZ,
     Type::TEXT,
     Type::TEXT,
     Type::TEXT,
@@ -74,29 +92,20 @@ const STAGE_TYPES: [Type; 10] = [
     Type::INT8,
 ];
 
-/// An additive upsert of the staged rows into `$table`, bucketing the staged
-/// minute by `$bucket_key` (a `bigint` expression) whose unit is `$seconds`;
-/// `$1` is the sample rate. The two rollup tables differ only in that.
+/// An additive upsert of one stage into its table; `$1` is the sample rate.
+/// Staged keys are unique, so no row is affected twice.
 macro_rules! upsert {
-    ($table:literal, $bucket_key:literal, $seconds:literal) => {
+    ($table:literal, $stage:literal) => {
         concat!(
             "INSERT INTO ",
             $table,
             " AS t (bucket, event_type, country, os, campaign_id,
     advertiser_id, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
-SELECT to_timestamp(",
-            $bucket_key,
-            " * ",
-            $seconds,
-            "), event_type, country, os, campaign_id, advertiser_id, $1,
-    sum(events), sum(attributed_events), sum(price_micros), sum(revenue_micros), now()
-FROM bid_logger_stage
-GROUP BY ",
-            $bucket_key,
-            ", event_type, country, os, campaign_id, advertiser_id
-ORDER BY ",
-            $bucket_key,
-            r#", event_type COLLATE "C", country COLLATE "C", os COLLATE "C", campaign_id, advertiser_id
+SELECT bucket, event_type, country, os, campaign_id, advertiser_id, $1,
+    events, attributed_events, price_micros, revenue_micros, now()
+FROM bid_logger_stage_",
+            $stage,
+            r#"
 ON CONFLICT (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm) DO UPDATE SET
     events = t.events + EXCLUDED.events,
     attributed_events = t.attributed_events + EXCLUDED.attributed_events,
@@ -108,11 +117,10 @@ ON CONFLICT (bucket, event_type, country, os, campaign_id, advertiser_id, sample
 }
 
 /// Upsert into `rollup_minute`.
-const UPSERT_MINUTE: &str = upsert!("rollup_minute", "minute", "60");
+const UPSERT_MINUTE: &str = upsert!("rollup_minute", "minute");
 
-/// Upsert into `rollup_hour`: the staged minutes grouped by hour with integer
-/// arithmetic (no dependence on the session's time zone).
-const UPSERT_HOUR: &str = upsert!("rollup_hour", "div(minute, 60)", "3600");
+/// Upsert into `rollup_hour`.
+const UPSERT_HOUR: &str = upsert!("rollup_hour", "hour");
 
 const COPY_RAW: &str = "COPY events_sample (ts, received_at, event_type, txn, partition, pub, seq, country, os,
     campaign_id, advertiser_id, exchange, name, price_micros, revenue_micros, attributed, sample_ppm)
@@ -145,6 +153,56 @@ fn system_time(ms: i64) -> std::time::SystemTime {
 /// Deletes ledger rows old enough that no retry can still be looking for them.
 pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushed_at < now() - interval '2 days'";
 
+/// The delta's rows in key order, and the same rows grouped by hour (keyed
+/// by the hour's first minute), in key order.
+fn minute_and_hour_rows(delta: &Delta) -> (Vec<(RowKey, Counters)>, Vec<(RowKey, Counters)>) {
+    let mut minute: Vec<(RowKey, Counters)> = delta.rows.iter().map(|(k, c)| (*k, *c)).collect();
+    minute.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut hour: Vec<(RowKey, Counters)> = Vec::with_capacity(minute.len());
+    let mut by_hour: FxHashMap<RowKey, usize> = FxHashMap::default();
+    for (key, counters) in &minute {
+        let key = RowKey { minute: key.minute.div_euclid(60) * 60, ..*key };
+        match by_hour.get(&key) {
+            Some(&i) => hour[i].1.add(counters),
+            None => {
+                by_hour.insert(key, hour.len());
+                hour.push((key, *counters));
+            }
+        }
+    }
+    hour.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    (minute, hour)
+}
+
+/// COPYs `rows` into the stage `(create, copy)`.
+async fn stage_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    (create, copy): (&str, &str),
+    rows: &[(RowKey, Counters)],
+) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(create).await?;
+    let sink = tx.copy_in(copy).await?;
+    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
+    pin_mut!(writer);
+    for (key, c) in rows {
+        let row: [&(dyn ToSql + Sync); 10] = [
+            &system_time(key.minute * 60_000),
+            &key.event_type.as_str(),
+            &key.country_str(),
+            &key.os.as_str(),
+            &key.campaign,
+            &key.advertiser,
+            &(c.events as i64),
+            &(c.attributed as i64),
+            &c.price,
+            &c.revenue,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
 /// Writes `delta` as batch `id` of `instance`, exactly once.
 pub async fn write_batch(
     client: &mut tokio_postgres::Client,
@@ -162,27 +220,9 @@ pub async fn write_batch(
         tx.rollback().await?;
         return Ok(Written::Already);
     }
-    tx.batch_execute(TUNE_TX).await?;
-    tx.batch_execute(CREATE_STAGE).await?;
-    let sink = tx.copy_in(COPY_STAGE).await?;
-    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
-    pin_mut!(writer);
-    for (key, c) in &delta.rows {
-        let row: [&(dyn ToSql + Sync); 10] = [
-            &key.minute,
-            &key.event_type.as_str(),
-            &key.country_str(),
-            &key.os.as_str(),
-            &key.campaign,
-            &key.advertiser,
-            &(c.events as i64),
-            &(c.attributed as i64),
-            &c.price,
-            &c.revenue,
-        ];
-        writer.as_mut().write(&row).await?;
-    }
-    writer.finish().await?;
+    let (minute, hour) = minute_and_hour_rows(delta);
+    stage_rows(&tx, STAGE_MINUTE, &minute).await?;
+    stage_rows(&tx, STAGE_HOUR, &hour).await?;
     let ppm = sample_ppm as i32;
     let minute_rows = tx.execute(UPSERT_MINUTE, &[&ppm]).await?;
     let hour_rows = tx.execute(UPSERT_HOUR, &[&ppm]).await?;
