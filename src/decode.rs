@@ -154,8 +154,8 @@ pub fn decode<'a>(topic: &[u8], payload: &'a [u8], partition_count: u32) -> Resu
         };
         // Keys are matched as bytes; an unknown key that is not UTF-8 is
         // still a non-UTF-8 string and therefore invalid.
-        match key {
-            b"txn" => {
+        match Field::of(key) {
+            Field::Txn => {
                 ev.txn = match r.value()? {
                     Value::Str(s) => {
                         utf8(s)?;
@@ -169,39 +169,40 @@ pub fn decode<'a>(topic: &[u8], payload: &'a [u8], partition_count: u32) -> Resu
                 }
                 have_txn = true;
             }
-            b"ts" => {
+            Field::Ts => {
                 ev.ts_ms = r.value()?.int()?;
                 have_ts = true;
             }
-            b"type" => match r.value()? {
+            Field::Type => match r.value()? {
                 Value::Str(s) => {
-                    utf8(s)?;
-                    if EventType::from_bytes(s) != Some(event_type) {
+                    // Only the topic's own type name is right: compare with it alone.
+                    if s != event_type.as_str().as_bytes() {
+                        utf8(s)?;
                         return Err(DecodeError::TypeMismatch);
                     }
                 }
                 Value::Nil => {}
                 _ => return Err(DecodeError::WrongType),
             },
-            b"pub" => ev.publisher = r.value()?.opt_str(MAX_ID_LEN)?,
-            b"seq" => ev.seq = r.value()?.opt_uint(u64::MAX)?,
-            b"country" => ev.country = r.value()?.opt_str(usize::MAX)?,
-            b"os" => ev.os = r.value()?.opt_str(usize::MAX)?,
-            b"campaign" => ev.campaign = r.value()?.opt_uint(u64::from(u32::MAX))?.unwrap_or(0) as u32,
-            b"advertiser" => ev.advertiser = r.value()?.opt_uint(u64::from(u32::MAX))?.unwrap_or(0) as u32,
-            b"exchange" => ev.exchange = r.value()?.opt_str(MAX_ID_LEN)?,
-            b"price" => ev.price = r.value()?.opt_int()?,
-            b"revenue" => ev.revenue = r.value()?.opt_int()?,
-            b"attributed" => {
+            Field::Pub => ev.publisher = r.value()?.opt_str(MAX_ID_LEN)?,
+            Field::Seq => ev.seq = r.value()?.opt_uint(u64::MAX)?,
+            Field::Country => ev.country = r.value()?.opt_str(usize::MAX)?,
+            Field::Os => ev.os = r.value()?.opt_str(usize::MAX)?,
+            Field::Campaign => ev.campaign = r.value()?.opt_uint(u64::from(u32::MAX))?.unwrap_or(0) as u32,
+            Field::Advertiser => ev.advertiser = r.value()?.opt_uint(u64::from(u32::MAX))?.unwrap_or(0) as u32,
+            Field::Exchange => ev.exchange = r.value()?.opt_str(MAX_ID_LEN)?,
+            Field::Price => ev.price = r.value()?.opt_int()?,
+            Field::Revenue => ev.revenue = r.value()?.opt_int()?,
+            Field::Attributed => {
                 ev.attributed = match r.value()? {
                     Value::Bool(b) => Some(b),
                     Value::Nil => None,
                     _ => return Err(DecodeError::WrongType),
                 }
             }
-            b"name" => ev.name = r.value()?.opt_str(MAX_ID_LEN)?,
-            other => {
-                utf8(other)?;
+            Field::Name => ev.name = r.value()?.opt_str(MAX_ID_LEN)?,
+            Field::Other => {
+                utf8(key)?;
                 r.skip_value()?;
             }
         }
@@ -213,6 +214,54 @@ pub fn decode<'a>(topic: &[u8], payload: &'a [u8], partition_count: u32) -> Resu
         return Err(DecodeError::MissingField);
     }
     Ok(ev)
+}
+
+/// The payload keys the decoder knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Txn,
+    Ts,
+    Type,
+    Pub,
+    Seq,
+    Country,
+    Os,
+    Campaign,
+    Advertiser,
+    Exchange,
+    Price,
+    Revenue,
+    Attributed,
+    Name,
+    Other,
+}
+
+impl Field {
+    /// Which key `key` is: a switch on the length, then one fixed-size
+    /// comparison (a register compare, not a `memcmp` call per candidate).
+    #[inline]
+    fn of(key: &[u8]) -> Field {
+        fn is<const N: usize>(key: &[u8], name: &[u8; N]) -> bool {
+            <&[u8; N]>::try_from(key).is_ok_and(|k| k == name)
+        }
+        match key.len() {
+            2 if is(key, b"ts") => Field::Ts,
+            2 if is(key, b"os") => Field::Os,
+            3 if is(key, b"txn") => Field::Txn,
+            3 if is(key, b"pub") => Field::Pub,
+            3 if is(key, b"seq") => Field::Seq,
+            4 if is(key, b"type") => Field::Type,
+            4 if is(key, b"name") => Field::Name,
+            5 if is(key, b"price") => Field::Price,
+            7 if is(key, b"country") => Field::Country,
+            7 if is(key, b"revenue") => Field::Revenue,
+            8 if is(key, b"campaign") => Field::Campaign,
+            8 if is(key, b"exchange") => Field::Exchange,
+            10 if is(key, b"advertiser") => Field::Advertiser,
+            10 if is(key, b"attributed") => Field::Attributed,
+            _ => Field::Other,
+        }
+    }
 }
 
 #[inline]
@@ -324,9 +373,25 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads one item header (and a scalar's body).
-    #[inline]
+    #[inline(always)]
     fn value(&mut self) -> Result<Value<'a>, DecodeError> {
-        let marker = Marker::from_u8(self.u8()?);
+        let byte = self.u8()?;
+        // Nearly every item on the wire is a short string or a small
+        // positive integer: decode those without the full marker table.
+        if byte & 0xe0 == 0xa0 {
+            return Ok(Value::Str(self.take(usize::from(byte & 0x1f))?));
+        }
+        if byte < 0x80 {
+            return Ok(Value::Uint(u64::from(byte)));
+        }
+        self.value_slow(byte)
+    }
+
+    /// [`Reader::value`] for every other marker (kept out of line, so that
+    /// the fast path above inlines into the decoder's loop).
+    #[inline(never)]
+    fn value_slow(&mut self, byte: u8) -> Result<Value<'a>, DecodeError> {
+        let marker = Marker::from_u8(byte);
         Ok(match marker {
             Marker::FixPos(v) => Value::Uint(u64::from(v)),
             Marker::FixNeg(v) => Value::Neg(i64::from(v)),

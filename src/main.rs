@@ -335,8 +335,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if baseline.is_none() {
         eprintln!("bench: {} not found; the Python baseline is not measured", args.baseline.display());
     }
-    let config =
-        bid_logger::bench::BenchConfig {
+    let config = bid_logger::bench::BenchConfig {
         count: args.count,
         partition_count: args.partition_count,
         baseline,

@@ -32,8 +32,11 @@ pub fn normalise_os<'b>(os: Option<&str>, buf: &'b mut [u8; OS_MAX_LEN]) -> Opti
     for (dst, &src) in buf.iter_mut().zip(cut) {
         *dst = src.to_ascii_lowercase();
     }
-    // Lower-casing ASCII bytes and cutting at a char boundary keeps UTF-8 valid.
-    let out = std::str::from_utf8(&buf[..end]).expect("ASCII lower-casing keeps UTF-8");
+    // SAFETY: `cut` is a prefix of a `str` ending at a char boundary, so it is
+    // valid UTF-8, and changing the case of ASCII bytes (which never occur
+    // inside a multi-byte sequence) keeps it valid. (This runs per event:
+    // validating again would cost more than the lower-casing.)
+    let out = unsafe { std::str::from_utf8_unchecked(&buf[..end]) };
     if out.is_empty() {
         None
     } else {

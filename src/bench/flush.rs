@@ -135,7 +135,12 @@ async fn plain_write(client: &mut tokio_postgres::Client, minute: &Bytes, hour: 
 /// Writes `delta` `rounds` times with the logger's `write_batch` into one
 /// fresh database and with plain COPY + upsert into another; `fresh_db`
 /// makes a database and returns its URL.
-pub async fn compare(logger_url: &str, plain_url: &str, delta: &Delta, rounds: usize) -> anyhow::Result<Vec<FlushRound>> {
+pub async fn compare(
+    logger_url: &str,
+    plain_url: &str,
+    delta: &Delta,
+    rounds: usize,
+) -> anyhow::Result<Vec<FlushRound>> {
     let mut logger = connect_migrated(logger_url).await?;
     let mut plain = connect_migrated(plain_url).await?;
     let (minute, hour, rows) = plain_copy_text(delta);

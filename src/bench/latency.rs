@@ -122,11 +122,11 @@ pub async fn poll_visible(
     loop {
         ticker.tick().await;
         // Before the logger's first migration the ledger does not exist yet.
-        let v = match client.query_one("SELECT coalesce(sum(events), 0)::bigint FROM bid_logger_flush_ledger", &[]).await
-        {
-            Ok(row) => row.get::<_, i64>(0) as u64,
-            Err(_) => 0,
-        };
+        let v =
+            match client.query_one("SELECT coalesce(sum(events), 0)::bigint FROM bid_logger_flush_ledger", &[]).await {
+                Ok(row) => row.get::<_, i64>(0) as u64,
+                Err(_) => 0,
+            };
         out.push((Instant::now(), v));
         if expected().is_some_and(|n| v >= n) {
             return Ok(out);

@@ -528,12 +528,19 @@ async fn latency_run(
         .await?;
     let (rollup, ledger): (i64, i64) = (row.get(0), row.get(1));
     anyhow::ensure!(rollup == ledger, "rollup_minute holds {rollup} events but the ledger says {ledger}");
-    latency::report(rate, &timeline, &visible, Duration::from_secs(2)).ok_or_else(|| anyhow::anyhow!("no latency samples"))
+    latency::report(rate, &timeline, &visible, Duration::from_secs(2))
+        .ok_or_else(|| anyhow::anyhow!("no latency samples"))
 }
 
 fn print_flush(rounds: &[flush::FlushRound]) {
-    println!("\nflush: one batch of {} rows (minute + hour), logger write_batch vs plain COPY + INSERT … ON CONFLICT", rounds[0].rows);
-    println!("{:<8} {:>14} {:>16} {:>14} {:>16} {:>8}", "round", "logger s", "logger rows/s", "plain s", "plain rows/s", "ratio");
+    println!(
+        "\nflush: one batch of {} rows (minute + hour), logger write_batch vs plain COPY + INSERT … ON CONFLICT",
+        rounds[0].rows
+    );
+    println!(
+        "{:<8} {:>14} {:>16} {:>14} {:>16} {:>8}",
+        "round", "logger s", "logger rows/s", "plain s", "plain rows/s", "ratio"
+    );
     for (i, r) in rounds.iter().enumerate() {
         println!(
             "{:<8} {:>14.3} {:>16.0} {:>14.3} {:>16.0} {:>8.2}",

@@ -20,8 +20,8 @@
 //! Retrying a batch with the same id is therefore always safe.
 
 use crate::aggregate::{Counters, Delta, RowKey};
-use rustc_hash::FxHashMap;
 use futures_util::pin_mut;
+use rustc_hash::FxHashMap;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
