@@ -153,12 +153,15 @@ fn system_time(ms: i64) -> std::time::SystemTime {
 /// Deletes ledger rows old enough that no retry can still be looking for them.
 pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushed_at < now() - interval '2 days'";
 
+/// One staged row.
+type Row = (RowKey, Counters);
+
 /// The delta's rows in key order, and the same rows grouped by hour (keyed
 /// by the hour's first minute), in key order.
-fn minute_and_hour_rows(delta: &Delta) -> (Vec<(RowKey, Counters)>, Vec<(RowKey, Counters)>) {
-    let mut minute: Vec<(RowKey, Counters)> = delta.rows.iter().map(|(k, c)| (*k, *c)).collect();
-    minute.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let mut hour: Vec<(RowKey, Counters)> = Vec::with_capacity(minute.len());
+fn minute_and_hour_rows(delta: &Delta) -> (Vec<Row>, Vec<Row>) {
+    let mut minute: Vec<Row> = delta.rows.iter().map(|(k, c)| (*k, *c)).collect();
+    minute.sort_unstable_by_key(|r| r.0);
+    let mut hour: Vec<Row> = Vec::with_capacity(minute.len());
     let mut by_hour: FxHashMap<RowKey, usize> = FxHashMap::default();
     for (key, counters) in &minute {
         let key = RowKey { minute: key.minute.div_euclid(60) * 60, ..*key };
@@ -170,7 +173,7 @@ fn minute_and_hour_rows(delta: &Delta) -> (Vec<(RowKey, Counters)>, Vec<(RowKey,
             }
         }
     }
-    hour.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    hour.sort_unstable_by_key(|r| r.0);
     (minute, hour)
 }
 
@@ -178,7 +181,7 @@ fn minute_and_hour_rows(delta: &Delta) -> (Vec<(RowKey, Counters)>, Vec<(RowKey,
 async fn stage_rows(
     tx: &tokio_postgres::Transaction<'_>,
     (create, copy): (&str, &str),
-    rows: &[(RowKey, Counters)],
+    rows: &[Row],
 ) -> Result<(), tokio_postgres::Error> {
     tx.batch_execute(create).await?;
     let sink = tx.copy_in(copy).await?;
