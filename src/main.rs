@@ -120,6 +120,9 @@ struct BenchArgs {
     /// How long the latency run (at half the logger's ingest rate) publishes; 0s skips it.
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
     latency: std::time::Duration,
+    /// The latency run's rate, as a fraction of the logger's median ingest rate.
+    #[arg(long, value_name = "F", default_value_t = 0.5)]
+    latency_fraction: f64,
 }
 
 #[derive(Args)]
@@ -342,6 +345,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         exe,
         rounds: args.rounds,
         latency: args.latency,
+        latency_fraction: args.latency_fraction,
     };
     runtime()?.block_on(async {
         let (_cluster, url) = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {

@@ -247,7 +247,9 @@ impl Aggregator {
             price: ev.price.unwrap_or(0),
             revenue: ev.revenue.unwrap_or(0),
         };
-        if !self.rows.contains_key(&key) && self.rows.len() >= self.config.max_live_keys {
+        // Only at the cap does a new key need telling apart from a known one
+        // (checking the length first keeps the common path to one lookup).
+        if self.rows.len() >= self.config.max_live_keys && !self.rows.contains_key(&key) {
             key = key.folded();
             folded = true;
         }

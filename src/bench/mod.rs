@@ -263,6 +263,8 @@ pub struct BenchConfig {
     pub rounds: usize,
     /// How long the latency run publishes (zero: not measured).
     pub latency: Duration,
+    /// The latency run's rate as a fraction of the logger's median ingest rate.
+    pub latency_fraction: f64,
 }
 
 fn exited(child: &mut Child) -> Progress {
@@ -427,14 +429,20 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
 
     if !cfg.latency.is_zero() {
         let max = results[1].ingest_rate();
-        let rate = (max / 2.0).round();
-        eprintln!("bench: latency at {rate:.0} events/s (half the logger's median ingest rate) for {:?}…", cfg.latency);
+        let fraction = cfg.latency_fraction;
+        let rate = (max * fraction).round();
+        eprintln!(
+            "bench: latency at {rate:.0} events/s ({:.0} % of the logger's ingest rate) for {:?}…",
+            fraction * 100.0,
+            cfg.latency
+        );
         let db = fresh_db(server_url, "bench_latency").await?;
         let report = latency_run(&exe, &db, &stream, rate, cfg.latency).await?;
         println!(
-            "\nlatency at {:.0} events/s (50 % of the logger's ingest rate), publish → visible in rollup_minute, \
+            "\nlatency at {:.0} events/s ({:.0} % of the logger's ingest rate), publish → visible in rollup_minute, \
              {} events after a 2 s warm-up, flush interval 1 s: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             report.rate,
+            fraction * 100.0,
             report.events,
             report.p50.as_secs_f64() * 1e3,
             report.p99.as_secs_f64() * 1e3,
