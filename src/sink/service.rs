@@ -1,7 +1,10 @@
 //! The sink task: receives deltas, writes batches, retries, never loses.
 //!
 //! State is one *pending* batch (immutable once attempted: an attempt may have
-//! landed without us knowing, and only an identical retry is safe) and one
+//! landed without us knowing, and only an identical retry is safe; a large
+//! one is split into parts with disjoint keys, written in parallel on their
+//! own connections, each with its own ledger row, and a part that landed is
+//! not retried with the others) and one
 //! *queued* delta that everything arriving meanwhile merges into. So a slow
 //! or absent database never piles up batches: at most two exist, and the
 //! queued one is bounded by `max_pending_rows` through the same folding as
@@ -23,6 +26,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Rows (rollup keys) written in one transaction at most.
 pub const MAX_BATCH_ROWS: usize = 50_000;
+/// A batch this large is written as `db-pool-size` parts in parallel.
+const MIN_PARALLEL_ROWS: usize = 10_000;
 /// Raw rows written in one transaction at most.
 const MAX_BATCH_RAW_ROWS: usize = 100_000;
 /// Prune the ledger every this many batches.
@@ -65,7 +70,9 @@ pub struct Sink {
     rx: mpsc::Receiver<Delta>,
     run_id: i64,
     next_batch: i64,
-    pending: Option<(BatchId, Delta)>,
+    /// The batch being written, as parts written in parallel (each its own
+    /// transaction and ledger row); a part leaves once it has landed.
+    pending: Vec<(BatchId, Delta)>,
     queued: Delta,
     backoff: Duration,
     retry_at: Option<Instant>,
@@ -106,7 +113,7 @@ impl Sink {
             rx,
             run_id,
             next_batch: 1,
-            pending: None,
+            pending: Vec::new(),
             queued: Delta::default(),
             backoff: BACKOFF_MIN,
             retry_at: None,
@@ -140,7 +147,7 @@ impl Sink {
             // Write until nothing is left or an attempt fails: what merged
             // while a batch was in flight goes out right after it.
             while self.retry_at.is_none_or(|at| Instant::now() >= at)
-                && (self.pending.is_some() || !self.queued.is_empty())
+                && (!self.pending.is_empty() || !self.queued.is_empty())
             {
                 if !self.flush_once().await {
                     break;
@@ -155,9 +162,9 @@ impl Sink {
 
     async fn drain_on_shutdown(mut self) -> SinkSummary {
         let deadline = Instant::now() + self.config.shutdown_timeout;
-        while self.pending.is_some() || !self.queued.is_empty() {
+        while !self.pending.is_empty() || !self.queued.is_empty() {
             if Instant::now() >= deadline {
-                let unwritten = self.pending.as_ref().map_or(0, |(_, d)| d.events) + self.queued.events;
+                let unwritten = self.pending.iter().map(|(_, d)| d.events).sum::<u64>() + self.queued.events;
                 tracing::error!(
                     events_unwritten = unwritten,
                     timeout = ?self.config.shutdown_timeout,
@@ -192,12 +199,10 @@ impl Sink {
     /// One attempt at writing the pending batch (formed from the queued delta
     /// when there is none). Returns whether nothing is left failing.
     async fn flush_once(&mut self) -> bool {
-        if self.pending.is_none() {
+        if self.pending.is_empty() {
             if self.queued.is_empty() {
                 return true;
             }
-            let id = BatchId { run_id: self.run_id, batch: self.next_batch };
-            self.next_batch += 1;
             // Raw rows whose day is already past the retention would land in
             // a partition about to be dropped (or re-create a dropped one).
             let oldest_kept = self.partitions.oldest_kept(self.config.raw_retention_days);
@@ -210,60 +215,61 @@ impl Sink {
             // A backlog (after an outage) is written in bounded transactions,
             // each its own batch, so that none outgrows the flush timeout.
             let batch = self.queued.split_off(MAX_BATCH_ROWS, MAX_BATCH_RAW_ROWS);
-            self.pending = Some((id, batch));
+            let parts = if batch.rows.len() >= MIN_PARALLEL_ROWS { self.config.pool_size } else { 1 };
+            for part in batch.split_by_hour_key(parts) {
+                let id = BatchId { run_id: self.run_id, batch: self.next_batch };
+                self.next_batch += 1;
+                self.pending.push((id, part));
+            }
         }
-        let (id, delta) = self.pending.as_ref().expect("formed above");
         let started = Instant::now();
-        let result = attempt(&self.pool, &self.config, *id, delta, &mut self.migrated, &mut self.partitions).await;
-        match result {
-            Ok(written) => {
-                let events = delta.events;
-                let elapsed = started.elapsed();
+        let prepared = prepare(&self.pool, &self.config, &self.pending, &mut self.migrated, &mut self.partitions).await;
+        let results = match prepared {
+            Ok(()) => {
+                let (pool, config) = (&self.pool, &self.config);
+                let mut attempts = Vec::with_capacity(self.pending.len());
+                for (id, delta) in &self.pending {
+                    attempts.push(attempt(pool, config, *id, delta));
+                }
+                futures_util::future::join_all(attempts).await
+            }
+            Err(e) => vec![Err(e)],
+        };
+        let elapsed = started.elapsed();
+        let mut failure = None;
+        let mut landed = Vec::new();
+        for (i, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(written) => landed.push((i, written)),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        for &(i, written) in landed.iter().rev() {
+            let (id, delta) = self.pending.remove(i);
+            self.record_landed(id, &delta, written, elapsed).await;
+        }
+        match failure {
+            None => {
                 self.metrics.duration.record(elapsed.as_secs_f64());
-                self.metrics.events.increment(events);
                 self.metrics
                     .last_flush
                     .set(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0));
-                match written {
-                    Written::Now { minute_rows, hour_rows, raw_rows } => {
-                        self.metrics.minute_rows.increment(minute_rows);
-                        self.metrics.hour_rows.increment(hour_rows);
-                        self.metrics.raw_written.increment(raw_rows);
-                        tracing::debug!(batch = id.batch, events, minute_rows, hour_rows, ?elapsed, "flushed");
-                    }
-                    Written::Already => {
-                        tracing::info!(
-                            batch = id.batch,
-                            events,
-                            "batch had already landed (found in the ledger); not written again"
-                        )
-                    }
-                }
-                if id.batch % PRUNE_EVERY == 0 {
-                    self.prune_ledger().await;
-                }
-                let p = &mut self.partitions;
-                self.metrics.partitions_created.increment(std::mem::take(&mut p.created));
-                self.metrics.partitions_dropped.increment(std::mem::take(&mut p.dropped));
-                self.summary.events_written += events;
-                self.summary.batches += 1;
-                self.pending = None;
                 self.backoff = BACKOFF_MIN;
                 self.retry_at = None;
                 self.publish_pending();
                 true
             }
-            Err(e) => {
+            Some(e) => {
                 self.metrics.failures.increment(1);
                 // Re-check partitions next time: one may have been dropped under us.
                 self.partitions.known.clear();
-                let transient = e.is_transient();
-                if transient {
-                    tracing::warn!(error = %e, batch = id.batch, retry_in = ?self.backoff, "flush failed; will retry");
+                let batch = self.pending.first().map_or(0, |(id, _)| id.batch);
+                if e.is_transient() {
+                    tracing::warn!(error = %e, batch, retry_in = ?self.backoff, "flush failed; will retry");
                 } else {
                     // Never drop accepted data: keep retrying, loudly, so an
                     // operator can fix the schema or permissions.
-                    tracing::error!(error = %e, batch = id.batch, retry_in = ?self.backoff, "flush failed and needs attention; will retry");
+                    tracing::error!(error = %e, batch, retry_in = ?self.backoff, "flush failed and needs attention; will retry");
                 }
                 self.retry_at = Some(Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
@@ -271,6 +277,35 @@ impl Sink {
                 false
             }
         }
+    }
+
+    /// Accounts for one part that has landed.
+    async fn record_landed(&mut self, id: BatchId, delta: &Delta, written: Written, elapsed: Duration) {
+        let events = delta.events;
+        self.metrics.events.increment(events);
+        match written {
+            Written::Now { minute_rows, hour_rows, raw_rows } => {
+                self.metrics.minute_rows.increment(minute_rows);
+                self.metrics.hour_rows.increment(hour_rows);
+                self.metrics.raw_written.increment(raw_rows);
+                tracing::debug!(batch = id.batch, events, minute_rows, hour_rows, ?elapsed, "flushed");
+            }
+            Written::Already => {
+                tracing::info!(
+                    batch = id.batch,
+                    events,
+                    "batch had already landed (found in the ledger); not written again"
+                )
+            }
+        }
+        if id.batch % PRUNE_EVERY == 0 {
+            self.prune_ledger().await;
+        }
+        let p = &mut self.partitions;
+        self.metrics.partitions_created.increment(std::mem::take(&mut p.created));
+        self.metrics.partitions_dropped.increment(std::mem::take(&mut p.dropped));
+        self.summary.events_written += events;
+        self.summary.batches += 1;
     }
 
     async fn prune_ledger(&self) {
@@ -282,11 +317,11 @@ impl Sink {
     }
 
     fn publish_pending(&mut self) {
-        let pending_events = self.pending.as_ref().map_or(0, |(_, d)| d.events) + self.queued.events;
-        let batches = usize::from(self.pending.is_some()) + usize::from(!self.queued.is_empty()) + self.rx.len();
+        let pending_events = self.pending.iter().map(|(_, d)| d.events).sum::<u64>() + self.queued.events;
+        let batches = usize::from(!self.pending.is_empty()) + usize::from(!self.queued.is_empty()) + self.rx.len();
         self.metrics.pending_batches.set(batches as f64);
         self.metrics.pending_events.set(pending_events as f64);
-        let keys = self.pending.as_ref().map_or(0, |(_, d)| d.rows.len()) + self.queued.rows.len();
+        let keys = self.pending.iter().map(|(_, d)| d.rows.len()).sum::<usize>() + self.queued.rows.len();
         let m = &mut self.metrics;
         m.live_keys.increment(keys as f64 - m.published_live_keys as f64);
         m.published_live_keys = keys;
@@ -355,19 +390,20 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// One attempt, bounded by `flush_timeout`, applying the migrations first if
-/// they have not been yet (so a database that is down at start-up is simply
-/// retried like any flush). A connection that saw any error (or a timeout,
-/// after which its state is unknown) is discarded rather than returned to
-/// the pool.
-async fn attempt(
+/// Before writing: applies the migrations if they have not been yet (so a
+/// database that is down at start-up is simply retried like any flush), and
+/// makes sure `events_sample` has partitions for the raw rows.
+async fn prepare(
     pool: &deadpool_postgres::Pool,
     config: &SinkConfig,
-    id: BatchId,
-    delta: &Delta,
+    parts: &[(BatchId, Delta)],
     migrated: &mut bool,
     partitions: &mut Partitions,
-) -> Result<Written, SinkError> {
+) -> Result<(), SinkError> {
+    if *migrated && config.raw_sample_ppm == 0 {
+        return Ok(());
+    }
+    let days: Vec<i64> = parts.iter().flat_map(|(_, d)| d.raw.iter().map(|r| r.day())).collect();
     let mut client = pool.get().await?;
     let work = async {
         if !*migrated {
@@ -376,21 +412,49 @@ async fn attempt(
         }
         if config.raw_sample_ppm > 0 {
             partitions.maintain(&mut client, config).await?;
-            partitions.ensure(&mut client, delta.raw.iter().map(|r| r.day())).await?;
+            partitions.ensure(&mut client, days.into_iter()).await?;
         }
+        Ok(())
+    };
+    let outcome = tokio::time::timeout(config.flush_timeout, work).await;
+    settle(client, outcome, config.flush_timeout)
+}
+
+/// One attempt at one part, bounded by `flush_timeout`, on a connection of
+/// its own.
+async fn attempt(
+    pool: &deadpool_postgres::Pool,
+    config: &SinkConfig,
+    id: BatchId,
+    delta: &Delta,
+) -> Result<Written, SinkError> {
+    let mut client = pool.get().await?;
+    let work = async {
         write_batch(&mut client, &config.instance_id, id, delta, config.sample_ppm, config.raw_sample_ppm)
             .await
             .map_err(SinkError::Db)
     };
-    match tokio::time::timeout(config.flush_timeout, work).await {
-        Ok(Ok(written)) => Ok(written),
+    let outcome = tokio::time::timeout(config.flush_timeout, work).await;
+    settle(client, outcome, config.flush_timeout)
+}
+
+/// The result of work on `client` that was bounded by `timeout`. A
+/// connection that saw any error (or a timeout, after which its state is
+/// unknown) is discarded rather than returned to the pool.
+fn settle<T>(
+    client: deadpool_postgres::Object,
+    outcome: Result<Result<T, SinkError>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+) -> Result<T, SinkError> {
+    match outcome {
+        Ok(Ok(done)) => Ok(done),
         Ok(Err(e)) => {
             drop(deadpool_postgres::Object::take(client));
             Err(e)
         }
         Err(_) => {
             drop(deadpool_postgres::Object::take(client));
-            Err(SinkError::Timeout(config.flush_timeout))
+            Err(SinkError::Timeout(timeout))
         }
     }
 }
