@@ -395,3 +395,72 @@ async fn an_oversized_message_does_not_cut_the_publisher_off_for_good() {
     let client = connect(&db).await;
     assert_warehouse_matches(&client, &[before, after].concat(), 1_000_000).await;
 }
+
+/// A batch of 10 000 rows or more is written as `db-pool-size` parts in
+/// parallel, each its own transaction: a part blocked by a row lock times out
+/// and is retried alone while the other parts land, and in the end every
+/// event is in both tables exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_lands_in_parallel_parts_and_a_blocked_part_is_retried_alone() {
+    let db = fresh_database("parts").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(
+        &db,
+        &[
+            "--connect",
+            &publisher.endpoint,
+            "--partition-count",
+            "16",
+            "--db-pool-size",
+            "3",
+            "--flush-timeout",
+            "1s",
+            "--flush-interval",
+            "2s",
+        ],
+    );
+    publisher.wait_for_subscriptions(8 * 16);
+    let now = now_ms();
+    let event = |i: usize, campaign: u32| {
+        let mut e = TestEvent::new("bid", format!("parts-{i}"), now);
+        e.country = Some("BR".into());
+        e.campaign = campaign;
+        e.price = Some(i as i64);
+        e
+    };
+    // One row of campaign 7 exists; a transaction holds its rollup_hour row.
+    let seed = vec![event(0, 7)];
+    publisher.publish(&seed[0], P);
+    logger.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(30));
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    let locked = tx.execute("SELECT 1 FROM rollup_hour WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
+    assert_eq!(locked, 1);
+
+    // 30 000 distinct keys (one campaign each, plus campaign 7 again): one
+    // batch of three parts, one of which needs the locked row.
+    let big: Vec<TestEvent> = (1..=30_000).map(|i| event(i, if i == 30_000 { 7 } else { 1_000 + i as u32 })).collect();
+    for e in &big {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_accepted_total", 30_001.0, Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while logger.metric("bid_logger_flush_failures_total", "") < 1.0
+        || logger.metric("bid_logger_events_flushed_total", "") <= 1.0
+    {
+        assert!(Instant::now() < deadline, "no part landed, or the blocked part did not time out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flushed = logger.metric("bid_logger_events_flushed_total", "");
+    assert!(flushed < 30_001.0, "the part holding campaign 7 cannot land while its row is locked ({flushed})");
+    let landed_parts: i64 = tx.query_one("SELECT count(*) FROM bid_logger_flush_ledger", &[]).await.unwrap().get(0);
+    assert!(landed_parts >= 3, "the seed batch and at least two parts have landed ({landed_parts} ledger rows)");
+    tx.rollback().await.unwrap();
+
+    let all: Vec<TestEvent> = seed.into_iter().chain(big).collect();
+    logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(60));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
+}
