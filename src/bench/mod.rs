@@ -179,6 +179,19 @@ impl Measurement {
     }
 }
 
+/// How the stream reaches a subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// Published at full speed while the subject runs: the rate is the
+    /// slower of publisher and subject.
+    Live,
+    /// Published in full while the subject is stopped (SIGSTOP), queued in
+    /// the publisher's ZeroMQ pipe and the TCP buffers; the clock starts when
+    /// the subject continues (SIGCONT). The rate is the subject's own
+    /// capacity: the publisher only has to move queued bytes.
+    Backlog,
+}
+
 /// Runs one subject: `spawn` starts it (given the endpoint), `subscriptions`
 /// is how many topics it subscribes to, `done` polls whether it has finished
 /// (given the child) and is called every 10 ms.
@@ -186,6 +199,7 @@ pub fn measure(
     name: &str,
     stream: &Stream,
     subscriptions: usize,
+    feed: Feed,
     spawn: impl FnOnce(&str) -> Child,
     mut done: impl FnMut(&mut Child) -> Progress,
 ) -> Measurement {
@@ -195,10 +209,22 @@ pub fn measure(
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     let publisher = std::thread::scope(|scope| {
-        let handle = scope.spawn(|| {
-            publish(stream, &endpoint, subscriptions, || {
+        let handle = scope.spawn(|| match feed {
+            Feed::Live => publish(stream, &endpoint, subscriptions, || {
                 tx.send((Instant::now(), cpu_seconds(pid))).unwrap();
-            })
+            }),
+            Feed::Backlog => {
+                let s = xpub_waiting(&endpoint, subscriptions);
+                stop_process(pid);
+                for (topic, payload) in &stream.messages {
+                    s.send(topic.as_slice(), zmq::SNDMORE).expect("send");
+                    s.send(payload.as_slice(), 0).expect("send");
+                }
+                tx.send((Instant::now(), cpu_seconds(pid))).unwrap();
+                // SAFETY: kill with our child's pid and a valid signal.
+                unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+                s
+            }
         });
         let (t0, cpu0) = rx.recv().expect("publisher started");
         let deadline = t0 + Duration::from_secs(600);
@@ -224,6 +250,21 @@ pub fn measure(
     let _ = child.kill();
     let _ = child.wait();
     m
+}
+
+/// Stops process `pid` (SIGSTOP) and waits until it is stopped.
+fn stop_process(pid: u32) {
+    // SAFETY: kill with our child's pid and a valid signal.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+        if state == Some("T") || Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// What a subject's `done` poll reports.
@@ -322,12 +363,13 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     let exe = cfg.exe.clone();
     let mut results = Vec::new();
 
-    let null = |name: &str, sample: &str, count: u64, subs: usize| {
+    let null = |name: &str, sample: &str, count: u64, subs: usize, feed: Feed| {
         eprintln!("bench: {name}…");
         measure(
             name,
             &stream,
             subs,
+            feed,
             |ep| {
                 spawn(
                     &exe,
@@ -348,7 +390,7 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
         )
     };
 
-    let logger = |name: &str, sample: &str, expected: u64, subs: usize, db: String| {
+    let logger = |name: &str, sample: &str, expected: u64, subs: usize, db: String, feed: Feed| {
         eprintln!("bench: {name}…");
         let port = free_port();
         let mut last_poll = Instant::now();
@@ -356,6 +398,7 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
             name,
             &stream,
             subs,
+            feed,
             |ep| spawn(&exe, &logger_args(ep, &db, p, sample, port)),
             |child| {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -381,12 +424,12 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); 4];
     for round in 1..=cfg.rounds.max(1) {
         eprintln!("bench: round {round} of {}", cfg.rounds.max(1));
-        rounds[0].push(null("null subscriber", "1", n, 8 * p as usize));
+        rounds[0].push(null("null subscriber", "1", n, 8 * p as usize, Feed::Live));
         let db = fresh_db(server_url, "bench_logger").await?;
-        rounds[1].push(logger("bid-logger (sample 1)", "1", n, 8 * p as usize, db));
-        rounds[2].push(null("null subscriber (sample 1/8)", "1/8", kept_messages, subscribed_eighth));
+        rounds[1].push(logger("bid-logger (sample 1)", "1", n, 8 * p as usize, db, Feed::Live));
+        rounds[2].push(null("null subscriber (sample 1/8)", "1/8", kept_messages, subscribed_eighth, Feed::Live));
         let db = fresh_db(server_url, "bench_logger8").await?;
-        rounds[3].push(logger("bid-logger (sample 1/8)", "1/8", kept_events, subscribed_eighth, db));
+        rounds[3].push(logger("bid-logger (sample 1/8)", "1/8", kept_events, subscribed_eighth, db, Feed::Live));
     }
     for r in &rounds {
         for m in r {
@@ -401,14 +444,14 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     }
     results.extend(rounds.iter().map(|r| median(r)));
 
-    if let Some(script) = &cfg.baseline {
+    let python = |script: &std::path::Path, db: String, feed: Feed| {
         eprintln!("bench: python baseline…");
-        let db = fresh_db(server_url, "bench_py").await?;
         let script = script.display().to_string();
-        results.push(measure(
+        measure(
             "python baseline",
             &stream,
             1,
+            feed,
             |ep| {
                 spawn(
                     "python3",
@@ -416,9 +459,29 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
                 )
             },
             exited,
-        ));
+        )
+    };
+    if let Some(script) = &cfg.baseline {
+        let db = fresh_db(server_url, "bench_py").await?;
+        results.push(python(script, db, Feed::Live));
     }
     print_table(&results, &stream);
+
+    // Capacity: the same stream queued while each subject is stopped, then
+    // drained at the subject's own pace.
+    let mut backlog: Vec<Vec<Measurement>> = vec![Vec::new(); 2];
+    for round in 1..=cfg.rounds.max(1) {
+        eprintln!("bench: backlog round {round} of {}", cfg.rounds.max(1));
+        backlog[0].push(null("null subscriber", "1", n, 8 * p as usize, Feed::Backlog));
+        let db = fresh_db(server_url, "bench_backlog").await?;
+        backlog[1].push(logger("bid-logger (sample 1)", "1", n, 8 * p as usize, db, Feed::Backlog));
+    }
+    let mut drained: Vec<Measurement> = backlog.iter().map(|r| median(r)).collect();
+    if let Some(script) = &cfg.baseline {
+        let db = fresh_db(server_url, "bench_py_backlog").await?;
+        drained.push(python(script, db, Feed::Backlog));
+    }
+    print_backlog(&drained);
 
     eprintln!("bench: flush, logger vs plain COPY + INSERT … ON CONFLICT…");
     let delta = flush::batch_of(&stream, crate::sink::service::MAX_BATCH_ROWS);
@@ -538,6 +601,36 @@ async fn latency_run(
     anyhow::ensure!(rollup == ledger, "rollup_minute holds {rollup} events but the ledger says {ledger}");
     latency::report(rate, &timeline, &visible, Duration::from_secs(2))
         .ok_or_else(|| anyhow::anyhow!("no latency samples"))
+}
+
+fn print_backlog(results: &[Measurement]) {
+    println!("\nbacklog drain (the stream queued while the subject was stopped; each subject's own capacity)");
+    println!("{:<30} {:>10} {:>12} {:>16}", "subject", "drain s", "events/s", "CPU s / M events");
+    for m in results {
+        let drained = m.ingested.unwrap_or(m.elapsed);
+        println!(
+            "{:<30} {:>10.3} {:>12.0} {:>16.3}",
+            m.name,
+            drained.as_secs_f64(),
+            m.ingest_rate(),
+            m.cpu_per_million()
+        );
+    }
+    let find = |n: &str| results.iter().find(|m| m.name == n);
+    if let (Some(null), Some(logger)) = (find("null subscriber"), find("bid-logger (sample 1)")) {
+        println!(
+            "backlog: logger / null subscriber: drain rate {:.2}×, CPU per event {:.2}×",
+            logger.ingest_rate() / null.ingest_rate(),
+            logger.cpu_per_million() / null.cpu_per_million()
+        );
+        if let Some(py) = find("python baseline") {
+            println!(
+                "backlog: logger / python baseline: drain rate {:.1}× (null subscriber / python: {:.1}×)",
+                logger.ingest_rate() / py.ingest_rate(),
+                null.ingest_rate() / py.ingest_rate()
+            );
+        }
+    }
 }
 
 fn print_flush(rounds: &[flush::FlushRound]) {
