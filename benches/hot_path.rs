@@ -3,6 +3,8 @@
 
 use bid_logger::aggregate::{AggregateConfig, Aggregator};
 use bid_logger::decode::decode;
+use bid_logger::ingest::HotPath;
+use bid_logger::sample::Rate;
 use bid_logger::sample::Sampler;
 use bid_logger::simulate::{append_pub_seq, Generator, SimulateConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -53,6 +55,17 @@ fn hot_path(c: &mut Criterion) {
                 agg.record(&e, now);
             }
             black_box(agg.drain());
+        })
+    });
+    group.bench_function("message/process", |b| {
+        // What an ingest thread runs per message at the defaults: decode, seq
+        // tracking, sample 1, raw sample 1/1000, aggregation.
+        let mut hot = HotPath::new(64, Rate::ALL, "1/1000".parse().unwrap(), AggregateConfig::default());
+        b.iter(|| {
+            for (t, p) in &msgs {
+                hot.process(t, p, now);
+            }
+            black_box(hot.aggregator.drain());
         })
     });
     group.finish();

@@ -1,6 +1,8 @@
-//! A fixed amount of hot-path work (decode, then aggregate, of 200 000
-//! simulated messages, ten times) for instruction-count profiling, which is
-//! repeatable on a shared machine where timings are not:
+//! A fixed amount of hot-path work (the ingest threads' own
+//! [`HotPath::process`]: decode, `seq` tracking, sampling at 1 with the
+//! default raw sample of 1/1000, aggregation; over 200 000 simulated
+//! messages, ten times) for instruction-count profiling, which is repeatable
+//! on a shared machine where timings are not:
 //!
 //! ```text
 //! cargo build --release --example hot_path_profile
@@ -8,8 +10,9 @@
 //! callgrind_annotate /tmp/cg.out | head -40
 //! ```
 
-use bid_logger::aggregate::{AggregateConfig, Aggregator};
-use bid_logger::decode::decode;
+use bid_logger::aggregate::AggregateConfig;
+use bid_logger::ingest::HotPath;
+use bid_logger::sample::Rate;
 use bid_logger::simulate::{append_pub_seq, Generator, SimulateConfig};
 
 fn main() {
@@ -23,15 +26,14 @@ fn main() {
             (t, p)
         })
         .collect();
-    let mut agg = Aggregator::new(AggregateConfig::default());
-    let mut accepted = 0u64;
+    let raw: Rate = "1/1000".parse().expect("a rate");
+    let mut hot = HotPath::new(64, Rate::ALL, raw, AggregateConfig::default());
     for _ in 0..10 {
         for (t, p) in &msgs {
-            if let Ok(e) = decode(t, p, 64) {
-                accepted += u64::from(agg.record(&e, now) == bid_logger::aggregate::Outcome::Accepted);
-            }
+            hot.process(t, p, now);
         }
-        std::hint::black_box(agg.drain());
+        std::hint::black_box(hot.aggregator.drain());
     }
-    println!("{accepted} events aggregated");
+    let stats = hot.aggregator.take_stats();
+    println!("{} events aggregated", stats.accepted.iter().sum::<u64>());
 }

@@ -264,23 +264,101 @@ pub struct IngestSummary {
     pub lost: u64,
 }
 
-/// One ingest thread's state: socket, hot-path stages and local counters.
+/// What happens to one message once its frames are in: decode, `seq`
+/// tracking, sampling, the lateness check and aggregation, with counts kept
+/// locally. No socket and no I/O, so benchmarks and profiles run exactly
+/// the code the ingest threads run.
+pub struct HotPath {
+    partition_count: u32,
+    sampler: Sampler,
+    /// The rollup sample keeps every transaction (no per-event hashing).
+    everything: bool,
+    /// `None` when the raw sample is off.
+    raw_sampler: Option<Sampler>,
+    /// The rollups being built.
+    pub aggregator: Aggregator,
+    /// `seq` gaps and restarts.
+    pub seqs: SeqTracker,
+    /// Invalid messages per [`DecodeError::index`] since the last publish.
+    pub invalid: [u64; 9],
+    /// Events sampled out since the last publish.
+    pub sampled_out: u64,
+}
+
+impl HotPath {
+    /// A hot path for `partition_count` partitions and the given samples.
+    pub fn new(partition_count: u32, sample: Rate, raw_sample: Rate, aggregate: AggregateConfig) -> HotPath {
+        let sampler = Sampler::new(sample, partition_count);
+        HotPath {
+            partition_count,
+            everything: sampler.keeps_everything(),
+            sampler,
+            raw_sampler: (raw_sample != Rate::NONE).then(|| Sampler::new(raw_sample, partition_count)),
+            aggregator: Aggregator::new(aggregate),
+            seqs: SeqTracker::default(),
+            invalid: [0; 9],
+            sampled_out: 0,
+        }
+    }
+
+    /// The samplers in use (rollup, then raw), which decide the subscriptions.
+    pub fn samplers(&self) -> Vec<&Sampler> {
+        let mut out = vec![&self.sampler];
+        out.extend(self.raw_sampler.as_ref());
+        out
+    }
+
+    /// Counts a message that does not have exactly two frames.
+    pub fn bad_frames(&mut self) {
+        self.invalid[DecodeError::Frames.index()] += 1;
+    }
+
+    /// Decodes, samples and aggregates one message received at `now_ms`.
+    #[inline]
+    pub fn process(&mut self, topic: &[u8], payload: &[u8], now_ms: i64) {
+        let ev = match decode(topic, payload, self.partition_count) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.invalid[e.index()] += 1;
+                return;
+            }
+        };
+        if let (Some(publisher), Some(seq)) = (ev.publisher, ev.seq) {
+            self.seqs.observe(publisher, ev.event_type, ev.partition, seq);
+        }
+        // The topic's partition is the publishers' fnv1a64(txn) mod P (the
+        // wire contract), so partitions kept whole or not at all decide
+        // without hashing; only a refined partition hashes the txn.
+        let rollup = self.everything || self.sampler.keep_in(ev.partition, ev.txn);
+        let raw = self.raw_sampler.as_ref().is_some_and(|s| s.keep_in(ev.partition, ev.txn));
+        if !rollup && !raw {
+            self.sampled_out += 1;
+            return;
+        }
+        if self.aggregator.admit(ev.ts_ms, now_ms) != Outcome::Accepted {
+            return;
+        }
+        if raw {
+            self.aggregator.push_raw(&ev, now_ms);
+        }
+        if rollup {
+            self.aggregator.record_admitted(&ev);
+        } else {
+            self.sampled_out += 1;
+        }
+    }
+}
+
+/// One ingest thread's state: socket, hot path and local counters.
 pub struct Ingest {
     socket: zmq::Socket,
     /// `None` when nothing is connected (bind only).
     reconnector: Option<Reconnector>,
-    partition_count: u32,
-    sampler: Sampler,
-    /// `None` when the raw sample is off.
-    raw_sampler: Option<Sampler>,
-    aggregator: Aggregator,
-    seqs: SeqTracker,
+    hot: HotPath,
     sink: mpsc::Sender<Delta>,
     flush_interval: Duration,
     // local counters, published in batches
     received: u64,
-    invalid: [u64; 9],
-    sampled_out: u64,
     summary: IngestSummary,
     metrics: IngestMetrics,
 }
@@ -296,12 +374,8 @@ impl Ingest {
         flush_interval: Duration,
         sink: mpsc::Sender<Delta>,
     ) -> Result<Ingest, IngestError> {
-        let sampler = Sampler::new(config.sample, config.partition_count);
-        let raw_sampler =
-            (config.raw_sample != Rate::NONE).then(|| Sampler::new(config.raw_sample, config.partition_count));
-        let mut samplers = vec![&sampler];
-        samplers.extend(raw_sampler.as_ref());
-        let topics = subscriptions(config, &samplers, index, config.threads);
+        let hot = HotPath::new(config.partition_count, config.sample, config.raw_sample, aggregate);
+        let topics = subscriptions(config, &hot.samplers(), index, config.threads);
         let socket = open_socket(ctx, config, &topics)?;
         let reconnector = if config.connect.is_empty() {
             None
@@ -312,16 +386,10 @@ impl Ingest {
         Ok(Ingest {
             socket,
             reconnector,
-            partition_count: config.partition_count,
-            sampler,
-            raw_sampler,
-            aggregator: Aggregator::new(aggregate),
-            seqs: SeqTracker::default(),
+            hot,
             sink,
             flush_interval,
             received: 0,
-            invalid: [0; 9],
-            sampled_out: 0,
             summary: IngestSummary::default(),
             metrics: IngestMetrics::new(),
         })
@@ -336,13 +404,12 @@ impl Ingest {
         let mut next_flush = Instant::now() + self.flush_interval;
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
         let mut next_housekeeping = coarse_monotonic_ms() + HOUSEKEEPING_MS;
-        let everything = self.sampler.keeps_everything();
         loop {
             let got = self.socket.recv(&mut topic, 0);
             let housekeeping = match got {
                 Ok(()) => {
                     self.received += 1;
-                    self.handle(&topic, &mut payload, now_ms, everything);
+                    self.handle(&topic, &mut payload, now_ms);
                     // The coarse clock costs a few ns (no syscall, no TSC read),
                     // cheap enough to look at after every message.
                     coarse_monotonic_ms() >= next_housekeeping
@@ -374,74 +441,45 @@ impl Ingest {
             }
         }
         self.publish_counts();
-        let last = self.aggregator.drain();
+        let last = self.hot.aggregator.drain();
         if !last.is_empty() && self.sink.blocking_send(last).is_err() {
             tracing::error!("sink is gone; the last interval could not be handed over");
         }
         self.summary
     }
 
-    /// Decodes, samples and aggregates one message whose topic frame has
-    /// just been received.
+    /// Receives the rest of a message whose topic frame has just been
+    /// received, and runs it through the hot path.
     #[inline]
-    fn handle(&mut self, topic: &zmq::Message, payload: &mut zmq::Message, now_ms: i64, everything: bool) {
+    fn handle(&mut self, topic: &zmq::Message, payload: &mut zmq::Message, now_ms: i64) {
         if !topic.get_more() {
-            self.invalid[DecodeError::Frames.index()] += 1;
+            self.hot.bad_frames();
             return;
         }
         // ZeroMQ delivers all frames of a message atomically: the second is here.
         if self.socket.recv(payload, 0).is_err() {
-            self.invalid[DecodeError::Frames.index()] += 1;
+            self.hot.bad_frames();
             return;
         }
         if payload.get_more() {
             // Swallow the rest of the message so the next recv starts a new one.
             while payload.get_more() && self.socket.recv(payload, 0).is_ok() {}
-            self.invalid[DecodeError::Frames.index()] += 1;
+            self.hot.bad_frames();
             return;
         }
-        let ev = match decode(&topic[..], &payload[..], self.partition_count) {
-            Ok(ev) => ev,
-            Err(e) => {
-                self.invalid[e.index()] += 1;
-                return;
-            }
-        };
-        if let (Some(publisher), Some(seq)) = (ev.publisher, ev.seq) {
-            self.seqs.observe(publisher, ev.event_type, ev.partition, seq);
-        }
-        // The topic's partition is the publishers' fnv1a64(txn) mod P (the
-        // wire contract), so partitions kept whole or not at all decide
-        // without hashing; only a refined partition hashes the txn.
-        let rollup = everything || self.sampler.keep_in(ev.partition, ev.txn);
-        let raw = self.raw_sampler.as_ref().is_some_and(|s| s.keep_in(ev.partition, ev.txn));
-        if !rollup && !raw {
-            self.sampled_out += 1;
-            return;
-        }
-        if self.aggregator.admit(ev.ts_ms, now_ms) != Outcome::Accepted {
-            return;
-        }
-        if raw {
-            self.aggregator.push_raw(&ev, now_ms);
-        }
-        if rollup {
-            self.aggregator.record_admitted(&ev);
-        } else {
-            self.sampled_out += 1;
-        }
+        self.hot.process(&topic[..], &payload[..], now_ms);
     }
 
     /// Gives the accumulated delta to the sink if the channel has room;
     /// otherwise keeps it (the next interval merges into it).
     fn hand_over(&mut self) {
-        if self.aggregator.is_empty() {
+        if self.hot.aggregator.is_empty() {
             return;
         }
         match self.sink.try_reserve() {
-            Ok(permit) => permit.send(self.aggregator.drain()),
+            Ok(permit) => permit.send(self.hot.aggregator.drain()),
             Err(mpsc::error::TrySendError::Full(())) => {
-                tracing::debug!(keys = self.aggregator.live_keys(), "sink busy; merging into the next interval")
+                tracing::debug!(keys = self.hot.aggregator.live_keys(), "sink busy; merging into the next interval")
             }
             Err(mpsc::error::TrySendError::Closed(())) => {
                 tracing::error!("sink is gone; dropping nothing yet, keeping the delta in memory")
@@ -451,7 +489,7 @@ impl Ingest {
     }
 
     fn publish_live_keys(&mut self) {
-        let now = self.aggregator.live_keys();
+        let now = self.hot.aggregator.live_keys();
         let m = &mut self.metrics;
         m.live_keys.increment(now as f64 - m.published_live_keys as f64);
         m.published_live_keys = now;
@@ -459,37 +497,38 @@ impl Ingest {
 
     fn publish_counts(&mut self) {
         let m = &self.metrics;
-        let AggregateStats { accepted, late, future, folded, raw: _, raw_dropped } = self.aggregator.take_stats();
+        let AggregateStats { accepted, late, future, folded, raw: _, raw_dropped } = self.hot.aggregator.take_stats();
+        let hot = &mut self.hot;
         m.received.increment(self.received);
         for (c, n) in m.accepted.iter().zip(accepted) {
             if n > 0 {
                 c.increment(n);
             }
         }
-        for (c, n) in m.invalid.iter().zip(self.invalid) {
+        for (c, n) in m.invalid.iter().zip(hot.invalid) {
             if n > 0 {
                 c.increment(n);
             }
         }
-        m.sampled_out.increment(self.sampled_out);
+        m.sampled_out.increment(hot.sampled_out);
         m.late.increment(late);
         m.future.increment(future);
         m.folded.increment(folded);
         m.raw_dropped.increment(raw_dropped);
-        m.lost.increment(self.seqs.lost);
-        m.restarts.increment(self.seqs.restarts);
+        m.lost.increment(hot.seqs.lost);
+        m.restarts.increment(hot.seqs.restarts);
         let s = &mut self.summary;
         s.received += self.received;
-        s.invalid += self.invalid.iter().sum::<u64>();
-        s.sampled_out += self.sampled_out;
+        s.invalid += hot.invalid.iter().sum::<u64>();
+        s.sampled_out += hot.sampled_out;
         s.accepted += accepted.iter().sum::<u64>();
         s.rejected += late + future;
-        s.lost += self.seqs.lost;
+        s.lost += hot.seqs.lost;
+        hot.invalid = [0; 9];
+        hot.sampled_out = 0;
+        hot.seqs.lost = 0;
+        hot.seqs.restarts = 0;
         self.received = 0;
-        self.invalid = [0; 9];
-        self.sampled_out = 0;
-        self.seqs.lost = 0;
-        self.seqs.restarts = 0;
         self.publish_live_keys();
     }
 }
