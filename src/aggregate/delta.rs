@@ -3,7 +3,6 @@
 use crate::wire::EventType;
 use rustc_hash::FxHashMap;
 use std::fmt;
-use std::hash::BuildHasher;
 
 use super::normalise::{OS_MAX_LEN, OS_OTHER};
 use super::raw::RawRow;
@@ -153,26 +152,6 @@ impl Delta {
         let raw_taken = self.raw.len().min(max_raw);
         part.raw = self.raw.drain(..raw_taken).collect();
         part
-    }
-
-    /// Splits into at most `parts` deltas with disjoint hour keys (a row's
-    /// key without its minute within the hour), so that parts written in
-    /// parallel never touch the same row of either rollup table. Raw rows go
-    /// with the first part. Parts that would be empty are left out.
-    pub fn split_by_hour_key(self, parts: usize) -> Vec<Delta> {
-        if parts <= 1 {
-            return vec![self];
-        }
-        let mut out: Vec<Delta> = (0..parts).map(|_| Delta::default()).collect();
-        out[0].raw = self.raw;
-        for (key, counters) in self.rows {
-            let hour_key = RowKey { minute: key.minute.div_euclid(60), ..key };
-            let part = &mut out[(rustc_hash::FxBuildHasher.hash_one(hour_key) % parts as u64) as usize];
-            part.events += counters.events;
-            part.rows.insert(key, counters);
-        }
-        out.retain(|d| !d.is_empty());
-        out
     }
 
     /// Merges `other` into `self`: rows under the `max_rows` cap (folding),

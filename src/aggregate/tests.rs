@@ -234,29 +234,3 @@ fn split_off_moves_bounded_parts_and_keeps_totals() {
     assert!(parts.iter().all(|p| p.events == p.rows.values().map(|c| c.events).sum::<u64>()));
     assert_eq!(parts.iter().map(|p| p.raw.len()).sum::<usize>(), 1000);
 }
-
-#[test]
-fn split_by_hour_key_gives_parts_with_disjoint_hour_keys_and_every_row_once() {
-    let mut agg = Aggregator::new(AggregateConfig::default());
-    let now = 1_764_180_000_000;
-    for i in 0..5_000u32 {
-        let ts = now - i64::from(i % 180) * 60_000; // three hours of minutes
-        let e = ev(EventType::ALL[(i % 8) as usize], ts, Some("BR"), Some("android"), i % 97);
-        assert_eq!(agg.record(&e, now), Outcome::Accepted);
-    }
-    let whole = agg.drain();
-    let parts = whole.clone().split_by_hour_key(3);
-    assert_eq!(parts.len(), 3, "5 000 events over 97 campaigns fill three parts");
-    assert_eq!(parts.iter().map(|p| p.events).sum::<u64>(), whole.events);
-    assert_eq!(parts.iter().map(|p| p.rows.len()).sum::<usize>(), whole.rows.len());
-    let hour_key = |k: &RowKey| RowKey { minute: k.minute.div_euclid(60), ..*k };
-    let mut owner = std::collections::HashMap::new();
-    for (i, part) in parts.iter().enumerate() {
-        assert_eq!(part.events, part.rows.values().map(|c| c.events).sum::<u64>());
-        for (k, c) in &part.rows {
-            assert_eq!(whole.rows.get(k), Some(c));
-            assert_eq!(*owner.entry(hour_key(k)).or_insert(i), i, "an hour key in two parts: {k:?}");
-        }
-    }
-    assert_eq!(whole.clone().split_by_hour_key(1), vec![whole]);
-}

@@ -11,6 +11,7 @@
 
 use super::Stream;
 use crate::aggregate::{AggregateConfig, Aggregator, Delta};
+use crate::sink::batch::Batch;
 use crate::sink::flush::{write_batch, BatchId};
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -145,11 +146,12 @@ pub async fn compare(
     let mut plain = connect_migrated(plain_url).await?;
     let (minute, hour, rows) = plain_copy_text(delta);
     let (minute, hour) = (Bytes::from(minute), Bytes::from(hour));
+    let batch = Batch::parts(delta.clone(), 1).pop().expect("a non-empty delta");
     let mut out = Vec::new();
     for round in 0..rounds {
         let t = Instant::now();
         let id = BatchId { run_id: 1, batch: round as i64 };
-        write_batch(&mut logger, "bench-flush", id, delta, 1_000_000, 0).await?;
+        write_batch(&mut logger, "bench-flush", id, &batch, 1_000_000, 0).await?;
         let logger_time = t.elapsed();
         let t = Instant::now();
         plain_write(&mut plain, &minute, &hour).await?;

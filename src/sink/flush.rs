@@ -7,8 +7,9 @@
 //!    `COMMIT` outcome was lost (connection killed, server restarted) did land,
 //!    and the batch is not written again.
 //! 2. Binary `COPY` its minute rows, and the same rows grouped by hour, into
-//!    two temporary staging tables. The grouping and ordering happen here, not
-//!    in SQL: each staged key is unique, and rows are staged in key order.
+//!    two temporary staging tables. The grouping and ordering are done when
+//!    the [`Batch`] is formed, not in SQL: each staged key is unique, and rows
+//!    are staged in key order.
 //! 3. One additive upsert into `rollup_minute` and one into `rollup_hour`,
 //!    each a plain `INSERT … SELECT … ON CONFLICT DO UPDATE` of its stage. A
 //!    freshly filled temporary table is read back in the order it was written,
@@ -19,9 +20,9 @@
 //!
 //! Retrying a batch with the same id is therefore always safe.
 
-use crate::aggregate::{Counters, Delta, RowKey};
-use futures_util::pin_mut;
-use rustc_hash::FxHashMap;
+use super::batch::{Batch, Row};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{pin_mut, SinkExt};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -78,19 +79,6 @@ macro_rules! stage {
 
 const STAGE_MINUTE: (&str, &str) = stage!("minute");
 const STAGE_HOUR: (&str, &str) = stage!("hour");
-
-const STAGE_TYPES: [Type; 10] = [
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-];
 
 /// An additive upsert of one stage into its table; `$1` is the sample rate.
 /// Staged keys are unique, so no row is affected twice.
@@ -153,30 +141,6 @@ fn system_time(ms: i64) -> std::time::SystemTime {
 /// Deletes ledger rows old enough that no retry can still be looking for them.
 pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushed_at < now() - interval '2 days'";
 
-/// One staged row.
-type Row = (RowKey, Counters);
-
-/// The delta's rows in key order, and the same rows grouped by hour (keyed
-/// by the hour's first minute), in key order.
-fn minute_and_hour_rows(delta: &Delta) -> (Vec<Row>, Vec<Row>) {
-    let mut minute: Vec<Row> = delta.rows.iter().map(|(k, c)| (*k, *c)).collect();
-    minute.sort_unstable_by_key(|r| r.0);
-    let mut hour: Vec<Row> = Vec::with_capacity(minute.len());
-    let mut by_hour: FxHashMap<RowKey, usize> = FxHashMap::default();
-    for (key, counters) in &minute {
-        let key = RowKey { minute: key.minute.div_euclid(60) * 60, ..*key };
-        match by_hour.get(&key) {
-            Some(&i) => hour[i].1.add(counters),
-            None => {
-                by_hour.insert(key, hour.len());
-                hour.push((key, *counters));
-            }
-        }
-    }
-    hour.sort_unstable_by_key(|r| r.0);
-    (minute, hour)
-}
-
 /// COPYs `rows` into the stage `(create, copy)`.
 async fn stage_rows(
     tx: &tokio_postgres::Transaction<'_>,
@@ -184,58 +148,92 @@ async fn stage_rows(
     rows: &[Row],
 ) -> Result<(), tokio_postgres::Error> {
     tx.batch_execute(create).await?;
-    let sink = tx.copy_in(copy).await?;
-    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
-    pin_mut!(writer);
-    for (key, c) in rows {
-        let row: [&(dyn ToSql + Sync); 10] = [
-            &system_time(key.minute * 60_000),
-            &key.event_type.as_str(),
-            &key.country_str(),
-            &key.os.as_str(),
-            &key.campaign,
-            &key.advertiser,
-            &(c.events as i64),
-            &(c.attributed as i64),
-            &c.price,
-            &c.revenue,
-        ];
-        writer.as_mut().write(&row).await?;
+    let sink = tx.copy_in::<_, Bytes>(copy).await?;
+    pin_mut!(sink);
+    let chunks = rows.len().div_ceil(COPY_CHUNK_ROWS).max(1);
+    for i in 0..chunks {
+        let chunk = &rows[(i * COPY_CHUNK_ROWS).min(rows.len())..((i + 1) * COPY_CHUNK_ROWS).min(rows.len())];
+        sink.send(encode_stage_rows(chunk, i == 0, i + 1 == chunks)).await?;
     }
-    writer.finish().await?;
+    sink.finish().await?;
     Ok(())
 }
 
-/// Writes `delta` as batch `id` of `instance`, exactly once.
+/// Rows per message sent to the COPY (about 100 bytes each).
+const COPY_CHUNK_ROWS: usize = 10_000;
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+/// `rows` in PostgreSQL's binary COPY format, written directly (the
+/// generic row writer costs several times more per row): the header when
+/// `first`, the trailer when `last`, and per row the field count, then each
+/// field's length and big-endian value: `bucket` (timestamptz: µs since
+/// 2000-01-01), `event_type`, `country`, `os` (text: UTF-8 bytes), then the
+/// two ids and four measures (int8).
+fn encode_stage_rows(rows: &[Row], first: bool, last: bool) -> Bytes {
+    let mut buf = BytesMut::with_capacity(19 + rows.len() * 120 + 2);
+    if first {
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0); // flags
+        buf.put_i32(0); // header extension length
+    }
+    for (key, c) in rows {
+        buf.put_i16(10);
+        let int8 = |buf: &mut BytesMut, v: i64| {
+            buf.put_i32(8);
+            buf.put_i64(v);
+        };
+        let text = |buf: &mut BytesMut, v: &str| {
+            buf.put_i32(v.len() as i32);
+            buf.put_slice(v.as_bytes());
+        };
+        int8(&mut buf, key.minute * 60_000_000 - PG_EPOCH_US); // timestamptz: µs since 2000
+        text(&mut buf, key.event_type.as_str());
+        text(&mut buf, key.country_str());
+        text(&mut buf, key.os.as_str());
+        int8(&mut buf, key.campaign);
+        int8(&mut buf, key.advertiser);
+        int8(&mut buf, c.events as i64);
+        int8(&mut buf, c.attributed as i64);
+        int8(&mut buf, c.price);
+        int8(&mut buf, c.revenue);
+    }
+    if last {
+        buf.put_i16(-1);
+    }
+    buf.freeze()
+}
+
+/// Writes `batch` as batch `id` of `instance`, exactly once.
 pub async fn write_batch(
     client: &mut tokio_postgres::Client,
     instance: &str,
     id: BatchId,
-    delta: &Delta,
+    batch: &Batch,
     sample_ppm: u32,
     raw_sample_ppm: u32,
 ) -> Result<Written, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let events = delta.events as i64;
-    let rows = delta.rows.len() as i64;
+    let events = batch.events as i64;
+    let rows = batch.minute.len() as i64;
     let new = tx.execute(INSERT_LEDGER, &[&instance, &id.run_id, &id.batch, &events, &rows]).await?;
     if new == 0 {
         tx.rollback().await?;
         return Ok(Written::Already);
     }
-    let (minute, hour) = minute_and_hour_rows(delta);
-    stage_rows(&tx, STAGE_MINUTE, &minute).await?;
-    stage_rows(&tx, STAGE_HOUR, &hour).await?;
+    stage_rows(&tx, STAGE_MINUTE, &batch.minute).await?;
+    stage_rows(&tx, STAGE_HOUR, &batch.hour).await?;
     let ppm = sample_ppm as i32;
     let minute_rows = tx.execute(UPSERT_MINUTE, &[&ppm]).await?;
     let hour_rows = tx.execute(UPSERT_HOUR, &[&ppm]).await?;
-    let raw_rows = delta.raw.len() as u64;
+    let raw_rows = batch.raw.len() as u64;
     if raw_rows > 0 {
         let sink = tx.copy_in(COPY_RAW).await?;
         let writer = BinaryCopyInWriter::new(sink, &RAW_TYPES);
         pin_mut!(writer);
         let raw_ppm = raw_sample_ppm as i32;
-        for r in &delta.raw {
+        for r in &batch.raw {
             let row: [&(dyn ToSql + Sync); 17] = [
                 &system_time(r.ts_ms),
                 &system_time(r.received_ms),

@@ -7,6 +7,7 @@
 //! * [`service`]: the task that receives deltas from ingest, merges them
 //!   while the database is slow or down, and retries with backoff.
 
+pub mod batch;
 pub mod flush;
 pub mod migrate;
 pub mod partitions;

@@ -10,6 +10,7 @@
 //! queued one is bounded by `max_pending_rows` through the same folding as
 //! the aggregator's.
 
+use super::batch::Batch;
 use super::flush::{write_batch, BatchId, Written, PRUNE_LEDGER};
 use super::partitions;
 use super::{SinkConfig, SinkError};
@@ -72,7 +73,7 @@ pub struct Sink {
     next_batch: i64,
     /// The batch being written, as parts written in parallel (each its own
     /// transaction and ledger row); a part leaves once it has landed.
-    pending: Vec<(BatchId, Delta)>,
+    pending: Vec<(BatchId, Batch)>,
     queued: Delta,
     backoff: Duration,
     retry_at: Option<Instant>,
@@ -216,7 +217,7 @@ impl Sink {
             // each its own batch, so that none outgrows the flush timeout.
             let batch = self.queued.split_off(MAX_BATCH_ROWS, MAX_BATCH_RAW_ROWS);
             let parts = if batch.rows.len() >= MIN_PARALLEL_ROWS { self.config.pool_size } else { 1 };
-            for part in batch.split_by_hour_key(parts) {
+            for part in Batch::parts(batch, parts) {
                 let id = BatchId { run_id: self.run_id, batch: self.next_batch };
                 self.next_batch += 1;
                 self.pending.push((id, part));
@@ -280,8 +281,8 @@ impl Sink {
     }
 
     /// Accounts for one part that has landed.
-    async fn record_landed(&mut self, id: BatchId, delta: &Delta, written: Written, elapsed: Duration) {
-        let events = delta.events;
+    async fn record_landed(&mut self, id: BatchId, batch: &Batch, written: Written, elapsed: Duration) {
+        let events = batch.events;
         self.metrics.events.increment(events);
         match written {
             Written::Now { minute_rows, hour_rows, raw_rows } => {
@@ -321,7 +322,7 @@ impl Sink {
         let batches = usize::from(!self.pending.is_empty()) + usize::from(!self.queued.is_empty()) + self.rx.len();
         self.metrics.pending_batches.set(batches as f64);
         self.metrics.pending_events.set(pending_events as f64);
-        let keys = self.pending.iter().map(|(_, d)| d.rows.len()).sum::<usize>() + self.queued.rows.len();
+        let keys = self.pending.iter().map(|(_, b)| b.minute.len()).sum::<usize>() + self.queued.rows.len();
         let m = &mut self.metrics;
         m.live_keys.increment(keys as f64 - m.published_live_keys as f64);
         m.published_live_keys = keys;
@@ -396,7 +397,7 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 async fn prepare(
     pool: &deadpool_postgres::Pool,
     config: &SinkConfig,
-    parts: &[(BatchId, Delta)],
+    parts: &[(BatchId, Batch)],
     migrated: &mut bool,
     partitions: &mut Partitions,
 ) -> Result<(), SinkError> {
@@ -426,11 +427,11 @@ async fn attempt(
     pool: &deadpool_postgres::Pool,
     config: &SinkConfig,
     id: BatchId,
-    delta: &Delta,
+    batch: &Batch,
 ) -> Result<Written, SinkError> {
     let mut client = pool.get().await?;
     let work = async {
-        write_batch(&mut client, &config.instance_id, id, delta, config.sample_ppm, config.raw_sample_ppm)
+        write_batch(&mut client, &config.instance_id, id, batch, config.sample_ppm, config.raw_sample_ppm)
             .await
             .map_err(SinkError::Db)
     };
