@@ -22,11 +22,14 @@
 //! * [`aggregate`]: the synchronous, I/O-free rollup core:
 //!   `record(&Event)` per event, `drain() -> Delta` per flush interval.
 //! * [`ingest`]: the receive loop on dedicated OS threads: sockets,
-//!   subscriptions, `seq` gap detection, local counters; hands deltas to the
-//!   sink through a bounded channel and never waits for it.
-//! * [`sink`]: migrations and the exactly-once flush (binary `COPY` into a
-//!   staging table, additive upserts into `rollup_minute` and `rollup_hour`,
-//!   a ledger row per batch) with retries and merging of pending deltas.
+//!   subscriptions, local counters; the per-message work itself is
+//!   [`ingest::HotPath`] (decode, `seq` gaps, sampling, aggregation). Hands
+//!   deltas to the sink through a bounded channel and never waits for it.
+//! * [`sink`]: migrations and the exactly-once flush (a delta becomes one or
+//!   more [`sink::batch::Batch`]es of sorted minute and hour rows; each is a
+//!   transaction: ledger row, binary `COPY` into staging tables, additive
+//!   upserts into `rollup_minute` and `rollup_hour`) with retries and merging
+//!   of pending deltas.
 //! * [`pipeline`]: wires the stages together and runs them until a signal.
 //! * [`config`]: the configuration file, flags and environment, validated
 //!   into each stage's config.
