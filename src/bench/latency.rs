@@ -55,8 +55,7 @@ pub fn paced_publish(
         due += per_tick;
         while (sent as f64) < due {
             let (topic, payload) = messages.next().expect("a non-empty stream");
-            s.send(topic.as_slice(), zmq::SNDMORE).expect("send");
-            s.send(payload.as_slice(), 0).expect("send");
+            super::send_message(&s, topic, payload);
             sent += 1;
         }
         timeline.push((Instant::now(), sent));

@@ -56,11 +56,21 @@ pub fn generate(count: usize, partition_count: u32, seed: u64) -> Stream {
 pub fn publish(stream: &Stream, endpoint: &str, subscriptions: usize, started: impl FnOnce()) -> zmq::Socket {
     let s = xpub_waiting(endpoint, subscriptions);
     started();
-    for (topic, payload) in &stream.messages {
-        s.send(topic.as_slice(), zmq::SNDMORE).expect("send");
-        s.send(payload.as_slice(), 0).expect("send");
-    }
+    send_all(&s, stream);
     s
+}
+
+/// Sends one two-frame message.
+fn send_message(s: &zmq::Socket, topic: &[u8], payload: &[u8]) {
+    s.send(topic, zmq::SNDMORE).expect("send");
+    s.send(payload, 0).expect("send");
+}
+
+/// Sends every message of `stream`, as fast as the socket takes them.
+fn send_all(s: &zmq::Socket, stream: &Stream) {
+    for (topic, payload) in &stream.messages {
+        send_message(s, topic, payload);
+    }
 }
 
 /// An XPUB bound at `endpoint` (unbounded send queue) once `subscriptions`
@@ -216,10 +226,7 @@ pub fn measure(
             Feed::Backlog => {
                 let s = xpub_waiting(&endpoint, subscriptions);
                 stop_process(pid);
-                for (topic, payload) in &stream.messages {
-                    s.send(topic.as_slice(), zmq::SNDMORE).expect("send");
-                    s.send(payload.as_slice(), 0).expect("send");
-                }
+                send_all(&s, stream);
                 tx.send((Instant::now(), cpu_seconds(pid))).unwrap();
                 // SAFETY: kill with our child's pid and a valid signal.
                 unsafe { libc::kill(pid as i32, libc::SIGCONT) };
@@ -539,12 +546,14 @@ fn logger_args(endpoint: &str, db: &str, partition_count: u32, sample: &str, met
     .to_vec()
 }
 
+/// The middle value of `v` (the upper one of an even count).
+fn mid<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
 /// Each figure's median over the rounds (peak RSS: the largest).
 fn median(rounds: &[Measurement]) -> Measurement {
-    fn mid<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
-        v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-        v[v.len() / 2]
-    }
     let first = &rounds[0];
     Measurement {
         name: first.name.clone(),
@@ -653,9 +662,8 @@ fn print_flush(rounds: &[flush::FlushRound]) {
             r.ratio()
         );
     }
-    let mut ratios: Vec<f64> = rounds.iter().map(|r| r.ratio()).collect();
-    ratios.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    println!("flush: logger takes {:.2}× the plain time (median of {} rounds)", ratios[ratios.len() / 2], ratios.len());
+    let ratio = mid(rounds.iter().map(|r| r.ratio()).collect());
+    println!("flush: logger takes {ratio:.2}× the plain time (median of {} rounds)", rounds.len());
 }
 
 async fn fresh_db(server_url: &str, prefix: &str) -> anyhow::Result<String> {
