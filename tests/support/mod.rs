@@ -304,6 +304,10 @@ pub async fn kill_logger_connections(client: &tokio_postgres::Client) -> usize {
 pub struct Logger {
     child: Child,
     pub metrics_port: u16,
+    /// Its stderr, read as it comes (an undrained pipe would block the
+    /// logger once it holds 64 KiB of log lines).
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Logger {
@@ -325,8 +329,23 @@ impl Logger {
             }
         }
         cmd.env("RUST_LOG", "info,bid_logger=debug").stdout(Stdio::null()).stderr(Stdio::piped());
-        let child = cmd.spawn().expect("starting bid-logger");
-        Logger { child, metrics_port }
+        let mut child = cmd.spawn().expect("starting bid-logger");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let (mut pipe, sink) = (child.stderr.take().expect("piped stderr"), stderr.clone());
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                    sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            })
+        };
+        Logger { child, metrics_port, stderr, reader: Some(reader) }
+    }
+
+    /// What the logger has written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
     /// The current value of a metric (summed over label sets matching `labels`), or 0.
@@ -346,7 +365,12 @@ impl Logger {
             if now >= value {
                 return;
             }
-            assert!(Instant::now() < deadline, "{name} stayed at {now}, expected {value}");
+            if Instant::now() >= deadline {
+                let log = self.stderr_so_far();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!("{name} stayed at {now}, expected {value}; the logger's last log lines:\n{}", tail.join("\n"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -373,9 +397,10 @@ impl Logger {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-                return (status.code().unwrap_or(-1), err);
+                if let Some(reader) = self.reader.take() {
+                    reader.join().expect("stderr reader");
+                }
+                return (status.code().unwrap_or(-1), self.stderr_so_far());
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
