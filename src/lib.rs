@@ -26,10 +26,10 @@
 //!   [`ingest::HotPath`] (decode, `seq` gaps, sampling, aggregation). Hands
 //!   deltas to the sink through a bounded channel and never waits for it.
 //! * [`sink`]: migrations and the exactly-once flush (a delta becomes one or
-//!   more [`sink::batch::Batch`]es of sorted minute and hour rows; each is a
-//!   transaction: ledger row, binary `COPY` into staging tables, additive
-//!   upserts into `rollup_minute` and `rollup_hour`) with retries and merging
-//!   of pending deltas.
+//!   more [`sink::batch::Batch`]es of sorted minute and hour rows; each is
+//!   written as two transactions, `rollup_minute` first, then `rollup_hour`:
+//!   ledger row, binary `COPY` into a staging table, additive upsert) with
+//!   retries and merging of pending deltas.
 //! * [`pipeline`]: wires the stages together and runs them until a signal.
 //! * [`config`]: the configuration file, flags and environment, validated
 //!   into each stage's config.

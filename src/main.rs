@@ -123,6 +123,10 @@ struct BenchArgs {
     /// The latency run's rate, as a fraction of the logger's median ingest rate.
     #[arg(long, value_name = "F", default_value_t = 0.5)]
     latency_fraction: f64,
+    /// Measure only the latency, at this rate in events/s (skips the subjects, the baseline and the flush
+    /// comparison).
+    #[arg(long, value_name = "EVENTS_PER_S")]
+    latency_rate: Option<f64>,
 }
 
 #[derive(Args)]
@@ -346,6 +350,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         rounds: args.rounds,
         latency: args.latency,
         latency_fraction: args.latency_fraction,
+        latency_rate: args.latency_rate,
     };
     runtime()?.block_on(async {
         let (_cluster, url) = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {

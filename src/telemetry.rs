@@ -101,9 +101,9 @@ pub fn describe() {
     describe_counter!(PUBLISHER_RESTARTS, Unit::Count, "Publisher restarts seen (seq going backwards).");
     describe_gauge!(LIVE_KEYS, Unit::Count, "Distinct rollup keys held in memory.");
     describe_counter!(OVERFLOW_FOLDED, Unit::Count, "Events folded into other/-1 by a cardinality cap.");
-    describe_histogram!(FLUSH_DURATION, Unit::Seconds, "Time a successful flush took.");
+    describe_histogram!(FLUSH_DURATION, Unit::Seconds, "Time a successful flush took (both tables).");
     describe_counter!(ROWS_UPSERTED, Unit::Count, "Rollup rows inserted or updated, by table.");
-    describe_counter!(EVENTS_FLUSHED, Unit::Count, "Events written to PostgreSQL.");
+    describe_counter!(EVENTS_FLUSHED, Unit::Count, "Events written to both rollup tables.");
     describe_counter!(FLUSH_FAILURES, Unit::Count, "Flush attempts that failed and will be retried.");
     describe_gauge!(PENDING_BATCHES, Unit::Count, "Batches waiting to be written (queued and in flight).");
     describe_gauge!(PENDING_EVENTS, Unit::Count, "Events accepted but not yet written.");

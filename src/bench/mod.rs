@@ -313,6 +313,8 @@ pub struct BenchConfig {
     pub latency: Duration,
     /// The latency run's rate as a fraction of the logger's median ingest rate.
     pub latency_fraction: f64,
+    /// Measure only the latency, at this rate (events/s).
+    pub latency_rate: Option<f64>,
 }
 
 fn exited(child: &mut Child) -> Progress {
@@ -354,6 +356,10 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     eprintln!("bench: generating {} messages (partition count {p})…", cfg.count);
     let stream = generate(cfg.count, p, 7);
     eprintln!("bench: mean payload {:.0} bytes", stream.mean_payload);
+    if let Some(rate) = cfg.latency_rate {
+        latency_only(&cfg, &stream, rate, server_url).await?;
+        return Ok(Vec::new());
+    }
     let eighth: Rate = "1/8".parse().expect("valid rate");
     let sampler = Sampler::new(eighth, p);
     let mut kept_messages = 0u64;
@@ -498,26 +504,16 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     print_flush(&flush_rounds);
 
     if !cfg.latency.is_zero() {
-        let max = results[1].ingest_rate();
         let fraction = cfg.latency_fraction;
-        let rate = (max * fraction).round();
+        let rate = (results[1].ingest_rate() * fraction).round();
         eprintln!(
             "bench: latency at {rate:.0} events/s ({:.0} % of the logger's ingest rate) for {:?}…",
             fraction * 100.0,
             cfg.latency
         );
         let db = fresh_db(server_url, "bench_latency").await?;
-        let report = latency_run(&exe, &db, &stream, rate, cfg.latency).await?;
-        println!(
-            "\nlatency at {:.0} events/s ({:.0} % of the logger's ingest rate), publish → visible in rollup_minute, \
-             {} events after a 2 s warm-up, flush interval 1 s: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            report.rate,
-            fraction * 100.0,
-            report.events,
-            report.p50.as_secs_f64() * 1e3,
-            report.p99.as_secs_f64() * 1e3,
-            report.max.as_secs_f64() * 1e3
-        );
+        let report = latency_run(&cfg.exe, &db, &stream, rate, cfg.latency).await?;
+        print_latency(&report, &format!("{:.0} % of the logger's ingest rate", fraction * 100.0));
     }
     Ok(results)
 }
@@ -565,6 +561,28 @@ fn median(rounds: &[Measurement]) -> Measurement {
     }
 }
 
+/// The latency run alone, at `rate` events/s.
+async fn latency_only(cfg: &BenchConfig, stream: &Stream, rate: f64, server_url: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(!cfg.latency.is_zero(), "--latency-rate needs a --latency duration above zero");
+    eprintln!("bench: latency at {rate:.0} events/s for {:?}…", cfg.latency);
+    let db = fresh_db(server_url, "bench_latency").await?;
+    let report = latency_run(&cfg.exe, &db, stream, rate, cfg.latency).await?;
+    print_latency(&report, "as asked");
+    Ok(())
+}
+
+fn print_latency(report: &latency::LatencyReport, rate_is: &str) {
+    println!(
+        "\nlatency at {:.0} events/s ({rate_is}), publish → visible in rollup_minute, \
+         {} events after a 2 s warm-up, flush interval 1 s: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        report.rate,
+        report.events,
+        report.p50.as_secs_f64() * 1e3,
+        report.p99.as_secs_f64() * 1e3,
+        report.max.as_secs_f64() * 1e3
+    );
+}
+
 async fn latency_run(
     exe: &str,
     db: &str,
@@ -600,12 +618,8 @@ async fn latency_run(
     let visible = visible?;
     let (client, conn) = tokio_postgres::connect(db, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    let row = client
-        .query_one(
-            "SELECT (SELECT sum(events) FROM rollup_minute)::bigint, (SELECT sum(events) FROM bid_logger_flush_ledger)::bigint",
-            &[],
-        )
-        .await?;
+    let sql = format!("SELECT (SELECT sum(events) FROM rollup_minute)::bigint, ({})", latency::VISIBLE);
+    let row = client.query_one(&sql, &[]).await?;
     let (rollup, ledger): (i64, i64) = (row.get(0), row.get(1));
     anyhow::ensure!(rollup == ledger, "rollup_minute holds {rollup} events but the ledger says {ledger}");
     latency::report(rate, &timeline, &visible, Duration::from_secs(2))

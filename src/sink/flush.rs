@@ -1,24 +1,28 @@
-//! Writing one batch, exactly once.
+//! Writing one batch, exactly once, minute table first.
 //!
-//! A batch is written in one transaction:
+//! A batch is written in two transactions, one per rollup table, so that
+//! `rollup_minute` (what live dashboards read) is visible as soon as its own
+//! rows are in, without waiting for `rollup_hour`'s. Each transaction:
 //!
-//! 1. `INSERT` its ledger row `(instance, run_id, batch_id)` with
+//! 1. `INSERT`s its ledger row `(instance, run_id, batch_id, rollup)` with
 //!    `ON CONFLICT DO NOTHING`. If the row exists, an earlier attempt whose
 //!    `COMMIT` outcome was lost (connection killed, server restarted) did land,
-//!    and the batch is not written again.
-//! 2. Binary `COPY` its minute rows, and the same rows grouped by hour, into
-//!    two temporary staging tables. The grouping and ordering are done when
-//!    the [`Batch`] is formed, not in SQL: each staged key is unique, and rows
-//!    are staged in key order.
-//! 3. One additive upsert into `rollup_minute` and one into `rollup_hour`,
-//!    each a plain `INSERT … SELECT … ON CONFLICT DO UPDATE` of its stage. A
-//!    freshly filled temporary table is read back in the order it was written,
-//!    so every instance locks rows in key order and two instances do not
-//!    deadlock on overlapping keys (were that order ever broken, PostgreSQL
-//!    would detect the deadlock and the batch would be retried: a deadlock is
-//!    a transient error).
+//!    and that table's rows are not written again.
+//! 2. Binary `COPY`s its rows (the minute rows, or the same rows grouped by
+//!    hour) into a temporary staging table. The grouping and ordering are done
+//!    when the [`Batch`] is formed, not in SQL: each staged key is unique, and
+//!    rows are staged in key order.
+//! 3. Upserts them additively into its table, a plain
+//!    `INSERT … SELECT … ON CONFLICT DO UPDATE` of the stage. A freshly filled
+//!    temporary table is read back in the order it was written, so every
+//!    instance locks rows in key order and two instances do not deadlock on
+//!    overlapping keys (were that order ever broken, PostgreSQL would detect
+//!    the deadlock and the batch would be retried: a deadlock is a transient
+//!    error).
 //!
-//! Retrying a batch with the same id is therefore always safe.
+//! The minute transaction also carries the batch's raw rows (`events_sample`).
+//! Retrying either transaction with the same id is therefore always safe, and
+//! each table receives every batch exactly once.
 
 use super::batch::{Batch, Row};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -35,24 +39,41 @@ pub struct BatchId {
     pub batch: i64,
 }
 
+/// The rollup table a transaction writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollup {
+    /// `rollup_minute`, plus the batch's raw rows; written first.
+    Minute,
+    /// `rollup_hour`; written once the minute rows have landed.
+    Hour,
+}
+
+impl Rollup {
+    /// The value of the ledger's `rollup` column.
+    pub fn ledger_name(self) -> &'static str {
+        match self {
+            Rollup::Minute => "minute",
+            Rollup::Hour => "hour",
+        }
+    }
+}
+
 /// What an attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
-    /// The batch was written now.
+    /// The table's rows were written now.
     Now {
-        /// Rows inserted or updated in `rollup_minute`.
-        minute_rows: u64,
-        /// Rows inserted or updated in `rollup_hour`.
-        hour_rows: u64,
+        /// Rows inserted or updated in the rollup table.
+        rows: u64,
         /// Rows written to `events_sample`.
         raw_rows: u64,
     },
-    /// An earlier attempt had already written it (found in the ledger).
+    /// An earlier attempt had already written them (found in the ledger).
     Already,
 }
 
-const INSERT_LEDGER: &str = "INSERT INTO bid_logger_flush_ledger (instance, run_id, batch_id, events, rows)
-    VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+const INSERT_LEDGER: &str = "INSERT INTO bid_logger_flush_ledger (instance, run_id, batch_id, rollup, events, rows)
+    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
 
 /// The staging tables (`$stage` is `minute` or `hour`) and their COPY.
 macro_rules! stage {
@@ -205,7 +226,38 @@ fn encode_stage_rows(rows: &[Row], first: bool, last: bool) -> Bytes {
     buf.freeze()
 }
 
-/// Writes `batch` as batch `id` of `instance`, exactly once.
+/// Writes `rollup`'s rows of `batch` (batch `id` of `instance`), exactly once.
+pub async fn write_rollup(
+    client: &mut tokio_postgres::Client,
+    instance: &str,
+    id: BatchId,
+    batch: &Batch,
+    rollup: Rollup,
+    sample_ppm: u32,
+    raw_sample_ppm: u32,
+) -> Result<Written, tokio_postgres::Error> {
+    let (rows, stage, upsert) = match rollup {
+        Rollup::Minute => (&batch.minute, STAGE_MINUTE, UPSERT_MINUTE),
+        Rollup::Hour => (&batch.hour, STAGE_HOUR, UPSERT_HOUR),
+    };
+    let tx = client.transaction().await?;
+    let ledger: [&(dyn ToSql + Sync); 6] =
+        [&instance, &id.run_id, &id.batch, &rollup.ledger_name(), &(batch.events as i64), &(rows.len() as i64)];
+    if tx.execute(INSERT_LEDGER, &ledger).await? == 0 {
+        tx.rollback().await?;
+        return Ok(Written::Already);
+    }
+    stage_rows(&tx, stage, rows).await?;
+    let upserted = tx.execute(upsert, &[&(sample_ppm as i32)]).await?;
+    let raw_rows = match rollup {
+        Rollup::Minute => copy_raw(&tx, batch, raw_sample_ppm).await?,
+        Rollup::Hour => 0,
+    };
+    tx.commit().await?;
+    Ok(Written::Now { rows: upserted, raw_rows })
+}
+
+/// Writes all of `batch`: its minute rows, then its hour rows.
 pub async fn write_batch(
     client: &mut tokio_postgres::Client,
     instance: &str,
@@ -213,50 +265,48 @@ pub async fn write_batch(
     batch: &Batch,
     sample_ppm: u32,
     raw_sample_ppm: u32,
-) -> Result<Written, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    let events = batch.events as i64;
-    let rows = batch.minute.len() as i64;
-    let new = tx.execute(INSERT_LEDGER, &[&instance, &id.run_id, &id.batch, &events, &rows]).await?;
-    if new == 0 {
-        tx.rollback().await?;
-        return Ok(Written::Already);
+) -> Result<(), tokio_postgres::Error> {
+    for rollup in [Rollup::Minute, Rollup::Hour] {
+        write_rollup(client, instance, id, batch, rollup, sample_ppm, raw_sample_ppm).await?;
     }
-    stage_rows(&tx, STAGE_MINUTE, &batch.minute).await?;
-    stage_rows(&tx, STAGE_HOUR, &batch.hour).await?;
-    let ppm = sample_ppm as i32;
-    let minute_rows = tx.execute(UPSERT_MINUTE, &[&ppm]).await?;
-    let hour_rows = tx.execute(UPSERT_HOUR, &[&ppm]).await?;
-    let raw_rows = batch.raw.len() as u64;
-    if raw_rows > 0 {
-        let sink = tx.copy_in(COPY_RAW).await?;
-        let writer = BinaryCopyInWriter::new(sink, &RAW_TYPES);
-        pin_mut!(writer);
-        let raw_ppm = raw_sample_ppm as i32;
-        for r in &batch.raw {
-            let row: [&(dyn ToSql + Sync); 17] = [
-                &system_time(r.ts_ms),
-                &system_time(r.received_ms),
-                &r.event_type.as_str(),
-                &r.txn,
-                &(r.partition as i32),
-                &r.publisher,
-                &r.seq.map(|s| s as i64),
-                &std::str::from_utf8(&r.country).unwrap_or("--"),
-                &r.os.as_str(),
-                &i64::from(r.campaign),
-                &i64::from(r.advertiser),
-                &r.exchange,
-                &r.name,
-                &r.price,
-                &r.revenue,
-                &r.attributed,
-                &raw_ppm,
-            ];
-            writer.as_mut().write(&row).await?;
-        }
-        writer.finish().await?;
+    Ok(())
+}
+
+/// COPYs `batch`'s raw rows into `events_sample`; returns how many.
+async fn copy_raw(
+    tx: &tokio_postgres::Transaction<'_>,
+    batch: &Batch,
+    raw_sample_ppm: u32,
+) -> Result<u64, tokio_postgres::Error> {
+    if batch.raw.is_empty() {
+        return Ok(0);
     }
-    tx.commit().await?;
-    Ok(Written::Now { minute_rows, hour_rows, raw_rows })
+    let sink = tx.copy_in(COPY_RAW).await?;
+    let writer = BinaryCopyInWriter::new(sink, &RAW_TYPES);
+    pin_mut!(writer);
+    let raw_ppm = raw_sample_ppm as i32;
+    for r in &batch.raw {
+        let row: [&(dyn ToSql + Sync); 17] = [
+            &system_time(r.ts_ms),
+            &system_time(r.received_ms),
+            &r.event_type.as_str(),
+            &r.txn,
+            &(r.partition as i32),
+            &r.publisher,
+            &r.seq.map(|s| s as i64),
+            &std::str::from_utf8(&r.country).unwrap_or("--"),
+            &r.os.as_str(),
+            &i64::from(r.campaign),
+            &i64::from(r.advertiser),
+            &r.exchange,
+            &r.name,
+            &r.price,
+            &r.revenue,
+            &r.attributed,
+            &raw_ppm,
+        ];
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(batch.raw.len() as u64)
 }

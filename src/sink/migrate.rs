@@ -7,6 +7,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "rollups", include_str!("../../sql/0001_rollups.sql")),
     (2, "events_sample", include_str!("../../sql/0002_events_sample.sql")),
     (3, "rollup_upsert_speed", include_str!("../../sql/0003_rollup_upsert_speed.sql")),
+    (4, "ledger_per_rollup", include_str!("../../sql/0004_ledger_per_rollup.sql")),
 ];
 
 /// Serialises concurrent migrations of several instances (an arbitrary,

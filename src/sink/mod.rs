@@ -2,8 +2,8 @@
 //!
 //! * [`migrate`]: applies `sql/*.sql` once, under an advisory lock, so that
 //!   several instances starting together are safe.
-//! * [`flush`]: writes one batch in one transaction (ledger row, binary
-//!   `COPY` into a staging table, additive upserts into both rollup tables).
+//! * [`flush`]: writes one batch in two transactions, `rollup_minute` first
+//!   (each: ledger row, binary `COPY` into a staging table, additive upsert).
 //! * [`service`]: the task that receives deltas from ingest, merges them
 //!   while the database is slow or down, and retries with backoff.
 

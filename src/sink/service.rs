@@ -3,15 +3,16 @@
 //! State is one *pending* batch (immutable once attempted: an attempt may have
 //! landed without us knowing, and only an identical retry is safe; a large
 //! one is split into parts with disjoint keys, written in parallel on their
-//! own connections, each with its own ledger row, and a part that landed is
-//! not retried with the others) and one
+//! own connections, each with its own ledger rows, and a part that landed is
+//! not retried with the others; each part's minute rows are written first,
+//! then its hour rows, in a transaction each) and one
 //! *queued* delta that everything arriving meanwhile merges into. So a slow
 //! or absent database never piles up batches: at most two exist, and the
 //! queued one is bounded by `max_pending_rows` through the same folding as
 //! the aggregator's.
 
 use super::batch::Batch;
-use super::flush::{write_batch, BatchId, Written, PRUNE_LEDGER};
+use super::flush::{write_rollup, BatchId, Rollup, Written, PRUNE_LEDGER};
 use super::partitions;
 use super::{SinkConfig, SinkError};
 use crate::aggregate::Delta;
@@ -64,6 +65,27 @@ struct SinkMetrics {
     published_live_keys: usize,
 }
 
+/// One part of the pending batch.
+struct Part {
+    id: BatchId,
+    batch: Batch,
+    /// Its minute rows (and raw rows) have landed.
+    minute_landed: bool,
+    /// Its hour rows have landed (always after the minute rows).
+    hour_landed: bool,
+}
+
+impl Part {
+    /// The table this part's next transaction writes, if any is left.
+    fn next(&self) -> Option<Rollup> {
+        match (self.minute_landed, self.hour_landed) {
+            (false, _) => Some(Rollup::Minute),
+            (true, false) => Some(Rollup::Hour),
+            (true, true) => None,
+        }
+    }
+}
+
 /// The sink: owns the pool, the pending batch and the queued delta.
 pub struct Sink {
     config: SinkConfig,
@@ -72,8 +94,9 @@ pub struct Sink {
     run_id: i64,
     next_batch: i64,
     /// The batch being written, as parts written in parallel (each its own
-    /// transaction and ledger row); a part leaves once it has landed.
-    pending: Vec<(BatchId, Batch)>,
+    /// transactions and ledger rows); a part leaves once it has landed in
+    /// both tables.
+    pending: Vec<Part>,
     queued: Delta,
     backoff: Duration,
     retry_at: Option<Instant>,
@@ -165,7 +188,7 @@ impl Sink {
         let deadline = Instant::now() + self.config.shutdown_timeout;
         while !self.pending.is_empty() || !self.queued.is_empty() {
             if Instant::now() >= deadline {
-                let unwritten = self.pending.iter().map(|(_, d)| d.events).sum::<u64>() + self.queued.events;
+                let unwritten = self.pending.iter().map(|p| p.batch.events).sum::<u64>() + self.queued.events;
                 tracing::error!(
                     events_unwritten = unwritten,
                     timeout = ?self.config.shutdown_timeout,
@@ -217,37 +240,39 @@ impl Sink {
             // each its own batch, so that none outgrows the flush timeout.
             let batch = self.queued.split_off(MAX_BATCH_ROWS, MAX_BATCH_RAW_ROWS);
             let parts = if batch.rows.len() >= MIN_PARALLEL_ROWS { self.config.pool_size } else { 1 };
-            for part in Batch::parts(batch, parts) {
+            for batch in Batch::parts(batch, parts) {
                 let id = BatchId { run_id: self.run_id, batch: self.next_batch };
                 self.next_batch += 1;
-                self.pending.push((id, part));
+                self.pending.push(Part { id, batch, minute_landed: false, hour_landed: false });
             }
         }
         let started = Instant::now();
-        let prepared = prepare(&self.pool, &self.config, &self.pending, &mut self.migrated, &mut self.partitions).await;
-        let results = match prepared {
-            Ok(()) => {
+        let mut failure =
+            prepare(&self.pool, &self.config, &self.pending, &mut self.migrated, &mut self.partitions).await.err();
+        if failure.is_none() {
+            // Minute rows first, so that they are visible without waiting
+            // for the hour rows; then the hour rows of every part whose
+            // minute rows are in (including parts left from a failed attempt).
+            for rollup in [Rollup::Minute, Rollup::Hour] {
                 let (pool, config) = (&self.pool, &self.config);
-                let mut attempts = Vec::with_capacity(self.pending.len());
-                for (id, delta) in &self.pending {
-                    attempts.push(attempt(pool, config, *id, delta));
+                let attempts = self
+                    .pending
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.next() == Some(rollup))
+                    .map(|(i, p)| async move { (i, attempt(pool, config, p.id, &p.batch, rollup).await) });
+                for (i, result) in futures_util::future::join_all(attempts).await {
+                    match result {
+                        Ok(written) => self.record_written(i, rollup, written),
+                        Err(e) => failure = failure.or(Some(e)),
+                    }
                 }
-                futures_util::future::join_all(attempts).await
-            }
-            Err(e) => vec![Err(e)],
-        };
-        let elapsed = started.elapsed();
-        let mut failure = None;
-        let mut landed = Vec::new();
-        for (i, result) in results.into_iter().enumerate() {
-            match result {
-                Ok(written) => landed.push((i, written)),
-                Err(e) => failure = failure.or(Some(e)),
             }
         }
-        for &(i, written) in landed.iter().rev() {
-            let (id, delta) = self.pending.remove(i);
-            self.record_landed(id, &delta, written, elapsed).await;
+        let elapsed = started.elapsed();
+        let landed: Vec<Part> = self.pending.extract_if(.., |p| p.next().is_none()).collect();
+        for part in landed {
+            self.record_landed(&part, elapsed).await;
         }
         match failure {
             None => {
@@ -264,7 +289,7 @@ impl Sink {
                 self.metrics.failures.increment(1);
                 // Re-check partitions next time: one may have been dropped under us.
                 self.partitions.known.clear();
-                let batch = self.pending.first().map_or(0, |(id, _)| id.batch);
+                let batch = self.pending.first().map_or(0, |p| p.id.batch);
                 if e.is_transient() {
                     tracing::warn!(error = %e, batch, retry_in = ?self.backoff, "flush failed; will retry");
                 } else {
@@ -280,26 +305,37 @@ impl Sink {
         }
     }
 
-    /// Accounts for one part that has landed.
-    async fn record_landed(&mut self, id: BatchId, batch: &Batch, written: Written, elapsed: Duration) {
-        let events = batch.events;
-        self.metrics.events.increment(events);
+    /// Accounts for one table's rows of part `i` having landed.
+    fn record_written(&mut self, i: usize, rollup: Rollup, written: Written) {
+        let part = &mut self.pending[i];
+        match rollup {
+            Rollup::Minute => part.minute_landed = true,
+            Rollup::Hour => part.hour_landed = true,
+        }
+        let (batch, events) = (part.id.batch, part.batch.events);
+        let table = rollup.ledger_name();
         match written {
-            Written::Now { minute_rows, hour_rows, raw_rows } => {
-                self.metrics.minute_rows.increment(minute_rows);
-                self.metrics.hour_rows.increment(hour_rows);
-                self.metrics.raw_written.increment(raw_rows);
-                tracing::debug!(batch = id.batch, events, minute_rows, hour_rows, ?elapsed, "flushed");
+            Written::Now { rows, raw_rows } => {
+                let m = &self.metrics;
+                match rollup {
+                    Rollup::Minute => m.minute_rows.increment(rows),
+                    Rollup::Hour => m.hour_rows.increment(rows),
+                }
+                m.raw_written.increment(raw_rows);
+                tracing::trace!(batch, table, events, rows, raw_rows, "written");
             }
             Written::Already => {
-                tracing::info!(
-                    batch = id.batch,
-                    events,
-                    "batch had already landed (found in the ledger); not written again"
-                )
+                tracing::info!(batch, table, events, "rows had already landed (found in the ledger); not written again")
             }
         }
-        if id.batch % PRUNE_EVERY == 0 {
+    }
+
+    /// Accounts for one part that has landed in both tables.
+    async fn record_landed(&mut self, part: &Part, elapsed: Duration) {
+        let events = part.batch.events;
+        self.metrics.events.increment(events);
+        tracing::debug!(batch = part.id.batch, events, ?elapsed, "flushed");
+        if part.id.batch % PRUNE_EVERY == 0 {
             self.prune_ledger().await;
         }
         let p = &mut self.partitions;
@@ -318,11 +354,11 @@ impl Sink {
     }
 
     fn publish_pending(&mut self) {
-        let pending_events = self.pending.iter().map(|(_, d)| d.events).sum::<u64>() + self.queued.events;
+        let pending_events = self.pending.iter().map(|p| p.batch.events).sum::<u64>() + self.queued.events;
         let batches = usize::from(!self.pending.is_empty()) + usize::from(!self.queued.is_empty()) + self.rx.len();
         self.metrics.pending_batches.set(batches as f64);
         self.metrics.pending_events.set(pending_events as f64);
-        let keys = self.pending.iter().map(|(_, b)| b.minute.len()).sum::<usize>() + self.queued.rows.len();
+        let keys = self.pending.iter().map(|p| p.batch.minute.len()).sum::<usize>() + self.queued.rows.len();
         let m = &mut self.metrics;
         m.live_keys.increment(keys as f64 - m.published_live_keys as f64);
         m.published_live_keys = keys;
@@ -397,14 +433,14 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 async fn prepare(
     pool: &deadpool_postgres::Pool,
     config: &SinkConfig,
-    parts: &[(BatchId, Batch)],
+    parts: &[Part],
     migrated: &mut bool,
     partitions: &mut Partitions,
 ) -> Result<(), SinkError> {
     if *migrated && config.raw_sample_ppm == 0 {
         return Ok(());
     }
-    let days: Vec<i64> = parts.iter().flat_map(|(_, d)| d.raw.iter().map(|r| r.day())).collect();
+    let days: Vec<i64> = parts.iter().flat_map(|p| p.batch.raw.iter().map(|r| r.day())).collect();
     let mut client = pool.get().await?;
     let work = async {
         if !*migrated {
@@ -421,20 +457,19 @@ async fn prepare(
     settle(client, outcome, config.flush_timeout)
 }
 
-/// One attempt at one part, bounded by `flush_timeout`, on a connection of
-/// its own.
+/// One attempt at one part's `rollup` rows, bounded by `flush_timeout`, on a
+/// connection of its own.
 async fn attempt(
     pool: &deadpool_postgres::Pool,
     config: &SinkConfig,
     id: BatchId,
     batch: &Batch,
+    rollup: Rollup,
 ) -> Result<Written, SinkError> {
     let mut client = pool.get().await?;
-    let work = async {
-        write_batch(&mut client, &config.instance_id, id, batch, config.sample_ppm, config.raw_sample_ppm)
-            .await
-            .map_err(SinkError::Db)
-    };
+    let (instance, ppm, raw_ppm) = (&config.instance_id, config.sample_ppm, config.raw_sample_ppm);
+    let work =
+        async { write_rollup(&mut client, instance, id, batch, rollup, ppm, raw_ppm).await.map_err(SinkError::Db) };
     let outcome = tokio::time::timeout(config.flush_timeout, work).await;
     settle(client, outcome, config.flush_timeout)
 }
