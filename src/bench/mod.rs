@@ -607,10 +607,18 @@ async fn latency_run(
     let (socket, timeline) = publisher.join().expect("publisher thread");
     let m = scrape(port);
     let flushes = m(&format!("{}_count", crate::telemetry::FLUSH_DURATION));
+    let flushing = m(&format!("{}_sum", crate::telemetry::FLUSH_DURATION));
+    // Ingest keeps pace while flushes run when every published message was
+    // received, none lost, and the latency stays bounded.
     eprintln!(
-        "bench: latency run: {flushes:.0} flushes, mean {:.0} ms, mean {:.0} rows (minute + hour) per flush",
-        m(&format!("{}_sum", crate::telemetry::FLUSH_DURATION)) / flushes * 1e3,
-        m(crate::telemetry::ROWS_UPSERTED) / flushes
+        "bench: latency run: {flushes:.0} flushes, mean {:.0} ms, mean {:.0} rows (minute + hour) per flush; \
+         a flush was running {:.0} % of the time; {:.0} of {} published messages received, {:.0} lost",
+        flushing / flushes * 1e3,
+        m(crate::telemetry::ROWS_UPSERTED) / flushes,
+        flushing / duration.as_secs_f64() * 100.0,
+        m(crate::telemetry::MESSAGES_RECEIVED),
+        published.get().copied().unwrap_or(0),
+        m(crate::telemetry::MESSAGES_LOST)
     );
     drop(socket);
     let _ = child.kill();
