@@ -93,30 +93,33 @@ async fn two_instances_on_disjoint_partitions_write_the_same_tables_exactly() {
     assert_warehouse_matches(&client, &all, 1_000_000).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_held_on_the_rollup_table_makes_flushes_wait_and_retry_without_loss() {
-    let db = fresh_database("lock").await;
+/// A logger that flushes every 100 ms with attempts that time out after
+/// 500 ms, on a fresh database, after `n` random events (seed `seed`) have
+/// been published and flushed.
+async fn logger_with_flushed_events(
+    test: &str,
+    seed: u64,
+    n: usize,
+) -> (String, Publisher, Logger, SmallRng, Vec<TestEvent>) {
+    let db = fresh_database(test).await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(
-        &db,
-        &[
-            "--connect",
-            &publisher.endpoint,
-            "--partition-count",
-            "16",
-            "--flush-timeout",
-            "500ms",
-            "--flush-interval",
-            "100ms",
-        ],
-    );
+    let endpoint = publisher.endpoint.clone();
+    let args =
+        ["--connect", &endpoint, "--partition-count", "16", "--flush-timeout", "500ms", "--flush-interval", "100ms"];
+    let logger = Logger::start(&db, &args);
     publisher.wait_for_subscriptions(8 * 16);
-    let mut rng = SmallRng::seed_from_u64(2);
-    let first = events(&mut rng, 2000, "before");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let first = events(&mut rng, n, "before");
     for e in &first {
         publisher.publish(e, P);
     }
     logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
+    (db, publisher, logger, rng, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_on_the_rollup_table_makes_flushes_wait_and_retry_without_loss() {
+    let (db, publisher, logger, mut rng, first) = logger_with_flushed_events("lock", 2, 2000).await;
 
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
@@ -147,28 +150,7 @@ async fn a_lock_held_on_the_rollup_table_makes_flushes_wait_and_retry_without_lo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minute_rows_land_while_the_hour_table_is_locked_and_the_hour_rows_follow_exactly_once() {
-    let db = fresh_database("hourlock").await;
-    let mut publisher = Publisher::bind();
-    let logger = Logger::start(
-        &db,
-        &[
-            "--connect",
-            &publisher.endpoint,
-            "--partition-count",
-            "16",
-            "--flush-timeout",
-            "500ms",
-            "--flush-interval",
-            "100ms",
-        ],
-    );
-    publisher.wait_for_subscriptions(8 * 16);
-    let mut rng = SmallRng::seed_from_u64(9);
-    let first = events(&mut rng, 1000, "before");
-    for e in &first {
-        publisher.publish(e, P);
-    }
-    logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
+    let (db, publisher, logger, mut rng, first) = logger_with_flushed_events("hourlock", 9, 1000).await;
 
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
