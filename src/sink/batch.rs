@@ -14,7 +14,8 @@ use std::hash::BuildHasher;
 /// One staged row.
 pub type Row = (RowKey, Counters);
 
-/// What one transaction writes.
+/// What one batch (or one part of it) writes: its minute transaction writes
+/// `minute` and `raw`, its hour transaction `hour`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Batch {
     /// `rollup_minute` rows, in key order.
