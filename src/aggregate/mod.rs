@@ -4,8 +4,9 @@
 //! ingest thread calls [`Aggregator::record`] for every sampled event and
 //! [`Aggregator::drain`] once per flush interval, which hands a [`Delta`] (one
 //! row per minute bucket and dimensions) to the sink. The hour rollup is the
-//! same rows grouped by hour, which the sink derives from the delta inside the
-//! same transaction, so both tables always see exactly the same events.
+//! same rows grouped by hour, which the sink derives from the delta, so both
+//! tables receive exactly the same events (each in its own transaction, the
+//! minute table first).
 
 mod aggregator;
 mod delta;
