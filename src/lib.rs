@@ -20,7 +20,9 @@
 //! * [`sample`]: consistent sampling by transaction id, and which partitions
 //!   are worth subscribing to at all.
 //! * [`aggregate`]: the synchronous, I/O-free rollup core:
-//!   `record(&Event)` per event, `drain() -> Delta` per flush interval.
+//!   `record(&Event)` per event, `drain() -> Delta` per flush interval. Its
+//!   table of packed keys prefetches an event's row and adds the event one
+//!   event later, so the cache miss overlaps the next message's decoding.
 //! * [`ingest`]: the receive loop on dedicated OS threads: sockets,
 //!   subscriptions, local counters; the per-message work itself is
 //!   [`ingest::HotPath`] (decode, `seq` gaps, sampling, aggregation). Hands

@@ -3,6 +3,7 @@
 use super::delta::{Counters, Delta, OsName, RowKey};
 use super::normalise::{normalise_country, normalise_os, OS_MAX_LEN, OS_OTHER, OS_UNKNOWN};
 use super::raw::RawRow;
+use super::table::KeyTable;
 use crate::decode::Event;
 use crate::wire::EventType;
 use rustc_hash::FxHashMap;
@@ -64,7 +65,8 @@ pub struct AggregateStats {
 
 /// A packed key: `minute:32 | type:4 | country:11 | os:16 | folded:1` in the
 /// high 64 bits, `campaign:32 | advertiser:32` in the low ones. One `u128`
-/// hashes in two multiplies with FxHash and compares in two instructions.
+/// hashes in two multiplies ([`KeyTable::hash`]) and compares in two
+/// instructions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key(u128);
 
@@ -163,11 +165,25 @@ impl OsTable {
     }
 }
 
+/// An event whose row is being prefetched, to be added on the next event.
+#[derive(Debug, Clone, Copy)]
+struct Deferred {
+    key: Key,
+    hash: u64,
+    counters: Counters,
+    /// Its OS was folded into `other` (the OS cap).
+    os_folded: bool,
+}
+
 /// Accumulates events into per-minute rollup rows between two flushes.
 #[derive(Debug)]
 pub struct Aggregator {
     config: AggregateConfig,
-    rows: FxHashMap<Key, Counters>,
+    rows: KeyTable,
+    /// The last event, added to `rows` when the next one arrives (or before
+    /// anything reads `rows`), so that its slot's cache line is loaded while
+    /// the ingest thread decodes the next message.
+    deferred: Option<Deferred>,
     os: OsTable,
     events: u64,
     raw: Vec<RawRow>,
@@ -181,7 +197,8 @@ impl Aggregator {
         let os = OsTable::new(config.max_os_values);
         Aggregator {
             config,
-            rows: FxHashMap::default(),
+            rows: KeyTable::default(),
+            deferred: None,
             os,
             events: 0,
             raw: Vec::new(),
@@ -240,33 +257,65 @@ impl Aggregator {
                 OS_OTHER_ID
             }),
         };
-        let mut key = Key::new(minute, ev.event_type, country, os, ev.campaign, ev.advertiser);
+        let key = Key::new(minute, ev.event_type, country, os, ev.campaign, ev.advertiser);
         let counters = Counters {
             events: 1,
             attributed: u64::from(ev.attributed == Some(true)),
             price: ev.price.unwrap_or(0),
             revenue: ev.revenue.unwrap_or(0),
         };
-        // Only at the cap does a new key need telling apart from a known one
-        // (checking the length first keeps the common path to one lookup).
-        if self.rows.len() >= self.config.max_live_keys && !self.rows.contains_key(&key) {
-            key = key.folded();
-            folded = true;
+        let hash = KeyTable::hash(key.0);
+        self.rows.prefetch(hash);
+        let this = Deferred { key, hash, counters, os_folded: folded };
+        if let Some(previous) = self.deferred.replace(this) {
+            self.add(previous);
         }
-        self.rows.entry(key).or_default().add(&counters);
         self.events += 1;
         self.stats.accepted[ev.event_type.index()] += 1;
-        self.stats.folded += u64::from(folded);
+    }
+
+    /// The key a deferred event is added under: its own, or its folded key
+    /// when the table is at the key cap and does not hold it yet (checking
+    /// the length first keeps the common path to one lookup).
+    #[inline]
+    fn row_of(&self, d: &Deferred) -> Option<(Key, u64)> {
+        if self.rows.len() >= self.config.max_live_keys && !self.rows.contains(d.key.0, d.hash) {
+            let folded = d.key.folded();
+            Some((folded, KeyTable::hash(folded.0)))
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, d: Deferred) {
+        let (key, hash, key_folded) = match self.row_of(&d) {
+            Some((key, hash)) => (key, hash, true),
+            None => (d.key, d.hash, false),
+        };
+        self.rows.add(key.0, hash, &d.counters);
+        self.stats.folded += u64::from(d.os_folded || key_folded);
+    }
+
+    /// Adds the deferred event, if any.
+    fn settle(&mut self) {
+        if let Some(d) = self.deferred.take() {
+            self.add(d);
+        }
     }
 
     /// Distinct keys held now.
     pub fn live_keys(&self) -> usize {
-        self.rows.len()
+        let adds_a_row = |d: &Deferred| match self.row_of(d) {
+            Some((folded, hash)) => !self.rows.contains(folded.0, hash),
+            None => !self.rows.contains(d.key.0, d.hash),
+        };
+        self.rows.len() + usize::from(self.deferred.as_ref().is_some_and(adds_a_row))
     }
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.raw.is_empty()
+        self.rows.is_empty() && self.deferred.is_none() && self.raw.is_empty()
     }
 
     /// Events held now.
@@ -276,32 +325,35 @@ impl Aggregator {
 
     /// Returns and resets the counts since the last call.
     pub fn take_stats(&mut self) -> AggregateStats {
+        self.settle();
         std::mem::take(&mut self.stats)
     }
 
     /// Hands over everything recorded since the last drain and starts afresh
     /// (keeping the table's capacity, so steady state does not reallocate).
     pub fn drain(&mut self) -> Delta {
+        self.settle();
         let mut delta = Delta {
             rows: FxHashMap::with_capacity_and_hasher(self.rows.len(), Default::default()),
             events: self.events,
             raw: std::mem::take(&mut self.raw),
         };
-        for (key, counters) in self.rows.drain() {
-            let (minute, et, country, os, folded, campaign, advertiser) = key.unpack();
+        let names = &self.os.names;
+        self.rows.drain(|key, counters| {
+            let (minute, et, country, os, folded, campaign, advertiser) = Key(key).unpack();
             let (campaign, advertiser) = if folded { (-1, -1) } else { (i64::from(campaign), i64::from(advertiser)) };
             let row = RowKey {
                 minute: i64::from(minute),
                 event_type: EventType::ALL[usize::from(et)],
                 country: country_of(country),
-                os: self.os.names[usize::from(os)],
+                os: names[usize::from(os)],
                 campaign,
                 advertiser,
             };
             // Distinct packed keys resolve to distinct rows, except a literal
             // "other"/"unknown" OS alongside a folded one: add, never replace.
             delta.rows.entry(row).or_default().add(&counters);
-        }
+        });
         self.events = 0;
         self.os.reset();
         delta

@@ -12,6 +12,7 @@ mod aggregator;
 mod delta;
 mod normalise;
 mod raw;
+mod table;
 
 pub use aggregator::{AggregateConfig, AggregateStats, Aggregator, Outcome};
 pub use delta::{Counters, Delta, MergeLoss, OsName, RowKey};
