@@ -6,8 +6,8 @@
 //! flush ledger every 10 ms: a `minute` ledger row is committed in the same
 //! transaction as its `rollup_minute` rows, so `sum(events)` over those rows
 //! is exactly the number of events visible in `rollup_minute` (the
-//! benchmark checks that at the end). Events are received, aggregated and flushed in
-//! publish order, so the *k*-th published event is visible once that sum
+//! benchmark checks that at the end). Events are received, aggregated and
+//! flushed in publish order, so the *k*-th published event is visible once that sum
 //! reaches *k*. Each tick's events get the latency of the first poll that
 //! saw all of them: an over-estimate by up to the poll interval and the
 //! transport time (publish, not receipt, starts the clock).
