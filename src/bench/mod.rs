@@ -93,8 +93,9 @@ fn xpub_waiting(endpoint: &str, subscriptions: usize) -> zmq::Socket {
     s
 }
 
-/// The null subscriber: the same socket set-up and subscriptions as the
-/// logger, receiving `count` messages and doing nothing with them.
+/// The null subscriber: the same socket set-up, subscriptions and receive
+/// loop pacing ([`Pacer`](crate::ingest::Pacer)) as the logger, receiving
+/// `count` messages and doing nothing with them.
 pub fn null_subscriber(connect: &str, partition_count: u32, sample: Rate, count: u64) {
     let config = IngestConfig {
         connect: vec![connect.to_string()],
@@ -116,15 +117,19 @@ pub fn null_subscriber(connect: &str, partition_count: u32, sample: Rate, count:
     let mut msg = zmq::Message::new();
     let mut n = 0u64;
     let mut bytes = 0usize;
+    let mut pacer = crate::ingest::Pacer::default();
     while n < count {
-        match socket.recv(&mut msg, 0) {
+        match socket.recv(&mut msg, pacer.flags()) {
             Ok(()) => {
+                pacer.received();
                 bytes += msg.len();
                 if !msg.get_more() {
                     n += 1;
                 }
             }
-            Err(zmq::Error::EAGAIN) => {}
+            Err(zmq::Error::EAGAIN) => {
+                pacer.empty();
+            }
             Err(e) => panic!("recv: {e}"),
         }
     }
