@@ -1,7 +1,7 @@
 //! What one flush writes: rows keyed by resolved dimensions.
 
 use crate::wire::EventType;
-use rustc_hash::FxHashMap;
+use std::cmp::Ordering;
 use std::fmt;
 
 use super::normalise::{OS_MAX_LEN, OS_OTHER};
@@ -41,7 +41,14 @@ impl fmt::Debug for OsName {
 }
 
 /// One rollup row's key, as written to `rollup_minute`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Keys are ordered by hour, then the dimensions (type, country, OS,
+/// campaign, advertiser), then the minute: the order rows are kept in
+/// ([`Delta`]) and written in (every instance locks rows in this one order).
+/// It makes the minute rows of one hour row adjacent, so the hour rows come
+/// out of one pass and a delta splits into parts with disjoint hour rows at
+/// any hour-row boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RowKey {
     /// Minutes since the Unix epoch (the bucket).
     pub minute: i64,
@@ -67,6 +74,37 @@ impl RowKey {
     /// The country as text.
     pub fn country_str(&self) -> &str {
         std::str::from_utf8(&self.country).unwrap_or("--")
+    }
+
+    /// The hour bucket: hours since the Unix epoch.
+    #[inline]
+    pub fn hour(&self) -> i64 {
+        self.minute.div_euclid(60)
+    }
+
+    /// Whether `self` and `other` belong to the same `rollup_hour` row.
+    #[inline]
+    pub fn same_hour_row(&self, other: &RowKey) -> bool {
+        RowKey { minute: self.hour(), ..*self } == RowKey { minute: other.hour(), ..*other }
+    }
+}
+
+impl Ord for RowKey {
+    fn cmp(&self, other: &RowKey) -> Ordering {
+        self.hour()
+            .cmp(&other.hour())
+            .then_with(|| (self.event_type as u8).cmp(&(other.event_type as u8)))
+            .then_with(|| self.country.cmp(&other.country))
+            .then_with(|| self.os.as_str().cmp(other.os.as_str()))
+            .then_with(|| self.campaign.cmp(&other.campaign))
+            .then_with(|| self.advertiser.cmp(&other.advertiser))
+            .then_with(|| self.minute.cmp(&other.minute))
+    }
+}
+
+impl PartialOrd for RowKey {
+    fn partial_cmp(&self, other: &RowKey) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -95,11 +133,15 @@ impl Counters {
     }
 }
 
-/// Rows to add to the warehouse, keyed so that a key never repeats.
+/// One row: its key and measures.
+pub type Row = (RowKey, Counters);
+
+/// Rows to add to the warehouse.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Delta {
-    /// One entry per minute bucket and dimension combination.
-    pub rows: FxHashMap<RowKey, Counters>,
+    /// One entry per minute bucket and dimension combination, sorted by key
+    /// ([`RowKey`]'s order), each key once.
+    pub rows: Vec<Row>,
     /// Total events in `rows` (the sum of `events`).
     pub events: u64,
     /// Raw rows for `events_sample`.
@@ -116,56 +158,64 @@ pub struct MergeLoss {
 }
 
 impl Delta {
+    /// A delta of `rows` in any order, keys possibly repeated (they are added up).
+    pub fn from_rows(mut rows: Vec<Row>, raw: Vec<RawRow>) -> Delta {
+        rows.sort_unstable_by_key(|r| r.0);
+        let rows = add_up_adjacent(rows);
+        Delta { events: rows.iter().map(|r| r.1.events).sum(), rows, raw }
+    }
+
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty() && self.raw.is_empty()
     }
 
-    /// Adds one row; once `max_rows` distinct keys are held, a new key is
-    /// folded (see [`RowKey::folded`]) so memory stays bounded while totals
-    /// per bucket and type stay exact. Returns whether it was folded.
-    pub fn add(&mut self, key: RowKey, counters: &Counters, max_rows: usize) -> bool {
-        self.events += counters.events;
-        if let Some(c) = self.rows.get_mut(&key) {
-            c.add(counters);
-            return false;
-        }
-        let (key, folded) = if self.rows.len() >= max_rows { (key.folded(), true) } else { (key, false) };
-        self.rows.entry(key).or_default().add(counters);
-        folded
-    }
-
-    /// Takes at most `max_rows` rows and `max_raw` raw rows out of `self`
-    /// into a delta of their own (all of it when it is small enough).
+    /// Takes at most `max_rows` rows (the first in key order) and `max_raw`
+    /// raw rows out of `self` into a delta of their own (all of it when it is
+    /// small enough).
     pub fn split_off(&mut self, max_rows: usize, max_raw: usize) -> Delta {
         if self.rows.len() <= max_rows && self.raw.len() <= max_raw {
             return std::mem::take(self);
         }
-        let keys: Vec<RowKey> = self.rows.keys().take(max_rows).copied().collect();
-        let mut part = Delta::default();
-        for key in keys {
-            let counters = self.rows.remove(&key).expect("key taken from the map");
-            part.events += counters.events;
-            part.rows.insert(key, counters);
-        }
-        self.events -= part.events;
+        let rest = self.rows.split_off(self.rows.len().min(max_rows));
+        let rows = std::mem::replace(&mut self.rows, rest);
+        let events = rows.iter().map(|r| r.1.events).sum();
+        self.events -= events;
         let raw_taken = self.raw.len().min(max_raw);
-        part.raw = self.raw.drain(..raw_taken).collect();
-        part
+        Delta { rows, events, raw: self.raw.drain(..raw_taken).collect() }
     }
 
-    /// Merges `other` into `self`: rows under the `max_rows` cap (folding),
-    /// raw rows up to `max_raw` (dropping the excess).
+    /// Merges `other` into `self`: rows under the `max_rows` cap, raw rows up
+    /// to `max_raw` (dropping the excess). Rows of keys already held are
+    /// added; once `max_rows` keys are held, a new key is folded (see
+    /// [`RowKey::folded`]) so memory stays bounded while totals per bucket and
+    /// type stay exact. Both deltas are sorted, so this is one linear pass.
     pub fn merge(&mut self, other: Delta, max_rows: usize, max_raw: usize) -> MergeLoss {
         let mut loss = MergeLoss::default();
         if self.is_empty() {
             *self = other;
         } else {
-            for (key, counters) in other.rows {
-                if self.add(key, &counters, max_rows) {
-                    loss.folded_events += counters.events;
+            let mut held = self.rows.len();
+            let mut folded = Vec::new();
+            let mut admit = |row: &Row| {
+                if held < max_rows {
+                    held += 1;
+                    return true;
                 }
-            }
+                loss.folded_events += row.1.events;
+                folded.push((row.0.folded(), row.1));
+                false
+            };
+            let rows = merge_sorted(std::mem::take(&mut self.rows), other.rows, &mut admit);
+            self.rows = if folded.is_empty() {
+                rows
+            } else {
+                // Folded keys are few (one per bucket, type and country) and
+                // always kept, whatever the cap.
+                folded.sort_unstable_by_key(|r| r.0);
+                merge_sorted(rows, add_up_adjacent(folded), &mut |_| true)
+            };
+            self.events += other.events;
             self.raw.extend(other.raw);
         }
         if self.raw.len() > max_raw {
@@ -174,4 +224,46 @@ impl Delta {
         }
         loss
     }
+}
+
+/// Merges two runs of rows sorted by key, each key once per run, adding the
+/// measures of keys in both. A key only in `b` is kept when `admit` says so.
+fn merge_sorted(a: Vec<Row>, b: Vec<Row>, admit: &mut impl FnMut(&Row) -> bool) -> Vec<Row> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut a = a.into_iter().peekable();
+    let mut b = b.into_iter().peekable();
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.0.cmp(&y.0),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => return out,
+        };
+        match order {
+            Ordering::Less => out.push(a.next().expect("peeked")),
+            Ordering::Greater => {
+                let row = b.next().expect("peeked");
+                if admit(&row) {
+                    out.push(row);
+                }
+            }
+            Ordering::Equal => {
+                let (key, mut sum) = a.next().expect("peeked");
+                sum.add(&b.next().expect("peeked").1);
+                out.push((key, sum));
+            }
+        }
+    }
+}
+
+/// Rows sorted by key with repeats of a key added into one row.
+pub(super) fn add_up_adjacent(rows: Vec<Row>) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::with_capacity(rows.len());
+    for (key, counters) in rows {
+        match out.last_mut() {
+            Some((last, sum)) if *last == key => sum.add(&counters),
+            _ => out.push((key, counters)),
+        }
+    }
+    out
 }

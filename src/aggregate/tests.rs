@@ -110,11 +110,11 @@ fn key_cap_folds_but_keeps_totals_exact() {
     assert!(a.live_keys() <= 11, "{} keys", a.live_keys());
     assert_eq!(a.take_stats().folded, 990);
     let d = a.drain();
-    assert_eq!(d.rows.values().map(|c| c.events).sum::<u64>(), 1000);
-    assert_eq!(d.rows.values().map(|c| c.price).sum::<i64>(), 100_000);
+    assert_eq!(d.rows.iter().map(|(_, c)| c.events).sum::<u64>(), 1000);
+    assert_eq!(d.rows.iter().map(|(_, c)| c.price).sum::<i64>(), 100_000);
     let folded = row(&d, NOW / 60_000, EventType::Click, "US", "other", -1).unwrap();
     assert_eq!(folded.events, 990);
-    assert!(d.rows.keys().all(|k| k.campaign == -1 || k.advertiser == 7));
+    assert!(d.rows.iter().all(|(k, _)| k.campaign == -1 || k.advertiser == 7));
 }
 
 #[test]
@@ -153,7 +153,7 @@ fn delta_merge_adds_and_caps() {
     let loss = capped.merge(d2, 60, 10);
     assert_eq!(loss.folded_events, 15);
     assert_eq!(capped.events, 100);
-    assert_eq!(capped.rows.values().map(|c| c.events).sum::<u64>(), 100);
+    assert_eq!(capped.rows.iter().map(|(_, c)| c.events).sum::<u64>(), 100);
     assert_eq!(capped.rows.len(), 61);
 }
 
@@ -171,8 +171,79 @@ proptest! {
         let mut a = Aggregator::new(AggregateConfig::default());
         prop_assert_eq!(a.record(&ev(EventType::Bid, ts, None, None, 0), NOW), Outcome::Accepted);
         let d = a.drain();
-        let key = d.rows.keys().next().unwrap();
+        let key = d.rows[0].0;
         prop_assert!(key.minute * 60_000 <= ts && ts < (key.minute + 1) * 60_000);
+    }
+
+    #[test]
+    fn drain_gives_every_row_once_in_key_order(
+        events in prop::collection::vec((0usize..8, 0i64..300, 0usize..4, 0usize..6, 0u32..5, 0u32..3, -5i64..5), 1..400)
+    ) {
+        // OS names interned in an order unlike their name order, literal
+        // "other"/"unknown" among them, events over five hours.
+        const OSES: [Option<&str>; 6] = [Some("zeta"), Some("alpha"), None, Some("other"), Some("Unknown"), Some("mid")];
+        const COUNTRIES: [Option<&str>; 4] = [Some("us"), None, Some("BR"), Some("zz")];
+        let mut a = Aggregator::new(AggregateConfig::default());
+        let mut model = std::collections::BTreeMap::new();
+        for &(t, minute_back, c, os, campaign, advertiser, price) in &events {
+            let mut e = ev(EventType::ALL[t], NOW - minute_back * 60_000, COUNTRIES[c], OSES[os], campaign);
+            e.advertiser = advertiser;
+            e.price = Some(price);
+            prop_assert_eq!(a.record(&e, NOW), Outcome::Accepted);
+            let mut buf = [0u8; 32];
+            let key = RowKey {
+                minute: e.ts_ms.div_euclid(60_000),
+                event_type: e.event_type,
+                country: normalise_country(e.country),
+                os: OsName::new(normalise_os(e.os, &mut buf).unwrap_or(OS_UNKNOWN)),
+                campaign: i64::from(campaign),
+                advertiser: i64::from(advertiser),
+            };
+            model.entry(key).or_insert_with(Counters::default).add(&Counters { events: 1, attributed: 1, price, revenue: 0 });
+        }
+        let d = a.drain();
+        prop_assert_eq!(d.rows, model.into_iter().collect::<Vec<_>>());
+        prop_assert_eq!(d.events, events.len() as u64);
+    }
+
+    #[test]
+    fn merging_sorted_deltas_equals_adding_rows_up(
+        a in prop::collection::vec((0i64..3, 0usize..3, 0i64..20, 1u64..5), 0..60),
+        b in prop::collection::vec((0i64..3, 0usize..3, 0i64..20, 1u64..5), 0..60),
+        cap in 1usize..80,
+    ) {
+        let rows = |v: &[(i64, usize, i64, u64)]| -> Vec<Row> {
+            v.iter().map(|&(m, os, campaign, events)| {
+                let key = RowKey {
+                    minute: 29_000_000 + m * 45,
+                    event_type: EventType::Bid,
+                    country: *b"DE",
+                    os: OsName::new(["android", "ios", OS_OTHER][os]),
+                    campaign,
+                    advertiser: campaign % 4,
+                };
+                (key, Counters { events, attributed: 0, price: events as i64, revenue: 0 })
+            }).collect()
+        };
+        let (da, db) = (Delta::from_rows(rows(&a), Vec::new()), Delta::from_rows(rows(&b), Vec::new()));
+        prop_assert!(da.rows.windows(2).all(|w| w[0].0 < w[1].0), "from_rows sorts and adds up");
+        let mut uncapped = da.clone();
+        prop_assert_eq!(uncapped.merge(db.clone(), usize::MAX, 0), MergeLoss::default());
+        let all: Vec<Row> = rows(&a).into_iter().chain(rows(&b)).collect();
+        prop_assert_eq!(&uncapped, &Delta::from_rows(all, Vec::new()));
+
+        let mut capped = da.clone();
+        let loss = capped.merge(db.clone(), cap, 0);
+        prop_assert!(capped.rows.windows(2).all(|w| w[0].0 < w[1].0), "sorted, each key once");
+        prop_assert_eq!(capped.events, uncapped.events);
+        prop_assert_eq!(capped.rows.iter().map(|r| r.1.events).sum::<u64>(), uncapped.events);
+        // Into an empty delta, the other one moves whole (each ingest
+        // thread's delta is bounded by its own key cap already).
+        let held = if da.is_empty() { db.rows.len() } else { cap.max(da.rows.len()) };
+        let unfolded = capped.rows.iter().filter(|r| r.0.campaign != -1).count();
+        prop_assert!(unfolded <= held, "{} keys over the cap {}", unfolded, cap);
+        let folded: u64 = capped.rows.iter().filter(|r| r.0.campaign == -1).map(|r| r.1.events).sum();
+        prop_assert_eq!(folded, loss.folded_events);
     }
 
     #[test]
@@ -183,8 +254,9 @@ proptest! {
             a.record(&ev(EventType::ALL[i % 8], NOW - (i as i64 % 5) * 60_000, Some("FR"), Some(os), i as u32 % 13), NOW);
         }
         let d = a.drain();
+        prop_assert!(d.rows.windows(2).all(|w| w[0].0 < w[1].0), "sorted, each key once");
         prop_assert_eq!(d.events, n as u64);
-        prop_assert_eq!(d.rows.values().map(|c| c.events).sum::<u64>(), n as u64);
+        prop_assert_eq!(d.rows.iter().map(|(_, c)| c.events).sum::<u64>(), n as u64);
         for t in EventType::ALL {
             let per_type = d.rows.iter().filter(|(k, _)| k.event_type == t).map(|(_, c)| c.events).sum::<u64>();
             let expected = (0..n).filter(|i| i % 8 == t.index()).count() as u64;
@@ -231,6 +303,6 @@ fn split_off_moves_bounded_parts_and_keeps_totals() {
     assert_eq!(parts.len(), 4);
     assert!(parts.iter().all(|p| p.rows.len() <= 300 && p.raw.len() <= 400));
     assert_eq!(parts.iter().map(|p| p.events).sum::<u64>(), 1000);
-    assert!(parts.iter().all(|p| p.events == p.rows.values().map(|c| c.events).sum::<u64>()));
+    assert!(parts.iter().all(|p| p.events == p.rows.iter().map(|(_, c)| c.events).sum::<u64>()));
     assert_eq!(parts.iter().map(|p| p.raw.len()).sum::<usize>(), 1000);
 }

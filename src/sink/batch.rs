@@ -1,18 +1,13 @@
 //! A batch as it is written: a delta's rows split into parts with disjoint
 //! hour keys, each part holding its minute rows and the same rows grouped by
-//! hour, both in one fixed key order.
+//! hour, both in key order.
 //!
-//! The order is the hour, then the dimensions, then the minute, which makes a
-//! part's minute rows of one hour key adjacent: the hour rows come out of
-//! one pass, already in order, without a hash table. Any fixed order would
-//! do for locking (every instance runs the same code); this one is cheap.
+//! A [`Delta`] is already sorted in [`RowKey`]'s order (the hour, then the
+//! dimensions, then the minute), which makes a part's minute rows of one
+//! hour key adjacent: parts are cut at hour-row boundaries, and the hour rows
+//! come out of one pass, already in order, without hashing or sorting.
 
-use crate::aggregate::{Counters, Delta, RawRow, RowKey};
-use std::cmp::Ordering;
-use std::hash::BuildHasher;
-
-/// One staged row.
-pub type Row = (RowKey, Counters);
+use crate::aggregate::{Delta, RawRow, Row, RowKey};
 
 /// What one batch (or one part of it) writes: its minute transaction writes
 /// `minute` and `raw`, its hour transaction `hour`.
@@ -28,56 +23,48 @@ pub struct Batch {
     pub events: u64,
 }
 
-/// A key with its minute replaced by its hour.
-fn hour_key(key: &RowKey) -> RowKey {
-    RowKey { minute: key.minute.div_euclid(60), ..*key }
-}
-
-/// Hour, dimensions, minute.
-fn order(a: &RowKey, b: &RowKey) -> Ordering {
-    a.minute
-        .div_euclid(60)
-        .cmp(&b.minute.div_euclid(60))
-        .then_with(|| a.event_type.cmp(&b.event_type))
-        .then_with(|| a.country.cmp(&b.country))
-        .then_with(|| a.os.cmp(&b.os))
-        .then_with(|| a.campaign.cmp(&b.campaign))
-        .then_with(|| a.advertiser.cmp(&b.advertiser))
-        .then_with(|| a.minute.cmp(&b.minute))
-}
-
 impl Batch {
-    /// Splits `delta` into at most `parts` batches whose hour keys (a row's
-    /// key without its minute within the hour) are disjoint, so that parts
-    /// written in parallel never touch the same row of either table. Raw rows
-    /// go with the first part; empty parts are left out.
+    /// Splits `delta` into at most `parts` batches of about equal size whose
+    /// hour keys (a row's key without its minute within the hour) are
+    /// disjoint, so that parts written in parallel never touch the same row
+    /// of either table: each part is a run of the sorted rows, cut where the
+    /// hour key changes. Raw rows go with the first part; empty parts are
+    /// left out.
     pub fn parts(delta: Delta, parts: usize) -> Vec<Batch> {
-        let parts = parts.max(1);
-        let mut out: Vec<Batch> = (0..parts).map(|_| Batch::default()).collect();
-        let per_part = delta.rows.len() / parts + 1;
-        for part in &mut out {
-            part.minute.reserve(per_part);
+        let Delta { mut rows, raw, .. } = delta;
+        let n = rows.len();
+        let mut cuts: Vec<usize> = (1..parts.max(1))
+            .map(|i| {
+                let mut cut = n * i / parts;
+                while cut > 0 && cut < n && rows[cut - 1].0.same_hour_row(&rows[cut].0) {
+                    cut += 1;
+                }
+                cut
+            })
+            .collect();
+        cuts.dedup();
+        let mut runs = Vec::with_capacity(cuts.len() + 1);
+        for &cut in cuts.iter().rev() {
+            runs.push(rows.split_off(cut));
         }
-        for (key, counters) in delta.rows {
-            let i = if parts == 1 {
-                0
-            } else {
-                (rustc_hash::FxBuildHasher.hash_one(hour_key(&key)) % parts as u64) as usize
-            };
-            out[i].events += counters.events;
-            out[i].minute.push((key, counters));
-        }
-        out[0].raw = delta.raw;
+        runs.push(rows);
+        runs.reverse();
+        let mut out: Vec<Batch> = runs
+            .into_iter()
+            .map(|minute| Batch {
+                events: minute.iter().map(|r| r.1.events).sum(),
+                hour: group_by_hour(&minute),
+                minute,
+                raw: Vec::new(),
+            })
+            .collect();
+        out[0].raw = raw;
         out.retain(|b| !b.minute.is_empty() || !b.raw.is_empty());
-        for part in &mut out {
-            part.minute.sort_unstable_by(|a, b| order(&a.0, &b.0));
-            part.hour = group_by_hour(&part.minute);
-        }
         out
     }
 }
 
-/// The hour rows of `minute` rows sorted by [`order`].
+/// The hour rows of `minute` rows sorted by key.
 fn group_by_hour(minute: &[Row]) -> Vec<Row> {
     let mut hour: Vec<Row> = Vec::with_capacity(minute.len());
     for (key, counters) in minute {
@@ -93,7 +80,7 @@ fn group_by_hour(minute: &[Row]) -> Vec<Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{AggregateConfig, Aggregator, Outcome};
+    use crate::aggregate::{AggregateConfig, Aggregator, Counters, Outcome};
     use crate::decode::Event;
     use crate::wire::EventType;
     use std::collections::{BTreeMap, HashMap};
@@ -131,18 +118,20 @@ mod tests {
         assert_eq!(parts.len(), 3, "5 000 events over 97 campaigns fill three parts");
         assert_eq!(parts.iter().map(|p| p.events).sum::<u64>(), whole.events);
         assert_eq!(parts.iter().map(|p| p.minute.len()).sum::<usize>(), whole.rows.len());
+        let whole_rows: HashMap<RowKey, Counters> = whole.rows.iter().copied().collect();
         let mut owner = HashMap::new();
         let mut expected_hours: BTreeMap<RowKey, Counters> = BTreeMap::new();
         for (i, part) in parts.iter().enumerate() {
             assert_eq!(part.events, part.minute.iter().map(|r| r.1.events).sum::<u64>());
-            assert!(part.minute.windows(2).all(|w| order(&w[0].0, &w[1].0) == Ordering::Less), "minute rows in order");
+            assert!(part.minute.windows(2).all(|w| w[0].0 < w[1].0), "minute rows in order");
             for (k, c) in &part.minute {
-                assert_eq!(whole.rows.get(k), Some(c));
-                assert_eq!(*owner.entry(hour_key(k)).or_insert(i), i, "an hour key in two parts: {k:?}");
+                assert_eq!(whole_rows.get(k), Some(c));
+                let hour_key = RowKey { minute: k.hour(), ..*k };
+                assert_eq!(*owner.entry(hour_key).or_insert(i), i, "an hour key in two parts: {k:?}");
                 let h = RowKey { minute: k.minute.div_euclid(60) * 60, ..*k };
                 expected_hours.entry(h).or_default().add(c);
             }
-            assert!(part.hour.windows(2).all(|w| order(&w[0].0, &w[1].0) == Ordering::Less), "hour rows in order");
+            assert!(part.hour.windows(2).all(|w| w[0].0 < w[1].0), "hour rows in order");
         }
         let hours: BTreeMap<RowKey, Counters> = parts.iter().flat_map(|p| p.hour.iter().copied()).collect();
         assert_eq!(hours.len(), parts.iter().map(|p| p.hour.len()).sum::<usize>(), "an hour row in two parts");

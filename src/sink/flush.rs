@@ -24,7 +24,8 @@
 //! Retrying either transaction with the same id is therefore always safe, and
 //! each table receives every batch exactly once.
 
-use super::batch::{Batch, Row};
+use super::batch::Batch;
+use crate::aggregate::Row;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{pin_mut, SinkExt};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
