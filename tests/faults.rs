@@ -93,19 +93,29 @@ async fn two_instances_on_disjoint_partitions_write_the_same_tables_exactly() {
     assert_warehouse_matches(&client, &all, 1_000_000).await;
 }
 
-/// A logger that flushes every 100 ms with attempts that time out after
-/// 500 ms, on a fresh database, after `n` random events (seed `seed`) have
-/// been published and flushed.
+/// A logger (with `extra` arguments) that flushes every 100 ms with attempts
+/// that time out after 500 ms, on a fresh database, after `n` random events
+/// (seed `seed`) have been published and flushed.
 async fn logger_with_flushed_events(
     test: &str,
     seed: u64,
     n: usize,
+    extra: &[&str],
 ) -> (String, Publisher, Logger, SmallRng, Vec<TestEvent>) {
     let db = fresh_database(test).await;
     let mut publisher = Publisher::bind();
     let endpoint = publisher.endpoint.clone();
-    let args =
-        ["--connect", &endpoint, "--partition-count", "16", "--flush-timeout", "500ms", "--flush-interval", "100ms"];
+    let mut args = vec![
+        "--connect",
+        &endpoint,
+        "--partition-count",
+        "16",
+        "--flush-timeout",
+        "500ms",
+        "--flush-interval",
+        "100ms",
+    ];
+    args.extend_from_slice(extra);
     let logger = Logger::start(&db, &args);
     publisher.wait_for_subscriptions(8 * 16);
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -119,7 +129,7 @@ async fn logger_with_flushed_events(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_held_on_the_rollup_table_makes_flushes_wait_and_retry_without_loss() {
-    let (db, publisher, logger, mut rng, first) = logger_with_flushed_events("lock", 2, 2000).await;
+    let (db, publisher, logger, mut rng, first) = logger_with_flushed_events("lock", 2, 2000, &[]).await;
 
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
@@ -149,8 +159,47 @@ async fn a_lock_held_on_the_rollup_table_makes_flushes_wait_and_retry_without_lo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ingest_threads_deltas_merge_exactly_while_flushes_are_blocked() {
+    // Each thread takes half the topics, and both see every row key (keys do
+    // not include the partition). While rollup_minute is locked, every
+    // interval of both threads merges into the sink's queue, overlapping keys
+    // included.
+    let (db, publisher, logger, mut rng, first) =
+        logger_with_flushed_events("threads", 4, 2000, &["--ingest-threads", "2"]).await;
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_minute IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let mut second = Vec::new();
+    for round in 0..5 {
+        let batch = events(&mut rng, 1000, &format!("during-{round}"));
+        for e in &batch {
+            publisher.publish(e, P);
+        }
+        second.extend(batch);
+        tokio::time::sleep(Duration::from_millis(150)).await; // over an interval: another delta per thread
+    }
+    logger.wait_metric(
+        "bid_logger_events_accepted_total",
+        (first.len() + second.len()) as f64,
+        Duration::from_secs(30),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while logger.metric("bid_logger_flush_failures_total", "") < 2.0 {
+        assert!(Instant::now() < deadline, "flushes did not time out against the lock");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tx.rollback().await.unwrap();
+    let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
+    logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(30));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minute_rows_land_while_the_hour_table_is_locked_and_the_hour_rows_follow_exactly_once() {
-    let (db, publisher, logger, mut rng, first) = logger_with_flushed_events("hourlock", 9, 1000).await;
+    let (db, publisher, logger, mut rng, first) = logger_with_flushed_events("hourlock", 9, 1000, &[]).await;
 
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
