@@ -182,13 +182,26 @@ pub fn open_socket(ctx: &zmq::Context, config: &IngestConfig, topics: &[String])
 /// libzmq reconnects a connecting socket after a lost connection, but not
 /// after a *protocol* error: a publisher sending one message larger than
 /// `ZMQ_MAXMSGSIZE` would otherwise be cut off until the logger restarts. A
-/// socket monitor reports each disconnect, and the endpoint is connected
-/// again (libzmq re-sends the subscriptions).
+/// socket monitor reports each disconnect and each connect; an endpoint that
+/// has not connected again [`RENEW_AFTER`] after a disconnect is connected
+/// anew (libzmq re-sends the subscriptions).
+///
+/// Not at once: renewing an endpoint discards its connection's pipe, and with
+/// it the messages still queued there (a publisher's last ones, when it
+/// exits right after sending). After the delay the ingest loop has taken
+/// them, and a connection libzmq restores by itself is never renewed.
 struct Reconnector {
     monitor: zmq::Socket,
     endpoints: Vec<String>,
     reconnects: Counter,
+    /// Endpoints whose connection dropped, and when to renew each unless
+    /// libzmq connects it again first.
+    due: Vec<(String, Instant)>,
 }
+
+/// How long after a dropped connection an endpoint that libzmq has not
+/// connected again is renewed.
+const RENEW_AFTER: Duration = Duration::from_secs(1);
 
 impl Reconnector {
     fn new(
@@ -199,32 +212,45 @@ impl Reconnector {
     ) -> Result<Reconnector, IngestError> {
         let z = |what: &'static str| move |source| IngestError::Zmq { what: what.into(), source };
         let addr = format!("inproc://bid-logger-monitor-{}-{index}", std::process::id());
-        socket.monitor(&addr, zmq::SocketEvent::DISCONNECTED.to_raw() as i32).map_err(z("monitor"))?;
+        let events = zmq::SocketEvent::DISCONNECTED.to_raw() | zmq::SocketEvent::CONNECTED.to_raw();
+        socket.monitor(&addr, i32::from(events)).map_err(z("monitor"))?;
         let monitor = ctx.socket(zmq::PAIR).map_err(z("socket(PAIR)"))?;
         monitor.connect(&addr).map_err(z("connect(monitor)"))?;
-        Ok(Reconnector { monitor, endpoints: endpoints.to_vec(), reconnects: counter!(t::RECONNECTS) })
+        Ok(Reconnector { monitor, endpoints: endpoints.to_vec(), reconnects: counter!(t::RECONNECTS), due: Vec::new() })
     }
 
-    /// Handles the disconnects reported since the last call (never blocks).
+    /// Handles the connects and disconnects reported since the last call,
+    /// and renews the endpoints that are due (never blocks).
     fn poll(&mut self, socket: &zmq::Socket) {
+        let now = Instant::now();
         while let Ok(frames) = self.monitor.recv_multipart(zmq::DONTWAIT) {
             let event = frames.first().filter(|f| f.len() >= 2).map(|f| u16::from_le_bytes([f[0], f[1]]));
-            if event != Some(zmq::SocketEvent::DISCONNECTED.to_raw()) {
-                continue;
-            }
             let peer = frames.get(1).map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
             // The event names the resolved address; a configured host name
-            // may not match it, in which case every endpoint is renewed.
+            // may not match it, in which case every endpoint is concerned.
             let matching: Vec<String> = self.endpoints.iter().filter(|e| **e == peer).cloned().collect();
-            let targets = if matching.is_empty() { self.endpoints.clone() } else { matching };
-            for e in targets {
-                tracing::warn!(endpoint = %e, "publisher connection dropped (e.g. an oversized message); connecting again");
-                let _ = socket.disconnect(&e);
-                if let Err(err) = socket.connect(&e) {
-                    tracing::error!(endpoint = %e, error = %err, "reconnect failed");
+            if event == Some(zmq::SocketEvent::DISCONNECTED.to_raw()) {
+                let targets = if matching.is_empty() { self.endpoints.clone() } else { matching };
+                for e in targets {
+                    if !self.due.iter().any(|(d, _)| *d == e) {
+                        self.due.push((e, now + RENEW_AFTER));
+                    }
                 }
-                self.reconnects.increment(1);
+            } else if event == Some(zmq::SocketEvent::CONNECTED.to_raw()) {
+                // Only an exact match is known to be restored; other
+                // endpoints are renewed when due, which loses nothing.
+                self.due.retain(|(d, _)| *d != peer);
             }
+        }
+        let (renew, wait): (Vec<_>, Vec<_>) = self.due.drain(..).partition(|(_, at)| *at <= now);
+        self.due = wait;
+        for (e, _) in renew {
+            tracing::warn!(endpoint = %e, "publisher connection dropped and not restored (e.g. after an oversized message); connecting again");
+            let _ = socket.disconnect(&e);
+            if let Err(err) = socket.connect(&e) {
+                tracing::error!(endpoint = %e, error = %err, "reconnect failed");
+            }
+            self.reconnects.increment(1);
         }
     }
 }

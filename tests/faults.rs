@@ -481,6 +481,29 @@ async fn an_oversized_message_does_not_cut_the_publisher_off_for_good() {
     assert_warehouse_matches(&client, &[before, after].concat(), 1_000_000).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_exits_right_after_sending_loses_nothing() {
+    // The publisher's last messages are still queued in the logger when its
+    // connection drops; renewing the endpoint at once (as libzmq needs after
+    // a protocol error) would discard them with the connection's pipe.
+    let db = fresh_database("exits").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    publisher.wait_for_subscriptions(8 * 16);
+    let mut rng = SmallRng::seed_from_u64(12);
+    let sent = events(&mut rng, 30_000, "exiting");
+    for e in &sent {
+        publisher.publish(e, P);
+    }
+    drop(publisher); // closes the socket (its linger sends what is queued) and the connection
+    logger.wait_metric("bid_logger_events_accepted_total", sent.len() as f64, Duration::from_secs(60));
+    logger.wait_metric("bid_logger_events_flushed_total", sent.len() as f64, Duration::from_secs(30));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    assert_warehouse_matches(&client, &sent, 1_000_000).await;
+}
+
 /// A batch of 10 000 rows or more is written as `db-pool-size` parts in
 /// parallel, each its own transaction: a part blocked by a row lock times out
 /// and is retried alone while the other parts land, and in the end every
