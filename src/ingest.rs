@@ -182,26 +182,28 @@ pub fn open_socket(ctx: &zmq::Context, config: &IngestConfig, topics: &[String])
 /// libzmq reconnects a connecting socket after a lost connection, but not
 /// after a *protocol* error: a publisher sending one message larger than
 /// `ZMQ_MAXMSGSIZE` would otherwise be cut off until the logger restarts. A
-/// socket monitor reports each disconnect and each connect; an endpoint that
-/// has not connected again [`RENEW_AFTER`] after a disconnect is connected
-/// anew (libzmq re-sends the subscriptions).
+/// socket monitor reports each disconnect, and an endpoint that libzmq is not
+/// reconnecting [`RENEW_AFTER`] later (no retry or connect event for it) is
+/// connected anew (libzmq re-sends the subscriptions).
 ///
-/// Not at once: renewing an endpoint discards its connection's pipe, and with
-/// it the messages still queued there (a publisher's last ones, when it
-/// exits right after sending). After the delay the ingest loop has taken
-/// them, and a connection libzmq restores by itself is never renewed.
+/// Not at once, and not when libzmq reconnects by itself: renewing an
+/// endpoint discards its connection's pipe, and with it the messages still
+/// queued there (a publisher's last ones, when it exits right after sending).
+/// libzmq schedules a reconnect (`CONNECT_RETRIED`) right after an ordinary
+/// disconnect, so only a protocol error, or an endpoint whose events name
+/// another address (a host name), waits out the delay and is renewed.
 struct Reconnector {
     monitor: zmq::Socket,
     endpoints: Vec<String>,
     reconnects: Counter,
     /// Endpoints whose connection dropped, and when to renew each unless
-    /// libzmq connects it again first.
+    /// libzmq reports reconnecting it first.
     due: Vec<(String, Instant)>,
 }
 
-/// How long after a dropped connection an endpoint that libzmq has not
-/// connected again is renewed.
-const RENEW_AFTER: Duration = Duration::from_secs(1);
+/// How long after a dropped connection an endpoint that libzmq is not
+/// reconnecting is renewed.
+const RENEW_AFTER: Duration = Duration::from_millis(250);
 
 impl Reconnector {
     fn new(
@@ -212,15 +214,22 @@ impl Reconnector {
     ) -> Result<Reconnector, IngestError> {
         let z = |what: &'static str| move |source| IngestError::Zmq { what: what.into(), source };
         let addr = format!("inproc://bid-logger-monitor-{}-{index}", std::process::id());
-        let events = zmq::SocketEvent::DISCONNECTED.to_raw() | zmq::SocketEvent::CONNECTED.to_raw();
+        let events = [
+            zmq::SocketEvent::DISCONNECTED,
+            zmq::SocketEvent::CONNECT_RETRIED,
+            zmq::SocketEvent::CONNECT_DELAYED,
+            zmq::SocketEvent::CONNECTED,
+        ]
+        .iter()
+        .fold(0, |mask, e| mask | e.to_raw());
         socket.monitor(&addr, i32::from(events)).map_err(z("monitor"))?;
         let monitor = ctx.socket(zmq::PAIR).map_err(z("socket(PAIR)"))?;
         monitor.connect(&addr).map_err(z("connect(monitor)"))?;
         Ok(Reconnector { monitor, endpoints: endpoints.to_vec(), reconnects: counter!(t::RECONNECTS), due: Vec::new() })
     }
 
-    /// Handles the connects and disconnects reported since the last call,
-    /// and renews the endpoints that are due (never blocks).
+    /// Handles the events reported since the last call, and renews the
+    /// endpoints that are due (never blocks).
     fn poll(&mut self, socket: &zmq::Socket) {
         let now = Instant::now();
         while let Ok(frames) = self.monitor.recv_multipart(zmq::DONTWAIT) {
@@ -236,16 +245,17 @@ impl Reconnector {
                         self.due.push((e, now + RENEW_AFTER));
                     }
                 }
-            } else if event == Some(zmq::SocketEvent::CONNECTED.to_raw()) {
-                // Only an exact match is known to be restored; other
-                // endpoints are renewed when due, which loses nothing.
+            } else {
+                // libzmq is reconnecting (or has reconnected) this endpoint.
+                // Only an exact match is known; the others are renewed when
+                // due, by which time their queued messages have been taken.
                 self.due.retain(|(d, _)| *d != peer);
             }
         }
         let (renew, wait): (Vec<_>, Vec<_>) = self.due.drain(..).partition(|(_, at)| *at <= now);
         self.due = wait;
         for (e, _) in renew {
-            tracing::warn!(endpoint = %e, "publisher connection dropped and not restored (e.g. after an oversized message); connecting again");
+            tracing::warn!(endpoint = %e, "publisher connection dropped and not being restored (e.g. after an oversized message); connecting again");
             let _ = socket.disconnect(&e);
             if let Err(err) = socket.connect(&e) {
                 tracing::error!(endpoint = %e, error = %err, "reconnect failed");

@@ -47,8 +47,8 @@ pub const RAW_ROWS_DROPPED: &str = "bid_logger_raw_rows_dropped_total";
 pub const RAW_PARTITIONS_CREATED: &str = "bid_logger_raw_partitions_created_total";
 /// Daily `events_sample` partitions dropped by retention.
 pub const RAW_PARTITIONS_DROPPED: &str = "bid_logger_raw_partitions_dropped_total";
-/// Publisher endpoints connected again by the logger, when libzmq had not
-/// restored a dropped connection 1 s later.
+/// Publisher endpoints connected again by the logger, when libzmq was not
+/// reconnecting a dropped connection 250 ms later.
 pub const RECONNECTS: &str = "bid_logger_reconnects_total";
 /// Connections to a bound socket refused by the address allow-list.
 pub const CONNECTIONS_REFUSED: &str = "bid_logger_connections_refused_total";
@@ -116,7 +116,7 @@ pub fn describe() {
     describe_counter!(
         RECONNECTS,
         Unit::Count,
-        "Publisher endpoints connected again when libzmq had not restored them."
+        "Publisher endpoints connected again when libzmq was not reconnecting them."
     );
     describe_counter!(CONNECTIONS_REFUSED, Unit::Count, "Connections to a bound socket refused by the allow-list.");
     describe_gauge!(PROCESS_CPU, Unit::Seconds, "CPU time (user + system) used by the process, cumulative.");

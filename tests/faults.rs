@@ -498,6 +498,8 @@ async fn a_publisher_that_exits_right_after_sending_loses_nothing() {
     drop(publisher); // closes the socket (its linger sends what is queued) and the connection
     logger.wait_metric("bid_logger_events_accepted_total", sent.len() as f64, Duration::from_secs(60));
     logger.wait_metric("bid_logger_events_flushed_total", sent.len() as f64, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(500)).await; // past the renewal delay
+    assert_eq!(logger.metric("bid_logger_reconnects_total", ""), 0.0, "libzmq reconnects by itself: not renewed");
     let (code, stderr) = logger.stop();
     assert_eq!(code, 0, "{stderr}");
     let client = connect(&db).await;
