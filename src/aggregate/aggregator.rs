@@ -1,6 +1,6 @@
 //! The hot-path aggregator: packed keys, interned OS names, a fast hasher.
 
-use super::delta::{Counters, Delta, OsName, RowKey};
+use super::delta::{add_up_adjacent, Counters, Delta, OsName, RowKey};
 use super::normalise::{normalise_country, normalise_os, OS_MAX_LEN, OS_OTHER, OS_UNKNOWN};
 use super::raw::RawRow;
 use super::table::KeyTable;
@@ -349,17 +349,14 @@ impl Aggregator {
         let mut sorted: Vec<(u128, Counters)> = Vec::with_capacity(self.rows.len());
         self.rows.drain(|key, counters| sorted.push((sort_key(Key(key), &rank), counters)));
         sorted.sort_unstable_by_key(|r| r.0);
-        let mut rows: Vec<(RowKey, Counters)> = Vec::with_capacity(sorted.len());
-        for (k, counters) in sorted {
-            let key = row_key(k, |r| names[usize::from(by_name[usize::from(r)])]);
-            // Distinct packed keys resolve to distinct rows (a folded key's
-            // ids are -1, never a real id); adding keeps that an invariant
-            // of the data rather than of the packing.
-            match rows.last_mut() {
-                Some((last, sum)) if *last == key => sum.add(&counters),
-                _ => rows.push((key, counters)),
-            }
-        }
+        // Distinct packed keys resolve to distinct rows (a folded key's ids
+        // are -1, never a real id); adding up keeps that an invariant of the
+        // data rather than of the packing.
+        let rows = add_up_adjacent(
+            sorted
+                .into_iter()
+                .map(|(k, counters)| (row_key(k, |r| names[usize::from(by_name[usize::from(r)])]), counters)),
+        );
         let delta = Delta { rows, events: self.events, raw: std::mem::take(&mut self.raw) };
         self.events = 0;
         self.os.reset();

@@ -256,9 +256,10 @@ fn merge_sorted(a: Vec<Row>, b: Vec<Row>, admit: &mut impl FnMut(&Row) -> bool) 
     }
 }
 
-/// Rows sorted by key with repeats of a key added into one row.
-pub(super) fn add_up_adjacent(rows: Vec<Row>) -> Vec<Row> {
-    let mut out: Vec<Row> = Vec::with_capacity(rows.len());
+/// Rows sorted by key, with repeats of a key (adjacent) added into one row.
+pub fn add_up_adjacent(rows: impl IntoIterator<Item = Row>) -> Vec<Row> {
+    let rows = rows.into_iter();
+    let mut out: Vec<Row> = Vec::with_capacity(rows.size_hint().0);
     for (key, counters) in rows {
         match out.last_mut() {
             Some((last, sum)) if *last == key => sum.add(&counters),

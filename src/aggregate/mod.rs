@@ -15,7 +15,7 @@ mod raw;
 mod table;
 
 pub use aggregator::{AggregateConfig, AggregateStats, Aggregator, Outcome};
-pub use delta::{Counters, Delta, MergeLoss, OsName, Row, RowKey};
+pub use delta::{add_up_adjacent, Counters, Delta, MergeLoss, OsName, Row, RowKey};
 pub use normalise::{normalise_country, normalise_os, OS_OTHER, OS_UNKNOWN};
 pub use raw::RawRow;
 

@@ -7,7 +7,7 @@
 //! hour key adjacent: parts are cut at hour-row boundaries, and the hour rows
 //! come out of one pass, already in order, without hashing or sorting.
 
-use crate::aggregate::{Delta, RawRow, Row, RowKey};
+use crate::aggregate::{add_up_adjacent, Delta, RawRow, Row, RowKey};
 
 /// What one batch (or one part of it) writes: its minute transaction writes
 /// `minute` and `raw`, its hour transaction `hour`.
@@ -66,15 +66,7 @@ impl Batch {
 
 /// The hour rows of `minute` rows sorted by key.
 fn group_by_hour(minute: &[Row]) -> Vec<Row> {
-    let mut hour: Vec<Row> = Vec::with_capacity(minute.len());
-    for (key, counters) in minute {
-        let key = RowKey { minute: key.minute.div_euclid(60) * 60, ..*key };
-        match hour.last_mut() {
-            Some((last, sum)) if *last == key => sum.add(counters),
-            _ => hour.push((key, *counters)),
-        }
-    }
-    hour
+    add_up_adjacent(minute.iter().map(|(key, counters)| (RowKey { minute: key.hour() * 60, ..*key }, *counters)))
 }
 
 #[cfg(test)]
