@@ -3,8 +3,7 @@
 
 use bid_logger::aggregate::{AggregateConfig, Aggregator};
 use bid_logger::decode::decode;
-use bid_logger::ingest::HotPath;
-use bid_logger::sample::Rate;
+use bid_logger::ingest::{HotPath, HotPathConfig};
 use bid_logger::sample::Sampler;
 use bid_logger::simulate::{append_pub_seq, Generator, SimulateConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -31,12 +30,12 @@ fn hot_path(c: &mut Criterion) {
     group.bench_function("decode/simulated", |b| {
         b.iter(|| {
             for (t, p) in &msgs {
-                black_box(decode(t, p, 64).unwrap());
+                black_box(decode(t, p).unwrap());
             }
         })
     });
     let sampler = Sampler::new("0.3".parse().unwrap(), 64);
-    let evs: Vec<_> = msgs.iter().map(|(t, p)| decode(t, p, 64).unwrap()).collect();
+    let evs: Vec<_> = msgs.iter().map(|(t, p)| decode(t, p).unwrap()).collect();
     group.bench_function("sample/keep_0.3", |b| b.iter(|| evs.iter().filter(|e| sampler.keep(e.txn)).count()));
     group.bench_function("aggregate/record", |b| {
         let mut agg = Aggregator::new(AggregateConfig::default());
@@ -51,7 +50,7 @@ fn hot_path(c: &mut Criterion) {
         let mut agg = Aggregator::new(AggregateConfig::default());
         b.iter(|| {
             for (t, p) in &msgs {
-                let e = decode(t, p, 64).unwrap();
+                let e = decode(t, p).unwrap();
                 agg.record(&e, now);
             }
             black_box(agg.drain());
@@ -60,7 +59,7 @@ fn hot_path(c: &mut Criterion) {
     group.bench_function("message/process", |b| {
         // What an ingest thread runs per message at the defaults: decode, seq
         // tracking, sample 1, raw sample 1/1000, aggregation.
-        let mut hot = HotPath::new(64, Rate::ALL, "1/1000".parse().unwrap(), AggregateConfig::default());
+        let mut hot = HotPath::new(HotPathConfig::default());
         b.iter(|| {
             for (t, p) in &msgs {
                 hot.process(t, p, now);

@@ -12,8 +12,7 @@
 //!
 //! The argument is the message count per pass (1 000 000 gives ~58 000 rows).
 
-use bid_logger::aggregate::AggregateConfig;
-use bid_logger::ingest::HotPath;
+use bid_logger::ingest::{HotPath, HotPathConfig};
 use bid_logger::sample::Rate;
 use bid_logger::sink::batch::Batch;
 use std::time::Instant;
@@ -26,7 +25,7 @@ fn main() {
     let stream = bid_logger::bench::generate(count, 64, 1);
     let now = bid_logger::ingest::now_ms();
     let raw: Rate = "1/1000".parse().expect("a rate");
-    let mut hot = HotPath::new(64, Rate::ALL, raw, AggregateConfig::default());
+    let mut hot = HotPath::new(HotPathConfig { raw_sample: raw, ..HotPathConfig::default() });
     let (mut best_drain, mut best_parts) = (f64::MAX, f64::MAX);
     let mut rows = 0;
     for _ in 0..10 {

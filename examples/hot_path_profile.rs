@@ -15,8 +15,7 @@
 //! pass, enough for cache misses on the rollup table to show. Compare two
 //! builds by running them alternately, several times each.
 
-use bid_logger::aggregate::AggregateConfig;
-use bid_logger::ingest::HotPath;
+use bid_logger::ingest::{HotPath, HotPathConfig};
 use bid_logger::sample::Rate;
 use bid_logger::simulate::{append_pub_seq, Generator, SimulateConfig};
 use std::time::Instant;
@@ -37,7 +36,7 @@ fn main() {
         })
         .collect();
     let raw: Rate = "1/1000".parse().expect("a rate");
-    let mut hot = HotPath::new(64, Rate::ALL, raw, AggregateConfig::default());
+    let mut hot = HotPath::new(HotPathConfig { raw_sample: raw, ..HotPathConfig::default() });
     let (mut fastest, mut rows) = (f64::MAX, 0);
     for _ in 0..10 {
         let started = Instant::now();

@@ -99,9 +99,15 @@ pub struct Settings {
     /// Receive high-water mark of each SUB socket, in messages [default: 1000000].
     #[arg(long, env = "BID_LOGGER_RECEIVE_HWM", value_name = "N")]
     pub receive_hwm: Option<i32>,
-    /// Largest accepted message, in bytes (ZMQ_MAXMSGSIZE) [default: 65536].
+    /// Hard limit on one frame, in bytes (ZMQ_MAXMSGSIZE): a peer sending more is disconnected [default: 8388608].
     #[arg(long, env = "BID_LOGGER_MAX_MESSAGE_SIZE", value_name = "BYTES")]
     pub max_message_size: Option<i64>,
+    /// Largest payload processed, in bytes; larger ones are counted invalid (`too_large`) and dropped [default: 65536].
+    #[arg(long, env = "BID_LOGGER_MAX_EVENT_SIZE", value_name = "BYTES")]
+    pub max_event_size: Option<usize>,
+    /// Largest forward `seq` jump on one publisher's topic counted as lost messages; a larger one is a reset [default: 10000000].
+    #[arg(long, env = "BID_LOGGER_MAX_SEQ_JUMP", value_name = "N")]
+    pub max_seq_jump: Option<u64>,
     /// Receive threads, each with its own SUB socket and a share of the partitions [default: 1].
     #[arg(long, env = "BID_LOGGER_INGEST_THREADS", value_name = "N")]
     pub ingest_threads: Option<usize>,
@@ -166,9 +172,23 @@ impl Settings {
         Settings::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.display().to_string(), message })
     }
 
-    /// Parses TOML text; the error is one line.
+    /// Parses TOML text; the error is one line with the line number and,
+    /// where the parser points into a `key = value` line, the key.
     pub fn from_toml(text: &str) -> Result<Settings, String> {
-        toml::from_str(text).map_err(|e| e.message().replace('\n', " "))
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            let Some(span) = e.span() else { return message };
+            let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let line = text.lines().nth(line_no - 1).unwrap_or("");
+            let key = line
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+            match key {
+                Some(key) => format!("line {line_no}: `{key}`: {message}"),
+                None => format!("line {line_no}: {message}"),
+            }
+        })
     }
 
     /// Overlays `self` (flags and environment) on `file`: a value set here wins.
@@ -193,6 +213,8 @@ impl Settings {
             max_os_values,
             receive_hwm,
             max_message_size,
+            max_event_size,
+            max_seq_jump,
             ingest_threads,
             instance_id,
             db_pool_size,
@@ -263,27 +285,35 @@ impl Settings {
         if receive_hwm < 0 {
             return Err(invalid("receive-hwm", "must be 0 (unlimited) or more"));
         }
-        let max_message_size = self.max_message_size.unwrap_or(65_536);
-        if max_message_size < 64 {
-            return Err(invalid("max-message-size", "must be at least 64 bytes"));
+        let max_event_size = self.max_event_size.unwrap_or(crate::ingest::DEFAULT_MAX_EVENT_SIZE);
+        if max_event_size < 64 {
+            return Err(invalid("max-event-size", "must be at least 64 bytes"));
+        }
+        let max_message_size = self.max_message_size.unwrap_or(8 * 1024 * 1024);
+        if max_message_size < max_event_size as i64 {
+            return Err(invalid(
+                "max-message-size",
+                format!("must be at least max-event-size ({max_event_size}), got {max_message_size}"),
+            ));
+        }
+        let max_seq_jump = self.max_seq_jump.unwrap_or(crate::ingest::DEFAULT_MAX_SEQ_JUMP);
+        if max_seq_jump == 0 {
+            return Err(invalid("max-seq-jump", "must be at least 1"));
         }
         let ingest_threads = positive("ingest-threads", self.ingest_threads.unwrap_or(1))?;
         if ingest_threads > 64 {
             return Err(invalid("ingest-threads", "must be 1 to 64"));
         }
-        let database_url = self
-            .database_url
-            .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
-            .ok_or_else(|| invalid("database-url", "not set: use --database-url or DATABASE_URL"))?;
-        database_url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| invalid("database-url", format!("not a PostgreSQL URL: {e}")))?;
+        let database_url = resolve_database_url(self.database_url)?;
         let instance_id = self.instance_id.unwrap_or_else(default_instance_id);
         if instance_id.is_empty() || instance_id.len() > 128 {
             return Err(invalid("instance-id", "must be 1 to 128 characters"));
         }
         let pool_size = positive("db-pool-size", self.db_pool_size.unwrap_or(2))?;
         let flush_timeout = duration("flush-timeout", self.flush_timeout.as_deref(), "30s")?;
+        if flush_timeout < Duration::from_millis(100) {
+            return Err(invalid("flush-timeout", "must be at least 100ms (a flush needs several round trips)"));
+        }
         let shutdown_timeout = duration("shutdown-timeout", self.shutdown_timeout.as_deref(), "30s")?;
         let max_pending_rows = positive("max-pending-rows", self.max_pending_rows.unwrap_or(2_000_000))?;
         let raw_sample: Rate = self
@@ -313,6 +343,8 @@ impl Settings {
                 raw_sample,
                 receive_hwm,
                 max_message_size,
+                max_event_size,
+                max_seq_jump,
                 threads: ingest_threads,
                 allow,
             },
@@ -369,6 +401,8 @@ impl Config {
         line("max-os-values", a.max_os_values.to_string());
         line("receive-hwm", i.receive_hwm.to_string());
         line("max-message-size", i.max_message_size.to_string());
+        line("max-event-size", i.max_event_size.to_string());
+        line("max-seq-jump", i.max_seq_jump.to_string());
         line("ingest-threads", i.threads.to_string());
         line("instance-id", format!("{:?}", s.instance_id));
         line("db-pool-size", s.pool_size.to_string());
@@ -381,6 +415,32 @@ impl Config {
         line("log-format", format!("{:?}", if self.log_format == LogFormat::Json { "json" } else { "text" }));
         out
     }
+}
+
+/// The database URL: the setting, else `DATABASE_URL`. Only a PostgreSQL
+/// URL (`postgres://`, `postgresql://`) or key-value string (`host=… dbname=…`)
+/// is accepted, so that a URL meant for something else fails here, at start.
+pub fn resolve_database_url(setting: Option<String>) -> Result<String, ConfigError> {
+    let (key, url) = match setting {
+        Some(url) => ("database-url", url),
+        None => match std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()) {
+            Some(url) => ("DATABASE_URL", url),
+            None => return Err(invalid("database-url", "not set: use --database-url or DATABASE_URL")),
+        },
+    };
+    match url.split_once("://") {
+        Some(("postgres" | "postgresql", _)) => {}
+        Some((scheme, _)) => {
+            return Err(invalid(key, format!("`{scheme}://` is not a PostgreSQL URL (postgres://USER@HOST:PORT/DB)")))
+        }
+        None if !url.contains('=') => {
+            return Err(invalid(key, "not a PostgreSQL URL (postgres://USER@HOST:PORT/DB) or key-value string"))
+        }
+        None => {}
+    }
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| invalid(key, format!("not a PostgreSQL URL: {}", crate::sink::cause_of(&e))))?;
+    Ok(url)
 }
 
 fn positive(key: &'static str, n: usize) -> Result<usize, ConfigError> {
@@ -573,6 +633,13 @@ mod tests {
             ("connect", Box::new(|s| s.connect = Some(vec!["127.0.0.1:5556".into()]))),
             ("log-format", Box::new(|s| s.log_format = Some("xml".into()))),
             ("database-url", Box::new(|s| s.database_url = Some("postgres://h:notaport/db".into()))),
+            ("database-url", Box::new(|s| s.database_url = Some("mysql://u@h:3306/db".into()))),
+            ("database-url", Box::new(|s| s.database_url = Some("localhost".into()))),
+            ("flush-timeout", Box::new(|s| s.flush_timeout = Some("0s".into()))),
+            ("flush-timeout", Box::new(|s| s.flush_timeout = Some("99ms".into()))),
+            ("max-event-size", Box::new(|s| s.max_event_size = Some(10))),
+            ("max-message-size", Box::new(|s| s.max_message_size = Some(1000))),
+            ("max-seq-jump", Box::new(|s| s.max_seq_jump = Some(0))),
         ];
         for (key, mutate) in cases {
             let mut s = base();
@@ -602,6 +669,30 @@ mod tests {
         let printed = Settings::from_toml(&c.to_toml()).unwrap();
         let again = Settings { database_url: Some(c.sink.database_url.clone()), ..printed }.resolve().unwrap();
         assert_eq!(again.to_toml(), c.to_toml());
+    }
+
+    #[test]
+    fn the_size_limits_and_flush_timeout_have_sane_defaults_and_minimums() {
+        let c = base().resolve().unwrap();
+        assert_eq!(c.ingest.max_message_size, 8 * 1024 * 1024);
+        assert_eq!(c.ingest.max_event_size, 65_536);
+        assert_eq!(c.ingest.max_seq_jump, 10_000_000);
+        let ok = Settings { flush_timeout: Some("100ms".into()), ..base() }.resolve().unwrap();
+        assert_eq!(ok.sink.flush_timeout, Duration::from_millis(100));
+        let kv = Settings { database_url: Some("host=/run/postgresql dbname=w".into()), ..base() };
+        assert!(kv.resolve().is_ok(), "key-value connection strings are PostgreSQL's too");
+    }
+
+    #[test]
+    fn toml_type_errors_name_the_line_and_the_key() {
+        let err = Settings::from_toml("sample = \"1\"\n\npartition-count = \"sixty-four\"\n").unwrap_err();
+        assert!(err.starts_with("line 3: `partition-count`: "), "{err}");
+        assert!(err.contains("expected u32"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let err = Settings::from_toml("flush-interval = 5\n").unwrap_err();
+        assert!(err.starts_with("line 1: `flush-interval`: "), "{err}");
+        let err = Settings::from_toml("connect = [\"tcp://x:1\"\n").unwrap_err();
+        assert!(err.starts_with("line "), "a syntax error gives its line: {err}");
     }
 
     #[test]

@@ -17,8 +17,8 @@ pub enum DecodeError {
     /// Not exactly two frames.
     #[error("message does not have exactly two frames")]
     Frames,
-    /// The topic frame is not `<type>.<dddd>` or names a partition out of range.
-    #[error("topic is not <type>.<partition> within the partition count")]
+    /// The topic frame is not `<type>.<dddd>`.
+    #[error("topic is not <type>.<dddd>")]
     Topic,
     /// The payload is truncated or not MessagePack.
     #[error("payload is not valid MessagePack")]
@@ -41,11 +41,22 @@ pub enum DecodeError {
     /// A string is not valid UTF-8.
     #[error("a string is not valid UTF-8")]
     InvalidUtf8,
+    /// The payload is larger than `max-event-size` (checked before decoding).
+    #[error("payload is larger than max-event-size")]
+    TooLarge,
+    /// The topic's partition is not `fnv1a64(txn) mod partition-count`, and
+    /// this instance does not take every transaction, so the event cannot
+    /// be part of a consistent sample (checked after decoding).
+    #[error("topic partition is not fnv1a64(txn) mod partition-count")]
+    PartitionMismatch,
 }
 
 impl DecodeError {
+    /// How many reasons there are.
+    pub const COUNT: usize = 11;
+
     /// Every reason, index = [`DecodeError::index`].
-    pub const ALL: [DecodeError; 9] = [
+    pub const ALL: [DecodeError; DecodeError::COUNT] = [
         DecodeError::Frames,
         DecodeError::Topic,
         DecodeError::Malformed,
@@ -55,6 +66,8 @@ impl DecodeError {
         DecodeError::OutOfRange,
         DecodeError::TypeMismatch,
         DecodeError::InvalidUtf8,
+        DecodeError::TooLarge,
+        DecodeError::PartitionMismatch,
     ];
 
     /// The metric label.
@@ -69,6 +82,8 @@ impl DecodeError {
             DecodeError::OutOfRange => "out_of_range",
             DecodeError::TypeMismatch => "type_mismatch",
             DecodeError::InvalidUtf8 => "invalid_utf8",
+            DecodeError::TooLarge => "too_large",
+            DecodeError::PartitionMismatch => "partition_mismatch",
         }
     }
 
@@ -83,7 +98,8 @@ impl DecodeError {
 pub struct Event<'a> {
     /// From the topic (and the payload's `type`, which must agree).
     pub event_type: EventType,
-    /// From the topic.
+    /// From the topic, as the publisher sent it (`0..=9999`; whether it is
+    /// `fnv1a64(txn) mod P` is the hot path's check, not the decoder's).
     pub partition: u32,
     /// Transaction id, raw bytes (UTF-8 bytes when sent as a string), 1–64 bytes.
     pub txn: &'a [u8],
@@ -117,12 +133,8 @@ pub struct Event<'a> {
 pub const MAX_ID_LEN: usize = 64;
 
 /// Decodes and validates one message made of `topic` and `payload` frames.
-/// `partition_count` bounds the topic's partition number.
-pub fn decode<'a>(topic: &[u8], payload: &'a [u8], partition_count: u32) -> Result<Event<'a>, DecodeError> {
+pub fn decode<'a>(topic: &[u8], payload: &'a [u8]) -> Result<Event<'a>, DecodeError> {
     let (event_type, partition) = parse_topic(topic).ok_or(DecodeError::Topic)?;
-    if partition >= partition_count {
-        return Err(DecodeError::Topic);
-    }
     let mut r = Reader { buf: payload, pos: 0 };
     let entries = match r.value()? {
         Value::Map(n) => n,

@@ -14,10 +14,10 @@ use crate::aggregate::{AggregateConfig, AggregateStats, Aggregator, Delta, Outco
 use crate::decode::{decode, DecodeError};
 use crate::sample::{PartitionShare, Rate, Sampler};
 use crate::telemetry as t;
-use crate::wire::{topic, EventType};
+use crate::wire::{fnv1a64, topic, EventType, MAX_PARTITIONS};
 use metrics::{counter, gauge, Counter, Gauge};
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -41,8 +41,14 @@ pub struct IngestConfig {
     pub raw_sample: Rate,
     /// ZMQ_RCVHWM.
     pub receive_hwm: i32,
-    /// ZMQ_MAXMSGSIZE.
+    /// ZMQ_MAXMSGSIZE: the hard limit, a guard against hostile peers (libzmq
+    /// drops the connection of a peer that exceeds it).
     pub max_message_size: i64,
+    /// Payloads larger than this are counted as `too_large` and dropped,
+    /// costing no other message.
+    pub max_event_size: usize,
+    /// A forward `seq` jump larger than this is a sequence reset, not a loss.
+    pub max_seq_jump: u64,
     /// Number of receive threads.
     pub threads: usize,
     /// Peers allowed to connect to bound endpoints (empty = no check).
@@ -120,13 +126,45 @@ impl Pacer {
     }
 }
 
-/// Publishers tracked for `seq` gaps; more are not tracked (bounded memory).
-const MAX_TRACKED_PUBLISHERS: usize = 10_000;
+impl IngestConfig {
+    /// Whether this instance takes every transaction of every partition
+    /// (all partitions, rollup rate 1). Then it subscribes by type prefix
+    /// and a publisher's partition number cannot make it miss an event.
+    pub fn takes_everything(&self) -> bool {
+        self.sample == Rate::ALL && self.partitions.len() == self.partition_count as usize
+    }
 
-/// The topics thread `index` of `threads` subscribes to: its share of this
-/// instance's partitions (round robin), minus partitions that none of the
-/// samplers (rollup, raw) needs, for each configured event type.
+    /// The hot path's settings.
+    pub fn hot_path(&self, aggregate: AggregateConfig) -> HotPathConfig {
+        HotPathConfig {
+            partition_count: self.partition_count,
+            sample: self.sample,
+            raw_sample: self.raw_sample,
+            takes_everything: self.takes_everything(),
+            max_event_size: self.max_event_size,
+            max_seq_jump: self.max_seq_jump,
+            aggregate,
+        }
+    }
+}
+
+/// The topics thread `index` of `threads` subscribes to.
+///
+/// * With one thread taking every transaction: one prefix per event type
+///   (`bid.`), so that whatever partition count the publishers use, no
+///   event is filtered out at the sender.
+/// * Otherwise, for each configured event type: the thread's share of this
+///   instance's partitions (round robin), minus partitions that none of the
+///   samplers (rollup, raw) needs, plus its share of the prefixes that
+///   cover every partition number from `partition-count` to 9999. A
+///   publisher whose partition count agrees sends nothing there; one that
+///   uses a larger count is seen (its events counted as partition
+///   mismatches) instead of being silently filtered out.
 pub fn subscriptions(config: &IngestConfig, samplers: &[&Sampler], index: usize, threads: usize) -> Vec<String> {
+    if threads == 1 && config.takes_everything() {
+        return config.event_types.iter().map(|et| format!("{}.", et.as_str())).collect();
+    }
+    let beyond = prefixes_from(config.partition_count);
     let mut out = Vec::new();
     for &et in &config.event_types {
         for (i, &p) in config.partitions.iter().enumerate() {
@@ -135,6 +173,29 @@ pub fn subscriptions(config: &IngestConfig, samplers: &[&Sampler], index: usize,
                 out.push(topic(et, p));
             }
         }
+        for (i, prefix) in beyond.iter().enumerate() {
+            if i % threads == index {
+                out.push(format!("{}.{prefix}", et.as_str()));
+            }
+        }
+    }
+    out
+}
+
+/// The shortest list of decimal prefixes that match exactly the four-digit,
+/// zero-padded partition numbers `from..=9999` (`64` → `0064` … `0069`,
+/// `007` … `009`, `01` … `09`, `1` … `9`).
+pub fn prefixes_from(from: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut n = from;
+    while n < MAX_PARTITIONS {
+        // The largest aligned block of 10^k numbers starting at n.
+        let mut k = 0;
+        while k < 4 && n.is_multiple_of(10u32.pow(k + 1)) && n + 10u32.pow(k + 1) <= MAX_PARTITIONS {
+            k += 1;
+        }
+        out.push(format!("{n:04}")[..(4 - k) as usize].to_string());
+        n += 10u32.pow(k);
     }
     out
 }
@@ -265,50 +326,216 @@ impl Reconnector {
     }
 }
 
+/// Publishers tracked for `seq` gaps at most, and (publisher, topic)
+/// sequences at most: the bounds on the tracker's memory, whatever the
+/// publishers send (a few MiB at the limits).
+const MAX_TRACKED_PUBLISHERS: usize = 10_000;
+const MAX_TRACKED_SEQUENCES: usize = 200_000;
+
 /// Detects messages lost between publishers and us from `seq` gaps, per
-/// publisher and topic. A `seq` that does not go up is a publisher restart.
-#[derive(Debug, Default)]
+/// publisher and topic. A `seq` that does not go up is a publisher restart;
+/// one that jumps further forward than `max_jump` is a sequence reset
+/// (a publisher restarted with a new starting point, or a bogus value):
+/// counted apart, so that one bad message cannot make the loss metric
+/// meaningless.
+///
+/// Memory is bounded: when the publisher or sequence limit is reached, the
+/// half of the publishers least worth keeping is evicted: first those seen
+/// only once (a publisher that sends a new `pub` with every message), then
+/// those seen least recently. Publishers that keep sending are never locked
+/// out; an evicted publisher is tracked again from its next message, and a
+/// gap across its eviction is not counted.
+#[derive(Debug)]
 pub struct SeqTracker {
-    last: FxHashMap<Box<[u8]>, FxHashMap<u32, u64>>,
+    publishers: FxHashMap<Box<[u8]>, Tracked>,
+    sequences: usize,
+    max_jump: u64,
+    /// Observations so far: the clock of `Tracked::last_seen`.
+    tick: u64,
     /// Messages lost since the last take.
     pub lost: u64,
     /// Restarts seen since the last take.
     pub restarts: u64,
+    /// Sequence resets (jumps over `max_jump`) since the last take.
+    pub resets: u64,
+    /// Publishers evicted since the last take.
+    pub evicted: u64,
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    /// Last `seq` per topic (`event_type * 10 000 + partition`).
+    topics: FxHashMap<u32, u64>,
+    last_seen: u64,
+    seen_twice: bool,
 }
 
 impl SeqTracker {
+    /// A tracker treating forward jumps over `max_jump` as resets.
+    pub fn new(max_jump: u64) -> SeqTracker {
+        SeqTracker {
+            publishers: FxHashMap::default(),
+            sequences: 0,
+            max_jump,
+            tick: 0,
+            lost: 0,
+            restarts: 0,
+            resets: 0,
+            evicted: 0,
+        }
+    }
+
+    /// Publishers tracked now.
+    pub fn tracked(&self) -> usize {
+        self.publishers.len()
+    }
+
     /// Records `seq` from `publisher` on topic `(event_type, partition)`.
     #[inline]
     pub fn observe(&mut self, publisher: &str, event_type: EventType, partition: u32, seq: u64) {
-        let topic_id = event_type as u32 * 10_000 + partition;
-        let per_topic = match self.last.get_mut(publisher.as_bytes()) {
-            Some(m) => m,
-            None => {
-                if self.last.len() >= MAX_TRACKED_PUBLISHERS {
-                    return;
-                }
-                self.last.entry(publisher.as_bytes().into()).or_default()
+        self.tick += 1;
+        let topic_id = event_type as u32 * MAX_PARTITIONS + partition;
+        if !self.publishers.contains_key(publisher.as_bytes()) {
+            if self.publishers.len() >= MAX_TRACKED_PUBLISHERS || self.sequences >= MAX_TRACKED_SEQUENCES {
+                self.evict_half();
             }
-        };
-        match per_topic.insert(topic_id, seq) {
-            Some(prev) if seq > prev => self.lost += seq - prev - 1,
+            self.publishers.insert(publisher.as_bytes().into(), Tracked::default());
+        }
+        let tracked = self.publishers.get_mut(publisher.as_bytes()).expect("inserted above");
+        tracked.seen_twice |= tracked.last_seen != 0;
+        tracked.last_seen = self.tick;
+        if !tracked.topics.contains_key(&topic_id) && self.sequences >= MAX_TRACKED_SEQUENCES {
+            // Only a publisher with 200 000 topics of its own gets here
+            // (eviction keeps the busiest): stop adding its topics.
+            return;
+        }
+        match tracked.topics.insert(topic_id, seq) {
+            Some(prev) if seq > prev => {
+                let gap = seq - prev - 1;
+                if gap > self.max_jump {
+                    self.resets += 1;
+                } else {
+                    self.lost += gap;
+                }
+            }
             Some(_) => self.restarts += 1,
-            None => {}
+            None => self.sequences += 1,
+        }
+    }
+
+    /// Evicts the half of the publishers least worth keeping (see the type's docs).
+    #[cold]
+    fn evict_half(&mut self) {
+        let mut rank: Vec<(bool, u64)> = self.publishers.values().map(|t| (t.seen_twice, t.last_seen)).collect();
+        let half = rank.len() / 2;
+        if half == 0 {
+            return;
+        }
+        let (_, &mut cut, _) = rank.select_nth_unstable(half);
+        let before = self.publishers.len();
+        let mut freed = 0;
+        self.publishers.retain(|_, t| {
+            let keep = (t.seen_twice, t.last_seen) >= cut;
+            if !keep {
+                freed += t.topics.len();
+            }
+            keep
+        });
+        self.sequences -= freed;
+        self.evicted += (before - self.publishers.len()) as u64;
+    }
+}
+
+/// How many partition mismatches are kept to guess the publishers' count.
+const MISMATCH_SAMPLES: usize = 8;
+
+/// Messages whose topic partition is not `fnv1a64(txn) mod partition-count`:
+/// the publishers use another partition count. Keeps a few of them to work
+/// out which count they appear to use, for the log line.
+#[derive(Debug, Default)]
+pub struct PartitionCheck {
+    /// Mismatches since the last take.
+    pub mismatches: u64,
+    /// Mismatches since the last log line.
+    unlogged: u64,
+    /// (topic partition, fnv1a64(txn)) of recent mismatches.
+    samples: Vec<(u32, u64)>,
+}
+
+impl PartitionCheck {
+    #[cold]
+    fn record(&mut self, partition: u32, hash: u64) {
+        self.mismatches += 1;
+        self.unlogged += 1;
+        if self.samples.len() == MISMATCH_SAMPLES {
+            self.samples.remove(0);
+        }
+        self.samples.push((partition, hash));
+    }
+
+    /// The smallest partition count consistent with every kept mismatch,
+    /// if any: what the publishers appear to use.
+    pub fn apparent_partition_count(&self) -> Option<u32> {
+        let lowest = self.samples.iter().map(|&(p, _)| p + 1).max()?;
+        (lowest..=MAX_PARTITIONS).find(|&c| self.samples.iter().all(|&(p, h)| h % u64::from(c) == u64::from(p)))
+    }
+}
+
+/// The hot path's settings.
+#[derive(Debug, Clone)]
+pub struct HotPathConfig {
+    /// Fleet-wide partition count P.
+    pub partition_count: u32,
+    /// Rollup sampling rate.
+    pub sample: Rate,
+    /// Raw-event sampling rate.
+    pub raw_sample: Rate,
+    /// Whether this instance takes every partition at rate 1 (then an event
+    /// on a mismatching partition is still kept: nothing can be missed).
+    pub takes_everything: bool,
+    /// Largest payload processed, in bytes.
+    pub max_event_size: usize,
+    /// Largest forward `seq` jump counted as a loss.
+    pub max_seq_jump: u64,
+    /// Aggregation settings.
+    pub aggregate: AggregateConfig,
+}
+
+impl Default for HotPathConfig {
+    /// The defaults of `bid-logger run`.
+    fn default() -> HotPathConfig {
+        HotPathConfig {
+            partition_count: 64,
+            sample: Rate::ALL,
+            raw_sample: Rate::from_ppm(1_000),
+            takes_everything: true,
+            max_event_size: DEFAULT_MAX_EVENT_SIZE,
+            max_seq_jump: DEFAULT_MAX_SEQ_JUMP,
+            aggregate: AggregateConfig::default(),
         }
     }
 }
+
+/// Default `max-event-size`: 64 KiB.
+pub const DEFAULT_MAX_EVENT_SIZE: usize = 64 * 1024;
+/// Default `max-seq-jump`: ten million messages on one publisher's topic,
+/// about an hour of a busy bidder's topic; a larger jump is a reset.
+pub const DEFAULT_MAX_SEQ_JUMP: u64 = 10_000_000;
 
 /// Metric handles of one ingest thread; counts are kept locally per message
 /// and added here in batches (a few times per second).
 struct IngestMetrics {
     received: Counter,
     accepted: [Counter; 8],
-    invalid: [Counter; 9],
+    invalid: [Counter; DecodeError::COUNT],
     sampled_out: Counter,
     late: Counter,
     future: Counter,
     lost: Counter,
     restarts: Counter,
+    resets: Counter,
+    evicted: Counter,
+    mismatches: Counter,
     folded: Counter,
     raw_dropped: Counter,
     live_keys: Gauge,
@@ -326,6 +553,9 @@ impl IngestMetrics {
             future: counter!(t::EVENTS_REJECTED, "reason" => "future"),
             lost: counter!(t::MESSAGES_LOST),
             restarts: counter!(t::PUBLISHER_RESTARTS),
+            resets: counter!(t::SEQ_RESETS),
+            evicted: counter!(t::SEQ_PUBLISHERS_EVICTED),
+            mismatches: counter!(t::PARTITION_MISMATCH),
             folded: counter!(t::OVERFLOW_FOLDED),
             raw_dropped: counter!(t::RAW_ROWS_DROPPED, "reason" => "buffer_full"),
             live_keys: gauge!(t::LIVE_KEYS),
@@ -351,14 +581,18 @@ pub struct IngestSummary {
     pub lost: u64,
 }
 
-/// What happens to one message once its frames are in: decode, `seq`
-/// tracking, sampling, the lateness check and aggregation, with counts kept
-/// locally. No socket and no I/O, so benchmarks and profiles run exactly
-/// the code the ingest threads run.
+/// What happens to one message once its frames are in: the size limit,
+/// decode, `seq` tracking, the partition check, sampling, the lateness check
+/// and aggregation, with counts kept locally. No socket and no I/O, so
+/// benchmarks, profiles and the fuzz target run exactly the code the ingest
+/// threads run.
 pub struct HotPath {
     partition_count: u32,
+    max_event_size: usize,
+    /// Whether an event on a mismatching partition is still kept.
+    takes_everything: bool,
     sampler: Sampler,
-    /// The rollup sample keeps every transaction (no per-event hashing).
+    /// The rollup sample keeps every transaction (no per-event decision).
     everything: bool,
     /// `None` when the raw sample is off.
     raw_sampler: Option<Sampler>,
@@ -366,24 +600,30 @@ pub struct HotPath {
     pub aggregator: Aggregator,
     /// `seq` gaps and restarts.
     pub seqs: SeqTracker,
+    /// Topic partitions that disagree with the transaction's hash.
+    pub partitions: PartitionCheck,
     /// Invalid messages per [`DecodeError::index`] since the last publish.
-    pub invalid: [u64; 9],
+    pub invalid: [u64; DecodeError::COUNT],
     /// Events sampled out since the last publish.
     pub sampled_out: u64,
 }
 
 impl HotPath {
-    /// A hot path for `partition_count` partitions and the given samples.
-    pub fn new(partition_count: u32, sample: Rate, raw_sample: Rate, aggregate: AggregateConfig) -> HotPath {
-        let sampler = Sampler::new(sample, partition_count);
+    /// A hot path with the given settings.
+    pub fn new(config: HotPathConfig) -> HotPath {
+        let sampler = Sampler::new(config.sample, config.partition_count);
         HotPath {
-            partition_count,
+            partition_count: config.partition_count,
+            max_event_size: config.max_event_size,
+            takes_everything: config.takes_everything,
             everything: sampler.keeps_everything(),
             sampler,
-            raw_sampler: (raw_sample != Rate::NONE).then(|| Sampler::new(raw_sample, partition_count)),
-            aggregator: Aggregator::new(aggregate),
-            seqs: SeqTracker::default(),
-            invalid: [0; 9],
+            raw_sampler: (config.raw_sample != Rate::NONE)
+                .then(|| Sampler::new(config.raw_sample, config.partition_count)),
+            aggregator: Aggregator::new(config.aggregate),
+            seqs: SeqTracker::new(config.max_seq_jump),
+            partitions: PartitionCheck::default(),
+            invalid: [0; DecodeError::COUNT],
             sampled_out: 0,
         }
     }
@@ -400,10 +640,14 @@ impl HotPath {
         self.invalid[DecodeError::Frames.index()] += 1;
     }
 
-    /// Decodes, samples and aggregates one message received at `now_ms`.
+    /// Checks, decodes, samples and aggregates one message received at `now_ms`.
     #[inline]
     pub fn process(&mut self, topic: &[u8], payload: &[u8], now_ms: i64) {
-        let ev = match decode(topic, payload, self.partition_count) {
+        if payload.len() > self.max_event_size {
+            self.invalid[DecodeError::TooLarge.index()] += 1;
+            return;
+        }
+        let mut ev = match decode(topic, payload) {
             Ok(ev) => ev,
             Err(e) => {
                 self.invalid[e.index()] += 1;
@@ -413,11 +657,24 @@ impl HotPath {
         if let (Some(publisher), Some(seq)) = (ev.publisher, ev.seq) {
             self.seqs.observe(publisher, ev.event_type, ev.partition, seq);
         }
-        // The topic's partition is the publishers' fnv1a64(txn) mod P (the
-        // wire contract), so partitions kept whole or not at all decide
-        // without hashing; only a refined partition hashes the txn.
-        let rollup = self.everything || self.sampler.keep_in(ev.partition, ev.txn);
-        let raw = self.raw_sampler.as_ref().is_some_and(|s| s.keep_in(ev.partition, ev.txn));
+        // The wire contract routes an event to fnv1a64(txn) mod P. One
+        // hash per event (~1 ns per byte of txn) checks that and decides
+        // both samples.
+        let hash = fnv1a64(ev.txn);
+        let owner = (hash % u64::from(self.partition_count)) as u32;
+        if owner != ev.partition {
+            self.partitions.record(ev.partition, hash);
+            if !self.takes_everything {
+                // Only part of this transaction's events reach the topics
+                // this instance subscribes to: it cannot be sampled whole.
+                self.invalid[DecodeError::PartitionMismatch.index()] += 1;
+                return;
+            }
+            // Everything is taken anyway: keep it, under its real partition.
+            ev.partition = owner;
+        }
+        let rollup = self.everything || self.sampler.keep_hash(hash);
+        let raw = self.raw_sampler.as_ref().is_some_and(|s| s.keep_hash(hash));
         if !rollup && !raw {
             self.sampled_out += 1;
             return;
@@ -448,6 +705,29 @@ pub struct Ingest {
     received: u64,
     summary: IngestSummary,
     metrics: IngestMetrics,
+    /// When the last partition-mismatch warning was logged.
+    mismatch_logged: Option<Instant>,
+    progress: Arc<t::Progress>,
+}
+
+/// How often at most a thread logs partition mismatches.
+const MISMATCH_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Asks the ingest threads to hand what they hold to the sink now, instead
+/// of at the end of the flush interval (SIGHUP). Each request is a new
+/// generation; a thread acts once per generation it has not seen.
+#[derive(Debug, Default)]
+pub struct FlushRequests(AtomicU64);
+
+impl FlushRequests {
+    /// Asks every thread to flush at its next housekeeping (within ~10 ms).
+    pub fn request(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn generation(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl Ingest {
@@ -460,8 +740,9 @@ impl Ingest {
         index: usize,
         flush_interval: Duration,
         sink: mpsc::Sender<Delta>,
+        progress: Arc<t::Progress>,
     ) -> Result<Ingest, IngestError> {
-        let hot = HotPath::new(config.partition_count, config.sample, config.raw_sample, aggregate);
+        let hot = HotPath::new(config.hot_path(aggregate));
         let topics = subscriptions(config, &hot.samplers(), index, config.threads);
         let socket = open_socket(ctx, config, &topics)?;
         let reconnector = if config.connect.is_empty() {
@@ -479,12 +760,16 @@ impl Ingest {
             received: 0,
             summary: IngestSummary::default(),
             metrics: IngestMetrics::new(),
+            mismatch_logged: None,
+            progress,
         })
     }
 
     /// Receives until `stop` is set, then hands the last delta to the sink
     /// (waiting for room, since nothing else is left to do) and returns.
-    pub fn run(mut self, stop: &AtomicBool) -> IngestSummary {
+    /// Hands the current interval over early when `flush` asks for it.
+    pub fn run(mut self, stop: &AtomicBool, flush: &FlushRequests) -> IngestSummary {
+        let mut flush_seen = flush.generation();
         let mut topic = zmq::Message::new();
         let mut payload = zmq::Message::new();
         let mut now_ms = now_ms();
@@ -526,7 +811,9 @@ impl Ingest {
                     self.publish_counts();
                     next_publish = now + PUBLISH_EVERY;
                 }
-                if now >= next_flush {
+                let requested = flush.generation();
+                if now >= next_flush || requested != flush_seen {
+                    flush_seen = requested;
                     self.hand_over();
                     next_flush = now + self.flush_interval;
                 }
@@ -580,6 +867,29 @@ impl Ingest {
         self.publish_live_keys();
     }
 
+    /// Warns about partition mismatches, at most every [`MISMATCH_LOG_EVERY`]:
+    /// a misconfigured fleet sends them with every message.
+    fn log_mismatches(&mut self) {
+        let check = &mut self.hot.partitions;
+        if check.unlogged == 0 || self.mismatch_logged.is_some_and(|at| at.elapsed() < MISMATCH_LOG_EVERY) {
+            return;
+        }
+        self.mismatch_logged = Some(Instant::now());
+        let action = if self.hot.takes_everything {
+            "kept: this instance takes every partition at rate 1"
+        } else {
+            "dropped (counted as invalid, reason partition_mismatch): they cannot be sampled consistently"
+        };
+        tracing::warn!(
+            events = check.unlogged,
+            partition_count = self.hot.partition_count,
+            publishers_partition_count = check.apparent_partition_count().map_or("unknown".into(), |c| c.to_string()),
+            action,
+            "events on a topic partition that is not fnv1a64(txn) mod partition-count: the publishers use another partition count"
+        );
+        check.unlogged = 0;
+    }
+
     fn publish_live_keys(&mut self) {
         let now = self.hot.aggregator.live_keys();
         let m = &mut self.metrics;
@@ -609,17 +919,26 @@ impl Ingest {
         m.raw_dropped.increment(raw_dropped);
         m.lost.increment(hot.seqs.lost);
         m.restarts.increment(hot.seqs.restarts);
+        m.resets.increment(hot.seqs.resets);
+        m.evicted.increment(hot.seqs.evicted);
+        m.mismatches.increment(hot.partitions.mismatches);
         let s = &mut self.summary;
         s.received += self.received;
         s.invalid += hot.invalid.iter().sum::<u64>();
         s.sampled_out += hot.sampled_out;
         s.accepted += accepted.iter().sum::<u64>();
+        self.progress.accepted(accepted.iter().sum());
         s.rejected += late + future;
         s.lost += hot.seqs.lost;
-        hot.invalid = [0; 9];
+        self.log_mismatches();
+        let hot = &mut self.hot;
+        hot.invalid = [0; DecodeError::COUNT];
         hot.sampled_out = 0;
         hot.seqs.lost = 0;
         hot.seqs.restarts = 0;
+        hot.seqs.resets = 0;
+        hot.seqs.evicted = 0;
+        hot.partitions.mismatches = 0;
         self.received = 0;
         self.publish_live_keys();
     }
@@ -633,6 +952,8 @@ pub fn spawn(
     flush_interval: Duration,
     sink: mpsc::Sender<Delta>,
     stop: Arc<AtomicBool>,
+    flush: Arc<FlushRequests>,
+    progress: Arc<t::Progress>,
 ) -> Result<Vec<std::thread::JoinHandle<IngestSummary>>, IngestError> {
     let ctx = zmq::Context::new();
     ctx.set_io_threads(config.threads.min(4) as i32)
@@ -645,11 +966,12 @@ pub fn spawn(
         drop(zap);
     }
     for index in 0..config.threads {
-        let ingest = Ingest::new(&ctx, config, aggregate.clone(), index, flush_interval, sink.clone())?;
-        let stop = stop.clone();
+        let ingest =
+            Ingest::new(&ctx, config, aggregate.clone(), index, flush_interval, sink.clone(), progress.clone())?;
+        let (stop, flush) = (stop.clone(), flush.clone());
         let handle = std::thread::Builder::new()
             .name(format!("ingest-{index}"))
-            .spawn(move || ingest.run(&stop))
+            .spawn(move || ingest.run(&stop, &flush))
             .expect("spawning an OS thread");
         workers.push(handle);
     }
@@ -678,7 +1000,7 @@ mod tests {
 
     #[test]
     fn seq_gaps_count_losses_and_decreases_count_restarts() {
-        let mut s = SeqTracker::default();
+        let mut s = SeqTracker::new(1000);
         for seq in [41, 45, 46, 47] {
             s.observe("p1", EventType::Bid, 3, seq);
         }
@@ -691,35 +1013,198 @@ mod tests {
         assert_eq!((s.lost, s.restarts), (3, 1));
     }
 
-    #[test]
-    fn subscriptions_follow_partitions_types_threads_and_sample() {
-        let config = IngestConfig {
+    fn config(partition_count: u32, partitions: std::ops::Range<u32>, threads: usize, sample: &str) -> IngestConfig {
+        IngestConfig {
             connect: vec![],
             bind: vec![],
-            partition_count: 64,
-            partitions: (0..16).collect(),
+            partition_count,
+            partitions: partitions.collect(),
             event_types: vec![EventType::Bid, EventType::Win],
-            sample: Rate::ALL,
+            sample: sample.parse().unwrap(),
             raw_sample: Rate::NONE,
             receive_hwm: 0,
             max_message_size: 1024,
-            threads: 2,
+            max_event_size: 1024,
+            max_seq_jump: 1000,
+            threads,
             allow: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn prefixes_cover_exactly_the_partitions_from_the_count_up() {
+        assert_eq!(prefixes_from(9998), ["9998", "9999"]);
+        assert_eq!(prefixes_from(9000), ["9"]);
+        let p64 = prefixes_from(64);
+        assert_eq!(p64.len(), 6 + 3 + 9 + 9, "{p64:?}");
+        assert_eq!(&p64[..7], ["0064", "0065", "0066", "0067", "0068", "0069", "007"]);
+        for from in [1, 7, 16, 64, 100, 256, 999, 1000, 4321, 9999] {
+            let prefixes = prefixes_from(from);
+            for n in 0..MAX_PARTITIONS {
+                let digits = format!("{n:04}");
+                let matches = prefixes.iter().filter(|p| digits.starts_with(p.as_str())).count();
+                assert_eq!(matches, usize::from(n >= from), "{digits} against the prefixes from {from}");
+            }
+        }
+    }
+
+    #[test]
+    fn subscriptions_follow_partitions_types_threads_and_sample() {
         let all = Sampler::new(Rate::ALL, 64);
-        let t0 = subscriptions(&config, &[&all], 0, 2);
-        let t1 = subscriptions(&config, &[&all], 1, 2);
-        assert_eq!(t0.len() + t1.len(), 32);
+        // one thread taking everything: one prefix per type, whatever the publishers' count
+        assert_eq!(subscriptions(&config(64, 0..64, 1, "1"), &[&all], 0, 1), vec!["bid.", "win."]);
+        // a partition subset: exact topics, plus the partitions beyond the count
+        let beyond = prefixes_from(64).len();
+        let subset = config(64, 0..16, 2, "1");
+        let t0 = subscriptions(&subset, &[&all], 0, 2);
+        let t1 = subscriptions(&subset, &[&all], 1, 2);
+        assert_eq!(t0.len() + t1.len(), 2 * (16 + beyond));
         assert!(t0.contains(&"bid.0000".to_string()) && t1.contains(&"win.0015".to_string()));
+        assert!(!t0.contains(&"bid.0016".to_string()) && !t1.contains(&"bid.0016".to_string()));
+        assert!(t0.iter().chain(&t1).any(|t| t == "bid.0064") && t0.iter().chain(&t1).any(|t| t == "win.1"));
+        // several threads taking everything: no prefix is shared, all partitions are covered
+        let threads = config(64, 0..64, 2, "1");
+        let (a, b) = (subscriptions(&threads, &[&all], 0, 2), subscriptions(&threads, &[&all], 1, 2));
+        assert_eq!(a.len() + b.len(), 2 * (64 + beyond));
+        assert!(a.iter().all(|t| !b.contains(t)));
+        // sampling: partitions outside every sample are not subscribed to
+        let sampled = config(64, 0..16, 1, "1/8");
         let eighth = Sampler::new("1/8".parse().unwrap(), 64);
-        let mut sampled = subscriptions(&config, &[&eighth], 0, 1);
-        sampled.sort();
-        assert_eq!(sampled, vec!["bid.0000", "bid.0008", "win.0000", "win.0008"]);
+        let mut topics = subscriptions(&sampled, &[&eighth], 0, 1);
+        topics.retain(|t| {
+            t.len() == "bid.0000".len() && t.as_bytes()[4..].iter().all(u8::is_ascii_digit) && t[4..] < *"0064"
+        });
+        topics.sort();
+        assert_eq!(topics, vec!["bid.0000", "bid.0008", "win.0000", "win.0008"]);
         // a raw sample at a lower rate needs no extra partition (samples nest)
         let raw = Sampler::new("1/1000".parse().unwrap(), 64);
-        assert_eq!(subscriptions(&config, &[&eighth, &raw], 0, 1).len(), 4);
+        assert_eq!(subscriptions(&sampled, &[&eighth, &raw], 0, 1).len(), 2 * (2 + beyond));
         // at a higher rate it does
         let half = Sampler::new("1/2".parse().unwrap(), 64);
-        assert_eq!(subscriptions(&config, &[&eighth, &half], 0, 1).len(), 16);
+        assert_eq!(subscriptions(&sampled, &[&eighth, &half], 0, 1).len(), 2 * (8 + beyond));
+    }
+
+    #[test]
+    fn a_bogus_seq_jump_is_a_reset_not_a_loss() {
+        let mut s = SeqTracker::new(1000);
+        for seq in [1, 2, 3, 1 << 63, (1 << 63) + 1, (1 << 63) + 5] {
+            s.observe("p1", EventType::Bid, 3, seq);
+        }
+        assert_eq!((s.lost, s.resets, s.restarts), (3, 1, 0));
+        s.observe("p1", EventType::Bid, 3, (1 << 63) + 1006); // 1000 missing: still a loss
+        assert_eq!((s.lost, s.resets), (1003, 1));
+    }
+
+    #[test]
+    fn a_flood_of_new_publishers_cannot_lock_out_later_ones() {
+        let mut s = SeqTracker::new(1000);
+        for seq in 1..=5 {
+            s.observe("steady", EventType::Bid, 1, seq);
+        }
+        for i in 0..(5 * MAX_TRACKED_PUBLISHERS as u64) {
+            s.observe(&format!("flood-{i}"), EventType::Bid, 1, 1);
+            if i % 1000 == 0 {
+                s.observe("steady", EventType::Bid, 1, 6 + i / 1000);
+            }
+            assert!(s.tracked() <= MAX_TRACKED_PUBLISHERS);
+        }
+        assert!(s.evicted > 0);
+        // a publisher that appears after the flood is tracked: its gaps count
+        s.observe("late", EventType::Win, 2, 10);
+        s.observe("late", EventType::Win, 2, 15);
+        assert_eq!(s.lost, 4, "the late publisher's gap, and none of the steady one's");
+        // the steady publisher was never evicted: its next gap counts too
+        s.observe("steady", EventType::Bid, 1, 6 + 49 + 3); // last was 6 + 49: 2 lost
+        assert_eq!(s.lost, 4 + 2);
+    }
+
+    #[test]
+    fn seq_sequences_are_bounded_too() {
+        let mut s = SeqTracker::new(1000);
+        for i in 0..(3 * MAX_TRACKED_SEQUENCES as u32) {
+            s.observe(&format!("p{}", i / 5000), EventType::ALL[(i % 8) as usize], i % 9000, 1);
+            assert!(s.sequences <= MAX_TRACKED_SEQUENCES);
+        }
+    }
+
+    #[test]
+    fn the_publishers_partition_count_is_worked_out_from_mismatches() {
+        let mut check = PartitionCheck::default();
+        for i in 0..20 {
+            let txn = format!("txn-{i}");
+            let h = fnv1a64(txn.as_bytes());
+            if h % 16 != h % 64 {
+                check.record((h % 64) as u32, h);
+            }
+        }
+        assert!(check.mismatches > 0);
+        assert_eq!(check.apparent_partition_count(), Some(64));
+        assert_eq!(PartitionCheck::default().apparent_partition_count(), None);
+    }
+
+    fn payload(txn: &str, pad: usize) -> Vec<u8> {
+        let ts = now_ms();
+        rmp_serde::to_vec_named(&serde_json::json!({"txn": txn, "ts": ts, "pad": "x".repeat(pad)})).unwrap()
+    }
+
+    fn hot(takes_everything: bool, sample: &str) -> HotPath {
+        HotPath::new(HotPathConfig {
+            partition_count: 16,
+            sample: sample.parse().unwrap(),
+            raw_sample: Rate::NONE,
+            takes_everything,
+            max_event_size: 1000,
+            ..HotPathConfig::default()
+        })
+    }
+
+    #[test]
+    fn a_payload_over_max_event_size_costs_only_itself() {
+        let mut hot = hot(true, "1");
+        let now = now_ms();
+        let txn = "t-1";
+        let topic = topic(EventType::Bid, crate::wire::partition_of(txn.as_bytes(), 16));
+        let big = payload(txn, 2000);
+        assert!(big.len() > 1000);
+        for i in 0..10 {
+            hot.process(topic.as_bytes(), &payload(txn, i), now);
+            hot.process(topic.as_bytes(), &big, now);
+        }
+        assert_eq!(hot.invalid[DecodeError::TooLarge.index()], 10);
+        assert_eq!(hot.aggregator.take_stats().accepted.iter().sum::<u64>(), 10);
+    }
+
+    /// A txn whose partition out of 64 is not its partition out of 16.
+    fn mismatching_txn() -> (String, u32) {
+        (0..)
+            .map(|i| format!("m-{i}"))
+            .map(|t| {
+                let p = crate::wire::partition_of(t.as_bytes(), 64);
+                (t, p)
+            })
+            .find(|(t, p)| crate::wire::partition_of(t.as_bytes(), 16) != *p)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_mismatching_partition_is_kept_when_everything_is_taken_and_dropped_otherwise() {
+        let (txn, p64) = mismatching_txn();
+        let wrong = topic(EventType::Bid, p64);
+        let now = now_ms();
+        let mut all = hot(true, "1");
+        all.process(wrong.as_bytes(), &payload(&txn, 0), now);
+        assert_eq!(all.partitions.mismatches, 1);
+        assert_eq!(all.aggregator.take_stats().accepted.iter().sum::<u64>(), 1, "kept");
+        assert_eq!(all.invalid.iter().sum::<u64>(), 0);
+        let mut sampled = hot(false, "1/2");
+        sampled.process(wrong.as_bytes(), &payload(&txn, 0), now);
+        assert_eq!(sampled.partitions.mismatches, 1);
+        assert_eq!(sampled.invalid[DecodeError::PartitionMismatch.index()], 1, "dropped");
+        assert_eq!(sampled.aggregator.take_stats().accepted.iter().sum::<u64>(), 0);
+        // a matching event is not counted
+        let ok = "ok-1";
+        let right = topic(EventType::Bid, crate::wire::partition_of(ok.as_bytes(), 16));
+        all.process(right.as_bytes(), &payload(ok, 0), now);
+        assert_eq!(all.partitions.mismatches, 1);
     }
 }

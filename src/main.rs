@@ -4,7 +4,8 @@
 use anyhow::Context as _;
 use bid_logger::config::{mask_database_url, Config, ConfigError, LogFormat, Settings};
 use bid_logger::{pipeline, sink, telemetry};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,12 +23,10 @@ struct Cli {
 enum Command {
     /// Run the logger until SIGTERM/SIGINT, then flush everything and exit.
     Run(ConfigArgs),
-    /// Apply the SQL migrations (idempotent; `run` applies them too).
-    Migrate {
-        /// PostgreSQL URL.
-        #[arg(long, env = "DATABASE_URL", value_name = "URL")]
-        database_url: String,
-    },
+    /// Apply the SQL migrations (idempotent; `run` applies them too). Reads
+    /// database-url from the same places as `run`: flag, BID_LOGGER_DATABASE_URL,
+    /// the --config file, then DATABASE_URL.
+    Migrate(MigrateArgs),
     /// Validate the configuration and print the effective values (password masked).
     CheckConfig(ConfigArgs),
     /// Publish a realistic bidder-fleet stream (auction → bid → win → impression → click → install → events).
@@ -112,7 +111,7 @@ struct BenchArgs {
     #[arg(long, value_name = "P", default_value_t = 64)]
     partition_count: u32,
     /// The Python baseline script (measured when the file exists).
-    #[arg(long, value_name = "FILE", default_value = "../shared/baseline/py_bid_logger.py")]
+    #[arg(long, value_name = "FILE", default_value = "scripts/baseline/py_bid_logger.py")]
     baseline: PathBuf,
     /// Rounds of the null-subscriber and logger runs; the table shows medians.
     #[arg(long, value_name = "N", default_value_t = 3)]
@@ -153,6 +152,26 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Args)]
+struct MigrateArgs {
+    /// TOML file; only its database-url is used.
+    #[arg(long, env = "BID_LOGGER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// PostgreSQL URL.
+    #[arg(long, env = "BID_LOGGER_DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+}
+
+impl MigrateArgs {
+    fn database_url(self) -> Result<String, ConfigError> {
+        let file = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        bid_logger::config::resolve_database_url(self.database_url.or(file.database_url))
+    }
+}
+
+#[derive(Args)]
 struct ConfigArgs {
     /// TOML file with any of the keys below (flags and environment override it).
     #[arg(long, env = "BID_LOGGER_CONFIG", value_name = "FILE")]
@@ -172,19 +191,33 @@ impl ConfigArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return clap_failure(e),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => return clap_failure(e),
+    };
+    let sub = matches.subcommand().map(|(_, m)| m.clone()).unwrap_or_default();
     match cli.command {
         Command::Run(args) => {
+            let file = args.config.clone();
             let config = match args.load() {
                 Ok(c) => c,
-                Err(e) => return config_failure(e),
+                Err(e) => return config_failure(e, &sub, file.as_deref()),
             };
             telemetry::init_logging(config.log_format, "info");
             report(run(config))
         }
-        Command::Migrate { database_url } => {
+        Command::Migrate(args) => {
+            let file = args.config.clone();
+            let url = match args.database_url() {
+                Ok(url) => url,
+                Err(e) => return config_failure(e, &sub, file.as_deref()),
+            };
             telemetry::init_logging(LogFormat::Text, "info");
-            report(migrate(&database_url))
+            report(migrate(&url))
         }
         Command::Simulate(args) => {
             telemetry::init_logging(LogFormat::Text, "info");
@@ -212,7 +245,9 @@ fn main() -> ExitCode {
         Command::NullSubscriber { connect, partition_count, sample, count } => {
             let rate = match sample.parse() {
                 Ok(r) => r,
-                Err(e) => return config_failure(ConfigError::Invalid { key: "sample", message: format!("{e}") }),
+                Err(e) => {
+                    return config_failure(ConfigError::Invalid { key: "sample", message: format!("{e}") }, &sub, None)
+                }
             };
             bid_logger::bench::null_subscriber(&connect, partition_count, rate, count);
             ExitCode::SUCCESS
@@ -224,20 +259,84 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }))
         }
-        Command::CheckConfig(args) => match args.load() {
-            Ok(c) => {
-                print!("{}", c.to_toml());
-                ExitCode::SUCCESS
+        Command::CheckConfig(args) => {
+            let file = args.config.clone();
+            match args.load() {
+                Ok(c) => {
+                    print!("{}", c.to_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => config_failure(e, &sub, file.as_deref()),
             }
-            Err(e) => config_failure(e),
-        },
+        }
     }
 }
 
-/// Bad configuration: one line naming the key, exit code 2.
-fn config_failure(e: ConfigError) -> ExitCode {
-    eprintln!("bid-logger: {e}");
+/// Bad configuration: one line naming the key where the value came from
+/// (`--flag`, `BID_LOGGER_…` variable, or the key in the file), exit code 2.
+fn config_failure(e: ConfigError, matches: &clap::ArgMatches, file: Option<&std::path::Path>) -> ExitCode {
+    match e {
+        ConfigError::Invalid { key, message } => {
+            let id = key.replace('-', "_");
+            let source =
+                matches.try_contains_id(&id).ok().filter(|&known| known).and_then(|_| matches.value_source(&id));
+            let named = match (source, file) {
+                (Some(ValueSource::CommandLine), _) => format!("--{key}"),
+                (Some(ValueSource::EnvVariable), _) => env_name(key),
+                (_, Some(path)) if key != "DATABASE_URL" && file_sets(path, key) => {
+                    format!("{key}` in `{}", path.display())
+                }
+                _ => key.to_string(),
+            };
+            eprintln!("bid-logger: invalid configuration: `{named}`: {message}");
+        }
+        other => eprintln!("bid-logger: {other}"),
+    }
     ExitCode::from(2)
+}
+
+/// The environment variable of a configuration key.
+fn env_name(key: &str) -> String {
+    format!("BID_LOGGER_{}", key.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Whether the TOML file at `path` sets `key` (it parsed, so this is only
+/// about where a bad value came from).
+fn file_sets(path: &std::path::Path, key: &str) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .is_some_and(|table| table.contains_key(key))
+}
+
+/// A command-line error from clap. A value that clap itself could not parse
+/// (a number, say) but that came from a `BID_LOGGER_*` variable, not the
+/// flag, is blamed on the variable, in the same one-line form as every
+/// other configuration error; everything else is clap's usual message.
+fn clap_failure(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+        let arg = match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) => arg.clone(),
+            _ => String::new(),
+        };
+        // "--partition-count <P>" → "partition-count"
+        let key = arg.strip_prefix("--").and_then(|a| a.split([' ', '=']).next()).unwrap_or_default();
+        let on_command_line = std::env::args().any(|a| a == format!("--{key}") || a.starts_with(&format!("--{key}=")));
+        let var = env_name(key);
+        if !key.is_empty() && !on_command_line && std::env::var_os(&var).is_some() {
+            let value = match e.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(v)) => v.clone(),
+                _ => String::new(),
+            };
+            let why = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+            eprintln!("bid-logger: invalid configuration: `{var}`: invalid value `{value}`{why}");
+            return ExitCode::from(2);
+        }
+    }
+    let code = if e.use_stderr() { 2 } else { 0 };
+    let _ = e.print();
+    ExitCode::from(code)
 }
 
 fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
@@ -270,7 +369,11 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
 fn migrate(url: &str) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let pool = sink::pool(url, 1)?;
-        let mut client = pool.get().await.with_context(|| format!("connecting to {}", mask_database_url(url)))?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(sink::SinkError::from)
+            .with_context(|| format!("connecting to {}", mask_database_url(url)))?;
         let applied = sink::migrate(&mut client).await?;
         println!("migrations: {applied} applied, schema up to date");
         Ok(ExitCode::SUCCESS)

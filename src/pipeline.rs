@@ -2,8 +2,9 @@
 //! signal asks for a graceful stop.
 
 use crate::config::Config;
-use crate::ingest::{self, IngestError, IngestSummary};
+use crate::ingest::{self, FlushRequests, IngestError, IngestSummary};
 use crate::sink::{self, Sink, SinkError, SinkSummary};
+use crate::telemetry::Progress;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -40,6 +41,11 @@ pub struct RunSummary {
 
 /// Runs the logger until SIGTERM or SIGINT (or until `stop` resolves), then
 /// stops receiving, flushes everything and returns the summary.
+///
+/// SIGHUP hands what every ingest thread holds to the sink at once (a
+/// flush) and keeps running. A second SIGTERM or SIGINT during the graceful
+/// stop exits the process at once with code 1, logging how many accepted
+/// events it leaves unwritten.
 pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<RunSummary, PipelineError> {
     crate::telemetry::install_exporter(config.metrics_addr).map_err(|e| PipelineError::Metrics(e.to_string()))?;
     let process_metrics = tokio::spawn(crate::telemetry::sample_process_metrics());
@@ -55,14 +61,35 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let pool = sink::pool(&config.sink.database_url, config.sink.pool_size).map_err(PipelineError::Database)?;
     let migrated = check_database(&pool).await?;
 
+    metrics::gauge!(crate::telemetry::FLUSH_INTERVAL).set(config.sink.flush_interval.as_secs_f64());
+    let mut signals = Signals::new()?;
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let stopping = Arc::new(AtomicBool::new(false));
-    let workers = ingest::spawn(&config.ingest, &config.aggregate, config.sink.flush_interval, tx, stopping.clone())?;
-    let sink = tokio::spawn(Sink::new(config.sink.clone(), pool, rx, migrated).run());
+    let flush = Arc::new(FlushRequests::default());
+    let progress = Arc::new(Progress::default());
+    let workers = ingest::spawn(
+        &config.ingest,
+        &config.aggregate,
+        config.sink.flush_interval,
+        tx,
+        stopping.clone(),
+        flush.clone(),
+        progress.clone(),
+    )?;
+    let sink = tokio::spawn(Sink::new(config.sink.clone(), pool, rx, migrated, progress.clone()).run());
 
-    wait_for_stop(stop).await?;
-    tracing::info!("stopping: no longer receiving; flushing what was accepted");
+    signals.wait_for_stop(stop, &flush).await;
+    tracing::info!("stopping: no longer receiving; flushing what was accepted (a second SIGTERM/SIGINT exits at once)");
     stopping.store(true, Ordering::Relaxed);
+    let forced = tokio::spawn(async move {
+        let name = signals.next_stop().await;
+        tracing::error!(
+            signal = name,
+            events_unwritten = progress.unwritten(),
+            "second signal during the graceful stop: exiting now; these accepted events were NOT written"
+        );
+        std::process::exit(1);
+    });
     let ingest = tokio::task::spawn_blocking(move || {
         workers.into_iter().fold(IngestSummary::default(), |mut acc, w| {
             let s = w.join().expect("ingest threads do not panic");
@@ -78,6 +105,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     .await
     .expect("joining ingest threads");
     let sink = sink.await.expect("the sink task does not panic");
+    forced.abort();
     process_metrics.abort();
     tracing::info!(
         received = ingest.received,
@@ -113,14 +141,52 @@ async fn check_database(pool: &deadpool_postgres::Pool) -> Result<bool, Pipeline
     }
 }
 
-async fn wait_for_stop(stop: impl std::future::Future<Output = ()>) -> Result<(), PipelineError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(PipelineError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(PipelineError::Signals)?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-        _ = stop => {}
+/// The signals the logger acts on, installed before the pipeline starts so
+/// that none arrives unhandled (SIGHUP's default action would kill it).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, PipelineError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(PipelineError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(PipelineError::Signals)?,
+            hup: signal(SignalKind::hangup()).map_err(PipelineError::Signals)?,
+        })
     }
-    Ok(())
+
+    /// Waits for SIGTERM, SIGINT or `stop`; every SIGHUP meanwhile asks the
+    /// ingest threads to flush.
+    async fn wait_for_stop(&mut self, stop: impl std::future::Future<Output = ()>, flush: &FlushRequests) {
+        tokio::pin!(stop);
+        loop {
+            let name = tokio::select! {
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP received: flushing now and carrying on");
+                    flush.request();
+                    continue;
+                }
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+                _ = &mut stop => return,
+            };
+            tracing::info!(signal = name, "stop requested");
+            return;
+        }
+    }
+
+    /// The next SIGTERM or SIGINT (SIGHUP is ignored once stopping).
+    async fn next_stop(&mut self) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.hup.recv() => {}
+            }
+        }
+    }
 }

@@ -181,7 +181,12 @@ impl Sampler {
     /// Whether the transaction `txn` is in the sample.
     #[inline]
     pub fn keep(&self, txn: &[u8]) -> bool {
-        let h = fnv1a64(txn);
+        self.keep_hash(fnv1a64(txn))
+    }
+
+    /// Like [`Sampler::keep`] for a transaction whose `fnv1a64` is `h`.
+    #[inline]
+    pub fn keep_hash(&self, h: u64) -> bool {
         let p = (h % u64::from(self.partition_count)) as usize;
         self.whole[p] || mix64(h) < self.threshold[p]
     }

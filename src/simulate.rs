@@ -597,13 +597,13 @@ mod tests {
             match produced {
                 Produced::Valid(et) => {
                     append_pub_seq(&mut payload, "b", 1);
-                    let ev = decode(&topic, &payload, 64).expect("valid");
+                    let ev = decode(&topic, &payload).expect("valid");
                     assert_eq!(ev.event_type, et);
                     assert_eq!(ev.partition, partition);
                     assert_eq!(crate::wire::partition_of(ev.txn, 64), partition);
                     counts[et.index()] += 1;
                 }
-                Produced::Invalid => assert!(decode(&topic, &payload, 64).is_err()),
+                Produced::Invalid => assert!(decode(&topic, &payload).is_err()),
             }
         }
         let t = &gen.truth;

@@ -21,6 +21,14 @@ pub const EVENTS_REJECTED: &str = "bid_logger_events_rejected_total";
 pub const MESSAGES_LOST: &str = "bid_logger_messages_lost_total";
 /// Publisher restarts seen (a `seq` going backwards).
 pub const PUBLISHER_RESTARTS: &str = "bid_logger_publisher_restarts_total";
+/// `seq` jumps forward larger than `max-seq-jump`: sequence resets, not losses.
+pub const SEQ_RESETS: &str = "bid_logger_seq_resets_total";
+/// Publishers dropped from `seq` tracking to keep its memory bounded.
+pub const SEQ_PUBLISHERS_EVICTED: &str = "bid_logger_seq_publishers_evicted_total";
+/// Events whose topic partition is not `fnv1a64(txn) mod partition-count`.
+pub const PARTITION_MISMATCH: &str = "bid_logger_partition_mismatch_total";
+/// The configured flush interval (alert thresholds follow it).
+pub const FLUSH_INTERVAL: &str = "bid_logger_flush_interval_seconds";
 /// Distinct rollup keys held in memory, by ingest and by the sink's pending batch.
 pub const LIVE_KEYS: &str = "bid_logger_live_keys";
 /// Events folded into `other`/`-1` by a cardinality cap.
@@ -52,10 +60,22 @@ pub const RAW_PARTITIONS_DROPPED: &str = "bid_logger_raw_partitions_dropped_tota
 pub const RECONNECTS: &str = "bid_logger_reconnects_total";
 /// Connections to a bound socket refused by the address allow-list.
 pub const CONNECTIONS_REFUSED: &str = "bid_logger_connections_refused_total";
-/// CPU time (user + system) the process has used, in seconds (cumulative).
-pub const PROCESS_CPU: &str = "bid_logger_process_cpu_seconds";
+/// The standard process metrics (the `process_*` family every Prometheus
+/// client library exports, so stock dashboards and alerts work), collected
+/// by the `metrics-process` crate from `/proc/self`.
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 /// Resident set size of the process.
-pub const PROCESS_RSS: &str = "bid_logger_process_resident_memory_bytes";
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+/// Virtual memory size of the process.
+pub const PROCESS_VIRTUAL_MEMORY: &str = "process_virtual_memory_bytes";
+/// Open file descriptors (sockets included).
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// The file-descriptor limit.
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+/// Unix time the process started.
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+/// OS threads of the process.
+pub const PROCESS_THREADS: &str = "process_threads";
 /// Always 1, with the version as a label.
 pub const BUILD_INFO: &str = "bid_logger_build_info";
 
@@ -68,6 +88,10 @@ pub const ALL: &[&str] = &[
     EVENTS_REJECTED,
     MESSAGES_LOST,
     PUBLISHER_RESTARTS,
+    SEQ_RESETS,
+    SEQ_PUBLISHERS_EVICTED,
+    PARTITION_MISMATCH,
+    FLUSH_INTERVAL,
     LIVE_KEYS,
     OVERFLOW_FOLDED,
     FLUSH_DURATION,
@@ -85,8 +109,40 @@ pub const ALL: &[&str] = &[
     CONNECTIONS_REFUSED,
     PROCESS_CPU,
     PROCESS_RSS,
+    PROCESS_VIRTUAL_MEMORY,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
+    PROCESS_START_TIME,
+    PROCESS_THREADS,
     BUILD_INFO,
 ];
+
+/// Events accepted by ingest and written by the sink, shared by the stages
+/// so that a forced exit (a second SIGTERM/SIGINT during a graceful stop)
+/// can say how many accepted events it leaves unwritten.
+#[derive(Debug, Default)]
+pub struct Progress {
+    accepted: std::sync::atomic::AtomicU64,
+    written: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    /// Ingest accepted `n` more events into the rollups.
+    pub fn accepted(&self, n: u64) {
+        self.accepted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The sink wrote `n` more events.
+    pub fn written(&self, n: u64) {
+        self.written.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Accepted events not written yet (ingest counts at most 200 ms late).
+    pub fn unwritten(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.accepted.load(Relaxed).saturating_sub(self.written.load(Relaxed))
+    }
+}
 
 /// Buckets of [`FLUSH_DURATION`], in seconds.
 pub const FLUSH_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -100,6 +156,14 @@ pub fn describe() {
     describe_counter!(EVENTS_REJECTED, Unit::Count, "Valid events rejected for their event time (late, future).");
     describe_counter!(MESSAGES_LOST, Unit::Count, "Messages lost between publishers and the logger, from seq gaps.");
     describe_counter!(PUBLISHER_RESTARTS, Unit::Count, "Publisher restarts seen (seq going backwards).");
+    describe_counter!(SEQ_RESETS, Unit::Count, "seq jumps forward larger than max-seq-jump (resets, not losses).");
+    describe_counter!(SEQ_PUBLISHERS_EVICTED, Unit::Count, "Publishers dropped from seq tracking (bounded memory).");
+    describe_counter!(
+        PARTITION_MISMATCH,
+        Unit::Count,
+        "Events whose topic partition is not fnv1a64(txn) mod partition-count."
+    );
+    describe_gauge!(FLUSH_INTERVAL, Unit::Seconds, "The configured flush interval.");
     describe_gauge!(LIVE_KEYS, Unit::Count, "Distinct rollup keys held in memory.");
     describe_counter!(OVERFLOW_FOLDED, Unit::Count, "Events folded into other/-1 by a cardinality cap.");
     describe_histogram!(FLUSH_DURATION, Unit::Seconds, "Time a successful flush took (both tables).");
@@ -119,8 +183,6 @@ pub fn describe() {
         "Publisher endpoints connected again when libzmq was not reconnecting them."
     );
     describe_counter!(CONNECTIONS_REFUSED, Unit::Count, "Connections to a bound socket refused by the allow-list.");
-    describe_gauge!(PROCESS_CPU, Unit::Seconds, "CPU time (user + system) used by the process, cumulative.");
-    describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident set size of the process.");
     describe_gauge!(BUILD_INFO, Unit::Count, "Always 1; the version is a label.");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
@@ -142,29 +204,30 @@ pub fn install_exporter(addr: SocketAddr) -> Result<(), metrics_exporter_prometh
 pub fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},tokio_postgres=warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour_wanted());
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }
 
-/// Samples the process's CPU time and RSS from `/proc/self` every second,
-/// for the operations dashboard (the exporter does not provide them).
+/// Colour codes only for a person at a terminal: never into a pipe, a file
+/// or journald (where they arrive as literal escape sequences), and never
+/// when `NO_COLOR` is set to anything (<https://no-color.org>).
+fn colour_wanted() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Collects the standard `process_*` metrics every second (the exporter
+/// renders only what is recorded, so they are sampled into it).
 pub async fn sample_process_metrics() {
-    let cpu = metrics::gauge!(PROCESS_CPU);
-    let rss = metrics::gauge!(PROCESS_RSS);
-    // SAFETY: sysconf has no preconditions.
-    let (hz, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK) as f64, libc::sysconf(libc::_SC_PAGESIZE) as f64) };
+    let collector = metrics_process::Collector::default();
+    collector.describe();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-            // Fields after the parenthesised command name: utime is the 12th, stime the 13th, rss the 22nd.
-            let f: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
-            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            cpu.set((num(11) + num(12)) / hz);
-            rss.set(num(21) * page);
-        }
+        collector.collect();
     }
 }

@@ -1,4 +1,4 @@
-//! The publisher contract (`shared/spec/wire-format.md`): topics, event types
+//! The publisher contract (`docs/wire-format.md`): topics, event types
 //! and the partition hash. Everything here is pure and allocation-free.
 
 use std::fmt;

@@ -21,13 +21,16 @@ fn table_names(text: &str, heading: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The keys of the commented example configuration.
+/// The keys of the commented example configuration, those it sets and
+/// those it shows commented out (`# instance-id = …`).
 fn example_keys() -> BTreeSet<String> {
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bid-logger.toml")).unwrap();
     example
         .lines()
-        .filter(|l| !l.starts_with('#') && l.contains(" = "))
-        .map(|l| l.split(" = ").next().unwrap().trim().to_string())
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim()))
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+        .map(str::to_string)
         .collect()
 }
 

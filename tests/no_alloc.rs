@@ -43,13 +43,13 @@ fn decode_and_record_allocate_nothing_per_event() {
     let mut agg = Aggregator::new(AggregateConfig::default());
     // First pass: the tables learn every key and OS name (allocation allowed).
     for (t, p) in &msgs {
-        agg.record(&decode(t, p, 64).unwrap(), now);
+        agg.record(&decode(t, p).unwrap(), now);
     }
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     assert!(before > start, "the counting allocator sees the tables grow");
     // Second pass over the same keys: nothing may allocate.
     for (t, p) in &msgs {
-        agg.record(&decode(t, p, 64).unwrap(), now);
+        agg.record(&decode(t, p).unwrap(), now);
     }
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
     assert_eq!(allocations, 0, "{allocations} allocations for {} events", msgs.len());

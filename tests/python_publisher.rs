@@ -23,7 +23,7 @@ async fn events_published_from_python_land_exactly() {
     let n = 3000;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/publish.py");
     let publisher = Command::new("python3")
-        .args([script, &endpoint, "16", &(8 * 16).to_string(), &n.to_string()])
+        .args([script, &endpoint, "16", &all_topics(16).to_string(), &n.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

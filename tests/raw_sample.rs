@@ -70,7 +70,7 @@ async fn sampled_transactions_are_complete_late_events_included_and_never_duplic
             "100ms",
         ],
     );
-    publisher.wait_for_subscriptions(8 * 16);
+    publisher.wait_for_subscriptions(all_topics(16));
     let now = now_ms();
     let mut rng = SmallRng::seed_from_u64(21);
     let mut events = chains(&mut rng, 2000, now, 600_000);
@@ -169,7 +169,7 @@ async fn daily_partitions_are_created_for_late_days_and_dropped_past_retention()
             "6d",
         ],
     );
-    publisher.wait_for_subscriptions(8 * 16);
+    publisher.wait_for_subscriptions(all_topics(16));
     let now = now_ms();
     let today = now.div_euclid(DAY);
     let mut events = Vec::new();
@@ -236,7 +236,7 @@ async fn raw_rows_beyond_the_buffer_are_dropped_and_counted_while_rollups_stay_e
             "100ms",
         ],
     );
-    publisher.wait_for_subscriptions(8 * 16);
+    publisher.wait_for_subscriptions(all_topics(16));
     // Let the first flush (migrations) happen, then take the database away.
     let now = now_ms();
     publisher.publish(&TestEvent::new("auction", "warm-up", now), P);

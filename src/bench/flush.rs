@@ -61,7 +61,7 @@ pub fn batch_of(stream: &Stream, max_rows: usize) -> Delta {
     let mut agg = Aggregator::new(AggregateConfig::default());
     let now = crate::ingest::now_ms();
     for (topic, payload) in &stream.messages {
-        if let Ok(ev) = crate::decode::decode(topic, payload, stream.partition_count) {
+        if let Ok(ev) = crate::decode::decode(topic, payload) {
             agg.record(&ev, now);
         }
     }

@@ -97,7 +97,24 @@ fn xpub_waiting(endpoint: &str, subscriptions: usize) -> zmq::Socket {
 /// loop pacing ([`Pacer`](crate::ingest::Pacer)) as the logger, receiving
 /// `count` messages and doing nothing with them.
 pub fn null_subscriber(connect: &str, partition_count: u32, sample: Rate, count: u64) {
-    let config = IngestConfig {
+    let config = ingest_config(connect, partition_count, sample);
+    let sampler = Sampler::new(sample, partition_count);
+    let topics = subscriptions(&config, &[&sampler], 0, 1);
+    let ctx = zmq::Context::new();
+    let socket = open_socket(&ctx, &config, &topics).expect("socket");
+    null_receive(&socket, count);
+}
+
+/// How many subscriptions the logger (and the null subscriber) sends at
+/// `sample` with the defaults otherwise, so that a publisher waits for all of them.
+pub fn subscription_count(partition_count: u32, sample: Rate) -> usize {
+    let sampler = Sampler::new(sample, partition_count);
+    subscriptions(&ingest_config("tcp://127.0.0.1:1", partition_count, sample), &[&sampler], 0, 1).len()
+}
+
+/// The logger's ingest settings at the defaults, for one endpoint.
+fn ingest_config(connect: &str, partition_count: u32, sample: Rate) -> IngestConfig {
+    IngestConfig {
         connect: vec![connect.to_string()],
         bind: vec![],
         partition_count,
@@ -106,14 +123,16 @@ pub fn null_subscriber(connect: &str, partition_count: u32, sample: Rate, count:
         sample,
         raw_sample: Rate::NONE,
         receive_hwm: 1_000_000,
-        max_message_size: 65_536,
+        max_message_size: 8 * 1024 * 1024,
+        max_event_size: crate::ingest::DEFAULT_MAX_EVENT_SIZE,
+        max_seq_jump: crate::ingest::DEFAULT_MAX_SEQ_JUMP,
         threads: 1,
         allow: vec![],
-    };
-    let sampler = Sampler::new(sample, partition_count);
-    let topics = subscriptions(&config, &[&sampler], 0, 1);
-    let ctx = zmq::Context::new();
-    let socket = open_socket(&ctx, &config, &topics).expect("socket");
+    }
+}
+
+/// The null subscriber's receive loop: `count` messages, nothing done with them.
+fn null_receive(socket: &zmq::Socket, count: u64) {
     let mut msg = zmq::Message::new();
     let mut n = 0u64;
     let mut bytes = 0usize;
@@ -370,13 +389,14 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     let mut kept_messages = 0u64;
     let mut kept_events = 0u64;
     for (topic, payload) in &stream.messages {
-        let ev = crate::decode::decode(topic, payload, p).expect("generated messages are valid");
+        let ev = crate::decode::decode(topic, payload).expect("generated messages are valid");
         if sampler.share(ev.partition) != crate::sample::PartitionShare::Nothing {
             kept_messages += 1;
         }
         kept_events += u64::from(sampler.keep(ev.txn));
     }
-    let subscribed_eighth = 8 * (0..p).filter(|&q| sampler.share(q) != crate::sample::PartitionShare::Nothing).count();
+    let subscribed_eighth = subscription_count(p, eighth);
+    let subscribed_all = subscription_count(p, Rate::ALL);
     let n = cfg.count as u64;
     let exe = cfg.exe.clone();
     let mut results = Vec::new();
@@ -442,9 +462,9 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     let mut rounds: Vec<Vec<Measurement>> = vec![Vec::new(); 4];
     for round in 1..=cfg.rounds.max(1) {
         eprintln!("bench: round {round} of {}", cfg.rounds.max(1));
-        rounds[0].push(null("null subscriber", "1", n, 8 * p as usize, Feed::Live));
+        rounds[0].push(null("null subscriber", "1", n, subscribed_all, Feed::Live));
         let db = fresh_db(server_url, "bench_logger").await?;
-        rounds[1].push(logger("bid-logger (sample 1)", "1", n, 8 * p as usize, db, Feed::Live));
+        rounds[1].push(logger("bid-logger (sample 1)", "1", n, subscribed_all, db, Feed::Live));
         rounds[2].push(null("null subscriber (sample 1/8)", "1/8", kept_messages, subscribed_eighth, Feed::Live));
         let db = fresh_db(server_url, "bench_logger8").await?;
         rounds[3].push(logger("bid-logger (sample 1/8)", "1/8", kept_events, subscribed_eighth, db, Feed::Live));
@@ -490,9 +510,9 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     let mut backlog: Vec<Vec<Measurement>> = vec![Vec::new(); 2];
     for round in 1..=cfg.rounds.max(1) {
         eprintln!("bench: backlog round {round} of {}", cfg.rounds.max(1));
-        backlog[0].push(null("null subscriber", "1", n, 8 * p as usize, Feed::Backlog));
+        backlog[0].push(null("null subscriber", "1", n, subscribed_all, Feed::Backlog));
         let db = fresh_db(server_url, "bench_backlog").await?;
-        backlog[1].push(logger("bid-logger (sample 1)", "1", n, 8 * p as usize, db, Feed::Backlog));
+        backlog[1].push(logger("bid-logger (sample 1)", "1", n, subscribed_all, db, Feed::Backlog));
     }
     let mut drained: Vec<Measurement> = backlog.iter().map(|r| median(r)).collect();
     if let Some(script) = &cfg.baseline {
@@ -603,7 +623,8 @@ async fn latency_run(
     let publisher = {
         let (stream, endpoint, published) = (stream.clone(), endpoint.clone(), published.clone());
         std::thread::spawn(move || {
-            let (socket, timeline) = latency::paced_publish(&stream, &endpoint, 8 * p as usize, rate, duration);
+            let (socket, timeline) =
+                latency::paced_publish(&stream, &endpoint, subscription_count(p, Rate::ALL), rate, duration);
             let _ = published.set(timeline.last().map_or(0, |t| t.1));
             (socket, timeline)
         })

@@ -48,23 +48,90 @@ pub struct SinkConfig {
 }
 
 /// A database failure.
+///
+/// Its message carries the whole cause: tokio-postgres's own `Display`
+/// stops at "db error" or "error connecting to server", and deadpool's
+/// wraps that again, while what an operator needs (the server's message and
+/// SQLSTATE, or the OS error such as "Connection refused") sits further
+/// down the source chain. The variants therefore keep their inner errors
+/// private (no `source()`), so that `{:#}` does not print the chain twice.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// A statement or the connection failed.
-    #[error("database error: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    #[error("database error: {}", cause_of(.0))]
+    Db(tokio_postgres::Error),
     /// No connection could be had from the pool.
-    #[error("no database connection: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("no database connection: {}", pool_cause(.0))]
+    Pool(deadpool_postgres::PoolError),
     /// The pool could not be built.
     #[error("cannot build the connection pool: {0}")]
-    Build(#[from] deadpool_postgres::BuildError),
+    Build(deadpool_postgres::BuildError),
     /// The URL does not parse.
-    #[error("invalid database url: {0}")]
+    #[error("invalid database url: {}", cause_of(.0))]
     Url(tokio_postgres::Error),
     /// An attempt took longer than allowed.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+}
+
+impl From<tokio_postgres::Error> for SinkError {
+    fn from(e: tokio_postgres::Error) -> SinkError {
+        SinkError::Db(e)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for SinkError {
+    fn from(e: deadpool_postgres::PoolError) -> SinkError {
+        SinkError::Pool(e)
+    }
+}
+
+impl From<deadpool_postgres::BuildError> for SinkError {
+    fn from(e: deadpool_postgres::BuildError) -> SinkError {
+        SinkError::Build(e)
+    }
+}
+
+fn pool_cause(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => cause_of(e),
+        other => other.to_string(),
+    }
+}
+
+/// One line with what went wrong, down to the root cause: the server's
+/// severity, SQLSTATE and message (plus detail and hint) for an error the
+/// server reported, otherwise every message of the source chain (for
+/// example `error connecting to server: Connection refused (os error 111)`).
+pub fn cause_of(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return describe_db_error(db);
+    }
+    let mut out = e.to_string();
+    let mut next = std::error::Error::source(e);
+    while let Some(cause) = next {
+        if let Some(db) = cause.downcast_ref::<tokio_postgres::error::DbError>() {
+            out = format!("{out}: {}", describe_db_error(db));
+            break;
+        }
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        next = cause.source();
+    }
+    out
+}
+
+fn describe_db_error(db: &tokio_postgres::error::DbError) -> String {
+    let mut out = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    if let Some(detail) = db.detail() {
+        out.push_str(&format!(" (detail: {detail})"));
+    }
+    if let Some(hint) = db.hint() {
+        out.push_str(&format!(" (hint: {hint})"));
+    }
+    out.replace('\n', " ")
 }
 
 impl SinkError {

@@ -104,12 +104,19 @@ pub struct Sink {
     partitions: Partitions,
     summary: SinkSummary,
     metrics: SinkMetrics,
+    progress: std::sync::Arc<t::Progress>,
 }
 
 impl Sink {
     /// A sink writing what arrives on `rx`; `migrated` says whether the
     /// schema is known to be up to date (otherwise the first flush migrates).
-    pub fn new(config: SinkConfig, pool: deadpool_postgres::Pool, rx: mpsc::Receiver<Delta>, migrated: bool) -> Sink {
+    pub fn new(
+        config: SinkConfig,
+        pool: deadpool_postgres::Pool,
+        rx: mpsc::Receiver<Delta>,
+        migrated: bool,
+        progress: std::sync::Arc<t::Progress>,
+    ) -> Sink {
         let run_id = (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as i64)
             ^ (i64::from(std::process::id()) << 40)
             ^ rand::random::<i64>();
@@ -145,6 +152,7 @@ impl Sink {
             partitions: Partitions::default(),
             summary: SinkSummary::default(),
             metrics,
+            progress,
         }
     }
 
@@ -342,6 +350,7 @@ impl Sink {
         self.metrics.partitions_created.increment(std::mem::take(&mut p.created));
         self.metrics.partitions_dropped.increment(std::mem::take(&mut p.dropped));
         self.summary.events_written += events;
+        self.progress.written(events);
         self.summary.batches += 1;
     }
 

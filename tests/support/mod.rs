@@ -439,7 +439,29 @@ pub fn parse_metric(body: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-/// All topics a logger with default settings subscribes to.
-pub fn all_topics(partition_count: u32) -> usize {
-    8 * partition_count as usize
+/// The subscriptions of a logger that takes every partition at rate 1 on
+/// one ingest thread, whatever the partition count: one prefix per event
+/// type (`bid.`, …).
+pub fn all_topics(_partition_count: u32) -> usize {
+    8
+}
+
+/// The subscriptions of a logger that samples or takes a partition subset:
+/// for each of `types` event types, `partitions` exact topics plus the
+/// prefixes that cover the partition numbers from `partition_count` to 9999
+/// (counted here independently of the logger's code).
+pub fn subset_topics(partition_count: u32, types: usize, partitions: usize) -> usize {
+    types * (partitions + covering_prefixes(partition_count))
+}
+
+/// How many decimal prefixes cover the four-digit numbers `from..10000`
+/// exactly, by a greedy walk over aligned blocks of 1, 10, 100, 1000.
+fn covering_prefixes(from: u32) -> usize {
+    let (mut n, mut count) = (from, 0);
+    while n < 10_000 {
+        let size = [1000, 100, 10].into_iter().find(|&b| n % b == 0 && n + b <= 10_000).unwrap_or(1);
+        n += size;
+        count += 1;
+    }
+    count
 }
