@@ -135,7 +135,7 @@ fn rule_exprs() -> Vec<String> {
             out.push(expr);
         }
     }
-    assert_eq!(out.len(), 6, "{out:?}");
+    assert_eq!(out.len(), 11, "{out:?}");
     out.iter()
         .map(|e| {
             let mut s = String::new();
@@ -298,9 +298,15 @@ async fn every_panel_query_and_alert_expression_returns_data_from_a_running_logg
             }
         }
         let r = prom_query(prometheus.port, expr);
+        let empty = r["data"]["result"].as_array().is_none_or(|a| a.is_empty());
         if r["status"] != "success" {
             failures.push(format!("{source}: `{expr}` failed: {r}"));
-        } else if r["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
+        } else if let Some(inner) = expr.strip_prefix("absent(").and_then(|e| e.strip_suffix(')')) {
+            // absent() has data only when its series is missing: here it must be there.
+            if !empty || prom_query(prometheus.port, inner)["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
+                failures.push(format!("{source}: `{inner}` is missing while a logger is scraped"));
+            }
+        } else if empty {
             failures.push(format!("{source}: `{expr}` returned no data"));
         }
     }
