@@ -11,7 +11,7 @@
 //! so nothing the database does can block the receive loop.
 
 use crate::aggregate::{AggregateConfig, AggregateStats, Aggregator, Delta, Outcome};
-use crate::decode::{decode, DecodeError};
+use crate::decode::{decode, DecodeError, Event};
 use crate::sample::{PartitionShare, Rate, Sampler};
 use crate::telemetry as t;
 use crate::wire::{fnv1a64, topic, EventType, MAX_PARTITIONS};
@@ -644,6 +644,15 @@ impl HotPath {
     #[inline]
     pub fn process(&mut self, topic: &[u8], payload: &[u8], now_ms: i64) {
         if payload.len() > self.max_event_size {
+            // Dropped, but its `seq` still counts: otherwise the next
+            // message's gap would count it as lost as well. Decoding skips
+            // a long value by its length, so this costs no more than a
+            // small message.
+            if let Ok(Event { publisher: Some(publisher), seq: Some(seq), event_type, partition, .. }) =
+                decode(topic, payload)
+            {
+                self.seqs.observe(publisher, event_type, partition, seq);
+            }
             self.invalid[DecodeError::TooLarge.index()] += 1;
             return;
         }
@@ -883,7 +892,7 @@ impl Ingest {
         tracing::warn!(
             events = check.unlogged,
             partition_count = self.hot.partition_count,
-            publishers_partition_count = check.apparent_partition_count().map_or("unknown".into(), |c| c.to_string()),
+            publishers_partition_count = %check.apparent_partition_count().map_or("unknown".into(), |c| c.to_string()),
             action,
             "events on a topic partition that is not fnv1a64(txn) mod partition-count: the publishers use another partition count"
         );

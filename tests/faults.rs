@@ -576,3 +576,202 @@ async fn a_large_batch_lands_in_parallel_parts_and_a_blocked_part_is_retried_alo
     let client = connect(&db).await;
     assert_warehouse_matches(&client, &all, 1_000_000).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_cost_only_themselves() {
+    // Three oversized events (200 KB, 2 MB, 4 MB: over max-event-size, under
+    // the hard max-message-size) among 40 000 from one publisher, at full speed.
+    let db = fresh_database("oversized_cost").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let mut rng = SmallRng::seed_from_u64(21);
+    let mut all = events(&mut rng, 40_003, "ev");
+    for (i, size) in [(5_000, 200_000), (15_000, 2_000_000), (25_000, 4_000_000)] {
+        all[i].extra = Some(serde_json::json!("x".repeat(size)));
+    }
+    // one publisher, consecutive seqs per topic in sending order
+    let mut seqs = std::collections::HashMap::new();
+    for e in &mut all {
+        let s = seqs.entry(e.topic(P)).or_insert(0u64);
+        *s += 1;
+        e.publisher = Some("bidder-1".into());
+        e.seq = Some(*s);
+    }
+    for e in &all {
+        publisher.publish(e, P);
+    }
+    let good: Vec<TestEvent> = all.into_iter().filter(|e| e.extra.is_none()).collect();
+    assert_eq!(good.len(), 40_000);
+    logger.wait_metric("bid_logger_messages_received_total", 40_003.0, Duration::from_secs(60));
+    logger.wait_metric("bid_logger_events_flushed_total", 40_000.0, Duration::from_secs(30));
+    assert_eq!(logger.metric("bid_logger_messages_invalid_total", "reason=\"too_large\""), 3.0);
+    assert_eq!(logger.metric("bid_logger_messages_invalid_total", ""), 3.0);
+    assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 0.0, "an oversized event's seq is not a gap");
+    assert_eq!(logger.metric("bid_logger_reconnects_total", ""), 0.0, "the connection stayed up");
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert_warehouse_matches(&connect(&db).await, &good, 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_flushes_and_keeps_running_under_load_with_exact_totals() {
+    let db = fresh_database("sighup").await;
+    let mut publisher = Publisher::bind();
+    // An hour-long interval: only SIGHUP (and the final stop) can flush.
+    let logger =
+        Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--flush-interval", "1h"]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let mut rng = SmallRng::seed_from_u64(22);
+    let first = events(&mut rng, 5_000, "first");
+    for e in &first {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_accepted_total", 5_000.0, Duration::from_secs(30));
+    assert_eq!(logger.metric("bid_logger_events_flushed_total", ""), 0.0);
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(logger.pid() as i32, libc::SIGHUP) };
+    logger.wait_metric("bid_logger_events_flushed_total", 5_000.0, Duration::from_secs(30));
+    let client = connect(&db).await;
+    assert_eq!(total_events(&client, "rollup_minute").await, 5_000, "visible after SIGHUP");
+    // More load, with SIGHUPs arriving while it is received.
+    let second = events(&mut rng, 50_000, "second");
+    for (i, e) in second.iter().enumerate() {
+        publisher.publish(e, P);
+        if i % 10_000 == 0 {
+            // SAFETY: as above.
+            unsafe { libc::kill(logger.pid() as i32, libc::SIGHUP) };
+        }
+    }
+    logger.wait_metric("bid_logger_events_accepted_total", 55_000.0, Duration::from_secs(60));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "SIGHUP must not end the logger: {stderr}");
+    assert!(stderr.contains("SIGHUP received"), "{stderr}");
+    assert_warehouse_matches(&client, &[first, second].concat(), 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_a_slow_graceful_stop_exits_at_once_saying_what_is_lost() {
+    let (db, publisher, mut logger, mut rng, first) =
+        logger_with_flushed_events("second_signal", 23, 1000, &["--shutdown-timeout", "2m"]).await;
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_minute IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let stuck = events(&mut rng, 3000, "stuck");
+    for e in &stuck {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_accepted_total", (first.len() + stuck.len()) as f64, Duration::from_secs(30));
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(logger.pid() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !logger.stderr_so_far().contains("stopping: no longer receiving") {
+        assert!(Instant::now() < deadline, "no graceful stop began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = Instant::now();
+    // SAFETY: as above.
+    unsafe { libc::kill(logger.pid() as i32, libc::SIGINT) };
+    let (code, stderr) = logger.wait();
+    assert!(second.elapsed() < Duration::from_secs(5), "the second signal did not exit at once");
+    assert_eq!(code, 1, "{stderr}");
+    let line = stderr.lines().find(|l| l.contains("second signal")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(strip_ansi(line).contains(&format!("events_unwritten={}", stuck.len())), "{line}");
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_with_another_partition_count_lose_nothing_at_rate_1_and_are_counted() {
+    // The publishers use 64 partitions, the logger 16.
+    let db = fresh_database("mismatch_all").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    publisher.wait_for_subscriptions(all_topics(16));
+    let mut rng = SmallRng::seed_from_u64(24);
+    let sent = events(&mut rng, 10_000, "p64");
+    for e in &sent {
+        publisher.publish(e, 64);
+    }
+    let mismatching = sent
+        .iter()
+        .filter(|e| {
+            let t = e.txn.as_bytes();
+            bid_logger::wire::partition_of(t, 64) != bid_logger::wire::partition_of(t, 16)
+        })
+        .count();
+    assert!(mismatching > 5_000, "three quarters of the partitions disagree");
+    logger.wait_metric("bid_logger_events_flushed_total", sent.len() as f64, Duration::from_secs(30));
+    assert_eq!(logger.metric("bid_logger_partition_mismatch_total", ""), mismatching as f64);
+    assert_eq!(logger.metric("bid_logger_messages_invalid_total", ""), 0.0);
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let warning = stderr.lines().find(|l| l.contains("another partition count")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(strip_ansi(warning).contains("publishers_partition_count=64"), "{warning}");
+    assert_warehouse_matches(&connect(&db).await, &sent, 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_subset_sees_publishers_with_a_larger_count_and_drops_what_it_cannot_sample() {
+    // Publishers at 64, the logger at 16 taking partitions 0-7. As 16 divides
+    // 64, every event on 0000-0007 agrees; the events on 0016-0063 are only
+    // seen because the logger also subscribes beyond its partition count.
+    let db = fresh_database("mismatch_subset").await;
+    let mut publisher = Publisher::bind();
+    let logger =
+        Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--partitions", "0-7"]);
+    publisher.wait_for_subscriptions(subset_topics(16, 8, 8));
+    let mut rng = SmallRng::seed_from_u64(25);
+    let sent = events(&mut rng, 10_000, "sub");
+    for e in &sent {
+        publisher.publish(e, 64);
+    }
+    let p64 = |e: &TestEvent| bid_logger::wire::partition_of(e.txn.as_bytes(), 64);
+    let kept: Vec<TestEvent> = sent.iter().filter(|e| p64(e) < 8).cloned().collect();
+    let beyond = sent.iter().filter(|e| p64(e) >= 16).count();
+    logger.wait_metric("bid_logger_messages_received_total", (kept.len() + beyond) as f64, Duration::from_secs(30));
+    logger.wait_metric("bid_logger_events_flushed_total", kept.len() as f64, Duration::from_secs(30));
+    assert_eq!(logger.metric("bid_logger_partition_mismatch_total", ""), beyond as f64);
+    assert_eq!(logger.metric("bid_logger_messages_invalid_total", "reason=\"partition_mismatch\""), beyond as f64);
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert_warehouse_matches(&connect(&db).await, &kept, 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bogus_seq_jump_is_a_reset_and_a_flood_of_publisher_ids_locks_nobody_out() {
+    let db = fresh_database("seq_poison").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    publisher.wait_for_subscriptions(all_topics(16));
+    let now = now_ms();
+    let on_one_topic = |txn: String, publisher: &str, seq: u64| {
+        let mut e = TestEvent::new("bid", txn, now);
+        e.publisher = Some(publisher.into());
+        e.seq = Some(seq);
+        e
+    };
+    // seq 1, 2, 3, then 2^63, then 2^63 + 1: one reset, nothing lost
+    let txn = "fixed-txn".to_string();
+    let mut sent = Vec::new();
+    for seq in [1, 2, 3, 1 << 63, (1 << 63) + 1] {
+        sent.push(on_one_topic(txn.clone(), "bogus", seq));
+    }
+    // 30 000 publishers, one message each (more than the tracker holds)
+    for i in 0..30_000 {
+        sent.push(on_one_topic(format!("flood-{i}"), &format!("flood-{i}"), 1));
+    }
+    // a publisher that appears afterwards, with a real gap of 5
+    for seq in [100, 101, 107] {
+        sent.push(on_one_topic(txn.clone(), "late", seq));
+    }
+    for e in &sent {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", sent.len() as f64, Duration::from_secs(30));
+    assert_eq!(logger.metric("bid_logger_seq_resets_total", ""), 1.0);
+    assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 5.0, "only the late publisher's real gap");
+    assert!(logger.metric("bid_logger_seq_publishers_evicted_total", "") >= 20_000.0);
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
