@@ -263,7 +263,7 @@ fn logs_through_a_pipe_carry_no_colour_codes() {
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    let child = cmd.spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_secs(2));
     // SAFETY: kill with a valid pid and signal.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
