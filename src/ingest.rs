@@ -395,16 +395,18 @@ impl SeqTracker {
     pub fn observe(&mut self, publisher: &str, event_type: EventType, partition: u32, seq: u64) {
         self.tick += 1;
         let topic_id = event_type as u32 * MAX_PARTITIONS + partition;
-        if !self.publishers.contains_key(publisher.as_bytes()) {
-            if self.publishers.len() >= MAX_TRACKED_PUBLISHERS || self.sequences >= MAX_TRACKED_SEQUENCES {
-                self.evict_half();
+        let tracked = match self.publishers.get_mut(publisher.as_bytes()) {
+            Some(tracked) => tracked,
+            None => {
+                if self.publishers.len() >= MAX_TRACKED_PUBLISHERS || self.sequences >= MAX_TRACKED_SEQUENCES {
+                    self.evict_half();
+                }
+                self.publishers.entry(publisher.as_bytes().into()).or_default()
             }
-            self.publishers.insert(publisher.as_bytes().into(), Tracked::default());
-        }
-        let tracked = self.publishers.get_mut(publisher.as_bytes()).expect("inserted above");
+        };
         tracked.seen_twice |= tracked.last_seen != 0;
         tracked.last_seen = self.tick;
-        if !tracked.topics.contains_key(&topic_id) && self.sequences >= MAX_TRACKED_SEQUENCES {
+        if self.sequences >= MAX_TRACKED_SEQUENCES && !tracked.topics.contains_key(&topic_id) {
             // Only a publisher with 200 000 topics of its own gets here
             // (eviction keeps the busiest): stop adding its topics.
             return;
@@ -588,6 +590,9 @@ pub struct IngestSummary {
 /// threads run.
 pub struct HotPath {
     partition_count: u32,
+    /// `partition_count - 1` when it is a power of two (64, 256: the usual
+    /// counts), so that `h mod P` is a mask instead of a 64-bit division.
+    partition_mask: Option<u64>,
     max_event_size: usize,
     /// Whether an event on a mismatching partition is still kept.
     takes_everything: bool,
@@ -614,6 +619,7 @@ impl HotPath {
         let sampler = Sampler::new(config.sample, config.partition_count);
         HotPath {
             partition_count: config.partition_count,
+            partition_mask: config.partition_count.is_power_of_two().then(|| u64::from(config.partition_count) - 1),
             max_event_size: config.max_event_size,
             takes_everything: config.takes_everything,
             everything: sampler.keeps_everything(),
@@ -670,7 +676,10 @@ impl HotPath {
         // hash per event (~1 ns per byte of txn) checks that and decides
         // both samples.
         let hash = fnv1a64(ev.txn);
-        let owner = (hash % u64::from(self.partition_count)) as u32;
+        let owner = match self.partition_mask {
+            Some(mask) => hash & mask,
+            None => hash % u64::from(self.partition_count),
+        } as u32;
         if owner != ev.partition {
             self.partitions.record(ev.partition, hash);
             if !self.takes_everything {
@@ -682,8 +691,8 @@ impl HotPath {
             // Everything is taken anyway: keep it, under its real partition.
             ev.partition = owner;
         }
-        let rollup = self.everything || self.sampler.keep_hash(hash);
-        let raw = self.raw_sampler.as_ref().is_some_and(|s| s.keep_hash(hash));
+        let rollup = self.everything || self.sampler.keep_owned(owner, hash);
+        let raw = self.raw_sampler.as_ref().is_some_and(|s| s.keep_owned(owner, hash));
         if !rollup && !raw {
             self.sampled_out += 1;
             return;

@@ -187,8 +187,15 @@ impl Sampler {
     /// Like [`Sampler::keep`] for a transaction whose `fnv1a64` is `h`.
     #[inline]
     pub fn keep_hash(&self, h: u64) -> bool {
-        let p = (h % u64::from(self.partition_count)) as usize;
-        self.whole[p] || mix64(h) < self.threshold[p]
+        self.keep_owned((h % u64::from(self.partition_count)) as u32, h)
+    }
+
+    /// Like [`Sampler::keep_hash`] when `p = h mod P` is already known: no
+    /// division, and the mix only for the one refined partition.
+    #[inline]
+    pub fn keep_owned(&self, p: u32, h: u64) -> bool {
+        let p = p as usize;
+        self.whole[p] || (self.threshold[p] != 0 && mix64(h) < self.threshold[p])
     }
 
     /// Like [`Sampler::keep`] when the partition is already known to be the
