@@ -23,7 +23,7 @@ fn main() {
         None => 1_000_000,
     };
     let stream = bid_logger::bench::generate(count, 64, 1);
-    let now = bid_logger::ingest::now_ms();
+    let now = bid_logger::clock::now_ms();
     let raw: Rate = "1/1000".parse().expect("a rate");
     let mut hot = HotPath::new(HotPathConfig { raw_sample: raw, ..HotPathConfig::default() });
     let (mut best_drain, mut best_parts) = (f64::MAX, f64::MAX);

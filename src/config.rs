@@ -140,14 +140,7 @@ pub struct Settings {
     pub log_format: Option<String>,
 }
 
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 /// The validated configuration of `bid-logger run`.
 #[derive(Debug, Clone)]

@@ -68,7 +68,7 @@ pub async fn run(cfg: DemoConfig) -> Result<(), DemoError> {
             (Some(pg), url)
         }
     };
-    let db_name = format!("bid_logger_demo_{}", crate::ingest::now_ms() / 1000);
+    let db_name = format!("bid_logger_demo_{}", crate::clock::now_ms() / 1000);
     let admin = connect(&server_url).await?;
     admin
         .batch_execute(&format!("CREATE DATABASE {db_name}"))

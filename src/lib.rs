@@ -36,6 +36,8 @@
 //! * [`config`]: the configuration file, flags and environment, validated
 //!   into each stage's config.
 //! * [`telemetry`]: every metric name, described once; logging set-up.
+//! * [`clock`]: wall-clock and coarse monotonic milliseconds (the lowest
+//!   module: no stage needs another for the time).
 //! * [`pgtemp`]: a throwaway PostgreSQL cluster for the demo and the tests.
 //! * [`zap`]: the address allow-list for bound sockets (a ZeroMQ ZAP handler).
 //! * [`simulate`], [`demo`], [`bench`]: the bidder-fleet simulator, the
@@ -45,6 +47,7 @@
 
 pub mod aggregate;
 pub mod bench;
+pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod demo;

@@ -505,7 +505,7 @@ pub fn run(config: &SimulateConfig, stop: &std::sync::atomic::AtomicBool) -> Res
     let started = Instant::now();
     let mut last_progress = started;
     let limit = config.count.unwrap_or(u64::MAX);
-    let mut now_ms = crate::ingest::now_ms();
+    let mut now_ms = crate::clock::now_ms();
     while summary.sent < limit {
         if summary.sent % 256 == 0 {
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -521,7 +521,7 @@ pub fn run(config: &SimulateConfig, stop: &std::sync::atomic::AtomicBool) -> Res
                     std::thread::sleep(due - elapsed);
                 }
             }
-            now_ms = crate::ingest::now_ms();
+            now_ms = crate::clock::now_ms();
             if config.progress && last_progress.elapsed() >= Duration::from_millis(500) {
                 last_progress = Instant::now();
                 let secs = elapsed.as_secs_f64().max(1e-9);

@@ -3,7 +3,6 @@
 //! Dashboards, alerts, the README and the tests use exactly these names.
 //! Labels come only from small fixed sets (`event_type`, `reason`, `table`).
 
-use crate::config::LogFormat;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use std::net::SocketAddr;
 
@@ -142,6 +141,15 @@ impl Progress {
         use std::sync::atomic::Ordering::Relaxed;
         self.accepted.load(Relaxed).saturating_sub(self.written.load(Relaxed))
     }
+}
+
+/// How logs are written (the `log-format` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Buckets of [`FLUSH_DURATION`], in seconds.

@@ -59,7 +59,7 @@ fn plain_upsert(table: &str) -> String {
 /// The stream aggregated into one batch of at most `max_rows` minute rows.
 pub fn batch_of(stream: &Stream, max_rows: usize) -> Delta {
     let mut agg = Aggregator::new(AggregateConfig::default());
-    let now = crate::ingest::now_ms();
+    let now = crate::clock::now_ms();
     for (topic, payload) in &stream.messages {
         if let Ok(ev) = crate::decode::decode(topic, payload) {
             agg.record(&ev, now);

@@ -32,7 +32,7 @@ pub struct Stream {
 pub fn generate(count: usize, partition_count: u32, seed: u64) -> Stream {
     let config = SimulateConfig { partition_count, seed, late_fraction: 0.01, ..Default::default() };
     let mut gen = Generator::new(&config);
-    let now = crate::ingest::now_ms();
+    let now = crate::clock::now_ms();
     let mut seqs = vec![1u64; 8 * partition_count as usize];
     let mut messages = Vec::with_capacity(count);
     let mut bytes = 0usize;
@@ -717,7 +717,7 @@ fn print_flush(rounds: &[flush::FlushRound]) {
 async fn fresh_db(server_url: &str, prefix: &str) -> anyhow::Result<String> {
     let (client, conn) = tokio_postgres::connect(server_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    let name = format!("{prefix}_{}", crate::ingest::now_ms());
+    let name = format!("{prefix}_{}", crate::clock::now_ms());
     client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
     Ok(crate::demo::with_dbname(server_url, &name)?)
 }

@@ -391,7 +391,7 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Partitions {
     fn today() -> i64 {
-        partitions::day_of(crate::ingest::now_ms())
+        partitions::day_of(crate::clock::now_ms())
     }
 
     fn oldest_kept(&self, retention_days: i64) -> i64 {

@@ -1,0 +1,107 @@
+//! The receive loop: SUB sockets on dedicated OS threads.
+//!
+//! libzmq sockets are blocking and not thread-safe, so each ingest thread owns
+//! one SUB socket outright and runs the whole hot path (decode → sample →
+//! aggregate) on it, outside the async runtime: a tokio worker blocked in
+//! `zmq_recv` would stall every task scheduled on it, and moving each message
+//! across threads would cost more than processing it. The only boundary to
+//! tokio is a bounded channel of [`Delta`](crate::aggregate::Delta)s, used with `try_reserve`: when the
+//! sink is behind, the thread simply keeps aggregating into the same table
+//! (which merges the pending interval into the next one) instead of waiting,
+//! so nothing the database does can block the receive loop.
+//!
+//! # Layout
+//!
+//! * [`topics`]: which topics each thread subscribes to.
+//! * [`socket`]: the SUB socket's set-up, and renewing endpoints that
+//!   libzmq dropped for good.
+//! * [`pacer`]: how the receive loop coalesces wake-ups.
+//! * [`hot_path`]: the per-message work, with no socket ([`HotPath`]).
+//! * [`seq`]: `seq` gaps, restarts and resets, in bounded memory.
+//! * [`worker`]: one ingest thread's loop and counters, and [`spawn`].
+
+pub mod hot_path;
+pub mod pacer;
+pub mod seq;
+pub mod socket;
+pub mod topics;
+pub mod worker;
+
+pub use hot_path::{HotPath, HotPathConfig, PartitionCheck, DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_SEQ_JUMP};
+pub use pacer::Pacer;
+pub use seq::SeqTracker;
+pub use socket::open_socket;
+pub use topics::{prefixes_from, subscriptions};
+pub use worker::{spawn, FlushRequests, Ingest, IngestSummary};
+
+use crate::aggregate::AggregateConfig;
+use crate::sample::Rate;
+use crate::wire::EventType;
+
+/// Settings of the ingest stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestConfig {
+    /// Endpoints to connect to.
+    pub connect: Vec<String>,
+    /// Endpoints to bind.
+    pub bind: Vec<String>,
+    /// Fleet-wide partition count.
+    pub partition_count: u32,
+    /// This instance's partitions, sorted.
+    pub partitions: Vec<u32>,
+    /// Event types subscribed to.
+    pub event_types: Vec<EventType>,
+    /// Rollup sampling rate.
+    pub sample: Rate,
+    /// Raw-event sampling rate (`events_sample`).
+    pub raw_sample: Rate,
+    /// ZMQ_RCVHWM.
+    pub receive_hwm: i32,
+    /// ZMQ_MAXMSGSIZE: the hard limit, a guard against hostile peers (libzmq
+    /// drops the connection of a peer that exceeds it).
+    pub max_message_size: i64,
+    /// Payloads larger than this are counted as `too_large` and dropped,
+    /// costing no other message.
+    pub max_event_size: usize,
+    /// A forward `seq` jump larger than this is a sequence reset, not a loss.
+    pub max_seq_jump: u64,
+    /// Number of receive threads.
+    pub threads: usize,
+    /// Peers allowed to connect to bound endpoints (empty = no check).
+    pub allow: Vec<crate::zap::Allowed>,
+}
+
+/// Failure to set up a socket.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// A libzmq call failed.
+    #[error("zeromq {what} failed: {source}")]
+    Zmq {
+        /// The call, with its argument.
+        what: String,
+        /// libzmq's error.
+        source: zmq::Error,
+    },
+}
+
+impl IngestConfig {
+    /// Whether this instance takes every transaction of every partition
+    /// (all partitions, rollup rate 1). Then it subscribes by type prefix
+    /// and a publisher's partition number cannot make it miss an event.
+    pub fn takes_everything(&self) -> bool {
+        self.sample == Rate::ALL && self.partitions.len() == self.partition_count as usize
+    }
+
+    /// The hot path's settings.
+    pub fn hot_path(&self, aggregate: AggregateConfig) -> HotPathConfig {
+        HotPathConfig {
+            partition_count: self.partition_count,
+            sample: self.sample,
+            raw_sample: self.raw_sample,
+            takes_everything: self.takes_everything(),
+            max_event_size: self.max_event_size,
+            max_seq_jump: self.max_seq_jump,
+            aggregate,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Which topics an ingest thread subscribes to (ZeroMQ filters by prefix at
+//! the publisher, so this decides what is sent over the network at all).
+
+use super::IngestConfig;
+use crate::sample::{PartitionShare, Sampler};
+use crate::wire::{topic, MAX_PARTITIONS};
+
+/// The topics thread `index` of `threads` subscribes to.
+///
+/// * With one thread taking every transaction: one prefix per event type
+///   (`bid.`), so that whatever partition count the publishers use, no
+///   event is filtered out at the sender.
+/// * Otherwise, for each configured event type: the thread's share of this
+///   instance's partitions (round robin), minus partitions that none of the
+///   samplers (rollup, raw) needs, plus its share of the prefixes that
+///   cover every partition number from `partition-count` to 9999. A
+///   publisher whose partition count agrees sends nothing there; one that
+///   uses a larger count is seen (its events counted as partition
+///   mismatches) instead of being silently filtered out.
+pub fn subscriptions(config: &IngestConfig, samplers: &[&Sampler], index: usize, threads: usize) -> Vec<String> {
+    if threads == 1 && config.takes_everything() {
+        return config.event_types.iter().map(|et| format!("{}.", et.as_str())).collect();
+    }
+    let beyond = prefixes_from(config.partition_count);
+    let mut out = Vec::new();
+    for &et in &config.event_types {
+        for (i, &p) in config.partitions.iter().enumerate() {
+            let wanted = samplers.iter().any(|s| s.share(p) != PartitionShare::Nothing);
+            if i % threads == index && wanted {
+                out.push(topic(et, p));
+            }
+        }
+        for (i, prefix) in beyond.iter().enumerate() {
+            if i % threads == index {
+                out.push(format!("{}.{prefix}", et.as_str()));
+            }
+        }
+    }
+    out
+}
+
+/// The shortest list of decimal prefixes that match exactly the four-digit,
+/// zero-padded partition numbers `from..=9999` (`64` → `0064` … `0069`,
+/// `007` … `009`, `01` … `09`, `1` … `9`).
+pub fn prefixes_from(from: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut n = from;
+    while n < MAX_PARTITIONS {
+        // The largest aligned block of 10^k numbers starting at n.
+        let mut k = 0;
+        while k < 4 && n.is_multiple_of(10u32.pow(k + 1)) && n + 10u32.pow(k + 1) <= MAX_PARTITIONS {
+            k += 1;
+        }
+        out.push(format!("{n:04}")[..(4 - k) as usize].to_string());
+        n += 10u32.pow(k);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::Rate;
+    use crate::wire::EventType;
+    fn config(partition_count: u32, partitions: std::ops::Range<u32>, threads: usize, sample: &str) -> IngestConfig {
+        IngestConfig {
+            connect: vec![],
+            bind: vec![],
+            partition_count,
+            partitions: partitions.collect(),
+            event_types: vec![EventType::Bid, EventType::Win],
+            sample: sample.parse().unwrap(),
+            raw_sample: Rate::NONE,
+            receive_hwm: 0,
+            max_message_size: 1024,
+            max_event_size: 1024,
+            max_seq_jump: 1000,
+            threads,
+            allow: vec![],
+        }
+    }
+
+    #[test]
+    fn prefixes_cover_exactly_the_partitions_from_the_count_up() {
+        assert_eq!(prefixes_from(9998), ["9998", "9999"]);
+        assert_eq!(prefixes_from(9000), ["9"]);
+        let p64 = prefixes_from(64);
+        assert_eq!(p64.len(), 6 + 3 + 9 + 9, "{p64:?}");
+        assert_eq!(&p64[..7], ["0064", "0065", "0066", "0067", "0068", "0069", "007"]);
+        for from in [1, 7, 16, 64, 100, 256, 999, 1000, 4321, 9999] {
+            let prefixes = prefixes_from(from);
+            for n in 0..MAX_PARTITIONS {
+                let digits = format!("{n:04}");
+                let matches = prefixes.iter().filter(|p| digits.starts_with(p.as_str())).count();
+                assert_eq!(matches, usize::from(n >= from), "{digits} against the prefixes from {from}");
+            }
+        }
+    }
+
+    #[test]
+    fn subscriptions_follow_partitions_types_threads_and_sample() {
+        let all = Sampler::new(Rate::ALL, 64);
+        // one thread taking everything: one prefix per type, whatever the publishers' count
+        assert_eq!(subscriptions(&config(64, 0..64, 1, "1"), &[&all], 0, 1), vec!["bid.", "win."]);
+        // a partition subset: exact topics, plus the partitions beyond the count
+        let beyond = prefixes_from(64).len();
+        let subset = config(64, 0..16, 2, "1");
+        let t0 = subscriptions(&subset, &[&all], 0, 2);
+        let t1 = subscriptions(&subset, &[&all], 1, 2);
+        assert_eq!(t0.len() + t1.len(), 2 * (16 + beyond));
+        assert!(t0.contains(&"bid.0000".to_string()) && t1.contains(&"win.0015".to_string()));
+        assert!(!t0.contains(&"bid.0016".to_string()) && !t1.contains(&"bid.0016".to_string()));
+        assert!(t0.iter().chain(&t1).any(|t| t == "bid.0064") && t0.iter().chain(&t1).any(|t| t == "win.1"));
+        // several threads taking everything: no prefix is shared, all partitions are covered
+        let threads = config(64, 0..64, 2, "1");
+        let (a, b) = (subscriptions(&threads, &[&all], 0, 2), subscriptions(&threads, &[&all], 1, 2));
+        assert_eq!(a.len() + b.len(), 2 * (64 + beyond));
+        assert!(a.iter().all(|t| !b.contains(t)));
+        // sampling: partitions outside every sample are not subscribed to
+        let sampled = config(64, 0..16, 1, "1/8");
+        let eighth = Sampler::new("1/8".parse().unwrap(), 64);
+        let mut topics = subscriptions(&sampled, &[&eighth], 0, 1);
+        topics.retain(|t| {
+            t.len() == "bid.0000".len() && t.as_bytes()[4..].iter().all(u8::is_ascii_digit) && t[4..] < *"0064"
+        });
+        topics.sort();
+        assert_eq!(topics, vec!["bid.0000", "bid.0008", "win.0000", "win.0008"]);
+        // a raw sample at a lower rate needs no extra partition (samples nest)
+        let raw = Sampler::new("1/1000".parse().unwrap(), 64);
+        assert_eq!(subscriptions(&sampled, &[&eighth, &raw], 0, 1).len(), 2 * (2 + beyond));
+        // at a higher rate it does
+        let half = Sampler::new("1/2".parse().unwrap(), 64);
+        assert_eq!(subscriptions(&sampled, &[&eighth, &half], 0, 1).len(), 2 * (8 + beyond));
+    }
+}

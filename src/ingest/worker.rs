@@ -1,0 +1,368 @@
+//! One ingest thread: its socket, its hot path, its counters, and the loop
+//! that runs them; [`spawn`] starts them all.
+
+use super::hot_path::HotPath;
+use super::pacer::Pacer;
+use super::socket::{open_socket, Reconnector};
+use super::topics::subscriptions;
+use super::{IngestConfig, IngestError};
+use crate::aggregate::{AggregateConfig, AggregateStats, Delta};
+use crate::clock::{coarse_monotonic_ms, now_ms};
+use crate::decode::DecodeError;
+use crate::telemetry as t;
+use crate::wire::EventType;
+use metrics::{counter, gauge, Counter, Gauge};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How often (at most) the loop refreshes its event-time clock, checks the
+/// stop flag and the flush deadline, in milliseconds of the coarse clock.
+const HOUSEKEEPING_MS: u64 = 10;
+/// How often local counts are added to the exported metrics.
+const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
+/// Metric handles of one ingest thread; counts are kept locally per message
+/// and added here in batches (a few times per second).
+struct IngestMetrics {
+    received: Counter,
+    accepted: [Counter; 8],
+    invalid: [Counter; DecodeError::COUNT],
+    sampled_out: Counter,
+    late: Counter,
+    future: Counter,
+    lost: Counter,
+    restarts: Counter,
+    resets: Counter,
+    evicted: Counter,
+    mismatches: Counter,
+    folded: Counter,
+    raw_dropped: Counter,
+    live_keys: Gauge,
+    published_live_keys: usize,
+}
+
+impl IngestMetrics {
+    fn new() -> IngestMetrics {
+        IngestMetrics {
+            received: counter!(t::MESSAGES_RECEIVED),
+            accepted: EventType::ALL.map(|et| counter!(t::EVENTS_ACCEPTED, "event_type" => et.as_str())),
+            invalid: DecodeError::ALL.map(|r| counter!(t::MESSAGES_INVALID, "reason" => r.reason())),
+            sampled_out: counter!(t::EVENTS_SAMPLED_OUT),
+            late: counter!(t::EVENTS_REJECTED, "reason" => "late"),
+            future: counter!(t::EVENTS_REJECTED, "reason" => "future"),
+            lost: counter!(t::MESSAGES_LOST),
+            restarts: counter!(t::PUBLISHER_RESTARTS),
+            resets: counter!(t::SEQ_RESETS),
+            evicted: counter!(t::SEQ_PUBLISHERS_EVICTED),
+            mismatches: counter!(t::PARTITION_MISMATCH),
+            folded: counter!(t::OVERFLOW_FOLDED),
+            raw_dropped: counter!(t::RAW_ROWS_DROPPED, "reason" => "buffer_full"),
+            live_keys: gauge!(t::LIVE_KEYS),
+            published_live_keys: 0,
+        }
+    }
+}
+
+/// What one ingest thread counted over its life.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestSummary {
+    /// Messages received.
+    pub received: u64,
+    /// Invalid messages.
+    pub invalid: u64,
+    /// Sampled out.
+    pub sampled_out: u64,
+    /// Accepted into the rollups.
+    pub accepted: u64,
+    /// Rejected late or future.
+    pub rejected: u64,
+    /// Lost per seq gaps.
+    pub lost: u64,
+}
+
+/// One ingest thread's state: socket, hot path and local counters.
+pub struct Ingest {
+    socket: zmq::Socket,
+    /// `None` when nothing is connected (bind only).
+    reconnector: Option<Reconnector>,
+    hot: HotPath,
+    sink: mpsc::Sender<Delta>,
+    flush_interval: Duration,
+    // local counters, published in batches
+    received: u64,
+    summary: IngestSummary,
+    metrics: IngestMetrics,
+    /// When the last partition-mismatch warning was logged.
+    mismatch_logged: Option<Instant>,
+    progress: Arc<t::Progress>,
+}
+
+/// How often at most a thread logs partition mismatches.
+const MISMATCH_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Asks the ingest threads to hand what they hold to the sink now, instead
+/// of at the end of the flush interval (SIGHUP). Each request is a new
+/// generation; a thread acts once per generation it has not seen.
+#[derive(Debug, Default)]
+pub struct FlushRequests(AtomicU64);
+
+impl FlushRequests {
+    /// Asks every thread to flush at its next housekeeping (within ~10 ms).
+    pub fn request(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn generation(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Ingest {
+    /// Prepares thread `index` of `config.threads`: opens its socket and
+    /// subscribes. Deltas go to `sink` every `flush_interval`.
+    pub fn new(
+        ctx: &zmq::Context,
+        config: &IngestConfig,
+        aggregate: AggregateConfig,
+        index: usize,
+        flush_interval: Duration,
+        sink: mpsc::Sender<Delta>,
+        progress: Arc<t::Progress>,
+    ) -> Result<Ingest, IngestError> {
+        let hot = HotPath::new(config.hot_path(aggregate));
+        let topics = subscriptions(config, &hot.samplers(), index, config.threads);
+        let socket = open_socket(ctx, config, &topics)?;
+        let reconnector = if config.connect.is_empty() {
+            None
+        } else {
+            Some(Reconnector::new(ctx, &socket, &config.connect, index)?)
+        };
+        tracing::info!(thread = index, topics = topics.len(), "subscribed");
+        Ok(Ingest {
+            socket,
+            reconnector,
+            hot,
+            sink,
+            flush_interval,
+            received: 0,
+            summary: IngestSummary::default(),
+            metrics: IngestMetrics::new(),
+            mismatch_logged: None,
+            progress,
+        })
+    }
+
+    /// Receives until `stop` is set, then hands the last delta to the sink
+    /// (waiting for room, since nothing else is left to do) and returns.
+    /// Hands the current interval over early when `flush` asks for it.
+    pub fn run(mut self, stop: &AtomicBool, flush: &FlushRequests) -> IngestSummary {
+        let mut flush_seen = flush.generation();
+        let mut topic = zmq::Message::new();
+        let mut payload = zmq::Message::new();
+        let mut now_ms = now_ms();
+        let mut next_flush = Instant::now() + self.flush_interval;
+        let mut next_publish = Instant::now() + PUBLISH_EVERY;
+        let mut next_housekeeping = coarse_monotonic_ms() + HOUSEKEEPING_MS;
+        let mut pacer = Pacer::default();
+        loop {
+            let got = self.socket.recv(&mut topic, pacer.flags());
+            let housekeeping = match got {
+                Ok(()) => {
+                    pacer.received();
+                    self.received += 1;
+                    self.handle(&topic, &mut payload, now_ms);
+                    // The coarse clock costs a few ns (no syscall, no TSC read),
+                    // cheap enough to look at after every message.
+                    coarse_monotonic_ms() >= next_housekeeping
+                }
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
+                    pacer.empty();
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "receive failed; stopping this ingest thread");
+                    break;
+                }
+            };
+            if housekeeping {
+                next_housekeeping = coarse_monotonic_ms() + HOUSEKEEPING_MS;
+                now_ms = self::now_ms();
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Some(r) = &mut self.reconnector {
+                    r.poll(&self.socket);
+                }
+                let now = Instant::now();
+                if now >= next_publish {
+                    self.publish_counts();
+                    next_publish = now + PUBLISH_EVERY;
+                }
+                let requested = flush.generation();
+                if now >= next_flush || requested != flush_seen {
+                    flush_seen = requested;
+                    self.hand_over();
+                    next_flush = now + self.flush_interval;
+                }
+            }
+        }
+        self.publish_counts();
+        let last = self.hot.aggregator.drain();
+        if !last.is_empty() && self.sink.blocking_send(last).is_err() {
+            tracing::error!("sink is gone; the last interval could not be handed over");
+        }
+        self.summary
+    }
+
+    /// Receives the rest of a message whose topic frame has just been
+    /// received, and runs it through the hot path.
+    #[inline]
+    fn handle(&mut self, topic: &zmq::Message, payload: &mut zmq::Message, now_ms: i64) {
+        if !topic.get_more() {
+            self.hot.bad_frames();
+            return;
+        }
+        // ZeroMQ delivers all frames of a message atomically: the second is here.
+        if self.socket.recv(payload, 0).is_err() {
+            self.hot.bad_frames();
+            return;
+        }
+        if payload.get_more() {
+            // Swallow the rest of the message so the next recv starts a new one.
+            while payload.get_more() && self.socket.recv(payload, 0).is_ok() {}
+            self.hot.bad_frames();
+            return;
+        }
+        self.hot.process(&topic[..], &payload[..], now_ms);
+    }
+
+    /// Gives the accumulated delta to the sink if the channel has room;
+    /// otherwise keeps it (the next interval merges into it).
+    fn hand_over(&mut self) {
+        if self.hot.aggregator.is_empty() {
+            return;
+        }
+        match self.sink.try_reserve() {
+            Ok(permit) => permit.send(self.hot.aggregator.drain()),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                tracing::debug!(keys = self.hot.aggregator.live_keys(), "sink busy; merging into the next interval")
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                tracing::error!("sink is gone; dropping nothing yet, keeping the delta in memory")
+            }
+        }
+        self.publish_live_keys();
+    }
+
+    /// Warns about partition mismatches, at most every [`MISMATCH_LOG_EVERY`]:
+    /// a misconfigured fleet sends them with every message.
+    fn log_mismatches(&mut self) {
+        let check = &mut self.hot.partitions;
+        if check.unlogged == 0 || self.mismatch_logged.is_some_and(|at| at.elapsed() < MISMATCH_LOG_EVERY) {
+            return;
+        }
+        self.mismatch_logged = Some(Instant::now());
+        let action = if self.hot.takes_everything {
+            "kept: this instance takes every partition at rate 1"
+        } else {
+            "dropped (counted as invalid, reason partition_mismatch): they cannot be sampled consistently"
+        };
+        tracing::warn!(
+            events = check.unlogged,
+            partition_count = self.hot.partition_count,
+            publishers_partition_count = %check.apparent_partition_count().map_or("unknown".into(), |c| c.to_string()),
+            action,
+            "events on a topic partition that is not fnv1a64(txn) mod partition-count: the publishers use another partition count"
+        );
+        check.unlogged = 0;
+    }
+
+    fn publish_live_keys(&mut self) {
+        let now = self.hot.aggregator.live_keys();
+        let m = &mut self.metrics;
+        m.live_keys.increment(now as f64 - m.published_live_keys as f64);
+        m.published_live_keys = now;
+    }
+
+    fn publish_counts(&mut self) {
+        let m = &self.metrics;
+        let AggregateStats { accepted, late, future, folded, raw: _, raw_dropped } = self.hot.aggregator.take_stats();
+        let hot = &mut self.hot;
+        m.received.increment(self.received);
+        for (c, n) in m.accepted.iter().zip(accepted) {
+            if n > 0 {
+                c.increment(n);
+            }
+        }
+        for (c, n) in m.invalid.iter().zip(hot.invalid) {
+            if n > 0 {
+                c.increment(n);
+            }
+        }
+        m.sampled_out.increment(hot.sampled_out);
+        m.late.increment(late);
+        m.future.increment(future);
+        m.folded.increment(folded);
+        m.raw_dropped.increment(raw_dropped);
+        m.lost.increment(hot.seqs.lost);
+        m.restarts.increment(hot.seqs.restarts);
+        m.resets.increment(hot.seqs.resets);
+        m.evicted.increment(hot.seqs.evicted);
+        m.mismatches.increment(hot.partitions.mismatches);
+        let s = &mut self.summary;
+        s.received += self.received;
+        s.invalid += hot.invalid.iter().sum::<u64>();
+        s.sampled_out += hot.sampled_out;
+        s.accepted += accepted.iter().sum::<u64>();
+        self.progress.accepted(accepted.iter().sum());
+        s.rejected += late + future;
+        s.lost += hot.seqs.lost;
+        self.log_mismatches();
+        let hot = &mut self.hot;
+        hot.invalid = [0; DecodeError::COUNT];
+        hot.sampled_out = 0;
+        hot.seqs.lost = 0;
+        hot.seqs.restarts = 0;
+        hot.seqs.resets = 0;
+        hot.seqs.evicted = 0;
+        hot.partitions.mismatches = 0;
+        self.received = 0;
+        self.publish_live_keys();
+    }
+}
+
+/// Starts `config.threads` ingest threads sharing one ZeroMQ context.
+/// Sockets are opened before this returns, so set-up errors surface here.
+pub fn spawn(
+    config: &IngestConfig,
+    aggregate: &AggregateConfig,
+    flush_interval: Duration,
+    sink: mpsc::Sender<Delta>,
+    stop: Arc<AtomicBool>,
+    flush: Arc<FlushRequests>,
+    progress: Arc<t::Progress>,
+) -> Result<Vec<std::thread::JoinHandle<IngestSummary>>, IngestError> {
+    let ctx = zmq::Context::new();
+    ctx.set_io_threads(config.threads.min(4) as i32)
+        .map_err(|source| IngestError::Zmq { what: "set io threads".into(), source })?;
+    let mut workers = Vec::new();
+    if !config.allow.is_empty() {
+        let zap = crate::zap::spawn(&ctx, config.allow.clone(), stop.clone())
+            .map_err(|source| IngestError::Zmq { what: "ZAP handler".into(), source })?;
+        // The ZAP thread ends with the stop flag; it holds no data to hand over.
+        drop(zap);
+    }
+    for index in 0..config.threads {
+        let ingest =
+            Ingest::new(&ctx, config, aggregate.clone(), index, flush_interval, sink.clone(), progress.clone())?;
+        let (stop, flush) = (stop.clone(), flush.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("ingest-{index}"))
+            .spawn(move || ingest.run(&stop, &flush))
+            .expect("spawning an OS thread");
+        workers.push(handle);
+    }
+    Ok(workers)
+}
