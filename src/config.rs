@@ -6,11 +6,11 @@
 //! defaults and turns the strings into typed values, failing with a
 //! [`ConfigError`] that names the offending key.
 
-use crate::aggregate::AggregateConfig;
-use crate::ingest::IngestConfig;
-use crate::sample::Rate;
-use crate::sink::SinkConfig;
-use crate::wire::{EventType, MAX_PARTITIONS};
+use crate::ingest::{self, IngestConfig};
+use crate::sink::{self, SinkConfig};
+use bid_logger_core::aggregate::{self, AggregateConfig};
+use bid_logger_core::sample::Rate;
+use bid_logger_core::wire::{EventType, MAX_PARTITIONS};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -184,41 +184,16 @@ impl Settings {
         })
     }
 
-    /// Overlays `self` (flags and environment) on `file`: a value set here wins.
+    /// Overlays `self` (flags and environment) on `file`: a value set here
+    /// wins. Key by key through serde, so a new key needs no code here.
     pub fn over(self, file: Settings) -> Settings {
-        macro_rules! pick {
-            ($($f:ident),*) => { Settings { $($f: self.$f.or(file.$f)),* } };
-        }
-        pick!(
-            connect,
-            bind,
-            allow,
-            database_url,
-            partition_count,
-            partitions,
-            event_types,
-            sample,
-            flush_interval,
-            metrics_addr,
-            max_lateness,
-            max_future_skew,
-            max_live_keys,
-            max_os_values,
-            receive_hwm,
-            max_message_size,
-            max_event_size,
-            max_seq_jump,
-            ingest_threads,
-            instance_id,
-            db_pool_size,
-            flush_timeout,
-            shutdown_timeout,
-            max_pending_rows,
-            raw_sample,
-            raw_retention,
-            raw_buffer_rows,
-            log_format
-        )
+        let as_map = |s: Settings| match serde_json::to_value(s) {
+            Ok(serde_json::Value::Object(map)) => map,
+            other => unreachable!("settings serialize to a map, got {other:?}"),
+        };
+        let mut merged = as_map(file);
+        merged.extend(as_map(self).into_iter().filter(|(_, v)| !v.is_null()));
+        serde_json::from_value(serde_json::Value::Object(merged)).expect("merged settings are settings")
     }
 
     /// Fills in defaults and validates every key.
@@ -245,7 +220,7 @@ impl Settings {
         if !allow.is_empty() && bind.is_empty() {
             return Err(invalid("allow", "only applies to bound endpoints: set --bind too"));
         }
-        let partition_count = self.partition_count.unwrap_or(64);
+        let partition_count = self.partition_count.unwrap_or(ingest::DEFAULT_PARTITION_COUNT);
         if partition_count == 0 || partition_count > MAX_PARTITIONS {
             return Err(invalid("partition-count", format!("must be 1 to {MAX_PARTITIONS}, got {partition_count}")));
         }
@@ -259,41 +234,43 @@ impl Settings {
         };
         let sample: Rate =
             self.sample.as_deref().unwrap_or("1").parse().map_err(|e| invalid("sample", format!("{e}")))?;
-        let flush_interval = duration("flush-interval", self.flush_interval.as_deref(), "1s")?;
+        let flush_interval = duration("flush-interval", self.flush_interval.as_deref(), sink::DEFAULT_FLUSH_INTERVAL)?;
         if flush_interval < Duration::from_millis(10) {
             return Err(invalid("flush-interval", "must be at least 10ms"));
         }
-        let metrics_addr = self.metrics_addr.as_deref().unwrap_or("127.0.0.1:9464");
+        let metrics_addr = self.metrics_addr.as_deref().unwrap_or(DEFAULT_METRICS_ADDR);
         let metrics_addr: SocketAddr = metrics_addr.parse().map_err(|_| {
             invalid("metrics-addr", format!("expected HOST:PORT such as 127.0.0.1:9464, got `{metrics_addr}`"))
         })?;
-        let max_lateness = duration("max-lateness", self.max_lateness.as_deref(), "7d")?;
-        let max_future_skew = duration("max-future-skew", self.max_future_skew.as_deref(), "5m")?;
-        let max_live_keys = positive("max-live-keys", self.max_live_keys.unwrap_or(1_000_000))?;
-        let max_os_values = self.max_os_values.unwrap_or(1_000);
+        let max_lateness =
+            duration("max-lateness", self.max_lateness.as_deref(), ms(aggregate::DEFAULT_MAX_LATENESS_MS))?;
+        let max_future_skew =
+            duration("max-future-skew", self.max_future_skew.as_deref(), ms(aggregate::DEFAULT_MAX_FUTURE_SKEW_MS))?;
+        let max_live_keys = positive("max-live-keys", self.max_live_keys.unwrap_or(aggregate::DEFAULT_MAX_LIVE_KEYS))?;
+        let max_os_values = self.max_os_values.unwrap_or(aggregate::DEFAULT_MAX_OS_VALUES);
         if max_os_values == 0 || max_os_values > 60_000 {
             return Err(invalid("max-os-values", format!("must be 1 to 60000, got {max_os_values}")));
         }
-        let receive_hwm = self.receive_hwm.unwrap_or(1_000_000);
+        let receive_hwm = self.receive_hwm.unwrap_or(ingest::DEFAULT_RECEIVE_HWM);
         if receive_hwm < 0 {
             return Err(invalid("receive-hwm", "must be 0 (unlimited) or more"));
         }
-        let max_event_size = self.max_event_size.unwrap_or(crate::ingest::DEFAULT_MAX_EVENT_SIZE);
+        let max_event_size = self.max_event_size.unwrap_or(ingest::DEFAULT_MAX_EVENT_SIZE);
         if max_event_size < 64 {
             return Err(invalid("max-event-size", "must be at least 64 bytes"));
         }
-        let max_message_size = self.max_message_size.unwrap_or(8 * 1024 * 1024);
+        let max_message_size = self.max_message_size.unwrap_or(ingest::DEFAULT_MAX_MESSAGE_SIZE);
         if max_message_size < max_event_size as i64 {
             return Err(invalid(
                 "max-message-size",
                 format!("must be at least max-event-size ({max_event_size}), got {max_message_size}"),
             ));
         }
-        let max_seq_jump = self.max_seq_jump.unwrap_or(crate::ingest::DEFAULT_MAX_SEQ_JUMP);
-        if max_seq_jump == 0 {
-            return Err(invalid("max-seq-jump", "must be at least 1"));
+        let max_seq_jump = self.max_seq_jump.unwrap_or(ingest::DEFAULT_MAX_SEQ_JUMP);
+        if max_seq_jump == 0 || max_seq_jump > i64::MAX as u64 {
+            return Err(invalid("max-seq-jump", format!("must be 1 to {}", i64::MAX)));
         }
-        let ingest_threads = positive("ingest-threads", self.ingest_threads.unwrap_or(1))?;
+        let ingest_threads = positive("ingest-threads", self.ingest_threads.unwrap_or(ingest::DEFAULT_THREADS))?;
         if ingest_threads > 64 {
             return Err(invalid("ingest-threads", "must be 1 to 64"));
         }
@@ -302,24 +279,31 @@ impl Settings {
         if instance_id.is_empty() || instance_id.len() > 128 {
             return Err(invalid("instance-id", "must be 1 to 128 characters"));
         }
-        let pool_size = positive("db-pool-size", self.db_pool_size.unwrap_or(2))?;
-        let flush_timeout = duration("flush-timeout", self.flush_timeout.as_deref(), "30s")?;
+        let pool_size = positive("db-pool-size", self.db_pool_size.unwrap_or(sink::DEFAULT_POOL_SIZE))?;
+        let flush_timeout = duration("flush-timeout", self.flush_timeout.as_deref(), sink::DEFAULT_FLUSH_TIMEOUT)?;
         if flush_timeout < Duration::from_millis(100) {
             return Err(invalid("flush-timeout", "must be at least 100ms (a flush needs several round trips)"));
         }
-        let shutdown_timeout = duration("shutdown-timeout", self.shutdown_timeout.as_deref(), "30s")?;
-        let max_pending_rows = positive("max-pending-rows", self.max_pending_rows.unwrap_or(2_000_000))?;
+        let shutdown_timeout =
+            duration("shutdown-timeout", self.shutdown_timeout.as_deref(), sink::DEFAULT_SHUTDOWN_TIMEOUT)?;
+        let max_pending_rows =
+            positive("max-pending-rows", self.max_pending_rows.unwrap_or(sink::DEFAULT_MAX_PENDING_ROWS))?;
         let raw_sample: Rate = self
             .raw_sample
             .as_deref()
             .unwrap_or("1/1000")
             .parse()
             .map_err(|e| invalid("raw-sample", format!("{e}")))?;
-        let raw_retention = duration("raw-retention", self.raw_retention.as_deref(), "7d")?;
+        let raw_retention = duration(
+            "raw-retention",
+            self.raw_retention.as_deref(),
+            Duration::from_secs(sink::DEFAULT_RAW_RETENTION_DAYS * 86_400),
+        )?;
         if raw_retention < Duration::from_secs(86_400) || raw_retention.as_secs() % 86_400 != 0 {
             return Err(invalid("raw-retention", "must be a whole number of days, at least 1d"));
         }
-        let raw_buffer_rows = positive("raw-buffer-rows", self.raw_buffer_rows.unwrap_or(1_000_000))?;
+        let raw_buffer_rows =
+            positive("raw-buffer-rows", self.raw_buffer_rows.unwrap_or(aggregate::DEFAULT_MAX_RAW_ROWS))?;
         let log_format = match self.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -369,46 +353,53 @@ impl Settings {
 }
 
 impl Config {
-    /// The effective configuration as TOML, the database password masked.
+    /// The effective configuration as TOML, the database password masked:
+    /// [`Config::effective`] through the same serde schema the file uses.
     pub fn to_toml(&self) -> String {
-        let i = &self.ingest;
-        let a = &self.aggregate;
-        let s = &self.sink;
-        let list = |v: &[String]| format!("[{}]", v.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", "));
-        let types: Vec<&str> = i.event_types.iter().map(|t| t.as_str()).collect();
-        let mut out = String::new();
-        let mut line = |k: &str, v: String| out.push_str(&format!("{k} = {v}\n"));
-        line("connect", list(&i.connect));
-        line("bind", list(&i.bind));
-        line("allow", list(&i.allow.iter().map(ToString::to_string).collect::<Vec<_>>()));
-        line("database-url", format!("{:?}", mask_database_url(&s.database_url)));
-        line("partition-count", i.partition_count.to_string());
-        line("partitions", format!("{:?}", format_partitions(&i.partitions)));
-        line("event-types", format!("{:?}", types.join(",")));
-        line("sample", format!("{:?}", i.sample.to_string()));
-        line("flush-interval", format!("{:?}", format_duration(s.flush_interval)));
-        line("metrics-addr", format!("{:?}", self.metrics_addr.to_string()));
-        line("max-lateness", format!("{:?}", format_duration(Duration::from_millis(a.max_lateness_ms as u64))));
-        line("max-future-skew", format!("{:?}", format_duration(Duration::from_millis(a.max_future_skew_ms as u64))));
-        line("max-live-keys", a.max_live_keys.to_string());
-        line("max-os-values", a.max_os_values.to_string());
-        line("receive-hwm", i.receive_hwm.to_string());
-        line("max-message-size", i.max_message_size.to_string());
-        line("max-event-size", i.max_event_size.to_string());
-        line("max-seq-jump", i.max_seq_jump.to_string());
-        line("ingest-threads", i.threads.to_string());
-        line("instance-id", format!("{:?}", s.instance_id));
-        line("db-pool-size", s.pool_size.to_string());
-        line("flush-timeout", format!("{:?}", format_duration(s.flush_timeout)));
-        line("shutdown-timeout", format!("{:?}", format_duration(s.shutdown_timeout)));
-        line("max-pending-rows", s.max_pending_rows.to_string());
-        line("raw-sample", format!("{:?}", i.raw_sample.to_string()));
-        line("raw-retention", format!("\"{}d\"", s.raw_retention_days));
-        line("raw-buffer-rows", s.max_raw_rows.to_string());
-        line("log-format", format!("{:?}", if self.log_format == LogFormat::Json { "json" } else { "text" }));
-        out
+        toml::to_string(&self.effective()).expect("settings serialize to TOML")
+    }
+
+    /// The effective value of every key, as settings (what `check-config`
+    /// prints, and what a file holding it resolves to again), the database
+    /// password masked.
+    pub fn effective(&self) -> Settings {
+        let (i, a, s) = (&self.ingest, &self.aggregate, &self.sink);
+        let text = |d: Duration| Some(format_duration(d));
+        Settings {
+            connect: Some(i.connect.clone()),
+            bind: Some(i.bind.clone()),
+            allow: Some(i.allow.iter().map(ToString::to_string).collect()),
+            database_url: Some(mask_database_url(&s.database_url)),
+            partition_count: Some(i.partition_count),
+            partitions: Some(format_partitions(&i.partitions)),
+            event_types: Some(i.event_types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")),
+            sample: Some(i.sample.to_string()),
+            flush_interval: text(s.flush_interval),
+            metrics_addr: Some(self.metrics_addr.to_string()),
+            max_lateness: text(ms(a.max_lateness_ms)),
+            max_future_skew: text(ms(a.max_future_skew_ms)),
+            max_live_keys: Some(a.max_live_keys),
+            max_os_values: Some(a.max_os_values),
+            receive_hwm: Some(i.receive_hwm),
+            max_message_size: Some(i.max_message_size),
+            max_event_size: Some(i.max_event_size),
+            max_seq_jump: Some(i.max_seq_jump),
+            ingest_threads: Some(i.threads),
+            instance_id: Some(s.instance_id.clone()),
+            db_pool_size: Some(s.pool_size),
+            flush_timeout: text(s.flush_timeout),
+            shutdown_timeout: text(s.shutdown_timeout),
+            max_pending_rows: Some(s.max_pending_rows),
+            raw_sample: Some(i.raw_sample.to_string()),
+            raw_retention: Some(format!("{}d", s.raw_retention_days)),
+            raw_buffer_rows: Some(s.max_raw_rows),
+            log_format: Some(if self.log_format == LogFormat::Json { "json" } else { "text" }.to_string()),
+        }
     }
 }
+
+/// Default `metrics-addr`.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
 /// The database URL: the setting, else `DATABASE_URL`. Only a PostgreSQL
 /// URL (`postgres://`, `postgresql://`) or key-value string (`host=… dbname=…`)
@@ -444,10 +435,14 @@ fn positive(key: &'static str, n: usize) -> Result<usize, ConfigError> {
     }
 }
 
-fn duration(key: &'static str, value: Option<&str>, default: &str) -> Result<Duration, ConfigError> {
-    let v = value.unwrap_or(default);
+fn duration(key: &'static str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
     parse_duration(v)
         .ok_or_else(|| invalid(key, format!("expected a duration such as 250ms, 1s, 5m, 2h or 7d, got `{v}`")))
+}
+
+fn ms(ms: i64) -> Duration {
+    Duration::from_millis(ms as u64)
 }
 
 /// Parses `250ms`, `1s`, `1.5s`, `5m`, `2h`, `7d` (a bare number is seconds).
@@ -674,6 +669,32 @@ mod tests {
         assert_eq!(ok.sink.flush_timeout, Duration::from_millis(100));
         let kv = Settings { database_url: Some("host=/run/postgresql dbname=w".into()), ..base() };
         assert!(kv.resolve().is_ok(), "key-value connection strings are PostgreSQL's too");
+    }
+
+    #[test]
+    fn every_default_in_the_help_is_the_default_the_logger_uses() {
+        use clap::Args;
+        // Defaults live in code (DEFAULT_* beside each stage's config); the
+        // help text says them in words, so it is checked against them here.
+        let effective = toml::Table::try_from(base().resolve().unwrap().effective()).unwrap();
+        let descriptive = ["all", "any", "the host name"]; // partitions, event-types, allow, instance-id
+        let cmd = Settings::augment_args(clap::Command::new("run"));
+        let mut checked = 0;
+        for arg in cmd.get_arguments() {
+            let (Some(key), Some(help)) = (arg.get_long(), arg.get_help()) else { continue };
+            let help = help.to_string();
+            let Some(said) = help.split("[default: ").nth(1).and_then(|d| d.split(']').next()) else { continue };
+            if descriptive.contains(&said) {
+                continue;
+            }
+            let value = match &effective[key] {
+                toml::Value::String(v) => v.clone(),
+                other => other.to_string(),
+            };
+            assert_eq!(said, value, "`--{key}`: the help says {said}, the logger uses {value}");
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} defaults found in the help");
     }
 
     #[test]

@@ -22,9 +22,6 @@ pub enum PipelineError {
     /// The database refused us for a reason retrying cannot fix.
     #[error("database-url: {0}")]
     Database(SinkError),
-    /// The metrics endpoint could not be served.
-    #[error("metrics-addr: {0}")]
-    Metrics(String),
     /// Waiting for signals failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -40,15 +37,21 @@ pub struct RunSummary {
 }
 
 /// Runs the logger until SIGTERM or SIGINT (or until `stop` resolves), then
-/// stops receiving, flushes everything and returns the summary.
+/// stops receiving, flushes everything and returns the summary. `progress`
+/// follows the run as it goes.
+///
+/// Metrics go to whatever recorder the executable installed (none: they are
+/// dropped); the library never installs one.
 ///
 /// SIGHUP hands what every ingest thread holds to the sink at once (a
 /// flush) and keeps running. A second SIGTERM or SIGINT during the graceful
 /// stop exits the process at once with code 1, logging how many accepted
 /// events it leaves unwritten.
-pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> Result<RunSummary, PipelineError> {
-    crate::telemetry::install_exporter(config.metrics_addr).map_err(|e| PipelineError::Metrics(e.to_string()))?;
-    let process_metrics = tokio::spawn(crate::telemetry::sample_process_metrics());
+pub async fn run(
+    config: Config,
+    progress: Arc<Progress>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<RunSummary, PipelineError> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         database = %crate::config::mask_database_url(&config.sink.database_url),
@@ -66,7 +69,6 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let stopping = Arc::new(AtomicBool::new(false));
     let flush = Arc::new(FlushRequests::default());
-    let progress = Arc::new(Progress::default());
     let workers = ingest::spawn(
         &config.ingest,
         &config.aggregate,
@@ -106,7 +108,6 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     .expect("joining ingest threads");
     let sink = sink.await.expect("the sink task does not panic");
     forced.abort();
-    process_metrics.abort();
     tracing::info!(
         received = ingest.received,
         accepted = ingest.accepted,

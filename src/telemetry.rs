@@ -3,129 +3,135 @@
 //! Dashboards, alerts, the README and the tests use exactly these names.
 //! Labels come only from small fixed sets (`event_type`, `reason`, `table`).
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::Unit;
 use std::net::SocketAddr;
 
-/// Messages taken off the SUB sockets (valid or not).
-pub const MESSAGES_RECEIVED: &str = "bid_logger_messages_received_total";
-/// Valid, sampled, in-window events counted into the rollups, by `event_type`.
-pub const EVENTS_ACCEPTED: &str = "bid_logger_events_accepted_total";
-/// Invalid messages dropped, by `reason`.
-pub const MESSAGES_INVALID: &str = "bid_logger_messages_invalid_total";
-/// Valid events outside the transaction sample.
-pub const EVENTS_SAMPLED_OUT: &str = "bid_logger_events_sampled_out_total";
-/// Valid events rejected for their event time, by `reason` (`late`, `future`).
-pub const EVENTS_REJECTED: &str = "bid_logger_events_rejected_total";
-/// Messages lost between publishers and the logger, from `seq` gaps.
-pub const MESSAGES_LOST: &str = "bid_logger_messages_lost_total";
-/// Publisher restarts seen (a `seq` going backwards).
-pub const PUBLISHER_RESTARTS: &str = "bid_logger_publisher_restarts_total";
-/// `seq` jumps forward larger than `max-seq-jump`: sequence resets, not losses.
-pub const SEQ_RESETS: &str = "bid_logger_seq_resets_total";
-/// Publishers dropped from `seq` tracking to keep its memory bounded.
-pub const SEQ_PUBLISHERS_EVICTED: &str = "bid_logger_seq_publishers_evicted_total";
-/// Events whose topic partition is not `fnv1a64(txn) mod partition-count`.
-pub const PARTITION_MISMATCH: &str = "bid_logger_partition_mismatch_total";
-/// The configured flush interval (alert thresholds follow it).
-pub const FLUSH_INTERVAL: &str = "bid_logger_flush_interval_seconds";
-/// Distinct rollup keys held in memory, by ingest and by the sink's pending batch.
-pub const LIVE_KEYS: &str = "bid_logger_live_keys";
-/// Events folded into `other`/`-1` by a cardinality cap.
-pub const OVERFLOW_FOLDED: &str = "bid_logger_overflow_folded_events_total";
-/// Time a successful flush took.
-pub const FLUSH_DURATION: &str = "bid_logger_flush_duration_seconds";
-/// Rows inserted or updated, by `table`.
-pub const ROWS_UPSERTED: &str = "bid_logger_rows_upserted_total";
-/// Events written to PostgreSQL (each event once, whatever the number of tables).
-pub const EVENTS_FLUSHED: &str = "bid_logger_events_flushed_total";
-/// Flush attempts that failed (and will be retried).
-pub const FLUSH_FAILURES: &str = "bid_logger_flush_failures_total";
-/// Batches waiting to be written (queued and in flight).
-pub const PENDING_BATCHES: &str = "bid_logger_pending_batches";
-/// Events accepted but not yet written.
-pub const PENDING_EVENTS: &str = "bid_logger_pending_events";
-/// Unix time of the last successful flush.
-pub const LAST_FLUSH: &str = "bid_logger_last_flush_timestamp_seconds";
-/// Raw rows written to `events_sample`.
-pub const RAW_ROWS_WRITTEN: &str = "bid_logger_raw_rows_written_total";
-/// Raw rows dropped, by `reason` (`buffer_full`, `expired`).
-pub const RAW_ROWS_DROPPED: &str = "bid_logger_raw_rows_dropped_total";
-/// Daily `events_sample` partitions created.
-pub const RAW_PARTITIONS_CREATED: &str = "bid_logger_raw_partitions_created_total";
-/// Daily `events_sample` partitions dropped by retention.
-pub const RAW_PARTITIONS_DROPPED: &str = "bid_logger_raw_partitions_dropped_total";
-/// Publisher endpoints connected again by the logger, when libzmq was not
-/// reconnecting a dropped connection 250 ms later.
-pub const RECONNECTS: &str = "bid_logger_reconnects_total";
-/// Connections to a bound socket refused by the address allow-list.
-pub const CONNECTIONS_REFUSED: &str = "bid_logger_connections_refused_total";
-/// The standard process metrics (the `process_*` family every Prometheus
-/// client library exports, so stock dashboards and alerts work), collected
-/// by the `metrics-process` crate from `/proc/self`.
-pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
-/// Resident set size of the process.
-pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
-/// Virtual memory size of the process.
-pub const PROCESS_VIRTUAL_MEMORY: &str = "process_virtual_memory_bytes";
-/// Open file descriptors (sockets included).
-pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
-/// The file-descriptor limit.
-pub const PROCESS_MAX_FDS: &str = "process_max_fds";
-/// Unix time the process started.
-pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
-/// OS threads of the process.
-pub const PROCESS_THREADS: &str = "process_threads";
-/// Always 1, with the version as a label.
-pub const BUILD_INFO: &str = "bid_logger_build_info";
+/// The one table of metrics: each row names a metric once and generates its
+/// constant (documented by its help text), its entry in [`ALL`] and its
+/// description in [`describe`].
+macro_rules! metrics_table {
+    ($($kind:ident $name:ident = $metric:literal, $unit:ident, $help:literal;)*) => {
+        $(
+            #[doc = $help]
+            pub const $name: &str = $metric;
+        )*
 
-/// Every metric name, for documentation checks.
-pub const ALL: &[&str] = &[
-    MESSAGES_RECEIVED,
-    EVENTS_ACCEPTED,
-    MESSAGES_INVALID,
-    EVENTS_SAMPLED_OUT,
-    EVENTS_REJECTED,
-    MESSAGES_LOST,
-    PUBLISHER_RESTARTS,
-    SEQ_RESETS,
-    SEQ_PUBLISHERS_EVICTED,
-    PARTITION_MISMATCH,
-    FLUSH_INTERVAL,
-    LIVE_KEYS,
-    OVERFLOW_FOLDED,
-    FLUSH_DURATION,
-    ROWS_UPSERTED,
-    EVENTS_FLUSHED,
-    FLUSH_FAILURES,
-    PENDING_BATCHES,
-    PENDING_EVENTS,
-    LAST_FLUSH,
-    RAW_ROWS_WRITTEN,
-    RAW_ROWS_DROPPED,
-    RAW_PARTITIONS_CREATED,
-    RAW_PARTITIONS_DROPPED,
-    RECONNECTS,
-    CONNECTIONS_REFUSED,
-    PROCESS_CPU,
-    PROCESS_RSS,
-    PROCESS_VIRTUAL_MEMORY,
-    PROCESS_OPEN_FDS,
-    PROCESS_MAX_FDS,
-    PROCESS_START_TIME,
-    PROCESS_THREADS,
-    BUILD_INFO,
-];
+        /// Every metric name, in table order (documentation checks use it).
+        pub const ALL: &[&str] = &[$($name),*];
 
-/// Events accepted by ingest and written by the sink, shared by the stages
-/// so that a forced exit (a second SIGTERM/SIGINT during a graceful stop)
-/// can say how many accepted events it leaves unwritten.
+        /// Describes every metric (type, unit, help) with the installed
+        /// recorder. The `process_*` family is described by `metrics-process`.
+        pub fn describe() {
+            $(metrics_table!(@describe $kind $name, $unit, $help);)*
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        }
+    };
+    (@describe counter $name:ident, $unit:ident, $help:literal) => {
+        metrics::describe_counter!($name, Unit::$unit, $help)
+    };
+    (@describe gauge $name:ident, $unit:ident, $help:literal) => {
+        metrics::describe_gauge!($name, Unit::$unit, $help)
+    };
+    (@describe histogram $name:ident, $unit:ident, $help:literal) => {
+        metrics::describe_histogram!($name, Unit::$unit, $help)
+    };
+    (@describe process $name:ident, $unit:ident, $help:literal) => {};
+}
+
+metrics_table! {
+    counter MESSAGES_RECEIVED = "bid_logger_messages_received_total", Count,
+        "Messages taken off the SUB sockets, valid or not.";
+    counter EVENTS_ACCEPTED = "bid_logger_events_accepted_total", Count,
+        "Valid, sampled, in-window events counted into the rollups, by event_type.";
+    counter MESSAGES_INVALID = "bid_logger_messages_invalid_total", Count,
+        "Invalid messages dropped, by reason.";
+    counter EVENTS_SAMPLED_OUT = "bid_logger_events_sampled_out_total", Count,
+        "Valid events outside the transaction sample.";
+    counter EVENTS_REJECTED = "bid_logger_events_rejected_total", Count,
+        "Valid events rejected for their event time, by reason (late, future).";
+    counter MESSAGES_LOST = "bid_logger_messages_lost_total", Count,
+        "Messages lost between publishers and the logger, from seq gaps.";
+    counter PUBLISHER_RESTARTS = "bid_logger_publisher_restarts_total", Count,
+        "Publisher restarts seen (seq going backwards).";
+    counter SEQ_RESETS = "bid_logger_seq_resets_total", Count,
+        "seq jumps forward larger than max-seq-jump (sequence resets, not losses).";
+    counter SEQ_PUBLISHERS_EVICTED = "bid_logger_seq_publishers_evicted_total", Count,
+        "Publishers dropped from seq tracking to keep its memory bounded.";
+    counter PARTITION_MISMATCH = "bid_logger_partition_mismatch_total", Count,
+        "Events whose topic partition is not fnv1a64(txn) mod partition-count.";
+    gauge FLUSH_INTERVAL = "bid_logger_flush_interval_seconds", Seconds,
+        "The configured flush interval (alert thresholds follow it).";
+    gauge LIVE_KEYS = "bid_logger_live_keys", Count,
+        "Distinct rollup keys held in memory, by ingest and by the sink's pending batch.";
+    counter OVERFLOW_FOLDED = "bid_logger_overflow_folded_events_total", Count,
+        "Events folded into other/-1 by a cardinality cap.";
+    histogram FLUSH_DURATION = "bid_logger_flush_duration_seconds", Seconds,
+        "Time a successful flush took (both tables).";
+    counter ROWS_UPSERTED = "bid_logger_rows_upserted_total", Count,
+        "Rollup rows inserted or updated, by table.";
+    counter EVENTS_FLUSHED = "bid_logger_events_flushed_total", Count,
+        "Events written to PostgreSQL (each event once, whatever the number of tables).";
+    counter FLUSH_FAILURES = "bid_logger_flush_failures_total", Count,
+        "Flush attempts that failed and will be retried.";
+    gauge PENDING_BATCHES = "bid_logger_pending_batches", Count,
+        "Batches waiting to be written (queued and in flight).";
+    gauge PENDING_EVENTS = "bid_logger_pending_events", Count,
+        "Events accepted but not yet written.";
+    gauge LAST_FLUSH = "bid_logger_last_flush_timestamp_seconds", Seconds,
+        "Unix time of the last successful flush.";
+    counter RAW_ROWS_WRITTEN = "bid_logger_raw_rows_written_total", Count,
+        "Raw rows written to events_sample.";
+    counter RAW_ROWS_DROPPED = "bid_logger_raw_rows_dropped_total", Count,
+        "Raw rows dropped, by reason (buffer_full, expired).";
+    counter RAW_PARTITIONS_CREATED = "bid_logger_raw_partitions_created_total", Count,
+        "Day tables (PostgreSQL partitions) of events_sample created.";
+    counter RAW_PARTITIONS_DROPPED = "bid_logger_raw_partitions_dropped_total", Count,
+        "Day tables (PostgreSQL partitions) of events_sample dropped by retention.";
+    counter RECONNECTS = "bid_logger_reconnects_total", Count,
+        "Publisher endpoints connected again when libzmq was not reconnecting them 250 ms after a drop.";
+    counter CONNECTIONS_REFUSED = "bid_logger_connections_refused_total", Count,
+        "Connections to a bound socket refused by the address allow-list.";
+    process PROCESS_CPU = "process_cpu_seconds_total", Seconds,
+        "CPU time of the process (the standard process_* family, from /proc/self by metrics-process).";
+    process PROCESS_RSS = "process_resident_memory_bytes", Bytes,
+        "Resident set size of the process.";
+    process PROCESS_VIRTUAL_MEMORY = "process_virtual_memory_bytes", Bytes,
+        "Virtual memory size of the process.";
+    process PROCESS_OPEN_FDS = "process_open_fds", Count,
+        "Open file descriptors (sockets included).";
+    process PROCESS_MAX_FDS = "process_max_fds", Count,
+        "The file-descriptor limit.";
+    process PROCESS_START_TIME = "process_start_time_seconds", Seconds,
+        "Unix time the process started.";
+    process PROCESS_THREADS = "process_threads", Count,
+        "OS threads of the process.";
+    gauge BUILD_INFO = "bid_logger_build_info", Count,
+        "Always 1; the version is a label.";
+}
+
+/// Messages received, events accepted by ingest and events written by the
+/// sink, shared by the stages so that a forced exit (a second SIGTERM/SIGINT
+/// during a graceful stop) can say how many accepted events it leaves
+/// unwritten, and so that an embedding program (the demo) can follow a run
+/// without scraping its own metrics.
 #[derive(Debug, Default)]
 pub struct Progress {
+    received: std::sync::atomic::AtomicU64,
     accepted: std::sync::atomic::AtomicU64,
     written: std::sync::atomic::AtomicU64,
 }
 
 impl Progress {
+    /// Ingest took `n` more messages off its sockets.
+    pub fn received(&self, n: u64) {
+        self.received.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Messages received so far (ingest counts at most 200 ms late).
+    pub fn messages_received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Ingest accepted `n` more events into the rollups.
     pub fn accepted(&self, n: u64) {
         self.accepted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -154,46 +160,6 @@ pub enum LogFormat {
 
 /// Buckets of [`FLUSH_DURATION`], in seconds.
 pub const FLUSH_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-
-/// Describes every metric (type, unit, help) with the installed recorder.
-pub fn describe() {
-    describe_counter!(MESSAGES_RECEIVED, Unit::Count, "Messages taken off the SUB sockets, valid or not.");
-    describe_counter!(EVENTS_ACCEPTED, Unit::Count, "Valid, sampled, in-window events counted into the rollups.");
-    describe_counter!(MESSAGES_INVALID, Unit::Count, "Invalid messages dropped, by reason.");
-    describe_counter!(EVENTS_SAMPLED_OUT, Unit::Count, "Valid events outside the transaction sample.");
-    describe_counter!(EVENTS_REJECTED, Unit::Count, "Valid events rejected for their event time (late, future).");
-    describe_counter!(MESSAGES_LOST, Unit::Count, "Messages lost between publishers and the logger, from seq gaps.");
-    describe_counter!(PUBLISHER_RESTARTS, Unit::Count, "Publisher restarts seen (seq going backwards).");
-    describe_counter!(SEQ_RESETS, Unit::Count, "seq jumps forward larger than max-seq-jump (resets, not losses).");
-    describe_counter!(SEQ_PUBLISHERS_EVICTED, Unit::Count, "Publishers dropped from seq tracking (bounded memory).");
-    describe_counter!(
-        PARTITION_MISMATCH,
-        Unit::Count,
-        "Events whose topic partition is not fnv1a64(txn) mod partition-count."
-    );
-    describe_gauge!(FLUSH_INTERVAL, Unit::Seconds, "The configured flush interval.");
-    describe_gauge!(LIVE_KEYS, Unit::Count, "Distinct rollup keys held in memory.");
-    describe_counter!(OVERFLOW_FOLDED, Unit::Count, "Events folded into other/-1 by a cardinality cap.");
-    describe_histogram!(FLUSH_DURATION, Unit::Seconds, "Time a successful flush took (both tables).");
-    describe_counter!(ROWS_UPSERTED, Unit::Count, "Rollup rows inserted or updated, by table.");
-    describe_counter!(EVENTS_FLUSHED, Unit::Count, "Events written to both rollup tables.");
-    describe_counter!(FLUSH_FAILURES, Unit::Count, "Flush attempts that failed and will be retried.");
-    describe_gauge!(PENDING_BATCHES, Unit::Count, "Batches waiting to be written (queued and in flight).");
-    describe_gauge!(PENDING_EVENTS, Unit::Count, "Events accepted but not yet written.");
-    describe_gauge!(LAST_FLUSH, Unit::Seconds, "Unix time of the last successful flush.");
-    describe_counter!(RAW_ROWS_WRITTEN, Unit::Count, "Raw rows written to events_sample.");
-    describe_counter!(RAW_ROWS_DROPPED, Unit::Count, "Raw rows dropped, by reason (buffer_full, expired).");
-    describe_counter!(RAW_PARTITIONS_CREATED, Unit::Count, "Daily events_sample partitions created.");
-    describe_counter!(RAW_PARTITIONS_DROPPED, Unit::Count, "Daily events_sample partitions dropped by retention.");
-    describe_counter!(
-        RECONNECTS,
-        Unit::Count,
-        "Publisher endpoints connected again when libzmq was not reconnecting them."
-    );
-    describe_counter!(CONNECTIONS_REFUSED, Unit::Count, "Connections to a bound socket refused by the allow-list.");
-    describe_gauge!(BUILD_INFO, Unit::Count, "Always 1; the version is a label.");
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-}
 
 /// Installs the Prometheus exporter serving `/metrics` on `addr` and
 /// describes every metric. Must be called inside a tokio runtime.

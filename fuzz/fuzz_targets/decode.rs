@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&n, rest)) = data.split_first() else { return };
     let n = usize::from(n % 24).min(rest.len());
     let (topic, payload) = rest.split_at(n);
-    if let Ok(ev) = bid_logger::decode::decode(topic, payload) {
+    if let Ok(ev) = bid_logger_core::decode::decode(topic, payload) {
         assert!(!ev.txn.is_empty() && ev.txn.len() <= 64);
         assert!(ev.partition < 10_000);
     }

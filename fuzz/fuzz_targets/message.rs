@@ -5,8 +5,8 @@
 //! and a subset is taken, so partition checks and refined partitions run.
 #![no_main]
 
-use bid_logger::aggregate::{AggregateConfig, Delta};
-use bid_logger::ingest::{HotPath, HotPathConfig};
+use bid_logger_core::aggregate::{AggregateConfig, Delta};
+use bid_logger_core::hot_path::{HotPath, HotPathConfig};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

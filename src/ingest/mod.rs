@@ -5,7 +5,7 @@
 //! aggregate) on it, outside the async runtime: a tokio worker blocked in
 //! `zmq_recv` would stall every task scheduled on it, and moving each message
 //! across threads would cost more than processing it. The only boundary to
-//! tokio is a bounded channel of [`Delta`](crate::aggregate::Delta)s, used with `try_reserve`: when the
+//! tokio is a bounded channel of [`Delta`](bid_logger_core::aggregate::Delta)s, used with `try_reserve`: when the
 //! sink is behind, the thread simply keeps aggregating into the same table
 //! (which merges the pending interval into the next one) instead of waiting,
 //! so nothing the database does can block the receive loop.
@@ -16,27 +16,34 @@
 //! * [`socket`]: the SUB socket's set-up, and renewing endpoints that
 //!   libzmq dropped for good.
 //! * [`pacer`]: how the receive loop coalesces wake-ups.
-//! * [`hot_path`]: the per-message work, with no socket ([`HotPath`]).
-//! * [`seq`]: `seq` gaps, restarts and resets, in bounded memory.
+//!
+//! The per-message work itself ([`HotPath`]: decode, `seq` gaps, the
+//! partition check, sampling, aggregation) is the core's, with no socket.
 //! * [`worker`]: one ingest thread's loop and counters, and [`spawn`].
 
-pub mod hot_path;
 pub mod pacer;
-pub mod seq;
 pub mod socket;
 pub mod topics;
 pub mod worker;
 
-pub use hot_path::{HotPath, HotPathConfig, PartitionCheck, DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_SEQ_JUMP};
+pub use bid_logger_core::hot_path::{HotPath, HotPathConfig, DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_SEQ_JUMP};
 pub use pacer::Pacer;
-pub use seq::SeqTracker;
 pub use socket::open_socket;
 pub use topics::{prefixes_from, subscriptions};
 pub use worker::{spawn, FlushRequests, Ingest, IngestSummary};
 
-use crate::aggregate::AggregateConfig;
-use crate::sample::Rate;
-use crate::wire::EventType;
+use bid_logger_core::aggregate::AggregateConfig;
+use bid_logger_core::sample::Rate;
+use bid_logger_core::wire::EventType;
+
+/// Default `partition-count`.
+pub const DEFAULT_PARTITION_COUNT: u32 = 64;
+/// Default `receive-hwm`, in messages.
+pub const DEFAULT_RECEIVE_HWM: i32 = 1_000_000;
+/// Default `max-message-size` (ZMQ_MAXMSGSIZE): 8 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: i64 = 8 * 1024 * 1024;
+/// Default `ingest-threads`.
+pub const DEFAULT_THREADS: usize = 1;
 
 /// Settings of the ingest stage.
 #[derive(Debug, Clone, PartialEq, Eq)]

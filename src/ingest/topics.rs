@@ -2,8 +2,8 @@
 //! the publisher, so this decides what is sent over the network at all).
 
 use super::IngestConfig;
-use crate::sample::{PartitionShare, Sampler};
-use crate::wire::{topic, MAX_PARTITIONS};
+use bid_logger_core::sample::{PartitionShare, Sampler};
+use bid_logger_core::wire::{topic, MAX_PARTITIONS};
 
 /// The topics thread `index` of `threads` subscribes to.
 ///
@@ -60,8 +60,8 @@ pub fn prefixes_from(from: u32) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::Rate;
-    use crate::wire::EventType;
+    use bid_logger_core::sample::Rate;
+    use bid_logger_core::wire::EventType;
     fn config(partition_count: u32, partitions: std::ops::Range<u32>, threads: usize, sample: &str) -> IngestConfig {
         IngestConfig {
             connect: vec![],

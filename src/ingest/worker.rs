@@ -1,16 +1,16 @@
 //! One ingest thread: its socket, its hot path, its counters, and the loop
 //! that runs them; [`spawn`] starts them all.
 
-use super::hot_path::HotPath;
 use super::pacer::Pacer;
 use super::socket::{open_socket, Reconnector};
 use super::topics::subscriptions;
 use super::{IngestConfig, IngestError};
-use crate::aggregate::{AggregateConfig, AggregateStats, Delta};
-use crate::clock::{coarse_monotonic_ms, now_ms};
-use crate::decode::DecodeError;
 use crate::telemetry as t;
-use crate::wire::EventType;
+use bid_logger_core::aggregate::{AggregateConfig, AggregateStats, Delta};
+use bid_logger_core::clock::{coarse_monotonic_ms, now_ms};
+use bid_logger_core::decode::DecodeError;
+use bid_logger_core::hot_path::HotPath;
+use bid_logger_core::wire::EventType;
 use metrics::{counter, gauge, Counter, Gauge};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -316,6 +316,7 @@ impl Ingest {
         s.invalid += hot.invalid.iter().sum::<u64>();
         s.sampled_out += hot.sampled_out;
         s.accepted += accepted.iter().sum::<u64>();
+        self.progress.received(self.received);
         self.progress.accepted(accepted.iter().sum());
         s.rejected += late + future;
         s.lost += hot.seqs.lost;

@@ -7,7 +7,7 @@
 //! hour key adjacent: parts are cut at hour-row boundaries, and the hour rows
 //! come out of one pass, already in order, without hashing or sorting.
 
-use crate::aggregate::{add_up_adjacent, Delta, RawRow, Row, RowKey};
+use bid_logger_core::aggregate::{add_up_adjacent, Delta, RawRow, Row, RowKey};
 
 /// What one batch (or one part of it) writes: its minute transaction writes
 /// `minute` and `raw`, its hour transaction `hour`.
@@ -72,9 +72,9 @@ fn group_by_hour(minute: &[Row]) -> Vec<Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::{AggregateConfig, Aggregator, Counters, Outcome};
-    use crate::decode::Event;
-    use crate::wire::EventType;
+    use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Counters, Outcome};
+    use bid_logger_core::decode::Event;
+    use bid_logger_core::wire::EventType;
     use std::collections::{BTreeMap, HashMap};
 
     fn delta() -> Delta {

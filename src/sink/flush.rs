@@ -25,7 +25,7 @@
 //! each table receives every batch exactly once.
 
 use super::batch::Batch;
-use crate::aggregate::Row;
+use bid_logger_core::aggregate::Row;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{pin_mut, SinkExt};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;

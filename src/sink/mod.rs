@@ -10,13 +10,26 @@
 pub mod batch;
 pub mod flush;
 pub mod migrate;
-pub mod partitions;
+pub mod raw_days;
 pub mod service;
 
 pub use migrate::migrate;
 pub use service::{Sink, SinkSummary};
 
 use std::time::Duration;
+
+/// Default `flush-interval`.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `flush-timeout`.
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `shutdown-timeout`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `db-pool-size`.
+pub const DEFAULT_POOL_SIZE: usize = 2;
+/// Default `max-pending-rows`.
+pub const DEFAULT_MAX_PENDING_ROWS: usize = 2_000_000;
+/// Default `raw-retention`, in days.
+pub const DEFAULT_RAW_RETENTION_DAYS: u64 = 7;
 
 /// Settings of the sink stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +56,7 @@ pub struct SinkConfig {
     pub raw_retention_days: i64,
     /// Cap on raw rows waiting to be written.
     pub max_raw_rows: usize,
-    /// Oldest accepted event time relative to now, ms (partitions are made for it).
+    /// Oldest accepted event time relative to now, ms (day tables are made for it).
     pub max_lateness_ms: i64,
 }
 

@@ -13,10 +13,10 @@
 
 use super::batch::Batch;
 use super::flush::{write_rollup, BatchId, Rollup, Written, PRUNE_LEDGER};
-use super::partitions;
+use super::raw_days;
 use super::{SinkConfig, SinkError};
-use crate::aggregate::Delta;
 use crate::telemetry as t;
+use bid_logger_core::aggregate::Delta;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -59,8 +59,8 @@ struct SinkMetrics {
     raw_written: Counter,
     raw_dropped_full: Counter,
     raw_dropped_expired: Counter,
-    partitions_created: Counter,
-    partitions_dropped: Counter,
+    day_tables_created: Counter,
+    day_tables_dropped: Counter,
     live_keys: Gauge,
     published_live_keys: usize,
 }
@@ -101,7 +101,7 @@ pub struct Sink {
     backoff: Duration,
     retry_at: Option<Instant>,
     migrated: bool,
-    partitions: Partitions,
+    raw_days: RawDays,
     summary: SinkSummary,
     metrics: SinkMetrics,
     progress: std::sync::Arc<t::Progress>,
@@ -133,8 +133,8 @@ impl Sink {
             raw_written: counter!(t::RAW_ROWS_WRITTEN),
             raw_dropped_full: counter!(t::RAW_ROWS_DROPPED, "reason" => "buffer_full"),
             raw_dropped_expired: counter!(t::RAW_ROWS_DROPPED, "reason" => "expired"),
-            partitions_created: counter!(t::RAW_PARTITIONS_CREATED),
-            partitions_dropped: counter!(t::RAW_PARTITIONS_DROPPED),
+            day_tables_created: counter!(t::RAW_PARTITIONS_CREATED),
+            day_tables_dropped: counter!(t::RAW_PARTITIONS_DROPPED),
             live_keys: gauge!(t::LIVE_KEYS),
             published_live_keys: 0,
         };
@@ -149,7 +149,7 @@ impl Sink {
             backoff: BACKOFF_MIN,
             retry_at: None,
             migrated,
-            partitions: Partitions::default(),
+            raw_days: RawDays::default(),
             summary: SinkSummary::default(),
             metrics,
             progress,
@@ -236,8 +236,8 @@ impl Sink {
                 return true;
             }
             // Raw rows whose day is already past the retention would land in
-            // a partition about to be dropped (or re-create a dropped one).
-            let oldest_kept = self.partitions.oldest_kept(self.config.raw_retention_days);
+            // a day table about to be dropped (or re-create a dropped one).
+            let oldest_kept = self.raw_days.oldest_kept(self.config.raw_retention_days);
             let before = self.queued.raw.len();
             self.queued.raw.retain(|r| r.day() >= oldest_kept);
             let expired = (before - self.queued.raw.len()) as u64;
@@ -256,7 +256,7 @@ impl Sink {
         }
         let started = Instant::now();
         let mut failure =
-            prepare(&self.pool, &self.config, &self.pending, &mut self.migrated, &mut self.partitions).await.err();
+            prepare(&self.pool, &self.config, &self.pending, &mut self.migrated, &mut self.raw_days).await.err();
         if failure.is_none() {
             // Minute rows first, so that they are visible without waiting
             // for the hour rows; then the hour rows of every part whose
@@ -295,8 +295,8 @@ impl Sink {
             }
             Some(e) => {
                 self.metrics.failures.increment(1);
-                // Re-check partitions next time: one may have been dropped under us.
-                self.partitions.known.clear();
+                // Re-check the day tables next time: one may have been dropped under us.
+                self.raw_days.known.clear();
                 let batch = self.pending.first().map_or(0, |p| p.id.batch);
                 if e.is_transient() {
                     tracing::warn!(error = %e, batch, retry_in = ?self.backoff, "flush failed; will retry");
@@ -346,9 +346,9 @@ impl Sink {
         if part.id.batch % PRUNE_EVERY == 0 {
             self.prune_ledger().await;
         }
-        let p = &mut self.partitions;
-        self.metrics.partitions_created.increment(std::mem::take(&mut p.created));
-        self.metrics.partitions_dropped.increment(std::mem::take(&mut p.dropped));
+        let p = &mut self.raw_days;
+        self.metrics.day_tables_created.increment(std::mem::take(&mut p.created));
+        self.metrics.day_tables_dropped.increment(std::mem::take(&mut p.dropped));
         self.summary.events_written += events;
         self.progress.written(events);
         self.summary.batches += 1;
@@ -374,10 +374,10 @@ impl Sink {
     }
 }
 
-/// What the sink knows of `events_sample`'s daily partitions.
+/// What the sink knows of `events_sample`'s day tables.
 #[derive(Debug, Default)]
-struct Partitions {
-    /// Days known to have a partition.
+struct RawDays {
+    /// Days known to have a day table.
     known: BTreeSet<i64>,
     /// When creation ahead of time and retention run next.
     next_maintenance: Option<Instant>,
@@ -389,16 +389,16 @@ struct Partitions {
 /// Creation ahead of time and retention run this often.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 
-impl Partitions {
+impl RawDays {
     fn today() -> i64 {
-        partitions::day_of(crate::clock::now_ms())
+        raw_days::day_of(bid_logger_core::clock::now_ms())
     }
 
     fn oldest_kept(&self, retention_days: i64) -> i64 {
         Self::today() - retention_days
     }
 
-    /// Makes sure partitions exist for `days`.
+    /// Makes sure day tables exist for `days`.
     async fn ensure(
         &mut self,
         client: &mut tokio_postgres::Client,
@@ -406,20 +406,20 @@ impl Partitions {
     ) -> Result<(), SinkError> {
         let missing: BTreeSet<i64> = days.filter(|d| !self.known.contains(d)).collect();
         if !missing.is_empty() {
-            self.created += partitions::ensure(client, &missing).await?;
+            self.created += raw_days::ensure(client, &missing).await?;
             self.known.extend(missing);
         }
         Ok(())
     }
 
-    /// Hourly: partitions for yesterday to two days ahead, and retention.
+    /// Hourly: day tables for yesterday to two days ahead, and retention.
     async fn maintain(&mut self, client: &mut tokio_postgres::Client, config: &SinkConfig) -> Result<(), SinkError> {
         if self.next_maintenance.is_some_and(|at| Instant::now() < at) {
             return Ok(());
         }
         let today = Self::today();
         let oldest = self.oldest_kept(config.raw_retention_days);
-        let dropped = partitions::drop_before(client, oldest).await?;
+        let dropped = raw_days::drop_before(client, oldest).await?;
         self.dropped += dropped.len() as u64;
         self.known.retain(|d| *d >= oldest);
         self.ensure(client, (today - 1).max(oldest)..=today + 2).await?;
@@ -438,13 +438,13 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 
 /// Before writing: applies the migrations if they have not been yet (so a
 /// database that is down at start-up is simply retried like any flush), and
-/// makes sure `events_sample` has partitions for the raw rows.
+/// makes sure `events_sample` has day tables for the raw rows.
 async fn prepare(
     pool: &deadpool_postgres::Pool,
     config: &SinkConfig,
     parts: &[Part],
     migrated: &mut bool,
-    partitions: &mut Partitions,
+    days_known: &mut RawDays,
 ) -> Result<(), SinkError> {
     if *migrated && config.raw_sample_ppm == 0 {
         return Ok(());
@@ -457,8 +457,8 @@ async fn prepare(
             *migrated = true;
         }
         if config.raw_sample_ppm > 0 {
-            partitions.maintain(&mut client, config).await?;
-            partitions.ensure(&mut client, days.into_iter()).await?;
+            days_known.maintain(&mut client, config).await?;
+            days_known.ensure(&mut client, days.into_iter()).await?;
         }
         Ok(())
     };

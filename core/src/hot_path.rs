@@ -1,0 +1,299 @@
+//! The per-message work, with no socket and no I/O.
+
+use crate::aggregate::{AggregateConfig, Aggregator, Outcome};
+use crate::decode::{decode, DecodeError, Event};
+use crate::sample::{Rate, Sampler};
+use crate::seq::SeqTracker;
+use crate::wire::{fnv1a64, MAX_PARTITIONS};
+
+/// How many partition mismatches are kept to guess the publishers' count.
+const MISMATCH_SAMPLES: usize = 8;
+
+/// Messages whose topic partition is not `fnv1a64(txn) mod partition-count`:
+/// the publishers use another partition count. Keeps a few of them to work
+/// out which count they appear to use, for the log line.
+#[derive(Debug, Default)]
+pub struct PartitionCheck {
+    /// Mismatches since the last take.
+    pub mismatches: u64,
+    /// Mismatches since the last log line.
+    pub unlogged: u64,
+    /// (topic partition, fnv1a64(txn)) of recent mismatches.
+    samples: Vec<(u32, u64)>,
+}
+
+impl PartitionCheck {
+    #[cold]
+    fn record(&mut self, partition: u32, hash: u64) {
+        self.mismatches += 1;
+        self.unlogged += 1;
+        if self.samples.len() == MISMATCH_SAMPLES {
+            self.samples.remove(0);
+        }
+        self.samples.push((partition, hash));
+    }
+
+    /// The smallest partition count consistent with every kept mismatch,
+    /// if any: what the publishers appear to use.
+    pub fn apparent_partition_count(&self) -> Option<u32> {
+        let lowest = self.samples.iter().map(|&(p, _)| p + 1).max()?;
+        (lowest..=MAX_PARTITIONS).find(|&c| self.samples.iter().all(|&(p, h)| h % u64::from(c) == u64::from(p)))
+    }
+}
+
+/// The hot path's settings.
+#[derive(Debug, Clone)]
+pub struct HotPathConfig {
+    /// Fleet-wide partition count P.
+    pub partition_count: u32,
+    /// Rollup sampling rate.
+    pub sample: Rate,
+    /// Raw-event sampling rate.
+    pub raw_sample: Rate,
+    /// Whether this instance takes every partition at rate 1 (then an event
+    /// on a mismatching partition is still kept: nothing can be missed).
+    pub takes_everything: bool,
+    /// Largest payload processed, in bytes.
+    pub max_event_size: usize,
+    /// Largest forward `seq` jump counted as a loss.
+    pub max_seq_jump: u64,
+    /// Aggregation settings.
+    pub aggregate: AggregateConfig,
+}
+
+impl Default for HotPathConfig {
+    /// The defaults of `bid-logger run`.
+    fn default() -> HotPathConfig {
+        HotPathConfig {
+            partition_count: 64,
+            sample: Rate::ALL,
+            raw_sample: Rate::from_ppm(1_000),
+            takes_everything: true,
+            max_event_size: DEFAULT_MAX_EVENT_SIZE,
+            max_seq_jump: DEFAULT_MAX_SEQ_JUMP,
+            aggregate: AggregateConfig::default(),
+        }
+    }
+}
+
+/// Default `max-event-size`: 64 KiB.
+pub const DEFAULT_MAX_EVENT_SIZE: usize = 64 * 1024;
+/// Default `max-seq-jump`: ten million messages on one publisher's topic,
+/// about an hour of a busy bidder's topic; a larger jump is a reset.
+pub const DEFAULT_MAX_SEQ_JUMP: u64 = 10_000_000;
+
+/// What happens to one message once its frames are in: the size limit,
+/// decode, `seq` tracking, the partition check, sampling, the lateness check
+/// and aggregation, with counts kept locally. No socket and no I/O, so
+/// benchmarks, profiles and the fuzz target run exactly the code the ingest
+/// threads run.
+pub struct HotPath {
+    /// Fleet-wide partition count P.
+    pub partition_count: u32,
+    /// `partition_count - 1` when it is a power of two (64, 256: the usual
+    /// counts), so that `h mod P` is a mask instead of a 64-bit division.
+    partition_mask: Option<u64>,
+    max_event_size: usize,
+    /// Whether an event on a mismatching partition is still kept.
+    pub takes_everything: bool,
+    sampler: Sampler,
+    /// The rollup sample keeps every transaction (no per-event decision).
+    everything: bool,
+    /// `None` when the raw sample is off.
+    raw_sampler: Option<Sampler>,
+    /// The rollups being built.
+    pub aggregator: Aggregator,
+    /// `seq` gaps and restarts.
+    pub seqs: SeqTracker,
+    /// Topic partitions that disagree with the transaction's hash.
+    pub partitions: PartitionCheck,
+    /// Invalid messages per [`DecodeError::index`] since the last publish.
+    pub invalid: [u64; DecodeError::COUNT],
+    /// Events sampled out since the last publish.
+    pub sampled_out: u64,
+}
+
+impl HotPath {
+    /// A hot path with the given settings.
+    pub fn new(config: HotPathConfig) -> HotPath {
+        let sampler = Sampler::new(config.sample, config.partition_count);
+        HotPath {
+            partition_count: config.partition_count,
+            partition_mask: config.partition_count.is_power_of_two().then(|| u64::from(config.partition_count) - 1),
+            max_event_size: config.max_event_size,
+            takes_everything: config.takes_everything,
+            everything: sampler.keeps_everything(),
+            sampler,
+            raw_sampler: (config.raw_sample != Rate::NONE)
+                .then(|| Sampler::new(config.raw_sample, config.partition_count)),
+            aggregator: Aggregator::new(config.aggregate),
+            seqs: SeqTracker::new(config.max_seq_jump),
+            partitions: PartitionCheck::default(),
+            invalid: [0; DecodeError::COUNT],
+            sampled_out: 0,
+        }
+    }
+
+    /// The samplers in use (rollup, then raw), which decide the subscriptions.
+    pub fn samplers(&self) -> Vec<&Sampler> {
+        let mut out = vec![&self.sampler];
+        out.extend(self.raw_sampler.as_ref());
+        out
+    }
+
+    /// Counts a message that does not have exactly two frames.
+    pub fn bad_frames(&mut self) {
+        self.invalid[DecodeError::Frames.index()] += 1;
+    }
+
+    /// Checks, decodes, samples and aggregates one message received at `now_ms`.
+    #[inline]
+    pub fn process(&mut self, topic: &[u8], payload: &[u8], now_ms: i64) {
+        if payload.len() > self.max_event_size {
+            // Dropped, but its `seq` still counts: otherwise the next
+            // message's gap would count it as lost as well. Decoding skips
+            // a long value by its length, so this costs no more than a
+            // small message.
+            if let Ok(Event { publisher: Some(publisher), seq: Some(seq), event_type, partition, .. }) =
+                decode(topic, payload)
+            {
+                self.seqs.observe(publisher, event_type, partition, seq);
+            }
+            self.invalid[DecodeError::TooLarge.index()] += 1;
+            return;
+        }
+        let mut ev = match decode(topic, payload) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.invalid[e.index()] += 1;
+                return;
+            }
+        };
+        if let (Some(publisher), Some(seq)) = (ev.publisher, ev.seq) {
+            self.seqs.observe(publisher, ev.event_type, ev.partition, seq);
+        }
+        // The wire contract routes an event to fnv1a64(txn) mod P. One
+        // hash per event (~1 ns per byte of txn) checks that and decides
+        // both samples.
+        let hash = fnv1a64(ev.txn);
+        let owner = match self.partition_mask {
+            Some(mask) => hash & mask,
+            None => hash % u64::from(self.partition_count),
+        } as u32;
+        if owner != ev.partition {
+            self.partitions.record(ev.partition, hash);
+            if !self.takes_everything {
+                // Only part of this transaction's events reach the topics
+                // this instance subscribes to: it cannot be sampled whole.
+                self.invalid[DecodeError::PartitionMismatch.index()] += 1;
+                return;
+            }
+            // Everything is taken anyway: keep it, under its real partition.
+            ev.partition = owner;
+        }
+        let rollup = self.everything || self.sampler.keep_owned(owner, hash);
+        let raw = self.raw_sampler.as_ref().is_some_and(|s| s.keep_owned(owner, hash));
+        if !rollup && !raw {
+            self.sampled_out += 1;
+            return;
+        }
+        if self.aggregator.admit(ev.ts_ms, now_ms) != Outcome::Accepted {
+            return;
+        }
+        if raw {
+            self.aggregator.push_raw(&ev, now_ms);
+        }
+        if rollup {
+            self.aggregator.record_admitted(&ev);
+        } else {
+            self.sampled_out += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::now_ms;
+    use crate::wire::{topic, EventType};
+    #[test]
+    fn the_publishers_partition_count_is_worked_out_from_mismatches() {
+        let mut check = PartitionCheck::default();
+        for i in 0..20 {
+            let txn = format!("txn-{i}");
+            let h = fnv1a64(txn.as_bytes());
+            if h % 16 != h % 64 {
+                check.record((h % 64) as u32, h);
+            }
+        }
+        assert!(check.mismatches > 0);
+        assert_eq!(check.apparent_partition_count(), Some(64));
+        assert_eq!(PartitionCheck::default().apparent_partition_count(), None);
+    }
+
+    fn payload(txn: &str, pad: usize) -> Vec<u8> {
+        let ts = now_ms();
+        rmp_serde::to_vec_named(&serde_json::json!({"txn": txn, "ts": ts, "pad": "x".repeat(pad)})).unwrap()
+    }
+
+    fn hot(takes_everything: bool, sample: &str) -> HotPath {
+        HotPath::new(HotPathConfig {
+            partition_count: 16,
+            sample: sample.parse().unwrap(),
+            raw_sample: Rate::NONE,
+            takes_everything,
+            max_event_size: 1000,
+            ..HotPathConfig::default()
+        })
+    }
+
+    #[test]
+    fn a_payload_over_max_event_size_costs_only_itself() {
+        let mut hot = hot(true, "1");
+        let now = now_ms();
+        let txn = "t-1";
+        let topic = topic(EventType::Bid, crate::wire::partition_of(txn.as_bytes(), 16));
+        let big = payload(txn, 2000);
+        assert!(big.len() > 1000);
+        for i in 0..10 {
+            hot.process(topic.as_bytes(), &payload(txn, i), now);
+            hot.process(topic.as_bytes(), &big, now);
+        }
+        assert_eq!(hot.invalid[DecodeError::TooLarge.index()], 10);
+        assert_eq!(hot.aggregator.take_stats().accepted.iter().sum::<u64>(), 10);
+    }
+
+    /// A txn whose partition out of 64 is not its partition out of 16.
+    fn mismatching_txn() -> (String, u32) {
+        (0..)
+            .map(|i| format!("m-{i}"))
+            .map(|t| {
+                let p = crate::wire::partition_of(t.as_bytes(), 64);
+                (t, p)
+            })
+            .find(|(t, p)| crate::wire::partition_of(t.as_bytes(), 16) != *p)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_mismatching_partition_is_kept_when_everything_is_taken_and_dropped_otherwise() {
+        let (txn, p64) = mismatching_txn();
+        let wrong = topic(EventType::Bid, p64);
+        let now = now_ms();
+        let mut all = hot(true, "1");
+        all.process(wrong.as_bytes(), &payload(&txn, 0), now);
+        assert_eq!(all.partitions.mismatches, 1);
+        assert_eq!(all.aggregator.take_stats().accepted.iter().sum::<u64>(), 1, "kept");
+        assert_eq!(all.invalid.iter().sum::<u64>(), 0);
+        let mut sampled = hot(false, "1/2");
+        sampled.process(wrong.as_bytes(), &payload(&txn, 0), now);
+        assert_eq!(sampled.partitions.mismatches, 1);
+        assert_eq!(sampled.invalid[DecodeError::PartitionMismatch.index()], 1, "dropped");
+        assert_eq!(sampled.aggregator.take_stats().accepted.iter().sum::<u64>(), 0);
+        // a matching event is not counted
+        let ok = "ok-1";
+        let right = topic(EventType::Bid, crate::wire::partition_of(ok.as_bytes(), 16));
+        all.process(right.as_bytes(), &payload(ok, 0), now);
+        assert_eq!(all.partitions.mismatches, 1);
+    }
+}

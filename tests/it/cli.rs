@@ -1,0 +1,272 @@
+//! The command line as operators use it: configuration errors, check-config,
+//! migrate.
+
+use crate::support::*;
+use std::process::Command;
+
+fn bid_logger(args: &[&str]) -> (i32, String, String) {
+    bid_logger_with_env(args, &[])
+}
+
+/// Runs the binary with only the given `BID_LOGGER_*`/`DATABASE_URL` variables set.
+fn bid_logger_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bid-logger"));
+    cmd.args(args).env_remove("DATABASE_URL").env("NO_COLOR", "1");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BID_LOGGER_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_fails_at_start_with_one_line_naming_the_key() {
+    let base = ["run", "--connect", "tcp://127.0.0.1:1", "--database-url", "postgres://u@127.0.0.1:1/db"];
+    for (flag, value, key) in [
+        ("--sample", "2", "`--sample`"),
+        ("--partitions", "0-99", "`--partitions`"),
+        ("--flush-interval", "often", "`--flush-interval`"),
+        ("--event-types", "bids", "`--event-types`"),
+        ("--metrics-addr", "nowhere", "`--metrics-addr`"),
+        ("--flush-timeout", "0s", "`--flush-timeout`: must be at least 100ms"),
+        ("--max-event-size", "10000000", "`max-message-size`: must be at least max-event-size"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend([flag, value]);
+        let (code, _, stderr) = bid_logger(&args);
+        assert_eq!(code, 2, "{flag} {value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(key), "{stderr}");
+    }
+    let (code, _, stderr) = bid_logger(&["run", "--connect", "tcp://127.0.0.1:1"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("`database-url`"), "{stderr}");
+}
+
+#[test]
+fn a_bad_environment_variable_is_named_not_the_flag() {
+    let base = ["run", "--connect", "tcp://127.0.0.1:1", "--database-url", "postgres://u@127.0.0.1:1/db"];
+    for (var, value, expected) in [
+        // checked by the logger
+        ("BID_LOGGER_FLUSH_TIMEOUT", "0s", "`BID_LOGGER_FLUSH_TIMEOUT`: must be at least 100ms"),
+        ("BID_LOGGER_SAMPLE", "3", "`BID_LOGGER_SAMPLE`: expected a rate"),
+        // parsed by clap (a number)
+        ("BID_LOGGER_PARTITION_COUNT", "sixty-four", "`BID_LOGGER_PARTITION_COUNT`: invalid value `sixty-four`"),
+        ("BID_LOGGER_MAX_EVENT_SIZE", "-1", "`BID_LOGGER_MAX_EVENT_SIZE`: invalid value `-1`"),
+    ] {
+        let (code, _, stderr) = bid_logger_with_env(&base, &[(var, value)]);
+        assert_eq!(code, 2, "{var}={value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(expected), "{var}={value}: {stderr}");
+        assert!(!stderr.contains("--"), "the flag was not used: {stderr}");
+    }
+    // the same value on the command line is blamed on the flag
+    let mut args = base.to_vec();
+    args.extend(["--partition-count", "sixty-four"]);
+    let (code, _, stderr) = bid_logger_with_env(&args, &[("BID_LOGGER_PARTITION_COUNT", "sixty-four")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--partition-count") && !stderr.contains("BID_LOGGER_"), "{stderr}");
+    // DATABASE_URL, the fallback, is named when it is the culprit
+    let (code, _, stderr) =
+        bid_logger_with_env(&["run", "--connect", "tcp://127.0.0.1:1"], &[("DATABASE_URL", "mysql://u@h/db")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`DATABASE_URL`: `mysql://` is not a PostgreSQL URL"), "{stderr}");
+}
+
+#[test]
+fn a_bad_file_value_names_the_key_in_the_file_and_type_errors_give_the_line() {
+    let dir = std::env::temp_dir().join(format!("bl-cli-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bid-logger.toml");
+    let path = file.to_str().unwrap();
+    std::fs::write(&file, "connect = [\"tcp://127.0.0.1:1\"]\nflush-timeout = \"0s\"\n").unwrap();
+    let (code, _, stderr) = bid_logger(&["check-config", "--config", path, "--database-url", "postgres://u@h/db"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&format!("`flush-timeout` in `{path}`: must be at least 100ms")), "{stderr}");
+    std::fs::write(&file, "connect = [\"tcp://127.0.0.1:1\"]\n# a comment\npartition-count = \"64\"\n").unwrap();
+    let (code, _, stderr) = bid_logger(&["check-config", "--config", path, "--database-url", "postgres://u@h/db"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("line 3: `partition-count`:"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unknown_file_keys_are_rejected_by_name() {
+    let dir = std::env::temp_dir().join(format!("bl-cli-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "conect = [\"tcp://127.0.0.1:5556\"]\n").unwrap();
+    let (code, _, stderr) = bid_logger(&["check-config", "--config", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("conect"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn check_config_prints_every_key_with_the_password_masked() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/bid-logger.toml");
+    let (code, stdout, stderr) = bid_logger(&[
+        "check-config",
+        "--config",
+        example,
+        "--database-url",
+        "postgres://logger:hunter2@db.internal:5432/warehouse",
+        "--sample",
+        "1/8",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(stdout.contains("postgres://logger:***@db.internal:5432/warehouse"), "{stdout}");
+    assert!(stdout.contains("sample = \"1/8\""), "flags override the file: {stdout}");
+    let example_keys: Vec<String> = std::fs::read_to_string(example)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(" = "))
+        .map(|l| l.split(" = ").next().unwrap().to_string())
+        .collect();
+    for key in &example_keys {
+        assert!(stdout.contains(&format!("{key} = ")), "check-config omits {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent_and_creates_the_warehouse() {
+    let db = fresh_database("migrate").await;
+    for _ in 0..2 {
+        let (code, stdout, stderr) = bid_logger(&["migrate", "--database-url", &db]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("schema up to date"), "{stdout}");
+    }
+    let client = connect(&db).await;
+    for rel in [
+        "rollup_minute",
+        "rollup_hour",
+        "rollup_minute_est",
+        "rollup_hour_est",
+        "bid_logger_flush_ledger",
+        "events_sample",
+    ] {
+        let n: i64 =
+            client.query_one("SELECT count(*) FROM pg_class WHERE relname = $1", &[&rel]).await.unwrap().get(0);
+        assert_eq!(n, 1, "{rel}");
+    }
+    let versions: i64 = client.query_one("SELECT count(*) FROM bid_logger_migrations", &[]).await.unwrap().get(0);
+    assert_eq!(versions as usize, bid_logger::sink::migrate::MIGRATIONS.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_refuses_us_for_good_fails_fast_naming_the_key() {
+    let db = fresh_database("refuse").await;
+    let missing = with_database(&db, "no_such_database_here");
+    let (code, _, stderr) = bid_logger(&[
+        "run",
+        "--connect",
+        "tcp://127.0.0.1:1",
+        "--database-url",
+        &missing,
+        "--metrics-addr",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    // The last line is the failure: the key, and the server's own words with
+    // its SQLSTATE (3D000 invalid_catalog_name), not just "db error".
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(last.contains("database-url"), "{stderr}");
+    assert!(last.contains("3D000") && last.contains("\"no_such_database_here\" does not exist"), "{last}");
+    // migrate says the same
+    let (code, _, stderr) = bid_logger(&["migrate", "--database-url", &missing]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("3D000") && stderr.contains("does not exist"), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_database_is_reported_with_the_os_error() {
+    use std::io::Read;
+    let port = free_port(); // nothing listens there
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bid-logger"))
+        .args(["run", "--connect", "tcp://127.0.0.1:1"])
+        .args(["--database-url", &format!("postgres://u@127.0.0.1:{port}/db")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = pipe.read(&mut buf) {
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if text.contains("retrying in the background") {
+                break;
+            }
+        }
+        text
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = reader.join().unwrap();
+    let line = text.lines().find(|l| l.contains("retrying in the background")).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("Connection refused"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_reads_the_same_configuration_as_run() {
+    let dir = std::env::temp_dir().join(format!("bl-cli-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let from_file = fresh_database("migrate_file").await;
+    let file = dir.join("bid-logger.toml");
+    std::fs::write(&file, format!("database-url = \"{from_file}\"\n")).unwrap();
+    let (code, stdout, stderr) = bid_logger(&["migrate", "--config", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("schema up to date"), "{stdout}");
+    let from_env = fresh_database("migrate_env").await;
+    let (code, _, stderr) = bid_logger_with_env(&["migrate"], &[("BID_LOGGER_DATABASE_URL", &from_env)]);
+    assert_eq!(code, 0, "{stderr}");
+    for db in [&from_file, &from_env] {
+        let client = connect(db).await;
+        let n: i64 = client.query_one("SELECT count(*) FROM bid_logger_migrations", &[]).await.unwrap().get(0);
+        assert_eq!(n as usize, bid_logger::sink::migrate::MIGRATIONS.len(), "{db}");
+    }
+    // and fails like run on a bad URL
+    let (code, _, stderr) = bid_logger(&["migrate", "--database-url", "mysql://u@h/db"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`--database-url`"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn logs_through_a_pipe_carry_no_colour_codes() {
+    // stderr is a pipe here, as under journald or a log shipper; NO_COLOR unset
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bid-logger"));
+    cmd.args(["run", "--connect", "tcp://127.0.0.1:1"])
+        .args(["--database-url", &format!("postgres://u@127.0.0.1:{}/db", free_port())])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("starting"), "{text}");
+    assert!(!text.contains('\x1b'), "escape codes in piped logs: {text:?}");
+}

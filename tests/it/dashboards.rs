@@ -1,0 +1,365 @@
+//! Grafana dashboards and Prometheus alerts, checked for real: every PromQL
+//! expression against a real Prometheus scraping a running logger fed by the
+//! simulator, every SQL panel against a real PostgreSQL holding rollups the
+//! logger wrote, and the alert rules with `promtool test rules`.
+
+use crate::support::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn dashboards() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root().join("grafana/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
+            out.push((path.file_name().unwrap().to_string_lossy().into_owned(), v));
+        }
+    }
+    assert!(out.len() >= 2, "expected the operations and warehouse dashboards");
+    out
+}
+
+fn panels(dash: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        out.push(p);
+        if let Some(inner) = p["panels"].as_array() {
+            out.extend(inner.iter());
+        }
+    }
+    out
+}
+
+/// (datasource uid, query text) of every target.
+fn targets(dash: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in panels(dash) {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let uid = t["datasource"]["uid"].as_str().or(p["datasource"]["uid"].as_str()).unwrap().to_string();
+            let q = t["expr"].as_str().or(t["rawSql"].as_str()).unwrap_or_default().to_string();
+            out.push((uid, q));
+        }
+    }
+    out
+}
+
+fn provisioned_uids() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join("grafana/provisioning/datasources/bid-logger.yaml")).unwrap();
+    text.lines().filter_map(|l| l.trim().strip_prefix("uid:")).map(|u| u.trim().to_string()).collect()
+}
+
+#[test]
+fn dashboards_are_well_formed_and_use_only_provisioned_datasources() {
+    let uids = provisioned_uids();
+    assert_eq!(uids.len(), 2, "{uids:?}");
+    assert!(root().join("grafana/provisioning/dashboards/bid-logger.yaml").is_file());
+    for (name, d) in dashboards() {
+        assert!(d["schemaVersion"].as_i64().unwrap() >= 39, "{name}: schemaVersion");
+        assert!(d.get("__inputs").is_none(), "{name}: __inputs placeholders");
+        let ids: Vec<i64> = panels(&d).iter().map(|p| p["id"].as_i64().unwrap()).collect();
+        let unique: BTreeSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "{name}: duplicate panel ids {ids:?}");
+        for p in panels(&d) {
+            if p["type"] == "row" {
+                continue;
+            }
+            let uid = p["datasource"]["uid"].as_str().unwrap_or_else(|| panic!("{name}: panel without datasource"));
+            assert!(uids.contains(uid), "{name}: panel {} uses unprovisioned datasource {uid}", p["id"]);
+            assert!(!p["targets"].as_array().unwrap().is_empty(), "{name}: panel {} has no query", p["id"]);
+        }
+        for (uid, q) in targets(&d) {
+            assert!(uids.contains(&uid), "{name}: target uses {uid}");
+            assert!(!q.trim().is_empty(), "{name}: empty query");
+        }
+        for v in d["templating"]["list"].as_array().unwrap() {
+            assert!(uids.contains(v["datasource"]["uid"].as_str().unwrap()), "{name}: variable datasource");
+        }
+    }
+}
+
+fn promtool() -> &'static str {
+    match Command::new("promtool").arg("--version").output() {
+        Ok(o) if o.status.success() => "promtool",
+        _ => panic!("promtool is missing: run scripts/setup (Debian package `prometheus`)"),
+    }
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let dir = root().join("prometheus");
+    for args in [
+        vec!["check", "rules", "alerts.yml"],
+        vec!["test", "rules", "alerts.test.yml"],
+        vec!["check", "config", "prometheus.yml"],
+    ] {
+        let out = Command::new(promtool()).args(&args).current_dir(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The alert rules' expressions, with comparisons turned into `bool` ones so
+/// that they return a series whether or not the alert would fire.
+fn rule_exprs() -> Vec<String> {
+    let text = std::fs::read_to_string(root().join("prometheus/alerts.yml")).unwrap();
+    let mut out = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let t = line.trim();
+        if let Some(e) = t.strip_prefix("expr:") {
+            let mut expr = e.trim().trim_start_matches('>').trim().to_string();
+            while let Some(next) = lines.peek() {
+                let n = next.trim();
+                if n.is_empty() || n.contains(':') && !n.contains('[') && !n.contains('{') {
+                    break;
+                }
+                expr.push(' ');
+                expr.push_str(n);
+                lines.next();
+            }
+            out.push(expr);
+        }
+    }
+    assert_eq!(out.len(), 11, "{out:?}");
+    out.iter()
+        .map(|e| {
+            let mut s = String::new();
+            let toks: Vec<&str> = e.split(' ').collect();
+            for (i, tok) in toks.iter().enumerate() {
+                s.push_str(tok);
+                if matches!(*tok, "==" | "!=" | ">=" | "<=" | ">" | "<") && i + 1 < toks.len() {
+                    s.push_str(" bool");
+                }
+                s.push(' ');
+            }
+            s.trim().to_string()
+        })
+        .collect()
+}
+
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = expr[i..].find("bid_logger_") {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        out.insert(expr[start..end].to_string());
+        i = end;
+    }
+    out
+}
+
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+fn start_prometheus(target_port: u16) -> Prometheus {
+    promtool();
+    let dir = std::env::temp_dir().join(format!("bl-prom-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: bid-logger\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus is missing: run scripts/setup (Debian package `prometheus`)");
+    Prometheus { child, port, _dir: dir }
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn prom_query(port: u16, expr: &str) -> Value {
+    let body = http_get(port, &format!("/api/v1/query?query={}", url_encode(expr))).unwrap_or_default();
+    let json = body.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(json).unwrap_or(Value::Null)
+}
+
+/// Grafana's PostgreSQL macros, expanded the way its datasource does.
+fn expand_sql(sql: &str, vars: &[(String, Vec<String>)], from: &str, to: &str) -> String {
+    let mut s = sql.to_string();
+    for (unit, secs) in [("'1m'", 60), ("'1h'", 3600)] {
+        s = s.replace(
+            &format!("$__timeGroupAlias(bucket, {unit})"),
+            &format!("floor(extract(epoch from bucket)/{secs})*{secs} AS \"time\""),
+        );
+    }
+    s = s.replace("$__timeFilter(bucket)", &format!("bucket BETWEEN '{from}' AND '{to}'"));
+    for (name, values) in vars {
+        let quoted: Vec<String> = values.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect();
+        s = s.replace(&format!("${name}"), &quoted.join(","));
+    }
+    assert!(!s.contains('$'), "unexpanded macro or variable in:\n{s}");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_panel_query_and_alert_expression_returns_data_from_a_running_logger() {
+    let db = fresh_database("dash").await;
+    let sim_port = free_port();
+    let endpoint = format!("tcp://127.0.0.1:{sim_port}");
+    let simulator = Simulator::start(&endpoint, |c| {
+        c.rate = Some(6000.0);
+        c.duration = Some(Duration::from_secs(40));
+        c.traffic.invalid_fraction = 0.01;
+        c.traffic.late_fraction = 0.05;
+        c.traffic.seed = 3;
+        c.restart_every = Some(20_000);
+    });
+    let logger = Logger::start(
+        &db,
+        &["--connect", &endpoint, "--partition-count", "16", "--flush-interval", "500ms", "--max-os-values", "2"],
+    );
+    let prometheus = start_prometheus(logger.metrics_port);
+
+    // Let Prometheus gather enough samples for rate() windows.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = prom_query(prometheus.port, "count_over_time(bid_logger_events_flushed_total[1m])");
+        let samples = r["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        if samples >= 12.0 && logger.metric("bid_logger_events_flushed_total", "") > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Prometheus did not collect samples from the logger");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let exported = logger.metrics_text();
+
+    let mut exprs: Vec<(String, String)> = Vec::new();
+    for (name, d) in dashboards() {
+        for (uid, q) in targets(&d) {
+            if uid == "bid-logger-prometheus" {
+                exprs.push((name.clone(), q.replace("$__rate_interval", "10s").replace("$instance", ".*")));
+            }
+        }
+        for v in d["templating"]["list"].as_array().unwrap() {
+            if v["datasource"]["uid"] == "bid-logger-prometheus" {
+                // label_values(metric, label) is Grafana's; check the metric has the label.
+                let q = v["query"]["query"].as_str().unwrap();
+                let inner = q.trim_start_matches("label_values(").trim_end_matches(')');
+                let (metric, label) = inner.split_once(',').unwrap();
+                exprs.push((name.clone(), format!("count by ({}) ({})", label.trim(), metric.trim())));
+            }
+        }
+    }
+    for e in rule_exprs() {
+        exprs.push(("alerts.yml".into(), e));
+    }
+    let mut failures = Vec::new();
+    for (source, expr) in &exprs {
+        for m in metric_names(expr) {
+            if !exported.lines().any(|l| l.starts_with(&m) && l[m.len()..].starts_with(['{', ' '])) {
+                failures.push(format!("{source}: metric {m} is not exported by the logger"));
+            }
+        }
+        let r = prom_query(prometheus.port, expr);
+        let empty = r["data"]["result"].as_array().is_none_or(|a| a.is_empty());
+        if r["status"] != "success" {
+            failures.push(format!("{source}: `{expr}` failed: {r}"));
+        } else if let Some(inner) = expr.strip_prefix("absent(").and_then(|e| e.strip_suffix(')')) {
+            // absent() has data only when its series is missing: here it must be there.
+            if !empty || prom_query(prometheus.port, inner)["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
+                failures.push(format!("{source}: `{inner}` is missing while a logger is scraped"));
+            }
+        } else if empty {
+            failures.push(format!("{source}: `{expr}` returned no data"));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} expressions failed:\n{}", failures.len(), exprs.len(), failures.join("\n"));
+
+    // SQL panels on the rollups the logger has written.
+    simulator.stop();
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let (from, to) = (rfc3339(&client, now - 12 * 3600).await, rfc3339(&client, now + 3600).await);
+    let mut checked = 0;
+    for (name, d) in dashboards() {
+        let mut vars = Vec::new();
+        for v in d["templating"]["list"].as_array().unwrap() {
+            if v["datasource"]["uid"] != "bid-logger-postgres" {
+                continue;
+            }
+            let q = v["query"].as_str().unwrap();
+            let values: Vec<String> = client.query(q, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+            assert!(!values.is_empty(), "{name}: variable {} has no values", v["name"]);
+            vars.push((v["name"].as_str().unwrap().to_string(), values));
+        }
+        // longest names first, so $campaign is not mistaken for a prefix of another
+        vars.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
+        for (uid, q) in targets(&d) {
+            if uid != "bid-logger-postgres" {
+                continue;
+            }
+            let sql = expand_sql(&q, &vars, &from, &to);
+            let rows = client.query(&sql, &[]).await.unwrap_or_else(|e| panic!("{name}: SQL failed: {e}\n{sql}"));
+            assert!(!rows.is_empty(), "{name}: SQL returned no rows:\n{sql}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 9, "only {checked} SQL panels checked");
+}
+
+/// A Unix time as Grafana writes it into `$__timeFilter`.
+async fn rfc3339(client: &tokio_postgres::Client, unix: i64) -> String {
+    client
+        .query_one(
+            "SELECT to_char(to_timestamp($1::float8) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+            &[&(unix as f64)],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn grafana_readme_exists() {
+    let readme = std::fs::read_to_string(root().join("grafana/README.md")).expect("grafana/README.md");
+    assert!(readme.contains("provisioning"));
+    assert!(Path::new(&root().join("prometheus/prometheus.yml")).is_file());
+}

@@ -1,0 +1,769 @@
+//! The fault matrix: inject real faults (database outages, locks, killed
+//! processes, overflowing high-water marks, several instances) and compare
+//! the warehouse with exactly what was published.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::support::*;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const P: u32 = 16;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn events(rng: &mut SmallRng, n: usize, tag: &str) -> Vec<TestEvent> {
+    const TYPES: [&str; 8] = ["auction", "bid", "win", "loss", "impression", "click", "install", "event"];
+    let now = now_ms();
+    (0..n)
+        .map(|i| {
+            let mut e =
+                TestEvent::new(TYPES[rng.gen_range(0..8)], format!("{tag}-{i}"), now - rng.gen_range(0..3_600_000));
+            e.country = Some(["US", "BR", "DE"][rng.gen_range(0..3)].into());
+            e.campaign = rng.gen_range(0..50);
+            e.price = Some(rng.gen_range(0..10_000));
+            e
+        })
+        .collect()
+}
+
+async fn total_events(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client.query_one(&format!("SELECT coalesce(sum(events), 0)::bigint FROM {table}"), &[]).await.unwrap().get(0)
+}
+
+/// A field `key=value` of the logger's final `stopped` log line.
+fn stopped_field(stderr: &str, key: &str) -> u64 {
+    let line =
+        stderr.lines().rev().find(|l| l.contains("stopped")).unwrap_or_else(|| panic!("no stopped line:\n{stderr}"));
+    let plain: String = strip_ansi(line);
+    plain
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {plain}"))
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_disjoint_partitions_write_the_same_tables_exactly() {
+    let db = fresh_database("two").await;
+    let mut publisher = Publisher::bind();
+    let endpoint = publisher.endpoint.clone();
+    let common = ["--connect", &endpoint, "--partition-count", "16", "--flush-interval", "50ms"];
+    let a = Logger::start(&db, &[&common[..], &["--partitions", "0-7", "--instance-id", "a"]].concat());
+    let b = Logger::start(&db, &[&common[..], &["--partitions", "8-15", "--instance-id", "b"]].concat());
+    publisher.wait_for_subscriptions(2 * subset_topics(16, 8, 8));
+    let mut rng = SmallRng::seed_from_u64(1);
+    let all = events(&mut rng, 20_000, "two");
+    for e in &all {
+        publisher.publish(e, P);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.metric("bid_logger_events_flushed_total", "") + b.metric("bid_logger_events_flushed_total", "")
+        < all.len() as f64
+    {
+        assert!(Instant::now() < deadline, "the two instances did not flush everything (deadlock?)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        a.metric("bid_logger_events_flushed_total", "") > 0.0 && b.metric("bid_logger_events_flushed_total", "") > 0.0
+    );
+    assert_eq!((a.stop().0, b.stop().0), (0, 0));
+    let client = connect(&db).await;
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
+}
+
+/// A logger (with `extra` arguments) that flushes every 100 ms with attempts
+/// that time out after 500 ms, on a fresh database, after `n` random events
+/// (seed `seed`) have been published and flushed.
+async fn logger_with_flushed_events(
+    test: &str,
+    seed: u64,
+    n: usize,
+    extra: &[&str],
+) -> (String, Publisher, Logger, SmallRng, Vec<TestEvent>) {
+    let db = fresh_database(test).await;
+    let mut publisher = Publisher::bind();
+    let endpoint = publisher.endpoint.clone();
+    let mut args = vec![
+        "--connect",
+        &endpoint,
+        "--partition-count",
+        "16",
+        "--flush-timeout",
+        "500ms",
+        "--flush-interval",
+        "100ms",
+    ];
+    args.extend_from_slice(extra);
+    let logger = Logger::start(&db, &args);
+    // One thread taking everything subscribes by type prefix; several split
+    // the partitions (and the prefixes beyond the partition count) between them.
+    let threads = extra.iter().position(|a| *a == "--ingest-threads").map_or(1, |i| extra[i + 1].parse().unwrap());
+    publisher.wait_for_subscriptions(if threads == 1 { all_topics(16) } else { subset_topics(16, 8, 16) });
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let first = events(&mut rng, n, "before");
+    for e in &first {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
+    (db, publisher, logger, rng, first)
+}
+
+/// With `rollup_minute` locked, publishes `rounds` × `per_round` events, one
+/// round per 150 ms (longer than the 100 ms flush interval), and waits until
+/// flushes have timed out against the lock twice; then releases it and
+/// checks that the warehouse holds every event exactly once.
+async fn publish_while_rollup_minute_is_locked(test: &str, seed: u64, extra: &[&str], rounds: usize, per_round: usize) {
+    let (db, publisher, logger, mut rng, first) = logger_with_flushed_events(test, seed, 2000, extra).await;
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_minute IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let mut second = Vec::new();
+    for round in 0..rounds {
+        let batch = events(&mut rng, per_round, &format!("during-{round}"));
+        for e in &batch {
+            publisher.publish(e, P);
+        }
+        second.extend(batch);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    logger.wait_metric(
+        "bid_logger_events_accepted_total",
+        (first.len() + second.len()) as f64,
+        Duration::from_secs(30),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while logger.metric("bid_logger_flush_failures_total", "") < 2.0 {
+        assert!(Instant::now() < deadline, "flushes did not time out against the lock");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(logger.metric("bid_logger_events_flushed_total", ""), first.len() as f64, "nothing lands while locked");
+    tx.rollback().await.unwrap();
+    let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
+    logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(30));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_on_the_rollup_table_makes_flushes_wait_and_retry_without_loss() {
+    publish_while_rollup_minute_is_locked("lock", 2, &[], 1, 3000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ingest_threads_deltas_merge_exactly_while_flushes_are_blocked() {
+    // Each thread takes half the topics, and both see every row key (keys do
+    // not include the partition). While rollup_minute is locked, every
+    // interval of both threads merges into the sink's queue, overlapping keys
+    // included.
+    publish_while_rollup_minute_is_locked("threads", 4, &["--ingest-threads", "2"], 5, 1000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minute_rows_land_while_the_hour_table_is_locked_and_the_hour_rows_follow_exactly_once() {
+    let (db, publisher, logger, mut rng, first) = logger_with_flushed_events("hourlock", 9, 1000, &[]).await;
+
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_hour IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let second = events(&mut rng, 2000, "during");
+    for e in &second {
+        publisher.publish(e, P);
+    }
+    // Minute rows land although rollup_hour cannot be written (further
+    // batches wait until the blocked hour rows are in).
+    let reader = connect(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while total_events(&reader, "rollup_minute").await as usize == first.len() {
+        assert!(Instant::now() < deadline, "no minute rows landed while rollup_hour was locked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hour: i64 = tx.query_one("SELECT sum(events)::bigint FROM rollup_hour", &[]).await.unwrap().get(0);
+    assert_eq!(hour as usize, first.len(), "rollup_hour is locked: nothing new there");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while logger.metric("bid_logger_flush_failures_total", "") < 1.0 {
+        assert!(Instant::now() < deadline, "the hour transaction did not time out against the lock");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        logger.metric("bid_logger_events_flushed_total", ""),
+        first.len() as f64,
+        "an event counts as flushed only once its hour rows are in too"
+    );
+    let sql = "SELECT count(*) FILTER (WHERE rollup = 'minute'), count(*) FILTER (WHERE rollup = 'hour')
+               FROM bid_logger_flush_ledger";
+    let row = reader.query_one(sql, &[]).await.unwrap();
+    let (minute, hour): (i64, i64) = (row.get(0), row.get(1));
+    assert!(minute > hour, "ledger: {minute} minute rows, {hour} hour rows while rollup_hour is locked");
+    tx.rollback().await.unwrap();
+
+    let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
+    logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(30));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert_warehouse_matches(&reader, &all, 1_000_000).await;
+    let row = reader.query_one(sql, &[]).await.unwrap();
+    let (minute, hour): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(minute, hour, "every batch has one minute and one hour ledger row");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_full_load_writes_every_event_received() {
+    let db = fresh_database("term").await;
+    let port = free_port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let simulator = Simulator::start(&endpoint, |c| {
+        c.rate = None;
+        c.duration = Some(Duration::from_secs(30));
+    });
+    let logger = Logger::start(&db, &["--connect", &endpoint, "--partition-count", "16"]);
+    logger.wait_metric("bid_logger_events_accepted_total", 200_000.0, Duration::from_secs(60));
+    let (code, stderr) = logger.stop(); // while the simulator is still publishing at full speed
+    simulator.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let accepted = stopped_field(&stderr, "accepted");
+    let written = stopped_field(&stderr, "written");
+    assert!(accepted >= 200_000);
+    assert_eq!(written, accepted, "every accepted event written");
+    assert_eq!(stopped_field(&stderr, "unwritten"), 0);
+    let client = connect(&db).await;
+    assert_eq!(total_events(&client, "rollup_minute").await as u64, accepted);
+    assert_eq!(total_events(&client, "rollup_hour").await as u64, accepted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_at_most_the_unflushed_interval_and_the_next_start_is_clean() {
+    let db = fresh_database("kill9").await;
+    let mut publisher = Publisher::bind();
+    let endpoint = publisher.endpoint.clone();
+    let args = ["--connect", &endpoint, "--partition-count", "16", "--instance-id", "k"];
+    let first = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(all_topics(16));
+    let mut rng = SmallRng::seed_from_u64(3);
+    let flushed = events(&mut rng, 3000, "flushed");
+    for e in &flushed {
+        publisher.publish(e, P);
+    }
+    first.wait_metric("bid_logger_events_flushed_total", flushed.len() as f64, Duration::from_secs(30));
+    let unflushed = events(&mut rng, 500, "unflushed");
+    for e in &unflushed {
+        publisher.publish(e, P);
+    }
+    first.wait_metric(
+        "bid_logger_events_accepted_total",
+        (flushed.len() + unflushed.len()) as f64,
+        Duration::from_secs(30),
+    );
+    drop(first); // SIGKILL
+    let client = connect(&db).await;
+    let after_kill = total_events(&client, "rollup_minute").await as usize;
+    assert!(after_kill >= flushed.len() && after_kill <= flushed.len() + unflushed.len(), "{after_kill}");
+    // A kill between a batch's minute and hour transactions leaves it in rollup_minute only.
+    let after_kill_hour = total_events(&client, "rollup_hour").await as usize;
+    assert!(after_kill_hour >= flushed.len() && after_kill_hour <= after_kill, "{after_kill_hour} vs {after_kill}");
+
+    let second = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(2 * all_topics(16));
+    let more = events(&mut rng, 2000, "second");
+    for e in &more {
+        publisher.publish(e, P);
+    }
+    second.wait_metric("bid_logger_events_flushed_total", more.len() as f64, Duration::from_secs(30));
+    let (code, stderr) = second.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!strip_ansi(&stderr).contains("ERROR"), "the restart is clean:\n{stderr}");
+    assert_eq!(total_events(&client, "rollup_minute").await as usize, after_kill + more.len());
+    assert_eq!(total_events(&client, "rollup_hour").await as usize, after_kill_hour + more.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_dropped_by_overflowing_high_water_marks_are_counted_exactly() {
+    let db = fresh_database("hwm").await;
+    let ctx = zmq::Context::new();
+    let xpub = ctx.socket(zmq::XPUB).unwrap();
+    xpub.set_sndhwm(100).unwrap();
+    xpub.set_rcvtimeo(30_000).unwrap();
+    xpub.bind("tcp://127.0.0.1:*").unwrap();
+    let endpoint = xpub.get_last_endpoint().unwrap().unwrap();
+    let logger = Logger::start(
+        &db,
+        &["--connect", &endpoint, "--partition-count", "16", "--event-types", "bid", "--receive-hwm", "100"],
+    );
+    for _ in 0..all_topics(16) / 8 {
+        xpub.recv_bytes(0).unwrap(); // the subscription (`bid.`)
+    }
+    let txn = "hwm-txn";
+    let mut e = TestEvent::new("bid", txn, now_ms());
+    e.publisher = Some("p".into());
+    let topic = e.topic(P);
+    // Freeze the logger so both high-water marks overflow and ZeroMQ drops.
+    let pid = logger_pid(&logger);
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let n = 50_000u64;
+    for seq in 1..=n {
+        e.seq = Some(seq);
+        let _ = xpub.send_multipart([topic.as_bytes(), &e.payload()], zmq::DONTWAIT);
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(1500));
+    // One last message after the backlog drained, so every gap is closed by a later seq.
+    e.seq = Some(n + 1);
+    xpub.send_multipart([topic.as_bytes(), &e.payload()], 0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let received = logger.metric("bid_logger_messages_received_total", "");
+        let lost = logger.metric("bid_logger_messages_lost_total", "");
+        if received > 0.0 && received + lost >= (n + 1) as f64 {
+            assert!(lost > 0.0, "the test overflowed nothing, so it proved nothing");
+            assert_eq!(received + lost, (n + 1) as f64, "lost = published - received, exactly");
+            break;
+        }
+        assert!(Instant::now() < deadline, "received {received} + lost {lost} never reached {}", n + 1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(logger.stop().0, 0);
+}
+
+fn outage_secs() -> u64 {
+    std::env::var("BID_LOGGER_TEST_OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
+}
+
+fn logger_pid(logger: &Logger) -> i32 {
+    logger.pid() as i32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_under_load_never_stalls_ingest_and_totals_match_the_truth() {
+    let pg = bid_logger_tools::pgtemp::TempPostgres::start().expect("throwaway PostgreSQL");
+    let db = create_database_on(&pg.url(), "outage").await;
+    let port = free_port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let simulator = Simulator::start(&endpoint, |c| {
+        c.rate = Some(20_000.0);
+        c.duration = Some(Duration::from_secs(outage_secs() + 7));
+        c.traffic.late_fraction = 0.05;
+    });
+    let logger = Logger::start(&db, &["--connect", &endpoint, "--partition-count", "16"]);
+    logger.wait_metric("bid_logger_events_flushed_total", 20_000.0, Duration::from_secs(30));
+    pg.stop().unwrap();
+    let before = logger.metric("bid_logger_events_accepted_total", "");
+    // 5 s in CI; BID_LOGGER_TEST_OUTAGE_SECS=30 runs the full row of the matrix.
+    tokio::time::sleep(Duration::from_secs(outage_secs())).await;
+    let during = logger.metric("bid_logger_events_accepted_total", "");
+    assert!(during - before > 20_000.0, "ingest stalled while the database was down: {before} → {during}");
+    assert!(logger.metric("bid_logger_pending_events", "") > 0.0);
+    pg.restart().unwrap();
+    let truth = simulator.wait().truth.to_json();
+    let total = truth["events"].as_u64().unwrap();
+    logger.wait_metric("bid_logger_events_flushed_total", total as f64, Duration::from_secs(60));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    for (et, t) in truth["by_type"].as_object().unwrap() {
+        let r = client
+            .query_one(
+                "SELECT coalesce(sum(events), 0)::bigint, coalesce(sum(price_micros), 0)::bigint,
+                        coalesce(sum(revenue_micros), 0)::bigint FROM rollup_hour WHERE event_type = $1",
+                &[et],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.get::<_, i64>(0) as u64, t["events"].as_u64().unwrap(), "{et} events");
+        assert_eq!(r.get::<_, i64>(1), t["price_micros"].as_i64().unwrap(), "{et} price");
+        assert_eq!(r.get::<_, i64>(2), t["revenue_micros"].as_i64().unwrap(), "{et} revenue");
+    }
+    assert_eq!(total_events(&client, "rollup_minute").await as u64, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_logger_refuses_publishers_outside_its_allow_list() {
+    let db = fresh_database("zap").await;
+    let port = free_port();
+    let bound = format!("tcp://127.0.0.1:{port}");
+    let logger = Logger::start(
+        &db,
+        &["--bind", &bound, "--allow", "127.0.0.1", "--partition-count", "16", "--event-types", "bid"],
+    );
+    let ctx = zmq::Context::new();
+    let publish_from = |source: &str, tag: &str, n: usize| {
+        let s = ctx.socket(zmq::PUB).unwrap();
+        s.set_linger(0).unwrap();
+        // "source;destination": connect from a chosen loopback address
+        s.connect(&format!("tcp://{source}:0;127.0.0.1:{port}")).unwrap();
+        std::thread::sleep(Duration::from_millis(700)); // handshake and subscriptions
+        for i in 0..n {
+            let e = TestEvent::new("bid", format!("{tag}-{i}"), now_ms());
+            s.send_multipart([e.topic(P).as_bytes(), &e.payload()], 0).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        s
+    };
+    let _outsider = publish_from("127.0.0.2", "outsider", 100);
+    assert!(logger.metric("bid_logger_connections_refused_total", "") >= 1.0, "127.0.0.2 was not refused");
+    assert_eq!(logger.metric("bid_logger_messages_received_total", ""), 0.0, "nothing from 127.0.0.2");
+    let _insider = publish_from("127.0.0.1", "insider", 100);
+    logger.wait_metric("bid_logger_messages_received_total", 100.0, Duration::from_secs(10));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    assert_eq!(total_events(&client, "rollup_minute").await, 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_does_not_cut_the_publisher_off_for_good() {
+    let db = fresh_database("oversized").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(
+        &db,
+        &[
+            "--connect",
+            &publisher.endpoint,
+            "--partition-count",
+            "16",
+            "--event-types",
+            "bid",
+            "--max-message-size",
+            "4096",
+            "--max-event-size",
+            "4096",
+        ],
+    );
+    publisher.wait_for_subscriptions(1);
+    let mut rng = SmallRng::seed_from_u64(8);
+    let before: Vec<TestEvent> =
+        (0..100).map(|i| TestEvent::new("bid", format!("before-{i}"), now_ms() - rng.gen_range(0..1000))).collect();
+    for e in &before {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_accepted_total", 100.0, Duration::from_secs(10));
+    // libzmq drops the connection on a message over ZMQ_MAXMSGSIZE and, being
+    // a protocol error, would never reconnect by itself.
+    let big = vec![0u8; 10_000];
+    publisher.send(&[before[0].topic(P).as_bytes(), &big]);
+    logger.wait_metric("bid_logger_reconnects_total", 1.0, Duration::from_secs(10));
+    publisher.wait_for_subscriptions(2); // subscriptions arrive again
+    let after: Vec<TestEvent> =
+        (0..100).map(|i| TestEvent::new("bid", format!("after-{i}"), now_ms() - rng.gen_range(0..1000))).collect();
+    for e in &after {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_accepted_total", 200.0, Duration::from_secs(10));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    assert_warehouse_matches(&client, &[before, after].concat(), 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_exits_right_after_sending_loses_nothing() {
+    // The publisher's last messages are still queued in the logger when its
+    // connection drops; renewing the endpoint at once (as libzmq needs after
+    // a protocol error) would discard them with the connection's pipe.
+    let db = fresh_database("exits").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    publisher.wait_for_subscriptions(all_topics(16));
+    let mut rng = SmallRng::seed_from_u64(12);
+    let sent = events(&mut rng, 30_000, "exiting");
+    for e in &sent {
+        publisher.publish(e, P);
+    }
+    drop(publisher); // closes the socket (its linger sends what is queued) and the connection
+    logger.wait_metric("bid_logger_events_accepted_total", sent.len() as f64, Duration::from_secs(60));
+    logger.wait_metric("bid_logger_events_flushed_total", sent.len() as f64, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(500)).await; // past the renewal delay
+    assert_eq!(logger.metric("bid_logger_reconnects_total", ""), 0.0, "libzmq reconnects by itself: not renewed");
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    assert_warehouse_matches(&client, &sent, 1_000_000).await;
+}
+
+/// A batch of 10 000 rows or more is written as `db-pool-size` parts in
+/// parallel, each its own transaction: a part blocked by a row lock times out
+/// and is retried alone while the other parts land, and in the end every
+/// event is in both tables exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_lands_in_parallel_parts_and_a_blocked_part_is_retried_alone() {
+    let db = fresh_database("parts").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(
+        &db,
+        &[
+            "--connect",
+            &publisher.endpoint,
+            "--partition-count",
+            "16",
+            "--db-pool-size",
+            "3",
+            "--flush-timeout",
+            "1s",
+            "--flush-interval",
+            "2s",
+        ],
+    );
+    publisher.wait_for_subscriptions(all_topics(16));
+    let now = now_ms();
+    let event = |i: usize, campaign: u32| {
+        let mut e = TestEvent::new("bid", format!("parts-{i}"), now);
+        e.country = Some("BR".into());
+        e.campaign = campaign;
+        e.price = Some(i as i64);
+        e
+    };
+    // One row of campaign 7 exists; a transaction holds its rollup_hour row.
+    let seed = vec![event(0, 7)];
+    publisher.publish(&seed[0], P);
+    logger.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(30));
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    let locked = tx.execute("SELECT 1 FROM rollup_hour WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
+    assert_eq!(locked, 1);
+
+    // 30 000 distinct keys (one campaign each, plus campaign 7 again): one
+    // batch of three parts, one of which needs the locked row.
+    let big: Vec<TestEvent> = (1..=30_000).map(|i| event(i, if i == 30_000 { 7 } else { 1_000 + i as u32 })).collect();
+    for e in &big {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_accepted_total", 30_001.0, Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while logger.metric("bid_logger_flush_failures_total", "") < 1.0
+        || logger.metric("bid_logger_events_flushed_total", "") <= 1.0
+    {
+        assert!(Instant::now() < deadline, "no part landed, or the blocked part did not time out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flushed = logger.metric("bid_logger_events_flushed_total", "");
+    assert!(flushed < 30_001.0, "the part holding campaign 7 cannot land while its row is locked ({flushed})");
+    let landed_parts: i64 = tx.query_one("SELECT count(*) FROM bid_logger_flush_ledger", &[]).await.unwrap().get(0);
+    assert!(landed_parts >= 3, "the seed batch and at least two parts have landed ({landed_parts} ledger rows)");
+    tx.rollback().await.unwrap();
+
+    let all: Vec<TestEvent> = seed.into_iter().chain(big).collect();
+    logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(60));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_cost_only_themselves() {
+    // Three oversized events (200 KB, 2 MB, 4 MB: over max-event-size, under
+    // the hard max-message-size) among 40 000 from one publisher, at full speed.
+    let db = fresh_database("oversized_cost").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let mut rng = SmallRng::seed_from_u64(21);
+    let mut all = events(&mut rng, 40_003, "ev");
+    for (i, size) in [(5_000, 200_000), (15_000, 2_000_000), (25_000, 4_000_000)] {
+        all[i].extra = Some(serde_json::json!("x".repeat(size)));
+    }
+    // one publisher, consecutive seqs per topic in sending order
+    let mut seqs = std::collections::HashMap::new();
+    for e in &mut all {
+        let s = seqs.entry(e.topic(P)).or_insert(0u64);
+        *s += 1;
+        e.publisher = Some("bidder-1".into());
+        e.seq = Some(*s);
+    }
+    for e in &all {
+        publisher.publish(e, P);
+    }
+    let good: Vec<TestEvent> = all.into_iter().filter(|e| e.extra.is_none()).collect();
+    assert_eq!(good.len(), 40_000);
+    logger.wait_metric("bid_logger_messages_received_total", 40_003.0, Duration::from_secs(60));
+    logger.wait_metric("bid_logger_events_flushed_total", 40_000.0, Duration::from_secs(30));
+    assert_eq!(logger.metric("bid_logger_messages_invalid_total", "reason=\"too_large\""), 3.0);
+    assert_eq!(logger.metric("bid_logger_messages_invalid_total", ""), 3.0);
+    assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 0.0, "an oversized event's seq is not a gap");
+    assert_eq!(logger.metric("bid_logger_reconnects_total", ""), 0.0, "the connection stayed up");
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert_warehouse_matches(&connect(&db).await, &good, 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_flushes_and_keeps_running_under_load_with_exact_totals() {
+    let db = fresh_database("sighup").await;
+    let mut publisher = Publisher::bind();
+    // An hour-long interval: only SIGHUP (and the final stop) can flush.
+    let logger =
+        Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--flush-interval", "1h"]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let mut rng = SmallRng::seed_from_u64(22);
+    let first = events(&mut rng, 5_000, "first");
+    for e in &first {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_accepted_total", 5_000.0, Duration::from_secs(30));
+    assert_eq!(logger.metric("bid_logger_events_flushed_total", ""), 0.0);
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(logger.pid() as i32, libc::SIGHUP) };
+    logger.wait_metric("bid_logger_events_flushed_total", 5_000.0, Duration::from_secs(30));
+    let client = connect(&db).await;
+    assert_eq!(total_events(&client, "rollup_minute").await, 5_000, "visible after SIGHUP");
+    // More load, with SIGHUPs arriving while it is received.
+    let second = events(&mut rng, 50_000, "second");
+    for (i, e) in second.iter().enumerate() {
+        publisher.publish(e, P);
+        if i % 10_000 == 0 {
+            // SAFETY: as above.
+            unsafe { libc::kill(logger.pid() as i32, libc::SIGHUP) };
+        }
+    }
+    logger.wait_metric("bid_logger_events_accepted_total", 55_000.0, Duration::from_secs(60));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "SIGHUP must not end the logger: {stderr}");
+    assert!(stderr.contains("SIGHUP received"), "{stderr}");
+    assert_warehouse_matches(&client, &[first, second].concat(), 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_a_slow_graceful_stop_exits_at_once_saying_what_is_lost() {
+    let (db, publisher, mut logger, mut rng, first) =
+        logger_with_flushed_events("second_signal", 23, 1000, &["--shutdown-timeout", "2m"]).await;
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_minute IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let stuck = events(&mut rng, 3000, "stuck");
+    for e in &stuck {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_accepted_total", (first.len() + stuck.len()) as f64, Duration::from_secs(30));
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(logger.pid() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !logger.stderr_so_far().contains("stopping: no longer receiving") {
+        assert!(Instant::now() < deadline, "no graceful stop began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = Instant::now();
+    // SAFETY: as above.
+    unsafe { libc::kill(logger.pid() as i32, libc::SIGINT) };
+    let (code, stderr) = logger.wait();
+    assert!(second.elapsed() < Duration::from_secs(5), "the second signal did not exit at once");
+    assert_eq!(code, 1, "{stderr}");
+    let line = stderr.lines().find(|l| l.contains("second signal")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(strip_ansi(line).contains(&format!("events_unwritten={}", stuck.len())), "{line}");
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_with_another_partition_count_lose_nothing_at_rate_1_and_are_counted() {
+    // The publishers use 64 partitions, the logger 16.
+    let db = fresh_database("mismatch_all").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    publisher.wait_for_subscriptions(all_topics(16));
+    let mut rng = SmallRng::seed_from_u64(24);
+    let sent = events(&mut rng, 10_000, "p64");
+    for e in &sent {
+        publisher.publish(e, 64);
+    }
+    let mismatching = sent
+        .iter()
+        .filter(|e| {
+            let t = e.txn.as_bytes();
+            bid_logger_core::wire::partition_of(t, 64) != bid_logger_core::wire::partition_of(t, 16)
+        })
+        .count();
+    assert!(mismatching > 5_000, "three quarters of the partitions disagree");
+    logger.wait_metric("bid_logger_events_flushed_total", sent.len() as f64, Duration::from_secs(30));
+    assert_eq!(logger.metric("bid_logger_partition_mismatch_total", ""), mismatching as f64);
+    assert_eq!(logger.metric("bid_logger_messages_invalid_total", ""), 0.0);
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let warning = stderr.lines().find(|l| l.contains("another partition count")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(strip_ansi(warning).contains("publishers_partition_count=64"), "{warning}");
+    assert_warehouse_matches(&connect(&db).await, &sent, 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_subset_sees_publishers_with_a_larger_count_and_drops_what_it_cannot_sample() {
+    // Publishers at 64, the logger at 16 taking partitions 0-7. As 16 divides
+    // 64, every event on 0000-0007 agrees; the events on 0016-0063 are only
+    // seen because the logger also subscribes beyond its partition count.
+    let db = fresh_database("mismatch_subset").await;
+    let mut publisher = Publisher::bind();
+    let logger =
+        Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--partitions", "0-7"]);
+    publisher.wait_for_subscriptions(subset_topics(16, 8, 8));
+    let mut rng = SmallRng::seed_from_u64(25);
+    let sent = events(&mut rng, 10_000, "sub");
+    for e in &sent {
+        publisher.publish(e, 64);
+    }
+    let p64 = |e: &TestEvent| bid_logger_core::wire::partition_of(e.txn.as_bytes(), 64);
+    let kept: Vec<TestEvent> = sent.iter().filter(|e| p64(e) < 8).cloned().collect();
+    let beyond = sent.iter().filter(|e| p64(e) >= 16).count();
+    logger.wait_metric("bid_logger_messages_received_total", (kept.len() + beyond) as f64, Duration::from_secs(30));
+    logger.wait_metric("bid_logger_events_flushed_total", kept.len() as f64, Duration::from_secs(30));
+    assert_eq!(logger.metric("bid_logger_partition_mismatch_total", ""), beyond as f64);
+    assert_eq!(logger.metric("bid_logger_messages_invalid_total", "reason=\"partition_mismatch\""), beyond as f64);
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert_warehouse_matches(&connect(&db).await, &kept, 1_000_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bogus_seq_jump_is_a_reset_and_a_flood_of_publisher_ids_locks_nobody_out() {
+    let db = fresh_database("seq_poison").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    publisher.wait_for_subscriptions(all_topics(16));
+    let now = now_ms();
+    let on_one_topic = |txn: String, publisher: &str, seq: u64| {
+        let mut e = TestEvent::new("bid", txn, now);
+        e.publisher = Some(publisher.into());
+        e.seq = Some(seq);
+        e
+    };
+    // seq 1, 2, 3, then 2^63, then 2^63 + 1: one reset, nothing lost
+    let txn = "fixed-txn".to_string();
+    let mut sent = Vec::new();
+    for seq in [1, 2, 3, 1 << 63, (1 << 63) + 1] {
+        sent.push(on_one_topic(txn.clone(), "bogus", seq));
+    }
+    // 30 000 publishers, one message each (more than the tracker holds)
+    for i in 0..30_000 {
+        sent.push(on_one_topic(format!("flood-{i}"), &format!("flood-{i}"), 1));
+    }
+    // a publisher that appears afterwards, with a real gap of 5
+    for seq in [100, 101, 107] {
+        sent.push(on_one_topic(txn.clone(), "late", seq));
+    }
+    for e in &sent {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", sent.len() as f64, Duration::from_secs(30));
+    assert_eq!(logger.metric("bid_logger_seq_resets_total", ""), 1.0);
+    assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 5.0, "only the late publisher's real gap");
+    assert!(logger.metric("bid_logger_seq_publishers_evicted_total", "") >= 20_000.0);
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -1,0 +1,16 @@
+//! The integration tests: one crate (one link step, one PostgreSQL cluster
+//! per run), one module per area. Every test talks to real ZeroMQ sockets,
+//! a real PostgreSQL (`DATABASE_URL`, or one throwaway cluster shared by the
+//! run; the restart tests start clusters of their own) and, for dashboards
+//! and alerts, a real Prometheus and promtool. Shared helpers are in
+//! [`support`].
+
+mod support;
+
+mod cli;
+mod dashboards;
+mod docs;
+mod faults;
+mod pipeline;
+mod python_publisher;
+mod raw_sample;

@@ -1,0 +1,514 @@
+//! Shared helpers for the integration tests: a real PostgreSQL (DATABASE_URL
+//! or a throwaway cluster), a real ZeroMQ publisher, the real logger binary,
+//! and an independent reference for the expected rollups.
+
+use bid_logger_tools::pgtemp::TempPostgres;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The server tests create their databases on: `DATABASE_URL` when set,
+/// otherwise one throwaway cluster per test binary.
+fn server_url() -> String {
+    static SERVER: OnceLock<(Option<TempPostgres>, String)> = OnceLock::new();
+    SERVER
+        .get_or_init(|| match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.is_empty() => (None, url),
+            _ => {
+                let pg = TempPostgres::start().unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"));
+                let url = pg.url();
+                (Some(pg), url)
+            }
+        })
+        .1
+        .clone()
+}
+
+/// Replaces the database name in a URL.
+pub fn with_database(url: &str, db: &str) -> String {
+    let mut cfg: tokio_postgres::Config = url.parse().expect("valid DATABASE_URL");
+    cfg.dbname(db);
+    // Rebuild as a URL: user, host, port, db (tests run on trust or password-in-URL set-ups).
+    let user = cfg.get_user().unwrap_or("postgres");
+    let password = cfg.get_password().map(|p| format!(":{}", String::from_utf8_lossy(p))).unwrap_or_default();
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_string(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!("postgres://{user}{password}@{host}:{port}/{db}")
+}
+
+/// Connects and spawns the connection task.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// A fresh database of its own for one test; returns its URL.
+pub async fn fresh_database(test: &str) -> String {
+    create_database_on(&server_url(), test).await
+}
+
+/// A fresh database on the server at `server`.
+pub async fn create_database_on(server: &str, test: &str) -> String {
+    let name = format!("bl_{}_{}", test, rand::random::<u32>());
+    let admin = connect(server).await;
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("CREATE DATABASE");
+    with_database(server, &name)
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An XPUB socket standing in for a bidder's PUB socket: it sends exactly
+/// what a PUB does, and also tells us when the logger's subscriptions arrived.
+pub struct Publisher {
+    _ctx: zmq::Context,
+    socket: zmq::Socket,
+    pub endpoint: String,
+    subscribed: usize,
+}
+
+impl Publisher {
+    pub fn bind() -> Publisher {
+        let ctx = zmq::Context::new();
+        let socket = ctx.socket(zmq::XPUB).unwrap();
+        socket.set_sndhwm(0).unwrap();
+        socket.set_linger(5000).unwrap();
+        // Pass every subscription on, repeated ones too (a reconnecting subscriber).
+        socket.set_xpub_verbose(true).unwrap();
+        socket.set_rcvtimeo(100).unwrap();
+        socket.bind("tcp://127.0.0.1:*").unwrap();
+        let endpoint = socket.get_last_endpoint().unwrap().unwrap();
+        Publisher { _ctx: ctx, socket, endpoint, subscribed: 0 }
+    }
+
+    /// Waits until `topics` subscriptions have arrived (or panics after 30 s).
+    pub fn wait_for_subscriptions(&mut self, topics: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.subscribed < topics {
+            assert!(Instant::now() < deadline, "only {} of {topics} subscriptions arrived", self.subscribed);
+            if let Ok(msg) = self.socket.recv_bytes(0) {
+                if msg.first() == Some(&1) {
+                    self.subscribed += 1;
+                }
+            }
+        }
+    }
+
+    pub fn send(&self, frames: &[&[u8]]) {
+        self.socket.send_multipart(frames.iter().copied(), 0).unwrap();
+    }
+
+    pub fn publish(&self, ev: &TestEvent, partition_count: u32) {
+        let topic = ev.topic(partition_count);
+        self.send(&[topic.as_bytes(), &ev.payload()]);
+    }
+}
+
+/// One event as a publisher would send it.
+#[derive(Debug, Clone)]
+pub struct TestEvent {
+    pub event_type: &'static str,
+    pub txn: String,
+    pub ts: i64,
+    pub publisher: Option<String>,
+    pub seq: Option<u64>,
+    pub country: Option<String>,
+    pub os: Option<String>,
+    pub campaign: u32,
+    pub advertiser: u32,
+    pub price: Option<i64>,
+    pub revenue: Option<i64>,
+    pub attributed: Option<bool>,
+    pub extra: Option<Value>,
+}
+
+impl TestEvent {
+    pub fn new(event_type: &'static str, txn: impl Into<String>, ts: i64) -> TestEvent {
+        TestEvent {
+            event_type,
+            txn: txn.into(),
+            ts,
+            publisher: None,
+            seq: None,
+            country: None,
+            os: None,
+            campaign: 0,
+            advertiser: 0,
+            price: None,
+            revenue: None,
+            attributed: None,
+            extra: None,
+        }
+    }
+
+    pub fn topic(&self, partition_count: u32) -> String {
+        format!("{}.{:04}", self.event_type, bid_logger_core::wire::partition_of(self.txn.as_bytes(), partition_count))
+    }
+
+    pub fn payload(&self) -> Vec<u8> {
+        let mut m = serde_json::Map::new();
+        m.insert("txn".into(), json!(self.txn));
+        m.insert("ts".into(), json!(self.ts));
+        m.insert("type".into(), json!(self.event_type));
+        let mut opt = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                m.insert(k.into(), v);
+            }
+        };
+        opt("pub", self.publisher.as_ref().map(|p| json!(p)));
+        opt("seq", self.seq.map(|s| json!(s)));
+        opt("country", self.country.as_ref().map(|c| json!(c)));
+        opt("os", self.os.as_ref().map(|c| json!(c)));
+        opt("campaign", (self.campaign != 0).then(|| json!(self.campaign)));
+        opt("advertiser", (self.advertiser != 0).then(|| json!(self.advertiser)));
+        opt("price", self.price.map(|p| json!(p)));
+        opt("revenue", self.revenue.map(|p| json!(p)));
+        opt("attributed", self.attributed.map(|p| json!(p)));
+        opt("extra", self.extra.clone());
+        rmp_serde::to_vec(&Value::Object(m)).unwrap()
+    }
+}
+
+/// (bucket epoch seconds, event_type, country, os, campaign, advertiser, sample_ppm)
+pub type RowKey = (i64, String, String, String, i64, i64, i32);
+/// (events, attributed, price, revenue)
+pub type RowVal = (i64, i64, i64, i64);
+pub type Rows = BTreeMap<RowKey, RowVal>;
+
+/// The reference normalisation, written from `warehouse.md` independently
+/// of the logger's code.
+pub fn expected_country(c: Option<&str>) -> String {
+    match c {
+        Some(s) if s.len() == 2 && s.chars().all(|ch| ch.is_ascii_alphabetic()) => s.to_ascii_uppercase(),
+        _ => "--".into(),
+    }
+}
+
+pub fn expected_os(o: Option<&str>) -> String {
+    let s = match o {
+        None | Some("") => return "unknown".into(),
+        Some(s) => s,
+    };
+    let mut out = String::new();
+    for ch in s.chars() {
+        if out.len() + ch.len_utf8() > 32 {
+            break;
+        }
+        out.push(if ch.is_ascii_alphabetic() { ch.to_ascii_lowercase() } else { ch });
+    }
+    out
+}
+
+/// Expected rollup rows for `events` at bucket size `bucket_s` seconds.
+pub fn expected_rows<'a>(events: impl IntoIterator<Item = &'a TestEvent>, bucket_s: i64, sample_ppm: i32) -> Rows {
+    let mut rows = Rows::new();
+    for e in events {
+        let bucket = e.ts.div_euclid(bucket_s * 1000) * bucket_s;
+        let key = (
+            bucket,
+            e.event_type.to_string(),
+            expected_country(e.country.as_deref()),
+            expected_os(e.os.as_deref()),
+            i64::from(e.campaign),
+            i64::from(e.advertiser),
+            sample_ppm,
+        );
+        let v = rows.entry(key).or_default();
+        v.0 += 1;
+        v.1 += i64::from(e.attributed == Some(true));
+        v.2 += e.price.unwrap_or(0);
+        v.3 += e.revenue.unwrap_or(0);
+    }
+    rows
+}
+
+/// The rows of `table` (rollup_minute or rollup_hour).
+pub async fn warehouse_rows(client: &tokio_postgres::Client, table: &str) -> Rows {
+    let sql = format!(
+        "SELECT extract(epoch FROM bucket)::bigint, event_type, country, os, campaign_id, advertiser_id, sample_ppm,
+                events, attributed_events, price_micros, revenue_micros FROM {table}"
+    );
+    let mut rows = Rows::new();
+    for r in client.query(&sql, &[]).await.unwrap() {
+        rows.insert(
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)),
+            (r.get(7), r.get(8), r.get(9), r.get(10)),
+        );
+    }
+    rows
+}
+
+/// Asserts equality and prints a readable difference when they differ.
+pub fn assert_rows_eq(actual: &Rows, expected: &Rows, what: &str) {
+    if actual == expected {
+        return;
+    }
+    let mut diff = Vec::new();
+    for (k, v) in expected {
+        match actual.get(k) {
+            Some(a) if a == v => {}
+            other => diff.push(format!("  {k:?}: expected {v:?}, got {other:?}")),
+        }
+    }
+    for (k, v) in actual {
+        if !expected.contains_key(k) {
+            diff.push(format!("  {k:?}: unexpected {v:?}"));
+        }
+    }
+    let shown: Vec<_> = diff.iter().take(20).cloned().collect();
+    panic!("{what}: {} rows differ (of {} expected):\n{}", diff.len(), expected.len(), shown.join("\n"));
+}
+
+/// Asserts both rollup tables equal what `events` should produce.
+pub async fn assert_warehouse_matches(client: &tokio_postgres::Client, events: &[TestEvent], sample_ppm: i32) {
+    assert_rows_eq(
+        &warehouse_rows(client, "rollup_minute").await,
+        &expected_rows(events, 60, sample_ppm),
+        "rollup_minute",
+    );
+    assert_rows_eq(
+        &warehouse_rows(client, "rollup_hour").await,
+        &expected_rows(events, 3600, sample_ppm),
+        "rollup_hour",
+    );
+}
+
+/// Terminates the logger's PostgreSQL sessions on the current database;
+/// returns how many were killed.
+pub async fn kill_logger_connections(client: &tokio_postgres::Client) -> usize {
+    client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = 'bid-logger'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .len()
+}
+
+/// The real `bid-logger run` process.
+pub struct Logger {
+    child: Child,
+    pub metrics_port: u16,
+    /// Its stderr, read as it comes (an undrained pipe would block the
+    /// logger once it holds 64 KiB of log lines).
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Logger {
+    /// Starts `bid-logger run` with `args` (plus a free metrics port and a
+    /// short flush interval unless given).
+    pub fn start(database_url: &str, args: &[&str]) -> Logger {
+        let metrics_port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bid-logger"));
+        cmd.arg("run")
+            .args(["--database-url", database_url])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
+        if !args.contains(&"--flush-interval") {
+            cmd.args(["--flush-interval", "200ms"]);
+        }
+        cmd.args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BID_LOGGER_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("RUST_LOG", "info,bid_logger=debug").stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("starting bid-logger");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let (mut pipe, sink) = (child.stderr.take().expect("piped stderr"), stderr.clone());
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                    sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            })
+        };
+        Logger { child, metrics_port, stderr, reader: Some(reader) }
+    }
+
+    /// What the logger has written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// The current value of a metric (summed over label sets matching `labels`), or 0.
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        let body = match http_get(self.metrics_port, "/metrics") {
+            Some(b) => b,
+            None => return 0.0,
+        };
+        parse_metric(&body, name, labels)
+    }
+
+    /// Waits until `name` reaches `value` (panics after `timeout`).
+    pub fn wait_metric(&self, name: &str, value: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.metric(name, "");
+            if now >= value {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let log = self.stderr_so_far();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!("{name} stayed at {now}, expected {value}; the logger's last log lines:\n{}", tail.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The whole /metrics text.
+    pub fn metrics_text(&self) -> String {
+        http_get(self.metrics_port, "/metrics").unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits; returns (exit code, stderr).
+    pub fn stop(mut self) -> (i32, String) {
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait()
+    }
+
+    /// Waits for exit (panics after 60 s); returns (exit code, stderr).
+    pub fn wait(&mut self) -> (i32, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(reader) = self.reader.take() {
+                    reader.join().expect("stderr reader");
+                }
+                return (status.code().unwrap_or(-1), self.stderr_so_far());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("bid-logger did not exit within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Logger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// Sums the samples of `name` whose label text contains `labels`.
+pub fn parse_metric(body: &str, name: &str, labels: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').map_or((series, ""), |(n, r)| (n, r));
+            (n == name && rest.contains(labels)).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// The subscriptions of a logger that takes every partition at rate 1 on
+/// one ingest thread, whatever the partition count: one prefix per event
+/// type (`bid.`, …).
+pub fn all_topics(_partition_count: u32) -> usize {
+    8
+}
+
+/// The subscriptions of a logger that samples or takes a partition subset:
+/// for each of `types` event types, `partitions` exact topics plus the
+/// prefixes that cover the partition numbers from `partition_count` to 9999
+/// (counted here independently of the logger's code).
+pub fn subset_topics(partition_count: u32, types: usize, partitions: usize) -> usize {
+    types * (partitions + covering_prefixes(partition_count))
+}
+
+/// How many decimal prefixes cover the four-digit numbers `from..10000`
+/// exactly, by a greedy walk over aligned blocks of 1, 10, 100, 1000.
+fn covering_prefixes(from: u32) -> usize {
+    let (mut n, mut count) = (from, 0);
+    while n < 10_000 {
+        let size = [1000, 100, 10].into_iter().find(|&b| n % b == 0 && n + b <= 10_000).unwrap_or(1);
+        n += size;
+        count += 1;
+    }
+    count
+}
+
+/// The tools' simulator publishing in a thread of the test process (what
+/// `bid-logger-tools simulate` runs), until its duration ends or it is
+/// stopped.
+pub struct Simulator {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<bid_logger_tools::simulate::SimSummary>>,
+}
+
+impl Simulator {
+    /// Binds `endpoint` with 16 partitions and `traffic`'s shape, and starts
+    /// publishing once a subscriber arrived; `set` adjusts the rest.
+    pub fn start(endpoint: &str, set: impl FnOnce(&mut bid_logger_tools::simulate::SimulateConfig)) -> Simulator {
+        let mut config = bid_logger_tools::simulate::SimulateConfig {
+            bind: vec![endpoint.to_string()],
+            traffic: bid_logger_core::synth::Traffic { partition_count: 16, ..Default::default() },
+            wait_for_subscribers: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        set(&mut config);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            bid_logger_tools::simulate::run(&config, &flag).unwrap_or_else(|e| panic!("simulator: {e}"))
+        });
+        Simulator { stop, thread: Some(thread) }
+    }
+
+    /// Waits for the end of its duration or count; what it sent.
+    pub fn wait(mut self) -> bid_logger_tools::simulate::SimSummary {
+        self.thread.take().expect("joined once").join().expect("the simulator does not panic")
+    }
+
+    /// Stops publishing now; what it sent.
+    pub fn stop(self) -> bid_logger_tools::simulate::SimSummary {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.wait()
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
