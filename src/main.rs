@@ -188,11 +188,7 @@ fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+    pipeline::runtime().context("starting the async runtime")
 }
 
 fn run(config: Config) -> anyhow::Result<ExitCode> {

@@ -122,6 +122,13 @@ pub async fn run(
     Ok(RunSummary { ingest, sink })
 }
 
+/// The async runtime the pipeline runs on: two workers are plenty, since
+/// the receive loops run on OS threads of their own and the runtime only
+/// carries the sink, signals and the metrics listener.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+}
+
 /// Fails fast when the database refuses us for good (bad password, no such
 /// database); when it is merely unreachable, says so and carries on: the
 /// sink retries (migrations included) until it appears. Returns whether the

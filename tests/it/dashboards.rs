@@ -250,10 +250,7 @@ async fn every_panel_query_and_alert_expression_returns_data_from_a_running_logg
         c.traffic.seed = 3;
         c.restart_every = Some(20_000);
     });
-    let logger = Logger::start(
-        &db,
-        &["--connect", &endpoint, "--partition-count", "16", "--flush-interval", "500ms", "--max-os-values", "2"],
-    );
+    let logger = Logger::start(&db, &["--connect", &endpoint, "--flush-interval", "500ms", "--max-os-values", "2"]);
     let prometheus = start_prometheus(logger.metrics_port);
 
     // Let Prometheus gather enough samples for rate() windows.

@@ -8,8 +8,6 @@ use rand::{Rng, SeedableRng};
 use crate::support::*;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const P: u32 = 16;
-
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
@@ -67,7 +65,7 @@ async fn two_instances_on_disjoint_partitions_write_the_same_tables_exactly() {
     let db = fresh_database("two").await;
     let mut publisher = Publisher::bind();
     let endpoint = publisher.endpoint.clone();
-    let common = ["--connect", &endpoint, "--partition-count", "16", "--flush-interval", "50ms"];
+    let common = ["--connect", &endpoint, "--flush-interval", "50ms"];
     let a = Logger::start(&db, &[&common[..], &["--partitions", "0-7", "--instance-id", "a"]].concat());
     let b = Logger::start(&db, &[&common[..], &["--partitions", "8-15", "--instance-id", "b"]].concat());
     publisher.wait_for_subscriptions(2 * subset_topics(16, 8, 8));
@@ -103,16 +101,7 @@ async fn logger_with_flushed_events(
     let db = fresh_database(test).await;
     let mut publisher = Publisher::bind();
     let endpoint = publisher.endpoint.clone();
-    let mut args = vec![
-        "--connect",
-        &endpoint,
-        "--partition-count",
-        "16",
-        "--flush-timeout",
-        "500ms",
-        "--flush-interval",
-        "100ms",
-    ];
+    let mut args = vec!["--connect", &endpoint, "--flush-timeout", "500ms", "--flush-interval", "100ms"];
     args.extend_from_slice(extra);
     let logger = Logger::start(&db, &args);
     // One thread taking everything subscribes by type prefix; several split
@@ -237,7 +226,7 @@ async fn sigterm_under_full_load_writes_every_event_received() {
         c.rate = None;
         c.duration = Some(Duration::from_secs(30));
     });
-    let logger = Logger::start(&db, &["--connect", &endpoint, "--partition-count", "16"]);
+    let logger = Logger::start(&db, &["--connect", &endpoint]);
     logger.wait_metric("bid_logger_events_accepted_total", 200_000.0, Duration::from_secs(60));
     let (code, stderr) = logger.stop(); // while the simulator is still publishing at full speed
     simulator.stop();
@@ -257,7 +246,7 @@ async fn sigkill_loses_at_most_the_unflushed_interval_and_the_next_start_is_clea
     let db = fresh_database("kill9").await;
     let mut publisher = Publisher::bind();
     let endpoint = publisher.endpoint.clone();
-    let args = ["--connect", &endpoint, "--partition-count", "16", "--instance-id", "k"];
+    let args = ["--connect", &endpoint, "--instance-id", "k"];
     let first = Logger::start(&db, &args);
     publisher.wait_for_subscriptions(all_topics(16));
     let mut rng = SmallRng::seed_from_u64(3);
@@ -306,10 +295,7 @@ async fn messages_dropped_by_overflowing_high_water_marks_are_counted_exactly() 
     xpub.set_rcvtimeo(30_000).unwrap();
     xpub.bind("tcp://127.0.0.1:*").unwrap();
     let endpoint = xpub.get_last_endpoint().unwrap().unwrap();
-    let logger = Logger::start(
-        &db,
-        &["--connect", &endpoint, "--partition-count", "16", "--event-types", "bid", "--receive-hwm", "100"],
-    );
+    let logger = Logger::start(&db, &["--connect", &endpoint, "--event-types", "bid", "--receive-hwm", "100"]);
     for _ in 0..all_topics(16) / 8 {
         xpub.recv_bytes(0).unwrap(); // the subscription (`bid.`)
     }
@@ -364,7 +350,7 @@ async fn postgres_stopped_under_load_never_stalls_ingest_and_totals_match_the_tr
         c.duration = Some(Duration::from_secs(outage_secs() + 7));
         c.traffic.late_fraction = 0.05;
     });
-    let logger = Logger::start(&db, &["--connect", &endpoint, "--partition-count", "16"]);
+    let logger = Logger::start(&db, &["--connect", &endpoint]);
     logger.wait_metric("bid_logger_events_flushed_total", 20_000.0, Duration::from_secs(30));
     pg.stop().unwrap();
     let before = logger.metric("bid_logger_events_accepted_total", "");
@@ -401,10 +387,7 @@ async fn a_bound_logger_refuses_publishers_outside_its_allow_list() {
     let db = fresh_database("zap").await;
     let port = free_port();
     let bound = format!("tcp://127.0.0.1:{port}");
-    let logger = Logger::start(
-        &db,
-        &["--bind", &bound, "--allow", "127.0.0.1", "--partition-count", "16", "--event-types", "bid"],
-    );
+    let logger = Logger::start(&db, &["--bind", &bound, "--allow", "127.0.0.1", "--event-types", "bid"]);
     let ctx = zmq::Context::new();
     let publish_from = |source: &str, tag: &str, n: usize| {
         let s = ctx.socket(zmq::PUB).unwrap();
@@ -439,8 +422,6 @@ async fn an_oversized_message_does_not_cut_the_publisher_off_for_good() {
         &[
             "--connect",
             &publisher.endpoint,
-            "--partition-count",
-            "16",
             "--event-types",
             "bid",
             "--max-message-size",
@@ -482,7 +463,7 @@ async fn a_publisher_that_exits_right_after_sending_loses_nothing() {
     // a protocol error) would discard them with the connection's pipe.
     let db = fresh_database("exits").await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint]);
     publisher.wait_for_subscriptions(all_topics(16));
     let mut rng = SmallRng::seed_from_u64(12);
     let sent = events(&mut rng, 30_000, "exiting");
@@ -510,18 +491,7 @@ async fn a_large_batch_lands_in_parallel_parts_and_a_blocked_part_is_retried_alo
     let mut publisher = Publisher::bind();
     let logger = Logger::start(
         &db,
-        &[
-            "--connect",
-            &publisher.endpoint,
-            "--partition-count",
-            "16",
-            "--db-pool-size",
-            "3",
-            "--flush-timeout",
-            "1s",
-            "--flush-interval",
-            "2s",
-        ],
+        &["--connect", &publisher.endpoint, "--db-pool-size", "3", "--flush-timeout", "1s", "--flush-interval", "2s"],
     );
     publisher.wait_for_subscriptions(all_topics(16));
     let now = now_ms();
@@ -575,7 +545,7 @@ async fn oversized_messages_cost_only_themselves() {
     // the hard max-message-size) among 40 000 from one publisher, at full speed.
     let db = fresh_database("oversized_cost").await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint]);
     publisher.wait_for_subscriptions(all_topics(P));
     let mut rng = SmallRng::seed_from_u64(21);
     let mut all = events(&mut rng, 40_003, "ev");
@@ -611,8 +581,7 @@ async fn sighup_flushes_and_keeps_running_under_load_with_exact_totals() {
     let db = fresh_database("sighup").await;
     let mut publisher = Publisher::bind();
     // An hour-long interval: only SIGHUP (and the final stop) can flush.
-    let logger =
-        Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--flush-interval", "1h"]);
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--flush-interval", "1h"]);
     publisher.wait_for_subscriptions(all_topics(P));
     let mut rng = SmallRng::seed_from_u64(22);
     let first = events(&mut rng, 5_000, "first");
@@ -678,7 +647,7 @@ async fn publishers_with_another_partition_count_lose_nothing_at_rate_1_and_are_
     // The publishers use 64 partitions, the logger 16.
     let db = fresh_database("mismatch_all").await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint]);
     publisher.wait_for_subscriptions(all_topics(16));
     let mut rng = SmallRng::seed_from_u64(24);
     let sent = events(&mut rng, 10_000, "p64");
@@ -710,8 +679,7 @@ async fn a_partition_subset_sees_publishers_with_a_larger_count_and_drops_what_i
     // seen because the logger also subscribes beyond its partition count.
     let db = fresh_database("mismatch_subset").await;
     let mut publisher = Publisher::bind();
-    let logger =
-        Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--partitions", "0-7"]);
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partitions", "0-7"]);
     publisher.wait_for_subscriptions(subset_topics(16, 8, 8));
     let mut rng = SmallRng::seed_from_u64(25);
     let sent = events(&mut rng, 10_000, "sub");
@@ -734,7 +702,7 @@ async fn a_partition_subset_sees_publishers_with_a_larger_count_and_drops_what_i
 async fn a_bogus_seq_jump_is_a_reset_and_a_flood_of_publisher_ids_locks_nobody_out() {
     let db = fresh_database("seq_poison").await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint]);
     publisher.wait_for_subscriptions(all_topics(16));
     let now = now_ms();
     let on_one_topic = |txn: String, publisher: &str, seq: u64| {

@@ -8,8 +8,6 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const P: u32 = 16;
-
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
@@ -141,7 +139,7 @@ fn garbage() -> Vec<(Vec<Vec<u8>>, &'static str)> {
 async fn exact_totals_with_late_out_of_order_invalid_and_odd_values() {
     let db = fresh_database("exact").await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint]);
     publisher.wait_for_subscriptions(all_topics(P));
 
     let now = now_ms();
@@ -201,8 +199,7 @@ async fn exact_totals_with_late_out_of_order_invalid_and_odd_values() {
 async fn graceful_stop_flushes_everything_even_with_a_long_flush_interval() {
     let db = fresh_database("stop").await;
     let mut publisher = Publisher::bind();
-    let logger =
-        Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--flush-interval", "1h"]);
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--flush-interval", "1h"]);
     publisher.wait_for_subscriptions(all_topics(P));
     let now = now_ms();
     let mut rng = SmallRng::seed_from_u64(11);
@@ -226,8 +223,7 @@ async fn killed_database_connections_mid_run_still_give_exact_totals() {
     let db = fresh_database("kill").await;
     let admin = connect(&db).await;
     let mut publisher = Publisher::bind();
-    let logger =
-        Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--flush-interval", "100ms"]);
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--flush-interval", "100ms"]);
     publisher.wait_for_subscriptions(all_topics(P));
     let now = now_ms();
     let mut rng = SmallRng::seed_from_u64(3);
@@ -260,7 +256,7 @@ async fn database_down_at_start_and_restarted_mid_run_gives_exact_totals() {
     pg.stop().unwrap();
 
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16"]);
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint]);
     publisher.wait_for_subscriptions(all_topics(P));
     let now = now_ms();
     let mut rng = SmallRng::seed_from_u64(5);
@@ -291,19 +287,8 @@ async fn database_gone_for_good_exits_nonzero_and_says_how_much_was_lost() {
     let pg = bid_logger_tools::pgtemp::TempPostgres::start().expect("throwaway PostgreSQL");
     let db = create_database_on(&pg.url(), "gone").await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(
-        &db,
-        &[
-            "--connect",
-            &publisher.endpoint,
-            "--partition-count",
-            "16",
-            "--shutdown-timeout",
-            "2s",
-            "--flush-interval",
-            "1h",
-        ],
-    );
+    let logger =
+        Logger::start(&db, &["--connect", &publisher.endpoint, "--shutdown-timeout", "2s", "--flush-interval", "1h"]);
     publisher.wait_for_subscriptions(all_topics(P));
     pg.stop().unwrap();
     let now = now_ms();
@@ -322,7 +307,7 @@ async fn database_gone_for_good_exits_nonzero_and_says_how_much_was_lost() {
 async fn sampling_keeps_whole_transactions_and_subscribes_to_fewer_partitions() {
     let db = fresh_database("sample").await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--sample", "0.3"]);
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--sample", "0.3"]);
     // 0.3 of 16 partitions: 4 whole and one refined by the hash
     publisher.wait_for_subscriptions(subset_topics(16, 8, 5));
     let now = now_ms();
@@ -369,8 +354,7 @@ async fn sampling_keeps_whole_transactions_and_subscribes_to_fewer_partitions() 
 async fn seq_gaps_are_reported_as_lost_and_restarts_are_not() {
     let db = fresh_database("seq").await;
     let mut publisher = Publisher::bind();
-    let logger =
-        Logger::start(&db, &["--connect", &publisher.endpoint, "--partition-count", "16", "--event-types", "bid"]);
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--event-types", "bid"]);
     publisher.wait_for_subscriptions(1);
     let now = now_ms();
     let mut e = TestEvent::new("bid", "same-txn", now);

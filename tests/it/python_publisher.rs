@@ -27,7 +27,7 @@ async fn events_published_from_python_land_exactly() {
         .spawn()
         .expect("python3");
     std::thread::sleep(Duration::from_millis(300)); // let it bind
-    let logger = Logger::start(&db, &["--connect", &endpoint, "--partition-count", "16"]);
+    let logger = Logger::start(&db, &["--connect", &endpoint]);
     let out = publisher.wait_with_output().unwrap();
     assert!(out.status.success(), "publisher failed: {}", String::from_utf8_lossy(&out.stderr));
 

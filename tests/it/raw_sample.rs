@@ -8,7 +8,6 @@ use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const P: u32 = 16;
 const DAY: i64 = 86_400_000;
 
 fn now_ms() -> i64 {
@@ -55,19 +54,8 @@ async fn sampled_transactions_are_complete_late_events_included_and_never_duplic
     let db = fresh_database("raw").await;
     let admin = connect(&db).await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(
-        &db,
-        &[
-            "--connect",
-            &publisher.endpoint,
-            "--partition-count",
-            "16",
-            "--raw-sample",
-            "1/4",
-            "--flush-interval",
-            "100ms",
-        ],
-    );
+    let logger =
+        Logger::start(&db, &["--connect", &publisher.endpoint, "--raw-sample", "1/4", "--flush-interval", "100ms"]);
     publisher.wait_for_subscriptions(all_topics(16));
     let now = now_ms();
     let mut rng = SmallRng::seed_from_u64(21);
@@ -154,18 +142,7 @@ async fn daily_partitions_are_created_for_late_days_and_dropped_past_retention()
     let mut publisher = Publisher::bind();
     let logger = Logger::start(
         &db,
-        &[
-            "--connect",
-            &publisher.endpoint,
-            "--partition-count",
-            "16",
-            "--raw-sample",
-            "1",
-            "--raw-retention",
-            "3d",
-            "--max-lateness",
-            "6d",
-        ],
+        &["--connect", &publisher.endpoint, "--raw-sample", "1", "--raw-retention", "3d", "--max-lateness", "6d"],
     );
     publisher.wait_for_subscriptions(all_topics(16));
     let now = now_ms();
@@ -224,8 +201,6 @@ async fn raw_rows_beyond_the_buffer_are_dropped_and_counted_while_rollups_stay_e
         &[
             "--connect",
             &publisher.endpoint,
-            "--partition-count",
-            "16",
             "--raw-sample",
             "1",
             "--raw-buffer-rows",

@@ -5,8 +5,8 @@
 use bid_logger_tools::pgtemp::TempPostgres;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -65,9 +65,13 @@ pub async fn create_database_on(server: &str, test: &str) -> String {
     with_database(server, &name)
 }
 
+/// The publishers' partition count in the tests (a logger started by
+/// [`Logger::start`] uses it unless told otherwise).
+pub const P: u32 = 16;
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    bid_logger_tools::free_port().expect("a free port on loopback")
 }
 
 /// An XPUB socket standing in for a bidder's PUB socket: it sends exactly
@@ -310,8 +314,8 @@ pub struct Logger {
 }
 
 impl Logger {
-    /// Starts `bid-logger run` with `args` (plus a free metrics port and a
-    /// short flush interval unless given).
+    /// Starts `bid-logger run` with `args` (plus a free metrics port, and
+    /// [`P`] partitions and a short flush interval unless given).
     pub fn start(database_url: &str, args: &[&str]) -> Logger {
         let metrics_port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bid-logger"));
@@ -320,6 +324,9 @@ impl Logger {
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
         if !args.contains(&"--flush-interval") {
             cmd.args(["--flush-interval", "200ms"]);
+        }
+        if !args.contains(&"--partition-count") {
+            cmd.args(["--partition-count", &P.to_string()]);
         }
         cmd.args(args);
         for (k, _) in std::env::vars() {
@@ -417,26 +424,7 @@ impl Drop for Logger {
     }
 }
 
-pub fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
-}
-
-/// Sums the samples of `name` whose label text contains `labels`.
-pub fn parse_metric(body: &str, name: &str, labels: &str) -> f64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').map_or((series, ""), |(n, r)| (n, r));
-            (n == name && rest.contains(labels)).then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
+pub use bid_logger_tools::{http_get, metric_value as parse_metric};
 
 /// The subscriptions of a logger that takes every partition at rate 1 on
 /// one ingest thread, whatever the partition count: one prefix per event

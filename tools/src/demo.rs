@@ -79,7 +79,7 @@ pub async fn run(cfg: DemoConfig) -> Result<(), DemoError> {
     println!("      fresh database `{db_name}`");
 
     // 2. logger
-    let port = free_port().map_err(db_err)?;
+    let port = crate::free_port().map_err(db_err)?;
     let endpoint = format!("tcp://127.0.0.1:{port}");
     let settings = Settings {
         connect: Some(vec![endpoint.clone()]),
@@ -283,10 +283,6 @@ pub fn with_dbname(url: &str, db: &str) -> Result<String, DemoError> {
     } else {
         Ok(format!("{url} dbname={db}"))
     }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 #[cfg(test)]

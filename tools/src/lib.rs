@@ -42,3 +42,36 @@ pub fn logger_exe() -> PathBuf {
         })
         .unwrap_or_else(|| PathBuf::from("bid-logger"))
 }
+
+/// A free TCP port on loopback (bound, then released for the caller).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `GET path` from an HTTP server on loopback `port` (the logger's
+/// `/metrics`, Prometheus' API): the whole response, or `None` when nothing
+/// answers.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The sum of the samples of metric `name` (exactly that series name) whose
+/// label text contains `labels`, in a Prometheus text exposition; 0 when
+/// there are none.
+pub fn metric_value(exposition: &str, name: &str, labels: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').map_or((series, ""), |(n, r)| (n, r));
+            (n == name && rest.contains(labels)).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}

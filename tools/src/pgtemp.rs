@@ -8,7 +8,7 @@
 //! `postgres` user (PostgreSQL refuses to run as root).
 
 use std::ffi::CString;
-use std::net::TcpListener;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -54,7 +54,7 @@ impl TempPostgres {
         if let Some((uid, gid)) = run_as {
             chown(&dir, uid, gid)?;
         }
-        let port = free_port()?;
+        let port = crate::free_port().map_err(step("finding a free port"))?;
         let pg = TempPostgres { dir, bindir, port, run_as };
         let data = pg.dir.join("data");
         pg.command("initdb")
@@ -242,9 +242,4 @@ fn unprivileged_user() -> Result<Option<(u32, u32)>, TempPostgresError> {
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), TempPostgresError> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(step("chown of the cluster directory"))
-}
-
-fn free_port() -> Result<u16, TempPostgresError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(step("finding a free port"))?;
-    Ok(l.local_addr().map_err(step("finding a free port"))?.port())
 }

@@ -359,20 +359,8 @@ fn metrics(port: u16) -> (f64, f64) {
 /// The logger's /metrics on `port`, as a function from a metric name (or
 /// name prefix) to the sum of its series; 0 for anything missing.
 fn scrape(port: u16) -> impl Fn(&str) -> f64 {
-    use std::io::{Read, Write};
-    let mut body = String::new();
-    if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if write!(s, "GET /metrics HTTP/1.0\r\n\r\n").is_ok() {
-            let _ = s.read_to_string(&mut body);
-        }
-    }
-    move |name: &str| -> f64 {
-        body.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-            .sum()
-    }
+    let body = crate::http_get(port, "/metrics").unwrap_or_default();
+    move |name: &str| crate::metric_value(&body, name, "")
 }
 
 /// Runs every subject and prints the table and ratios; `database_url` is a
@@ -546,7 +534,7 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    crate::free_port().expect("a free port on loopback")
 }
 
 fn logger_args(endpoint: &str, db: &str, partition_count: u32, sample: &str, metrics_port: u16) -> Vec<String> {
