@@ -1,7 +1,7 @@
 //! The README stays true: every metric the logger exports is in its metrics
 //! table, and every configuration key is in its configuration reference.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 fn readme() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
@@ -135,4 +135,103 @@ fn the_wire_format_python_example_runs_and_its_message_decodes() {
     let ev = bid_logger_core::decode::decode(&frames[0], &frames[1]).expect("a valid message");
     assert_eq!(ev.partition, bid_logger_core::wire::partition_of(ev.txn, 64));
     assert_eq!((ev.campaign, ev.price), (4021, Some(1_250_000)));
+}
+
+/// The top-level modules of the crate whose sources are under `src`, and
+/// for each the other top-level modules it names (`crate::x`).
+fn module_graph(src: &std::path::Path) -> BTreeMap<String, BTreeSet<String>> {
+    fn sources(path: &std::path::Path, out: &mut String) {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).unwrap() {
+                sources(&entry.unwrap().path(), out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+    let mut modules = BTreeMap::new();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        if ["lib", "main"].contains(&name.as_str()) {
+            continue;
+        }
+        let text = modules.entry(name).or_insert_with(String::new);
+        sources(&path, text);
+    }
+    let names: BTreeSet<String> = modules.keys().cloned().collect();
+    modules
+        .iter()
+        .map(|(name, text)| {
+            let uses = names
+                .iter()
+                .filter(|other| *other != name && text.contains(&format!("crate::{other}")))
+                .cloned()
+                .collect();
+            (name.clone(), uses)
+        })
+        .collect()
+}
+
+/// A cycle in `graph`, if there is one.
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(node.to_string());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph.keys().find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn the_module_graphs_of_the_core_and_the_service_have_no_cycle() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for src in [root.join("core/src"), root.join("src"), root.join("tools/src")] {
+        let graph = module_graph(&src);
+        assert!(graph.len() >= 4, "{}: only {} modules found", src.display(), graph.len());
+        if let Some(cycle) = find_cycle(&graph) {
+            panic!("{}: import cycle {}", src.display(), cycle.join(" → "));
+        }
+    }
+    // and the crates point one way: the core names neither the service nor the tools
+    let mut core = String::new();
+    for entry in std::fs::read_dir(root.join("core/src")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            core.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+    assert!(
+        !core.contains("bid_logger::") && !core.contains("bid_logger_tools"),
+        "the core depends on nothing above it"
+    );
+    let manifest: toml::Table = std::fs::read_to_string(root.join("core/Cargo.toml")).unwrap().parse().unwrap();
+    let deps = manifest["dependencies"].as_table().unwrap();
+    assert!(deps.contains_key("rmp"), "the core's dependencies are read: {deps:?}");
+    for dep in deps.keys() {
+        assert!(
+            !["zmq", "tokio", "postgres", "deadpool"].iter().any(|io| dep.contains(io)),
+            "the core depends on {dep}"
+        );
+    }
 }
