@@ -14,7 +14,7 @@ use std::process::ExitCode;
 /// transactions, aggregates them by minute and hour, and flushes the rollups
 /// to PostgreSQL exactly once.
 #[derive(Parser)]
-#[command(name = "bid-logger", version, propagate_version = true)]
+#[command(name = "bid-logger", version = telemetry::VERSION, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -54,6 +54,7 @@ pub async fn run(
 ) -> Result<RunSummary, PipelineError> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        commit = crate::telemetry::COMMIT,
         database = %crate::config::mask_database_url(&config.sink.database_url),
         metrics = %config.metrics_addr,
         sample = %config.ingest.sample,

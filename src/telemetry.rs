@@ -6,6 +6,12 @@
 use metrics::Unit;
 use std::net::SocketAddr;
 
+/// The git commit this build comes from (`unknown` outside a checkout).
+pub const COMMIT: &str = env!("BID_LOGGER_COMMIT");
+
+/// What `--version` prints after the name: `0.1.0 (commit 1a2b3c4d5e6f)`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BID_LOGGER_COMMIT"), ")");
+
 /// The one table of metrics: each row names a metric once and generates its
 /// constant (documented by its help text), its entry in [`ALL`] and its
 /// description in [`describe`].
@@ -23,7 +29,7 @@ macro_rules! metrics_table {
         /// recorder. The `process_*` family is described by `metrics-process`.
         pub fn describe() {
             $(metrics_table!(@describe $kind $name, $unit, $help);)*
-            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => COMMIT).set(1.0);
         }
     };
     (@describe counter $name:ident, $unit:ident, $help:literal) => {
@@ -106,7 +112,7 @@ metrics_table! {
     process PROCESS_THREADS = "process_threads", Count,
         "OS threads of the process.";
     gauge BUILD_INFO = "bid_logger_build_info", Count,
-        "Always 1; the version is a label.";
+        "Always 1; the version and the git commit are labels.";
 }
 
 /// Messages received, events accepted by ingest and events written by the

@@ -270,3 +270,13 @@ fn logs_through_a_pipe_carry_no_colour_codes() {
     assert!(text.contains("starting"), "{text}");
     assert!(!text.contains('\x1b'), "escape codes in piped logs: {text:?}");
 }
+
+#[test]
+fn version_names_the_release_and_the_git_commit_it_was_built_from() {
+    let (code, stdout, _) = bid_logger(&["--version"]);
+    assert_eq!(code, 0);
+    let head = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().expect("git is installed");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert_eq!(head.len(), 12, "the tests run in a git checkout");
+    assert_eq!(stdout.trim(), format!("bid-logger {} (commit {head})", env!("CARGO_PKG_VERSION")));
+}

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 /// bid-logger's tools: a bidder-fleet simulator, the demo and the benchmark.
 #[derive(Parser)]
-#[command(name = "bid-logger-tools", version, propagate_version = true)]
+#[command(name = "bid-logger-tools", version = telemetry::VERSION, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
