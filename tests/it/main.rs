@@ -11,6 +11,7 @@ mod cli;
 mod dashboards;
 mod docs;
 mod faults;
+mod package;
 mod pipeline;
 mod python_publisher;
 mod raw_sample;
