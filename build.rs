@@ -14,7 +14,7 @@ fn main() {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=BID_LOGGER_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
     // Rebuilt when HEAD moves (a new commit or another branch).
     for path in [".git/HEAD", ".git/refs/heads"] {
         if std::path::Path::new(path).exists() {

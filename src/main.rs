@@ -83,6 +83,9 @@ fn main() -> ExitCode {
     let sub = matches.subcommand().map(|(_, m)| m.clone()).unwrap_or_default();
     match cli.command {
         Command::Run(args) => {
+            if let Some(code) = unknown_variables() {
+                return code;
+            }
             let file = args.config.clone();
             let config = match args.load() {
                 Ok(c) => c,
@@ -101,6 +104,9 @@ fn main() -> ExitCode {
             report(migrate(&url))
         }
         Command::CheckConfig(args) => {
+            if let Some(code) = unknown_variables() {
+                return code;
+            }
             let file = args.config.clone();
             match args.load() {
                 Ok(c) => {
@@ -134,6 +140,22 @@ fn config_failure(e: ConfigError, matches: &clap::ArgMatches, file: Option<&std:
         other => eprintln!("bid-logger: {other}"),
     }
     ExitCode::from(2)
+}
+
+/// A `BID_LOGGER_*` variable that is no configuration key (a typo such as
+/// `BID_LOGGER_PARTITION_COUNTS` would otherwise be ignored, and the logger
+/// would run with the default): one line naming it, exit code 2.
+fn unknown_variables() -> Option<ExitCode> {
+    let run = Settings::augment_args(clap::Command::new("run"));
+    let mut known: Vec<String> =
+        run.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect();
+    // --config, and the tools' variable naming the daemon's executable.
+    known.extend(["BID_LOGGER_CONFIG".to_string(), "BID_LOGGER_BIN".to_string()]);
+    let unknown = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .find(|k| k.starts_with("BID_LOGGER_") && !known.contains(k))?;
+    eprintln!("bid-logger: invalid configuration: `{unknown}`: not a configuration variable (`bid-logger run --help` lists them)");
+    Some(ExitCode::from(2))
 }
 
 /// The environment variable of a configuration key.

@@ -7,10 +7,10 @@ use metrics::Unit;
 use std::net::SocketAddr;
 
 /// The git commit this build comes from (`unknown` outside a checkout).
-pub const COMMIT: &str = env!("BID_LOGGER_COMMIT");
+pub const COMMIT: &str = env!("BUILD_GIT_COMMIT");
 
 /// What `--version` prints after the name: `0.1.0 (commit 1a2b3c4d5e6f)`.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BID_LOGGER_COMMIT"), ")");
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BUILD_GIT_COMMIT"), ")");
 
 /// The one table of metrics: each row names a metric once and generates its
 /// constant (documented by its help text), its entry in [`ALL`] and its

@@ -4,19 +4,24 @@
 use crate::support::*;
 use std::process::Command;
 
+/// The logger binary without any `BID_LOGGER_*` variable of the test's own
+/// environment (an unknown one would stop it at start).
+fn logger_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bid-logger"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("BID_LOGGER_")) {
+        cmd.env_remove(k);
+    }
+    cmd
+}
+
 fn bid_logger(args: &[&str]) -> (i32, String, String) {
     bid_logger_with_env(args, &[])
 }
 
 /// Runs the binary with only the given `BID_LOGGER_*`/`DATABASE_URL` variables set.
 fn bid_logger_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bid-logger"));
+    let mut cmd = logger_command();
     cmd.args(args).env_remove("DATABASE_URL").env("NO_COLOR", "1");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BID_LOGGER_") {
-            cmd.env_remove(k);
-        }
-    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -193,7 +198,7 @@ async fn a_database_that_refuses_us_for_good_fails_fast_naming_the_key() {
 fn an_unreachable_database_is_reported_with_the_os_error() {
     use std::io::Read;
     let port = free_port(); // nothing listens there
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bid-logger"))
+    let mut child = logger_command()
         .args(["run", "--connect", "tcp://127.0.0.1:1"])
         .args(["--database-url", &format!("postgres://u@127.0.0.1:{port}/db")])
         .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
@@ -253,7 +258,7 @@ async fn migrate_reads_the_same_configuration_as_run() {
 #[test]
 fn logs_through_a_pipe_carry_no_colour_codes() {
     // stderr is a pipe here, as under journald or a log shipper; NO_COLOR unset
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bid-logger"));
+    let mut cmd = logger_command();
     cmd.args(["run", "--connect", "tcp://127.0.0.1:1"])
         .args(["--database-url", &format!("postgres://u@127.0.0.1:{}/db", free_port())])
         .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
@@ -279,4 +284,18 @@ fn version_names_the_release_and_the_git_commit_it_was_built_from() {
     let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
     assert_eq!(head.len(), 12, "the tests run in a git checkout");
     assert_eq!(stdout.trim(), format!("bid-logger {} (commit {head})", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn an_unknown_bid_logger_variable_is_refused_naming_it() {
+    let args = ["check-config", "--connect", "tcp://127.0.0.1:5556", "--database-url", "postgres://u@h/db"];
+    let (code, _, stderr) = bid_logger_with_env(&args, &[("BID_LOGGER_PARTITION_COUNTS", "16")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "bid-logger: invalid configuration: `BID_LOGGER_PARTITION_COUNTS`: not a configuration variable \
+         (`bid-logger run --help` lists them)"
+    );
+    let (code, _, stderr) = bid_logger_with_env(&args, &[("BID_LOGGER_PARTITION_COUNT", "16")]);
+    assert_eq!(code, 0, "the real variable is accepted: {stderr}");
 }

@@ -9,8 +9,10 @@ mod support;
 
 mod cli;
 mod dashboards;
+mod deploy;
 mod docs;
 mod faults;
+mod image;
 mod package;
 mod pipeline;
 mod python_publisher;

@@ -317,9 +317,16 @@ impl Logger {
     /// Starts `bid-logger run` with `args` (plus a free metrics port, and
     /// [`P`] partitions and a short flush interval unless given).
     pub fn start(database_url: &str, args: &[&str]) -> Logger {
+        Logger::start_program(&[env!("CARGO_BIN_EXE_bid-logger")], database_url, args)
+    }
+
+    /// [`Logger::start`] with another way to run `bid-logger` (`program`,
+    /// its arguments first: a container image, an installed package).
+    pub fn start_program(program: &[&str], database_url: &str, args: &[&str]) -> Logger {
         let metrics_port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bid-logger"));
-        cmd.arg("run")
+        let mut cmd = Command::new(program[0]);
+        cmd.args(&program[1..])
+            .arg("run")
             .args(["--database-url", database_url])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
         if !args.contains(&"--flush-interval") {
