@@ -37,6 +37,8 @@
 //! * [`telemetry`]: every metric, named and described once; logging set-up.
 //!   The library only emits metrics: the executable installs the exporter.
 //! * [`zap`]: the address allow-list for bound sockets (a ZeroMQ ZAP handler).
+//! * [`report`]: `bid-logger report`, per-group figures from the narrowest
+//!   rollup that answers a range.
 //!
 //! Within the crate the graph is acyclic too: `telemetry` uses no other
 //! module; `zap`, `ingest` and `sink` use it; `config` builds each stage's
@@ -47,6 +49,7 @@
 pub mod config;
 pub mod ingest;
 pub mod pipeline;
+pub mod report;
 pub mod sink;
 pub mod telemetry;
 pub mod zap;

@@ -30,6 +30,31 @@ enum Command {
     Migrate(MigrateArgs),
     /// Validate the configuration and print the effective values (password masked).
     CheckConfig(ConfigArgs),
+    /// Print events per type, win rate, spend, CPM and installs per country, OS, campaign, advertiser
+    /// or exchange over a recent range, from the narrowest rollup that answers it.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    #[command(flatten)]
+    database: MigrateArgs,
+    /// How far back from now, e.g. 15m, 1h, 7d (up to 6h reads rollup_minute, beyond rollup_hour).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    since: std::time::Duration,
+    /// What to group by (exchange reads the raw sample, scaled: an estimate).
+    #[arg(long, value_enum, default_value = "country")]
+    by: bid_logger::report::By,
+    /// Groups shown, by spend.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    top: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: bid_logger::report::Format,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    bid_logger::config::parse_duration(s).ok_or_else(|| format!("expected a duration such as 15m, 1h or 7d, got `{s}`"))
 }
 
 #[derive(Args)]
@@ -102,6 +127,17 @@ fn main() -> ExitCode {
             };
             telemetry::init_logging(LogFormat::Text, "info");
             report(migrate(&url))
+        }
+        Command::Report(args) => {
+            let file = args.database.config.clone();
+            let range = bid_logger::config::format_duration(args.since);
+            let config = bid_logger::report::ReportConfig { since: args.since, by: args.by, top: args.top };
+            let url = match args.database.database_url() {
+                Ok(url) => url,
+                Err(e) => return config_failure(e, &sub, file.as_deref()),
+            };
+            telemetry::init_logging(LogFormat::Text, "warn");
+            report(report_command(&url, &config, args.format, &range))
         }
         Command::CheckConfig(args) => {
             if let Some(code) = unknown_variables() {
@@ -231,6 +267,28 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn report_command(
+    url: &str,
+    config: &bid_logger::report::ReportConfig,
+    format: bid_logger::report::Format,
+    range: &str,
+) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let pool = sink::pool(url, 1)?;
+        let client = pool
+            .get()
+            .await
+            .map_err(sink::SinkError::from)
+            .with_context(|| format!("connecting to {}", mask_database_url(url)))?;
+        let report = bid_logger::report::run(&client, config)
+            .await
+            .map_err(sink::SinkError::from)
+            .with_context(|| format!("reading {}", bid_logger::report::source(config)))?;
+        print!("{}", bid_logger::report::render(&report, format, range));
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn migrate(url: &str) -> anyhow::Result<ExitCode> {

@@ -17,3 +17,4 @@ mod package;
 mod pipeline;
 mod python_publisher;
 mod raw_sample;
+mod report;

@@ -135,6 +135,7 @@ pub struct TestEvent {
     pub price: Option<i64>,
     pub revenue: Option<i64>,
     pub attributed: Option<bool>,
+    pub exchange: Option<String>,
     pub extra: Option<Value>,
 }
 
@@ -153,6 +154,7 @@ impl TestEvent {
             price: None,
             revenue: None,
             attributed: None,
+            exchange: None,
             extra: None,
         }
     }
@@ -180,6 +182,7 @@ impl TestEvent {
         opt("price", self.price.map(|p| json!(p)));
         opt("revenue", self.revenue.map(|p| json!(p)));
         opt("attributed", self.attributed.map(|p| json!(p)));
+        opt("exchange", self.exchange.as_ref().map(|x| json!(x)));
         opt("extra", self.extra.clone());
         rmp_serde::to_vec(&Value::Object(m)).unwrap()
     }

@@ -1,0 +1,99 @@
+//! `bid-logger report` on a warehouse the logger filled with known events:
+//! every figure per group equals what was published, from the minute tier
+//! for a short range and the hour tier for a long one, in every format.
+
+use crate::support::*;
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn report(db: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bid-logger"))
+        .args(["report", "--database-url", db])
+        .args(args)
+        .env_remove("BID_LOGGER_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "report {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_format() {
+    let db = fresh_database("report").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--raw-sample", "1"]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    // per country: bids, wins, impressions with prices, installs some attributed
+    let mut events = Vec::new();
+    let mut want: BTreeMap<&str, [f64; 6]> = BTreeMap::new(); // bids, wins, impressions, spend µ, installs, attributed
+    for i in 0..3_000u32 {
+        let country = ["US", "BR", "DE"][(i % 3) as usize];
+        let kind = ["bid", "bid", "win", "impression", "install"][(i % 5) as usize];
+        let mut e = TestEvent::new(kind, format!("r-{i}"), now - i64::from(i % 40) * 60_000);
+        e.country = Some(country.into());
+        e.exchange = Some(["unity", "applovin"][(i % 2) as usize].into());
+        let w = want.entry(country).or_default();
+        match kind {
+            "bid" => w[0] += 1.0,
+            "win" => w[1] += 1.0,
+            "impression" => {
+                e.price = Some(i64::from(i) * 10);
+                w[2] += 1.0;
+                w[3] += f64::from(i) * 10.0;
+            }
+            _ => {
+                e.attributed = Some(i % 3 == 0);
+                w[4] += 1.0;
+                w[5] += f64::from(u8::from(i % 3 == 0));
+            }
+        }
+        events.push(e);
+    }
+    for e in &events {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", events.len() as f64, Duration::from_secs(60));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+
+    for (since, source) in [("2h", "rollup_minute_est"), ("2d", "rollup_hour_est")] {
+        let doc: serde_json::Value =
+            serde_json::from_str(&report(&db, &["--since", since, "--by", "country", "--format", "json"])).unwrap();
+        assert_eq!(doc["source"], source, "--since {since}");
+        let rows = doc["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 3, "{doc}");
+        for row in rows {
+            let w = want[row["country"].as_str().unwrap()];
+            let f = |k: &str| row[k].as_f64().unwrap_or_else(|| panic!("{k} in {row}"));
+            assert_eq!([f("bids"), f("wins"), f("impressions"), f("installs")], [w[0], w[1], w[2], w[4]], "{row}");
+            assert_eq!(f("spend_usd"), (w[3] / 1e4).round() / 100.0, "{row}");
+            assert_eq!(f("win_rate"), (w[1] / w[0] * 1e4).round() / 1e4, "{row}");
+            assert_eq!(f("cpm_usd"), (w[3] / 1e3 / w[2] * 1e4).round() / 1e4, "{row}");
+            assert_eq!([f("installs_attributed"), f("installs_organic")], [w[5], w[4] - w[5]], "{row}");
+            assert_eq!(f("events"), w[0] + w[1] + w[2] + w[4], "{row}");
+        }
+        let spends: Vec<f64> = rows.iter().map(|r| r["spend_usd"].as_f64().unwrap()).collect();
+        assert!(spends.windows(2).all(|p| p[0] >= p[1]), "ordered by spend: {spends:?}");
+    }
+
+    let csv = report(&db, &["--by", "country", "--format", "csv", "--top", "2"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "header and the top 2:\n{csv}");
+    assert!(lines[0].starts_with("country,events,auctions,bids,wins"), "{csv}");
+    let table = report(&db, &["--by", "country"]);
+    assert!(table.starts_with("last 1h by country, from rollup_minute_est"), "{table}");
+
+    // the exchange is in the raw sample (rate 1 here, so the estimate is exact)
+    let doc: serde_json::Value = serde_json::from_str(&report(&db, &["--by", "exchange", "--format", "json"])).unwrap();
+    assert_eq!(doc["source"], "events_sample");
+    assert_eq!(doc["estimated_from_sample"], true);
+    let per: BTreeMap<String, f64> = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["exchange"].as_str().unwrap().to_string(), r["events"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(per, BTreeMap::from([("applovin".into(), 1500.0), ("unity".into(), 1500.0)]));
+}
