@@ -15,6 +15,7 @@ mod faults;
 mod image;
 mod package;
 mod pipeline;
+mod postgres;
 mod python_publisher;
 mod raw_sample;
 mod report;

@@ -1,0 +1,90 @@
+//! `docs/postgres.md` as an operator follows it: its grant blocks run as
+//! written (roles renamed per run), the logger migrates as the owner and
+//! runs as the writer, and the warehouse is exact.
+
+use crate::support::*;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The SQL blocks of docs/postgres.md, in order.
+fn sql_blocks() -> Vec<String> {
+    let doc =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/postgres.md")).unwrap();
+    doc.split("```sql\n").skip(1).map(|b| b.split("```").next().unwrap().to_string()).collect()
+}
+
+fn user_url(url: &str, user: &str) -> String {
+    let mut cfg: tokio_postgres::Config = url.parse().unwrap();
+    cfg.user(user);
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    format!("postgres://{user}:change-me@{host}:{}/{}", cfg.get_ports()[0], cfg.get_dbname().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_grants_are_enough_to_migrate_and_run() {
+    let db = fresh_database("grants").await;
+    let db_name: String = db.rsplit('/').next().unwrap().to_string();
+    let tag = rand::random::<u32>();
+    let (owner, writer) = (format!("bl_owner_{tag}"), format!("bl_writer_{tag}"));
+    let rename = |sql: &str| {
+        sql.replace("bid_logger_owner", &owner)
+            .replace("bid_logger_writer", &writer)
+            .replace(" warehouse ", &format!(" {db_name} "))
+    };
+    let blocks = sql_blocks();
+    assert_eq!(blocks.len(), 2, "docs/postgres.md has the roles block and the after-migrate block");
+
+    let admin = connect(&db).await;
+    admin.batch_execute(&rename(&blocks[0])).await.expect("the roles block runs");
+    let owner_url = user_url(&db, &owner);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bid-logger"))
+        .args(["migrate", "--database-url", &owner_url])
+        .env_remove("BID_LOGGER_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
+    let as_owner = connect(&owner_url).await;
+    as_owner.batch_execute(&rename(&blocks[1])).await.expect("the after-migrate block runs as the owner");
+
+    let writer_url = user_url(&db, &writer);
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&writer_url, &["--connect", &publisher.endpoint, "--raw-sample", "1"]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let events: Vec<TestEvent> = (0..2_000)
+        .map(|i| {
+            // some two days late: a day table the writer creates on demand
+            let mut e = TestEvent::new(
+                ["bid", "win", "impression"][i % 3],
+                format!("g-{i}"),
+                now - (i as i64 % 3) * 86_400_000,
+            );
+            e.campaign = (i % 7) as u32;
+            e.price = Some(i as i64);
+            e
+        })
+        .collect();
+    for e in &events {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", events.len() as f64, Duration::from_secs(60));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "the writer runs: {stderr}");
+    assert!(!stderr.contains("permission denied"), "{stderr}");
+    assert_warehouse_matches(&admin, &events, 1_000_000).await;
+    let raw: i64 = admin.query_one("SELECT count(*) FROM events_sample", &[]).await.unwrap().get(0);
+    assert_eq!(raw as usize, events.len(), "every event in the raw sample, day tables made by the writer");
+
+    // and no more than that: the writer cannot change the rollups' schema
+    let as_writer = connect(&writer_url).await;
+    let err = as_writer.batch_execute("ALTER TABLE rollup_minute ADD COLUMN x int").await.unwrap_err();
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+    drop((as_owner, as_writer));
+    let _ = admin
+        .batch_execute(&format!(
+            "REASSIGN OWNED BY {owner}, {writer} TO CURRENT_USER; DROP OWNED BY {owner}, {writer}; DROP ROLE {owner}, {writer}"
+        ))
+        .await;
+}
