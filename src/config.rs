@@ -445,6 +445,12 @@ fn ms(ms: i64) -> Duration {
     Duration::from_millis(ms as u64)
 }
 
+/// [`parse_duration`] as a clap value parser, for the commands' own
+/// duration flags (`report --since`, the tools' `--duration`).
+pub fn duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s).ok_or_else(|| format!("expected a duration such as 250ms, 30s, 5m, 1h or 7d, got `{s}`"))
+}
+
 /// Parses `250ms`, `1s`, `1.5s`, `5m`, `2h`, `7d` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();

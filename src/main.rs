@@ -40,7 +40,7 @@ struct ReportArgs {
     #[command(flatten)]
     database: MigrateArgs,
     /// How far back from now, e.g. 15m, 1h, 7d (up to 6h reads rollup_minute, beyond rollup_hour).
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = bid_logger::config::duration_arg)]
     since: std::time::Duration,
     /// What to group by (exchange reads the raw sample, scaled: an estimate).
     #[arg(long, value_enum, default_value = "country")]
@@ -51,10 +51,6 @@ struct ReportArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: bid_logger::report::Format,
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    bid_logger::config::parse_duration(s).ok_or_else(|| format!("expected a duration such as 15m, 1h or 7d, got `{s}`"))
 }
 
 #[derive(Args)]
@@ -276,12 +272,7 @@ fn report_command(
     range: &str,
 ) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let pool = sink::pool(url, 1)?;
-        let client = pool
-            .get()
-            .await
-            .map_err(sink::SinkError::from)
-            .with_context(|| format!("connecting to {}", mask_database_url(url)))?;
+        let client = connect(url).await?;
         let report = bid_logger::report::run(&client, config)
             .await
             .map_err(sink::SinkError::from)
@@ -291,14 +282,15 @@ fn report_command(
     })
 }
 
+/// One connection for a one-off command (`migrate`, `report`).
+async fn connect(url: &str) -> anyhow::Result<deadpool_postgres::Object> {
+    let pool = sink::pool(url, 1)?;
+    pool.get().await.map_err(sink::SinkError::from).with_context(|| format!("connecting to {}", mask_database_url(url)))
+}
+
 fn migrate(url: &str) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let pool = sink::pool(url, 1)?;
-        let mut client = pool
-            .get()
-            .await
-            .map_err(sink::SinkError::from)
-            .with_context(|| format!("connecting to {}", mask_database_url(url)))?;
+        let mut client = connect(url).await?;
         let applied = sink::migrate(&mut client).await?;
         println!("migrations: {applied} applied, schema up to date");
         Ok(ExitCode::SUCCESS)

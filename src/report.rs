@@ -220,23 +220,30 @@ pub fn render(report: &Report, format: Format, range: &str) -> String {
             serde_json::to_string_pretty(&doc).expect("JSON") + "\n"
         }
         Format::Table => {
-            let widths: Vec<usize> = (0..header.len())
-                .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
-                .collect();
-            let line = |cells: Vec<&str>| {
-                let c: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect();
-                c.join("  ").trim_end().to_string() + "\n"
-            };
             let note = if report.estimated_from_sample { ", estimated from the raw sample" } else { "" };
-            let mut out = format!(
-                "last {range} by {}, from {}{note}; spend = impressions' price, CPM per 1000 impressions\n",
-                report.by, report.source
-            );
-            out += &line(header.clone());
-            for r in &rows {
-                out += &line(r.iter().map(String::as_str).collect());
-            }
-            out
+            format!(
+                "last {range} by {}, from {}{note}; spend = impressions' price, CPM per 1000 impressions\n{}",
+                report.by,
+                report.source,
+                aligned(&header, &rows, "")
+            )
         }
     }
+}
+
+/// `header` and `rows` as right-aligned columns, each line after `indent`
+/// (the table format of `report` and of the demo's report).
+pub fn aligned(header: &[&str], rows: &[Vec<String>], indent: &str) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let c: Vec<String> = cells.zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect();
+        format!("{indent}{}\n", c.join("  ").trim_end())
+    };
+    let mut out = line(&mut header.iter().copied());
+    for r in rows {
+        out += &line(&mut r.iter().map(String::as_str));
+    }
+    out
 }

@@ -12,16 +12,6 @@ fn sql_blocks() -> Vec<String> {
     doc.split("```sql\n").skip(1).map(|b| b.split("```").next().unwrap().to_string()).collect()
 }
 
-fn user_url(url: &str, user: &str) -> String {
-    let mut cfg: tokio_postgres::Config = url.parse().unwrap();
-    cfg.user(user);
-    let host = match cfg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".into(),
-    };
-    format!("postgres://{user}:change-me@{host}:{}/{}", cfg.get_ports()[0], cfg.get_dbname().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_grants_are_enough_to_migrate_and_run() {
     let db = fresh_database("grants").await;
@@ -38,7 +28,7 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
 
     let admin = connect(&db).await;
     admin.batch_execute(&rename(&blocks[0])).await.expect("the roles block runs");
-    let owner_url = user_url(&db, &owner);
+    let owner_url = as_user(&db, &owner, "change-me");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bid-logger"))
         .args(["migrate", "--database-url", &owner_url])
         .env_remove("BID_LOGGER_DATABASE_URL")
@@ -48,7 +38,7 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
     let as_owner = connect(&owner_url).await;
     as_owner.batch_execute(&rename(&blocks[1])).await.expect("the after-migrate block runs as the owner");
 
-    let writer_url = user_url(&db, &writer);
+    let writer_url = as_user(&db, &writer, "change-me");
     let mut publisher = Publisher::bind();
     let logger = Logger::start(&writer_url, &["--connect", &publisher.endpoint, "--raw-sample", "1"]);
     publisher.wait_for_subscriptions(all_topics(P));

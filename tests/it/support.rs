@@ -30,11 +30,22 @@ fn server_url() -> String {
 
 /// Replaces the database name in a URL.
 pub fn with_database(url: &str, db: &str) -> String {
-    let mut cfg: tokio_postgres::Config = url.parse().expect("valid DATABASE_URL");
-    cfg.dbname(db);
-    // Rebuild as a URL: user, host, port, db (tests run on trust or password-in-URL set-ups).
+    let cfg: tokio_postgres::Config = url.parse().expect("valid DATABASE_URL");
     let user = cfg.get_user().unwrap_or("postgres");
-    let password = cfg.get_password().map(|p| format!(":{}", String::from_utf8_lossy(p))).unwrap_or_default();
+    let password = cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
+    url_of(&cfg, user, password.as_deref(), db)
+}
+
+/// The URL of the database of `url` as `user` with `password`.
+pub fn as_user(url: &str, user: &str, password: &str) -> String {
+    let cfg: tokio_postgres::Config = url.parse().expect("valid database URL");
+    url_of(&cfg, user, Some(password), cfg.get_dbname().expect("a database in the URL"))
+}
+
+/// Rebuilds a URL: user, password, host, port, database (tests run on trust
+/// or password-in-URL set-ups).
+fn url_of(cfg: &tokio_postgres::Config, user: &str, password: Option<&str>, db: &str) -> String {
+    let password = password.map(|p| format!(":{p}")).unwrap_or_default();
     let host = match cfg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => "127.0.0.1".to_string(),

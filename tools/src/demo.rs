@@ -243,17 +243,8 @@ pub async fn report(client: &tokio_postgres::Client) -> Result<(), DemoError> {
                 rows.push((0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect());
             }
         }
-        let widths: Vec<usize> = (0..header.len())
-            .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
-            .collect();
-        let line = |cells: &[String]| {
-            let c: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect();
-            println!("  {}", c.join("  "));
-        };
-        line(&header);
-        for r in &rows {
-            line(r);
-        }
+        let header: Vec<&str> = header.iter().map(String::as_str).collect();
+        print!("{}", bid_logger::report::aligned(&header, &rows, "  "));
         println!();
     }
     Ok(())

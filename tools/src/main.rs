@@ -64,7 +64,7 @@ struct SimulateArgs {
     #[arg(long)]
     max: bool,
     /// Stop after this long (e.g. 30s, 5m).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = bid_logger::config::duration_arg)]
     duration: Option<std::time::Duration>,
     /// Stop after this many messages.
     #[arg(long, value_name = "N")]
@@ -110,7 +110,7 @@ struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 3)]
     rounds: usize,
     /// How long the latency run (at half the logger's ingest rate) publishes; 0s skips it.
-    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = bid_logger::config::duration_arg)]
     latency: std::time::Duration,
     /// The latency run's rate, as a fraction of the logger's median ingest rate.
     #[arg(long, value_name = "F", default_value_t = 0.5)]
@@ -124,7 +124,7 @@ struct BenchArgs {
 #[derive(Args)]
 struct DemoArgs {
     /// How long the simulator publishes.
-    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = bid_logger::config::duration_arg)]
     duration: std::time::Duration,
     /// Simulated messages per second.
     #[arg(long, value_name = "N", default_value_t = 20_000.0)]
@@ -138,10 +138,6 @@ struct DemoArgs {
     /// Where the logger serves /metrics during the demo.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     metrics_addr: std::net::SocketAddr,
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    bid_logger::config::parse_duration(s).ok_or_else(|| format!("expected a duration such as 30s or 5m, got `{s}`"))
 }
 
 fn main() -> ExitCode {
