@@ -7,11 +7,13 @@
 //! [`ConfigError`] that names the offending key.
 
 use crate::ingest::{self, IngestConfig};
+use crate::sink::tables::RollupTable;
 use crate::sink::{self, SinkConfig};
-use bid_logger_core::aggregate::{self, AggregateConfig};
+use bid_logger_core::aggregate::{self, AggregateConfig, Dimension, Dimensions, Grain, Shape};
 use bid_logger_core::sample::Rate;
 use bid_logger_core::wire::{EventType, MAX_PARTITIONS};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -22,8 +24,9 @@ pub enum ConfigError {
     /// A key's value is missing or invalid.
     #[error("invalid configuration: `{key}`: {message}")]
     Invalid {
-        /// The key, as spelled in the file (the flag is `--<key>`).
-        key: &'static str,
+        /// The key, as spelled in the file (the flag is `--<key>`), or
+        /// `rollup.<table>.<key>` for a rollup table's.
+        key: String,
         /// What is wrong.
         message: String,
     },
@@ -45,8 +48,8 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, message: message.into() }
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
 /// Every setting of `bid-logger run`, all optional. The same struct is the
@@ -96,6 +99,9 @@ pub struct Settings {
     /// Cap on distinct OS values per flush interval; beyond it they fold into `other` [default: 1000].
     #[arg(long, env = "BID_LOGGER_MAX_OS_VALUES", value_name = "N")]
     pub max_os_values: Option<usize>,
+    /// Cap on distinct exchange values per flush interval; beyond it they fold into `other` [default: 1000].
+    #[arg(long, env = "BID_LOGGER_MAX_EXCHANGE_VALUES", value_name = "N")]
+    pub max_exchange_values: Option<usize>,
     /// Receive high-water mark of each SUB socket, in messages [default: 1000000].
     #[arg(long, env = "BID_LOGGER_RECEIVE_HWM", value_name = "N")]
     pub receive_hwm: Option<i32>,
@@ -138,6 +144,26 @@ pub struct Settings {
     /// Log format: `text` or `json` [default: text].
     #[arg(long, env = "BID_LOGGER_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Rollup tables, `[rollup.<table>]` sections of the file only (see
+    /// [`RollupSettings`]); the default set applies without them, and a
+    /// section named like a default table overrides just the keys it sets.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollup: Option<BTreeMap<String, RollupSettings>>,
+}
+
+/// One `[rollup.<table>]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RollupSettings {
+    /// `minute`, `hour` or `day`.
+    pub grain: Option<String>,
+    /// A subset of `country`, `os`, `campaign`, `advertiser`, `exchange`.
+    pub dimensions: Option<Vec<String>>,
+    /// How often its rows are written (at least `flush-interval`).
+    pub flush_interval: Option<String>,
+    /// How long its buckets are kept; `0` = forever.
+    pub retention: Option<String>,
 }
 
 pub use crate::telemetry::LogFormat;
@@ -196,8 +222,18 @@ impl Settings {
         serde_json::from_value(serde_json::Value::Object(merged)).expect("merged settings are settings")
     }
 
+    /// The `flush-interval`, validated.
+    pub fn flush_interval(&self) -> Result<Duration, ConfigError> {
+        let flush_interval = duration("flush-interval", self.flush_interval.as_deref(), sink::DEFAULT_FLUSH_INTERVAL)?;
+        if flush_interval < Duration::from_millis(10) {
+            return Err(invalid("flush-interval", "must be at least 10ms"));
+        }
+        Ok(flush_interval)
+    }
+
     /// Fills in defaults and validates every key.
     pub fn resolve(self) -> Result<Config, ConfigError> {
+        let flush_interval = self.flush_interval()?;
         let connect = self.connect.unwrap_or_default();
         let bind = self.bind.unwrap_or_default();
         for (key, endpoints) in [("connect", &connect), ("bind", &bind)] {
@@ -234,10 +270,6 @@ impl Settings {
         };
         let sample: Rate =
             self.sample.as_deref().unwrap_or("1").parse().map_err(|e| invalid("sample", format!("{e}")))?;
-        let flush_interval = duration("flush-interval", self.flush_interval.as_deref(), sink::DEFAULT_FLUSH_INTERVAL)?;
-        if flush_interval < Duration::from_millis(10) {
-            return Err(invalid("flush-interval", "must be at least 10ms"));
-        }
         let metrics_addr = self.metrics_addr.as_deref().unwrap_or(DEFAULT_METRICS_ADDR);
         let metrics_addr: SocketAddr = metrics_addr.parse().map_err(|_| {
             invalid("metrics-addr", format!("expected HOST:PORT such as 127.0.0.1:9464, got `{metrics_addr}`"))
@@ -248,8 +280,11 @@ impl Settings {
             duration("max-future-skew", self.max_future_skew.as_deref(), ms(aggregate::DEFAULT_MAX_FUTURE_SKEW_MS))?;
         let max_live_keys = positive("max-live-keys", self.max_live_keys.unwrap_or(aggregate::DEFAULT_MAX_LIVE_KEYS))?;
         let max_os_values = self.max_os_values.unwrap_or(aggregate::DEFAULT_MAX_OS_VALUES);
-        if max_os_values == 0 || max_os_values > 60_000 {
-            return Err(invalid("max-os-values", format!("must be 1 to 60000, got {max_os_values}")));
+        let max_exchange_values = self.max_exchange_values.unwrap_or(aggregate::DEFAULT_MAX_EXCHANGE_VALUES);
+        for (key, n) in [("max-os-values", max_os_values), ("max-exchange-values", max_exchange_values)] {
+            if n == 0 || n > aggregate::MAX_NAME_VALUES {
+                return Err(invalid(key, format!("must be 1 to {}, got {n}", aggregate::MAX_NAME_VALUES)));
+            }
         }
         let receive_hwm = self.receive_hwm.unwrap_or(ingest::DEFAULT_RECEIVE_HWM);
         if receive_hwm < 0 {
@@ -304,6 +339,7 @@ impl Settings {
         }
         let raw_buffer_rows =
             positive("raw-buffer-rows", self.raw_buffer_rows.unwrap_or(aggregate::DEFAULT_MAX_RAW_ROWS))?;
+        let tables = rollup_tables(self.rollup.as_ref(), flush_interval)?;
         let log_format = match self.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -330,6 +366,7 @@ impl Settings {
                 max_future_skew_ms: max_future_skew.as_millis() as i64,
                 max_live_keys,
                 max_os_values,
+                max_exchange_values,
                 max_raw_rows: raw_buffer_rows,
             },
             sink: SinkConfig {
@@ -345,6 +382,7 @@ impl Settings {
                 raw_retention_days: (raw_retention.as_secs() / 86_400) as i64,
                 max_raw_rows: raw_buffer_rows,
                 max_lateness_ms: max_lateness.as_millis() as i64,
+                tables,
             },
             metrics_addr,
             log_format,
@@ -380,6 +418,7 @@ impl Config {
             max_future_skew: text(ms(a.max_future_skew_ms)),
             max_live_keys: Some(a.max_live_keys),
             max_os_values: Some(a.max_os_values),
+            max_exchange_values: Some(a.max_exchange_values),
             receive_hwm: Some(i.receive_hwm),
             max_message_size: Some(i.max_message_size),
             max_event_size: Some(i.max_event_size),
@@ -394,8 +433,119 @@ impl Config {
             raw_retention: Some(format!("{}d", s.raw_retention_days)),
             raw_buffer_rows: Some(s.max_raw_rows),
             log_format: Some(if self.log_format == LogFormat::Json { "json" } else { "text" }.to_string()),
+            rollup: Some(
+                s.tables
+                    .iter()
+                    .map(|t| {
+                        let section = RollupSettings {
+                            grain: Some(t.shape.grain.to_string()),
+                            dimensions: Some(t.shape.dims.iter().map(|d| d.as_str().to_string()).collect()),
+                            flush_interval: text(t.flush_interval),
+                            retention: Some(t.retention.map_or("0".to_string(), format_duration)),
+                        };
+                        (t.name.clone(), section)
+                    })
+                    .collect(),
+            ),
         }
     }
+}
+
+/// The rollup tables: the default set, overridden and extended by the
+/// `[rollup.<table>]` sections, validated. `flush_interval` is the logger's
+/// own: a table flushed at it is direct, a slower one goes through its log.
+pub fn rollup_tables(
+    sections: Option<&BTreeMap<String, RollupSettings>>,
+    flush_interval: Duration,
+) -> Result<Vec<RollupTable>, ConfigError> {
+    let empty = BTreeMap::new();
+    let sections = sections.unwrap_or(&empty);
+    let mut names: Vec<String> = sink::tables::DEFAULT_TABLES.iter().map(|t| t.0.to_string()).collect();
+    let custom: Vec<String> = sections.keys().filter(|n| !names.contains(n)).cloned().collect();
+    names.extend(custom);
+    let mut tables = Vec::with_capacity(names.len());
+    for name in names {
+        let key = |k: &str| format!("rollup.{name}.{k}");
+        let default = sink::tables::DEFAULT_TABLES.iter().find(|t| t.0 == name);
+        let section = sections.get(&name).cloned().unwrap_or_default();
+        let valid_name = name.len() <= 40
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid_name || name.starts_with("bid_logger") || name.starts_with("events_sample") {
+            return Err(invalid(
+                format!("rollup.{name}"),
+                "a table name is 1 to 40 of a-z, 0-9 and _, starting with a letter, and not bid_logger* or events_sample*",
+            ));
+        }
+        let grain = match (section.grain.as_deref(), default) {
+            (Some(g), _) => Grain::parse(g)
+                .ok_or_else(|| invalid(key("grain"), format!("expected minute, hour or day, got `{g}`")))?,
+            (None, Some(d)) => d.1,
+            (None, None) => return Err(invalid(key("grain"), "missing: minute, hour or day")),
+        };
+        let dims = match (&section.dimensions, default) {
+            (Some(list), _) => {
+                let mut dims = Vec::new();
+                for d in list {
+                    let dim = Dimension::parse(d).ok_or_else(|| {
+                        invalid(
+                            key("dimensions"),
+                            format!("unknown dimension `{d}` (expected country, os, campaign, advertiser, exchange)"),
+                        )
+                    })?;
+                    if dims.contains(&dim) {
+                        return Err(invalid(key("dimensions"), format!("`{d}` is listed twice")));
+                    }
+                    dims.push(dim);
+                }
+                Dimensions::of(&dims)
+            }
+            (None, Some(d)) => Dimensions::of(d.2),
+            (None, None) => return Err(invalid(key("dimensions"), "missing: a list such as [\"exchange\", \"country\"]")),
+        };
+        let suggested = default.map_or_else(|| sink::tables::default_flush_interval(grain), |d| d.3);
+        let table_interval = match section.flush_interval.as_deref() {
+            Some(v) => {
+                let d = parse_duration(v).ok_or_else(|| {
+                    invalid(key("flush-interval"), format!("expected a duration such as 1s or 10s, got `{v}`"))
+                })?;
+                if d < flush_interval {
+                    return Err(invalid(
+                        key("flush-interval"),
+                        format!("must be at least flush-interval ({}), got {v}", format_duration(flush_interval)),
+                    ));
+                }
+                d
+            }
+            None => suggested.max(flush_interval),
+        };
+        let retention = match section.retention.as_deref() {
+            Some("0") => None,
+            Some(v) => {
+                let d = parse_duration(v).ok_or_else(|| {
+                    invalid(key("retention"), format!("expected a duration such as 7d, or 0 to keep forever, got `{v}`"))
+                })?;
+                Some(d)
+            }
+            None => default.and_then(|d| (d.4 > 0).then(|| Duration::from_secs(d.4 * 86_400))),
+        };
+        if let Some(r) = retention {
+            if (r.as_secs() as i64) < grain.minutes() * 60 {
+                return Err(invalid(
+                    key("retention"),
+                    format!("{} is shorter than the table's grain ({grain}): nothing would be kept", format_duration(r)),
+                ));
+            }
+        }
+        tables.push(RollupTable {
+            name,
+            shape: Shape { grain, dims },
+            flush_interval: table_interval,
+            retention,
+            logged: table_interval > flush_interval,
+        });
+    }
+    Ok(tables)
 }
 
 /// Default `metrics-addr`.
@@ -590,7 +740,7 @@ mod tests {
         }
     }
 
-    fn key_of(s: Settings) -> &'static str {
+    fn key_of(s: Settings) -> String {
         match s.resolve() {
             Err(ConfigError::Invalid { key, .. }) => key,
             other => panic!("expected an invalid key, got {other:?}"),
@@ -634,6 +784,8 @@ mod tests {
             ("max-event-size", Box::new(|s| s.max_event_size = Some(10))),
             ("max-message-size", Box::new(|s| s.max_message_size = Some(1000))),
             ("max-seq-jump", Box::new(|s| s.max_seq_jump = Some(0))),
+            ("max-exchange-values", Box::new(|s| s.max_exchange_values = Some(4001))),
+            ("max-os-values", Box::new(|s| s.max_os_values = Some(0))),
         ];
         for (key, mutate) in cases {
             let mut s = base();
@@ -643,6 +795,62 @@ mod tests {
         let err = Settings { sample: Some("abc".into()), ..base() }.resolve().unwrap_err().to_string();
         assert!(err.starts_with("invalid configuration: `sample`:"), "{err}");
         assert!(!err.contains('\n'));
+    }
+
+    fn rollup_error(toml: &str) -> String {
+        let file = Settings::from_toml(toml).unwrap();
+        let err = Settings { rollup: file.rollup, ..base() }.resolve().unwrap_err().to_string();
+        assert!(!err.contains('\n'), "{err}");
+        err
+    }
+
+    #[test]
+    fn the_default_tables_apply_and_a_section_overrides_only_its_keys() {
+        let c = base().resolve().unwrap();
+        let names: Vec<&str> = c.sink.tables.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"]);
+        let logged: Vec<bool> = c.sink.tables.iter().map(|t| t.logged).collect();
+        assert_eq!(logged, [false, true, true, false, true], "coarse tables go through their logs");
+        let file = Settings::from_toml(
+            "[rollup.rollup_hour]\nretention = \"30d\"\n[rollup.rollup_day_exchange]\ngrain = \"day\"\ndimensions = [\"exchange\"]\n",
+        )
+        .unwrap();
+        let c = Settings { rollup: file.rollup, ..base() }.resolve().unwrap();
+        let hour = &c.sink.tables[1];
+        assert_eq!(hour.retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!((hour.shape.grain, hour.flush_interval), (Grain::Hour, Duration::from_secs(10)), "other keys kept");
+        let custom = c.sink.tables.iter().find(|t| t.name == "rollup_day_exchange").unwrap();
+        assert_eq!(custom.shape, Shape { grain: Grain::Day, dims: Dimensions::of(&[Dimension::Exchange]) });
+        assert_eq!((custom.flush_interval, custom.retention), (Duration::from_secs(60), None));
+        // The effective configuration resolves to itself.
+        let again = Settings::from_toml(&c.to_toml()).unwrap();
+        let again = Settings { database_url: base().database_url, ..again }.resolve().unwrap();
+        assert_eq!(again.sink.tables, c.sink.tables);
+    }
+
+    #[test]
+    fn bad_rollup_declarations_fail_naming_the_key() {
+        for (toml, key) in [
+            ("[rollup.rollup_x]\ngrain = \"day\"\ndimensions = [\"planet\"]\n", "rollup.rollup_x.dimensions"),
+            ("[rollup.rollup_x]\ngrain = \"week\"\ndimensions = [\"os\"]\n", "rollup.rollup_x.grain"),
+            ("[rollup.rollup_x]\ndimensions = [\"os\"]\n", "rollup.rollup_x.grain"),
+            ("[rollup.rollup_x]\ngrain = \"day\"\n", "rollup.rollup_x.dimensions"),
+            ("[rollup.rollup_x]\ngrain = \"day\"\ndimensions = [\"os\", \"os\"]\n", "rollup.rollup_x.dimensions"),
+            ("[rollup.rollup_day]\nretention = \"12h\"\n", "rollup.rollup_day.retention"),
+            ("[rollup.rollup_hour]\nflush-interval = \"100ms\"\n", "rollup.rollup_hour.flush-interval"),
+            ("[rollup.Rollup_X]\ngrain = \"day\"\ndimensions = [\"os\"]\n", "rollup.Rollup_X"),
+            ("[rollup.bid_logger_x]\ngrain = \"day\"\ndimensions = [\"os\"]\n", "rollup.bid_logger_x"),
+        ] {
+            let err = rollup_error(toml);
+            assert!(err.starts_with(&format!("invalid configuration: `{key}`:")), "{toml}: {err}");
+        }
+        // A table declared twice is a TOML error on its own line.
+        let twice = "[rollup.rollup_x]\ngrain = \"day\"\n[rollup.rollup_x]\ngrain = \"hour\"\n";
+        let err = Settings::from_toml(twice).unwrap_err();
+        assert!(err.starts_with("line 3:") && err.contains("rollup_x"), "{err}");
+        // An unknown key of a section is named.
+        let err = Settings::from_toml("[rollup.rollup_x]\ngranularity = \"day\"\n").unwrap_err();
+        assert!(err.contains("granularity"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use anyhow::Context as _;
 use bid_logger::config::{mask_database_url, Config, ConfigError, LogFormat, Settings};
+use bid_logger::sink::tables::RollupTable;
 use bid_logger::{pipeline, sink, telemetry};
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -55,7 +56,7 @@ struct ReportArgs {
 
 #[derive(Args)]
 struct MigrateArgs {
-    /// TOML file; only its database-url is used.
+    /// TOML file; only its database-url, flush-interval and [rollup.*] tables are used.
     #[arg(long, env = "BID_LOGGER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// PostgreSQL URL.
@@ -65,11 +66,18 @@ struct MigrateArgs {
 
 impl MigrateArgs {
     fn database_url(self) -> Result<String, ConfigError> {
+        Ok(self.load()?.0)
+    }
+
+    /// The database URL and the rollup tables the file declares.
+    fn load(self) -> Result<(String, Vec<RollupTable>), ConfigError> {
         let file = match &self.config {
             Some(path) => Settings::from_file(path)?,
             None => Settings::default(),
         };
-        bid_logger::config::resolve_database_url(self.database_url.or(file.database_url))
+        let flush_interval = file.flush_interval()?;
+        let tables = bid_logger::config::rollup_tables(file.rollup.as_ref(), flush_interval)?;
+        Ok((bid_logger::config::resolve_database_url(self.database_url.or(file.database_url))?, tables))
     }
 }
 
@@ -117,12 +125,12 @@ fn main() -> ExitCode {
         }
         Command::Migrate(args) => {
             let file = args.config.clone();
-            let url = match args.database_url() {
-                Ok(url) => url,
+            let (url, tables) = match args.load() {
+                Ok(loaded) => loaded,
                 Err(e) => return config_failure(e, &sub, file.as_deref()),
             };
             telemetry::init_logging(LogFormat::Text, "info");
-            report(migrate(&url))
+            report(migrate(&url, &tables))
         }
         Command::Report(args) => {
             let file = args.database.config.clone();
@@ -161,8 +169,9 @@ fn config_failure(e: ConfigError, matches: &clap::ArgMatches, file: Option<&std:
                 matches.try_contains_id(&id).ok().filter(|&known| known).and_then(|_| matches.value_source(&id));
             let named = match (source, file) {
                 (Some(ValueSource::CommandLine), _) => format!("--{key}"),
-                (Some(ValueSource::EnvVariable), _) => env_name(key),
-                (_, Some(path)) if key != "DATABASE_URL" && file_sets(path, key) => {
+                (Some(ValueSource::EnvVariable), _) => env_name(&key),
+                (_, Some(path)) if key.starts_with("rollup.") => format!("{key}` in `{}", path.display()),
+                (_, Some(path)) if key != "DATABASE_URL" && file_sets(path, &key) => {
                     format!("{key}` in `{}", path.display())
                 }
                 _ => key.to_string(),
@@ -288,10 +297,10 @@ async fn connect(url: &str) -> anyhow::Result<deadpool_postgres::Object> {
     pool.get().await.map_err(sink::SinkError::from).with_context(|| format!("connecting to {}", mask_database_url(url)))
 }
 
-fn migrate(url: &str) -> anyhow::Result<ExitCode> {
+fn migrate(url: &str, tables: &[RollupTable]) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let mut client = connect(url).await?;
-        let applied = sink::migrate(&mut client).await?;
+        let applied = sink::migrate(&mut client, tables).await?;
         println!("migrations: {applied} applied, schema up to date");
         Ok(ExitCode::SUCCESS)
     })

@@ -63,7 +63,7 @@ pub async fn run(
         "starting"
     );
     let pool = sink::pool(&config.sink.database_url, config.sink.pool_size).map_err(PipelineError::Database)?;
-    let migrated = check_database(&pool).await?;
+    let migrated = check_database(&pool, &config.sink.tables).await?;
 
     metrics::gauge!(crate::telemetry::FLUSH_INTERVAL).set(config.sink.flush_interval.as_secs_f64());
     let mut signals = Signals::new()?;
@@ -134,10 +134,13 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// database); when it is merely unreachable, says so and carries on: the
 /// sink retries (migrations included) until it appears. Returns whether the
 /// migrations are applied.
-async fn check_database(pool: &deadpool_postgres::Pool) -> Result<bool, PipelineError> {
+async fn check_database(
+    pool: &deadpool_postgres::Pool,
+    tables: &[sink::tables::RollupTable],
+) -> Result<bool, PipelineError> {
     let result = async {
         let mut client = pool.get().await?;
-        sink::migrate(&mut client).await
+        sink::migrate(&mut client, tables).await
     }
     .await;
     match result {

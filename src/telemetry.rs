@@ -72,7 +72,7 @@ metrics_table! {
     counter OVERFLOW_FOLDED = "bid_logger_overflow_folded_events_total", Count,
         "Events folded into other/-1 by a cardinality cap.";
     histogram FLUSH_DURATION = "bid_logger_flush_duration_seconds", Seconds,
-        "Time a successful flush took (both tables).";
+        "Time a successful flush took (every direct table, the delta logs and the raw sample).";
     counter ROWS_UPSERTED = "bid_logger_rows_upserted_total", Count,
         "Rollup rows inserted or updated, by table.";
     counter EVENTS_FLUSHED = "bid_logger_events_flushed_total", Count,
@@ -93,6 +93,18 @@ metrics_table! {
         "Day tables (PostgreSQL partitions) of events_sample created.";
     counter RAW_PARTITIONS_DROPPED = "bid_logger_raw_partitions_dropped_total", Count,
         "Day tables (PostgreSQL partitions) of events_sample dropped by retention.";
+    counter ROLLUP_PARTITIONS_CREATED = "bid_logger_rollup_partitions_created_total", Count,
+        "Time-range partitions of the rollup tables created (ahead of time or for late events), by table.";
+    counter ROLLUP_PARTITIONS_DROPPED = "bid_logger_rollup_partitions_dropped_total", Count,
+        "Time-range partitions of the rollup tables dropped by their retention, by table.";
+    counter ROLLUP_EVENTS_EXPIRED = "bid_logger_rollup_events_expired_total", Count,
+        "Accepted events not added to a rollup table because their bucket is past its retention, by table (coarser tables still get them).";
+    counter LOG_EVENTS_CONSUMED = "bid_logger_log_events_consumed_total", Count,
+        "Events moved from a coarse table's delta log into the table, by table.";
+    gauge LOG_LAST_CONSUMED = "bid_logger_log_last_consumed_timestamp_seconds", Seconds,
+        "Unix time a coarse table's delta log was last consumed, by table.";
+    counter LOG_FAILURES = "bid_logger_log_consume_failures_total", Count,
+        "Attempts to consume a coarse table's delta log that failed and will be retried, by table.";
     counter RECONNECTS = "bid_logger_reconnects_total", Count,
         "Publisher endpoints connected again when libzmq was not reconnecting them 250 ms after a drop.";
     counter CONNECTIONS_REFUSED = "bid_logger_connections_refused_total", Count,

@@ -62,6 +62,14 @@ impl Totals {
         self.price_micros += e.price.unwrap_or(0);
         self.revenue_micros += e.revenue.unwrap_or(0);
     }
+
+    /// Adds `other` into `self`.
+    pub fn add_totals(&mut self, other: &Totals) {
+        self.events += other.events;
+        self.attributed += other.attributed;
+        self.price_micros += other.price_micros;
+        self.revenue_micros += other.revenue_micros;
+    }
 }
 
 /// The exact expected content of the warehouse for what was sent.
@@ -77,6 +85,8 @@ pub struct Truth {
     pub by_minute: BTreeMap<(i64, &'static str), Totals>,
     /// Totals per normalised (country, os) of wins.
     pub wins_by_country: BTreeMap<String, Totals>,
+    /// Totals per (normalised exchange, event type).
+    pub by_exchange: BTreeMap<(String, &'static str), Totals>,
 }
 
 impl Truth {
@@ -90,6 +100,9 @@ impl Truth {
         serde_json::json!({
             "events": self.events, "invalid": self.invalid, "by_type": self.by_type,
             "by_minute": by_minute, "wins_by_country": self.wins_by_country,
+            "by_exchange": self.by_exchange.iter()
+                .map(|((x, t), v)| serde_json::json!({"exchange": x, "event_type": t, "totals": v}))
+                .collect::<Vec<_>>(),
         })
     }
 }
@@ -231,6 +244,9 @@ impl Truth {
         t.events += 1;
         t.by_type.entry(ev.event_type.as_str()).or_default().add(ev);
         t.by_minute.entry((ev.ts.div_euclid(60_000), ev.event_type.as_str())).or_default().add(ev);
+        let mut buf = [0u8; 32];
+        let exchange = normalise_os(Some(ev.exchange), &mut buf).unwrap_or("unknown").to_string();
+        t.by_exchange.entry((exchange, ev.event_type.as_str())).or_default().add(ev);
         if ev.event_type == EventType::Win {
             let c = normalise_country(Some(ev.country).filter(|c| !c.is_empty()));
             let mut buf = [0u8; 32];

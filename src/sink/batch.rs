@@ -1,143 +1,179 @@
-//! A batch as it is written: a delta's rows split into parts with disjoint
-//! hour keys, each part holding its minute rows and the same rows grouped by
-//! hour, both in key order.
+//! A batch as it is written: a delta's fine rows split into parts, each
+//! part holding every rollup table's rows of its events, in key order.
 //!
-//! A [`Delta`] is already sorted in [`RowKey`]'s order (the hour, then the
-//! dimensions, then the minute), which makes a part's minute rows of one
-//! hour key adjacent: parts are cut at hour-row boundaries, and the hour rows
-//! come out of one pass, already in order, without hashing or sorting.
+//! A [`Delta`] is sorted in [`RowKey`]'s order (day, the dimensions other
+//! than the exchange, minute, exchange), so the rows of one
+//! `rollup_minute`/`rollup_hour`/`rollup_day` key are adjacent: parts are
+//! cut where [`RowKey::same_group`] changes, and parts written in parallel
+//! never touch the same row of those tables. (Tables without the campaign,
+//! such as the exchange rollups, may share keys across parts; their upserts
+//! lock rows in key order, so parts wait for each other there but do not
+//! deadlock.)
 
-use bid_logger_core::aggregate::{add_up_adjacent, Delta, RawRow, Row, RowKey};
+use super::tables::RollupTable;
+use bid_logger_core::aggregate::{Delta, RawRow, Row};
+#[cfg(doc)]
+use bid_logger_core::aggregate::RowKey;
 
-/// What one batch (or one part of it) writes: its minute transaction writes
-/// `minute` and `raw`, its hour transaction `hour`.
+/// What one batch (or one part of it) writes, in one transaction.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Batch {
-    /// `rollup_minute` rows, in key order.
-    pub minute: Vec<Row>,
-    /// `rollup_hour` rows (keyed by the hour's first minute), in key order.
-    pub hour: Vec<Row>,
+    /// Each table's rows (in the order of the configured tables), in key
+    /// order, each key once.
+    pub tables: Vec<Vec<Row>>,
+    /// Per table, events left out because their bucket is past its retention.
+    pub expired: Vec<u64>,
     /// Raw rows for `events_sample`.
     pub raw: Vec<RawRow>,
-    /// Events in `minute` (and so in `hour`).
+    /// Events in the part.
     pub events: u64,
 }
 
 impl Batch {
     /// Splits `delta` into at most `parts` batches of about equal size whose
-    /// hour keys (a row's key without its minute within the hour) are
-    /// disjoint, so that parts written in parallel never touch the same row
-    /// of either table: each part is a run of the sorted rows, cut where the
-    /// hour key changes. Raw rows go with the first part; empty parts are
-    /// left out.
-    pub fn parts(delta: Delta, parts: usize) -> Vec<Batch> {
-        let Delta { mut rows, raw, .. } = delta;
+    /// fine rows differ in [`RowKey::same_group`] across parts, and projects
+    /// each onto every table (leaving out buckets past a table's retention at
+    /// `now_ms`). Raw rows go with the first part; empty parts are left out.
+    pub fn parts(delta: Delta, parts: usize, tables: &[RollupTable], now_ms: i64) -> Vec<Batch> {
+        let Delta { rows, raw, .. } = delta;
         let n = rows.len();
         let mut cuts: Vec<usize> = (1..parts.max(1))
             .map(|i| {
                 let mut cut = n * i / parts;
-                while cut > 0 && cut < n && rows[cut - 1].0.same_hour_row(&rows[cut].0) {
+                while cut > 0 && cut < n && rows[cut - 1].0.same_group(&rows[cut].0) {
                     cut += 1;
                 }
                 cut
             })
             .collect();
+        cuts.push(n);
         cuts.dedup();
-        let mut runs = Vec::with_capacity(cuts.len() + 1);
-        for &cut in cuts.iter().rev() {
-            runs.push(rows.split_off(cut));
+        let mut out = Vec::with_capacity(cuts.len());
+        let mut from = 0;
+        for cut in cuts {
+            let fine = &rows[from..cut];
+            from = cut;
+            out.push(Batch::of(fine, tables, now_ms));
         }
-        runs.push(rows);
-        runs.reverse();
-        let mut out: Vec<Batch> = runs
-            .into_iter()
-            .map(|minute| Batch {
-                events: minute.iter().map(|r| r.1.events).sum(),
-                hour: group_by_hour(&minute),
-                minute,
-                raw: Vec::new(),
-            })
-            .collect();
+        if out.is_empty() {
+            out.push(Batch::of(&[], tables, now_ms));
+        }
         out[0].raw = raw;
-        out.retain(|b| !b.minute.is_empty() || !b.raw.is_empty());
+        out.retain(|b| b.events > 0 || !b.raw.is_empty());
         out
     }
-}
 
-/// The hour rows of `minute` rows sorted by key.
-fn group_by_hour(minute: &[Row]) -> Vec<Row> {
-    add_up_adjacent(minute.iter().map(|(key, counters)| (RowKey { minute: key.hour() * 60, ..*key }, *counters)))
+    /// Every table's rows of `fine`.
+    fn of(fine: &[Row], tables: &[RollupTable], now_ms: i64) -> Batch {
+        let mut batch = Batch {
+            events: fine.iter().map(|r| r.1.events).sum(),
+            tables: Vec::with_capacity(tables.len()),
+            expired: Vec::with_capacity(tables.len()),
+            raw: Vec::new(),
+        };
+        for table in tables {
+            let (rows, expired) = table.shape.project(fine, table.oldest_minute(now_ms));
+            batch.tables.push(rows);
+            batch.expired.push(expired);
+        }
+        batch
+    }
+
+    /// Rows over all tables.
+    pub fn rows(&self) -> usize {
+        self.tables.iter().map(Vec::len).sum()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Counters, Outcome};
+    use crate::config::rollup_tables;
+    use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Counters, Outcome, RowKey};
     use bid_logger_core::decode::Event;
     use bid_logger_core::wire::EventType;
     use std::collections::{BTreeMap, HashMap};
+    use std::time::Duration;
+
+    const NOW: i64 = 1_764_180_000_000;
 
     fn delta() -> Delta {
         let mut agg = Aggregator::new(AggregateConfig::default());
-        let now = 1_764_180_000_000;
         for i in 0..5_000u32 {
             let e = Event {
                 event_type: EventType::ALL[(i % 8) as usize],
                 partition: 0,
                 txn: b"t",
-                ts_ms: now - i64::from(i % 180) * 60_000, // three hours of minutes
+                ts_ms: NOW - i64::from(i % 1800) * 60_000, // thirty hours of minutes
                 publisher: None,
                 seq: None,
                 country: Some(["BR", "US"][(i % 2) as usize]),
                 os: Some("android"),
                 campaign: i % 97,
                 advertiser: i % 97 % 40,
-                exchange: None,
+                exchange: Some(["unity", "applovin", "mopub"][(i % 3) as usize]),
                 price: Some(i64::from(i)),
                 revenue: None,
                 attributed: None,
                 name: None,
             };
-            assert_eq!(agg.record(&e, now), Outcome::Accepted);
+            assert_eq!(agg.record(&e, NOW), Outcome::Accepted);
         }
         agg.drain()
     }
 
     #[test]
-    fn parts_have_disjoint_hour_keys_every_row_once_and_exact_hour_sums() {
+    fn parts_hold_every_event_once_in_every_table_with_disjoint_keys_where_the_campaign_is_kept() {
+        let tables = rollup_tables(None, Duration::from_secs(1)).unwrap();
         let whole = delta();
-        let parts = Batch::parts(whole.clone(), 3);
+        let parts = Batch::parts(whole.clone(), 3, &tables, NOW);
         assert_eq!(parts.len(), 3, "5 000 events over 97 campaigns fill three parts");
         assert_eq!(parts.iter().map(|p| p.events).sum::<u64>(), whole.events);
-        assert_eq!(parts.iter().map(|p| p.minute.len()).sum::<usize>(), whole.rows.len());
-        let whole_rows: HashMap<RowKey, Counters> = whole.rows.iter().copied().collect();
-        let mut owner = HashMap::new();
-        let mut expected_hours: BTreeMap<RowKey, Counters> = BTreeMap::new();
-        for (i, part) in parts.iter().enumerate() {
-            assert_eq!(part.events, part.minute.iter().map(|r| r.1.events).sum::<u64>());
-            assert!(part.minute.windows(2).all(|w| w[0].0 < w[1].0), "minute rows in order");
-            for (k, c) in &part.minute {
-                assert_eq!(whole_rows.get(k), Some(c));
-                let hour_key = RowKey { minute: k.hour(), ..*k };
-                assert_eq!(*owner.entry(hour_key).or_insert(i), i, "an hour key in two parts: {k:?}");
-                let h = RowKey { minute: k.minute.div_euclid(60) * 60, ..*k };
-                expected_hours.entry(h).or_default().add(c);
+        let one = Batch::parts(whole.clone(), 1, &tables, NOW);
+        assert_eq!(one.len(), 1);
+        for (t, table) in tables.iter().enumerate() {
+            let mut owner: HashMap<RowKey, usize> = HashMap::new();
+            let mut sums: BTreeMap<RowKey, Counters> = BTreeMap::new();
+            for (i, part) in parts.iter().enumerate() {
+                let rows = &part.tables[t];
+                assert!(rows.windows(2).all(|w| w[0].0 < w[1].0), "{}: rows in order, each once", table.name);
+                for (k, c) in rows {
+                    let first = *owner.entry(*k).or_insert(i);
+                    if table.shape.dims.has(bid_logger_core::aggregate::Dimension::Campaign) {
+                        assert_eq!(first, i, "{}: a key in two parts: {k:?}", table.name);
+                    }
+                    sums.entry(*k).or_default().add(c);
+                }
             }
-            assert!(part.hour.windows(2).all(|w| w[0].0 < w[1].0), "hour rows in order");
+            let whole_table: BTreeMap<RowKey, Counters> = one[0].tables[t].iter().copied().collect();
+            assert_eq!(sums, whole_table, "{}: parts add up to the whole", table.name);
+            let events: u64 = whole_table.values().map(|c| c.events).sum();
+            let expired: u64 = one[0].expired[t];
+            assert_eq!(events + expired, whole.events, "{}", table.name);
         }
-        let hours: BTreeMap<RowKey, Counters> = parts.iter().flat_map(|p| p.hour.iter().copied()).collect();
-        assert_eq!(hours.len(), parts.iter().map(|p| p.hour.len()).sum::<usize>(), "an hour row in two parts");
-        assert_eq!(hours, expected_hours);
     }
 
     #[test]
-    fn one_part_keeps_everything_and_an_empty_delta_gives_no_batch() {
-        let mut whole = delta();
-        let one = Batch::parts(whole.clone(), 1);
-        assert_eq!(one.len(), 1);
-        assert_eq!((one[0].minute.len(), one[0].events), (whole.rows.len(), whole.events));
-        whole.rows.clear();
-        whole.events = 0;
-        assert!(Batch::parts(whole, 4).is_empty(), "nothing to write, no batch");
+    fn buckets_past_a_tables_retention_are_left_out_and_counted() {
+        let mut sections = BTreeMap::new();
+        sections.insert(
+            "rollup_minute".to_string(),
+            crate::config::RollupSettings { retention: Some("1d".into()), ..Default::default() },
+        );
+        let tables = rollup_tables(Some(&sections), Duration::from_secs(1)).unwrap();
+        let whole = delta();
+        let batch = &Batch::parts(whole.clone(), 1, &tables, NOW)[0];
+        let oldest = (NOW - 86_400_000).div_euclid(60_000);
+        let kept: u64 = batch.tables[0].iter().map(|r| r.1.events).sum();
+        let expected: u64 = whole.rows.iter().filter(|r| r.0.minute >= oldest).map(|r| r.1.events).sum();
+        assert!(expected < whole.events, "some events are older than a day");
+        assert_eq!((kept, batch.expired[0]), (expected, whole.events - expected));
+        assert_eq!(batch.expired[1], 0, "rollup_hour keeps them");
+    }
+
+    #[test]
+    fn an_empty_delta_gives_no_batch() {
+        let tables = rollup_tables(None, Duration::from_secs(1)).unwrap();
+        assert!(Batch::parts(Delta::default(), 4, &tables, NOW).is_empty());
     }
 }

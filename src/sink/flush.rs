@@ -1,31 +1,30 @@
-//! Writing one batch, exactly once, minute table first.
+//! Writing one batch exactly once, and consuming a coarse table's log.
 //!
-//! A batch is written in two transactions, one per rollup table, so that
-//! `rollup_minute` (what live dashboards read) is visible as soon as its own
-//! rows are in, without waiting for `rollup_hour`'s. Each transaction:
+//! A batch (or each part of a large one) is written in one transaction:
 //!
-//! 1. `INSERT`s its ledger row `(instance, run_id, batch_id, rollup)` with
-//!    `ON CONFLICT DO NOTHING`. If the row exists, an earlier attempt whose
-//!    `COMMIT` outcome was lost (connection killed, server restarted) did land,
-//!    and that table's rows are not written again.
-//! 2. Binary `COPY`s its rows (the minute rows, or the same rows grouped by
-//!    hour) into a temporary staging table. The grouping and ordering are done
-//!    when the [`Batch`] is formed, not in SQL: each staged key is unique, and
-//!    rows are staged in key order.
-//! 3. Upserts them additively into its table, a plain
-//!    `INSERT … SELECT … ON CONFLICT DO UPDATE` of the stage. A freshly filled
-//!    temporary table is read back in the order it was written, so every
-//!    instance locks rows in key order and two instances do not deadlock on
-//!    overlapping keys (were that order ever broken, PostgreSQL would detect
-//!    the deadlock and the batch would be retried: a deadlock is a transient
-//!    error).
+//! 1. `INSERT`s one ledger row per table `(instance, run_id, batch_id,
+//!    table)` with `ON CONFLICT DO NOTHING`. If they exist, an earlier
+//!    attempt whose `COMMIT` outcome was lost (connection killed, server
+//!    restarted) did land, and nothing is written again.
+//! 2. For each *direct* table: binary `COPY` of its rows into a temporary
+//!    staging table, then an additive upsert, a plain
+//!    `INSERT … SELECT … ON CONFLICT DO UPDATE` of the stage. Rows are staged
+//!    in key order and a freshly filled temporary table is read back in the
+//!    order it was written, so every instance locks rows in key order and
+//!    two instances do not deadlock on overlapping keys (were that order
+//!    ever broken, PostgreSQL would detect the deadlock and the batch would
+//!    be retried: a deadlock is a transient error).
+//! 3. For each *coarse* table: binary `COPY` of its rows into its delta log.
+//! 4. The batch's raw rows (`events_sample`).
 //!
-//! The minute transaction also carries the batch's raw rows (`events_sample`).
-//! Retrying either transaction with the same id is therefore always safe, and
-//! each table receives every batch exactly once.
+//! A coarse table's log is consumed at the table's own interval by
+//! [`consume`]: one transaction that deletes the log's rows and upserts
+//! their sums. Retrying either transaction is always safe, and each table
+//! receives every batch exactly once.
 
 use super::batch::Batch;
-use bid_logger_core::aggregate::Row;
+use super::tables::RollupTable;
+use bid_logger_core::aggregate::{Dimension, Row};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{pin_mut, SinkExt};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -40,32 +39,13 @@ pub struct BatchId {
     pub batch: i64,
 }
 
-/// The rollup table a transaction writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rollup {
-    /// `rollup_minute`, plus the batch's raw rows; written first.
-    Minute,
-    /// `rollup_hour`; written once the minute rows have landed.
-    Hour,
-}
-
-impl Rollup {
-    /// The value of the ledger's `rollup` column.
-    pub fn ledger_name(self) -> &'static str {
-        match self {
-            Rollup::Minute => "minute",
-            Rollup::Hour => "hour",
-        }
-    }
-}
-
 /// What an attempt did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Written {
-    /// The table's rows were written now.
+    /// The rows were written now.
     Now {
-        /// Rows inserted or updated in the rollup table.
-        rows: u64,
+        /// Rows inserted or updated per table (0 for a logged one).
+        rows: Vec<u64>,
         /// Rows written to `events_sample`.
         raw_rows: u64,
     },
@@ -73,64 +53,24 @@ pub enum Written {
     Already,
 }
 
+/// One ledger row per table of the batch.
 const INSERT_LEDGER: &str = "INSERT INTO bid_logger_flush_ledger (instance, run_id, batch_id, rollup, events, rows)
-    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+    SELECT $1, $2, $3, t.name, $4, t.rows FROM unnest($5::text[], $6::bigint[]) AS t(name, rows)
+    ON CONFLICT DO NOTHING";
 
-/// The staging tables (`$stage` is `minute` or `hour`) and their COPY.
-macro_rules! stage {
-    ($stage:literal) => {
-        (
-            concat!(
-                "CREATE TEMP TABLE IF NOT EXISTS bid_logger_stage_",
-                $stage,
-                " (
-    bucket timestamptz NOT NULL, event_type text NOT NULL, country text NOT NULL, os text NOT NULL,
-    campaign_id bigint NOT NULL, advertiser_id bigint NOT NULL, events bigint NOT NULL,
-    attributed_events bigint NOT NULL, price_micros bigint NOT NULL, revenue_micros bigint NOT NULL
-) ON COMMIT DELETE ROWS"
-            ),
-            concat!(
-                "COPY bid_logger_stage_",
-                $stage,
-                " (bucket, event_type, country, os, campaign_id, advertiser_id,
-    events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)"
-            ),
-        )
-    };
+/// The ledger row of one consumption of a log.
+const INSERT_CONSUME_LEDGER: &str =
+    "INSERT INTO bid_logger_flush_ledger (instance, run_id, batch_id, rollup, events, rows)
+    VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Only one instance consumes a given log at a time; the others skip it.
+const TRY_LOCK: &str = "SELECT pg_try_advisory_xact_lock($1)";
+
+/// The advisory-lock key of `table`'s log ("bidlog" and a hash of the name).
+fn consume_lock(table: &str) -> i64 {
+    let hash = bid_logger_core::wire::fnv1a64(table.as_bytes());
+    (0x6269_646c_6f67_i64 << 16) ^ (hash & 0xffff_ffff) as i64
 }
-
-const STAGE_MINUTE: (&str, &str) = stage!("minute");
-const STAGE_HOUR: (&str, &str) = stage!("hour");
-
-/// An additive upsert of one stage into its table; `$1` is the sample rate.
-/// Staged keys are unique, so no row is affected twice.
-macro_rules! upsert {
-    ($table:literal, $stage:literal) => {
-        concat!(
-            "INSERT INTO ",
-            $table,
-            " AS t (bucket, event_type, country, os, campaign_id,
-    advertiser_id, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
-SELECT bucket, event_type, country, os, campaign_id, advertiser_id, $1,
-    events, attributed_events, price_micros, revenue_micros, now()
-FROM bid_logger_stage_",
-            $stage,
-            r#"
-ON CONFLICT (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm) DO UPDATE SET
-    events = t.events + EXCLUDED.events,
-    attributed_events = t.attributed_events + EXCLUDED.attributed_events,
-    price_micros = t.price_micros + EXCLUDED.price_micros,
-    revenue_micros = t.revenue_micros + EXCLUDED.revenue_micros,
-    updated_at = EXCLUDED.updated_at"#
-        )
-    };
-}
-
-/// Upsert into `rollup_minute`.
-const UPSERT_MINUTE: &str = upsert!("rollup_minute", "minute");
-
-/// Upsert into `rollup_hour`.
-const UPSERT_HOUR: &str = upsert!("rollup_hour", "hour");
 
 const COPY_RAW: &str = "COPY events_sample (ts, received_at, event_type, txn, partition, pub, seq, country, os,
     campaign_id, advertiser_id, exchange, name, price_micros, revenue_micros, attributed, sample_ppm)
@@ -163,19 +103,21 @@ fn system_time(ms: i64) -> std::time::SystemTime {
 /// Deletes ledger rows old enough that no retry can still be looking for them.
 pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushed_at < now() - interval '2 days'";
 
-/// COPYs `rows` into the stage `(create, copy)`.
-async fn stage_rows(
+/// COPYs `rows` of `table` with `copy` (into its stage, or its log when
+/// `log_ppm` is set).
+async fn copy_rows(
     tx: &tokio_postgres::Transaction<'_>,
-    (create, copy): (&str, &str),
+    copy: &str,
+    table: &RollupTable,
     rows: &[Row],
+    log_ppm: Option<i32>,
 ) -> Result<(), tokio_postgres::Error> {
-    tx.batch_execute(create).await?;
     let sink = tx.copy_in::<_, Bytes>(copy).await?;
     pin_mut!(sink);
     let chunks = rows.len().div_ceil(COPY_CHUNK_ROWS).max(1);
     for i in 0..chunks {
         let chunk = &rows[(i * COPY_CHUNK_ROWS).min(rows.len())..((i + 1) * COPY_CHUNK_ROWS).min(rows.len())];
-        sink.send(encode_stage_rows(chunk, i == 0, i + 1 == chunks)).await?;
+        sink.send(encode_rows(table, chunk, log_ppm, i == 0, i + 1 == chunks)).await?;
     }
     sink.finish().await?;
     Ok(())
@@ -187,13 +129,16 @@ const COPY_CHUNK_ROWS: usize = 10_000;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
-/// `rows` in PostgreSQL's binary COPY format, written directly (the
-/// generic row writer costs several times more per row): the header when
-/// `first`, the trailer when `last`, and per row the field count, then each
-/// field's length and big-endian value: `bucket` (timestamptz: µs since
-/// 2000-01-01), `event_type`, `country`, `os` (text: UTF-8 bytes), then the
-/// two ids and four measures (int8).
-fn encode_stage_rows(rows: &[Row], first: bool, last: bool) -> Bytes {
+/// `rows` of `table` in PostgreSQL's binary COPY format, written directly
+/// (the generic row writer costs several times more per row): the header
+/// when `first`, the trailer when `last`, and per row the field count, then
+/// each field's length and big-endian value: `bucket` (timestamptz: µs since
+/// 2000-01-01), `event_type`, the table's dimensions (text: UTF-8 bytes;
+/// ids: int8), `sample_ppm` (int4) when writing to a log, then the four
+/// measures (int8).
+fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<i32>, first: bool, last: bool) -> Bytes {
+    let dims: Vec<Dimension> = table.shape.dims.iter().collect();
+    let fields = 2 + dims.len() + usize::from(log_ppm.is_some()) + 4;
     let mut buf = BytesMut::with_capacity(19 + rows.len() * 120 + 2);
     if first {
         buf.put_slice(b"PGCOPY\n\xff\r\n\0");
@@ -201,7 +146,7 @@ fn encode_stage_rows(rows: &[Row], first: bool, last: bool) -> Bytes {
         buf.put_i32(0); // header extension length
     }
     for (key, c) in rows {
-        buf.put_i16(10);
+        buf.put_i16(fields as i16);
         let int8 = |buf: &mut BytesMut, v: i64| {
             buf.put_i32(8);
             buf.put_i64(v);
@@ -212,10 +157,19 @@ fn encode_stage_rows(rows: &[Row], first: bool, last: bool) -> Bytes {
         };
         int8(&mut buf, key.minute * 60_000_000 - PG_EPOCH_US); // timestamptz: µs since 2000
         text(&mut buf, key.event_type.as_str());
-        text(&mut buf, key.country_str());
-        text(&mut buf, key.os.as_str());
-        int8(&mut buf, key.campaign);
-        int8(&mut buf, key.advertiser);
+        for d in &dims {
+            match d {
+                Dimension::Country => text(&mut buf, key.country_str()),
+                Dimension::Os => text(&mut buf, key.os.as_str()),
+                Dimension::Exchange => text(&mut buf, key.exchange.as_str()),
+                Dimension::Campaign => int8(&mut buf, key.campaign),
+                Dimension::Advertiser => int8(&mut buf, key.advertiser),
+            }
+        }
+        if let Some(ppm) = log_ppm {
+            buf.put_i32(4);
+            buf.put_i32(ppm);
+        }
         int8(&mut buf, c.events as i64);
         int8(&mut buf, c.attributed as i64);
         int8(&mut buf, c.price);
@@ -227,50 +181,84 @@ fn encode_stage_rows(rows: &[Row], first: bool, last: bool) -> Bytes {
     buf.freeze()
 }
 
-/// Writes `rollup`'s rows of `batch` (batch `id` of `instance`), exactly once.
-pub async fn write_rollup(
-    client: &mut tokio_postgres::Client,
-    instance: &str,
-    id: BatchId,
-    batch: &Batch,
-    rollup: Rollup,
-    sample_ppm: u32,
-    raw_sample_ppm: u32,
-) -> Result<Written, tokio_postgres::Error> {
-    let (rows, stage, upsert) = match rollup {
-        Rollup::Minute => (&batch.minute, STAGE_MINUTE, UPSERT_MINUTE),
-        Rollup::Hour => (&batch.hour, STAGE_HOUR, UPSERT_HOUR),
-    };
-    let tx = client.transaction().await?;
-    let ledger: [&(dyn ToSql + Sync); 6] =
-        [&instance, &id.run_id, &id.batch, &rollup.ledger_name(), &(batch.events as i64), &(rows.len() as i64)];
-    if tx.execute(INSERT_LEDGER, &ledger).await? == 0 {
-        tx.rollback().await?;
-        return Ok(Written::Already);
-    }
-    stage_rows(&tx, stage, rows).await?;
-    let upserted = tx.execute(upsert, &[&(sample_ppm as i32)]).await?;
-    let raw_rows = match rollup {
-        Rollup::Minute => copy_raw(&tx, batch, raw_sample_ppm).await?,
-        Rollup::Hour => 0,
-    };
-    tx.commit().await?;
-    Ok(Written::Now { rows: upserted, raw_rows })
-}
-
-/// Writes all of `batch`: its minute rows, then its hour rows.
+/// Writes `batch` (batch `id` of `instance`) to every table, exactly once.
 pub async fn write_batch(
     client: &mut tokio_postgres::Client,
     instance: &str,
     id: BatchId,
     batch: &Batch,
+    tables: &[RollupTable],
     sample_ppm: u32,
     raw_sample_ppm: u32,
-) -> Result<(), tokio_postgres::Error> {
-    for rollup in [Rollup::Minute, Rollup::Hour] {
-        write_rollup(client, instance, id, batch, rollup, sample_ppm, raw_sample_ppm).await?;
+) -> Result<Written, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let counts: Vec<i64> = batch.tables.iter().map(|r| r.len() as i64).collect();
+    let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &id.run_id, &id.batch, &(batch.events as i64), &names, &counts];
+    if tx.execute(INSERT_LEDGER, &ledger).await? == 0 {
+        tx.rollback().await?;
+        return Ok(Written::Already);
     }
-    Ok(())
+    let ppm = sample_ppm as i32;
+    let mut upserted = Vec::with_capacity(tables.len());
+    for (table, rows) in tables.iter().zip(&batch.tables) {
+        if rows.is_empty() {
+            upserted.push(0);
+        } else if table.logged {
+            copy_rows(&tx, &table.copy_sql(true), table, rows, Some(ppm)).await?;
+            upserted.push(0);
+        } else {
+            tx.batch_execute(&table.stage_sql()).await?;
+            copy_rows(&tx, &table.copy_sql(false), table, rows, None).await?;
+            upserted.push(tx.execute(&table.upsert_sql(), &[&ppm]).await?);
+        }
+    }
+    let raw_rows = copy_raw(&tx, batch, raw_sample_ppm).await?;
+    tx.commit().await?;
+    Ok(Written::Now { rows: upserted, raw_rows })
+}
+
+/// What one consumption of a log did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Consumed {
+    /// Rows inserted or updated in the table.
+    pub rows: u64,
+    /// Events taken from the log.
+    pub events: u64,
+    /// Of those, events not written because their bucket is past the retention.
+    pub expired: u64,
+    /// Another instance was consuming this log: nothing done.
+    pub busy: bool,
+}
+
+/// Moves everything in `table`'s log into the table, in one transaction
+/// (recorded in the ledger as batch `seq` of the run).
+pub async fn consume(
+    client: &mut tokio_postgres::Client,
+    instance: &str,
+    run_id: i64,
+    seq: i64,
+    table: &RollupTable,
+    now_ms: i64,
+) -> Result<Consumed, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let locked: bool = tx.query_one(TRY_LOCK, &[&consume_lock(&table.name)]).await?.get(0);
+    if !locked {
+        tx.rollback().await?;
+        return Ok(Consumed { busy: true, ..Consumed::default() });
+    }
+    let oldest = match table.retention {
+        None => std::time::UNIX_EPOCH,
+        Some(_) => system_time(table.oldest_minute(now_ms).saturating_mul(60_000)),
+    };
+    let row = tx.query_one(&table.consume_sql(), &[&oldest]).await?;
+    let (rows, events, expired): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    if events > 0 {
+        let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &run_id, &seq, &table.name, &events, &rows];
+        tx.execute(INSERT_CONSUME_LEDGER, &ledger).await?;
+    }
+    tx.commit().await?;
+    Ok(Consumed { rows: rows as u64, events: events as u64, expired: expired as u64, busy: false })
 }
 
 /// COPYs `batch`'s raw rows into `events_sample`; returns how many.

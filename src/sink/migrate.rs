@@ -1,6 +1,9 @@
-//! Schema migrations: the files in `sql/`, applied in order, once.
+//! Schema migrations: the files in `sql/`, applied in order, once; then the
+//! declared rollup tables, created when missing.
 
+use super::tables::{check_existing, RollupTable, EXISTING_COLUMNS};
 use super::SinkError;
+use bid_logger_core::aggregate::{Dimensions, Grain};
 
 /// Every migration, in order: (version, name, SQL).
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -8,7 +11,12 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "events_sample", include_str!("../../sql/0002_events_sample.sql")),
     (3, "rollup_upsert_speed", include_str!("../../sql/0003_rollup_upsert_speed.sql")),
     (4, "ledger_per_rollup", include_str!("../../sql/0004_ledger_per_rollup.sql")),
+    (5, "partition_rollups", include_str!("../../sql/0005_partition_rollups.sql")),
 ];
+
+/// The migration that partitions the rollups; `rollup_day` is backfilled
+/// when it is applied.
+const PARTITION_ROLLUPS: i32 = 5;
 
 /// Serialises concurrent migrations of several instances (an arbitrary,
 /// fixed advisory-lock key: "bidlog" in ASCII).
@@ -20,14 +28,37 @@ const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 const APPLIED: &str = "SELECT version FROM bid_logger_migrations";
 const RECORD: &str = "INSERT INTO bid_logger_migrations (version, name) VALUES ($1, $2)";
 
-/// Applies the migrations not applied yet; returns how many were applied.
-/// Idempotent and safe to run from several instances at once.
-pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<usize, SinkError> {
+/// `rollup_day` from `rollup_hour` (same dimensions), into one range
+/// `rollup_day_before` holding every day before the next year.
+const BACKFILL_DAY: &str = "
+DO $$
+DECLARE cut timestamptz := (date_trunc('year', now() AT TIME ZONE 'UTC') + interval '1 year') AT TIME ZONE 'UTC';
+BEGIN
+    IF EXISTS (SELECT 1 FROM rollup_hour) THEN
+        EXECUTE format('CREATE TABLE rollup_day_before PARTITION OF rollup_day FOR VALUES FROM (MINVALUE) TO (%L)
+                        WITH (fillfactor = 50)', cut);
+        INSERT INTO rollup_day (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm,
+                                events, attributed_events, price_micros, revenue_micros, updated_at)
+        SELECT date_trunc('day', bucket AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', event_type, country, os,
+               campaign_id, advertiser_id, sample_ppm, sum(events), sum(attributed_events), sum(price_micros),
+               sum(revenue_micros), max(updated_at)
+        FROM rollup_hour
+        GROUP BY 1, event_type, country, os, campaign_id, advertiser_id, sample_ppm;
+    END IF;
+END $$";
+
+/// Applies the migrations not applied yet and creates the declared tables
+/// that do not exist; returns how many migrations were applied. Idempotent
+/// and safe to run from several instances at once. Fails (naming the
+/// configuration key) when an existing table has other dimensions than
+/// declared.
+pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]) -> Result<usize, SinkError> {
     let tx = client.transaction().await?;
     tx.execute(LOCK, &[&MIGRATION_LOCK]).await?;
     tx.batch_execute(CREATE_VERSIONS).await?;
     let applied: Vec<i32> = tx.query(APPLIED, &[]).await?.iter().map(|r| r.get(0)).collect();
     let mut count = 0;
+    let mut partitioned_now = false;
     for &(version, name, sql) in MIGRATIONS {
         if applied.contains(&version) {
             continue;
@@ -35,8 +66,25 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<usize, SinkE
         tx.batch_execute(sql).await?;
         tx.execute(RECORD, &[&version, &name]).await?;
         tracing::info!(version, name, "migration applied");
+        partitioned_now |= version == PARTITION_ROLLUPS;
         count += 1;
+    }
+    for table in tables {
+        let columns: Vec<String> = tx.query(EXISTING_COLUMNS, &[&table.name]).await?.iter().map(|r| r.get(0)).collect();
+        check_existing(table, &columns).map_err(SinkError::Schema)?;
+        tx.batch_execute(&table.create_sql()).await?;
+    }
+    let day_like_hour = |t: &RollupTable| {
+        t.name == "rollup_day" && t.shape.grain == Grain::Day && t.shape.dims == hour_dims(tables)
+    };
+    if partitioned_now && tables.iter().any(day_like_hour) {
+        tx.batch_execute(BACKFILL_DAY).await?;
+        tracing::info!("rollup_day backfilled from rollup_hour");
     }
     tx.commit().await?;
     Ok(count)
+}
+
+fn hour_dims(tables: &[RollupTable]) -> Dimensions {
+    tables.iter().find(|t| t.name == "rollup_hour").map_or(Dimensions::ALL, |t| t.shape.dims)
 }

@@ -2,16 +2,22 @@
 //!
 //! * [`migrate`]: applies `sql/*.sql` once, under an advisory lock, so that
 //!   several instances starting together are safe.
-//! * [`flush`]: writes one batch in two transactions, `rollup_minute` first
-//!   (each: ledger row, binary `COPY` into a staging table, additive upsert).
+//! * [`tables`]: the declared rollup tables and their SQL.
+//! * [`flush`]: writes one batch in one transaction (ledger rows, then per
+//!   direct table a binary `COPY` into a staging table and an additive
+//!   upsert, per coarse table a `COPY` into its delta log), and consumes a
+//!   coarse table's delta log.
+//! * [`ranges`]: the time-range partitions, ahead of time, on demand and
+//!   past the retention.
 //! * [`service`]: the task that receives deltas from ingest, merges them
 //!   while the database is slow or down, and retries with backoff.
 
 pub mod batch;
 pub mod flush;
 pub mod migrate;
-pub mod raw_days;
+pub mod ranges;
 pub mod service;
+pub mod tables;
 
 pub use migrate::migrate;
 pub use service::{Sink, SinkSummary};
@@ -58,6 +64,8 @@ pub struct SinkConfig {
     pub max_raw_rows: usize,
     /// Oldest accepted event time relative to now, ms (day tables are made for it).
     pub max_lateness_ms: i64,
+    /// The rollup tables written.
+    pub tables: Vec<tables::RollupTable>,
 }
 
 /// A database failure.
@@ -85,6 +93,9 @@ pub enum SinkError {
     /// An attempt took longer than allowed.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The database's tables contradict the configuration.
+    #[error("invalid configuration: {0}")]
+    Schema(String),
 }
 
 impl From<tokio_postgres::Error> for SinkError {
@@ -156,7 +167,7 @@ impl SinkError {
             SinkError::Db(e) => db_error_is_transient(e),
             SinkError::Pool(deadpool_postgres::PoolError::Backend(e)) => db_error_is_transient(e),
             SinkError::Pool(_) | SinkError::Timeout(_) => true,
-            SinkError::Build(_) | SinkError::Url(_) => false,
+            SinkError::Build(_) | SinkError::Url(_) | SinkError::Schema(_) => false,
         }
     }
 }

@@ -2,25 +2,30 @@
 //!
 //! State is one *pending* batch (immutable once attempted: an attempt may have
 //! landed without us knowing, and only an identical retry is safe; a large
-//! one is split into parts with disjoint keys, written in parallel on their
-//! own connections, each with its own ledger rows, and a part that landed is
-//! not retried with the others; each part's minute rows are written first,
-//! then its hour rows, in a transaction each) and one
-//! *queued* delta that everything arriving meanwhile merges into. So a slow
-//! or absent database never piles up batches: at most two exist, and the
-//! queued one is bounded by `max_pending_rows` through the same folding as
-//! the aggregator's.
+//! one is split into parts, written in parallel on their own connections,
+//! each in one transaction with its own ledger rows, and a part that landed
+//! is not retried with the others) and one *queued* delta that everything
+//! arriving meanwhile merges into. So a slow or absent database never piles
+//! up batches: at most two exist, and the queued one is bounded by
+//! `max_pending_rows` through the same folding as the aggregator's.
+//!
+//! The coarse tables' delta logs are consumed by a [`Consumer`] task of its
+//! own, on its own connection, at each table's interval; a graceful stop
+//! consumes them once more after the last batch.
 
 use super::batch::Batch;
-use super::flush::{write_rollup, BatchId, Rollup, Written, PRUNE_LEDGER};
-use super::raw_days;
+use super::flush::{consume, write_batch, BatchId, Written, PRUNE_LEDGER};
+use super::ranges::{self, Parent, Span};
+use super::tables::RollupTable;
 use super::{SinkConfig, SinkError};
 use crate::telemetry as t;
 use bid_logger_core::aggregate::Delta;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Retry delays grow from this …
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -48,8 +53,9 @@ pub struct SinkSummary {
 
 struct SinkMetrics {
     duration: Histogram,
-    minute_rows: Counter,
-    hour_rows: Counter,
+    /// Per table, in the order of the configured tables.
+    rows: Vec<Counter>,
+    expired: Vec<Counter>,
     events: Counter,
     failures: Counter,
     pending_batches: Gauge,
@@ -59,8 +65,6 @@ struct SinkMetrics {
     raw_written: Counter,
     raw_dropped_full: Counter,
     raw_dropped_expired: Counter,
-    day_tables_created: Counter,
-    day_tables_dropped: Counter,
     live_keys: Gauge,
     published_live_keys: usize,
 }
@@ -69,21 +73,8 @@ struct SinkMetrics {
 struct Part {
     id: BatchId,
     batch: Batch,
-    /// Its minute rows (and raw rows) have landed.
-    minute_landed: bool,
-    /// Its hour rows have landed (always after the minute rows).
-    hour_landed: bool,
-}
-
-impl Part {
-    /// The table this part's next transaction writes, if any is left.
-    fn next(&self) -> Option<Rollup> {
-        match (self.minute_landed, self.hour_landed) {
-            (false, _) => Some(Rollup::Minute),
-            (true, false) => Some(Rollup::Hour),
-            (true, true) => None,
-        }
-    }
+    /// Its transaction has committed.
+    landed: bool,
 }
 
 /// The sink: owns the pool, the pending batch and the queued delta.
@@ -94,17 +85,17 @@ pub struct Sink {
     run_id: i64,
     next_batch: i64,
     /// The batch being written, as parts written in parallel (each its own
-    /// transactions and ledger rows); a part leaves once it has landed in
-    /// both tables.
+    /// transaction and ledger rows); a part leaves once it has landed.
     pending: Vec<Part>,
     queued: Delta,
     backoff: Duration,
     retry_at: Option<Instant>,
-    migrated: bool,
-    raw_days: RawDays,
+    /// Whether the schema is known to be up to date (shared with the consumer).
+    migrated: Arc<AtomicBool>,
+    ranges: Ranges,
     summary: SinkSummary,
     metrics: SinkMetrics,
-    progress: std::sync::Arc<t::Progress>,
+    progress: Arc<t::Progress>,
 }
 
 impl Sink {
@@ -115,15 +106,19 @@ impl Sink {
         pool: deadpool_postgres::Pool,
         rx: mpsc::Receiver<Delta>,
         migrated: bool,
-        progress: std::sync::Arc<t::Progress>,
+        progress: Arc<t::Progress>,
     ) -> Sink {
         let run_id = (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as i64)
             ^ (i64::from(std::process::id()) << 40)
             ^ rand::random::<i64>();
         let metrics = SinkMetrics {
             duration: histogram!(t::FLUSH_DURATION),
-            minute_rows: counter!(t::ROWS_UPSERTED, "table" => "rollup_minute"),
-            hour_rows: counter!(t::ROWS_UPSERTED, "table" => "rollup_hour"),
+            rows: config.tables.iter().map(|tb| counter!(t::ROWS_UPSERTED, "table" => tb.name.clone())).collect(),
+            expired: config
+                .tables
+                .iter()
+                .map(|tb| counter!(t::ROLLUP_EVENTS_EXPIRED, "table" => tb.name.clone()))
+                .collect(),
             events: counter!(t::EVENTS_FLUSHED),
             failures: counter!(t::FLUSH_FAILURES),
             pending_batches: gauge!(t::PENDING_BATCHES),
@@ -133,8 +128,6 @@ impl Sink {
             raw_written: counter!(t::RAW_ROWS_WRITTEN),
             raw_dropped_full: counter!(t::RAW_ROWS_DROPPED, "reason" => "buffer_full"),
             raw_dropped_expired: counter!(t::RAW_ROWS_DROPPED, "reason" => "expired"),
-            day_tables_created: counter!(t::RAW_PARTITIONS_CREATED),
-            day_tables_dropped: counter!(t::RAW_PARTITIONS_DROPPED),
             live_keys: gauge!(t::LIVE_KEYS),
             published_live_keys: 0,
         };
@@ -148,8 +141,8 @@ impl Sink {
             queued: Delta::default(),
             backoff: BACKOFF_MIN,
             retry_at: None,
-            migrated,
-            raw_days: RawDays::default(),
+            migrated: Arc::new(AtomicBool::new(migrated)),
+            ranges: Ranges::default(),
             summary: SinkSummary::default(),
             metrics,
             progress,
@@ -164,6 +157,9 @@ impl Sink {
     /// plus the flush's own time; after a failure, the next attempt waits
     /// for the backoff, and whatever arrives meanwhile merges.
     pub async fn run(mut self) -> SinkSummary {
+        let (stop_consumer, stop_rx) = watch::channel(false);
+        let consumer = Consumer::new(&self.config, self.run_id, self.migrated.clone())
+            .map(|c| tokio::spawn(c.run(stop_rx, self.config.shutdown_timeout)));
         loop {
             let retry_at = self.retry_at.map(tokio::time::Instant::from_std);
             tokio::select! {
@@ -189,7 +185,13 @@ impl Sink {
                 }
             }
         }
-        self.drain_on_shutdown().await
+        let summary = self.drain_on_shutdown().await;
+        // The logs hold the last batches' coarse rows: consume them once more.
+        let _ = stop_consumer.send(true);
+        if let Some(consumer) = consumer {
+            let _ = consumer.await;
+        }
+        summary
     }
 
     async fn drain_on_shutdown(mut self) -> SinkSummary {
@@ -237,7 +239,7 @@ impl Sink {
             }
             // Raw rows whose day is already past the retention would land in
             // a day table about to be dropped (or re-create a dropped one).
-            let oldest_kept = self.raw_days.oldest_kept(self.config.raw_retention_days);
+            let oldest_kept = Ranges::today() - self.config.raw_retention_days;
             let before = self.queued.raw.len();
             self.queued.raw.retain(|r| r.day() >= oldest_kept);
             let expired = (before - self.queued.raw.len()) as u64;
@@ -248,37 +250,35 @@ impl Sink {
             // each its own batch, so that none outgrows the flush timeout.
             let batch = self.queued.split_off(MAX_BATCH_ROWS, MAX_BATCH_RAW_ROWS);
             let parts = if batch.rows.len() >= MIN_PARALLEL_ROWS { self.config.pool_size } else { 1 };
-            for batch in Batch::parts(batch, parts) {
+            let now_ms = bid_logger_core::clock::now_ms();
+            for batch in Batch::parts(batch, parts, &self.config.tables, now_ms) {
+                for (counter, &expired) in self.metrics.expired.iter().zip(&batch.expired) {
+                    counter.increment(expired);
+                }
                 let id = BatchId { run_id: self.run_id, batch: self.next_batch };
                 self.next_batch += 1;
-                self.pending.push(Part { id, batch, minute_landed: false, hour_landed: false });
+                self.pending.push(Part { id, batch, landed: false });
             }
         }
         let started = Instant::now();
-        let mut failure =
-            prepare(&self.pool, &self.config, &self.pending, &mut self.migrated, &mut self.raw_days).await.err();
+        let mut failure = prepare(&self.pool, &self.config, &self.pending, &self.migrated, &mut self.ranges).await.err();
         if failure.is_none() {
-            // Minute rows first, so that they are visible without waiting
-            // for the hour rows; then the hour rows of every part whose
-            // minute rows are in (including parts left from a failed attempt).
-            for rollup in [Rollup::Minute, Rollup::Hour] {
-                let (pool, config) = (&self.pool, &self.config);
-                let attempts = self
-                    .pending
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, p)| p.next() == Some(rollup))
-                    .map(|(i, p)| async move { (i, attempt(pool, config, p.id, &p.batch, rollup).await) });
-                for (i, result) in futures_util::future::join_all(attempts).await {
-                    match result {
-                        Ok(written) => self.record_written(i, rollup, written),
-                        Err(e) => failure = failure.or(Some(e)),
-                    }
+            let (pool, config) = (&self.pool, &self.config);
+            let attempts = self
+                .pending
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !p.landed)
+                .map(|(i, p)| async move { (i, attempt(pool, config, p.id, &p.batch).await) });
+            for (i, result) in futures_util::future::join_all(attempts).await {
+                match result {
+                    Ok(written) => self.record_written(i, written),
+                    Err(e) => failure = failure.or(Some(e)),
                 }
             }
         }
         let elapsed = started.elapsed();
-        let landed: Vec<Part> = self.pending.extract_if(.., |p| p.next().is_none()).collect();
+        let landed: Vec<Part> = self.pending.extract_if(.., |p| p.landed).collect();
         for part in landed {
             self.record_landed(&part, elapsed).await;
         }
@@ -295,8 +295,8 @@ impl Sink {
             }
             Some(e) => {
                 self.metrics.failures.increment(1);
-                // Re-check the day tables next time: one may have been dropped under us.
-                self.raw_days.known.clear();
+                // Re-check the partitions next time: one may have been dropped under us.
+                self.ranges.known.clear();
                 let batch = self.pending.first().map_or(0, |p| p.id.batch);
                 if e.is_transient() {
                     tracing::warn!(error = %e, batch, retry_in = ?self.backoff, "flush failed; will retry");
@@ -313,32 +313,27 @@ impl Sink {
         }
     }
 
-    /// Accounts for one table's rows of part `i` having landed.
-    fn record_written(&mut self, i: usize, rollup: Rollup, written: Written) {
+    /// Accounts for part `i` having landed.
+    fn record_written(&mut self, i: usize, written: Written) {
         let part = &mut self.pending[i];
-        match rollup {
-            Rollup::Minute => part.minute_landed = true,
-            Rollup::Hour => part.hour_landed = true,
-        }
+        part.landed = true;
         let (batch, events) = (part.id.batch, part.batch.events);
-        let table = rollup.ledger_name();
         match written {
             Written::Now { rows, raw_rows } => {
                 let m = &self.metrics;
-                match rollup {
-                    Rollup::Minute => m.minute_rows.increment(rows),
-                    Rollup::Hour => m.hour_rows.increment(rows),
+                for (counter, n) in m.rows.iter().zip(&rows) {
+                    counter.increment(*n);
                 }
                 m.raw_written.increment(raw_rows);
-                tracing::trace!(batch, table, events, rows, raw_rows, "written");
+                tracing::trace!(batch, events, ?rows, raw_rows, "written");
             }
             Written::Already => {
-                tracing::info!(batch, table, events, "rows had already landed (found in the ledger); not written again")
+                tracing::info!(batch, events, "rows had already landed (found in the ledger); not written again")
             }
         }
     }
 
-    /// Accounts for one part that has landed in both tables.
+    /// Accounts for one part that has landed.
     async fn record_landed(&mut self, part: &Part, elapsed: Duration) {
         let events = part.batch.events;
         self.metrics.events.increment(events);
@@ -346,9 +341,7 @@ impl Sink {
         if part.id.batch % PRUNE_EVERY == 0 {
             self.prune_ledger().await;
         }
-        let p = &mut self.raw_days;
-        self.metrics.day_tables_created.increment(std::mem::take(&mut p.created));
-        self.metrics.day_tables_dropped.increment(std::mem::take(&mut p.dropped));
+        self.ranges.publish();
         self.summary.events_written += events;
         self.progress.written(events);
         self.summary.batches += 1;
@@ -367,64 +360,241 @@ impl Sink {
         let batches = usize::from(!self.pending.is_empty()) + usize::from(!self.queued.is_empty()) + self.rx.len();
         self.metrics.pending_batches.set(batches as f64);
         self.metrics.pending_events.set(pending_events as f64);
-        let keys = self.pending.iter().map(|p| p.batch.minute.len()).sum::<usize>() + self.queued.rows.len();
+        let keys = self.pending.iter().map(|p| p.batch.rows()).sum::<usize>() + self.queued.rows.len();
         let m = &mut self.metrics;
         m.live_keys.increment(keys as f64 - m.published_live_keys as f64);
         m.published_live_keys = keys;
     }
 }
 
-/// What the sink knows of `events_sample`'s day tables.
+/// What the sink knows of the time-range partitions of `events_sample` and
+/// the rollup tables.
 #[derive(Debug, Default)]
-struct RawDays {
-    /// Days known to have a day table.
-    known: BTreeSet<i64>,
+struct Ranges {
+    /// Per table: first days of the ranges known to exist.
+    known: HashMap<String, BTreeSet<i64>>,
     /// When creation ahead of time and retention run next.
     next_maintenance: Option<Instant>,
-    /// Created / dropped since last published.
-    created: u64,
-    dropped: u64,
+    /// Created / dropped since last published, per table.
+    created: HashMap<String, u64>,
+    dropped: HashMap<String, u64>,
 }
 
 /// Creation ahead of time and retention run this often.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 
-impl RawDays {
+/// Storage options of a rollup table's ranges.
+const ROLLUP_WITH: &str = " WITH (fillfactor = 50)";
+
+impl Ranges {
     fn today() -> i64 {
-        raw_days::day_of(bid_logger_core::clock::now_ms())
+        ranges::day_of(bid_logger_core::clock::now_ms())
     }
 
-    fn oldest_kept(&self, retention_days: i64) -> i64 {
-        Self::today() - retention_days
-    }
-
-    /// Makes sure day tables exist for `days`.
+    /// Makes sure `parent` has ranges holding `days`.
     async fn ensure(
         &mut self,
         client: &mut tokio_postgres::Client,
+        parent: Parent<'_>,
         days: impl Iterator<Item = i64>,
     ) -> Result<(), SinkError> {
-        let missing: BTreeSet<i64> = days.filter(|d| !self.known.contains(d)).collect();
+        let known = self.known.entry(parent.table.to_string()).or_default();
+        let missing: BTreeSet<i64> = days.map(|d| parent.span.start(d)).filter(|s| !known.contains(s)).collect();
         if !missing.is_empty() {
-            self.created += raw_days::ensure(client, &missing).await?;
-            self.known.extend(missing);
+            let created = ranges::ensure(client, parent, &missing).await?;
+            *self.created.entry(parent.table.to_string()).or_default() += created.len() as u64;
+            self.known.entry(parent.table.to_string()).or_default().extend(missing);
         }
         Ok(())
     }
 
-    /// Hourly: day tables for yesterday to two days ahead, and retention.
+    /// Hourly: retention, then ranges from the oldest accepted event time
+    /// (or the retention, if shorter) to two days ahead.
     async fn maintain(&mut self, client: &mut tokio_postgres::Client, config: &SinkConfig) -> Result<(), SinkError> {
         if self.next_maintenance.is_some_and(|at| Instant::now() < at) {
             return Ok(());
         }
+        let now_ms = bid_logger_core::clock::now_ms();
         let today = Self::today();
-        let oldest = self.oldest_kept(config.raw_retention_days);
-        let dropped = raw_days::drop_before(client, oldest).await?;
-        self.dropped += dropped.len() as u64;
-        self.known.retain(|d| *d >= oldest);
-        self.ensure(client, (today - 1).max(oldest)..=today + 2).await?;
+        let oldest_accepted = ranges::day_of(now_ms - config.max_lateness_ms);
+        if config.raw_sample_ppm > 0 {
+            let oldest = today - config.raw_retention_days;
+            self.retain(client, "events_sample", oldest * 86_400).await?;
+            let parent = Parent { table: "events_sample", span: Span::Day, with: "" };
+            self.ensure(client, parent, (today - 1).max(oldest)..=today + 2).await?;
+        }
+        for table in &config.tables {
+            let mut from = oldest_accepted;
+            if let Some(r) = table.retention {
+                let cutoff_ms = now_ms - r.as_millis() as i64;
+                self.retain(client, &table.name, cutoff_ms.div_euclid(1000)).await?;
+                from = from.max(ranges::day_of(cutoff_ms));
+            }
+            self.ensure(client, rollup_parent(table), from..=today + 2).await?;
+        }
         self.next_maintenance = Some(Instant::now() + MAINTENANCE_EVERY);
         Ok(())
+    }
+
+    /// Drops `table`'s ranges that end by `cutoff_s`.
+    async fn retain(&mut self, client: &mut tokio_postgres::Client, table: &str, cutoff_s: i64) -> Result<(), SinkError> {
+        let dropped = ranges::drop_ending_by(client, table, cutoff_s).await?;
+        if !dropped.is_empty() {
+            *self.dropped.entry(table.to_string()).or_default() += dropped.len() as u64;
+            self.known.remove(table);
+        }
+        Ok(())
+    }
+
+    /// Adds the counts since the last call to the metrics.
+    fn publish(&mut self) {
+        for (table, n) in self.created.drain() {
+            if table == "events_sample" {
+                counter!(t::RAW_PARTITIONS_CREATED).increment(n);
+            } else {
+                counter!(t::ROLLUP_PARTITIONS_CREATED, "table" => table).increment(n);
+            }
+        }
+        for (table, n) in self.dropped.drain() {
+            if table == "events_sample" {
+                counter!(t::RAW_PARTITIONS_DROPPED).increment(n);
+            } else {
+                counter!(t::ROLLUP_PARTITIONS_DROPPED, "table" => table).increment(n);
+            }
+        }
+    }
+}
+
+/// A rollup table as a range parent.
+fn rollup_parent(table: &RollupTable) -> Parent<'_> {
+    Parent { table: &table.name, span: Span::of(table.shape.grain), with: ROLLUP_WITH }
+}
+
+/// Reads the coarse tables' delta logs into their tables, each at its own
+/// interval, on a connection of its own (so a long consumption never delays
+/// a batch).
+struct Consumer {
+    tables: Vec<RollupTable>,
+    pool: deadpool_postgres::Pool,
+    instance: String,
+    run_id: i64,
+    seq: i64,
+    flush_timeout: Duration,
+    migrated: Arc<AtomicBool>,
+}
+
+impl Consumer {
+    /// `None` when no table is logged.
+    fn new(config: &SinkConfig, run_id: i64, migrated: Arc<AtomicBool>) -> Option<Consumer> {
+        let tables: Vec<RollupTable> = config.tables.iter().filter(|t| t.logged).cloned().collect();
+        if tables.is_empty() {
+            return None;
+        }
+        let pool = match super::pool(&config.database_url, 1) {
+            Ok(pool) => pool,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the delta-log consumer's pool");
+                return None;
+            }
+        };
+        Some(Consumer {
+            tables,
+            pool,
+            instance: config.instance_id.clone(),
+            run_id,
+            seq: -1,
+            flush_timeout: config.flush_timeout,
+            migrated,
+        })
+    }
+
+    /// Consumes each log at its table's interval until `stop` turns true,
+    /// then every log once more (trying for at most `shutdown_timeout`).
+    async fn run(mut self, mut stop: watch::Receiver<bool>, shutdown_timeout: Duration) {
+        let start = tokio::time::Instant::now();
+        let mut due: Vec<tokio::time::Instant> = self.tables.iter().map(|t| start + t.flush_interval).collect();
+        let mut backoff = vec![BACKOFF_MIN; self.tables.len()];
+        loop {
+            let next = due.iter().min().copied().unwrap_or(start);
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stop.changed() => break,
+            }
+            let now = tokio::time::Instant::now();
+            for i in 0..self.tables.len() {
+                if due[i] > now {
+                    continue;
+                }
+                if !self.migrated.load(Ordering::Relaxed) {
+                    due[i] = now + BACKOFF_MIN;
+                    continue;
+                }
+                match self.consume(i).await {
+                    Ok(()) => {
+                        backoff[i] = BACKOFF_MIN;
+                        due[i] = tokio::time::Instant::now() + self.tables[i].flush_interval;
+                    }
+                    Err(e) => {
+                        tracing::warn!(table = %self.tables[i].name, error = %e, retry_in = ?backoff[i],
+                            "consuming the delta log failed; will retry (its rows stay in the log)");
+                        due[i] = tokio::time::Instant::now() + backoff[i];
+                        backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+        }
+        let deadline = Instant::now() + shutdown_timeout;
+        let mut left: Vec<usize> = (0..self.tables.len()).collect();
+        while !left.is_empty() && Instant::now() < deadline {
+            let mut failed = Vec::new();
+            for i in left {
+                if let Err(e) = self.consume(i).await {
+                    tracing::warn!(table = %self.tables[i].name, error = %e, "consuming the delta log at stop failed");
+                    failed.push(i);
+                }
+            }
+            left = failed;
+            if !left.is_empty() {
+                tokio::time::sleep(BACKOFF_MIN.min(deadline.saturating_duration_since(Instant::now()))).await;
+            }
+        }
+        if !left.is_empty() {
+            let tables: Vec<&str> = left.iter().map(|&i| self.tables[i].name.as_str()).collect();
+            tracing::warn!(?tables, "stopping with rows in delta logs; they are in PostgreSQL and the next start writes them");
+        }
+    }
+
+    /// One consumption of table `i`'s log, bounded by the flush timeout.
+    async fn consume(&mut self, i: usize) -> Result<(), SinkError> {
+        let table = &self.tables[i];
+        self.seq -= 1; // consumptions count down in the ledger, batches up
+        let client = self.pool.get().await?;
+        let (instance, run_id, seq) = (&self.instance, self.run_id, self.seq);
+        let mut client = client;
+        let work = async {
+            consume(&mut client, instance, run_id, seq, table, bid_logger_core::clock::now_ms())
+                .await
+                .map_err(SinkError::Db)
+        };
+        let outcome = tokio::time::timeout(self.flush_timeout, work).await;
+        let done = settle(client, outcome, self.flush_timeout);
+        let labels = [("table", table.name.clone())];
+        match done {
+            Ok(c) if c.busy => Ok(()),
+            Ok(c) => {
+                counter!(t::LOG_EVENTS_CONSUMED, &labels).increment(c.events);
+                counter!(t::ROWS_UPSERTED, &labels).increment(c.rows);
+                counter!(t::ROLLUP_EVENTS_EXPIRED, &labels).increment(c.expired);
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                gauge!(t::LOG_LAST_CONSUMED, &labels).set(now);
+                tracing::trace!(table = %table.name, events = c.events, rows = c.rows, "delta log consumed");
+                Ok(())
+            }
+            Err(e) => {
+                counter!(t::LOG_FAILURES, &labels).increment(1);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -438,27 +608,27 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 
 /// Before writing: applies the migrations if they have not been yet (so a
 /// database that is down at start-up is simply retried like any flush), and
-/// makes sure `events_sample` has day tables for the raw rows.
+/// makes sure every table has the time ranges the parts' rows go to.
 async fn prepare(
     pool: &deadpool_postgres::Pool,
     config: &SinkConfig,
     parts: &[Part],
-    migrated: &mut bool,
-    days_known: &mut RawDays,
+    migrated: &AtomicBool,
+    ranges: &mut Ranges,
 ) -> Result<(), SinkError> {
-    if *migrated && config.raw_sample_ppm == 0 {
-        return Ok(());
-    }
-    let days: Vec<i64> = parts.iter().flat_map(|p| p.batch.raw.iter().map(|r| r.day())).collect();
     let mut client = pool.get().await?;
     let work = async {
-        if !*migrated {
-            super::migrate(&mut client).await?;
-            *migrated = true;
+        if !migrated.load(Ordering::Relaxed) {
+            super::migrate(&mut client, &config.tables).await?;
+            migrated.store(true, Ordering::Relaxed);
         }
-        if config.raw_sample_ppm > 0 {
-            days_known.maintain(&mut client, config).await?;
-            days_known.ensure(&mut client, days.into_iter()).await?;
+        ranges.maintain(&mut client, config).await?;
+        let raw_days: BTreeSet<i64> = parts.iter().flat_map(|p| p.batch.raw.iter().map(|r| r.day())).collect();
+        let parent = Parent { table: "events_sample", span: Span::Day, with: "" };
+        ranges.ensure(&mut client, parent, raw_days.into_iter()).await?;
+        for (t, table) in config.tables.iter().enumerate() {
+            let days = table_days(parts, t);
+            ranges.ensure(&mut client, rollup_parent(table), days.into_iter()).await?;
         }
         Ok(())
     };
@@ -466,19 +636,34 @@ async fn prepare(
     settle(client, outcome, config.flush_timeout)
 }
 
-/// One attempt at one part's `rollup` rows, bounded by `flush_timeout`, on a
-/// connection of its own.
+/// The days of table `t`'s rows in the parts not landed yet.
+fn table_days(parts: &[Part], t: usize) -> BTreeSet<i64> {
+    let mut days = BTreeSet::new();
+    for part in parts.iter().filter(|p| !p.landed) {
+        // Rows are in day order: adjacent repeats are most of them.
+        let mut last = None;
+        for (key, _) in &part.batch.tables[t] {
+            if last.replace(key.day()) != Some(key.day()) {
+                days.insert(key.day());
+            }
+        }
+    }
+    days
+}
+
+/// One attempt at one part, bounded by `flush_timeout`, on a connection of
+/// its own.
 async fn attempt(
     pool: &deadpool_postgres::Pool,
     config: &SinkConfig,
     id: BatchId,
     batch: &Batch,
-    rollup: Rollup,
 ) -> Result<Written, SinkError> {
     let mut client = pool.get().await?;
     let (instance, ppm, raw_ppm) = (&config.instance_id, config.sample_ppm, config.raw_sample_ppm);
-    let work =
-        async { write_rollup(&mut client, instance, id, batch, rollup, ppm, raw_ppm).await.map_err(SinkError::Db) };
+    let work = async {
+        write_batch(&mut client, instance, id, batch, &config.tables, ppm, raw_ppm).await.map_err(SinkError::Db)
+    };
     let outcome = tokio::time::timeout(config.flush_timeout, work).await;
     settle(client, outcome, config.flush_timeout)
 }

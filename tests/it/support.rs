@@ -289,18 +289,91 @@ pub fn assert_rows_eq(actual: &Rows, expected: &Rows, what: &str) {
     panic!("{what}: {} rows differ (of {} expected):\n{}", diff.len(), expected.len(), shown.join("\n"));
 }
 
-/// Asserts both rollup tables equal what `events` should produce.
+/// The default rollup tables: (name, bucket seconds, dimension columns).
+pub const TABLES: [(&str, i64, &[&str]); 5] = [
+    ("rollup_minute", 60, &["country", "os", "campaign_id", "advertiser_id"]),
+    ("rollup_hour", 3600, &["country", "os", "campaign_id", "advertiser_id"]),
+    ("rollup_day", 86_400, &["country", "os", "campaign_id", "advertiser_id"]),
+    ("rollup_exchange_minute", 60, &["exchange", "country", "os"]),
+    ("rollup_exchange_hour", 3600, &["exchange", "country", "os"]),
+];
+
+/// Rows of any rollup table: (bucket epoch seconds, event_type, its
+/// dimensions as text, sample_ppm) → measures.
+pub type AnyRows = BTreeMap<(i64, String, Vec<String>, i32), RowVal>;
+
+/// Expected rows of a table of `bucket_s` and `dims` for `events`.
+pub fn expected_table_rows<'a>(
+    events: impl IntoIterator<Item = &'a TestEvent>,
+    bucket_s: i64,
+    dims: &[&str],
+    sample_ppm: i32,
+) -> AnyRows {
+    let mut rows = AnyRows::new();
+    for e in events {
+        let dim = |d: &str| match d {
+            "country" => expected_country(e.country.as_deref()),
+            "os" => expected_os(e.os.as_deref()),
+            "exchange" => expected_os(e.exchange.as_deref()),
+            "campaign_id" => e.campaign.to_string(),
+            "advertiser_id" => e.advertiser.to_string(),
+            other => panic!("no dimension {other}"),
+        };
+        let key = (e.ts.div_euclid(bucket_s * 1000) * bucket_s, e.event_type.to_string(), dims.iter().map(|d| dim(d)).collect(), sample_ppm);
+        let v = rows.entry(key).or_default();
+        v.0 += 1;
+        v.1 += i64::from(e.attributed == Some(true));
+        v.2 += e.price.unwrap_or(0);
+        v.3 += e.revenue.unwrap_or(0);
+    }
+    rows
+}
+
+/// The rows of `table`, whose dimension columns are `dims`.
+pub async fn table_rows(client: &tokio_postgres::Client, table: &str, dims: &[&str]) -> AnyRows {
+    let cols: Vec<String> = dims.iter().map(|d| format!("{d}::text")).collect();
+    let sql = format!(
+        "SELECT extract(epoch FROM bucket)::bigint, event_type, ARRAY[{}]::text[], sample_ppm,
+                events, attributed_events, price_micros, revenue_micros FROM {table}",
+        cols.join(", ")
+    );
+    let mut rows = AnyRows::new();
+    for r in client.query(&sql, &[]).await.unwrap() {
+        rows.insert((r.get(0), r.get(1), r.get(2), r.get(3)), (r.get(4), r.get(5), r.get(6), r.get(7)));
+    }
+    rows
+}
+
+/// Asserts equality and prints a readable difference when they differ.
+pub fn assert_table_eq(actual: &AnyRows, expected: &AnyRows, what: &str) {
+    if actual == expected {
+        return;
+    }
+    let mut diff = Vec::new();
+    for (k, v) in expected {
+        match actual.get(k) {
+            Some(a) if a == v => {}
+            other => diff.push(format!("  {k:?}: expected {v:?}, got {other:?}")),
+        }
+    }
+    for (k, v) in actual {
+        if !expected.contains_key(k) {
+            diff.push(format!("  {k:?}: unexpected {v:?}"));
+        }
+    }
+    let shown: Vec<_> = diff.iter().take(20).cloned().collect();
+    panic!("{what}: {} rows differ (of {} expected):\n{}", diff.len(), expected.len(), shown.join("\n"));
+}
+
+/// Asserts all five default rollup tables equal what `events` should produce.
 pub async fn assert_warehouse_matches(client: &tokio_postgres::Client, events: &[TestEvent], sample_ppm: i32) {
-    assert_rows_eq(
-        &warehouse_rows(client, "rollup_minute").await,
-        &expected_rows(events, 60, sample_ppm),
-        "rollup_minute",
-    );
-    assert_rows_eq(
-        &warehouse_rows(client, "rollup_hour").await,
-        &expected_rows(events, 3600, sample_ppm),
-        "rollup_hour",
-    );
+    for (table, bucket_s, dims) in TABLES {
+        assert_table_eq(
+            &table_rows(client, table, dims).await,
+            &expected_table_rows(events, bucket_s, dims, sample_ppm),
+            table,
+        );
+    }
 }
 
 /// Terminates the logger's PostgreSQL sessions on the current database;

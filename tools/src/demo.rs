@@ -151,34 +151,58 @@ pub async fn run(cfg: DemoConfig) -> Result<(), DemoError> {
     Ok(())
 }
 
-/// Compares per-type and per-(minute, type) totals of both tables with the truth.
+/// The default rollup tables and their grains in minutes.
+pub const DEFAULT_TABLES: [(&str, i64); 5] = [
+    ("rollup_minute", 1),
+    ("rollup_hour", 60),
+    ("rollup_day", 1440),
+    ("rollup_exchange_minute", 1),
+    ("rollup_exchange_hour", 60),
+];
+
+/// Compares every default table with the truth: totals per event type and
+/// per (bucket, event type), and for the exchange tables per (exchange,
+/// event type).
 pub async fn verify(client: &tokio_postgres::Client, truth: &Truth) -> Result<(), DemoError> {
-    for table in ["rollup_minute", "rollup_hour"] {
+    for (table, grain) in DEFAULT_TABLES {
         let sql = format!(
-            "SELECT event_type, sum(events)::bigint, sum(attributed_events)::bigint, sum(price_micros)::bigint,
-                    sum(revenue_micros)::bigint FROM {table} GROUP BY 1"
+            "SELECT (extract(epoch FROM bucket) / 60)::bigint, event_type, sum(events)::bigint,
+                    sum(attributed_events)::bigint, sum(price_micros)::bigint, sum(revenue_micros)::bigint
+             FROM {table} GROUP BY 1, 2"
         );
-        let mut got: BTreeMap<String, Totals> = BTreeMap::new();
+        let mut got: BTreeMap<(i64, String), Totals> = BTreeMap::new();
         for r in client.query(&sql, &[]).await.map_err(db_err)? {
-            got.insert(r.get(0), totals(&r, 1));
+            got.insert((r.get(0), r.get(1)), totals(&r, 2));
         }
-        let want: BTreeMap<String, Totals> = truth.by_type.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut want: BTreeMap<(i64, String), Totals> = BTreeMap::new();
+        for ((m, t), v) in &truth.by_minute {
+            want.entry((m - m.rem_euclid(grain), t.to_string())).or_default().add_totals(v);
+        }
         if got != want {
-            return Err(DemoError::Mismatch(format!("{table} per event type: expected {want:?}, found {got:?}")));
+            let differing = want.iter().filter(|(k, v)| got.get(*k) != Some(v)).count()
+                + got.keys().filter(|k| !want.contains_key(*k)).count();
+            return Err(DemoError::Mismatch(format!(
+                "{table}: {differing} of {} (bucket, event type) totals differ",
+                want.len()
+            )));
         }
-    }
-    let sql = "SELECT (extract(epoch FROM bucket) / 60)::bigint, event_type, sum(events)::bigint,
-                      sum(attributed_events)::bigint, sum(price_micros)::bigint, sum(revenue_micros)::bigint
-               FROM rollup_minute GROUP BY 1, 2";
-    let mut got: BTreeMap<(i64, String), Totals> = BTreeMap::new();
-    for r in client.query(sql, &[]).await.map_err(db_err)? {
-        got.insert((r.get(0), r.get(1)), totals(&r, 2));
-    }
-    let want: BTreeMap<(i64, String), Totals> =
-        truth.by_minute.iter().map(|((m, t), v)| ((*m, t.to_string()), *v)).collect();
-    if got != want {
-        let differing = want.iter().filter(|(k, v)| got.get(*k) != Some(v)).count();
-        return Err(DemoError::Mismatch(format!("rollup_minute: {differing} of {} minute buckets differ", want.len())));
+        if table.starts_with("rollup_exchange") {
+            let sql = format!(
+                "SELECT exchange::text, event_type, sum(events)::bigint, sum(attributed_events)::bigint,
+                        sum(price_micros)::bigint, sum(revenue_micros)::bigint FROM {table} GROUP BY 1, 2"
+            );
+            let mut got: BTreeMap<(String, String), Totals> = BTreeMap::new();
+            for r in client.query(&sql, &[]).await.map_err(db_err)? {
+                got.insert((r.get(0), r.get(1)), totals(&r, 2));
+            }
+            let want: BTreeMap<(String, String), Totals> =
+                truth.by_exchange.iter().map(|((x, t), v)| ((x.clone(), t.to_string()), *v)).collect();
+            if got != want {
+                return Err(DemoError::Mismatch(format!(
+                    "{table} per exchange: expected {want:?}, found {got:?}"
+                )));
+            }
+        }
     }
     Ok(())
 }

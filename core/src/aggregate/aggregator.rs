@@ -16,6 +16,11 @@ pub const DEFAULT_MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
 pub const DEFAULT_MAX_LIVE_KEYS: usize = 1_000_000;
 /// Default `max-os-values`.
 pub const DEFAULT_MAX_OS_VALUES: usize = 1_000;
+/// Default `max-exchange-values`.
+pub const DEFAULT_MAX_EXCHANGE_VALUES: usize = 1_000;
+/// Largest `max-os-values` / `max-exchange-values`: interned ids are 12 bits
+/// of the packed key, two of them taken by `unknown` and `other`.
+pub const MAX_NAME_VALUES: usize = 4_000;
 /// Default `raw-buffer-rows`.
 pub const DEFAULT_MAX_RAW_ROWS: usize = 1_000_000;
 
@@ -30,6 +35,8 @@ pub struct AggregateConfig {
     pub max_live_keys: usize,
     /// Cap on distinct OS strings between two flushes; more fold into `other`.
     pub max_os_values: usize,
+    /// Cap on distinct exchange strings between two flushes; more fold into `other`.
+    pub max_exchange_values: usize,
     /// Cap on raw rows held; beyond it raw rows are dropped (and counted).
     pub max_raw_rows: usize,
 }
@@ -41,6 +48,7 @@ impl Default for AggregateConfig {
             max_future_skew_ms: DEFAULT_MAX_FUTURE_SKEW_MS,
             max_live_keys: DEFAULT_MAX_LIVE_KEYS,
             max_os_values: DEFAULT_MAX_OS_VALUES,
+            max_exchange_values: DEFAULT_MAX_EXCHANGE_VALUES,
             max_raw_rows: DEFAULT_MAX_RAW_ROWS,
         }
     }
@@ -74,47 +82,66 @@ pub struct AggregateStats {
     pub raw_dropped: u64,
 }
 
-/// A packed key: `minute:32 | type:4 | country:11 | os:16 | folded:1` in the
-/// high 64 bits, `campaign:32 | advertiser:32` in the low ones. One `u128`
-/// hashes in two multiplies ([`KeyTable::hash`]) and compares in two
-/// instructions.
+/// A packed key: `minute:26 | type:3 | country:10 | os:12 | exchange:12 |
+/// folded:1` in the high 64 bits, `campaign:32 | advertiser:32` in the low
+/// ones. One `u128` hashes in two multiplies ([`KeyTable::hash`]) and
+/// compares in two instructions. 26 bits of minutes since the epoch last
+/// until 2097; events outside the accepted window never get here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key(u128);
 
 const FOLDED: u128 = 1 << 64;
+const MINUTE_MASK: u32 = (1 << 26) - 1;
 
 impl Key {
     #[inline]
-    fn new(minute: u32, event_type: EventType, country: u16, os: u16, campaign: u32, advertiser: u32) -> Key {
-        let hi =
-            (u64::from(minute) << 32) | ((event_type as u64) << 28) | (u64::from(country) << 17) | (u64::from(os) << 1);
+    fn new(minute: u32, event_type: EventType, country: u16, os: u16, exchange: u16, campaign: u32, advertiser: u32) -> Key {
+        let hi = (u64::from(minute & MINUTE_MASK) << 38)
+            | ((event_type as u64) << 35)
+            | (u64::from(country) << 25)
+            | (u64::from(os) << 13)
+            | (u64::from(exchange) << 1);
         Key((u128::from(hi) << 64) | (u128::from(campaign) << 32) | u128::from(advertiser))
     }
 
-    /// Same bucket, type and country; OS `other`; ids `-1`.
+    /// Same bucket, type and country; OS and exchange `other`; ids `-1`.
     #[inline]
     fn folded(self) -> Key {
-        let keep = self.0 & !((0xffff_u128 << 65) | 0xffff_ffff_ffff_ffff_u128);
-        Key(keep | (u128::from(OS_OTHER_ID) << 65) | FOLDED)
+        let keep = self.0 & !((0xff_ffff_u128 << 65) | 0xffff_ffff_ffff_ffff_u128);
+        Key(keep | (u128::from(NAME_OTHER_ID) << 77) | (u128::from(NAME_OTHER_ID) << 65) | FOLDED)
     }
 
-    fn unpack(self) -> (u32, u8, u16, u16, bool, u32, u32) {
+    fn unpack(self) -> Unpacked {
         let hi = (self.0 >> 64) as u64;
         let lo = self.0 as u64;
-        (
-            (hi >> 32) as u32,
-            ((hi >> 28) & 0xf) as u8,
-            ((hi >> 17) & 0x7ff) as u16,
-            ((hi >> 1) & 0xffff) as u16,
-            hi & 1 == 1,
-            (lo >> 32) as u32,
-            lo as u32,
-        )
+        Unpacked {
+            minute: (hi >> 38) as u32,
+            event_type: ((hi >> 35) & 0x7) as u8,
+            country: ((hi >> 25) & 0x3ff) as u16,
+            os: ((hi >> 13) & 0xfff) as u16,
+            exchange: ((hi >> 1) & 0xfff) as u16,
+            folded: hi & 1 == 1,
+            campaign: (lo >> 32) as u32,
+            advertiser: lo as u32,
+        }
     }
 }
 
-const OS_UNKNOWN_ID: u16 = 0;
-const OS_OTHER_ID: u16 = 1;
+/// The fields of a [`Key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unpacked {
+    minute: u32,
+    event_type: u8,
+    country: u16,
+    os: u16,
+    exchange: u16,
+    folded: bool,
+    campaign: u32,
+    advertiser: u32,
+}
+
+const NAME_UNKNOWN_ID: u16 = 0;
+const NAME_OTHER_ID: u16 = 1;
 
 #[inline]
 fn country_code(c: [u8; 2]) -> u16 {
@@ -134,19 +161,20 @@ fn country_of(code: u16) -> [u8; 2] {
     }
 }
 
-/// OS strings interned to small ids for the packed key. Bounded: beyond
-/// `cap` distinct values everything new is `other`. Reset at every drain, so
-/// a burst of garbage OS values does not shut out new real ones for long.
+/// OS (or exchange) strings interned to small ids for the packed key.
+/// Bounded: beyond `cap` distinct values everything new is `other`. Reset at
+/// every drain, so a burst of garbage values does not shut out new real ones
+/// for long.
 #[derive(Debug)]
-struct OsTable {
+struct NameTable {
     ids: FxHashMap<Box<str>, u16>,
     names: Vec<OsName>,
     cap: usize,
 }
 
-impl OsTable {
-    fn new(cap: usize) -> OsTable {
-        let mut t = OsTable { ids: FxHashMap::default(), names: Vec::new(), cap: cap.min(60_000) };
+impl NameTable {
+    fn new(cap: usize) -> NameTable {
+        let mut t = NameTable { ids: FxHashMap::default(), names: Vec::new(), cap: cap.min(MAX_NAME_VALUES) };
         t.reset();
         t
     }
@@ -154,7 +182,7 @@ impl OsTable {
     fn reset(&mut self) {
         self.ids.clear();
         self.names.clear();
-        for (id, name) in [(OS_UNKNOWN_ID, OS_UNKNOWN), (OS_OTHER_ID, OS_OTHER)] {
+        for (id, name) in [(NAME_UNKNOWN_ID, OS_UNKNOWN), (NAME_OTHER_ID, OS_OTHER)] {
             self.ids.insert(name.into(), id);
             self.names.push(OsName::new(name));
         }
@@ -182,8 +210,8 @@ struct Deferred {
     key: Key,
     hash: u64,
     counters: Counters,
-    /// Its OS was folded into `other` (the OS cap).
-    os_folded: bool,
+    /// Its OS or exchange was folded into `other` (their caps).
+    name_folded: bool,
 }
 
 /// Accumulates events into per-minute rollup rows between two flushes.
@@ -195,7 +223,8 @@ pub struct Aggregator {
     /// anything reads `rows`), so that its slot's cache line is loaded while
     /// the ingest thread decodes the next message.
     deferred: Option<Deferred>,
-    os: OsTable,
+    os: NameTable,
+    exchange: NameTable,
     events: u64,
     raw: Vec<RawRow>,
     /// Counts since the last [`Aggregator::take_stats`].
@@ -205,12 +234,14 @@ pub struct Aggregator {
 impl Aggregator {
     /// An empty aggregator.
     pub fn new(config: AggregateConfig) -> Aggregator {
-        let os = OsTable::new(config.max_os_values);
+        let os = NameTable::new(config.max_os_values);
+        let exchange = NameTable::new(config.max_exchange_values);
         Aggregator {
             config,
             rows: KeyTable::default(),
             deferred: None,
             os,
+            exchange,
             events: 0,
             raw: Vec::new(),
             stats: AggregateStats::default(),
@@ -262,13 +293,20 @@ impl Aggregator {
         let mut buf = [0u8; OS_MAX_LEN];
         let mut folded = false;
         let os = match normalise_os(ev.os, &mut buf) {
-            None => OS_UNKNOWN_ID,
+            None => NAME_UNKNOWN_ID,
             Some(name) => self.os.id(name).unwrap_or_else(|| {
                 folded = true;
-                OS_OTHER_ID
+                NAME_OTHER_ID
             }),
         };
-        let key = Key::new(minute, ev.event_type, country, os, ev.campaign, ev.advertiser);
+        let exchange = match normalise_os(ev.exchange, &mut buf) {
+            None => NAME_UNKNOWN_ID,
+            Some(name) => self.exchange.id(name).unwrap_or_else(|| {
+                folded = true;
+                NAME_OTHER_ID
+            }),
+        };
+        let key = Key::new(minute, ev.event_type, country, os, exchange, ev.campaign, ev.advertiser);
         let counters = Counters {
             events: 1,
             attributed: u64::from(ev.attributed == Some(true)),
@@ -277,7 +315,7 @@ impl Aggregator {
         };
         let hash = KeyTable::hash(key.0);
         self.rows.prefetch(hash);
-        let this = Deferred { key, hash, counters, os_folded: folded };
+        let this = Deferred { key, hash, counters, name_folded: folded };
         if let Some(previous) = self.deferred.replace(this) {
             self.add(previous);
         }
@@ -305,7 +343,7 @@ impl Aggregator {
             None => (d.key, d.hash, false),
         };
         self.rows.add(key.0, hash, &d.counters);
-        self.stats.folded += u64::from(d.os_folded || key_folded);
+        self.stats.folded += u64::from(d.name_folded || key_folded);
     }
 
     /// Adds the deferred event, if any.
@@ -350,77 +388,119 @@ impl Aggregator {
     /// tens; keys are resolved once, in order.
     pub fn drain(&mut self) -> Delta {
         self.settle();
-        let names = &self.os.names;
+        let (os, exchange) = (Ranks::of(&self.os.names), Ranks::of(&self.exchange.names));
+        let mut sorted: Vec<(u128, Counters)> = Vec::with_capacity(self.rows.len());
+        self.rows.drain(|key, counters| sorted.push((sort_key(Key(key), &os.rank, &exchange.rank), counters)));
+        sorted.sort_unstable_by_key(|r| r.0);
+        // Distinct packed keys resolve to distinct rows (a folded key's ids
+        // are -1, never a real id); adding up keeps that an invariant of the
+        // data rather than of the packing.
+        let rows = add_up_adjacent(sorted.into_iter().map(|(k, counters)| {
+            (row_key(k, |r| self.os.names[os.id(r)], |r| self.exchange.names[exchange.id(r)]), counters)
+        }));
+        let delta = Delta { rows, events: self.events, raw: std::mem::take(&mut self.raw) };
+        self.events = 0;
+        self.os.reset();
+        self.exchange.reset();
+        delta
+    }
+}
+
+/// Interned ids by name order, and back.
+struct Ranks {
+    /// Ids in name order.
+    by_name: Vec<u16>,
+    /// Each id's rank in name order.
+    rank: Vec<u16>,
+}
+
+impl Ranks {
+    fn of(names: &[OsName]) -> Ranks {
         let mut by_name: Vec<u16> = (0..names.len() as u16).collect();
         by_name.sort_unstable_by(|&a, &b| names[usize::from(a)].as_str().cmp(names[usize::from(b)].as_str()));
         let mut rank = vec![0u16; names.len()];
         for (r, &id) in by_name.iter().enumerate() {
             rank[usize::from(id)] = r as u16;
         }
-        let mut sorted: Vec<(u128, Counters)> = Vec::with_capacity(self.rows.len());
-        self.rows.drain(|key, counters| sorted.push((sort_key(Key(key), &rank), counters)));
-        sorted.sort_unstable_by_key(|r| r.0);
-        // Distinct packed keys resolve to distinct rows (a folded key's ids
-        // are -1, never a real id); adding up keeps that an invariant of the
-        // data rather than of the packing.
-        let rows = add_up_adjacent(
-            sorted
-                .into_iter()
-                .map(|(k, counters)| (row_key(k, |r| names[usize::from(by_name[usize::from(r)])]), counters)),
-        );
-        let delta = Delta { rows, events: self.events, raw: std::mem::take(&mut self.raw) };
-        self.events = 0;
-        self.os.reset();
-        delta
+        Ranks { by_name, rank }
+    }
+
+    /// The id of rank `r`.
+    #[inline]
+    fn id(&self, r: u16) -> usize {
+        usize::from(self.by_name[usize::from(r)])
     }
 }
 
 /// A packed key rearranged to sort in [`RowKey`]'s order, most significant
-/// first: `hour:27 | type:3 | country:10 | os rank:16 | not folded:1 |
-/// campaign:32 | advertiser:32 | minute of the hour:6` (127 bits). A folded
+/// first: `day:15 | type:3 | country:10 | os rank:12 | not folded:1 |
+/// campaign:32 | advertiser:32 | minute of the day:11 | exchange rank:12`
+/// (128 bits; 15 bits of days since the epoch last until 2059). A folded
 /// key's ids are -1, below every real id: its `not folded` bit is 0.
 #[inline]
-fn sort_key(key: Key, os_rank: &[u16]) -> u128 {
-    let (minute, et, country, os, folded, campaign, advertiser) = key.unpack();
-    let (hour, minute_of_hour) = (minute / 60, minute % 60);
-    let (not_folded, campaign, advertiser) = if folded { (0, 0, 0) } else { (1, campaign, advertiser) };
-    (u128::from(hour) << 100)
-        | (u128::from(et) << 97)
-        | (u128::from(country) << 87)
-        | (u128::from(os_rank[usize::from(os)]) << 71)
-        | (not_folded << 70)
-        | (u128::from(campaign) << 38)
-        | (u128::from(advertiser) << 6)
-        | u128::from(minute_of_hour)
+fn sort_key(key: Key, os_rank: &[u16], exchange_rank: &[u16]) -> u128 {
+    let k = key.unpack();
+    let (day, minute_of_day) = (k.minute / 1440, k.minute % 1440);
+    let (not_folded, campaign, advertiser) = if k.folded { (0, 0, 0) } else { (1, k.campaign, k.advertiser) };
+    (u128::from(day) << 113)
+        | (u128::from(k.event_type) << 110)
+        | (u128::from(k.country) << 100)
+        | (u128::from(os_rank[usize::from(k.os)]) << 88)
+        | (not_folded << 87)
+        | (u128::from(campaign) << 55)
+        | (u128::from(advertiser) << 23)
+        | (u128::from(minute_of_day) << 12)
+        | u128::from(exchange_rank[usize::from(k.exchange)])
 }
 
-/// The row key of a [`sort_key`]; `os_name` maps an OS rank to its name.
+/// The row key of a [`sort_key`]; `os_name` and `exchange_name` map ranks to names.
 #[inline]
-fn row_key(k: u128, os_name: impl Fn(u16) -> OsName) -> RowKey {
+fn row_key(k: u128, os_name: impl Fn(u16) -> OsName, exchange_name: impl Fn(u16) -> OsName) -> RowKey {
     let bits = |shift: u32, width: u32| ((k >> shift) & ((1u128 << width) - 1)) as u64;
-    let folded = bits(70, 1) == 0;
+    let folded = bits(87, 1) == 0;
     let id = |v: u64| if folded { -1 } else { v as i64 };
     RowKey {
-        minute: bits(100, 27) as i64 * 60 + bits(0, 6) as i64,
-        event_type: EventType::ALL[bits(97, 3) as usize],
-        country: country_of(bits(87, 10) as u16),
-        os: os_name(bits(71, 16) as u16),
-        campaign: id(bits(38, 32)),
-        advertiser: id(bits(6, 32)),
+        minute: bits(113, 15) as i64 * 1440 + bits(12, 11) as i64,
+        event_type: EventType::ALL[bits(110, 3) as usize],
+        country: country_of(bits(100, 10) as u16),
+        os: os_name(bits(88, 12) as u16),
+        exchange: exchange_name(bits(0, 12) as u16),
+        campaign: id(bits(55, 32)),
+        advertiser: id(bits(23, 32)),
     }
 }
 
 #[cfg(test)]
-pub(super) fn key_round_trip(minute: u32, et: EventType, country: [u8; 2], os: u16, c: u32, a: u32) -> bool {
-    let k = Key::new(minute, et, country_code(country), os, c, a);
-    let (m2, et2, c2, os2, f2, ca2, ad2) = k.unpack();
+pub(super) fn key_round_trip(
+    minute: u32,
+    et: EventType,
+    country: [u8; 2],
+    os: u16,
+    exchange: u16,
+    c: u32,
+    a: u32,
+) -> bool {
+    let k = Key::new(minute, et, country_code(country), os, exchange, c, a);
+    let u = k.unpack();
     let f = k.folded().unpack();
-    m2 == minute
-        && et2 == et as u8
-        && country_of(c2) == country
-        && os2 == os
-        && !f2
-        && ca2 == c
-        && ad2 == a
-        && f == (minute, et as u8, country_code(country), OS_OTHER_ID, true, 0, 0)
+    let expected = Unpacked {
+        minute,
+        event_type: et as u8,
+        country: country_code(country),
+        os,
+        exchange,
+        folded: false,
+        campaign: c,
+        advertiser: a,
+    };
+    u == expected
+        && country_of(u.country) == country
+        && f == Unpacked {
+            os: NAME_OTHER_ID,
+            exchange: NAME_OTHER_ID,
+            folded: true,
+            campaign: 0,
+            advertiser: 0,
+            ..expected
+        }
 }

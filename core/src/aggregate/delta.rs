@@ -7,8 +7,8 @@ use std::fmt;
 use super::normalise::{OS_MAX_LEN, OS_OTHER};
 use super::raw::RawRow;
 
-/// A normalised OS name stored inline (it is at most 32 bytes), so that
-/// delta keys are `Copy` and merging deltas allocates nothing per row.
+/// A normalised OS or exchange name stored inline (it is at most 32 bytes),
+/// so that delta keys are `Copy` and merging deltas allocates nothing per row.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OsName {
     len: u8,
@@ -16,6 +16,9 @@ pub struct OsName {
 }
 
 impl OsName {
+    /// The empty name: the value of a dimension a table does not have.
+    pub const EMPTY: OsName = OsName { len: 0, bytes: [0; OS_MAX_LEN] };
+
     /// Wraps an already normalised name.
     ///
     /// # Panics
@@ -40,17 +43,23 @@ impl fmt::Debug for OsName {
     }
 }
 
-/// One rollup row's key, as written to `rollup_minute`.
+/// One fine-grained row's key: a minute and every dimension any rollup
+/// table uses. A rollup table's rows are these keys projected onto its own
+/// dimensions and coarsened to its grain ([`super::Shape::project`]).
 ///
-/// Keys are ordered by hour, then the dimensions (type, country, OS,
-/// campaign, advertiser), then the minute: the order rows are kept in
-/// ([`Delta`]) and written in (every instance locks rows in this one order).
-/// It makes the minute rows of one hour row adjacent, so the hour rows come
-/// out of one pass and a delta splits into parts with disjoint hour rows at
-/// any hour-row boundary.
+/// Keys are ordered by day, then the dimensions other than the exchange
+/// (type, country, OS, campaign, advertiser), then the minute, then the
+/// exchange: the order rows are kept in ([`Delta`]) and written in (every
+/// instance locks rows in this one order). Dropping the exchange, or
+/// coarsening the minute to its hour or day, keeps rows in order with equal
+/// keys adjacent, so the tables of every dimension (`rollup_minute`,
+/// `rollup_hour`, `rollup_day`) come out of one pass each, and a delta splits
+/// into parts with disjoint rows in all three at any [`RowKey::same_group`]
+/// boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RowKey {
-    /// Minutes since the Unix epoch (the bucket).
+    /// Minutes since the Unix epoch (the bucket, at the table's grain: the
+    /// first minute of its hour or day).
     pub minute: i64,
     /// Event type.
     pub event_type: EventType,
@@ -58,6 +67,8 @@ pub struct RowKey {
     pub country: [u8; 2],
     /// Normalised OS.
     pub os: OsName,
+    /// Normalised exchange (same rules as the OS).
+    pub exchange: OsName,
     /// Campaign id; 0 = none, -1 = folded.
     pub campaign: i64,
     /// Advertiser id; 0 = none, -1 = folded.
@@ -66,9 +77,10 @@ pub struct RowKey {
 
 impl RowKey {
     /// The key that over-cap combinations of this bucket, type and country
-    /// fold into: OS `other`, campaign and advertiser `-1`.
+    /// fold into: OS and exchange `other`, campaign and advertiser `-1`.
     pub fn folded(&self) -> RowKey {
-        RowKey { os: OsName::new(OS_OTHER), campaign: -1, advertiser: -1, ..*self }
+        let other = OsName::new(OS_OTHER);
+        RowKey { os: other, exchange: other, campaign: -1, advertiser: -1, ..*self }
     }
 
     /// The country as text.
@@ -76,29 +88,33 @@ impl RowKey {
         std::str::from_utf8(&self.country).unwrap_or("--")
     }
 
-    /// The hour bucket: hours since the Unix epoch.
+    /// The day bucket: days since the Unix epoch.
     #[inline]
-    pub fn hour(&self) -> i64 {
-        self.minute.div_euclid(60)
+    pub fn day(&self) -> i64 {
+        self.minute.div_euclid(1440)
     }
 
-    /// Whether `self` and `other` belong to the same `rollup_hour` row.
+    /// Whether `self` and `other` differ at most in their minute within the
+    /// day and their exchange: then they are in the same row of every table
+    /// at day grain without the exchange.
     #[inline]
-    pub fn same_hour_row(&self, other: &RowKey) -> bool {
-        RowKey { minute: self.hour(), ..*self } == RowKey { minute: other.hour(), ..*other }
+    pub fn same_group(&self, other: &RowKey) -> bool {
+        let group = |k: &RowKey| RowKey { minute: k.day(), exchange: OsName::EMPTY, ..*k };
+        group(self) == group(other)
     }
 }
 
 impl Ord for RowKey {
     fn cmp(&self, other: &RowKey) -> Ordering {
-        self.hour()
-            .cmp(&other.hour())
+        self.day()
+            .cmp(&other.day())
             .then_with(|| (self.event_type as u8).cmp(&(other.event_type as u8)))
             .then_with(|| self.country.cmp(&other.country))
             .then_with(|| self.os.as_str().cmp(other.os.as_str()))
             .then_with(|| self.campaign.cmp(&other.campaign))
             .then_with(|| self.advertiser.cmp(&other.advertiser))
             .then_with(|| self.minute.cmp(&other.minute))
+            .then_with(|| self.exchange.as_str().cmp(other.exchange.as_str()))
     }
 }
 

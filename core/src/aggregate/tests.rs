@@ -159,10 +159,10 @@ fn delta_merge_adds_and_caps() {
 
 proptest! {
     #[test]
-    fn packed_keys_round_trip(minute in any::<u32>(), t in 0usize..8, a in b'A'..=b'Z', b in b'A'..=b'Z',
-                              os in 0u16..u16::MAX, c in any::<u32>(), adv in any::<u32>()) {
-        prop_assert!(super::aggregator::key_round_trip(minute, EventType::ALL[t], [a, b], os, c, adv));
-        prop_assert!(super::aggregator::key_round_trip(minute, EventType::ALL[t], *b"--", os, c, adv));
+    fn packed_keys_round_trip(minute in 0u32..(1 << 26), t in 0usize..8, a in b'A'..=b'Z', b in b'A'..=b'Z',
+                              os in 0u16..4096, x in 0u16..4096, c in any::<u32>(), adv in any::<u32>()) {
+        prop_assert!(super::aggregator::key_round_trip(minute, EventType::ALL[t], [a, b], os, x, c, adv));
+        prop_assert!(super::aggregator::key_round_trip(minute, EventType::ALL[t], *b"--", os, x, c, adv));
     }
 
     #[test]
@@ -177,7 +177,7 @@ proptest! {
 
     #[test]
     fn drain_gives_every_row_once_in_key_order(
-        events in prop::collection::vec((0usize..8, 0i64..300, 0usize..4, 0usize..6, 0u32..5, 0u32..3, -5i64..5), 1..400)
+        events in prop::collection::vec((0usize..8, 0i64..3000, 0usize..4, 0usize..6, 0u32..5, 0u32..3, -5i64..5, 0usize..6), 1..400)
     ) {
         // OS names interned in an order unlike their name order, literal
         // "other"/"unknown" among them, events over five hours.
@@ -185,9 +185,10 @@ proptest! {
         const COUNTRIES: [Option<&str>; 4] = [Some("us"), None, Some("BR"), Some("zz")];
         let mut a = Aggregator::new(AggregateConfig::default());
         let mut model = std::collections::BTreeMap::new();
-        for &(t, minute_back, c, os, campaign, advertiser, price) in &events {
+        for &(t, minute_back, c, os, campaign, advertiser, price, x) in &events {
             let mut e = ev(EventType::ALL[t], NOW - minute_back * 60_000, COUNTRIES[c], OSES[os], campaign);
             e.advertiser = advertiser;
+            e.exchange = OSES[(x + 3) % 6];
             e.price = Some(price);
             prop_assert_eq!(a.record(&e, NOW), Outcome::Accepted);
             let mut buf = [0u8; 32];
@@ -196,6 +197,7 @@ proptest! {
                 event_type: e.event_type,
                 country: normalise_country(e.country),
                 os: OsName::new(normalise_os(e.os, &mut buf).unwrap_or(OS_UNKNOWN)),
+                exchange: OsName::new(normalise_os(e.exchange, &mut buf).unwrap_or(OS_UNKNOWN)),
                 campaign: i64::from(campaign),
                 advertiser: i64::from(advertiser),
             };
@@ -219,6 +221,7 @@ proptest! {
                     event_type: EventType::Bid,
                     country: *b"DE",
                     os: OsName::new(["android", "ios", OS_OTHER][os]),
+                    exchange: OsName::new(["unity", OS_OTHER][os % 2]),
                     campaign,
                     advertiser: campaign % 4,
                 };
@@ -305,4 +308,73 @@ fn split_off_moves_bounded_parts_and_keeps_totals() {
     assert_eq!(parts.iter().map(|p| p.events).sum::<u64>(), 1000);
     assert!(parts.iter().all(|p| p.events == p.rows.iter().map(|(_, c)| c.events).sum::<u64>()));
     assert_eq!(parts.iter().map(|p| p.raw.len()).sum::<usize>(), 1000);
+}
+
+proptest! {
+    #[test]
+    fn projecting_fine_rows_equals_aggregating_each_table_directly(
+        events in prop::collection::vec(
+            (0usize..8, 0i64..4000, 0usize..3, 0usize..3, 0usize..3, 0u32..4, 0u32..3, 0i64..50), 1..300),
+        grain in 0usize..3,
+        dims in 0u8..32,
+        oldest_back in 0i64..4000,
+    ) {
+        const NAMES: [Option<&str>; 3] = [Some("b"), None, Some("A")];
+        const COUNTRIES: [Option<&str>; 3] = [Some("us"), None, Some("BR")];
+        let shape = Shape {
+            grain: Grain::ALL[grain],
+            dims: Dimensions::of(&Dimension::ALL.into_iter().filter(|d| dims & (1 << *d as u8) != 0).collect::<Vec<_>>()),
+        };
+        let oldest = NOW / 60_000 - oldest_back;
+        let mut a = Aggregator::new(AggregateConfig::default());
+        let mut direct: std::collections::BTreeMap<RowKey, Counters> = Default::default();
+        let mut skipped = 0;
+        for &(t, minute_back, c, os, x, campaign, advertiser, price) in &events {
+            let mut e = ev(EventType::ALL[t], NOW - minute_back * 60_000, COUNTRIES[c], NAMES[os], campaign);
+            e.advertiser = advertiser;
+            e.exchange = NAMES[x];
+            e.price = Some(price);
+            prop_assert_eq!(a.record(&e, NOW), Outcome::Accepted);
+            // The table's key computed straight from the event.
+            let mut buf = [0u8; 32];
+            let name = |v: Option<&str>, buf: &mut [u8; 32]| OsName::new(normalise_os(v, buf).unwrap_or(OS_UNKNOWN));
+            let d = shape.dims;
+            let minute = e.ts_ms.div_euclid(60_000);
+            let bucket = minute - minute.rem_euclid(shape.grain.minutes());
+            if bucket < oldest {
+                skipped += 1;
+                continue;
+            }
+            let key = RowKey {
+                minute: bucket,
+                event_type: e.event_type,
+                country: if d.has(Dimension::Country) { normalise_country(e.country) } else { *b"--" },
+                os: if d.has(Dimension::Os) { name(e.os, &mut buf) } else { OsName::EMPTY },
+                exchange: if d.has(Dimension::Exchange) { name(e.exchange, &mut buf) } else { OsName::EMPTY },
+                campaign: if d.has(Dimension::Campaign) { i64::from(campaign) } else { 0 },
+                advertiser: if d.has(Dimension::Advertiser) { i64::from(advertiser) } else { 0 },
+            };
+            direct.entry(key).or_default().add(&Counters { events: 1, attributed: 1, price, revenue: 0 });
+        }
+        let (projected, projected_skipped) = shape.project(&a.drain().rows, oldest);
+        prop_assert_eq!(projected, direct.into_iter().collect::<Vec<_>>());
+        prop_assert_eq!(projected_skipped, skipped);
+    }
+}
+
+#[test]
+fn exchange_values_beyond_the_cap_fold_into_other() {
+    let mut a = Aggregator::new(AggregateConfig { max_exchange_values: 2, ..AggregateConfig::default() });
+    for x in ["a", "b", "c", "d", "a"] {
+        let mut e = ev(EventType::Bid, NOW, Some("US"), Some("ios"), 1);
+        e.exchange = Some(x);
+        a.record(&e, NOW);
+    }
+    let stats = a.take_stats();
+    assert_eq!(stats.folded, 2, "c and d folded");
+    let d = a.drain();
+    let names: Vec<&str> = d.rows.iter().map(|r| r.0.exchange.as_str()).collect();
+    assert_eq!(names, ["a", "b", "other"]);
+    assert_eq!(d.rows[2].1.events, 2);
+    assert_eq!(d.rows.iter().map(|r| r.1.events).sum::<u64>(), 5);
 }

@@ -12,10 +12,10 @@
 use super::Stream;
 use bid_logger::sink::batch::Batch;
 use bid_logger::sink::flush::{write_batch, BatchId};
-use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Delta};
+use bid_logger::sink::tables::RollupTable;
+use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Delta, Row};
 use bytes::Bytes;
 use futures_util::SinkExt;
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -69,52 +69,43 @@ pub fn batch_of(stream: &Stream, max_rows: usize) -> Delta {
     all.split_off(max_rows, 0)
 }
 
-/// COPY text of the minute rows and of the same rows grouped by hour.
-fn plain_copy_text(delta: &Delta) -> (String, String, u64) {
-    let mut hours: BTreeMap<_, [i64; 4]> = BTreeMap::new();
-    let mut minute = String::new();
-    for (k, c) in &delta.rows {
-        let v = [c.events as i64, c.attributed as i64, c.price, c.revenue];
-        let dims = (k.event_type.as_str(), k.country_str().to_string(), k.os.as_str().to_string(), k.campaign);
+/// COPY text of a table's rows.
+fn plain_copy_text(rows: &[Row]) -> String {
+    let mut text = String::new();
+    for (k, c) in rows {
         let _ = writeln!(
-            minute,
+            text,
             "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             k.minute * 60,
-            dims.0,
-            dims.1,
-            dims.2,
+            k.event_type.as_str(),
+            k.country_str(),
+            k.os.as_str(),
             k.campaign,
             k.advertiser,
-            v[0],
-            v[1],
-            v[2],
-            v[3]
-        );
-        let h = hours.entry((k.minute.div_euclid(60), dims, k.advertiser)).or_default();
-        for i in 0..4 {
-            h[i] += v[i];
-        }
-    }
-    let mut hour = String::new();
-    for ((h, (et, country, os, campaign), advertiser), v) in &hours {
-        let _ = writeln!(
-            hour,
-            "{}\t{et}\t{country}\t{os}\t{campaign}\t{advertiser}\t{}\t{}\t{}\t{}",
-            h * 3600,
-            v[0],
-            v[1],
-            v[2],
-            v[3]
+            c.events,
+            c.attributed,
+            c.price,
+            c.revenue
         );
     }
-    let rows = (delta.rows.len() + hours.len()) as u64;
-    (minute, hour, rows)
+    text
+}
+
+/// The tables the comparison writes: `rollup_minute` and `rollup_hour`,
+/// both upserted by every batch (the plain side's work).
+fn compared_tables() -> Vec<RollupTable> {
+    let mut tables = bid_logger::config::rollup_tables(None, Duration::from_secs(1)).expect("the default tables");
+    tables.retain(|t| t.name == "rollup_minute" || t.name == "rollup_hour");
+    for t in &mut tables {
+        t.logged = false;
+    }
+    tables
 }
 
 async fn connect_migrated(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    bid_logger::sink::migrate(&mut client).await?;
+    bid_logger::sink::migrate(&mut client, &compared_tables()).await?;
     Ok(client)
 }
 
@@ -144,14 +135,17 @@ pub async fn compare(
 ) -> anyhow::Result<Vec<FlushRound>> {
     let mut logger = connect_migrated(logger_url).await?;
     let mut plain = connect_migrated(plain_url).await?;
-    let (minute, hour, rows) = plain_copy_text(delta);
-    let (minute, hour) = (Bytes::from(minute), Bytes::from(hour));
-    let batch = Batch::parts(delta.clone(), 1).pop().expect("a non-empty delta");
+    let tables = compared_tables();
+    let now = bid_logger_core::clock::now_ms();
+    let batch = Batch::parts(delta.clone(), 1, &tables, now).pop().expect("a non-empty delta");
+    let rows = batch.rows() as u64;
+    let minute = Bytes::from(plain_copy_text(&batch.tables[0]));
+    let hour = Bytes::from(plain_copy_text(&batch.tables[1]));
     let mut out = Vec::new();
     for round in 0..rounds {
         let t = Instant::now();
         let id = BatchId { run_id: 1, batch: round as i64 };
-        write_batch(&mut logger, "bench-flush", id, &batch, 1_000_000, 0).await?;
+        write_batch(&mut logger, "bench-flush", id, &batch, &tables, 1_000_000, 0).await?;
         let logger_time = t.elapsed();
         let t = Instant::now();
         plain_write(&mut plain, &minute, &hour).await?;

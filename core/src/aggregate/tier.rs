@@ -1,0 +1,210 @@
+//! Rollup tables as shapes: a grain and a set of dimensions.
+//!
+//! Ingest keeps one fine-grained row per minute and combination of every
+//! dimension ([`RowKey`]); each rollup table's rows are those rows
+//! projected onto its dimensions and coarsened to its grain, at flush time,
+//! by [`Shape::project`]. All tables are therefore fed from the same events.
+
+use super::delta::{add_up_adjacent, Counters, OsName, Row, RowKey};
+use rustc_hash::FxHashMap;
+use std::fmt;
+
+/// A table's bucket size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Grain {
+    /// UTC minute.
+    Minute,
+    /// UTC hour.
+    Hour,
+    /// UTC day.
+    Day,
+}
+
+impl Grain {
+    /// Every grain, finest first.
+    pub const ALL: [Grain; 3] = [Grain::Minute, Grain::Hour, Grain::Day];
+
+    /// Minutes per bucket.
+    pub fn minutes(self) -> i64 {
+        match self {
+            Grain::Minute => 1,
+            Grain::Hour => 60,
+            Grain::Day => 1440,
+        }
+    }
+
+    /// Its name in the configuration (and PostgreSQL's `date_trunc` unit).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grain::Minute => "minute",
+            Grain::Hour => "hour",
+            Grain::Day => "day",
+        }
+    }
+
+    /// The grain named `name`.
+    pub fn parse(name: &str) -> Option<Grain> {
+        Grain::ALL.into_iter().find(|g| g.as_str() == name)
+    }
+
+    /// The first minute of the bucket holding `minute`.
+    #[inline]
+    pub fn bucket(self, minute: i64) -> i64 {
+        minute - minute.rem_euclid(self.minutes())
+    }
+}
+
+impl fmt::Display for Grain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rollup dimension (besides `event_type`, which every table has).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dimension {
+    /// `country`.
+    Country,
+    /// `os`.
+    Os,
+    /// `exchange`.
+    Exchange,
+    /// `campaign_id`.
+    Campaign,
+    /// `advertiser_id`.
+    Advertiser,
+}
+
+impl Dimension {
+    /// Every dimension, in column order.
+    pub const ALL: [Dimension; 5] =
+        [Dimension::Country, Dimension::Os, Dimension::Exchange, Dimension::Campaign, Dimension::Advertiser];
+
+    /// Its name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Country => "country",
+            Dimension::Os => "os",
+            Dimension::Exchange => "exchange",
+            Dimension::Campaign => "campaign",
+            Dimension::Advertiser => "advertiser",
+        }
+    }
+
+    /// Its column in the rollup tables.
+    pub fn column(self) -> &'static str {
+        match self {
+            Dimension::Country => "country",
+            Dimension::Os => "os",
+            Dimension::Exchange => "exchange",
+            Dimension::Campaign => "campaign_id",
+            Dimension::Advertiser => "advertiser_id",
+        }
+    }
+
+    /// Whether the column is text (otherwise bigint).
+    pub fn is_text(self) -> bool {
+        matches!(self, Dimension::Country | Dimension::Os | Dimension::Exchange)
+    }
+
+    /// The dimension named `name`.
+    pub fn parse(name: &str) -> Option<Dimension> {
+        Dimension::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// A set of dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Dimensions(u8);
+
+impl Dimensions {
+    /// Every dimension.
+    pub const ALL: Dimensions = Dimensions(0b1_1111);
+
+    /// The set of `dims`.
+    pub fn of(dims: &[Dimension]) -> Dimensions {
+        Dimensions(dims.iter().fold(0, |acc, d| acc | d.bit()))
+    }
+
+    /// Whether `d` is in the set.
+    #[inline]
+    pub fn has(self, d: Dimension) -> bool {
+        self.0 & d.bit() != 0
+    }
+
+    /// The dimensions in column order.
+    pub fn iter(self) -> impl Iterator<Item = Dimension> {
+        Dimension::ALL.into_iter().filter(move |d| self.has(*d))
+    }
+}
+
+/// What a rollup table keeps of an event: its grain and dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shape {
+    /// Bucket size.
+    pub grain: Grain,
+    /// Dimensions kept.
+    pub dims: Dimensions,
+}
+
+impl Shape {
+    /// `key` in this table: bucket coarsened to the grain, dimensions the
+    /// table does not have set to a constant (empty names, id 0), so that
+    /// keys differing only in them become one.
+    #[inline]
+    pub fn key(&self, key: &RowKey) -> RowKey {
+        let d = self.dims;
+        RowKey {
+            minute: self.grain.bucket(key.minute),
+            event_type: key.event_type,
+            country: if d.has(Dimension::Country) { key.country } else { *b"--" },
+            os: if d.has(Dimension::Os) { key.os } else { OsName::EMPTY },
+            exchange: if d.has(Dimension::Exchange) { key.exchange } else { OsName::EMPTY },
+            campaign: if d.has(Dimension::Campaign) { key.campaign } else { 0 },
+            advertiser: if d.has(Dimension::Advertiser) { key.advertiser } else { 0 },
+        }
+    }
+
+    /// This table's rows of fine `rows` (sorted by key): each key once, in
+    /// key order. Rows whose bucket starts before `oldest_minute` (past the
+    /// table's retention) are left out; the second value counts their events.
+    ///
+    /// When the projection keeps the order (every table without the exchange
+    /// or with all dimensions: see [`RowKey`]), equal keys are adjacent and
+    /// this is one pass; otherwise rows are added up in a hash map first
+    /// (such tables have few keys) and the result sorted.
+    pub fn project(&self, rows: &[Row], oldest_minute: i64) -> (Vec<Row>, u64) {
+        let mut skipped = 0;
+        let mut sorted = true;
+        let mut out: Vec<Row> = Vec::with_capacity(rows.len());
+        for (key, counters) in rows {
+            let key = self.key(key);
+            if key.minute < oldest_minute {
+                skipped += counters.events;
+                continue;
+            }
+            match out.last_mut() {
+                Some((last, sum)) if *last == key => sum.add(counters),
+                Some((last, _)) if *last > key => {
+                    sorted = false;
+                    out.push((key, *counters));
+                }
+                _ => out.push((key, *counters)),
+            }
+        }
+        if !sorted {
+            let mut sums: FxHashMap<RowKey, Counters> = FxHashMap::default();
+            for (key, counters) in &out {
+                sums.entry(*key).or_default().add(counters);
+            }
+            out = sums.into_iter().collect();
+            out.sort_unstable_by_key(|r| r.0);
+            out = add_up_adjacent(out);
+        }
+        (out, skipped)
+    }
+}

@@ -1,0 +1,255 @@
+//! Time-range partitions (in PostgreSQL's sense) of the warehouse tables:
+//! `events_sample` by UTC day of `ts`, each rollup table by `bucket` in
+//! ranges sized to its grain (minute tables by day, hour tables by month,
+//! day tables by year), named `<table>_pYYYYMMDD`, `_pYYYYMM`, `_pYYYY`.
+//!
+//! Ranges are created ahead of time and on demand (late events), and
+//! dropped once wholly past the table's retention. Creation and dropping
+//! are serialised across instances by one advisory lock, so several loggers
+//! can maintain the same tables. What exists is read from the catalog
+//! (bounds included), so a range attached by hand or by the upgrade
+//! migration (`<table>_before`, from `MINVALUE`) is respected and dropped
+//! by the same rule. (In the rest of the code a "partition" is a topic
+//! partition; here the word appears only in SQL.)
+
+use bid_logger_core::aggregate::Grain;
+use std::collections::BTreeSet;
+
+/// Advisory-lock key for range maintenance ("bidpart").
+const RANGE_LOCK: i64 = 0x62_6964_7061_7274;
+
+const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+
+/// The ranges of table `$1`: name, lower and upper bound in seconds since
+/// the epoch (lower `NULL` for `MINVALUE`), read from the bound expression
+/// in the session's own time zone and cast back, so the text format does
+/// not matter.
+const LIST: &str = "SELECT name,
+       extract(epoch FROM (regexp_match(b, 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz)::bigint,
+       extract(epoch FROM (regexp_match(b, 'TO \\(''([^'']+)''\\)'))[1]::timestamptz)::bigint
+FROM (SELECT c.relname::text AS name, pg_get_expr(c.relpartbound, c.oid) AS b
+      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+      WHERE i.inhparent = to_regclass($1)) r";
+
+/// How much time one range covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// A UTC day.
+    Day,
+    /// A calendar month.
+    Month,
+    /// A calendar year.
+    Year,
+}
+
+impl Span {
+    /// The span of a rollup table of `grain`.
+    pub fn of(grain: Grain) -> Span {
+        match grain {
+            Grain::Minute => Span::Day,
+            Grain::Hour => Span::Month,
+            Grain::Day => Span::Year,
+        }
+    }
+
+    /// The first day of the range holding `day` (days since the epoch).
+    pub fn start(self, day: i64) -> i64 {
+        let (y, _, d) = civil(day);
+        match self {
+            Span::Day => day,
+            Span::Month => day - i64::from(d) + 1,
+            Span::Year => days_from_civil(y, 1, 1),
+        }
+    }
+
+    /// The first day after the range starting at `start`.
+    pub fn end(self, start: i64) -> i64 {
+        let (y, m, _) = civil(start);
+        match self {
+            Span::Day => start + 1,
+            Span::Month if m == 12 => days_from_civil(y + 1, 1, 1),
+            Span::Month => days_from_civil(y, m + 1, 1),
+            Span::Year => days_from_civil(y + 1, 1, 1),
+        }
+    }
+
+    /// `<table>_pYYYYMMDD` / `_pYYYYMM` / `_pYYYY`.
+    pub fn name(self, table: &str, start: i64) -> String {
+        let (y, m, d) = civil(start);
+        match self {
+            Span::Day => format!("{table}_p{y:04}{m:02}{d:02}"),
+            Span::Month => format!("{table}_p{y:04}{m:02}"),
+            Span::Year => format!("{table}_p{y:04}"),
+        }
+    }
+}
+
+/// Days since the Unix epoch of a millisecond timestamp.
+pub fn day_of(ts_ms: i64) -> i64 {
+    ts_ms.div_euclid(86_400_000)
+}
+
+/// The civil (proleptic Gregorian) date of a day number (Howard Hinnant's
+/// `civil_from_days`).
+pub fn civil(day: i64) -> (i64, u32, u32) {
+    let z = day + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The day number of a civil date (Howard Hinnant's `days_from_civil`).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DD 00:00:00+00`.
+pub fn date_literal(day: i64) -> String {
+    let (y, m, d) = civil(day);
+    format!("{y:04}-{m:02}-{d:02} 00:00:00+00")
+}
+
+/// One range partition as the catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    /// Its table.
+    pub name: String,
+    /// Lower bound, seconds since the epoch (`None` = `MINVALUE`).
+    pub from: Option<i64>,
+    /// Upper bound (exclusive), seconds since the epoch.
+    pub to: Option<i64>,
+}
+
+/// The ranges of `table`.
+pub async fn list(tx: &tokio_postgres::Transaction<'_>, table: &str) -> Result<Vec<Range>, tokio_postgres::Error> {
+    Ok(tx
+        .query(LIST, &[&table])
+        .await?
+        .iter()
+        .map(|r| Range { name: r.get(0), from: r.get(1), to: r.get(2) })
+        .collect())
+}
+
+/// A range table to maintain: the parent, its span and storage options.
+#[derive(Debug, Clone, Copy)]
+pub struct Parent<'a> {
+    /// The partitioned table.
+    pub table: &'a str,
+    /// The span of one range.
+    pub span: Span,
+    /// `WITH (…)` of a new range (rollups: `fillfactor = 50`, so that the
+    /// additive updates are HOT updates).
+    pub with: &'a str,
+}
+
+/// Creates the ranges starting on the days in `starts` that no existing
+/// range overlaps; returns the names created.
+///
+/// The DDL is built from day numbers we format ourselves (bounds cannot be
+/// bound parameters), never from event data.
+pub async fn ensure(
+    client: &mut tokio_postgres::Client,
+    parent: Parent<'_>,
+    starts: &BTreeSet<i64>,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    if starts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tx = client.transaction().await?;
+    tx.execute(LOCK, &[&RANGE_LOCK]).await?;
+    let existing = list(&tx, parent.table).await?;
+    let mut created = Vec::new();
+    for &start in starts {
+        let end = parent.span.end(start);
+        let (lo, hi) = (start * 86_400, end * 86_400);
+        let overlaps =
+            existing.iter().any(|r| r.from.is_none_or(|from| from < hi) && r.to.is_none_or(|to| to > lo));
+        if overlaps {
+            continue;
+        }
+        let name = parent.span.name(parent.table, start);
+        tx.batch_execute(&format!(
+            "CREATE TABLE {name} PARTITION OF {} FOR VALUES FROM ('{}') TO ('{}'){}",
+            parent.table,
+            date_literal(start),
+            date_literal(end),
+            parent.with,
+        ))
+        .await?;
+        tracing::info!(table = %name, "partition created");
+        created.push(name);
+    }
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// Drops the ranges of `table` that end at or before `cutoff_s` (seconds
+/// since the epoch); returns their names.
+pub async fn drop_ending_by(
+    client: &mut tokio_postgres::Client,
+    table: &str,
+    cutoff_s: i64,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute(LOCK, &[&RANGE_LOCK]).await?;
+    let mut dropped = Vec::new();
+    for range in list(&tx, table).await? {
+        if range.to.is_some_and(|to| to <= cutoff_s) {
+            tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", range.name)).await?;
+            tracing::info!(table = %range.name, "partition dropped (retention)");
+            dropped.push(range.name);
+        }
+    }
+    tx.commit().await?;
+    Ok(dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_round_trip() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(day_of(1_764_180_000_000)), (2025, 11, 26));
+        assert_eq!(civil(11_016), (2000, 2, 29));
+        assert_eq!(civil(-1), (1969, 12, 31));
+        for day in -1000..60_000 {
+            let (y, m, d) = civil(day);
+            assert_eq!(days_from_civil(y, m, d), day);
+        }
+    }
+
+    #[test]
+    fn spans_cover_consecutive_ranges() {
+        let day = days_from_civil(2026, 12, 2);
+        assert_eq!(Span::Day.name("events_sample", Span::Day.start(day)), "events_sample_p20261202");
+        assert_eq!(Span::Month.start(day), days_from_civil(2026, 12, 1));
+        assert_eq!(Span::Month.end(Span::Month.start(day)), days_from_civil(2027, 1, 1));
+        assert_eq!(Span::Month.name("rollup_hour", Span::Month.start(day)), "rollup_hour_p202612");
+        assert_eq!(Span::Year.start(day), days_from_civil(2026, 1, 1));
+        assert_eq!(Span::Year.name("rollup_day", Span::Year.start(day)), "rollup_day_p2026");
+        for span in [Span::Day, Span::Month, Span::Year] {
+            let mut start = span.start(days_from_civil(1999, 12, 31));
+            for _ in 0..40 {
+                let end = span.end(start);
+                assert!(end > start);
+                assert_eq!(span.start(end - 1), start, "{span:?}");
+                assert_eq!(span.start(end), end, "{span:?}");
+                start = end;
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The declared rollup tables: their shapes, cadences and retentions, and
+//! the SQL that creates, fills and reads them.
+//!
+//! A table is *direct* when its flush interval is the logger's own
+//! `flush-interval`: every batch upserts its rows. A *coarse* table (a
+//! longer interval) is fed through a *delta log*, `bid_logger_log_<table>`:
+//! every batch appends the table's rows to the log in the same transaction
+//! that upserts the direct tables, and at the table's own interval one
+//! transaction deletes the log's rows and upserts their sums into the table
+//! ([`consume_sql`]). Whatever reached `rollup_minute` is therefore in every
+//! coarser table or in its log, even across a hard kill, and reaches the
+//! table exactly once.
+
+use bid_logger_core::aggregate::{Dimension, Dimensions, Grain, Shape};
+use std::time::Duration;
+
+/// One declared rollup table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupTable {
+    /// Table name (also the prefix of its partitions, its `_est` view and log).
+    pub name: String,
+    /// Grain and dimensions.
+    pub shape: Shape,
+    /// How often its rows are written.
+    pub flush_interval: Duration,
+    /// How long its buckets are kept; `None` = forever.
+    pub retention: Option<Duration>,
+    /// Fed through its delta log (its interval is longer than the logger's).
+    pub logged: bool,
+}
+
+/// A default table: (name, grain, dimensions, suggested flush interval, retention in days, 0 = forever).
+type DefaultTable = (&'static str, Grain, &'static [Dimension], Duration, u64);
+
+const FULL: &[Dimension] = &[Dimension::Country, Dimension::Os, Dimension::Campaign, Dimension::Advertiser];
+const EXCHANGE: &[Dimension] = &[Dimension::Exchange, Dimension::Country, Dimension::Os];
+
+/// The default set (`warehouse.md`), with the retentions the README's
+/// sizing table justifies.
+pub const DEFAULT_TABLES: [DefaultTable; 5] = [
+    ("rollup_minute", Grain::Minute, FULL, Duration::from_secs(1), 7),
+    ("rollup_hour", Grain::Hour, FULL, Duration::from_secs(10), 400),
+    ("rollup_day", Grain::Day, FULL, Duration::from_secs(60), 0),
+    ("rollup_exchange_minute", Grain::Minute, EXCHANGE, Duration::from_secs(1), 30),
+    ("rollup_exchange_hour", Grain::Hour, EXCHANGE, Duration::from_secs(10), 0),
+];
+
+/// The suggested flush interval of a table of `grain`.
+pub fn default_flush_interval(grain: Grain) -> Duration {
+    match grain {
+        Grain::Minute => Duration::from_secs(1),
+        Grain::Hour => Duration::from_secs(10),
+        Grain::Day => Duration::from_secs(60),
+    }
+}
+
+impl RollupTable {
+    /// The columns of its key after `bucket` and `event_type`.
+    pub fn dimension_columns(&self) -> Vec<&'static str> {
+        self.shape.dims.iter().map(Dimension::column).collect()
+    }
+
+    /// `bucket, event_type, <dimensions>`.
+    fn key_columns(&self) -> String {
+        let mut cols = vec!["bucket", "event_type"];
+        cols.extend(self.dimension_columns());
+        cols.join(", ")
+    }
+
+    /// Its delta log.
+    pub fn log_table(&self) -> String {
+        format!("bid_logger_log_{}", self.name)
+    }
+
+    /// Its staging table (temporary, per connection).
+    pub fn stage_table(&self) -> String {
+        format!("bid_logger_stage_{}", self.name)
+    }
+
+    /// The oldest bucket minute it keeps at `now_ms` (`i64::MIN` = all).
+    pub fn oldest_minute(&self, now_ms: i64) -> i64 {
+        match self.retention {
+            None => i64::MIN,
+            Some(r) => (now_ms - r.as_millis() as i64).div_euclid(60_000),
+        }
+    }
+
+    /// The column definitions of its dimensions.
+    fn dimension_definitions(&self) -> String {
+        self.shape
+            .dims
+            .iter()
+            .map(|d| format!("{} {} NOT NULL", d.column(), if d.is_text() { "text COLLATE \"C\"" } else { "bigint" }))
+            .collect::<Vec<_>>()
+            .join(",\n    ")
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS` for the table (partitioned by `bucket`),
+    /// its `_est` view (when missing) and, for a logged table, its delta log.
+    pub fn create_sql(&self) -> String {
+        let name = &self.name;
+        let key = self.key_columns();
+        let dims = self.dimension_definitions();
+        let mut sql = format!(
+            "CREATE TABLE IF NOT EXISTS {name} (
+    bucket            timestamptz NOT NULL,
+    event_type        text COLLATE \"C\" NOT NULL,
+    {dims},
+    sample_ppm        integer     NOT NULL CHECK (sample_ppm > 0 AND sample_ppm <= 1000000),
+    events            bigint      NOT NULL,
+    attributed_events bigint      NOT NULL,
+    price_micros      bigint      NOT NULL,
+    revenue_micros    bigint      NOT NULL,
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY ({key}, sample_ppm)
+) PARTITION BY RANGE (bucket);
+DO $$ BEGIN
+    IF to_regclass('{name}_est') IS NULL THEN
+        EXECUTE {view};
+    END IF;
+END $$;
+",
+            view = quote_literal(&self.est_view_sql()),
+        );
+        if self.logged {
+            sql.push_str(&format!(
+                "CREATE TABLE IF NOT EXISTS {log} (
+    bucket            timestamptz NOT NULL,
+    event_type        text NOT NULL,
+    {dims},
+    sample_ppm        integer     NOT NULL,
+    events            bigint      NOT NULL,
+    attributed_events bigint      NOT NULL,
+    price_micros      bigint      NOT NULL,
+    revenue_micros    bigint      NOT NULL
+);
+",
+                log = self.log_table(),
+                dims = dims.replace(" COLLATE \"C\"", ""),
+            ));
+        }
+        sql
+    }
+
+    /// Its `_est` view: rows scaled by `1e6 / sample_ppm` and added up over
+    /// rates. A plain `GROUP BY` over the table, so PostgreSQL pushes a
+    /// query's conditions on `bucket` (and the dimensions) into the scan and
+    /// prunes partitions.
+    pub fn est_view_sql(&self) -> String {
+        let key = self.key_columns();
+        format!(
+            "CREATE VIEW {name}_est AS
+SELECT {key},
+       sum(events            * 1000000.0 / sample_ppm)::double precision AS events,
+       sum(attributed_events * 1000000.0 / sample_ppm)::double precision AS attributed_events,
+       sum(price_micros      * 1000000.0 / sample_ppm)::double precision AS price_micros,
+       sum(revenue_micros    * 1000000.0 / sample_ppm)::double precision AS revenue_micros,
+       max(updated_at) AS updated_at
+FROM {name}
+GROUP BY {key}",
+            name = self.name
+        )
+    }
+
+    /// `CREATE TEMP TABLE` for its staging table.
+    pub fn stage_sql(&self) -> String {
+        format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {stage} (
+    bucket timestamptz NOT NULL, event_type text NOT NULL, {dims},
+    events bigint NOT NULL, attributed_events bigint NOT NULL, price_micros bigint NOT NULL,
+    revenue_micros bigint NOT NULL
+) ON COMMIT DELETE ROWS",
+            stage = self.stage_table(),
+            dims = self.dimension_definitions().replace(" COLLATE \"C\"", ""),
+        )
+    }
+
+    /// The binary `COPY` into its stage (`logged = false`) or its log
+    /// (`logged = true`, with `sample_ppm` after the key).
+    pub fn copy_sql(&self, into_log: bool) -> String {
+        let key = self.key_columns();
+        if into_log {
+            format!(
+                "COPY {} ({key}, sample_ppm, events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)",
+                self.log_table()
+            )
+        } else {
+            format!(
+                "COPY {} ({key}, events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)",
+                self.stage_table()
+            )
+        }
+    }
+
+    /// The additive upsert of its stage; `$1` is the sample rate. Staged
+    /// keys are unique and staged in key order, so no row is affected twice
+    /// and rows are locked in key order.
+    pub fn upsert_sql(&self) -> String {
+        let key = self.key_columns();
+        format!(
+            "INSERT INTO {name} AS t ({key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
+SELECT {key}, $1, events, attributed_events, price_micros, revenue_micros, now()
+FROM {stage}
+ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
+            name = self.name,
+            stage = self.stage_table(),
+        )
+    }
+
+    /// One transaction's worth of consuming its log: deletes every row of
+    /// the log and upserts their sums into the table, in key order, except
+    /// buckets before `$1` (past the retention: counted, not written).
+    /// Returns (rows upserted, events consumed, events past the retention).
+    pub fn consume_sql(&self) -> String {
+        let key = self.key_columns();
+        format!(
+            "WITH d AS (DELETE FROM {log} RETURNING *),
+s AS (SELECT {key}, sample_ppm, sum(events)::bigint AS events,
+             sum(attributed_events)::bigint AS attributed_events, sum(price_micros)::bigint AS price_micros,
+             sum(revenue_micros)::bigint AS revenue_micros
+      FROM d GROUP BY {key}, sample_ppm),
+u AS (INSERT INTO {name} AS t ({key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
+      SELECT {key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, now()
+      FROM s WHERE bucket >= $1 ORDER BY {key}, sample_ppm
+      ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}
+      RETURNING 1)
+SELECT (SELECT count(*) FROM u)::bigint,
+       (SELECT coalesce(sum(events), 0) FROM s)::bigint,
+       (SELECT coalesce(sum(events), 0) FROM s WHERE bucket < $1)::bigint",
+            log = self.log_table(),
+            name = self.name,
+        )
+    }
+}
+
+/// The additive `DO UPDATE` of every upsert.
+const ADD: &str = "events = t.events + EXCLUDED.events,
+    attributed_events = t.attributed_events + EXCLUDED.attributed_events,
+    price_micros = t.price_micros + EXCLUDED.price_micros,
+    revenue_micros = t.revenue_micros + EXCLUDED.revenue_micros,
+    updated_at = EXCLUDED.updated_at";
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The dimensions of an existing table, from the catalog (`None` when it
+/// does not exist).
+pub const EXISTING_COLUMNS: &str = "SELECT column_name::text FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name = $1";
+
+/// Checks that an existing table has the declared dimensions; the error
+/// names the key to change.
+pub fn check_existing(table: &RollupTable, columns: &[String]) -> Result<(), String> {
+    if columns.is_empty() {
+        return Ok(());
+    }
+    let has: Vec<Dimension> =
+        Dimension::ALL.into_iter().filter(|d| columns.iter().any(|c| c == d.column())).collect();
+    if Dimensions::of(&has) != table.shape.dims {
+        let names = |ds: &mut dyn Iterator<Item = Dimension>| ds.map(Dimension::as_str).collect::<Vec<_>>().join(", ");
+        return Err(format!(
+            "`rollup.{}.dimensions`: the table exists with dimensions [{}], the configuration declares [{}]; \
+             declare a new table name instead (an existing table is never altered)",
+            table.name,
+            names(&mut has.into_iter()),
+            names(&mut table.shape.dims.iter()),
+        ));
+    }
+    Ok(())
+}
