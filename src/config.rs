@@ -501,9 +501,10 @@ pub fn rollup_tables(
                 Dimensions::of(&dims)
             }
             (None, Some(d)) => Dimensions::of(d.2),
-            (None, None) => return Err(invalid(key("dimensions"), "missing: a list such as [\"exchange\", \"country\"]")),
+            (None, None) => {
+                return Err(invalid(key("dimensions"), "missing: a list such as [\"exchange\", \"country\"]"))
+            }
         };
-        let suggested = default.map_or_else(|| sink::tables::default_flush_interval(grain), |d| d.3);
         let table_interval = match section.flush_interval.as_deref() {
             Some(v) => {
                 let d = parse_duration(v).ok_or_else(|| {
@@ -517,23 +518,29 @@ pub fn rollup_tables(
                 }
                 d
             }
-            None => suggested.max(flush_interval),
+            None => sink::tables::default_flush_interval(grain, flush_interval),
         };
         let retention = match section.retention.as_deref() {
             Some("0") => None,
             Some(v) => {
                 let d = parse_duration(v).ok_or_else(|| {
-                    invalid(key("retention"), format!("expected a duration such as 7d, or 0 to keep forever, got `{v}`"))
+                    invalid(
+                        key("retention"),
+                        format!("expected a duration such as 7d, or 0 to keep forever, got `{v}`"),
+                    )
                 })?;
                 Some(d)
             }
-            None => default.and_then(|d| (d.4 > 0).then(|| Duration::from_secs(d.4 * 86_400))),
+            None => default.and_then(|d| (d.3 > 0).then(|| Duration::from_secs(d.3 * 86_400))),
         };
         if let Some(r) = retention {
             if (r.as_secs() as i64) < grain.minutes() * 60 {
                 return Err(invalid(
                     key("retention"),
-                    format!("{} is shorter than the table's grain ({grain}): nothing would be kept", format_duration(r)),
+                    format!(
+                        "{} is shorter than the table's grain ({grain}): nothing would be kept",
+                        format_duration(r)
+                    ),
                 ));
             }
         }
@@ -808,7 +815,11 @@ mod tests {
     fn the_default_tables_apply_and_a_section_overrides_only_its_keys() {
         let c = base().resolve().unwrap();
         let names: Vec<&str> = c.sink.tables.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"]);
+        assert_eq!(
+            names,
+            ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"]
+        );
+        assert_eq!(c.sink.tables, sink::tables::default_tables(Duration::from_secs(1)));
         let logged: Vec<bool> = c.sink.tables.iter().map(|t| t.logged).collect();
         assert_eq!(logged, [false, true, true, false, true], "coarse tables go through their logs");
         let file = Settings::from_toml(

@@ -11,9 +11,9 @@
 //! deadlock.)
 
 use super::tables::RollupTable;
-use bid_logger_core::aggregate::{Delta, RawRow, Row};
 #[cfg(doc)]
 use bid_logger_core::aggregate::RowKey;
+use bid_logger_core::aggregate::{Delta, RawRow, Row};
 
 /// What one batch (or one part of it) writes, in one transaction.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::rollup_tables;
+    use crate::sink::tables::default_tables;
     use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Counters, Outcome, RowKey};
     use bid_logger_core::decode::Event;
     use bid_logger_core::wire::EventType;
@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn parts_hold_every_event_once_in_every_table_with_disjoint_keys_where_the_campaign_is_kept() {
-        let tables = rollup_tables(None, Duration::from_secs(1)).unwrap();
+        let tables = default_tables(Duration::from_secs(1));
         let whole = delta();
         let parts = Batch::parts(whole.clone(), 3, &tables, NOW);
         assert_eq!(parts.len(), 3, "5 000 events over 97 campaigns fill three parts");
@@ -155,12 +155,8 @@ mod tests {
 
     #[test]
     fn buckets_past_a_tables_retention_are_left_out_and_counted() {
-        let mut sections = BTreeMap::new();
-        sections.insert(
-            "rollup_minute".to_string(),
-            crate::config::RollupSettings { retention: Some("1d".into()), ..Default::default() },
-        );
-        let tables = rollup_tables(Some(&sections), Duration::from_secs(1)).unwrap();
+        let mut tables = default_tables(Duration::from_secs(1));
+        tables[0].retention = Some(Duration::from_secs(86_400));
         let whole = delta();
         let batch = &Batch::parts(whole.clone(), 1, &tables, NOW)[0];
         let oldest = (NOW - 86_400_000).div_euclid(60_000);
@@ -173,7 +169,7 @@ mod tests {
 
     #[test]
     fn an_empty_delta_gives_no_batch() {
-        let tables = rollup_tables(None, Duration::from_secs(1)).unwrap();
+        let tables = default_tables(Duration::from_secs(1));
         assert!(Batch::parts(Delta::default(), 4, &tables, NOW).is_empty());
     }
 }

@@ -229,16 +229,21 @@ pub struct Consumed {
     pub expired: u64,
     /// Another instance was consuming this log: nothing done.
     pub busy: bool,
+    /// The log held more rows than one transaction takes.
+    pub more: bool,
 }
 
-/// Moves everything in `table`'s log into the table, in one transaction
-/// (recorded in the ledger as batch `seq` of the run).
+/// Log rows consumed in one transaction at most (halved after a timeout).
+pub const MAX_CONSUME_ROWS: i64 = 50_000;
+
+/// Moves at most `limit` rows of `table`'s log into the table, in one
+/// transaction (recorded in the ledger as batch `seq` of the run).
 pub async fn consume(
     client: &mut tokio_postgres::Client,
     instance: &str,
-    run_id: i64,
-    seq: i64,
+    (run_id, seq): (i64, i64),
     table: &RollupTable,
+    limit: i64,
     now_ms: i64,
 ) -> Result<Consumed, tokio_postgres::Error> {
     let tx = client.transaction().await?;
@@ -251,14 +256,20 @@ pub async fn consume(
         None => std::time::UNIX_EPOCH,
         Some(_) => system_time(table.oldest_minute(now_ms).saturating_mul(60_000)),
     };
-    let row = tx.query_one(&table.consume_sql(), &[&oldest]).await?;
-    let (rows, events, expired): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let row = tx.query_one(&table.consume_sql(), &[&oldest, &limit]).await?;
+    let (rows, events, expired, taken): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
     if events > 0 {
         let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &run_id, &seq, &table.name, &events, &rows];
         tx.execute(INSERT_CONSUME_LEDGER, &ledger).await?;
     }
     tx.commit().await?;
-    Ok(Consumed { rows: rows as u64, events: events as u64, expired: expired as u64, busy: false })
+    Ok(Consumed {
+        rows: rows as u64,
+        events: events as u64,
+        expired: expired as u64,
+        busy: false,
+        more: taken >= limit,
+    })
 }
 
 /// COPYs `batch`'s raw rows into `events_sample`; returns how many.

@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "rollup_upsert_speed", include_str!("../../sql/0003_rollup_upsert_speed.sql")),
     (4, "ledger_per_rollup", include_str!("../../sql/0004_ledger_per_rollup.sql")),
     (5, "partition_rollups", include_str!("../../sql/0005_partition_rollups.sql")),
+    (6, "range_functions", include_str!("../../sql/0006_range_functions.sql")),
 ];
 
 /// The migration that partitions the rollups; `rollup_day` is backfilled
@@ -74,12 +75,15 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
         check_existing(table, &columns).map_err(SinkError::Schema)?;
         tx.batch_execute(&table.create_sql()).await?;
     }
-    let day_like_hour = |t: &RollupTable| {
-        t.name == "rollup_day" && t.shape.grain == Grain::Day && t.shape.dims == hour_dims(tables)
-    };
+    let day_like_hour =
+        |t: &RollupTable| t.name == "rollup_day" && t.shape.grain == Grain::Day && t.shape.dims == hour_dims(tables);
     if partitioned_now && tables.iter().any(day_like_hour) {
+        let started = std::time::Instant::now();
         tx.batch_execute(BACKFILL_DAY).await?;
-        tracing::info!("rollup_day backfilled from rollup_hour");
+        let rows: i64 = tx.query_one("SELECT count(*) FROM rollup_day", &[]).await?.get(0);
+        if rows > 0 {
+            tracing::info!(rows, elapsed = ?started.elapsed(), "rollup_day backfilled from rollup_hour");
+        }
     }
     tx.commit().await?;
     Ok(count)

@@ -115,12 +115,6 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `YYYY-MM-DD 00:00:00+00`.
-pub fn date_literal(day: i64) -> String {
-    let (y, m, d) = civil(day);
-    format!("{y:04}-{m:02}-{d:02} 00:00:00+00")
-}
-
 /// One range partition as the catalog describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
@@ -149,16 +143,26 @@ pub struct Parent<'a> {
     pub table: &'a str,
     /// The span of one range.
     pub span: Span,
-    /// `WITH (…)` of a new range (rollups: `fillfactor = 50`, so that the
-    /// additive updates are HOT updates).
-    pub with: &'a str,
+    /// A rollup table: new ranges get `fillfactor = 50`, so that the
+    /// additive updates are HOT updates.
+    pub rollup: bool,
+}
+
+/// Creates a range through the migrating role's function (sql/0006).
+const CREATE: &str = "SELECT bid_logger_create_range($1::text::regclass, $2, $3, $4, $5)";
+/// Drops a range through the migrating role's function (sql/0006).
+const DROP: &str = "SELECT bid_logger_drop_range($1::text::regclass)";
+
+fn time_of_day(day: i64) -> std::time::SystemTime {
+    if day >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(day as u64 * 86_400)
+    } else {
+        std::time::UNIX_EPOCH - std::time::Duration::from_secs(day.unsigned_abs() * 86_400)
+    }
 }
 
 /// Creates the ranges starting on the days in `starts` that no existing
 /// range overlaps; returns the names created.
-///
-/// The DDL is built from day numbers we format ourselves (bounds cannot be
-/// bound parameters), never from event data.
 pub async fn ensure(
     client: &mut tokio_postgres::Client,
     parent: Parent<'_>,
@@ -174,20 +178,13 @@ pub async fn ensure(
     for &start in starts {
         let end = parent.span.end(start);
         let (lo, hi) = (start * 86_400, end * 86_400);
-        let overlaps =
-            existing.iter().any(|r| r.from.is_none_or(|from| from < hi) && r.to.is_none_or(|to| to > lo));
+        let overlaps = existing.iter().any(|r| r.from.is_none_or(|from| from < hi) && r.to.is_none_or(|to| to > lo));
         if overlaps {
             continue;
         }
         let name = parent.span.name(parent.table, start);
-        tx.batch_execute(&format!(
-            "CREATE TABLE {name} PARTITION OF {} FOR VALUES FROM ('{}') TO ('{}'){}",
-            parent.table,
-            date_literal(start),
-            date_literal(end),
-            parent.with,
-        ))
-        .await?;
+        let (from, to) = (time_of_day(start), time_of_day(end));
+        tx.execute(CREATE, &[&parent.table, &name, &from, &to, &parent.rollup]).await?;
         tracing::info!(table = %name, "partition created");
         created.push(name);
     }
@@ -207,7 +204,7 @@ pub async fn drop_ending_by(
     let mut dropped = Vec::new();
     for range in list(&tx, table).await? {
         if range.to.is_some_and(|to| to <= cutoff_s) {
-            tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", range.name)).await?;
+            tx.execute(DROP, &[&range.name]).await?;
             tracing::info!(table = %range.name, "partition dropped (retention)");
             dropped.push(range.name);
         }

@@ -14,7 +14,7 @@
 //! consumes them once more after the last batch.
 
 use super::batch::Batch;
-use super::flush::{consume, write_batch, BatchId, Written, PRUNE_LEDGER};
+use super::flush::{consume, write_batch, BatchId, Written, MAX_CONSUME_ROWS, PRUNE_LEDGER};
 use super::ranges::{self, Parent, Span};
 use super::tables::RollupTable;
 use super::{SinkConfig, SinkError};
@@ -261,7 +261,8 @@ impl Sink {
             }
         }
         let started = Instant::now();
-        let mut failure = prepare(&self.pool, &self.config, &self.pending, &self.migrated, &mut self.ranges).await.err();
+        let mut failure =
+            prepare(&self.pool, &self.config, &self.pending, &self.migrated, &mut self.ranges).await.err();
         if failure.is_none() {
             let (pool, config) = (&self.pool, &self.config);
             let attempts = self
@@ -383,9 +384,6 @@ struct Ranges {
 /// Creation ahead of time and retention run this often.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Storage options of a rollup table's ranges.
-const ROLLUP_WITH: &str = " WITH (fillfactor = 50)";
-
 impl Ranges {
     fn today() -> i64 {
         ranges::day_of(bid_logger_core::clock::now_ms())
@@ -420,7 +418,7 @@ impl Ranges {
         if config.raw_sample_ppm > 0 {
             let oldest = today - config.raw_retention_days;
             self.retain(client, "events_sample", oldest * 86_400).await?;
-            let parent = Parent { table: "events_sample", span: Span::Day, with: "" };
+            let parent = Parent { table: "events_sample", span: Span::Day, rollup: false };
             self.ensure(client, parent, (today - 1).max(oldest)..=today + 2).await?;
         }
         for table in &config.tables {
@@ -437,7 +435,12 @@ impl Ranges {
     }
 
     /// Drops `table`'s ranges that end by `cutoff_s`.
-    async fn retain(&mut self, client: &mut tokio_postgres::Client, table: &str, cutoff_s: i64) -> Result<(), SinkError> {
+    async fn retain(
+        &mut self,
+        client: &mut tokio_postgres::Client,
+        table: &str,
+        cutoff_s: i64,
+    ) -> Result<(), SinkError> {
         let dropped = ranges::drop_ending_by(client, table, cutoff_s).await?;
         if !dropped.is_empty() {
             *self.dropped.entry(table.to_string()).or_default() += dropped.len() as u64;
@@ -467,7 +470,7 @@ impl Ranges {
 
 /// A rollup table as a range parent.
 fn rollup_parent(table: &RollupTable) -> Parent<'_> {
-    Parent { table: &table.name, span: Span::of(table.shape.grain), with: ROLLUP_WITH }
+    Parent { table: &table.name, span: Span::of(table.shape.grain), rollup: true }
 }
 
 /// Reads the coarse tables' delta logs into their tables, each at its own
@@ -481,6 +484,22 @@ struct Consumer {
     seq: i64,
     flush_timeout: Duration,
     migrated: Arc<AtomicBool>,
+    /// Per table: log rows taken per transaction (halved after a timeout,
+    /// doubled back after a success).
+    limit: Vec<i64>,
+}
+
+/// What one attempt at a log found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogState {
+    /// Consumed, nothing left.
+    Empty,
+    /// Consumed, more left.
+    More,
+    /// Another consumer holds the log's lock (another instance, or a
+    /// timed-out attempt of ours whose transaction the server is still
+    /// rolling back).
+    Busy,
 }
 
 impl Consumer {
@@ -505,6 +524,7 @@ impl Consumer {
             seq: -1,
             flush_timeout: config.flush_timeout,
             migrated,
+            limit: vec![MAX_CONSUME_ROWS; config.tables.iter().filter(|t| t.logged).count()],
         })
     }
 
@@ -530,7 +550,7 @@ impl Consumer {
                     continue;
                 }
                 match self.consume(i).await {
-                    Ok(()) => {
+                    Ok(_) => {
                         backoff[i] = BACKOFF_MIN;
                         due[i] = tokio::time::Instant::now() + self.tables[i].flush_interval;
                     }
@@ -548,9 +568,13 @@ impl Consumer {
         while !left.is_empty() && Instant::now() < deadline {
             let mut failed = Vec::new();
             for i in left {
-                if let Err(e) = self.consume(i).await {
-                    tracing::warn!(table = %self.tables[i].name, error = %e, "consuming the delta log at stop failed");
-                    failed.push(i);
+                match self.consume(i).await {
+                    Ok(LogState::Empty) => {}
+                    Ok(_) => failed.push(i), // busy: try again until the lock is ours
+                    Err(e) => {
+                        tracing::warn!(table = %self.tables[i].name, error = %e, "consuming the delta log at stop failed");
+                        failed.push(i);
+                    }
                 }
             }
             left = failed;
@@ -560,19 +584,33 @@ impl Consumer {
         }
         if !left.is_empty() {
             let tables: Vec<&str> = left.iter().map(|&i| self.tables[i].name.as_str()).collect();
-            tracing::warn!(?tables, "stopping with rows in delta logs; they are in PostgreSQL and the next start writes them");
+            tracing::warn!(
+                ?tables,
+                "stopping with rows in delta logs; they are in PostgreSQL and the next start writes them"
+            );
         }
     }
 
-    /// One consumption of table `i`'s log, bounded by the flush timeout.
-    async fn consume(&mut self, i: usize) -> Result<(), SinkError> {
+    /// Consumes table `i`'s log until it is empty (each transaction bounded)
+    /// or busy.
+    async fn consume(&mut self, i: usize) -> Result<LogState, SinkError> {
+        loop {
+            match self.consume_once(i).await? {
+                LogState::More => continue,
+                state => return Ok(state),
+            }
+        }
+    }
+
+    /// One transaction of consuming table `i`'s log, bounded by the flush
+    /// timeout.
+    async fn consume_once(&mut self, i: usize) -> Result<LogState, SinkError> {
         let table = &self.tables[i];
         self.seq -= 1; // consumptions count down in the ledger, batches up
-        let client = self.pool.get().await?;
-        let (instance, run_id, seq) = (&self.instance, self.run_id, self.seq);
-        let mut client = client;
+        let mut client = self.pool.get().await?;
+        let (instance, id, limit) = (&self.instance, (self.run_id, self.seq), self.limit[i]);
         let work = async {
-            consume(&mut client, instance, run_id, seq, table, bid_logger_core::clock::now_ms())
+            consume(&mut client, instance, id, table, limit, bid_logger_core::clock::now_ms())
                 .await
                 .map_err(SinkError::Db)
         };
@@ -580,17 +618,21 @@ impl Consumer {
         let done = settle(client, outcome, self.flush_timeout);
         let labels = [("table", table.name.clone())];
         match done {
-            Ok(c) if c.busy => Ok(()),
+            Ok(c) if c.busy => Ok(LogState::Busy),
             Ok(c) => {
+                self.limit[i] = (limit * 2).min(MAX_CONSUME_ROWS);
                 counter!(t::LOG_EVENTS_CONSUMED, &labels).increment(c.events);
                 counter!(t::ROWS_UPSERTED, &labels).increment(c.rows);
                 counter!(t::ROLLUP_EVENTS_EXPIRED, &labels).increment(c.expired);
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
                 gauge!(t::LOG_LAST_CONSUMED, &labels).set(now);
                 tracing::trace!(table = %table.name, events = c.events, rows = c.rows, "delta log consumed");
-                Ok(())
+                Ok(if c.more { LogState::More } else { LogState::Empty })
             }
             Err(e) => {
+                if matches!(e, SinkError::Timeout(_)) {
+                    self.limit[i] = (limit / 2).max(1_000);
+                }
                 counter!(t::LOG_FAILURES, &labels).increment(1);
                 Err(e)
             }
@@ -624,7 +666,7 @@ async fn prepare(
         }
         ranges.maintain(&mut client, config).await?;
         let raw_days: BTreeSet<i64> = parts.iter().flat_map(|p| p.batch.raw.iter().map(|r| r.day())).collect();
-        let parent = Parent { table: "events_sample", span: Span::Day, with: "" };
+        let parent = Parent { table: "events_sample", span: Span::Day, rollup: false };
         ranges.ensure(&mut client, parent, raw_days.into_iter()).await?;
         for (t, table) in config.tables.iter().enumerate() {
             let days = table_days(parts, t);

@@ -29,8 +29,8 @@ pub struct RollupTable {
     pub logged: bool,
 }
 
-/// A default table: (name, grain, dimensions, suggested flush interval, retention in days, 0 = forever).
-type DefaultTable = (&'static str, Grain, &'static [Dimension], Duration, u64);
+/// A default table: (name, grain, dimensions, retention in days, 0 = forever).
+type DefaultTable = (&'static str, Grain, &'static [Dimension], u64);
 
 const FULL: &[Dimension] = &[Dimension::Country, Dimension::Os, Dimension::Campaign, Dimension::Advertiser];
 const EXCHANGE: &[Dimension] = &[Dimension::Exchange, Dimension::Country, Dimension::Os];
@@ -38,19 +38,39 @@ const EXCHANGE: &[Dimension] = &[Dimension::Exchange, Dimension::Country, Dimens
 /// The default set (`warehouse.md`), with the retentions the README's
 /// sizing table justifies.
 pub const DEFAULT_TABLES: [DefaultTable; 5] = [
-    ("rollup_minute", Grain::Minute, FULL, Duration::from_secs(1), 7),
-    ("rollup_hour", Grain::Hour, FULL, Duration::from_secs(10), 400),
-    ("rollup_day", Grain::Day, FULL, Duration::from_secs(60), 0),
-    ("rollup_exchange_minute", Grain::Minute, EXCHANGE, Duration::from_secs(1), 30),
-    ("rollup_exchange_hour", Grain::Hour, EXCHANGE, Duration::from_secs(10), 0),
+    ("rollup_minute", Grain::Minute, FULL, 7),
+    ("rollup_hour", Grain::Hour, FULL, 400),
+    ("rollup_day", Grain::Day, FULL, 0),
+    ("rollup_exchange_minute", Grain::Minute, EXCHANGE, 30),
+    ("rollup_exchange_hour", Grain::Hour, EXCHANGE, 0),
 ];
 
-/// The suggested flush interval of a table of `grain`.
-pub fn default_flush_interval(grain: Grain) -> Duration {
+/// The default set at the logger's `flush_interval` (every key at its default).
+pub fn default_tables(flush_interval: Duration) -> Vec<RollupTable> {
+    DEFAULT_TABLES
+        .iter()
+        .map(|&(name, grain, dims, retention_days)| {
+            let interval = default_flush_interval(grain, flush_interval);
+            RollupTable {
+                name: name.to_string(),
+                shape: Shape { grain, dims: Dimensions::of(dims) },
+                flush_interval: interval,
+                retention: (retention_days > 0).then(|| Duration::from_secs(retention_days * 86_400)),
+                logged: interval > flush_interval,
+            }
+        })
+        .collect()
+}
+
+/// The default flush interval of a table of `grain`: minute tables are
+/// written by every batch (the logger's `flush_interval`, 1 s by default),
+/// hour tables every 10 s, day tables every 60 s (never more often than
+/// the batches).
+pub fn default_flush_interval(grain: Grain, flush_interval: Duration) -> Duration {
     match grain {
-        Grain::Minute => Duration::from_secs(1),
-        Grain::Hour => Duration::from_secs(10),
-        Grain::Day => Duration::from_secs(60),
+        Grain::Minute => flush_interval,
+        Grain::Hour => Duration::from_secs(10).max(flush_interval),
+        Grain::Day => Duration::from_secs(60).max(flush_interval),
     }
 }
 
@@ -207,14 +227,16 @@ ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
         )
     }
 
-    /// One transaction's worth of consuming its log: deletes every row of
-    /// the log and upserts their sums into the table, in key order, except
+    /// One transaction's worth of consuming its log: deletes at most `$2`
+    /// rows of the log (so that one transaction stays bounded after a long
+    /// outage) and upserts their sums into the table, in key order, except
     /// buckets before `$1` (past the retention: counted, not written).
-    /// Returns (rows upserted, events consumed, events past the retention).
+    /// Returns (rows upserted, events consumed, events past the retention,
+    /// log rows deleted).
     pub fn consume_sql(&self) -> String {
         let key = self.key_columns();
         format!(
-            "WITH d AS (DELETE FROM {log} RETURNING *),
+            "WITH d AS (DELETE FROM {log} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {log} LIMIT $2)) RETURNING *),
 s AS (SELECT {key}, sample_ppm, sum(events)::bigint AS events,
              sum(attributed_events)::bigint AS attributed_events, sum(price_micros)::bigint AS price_micros,
              sum(revenue_micros)::bigint AS revenue_micros
@@ -226,7 +248,8 @@ u AS (INSERT INTO {name} AS t ({key}, sample_ppm, events, attributed_events, pri
       RETURNING 1)
 SELECT (SELECT count(*) FROM u)::bigint,
        (SELECT coalesce(sum(events), 0) FROM s)::bigint,
-       (SELECT coalesce(sum(events), 0) FROM s WHERE bucket < $1)::bigint",
+       (SELECT coalesce(sum(events), 0) FROM s WHERE bucket < $1)::bigint,
+       (SELECT count(*) FROM d)::bigint",
             log = self.log_table(),
             name = self.name,
         )
@@ -255,8 +278,7 @@ pub fn check_existing(table: &RollupTable, columns: &[String]) -> Result<(), Str
     if columns.is_empty() {
         return Ok(());
     }
-    let has: Vec<Dimension> =
-        Dimension::ALL.into_iter().filter(|d| columns.iter().any(|c| c == d.column())).collect();
+    let has: Vec<Dimension> = Dimension::ALL.into_iter().filter(|d| columns.iter().any(|c| c == d.column())).collect();
     if Dimensions::of(&has) != table.shape.dims {
         let names = |ds: &mut dyn Iterator<Item = Dimension>| ds.map(Dimension::as_str).collect::<Vec<_>>().join(", ");
         return Err(format!(

@@ -25,9 +25,11 @@ fn table_names(text: &str, heading: &str) -> BTreeSet<String> {
 /// those it shows commented out (`# instance-id = …`).
 fn example_keys() -> BTreeSet<String> {
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/bid-logger.toml")).unwrap();
+    // the top-level keys: those before the first (possibly commented) section
     example
         .lines()
         .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .take_while(|l| !l.starts_with('['))
         .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.trim()))
         .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
         .map(str::to_string)

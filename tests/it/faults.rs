@@ -142,7 +142,7 @@ async fn publish_while_rollup_minute_is_locked(test: &str, seed: u64, extra: &[&
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while logger.metric("bid_logger_flush_failures_total", "") < 2.0 {
-        assert!(Instant::now() < deadline, "flushes did not time out against the lock");
+        assert!(Instant::now() < deadline, "flushes did not time out against the lock:\n{}", logger.stderr_so_far());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(logger.metric("bid_logger_events_flushed_total", ""), first.len() as f64, "nothing lands while locked");
@@ -169,9 +169,21 @@ async fn two_ingest_threads_deltas_merge_exactly_while_flushes_are_blocked() {
     publish_while_rollup_minute_is_locked("threads", 4, &["--ingest-threads", "2"], 5, 1000).await;
 }
 
+/// The sum of `events` in `table` plus what waits in its delta log.
+async fn table_and_log(client: &impl tokio_postgres::GenericClient, table: &str) -> (i64, i64) {
+    let sql = format!(
+        "SELECT (SELECT coalesce(sum(events), 0) FROM {table})::bigint,
+                (SELECT coalesce(sum(events), 0) FROM bid_logger_log_{table})::bigint"
+    );
+    let row = client.query_one(&sql, &[]).await.unwrap();
+    (row.get(0), row.get(1))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn minute_rows_land_while_the_hour_table_is_locked_and_the_hour_rows_follow_exactly_once() {
-    let (db, publisher, logger, mut rng, first) = logger_with_flushed_events("hourlock", 9, 1000, &[]).await;
+async fn batches_land_while_a_coarse_table_is_locked_and_its_log_delivers_exactly_once() {
+    let config = rollup_config("hourlock", "[rollup.rollup_hour]\nflush-interval = \"300ms\"\n");
+    let (db, publisher, logger, mut rng, first) =
+        logger_with_flushed_events("hourlock", 9, 1000, &["--config", &config]).await;
 
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
@@ -180,41 +192,39 @@ async fn minute_rows_land_while_the_hour_table_is_locked_and_the_hour_rows_follo
     for e in &second {
         publisher.publish(e, P);
     }
-    // Minute rows land although rollup_hour cannot be written (further
-    // batches wait until the blocked hour rows are in).
-    let reader = connect(&db).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while total_events(&reader, "rollup_minute").await as usize == first.len() {
-        assert!(Instant::now() < deadline, "no minute rows landed while rollup_hour was locked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let hour: i64 = tx.query_one("SELECT sum(events)::bigint FROM rollup_hour", &[]).await.unwrap().get(0);
-    assert_eq!(hour as usize, first.len(), "rollup_hour is locked: nothing new there");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while logger.metric("bid_logger_flush_failures_total", "") < 1.0 {
-        assert!(Instant::now() < deadline, "the hour transaction did not time out against the lock");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        logger.metric("bid_logger_events_flushed_total", ""),
-        first.len() as f64,
-        "an event counts as flushed only once its hour rows are in too"
-    );
-    let sql = "SELECT count(*) FILTER (WHERE rollup = 'minute'), count(*) FILTER (WHERE rollup = 'hour')
-               FROM bid_logger_flush_ledger";
-    let row = reader.query_one(sql, &[]).await.unwrap();
-    let (minute, hour): (i64, i64) = (row.get(0), row.get(1));
-    assert!(minute > hour, "ledger: {minute} minute rows, {hour} hour rows while rollup_hour is locked");
-    tx.rollback().await.unwrap();
-
+    // Batches do not touch rollup_hour (its rows go to its log): they land.
     let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
     logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(30));
+    let labels = "table=\"rollup_hour\"";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while logger.metric("bid_logger_log_consume_failures_total", labels) < 1.0 {
+        assert!(Instant::now() < deadline, "consuming the hour log did not time out against the lock");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Whatever reached rollup_minute is in rollup_hour or in its log.
+    let (hour, log) = table_and_log(&tx, "rollup_hour").await;
+    assert_eq!(hour + log, all.len() as i64, "rollup_hour {hour} + log {log}");
+    assert!(log >= 2000, "the events published under the lock wait in the log ({log})");
+    tx.rollback().await.unwrap();
+
+    let reader = connect(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while table_and_log(&reader, "rollup_hour").await.1 > 0 {
+        assert!(Instant::now() < deadline, "the hour log was not consumed after the lock went");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (code, stderr) = logger.stop();
     assert_eq!(code, 0, "{stderr}");
     assert_warehouse_matches(&reader, &all, 1_000_000).await;
+    // One ledger row per table per batch; the log's consumptions have their own.
+    let sql = "SELECT count(*) FILTER (WHERE rollup = 'rollup_minute'),
+                      count(*) FILTER (WHERE rollup = 'rollup_hour' AND batch_id > 0),
+                      count(*) FILTER (WHERE rollup = 'rollup_hour' AND batch_id < 0)
+               FROM bid_logger_flush_ledger";
     let row = reader.query_one(sql, &[]).await.unwrap();
-    let (minute, hour): (i64, i64) = (row.get(0), row.get(1));
-    assert_eq!(minute, hour, "every batch has one minute and one hour ledger row");
+    let (minute, hour, consumed): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(minute, hour, "every batch has a ledger row per table");
+    assert!(consumed >= 1, "consumptions are in the ledger");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,9 +278,12 @@ async fn sigkill_loses_at_most_the_unflushed_interval_and_the_next_start_is_clea
     let client = connect(&db).await;
     let after_kill = total_events(&client, "rollup_minute").await as usize;
     assert!(after_kill >= flushed.len() && after_kill <= flushed.len() + unflushed.len(), "{after_kill}");
-    // A kill between a batch's minute and hour transactions leaves it in rollup_minute only.
-    let after_kill_hour = total_events(&client, "rollup_hour").await as usize;
-    assert!(after_kill_hour >= flushed.len() && after_kill_hour <= after_kill, "{after_kill_hour} vs {after_kill}");
+    // Whatever reached rollup_minute is in every coarser table or its log.
+    for table in ["rollup_hour", "rollup_day", "rollup_exchange_hour"] {
+        let (rows, log) = table_and_log(&client, table).await;
+        assert_eq!((rows + log) as usize, after_kill, "{table}: {rows} + {log} in its log");
+    }
+    assert_eq!(total_events(&client, "rollup_exchange_minute").await as usize, after_kill);
 
     let second = Logger::start(&db, &args);
     publisher.wait_for_subscriptions(2 * all_topics(16));
@@ -282,8 +295,10 @@ async fn sigkill_loses_at_most_the_unflushed_interval_and_the_next_start_is_clea
     let (code, stderr) = second.stop();
     assert_eq!(code, 0, "{stderr}");
     assert!(!strip_ansi(&stderr).contains("ERROR"), "the restart is clean:\n{stderr}");
-    assert_eq!(total_events(&client, "rollup_minute").await as usize, after_kill + more.len());
-    assert_eq!(total_events(&client, "rollup_hour").await as usize, after_kill_hour + more.len());
+    // The next start delivers what the kill left in the logs: nothing is behind for good.
+    for table in ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"] {
+        assert_eq!(total_events(&client, table).await as usize, after_kill + more.len(), "{table}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,7 +499,7 @@ async fn a_publisher_that_exits_right_after_sending_loses_nothing() {
 /// A batch of 10 000 rows or more is written as `db-pool-size` parts in
 /// parallel, each its own transaction: a part blocked by a row lock times out
 /// and is retried alone while the other parts land, and in the end every
-/// event is in both tables exactly once.
+/// event is in every table exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_batch_lands_in_parallel_parts_and_a_blocked_part_is_retried_alone() {
     let db = fresh_database("parts").await;
@@ -502,13 +517,13 @@ async fn a_large_batch_lands_in_parallel_parts_and_a_blocked_part_is_retried_alo
         e.price = Some(i as i64);
         e
     };
-    // One row of campaign 7 exists; a transaction holds its rollup_hour row.
+    // One row of campaign 7 exists; a transaction holds its rollup_minute row.
     let seed = vec![event(0, 7)];
     publisher.publish(&seed[0], P);
     logger.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(30));
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    let locked = tx.execute("SELECT 1 FROM rollup_hour WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
+    let locked = tx.execute("SELECT 1 FROM rollup_minute WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
     assert_eq!(locked, 1);
 
     // 30 000 distinct keys (one campaign each, plus campaign 7 again): one
@@ -527,7 +542,11 @@ async fn a_large_batch_lands_in_parallel_parts_and_a_blocked_part_is_retried_alo
     }
     let flushed = logger.metric("bid_logger_events_flushed_total", "");
     assert!(flushed < 30_001.0, "the part holding campaign 7 cannot land while its row is locked ({flushed})");
-    let landed_parts: i64 = tx.query_one("SELECT count(*) FROM bid_logger_flush_ledger", &[]).await.unwrap().get(0);
+    let landed_parts: i64 = tx
+        .query_one("SELECT count(DISTINCT batch_id) FROM bid_logger_flush_ledger WHERE batch_id > 0", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(landed_parts >= 3, "the seed batch and at least two parts have landed ({landed_parts} ledger rows)");
     tx.rollback().await.unwrap();
 

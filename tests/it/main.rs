@@ -19,3 +19,4 @@ mod postgres;
 mod python_publisher;
 mod raw_sample;
 mod report;
+mod tiers;

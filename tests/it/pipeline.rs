@@ -40,12 +40,15 @@ fn chains(
         let base = ts_of(rng) - 400_000;
         let country = COUNTRIES[rng.gen_range(0..COUNTRIES.len())].map(str::to_string);
         let os = OSES[rng.gen_range(0..OSES.len())].map(str::to_string);
+        // exchanges normalise like OS names (case, length, absence)
+        let exchange = OSES[rng.gen_range(0..OSES.len())].map(|o| format!("X-{o}"));
         let campaign = if unique_campaigns { i as u32 + 1 } else { rng.gen_range(0..20) };
         let advertiser = if campaign == 0 { 0 } else { campaign % 7 + 1 };
         let ev = |t: &'static str, dt: i64| {
             let mut e = TestEvent::new(t, txn.clone(), base + dt);
             e.country = country.clone();
             e.os = os.clone();
+            e.exchange = exchange.clone();
             if t != "auction" && t != "loss" {
                 e.campaign = campaign;
                 e.advertiser = advertiser;
@@ -88,17 +91,6 @@ fn chains(
     out
 }
 
-/// Adds per-topic `pub`/`seq` the way one publisher process would.
-fn number(events: &mut [TestEvent], publisher: &str) {
-    let mut seqs = std::collections::HashMap::new();
-    for e in events.iter_mut() {
-        let s = seqs.entry(e.topic(P)).or_insert(1000u64);
-        e.publisher = Some(publisher.to_string());
-        e.seq = Some(*s);
-        *s += 1;
-    }
-}
-
 /// Invalid messages, one per rule, on topics the logger subscribes to.
 fn garbage() -> Vec<(Vec<Vec<u8>>, &'static str)> {
     let valid = |ts: serde_json::Value| rmp_serde::to_vec(&serde_json::json!({"txn": "g", "ts": ts})).unwrap();
@@ -139,8 +131,11 @@ fn garbage() -> Vec<(Vec<Vec<u8>>, &'static str)> {
 async fn exact_totals_with_late_out_of_order_invalid_and_odd_values() {
     let db = fresh_database("exact").await;
     let mut publisher = Publisher::bind();
-    let logger = Logger::start(&db, &["--connect", &publisher.endpoint]);
+    let mut second = Publisher::bind();
+    let endpoints = format!("{},{}", publisher.endpoint, second.endpoint);
+    let logger = Logger::start(&db, &["--connect", &endpoints]);
     publisher.wait_for_subscriptions(all_topics(P));
+    second.wait_for_subscriptions(all_topics(P));
 
     let now = now_ms();
     let mut rng = SmallRng::seed_from_u64(7);
@@ -152,10 +147,24 @@ async fn exact_totals_with_late_out_of_order_invalid_and_odd_values() {
     let rejected_late = TestEvent::new("click", "too-old", now - 8 * 86_400_000);
     let rejected_future = TestEvent::new("click", "too-new", now + 20 * 60_000);
     events.shuffle(&mut rng); // out of event-time order
-    number(&mut events, "bidder-1"); // seq follows the publishing order, as a publisher's does
+                              // seq follows the publishing order, as a publisher's does (one per endpoint)
+    let on_second = |e: &TestEvent| e.txn.ends_with(['0', '2', '4', '6', '8']);
+    let mut seqs = std::collections::HashMap::new();
+    for e in events.iter_mut() {
+        let name = if on_second(e) { "bidder-2" } else { "bidder-1" };
+        let s = seqs.entry((name, e.topic(P))).or_insert(1000u64);
+        e.publisher = Some(name.to_string());
+        e.seq = Some(*s);
+        *s += 1;
+    }
     let garbage = garbage();
     for (i, e) in events.iter().enumerate() {
-        publisher.publish(e, P);
+        // two endpoints: whole transactions on either
+        if on_second(e) {
+            second.publish(e, P);
+        } else {
+            publisher.publish(e, P);
+        }
         if i % 500 == 0 {
             let frames: Vec<&[u8]> = garbage[(i / 500) % garbage.len()].0.iter().map(Vec::as_slice).collect();
             publisher.send(&frames);

@@ -289,6 +289,13 @@ pub fn assert_rows_eq(actual: &Rows, expected: &Rows, what: &str) {
     panic!("{what}: {} rows differ (of {} expected):\n{}", diff.len(), expected.len(), shown.join("\n"));
 }
 
+/// A configuration file for a test (`--config`), holding `toml`; returns its path.
+pub fn rollup_config(test: &str, toml: &str) -> String {
+    let path = std::env::temp_dir().join(format!("bid-logger-test-{test}-{}.toml", std::process::id()));
+    std::fs::write(&path, toml).unwrap();
+    path.display().to_string()
+}
+
 /// The default rollup tables: (name, bucket seconds, dimension columns).
 pub const TABLES: [(&str, i64, &[&str]); 5] = [
     ("rollup_minute", 60, &["country", "os", "campaign_id", "advertiser_id"]),
@@ -319,7 +326,12 @@ pub fn expected_table_rows<'a>(
             "advertiser_id" => e.advertiser.to_string(),
             other => panic!("no dimension {other}"),
         };
-        let key = (e.ts.div_euclid(bucket_s * 1000) * bucket_s, e.event_type.to_string(), dims.iter().map(|d| dim(d)).collect(), sample_ppm);
+        let key = (
+            e.ts.div_euclid(bucket_s * 1000) * bucket_s,
+            e.event_type.to_string(),
+            dims.iter().map(|d| dim(d)).collect(),
+            sample_ppm,
+        );
         let v = rows.entry(key).or_default();
         v.0 += 1;
         v.1 += i64::from(e.attributed == Some(true));

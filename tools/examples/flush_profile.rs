@@ -1,16 +1,16 @@
 //! The flush's own per-row cost before the database: draining the
 //! aggregator into a sorted [`Delta`](bid_logger_core::aggregate::Delta) and
 //! forming the batch's parts ([`Batch::parts`], two as with the default
-//! `db-pool-size`, hour rows included), over the benchmark's simulated
-//! stream, ten times. Prints the fastest pass's nanoseconds per minute row
-//! for each step (stderr):
+//! `db-pool-size`, each projected onto the five default rollup tables), over
+//! the benchmark's simulated stream, ten times. Prints the fastest pass's
+//! nanoseconds per fine row for each step (stderr):
 //!
 //! ```text
 //! cargo build --release --example flush_profile
 //! target/release/examples/flush_profile 1000000
 //! ```
 //!
-//! The argument is the message count per pass (1 000 000 gives ~58 000 rows).
+//! The argument is the message count per pass.
 
 use bid_logger::ingest::{HotPath, HotPathConfig};
 use bid_logger::sink::batch::Batch;
@@ -28,6 +28,7 @@ fn main() {
     let mut hot = HotPath::new(HotPathConfig { raw_sample: raw, ..HotPathConfig::default() });
     let (mut best_drain, mut best_parts) = (f64::MAX, f64::MAX);
     let mut rows = 0;
+    let tables = bid_logger::sink::tables::default_tables(std::time::Duration::from_secs(1));
     for _ in 0..10 {
         for (t, p) in &stream.messages {
             hot.process(t, p, now);
@@ -36,10 +37,11 @@ fn main() {
         let delta = hot.aggregator.drain();
         let d = s.elapsed().as_nanos() as f64;
         rows = delta.rows.len();
+        let events = delta.events;
         let s = Instant::now();
-        let parts = std::hint::black_box(Batch::parts(delta, 2));
+        let parts = std::hint::black_box(Batch::parts(delta, 2, &tables, now));
         let p = s.elapsed().as_nanos() as f64;
-        assert_eq!(parts.iter().map(|b| b.minute.len()).sum::<usize>(), rows, "every row in one part");
+        assert_eq!(parts.iter().map(|b| b.events).sum::<u64>(), events, "every event in one part");
         best_drain = best_drain.min(d / rows as f64);
         best_parts = best_parts.min(p / rows as f64);
     }

@@ -198,9 +198,7 @@ pub async fn verify(client: &tokio_postgres::Client, truth: &Truth) -> Result<()
             let want: BTreeMap<(String, String), Totals> =
                 truth.by_exchange.iter().map(|((x, t), v)| ((x.clone(), t.to_string()), *v)).collect();
             if got != want {
-                return Err(DemoError::Mismatch(format!(
-                    "{table} per exchange: expected {want:?}, found {got:?}"
-                )));
+                return Err(DemoError::Mismatch(format!("{table} per exchange: expected {want:?}, found {got:?}")));
             }
         }
     }

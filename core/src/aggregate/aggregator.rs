@@ -95,7 +95,15 @@ const MINUTE_MASK: u32 = (1 << 26) - 1;
 
 impl Key {
     #[inline]
-    fn new(minute: u32, event_type: EventType, country: u16, os: u16, exchange: u16, campaign: u32, advertiser: u32) -> Key {
+    fn new(
+        minute: u32,
+        event_type: EventType,
+        country: u16,
+        os: u16,
+        exchange: u16,
+        campaign: u32,
+        advertiser: u32,
+    ) -> Key {
         let hi = (u64::from(minute & MINUTE_MASK) << 38)
             | ((event_type as u64) << 35)
             | (u64::from(country) << 25)

@@ -94,7 +94,7 @@ fn plain_copy_text(rows: &[Row]) -> String {
 /// The tables the comparison writes: `rollup_minute` and `rollup_hour`,
 /// both upserted by every batch (the plain side's work).
 fn compared_tables() -> Vec<RollupTable> {
-    let mut tables = bid_logger::config::rollup_tables(None, Duration::from_secs(1)).expect("the default tables");
+    let mut tables = bid_logger::sink::tables::default_tables(Duration::from_secs(1));
     tables.retain(|t| t.name == "rollup_minute" || t.name == "rollup_hour");
     for t in &mut tables {
         t.logged = false;

@@ -1,0 +1,266 @@
+//! Rollup tiers: declared tables, retention by time range, the upgrade of
+//! a warehouse written before partitioning.
+
+use crate::support::*;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+async fn sum_events(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client.query_one(&format!("SELECT coalesce(sum(events), 0)::bigint FROM {table}"), &[]).await.unwrap().get(0)
+}
+
+/// The range partitions of `table`, by name.
+async fn ranges_of(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = to_regclass($1) ORDER BY 1",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// `n` events at `ts`, each its own transaction, with an exchange.
+fn at(ts: i64, n: usize, tag: &str) -> Vec<TestEvent> {
+    (0..n)
+        .map(|i| {
+            let mut e = TestEvent::new(["bid", "win", "impression"][i % 3], format!("{tag}-{i}"), ts);
+            e.country = Some(["US", "br"][i % 2].into());
+            e.os = Some("Android".into());
+            e.exchange = Some(["Unity", "applovin", ""][i % 3].into());
+            e.campaign = (i % 5) as u32 + 1;
+            e.advertiser = 9;
+            e.price = Some(i as i64 * 1000);
+            e
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_table_is_created_and_filled_exactly() {
+    let db = fresh_database("custom").await;
+    let config = rollup_config(
+        "custom",
+        "[rollup.rollup_exchange_day]\ngrain = \"day\"\ndimensions = [\"exchange\", \"country\"]\nflush-interval = \"1s\"\n",
+    );
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", &config]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let now = now_ms();
+    let events: Vec<TestEvent> = [at(now, 300, "today"), at(now - 30 * 3_600_000, 200, "yesterday")].concat();
+    for e in &events {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", events.len() as f64, Duration::from_secs(30));
+    // a coarse table: its log is consumed at its own interval, while running
+    logger.wait_metric("bid_logger_log_events_consumed_total", events.len() as f64, Duration::from_secs(30));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let client = connect(&db).await;
+    let dims = ["exchange", "country"];
+    assert_table_eq(
+        &table_rows(&client, "rollup_exchange_day", &dims).await,
+        &expected_table_rows(&events, 86_400, &dims, 1_000_000),
+        "rollup_exchange_day",
+    );
+    assert_warehouse_matches(&client, &events, 1_000_000).await;
+    let est: f64 = client.query_one("SELECT sum(events) FROM rollup_exchange_day_est", &[]).await.unwrap().get(0);
+    assert_eq!(est as usize, events.len(), "its _est view exists");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_retention_drops_old_minute_ranges_while_hour_and_day_keep_every_event() {
+    let db = fresh_database("retention").await;
+    let mut publisher = Publisher::bind();
+    let endpoint = publisher.endpoint.clone();
+    let now = now_ms();
+    let old = at(now - 4 * 86_400_000, 100, "old");
+    let recent = at(now, 100, "recent");
+
+    // Under the default retention (7 days) events 4 days old land everywhere.
+    let logger = Logger::start(&db, &["--connect", &endpoint]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    for e in old.iter().chain(&recent) {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", 200.0, Duration::from_secs(30));
+    assert_eq!(logger.stop().0, 0);
+    let client = connect(&db).await;
+    let all: Vec<TestEvent> = old.iter().chain(&recent).cloned().collect();
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
+    let old_day = bid_logger::sink::ranges::day_of(now - 4 * 86_400_000);
+    let old_range = bid_logger::sink::ranges::Span::Day.name("rollup_minute", old_day);
+    assert!(ranges_of(&client, "rollup_minute").await.contains(&old_range));
+
+    // Restarted with a 2-day retention for rollup_minute: its old ranges go
+    // at the first flush, and another event 4 days old skips it (counted)
+    // but reaches the coarser tables.
+    let config = rollup_config("retention", "[rollup.rollup_minute]\nretention = \"2d\"\n");
+    let logger = Logger::start(&db, &["--connect", &endpoint, "--config", &config]);
+    publisher.wait_for_subscriptions(2 * all_topics(P));
+    let late = at(now - 4 * 86_400_000 + 60_000, 10, "late");
+    for e in &late {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", 10.0, Duration::from_secs(30));
+    let table = "table=\"rollup_minute\"";
+    assert!(logger.metric("bid_logger_rollup_partitions_dropped_total", table) >= 1.0);
+    assert_eq!(logger.metric("bid_logger_rollup_events_expired_total", table), 10.0);
+    assert_eq!(logger.metric("bid_logger_rollup_events_expired_total", "table=\"rollup_hour\""), 0.0);
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+
+    let minute_ranges = ranges_of(&client, "rollup_minute").await;
+    assert!(!minute_ranges.contains(&old_range), "{old_range} dropped: {minute_ranges:?}");
+    assert_eq!(sum_events(&client, "rollup_minute").await, 100, "only the recent events are left");
+    for table in ["rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"] {
+        assert_eq!(sum_events(&client, table).await, 210, "{table} keeps every event");
+    }
+    let everything: Vec<TestEvent> = all.iter().chain(&late).cloned().collect();
+    let dims = ["country", "os", "campaign_id", "advertiser_id"];
+    for (table, bucket_s) in [("rollup_hour", 3600), ("rollup_day", 86_400)] {
+        assert_table_eq(
+            &table_rows(&client, table, &dims).await,
+            &expected_table_rows(&everything, bucket_s, &dims, 1_000_000),
+            table,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warehouse_of_the_previous_release_is_partitioned_in_place_with_its_sums_unchanged() {
+    let db = fresh_database("upgrade").await;
+    let client = connect(&db).await;
+    // The schema of the release before partitioning: migrations 1 to 4.
+    client
+        .batch_execute(
+            "CREATE TABLE bid_logger_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .unwrap();
+    for &(version, name, sql) in &bid_logger::sink::migrate::MIGRATIONS[..4] {
+        client.batch_execute(sql).await.unwrap();
+        client.execute("INSERT INTO bid_logger_migrations VALUES ($1, $2)", &[&version, &name]).await.unwrap();
+    }
+    // Its rows: 40 days of hours and 2 days of minutes, two sample rates.
+    client
+        .batch_execute(
+            "INSERT INTO rollup_hour (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm,
+                                      events, attributed_events, price_micros, revenue_micros)
+             SELECT date_trunc('hour', now()) - h * interval '1 hour', t, 'US', 'ios', c, 1, ppm, h + c, 1, 10 * h, c
+             FROM generate_series(0, 960) h, unnest(ARRAY['bid', 'win']) t, generate_series(1, 3) c,
+                  unnest(ARRAY[1000000, 125000]) ppm;
+             INSERT INTO rollup_minute (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm,
+                                        events, attributed_events, price_micros, revenue_micros)
+             SELECT date_trunc('minute', now()) - m * interval '1 minute', 'bid', 'BR', 'android', c, 2, 1000000,
+                    m + c, 0, m, 0
+             FROM generate_series(0, 2880) m, generate_series(1, 3) c;",
+        )
+        .await
+        .unwrap();
+    let sums = "SELECT (SELECT sum(events) FROM rollup_minute)::bigint, (SELECT sum(price_micros) FROM rollup_minute)::bigint,
+                       (SELECT sum(events) FROM rollup_hour)::bigint, (SELECT sum(price_micros) FROM rollup_hour)::bigint,
+                       (SELECT count(*) FROM rollup_hour)";
+    let before: (i64, i64, i64, i64, i64) = {
+        let r = client.query_one(sums, &[]).await.unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
+    };
+    let file_of = "SELECT pg_relation_filenode($1::text::regclass)";
+    let minute_file: i64 = client.query_one(file_of, &[&"rollup_minute"]).await.unwrap().get::<_, u32>(0).into();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bid-logger"))
+        .args(["migrate", "--database-url", &db])
+        .env_remove("BID_LOGGER_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+
+    let after: (i64, i64, i64, i64, i64) = {
+        let r = client.query_one(sums, &[]).await.unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
+    };
+    assert_eq!(after, before, "every row kept");
+    for table in ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"] {
+        let kind: i8 = client
+            .query_one("SELECT relkind::\"char\" FROM pg_class WHERE oid = to_regclass($1)", &[&table])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(kind as u8, b'p', "{table} is partitioned");
+    }
+    assert_eq!(ranges_of(&client, "rollup_minute").await, ["rollup_minute_before"]);
+    let moved: i64 = client.query_one(file_of, &[&"rollup_minute_before"]).await.unwrap().get::<_, u32>(0).into();
+    assert_eq!(moved, minute_file, "the old table is attached as it is, not rewritten");
+    // rollup_day is rollup_hour by day, per sample rate
+    let by_rate = |table: &str| {
+        format!("SELECT sample_ppm, sum(events)::bigint, sum(price_micros)::bigint FROM {table} GROUP BY 1 ORDER BY 1")
+    };
+    let day: Vec<(i32, i64, i64)> = client
+        .query(&by_rate("rollup_day"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let hour: Vec<(i32, i64, i64)> = client
+        .query(&by_rate("rollup_hour"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(day, hour, "rollup_day backfilled from rollup_hour");
+    let est: f64 = client.query_one("SELECT sum(events) FROM rollup_hour_est", &[]).await.unwrap().get(0);
+    assert!(est > before.2 as f64, "the _est views are back (scaling the 1/8 rows)");
+
+    // The logger runs on it: new events add up on top of the old sums.
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let events = at(now_ms(), 300, "new");
+    for e in &events {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
+    let (code, stderr) = logger.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(sum_events(&client, "rollup_minute").await, before.0 + 300);
+    assert_eq!(sum_events(&client, "rollup_hour").await, before.2 + 300);
+    assert_eq!(sum_events(&client, "rollup_day").await, before.2 + 300);
+}
+
+#[test]
+fn invalid_declarations_fail_at_start_with_one_line_naming_the_key_in_the_file() {
+    for (toml, key) in [
+        ("[rollup.rollup_x]\ngrain = \"day\"\ndimensions = [\"planet\"]\n", "rollup.rollup_x.dimensions"),
+        ("[rollup.rollup_day]\nretention = \"1h\"\n", "rollup.rollup_day.retention"),
+    ] {
+        let config = rollup_config("invalid", toml);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bid-logger"))
+            .args(["run", "--config", &config, "--connect", "tcp://127.0.0.1:1", "--database-url", "postgres://u@h/db"])
+            .env_remove("BID_LOGGER_DATABASE_URL")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&format!("`{key}` in `{config}`")), "{stderr}");
+    }
+    // A table declared twice is refused by the file's parser, naming the line.
+    let config = rollup_config("twice", "[rollup.rollup_x]\ngrain = \"day\"\n\n[rollup.rollup_x]\ngrain = \"hour\"\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bid-logger"))
+        .args(["check-config", "--config", &config, "--connect", "tcp://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 4") && stderr.contains("rollup_x"), "{stderr}");
+}
