@@ -26,11 +26,14 @@
 //!   subscriptions, pacing, local counters; the per-message work is the
 //!   core's `HotPath`. Hands deltas to the sink through a bounded channel
 //!   and never waits for it.
-//! * [`sink`]: migrations and the exactly-once flush (a delta becomes one or
-//!   more [`sink::batch::Batch`]es of sorted minute and hour rows; each is
-//!   written as two transactions, `rollup_minute` first, then `rollup_hour`:
-//!   ledger row, binary `COPY` into a staging table, additive upsert) with
-//!   retries and merging of pending deltas; the raw sample's day tables.
+//! * [`sink`]: migrations, the declared rollup tables ([`sink::tables`]) and
+//!   the exactly-once flush (a delta becomes one or more
+//!   [`sink::batch::Batch`]es, each holding every table's projected rows;
+//!   each is one transaction: ledger rows, per direct table a binary `COPY`
+//!   into a staging table and an additive upsert, per coarse table a `COPY`
+//!   into its delta log, which a consumer task moves into the table at its
+//!   own interval) with retries and merging of pending deltas; the
+//!   time-range partitions of every table ([`sink::ranges`]).
 //! * [`pipeline`]: wires the stages together and runs them until a signal.
 //! * [`config`]: the configuration file, flags and environment, validated
 //!   into each stage's config.

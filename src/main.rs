@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Subscribes to the bidder fleet's ZeroMQ event streams, samples whole
-/// transactions, aggregates them by minute and hour, and flushes the rollups
+/// transactions, aggregates them into rollup tiers (minute, hour, day), and flushes them
 /// to PostgreSQL exactly once.
 #[derive(Parser)]
 #[command(name = "bid-logger", version = telemetry::VERSION, propagate_version = true)]
@@ -40,10 +40,10 @@ enum Command {
 struct ReportArgs {
     #[command(flatten)]
     database: MigrateArgs,
-    /// How far back from now, e.g. 15m, 1h, 7d (up to 6h reads rollup_minute, beyond rollup_hour).
+    /// How far back from now, e.g. 15m, 1h, 7d (up to 6h reads the minute tier, beyond the hour tier).
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = bid_logger::config::duration_arg)]
     since: std::time::Duration,
-    /// What to group by (exchange reads the raw sample, scaled: an estimate).
+    /// What to group by.
     #[arg(long, value_enum, default_value = "country")]
     by: bid_logger::report::By,
     /// Groups shown, by spend.

@@ -5,9 +5,8 @@
 //!
 //! It reads the narrowest tier that answers the range: `rollup_minute_est`
 //! up to [`MINUTE_TIER_UP_TO`], `rollup_hour_est` beyond (a bucket is
-//! counted when it starts inside the range). `exchange` is in no rollup yet,
-//! so `--by exchange` reads the raw transaction sample `events_sample`, each
-//! event scaled by `1000000 / sample_ppm`: an estimate, and the output says so.
+//! counted when it starts inside the range); `--by exchange` reads
+//! `rollup_exchange_minute_est` and `rollup_exchange_hour_est` the same way.
 
 use std::time::Duration;
 
@@ -25,7 +24,7 @@ pub enum By {
     Campaign,
     /// Advertiser id.
     Advertiser,
-    /// Ad exchange (from the raw sample).
+    /// Ad exchange (from the exchange rollups).
     Exchange,
 }
 
@@ -86,8 +85,6 @@ pub const MEASURES: &[&str] = &[
 pub struct Report {
     /// The relation it read.
     pub source: &'static str,
-    /// Whether the figures are scaled estimates of a sample.
-    pub estimated_from_sample: bool,
     /// The grouping column's name.
     pub by: &'static str,
     /// Per group: its value and [`MEASURES`] (`None` where undefined, e.g.
@@ -97,10 +94,12 @@ pub struct Report {
 
 /// The relation a report over `since` reads.
 pub fn source(config: &ReportConfig) -> &'static str {
-    match config.by {
-        By::Exchange => "events_sample",
-        _ if config.since <= MINUTE_TIER_UP_TO => "rollup_minute_est",
-        _ => "rollup_hour_est",
+    let minutes = config.since <= MINUTE_TIER_UP_TO;
+    match (config.by, minutes) {
+        (By::Exchange, true) => "rollup_exchange_minute_est",
+        (By::Exchange, false) => "rollup_exchange_hour_est",
+        (_, true) => "rollup_minute_est",
+        (_, false) => "rollup_hour_est",
     }
 }
 
@@ -108,22 +107,9 @@ pub fn source(config: &ReportConfig) -> &'static str {
 pub fn sql(config: &ReportConfig) -> String {
     let source = source(config);
     // count, attributed count and price of the rows matching a filter
-    let (count, attributed, price, time) = if config.by == By::Exchange {
-        (
-            "1e6 / sample_ppm",
-            "CASE WHEN attributed THEN 1e6 / sample_ppm ELSE 0 END",
-            "coalesce(price_micros, 0) * 1e6 / sample_ppm",
-            "ts",
-        )
-    } else {
-        ("events", "attributed_events", "price_micros", "bucket")
-    };
+    let (count, attributed, price, time) = ("events", "attributed_events", "price_micros", "bucket");
     let of = |t: &str| format!("coalesce(sum({count}) FILTER (WHERE event_type = '{t}'), 0)");
-    let group = if config.by == By::Exchange {
-        "coalesce(exchange, 'unknown')".to_string()
-    } else {
-        config.by.column().to_string()
-    };
+    let group = config.by.column();
     format!(
         "WITH g AS (
     SELECT {group}::text AS grp, coalesce(sum({count}), 0) AS events,
@@ -160,7 +146,6 @@ pub async fn run(client: &tokio_postgres::Client, config: &ReportConfig) -> Resu
     let rows = client.query(&sql(config), &[&secs, &top]).await?;
     Ok(Report {
         source: source(config),
-        estimated_from_sample: config.by == By::Exchange,
         by: config.by.column(),
         rows: rows
             .iter()
@@ -214,15 +199,14 @@ pub fn render(report: &Report, format: Format, range: &str) -> String {
                 })
                 .collect();
             let doc = serde_json::json!({
-                "source": report.source, "estimated_from_sample": report.estimated_from_sample,
+                "source": report.source,
                 "since": range, "by": report.by, "rows": rows,
             });
             serde_json::to_string_pretty(&doc).expect("JSON") + "\n"
         }
         Format::Table => {
-            let note = if report.estimated_from_sample { ", estimated from the raw sample" } else { "" };
             format!(
-                "last {range} by {}, from {}{note}; spend = impressions' price, CPM per 1000 impressions\n{}",
+                "last {range} by {}, from {}; spend = impressions' price, CPM per 1000 impressions\n{}",
                 report.by,
                 report.source,
                 aligned(&header, &rows, "")

@@ -24,6 +24,7 @@
 
 use super::batch::Batch;
 use super::tables::RollupTable;
+use super::SinkError;
 use bid_logger_core::aggregate::{Dimension, Row};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{pin_mut, SinkExt};
@@ -103,8 +104,7 @@ fn system_time(ms: i64) -> std::time::SystemTime {
 /// Deletes ledger rows old enough that no retry can still be looking for them.
 pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushed_at < now() - interval '2 days'";
 
-/// COPYs `rows` of `table` with `copy` (into its stage, or its log when
-/// `log_ppm` is set).
+/// COPYs `rows` of `table` with `copy` (into its stage).
 async fn copy_rows(
     tx: &tokio_postgres::Transaction<'_>,
     copy: &str,
@@ -122,6 +122,10 @@ async fn copy_rows(
     sink.finish().await?;
     Ok(())
 }
+
+/// The binary COPY header (signature, flags, extension length) and trailer.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+const COPY_TRAILER: &[u8] = &[0xff, 0xff];
 
 /// Rows per message sent to the COPY (about 100 bytes each).
 const COPY_CHUNK_ROWS: usize = 10_000;
@@ -141,9 +145,7 @@ fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<i32>, first: b
     let fields = 2 + dims.len() + usize::from(log_ppm.is_some()) + 4;
     let mut buf = BytesMut::with_capacity(19 + rows.len() * 120 + 2);
     if first {
-        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
-        buf.put_i32(0); // flags
-        buf.put_i32(0); // header extension length
+        buf.put_slice(COPY_HEADER);
     }
     for (key, c) in rows {
         buf.put_i16(fields as i16);
@@ -176,7 +178,7 @@ fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<i32>, first: b
         int8(&mut buf, c.revenue);
     }
     if last {
-        buf.put_i16(-1);
+        buf.put_slice(COPY_TRAILER);
     }
     buf.freeze()
 }
@@ -205,10 +207,12 @@ pub async fn write_batch(
         if rows.is_empty() {
             upserted.push(0);
         } else if table.logged {
-            copy_rows(&tx, &table.copy_sql(true), table, rows, Some(ppm)).await?;
+            let payload = encode_rows(table, rows, Some(ppm), true, true);
+            let (events, n): (i64, i64) = (rows.iter().map(|r| r.1.events as i64).sum(), rows.len() as i64);
+            tx.execute(&table.log_append_sql(), &[&events, &n, &payload.as_ref()]).await?;
             upserted.push(0);
         } else {
-            tx.batch_execute(&table.stage_sql()).await?;
+            tx.batch_execute(&table.stage_sql(false)).await?;
             copy_rows(&tx, &table.copy_sql(false), table, rows, None).await?;
             upserted.push(tx.execute(&table.upsert_sql(), &[&ppm]).await?);
         }
@@ -233,8 +237,16 @@ pub struct Consumed {
     pub more: bool,
 }
 
-/// Log rows consumed in one transaction at most (halved after a timeout).
-pub const MAX_CONSUME_ROWS: i64 = 50_000;
+/// Log rows (batches) consumed in one transaction at most (halved after a
+/// timeout): a minute of batches at the default `flush-interval`. Their
+/// rows are added up in one `GROUP BY`, which is what makes a coarse table
+/// cheaper than upserting every batch; the bound keeps the payloads one
+/// transaction holds in memory (a few MB per batch at 200 000 events/s)
+/// and its time bounded after a backlog.
+pub const MAX_CONSUME_ROWS: i64 = 64;
+
+/// Memory for the consumption's `GROUP BY`, for that transaction only.
+const CONSUME_WORK_MEM: &str = "SET LOCAL work_mem = '256MB'";
 
 /// Moves at most `limit` rows of `table`'s log into the table, in one
 /// transaction (recorded in the ledger as batch `seq` of the run).
@@ -245,30 +257,56 @@ pub async fn consume(
     table: &RollupTable,
     limit: i64,
     now_ms: i64,
-) -> Result<Consumed, tokio_postgres::Error> {
+) -> Result<Consumed, SinkError> {
     let tx = client.transaction().await?;
     let locked: bool = tx.query_one(TRY_LOCK, &[&consume_lock(&table.name)]).await?.get(0);
     if !locked {
         tx.rollback().await?;
         return Ok(Consumed { busy: true, ..Consumed::default() });
     }
+    let taken = tx.query(&table.log_take_sql(), &[&limit]).await?;
+    if taken.is_empty() {
+        tx.rollback().await?;
+        return Ok(Consumed::default());
+    }
+    // One COPY of every payload: one header, each payload's rows, one trailer.
+    tx.batch_execute(CONSUME_WORK_MEM).await?;
+    tx.batch_execute(&table.stage_sql(true)).await?;
+    let sink = tx.copy_in::<_, Bytes>(&table.copy_sql(true)).await?;
+    pin_mut!(sink);
+    sink.send(Bytes::from_static(COPY_HEADER)).await?;
+    for row in &taken {
+        let payload: &[u8] = row.get(1);
+        let body = payload.strip_prefix(COPY_HEADER).and_then(|p| p.strip_suffix(COPY_TRAILER)).unwrap_or_default();
+        sink.send(Bytes::copy_from_slice(body)).await?;
+    }
+    sink.send(Bytes::from_static(COPY_TRAILER)).await?;
+    sink.finish().await?;
     let oldest = match table.retention {
         None => std::time::UNIX_EPOCH,
         Some(_) => system_time(table.oldest_minute(now_ms).saturating_mul(60_000)),
     };
-    let row = tx.query_one(&table.consume_sql(), &[&oldest, &limit]).await?;
-    let (rows, events, expired, taken): (i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
-    if events > 0 {
-        let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &run_id, &seq, &table.name, &events, &rows];
-        tx.execute(INSERT_CONSUME_LEDGER, &ledger).await?;
+    let row = tx.query_one(&table.consume_upsert_sql(), &[&oldest]).await?;
+    let (rows, events, expired): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let logged: i64 = taken.iter().map(|r| r.get::<_, i64>(0)).sum();
+    if logged != events {
+        // The payloads are ours; a mismatch means one was cut: never commit
+        // that (the log keeps its rows, and the error says so, every retry).
+        tx.rollback().await?;
+        return Err(SinkError::Log(format!(
+            "{}: the log's rows hold {logged} events, their payloads {events}",
+            table.log_table()
+        )));
     }
+    let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &run_id, &seq, &table.name, &events, &rows];
+    tx.execute(INSERT_CONSUME_LEDGER, &ledger).await?;
     tx.commit().await?;
     Ok(Consumed {
         rows: rows as u64,
         events: events as u64,
         expired: expired as u64,
         busy: false,
-        more: taken >= limit,
+        more: taken.len() as i64 >= limit,
     })
 }
 

@@ -93,6 +93,9 @@ pub enum SinkError {
     /// An attempt took longer than allowed.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// A delta log holds what its writer cannot have written.
+    #[error("inconsistent delta log: {0}")]
+    Log(String),
     /// The database's tables contradict the configuration.
     #[error("invalid configuration: {0}")]
     Schema(String),
@@ -167,7 +170,7 @@ impl SinkError {
             SinkError::Db(e) => db_error_is_transient(e),
             SinkError::Pool(deadpool_postgres::PoolError::Backend(e)) => db_error_is_transient(e),
             SinkError::Pool(_) | SinkError::Timeout(_) => true,
-            SinkError::Build(_) | SinkError::Url(_) | SinkError::Schema(_) => false,
+            SinkError::Build(_) | SinkError::Url(_) | SinkError::Schema(_) | SinkError::Log(_) => false,
         }
     }
 }

@@ -609,11 +609,7 @@ impl Consumer {
         self.seq -= 1; // consumptions count down in the ledger, batches up
         let mut client = self.pool.get().await?;
         let (instance, id, limit) = (&self.instance, (self.run_id, self.seq), self.limit[i]);
-        let work = async {
-            consume(&mut client, instance, id, table, limit, bid_logger_core::clock::now_ms())
-                .await
-                .map_err(SinkError::Db)
-        };
+        let work = async { consume(&mut client, instance, id, table, limit, bid_logger_core::clock::now_ms()).await };
         let outcome = tokio::time::timeout(self.flush_timeout, work).await;
         let done = settle(client, outcome, self.flush_timeout);
         let labels = [("table", table.name.clone())];
@@ -631,7 +627,7 @@ impl Consumer {
             }
             Err(e) => {
                 if matches!(e, SinkError::Timeout(_)) {
-                    self.limit[i] = (limit / 2).max(1_000);
+                    self.limit[i] = (limit / 2).max(1);
                 }
                 counter!(t::LOG_FAILURES, &labels).increment(1);
                 Err(e)

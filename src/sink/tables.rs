@@ -5,11 +5,14 @@
 //! `flush-interval`: every batch upserts its rows. A *coarse* table (a
 //! longer interval) is fed through a *delta log*, `bid_logger_log_<table>`:
 //! every batch appends the table's rows to the log in the same transaction
-//! that upserts the direct tables, and at the table's own interval one
-//! transaction deletes the log's rows and upserts their sums into the table
-//! ([`consume_sql`]). Whatever reached `rollup_minute` is therefore in every
-//! coarser table or in its log, even across a hard kill, and reaches the
-//! table exactly once.
+//! that upserts the direct tables, as **one row** holding them in
+//! PostgreSQL's binary `COPY` format; at the table's own interval one
+//! transaction deletes the log's rows, `COPY`s their payloads into a staging
+//! table and upserts the sums ([`RollupTable::consume_upsert_sql`]).
+//! Whatever reached `rollup_minute` is therefore in every coarser table or
+//! in its log, even across a hard kill, and reaches the table exactly once.
+//! (A log of one row per key costs PostgreSQL more than the upserts it
+//! saves: measured in `BENCHMARKS.md`.)
 
 use bid_logger_core::aggregate::{Dimension, Dimensions, Grain, Shape};
 use std::time::Duration;
@@ -38,8 +41,8 @@ const EXCHANGE: &[Dimension] = &[Dimension::Exchange, Dimension::Country, Dimens
 /// The default set (`warehouse.md`), with the retentions the README's
 /// sizing table justifies.
 pub const DEFAULT_TABLES: [DefaultTable; 5] = [
-    ("rollup_minute", Grain::Minute, FULL, 7),
-    ("rollup_hour", Grain::Hour, FULL, 400),
+    ("rollup_minute", Grain::Minute, FULL, 3),
+    ("rollup_hour", Grain::Hour, FULL, 90),
     ("rollup_day", Grain::Day, FULL, 0),
     ("rollup_exchange_minute", Grain::Minute, EXCHANGE, 30),
     ("rollup_exchange_hour", Grain::Hour, EXCHANGE, 0),
@@ -143,20 +146,23 @@ END $$;
             view = quote_literal(&self.est_view_sql()),
         );
         if self.logged {
+            // The payload is stored uncompressed (STORAGE EXTERNAL): it is
+            // read once, and compressing megabytes per batch costs more CPU
+            // than the disk it saves for a few seconds.
             sql.push_str(&format!(
-                "CREATE TABLE IF NOT EXISTS {log} (
-    bucket            timestamptz NOT NULL,
-    event_type        text NOT NULL,
-    {dims},
-    sample_ppm        integer     NOT NULL,
-    events            bigint      NOT NULL,
-    attributed_events bigint      NOT NULL,
-    price_micros      bigint      NOT NULL,
-    revenue_micros    bigint      NOT NULL
-);
+                "DO $$ BEGIN
+    IF to_regclass('{log}') IS NULL THEN
+        CREATE TABLE {log} (
+            id      bigserial PRIMARY KEY,
+            events  bigint NOT NULL,
+            rows    bigint NOT NULL,
+            payload bytea  NOT NULL
+        );
+        ALTER TABLE {log} ALTER COLUMN payload SET STORAGE EXTERNAL;
+    END IF;
+END $$;
 ",
                 log = self.log_table(),
-                dims = dims.replace(" COLLATE \"C\"", ""),
             ));
         }
         sql
@@ -182,34 +188,49 @@ GROUP BY {key}",
         )
     }
 
-    /// `CREATE TEMP TABLE` for its staging table.
-    pub fn stage_sql(&self) -> String {
+    /// `CREATE TEMP TABLE` for its staging table (`from_log`: the one its
+    /// log's payloads are copied into, with `sample_ppm`).
+    pub fn stage_sql(&self, from_log: bool) -> String {
         format!(
             "CREATE TEMP TABLE IF NOT EXISTS {stage} (
-    bucket timestamptz NOT NULL, event_type text NOT NULL, {dims},
+    bucket timestamptz NOT NULL, event_type text NOT NULL, {dims},{ppm}
     events bigint NOT NULL, attributed_events bigint NOT NULL, price_micros bigint NOT NULL,
     revenue_micros bigint NOT NULL
 ) ON COMMIT DELETE ROWS",
-            stage = self.stage_table(),
+            stage = self.stage_name(from_log),
             dims = self.dimension_definitions().replace(" COLLATE \"C\"", ""),
+            ppm = if from_log { " sample_ppm integer NOT NULL," } else { "" },
         )
     }
 
-    /// The binary `COPY` into its stage (`logged = false`) or its log
-    /// (`logged = true`, with `sample_ppm` after the key).
-    pub fn copy_sql(&self, into_log: bool) -> String {
-        let key = self.key_columns();
-        if into_log {
-            format!(
-                "COPY {} ({key}, sample_ppm, events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)",
-                self.log_table()
-            )
+    fn stage_name(&self, from_log: bool) -> String {
+        if from_log {
+            format!("bid_logger_stage_log_{}", self.name)
         } else {
-            format!(
-                "COPY {} ({key}, events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)",
-                self.stage_table()
-            )
+            self.stage_table()
         }
+    }
+
+    /// The binary `COPY` into its stage (`from_log`: the log's stage, with
+    /// `sample_ppm` after the key, the layout of a log payload).
+    pub fn copy_sql(&self, from_log: bool) -> String {
+        let key = self.key_columns();
+        let ppm = if from_log { ", sample_ppm" } else { "" };
+        format!(
+            "COPY {} ({key}{ppm}, events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)",
+            self.stage_name(from_log)
+        )
+    }
+
+    /// Appends one batch's rows to its log: `$1` events, `$2` rows, `$3` payload.
+    pub fn log_append_sql(&self) -> String {
+        format!("INSERT INTO {} (events, rows, payload) VALUES ($1, $2, $3)", self.log_table())
+    }
+
+    /// Takes (deletes and returns) the oldest `$1` payloads of its log.
+    pub fn log_take_sql(&self) -> String {
+        let log = self.log_table();
+        format!("DELETE FROM {log} WHERE id IN (SELECT id FROM {log} ORDER BY id LIMIT $1) RETURNING events, payload")
     }
 
     /// The additive upsert of its stage; `$1` is the sample rate. Staged
@@ -227,20 +248,17 @@ ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
         )
     }
 
-    /// One transaction's worth of consuming its log: deletes at most `$2`
-    /// rows of the log (so that one transaction stays bounded after a long
-    /// outage) and upserts their sums into the table, in key order, except
-    /// buckets before `$1` (past the retention: counted, not written).
-    /// Returns (rows upserted, events consumed, events past the retention,
-    /// log rows deleted).
-    pub fn consume_sql(&self) -> String {
+    /// The upsert of its log's stage: the staged rows added up per key and
+    /// rate, in key order, except buckets before `$1` (past the retention:
+    /// counted, not written). Returns (rows upserted, events, events past
+    /// the retention).
+    pub fn consume_upsert_sql(&self) -> String {
         let key = self.key_columns();
         format!(
-            "WITH d AS (DELETE FROM {log} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {log} LIMIT $2)) RETURNING *),
-s AS (SELECT {key}, sample_ppm, sum(events)::bigint AS events,
+            "WITH s AS (SELECT {key}, sample_ppm, sum(events)::bigint AS events,
              sum(attributed_events)::bigint AS attributed_events, sum(price_micros)::bigint AS price_micros,
              sum(revenue_micros)::bigint AS revenue_micros
-      FROM d GROUP BY {key}, sample_ppm),
+      FROM {stage} GROUP BY {key}, sample_ppm),
 u AS (INSERT INTO {name} AS t ({key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
       SELECT {key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, now()
       FROM s WHERE bucket >= $1 ORDER BY {key}, sample_ppm
@@ -248,9 +266,8 @@ u AS (INSERT INTO {name} AS t ({key}, sample_ppm, events, attributed_events, pri
       RETURNING 1)
 SELECT (SELECT count(*) FROM u)::bigint,
        (SELECT coalesce(sum(events), 0) FROM s)::bigint,
-       (SELECT coalesce(sum(events), 0) FROM s WHERE bucket < $1)::bigint,
-       (SELECT count(*) FROM d)::bigint",
-            log = self.log_table(),
+       (SELECT coalesce(sum(events), 0) FROM s WHERE bucket < $1)::bigint",
+            stage = self.stage_name(true),
             name = self.name,
         )
     }

@@ -85,10 +85,9 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
     let table = report(&db, &["--by", "country"]);
     assert!(table.starts_with("last 1h by country, from rollup_minute_est"), "{table}");
 
-    // the exchange is in the raw sample (rate 1 here, so the estimate is exact)
+    // the exchange rollups
     let doc: serde_json::Value = serde_json::from_str(&report(&db, &["--by", "exchange", "--format", "json"])).unwrap();
-    assert_eq!(doc["source"], "events_sample");
-    assert_eq!(doc["estimated_from_sample"], true);
+    assert_eq!(doc["source"], "rollup_exchange_minute_est");
     let per: BTreeMap<String, f64> = doc["rows"]
         .as_array()
         .unwrap()

@@ -84,8 +84,9 @@ async fn a_shorter_retention_drops_old_minute_ranges_while_hour_and_day_keep_eve
     let old = at(now - 4 * 86_400_000, 100, "old");
     let recent = at(now, 100, "recent");
 
-    // Under the default retention (7 days) events 4 days old land everywhere.
-    let logger = Logger::start(&db, &["--connect", &endpoint]);
+    // Under a long retention events 4 days old land everywhere.
+    let long = rollup_config("retention-long", "[rollup.rollup_minute]\nretention = \"7d\"\n");
+    let logger = Logger::start(&db, &["--connect", &endpoint, "--config", &long]);
     publisher.wait_for_subscriptions(all_topics(P));
     for e in old.iter().chain(&recent) {
         publisher.publish(e, P);

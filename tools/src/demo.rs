@@ -139,7 +139,7 @@ pub async fn run(cfg: DemoConfig) -> Result<(), DemoError> {
     let client = connect(&db_url).await?;
     verify(&client, &sim.truth).await?;
     println!(
-        "[5/5] verified: rollup_minute and rollup_hour equal the simulator's exact totals ({} events)\n",
+        "[5/5] verified: all five rollup tables equal the simulator's exact totals ({} events)\n",
         sim.truth.events
     );
     report(&client).await?;

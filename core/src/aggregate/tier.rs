@@ -5,7 +5,7 @@
 //! projected onto its dimensions and coarsened to its grain, at flush time,
 //! by [`Shape::project`]. All tables are therefore fed from the same events.
 
-use super::delta::{add_up_adjacent, Counters, OsName, Row, RowKey};
+use super::delta::{Counters, OsName, Row, RowKey};
 use rustc_hash::FxHashMap;
 use std::fmt;
 
@@ -173,14 +173,31 @@ impl Shape {
     /// key order. Rows whose bucket starts before `oldest_minute` (past the
     /// table's retention) are left out; the second value counts their events.
     ///
-    /// When the projection keeps the order (every table without the exchange
-    /// or with all dimensions: see [`RowKey`]), equal keys are adjacent and
-    /// this is one pass; otherwise rows are added up in a hash map first
+    /// When the projection keeps the order (every table with the country,
+    /// OS, campaign and advertiser: see [`RowKey`]), equal keys are adjacent
+    /// and this is one pass; otherwise rows are added up in a hash map
     /// (such tables have few keys) and the result sorted.
     pub fn project(&self, rows: &[Row], oldest_minute: i64) -> (Vec<Row>, u64) {
+        if self.keeps_order() {
+            self.project_sorted(rows, oldest_minute)
+        } else {
+            self.project_hashed(rows, oldest_minute)
+        }
+    }
+
+    /// Whether projecting keeps [`RowKey`]'s order: every dimension but the
+    /// exchange is kept (only the exchange and the minute within the bucket
+    /// come after them in the order).
+    fn keeps_order(&self) -> bool {
+        [Dimension::Country, Dimension::Os, Dimension::Campaign, Dimension::Advertiser]
+            .into_iter()
+            .all(|d| self.dims.has(d))
+    }
+
+    /// One pass: equal keys are adjacent.
+    fn project_sorted(&self, rows: &[Row], oldest_minute: i64) -> (Vec<Row>, u64) {
         let mut skipped = 0;
-        let mut sorted = true;
-        let mut out: Vec<Row> = Vec::with_capacity(rows.len());
+        let mut out: Vec<Row> = Vec::with_capacity(rows.len() / 2);
         for (key, counters) in rows {
             let key = self.key(key);
             if key.minute < oldest_minute {
@@ -189,22 +206,27 @@ impl Shape {
             }
             match out.last_mut() {
                 Some((last, sum)) if *last == key => sum.add(counters),
-                Some((last, _)) if *last > key => {
-                    sorted = false;
-                    out.push((key, *counters));
-                }
                 _ => out.push((key, *counters)),
             }
         }
-        if !sorted {
-            let mut sums: FxHashMap<RowKey, Counters> = FxHashMap::default();
-            for (key, counters) in &out {
-                sums.entry(*key).or_default().add(counters);
+        debug_assert!(out.windows(2).all(|w| w[0].0 < w[1].0), "{self:?} keeps the order");
+        (out, skipped)
+    }
+
+    /// Added up in a hash map (such tables have few keys), then sorted.
+    fn project_hashed(&self, rows: &[Row], oldest_minute: i64) -> (Vec<Row>, u64) {
+        let mut skipped = 0;
+        let mut sums: FxHashMap<RowKey, Counters> = FxHashMap::default();
+        for (key, counters) in rows {
+            let key = self.key(key);
+            if key.minute < oldest_minute {
+                skipped += counters.events;
+                continue;
             }
-            out = sums.into_iter().collect();
-            out.sort_unstable_by_key(|r| r.0);
-            out = add_up_adjacent(out);
+            sums.entry(key).or_default().add(counters);
         }
+        let mut out: Vec<Row> = sums.into_iter().collect();
+        out.sort_unstable_by_key(|r| r.0);
         (out, skipped)
     }
 }

@@ -12,6 +12,7 @@
 use super::Stream;
 use bid_logger::sink::batch::Batch;
 use bid_logger::sink::flush::{write_batch, BatchId};
+use bid_logger::sink::ranges;
 use bid_logger::sink::tables::RollupTable;
 use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Delta, Row};
 use bytes::Bytes;
@@ -106,6 +107,13 @@ async fn connect_migrated(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     bid_logger::sink::migrate(&mut client, &compared_tables()).await?;
+    // the ranges of the batch's buckets (the stream's times are around now)
+    let today = ranges::day_of(bid_logger_core::clock::now_ms());
+    for table in compared_tables() {
+        let span = ranges::Span::of(table.shape.grain);
+        let starts = (today - 1..=today + 1).map(|d| span.start(d)).collect();
+        ranges::ensure(&mut client, ranges::Parent { table: &table.name, span, rollup: true }, &starts).await?;
+    }
     Ok(client)
 }
 

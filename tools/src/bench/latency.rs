@@ -3,7 +3,7 @@
 //!
 //! The publisher sends the benchmark stream (looping over it) in 1 ms ticks
 //! and records how many events it had sent at each tick. A poller reads the
-//! flush ledger every 10 ms: a `minute` ledger row is committed in the same
+//! flush ledger every 10 ms: a `rollup_minute` ledger row is committed in the same
 //! transaction as its `rollup_minute` rows, so `sum(events)` over those rows
 //! is exactly the number of events visible in `rollup_minute` (the
 //! benchmark checks that at the end). Events are received, aggregated and
@@ -108,7 +108,7 @@ pub fn report(rate: f64, timeline: &Timeline, visible: &Visibility, warm_up: Dur
 
 /// Events visible in `rollup_minute`, from the ledger.
 pub const VISIBLE: &str =
-    "SELECT coalesce(sum(events), 0)::bigint FROM bid_logger_flush_ledger WHERE rollup IN ('minute', 'both')";
+    "SELECT coalesce(sum(events), 0)::bigint FROM bid_logger_flush_ledger WHERE rollup IN ('rollup_minute', 'minute', 'both')";
 
 /// Polls the ledger of `db_url` every 10 ms until `done()` and everything in
 /// `expected()` is visible, or `timeout` passes.

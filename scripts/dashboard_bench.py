@@ -1,0 +1,90 @@
+"""Fills a migrated warehouse (its partitions already created) with history,
+then times every SQL panel of the warehouse dashboard; see
+scripts/dashboard-bench."""
+
+import json
+import re
+import sys
+import time
+
+import psycopg
+
+URL = sys.argv[1]
+DASHBOARD = "grafana/dashboards/bid-logger-warehouse.json"
+TYPES = "ARRAY['auction','bid','win','loss','impression','click','install','event']"
+COUNTRIES = "ARRAY['US','BR','IN','DE','GB','FR','JP','MX','ID','--']"
+OSES = "ARRAY['android','ios','unknown']"
+
+# (table, bucket step, buckets, ids per (type, country, os): 8 × 10 × 3 × ids keys per bucket)
+HISTORY = [
+    ("rollup_minute", "1 minute", 1440, 21),
+    ("rollup_exchange_minute", "1 minute", 1440, 21),
+    ("rollup_hour", "1 hour", 720, 42),
+    ("rollup_exchange_hour", "1 hour", 720, 42),
+    ("rollup_day", "1 day", 365, 84),
+]
+
+
+def fill(conn, table, step, buckets, ids):
+    exchange = table.startswith("rollup_exchange")
+    grain = step.split()[1]
+    dims = "exchange" if exchange else "campaign_id, advertiser_id"
+    values = "'x' || i" if exchange else "i, i % 40 + 1"
+    sql = f"""
+        INSERT INTO {table} (bucket, event_type, country, os, {dims}, sample_ppm,
+                             events, attributed_events, price_micros, revenue_micros)
+        SELECT date_trunc('{grain}', now()) - b * interval '{step}', t, c, o, {values}, 1000000,
+               1 + (b + i) % 50, (b + i) % 3, 1000 * (1 + (b + i) % 50), (b * i) % 7000
+        FROM generate_series(0, {buckets - 1}) b, unnest({TYPES}) t, unnest({COUNTRIES}) c,
+             unnest({OSES}) o, generate_series(1, {ids}) i
+        ON CONFLICT DO NOTHING"""
+    started = time.time()
+    conn.execute(sql)
+    conn.commit()
+    rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    print(f"dashboard-bench: {table}: {rows} rows ({rows // buckets} keys per {grain}) in {time.time() - started:.0f} s",
+          file=sys.stderr)
+
+
+def expand(sql, variables, start, end):
+    for unit, secs in (("'1m'", 60), ("'1h'", 3600)):
+        sql = sql.replace(f"$__timeGroupAlias(bucket, {unit})",
+                          f"floor(extract(epoch from bucket)/{secs})*{secs} AS \"time\"")
+    sql = sql.replace("$__timeFilter(bucket)", f"bucket BETWEEN '{start}' AND '{end}'")
+    sql = sql.replace("$__timeFrom()", f"'{start}'").replace("$__timeTo()", f"'{end}'")
+    for name, values in sorted(variables.items(), key=lambda kv: -len(kv[0])):
+        sql = sql.replace(f"${name}", ",".join("'" + v.replace("'", "''") + "'" for v in values))
+    assert "$" not in sql, sql
+    return sql
+
+
+def main():
+    with psycopg.connect(URL) as conn:
+        for table, step, buckets, ids in HISTORY:
+            fill(conn, table, step, buckets, ids)
+        conn.execute("VACUUM ANALYZE")
+        dash = json.load(open(DASHBOARD))
+        variables = {}
+        for v in dash["templating"]["list"]:
+            started = time.time()
+            variables[v["name"]] = [r[0] for r in conn.execute(v["query"]).fetchall()]
+            print(f"variable {v['name']}: {len(variables[v['name']])} values in {1000 * (time.time() - started):.0f} ms")
+        start, end = conn.execute(
+            "SELECT to_char((now() - interval '6 hours') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+            " to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')").fetchone()
+        print(f"\n{'panel':<72} {'ms (best of 3)':>14}")
+        worst = 0.0
+        for panel in dash["panels"]:
+            for target in panel["targets"]:
+                sql = expand(target["rawSql"], variables, start, end)
+                times = []
+                for _ in range(3):
+                    plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql).fetchone()[0]
+                    times.append(plan[0]["Planning Time"] + plan[0]["Execution Time"])
+                best = min(times)
+                worst = max(worst, best)
+                print(f"{panel['title'][:72]:<72} {best:>14.1f}")
+        print(f"\nslowest panel: {worst:.1f} ms (target 500 ms)")
+
+
+main()
