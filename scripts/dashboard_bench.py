@@ -1,6 +1,7 @@
 """Fills a migrated warehouse (its partitions already created) with history,
 then times every SQL panel of the warehouse dashboard; see
-scripts/dashboard-bench."""
+scripts/dashboard-bench. `dashboard_bench.py URL --no-fill` times a
+warehouse filled before."""
 
 import json
 import re
@@ -40,7 +41,6 @@ def fill(conn, table, step, buckets, ids):
         ON CONFLICT DO NOTHING"""
     started = time.time()
     conn.execute(sql)
-    conn.commit()
     rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     print(f"dashboard-bench: {table}: {rows} rows ({rows // buckets} keys per {grain}) in {time.time() - started:.0f} s",
           file=sys.stderr)
@@ -59,9 +59,10 @@ def expand(sql, variables, start, end):
 
 
 def main():
-    with psycopg.connect(URL) as conn:
-        for table, step, buckets, ids in HISTORY:
-            fill(conn, table, step, buckets, ids)
+    with psycopg.connect(URL, autocommit=True) as conn:
+        if len(sys.argv) < 3 or sys.argv[2] != "--no-fill":
+            for table, step, buckets, ids in HISTORY:
+                fill(conn, table, step, buckets, ids)
         conn.execute("VACUUM ANALYZE")
         dash = json.load(open(DASHBOARD))
         variables = {}

@@ -153,7 +153,7 @@ END $$;
                 "DO $$ BEGIN
     IF to_regclass('{log}') IS NULL THEN
         CREATE TABLE {log} (
-            id      bigserial PRIMARY KEY,
+            id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             events  bigint NOT NULL,
             rows    bigint NOT NULL,
             payload bytea  NOT NULL

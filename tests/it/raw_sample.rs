@@ -186,8 +186,9 @@ async fn daily_partitions_are_created_for_late_days_and_dropped_past_retention()
     }
     assert!(parts.contains(&name(-2)), "created ahead of time: {parts:?}");
     assert!(!parts.contains(&name(5)), "a day past retention gets no partition: {parts:?}");
-    // 5 days ago is inside max-lateness (rollups) but past raw retention
-    let rollup: i64 = admin.query_one("SELECT sum(events)::bigint FROM rollup_minute", &[]).await.unwrap().get(0);
+    // 5 days ago is inside max-lateness (rollups) but past raw retention (and
+    // past rollup_minute's 3 days: rollup_hour has them)
+    let rollup: i64 = admin.query_one("SELECT sum(events)::bigint FROM rollup_hour", &[]).await.unwrap().get(0);
     assert_eq!(rollup, 40);
 }
 
