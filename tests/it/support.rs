@@ -199,11 +199,8 @@ impl TestEvent {
     }
 }
 
-/// (bucket epoch seconds, event_type, country, os, campaign, advertiser, sample_ppm)
-pub type RowKey = (i64, String, String, String, i64, i64, i32);
 /// (events, attributed, price, revenue)
 pub type RowVal = (i64, i64, i64, i64);
-pub type Rows = BTreeMap<RowKey, RowVal>;
 
 /// The reference normalisation, written from `warehouse.md` independently
 /// of the logger's code.
@@ -227,66 +224,6 @@ pub fn expected_os(o: Option<&str>) -> String {
         out.push(if ch.is_ascii_alphabetic() { ch.to_ascii_lowercase() } else { ch });
     }
     out
-}
-
-/// Expected rollup rows for `events` at bucket size `bucket_s` seconds.
-pub fn expected_rows<'a>(events: impl IntoIterator<Item = &'a TestEvent>, bucket_s: i64, sample_ppm: i32) -> Rows {
-    let mut rows = Rows::new();
-    for e in events {
-        let bucket = e.ts.div_euclid(bucket_s * 1000) * bucket_s;
-        let key = (
-            bucket,
-            e.event_type.to_string(),
-            expected_country(e.country.as_deref()),
-            expected_os(e.os.as_deref()),
-            i64::from(e.campaign),
-            i64::from(e.advertiser),
-            sample_ppm,
-        );
-        let v = rows.entry(key).or_default();
-        v.0 += 1;
-        v.1 += i64::from(e.attributed == Some(true));
-        v.2 += e.price.unwrap_or(0);
-        v.3 += e.revenue.unwrap_or(0);
-    }
-    rows
-}
-
-/// The rows of `table` (rollup_minute or rollup_hour).
-pub async fn warehouse_rows(client: &tokio_postgres::Client, table: &str) -> Rows {
-    let sql = format!(
-        "SELECT extract(epoch FROM bucket)::bigint, event_type, country, os, campaign_id, advertiser_id, sample_ppm,
-                events, attributed_events, price_micros, revenue_micros FROM {table}"
-    );
-    let mut rows = Rows::new();
-    for r in client.query(&sql, &[]).await.unwrap() {
-        rows.insert(
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)),
-            (r.get(7), r.get(8), r.get(9), r.get(10)),
-        );
-    }
-    rows
-}
-
-/// Asserts equality and prints a readable difference when they differ.
-pub fn assert_rows_eq(actual: &Rows, expected: &Rows, what: &str) {
-    if actual == expected {
-        return;
-    }
-    let mut diff = Vec::new();
-    for (k, v) in expected {
-        match actual.get(k) {
-            Some(a) if a == v => {}
-            other => diff.push(format!("  {k:?}: expected {v:?}, got {other:?}")),
-        }
-    }
-    for (k, v) in actual {
-        if !expected.contains_key(k) {
-            diff.push(format!("  {k:?}: unexpected {v:?}"));
-        }
-    }
-    let shown: Vec<_> = diff.iter().take(20).cloned().collect();
-    panic!("{what}: {} rows differ (of {} expected):\n{}", diff.len(), expected.len(), shown.join("\n"));
 }
 
 /// A configuration file for a test (`--config`), holding `toml`; returns its path.
