@@ -363,6 +363,24 @@ proptest! {
 }
 
 #[test]
+fn every_dimension_at_hour_grain_adds_up_rows_the_exchange_put_apart() {
+    // (minute 1, exchange b) sorts before (minute 2, exchange a): at hour
+    // grain both minutes are one bucket, and the rows of one key must still
+    // come out once, in order.
+    let mut a = Aggregator::new(AggregateConfig::default());
+    let hour_start = NOW - NOW.rem_euclid(3_600_000);
+    for (minute, exchange) in [(1, "b"), (2, "a"), (3, "b")] {
+        let mut e = ev(EventType::Bid, hour_start + minute * 60_000, Some("US"), Some("ios"), 1);
+        e.exchange = Some(exchange);
+        a.record(&e, NOW + 3_600_000);
+    }
+    let shape = Shape { grain: Grain::Hour, dims: Dimensions::ALL };
+    let (rows, _) = shape.project(&a.drain().rows, i64::MIN);
+    let got: Vec<(&str, u64)> = rows.iter().map(|r| (r.0.exchange.as_str(), r.1.events)).collect();
+    assert_eq!(got, [("a", 1), ("b", 2)]);
+}
+
+#[test]
 fn exchange_values_beyond_the_cap_fold_into_other() {
     let mut a = Aggregator::new(AggregateConfig { max_exchange_values: 2, ..AggregateConfig::default() });
     for x in ["a", "b", "c", "d", "a"] {

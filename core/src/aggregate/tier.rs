@@ -186,12 +186,15 @@ impl Shape {
     }
 
     /// Whether projecting keeps [`RowKey`]'s order: every dimension but the
-    /// exchange is kept (only the exchange and the minute within the bucket
-    /// come after them in the order).
+    /// exchange is kept (only the minute and the exchange come after them in
+    /// the order), and the exchange is either dropped or the grain is the
+    /// minute (coarsening the minute while keeping the exchange, which comes
+    /// after it, would put `(bucket, b)` before `(bucket, a)`).
     fn keeps_order(&self) -> bool {
         [Dimension::Country, Dimension::Os, Dimension::Campaign, Dimension::Advertiser]
             .into_iter()
             .all(|d| self.dims.has(d))
+            && (!self.dims.has(Dimension::Exchange) || self.grain == Grain::Minute)
     }
 
     /// One pass: equal keys are adjacent.
