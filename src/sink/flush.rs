@@ -104,20 +104,19 @@ fn system_time(ms: i64) -> std::time::SystemTime {
 /// Deletes ledger rows old enough that no retry can still be looking for them.
 pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushed_at < now() - interval '2 days'";
 
-/// COPYs `rows` of `table` with `copy` (into its stage).
+/// COPYs `rows` of `table` into its stage.
 async fn copy_rows(
     tx: &tokio_postgres::Transaction<'_>,
-    copy: &str,
     table: &RollupTable,
     rows: &[Row],
-    log_ppm: Option<i32>,
 ) -> Result<(), tokio_postgres::Error> {
-    let sink = tx.copy_in::<_, Bytes>(copy).await?;
+    let copy = table.copy_sql(false);
+    let sink = tx.copy_in::<_, Bytes>(&copy).await?;
     pin_mut!(sink);
     let chunks = rows.len().div_ceil(COPY_CHUNK_ROWS).max(1);
     for i in 0..chunks {
         let chunk = &rows[(i * COPY_CHUNK_ROWS).min(rows.len())..((i + 1) * COPY_CHUNK_ROWS).min(rows.len())];
-        sink.send(encode_rows(table, chunk, log_ppm, i == 0, i + 1 == chunks)).await?;
+        sink.send(encode_rows(table, chunk, None, i == 0, i + 1 == chunks)).await?;
     }
     sink.finish().await?;
     Ok(())
@@ -213,7 +212,7 @@ pub async fn write_batch(
             upserted.push(0);
         } else {
             tx.batch_execute(&table.stage_sql(false)).await?;
-            copy_rows(&tx, &table.copy_sql(false), table, rows, None).await?;
+            copy_rows(&tx, table, rows).await?;
             upserted.push(tx.execute(&table.upsert_sql(), &[&ppm]).await?);
         }
     }

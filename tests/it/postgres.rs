@@ -29,11 +29,7 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
     let admin = connect(&db).await;
     admin.batch_execute(&rename(&blocks[0])).await.expect("the roles block runs");
     let owner_url = as_user(&db, &owner, "change-me");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bid-logger"))
-        .args(["migrate", "--database-url", &owner_url])
-        .env_remove("BID_LOGGER_DATABASE_URL")
-        .output()
-        .unwrap();
+    let out = bid_logger(&["migrate", "--database-url", &owner_url]);
     assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
     let as_owner = connect(&owner_url).await;
     as_owner.batch_execute(&rename(&blocks[1])).await.expect("the after-migrate block runs as the owner");

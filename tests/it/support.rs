@@ -226,6 +226,16 @@ pub fn expected_os(o: Option<&str>) -> String {
     out
 }
 
+/// Runs the `bid-logger` executable with `args` to the end (its database
+/// only from the arguments, never from this process's environment).
+pub fn bid_logger(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_bid-logger"))
+        .args(args)
+        .env_remove("BID_LOGGER_DATABASE_URL")
+        .output()
+        .expect("running bid-logger")
+}
+
 /// A configuration file for a test (`--config`), holding `toml`; returns its path.
 pub fn rollup_config(test: &str, toml: &str) -> String {
     let path = std::env::temp_dir().join(format!("bid-logger-test-{test}-{}.toml", std::process::id()));

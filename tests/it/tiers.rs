@@ -12,6 +12,13 @@ async fn sum_events(client: &tokio_postgres::Client, table: &str) -> i64 {
     client.query_one(&format!("SELECT coalesce(sum(events), 0)::bigint FROM {table}"), &[]).await.unwrap().get(0)
 }
 
+/// (sample_ppm, events, price) of `table`, per sample rate.
+async fn by_rate(client: &tokio_postgres::Client, table: &str) -> Vec<(i32, i64, i64)> {
+    let sql =
+        format!("SELECT sample_ppm, sum(events)::bigint, sum(price_micros)::bigint FROM {table} GROUP BY 1 ORDER BY 1");
+    client.query(&sql, &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+}
+
 /// The range partitions of `table`, by name.
 async fn ranges_of(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
     client
@@ -177,11 +184,7 @@ async fn a_warehouse_of_the_previous_release_is_partitioned_in_place_with_its_su
     let file_of = "SELECT pg_relation_filenode($1::text::regclass)";
     let minute_file: i64 = client.query_one(file_of, &[&"rollup_minute"]).await.unwrap().get::<_, u32>(0).into();
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bid-logger"))
-        .args(["migrate", "--database-url", &db])
-        .env_remove("BID_LOGGER_DATABASE_URL")
-        .output()
-        .unwrap();
+    let out = bid_logger(&["migrate", "--database-url", &db]);
     assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
 
     let after: (i64, i64, i64, i64, i64) = {
@@ -201,23 +204,8 @@ async fn a_warehouse_of_the_previous_release_is_partitioned_in_place_with_its_su
     let moved: i64 = client.query_one(file_of, &[&"rollup_minute_before"]).await.unwrap().get::<_, u32>(0).into();
     assert_eq!(moved, minute_file, "the old table is attached as it is, not rewritten");
     // rollup_day is rollup_hour by day, per sample rate
-    let by_rate = |table: &str| {
-        format!("SELECT sample_ppm, sum(events)::bigint, sum(price_micros)::bigint FROM {table} GROUP BY 1 ORDER BY 1")
-    };
-    let day: Vec<(i32, i64, i64)> = client
-        .query(&by_rate("rollup_day"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    let hour: Vec<(i32, i64, i64)> = client
-        .query(&by_rate("rollup_hour"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let day = by_rate(&client, "rollup_day").await;
+    let hour = by_rate(&client, "rollup_hour").await;
     assert_eq!(day, hour, "rollup_day backfilled from rollup_hour");
     let est: f64 = client.query_one("SELECT sum(events) FROM rollup_hour_est", &[]).await.unwrap().get(0);
     assert!(est > before.2 as f64, "the _est views are back (scaling the 1/8 rows)");
@@ -245,11 +233,15 @@ fn invalid_declarations_fail_at_start_with_one_line_naming_the_key_in_the_file()
         ("[rollup.rollup_day]\nretention = \"1h\"\n", "rollup.rollup_day.retention"),
     ] {
         let config = rollup_config("invalid", toml);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bid-logger"))
-            .args(["run", "--config", &config, "--connect", "tcp://127.0.0.1:1", "--database-url", "postgres://u@h/db"])
-            .env_remove("BID_LOGGER_DATABASE_URL")
-            .output()
-            .unwrap();
+        let out = bid_logger(&[
+            "run",
+            "--config",
+            &config,
+            "--connect",
+            "tcp://127.0.0.1:1",
+            "--database-url",
+            "postgres://u@h/db",
+        ]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -257,10 +249,7 @@ fn invalid_declarations_fail_at_start_with_one_line_naming_the_key_in_the_file()
     }
     // A table declared twice is refused by the file's parser, naming the line.
     let config = rollup_config("twice", "[rollup.rollup_x]\ngrain = \"day\"\n\n[rollup.rollup_x]\ngrain = \"hour\"\n");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bid-logger"))
-        .args(["check-config", "--config", &config, "--connect", "tcp://127.0.0.1:1"])
-        .output()
-        .unwrap();
+    let out = bid_logger(&["check-config", "--config", &config, "--connect", "tcp://127.0.0.1:1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("line 4") && stderr.contains("rollup_x"), "{stderr}");
