@@ -550,8 +550,10 @@ pub fn rollup_tables(
             flush_interval: table_interval,
             retention,
             logged: table_interval > flush_interval,
+            fed_by: None,
         });
     }
+    sink::tables::link(&mut tables);
     Ok(tables)
 }
 

@@ -10,7 +10,7 @@
 //! lock rows in key order, so parts wait for each other there but do not
 //! deadlock.)
 
-use super::tables::RollupTable;
+use super::tables::{self, RollupTable};
 #[cfg(doc)]
 use bid_logger_core::aggregate::RowKey;
 use bid_logger_core::aggregate::{Delta, RawRow, Row};
@@ -71,10 +71,22 @@ impl Batch {
             expired: Vec::with_capacity(tables.len()),
             raw: Vec::new(),
         };
-        for table in tables {
-            let (rows, expired) = table.shape.project(fine, table.oldest_minute(now_ms));
+        for (t, table) in tables.iter().enumerate() {
+            if table.fed_by.is_some() {
+                // fed from another table's consumption
+                batch.tables.push(Vec::new());
+                batch.expired.push(0);
+                continue;
+            }
+            let oldest = tables::projection_oldest_minute(tables, t, now_ms);
+            let (rows, expired) = table.shape.project(fine, oldest);
             batch.tables.push(rows);
             batch.expired.push(expired);
+        }
+        // What a chain's first table left out is past every retention of the
+        // chain: the fed tables count it too.
+        for t in 0..tables.len() {
+            batch.expired[t] = batch.expired[tables::batch_source(tables, t)];
         }
         batch
     }
@@ -149,8 +161,31 @@ mod tests {
             assert_eq!(sums, whole_table, "{}: parts add up to the whole", table.name);
             let events: u64 = whole_table.values().map(|c| c.events).sum();
             let expired: u64 = one[0].expired[t];
-            assert_eq!(events + expired, whole.events, "{}", table.name);
+            if table.fed_by.is_some() {
+                // fed from another table's consumption: no rows of its own in a batch
+                assert_eq!((events, expired), (0, one[0].expired[tables::batch_source(&tables, t)]), "{}", table.name);
+            } else {
+                assert_eq!(events + expired, whole.events, "{}", table.name);
+            }
         }
+    }
+
+    #[test]
+    fn a_feeding_table_keeps_what_the_table_it_feeds_keeps() {
+        let mut tables = default_tables(Duration::from_secs(1));
+        tables[1].retention = Some(Duration::from_secs(3_600)); // rollup_hour: one hour; rollup_day: forever
+        let whole = delta();
+        let batch = &Batch::parts(whole.clone(), 1, &tables, NOW)[0];
+        let hour: u64 = batch.tables[1].iter().map(|r| r.1.events).sum();
+        assert_eq!((hour, batch.expired[1]), (whole.events, 0), "rollup_day needs every bucket from rollup_hour's log");
+        tables[2].retention = Some(Duration::from_secs(86_400)); // now rollup_day keeps one day
+        let batch = &Batch::parts(whole.clone(), 1, &tables, NOW)[0];
+        let oldest = (NOW - 86_400_000).div_euclid(60_000);
+        let kept: u64 = whole.rows.iter().filter(|r| r.0.minute >= oldest).map(|r| r.1.events).sum();
+        let hour: u64 = batch.tables[1].iter().map(|r| r.1.events).sum();
+        assert!(kept < whole.events, "some events are older than a day");
+        assert_eq!((hour, batch.expired[1]), (kept, whole.events - kept));
+        assert_eq!(batch.expired[2], whole.events - kept, "what neither keeps is counted for both");
     }
 
     #[test]

@@ -18,11 +18,13 @@
 //! 4. The batch's raw rows (`events_sample`).
 //!
 //! A coarse table's log is consumed at the table's own interval by
-//! [`consume`]: one transaction that deletes the log's rows and upserts
-//! their sums. Retrying either transaction is always safe, and each table
-//! receives every batch exactly once.
+//! [`consume`]: one transaction that deletes the log's rows, upserts their
+//! sums and appends them, coarsened, to the logs of the tables fed from it.
+//! Retrying either transaction is always safe, and each table receives
+//! every batch exactly once.
 
 use super::batch::Batch;
+use super::payload::{pack, Merged, COPY_HEADER, COPY_TRAILER, PG_EPOCH_US};
 use super::tables::RollupTable;
 use super::SinkError;
 use bid_logger_core::aggregate::{Dimension, Row};
@@ -122,15 +124,8 @@ async fn copy_rows(
     Ok(())
 }
 
-/// The binary COPY header (signature, flags, extension length) and trailer.
-const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
-const COPY_TRAILER: &[u8] = &[0xff, 0xff];
-
 /// Rows per message sent to the COPY (about 100 bytes each).
 const COPY_CHUNK_ROWS: usize = 10_000;
-
-/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
-const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
 /// `rows` of `table` in PostgreSQL's binary COPY format, written directly
 /// (the generic row writer costs several times more per row): the header
@@ -139,7 +134,7 @@ const PG_EPOCH_US: i64 = 946_684_800_000_000;
 /// 2000-01-01), `event_type`, the table's dimensions (text: UTF-8 bytes;
 /// ids: int8), `sample_ppm` (int4) when writing to a log, then the four
 /// measures (int8).
-fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<i32>, first: bool, last: bool) -> Bytes {
+pub(crate) fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<i32>, first: bool, last: bool) -> Bytes {
     let dims: Vec<Dimension> = table.shape.dims.iter().collect();
     let fields = 2 + dims.len() + usize::from(log_ppm.is_some()) + 4;
     let mut buf = BytesMut::with_capacity(19 + rows.len() * 120 + 2);
@@ -206,9 +201,9 @@ pub async fn write_batch(
         if rows.is_empty() {
             upserted.push(0);
         } else if table.logged {
-            let payload = encode_rows(table, rows, Some(ppm), true, true);
+            let payload = pack(&encode_rows(table, rows, Some(ppm), true, true));
             let (events, n): (i64, i64) = (rows.iter().map(|r| r.1.events as i64).sum(), rows.len() as i64);
-            tx.execute(&table.log_append_sql(), &[&events, &n, &payload.as_ref()]).await?;
+            tx.execute(&table.log_append_sql(), &[&events, &n, &payload]).await?;
             upserted.push(0);
         } else {
             tx.batch_execute(&table.stage_sql(false)).await?;
@@ -238,22 +233,21 @@ pub struct Consumed {
 
 /// Log rows (batches) consumed in one transaction at most (halved after a
 /// timeout): a minute of batches at the default `flush-interval`. Their
-/// rows are added up in one `GROUP BY`, which is what makes a coarse table
-/// cheaper than upserting every batch; the bound keeps the payloads one
-/// transaction holds in memory (a few MB per batch at 200 000 events/s)
-/// and its time bounded after a backlog.
+/// rows are added up per key in the logger, which is what makes a coarse
+/// table cheaper than upserting every batch; the bound keeps the payloads
+/// one transaction holds in memory (a few MB per batch at 200 000
+/// events/s) and its time bounded after a backlog.
 pub const MAX_CONSUME_ROWS: i64 = 64;
 
-/// Memory for the consumption's `GROUP BY`, for that transaction only.
-const CONSUME_WORK_MEM: &str = "SET LOCAL work_mem = '256MB'";
-
-/// Moves at most `limit` rows of `table`'s log into the table, in one
-/// transaction (recorded in the ledger as batch `seq` of the run).
+/// Moves at most `limit` rows of `table`'s log into the table, and their
+/// sums into the logs of the tables it `feeds`, in one transaction
+/// (recorded in the ledger as batch `seq` of the run).
 pub async fn consume(
     client: &mut tokio_postgres::Client,
     instance: &str,
     (run_id, seq): (i64, i64),
     table: &RollupTable,
+    feeds: &[&RollupTable],
     limit: i64,
     now_ms: i64,
 ) -> Result<Consumed, SinkError> {
@@ -268,42 +262,43 @@ pub async fn consume(
         tx.rollback().await?;
         return Ok(Consumed::default());
     }
-    // One COPY of every payload: one header, each payload's rows, one trailer.
-    tx.batch_execute(CONSUME_WORK_MEM).await?;
-    tx.batch_execute(&table.stage_sql(true)).await?;
-    let sink = tx.copy_in::<_, Bytes>(&table.copy_sql(true)).await?;
-    pin_mut!(sink);
-    sink.send(Bytes::from_static(COPY_HEADER)).await?;
+    let mut merged = Merged::new(table.shape);
     for row in &taken {
-        let payload: &[u8] = row.get(1);
-        let body = payload.strip_prefix(COPY_HEADER).and_then(|p| p.strip_suffix(COPY_TRAILER)).unwrap_or_default();
-        sink.send(Bytes::copy_from_slice(body)).await?;
+        // The payloads are ours; a malformed one or a mismatch means one was
+        // cut: never commit that (the log keeps its rows, and the error says
+        // so, every retry).
+        merged.add(row.get(1)).map_err(|e| SinkError::Log(format!("{}: {e}", table.log_table())))?;
     }
-    sink.send(Bytes::from_static(COPY_TRAILER)).await?;
-    sink.finish().await?;
-    let oldest = match table.retention {
-        None => std::time::UNIX_EPOCH,
-        Some(_) => system_time(table.oldest_minute(now_ms).saturating_mul(60_000)),
-    };
-    let row = tx.query_one(&table.consume_upsert_sql(), &[&oldest]).await?;
-    let (rows, events, expired): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     let logged: i64 = taken.iter().map(|r| r.get::<_, i64>(0)).sum();
-    if logged != events {
-        // The payloads are ours; a mismatch means one was cut: never commit
-        // that (the log keeps its rows, and the error says so, every retry).
-        tx.rollback().await?;
+    if logged != merged.events {
         return Err(SinkError::Log(format!(
-            "{}: the log's rows hold {logged} events, their payloads {events}",
-            table.log_table()
+            "{}: the log's rows hold {logged} events, their payloads {}",
+            table.log_table(),
+            merged.events
         )));
     }
-    let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &run_id, &seq, &table.name, &events, &rows];
+    let oldest_us = table.retention.map(|_| table.oldest_minute(now_ms).saturating_mul(60_000_000) - PG_EPOCH_US);
+    let sums = merged.encode(oldest_us);
+    let mut rows = 0;
+    if sums.rows > 0 {
+        tx.batch_execute(&table.stage_sql(true)).await?;
+        let sink = tx.copy_in::<_, Bytes>(&table.copy_sql(true)).await?;
+        pin_mut!(sink);
+        sink.send(sums.payload).await?;
+        sink.finish().await?;
+        rows = tx.execute(&table.log_upsert_sql(), &[]).await?;
+    }
+    for fed in feeds {
+        let coarse = merged.project(table.shape, fed.shape).encode(None);
+        tx.execute(&fed.log_append_sql(), &[&coarse.events, &coarse.rows, &pack(&coarse.payload)]).await?;
+    }
+    let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &run_id, &seq, &table.name, &merged.events, &(rows as i64)];
     tx.execute(INSERT_CONSUME_LEDGER, &ledger).await?;
     tx.commit().await?;
     Ok(Consumed {
-        rows: rows as u64,
-        events: events as u64,
-        expired: expired as u64,
+        rows,
+        events: merged.events as u64,
+        expired: sums.expired as u64,
         busy: false,
         more: taken.len() as i64 >= limit,
     })

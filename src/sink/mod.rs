@@ -15,6 +15,7 @@
 pub mod batch;
 pub mod flush;
 pub mod migrate;
+pub mod payload;
 pub mod ranges;
 pub mod service;
 pub mod tables;

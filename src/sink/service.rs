@@ -478,6 +478,8 @@ fn rollup_parent(table: &RollupTable) -> Parent<'_> {
 /// a batch).
 struct Consumer {
     tables: Vec<RollupTable>,
+    /// Per table, the tables fed from its consumptions.
+    feeds: Vec<Vec<RollupTable>>,
     pool: deadpool_postgres::Pool,
     instance: String,
     run_id: i64,
@@ -505,7 +507,20 @@ enum LogState {
 impl Consumer {
     /// `None` when no table is logged.
     fn new(config: &SinkConfig, run_id: i64, migrated: Arc<AtomicBool>) -> Option<Consumer> {
-        let tables: Vec<RollupTable> = config.tables.iter().filter(|t| t.logged).cloned().collect();
+        // A table feeding others comes before them, so that a pass over every
+        // log (at the stop) carries the feeder's rows all the way.
+        let depth = |t: &RollupTable| {
+            let mut depth = 0;
+            let mut at = t;
+            while let Some(parent) = at.fed_by.as_deref().and_then(|p| config.tables.iter().find(|x| x.name == p)) {
+                (depth, at) = (depth + 1, parent);
+            }
+            depth
+        };
+        let mut tables: Vec<RollupTable> = config.tables.iter().filter(|t| t.logged).cloned().collect();
+        tables.sort_by_key(depth);
+        let feeds =
+            tables.iter().map(|t| super::tables::fed_from(&config.tables, &t.name).cloned().collect()).collect();
         if tables.is_empty() {
             return None;
         }
@@ -517,6 +532,7 @@ impl Consumer {
             }
         };
         Some(Consumer {
+            feeds,
             tables,
             pool,
             instance: config.instance_id.clone(),
@@ -609,7 +625,9 @@ impl Consumer {
         self.seq -= 1; // consumptions count down in the ledger, batches up
         let mut client = self.pool.get().await?;
         let (instance, id, limit) = (&self.instance, (self.run_id, self.seq), self.limit[i]);
-        let work = async { consume(&mut client, instance, id, table, limit, bid_logger_core::clock::now_ms()).await };
+        let feeds: Vec<&RollupTable> = self.feeds[i].iter().collect();
+        let now_ms = bid_logger_core::clock::now_ms();
+        let work = async { consume(&mut client, instance, id, table, &feeds, limit, now_ms).await };
         let outcome = tokio::time::timeout(self.flush_timeout, work).await;
         let done = settle(client, outcome, self.flush_timeout);
         let labels = [("table", table.name.clone())];
@@ -664,9 +682,12 @@ async fn prepare(
         let raw_days: BTreeSet<i64> = parts.iter().flat_map(|p| p.batch.raw.iter().map(|r| r.day())).collect();
         let parent = Parent { table: "events_sample", span: Span::Day, rollup: false };
         ranges.ensure(&mut client, parent, raw_days.into_iter()).await?;
+        let now_ms = bid_logger_core::clock::now_ms();
         for (t, table) in config.tables.iter().enumerate() {
-            let days = table_days(parts, t);
-            ranges.ensure(&mut client, rollup_parent(table), days.into_iter()).await?;
+            // A fed table's rows reach it later, from its chain's first table's rows.
+            let oldest_day = table.oldest_minute(now_ms).div_euclid(1440);
+            let days = table_days(parts, super::tables::batch_source(&config.tables, t));
+            ranges.ensure(&mut client, rollup_parent(table), days.into_iter().filter(|&d| d >= oldest_day)).await?;
         }
         Ok(())
     };

@@ -9,10 +9,20 @@
 //! PostgreSQL's binary `COPY` format; at the table's own interval one
 //! transaction deletes the log's rows, `COPY`s their payloads into a staging
 //! table and upserts the sums ([`RollupTable::consume_upsert_sql`]).
-//! Whatever reached `rollup_minute` is therefore in every coarser table or
-//! in its log, even across a hard kill, and reaches the table exactly once.
-//! (A log of one row per key costs PostgreSQL more than the upserts it
-//! saves: measured in `BENCHMARKS.md`.)
+//! The consumer adds the payloads up per key in the logger
+//! ([`super::payload`]), so PostgreSQL upserts each key once per
+//! consumption.
+//!
+//! A coarse table whose rows can be computed from another coarse table's
+//! (a grain not finer, a subset of its dimensions, an interval not
+//! shorter: `rollup_day` from `rollup_hour`) is *fed* from that table's
+//! consumption instead of from every batch ([`link`]): the consumption
+//! appends its sums, coarsened, to the fed table's log in the same
+//! transaction. Whatever reached `rollup_minute` is therefore in every
+//! coarser table, in its log or in the log of the table feeding it, even
+//! across a hard kill, and reaches every table exactly once. (A log of one
+//! row per key costs PostgreSQL more than the upserts it saves: measured in
+//! `BENCHMARKS.md`.)
 
 use bid_logger_core::aggregate::{Dimension, Dimensions, Grain, Shape};
 use std::time::Duration;
@@ -30,6 +40,9 @@ pub struct RollupTable {
     pub retention: Option<Duration>,
     /// Fed through its delta log (its interval is longer than the logger's).
     pub logged: bool,
+    /// The logged table whose consumptions feed its log (set by [`link`]);
+    /// `None`: every batch appends to its log.
+    pub fed_by: Option<String>,
 }
 
 /// A default table: (name, grain, dimensions, retention in days, 0 = forever).
@@ -50,7 +63,7 @@ pub const DEFAULT_TABLES: [DefaultTable; 5] = [
 
 /// The default set at the logger's `flush_interval` (every key at its default).
 pub fn default_tables(flush_interval: Duration) -> Vec<RollupTable> {
-    DEFAULT_TABLES
+    let mut tables: Vec<RollupTable> = DEFAULT_TABLES
         .iter()
         .map(|&(name, grain, dims, retention_days)| {
             let interval = default_flush_interval(grain, flush_interval);
@@ -60,9 +73,66 @@ pub fn default_tables(flush_interval: Duration) -> Vec<RollupTable> {
                 flush_interval: interval,
                 retention: (retention_days > 0).then(|| Duration::from_secs(retention_days * 86_400)),
                 logged: interval > flush_interval,
+                fed_by: None,
             }
         })
-        .collect()
+        .collect();
+    link(&mut tables);
+    tables
+}
+
+/// Sets each logged table's `fed_by`: among the other logged tables that
+/// can compute its rows (grain not finer, every dimension of it, interval
+/// not longer; when all of that is equal, only an earlier table), the one
+/// with the fewest rows (the coarsest grain, then the fewest dimensions).
+/// Every chain of feeds ends at a table fed by the batches.
+pub fn link(tables: &mut [RollupTable]) {
+    let feeder = |tables: &[RollupTable], c: usize| -> Option<usize> {
+        let child = &tables[c];
+        let subset = |p: &RollupTable| child.shape.dims.iter().all(|d| p.shape.dims.has(d));
+        (0..tables.len())
+            .filter(|&p| p != c && child.logged && tables[p].logged)
+            .filter(|&p| {
+                let parent = &tables[p];
+                let same = parent.shape == child.shape && parent.flush_interval == child.flush_interval;
+                parent.shape.grain <= child.shape.grain
+                    && subset(parent)
+                    && parent.flush_interval <= child.flush_interval
+                    && (!same || p < c)
+            })
+            .max_by_key(|&p| (tables[p].shape.grain, std::cmp::Reverse(tables[p].shape.dims.iter().count())))
+    };
+    let feeders: Vec<Option<String>> =
+        (0..tables.len()).map(|c| feeder(tables, c).map(|p| tables[p].name.clone())).collect();
+    for (table, fed_by) in tables.iter_mut().zip(feeders) {
+        table.fed_by = fed_by;
+    }
+}
+
+/// The tables `table` feeds (whose `fed_by` names it).
+pub fn fed_from<'a>(tables: &'a [RollupTable], table: &'a str) -> impl Iterator<Item = &'a RollupTable> + 'a {
+    tables.iter().filter(move |t| t.fed_by.as_deref() == Some(table))
+}
+
+/// The oldest minute table `t`'s projection of a batch keeps at `now_ms`:
+/// its own retention's, or older when a table fed from it keeps more (its
+/// consumption then leaves those buckets out of its own upsert, counted).
+pub fn projection_oldest_minute(tables: &[RollupTable], t: usize, now_ms: i64) -> i64 {
+    let mut oldest = tables[t].oldest_minute(now_ms);
+    for child in fed_from(tables, &tables[t].name) {
+        let c = tables.iter().position(|x| x.name == child.name).expect("a table of the list");
+        oldest = oldest.min(projection_oldest_minute(tables, c, now_ms));
+    }
+    oldest
+}
+
+/// The table whose batch rows also carry table `t`'s (itself, unless it is
+/// fed from another table's consumption).
+pub fn batch_source(tables: &[RollupTable], mut t: usize) -> usize {
+    while let Some(parent) = &tables[t].fed_by {
+        t = tables.iter().position(|x| &x.name == parent).expect("a table of the list");
+    }
+    t
 }
 
 /// The default flush interval of a table of `grain`: minute tables are
@@ -248,25 +318,15 @@ ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
         )
     }
 
-    /// The upsert of its log's stage: the staged rows added up per key and
-    /// rate, in key order, except buckets before `$1` (past the retention:
-    /// counted, not written). Returns (rows upserted, events, events past
-    /// the retention).
-    pub fn consume_upsert_sql(&self) -> String {
+    /// The upsert of its log's stage, which holds the consumed payloads'
+    /// sums, each key once, in key order (see [`super::payload::Merged`]).
+    pub fn log_upsert_sql(&self) -> String {
         let key = self.key_columns();
         format!(
-            "WITH s AS (SELECT {key}, sample_ppm, sum(events)::bigint AS events,
-             sum(attributed_events)::bigint AS attributed_events, sum(price_micros)::bigint AS price_micros,
-             sum(revenue_micros)::bigint AS revenue_micros
-      FROM {stage} GROUP BY {key}, sample_ppm),
-u AS (INSERT INTO {name} AS t ({key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
-      SELECT {key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, now()
-      FROM s WHERE bucket >= $1 ORDER BY {key}, sample_ppm
-      ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}
-      RETURNING 1)
-SELECT (SELECT count(*) FROM u)::bigint,
-       (SELECT coalesce(sum(events), 0) FROM s)::bigint,
-       (SELECT coalesce(sum(events), 0) FROM s WHERE bucket < $1)::bigint",
+            "INSERT INTO {name} AS t ({key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
+SELECT {key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, now()
+FROM {stage}
+ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
             stage = self.stage_name(true),
             name = self.name,
         )
@@ -307,4 +367,64 @@ pub fn check_existing(table: &RollupTable, columns: &[String]) -> Result<(), Str
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared(name: &str, grain: Grain, dims: &[Dimension], interval_s: u64) -> RollupTable {
+        RollupTable {
+            name: name.to_string(),
+            shape: Shape { grain, dims: Dimensions::of(dims) },
+            flush_interval: Duration::from_secs(interval_s),
+            retention: None,
+            logged: interval_s > 1,
+            fed_by: None,
+        }
+    }
+
+    fn feeders(tables: &[RollupTable]) -> Vec<(&str, Option<&str>)> {
+        tables.iter().map(|t| (t.name.as_str(), t.fed_by.as_deref())).collect()
+    }
+
+    #[test]
+    fn the_day_table_is_fed_from_the_hour_tables_consumption() {
+        let tables = default_tables(Duration::from_secs(1));
+        assert_eq!(
+            feeders(&tables),
+            [
+                ("rollup_minute", None),
+                ("rollup_hour", None),
+                ("rollup_day", Some("rollup_hour")),
+                ("rollup_exchange_minute", None),
+                ("rollup_exchange_hour", None),
+            ]
+        );
+        assert_eq!(batch_source(&tables, 2), 1);
+        // rollup_hour's batch rows keep what rollup_day keeps (forever)
+        assert_eq!(projection_oldest_minute(&tables, 1, 86_400_000 * 1000), i64::MIN);
+        assert_ne!(tables[1].oldest_minute(86_400_000 * 1000), i64::MIN);
+    }
+
+    #[test]
+    fn a_table_is_fed_by_the_coarsest_table_that_can_compute_it_and_never_in_a_cycle() {
+        use Dimension::*;
+        let mut tables = default_tables(Duration::from_secs(1));
+        tables.push(declared("exchange_day", Grain::Day, &[Exchange, Country], 60));
+        tables.push(declared("twin_a", Grain::Hour, &[Os], 30));
+        tables.push(declared("twin_b", Grain::Hour, &[Os], 30));
+        tables.push(declared("fast_day", Grain::Day, &[Country], 5)); // more often than the hour tables
+        tables.push(declared("direct_day", Grain::Day, &[Country], 1)); // every batch: no log
+        link(&mut tables);
+        let f = feeders(&tables);
+        assert_eq!(f[5], ("exchange_day", Some("rollup_exchange_hour")));
+        assert_eq!(f[6], ("twin_a", Some("rollup_exchange_hour")), "fewer dimensions than rollup_hour");
+        assert_eq!(f[7], ("twin_b", Some("twin_a")), "the same shape: only an earlier table");
+        assert_eq!(f[8], ("fast_day", None), "no feeder is consumed as often");
+        assert_eq!(f[9], ("direct_day", None));
+        for t in 0..tables.len() {
+            assert!(tables[batch_source(&tables, t)].fed_by.is_none(), "every chain ends at a batch-fed table");
+        }
+    }
 }
