@@ -231,8 +231,8 @@ pub struct Consumed {
     pub more: bool,
 }
 
-/// Log rows (batches) consumed in one transaction at most (halved after a
-/// timeout): a minute of batches at the default `flush-interval`. Their
+/// Log rows (batches) consumed in one transaction at most (one after a
+/// timeout, doubling back after each success): a minute of batches at the default `flush-interval`. Their
 /// rows are added up per key in the logger, which is what makes a coarse
 /// table cheaper than upserting every batch; the bound keeps the payloads
 /// one transaction holds in memory (a few MB per batch at 200 000

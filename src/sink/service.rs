@@ -486,8 +486,8 @@ struct Consumer {
     seq: i64,
     flush_timeout: Duration,
     migrated: Arc<AtomicBool>,
-    /// Per table: log rows taken per transaction (halved after a timeout,
-    /// doubled back after a success).
+    /// Per table: log rows taken per transaction (one after a timeout,
+    /// doubled back after each success).
     limit: Vec<i64>,
 }
 
@@ -582,8 +582,15 @@ impl Consumer {
         let deadline = Instant::now() + shutdown_timeout;
         let mut left: Vec<usize> = (0..self.tables.len()).collect();
         while !left.is_empty() && Instant::now() < deadline {
-            let mut failed = Vec::new();
+            let mut failed: Vec<usize> = Vec::new();
             for i in left {
+                // A table fed from a log still pending waits for it (feeders
+                // come first in `tables`, so it is retried after it).
+                let feeder = self.tables[i].fed_by.as_deref();
+                if failed.iter().any(|&f| Some(self.tables[f].name.as_str()) == feeder) {
+                    failed.push(i);
+                    continue;
+                }
                 match self.consume(i).await {
                     Ok(LogState::Empty) => {}
                     Ok(_) => failed.push(i), // busy: try again until the lock is ours
@@ -645,7 +652,9 @@ impl Consumer {
             }
             Err(e) => {
                 if matches!(e, SinkError::Timeout(_)) {
-                    self.limit[i] = (limit / 2).max(1);
+                    // One batch's rows per transaction until they fit again
+                    // (halving would take six timeouts to get there).
+                    self.limit[i] = 1;
                 }
                 counter!(t::LOG_FAILURES, &labels).increment(1);
                 Err(e)
