@@ -53,7 +53,9 @@ def expand(sql, variables, start, end):
     sql = sql.replace("$__timeFilter(bucket)", f"bucket BETWEEN '{start}' AND '{end}'")
     sql = sql.replace("$__timeFrom()", f"'{start}'").replace("$__timeTo()", f"'{end}'")
     for name, values in sorted(variables.items(), key=lambda kv: -len(kv[0])):
-        sql = sql.replace(f"${name}", ",".join("'" + v.replace("'", "''") + "'" for v in values))
+        # "All": a custom allValue goes in as it is (Grafana does not quote it)
+        inserted = values if isinstance(values, str) else ",".join("'" + v.replace("'", "''") + "'" for v in values)
+        sql = sql.replace(f"${name}", inserted)
     assert "$" not in sql, sql
     return sql
 
@@ -68,8 +70,9 @@ def main():
         variables = {}
         for v in dash["templating"]["list"]:
             started = time.time()
-            variables[v["name"]] = [r[0] for r in conn.execute(v["query"]).fetchall()]
-            print(f"variable {v['name']}: {len(variables[v['name']])} values in {1000 * (time.time() - started):.0f} ms")
+            values = [r[0] for r in conn.execute(v["query"]).fetchall()]
+            print(f"variable {v['name']}: {len(values)} values in {1000 * (time.time() - started):.0f} ms")
+            variables[v["name"]] = v.get("allValue", values)
         start, end = conn.execute(
             "SELECT to_char((now() - interval '6 hours') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
             " to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')").fetchone()

@@ -219,7 +219,14 @@ fn prom_query(port: u16, expr: &str) -> Value {
     serde_json::from_str(json).unwrap_or(Value::Null)
 }
 
-/// Grafana's PostgreSQL macros, expanded the way its datasource does.
+/// Each value as a PostgreSQL literal, as Grafana's datasource quotes a
+/// multi-value variable's selection.
+fn quoted(values: &[String]) -> Vec<String> {
+    values.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect()
+}
+
+/// Grafana's PostgreSQL macros, expanded the way its datasource does
+/// (`vars`: each variable's values as they are inserted).
 fn expand_sql(sql: &str, vars: &[(String, Vec<String>)], from: &str, to: &str) -> String {
     let mut s = sql.to_string();
     for (unit, secs) in [("'1m'", 60), ("'1h'", 3600)] {
@@ -231,8 +238,7 @@ fn expand_sql(sql: &str, vars: &[(String, Vec<String>)], from: &str, to: &str) -
     s = s.replace("$__timeFilter(bucket)", &format!("bucket BETWEEN '{from}' AND '{to}'"));
     s = s.replace("$__timeFrom()", &format!("'{from}'")).replace("$__timeTo()", &format!("'{to}'"));
     for (name, values) in vars {
-        let quoted: Vec<String> = values.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect();
-        s = s.replace(&format!("${name}"), &quoted.join(","));
+        s = s.replace(&format!("${name}"), &values.join(","));
     }
     assert!(!s.contains('$'), "unexpanded macro or variable in:\n{s}");
     s
@@ -330,23 +336,35 @@ async fn every_panel_query_and_alert_expression_returns_data_from_a_running_logg
             let q = v["query"].as_str().unwrap();
             let values: Vec<String> = client.query(q, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
             assert!(!values.is_empty(), "{name}: variable {} has no values", v["name"]);
-            vars.push((v["name"].as_str().unwrap().to_string(), values));
+            let all = v["allValue"].as_str().map(str::to_string);
+            vars.push((v["name"].as_str().unwrap().to_string(), values, all));
         }
         // longest names first, so $campaign is not mistaken for a prefix of another
-        vars.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
+        vars.sort_by_key(|(n, _, _)| std::cmp::Reverse(n.len()));
+        // Every value selected one by one, and "All" (Grafana inserts a
+        // variable's custom allValue as it is, unquoted): the same rows.
+        let every: Vec<(String, Vec<String>)> = vars.iter().map(|(n, v, _)| (n.clone(), quoted(v))).collect();
+        let all: Vec<(String, Vec<String>)> =
+            vars.iter().map(|(n, v, a)| (n.clone(), a.clone().map_or_else(|| quoted(v), |a| vec![a]))).collect();
         for (uid, q) in targets(&d) {
             if uid != "bid-logger-postgres" {
                 continue;
             }
             for (from, to) in &ranges {
-                let sql = expand_sql(&q, &vars, from, to);
-                let rows = client.query(&sql, &[]).await.unwrap_or_else(|e| panic!("{name}: SQL failed: {e}\n{sql}"));
-                assert!(!rows.is_empty(), "{name}: SQL returned no rows:\n{sql}");
-                checked += 1;
+                let mut results = Vec::new();
+                for selection in [&every, &all] {
+                    let sql = expand_sql(&q, selection, from, to);
+                    let rows =
+                        client.query(&sql, &[]).await.unwrap_or_else(|e| panic!("{name}: SQL failed: {e}\n{sql}"));
+                    assert!(!rows.is_empty(), "{name}: SQL returned no rows:\n{sql}");
+                    results.push(rows.len());
+                    checked += 1;
+                }
+                assert_eq!(results[0], results[1], "{name}: \"All\" and every value selected differ:\n{q}");
             }
         }
     }
-    assert!(checked >= 2 * 12, "only {checked} SQL panel queries checked");
+    assert!(checked >= 2 * 2 * 12, "only {checked} SQL panel queries checked");
 }
 
 /// A Unix time as Grafana writes it into `$__timeFilter`.
