@@ -521,6 +521,10 @@ impl Consumer {
         tables.sort_by_key(depth);
         let feeds =
             tables.iter().map(|t| super::tables::fed_from(&config.tables, &t.name).cloned().collect()).collect();
+        for table in &tables {
+            // exported from the start, so that rates and alerts see a zero
+            counter!(t::LOG_FAILURES, "table" => table.name.clone()).increment(0);
+        }
         if tables.is_empty() {
             return None;
         }

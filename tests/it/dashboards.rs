@@ -133,7 +133,7 @@ fn rule_exprs() -> Vec<String> {
             out.push(expr);
         }
     }
-    assert_eq!(out.len(), 11, "{out:?}");
+    assert_eq!(out.len(), 12, "{out:?}");
     out.iter()
         .map(|e| {
             let mut s = String::new();
