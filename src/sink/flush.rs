@@ -232,11 +232,11 @@ pub struct Consumed {
 }
 
 /// Log rows (batches) consumed in one transaction at most (one after a
-/// timeout, doubling back after each success): a minute of batches at the default `flush-interval`. Their
-/// rows are added up per key in the logger, which is what makes a coarse
-/// table cheaper than upserting every batch; the bound keeps the payloads
-/// one transaction holds in memory (a few MB per batch at 200 000
-/// events/s) and its time bounded after a backlog.
+/// timeout, doubling back after each success): a minute of batches at the
+/// default `flush-interval`. Their rows are added up per key in the logger,
+/// which is what makes a coarse table cheaper than upserting every batch;
+/// the bound keeps the payloads one transaction holds in memory (a few MB
+/// per batch at 200 000 events/s) and its time bounded after a backlog.
 pub const MAX_CONSUME_ROWS: i64 = 64;
 
 /// Moves at most `limit` rows of `table`'s log into the table, and their

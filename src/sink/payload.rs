@@ -104,16 +104,6 @@ impl Merged {
         self.dims + 3
     }
 
-    /// Distinct keys.
-    pub fn len(&self) -> usize {
-        self.sums.len()
-    }
-
-    /// Whether nothing was added.
-    pub fn is_empty(&self) -> bool {
-        self.sums.is_empty()
-    }
-
     /// Adds every row of a stored `payload` (see [`unpack`]).
     pub fn add(&mut self, payload: &[u8]) -> Result<(), Malformed> {
         let copy = unpack(payload)?;
@@ -340,7 +330,7 @@ mod tests {
         assert_eq!(merged.events, 15_000);
         let expected = direct(hour, &all);
         assert_eq!(merged.sums, expected.sums, "hour: the sums of the payloads");
-        assert!(merged.len() < batches.iter().map(|b| hour.shape.project(b, i64::MIN).0.len()).sum::<usize>());
+        assert!(merged.sums.len() < batches.iter().map(|b| hour.shape.project(b, i64::MIN).0.len()).sum::<usize>());
         let coarse = merged.project(hour.shape, day.shape);
         assert_eq!(coarse.sums, direct(day, &all).sums, "day: coarsened from the hour sums");
         assert_eq!(coarse.events, 15_000);
@@ -348,7 +338,7 @@ mod tests {
         let mut again = Merged::new(day.shape);
         let encoded = coarse.encode(None);
         again.add(&encoded.payload).unwrap();
-        assert_eq!((again.sums, encoded.rows, encoded.events), (coarse.sums.clone(), coarse.len() as i64, 15_000));
+        assert_eq!((again.sums, encoded.rows, encoded.events), (coarse.sums.clone(), coarse.sums.len() as i64, 15_000));
         // a table without the campaign
         let xh = table(&tables, "rollup_exchange_hour");
         let mut x = Merged::new(xh.shape);

@@ -509,16 +509,9 @@ impl Consumer {
     fn new(config: &SinkConfig, run_id: i64, migrated: Arc<AtomicBool>) -> Option<Consumer> {
         // A table feeding others comes before them, so that a pass over every
         // log (at the stop) carries the feeder's rows all the way.
-        let depth = |t: &RollupTable| {
-            let mut depth = 0;
-            let mut at = t;
-            while let Some(parent) = at.fed_by.as_deref().and_then(|p| config.tables.iter().find(|x| x.name == p)) {
-                (depth, at) = (depth + 1, parent);
-            }
-            depth
-        };
-        let mut tables: Vec<RollupTable> = config.tables.iter().filter(|t| t.logged).cloned().collect();
-        tables.sort_by_key(depth);
+        let mut logged: Vec<usize> = (0..config.tables.len()).filter(|&t| config.tables[t].logged).collect();
+        logged.sort_by_key(|&t| super::tables::chain(&config.tables, t).count());
+        let tables: Vec<RollupTable> = logged.into_iter().map(|t| config.tables[t].clone()).collect();
         let feeds =
             tables.iter().map(|t| super::tables::fed_from(&config.tables, &t.name).cloned().collect()).collect();
         for table in &tables {

@@ -126,13 +126,19 @@ pub fn projection_oldest_minute(tables: &[RollupTable], t: usize, now_ms: i64) -
     oldest
 }
 
+/// Table `t` and the tables it is fed from, in order: its feeder, that
+/// table's feeder, … up to the table fed by the batches.
+pub fn chain(tables: &[RollupTable], t: usize) -> impl Iterator<Item = usize> + '_ {
+    std::iter::successors(Some(t), move |&at| {
+        let feeder = tables[at].fed_by.as_deref()?;
+        Some(tables.iter().position(|x| x.name == feeder).expect("a table of the list"))
+    })
+}
+
 /// The table whose batch rows also carry table `t`'s (itself, unless it is
 /// fed from another table's consumption).
-pub fn batch_source(tables: &[RollupTable], mut t: usize) -> usize {
-    while let Some(parent) = &tables[t].fed_by {
-        t = tables.iter().position(|x| &x.name == parent).expect("a table of the list");
-    }
-    t
+pub fn batch_source(tables: &[RollupTable], t: usize) -> usize {
+    chain(tables, t).last().expect("the chain starts at t")
 }
 
 /// The default flush interval of a table of `grain`: minute tables are
