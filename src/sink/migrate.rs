@@ -13,6 +13,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (4, "ledger_per_rollup", include_str!("../../sql/0004_ledger_per_rollup.sql")),
     (5, "partition_rollups", include_str!("../../sql/0005_partition_rollups.sql")),
     (6, "range_functions", include_str!("../../sql/0006_range_functions.sql")),
+    (7, "hour_ranges", include_str!("../../sql/0007_hour_ranges.sql")),
 ];
 
 /// The migration that partitions the rollups; `rollup_day` is backfilled

@@ -1,7 +1,9 @@
 //! Time-range partitions (in PostgreSQL's sense) of the warehouse tables:
 //! `events_sample` by UTC day of `ts`, each rollup table by `bucket` in
-//! ranges sized to its grain (minute tables by day, hour tables by month,
-//! day tables by year), named `<table>_pYYYYMMDD`, `_pYYYYMM`, `_pYYYY`.
+//! ranges sized to its grain (minute tables by hour, hour tables by month,
+//! day tables by year), named `<table>_pYYYYMMDDHH`, `_pYYYYMM`, `_pYYYY`
+//! (`events_sample`: by day, `_pYYYYMMDD`; the minute tables' ranges were
+//! days before hours, and such ranges are kept until their retention).
 //!
 //! Ranges are created ahead of time and on demand (late events), and
 //! dropped once wholly past the table's retention. Creation and dropping
@@ -34,6 +36,8 @@ FROM (SELECT c.relname::text AS name, pg_get_expr(c.relpartbound, c.oid) AS b
 /// How much time one range covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Span {
+    /// A UTC hour.
+    Hour,
     /// A UTC day.
     Day,
     /// A calendar month.
@@ -43,40 +47,54 @@ pub enum Span {
 }
 
 impl Span {
-    /// The span of a rollup table of `grain`.
+    /// The span of a rollup table of `grain`: about 60 buckets of a
+    /// minute table, 720 of an hour table, 365 of a day table. An hour of
+    /// `rollup_minute` at the simulator's cardinality is about 2 GB, so the
+    /// range being written stays small enough for `shared_buffers` and
+    /// autovacuum, and a dashboard over the last hours reads those hours
+    /// only.
     pub fn of(grain: Grain) -> Span {
         match grain {
-            Grain::Minute => Span::Day,
+            Grain::Minute => Span::Hour,
             Grain::Hour => Span::Month,
             Grain::Day => Span::Year,
         }
     }
 
-    /// The first day of the range holding `day` (days since the epoch).
-    pub fn start(self, day: i64) -> i64 {
+    /// The start (seconds since the epoch) of the range holding `t_s`.
+    pub fn start(self, t_s: i64) -> i64 {
+        let day = t_s.div_euclid(86_400);
         let (y, _, d) = civil(day);
         match self {
-            Span::Day => day,
-            Span::Month => day - i64::from(d) + 1,
-            Span::Year => days_from_civil(y, 1, 1),
+            Span::Hour => t_s - t_s.rem_euclid(3600),
+            Span::Day => day * 86_400,
+            Span::Month => (day - i64::from(d) + 1) * 86_400,
+            Span::Year => days_from_civil(y, 1, 1) * 86_400,
         }
     }
 
-    /// The first day after the range starting at `start`.
-    pub fn end(self, start: i64) -> i64 {
-        let (y, m, _) = civil(start);
+    /// The end (exclusive) of the range starting at `start_s`.
+    pub fn end(self, start_s: i64) -> i64 {
+        let (y, m, _) = civil(start_s.div_euclid(86_400));
         match self {
-            Span::Day => start + 1,
-            Span::Month if m == 12 => days_from_civil(y + 1, 1, 1),
-            Span::Month => days_from_civil(y, m + 1, 1),
-            Span::Year => days_from_civil(y + 1, 1, 1),
+            Span::Hour => start_s + 3600,
+            Span::Day => start_s + 86_400,
+            Span::Month if m == 12 => days_from_civil(y + 1, 1, 1) * 86_400,
+            Span::Month => days_from_civil(y, m + 1, 1) * 86_400,
+            Span::Year => days_from_civil(y + 1, 1, 1) * 86_400,
         }
     }
 
-    /// `<table>_pYYYYMMDD` / `_pYYYYMM` / `_pYYYY`.
-    pub fn name(self, table: &str, start: i64) -> String {
-        let (y, m, d) = civil(start);
+    /// The starts of the ranges that hold some of `[from_s, to_s]`.
+    pub fn starts(self, from_s: i64, to_s: i64) -> impl Iterator<Item = i64> {
+        std::iter::successors(Some(self.start(from_s)), move |&s| Some(self.end(s))).take_while(move |&s| s <= to_s)
+    }
+
+    /// `<table>_pYYYYMMDDHH` / `_pYYYYMMDD` / `_pYYYYMM` / `_pYYYY`.
+    pub fn name(self, table: &str, start_s: i64) -> String {
+        let (y, m, d) = civil(start_s.div_euclid(86_400));
         match self {
+            Span::Hour => format!("{table}_p{y:04}{m:02}{d:02}{:02}", start_s.rem_euclid(86_400) / 3600),
             Span::Day => format!("{table}_p{y:04}{m:02}{d:02}"),
             Span::Month => format!("{table}_p{y:04}{m:02}"),
             Span::Year => format!("{table}_p{y:04}"),
@@ -148,21 +166,22 @@ pub struct Parent<'a> {
     pub rollup: bool,
 }
 
-/// Creates a range through the migrating role's function (sql/0006).
+/// Creates a range through the migrating role's function (sql/0006, 0007).
 const CREATE: &str = "SELECT bid_logger_create_range($1::text::regclass, $2, $3, $4, $5)";
 /// Drops a range through the migrating role's function (sql/0006).
 const DROP: &str = "SELECT bid_logger_drop_range($1::text::regclass)";
 
-fn time_of_day(day: i64) -> std::time::SystemTime {
-    if day >= 0 {
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(day as u64 * 86_400)
+fn system_time(s: i64) -> std::time::SystemTime {
+    if s >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(s as u64)
     } else {
-        std::time::UNIX_EPOCH - std::time::Duration::from_secs(day.unsigned_abs() * 86_400)
+        std::time::UNIX_EPOCH - std::time::Duration::from_secs(s.unsigned_abs())
     }
 }
 
-/// Creates the ranges starting on the days in `starts` that no existing
-/// range overlaps; returns the names created.
+/// Creates the ranges starting at `starts` (seconds since the epoch) that
+/// no existing range overlaps (a range of another span, made by an earlier
+/// release or by hand, is kept and respected); returns the names created.
 pub async fn ensure(
     client: &mut tokio_postgres::Client,
     parent: Parent<'_>,
@@ -176,14 +195,13 @@ pub async fn ensure(
     let existing = list(&tx, parent.table).await?;
     let mut created = Vec::new();
     for &start in starts {
-        let end = parent.span.end(start);
-        let (lo, hi) = (start * 86_400, end * 86_400);
+        let (lo, hi) = (start, parent.span.end(start));
         let overlaps = existing.iter().any(|r| r.from.is_none_or(|from| from < hi) && r.to.is_none_or(|to| to > lo));
         if overlaps {
             continue;
         }
         let name = parent.span.name(parent.table, start);
-        let (from, to) = (time_of_day(start), time_of_day(end));
+        let (from, to) = (system_time(lo), system_time(hi));
         tx.execute(CREATE, &[&parent.table, &name, &from, &to, &parent.rollup]).await?;
         tracing::info!(table = %name, "partition created");
         created.push(name);
@@ -232,14 +250,18 @@ mod tests {
     #[test]
     fn spans_cover_consecutive_ranges() {
         let day = days_from_civil(2026, 12, 2);
-        assert_eq!(Span::Day.name("events_sample", Span::Day.start(day)), "events_sample_p20261202");
-        assert_eq!(Span::Month.start(day), days_from_civil(2026, 12, 1));
-        assert_eq!(Span::Month.end(Span::Month.start(day)), days_from_civil(2027, 1, 1));
-        assert_eq!(Span::Month.name("rollup_hour", Span::Month.start(day)), "rollup_hour_p202612");
-        assert_eq!(Span::Year.start(day), days_from_civil(2026, 1, 1));
-        assert_eq!(Span::Year.name("rollup_day", Span::Year.start(day)), "rollup_day_p2026");
-        for span in [Span::Day, Span::Month, Span::Year] {
-            let mut start = span.start(days_from_civil(1999, 12, 31));
+        let noon = day * 86_400 + 12 * 3600 + 1234;
+        assert_eq!(Span::Day.name("events_sample", Span::Day.start(noon)), "events_sample_p20261202");
+        assert_eq!(Span::Hour.start(noon), day * 86_400 + 12 * 3600);
+        assert_eq!(Span::Hour.name("rollup_minute", Span::Hour.start(noon)), "rollup_minute_p2026120212");
+        assert_eq!(Span::Hour.name("rollup_minute", day * 86_400), "rollup_minute_p2026120200");
+        assert_eq!(Span::Month.start(noon), days_from_civil(2026, 12, 1) * 86_400);
+        assert_eq!(Span::Month.end(Span::Month.start(noon)), days_from_civil(2027, 1, 1) * 86_400);
+        assert_eq!(Span::Month.name("rollup_hour", Span::Month.start(noon)), "rollup_hour_p202612");
+        assert_eq!(Span::Year.start(noon), days_from_civil(2026, 1, 1) * 86_400);
+        assert_eq!(Span::Year.name("rollup_day", Span::Year.start(noon)), "rollup_day_p2026");
+        for span in [Span::Hour, Span::Day, Span::Month, Span::Year] {
+            let mut start = span.start(days_from_civil(1999, 12, 31) * 86_400 - 1);
             for _ in 0..40 {
                 let end = span.end(start);
                 assert!(end > start);
@@ -248,5 +270,16 @@ mod tests {
                 start = end;
             }
         }
+    }
+
+    #[test]
+    fn starts_cover_an_interval() {
+        let t = days_from_civil(2026, 12, 2) * 86_400 + 1800;
+        let hours: Vec<i64> = Span::Hour.starts(t, t + 2 * 3600).collect();
+        assert_eq!(hours, [t - 1800, t + 1800, t + 5400]);
+        assert_eq!(Span::Hour.starts(t, t).count(), 1);
+        let days: Vec<i64> = Span::Day.starts(t - 86_400, t).collect();
+        assert_eq!(days, [t - 1800 - 86_400, t - 1800]);
+        assert_eq!(Span::Year.starts(t, t + 400 * 86_400).count(), 3);
     }
 }

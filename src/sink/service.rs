@@ -372,7 +372,8 @@ impl Sink {
 /// the rollup tables.
 #[derive(Debug, Default)]
 struct Ranges {
-    /// Per table: first days of the ranges known to exist.
+    /// Per table: starts (seconds since the epoch) of the ranges known to
+    /// exist.
     known: HashMap<String, BTreeSet<i64>>,
     /// When creation ahead of time and retention run next.
     next_maintenance: Option<Instant>,
@@ -384,24 +385,41 @@ struct Ranges {
 /// Creation ahead of time and retention run this often.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 
+/// Ranges created in one transaction at most.
+const RANGES_PER_TRANSACTION: usize = 24;
+
+/// Ranges are created this far ahead of the clock.
+const AHEAD_S: i64 = 2 * 86_400;
+
 impl Ranges {
     fn today() -> i64 {
         ranges::day_of(bid_logger_core::clock::now_ms())
     }
 
-    /// Makes sure `parent` has ranges holding `days`.
+    /// Makes sure `parent` has ranges holding the times `times_s` (seconds
+    /// since the epoch).
     async fn ensure(
         &mut self,
         client: &mut tokio_postgres::Client,
         parent: Parent<'_>,
-        days: impl Iterator<Item = i64>,
+        times_s: impl Iterator<Item = i64>,
     ) -> Result<(), SinkError> {
         let known = self.known.entry(parent.table.to_string()).or_default();
-        let missing: BTreeSet<i64> = days.map(|d| parent.span.start(d)).filter(|s| !known.contains(s)).collect();
-        if !missing.is_empty() {
-            let created = ranges::ensure(client, parent, &missing).await?;
+        let missing: Vec<i64> = times_s
+            .map(|t| parent.span.start(t))
+            .filter(|s| !known.contains(s))
+            .collect::<BTreeSet<i64>>()
+            .into_iter()
+            .collect();
+        // A day of hour ranges per transaction: what is created stays
+        // created (and known) when the attempt times out part-way, so a
+        // first start that must create hundreds of ranges under a short
+        // `flush-timeout` still makes progress.
+        for chunk in missing.chunks(RANGES_PER_TRANSACTION) {
+            let chunk: BTreeSet<i64> = chunk.iter().copied().collect();
+            let created = ranges::ensure(client, parent, &chunk).await?;
             *self.created.entry(parent.table.to_string()).or_default() += created.len() as u64;
-            self.known.entry(parent.table.to_string()).or_default().extend(missing);
+            self.known.entry(parent.table.to_string()).or_default().extend(chunk);
         }
         Ok(())
     }
@@ -413,22 +431,23 @@ impl Ranges {
             return Ok(());
         }
         let now_ms = bid_logger_core::clock::now_ms();
-        let today = Self::today();
-        let oldest_accepted = ranges::day_of(now_ms - config.max_lateness_ms);
+        let now_s = now_ms.div_euclid(1000);
+        let oldest_accepted_s = (now_ms - config.max_lateness_ms).div_euclid(1000);
         if config.raw_sample_ppm > 0 {
-            let oldest = today - config.raw_retention_days;
-            self.retain(client, "events_sample", oldest * 86_400).await?;
+            let oldest = (Self::today() - config.raw_retention_days) * 86_400;
+            self.retain(client, "events_sample", oldest).await?;
             let parent = Parent { table: "events_sample", span: Span::Day, rollup: false };
-            self.ensure(client, parent, (today - 1).max(oldest)..=today + 2).await?;
+            self.ensure(client, parent, Span::Day.starts((now_s - 86_400).max(oldest), now_s + AHEAD_S)).await?;
         }
         for table in &config.tables {
-            let mut from = oldest_accepted;
+            let mut from_s = oldest_accepted_s;
             if let Some(r) = table.retention {
-                let cutoff_ms = now_ms - r.as_millis() as i64;
-                self.retain(client, &table.name, cutoff_ms.div_euclid(1000)).await?;
-                from = from.max(ranges::day_of(cutoff_ms));
+                let cutoff_s = (now_ms - r.as_millis() as i64).div_euclid(1000);
+                self.retain(client, &table.name, cutoff_s).await?;
+                from_s = from_s.max(cutoff_s);
             }
-            self.ensure(client, rollup_parent(table), from..=today + 2).await?;
+            let parent = rollup_parent(table);
+            self.ensure(client, parent, parent.span.starts(from_s, now_s + AHEAD_S)).await?;
         }
         self.next_maintenance = Some(Instant::now() + MAINTENANCE_EVERY);
         Ok(())
@@ -687,13 +706,14 @@ async fn prepare(
         ranges.maintain(&mut client, config).await?;
         let raw_days: BTreeSet<i64> = parts.iter().flat_map(|p| p.batch.raw.iter().map(|r| r.day())).collect();
         let parent = Parent { table: "events_sample", span: Span::Day, rollup: false };
-        ranges.ensure(&mut client, parent, raw_days.into_iter()).await?;
+        ranges.ensure(&mut client, parent, raw_days.into_iter().map(|d| d * 86_400)).await?;
         let now_ms = bid_logger_core::clock::now_ms();
         for (t, table) in config.tables.iter().enumerate() {
             // A fed table's rows reach it later, from its chain's first table's rows.
-            let oldest_day = table.oldest_minute(now_ms).div_euclid(1440);
-            let days = table_days(parts, super::tables::batch_source(&config.tables, t));
-            ranges.ensure(&mut client, rollup_parent(table), days.into_iter().filter(|&d| d >= oldest_day)).await?;
+            let oldest_hour = table.oldest_minute(now_ms).div_euclid(60);
+            let hours = table_hours(parts, super::tables::batch_source(&config.tables, t));
+            let times_s = hours.into_iter().filter(|&h| h >= oldest_hour).map(|h| h * 3600);
+            ranges.ensure(&mut client, rollup_parent(table), times_s).await?;
         }
         Ok(())
     };
@@ -701,19 +721,22 @@ async fn prepare(
     settle(client, outcome, config.flush_timeout)
 }
 
-/// The days of table `t`'s rows in the parts not landed yet.
-fn table_days(parts: &[Part], t: usize) -> BTreeSet<i64> {
-    let mut days = BTreeSet::new();
+/// The hours (since the epoch) of table `t`'s rows in the parts not landed
+/// yet.
+fn table_hours(parts: &[Part], t: usize) -> BTreeSet<i64> {
+    // A batch's rows are in a few hours (interleaved: rows are in day,
+    // then dimension order): a short list beats a set per row.
+    let mut hours: Vec<i64> = Vec::new();
+    let mut last = None;
     for part in parts.iter().filter(|p| !p.landed) {
-        // Rows are in day order: adjacent repeats are most of them.
-        let mut last = None;
         for (key, _) in &part.batch.tables[t] {
-            if last.replace(key.day()) != Some(key.day()) {
-                days.insert(key.day());
+            let hour = key.minute.div_euclid(60);
+            if last.replace(hour) != Some(hour) && !hours.contains(&hour) {
+                hours.push(hour);
             }
         }
     }
-    days
+    hours.into_iter().collect()
 }
 
 /// One attempt at one part, bounded by `flush_timeout`, on a connection of

@@ -24,7 +24,7 @@ async fn ranges_of(client: &tokio_postgres::Client, table: &str) -> Vec<String> 
     client
         .query(
             "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-             WHERE i.inhparent = to_regclass($1) ORDER BY 1",
+             WHERE i.inhparent = to_regclass($1) ORDER BY c.relname::text COLLATE \"C\"",
             &[&table],
         )
         .await
@@ -103,8 +103,8 @@ async fn a_shorter_retention_drops_old_minute_ranges_while_hour_and_day_keep_eve
     let client = connect(&db).await;
     let all: Vec<TestEvent> = old.iter().chain(&recent).cloned().collect();
     assert_warehouse_matches(&client, &all, 1_000_000).await;
-    let old_day = bid_logger::sink::ranges::day_of(now - 4 * 86_400_000);
-    let old_range = bid_logger::sink::ranges::Span::Day.name("rollup_minute", old_day);
+    let hour = bid_logger::sink::ranges::Span::Hour;
+    let old_range = hour.name("rollup_minute", hour.start((now - 4 * 86_400_000) / 1000));
     assert!(ranges_of(&client, "rollup_minute").await.contains(&old_range));
 
     // Restarted with a 2-day retention for rollup_minute: its old ranges go
@@ -224,6 +224,21 @@ async fn a_warehouse_of_the_previous_release_is_partitioned_in_place_with_its_su
     assert_eq!(sum_events(&client, "rollup_minute").await, before.0 + 300);
     assert_eq!(sum_events(&client, "rollup_hour").await, before.2 + 300);
     assert_eq!(sum_events(&client, "rollup_day").await, before.2 + 300);
+    // The migrated range holds every minute up to the next UTC day; hour
+    // ranges begin where it ends, two days ahead of the logger's clock (an
+    // hour earlier if the hour turned since).
+    let ranges = ranges_of(&client, "rollup_minute").await;
+    let hour = bid_logger::sink::ranges::Span::Hour;
+    let now_s = now_ms() / 1000;
+    let midnight = now_s.div_euclid(86_400) * 86_400 + 86_400;
+    let expected = |to_s: i64| -> Vec<String> {
+        let mut names: Vec<String> = hour.starts(midnight, to_s).map(|s| hour.name("rollup_minute", s)).collect();
+        names.push("rollup_minute_before".to_string());
+        names.sort();
+        names
+    };
+    let ahead = now_s + 2 * 86_400;
+    assert!(ranges == expected(ahead) || ranges == expected(ahead - 3600), "{ranges:?}");
 }
 
 #[test]
