@@ -107,11 +107,12 @@ async fn connect_migrated(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     bid_logger::sink::migrate(&mut client, &compared_tables()).await?;
-    // the ranges of the batch's buckets (the stream's times are around now)
-    let today = ranges::day_of(bid_logger_core::clock::now_ms());
+    // the ranges of the batch's buckets (the stream's times are around now:
+    // yesterday to tomorrow)
+    let today_s = ranges::day_of(bid_logger_core::clock::now_ms()) * 86_400;
     for table in compared_tables() {
         let span = ranges::Span::of(table.shape.grain);
-        let starts = (today - 1..=today + 1).map(|d| span.start(d)).collect();
+        let starts = span.starts(today_s - 86_400, today_s + 2 * 86_400 - 1).collect();
         ranges::ensure(&mut client, ranges::Parent { table: &table.name, span, rollup: true }, &starts).await?;
     }
     Ok(client)
