@@ -15,7 +15,6 @@
 //! partition; here the word appears only in SQL.)
 
 use bid_logger_core::aggregate::Grain;
-use std::collections::BTreeSet;
 
 /// Advisory-lock key for range maintenance ("bidpart").
 const RANGE_LOCK: i64 = 0x62_6964_7061_7274;
@@ -49,7 +48,7 @@ pub enum Span {
 impl Span {
     /// The span of a rollup table of `grain`: about 60 buckets of a
     /// minute table, 720 of an hour table, 365 of a day table. An hour of
-    /// `rollup_minute` at the simulator's cardinality is about 2 GB, so the
+    /// `rollup_minute` at the simulator's cardinality is about 3 GB, so the
     /// range being written stays small enough for `shared_buffers` and
     /// autovacuum, and a dashboard over the last hours reads those hours
     /// only.
@@ -185,7 +184,7 @@ fn system_time(s: i64) -> std::time::SystemTime {
 pub async fn ensure(
     client: &mut tokio_postgres::Client,
     parent: Parent<'_>,
-    starts: &BTreeSet<i64>,
+    starts: &[i64],
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     if starts.is_empty() {
         return Ok(Vec::new());

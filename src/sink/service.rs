@@ -405,19 +405,15 @@ impl Ranges {
         times_s: impl Iterator<Item = i64>,
     ) -> Result<(), SinkError> {
         let known = self.known.entry(parent.table.to_string()).or_default();
-        let missing: Vec<i64> = times_s
-            .map(|t| parent.span.start(t))
-            .filter(|s| !known.contains(s))
-            .collect::<BTreeSet<i64>>()
-            .into_iter()
-            .collect();
+        let mut missing: Vec<i64> = times_s.map(|t| parent.span.start(t)).filter(|s| !known.contains(s)).collect();
+        missing.sort_unstable();
+        missing.dedup();
         // A day of hour ranges per transaction: what is created stays
         // created (and known) when the attempt times out part-way, so a
         // first start that must create hundreds of ranges under a short
         // `flush-timeout` still makes progress.
         for chunk in missing.chunks(RANGES_PER_TRANSACTION) {
-            let chunk: BTreeSet<i64> = chunk.iter().copied().collect();
-            let created = ranges::ensure(client, parent, &chunk).await?;
+            let created = ranges::ensure(client, parent, chunk).await?;
             *self.created.entry(parent.table.to_string()).or_default() += created.len() as u64;
             self.known.entry(parent.table.to_string()).or_default().extend(chunk);
         }

@@ -112,7 +112,7 @@ async fn connect_migrated(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let today_s = ranges::day_of(bid_logger_core::clock::now_ms()) * 86_400;
     for table in compared_tables() {
         let span = ranges::Span::of(table.shape.grain);
-        let starts = span.starts(today_s - 86_400, today_s + 2 * 86_400 - 1).collect();
+        let starts: Vec<i64> = span.starts(today_s - 86_400, today_s + 2 * 86_400 - 1).collect();
         ranges::ensure(&mut client, ranges::Parent { table: &table.name, span, rollup: true }, &starts).await?;
     }
     Ok(client)
