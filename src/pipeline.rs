@@ -64,22 +64,27 @@ pub async fn run(
     );
     let pool = sink::pool(&config.sink.database_url, config.sink.pool_size).map_err(PipelineError::Database)?;
     let migrated = check_database(&pool, &config.sink.tables).await?;
+    let loaded = if migrated { load_marks(&pool, &config.sink).await } else { None };
 
     metrics::gauge!(crate::telemetry::FLUSH_INTERVAL).set(config.sink.flush_interval.as_secs_f64());
     let mut signals = Signals::new()?;
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let stopping = Arc::new(AtomicBool::new(false));
     let flush = Arc::new(FlushRequests::default());
+    // The ingest threads' trackers are seeded with the committed marks; the
+    // sink keeps them too, so a partition's value keeps the publishers this
+    // run has not heard from yet.
+    let committed = loaded.as_ref().map(|l| l.marks.clone()).unwrap_or_default();
+    let links = ingest::Links { sink: tx, progress: progress.clone(), committed };
     let workers = ingest::spawn(
         &config.ingest,
         &config.aggregate,
         config.sink.flush_interval,
-        tx,
+        links,
         stopping.clone(),
         flush.clone(),
-        progress.clone(),
     )?;
-    let sink = tokio::spawn(Sink::new(config.sink.clone(), pool, rx, migrated, progress.clone()).run());
+    let sink = tokio::spawn(Sink::new(config.sink.clone(), pool, rx, migrated, loaded, progress.clone()).run());
 
     signals.wait_for_stop(stop, &flush).await;
     tracing::info!("stopping: no longer receiving; flushing what was accepted (a second SIGTERM/SIGINT exits at once)");
@@ -115,7 +120,7 @@ pub async fn run(
         invalid = ingest.invalid,
         sampled_out = ingest.sampled_out,
         rejected = ingest.rejected,
-        lost = ingest.lost,
+        lost = ingest.lost + sink.lost_before_start,
         written = sink.events_written,
         unwritten = sink.events_unwritten,
         "stopped"
@@ -150,6 +155,28 @@ async fn check_database(
             Ok(false)
         }
         Err(e) => Err(PipelineError::Database(e)),
+    }
+}
+
+/// Reads the sequence marks committed by the previous run and counts what
+/// it left unwritten ([`sink::marks`]); `None` (read later by the sink) when
+/// the database does not answer.
+async fn load_marks(pool: &deadpool_postgres::Pool, config: &sink::SinkConfig) -> Option<sink::marks::Loaded> {
+    let result = async {
+        let mut client = pool.get().await?;
+        sink::marks::load(&mut client, config.scope(), &config.instance_id).await
+    }
+    .await;
+    match result {
+        Ok(loaded) => {
+            sink::service::account_loaded(&loaded);
+            tracing::info!(marks = loaded.marks.len(), lost = loaded.lost, "committed sequence marks read");
+            Some(loaded)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the committed sequence marks yet; the sink retries");
+            None
+        }
     }
 }
 

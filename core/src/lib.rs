@@ -21,7 +21,10 @@
 //!   the event one event later, so the cache miss overlaps the next
 //!   message's decoding.
 //! * [`seq`]: `seq` gaps, restarts and resets per publisher, in bounded
-//!   memory.
+//!   memory, and the marks (last `seq` per publisher and topic) a flush
+//!   commits.
+//! * [`marks`]: the committed marks per partition, as one compact value
+//!   each.
 //! * [`hot_path`]: the per-message work ([`hot_path::HotPath`]): the size
 //!   limit, decode, `seq` tracking, the partition check, sampling and
 //!   aggregation, with local counts.
@@ -38,6 +41,7 @@ pub mod aggregate;
 pub mod clock;
 pub mod decode;
 pub mod hot_path;
+pub mod marks;
 pub mod sample;
 pub mod seq;
 pub mod synth;

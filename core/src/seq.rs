@@ -2,12 +2,43 @@
 
 use crate::wire::{EventType, MAX_PARTITIONS};
 use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
 
 /// Publishers tracked for `seq` gaps at most, and (publisher, topic)
 /// sequences at most: the bounds on the tracker's memory, whatever the
 /// publishers send (a few MiB at the limits).
 const MAX_TRACKED_PUBLISHERS: usize = 10_000;
 const MAX_TRACKED_SEQUENCES: usize = 200_000;
+
+/// The highest `seq` received from one publisher on one topic since the
+/// last [`SeqTracker::take_marks`]: what a flush records as committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// The publisher (`pub`).
+    pub publisher: Arc<str>,
+    /// `event_type * MAX_PARTITIONS + partition`.
+    pub topic: u32,
+    /// The last `seq` received.
+    pub seq: u64,
+}
+
+impl Mark {
+    /// The topic's partition.
+    pub fn partition(&self) -> u32 {
+        self.topic % MAX_PARTITIONS
+    }
+
+    /// The topic's event type, as [`EventType::index`].
+    pub fn event_type_index(&self) -> u8 {
+        (self.topic / MAX_PARTITIONS) as u8
+    }
+}
+
+/// The topic id of `(event_type index, partition)`.
+pub fn topic_id(event_type_index: u8, partition: u32) -> u32 {
+    u32::from(event_type_index) * MAX_PARTITIONS + partition
+}
 
 /// Detects messages lost between publishers and us from `seq` gaps, per
 /// publisher and topic. A `seq` that does not go up is a publisher restart;
@@ -22,11 +53,23 @@ const MAX_TRACKED_SEQUENCES: usize = 200_000;
 /// those seen least recently. Publishers that keep sending are never locked
 /// out; an evicted publisher is tracked again from its next message, and a
 /// gap across its eviction is not counted.
+///
+/// It also keeps what a flush commits ([`SeqTracker::take_marks`]): every
+/// sequence that moved since the last take, without allocating per message
+/// (a sequence is stamped with the take's generation). Sequences committed
+/// by an earlier run are [`SeqTracker::seed`]ed, so that the first `seq`
+/// after a restart counts the gap across it.
 #[derive(Debug)]
 pub struct SeqTracker {
     publishers: FxHashMap<Box<[u8]>, Tracked>,
     sequences: usize,
     max_jump: u64,
+    /// Stamps sequences that moved since the last take (never 0: seeds).
+    generation: u32,
+    /// Sequences stamped with `generation`.
+    moved: usize,
+    /// Marks of evicted publishers not taken yet.
+    evicted_marks: Vec<Mark>,
     /// Observations so far: the clock of `Tracked::last_seen`.
     tick: u64,
     /// Messages lost since the last take.
@@ -39,12 +82,26 @@ pub struct SeqTracker {
     pub evicted: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Tracked {
-    /// Last `seq` per topic (`event_type * 10 000 + partition`).
-    topics: FxHashMap<u32, u64>,
+    name: Arc<str>,
+    /// Per topic (`event_type * 10 000 + partition`).
+    topics: FxHashMap<u32, Sequence>,
     last_seen: u64,
     seen_twice: bool,
+}
+
+impl Tracked {
+    fn new(publisher: &str) -> Tracked {
+        Tracked { name: publisher.into(), topics: FxHashMap::default(), last_seen: 0, seen_twice: false }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sequence {
+    last: u64,
+    /// The generation it last moved in.
+    stamp: u32,
 }
 
 impl SeqTracker {
@@ -54,6 +111,9 @@ impl SeqTracker {
             publishers: FxHashMap::default(),
             sequences: 0,
             max_jump,
+            generation: 1,
+            moved: 0,
+            evicted_marks: Vec::new(),
             tick: 0,
             lost: 0,
             restarts: 0,
@@ -72,34 +132,95 @@ impl SeqTracker {
     pub fn observe(&mut self, publisher: &str, event_type: EventType, partition: u32, seq: u64) {
         self.tick += 1;
         let topic_id = event_type as u32 * MAX_PARTITIONS + partition;
+        let full = self.sequences >= MAX_TRACKED_SEQUENCES;
+        let generation = self.generation;
         let tracked = match self.publishers.get_mut(publisher.as_bytes()) {
             Some(tracked) => tracked,
             None => {
-                if self.publishers.len() >= MAX_TRACKED_PUBLISHERS || self.sequences >= MAX_TRACKED_SEQUENCES {
-                    self.evict_half();
-                }
-                self.publishers.entry(publisher.as_bytes().into()).or_default()
+                self.make_room();
+                self.publishers.entry(publisher.as_bytes().into()).or_insert_with(|| Tracked::new(publisher))
             }
         };
         tracked.seen_twice |= tracked.last_seen != 0;
         tracked.last_seen = self.tick;
-        if self.sequences >= MAX_TRACKED_SEQUENCES && !tracked.topics.contains_key(&topic_id) {
-            // Only a publisher with 200 000 topics of its own gets here
-            // (eviction keeps the busiest): stop adding its topics.
-            return;
-        }
-        match tracked.topics.insert(topic_id, seq) {
-            Some(prev) if seq > prev => {
-                let gap = seq - prev - 1;
-                if gap > self.max_jump {
-                    self.resets += 1;
+        match tracked.topics.entry(topic_id) {
+            Entry::Occupied(mut e) => {
+                let s = e.get_mut();
+                let prev = std::mem::replace(&mut s.last, seq);
+                if s.stamp != generation {
+                    s.stamp = generation;
+                    self.moved += 1;
+                }
+                if seq > prev {
+                    let gap = seq - prev - 1;
+                    if gap > self.max_jump {
+                        self.resets += 1;
+                    } else {
+                        self.lost += gap;
+                    }
                 } else {
-                    self.lost += gap;
+                    self.restarts += 1;
                 }
             }
-            Some(_) => self.restarts += 1,
-            None => self.sequences += 1,
+            // Only a publisher with 200 000 topics of its own gets here
+            // full (eviction keeps the busiest): stop adding its topics.
+            Entry::Vacant(_) if full => {}
+            Entry::Vacant(e) => {
+                e.insert(Sequence { last: seq, stamp: generation });
+                self.sequences += 1;
+                self.moved += 1;
+            }
         }
+    }
+
+    /// Makes room for a new publisher.
+    #[cold]
+    fn make_room(&mut self) {
+        if self.publishers.len() >= MAX_TRACKED_PUBLISHERS || self.sequences >= MAX_TRACKED_SEQUENCES {
+            self.evict_half();
+        }
+    }
+
+    /// Records that an earlier run committed `seq` as the last of
+    /// `publisher` on `topic` (see [`topic_id`]): the next `seq` received
+    /// there counts the gap from it. Does nothing for a sequence already
+    /// tracked, or when the tracker is full.
+    pub fn seed(&mut self, publisher: &str, topic: u32, seq: u64) {
+        if self.sequences >= MAX_TRACKED_SEQUENCES || self.publishers.len() >= MAX_TRACKED_PUBLISHERS {
+            return;
+        }
+        if !self.publishers.contains_key(publisher.as_bytes()) {
+            self.make_room();
+        }
+        let tracked = self.publishers.entry(publisher.as_bytes().into()).or_insert_with(|| Tracked::new(publisher));
+        if let Entry::Vacant(e) = tracked.topics.entry(topic) {
+            e.insert(Sequence { last: seq, stamp: 0 });
+            self.sequences += 1;
+        }
+    }
+
+    /// Whether a sequence moved since the last [`SeqTracker::take_marks`].
+    pub fn has_marks(&self) -> bool {
+        self.moved > 0 || !self.evicted_marks.is_empty()
+    }
+
+    /// The last `seq` of every sequence that moved since the last take.
+    /// Called once per flush interval; it walks every tracked sequence.
+    pub fn take_marks(&mut self) -> Vec<Mark> {
+        let mut out = std::mem::take(&mut self.evicted_marks);
+        if self.moved > 0 {
+            out.reserve(self.moved);
+            for t in self.publishers.values() {
+                for (&topic, s) in &t.topics {
+                    if s.stamp == self.generation {
+                        out.push(Mark { publisher: t.name.clone(), topic, seq: s.last });
+                    }
+                }
+            }
+        }
+        self.generation = self.generation.checked_add(1).unwrap_or(1);
+        self.moved = 0;
+        out
     }
 
     /// Evicts the half of the publishers least worth keeping (see the type's docs).
@@ -113,13 +234,24 @@ impl SeqTracker {
         let (_, &mut cut, _) = rank.select_nth_unstable(half);
         let before = self.publishers.len();
         let mut freed = 0;
+        let (generation, marks) = (self.generation, &mut self.evicted_marks);
+        let mut moved = 0;
         self.publishers.retain(|_, t| {
             let keep = (t.seen_twice, t.last_seen) >= cut;
             if !keep {
                 freed += t.topics.len();
+                for (&topic, s) in t.topics.iter().filter(|(_, s)| s.stamp == generation) {
+                    moved += 1;
+                    // What moved is still committed by the next take (bounded:
+                    // past the cap, a flood's marks are not worth memory).
+                    if marks.len() < MAX_TRACKED_SEQUENCES {
+                        marks.push(Mark { publisher: t.name.clone(), topic, seq: s.last });
+                    }
+                }
             }
             keep
         });
+        self.moved -= moved;
         self.sequences -= freed;
         self.evicted += (before - self.publishers.len()) as u64;
     }
@@ -176,6 +308,59 @@ mod tests {
         // the steady publisher was never evicted: its next gap counts too
         s.observe("steady", EventType::Bid, 1, 6 + 49 + 3); // last was 6 + 49: 2 lost
         assert_eq!(s.lost, 4 + 2);
+    }
+
+    fn sorted(mut marks: Vec<Mark>) -> Vec<(String, u32, u64)> {
+        let mut out: Vec<_> = marks.drain(..).map(|m| (m.publisher.to_string(), m.topic, m.seq)).collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn marks_are_what_moved_since_the_last_take() {
+        let mut s = SeqTracker::new(1000);
+        assert!(!s.has_marks());
+        s.observe("p1", EventType::Bid, 3, 7);
+        s.observe("p1", EventType::Bid, 3, 8);
+        s.observe("p2", EventType::Win, 0, 1);
+        assert!(s.has_marks());
+        let bid3 = topic_id(EventType::Bid.index() as u8, 3);
+        let win0 = topic_id(EventType::Win.index() as u8, 0);
+        assert_eq!(sorted(s.take_marks()), vec![("p1".into(), bid3, 8), ("p2".into(), win0, 1)]);
+        assert!(!s.has_marks());
+        assert!(s.take_marks().is_empty(), "nothing moved since");
+        s.observe("p2", EventType::Win, 0, 2);
+        let marks = s.take_marks();
+        assert_eq!(sorted(marks.clone()), vec![("p2".into(), win0, 2)]);
+        assert_eq!((marks[0].partition(), marks[0].event_type_index()), (0, EventType::Win.index() as u8));
+    }
+
+    #[test]
+    fn a_seeded_sequence_counts_the_gap_across_a_restart_and_is_not_a_mark() {
+        let mut s = SeqTracker::new(1000);
+        let bid3 = topic_id(EventType::Bid.index() as u8, 3);
+        s.seed("p1", bid3, 100);
+        s.seed("p1", bid3, 50); // already tracked: ignored
+        assert!(!s.has_marks(), "a seed is already committed");
+        s.observe("p1", EventType::Bid, 3, 105);
+        assert_eq!(s.lost, 4);
+        s.seed("p2", bid3, 100);
+        s.observe("p2", EventType::Bid, 3, 3); // the publisher restarted meanwhile
+        assert_eq!((s.lost, s.restarts), (4, 1));
+        assert_eq!(sorted(s.take_marks()), vec![("p1".into(), bid3, 105), ("p2".into(), bid3, 3)]);
+    }
+
+    #[test]
+    fn marks_of_evicted_publishers_are_still_taken() {
+        let mut s = SeqTracker::new(1000);
+        s.observe("early", EventType::Bid, 1, 9);
+        for i in 0..(MAX_TRACKED_PUBLISHERS as u64 + 10) {
+            s.observe(&format!("flood-{i}"), EventType::Bid, 1, 1);
+        }
+        assert!(s.evicted > 0);
+        let marks = s.take_marks();
+        assert_eq!(marks.len(), MAX_TRACKED_PUBLISHERS + 11, "one per sequence that moved, evicted or not");
+        assert!(marks.iter().any(|m| &*m.publisher == "early" && m.seq == 9));
     }
 
     #[test]

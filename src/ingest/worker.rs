@@ -10,7 +10,8 @@ use bid_logger_core::aggregate::{AggregateConfig, AggregateStats, Delta};
 use bid_logger_core::clock::{coarse_monotonic_ms, now_ms};
 use bid_logger_core::decode::DecodeError;
 use bid_logger_core::hot_path::HotPath;
-use bid_logger_core::wire::EventType;
+use bid_logger_core::marks::SeqMarks;
+use bid_logger_core::wire::{EventType, MAX_PARTITIONS};
 use metrics::{counter, gauge, Counter, Gauge};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -128,10 +129,20 @@ impl Ingest {
         aggregate: AggregateConfig,
         index: usize,
         flush_interval: Duration,
-        sink: mpsc::Sender<Delta>,
-        progress: Arc<t::Progress>,
+        links: &Links,
     ) -> Result<Ingest, IngestError> {
-        let hot = HotPath::new(config.hot_path(aggregate));
+        let Links { sink, progress, committed } = links;
+        let mut hot = HotPath::new(config.hot_path(aggregate));
+        // The marks committed by an earlier run of this thread's partitions
+        // (and of partitions outside the configured ones, which any thread
+        // may receive): the first `seq` received counts the gap from them.
+        let mine: Vec<u32> = config.partitions.iter().skip(index).step_by(config.threads).copied().collect();
+        for (publisher, topic, seq) in committed.iter() {
+            let partition = topic % MAX_PARTITIONS;
+            if mine.binary_search(&partition).is_ok() || config.partitions.binary_search(&partition).is_err() {
+                hot.seqs.seed(publisher, topic, seq);
+            }
+        }
         let topics = subscriptions(config, &hot.samplers(), index, config.threads);
         let socket = open_socket(ctx, config, &topics)?;
         let reconnector = if config.connect.is_empty() {
@@ -144,13 +155,13 @@ impl Ingest {
             socket,
             reconnector,
             hot,
-            sink,
+            sink: sink.clone(),
             flush_interval,
             received: 0,
             summary: IngestSummary::default(),
             metrics: IngestMetrics::new(),
             mismatch_logged: None,
-            progress,
+            progress: progress.clone(),
         })
     }
 
@@ -209,7 +220,7 @@ impl Ingest {
             }
         }
         self.publish_counts();
-        let last = self.hot.aggregator.drain();
+        let last = drain(&mut self.hot);
         if !last.is_empty() && self.sink.blocking_send(last).is_err() {
             tracing::error!("sink is gone; the last interval could not be handed over");
         }
@@ -241,11 +252,11 @@ impl Ingest {
     /// Gives the accumulated delta to the sink if the channel has room;
     /// otherwise keeps it (the next interval merges into it).
     fn hand_over(&mut self) {
-        if self.hot.aggregator.is_empty() {
+        if self.hot.aggregator.is_empty() && !self.hot.seqs.has_marks() {
             return;
         }
         match self.sink.try_reserve() {
-            Ok(permit) => permit.send(self.hot.aggregator.drain()),
+            Ok(permit) => permit.send(drain(&mut self.hot)),
             Err(mpsc::error::TrySendError::Full(())) => {
                 tracing::debug!(keys = self.hot.aggregator.live_keys(), "sink busy; merging into the next interval")
             }
@@ -334,16 +345,34 @@ impl Ingest {
     }
 }
 
+/// What a thread hands to the sink: its rows, and the last `seq` of every
+/// sequence that moved while they were gathered.
+fn drain(hot: &mut HotPath) -> Delta {
+    let mut delta = hot.aggregator.drain();
+    delta.marks = hot.seqs.take_marks();
+    delta
+}
+
+/// What the ingest threads are linked to.
+pub struct Links {
+    /// Where deltas go.
+    pub sink: mpsc::Sender<Delta>,
+    /// The run's progress.
+    pub progress: Arc<t::Progress>,
+    /// The sequence marks an earlier run committed: each thread's trackers
+    /// are seeded with those of its partitions.
+    pub committed: SeqMarks,
+}
+
 /// Starts `config.threads` ingest threads sharing one ZeroMQ context.
 /// Sockets are opened before this returns, so set-up errors surface here.
 pub fn spawn(
     config: &IngestConfig,
     aggregate: &AggregateConfig,
     flush_interval: Duration,
-    sink: mpsc::Sender<Delta>,
+    links: Links,
     stop: Arc<AtomicBool>,
     flush: Arc<FlushRequests>,
-    progress: Arc<t::Progress>,
 ) -> Result<Vec<std::thread::JoinHandle<IngestSummary>>, IngestError> {
     let ctx = zmq::Context::new();
     ctx.set_io_threads(config.threads.min(4) as i32)
@@ -356,8 +385,7 @@ pub fn spawn(
         drop(zap);
     }
     for index in 0..config.threads {
-        let ingest =
-            Ingest::new(&ctx, config, aggregate.clone(), index, flush_interval, sink.clone(), progress.clone())?;
+        let ingest = Ingest::new(&ctx, config, aggregate.clone(), index, flush_interval, &links)?;
         let (stop, flush) = (stop.clone(), flush.clone());
         let handle = std::thread::Builder::new()
             .name(format!("ingest-{index}"))

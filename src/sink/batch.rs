@@ -63,6 +63,11 @@ impl Batch {
         out
     }
 
+    /// A batch with no rows (it records marks only).
+    pub fn empty(tables: &[RollupTable], now_ms: i64) -> Batch {
+        Batch::of(&[], tables, now_ms)
+    }
+
     /// Every table's rows of `fine`.
     fn of(fine: &[Row], tables: &[RollupTable], now_ms: i64) -> Batch {
         let mut batch = Batch {

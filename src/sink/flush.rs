@@ -16,6 +16,7 @@
 //!    be retried: a deadlock is a transient error).
 //! 3. For each *coarse* table: binary `COPY` of its rows into its delta log.
 //! 4. The batch's raw rows (`events_sample`).
+//! 5. Its committed sequence marks and event count ([`marks::record`]).
 //!
 //! A coarse table's log is consumed at the table's own interval by
 //! [`consume`]: one transaction that deletes the log's rows, upserts their
@@ -24,6 +25,7 @@
 //! every batch exactly once.
 
 use super::batch::Batch;
+use super::marks::{self, Watermark};
 use super::payload::{pack, Merged, COPY_HEADER, COPY_TRAILER, PG_EPOCH_US};
 use super::tables::RollupTable;
 use super::SinkError;
@@ -40,6 +42,21 @@ pub struct BatchId {
     pub run_id: i64,
     /// Sequential within the run.
     pub batch: i64,
+}
+
+/// Where and how batches are written.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer<'a> {
+    /// This instance's name in the ledger.
+    pub instance: &'a str,
+    /// Whose sequence marks are recorded ([`super::SinkConfig::scope`]).
+    pub scope: &'a str,
+    /// The rollup tables.
+    pub tables: &'a [RollupTable],
+    /// The sampling rate recorded with every row.
+    pub sample_ppm: u32,
+    /// The raw sample's rate.
+    pub raw_sample_ppm: u32,
 }
 
 /// What an attempt did.
@@ -177,16 +194,15 @@ pub(crate) fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<i32
     buf.freeze()
 }
 
-/// Writes `batch` (batch `id` of `instance`) to every table, exactly once.
+/// Writes `batch` (batch `id` of `to.instance`) and `mark` to every table, exactly once.
 pub async fn write_batch(
     client: &mut tokio_postgres::Client,
-    instance: &str,
+    to: &Writer<'_>,
     id: BatchId,
     batch: &Batch,
-    tables: &[RollupTable],
-    sample_ppm: u32,
-    raw_sample_ppm: u32,
+    mark: &Watermark,
 ) -> Result<Written, tokio_postgres::Error> {
+    let Writer { instance, scope, tables, sample_ppm, raw_sample_ppm } = *to;
     let tx = client.transaction().await?;
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     let counts: Vec<i64> = batch.tables.iter().map(|r| r.len() as i64).collect();
@@ -212,6 +228,8 @@ pub async fn write_batch(
         }
     }
     let raw_rows = copy_raw(&tx, batch, raw_sample_ppm).await?;
+    // Last, so the rows it locks (shared by the parts) are held only until the commit.
+    marks::record(&tx, scope, instance, id.run_id, mark, batch.events).await?;
     tx.commit().await?;
     Ok(Written::Now { rows: upserted, raw_rows })
 }

@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (5, "partition_rollups", include_str!("../../sql/0005_partition_rollups.sql")),
     (6, "range_functions", include_str!("../../sql/0006_range_functions.sql")),
     (7, "hour_ranges", include_str!("../../sql/0007_hour_ranges.sql")),
+    (8, "seq_marks", include_str!("../../sql/0008_seq_marks.sql")),
 ];
 
 /// The migration that partitions the rollups; `rollup_day` is backfilled

@@ -7,6 +7,8 @@
 //!   direct table a binary `COPY` into a staging table and an additive
 //!   upsert, per coarse table a `COPY` into its delta log), and consumes a
 //!   coarse table's delta log.
+//! * [`marks`]: the committed sequence marks and outstanding events that
+//!   make a restart count what it lost.
 //! * [`ranges`]: the time-range partitions, ahead of time, on demand and
 //!   past the retention.
 //! * [`service`]: the task that receives deltas from ingest, merges them
@@ -14,6 +16,7 @@
 
 pub mod batch;
 pub mod flush;
+pub mod marks;
 pub mod migrate;
 pub mod payload;
 pub mod ranges;
@@ -67,6 +70,14 @@ pub struct SinkConfig {
     pub max_lateness_ms: i64,
     /// The rollup tables written.
     pub tables: Vec<tables::RollupTable>,
+}
+
+impl SinkConfig {
+    /// Whose sequence marks this instance records and reads: its own (the
+    /// instance id).
+    pub fn scope(&self) -> &str {
+        &self.instance_id
+    }
 }
 
 /// A database failure.

@@ -14,12 +14,14 @@
 //! consumes them once more after the last batch.
 
 use super::batch::Batch;
-use super::flush::{consume, write_batch, BatchId, Written, MAX_CONSUME_ROWS, PRUNE_LEDGER};
+use super::flush::{consume, write_batch, BatchId, Writer, Written, MAX_CONSUME_ROWS, PRUNE_LEDGER};
+use super::marks::{self, Loaded, Watermark};
 use super::ranges::{self, Parent, Span};
 use super::tables::RollupTable;
 use super::{SinkConfig, SinkError};
 use crate::telemetry as t;
 use bid_logger_core::aggregate::Delta;
+use bid_logger_core::marks::SeqMarks;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +51,9 @@ pub struct SinkSummary {
     pub batches: u64,
     /// Events accepted but not written when the sink gave up (0 on a clean stop).
     pub events_unwritten: u64,
+    /// Events the previous run of this instance received but did not write
+    /// (a crash), counted as lost at start.
+    pub lost_before_start: u64,
 }
 
 struct SinkMetrics {
@@ -73,6 +78,8 @@ struct SinkMetrics {
 struct Part {
     id: BatchId,
     batch: Batch,
+    /// The marks recorded with it (every part of a batch records the same).
+    mark: Arc<Watermark>,
     /// Its transaction has committed.
     landed: bool,
 }
@@ -93,6 +100,14 @@ pub struct Sink {
     /// Whether the schema is known to be up to date (shared with the consumer).
     migrated: Arc<AtomicBool>,
     ranges: Ranges,
+    /// The committed marks and those received since (see [`marks`]).
+    marks: SeqMarks,
+    /// Whether what the previous run left is read and settled.
+    loaded: bool,
+    /// Deltas received (the generation of the marks).
+    generation: i64,
+    /// Events received.
+    drained: i64,
     summary: SinkSummary,
     metrics: SinkMetrics,
     progress: Arc<t::Progress>,
@@ -101,11 +116,14 @@ pub struct Sink {
 impl Sink {
     /// A sink writing what arrives on `rx`; `migrated` says whether the
     /// schema is known to be up to date (otherwise the first flush migrates).
+    /// `loaded` is what the previous run left ([`marks::load`], already
+    /// counted); when `None`, the first flush reads it.
     pub fn new(
         config: SinkConfig,
         pool: deadpool_postgres::Pool,
         rx: mpsc::Receiver<Delta>,
         migrated: bool,
+        loaded: Option<Loaded>,
         progress: Arc<t::Progress>,
     ) -> Sink {
         let run_id = (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as i64)
@@ -131,6 +149,8 @@ impl Sink {
             live_keys: gauge!(t::LIVE_KEYS),
             published_live_keys: 0,
         };
+        let summary =
+            SinkSummary { lost_before_start: loaded.as_ref().map_or(0, |l| l.lost), ..SinkSummary::default() };
         Sink {
             config,
             pool,
@@ -143,7 +163,11 @@ impl Sink {
             retry_at: None,
             migrated: Arc::new(AtomicBool::new(migrated)),
             ranges: Ranges::default(),
-            summary: SinkSummary::default(),
+            loaded: loaded.is_some(),
+            marks: loaded.map(|l| l.marks).unwrap_or_default(),
+            generation: 0,
+            drained: 0,
+            summary,
             metrics,
             progress,
         }
@@ -174,9 +198,7 @@ impl Sink {
             }
             // Write until nothing is left or an attempt fails: what merged
             // while a batch was in flight goes out right after it.
-            while self.retry_at.is_none_or(|at| Instant::now() >= at)
-                && (!self.pending.is_empty() || !self.queued.is_empty())
-            {
+            while self.retry_at.is_none_or(|at| Instant::now() >= at) && self.has_work() {
                 if !self.flush_once().await {
                     break;
                 }
@@ -196,7 +218,7 @@ impl Sink {
 
     async fn drain_on_shutdown(mut self) -> SinkSummary {
         let deadline = Instant::now() + self.config.shutdown_timeout;
-        while !self.pending.is_empty() || !self.queued.is_empty() {
+        while self.has_work() {
             if Instant::now() >= deadline {
                 let unwritten = self.pending.iter().map(|p| p.batch.events).sum::<u64>() + self.queued.events;
                 tracing::error!(
@@ -216,7 +238,15 @@ impl Sink {
         self.summary
     }
 
-    fn enqueue(&mut self, delta: Delta) {
+    /// Whether something waits to be written: rows, or marks that moved.
+    fn has_work(&self) -> bool {
+        !self.pending.is_empty() || !self.queued.is_empty() || self.marks.has_moved()
+    }
+
+    fn enqueue(&mut self, mut delta: Delta) {
+        self.marks.apply(std::mem::take(&mut delta.marks), bid_logger_core::clock::now_ms());
+        self.generation += 1;
+        self.drained += delta.events as i64;
         let loss = self.queued.merge(delta, self.config.max_pending_rows, self.config.max_raw_rows);
         self.metrics.folded.increment(loss.folded_events);
         if loss.raw_dropped > 0 {
@@ -233,8 +263,13 @@ impl Sink {
     /// One attempt at writing the pending batch (formed from the queued delta
     /// when there is none). Returns whether nothing is left failing.
     async fn flush_once(&mut self) -> bool {
+        if !self.loaded {
+            if let Err(e) = self.load().await {
+                return self.failed(e);
+            }
+        }
         if self.pending.is_empty() {
-            if self.queued.is_empty() {
+            if self.queued.is_empty() && !self.marks.has_moved() {
                 return true;
             }
             // Raw rows whose day is already past the retention would land in
@@ -251,13 +286,26 @@ impl Sink {
             let batch = self.queued.split_off(MAX_BATCH_ROWS, MAX_BATCH_RAW_ROWS);
             let parts = if batch.rows.len() >= MIN_PARALLEL_ROWS { self.config.pool_size } else { 1 };
             let now_ms = bid_logger_core::clock::now_ms();
-            for batch in Batch::parts(batch, parts, &self.config.tables, now_ms) {
+            let moved = self.marks.take_moved(now_ms);
+            let mark = Arc::new(Watermark {
+                partitions: moved.iter().map(|(p, _)| *p as i32).collect(),
+                values: moved.into_iter().map(|(_, v)| v).collect(),
+                generation: self.generation,
+                drained: self.drained,
+            });
+            let mut batches = Batch::parts(batch, parts, &self.config.tables, now_ms);
+            if batches.is_empty() {
+                // Only marks moved (every event sampled out, say): they are
+                // recorded all the same.
+                batches.push(Batch::empty(&self.config.tables, now_ms));
+            }
+            for batch in batches {
                 for (counter, &expired) in self.metrics.expired.iter().zip(&batch.expired) {
                     counter.increment(expired);
                 }
                 let id = BatchId { run_id: self.run_id, batch: self.next_batch };
                 self.next_batch += 1;
-                self.pending.push(Part { id, batch, landed: false });
+                self.pending.push(Part { id, batch, mark: mark.clone(), landed: false });
             }
         }
         let started = Instant::now();
@@ -270,7 +318,7 @@ impl Sink {
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| !p.landed)
-                .map(|(i, p)| async move { (i, attempt(pool, config, p.id, &p.batch).await) });
+                .map(|(i, p)| async move { (i, attempt(pool, config, p.id, &p.batch, &p.mark).await) });
             for (i, result) in futures_util::future::join_all(attempts).await {
                 match result {
                     Ok(written) => self.record_written(i, written),
@@ -294,24 +342,58 @@ impl Sink {
                 self.publish_pending();
                 true
             }
-            Some(e) => {
-                self.metrics.failures.increment(1);
-                // Re-check the partitions next time: one may have been dropped under us.
-                self.ranges.known.clear();
-                let batch = self.pending.first().map_or(0, |p| p.id.batch);
-                if e.is_transient() {
-                    tracing::warn!(error = %e, batch, retry_in = ?self.backoff, "flush failed; will retry");
-                } else {
-                    // Never drop accepted data: keep retrying, loudly, so an
-                    // operator can fix the schema or permissions.
-                    tracing::error!(error = %e, batch, retry_in = ?self.backoff, "flush failed and needs attention; will retry");
-                }
-                self.retry_at = Some(Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-                self.publish_pending();
-                false
-            }
+            Some(e) => self.failed(e),
         }
+    }
+
+    /// Accounts for a failed attempt: retry after the backoff.
+    fn failed(&mut self, e: SinkError) -> bool {
+        self.metrics.failures.increment(1);
+        // Re-check the partitions next time: one may have been dropped under us.
+        self.ranges.known.clear();
+        let batch = self.pending.first().map_or(0, |p| p.id.batch);
+        if e.is_transient() {
+            tracing::warn!(error = %e, batch, retry_in = ?self.backoff, "flush failed; will retry");
+        } else {
+            // Never drop accepted data: keep retrying, loudly, so an
+            // operator can fix the schema or permissions.
+            tracing::error!(error = %e, batch, retry_in = ?self.backoff, "flush failed and needs attention; will retry");
+        }
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.publish_pending();
+        false
+    }
+
+    /// Reads what the previous run left (when the database was not
+    /// reachable at start): the committed marks, and the events it did not
+    /// write, counted as lost.
+    async fn load(&mut self) -> Result<(), SinkError> {
+        let mut client = self.pool.get().await?;
+        let config = &self.config;
+        let work = async {
+            if !self.migrated.load(Ordering::Relaxed) {
+                super::migrate(&mut client, &config.tables).await?;
+                self.migrated.store(true, Ordering::Relaxed);
+            }
+            marks::load(&mut client, config.scope(), &config.instance_id).await
+        };
+        let outcome = tokio::time::timeout(config.flush_timeout, work).await;
+        let loaded = settle(client, outcome, config.flush_timeout)?;
+        tracing::warn!(
+            marks = loaded.marks.len(),
+            "the database was not reachable at start: messages lost before the first one received here \
+             (while this instance was down) cannot be counted"
+        );
+        self.account_loaded(&loaded);
+        self.marks.add_committed(loaded.marks);
+        self.loaded = true;
+        Ok(())
+    }
+
+    fn account_loaded(&mut self, loaded: &Loaded) {
+        account_loaded(loaded);
+        self.summary.lost_before_start = loaded.lost;
     }
 
     /// Accounts for part `i` having landed.
@@ -675,6 +757,20 @@ impl Consumer {
     }
 }
 
+/// Counts (and logs) what the previous run left unwritten.
+pub fn account_loaded(loaded: &Loaded) {
+    if loaded.lost > 0 {
+        counter!(t::MESSAGES_LOST).increment(loaded.lost);
+        tracing::warn!(
+            events = loaded.lost,
+            "the previous run of this instance received events it did not write (it was killed): counted as lost"
+        );
+    }
+    if !loaded.malformed.is_empty() {
+        tracing::warn!(partitions = ?loaded.malformed, "committed sequence marks that cannot be read were left out");
+    }
+}
+
 /// Sleeps until `at`, or forever when there is nothing to wait for.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
@@ -742,12 +838,17 @@ async fn attempt(
     config: &SinkConfig,
     id: BatchId,
     batch: &Batch,
+    mark: &Watermark,
 ) -> Result<Written, SinkError> {
     let mut client = pool.get().await?;
-    let (instance, ppm, raw_ppm) = (&config.instance_id, config.sample_ppm, config.raw_sample_ppm);
-    let work = async {
-        write_batch(&mut client, instance, id, batch, &config.tables, ppm, raw_ppm).await.map_err(SinkError::Db)
+    let to = Writer {
+        instance: &config.instance_id,
+        scope: config.scope(),
+        tables: &config.tables,
+        sample_ppm: config.sample_ppm,
+        raw_sample_ppm: config.raw_sample_ppm,
     };
+    let work = async { write_batch(&mut client, &to, id, batch, mark).await.map_err(SinkError::Db) };
     let outcome = tokio::time::timeout(config.flush_timeout, work).await;
     settle(client, outcome, config.flush_timeout)
 }

@@ -12,6 +12,7 @@ mod dashboards;
 mod deploy;
 mod docs;
 mod faults;
+mod fleet;
 mod image;
 mod package;
 mod pipeline;

@@ -553,3 +553,32 @@ impl Drop for Simulator {
         }
     }
 }
+
+/// A field `key=value` of the logger's final `stopped` log line.
+pub fn stopped_field(stderr: &str, key: &str) -> u64 {
+    let line =
+        stderr.lines().rev().find(|l| l.contains("stopped")).unwrap_or_else(|| panic!("no stopped line:\n{stderr}"));
+    let plain: String = strip_ansi(line);
+    plain
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {plain}"))
+}
+
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -1,5 +1,6 @@
 //! What one flush writes: rows keyed by resolved dimensions.
 
+use crate::seq::Mark;
 use crate::wire::EventType;
 use std::cmp::Ordering;
 use std::fmt;
@@ -173,6 +174,10 @@ pub struct Delta {
     pub events: u64,
     /// Raw rows for `events_sample`.
     pub raw: Vec<RawRow>,
+    /// The last `seq` of every (publisher, topic) that moved while these
+    /// rows were gathered (the sink keeps them apart from the rows: see
+    /// [`crate::marks`]).
+    pub marks: Vec<Mark>,
 }
 
 /// What merging had to give up to stay within its bounds.
@@ -189,27 +194,28 @@ impl Delta {
     pub fn from_rows(mut rows: Vec<Row>, raw: Vec<RawRow>) -> Delta {
         rows.sort_unstable_by_key(|r| r.0);
         let rows = add_up_adjacent(rows);
-        Delta { events: rows.iter().map(|r| r.1.events).sum(), rows, raw }
+        Delta { events: rows.iter().map(|r| r.1.events).sum(), rows, raw, marks: Vec::new() }
     }
 
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.raw.is_empty()
+        self.rows.is_empty() && self.raw.is_empty() && self.marks.is_empty()
     }
 
     /// Takes at most `max_rows` rows (the first in key order) and `max_raw`
     /// raw rows out of `self` into a delta of their own (all of it when it is
-    /// small enough).
+    /// small enough). The marks stay in `self`.
     pub fn split_off(&mut self, max_rows: usize, max_raw: usize) -> Delta {
         if self.rows.len() <= max_rows && self.raw.len() <= max_raw {
-            return std::mem::take(self);
+            let marks = std::mem::take(&mut self.marks);
+            return std::mem::replace(self, Delta { marks, ..Delta::default() });
         }
         let rest = self.rows.split_off(self.rows.len().min(max_rows));
         let rows = std::mem::replace(&mut self.rows, rest);
         let events = rows.iter().map(|r| r.1.events).sum();
         self.events -= events;
         let raw_taken = self.raw.len().min(max_raw);
-        Delta { rows, events, raw: self.raw.drain(..raw_taken).collect() }
+        Delta { rows, events, raw: self.raw.drain(..raw_taken).collect(), marks: Vec::new() }
     }
 
     /// Merges `other` into `self`: rows under the `max_rows` cap, raw rows up
@@ -244,6 +250,7 @@ impl Delta {
             };
             self.events += other.events;
             self.raw.extend(other.raw);
+            self.marks.extend(other.marks);
         }
         if self.raw.len() > max_raw {
             loss.raw_dropped = (self.raw.len() - max_raw) as u64;

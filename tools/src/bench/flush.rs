@@ -11,7 +11,8 @@
 
 use super::Stream;
 use bid_logger::sink::batch::Batch;
-use bid_logger::sink::flush::{write_batch, BatchId};
+use bid_logger::sink::flush::{write_batch, BatchId, Writer};
+use bid_logger::sink::marks::Watermark;
 use bid_logger::sink::ranges;
 use bid_logger::sink::tables::RollupTable;
 use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Delta, Row};
@@ -154,7 +155,15 @@ pub async fn compare(
     for round in 0..rounds {
         let t = Instant::now();
         let id = BatchId { run_id: 1, batch: round as i64 };
-        write_batch(&mut logger, "bench-flush", id, &batch, &tables, 1_000_000, 0).await?;
+        let mark = Watermark { partitions: vec![], values: vec![], generation: round as i64, drained: 0 };
+        let to = Writer {
+            instance: "bench-flush",
+            scope: "bench-flush",
+            tables: &tables,
+            sample_ppm: 1_000_000,
+            raw_sample_ppm: 0,
+        };
+        write_batch(&mut logger, &to, id, &batch, &mark).await?;
         let logger_time = t.elapsed();
         let t = Instant::now();
         plain_write(&mut plain, &minute, &hour).await?;

@@ -1,0 +1,123 @@
+//! Committed sequence marks in PostgreSQL: what makes a restart (or a crash)
+//! account for every message it loses.
+//!
+//! Every batch transaction records, with its rows:
+//!
+//! * the marks of the partitions that moved since the previous batch
+//!   (`bid_logger_seq_marks`: per partition, the last `seq` received per
+//!   publisher and event type, as of the batch's *generation*: the deltas
+//!   the sink had received when the batch was formed);
+//! * in `bid_logger_outstanding`, the events received up to that
+//!   generation (`drained`), and its own events added to `landed`.
+//!
+//! A batch may be written as several transactions (parallel parts, or a
+//! backlog cut into bounded batches), and a crash may come between them.
+//! Then `drained - landed` events are at or below the committed marks but
+//! not in the warehouse, and everything received after the marks is above
+//! them: the next start counts the first as lost from this table
+//! ([`load`]) and the second from the gap between the marks and the first
+//! `seq` it receives (its trackers are seeded with the marks). Together
+//! that is every event received but not written, plus every message sent
+//! while nobody received: nothing unaccounted, and nothing counted twice.
+
+use super::SinkError;
+use bid_logger_core::marks::{decode, SeqMarks};
+use tokio_postgres::types::ToSql;
+
+/// What one batch transaction records besides its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermark {
+    /// Partitions that moved, in order, and their encoded marks.
+    pub partitions: Vec<i32>,
+    /// The encoded marks of `partitions`.
+    pub values: Vec<Vec<u8>>,
+    /// Deltas received when the batch was formed.
+    pub generation: i64,
+    /// Events received when the batch was formed.
+    pub drained: i64,
+}
+
+/// Upserts the marks of the moved partitions, unless a later generation of
+/// the same run is there already (a retried batch, or a parallel part).
+const UPSERT_MARKS: &str = "INSERT INTO bid_logger_seq_marks AS m (scope, partition, marks, run_id, generation)
+    SELECT $1, t.partition, t.marks, $4, $5 FROM unnest($2::integer[], $3::bytea[]) AS t(partition, marks)
+    ON CONFLICT (scope, partition) DO UPDATE
+    SET marks = excluded.marks, run_id = excluded.run_id, generation = excluded.generation, updated_at = now()
+    WHERE m.run_id <> excluded.run_id OR m.generation < excluded.generation";
+
+/// Adds a batch's events to `landed`; moves `drained` to the batch's
+/// generation when it is newer. A new run starts the row afresh ([`load`]
+/// has counted the previous run's outstanding events by then).
+const UPSERT_OUTSTANDING: &str =
+    "INSERT INTO bid_logger_outstanding AS o (instance, run_id, generation, drained, landed)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (instance) DO UPDATE SET
+        landed = CASE WHEN o.run_id = excluded.run_id THEN o.landed + excluded.landed ELSE excluded.landed END,
+        drained = CASE WHEN o.run_id = excluded.run_id THEN greatest(o.drained, excluded.drained)
+                       ELSE excluded.drained END,
+        generation = CASE WHEN o.run_id = excluded.run_id THEN greatest(o.generation, excluded.generation)
+                          ELSE excluded.generation END,
+        run_id = excluded.run_id, updated_at = now()";
+
+const CLAIM_OUTSTANDING: &str = "SELECT drained - landed FROM bid_logger_outstanding WHERE instance = $1 FOR UPDATE";
+const SETTLE_OUTSTANDING: &str =
+    "UPDATE bid_logger_outstanding SET landed = drained, updated_at = now() WHERE instance = $1";
+const READ_MARKS: &str = "SELECT partition, marks FROM bid_logger_seq_marks WHERE scope = $1";
+
+/// Records `mark` and a part's `events` in `tx` (the part's own transaction).
+pub async fn record(
+    tx: &tokio_postgres::Transaction<'_>,
+    scope: &str,
+    instance: &str,
+    run_id: i64,
+    mark: &Watermark,
+    events: u64,
+) -> Result<(), tokio_postgres::Error> {
+    let outstanding: [&(dyn ToSql + Sync); 5] = [&instance, &run_id, &mark.generation, &mark.drained, &(events as i64)];
+    if mark.partitions.is_empty() {
+        tx.execute(UPSERT_OUTSTANDING, &outstanding).await?;
+        return Ok(());
+    }
+    let marks: [&(dyn ToSql + Sync); 5] = [&scope, &mark.partitions, &mark.values, &run_id, &mark.generation];
+    // Sent together: one round trip.
+    futures_util::future::try_join(tx.execute(UPSERT_MARKS, &marks), tx.execute(UPSERT_OUTSTANDING, &outstanding))
+        .await?;
+    Ok(())
+}
+
+/// What an earlier run left.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The committed marks of the scope.
+    pub marks: SeqMarks,
+    /// Events the previous run of this instance had received at or below
+    /// its committed marks but not written: lost (now counted, and settled
+    /// in the table so that no later start counts them again).
+    pub lost: u64,
+    /// Partitions whose value could not be decoded (left out).
+    pub malformed: Vec<i32>,
+}
+
+/// Reads the committed marks of `scope` and settles what the previous run
+/// of `instance` left outstanding, in one transaction.
+pub async fn load(client: &mut tokio_postgres::Client, scope: &str, instance: &str) -> Result<Loaded, SinkError> {
+    let tx = client.transaction().await?;
+    let lost: i64 = tx.query_opt(CLAIM_OUTSTANDING, &[&instance]).await?.map_or(0, |r| r.get(0));
+    if lost != 0 {
+        tx.execute(SETTLE_OUTSTANDING, &[&instance]).await?;
+    }
+    let now_ms = bid_logger_core::clock::now_ms();
+    let mut malformed = Vec::new();
+    let mut values = Vec::new();
+    for row in tx.query(READ_MARKS, &[&scope]).await? {
+        let (partition, bytes): (i32, Vec<u8>) = (row.get(0), row.get(1));
+        match decode(&bytes) {
+            Ok(marks) if partition >= 0 => values.push((partition as u32, marks)),
+            _ => malformed.push(partition),
+        }
+    }
+    tx.commit().await?;
+    // A negative count would be a row written by something else than this
+    // logger; it is not a loss.
+    Ok(Loaded { marks: SeqMarks::committed(values, now_ms), lost: lost.max(0) as u64, malformed })
+}
