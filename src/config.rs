@@ -75,6 +75,12 @@ pub struct Settings {
     /// This instance's partitions, e.g. `0-15,32` [default: all].
     #[arg(long, env = "BID_LOGGER_PARTITIONS", value_name = "LIST")]
     pub partitions: Option<String>,
+    /// Fleet group: the instances of one group and database divide the partitions between themselves (leases in PostgreSQL) [default: none, static `partitions`].
+    #[arg(long, env = "BID_LOGGER_GROUP", value_name = "NAME")]
+    pub group: Option<String>,
+    /// How long a fleet member's unrenewed lease lasts; renewed every third of it [default: 6s].
+    #[arg(long, env = "BID_LOGGER_LEASE_TTL", value_name = "DURATION")]
+    pub lease_ttl: Option<String>,
     /// Event types to subscribe to, e.g. `bid,win` [default: all].
     #[arg(long, env = "BID_LOGGER_EVENT_TYPES", value_name = "LIST")]
     pub event_types: Option<String>,
@@ -177,6 +183,8 @@ pub struct Config {
     pub aggregate: AggregateConfig,
     /// Database and flushing.
     pub sink: SinkConfig,
+    /// Fleet membership (`None`: static partitions).
+    pub fleet: Option<crate::fleet::FleetConfig>,
     /// Where /metrics is served.
     pub metrics_addr: SocketAddr,
     /// Log format.
@@ -260,9 +268,30 @@ impl Settings {
         if partition_count == 0 || partition_count > MAX_PARTITIONS {
             return Err(invalid("partition-count", format!("must be 1 to {MAX_PARTITIONS}, got {partition_count}")));
         }
-        let partitions = match self.partitions.as_deref() {
+        let mut partitions = match self.partitions.as_deref() {
             None | Some("all") => (0..partition_count).collect(),
             Some(list) => parse_partitions(list, partition_count).map_err(|m| invalid("partitions", m))?,
+        };
+        let lease_ttl = duration("lease-ttl", self.lease_ttl.as_deref(), crate::fleet::DEFAULT_LEASE_TTL)?;
+        if lease_ttl < Duration::from_millis(900) {
+            return Err(invalid("lease-ttl", "must be at least 900ms (it is renewed every third of it)"));
+        }
+        let fleet = match self.group {
+            None => None,
+            Some(group) => {
+                if group.is_empty() || group.len() > 128 {
+                    return Err(invalid("group", "must be 1 to 128 characters"));
+                }
+                if self.partitions.as_deref().is_some_and(|p| p != "all") {
+                    return Err(invalid(
+                        "partitions",
+                        "cannot be set with group: the group's members share every partition",
+                    ));
+                }
+                // A member receives the partitions it holds leases of, none at first.
+                partitions.clear();
+                Some(crate::fleet::FleetConfig { group, lease_ttl })
+            }
         };
         let event_types = match self.event_types.as_deref() {
             None | Some("all") => EventType::ALL.to_vec(),
@@ -383,7 +412,9 @@ impl Settings {
                 max_raw_rows: raw_buffer_rows,
                 max_lateness_ms: max_lateness.as_millis() as i64,
                 tables,
+                group: fleet.as_ref().map(|f| f.group.clone()),
             },
+            fleet,
             metrics_addr,
             log_format,
         })
@@ -409,7 +440,9 @@ impl Config {
             allow: Some(i.allow.iter().map(ToString::to_string).collect()),
             database_url: Some(mask_database_url(&s.database_url)),
             partition_count: Some(i.partition_count),
-            partitions: Some(format_partitions(&i.partitions)),
+            partitions: Some(if self.fleet.is_some() { "all".into() } else { format_partitions(&i.partitions) }),
+            group: self.fleet.as_ref().map(|f| f.group.clone()),
+            lease_ttl: text(self.fleet.as_ref().map_or(crate::fleet::DEFAULT_LEASE_TTL, |f| f.lease_ttl)),
             event_types: Some(i.event_types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")),
             sample: Some(i.sample.to_string()),
             flush_interval: text(s.flush_interval),

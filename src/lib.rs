@@ -49,7 +49,9 @@
 
 #![warn(missing_docs, rust_2018_idioms, clippy::all)]
 
+pub mod assignment;
 pub mod config;
+pub mod fleet;
 pub mod ingest;
 pub mod pipeline;
 pub mod report;

@@ -1,13 +1,16 @@
 //! Wires ingest, aggregation and the sink together and runs them until a
 //! signal asks for a graceful stop.
 
+use crate::assignment::Assignment;
 use crate::config::Config;
+use crate::fleet::Coordinator;
 use crate::ingest::{self, FlushRequests, IngestError, IngestSummary};
+use crate::sink::service::SinkFleet;
 use crate::sink::{self, Sink, SinkError, SinkSummary};
 use crate::telemetry::Progress;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Deltas that may wait between ingest and the sink; when full, ingest keeps
 /// merging into its own table instead.
@@ -74,8 +77,16 @@ pub async fn run(
     // The ingest threads' trackers are seeded with the committed marks; the
     // sink keeps them too, so a partition's value keeps the publishers this
     // run has not heard from yet.
-    let committed = loaded.as_ref().map(|l| l.marks.clone()).unwrap_or_default();
-    let links = ingest::Links { sink: tx, progress: progress.clone(), committed };
+    // A fleet member's threads are seeded per partition as it takes them.
+    let committed = match (&loaded, &config.fleet) {
+        (Some(l), None) => l.marks.clone(),
+        _ => Default::default(),
+    };
+    let (assignment, assignment_rx) = watch::channel(Arc::new(Assignment::default()));
+    let acks: Arc<[AtomicU64]> = (0..config.ingest.threads).map(|_| AtomicU64::new(0)).collect();
+    let fleet_links =
+        config.fleet.as_ref().map(|_| ingest::FleetLinks { assignment: assignment_rx.clone(), acks: acks.clone() });
+    let links = ingest::Links { sink: tx, progress: progress.clone(), committed, fleet: fleet_links };
     let workers = ingest::spawn(
         &config.ingest,
         &config.aggregate,
@@ -84,7 +95,32 @@ pub async fn run(
         stopping.clone(),
         flush.clone(),
     )?;
-    let sink = tokio::spawn(Sink::new(config.sink.clone(), pool, rx, migrated, loaded, progress.clone()).run());
+    let (flush_wait, flush_wait_rx) = mpsc::channel(4);
+    let (fenced, fenced_rx) = mpsc::unbounded_channel();
+    let sink_fleet = config.fleet.as_ref().map(|f| SinkFleet {
+        group: f.group.clone(),
+        assignment: assignment_rx,
+        acks: acks.clone(),
+        flush_wait: flush_wait_rx,
+        fenced,
+        discarding: None,
+    });
+    let (stop_coordinator, coordinator_stop) = watch::channel(false);
+    let coordinator = config.fleet.clone().map(|f| {
+        let c = Coordinator::new(
+            f,
+            config.sink.instance_id.clone(),
+            config.ingest.partition_count,
+            pool.clone(),
+            assignment,
+            acks,
+            flush_wait,
+            fenced_rx,
+        );
+        tokio::spawn(c.run(coordinator_stop))
+    });
+    let sink =
+        tokio::spawn(Sink::new(config.sink.clone(), pool, rx, migrated, loaded, sink_fleet, progress.clone()).run());
 
     signals.wait_for_stop(stop, &flush).await;
     tracing::info!("stopping: no longer receiving; flushing what was accepted (a second SIGTERM/SIGINT exits at once)");
@@ -113,6 +149,12 @@ pub async fn run(
     .await
     .expect("joining ingest threads");
     let sink = sink.await.expect("the sink task does not panic");
+    // A fleet member leaves once its last flush landed: its leases go back
+    // for the others to take at once, marks committed.
+    let _ = stop_coordinator.send(true);
+    if let Some(c) = coordinator {
+        let _ = c.await;
+    }
     forced.abort();
     tracing::info!(
         received = ingest.received,
@@ -120,7 +162,7 @@ pub async fn run(
         invalid = ingest.invalid,
         sampled_out = ingest.sampled_out,
         rejected = ingest.rejected,
-        lost = ingest.lost + sink.lost_before_start,
+        lost = ingest.lost + crate::telemetry::lost_outside_ingest(),
         written = sink.events_written,
         unwritten = sink.events_unwritten,
         "stopped"

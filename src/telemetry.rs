@@ -44,6 +44,23 @@ macro_rules! metrics_table {
     (@describe process $name:ident, $unit:ident, $help:literal) => {};
 }
 
+/// Losses counted outside the ingest threads (at start, on takeovers).
+static LOST_OUTSIDE_INGEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts `n` lost messages found outside the ingest threads (which count
+/// their `seq` gaps themselves).
+pub fn count_lost(n: u64) {
+    if n > 0 {
+        metrics::counter!(MESSAGES_LOST).increment(n);
+        LOST_OUTSIDE_INGEST.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// What [`count_lost`] counted so far.
+pub fn lost_outside_ingest() -> u64 {
+    LOST_OUTSIDE_INGEST.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 metrics_table! {
     counter MESSAGES_RECEIVED = "bid_logger_messages_received_total", Count,
         "Messages taken off the SUB sockets, valid or not.";
@@ -56,7 +73,15 @@ metrics_table! {
     counter EVENTS_REJECTED = "bid_logger_events_rejected_total", Count,
         "Valid events rejected for their event time, by reason (late, future).";
     counter MESSAGES_LOST = "bid_logger_messages_lost_total", Count,
-        "Messages lost between publishers and the logger, from seq gaps.";
+        "Messages lost between publishers and the logger, from seq gaps (across restarts and handovers too), plus events received but not written before a crash.";
+    counter MESSAGES_UNOWNED = "bid_logger_messages_unowned_total", Count,
+        "Messages of partitions this fleet member no longer owns (in flight when it unsubscribed), left to the new owner.";
+    gauge OWNED_PARTITIONS = "bid_logger_owned_partitions", Count,
+        "Partitions whose lease this fleet member holds.";
+    counter LEASE_TAKEOVERS = "bid_logger_lease_takeovers_total", Count,
+        "Partition leases this member took over after they expired (their owner died or froze).";
+    counter FENCED = "bid_logger_fenced_total", Count,
+        "Times this member found its leases taken (frozen past lease-ttl) and dropped what it held.";
     counter PUBLISHER_RESTARTS = "bid_logger_publisher_restarts_total", Count,
         "Publisher restarts seen (seq going backwards).";
     counter SEQ_RESETS = "bid_logger_seq_resets_total", Count,

@@ -111,6 +111,14 @@ pub struct HotPath {
     pub invalid: [u64; DecodeError::COUNT],
     /// Events sampled out since the last publish.
     pub sampled_out: u64,
+    /// Per partition, whether this instance owns it now (`None`: every
+    /// partition it subscribes to). A fleet member's partitions move; a
+    /// message of a partition it no longer owns (in flight when it
+    /// unsubscribed) is the new owner's, which counts it from the committed
+    /// marks.
+    pub owned: Option<Box<[bool]>>,
+    /// Messages of partitions not owned, since the last publish.
+    pub unowned: u64,
 }
 
 impl HotPath {
@@ -131,6 +139,8 @@ impl HotPath {
             partitions: PartitionCheck::default(),
             invalid: [0; DecodeError::COUNT],
             sampled_out: 0,
+            owned: None,
+            unowned: 0,
         }
     }
 
@@ -139,6 +149,12 @@ impl HotPath {
         let mut out = vec![&self.sampler];
         out.extend(self.raw_sampler.as_ref());
         out
+    }
+
+    /// Whether `partition` is this instance's now.
+    #[inline]
+    fn owns(&self, partition: u32) -> bool {
+        self.owned.as_ref().is_none_or(|o| o.get(partition as usize).copied().unwrap_or(false))
     }
 
     /// Counts a message that does not have exactly two frames.
@@ -157,7 +173,9 @@ impl HotPath {
             if let Ok(Event { publisher: Some(publisher), seq: Some(seq), event_type, partition, .. }) =
                 decode(topic, payload)
             {
-                self.seqs.observe(publisher, event_type, partition, seq);
+                if self.owns(partition) {
+                    self.seqs.observe(publisher, event_type, partition, seq);
+                }
             }
             self.invalid[DecodeError::TooLarge.index()] += 1;
             return;
@@ -169,6 +187,10 @@ impl HotPath {
                 return;
             }
         };
+        if !self.owns(ev.partition) {
+            self.unowned += 1;
+            return;
+        }
         if let (Some(publisher), Some(seq)) = (ev.publisher, ev.seq) {
             self.seqs.observe(publisher, ev.event_type, ev.partition, seq);
         }

@@ -179,6 +179,23 @@ impl SeqMarks {
         }
     }
 
+    /// Replaces the marks of `partitions` with those `committed` holds (they
+    /// were just taken over: what this instance held of them is stale).
+    pub fn replace(&mut self, partitions: &[u32], committed: &SeqMarks) {
+        for p in partitions {
+            self.moved.remove(p);
+            match committed.partitions.get(p) {
+                Some(marks) => self.partitions.insert(*p, marks.clone()),
+                None => self.partitions.remove(p),
+            };
+        }
+    }
+
+    /// Forgets which partitions moved (what moved was dropped).
+    pub fn clear_moved(&mut self) {
+        self.moved.clear();
+    }
+
     /// Whether a partition moved since the last take.
     pub fn has_moved(&self) -> bool {
         !self.moved.is_empty()

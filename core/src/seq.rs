@@ -181,22 +181,51 @@ impl SeqTracker {
         }
     }
 
-    /// Records that an earlier run committed `seq` as the last of
-    /// `publisher` on `topic` (see [`topic_id`]): the next `seq` received
-    /// there counts the gap from it. Does nothing for a sequence already
-    /// tracked, or when the tracker is full.
+    /// Records that `seq` is committed as the last of `publisher` on `topic`
+    /// (see [`topic_id`]), by an earlier run or another owner of its
+    /// partition: the next `seq` received there counts the gap from it.
+    /// Replaces what is tracked; does nothing when the tracker is full.
     pub fn seed(&mut self, publisher: &str, topic: u32, seq: u64) {
-        if self.sequences >= MAX_TRACKED_SEQUENCES || self.publishers.len() >= MAX_TRACKED_PUBLISHERS {
-            return;
-        }
         if !self.publishers.contains_key(publisher.as_bytes()) {
+            if self.sequences >= MAX_TRACKED_SEQUENCES || self.publishers.len() >= MAX_TRACKED_PUBLISHERS {
+                return;
+            }
             self.make_room();
         }
         let tracked = self.publishers.entry(publisher.as_bytes().into()).or_insert_with(|| Tracked::new(publisher));
-        if let Entry::Vacant(e) = tracked.topics.entry(topic) {
-            e.insert(Sequence { last: seq, stamp: 0 });
-            self.sequences += 1;
+        match tracked.topics.entry(topic) {
+            Entry::Vacant(e) => {
+                e.insert(Sequence { last: seq, stamp: 0 });
+                self.sequences += 1;
+            }
+            Entry::Occupied(mut e) => {
+                if e.get().stamp == self.generation {
+                    self.moved -= 1;
+                }
+                *e.get_mut() = Sequence { last: seq, stamp: 0 };
+            }
         }
+    }
+
+    /// Stops tracking the sequences of the partitions `gone` says (they
+    /// moved to another owner: what is tracked of them would be stale when
+    /// they come back).
+    pub fn forget(&mut self, gone: impl Fn(u32) -> bool) {
+        let generation = self.generation;
+        let (mut freed, mut moved) = (0, 0);
+        for t in self.publishers.values_mut() {
+            t.topics.retain(|&topic, s| {
+                let keep = !gone(topic % MAX_PARTITIONS);
+                if !keep {
+                    freed += 1;
+                    moved += usize::from(s.stamp == generation);
+                }
+                keep
+            });
+        }
+        self.sequences -= freed;
+        self.moved -= moved;
+        self.evicted_marks.retain(|m| !gone(m.partition()));
     }
 
     /// Whether a sequence moved since the last [`SeqTracker::take_marks`].
@@ -339,8 +368,8 @@ mod tests {
     fn a_seeded_sequence_counts_the_gap_across_a_restart_and_is_not_a_mark() {
         let mut s = SeqTracker::new(1000);
         let bid3 = topic_id(EventType::Bid.index() as u8, 3);
-        s.seed("p1", bid3, 100);
-        s.seed("p1", bid3, 50); // already tracked: ignored
+        s.seed("p1", bid3, 50);
+        s.seed("p1", bid3, 100); // replaces
         assert!(!s.has_marks(), "a seed is already committed");
         s.observe("p1", EventType::Bid, 3, 105);
         assert_eq!(s.lost, 4);
@@ -348,6 +377,17 @@ mod tests {
         s.observe("p2", EventType::Bid, 3, 3); // the publisher restarted meanwhile
         assert_eq!((s.lost, s.restarts), (4, 1));
         assert_eq!(sorted(s.take_marks()), vec![("p1".into(), bid3, 105), ("p2".into(), bid3, 3)]);
+    }
+
+    #[test]
+    fn forgotten_partitions_are_tracked_afresh() {
+        let mut s = SeqTracker::new(1000);
+        s.observe("p1", EventType::Bid, 3, 10);
+        s.observe("p1", EventType::Bid, 4, 10);
+        s.forget(|p| p == 3);
+        assert_eq!(sorted(s.take_marks()).len(), 1, "only partition 4's mark is left");
+        s.observe("p1", EventType::Bid, 3, 50); // tracked afresh: no gap
+        assert_eq!(s.lost, 0);
     }
 
     #[test]

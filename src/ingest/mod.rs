@@ -30,7 +30,7 @@ pub use bid_logger_core::hot_path::{HotPath, HotPathConfig, DEFAULT_MAX_EVENT_SI
 pub use pacer::Pacer;
 pub use socket::open_socket;
 pub use topics::{prefixes_from, subscriptions};
-pub use worker::{spawn, FlushRequests, Ingest, IngestSummary, Links};
+pub use worker::{spawn, FleetLinks, FlushRequests, Ingest, IngestSummary, Links};
 
 use bid_logger_core::aggregate::AggregateConfig;
 use bid_logger_core::sample::Rate;

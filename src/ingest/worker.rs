@@ -5,18 +5,21 @@ use super::pacer::Pacer;
 use super::socket::{open_socket, Reconnector};
 use super::topics::subscriptions;
 use super::{IngestConfig, IngestError};
+use crate::assignment::Assignment;
 use crate::telemetry as t;
 use bid_logger_core::aggregate::{AggregateConfig, AggregateStats, Delta};
 use bid_logger_core::clock::{coarse_monotonic_ms, now_ms};
 use bid_logger_core::decode::DecodeError;
 use bid_logger_core::hot_path::HotPath;
 use bid_logger_core::marks::SeqMarks;
+use bid_logger_core::sample::PartitionShare;
+use bid_logger_core::wire::topic;
 use bid_logger_core::wire::{EventType, MAX_PARTITIONS};
 use metrics::{counter, gauge, Counter, Gauge};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// How often (at most) the loop refreshes its event-time clock, checks the
 /// stop flag and the flush deadline, in milliseconds of the coarse clock.
@@ -98,6 +101,22 @@ pub struct Ingest {
     /// When the last partition-mismatch warning was logged.
     mismatch_logged: Option<Instant>,
     progress: Arc<t::Progress>,
+    /// A fleet member's: the partitions it follows.
+    fleet: Option<Follower>,
+}
+
+/// How a fleet member's thread follows its assignment.
+struct Follower {
+    rx: watch::Receiver<Arc<Assignment>>,
+    acks: Arc<[AtomicU64]>,
+    index: usize,
+    threads: usize,
+    event_types: Vec<EventType>,
+    /// Partitions received now (this thread's share), sorted.
+    receiving: Vec<u32>,
+    /// Partitions a sampler needs at all.
+    wanted: Vec<bool>,
+    unowned: Counter,
 }
 
 /// How often at most a thread logs partition mismatches.
@@ -131,7 +150,7 @@ impl Ingest {
         flush_interval: Duration,
         links: &Links,
     ) -> Result<Ingest, IngestError> {
-        let Links { sink, progress, committed } = links;
+        let Links { sink, progress, committed, fleet } = links;
         let mut hot = HotPath::new(config.hot_path(aggregate));
         // The marks committed by an earlier run of this thread's partitions
         // (and of partitions outside the configured ones, which any thread
@@ -151,6 +170,22 @@ impl Ingest {
             Some(Reconnector::new(ctx, &socket, &config.connect, index)?)
         };
         tracing::info!(thread = index, topics = topics.len(), "subscribed");
+        let fleet = fleet.as_ref().map(|f| {
+            hot.owned = Some(vec![false; config.partition_count as usize].into_boxed_slice());
+            let samplers = hot.samplers();
+            Follower {
+                rx: f.assignment.clone(),
+                acks: f.acks.clone(),
+                index,
+                threads: config.threads,
+                event_types: config.event_types.clone(),
+                receiving: Vec::new(),
+                wanted: (0..config.partition_count)
+                    .map(|p| samplers.iter().any(|s| s.share(p) != PartitionShare::Nothing))
+                    .collect(),
+                unowned: counter!(t::MESSAGES_UNOWNED),
+            }
+        });
         Ok(Ingest {
             socket,
             reconnector,
@@ -162,6 +197,7 @@ impl Ingest {
             metrics: IngestMetrics::new(),
             mismatch_logged: None,
             progress: progress.clone(),
+            fleet,
         })
     }
 
@@ -206,6 +242,7 @@ impl Ingest {
                 if let Some(r) = &mut self.reconnector {
                     r.poll(&self.socket);
                 }
+                self.follow();
                 let now = Instant::now();
                 if now >= next_publish {
                     self.publish_counts();
@@ -225,6 +262,70 @@ impl Ingest {
             tracing::error!("sink is gone; the last interval could not be handed over");
         }
         self.summary
+    }
+
+    /// A fleet member's thread: applies a new assignment, if there is one.
+    /// Partitions no longer received are unsubscribed, and what this thread
+    /// holds is handed to the sink at once (so their last rows go out with
+    /// the flush that releases them); partitions taken are tracked from
+    /// their committed marks before they are subscribed. Then the thread
+    /// acknowledges the assignment's generation.
+    fn follow(&mut self) {
+        let Some(f) = &mut self.fleet else { return };
+        if !f.rx.has_changed().unwrap_or(false) {
+            return;
+        }
+        let a = f.rx.borrow_and_update().clone();
+        let mine: Vec<u32> = a
+            .receive
+            .iter()
+            .copied()
+            .filter(|&p| p as usize % f.threads == f.index && f.wanted.get(p as usize).copied().unwrap_or(false))
+            .collect();
+        let removed: Vec<u32> = f.receiving.iter().copied().filter(|p| mine.binary_search(p).is_err()).collect();
+        let added: Vec<u32> = mine.iter().copied().filter(|p| f.receiving.binary_search(p).is_err()).collect();
+        for &p in &removed {
+            for &et in &f.event_types {
+                if let Err(e) = self.socket.set_unsubscribe(topic(et, p).as_bytes()) {
+                    tracing::error!(error = %e, partition = p, "unsubscribe failed");
+                }
+            }
+        }
+        let owned = self.hot.owned.get_or_insert_with(Default::default);
+        for &p in &removed {
+            owned[p as usize] = false;
+        }
+        if a.discard {
+            let dropped = drain(&mut self.hot);
+            tracing::warn!(events = dropped.events, "fenced: dropping what this thread held (the new owners count it)");
+            self.hot.seqs.forget(|_| true);
+        } else if !removed.is_empty() {
+            let last = drain(&mut self.hot);
+            if !last.is_empty() && self.sink.blocking_send(last).is_err() {
+                tracing::error!("sink is gone; the released partitions' last rows could not be handed over");
+            }
+        }
+        let (gone, new) = (removed.clone(), added.clone());
+        self.hot.seqs.forget(|p| gone.binary_search(&p).is_ok() || new.binary_search(&p).is_ok());
+        for (publisher, tpc, seq) in a.seeds.iter() {
+            if added.binary_search(&(tpc % MAX_PARTITIONS)).is_ok() {
+                self.hot.seqs.seed(publisher, tpc, seq);
+            }
+        }
+        let owned = self.hot.owned.get_or_insert_with(Default::default);
+        for &p in &added {
+            owned[p as usize] = true;
+            for &et in &f.event_types {
+                if let Err(e) = self.socket.set_subscribe(topic(et, p).as_bytes()) {
+                    tracing::error!(error = %e, partition = p, "subscribe failed");
+                }
+            }
+        }
+        if !removed.is_empty() || !added.is_empty() {
+            tracing::debug!(thread = f.index, ?added, ?removed, "subscriptions follow the leases");
+        }
+        f.receiving = mine;
+        f.acks[f.index].store(a.generation, Ordering::Release);
     }
 
     /// Receives the rest of a message whose topic frame has just been
@@ -322,6 +423,10 @@ impl Ingest {
         m.resets.increment(hot.seqs.resets);
         m.evicted.increment(hot.seqs.evicted);
         m.mismatches.increment(hot.partitions.mismatches);
+        if let Some(f) = &self.fleet {
+            f.unowned.increment(hot.unowned);
+        }
+        hot.unowned = 0;
         let s = &mut self.summary;
         s.received += self.received;
         s.invalid += hot.invalid.iter().sum::<u64>();
@@ -353,6 +458,16 @@ fn drain(hot: &mut HotPath) -> Delta {
     delta
 }
 
+/// A fleet member's threads: the assignment they follow, and where each
+/// acknowledges the generation it applied.
+#[derive(Clone)]
+pub struct FleetLinks {
+    /// The coordinator's current assignment.
+    pub assignment: watch::Receiver<Arc<Assignment>>,
+    /// One per thread.
+    pub acks: Arc<[AtomicU64]>,
+}
+
 /// What the ingest threads are linked to.
 pub struct Links {
     /// Where deltas go.
@@ -362,6 +477,8 @@ pub struct Links {
     /// The sequence marks an earlier run committed: each thread's trackers
     /// are seeded with those of its partitions.
     pub committed: SeqMarks,
+    /// For a fleet member.
+    pub fleet: Option<FleetLinks>,
 }
 
 /// Starts `config.threads` ingest threads sharing one ZeroMQ context.

@@ -207,7 +207,16 @@ pub async fn write_batch(
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     let counts: Vec<i64> = batch.tables.iter().map(|r| r.len() as i64).collect();
     let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &id.run_id, &id.batch, &(batch.events as i64), &names, &counts];
-    if tx.execute(INSERT_LEDGER, &ledger).await? == 0 {
+    // A fleet member's leases are checked with the ledger row, in the same round trip.
+    let inserted = match &mark.fence {
+        Some(fence) => {
+            futures_util::future::try_join(tx.execute(INSERT_LEDGER, &ledger), marks::check(&tx, instance, fence))
+                .await?
+                .0
+        }
+        None => tx.execute(INSERT_LEDGER, &ledger).await?,
+    };
+    if inserted == 0 {
         tx.rollback().await?;
         return Ok(Written::Already);
     }

@@ -35,6 +35,37 @@ pub struct Watermark {
     pub generation: i64,
     /// Events received when the batch was formed.
     pub drained: i64,
+    /// A fleet member's leases, checked before anything is written.
+    pub fence: Option<Fence>,
+}
+
+/// The leases a fleet member's batch was received under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The group.
+    pub group: String,
+    /// Partitions, sorted.
+    pub partitions: Vec<i32>,
+    /// Their epochs.
+    pub epochs: Vec<i64>,
+    /// The assignment generation they are from.
+    pub generation: u64,
+}
+
+/// Fails the transaction (SQLSTATE `BLF01`) unless the member still holds
+/// every lease at its epoch, and keeps them from being taken until it ends.
+const FENCE: &str = "SELECT bid_logger_fence($1, $2, $3, $4)";
+
+/// The SQLSTATE of a failed fence.
+pub const FENCED: &str = "BLF01";
+
+/// Checks `fence` in `tx`, as `member`.
+pub async fn check(
+    tx: &tokio_postgres::Transaction<'_>,
+    member: &str,
+    fence: &Fence,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(FENCE, &[&fence.group, &member, &fence.partitions, &fence.epochs]).await.map(|_| ())
 }
 
 /// Upserts the marks of the moved partitions, unless a later generation of

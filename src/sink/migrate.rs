@@ -15,6 +15,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (6, "range_functions", include_str!("../../sql/0006_range_functions.sql")),
     (7, "hour_ranges", include_str!("../../sql/0007_hour_ranges.sql")),
     (8, "seq_marks", include_str!("../../sql/0008_seq_marks.sql")),
+    (9, "leases", include_str!("../../sql/0009_leases.sql")),
 ];
 
 /// The migration that partitions the rollups; `rollup_day` is backfilled

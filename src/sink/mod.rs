@@ -70,13 +70,15 @@ pub struct SinkConfig {
     pub max_lateness_ms: i64,
     /// The rollup tables written.
     pub tables: Vec<tables::RollupTable>,
+    /// The fleet group this instance is a member of.
+    pub group: Option<String>,
 }
 
 impl SinkConfig {
-    /// Whose sequence marks this instance records and reads: its own (the
-    /// instance id).
+    /// Whose sequence marks this instance records and reads: its group's,
+    /// or its own (the instance id).
     pub fn scope(&self) -> &str {
-        &self.instance_id
+        self.group.as_deref().unwrap_or(&self.instance_id)
     }
 }
 
@@ -174,6 +176,12 @@ fn describe_db_error(db: &tokio_postgres::error::DbError) -> String {
 }
 
 impl SinkError {
+    /// Whether a fleet member's flush found one of its leases taken
+    /// (SQLSTATE `BLF01`): retrying cannot help.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, SinkError::Db(e) if e.code().is_some_and(|c| c.code() == marks::FENCED))
+    }
+
     /// Whether retrying can help without anyone changing anything: lost
     /// connections, server restarts, timeouts, lock and serialization
     /// conflicts. Decided from the error's class, never its text.

@@ -15,19 +15,22 @@
 
 use super::batch::Batch;
 use super::flush::{consume, write_batch, BatchId, Writer, Written, MAX_CONSUME_ROWS, PRUNE_LEDGER};
-use super::marks::{self, Loaded, Watermark};
+use super::marks::{self, Fence, Loaded, Watermark};
 use super::ranges::{self, Parent, Span};
 use super::tables::RollupTable;
 use super::{SinkConfig, SinkError};
+use crate::assignment::Assignment;
+use crate::fleet::FlushWait;
 use crate::telemetry as t;
 use bid_logger_core::aggregate::Delta;
 use bid_logger_core::marks::SeqMarks;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Retry delays grow from this …
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -84,6 +87,22 @@ struct Part {
     landed: bool,
 }
 
+/// A fleet member's sink: what it follows and answers.
+pub struct SinkFleet {
+    /// The group.
+    pub group: String,
+    /// The coordinator's assignment: the leases every batch fences with.
+    pub assignment: watch::Receiver<Arc<Assignment>>,
+    /// The generation each ingest thread applied.
+    pub acks: Arc<[AtomicU64]>,
+    /// Requests to say when everything received so far has landed.
+    pub flush_wait: mpsc::Receiver<FlushWait>,
+    /// Tells the coordinator a flush found a lease taken.
+    pub fenced: mpsc::UnboundedSender<u64>,
+    /// Dropping what arrives until every thread applied this generation.
+    pub discarding: Option<u64>,
+}
+
 /// The sink: owns the pool, the pending batch and the queued delta.
 pub struct Sink {
     config: SinkConfig,
@@ -108,6 +127,10 @@ pub struct Sink {
     generation: i64,
     /// Events received.
     drained: i64,
+    /// A fleet member's links to its coordinator.
+    fleet: Option<SinkFleet>,
+    /// Waiting for everything received up to a generation to land.
+    waiters: Vec<(i64, oneshot::Sender<()>)>,
     summary: SinkSummary,
     metrics: SinkMetrics,
     progress: Arc<t::Progress>,
@@ -124,11 +147,10 @@ impl Sink {
         rx: mpsc::Receiver<Delta>,
         migrated: bool,
         loaded: Option<Loaded>,
+        fleet: Option<SinkFleet>,
         progress: Arc<t::Progress>,
     ) -> Sink {
-        let run_id = (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as i64)
-            ^ (i64::from(std::process::id()) << 40)
-            ^ rand::random::<i64>();
+        let run_id = new_run_id();
         let metrics = SinkMetrics {
             duration: histogram!(t::FLUSH_DURATION),
             rows: config.tables.iter().map(|tb| counter!(t::ROWS_UPSERTED, "table" => tb.name.clone())).collect(),
@@ -167,6 +189,8 @@ impl Sink {
             marks: loaded.map(|l| l.marks).unwrap_or_default(),
             generation: 0,
             drained: 0,
+            fleet,
+            waiters: Vec::new(),
             summary,
             metrics,
             progress,
@@ -186,13 +210,23 @@ impl Sink {
             .map(|c| tokio::spawn(c.run(stop_rx, self.config.shutdown_timeout)));
         loop {
             let retry_at = self.retry_at.map(tokio::time::Instant::from_std);
+            let following = self.fleet.is_some();
+            let fleet = self.fleet.as_mut();
             tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(delta) => self.enqueue(delta),
                     None => break,
                 },
                 _ = sleep_until_some(retry_at) => {}
+                Some(wait) = recv_some(fleet.map(|f| &mut f.flush_wait)) => {
+                    while let Ok(delta) = self.rx.try_recv() {
+                        self.enqueue(delta);
+                    }
+                    self.waiters.push((self.generation, wait.0));
+                }
+                _ = tokio::time::sleep(FOLLOW_EVERY), if following => {}
             }
+            self.follow_assignment();
             while let Ok(delta) = self.rx.try_recv() {
                 self.enqueue(delta);
             }
@@ -206,6 +240,7 @@ impl Sink {
                     self.enqueue(delta);
                 }
             }
+            self.notify_waiters();
         }
         let summary = self.drain_on_shutdown().await;
         // The logs hold the last batches' coarse rows: consume them once more.
@@ -243,7 +278,79 @@ impl Sink {
         !self.pending.is_empty() || !self.queued.is_empty() || self.marks.has_moved()
     }
 
+    /// Tells those waiting for everything received so far to land, once it has.
+    fn notify_waiters(&mut self) {
+        if self.has_work() {
+            return;
+        }
+        let landed = self.generation;
+        for (at, done) in std::mem::take(&mut self.waiters) {
+            if at <= landed {
+                let _ = done.send(());
+            } else {
+                self.waiters.push((at, done));
+            }
+        }
+    }
+
+    /// A fleet member's sink: follows the coordinator's assignment. The
+    /// partitions taken start from their committed marks; a `discard` (the
+    /// member was fenced) drops everything held, and what arrives until
+    /// every ingest thread has applied it.
+    fn follow_assignment(&mut self) {
+        let Some(f) = &mut self.fleet else { return };
+        if f.assignment.has_changed().unwrap_or(false) {
+            let a = f.assignment.borrow_and_update().clone();
+            self.marks.replace(&a.taken, &a.seeds);
+            if a.discard {
+                f.discarding = Some(a.generation);
+                self.fence_out();
+            }
+        }
+        let Some(f) = &mut self.fleet else { return };
+        if let Some(g) = f.discarding {
+            if f.acks.iter().all(|a| a.load(Ordering::Acquire) >= g) {
+                // What the threads handed over before they applied it is stale too.
+                let mut dropped = 0;
+                while let Ok(delta) = self.rx.try_recv() {
+                    dropped += delta.events;
+                }
+                if dropped > 0 {
+                    tracing::warn!(events = dropped, "fenced: dropped what the ingest threads had handed over");
+                }
+                if let Some(f) = &mut self.fleet {
+                    f.discarding = None;
+                }
+            }
+        }
+    }
+
+    /// Drops every batch and delta held (this member's leases were taken:
+    /// the new owners count these events from the committed marks) and
+    /// starts a new run, so that what the coordinator settles of the old
+    /// one is not counted again.
+    fn fence_out(&mut self) {
+        let events = self.pending.iter().map(|p| p.batch.events).sum::<u64>() + self.queued.events;
+        tracing::error!(
+            events,
+            "fenced: dropping the batches held; the new owners count them from the committed marks"
+        );
+        self.pending.clear();
+        self.queued = Delta::default();
+        self.marks.clear_moved();
+        self.run_id = new_run_id();
+        self.next_batch = 1;
+        self.generation = 0;
+        self.drained = 0;
+        self.retry_at = None;
+        self.backoff = BACKOFF_MIN;
+        self.publish_pending();
+    }
+
     fn enqueue(&mut self, mut delta: Delta) {
+        if self.fleet.as_ref().is_some_and(|f| f.discarding.is_some()) {
+            return; // stale: see `follow_assignment`
+        }
         self.marks.apply(std::mem::take(&mut delta.marks), bid_logger_core::clock::now_ms());
         self.generation += 1;
         self.drained += delta.events as i64;
@@ -292,6 +399,15 @@ impl Sink {
                 values: moved.into_iter().map(|(_, v)| v).collect(),
                 generation: self.generation,
                 drained: self.drained,
+                fence: self.fleet.as_ref().map(|f| {
+                    let a = f.assignment.borrow();
+                    Fence {
+                        group: f.group.clone(),
+                        partitions: a.held.iter().map(|&(p, _)| p as i32).collect(),
+                        epochs: a.held.iter().map(|&(_, e)| e).collect(),
+                        generation: a.generation,
+                    }
+                }),
             });
             let mut batches = Batch::parts(batch, parts, &self.config.tables, now_ms);
             if batches.is_empty() {
@@ -346,8 +462,17 @@ impl Sink {
         }
     }
 
-    /// Accounts for a failed attempt: retry after the backoff.
+    /// Accounts for a failed attempt: retry after the backoff; a fleet
+    /// member whose fence failed drops what it holds instead.
     fn failed(&mut self, e: SinkError) -> bool {
+        if e.is_fenced() {
+            let generation = self.pending.first().and_then(|p| p.mark.fence.as_ref()).map_or(0, |f| f.generation);
+            if let Some(f) = &self.fleet {
+                let _ = f.fenced.send(generation);
+            }
+            self.fence_out();
+            return false;
+        }
         self.metrics.failures.increment(1);
         // Re-check the partitions next time: one may have been dropped under us.
         self.ranges.known.clear();
@@ -757,10 +882,30 @@ impl Consumer {
     }
 }
 
+/// A run id: random per process start (and per fencing), so batch numbers
+/// never collide across runs.
+fn new_run_id() -> i64 {
+    (SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as i64)
+        ^ (i64::from(std::process::id()) << 40)
+        ^ rand::random::<i64>()
+}
+
+/// How often a fleet member's sink looks at its assignment when nothing
+/// else wakes it.
+const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+
+/// The next item of `rx`, or never when there is none.
+async fn recv_some<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Counts (and logs) what the previous run left unwritten.
 pub fn account_loaded(loaded: &Loaded) {
     if loaded.lost > 0 {
-        counter!(t::MESSAGES_LOST).increment(loaded.lost);
+        t::count_lost(loaded.lost);
         tracing::warn!(
             events = loaded.lost,
             "the previous run of this instance received events it did not write (it was killed): counted as lost"

@@ -146,3 +146,65 @@ async fn a_kill_between_the_parts_of_a_batch_counts_the_parts_that_did_not_land(
     assert_eq!(total_events(&client, "rollup_minute").await, written + 1);
     assert_eq!(written + lost, 30_001, "{written} written + {lost} lost:\n{stderr}");
 }
+
+/// (owner, partitions held) of a group's live leases.
+async fn owners(client: &tokio_postgres::Client, group: &str) -> std::collections::BTreeMap<String, Vec<i32>> {
+    let sql = "SELECT owner, partition FROM bid_logger_leases
+               WHERE grp = $1 AND owner IS NOT NULL AND expires_at > now() ORDER BY partition";
+    let rows = match client.query(sql, &[&group]).await {
+        Ok(rows) => rows,
+        // not migrated yet
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
+        Err(e) => panic!("{e}"),
+    };
+    let mut out: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for r in rows {
+        out.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    out
+}
+
+/// Waits until the group's live leases cover all 16 partitions, split
+/// among `members` within one partition of each other; returns how long it took.
+async fn wait_balanced(db: &str, group: &str, members: &[&str], timeout: Duration) -> Duration {
+    let client = connect(db).await;
+    let started = Instant::now();
+    loop {
+        let o = owners(&client, group).await;
+        let counts: Vec<usize> = members.iter().map(|m| o.get(*m).map_or(0, Vec::len)).collect();
+        let total: usize = o.values().map(Vec::len).sum();
+        let (lo, hi) = (counts.iter().min().copied().unwrap_or(0), counts.iter().max().copied().unwrap_or(0));
+        if total == P as usize && counts.iter().sum::<usize>() == total && hi - lo <= 1 {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < timeout, "not balanced among {members:?} after {timeout:?}: {o:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn member_args<'a>(endpoint: &'a str, name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--connect", endpoint, "--group", "g", "--lease-ttl", "3s", "--instance-id", name];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_starting_together_share_every_partition_within_one_ttl() {
+    let db = fresh_database("fleet_start").await;
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let names = ["m1", "m2", "m3"];
+    let members: Vec<Logger> = names.iter().map(|n| Logger::start(&db, &member_args(&endpoint, n, &[]))).collect();
+    let took = wait_balanced(&db, "g", &names, Duration::from_secs(3)).await;
+    eprintln!("balanced after {took:?}");
+    for (m, name) in members.iter().zip(names) {
+        m.wait_metric("bid_logger_owned_partitions", 5.0, Duration::from_secs(5));
+        let owned = m.metric("bid_logger_owned_partitions", "");
+        assert!((5.0..=6.0).contains(&owned), "{name} owns {owned}");
+    }
+    for m in members {
+        let (code, stderr) = m.stop();
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let client = connect(&db).await;
+    assert!(owners(&client, "g").await.is_empty(), "every member handed its leases back when it stopped");
+}
