@@ -75,6 +75,14 @@ const RELEASE: &str = "UPDATE bid_logger_leases SET owner = NULL, expires_at = n
     WHERE grp = $1 AND owner = $2 AND partition = ANY($3)";
 const LEAVE: &str = "DELETE FROM bid_logger_members WHERE grp = $1 AND member = $2";
 
+/// `SET LOCAL idle_in_transaction_session_timeout` for a fleet member's
+/// transactions: a third of the lease TTL, so that a member frozen inside
+/// one (holding the group's lock, or its lease rows) cannot keep the others
+/// from taking its leases once they expire.
+pub fn idle_timeout(lease_ttl: Duration) -> String {
+    format!("SET LOCAL idle_in_transaction_session_timeout = {}", (lease_ttl / 3).as_millis().max(100))
+}
+
 /// A member's coordinator: heartbeats, takes and releases leases, and
 /// publishes the [`Assignment`] the ingest threads and the sink follow.
 pub struct Coordinator {
@@ -180,6 +188,10 @@ impl Coordinator {
         let (group, member) = (&self.config.group, &self.member);
         let ttl_ms = self.config.lease_ttl.as_millis() as f64;
         let tx = client.transaction().await?;
+        // A member frozen (SIGSTOP, a VM pause) inside this transaction would
+        // hold the group's lock for as long as it is frozen: the server ends
+        // its session instead.
+        tx.batch_execute(&idle_timeout(self.config.lease_ttl)).await?;
         tx.execute(LOCK, &[group]).await?;
         tx.execute(RENEW_MEMBER, &[group, member, &self.run_id, &ttl_ms]).await?;
         let renewed: BTreeMap<u32, i64> = tx
@@ -246,7 +258,7 @@ impl Coordinator {
         t::count_lost(lost);
         if !taken.is_empty() {
             taken.sort_unstable();
-            tracing::info!(group = %group, partitions = ?taken, owned = self.held.len(), target, members = members.len(), "leases taken");
+            tracing::info!(group = %group, partitions = ?taken, marks = seeds.len(), owned = self.held.len(), target, members = members.len(), "leases taken");
             self.publish(taken, seeds, false);
         }
         // More than our share while another member has less: hand the excess over.

@@ -307,9 +307,11 @@ impl Ingest {
         }
         let (gone, new) = (removed.clone(), added.clone());
         self.hot.seqs.forget(|p| gone.binary_search(&p).is_ok() || new.binary_search(&p).is_ok());
+        let mut seeded = 0;
         for (publisher, tpc, seq) in a.seeds.iter() {
             if added.binary_search(&(tpc % MAX_PARTITIONS)).is_ok() {
                 self.hot.seqs.seed(publisher, tpc, seq);
+                seeded += 1;
             }
         }
         let owned = self.hot.owned.get_or_insert_with(Default::default);
@@ -322,7 +324,7 @@ impl Ingest {
             }
         }
         if !removed.is_empty() || !added.is_empty() {
-            tracing::debug!(thread = f.index, ?added, ?removed, "subscriptions follow the leases");
+            tracing::debug!(thread = f.index, ?added, ?removed, seeded, "subscriptions follow the leases");
         }
         f.receiving = mine;
         f.acks[f.index].store(a.generation, Ordering::Release);

@@ -50,6 +50,9 @@ pub struct Fence {
     pub epochs: Vec<i64>,
     /// The assignment generation they are from.
     pub generation: u64,
+    /// `SET LOCAL idle_in_transaction_session_timeout = …` (see
+    /// [`crate::fleet::idle_timeout`]).
+    pub idle_timeout: String,
 }
 
 /// Fails the transaction (SQLSTATE `BLF01`) unless the member still holds
@@ -65,7 +68,9 @@ pub async fn check(
     member: &str,
     fence: &Fence,
 ) -> Result<(), tokio_postgres::Error> {
-    tx.execute(FENCE, &[&fence.group, &member, &fence.partitions, &fence.epochs]).await.map(|_| ())
+    let params: [&(dyn ToSql + Sync); 4] = [&fence.group, &member, &fence.partitions, &fence.epochs];
+    let fenced = tx.execute(FENCE, &params);
+    futures_util::future::try_join(tx.batch_execute(&fence.idle_timeout), fenced).await.map(|_| ())
 }
 
 /// Upserts the marks of the moved partitions, unless a later generation of

@@ -101,6 +101,8 @@ pub struct SinkFleet {
     pub fenced: mpsc::UnboundedSender<u64>,
     /// Dropping what arrives until every thread applied this generation.
     pub discarding: Option<u64>,
+    /// See [`crate::fleet::idle_timeout`].
+    pub idle_timeout: String,
 }
 
 /// The sink: owns the pool, the pending batch and the queued delta.
@@ -406,6 +408,7 @@ impl Sink {
                         partitions: a.held.iter().map(|&(p, _)| p as i32).collect(),
                         epochs: a.held.iter().map(|&(_, e)| e).collect(),
                         generation: a.generation,
+                        idle_timeout: f.idle_timeout.clone(),
                     }
                 }),
             });

@@ -208,3 +208,130 @@ async fn three_members_starting_together_share_every_partition_within_one_ttl() 
     let client = connect(&db).await;
     assert!(owners(&client, "g").await.is_empty(), "every member handed its leases back when it stopped");
 }
+
+/// The busiest types, whose sequences all move many times a second (see
+/// `a_restart_after_sigkill_accounts_for_every_event_published`).
+const BUSY: [&str; 2] = ["auction", "bid"];
+
+fn busy_published(truth: &serde_json::Value) -> u64 {
+    BUSY.iter().map(|t| truth["by_type"][t]["events"].as_u64().unwrap()).sum()
+}
+
+/// Every rollup table holds `published - lost` events, and no type more
+/// than was published.
+async fn assert_accounted(db: &str, truth: &serde_json::Value, lost: u64) {
+    let published = busy_published(truth);
+    let client = connect(db).await;
+    for table in ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"] {
+        let written = total_events(&client, table).await;
+        assert_eq!(written + lost, published, "{table}: {written} written + {lost} lost");
+    }
+    for event_type in BUSY {
+        let sql = "SELECT coalesce(sum(events), 0)::bigint FROM rollup_hour WHERE event_type = $1";
+        let written = client.query_one(sql, &[&event_type]).await.unwrap().get::<_, i64>(0) as u64;
+        let sent = truth["by_type"][event_type]["events"].as_u64().unwrap();
+        assert!(written <= sent, "{event_type}: {written} written, {sent} published");
+    }
+}
+
+/// 20 000 valid events a second for `secs`.
+fn sim(endpoint: &str, secs: u64) -> Simulator {
+    Simulator::start(endpoint, |c| {
+        c.rate = Some(20_000.0);
+        c.duration = Some(Duration::from_secs(secs));
+        c.traffic.invalid_fraction = 0.0;
+    })
+}
+
+/// Waits until every member has written events: each receives the stream.
+fn wait_receiving(members: &[&Logger]) {
+    for m in members {
+        m.wait_metric("bid_logger_events_flushed_total", 2_000.0, Duration::from_secs(30));
+    }
+}
+
+fn busy_member(db: &str, endpoint: &str, name: &str) -> Logger {
+    let types = BUSY.join(",");
+    Logger::start(db, &member_args(endpoint, name, &["--event-types", &types, "--flush-interval", "300ms"]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
+    let db = fresh_database("fleet_join_leave").await;
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let a = busy_member(&db, &endpoint, "a");
+    let b = busy_member(&db, &endpoint, "b");
+    wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(10)).await;
+    // Published once the partitions are owned: a message sent before any
+    // member ever received its sequence cannot be counted by anyone.
+    let simulator = sim(&endpoint, 14);
+    wait_receiving(&[&a, &b]);
+    let c = busy_member(&db, &endpoint, "c");
+    wait_balanced(&db, "g", &["a", "b", "c"], Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (code_b, stderr_b) = b.stop(); // SIGTERM: hands its partitions over
+    assert_eq!(code_b, 0, "{stderr_b}");
+    wait_balanced(&db, "g", &["a", "c"], Duration::from_secs(10)).await;
+    let truth = simulator.wait().truth.to_json();
+    settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
+    let mut lost = stopped_field(&stderr_b, "lost");
+    for m in [a, c] {
+        let (code, stderr) = m.stop();
+        assert_eq!(code, 0, "{stderr}");
+        lost += stopped_field(&stderr, "lost");
+    }
+    assert_accounted(&db, &truth, lost).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_member_under_load_its_partitions_taken_within_two_ttl_and_every_event_accounted() {
+    let db = fresh_database("fleet_kill").await;
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let a = busy_member(&db, &endpoint, "a");
+    let b = busy_member(&db, &endpoint, "b");
+    let c = busy_member(&db, &endpoint, "c");
+    wait_balanced(&db, "g", &["a", "b", "c"], Duration::from_secs(10)).await;
+    let simulator = sim(&endpoint, 12);
+    wait_receiving(&[&a, &b, &c]);
+    drop(b); // SIGKILL
+    let took = wait_balanced(&db, "g", &["a", "c"], Duration::from_secs(6)).await;
+    assert!(took <= Duration::from_secs(6), "2 × lease-ttl");
+    eprintln!("survivors own every partition {took:?} after the kill");
+    let truth = simulator.wait().truth.to_json();
+    settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
+    let mut lost = 0;
+    for m in [a, c] {
+        let (code, stderr) = m.stop();
+        assert_eq!(code, 0, "{stderr}");
+        lost += stopped_field(&stderr, "lost");
+    }
+    assert!(lost > 0, "the killed member's unflushed interval and the takeover gap are lost");
+    assert_accounted(&db, &truth, lost).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_frozen_past_its_ttl_is_fenced_and_writes_nothing_for_the_partitions_taken() {
+    let db = fresh_database("fleet_fence").await;
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let a = busy_member(&db, &endpoint, "a");
+    let b = busy_member(&db, &endpoint, "b");
+    wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(10)).await;
+    let simulator = sim(&endpoint, 16);
+    wait_receiving(&[&a, &b]);
+    // SAFETY: signals to a child process we own.
+    unsafe { libc::kill(b.pid() as i32, libc::SIGSTOP) };
+    // a takes every partition once b's leases expire
+    wait_balanced(&db, "g", &["a"], Duration::from_secs(8)).await;
+    unsafe { libc::kill(b.pid() as i32, libc::SIGCONT) };
+    b.wait_metric("bid_logger_fenced_total", 1.0, Duration::from_secs(10));
+    wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(15)).await;
+    let truth = simulator.wait().truth.to_json();
+    settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
+    let mut lost = 0;
+    for m in [a, b] {
+        let (code, stderr) = m.stop();
+        assert_eq!(code, 0, "{stderr}");
+        lost += stopped_field(&stderr, "lost");
+    }
+    assert_accounted(&db, &truth, lost).await;
+}
