@@ -5,6 +5,22 @@
 
 use bid_logger_core::marks::SeqMarks;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Asks the sink to say when everything it received so far has landed
+/// (the coordinator's handover waits for it before releasing leases).
+#[derive(Debug)]
+pub struct FlushWait(pub oneshot::Sender<()>);
+
+/// `SET LOCAL idle_in_transaction_session_timeout` for a fleet member's
+/// transactions (heartbeats and fenced flushes): a third of the lease TTL,
+/// so that a member frozen inside one (holding the group's lock, or its
+/// lease rows) cannot keep the others from taking its leases once they
+/// expire.
+pub fn idle_timeout(lease_ttl: Duration) -> String {
+    format!("SET LOCAL idle_in_transaction_session_timeout = {}", (lease_ttl / 3).as_millis().max(100))
+}
 
 /// A member's partitions, as of one decision of its coordinator.
 #[derive(Debug, Clone, Default)]

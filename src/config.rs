@@ -75,7 +75,7 @@ pub struct Settings {
     /// This instance's partitions, e.g. `0-15,32` [default: all].
     #[arg(long, env = "BID_LOGGER_PARTITIONS", value_name = "LIST")]
     pub partitions: Option<String>,
-    /// Fleet group: the instances of one group and database divide the partitions between themselves (leases in PostgreSQL) [default: none, static `partitions`].
+    /// Fleet group: the instances of one group and database divide the partitions between themselves (leases in PostgreSQL); without it, `partitions` applies [default: none].
     #[arg(long, env = "BID_LOGGER_GROUP", value_name = "NAME")]
     pub group: Option<String>,
     /// How long a fleet member's unrenewed lease lasts; renewed every third of it [default: 6s].
@@ -810,6 +810,16 @@ mod tests {
             ("partition-count", Box::new(|s| s.partition_count = Some(10_001))),
             ("partitions", Box::new(|s| s.partitions = Some("0-64".into()))),
             ("partitions", Box::new(|s| s.partitions = Some("5-2".into()))),
+            (
+                "partitions",
+                Box::new(|s| {
+                    s.group = Some("g".into());
+                    s.partitions = Some("0-7".into());
+                }),
+            ),
+            ("group", Box::new(|s| s.group = Some(String::new()))),
+            ("lease-ttl", Box::new(|s| s.lease_ttl = Some("500ms".into()))),
+            ("lease-ttl", Box::new(|s| s.lease_ttl = Some("forever".into()))),
             ("event-types", Box::new(|s| s.event_types = Some("bid,wins".into()))),
             ("sample", Box::new(|s| s.sample = Some("2".into()))),
             ("flush-interval", Box::new(|s| s.flush_interval = Some("soon".into()))),
@@ -937,7 +947,7 @@ mod tests {
         // Defaults live in code (DEFAULT_* beside each stage's config); the
         // help text says them in words, so it is checked against them here.
         let effective = toml::Table::try_from(base().resolve().unwrap().effective()).unwrap();
-        let descriptive = ["all", "any", "the host name"]; // partitions, event-types, allow, instance-id
+        let descriptive = ["all", "any", "the host name", "none"]; // partitions, event-types, allow, instance-id, group
         let cmd = Settings::augment_args(clap::Command::new("run"));
         let mut checked = 0;
         for arg in cmd.get_arguments() {

@@ -34,6 +34,10 @@
 //!   into its delta log, which a consumer task moves into the table at its
 //!   own interval) with retries and merging of pending deltas; the
 //!   time-range partitions of every table ([`sink::ranges`]).
+//! * [`fleet`]: a fleet member's coordinator (`--group`): membership and
+//!   partition leases in PostgreSQL, handovers and fencing. It publishes an
+//!   [`assignment::Assignment`] that the ingest threads (subscriptions) and
+//!   the sink (the leases every flush is fenced with) follow.
 //! * [`pipeline`]: wires the stages together and runs them until a signal.
 //! * [`config`]: the configuration file, flags and environment, validated
 //!   into each stage's config.
@@ -43,9 +47,9 @@
 //! * [`report`]: `bid-logger report`, per-group figures from the narrowest
 //!   rollup that answers a range.
 //!
-//! Within the crate the graph is acyclic too: `telemetry` uses no other
-//! module; `zap`, `ingest` and `sink` use it; `config` builds each stage's
-//! config; `pipeline` uses all of them.
+//! Within the crate the graph is acyclic too: `telemetry` and `assignment`
+//! use no other module; `zap`, `ingest` and `sink` use them; `fleet` uses
+//! `sink`; `config` builds each stage's config; `pipeline` uses all of them.
 
 #![warn(missing_docs, rust_2018_idioms, clippy::all)]
 

@@ -104,7 +104,7 @@ pub async fn run(
         flush_wait: flush_wait_rx,
         fenced,
         discarding: None,
-        idle_timeout: crate::fleet::idle_timeout(f.lease_ttl),
+        idle_timeout: crate::assignment::idle_timeout(f.lease_ttl),
     });
     let (stop_coordinator, coordinator_stop) = watch::channel(false);
     let coordinator = config.fleet.clone().map(|f| {

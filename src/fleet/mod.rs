@@ -25,7 +25,7 @@
 //! taker starts from those marks. Every flush fences with the leases held
 //! ([`bid_logger_fence`, migration 0009](../../sql/0009_leases.sql)).
 
-use crate::assignment::Assignment;
+use crate::assignment::{idle_timeout, Assignment, FlushWait};
 use crate::sink::SinkError;
 use crate::telemetry as t;
 use bid_logger_core::marks::{decode, SeqMarks};
@@ -47,10 +47,6 @@ pub struct FleetConfig {
     /// How long an unrenewed lease lasts.
     pub lease_ttl: Duration,
 }
-
-/// Asks the sink to say when everything it received so far has landed.
-#[derive(Debug)]
-pub struct FlushWait(pub oneshot::Sender<()>);
 
 const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended('bid_logger_group:' || $1, 0))";
 const RENEW_MEMBER: &str = "INSERT INTO bid_logger_members (grp, member, run_id, expires_at)
@@ -74,14 +70,6 @@ const READ_MARKS: &str = "SELECT partition, marks FROM bid_logger_seq_marks WHER
 const RELEASE: &str = "UPDATE bid_logger_leases SET owner = NULL, expires_at = now()
     WHERE grp = $1 AND owner = $2 AND partition = ANY($3)";
 const LEAVE: &str = "DELETE FROM bid_logger_members WHERE grp = $1 AND member = $2";
-
-/// `SET LOCAL idle_in_transaction_session_timeout` for a fleet member's
-/// transactions: a third of the lease TTL, so that a member frozen inside
-/// one (holding the group's lock, or its lease rows) cannot keep the others
-/// from taking its leases once they expire.
-pub fn idle_timeout(lease_ttl: Duration) -> String {
-    format!("SET LOCAL idle_in_transaction_session_timeout = {}", (lease_ttl / 3).as_millis().max(100))
-}
 
 /// A member's coordinator: heartbeats, takes and releases leases, and
 /// publishes the [`Assignment`] the ingest threads and the sink follow.

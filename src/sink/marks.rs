@@ -51,7 +51,7 @@ pub struct Fence {
     /// The assignment generation they are from.
     pub generation: u64,
     /// `SET LOCAL idle_in_transaction_session_timeout = …` (see
-    /// [`crate::fleet::idle_timeout`]).
+    /// [`crate::assignment::idle_timeout`]).
     pub idle_timeout: String,
 }
 

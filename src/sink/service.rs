@@ -19,8 +19,7 @@ use super::marks::{self, Fence, Loaded, Watermark};
 use super::ranges::{self, Parent, Span};
 use super::tables::RollupTable;
 use super::{SinkConfig, SinkError};
-use crate::assignment::Assignment;
-use crate::fleet::FlushWait;
+use crate::assignment::{Assignment, FlushWait};
 use crate::telemetry as t;
 use bid_logger_core::aggregate::Delta;
 use bid_logger_core::marks::SeqMarks;
@@ -101,7 +100,7 @@ pub struct SinkFleet {
     pub fenced: mpsc::UnboundedSender<u64>,
     /// Dropping what arrives until every thread applied this generation.
     pub discarding: Option<u64>,
-    /// See [`crate::fleet::idle_timeout`].
+    /// See [`crate::assignment::idle_timeout`].
     pub idle_timeout: String,
 }
 
