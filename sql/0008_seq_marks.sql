@@ -16,6 +16,9 @@ CREATE TABLE IF NOT EXISTS bid_logger_seq_marks (
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (scope, partition)
 );
+-- The values are compact already (about 3 bytes a mark): stored out of
+-- line without compression, which costs the server nothing per flush.
+ALTER TABLE bid_logger_seq_marks ALTER COLUMN marks SET STORAGE EXTERNAL;
 
 -- bid_logger_outstanding: per instance, the events its run had received up
 -- to the marks last committed (`drained`) and those of them written

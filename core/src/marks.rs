@@ -45,24 +45,34 @@ pub type PartitionMarks = BTreeMap<(Arc<str>, u8), u64>;
 
 /// Encodes one partition's marks.
 pub fn encode(marks: &PartitionMarks) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + marks.len() * 6);
+    encode_from(marks.iter().map(|(k, &seq)| (k, seq)), marks.len())
+}
+
+/// Encodes `n` marks given in (publisher, type) order.
+fn encode_from<'a>(marks: impl Iterator<Item = (&'a (Arc<str>, u8), u64)>, n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + n * 4);
     out.push(VERSION);
-    let mut iter = marks.iter().peekable();
+    let mut iter = marks.peekable();
     while let Some(((publisher, _), _)) = iter.peek() {
-        let publisher = publisher.clone();
-        let mut group = Vec::new();
-        while let Some(((p, t), &seq)) = iter.next_if(|((p, _), _)| *p == publisher) {
-            debug_assert_eq!(*p, publisher);
-            group.push((*t, seq));
-        }
+        let publisher: &str = publisher;
         put_varint(&mut out, publisher.len() as u64);
         out.extend_from_slice(publisher.as_bytes());
-        put_varint(&mut out, group.len() as u64);
+        let count_at = out.len();
+        out.push(0); // the group's size, patched below (a varint of one byte while < 128)
+        let mut count = 0u64;
         let mut prev = 0u64;
-        for (t, seq) in group {
-            out.push(t);
+        while let Some(((_, t), seq)) = iter.next_if(|((p, _), _)| &**p == publisher) {
+            out.push(*t);
             put_varint(&mut out, zigzag(seq.wrapping_sub(prev) as i64));
             prev = seq;
+            count += 1;
+        }
+        if count < 128 {
+            out[count_at] = count as u8;
+        } else {
+            let mut len = Vec::new();
+            put_varint(&mut len, count);
+            out.splice(count_at..=count_at, len);
         }
     }
     out
@@ -210,8 +220,7 @@ impl SeqMarks {
         for partition in moved {
             let Some(marks) = self.partitions.get_mut(&partition) else { continue };
             marks.retain(|_, (_, at)| *at >= now_ms - FORGET_AFTER_MS);
-            let plain: PartitionMarks = marks.iter().map(|(k, (seq, _))| (k.clone(), *seq)).collect();
-            out.push((partition, encode(&plain)));
+            out.push((partition, encode_from(marks.iter().map(|(k, (seq, _))| (k, *seq)), marks.len())));
         }
         out
     }
