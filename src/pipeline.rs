@@ -3,7 +3,7 @@
 
 use crate::assignment::Assignment;
 use crate::config::Config;
-use crate::fleet::Coordinator;
+use crate::fleet::{Coordinator, CoordinatorLinks};
 use crate::ingest::{self, FlushRequests, IngestError, IngestSummary};
 use crate::sink::service::SinkFleet;
 use crate::sink::{self, Sink, SinkError, SinkSummary};
@@ -108,16 +108,9 @@ pub async fn run(
     });
     let (stop_coordinator, coordinator_stop) = watch::channel(false);
     let coordinator = config.fleet.clone().map(|f| {
-        let c = Coordinator::new(
-            f,
-            config.sink.instance_id.clone(),
-            config.ingest.partition_count,
-            pool.clone(),
-            assignment,
-            acks,
-            flush_wait,
-            fenced_rx,
-        );
+        let links = CoordinatorLinks { assignment, acks, flush_wait, fenced: fenced_rx };
+        let c =
+            Coordinator::new(f, config.sink.instance_id.clone(), config.ingest.partition_count, pool.clone(), links);
         tokio::spawn(c.run(coordinator_stop))
     });
     let sink =

@@ -79,10 +79,7 @@ pub struct Coordinator {
     run_id: i64,
     partition_count: u32,
     pool: deadpool_postgres::Pool,
-    assignment: watch::Sender<Arc<Assignment>>,
-    acks: Arc<[AtomicU64]>,
-    flush_wait: mpsc::Sender<FlushWait>,
-    fenced: mpsc::UnboundedReceiver<u64>,
+    links: CoordinatorLinks,
     /// The generation of the last reset: fencing reports of batches formed
     /// before it are about what it already dropped.
     reset_at: u64,
@@ -93,6 +90,18 @@ pub struct Coordinator {
     /// Heartbeats so far in this membership (a new member takes nothing in
     /// its first, so that members starting together see each other).
     beats: u64,
+}
+
+/// What a coordinator is linked to.
+pub struct CoordinatorLinks {
+    /// Where it publishes the assignment.
+    pub assignment: watch::Sender<Arc<Assignment>>,
+    /// The generation each ingest thread applied.
+    pub acks: Arc<[AtomicU64]>,
+    /// Asks the sink to say when what it received has landed.
+    pub flush_wait: mpsc::Sender<FlushWait>,
+    /// The sink's reports of failed fences (the batch's assignment generation).
+    pub fenced: mpsc::UnboundedReceiver<u64>,
 }
 
 /// Where a handover stands.
@@ -108,18 +117,13 @@ enum Release {
 }
 
 impl Coordinator {
-    /// A coordinator for `member`; the ingest threads acknowledge in `acks`,
-    /// the sink answers `flush_wait` and reports fencing on `fenced`.
-    #[allow(clippy::too_many_arguments)]
+    /// A coordinator for `member` of a fleet of `partition_count` partitions.
     pub fn new(
         config: FleetConfig,
         member: String,
         partition_count: u32,
         pool: deadpool_postgres::Pool,
-        assignment: watch::Sender<Arc<Assignment>>,
-        acks: Arc<[AtomicU64]>,
-        flush_wait: mpsc::Sender<FlushWait>,
-        fenced: mpsc::UnboundedReceiver<u64>,
+        links: CoordinatorLinks,
     ) -> Coordinator {
         gauge!(t::OWNED_PARTITIONS).set(0.0);
         counter!(t::LEASE_TAKEOVERS).increment(0);
@@ -130,10 +134,7 @@ impl Coordinator {
             run_id: rand::random(),
             partition_count,
             pool,
-            assignment,
-            acks,
-            flush_wait,
-            fenced,
+            links,
             reset_at: 0,
             held: BTreeMap::new(),
             release: Release::None,
@@ -151,7 +152,7 @@ impl Coordinator {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_beat.min(tokio::time::Instant::now() + Duration::from_millis(50))) => {}
                 _ = stop.changed() => break,
-                Some(generation) = self.fenced.recv() => {
+                Some(generation) = self.links.fenced.recv() => {
                     if generation > self.reset_at {
                         self.reset("a flush found a lease taken").await;
                     }
@@ -261,8 +262,11 @@ impl Coordinator {
             if needy {
                 let excess: Vec<u32> = self.held.keys().rev().take(self.held.len() - target).copied().collect();
                 tracing::info!(group = %group, partitions = ?excess, "handing partitions over to a member below its share");
-                let generation = self.publish_without(&excess);
-                self.release = Release::Acks { partitions: excess, generation };
+                self.release = Release::Acks { partitions: excess, generation: 0 };
+                let published = self.publish(Vec::new(), SeqMarks::default(), false);
+                if let Release::Acks { generation, .. } = &mut self.release {
+                    *generation = published;
+                }
             }
         }
         Ok(())
@@ -274,7 +278,7 @@ impl Coordinator {
             Release::Acks { partitions, .. } | Release::Flush { partitions, .. } => partitions,
             Release::None => &[],
         };
-        let generation = self.assignment.borrow().generation + 1;
+        let generation = self.links.assignment.borrow().generation + 1;
         let a = Assignment {
             generation,
             receive: self.held.keys().copied().filter(|p| !releasing.contains(p)).collect(),
@@ -284,21 +288,7 @@ impl Coordinator {
             discard,
         };
         gauge!(t::OWNED_PARTITIONS).set(self.held.len() as f64);
-        self.assignment.send_replace(Arc::new(a));
-        generation
-    }
-
-    fn publish_without(&mut self, releasing: &[u32]) -> u64 {
-        let generation = self.assignment.borrow().generation + 1;
-        let a = Assignment {
-            generation,
-            receive: self.held.keys().copied().filter(|p| !releasing.contains(p)).collect(),
-            held: self.held.iter().map(|(&p, &e)| (p, e)).collect(),
-            taken: Vec::new(),
-            seeds: Arc::default(),
-            discard: false,
-        };
-        self.assignment.send_replace(Arc::new(a));
+        self.links.assignment.send_replace(Arc::new(a));
         generation
     }
 
@@ -308,9 +298,9 @@ impl Coordinator {
         match std::mem::take(&mut self.release) {
             Release::None => {}
             Release::Acks { partitions, generation } => {
-                if self.acks.iter().all(|a| a.load(Ordering::Acquire) >= generation) {
+                if self.links.acks.iter().all(|a| a.load(Ordering::Acquire) >= generation) {
                     let (done, landed) = oneshot::channel();
-                    if self.flush_wait.send(FlushWait(done)).await.is_err() {
+                    if self.links.flush_wait.send(FlushWait(done)).await.is_err() {
                         return; // the sink is gone: stopping
                     }
                     self.release = Release::Flush { partitions, landed };
