@@ -33,8 +33,12 @@ pub struct Assignment {
     /// with. It includes the partitions being released (no longer received,
     /// their last rows not yet written).
     pub held: Vec<(u32, i64)>,
+    /// Partitions claimed from another member, sorted: received and held
+    /// (not counted) until the lease is passed to this member, then
+    /// replayed above the giver's marks (see [`bid_logger_core::held`]).
+    pub hold: Vec<u32>,
     /// Partitions taken in this generation, and their committed marks: the
-    /// trackers start from them.
+    /// trackers start from them (and a held partition replays what it held).
     pub taken: Vec<u32>,
     /// The committed marks of `taken`.
     pub seeds: Arc<SeqMarks>,
@@ -47,5 +51,10 @@ impl Assignment {
     /// Whether `partition` is received.
     pub fn receives(&self, partition: u32) -> bool {
         self.receive.binary_search(&partition).is_ok()
+    }
+
+    /// Whether `partition` is held (claimed, not passed yet).
+    pub fn holds(&self, partition: u32) -> bool {
+        self.hold.binary_search(&partition).is_ok()
     }
 }

@@ -3,18 +3,21 @@
 
 use crate::assignment::Assignment;
 use crate::config::Config;
-use crate::fleet::{Coordinator, CoordinatorLinks};
+use crate::fleet::{Coordinator, CoordinatorLinks, Phase};
 use crate::ingest::{self, FlushRequests, IngestError, IngestSummary};
 use crate::sink::service::SinkFleet;
 use crate::sink::{self, Sink, SinkError, SinkSummary};
 use crate::telemetry::Progress;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Deltas that may wait between ingest and the sink; when full, ingest keeps
 /// merging into its own table instead.
 const CHANNEL_CAPACITY: usize = 8;
+/// How long a stopping fleet member waits for the others to take its
+/// partitions, in lease TTLs (a handover takes about three heartbeats).
+const DEPART_TTLS: u32 = 5;
 
 /// Why the pipeline could not run.
 #[derive(Debug, thiserror::Error)]
@@ -106,28 +109,41 @@ pub async fn run(
         discarding: None,
         idle_timeout: crate::assignment::idle_timeout(f.lease_ttl),
     });
-    let (stop_coordinator, coordinator_stop) = watch::channel(false);
+    let (phase, coordinator_phase) = watch::channel(Phase::Run);
+    let (departed_tx, departed) = oneshot::channel();
     let coordinator = config.fleet.clone().map(|f| {
         let links = CoordinatorLinks { assignment, acks, flush_wait, fenced: fenced_rx };
         let c =
             Coordinator::new(f, config.sink.instance_id.clone(), config.ingest.partition_count, pool.clone(), links);
-        tokio::spawn(c.run(coordinator_stop))
+        tokio::spawn(c.run(coordinator_phase, departed_tx))
     });
     let sink =
         tokio::spawn(Sink::new(config.sink.clone(), pool, rx, migrated, loaded, sink_fleet, progress.clone()).run());
 
     signals.wait_for_stop(stop, &flush).await;
-    tracing::info!("stopping: no longer receiving; flushing what was accepted (a second SIGTERM/SIGINT exits at once)");
-    stopping.store(true, Ordering::Relaxed);
+    let unwritten = progress.clone();
     let forced = tokio::spawn(async move {
         let name = signals.next_stop().await;
         tracing::error!(
             signal = name,
-            events_unwritten = progress.unwritten(),
+            events_unwritten = unwritten.unwritten(),
             "second signal during the graceful stop: exiting now; these accepted events were NOT written"
         );
         std::process::exit(1);
     });
+    // A fleet member hands its partitions over while it still receives them.
+    if let Some(f) = &config.fleet {
+        let _ = phase.send(Phase::Depart);
+        let limit = f.lease_ttl * DEPART_TTLS;
+        if tokio::time::timeout(limit, departed).await.is_err() {
+            tracing::warn!(
+                timeout = ?limit,
+                "the other members did not take every partition in time; the rest is released (what its new owners miss is counted as lost)"
+            );
+        }
+    }
+    tracing::info!("stopping: no longer receiving; flushing what was accepted (a second SIGTERM/SIGINT exits at once)");
+    stopping.store(true, Ordering::Relaxed);
     let ingest = tokio::task::spawn_blocking(move || {
         workers.into_iter().fold(IngestSummary::default(), |mut acc, w| {
             let s = w.join().expect("ingest threads do not panic");
@@ -145,7 +161,7 @@ pub async fn run(
     let sink = sink.await.expect("the sink task does not panic");
     // A fleet member leaves once its last flush landed: its leases go back
     // for the others to take at once, marks committed.
-    let _ = stop_coordinator.send(true);
+    let _ = phase.send(Phase::Stop);
     if let Some(c) = coordinator {
         let _ = c.await;
     }

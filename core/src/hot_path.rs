@@ -2,6 +2,7 @@
 
 use crate::aggregate::{AggregateConfig, Aggregator, Outcome};
 use crate::decode::{decode, DecodeError, Event};
+use crate::held::{entries, Held, HeldEntry, HeldStats};
 use crate::sample::{Rate, Sampler};
 use crate::seq::SeqTracker;
 use crate::wire::{fnv1a64, MAX_PARTITIONS};
@@ -119,6 +120,9 @@ pub struct HotPath {
     pub owned: Option<Box<[bool]>>,
     /// Messages of partitions not owned, since the last publish.
     pub unowned: u64,
+    /// A fleet member's: messages of partitions it is about to take over,
+    /// held until the lease is passed to it ([`HotPath::replay`]).
+    pub held: Option<Held>,
 }
 
 impl HotPath {
@@ -141,6 +145,7 @@ impl HotPath {
             sampled_out: 0,
             owned: None,
             unowned: 0,
+            held: None,
         }
     }
 
@@ -155,6 +160,60 @@ impl HotPath {
     #[inline]
     fn owns(&self, partition: u32) -> bool {
         self.owned.as_ref().is_none_or(|o| o.get(partition as usize).copied().unwrap_or(false))
+    }
+
+    /// A valid message of a partition not owned: held when the partition is
+    /// about to be taken over, otherwise counted (the owner's).
+    #[cold]
+    fn not_owned(&mut self, partition: u32, topic: &[u8], payload: &[u8]) {
+        match self.held.as_mut().filter(|h| h.holds(partition)) {
+            Some(held) => held.push_message(partition, topic, payload),
+            None => self.unowned += 1,
+        }
+    }
+
+    /// Stops holding `partition` (its lease was passed to this instance,
+    /// which owns it now, its trackers seeded with the giver's committed
+    /// marks) and runs what was held through the hot path: what lies at or
+    /// below the marks is dropped (the giver counted it), what has no
+    /// `pub`/`seq` is dropped (cut by arrival time: it arrived while the
+    /// giver owned the partition), the rest is processed as if it arrived
+    /// now. Without `replay`, [`Held::stop`] alone drops what was held (a
+    /// claim withdrawn: the owner keeps the partition).
+    pub fn replay(&mut self, partition: u32, now_ms: i64) {
+        let Some(held) = self.held.as_mut() else { return };
+        let arena = held.stop(partition);
+        let mut stats = HeldStats::default();
+        for entry in entries(&arena) {
+            match entry {
+                HeldEntry::Message { topic, payload } => match decode(topic, payload) {
+                    Ok(Event { publisher: Some(publisher), seq: Some(seq), event_type, partition, .. })
+                        if self.seqs.already_counted(publisher, event_type, partition, seq) =>
+                    {
+                        stats.duplicates += 1
+                    }
+                    Ok(Event { publisher: Some(_), seq: Some(_), .. }) => {
+                        stats.replayed += 1;
+                        self.process(topic, payload, now_ms);
+                    }
+                    Ok(_) | Err(_) => stats.unsequenced += 1,
+                },
+                HeldEntry::Seq { publisher, event_type, partition, seq } => {
+                    if self.seqs.already_counted(publisher, event_type, partition, seq) {
+                        stats.duplicates += 1;
+                    } else {
+                        stats.replayed += 1;
+                        // Counted as too large when it arrived.
+                        self.seqs.observe(publisher, event_type, partition, seq);
+                    }
+                }
+            }
+        }
+        if let Some(held) = self.held.as_mut() {
+            held.stats.replayed += stats.replayed;
+            held.stats.duplicates += stats.duplicates;
+            held.stats.unsequenced += stats.unsequenced;
+        }
     }
 
     /// Counts a message that does not have exactly two frames.
@@ -175,6 +234,8 @@ impl HotPath {
             {
                 if self.owns(partition) {
                     self.seqs.observe(publisher, event_type, partition, seq);
+                } else if let Some(held) = self.held.as_mut().filter(|h| h.holds(partition)) {
+                    held.push_seq(partition, publisher, event_type, seq);
                 }
             }
             self.invalid[DecodeError::TooLarge.index()] += 1;
@@ -188,7 +249,7 @@ impl HotPath {
             }
         };
         if !self.owns(ev.partition) {
-            self.unowned += 1;
+            self.not_owned(ev.partition, topic, payload);
             return;
         }
         if let (Some(publisher), Some(seq)) = (ev.publisher, ev.seq) {
@@ -317,5 +378,48 @@ mod tests {
         let right = topic(EventType::Bid, crate::wire::partition_of(ok.as_bytes(), 16));
         all.process(right.as_bytes(), &payload(ok, 0), now);
         assert_eq!(all.partitions.mismatches, 1);
+    }
+
+    #[test]
+    fn held_messages_replay_above_the_marks_only() {
+        let mut hot = hot(false, "1");
+        hot.owned = Some(vec![false; 16].into_boxed_slice());
+        hot.held = Some(Held::new(16, 1 << 20));
+        let now = now_ms();
+        let txn = "held-1";
+        let p = crate::wire::partition_of(txn.as_bytes(), 16);
+        let t = topic(EventType::Bid, p);
+        let msg = |seq: Option<u64>, pad: usize| {
+            let mut m = serde_json::json!({"txn": txn, "ts": now, "pad": "x".repeat(pad)});
+            if let Some(seq) = seq {
+                m["pub"] = "pub-a".into();
+                m["seq"] = seq.into();
+            }
+            rmp_serde::to_vec_named(&m).unwrap()
+        };
+        hot.held.as_mut().unwrap().start(p);
+        // Received while the giver still owns the partition: 1..=5, one
+        // without seq, one too large (seq 6), then 8 (7 never arrived).
+        for seq in 1..=5 {
+            hot.process(t.as_bytes(), &msg(Some(seq), 0), now);
+        }
+        hot.process(t.as_bytes(), &msg(None, 0), now);
+        hot.process(t.as_bytes(), &msg(Some(6), 2000), now);
+        hot.process(t.as_bytes(), &msg(Some(8), 0), now);
+        assert_eq!(hot.aggregator.take_stats().accepted.iter().sum::<u64>(), 0, "held, not counted");
+        assert_eq!(hot.unowned, 0);
+        // The giver committed up to seq 3.
+        hot.seqs.seed("pub-a", crate::seq::topic_id(EventType::Bid as u8, p), 3);
+        hot.owned.as_mut().unwrap()[p as usize] = true;
+        hot.replay(p, now);
+        let held = hot.held.as_ref().unwrap();
+        assert_eq!(held.stats, HeldStats { replayed: 4, duplicates: 3, unsequenced: 1, overflowed: 0 });
+        assert_eq!(hot.aggregator.take_stats().accepted.iter().sum::<u64>(), 3, "seq 4, 5 and 8");
+        assert_eq!(hot.invalid[DecodeError::TooLarge.index()], 1, "seq 6, counted once, when it arrived");
+        assert_eq!(hot.seqs.lost, 1, "seq 7");
+        assert!(!held.holds(p));
+        // Live again: a later message is aggregated, a gap counted.
+        hot.process(t.as_bytes(), &msg(Some(10), 0), now);
+        assert_eq!(hot.seqs.lost, 2);
     }
 }

@@ -25,6 +25,8 @@
 //!   commits.
 //! * [`marks`]: the committed marks per partition, as one compact value
 //!   each.
+//! * [`held`]: messages of partitions a fleet member is about to take
+//!   over, held until the lease is passed, then replayed above the marks.
 //! * [`hot_path`]: the per-message work ([`hot_path::HotPath`]): the size
 //!   limit, decode, `seq` tracking, the partition check, sampling and
 //!   aggregation, with local counts.
@@ -40,6 +42,7 @@
 pub mod aggregate;
 pub mod clock;
 pub mod decode;
+pub mod held;
 pub mod hot_path;
 pub mod marks;
 pub mod sample;

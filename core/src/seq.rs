@@ -207,6 +207,19 @@ impl SeqTracker {
         }
     }
 
+    /// Whether `seq` from `publisher` on `(event_type, partition)` lies at
+    /// or below a seeded mark no message has moved since: the previous
+    /// owner counted it. Asked of the messages a taker held while the
+    /// giver still received them (see [`crate::held`]); a live message is
+    /// never asked, since nobody else receives it.
+    pub fn already_counted(&self, publisher: &str, event_type: EventType, partition: u32, seq: u64) -> bool {
+        let topic = event_type as u32 * MAX_PARTITIONS + partition;
+        self.publishers
+            .get(publisher.as_bytes())
+            .and_then(|t| t.topics.get(&topic))
+            .is_some_and(|s| s.stamp == 0 && seq <= s.last)
+    }
+
     /// Stops tracking the sequences of the partitions `gone` says (they
     /// moved to another owner: what is tracked of them would be stale when
     /// they come back).

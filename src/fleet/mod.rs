@@ -59,20 +59,52 @@ const SETTLE_OUTSTANDING: &str = "UPDATE bid_logger_outstanding o SET landed = d
 const RENEW_LEASES: &str = "UPDATE bid_logger_leases SET expires_at = now() + $3 * interval '1 millisecond'
     WHERE grp = $1 AND owner = $2 RETURNING partition, epoch";
 const MEMBERS: &str = "SELECT member FROM bid_logger_members WHERE grp = $1 ORDER BY member";
-const LEASES: &str = "SELECT partition, owner, expires_at < now() FROM bid_logger_leases WHERE grp = $1";
+const LEASES: &str = "SELECT partition, owner, expires_at < now(), claimant, claim_ready
+    FROM bid_logger_leases WHERE grp = $1";
 const TAKE: &str = "INSERT INTO bid_logger_leases AS l (grp, partition, owner, epoch, expires_at)
     SELECT $1, p, $2, 1, now() + $4 * interval '1 millisecond' FROM unnest($3::integer[]) AS p
     ON CONFLICT (grp, partition) DO UPDATE SET owner = excluded.owner, epoch = l.epoch + 1,
-        expires_at = excluded.expires_at
+        expires_at = excluded.expires_at, claimant = NULL, claim_ready = false
     WHERE l.owner IS NULL OR l.expires_at < now()
     RETURNING partition, epoch, (xmax <> 0 AND epoch > 1) AS taken_over";
+const CLAIM: &str = "UPDATE bid_logger_leases SET claimant = $2, claim_ready = false
+    WHERE grp = $1 AND partition = ANY($3) AND owner IS NOT NULL AND owner <> $2 RETURNING partition";
+const CLAIM_READY: &str = "UPDATE bid_logger_leases SET claim_ready = true
+    WHERE grp = $1 AND claimant = $2 AND partition = ANY($3)";
+const WITHDRAW: &str =
+    "UPDATE bid_logger_leases SET claimant = NULL, claim_ready = false WHERE grp = $1 AND claimant = $2";
 const READ_MARKS: &str = "SELECT partition, marks FROM bid_logger_seq_marks WHERE scope = $1 AND partition = ANY($2)";
-const RELEASE: &str = "UPDATE bid_logger_leases SET owner = NULL, expires_at = now()
-    WHERE grp = $1 AND owner = $2 AND partition = ANY($3)";
+/// Passes each lease to its claimant (a new epoch), or releases it when
+/// the claim was withdrawn meanwhile.
+const PASS: &str = "UPDATE bid_logger_leases SET owner = claimant, epoch = epoch + 1,
+        expires_at = CASE WHEN claimant IS NULL THEN now() ELSE now() + $4 * interval '1 millisecond' END,
+        claimant = NULL, claim_ready = false
+    WHERE grp = $1 AND owner = $2 AND partition = ANY($3) RETURNING partition, owner";
 const LEAVE: &str = "DELETE FROM bid_logger_members WHERE grp = $1 AND member = $2";
 
-/// A member's coordinator: heartbeats, takes and releases leases, and
-/// publishes the [`Assignment`] the ingest threads and the sink follow.
+/// Where a member's life stands, as the pipeline tells its coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Taking and keeping its share.
+    Run,
+    /// Stopping (SIGTERM): leaves the members, so that the others claim
+    /// its partitions, and hands each over as its claim is ready.
+    Depart,
+    /// The last flush landed: releases what is left and leaves.
+    Stop,
+}
+
+/// A partition claimed from another member.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    /// The assignment generation that first held it (0: not published yet).
+    generation: u64,
+    /// Marked ready in the database (every thread holds its messages).
+    ready: bool,
+}
+
+/// A member's coordinator: heartbeats, takes, claims and passes leases,
+/// and publishes the [`Assignment`] the ingest threads and the sink follow.
 pub struct Coordinator {
     config: FleetConfig,
     member: String,
@@ -85,11 +117,15 @@ pub struct Coordinator {
     reset_at: u64,
     /// Leases held: partition → epoch.
     held: BTreeMap<u32, i64>,
+    /// Partitions claimed from other members, not passed yet.
+    claims: BTreeMap<u32, Claim>,
     /// A handover under way.
     release: Release,
     /// Heartbeats so far in this membership (a new member takes nothing in
     /// its first, so that members starting together see each other).
     beats: u64,
+    /// Stopping: handing every partition over; told when done.
+    departing: Option<Option<oneshot::Sender<()>>>,
 }
 
 /// What a coordinator is linked to.
@@ -116,6 +152,22 @@ enum Release {
     Flush { partitions: Vec<u32>, landed: oneshot::Receiver<()> },
 }
 
+/// What one heartbeat decided, applied once its transaction committed.
+#[derive(Default)]
+struct Beat {
+    /// Partitions taken (free, expired or passed to this member).
+    taken: Vec<u32>,
+    seeds: SeqMarks,
+    /// Claims made, withdrawn or readied: the assignment changes.
+    claims_changed: bool,
+    /// Ready claims on this member's leases: to hand over.
+    hand_over: Vec<u32>,
+    /// Events members that expired left unwritten.
+    lost: u64,
+    members: usize,
+    target: usize,
+}
+
 impl Coordinator {
     /// A coordinator for `member` of a fleet of `partition_count` partitions.
     pub fn new(
@@ -137,21 +189,35 @@ impl Coordinator {
             links,
             reset_at: 0,
             held: BTreeMap::new(),
+            claims: BTreeMap::new(),
             release: Release::None,
             beats: 0,
+            departing: None,
         }
     }
 
-    /// Heartbeats until `stop` turns true, then leaves the group (its leases
-    /// released: the pipeline stops it after the last flush landed).
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    /// Heartbeats until `phase` says [`Phase::Stop`], then leaves the group
+    /// (what is left released: the pipeline stops it after the last flush
+    /// landed). On [`Phase::Depart`] it hands every partition over to the
+    /// others first, and says so on `departed` once it holds none.
+    pub async fn run(mut self, mut phase: watch::Receiver<Phase>, departed: oneshot::Sender<()>) {
         let beat = self.config.lease_ttl / 3;
         let mut next_beat = tokio::time::Instant::now();
+        let mut departed = Some(departed);
         tracing::info!(group = %self.config.group, member = %self.member, lease_ttl = ?self.config.lease_ttl, "joining the group");
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_beat.min(tokio::time::Instant::now() + Duration::from_millis(50))) => {}
-                _ = stop.changed() => break,
+                changed = phase.changed() => {
+                    let now = *phase.borrow_and_update();
+                    if changed.is_err() || now == Phase::Stop {
+                        break;
+                    }
+                    if now == Phase::Depart && self.departing.is_none() {
+                        self.depart(departed.take()).await;
+                        next_beat = tokio::time::Instant::now();
+                    }
+                }
                 Some(generation) = self.links.fenced.recv() => {
                     if generation > self.reset_at {
                         self.reset("a flush found a lease taken").await;
@@ -167,22 +233,77 @@ impl Coordinator {
                     next_beat = tokio::time::Instant::now() + Duration::from_millis(200).min(beat);
                 }
             }
+            self.check_departed(false);
         }
         self.leave().await;
+    }
+
+    /// Starts handing every partition over: leaves the members (the others'
+    /// shares now leave it out, so they claim its partitions) and withdraws
+    /// its own claims.
+    async fn depart(&mut self, departed: Option<oneshot::Sender<()>>) {
+        tracing::info!(group = %self.config.group, owned = self.held.len(), "stopping: handing every partition over to the other members");
+        self.departing = Some(departed);
+        self.claims.clear();
+        self.publish(Vec::new(), SeqMarks::default(), false);
+        let result = async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.execute(LOCK, &[&self.config.group]).await?;
+            tx.execute(LEAVE, &[&self.config.group, &self.member]).await?;
+            tx.execute(WITHDRAW, &[&self.config.group, &self.member]).await?;
+            tx.commit().await?;
+            Ok::<_, SinkError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "leaving the members failed; the others claim nothing until its row expires");
+        }
+    }
+
+    /// Says the departure is done once nothing is held (or nobody is left
+    /// to hand over to: `alone`).
+    fn check_departed(&mut self, alone: bool) {
+        let done = (self.held.is_empty() && matches!(self.release, Release::None)) || alone;
+        if let Some(slot) = self.departing.as_mut().filter(|_| done) {
+            if let Some(tx) = slot.take() {
+                if alone && !self.held.is_empty() {
+                    tracing::info!(owned = self.held.len(), "no other member to hand over to");
+                } else {
+                    tracing::info!("every partition handed over");
+                }
+                let _ = tx.send(());
+            }
+        }
     }
 
     /// One heartbeat transaction (see the module's docs).
     async fn heartbeat(&mut self) -> Result<(), SinkError> {
         let mut client = self.pool.get().await?;
-        let (group, member) = (&self.config.group, &self.member);
-        let ttl_ms = self.config.lease_ttl.as_millis() as f64;
         let tx = client.transaction().await?;
         // A member frozen (SIGSTOP, a VM pause) inside this transaction would
         // hold the group's lock for as long as it is frozen: the server ends
         // its session instead.
         tx.batch_execute(&idle_timeout(self.config.lease_ttl)).await?;
-        tx.execute(LOCK, &[group]).await?;
-        tx.execute(RENEW_MEMBER, &[group, member, &self.run_id, &ttl_ms]).await?;
+        tx.execute(LOCK, &[&self.config.group]).await?;
+        let Some(beat) = self.decide(&tx).await? else {
+            tx.rollback().await?;
+            drop(client);
+            self.reset("a lease was taken while this member could not renew it").await;
+            return Ok(());
+        };
+        tx.commit().await?;
+        self.apply(beat);
+        Ok(())
+    }
+
+    /// The heartbeat's statements; `None` when this member was fenced.
+    async fn decide(&mut self, tx: &tokio_postgres::Transaction<'_>) -> Result<Option<Beat>, SinkError> {
+        let (group, member) = (&self.config.group, &self.member);
+        let ttl_ms = self.config.lease_ttl.as_millis() as f64;
+        if self.departing.is_none() {
+            tx.execute(RENEW_MEMBER, &[group, member, &self.run_id, &ttl_ms]).await?;
+        }
         let renewed: BTreeMap<u32, i64> = tx
             .query(RENEW_LEASES, &[group, member, &ttl_ms])
             .await?
@@ -190,89 +311,161 @@ impl Coordinator {
             .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1)))
             .collect();
         if self.held.iter().any(|(p, e)| renewed.get(p) != Some(e)) {
-            tx.rollback().await?;
-            drop(client);
-            self.reset("a lease was taken while this member could not renew it").await;
-            return Ok(());
+            return Ok(None);
         }
-        let mut lost = 0u64;
+        let mut beat = Beat::default();
         for row in tx.query(EXPIRED_MEMBERS, &[group]).await? {
             let gone: String = row.get(0);
             let left: i64 = tx.query_opt(SETTLE_OUTSTANDING, &[&gone]).await?.map_or(0, |r| r.get(0));
             tracing::warn!(group = %group, member = %gone, unwritten_events = left, "a member's lease expired: it left without a handover");
-            lost += left.max(0) as u64;
+            beat.lost += left.max(0) as u64;
+        }
+        // Leases passed to this member since the last heartbeat.
+        let passed: Vec<(u32, i64)> =
+            renewed.iter().filter(|(p, _)| !self.held.contains_key(p)).map(|(&p, &e)| (p, e)).collect();
+        for (p, epoch) in passed {
+            self.held.insert(p, epoch);
+            beat.claims_changed |= self.claims.remove(&p).is_some();
+            beat.taken.push(p);
         }
         let members: Vec<String> = tx.query(MEMBERS, &[group]).await?.iter().map(|r| r.get(0)).collect();
-        let leases: Vec<(u32, Option<String>, bool)> =
-            tx.query(LEASES, &[group]).await?.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get(1), r.get(2))).collect();
+        let leases: Vec<LeaseRow> = tx.query(LEASES, &[group]).await?.iter().map(LeaseRow::from).collect();
         self.beats += 1;
         let n = members.len().max(1) as u32;
-        let target_of = |m: &str| {
-            let i = members.iter().position(|x| x == m).unwrap_or(members.len()) as u32;
-            self.partition_count / n + u32::from(i < self.partition_count % n)
+        let partition_count = self.partition_count;
+        let target_of = |m: &str| match members.iter().position(|x| x == m) {
+            Some(i) => (partition_count / n + u32::from((i as u32) < partition_count % n)) as usize,
+            None => 0,
         };
-        let target = target_of(member) as usize;
-        let mut taken = Vec::new();
-        let mut seeds = SeqMarks::default();
-        if self.held.len() < target && self.beats > 1 && matches!(self.release, Release::None) {
-            let busy: BTreeMap<u32, bool> =
-                leases.iter().map(|(p, owner, expired)| (*p, owner.is_some() && !expired)).collect();
-            let free: Vec<i32> = (0..self.partition_count)
-                .filter(|p| !busy.get(p).copied().unwrap_or(false) && !self.held.contains_key(p))
-                .take(target - self.held.len())
-                .map(|p| p as i32)
-                .collect();
+        beat.members = members.len();
+        beat.target = target_of(member);
+        let live = |m: &Option<String>| m.as_deref().is_some_and(|m| members.iter().any(|x| x == m));
+
+        // Claims withdrawn (the lease expired and was taken by another, or
+        // passed here): no longer held.
+        let before = self.claims.len();
+        let mine: Vec<u32> =
+            leases.iter().filter(|l| l.claimant.as_deref() == Some(member)).map(|l| l.partition).collect();
+        self.claims.retain(|p, _| mine.contains(p));
+        beat.claims_changed |= self.claims.len() != before;
+        // Claims every thread now holds: ready.
+        let acked = |g: u64| g > 0 && self.links.acks.iter().all(|a| a.load(Ordering::Acquire) >= g);
+        let ready: Vec<i32> =
+            self.claims.iter().filter(|(_, c)| !c.ready && acked(c.generation)).map(|(&p, _)| p as i32).collect();
+        if !ready.is_empty() {
+            tx.execute(CLAIM_READY, &[group, member, &ready]).await?;
+            for p in &ready {
+                if let Some(c) = self.claims.get_mut(&(*p as u32)) {
+                    c.ready = true;
+                }
+            }
+        }
+
+        if self.departing.is_none() && self.beats > 1 && matches!(self.release, Release::None) {
+            let wanted = beat.target.saturating_sub(self.held.len() + self.claims.len());
+            // Free or expired leases first (an expired owner's events are
+            // counted from the marks; a claimed one replays what it held).
+            let is_free =
+                |p: &u32| leases.iter().find(|l| l.partition == *p).is_none_or(|l| l.owner.is_none() || l.expired);
+            let mut free: Vec<i32> = self.claims.keys().copied().filter(is_free).map(|p| p as i32).collect();
+            free.extend(
+                (0..partition_count)
+                    .filter(|p| !self.held.contains_key(p) && !self.claims.contains_key(p) && is_free(p))
+                    .take(wanted)
+                    .map(|p| p as i32),
+            );
             if !free.is_empty() {
                 for row in tx.query(TAKE, &[group, member, &free, &ttl_ms]).await? {
                     let (p, epoch, over): (i32, i64, bool) = (row.get(0), row.get(1), row.get(2));
-                    taken.push(p as u32);
+                    beat.taken.push(p as u32);
                     self.held.insert(p as u32, epoch);
+                    beat.claims_changed |= self.claims.remove(&(p as u32)).is_some();
                     if over {
                         counter!(t::LEASE_TAKEOVERS).increment(1);
                     }
                 }
-                let parts: Vec<i32> = taken.iter().map(|&p| p as i32).collect();
-                let mut values = Vec::new();
-                for row in tx.query(READ_MARKS, &[group, &parts]).await? {
-                    let (p, bytes): (i32, Vec<u8>) = (row.get(0), row.get(1));
-                    match decode(&bytes) {
-                        Ok(m) => values.push((p as u32, m)),
-                        Err(e) => tracing::warn!(partition = p, error = %e, "committed marks cannot be read; left out"),
+            }
+            // Then claims on the partitions of members above their share
+            // (or no longer members: leaving).
+            let wanted = beat.target.saturating_sub(self.held.len() + self.claims.len());
+            if wanted > 0 {
+                let mut owned: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+                for l in leases.iter().filter(|l| !l.expired) {
+                    if let Some(o) = l.owner.as_deref().filter(|&o| o != member) {
+                        owned.entry(o).or_default().push(l.partition);
                     }
                 }
-                seeds = SeqMarks::committed(values, bid_logger_core::clock::now_ms());
-            }
-        }
-        tx.commit().await?;
-        t::count_lost(lost);
-        if !taken.is_empty() {
-            taken.sort_unstable();
-            tracing::info!(group = %group, partitions = ?taken, marks = seeds.len(), owned = self.held.len(), target, members = members.len(), "leases taken");
-            self.publish(taken, seeds, false);
-        }
-        // More than our share while another member has less: hand the excess over.
-        if self.held.len() > target && matches!(self.release, Release::None) {
-            let mut owned: BTreeMap<&str, usize> = BTreeMap::new();
-            for (_, owner, expired) in &leases {
-                if let (Some(o), false) = (owner, expired) {
-                    *owned.entry(o.as_str()).or_default() += 1;
+                let mut candidates = Vec::new();
+                for (owner, mut parts) in owned {
+                    let surplus = parts.len().saturating_sub(target_of(owner));
+                    parts.retain(|p| leases.iter().any(|l| l.partition == *p && !live(&l.claimant)));
+                    parts.sort_unstable_by(|a, b| b.cmp(a));
+                    candidates.extend(parts.into_iter().take(surplus).map(|p| p as i32));
                 }
-            }
-            let needy = members.iter().any(|m| owned.get(m.as_str()).copied().unwrap_or(0) < target_of(m) as usize);
-            if needy {
-                let excess: Vec<u32> = self.held.keys().rev().take(self.held.len() - target).copied().collect();
-                tracing::info!(group = %group, partitions = ?excess, "handing partitions over to a member below its share");
-                self.release = Release::Acks { partitions: excess, generation: 0 };
-                let published = self.publish(Vec::new(), SeqMarks::default(), false);
-                if let Release::Acks { generation, .. } = &mut self.release {
-                    *generation = published;
+                candidates.truncate(wanted);
+                if !candidates.is_empty() {
+                    for row in tx.query(CLAIM, &[group, member, &candidates]).await? {
+                        let p: i32 = row.get(0);
+                        self.claims.insert(p as u32, Claim { generation: 0, ready: false });
+                        beat.claims_changed = true;
+                    }
                 }
             }
         }
-        Ok(())
+        if !beat.taken.is_empty() {
+            beat.taken.sort_unstable();
+            let parts: Vec<i32> = beat.taken.iter().map(|&p| p as i32).collect();
+            let mut values = Vec::new();
+            for row in tx.query(READ_MARKS, &[group, &parts]).await? {
+                let (p, bytes): (i32, Vec<u8>) = (row.get(0), row.get(1));
+                match decode(&bytes) {
+                    Ok(m) => values.push((p as u32, m)),
+                    Err(e) => tracing::warn!(partition = p, error = %e, "committed marks cannot be read; left out"),
+                }
+            }
+            beat.seeds = SeqMarks::committed(values, bid_logger_core::clock::now_ms());
+        }
+        // Ready claims of live members on this member's leases: hand them over.
+        if matches!(self.release, Release::None) {
+            beat.hand_over = leases
+                .iter()
+                .filter(|l| l.owner.as_deref() == Some(member) && l.ready && live(&l.claimant))
+                .filter(|l| self.held.contains_key(&l.partition))
+                .map(|l| l.partition)
+                .collect();
+        }
+        Ok(Some(beat))
     }
 
-    /// Publishes the held leases, all received but those being released.
+    /// Applies a committed heartbeat: publishes what changed, starts a handover.
+    fn apply(&mut self, beat: Beat) {
+        t::count_lost(beat.lost);
+        if !beat.taken.is_empty() {
+            tracing::info!(group = %self.config.group, partitions = ?beat.taken, marks = beat.seeds.len(), owned = self.held.len(), target = beat.target, members = beat.members, "leases taken");
+        }
+        if !beat.taken.is_empty() || beat.claims_changed {
+            let new: Vec<u32> = self.claims.iter().filter(|(_, c)| c.generation == 0).map(|(&p, _)| p).collect();
+            if !new.is_empty() {
+                tracing::info!(group = %self.config.group, partitions = ?new, "claimed from members above their share: holding their messages until handed over");
+            }
+            let generation = self.publish(beat.taken, beat.seeds, false);
+            for c in self.claims.values_mut().filter(|c| c.generation == 0) {
+                c.generation = generation;
+            }
+        }
+        if !beat.hand_over.is_empty() && matches!(self.release, Release::None) {
+            tracing::info!(group = %self.config.group, partitions = ?beat.hand_over, "handing partitions over to their claimants");
+            self.release = Release::Acks { partitions: beat.hand_over, generation: 0 };
+            let published = self.publish(Vec::new(), SeqMarks::default(), false);
+            if let Release::Acks { generation, .. } = &mut self.release {
+                *generation = published;
+            }
+        }
+        self.check_departed(self.departing.is_some() && beat.members == 0);
+    }
+
+    /// Publishes the held leases, all received but those being released,
+    /// and the claims, held.
     fn publish(&self, taken: Vec<u32>, seeds: SeqMarks, discard: bool) -> u64 {
         let releasing: &[u32] = match &self.release {
             Release::Acks { partitions, .. } | Release::Flush { partitions, .. } => partitions,
@@ -283,6 +476,7 @@ impl Coordinator {
             generation,
             receive: self.held.keys().copied().filter(|p| !releasing.contains(p)).collect(),
             held: self.held.iter().map(|(&p, &e)| (p, e)).collect(),
+            hold: self.claims.keys().copied().collect(),
             taken,
             seeds: Arc::new(seeds),
             discard,
@@ -293,7 +487,8 @@ impl Coordinator {
     }
 
     /// Moves a handover along: once every thread applied it, asks the sink
-    /// to write what they handed over; once that landed, releases the leases.
+    /// to write what they handed over; once that landed, passes the leases
+    /// to their claimants.
     async fn advance_release(&mut self) {
         match std::mem::take(&mut self.release) {
             Release::None => {}
@@ -309,34 +504,35 @@ impl Coordinator {
                 }
             }
             Release::Flush { partitions, mut landed } => match landed.try_recv() {
-                Ok(()) => {
-                    let parts: Vec<i32> = partitions.iter().map(|&p| p as i32).collect();
-                    let result = async {
-                        let client = self.pool.get().await?;
-                        client.execute(RELEASE, &[&self.config.group, &self.member, &parts]).await?;
-                        Ok::<_, SinkError>(())
-                    }
-                    .await;
-                    match result {
-                        Ok(()) => {
-                            for p in &partitions {
-                                self.held.remove(p);
-                            }
-                            tracing::info!(partitions = ?partitions, owned = self.held.len(), "partitions handed over");
-                            self.publish(Vec::new(), SeqMarks::default(), false);
+                Ok(()) => match self.pass(&partitions).await {
+                    Ok(to) => {
+                        for p in &partitions {
+                            self.held.remove(p);
                         }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "releasing handed-over leases failed; retrying");
-                            let (done, landed) = oneshot::channel();
-                            let _ = done.send(());
-                            self.release = Release::Flush { partitions, landed };
-                        }
+                        tracing::info!(partitions = ?to, owned = self.held.len(), "partitions handed over");
+                        self.publish(Vec::new(), SeqMarks::default(), false);
                     }
-                }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "passing handed-over leases failed; retrying");
+                        let (done, landed) = oneshot::channel();
+                        let _ = done.send(());
+                        self.release = Release::Flush { partitions, landed };
+                    }
+                },
                 Err(oneshot::error::TryRecvError::Empty) => self.release = Release::Flush { partitions, landed },
                 Err(oneshot::error::TryRecvError::Closed) => {}
             },
         }
+    }
+
+    /// Passes `partitions` to their claimants (released when a claim was
+    /// withdrawn meanwhile): (partition, new owner).
+    async fn pass(&self, partitions: &[u32]) -> Result<Vec<(u32, Option<String>)>, SinkError> {
+        let parts: Vec<i32> = partitions.iter().map(|&p| p as i32).collect();
+        let ttl_ms = self.config.lease_ttl.as_millis() as f64;
+        let client = self.pool.get().await?;
+        let rows = client.query(PASS, &[&self.config.group, &self.member, &parts, &ttl_ms]).await?;
+        Ok(rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get(1))).collect())
     }
 
     /// Drops everything and starts again as a new member: fenced.
@@ -348,6 +544,7 @@ impl Coordinator {
             "fenced: dropping what this member holds; the new owners count it from the committed marks"
         );
         self.held.clear();
+        self.claims.clear();
         self.release = Release::None;
         self.reset_at = self.publish(Vec::new(), SeqMarks::default(), true);
         self.beats = 0;
@@ -357,24 +554,26 @@ impl Coordinator {
         }
     }
 
-    /// Releases every lease of this member and settles what it left
-    /// outstanding (counted as lost).
+    /// Releases every lease and claim of this member and settles what it
+    /// left outstanding (counted as lost).
     async fn give_back(&self) -> Result<(), SinkError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
-            "UPDATE bid_logger_leases SET owner = NULL, expires_at = now() WHERE grp = $1 AND owner = $2",
+            "UPDATE bid_logger_leases SET owner = NULL, expires_at = now(), claimant = NULL, claim_ready = false
+                WHERE grp = $1 AND owner = $2",
             &[&self.config.group, &self.member],
         )
         .await?;
+        tx.execute(WITHDRAW, &[&self.config.group, &self.member]).await?;
         let left: i64 = tx.query_opt(SETTLE_OUTSTANDING, &[&self.member]).await?.map_or(0, |r| r.get(0));
         tx.commit().await?;
         t::count_lost(left.max(0) as u64);
         Ok(())
     }
 
-    /// Leaves the group: the last flush has landed, so every lease goes
-    /// back, marks committed, for the others to take at once.
+    /// Leaves the group: the last flush has landed, so every lease still
+    /// held goes back, marks committed, for the others to take at once.
     async fn leave(&self) {
         let result = async {
             self.give_back().await?;
@@ -384,9 +583,30 @@ impl Coordinator {
         }
         .await;
         match result {
-            Ok(()) => tracing::info!(group = %self.config.group, handed_over = self.held.len(), "left the group"),
+            Ok(()) => tracing::info!(group = %self.config.group, released = self.held.len(), "left the group"),
             Err(e) => tracing::warn!(error = %e, "leaving the group failed; the leases expire after lease-ttl"),
         }
         gauge!(t::OWNED_PARTITIONS).set(0.0);
+    }
+}
+
+/// One row of `bid_logger_leases`, as a heartbeat reads it.
+struct LeaseRow {
+    partition: u32,
+    owner: Option<String>,
+    expired: bool,
+    claimant: Option<String>,
+    ready: bool,
+}
+
+impl From<&tokio_postgres::Row> for LeaseRow {
+    fn from(r: &tokio_postgres::Row) -> LeaseRow {
+        LeaseRow {
+            partition: r.get::<_, i32>(0) as u32,
+            owner: r.get(1),
+            expired: r.get(2),
+            claimant: r.get(3),
+            ready: r.get(4),
+        }
     }
 }

@@ -16,6 +16,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (7, "hour_ranges", include_str!("../../sql/0007_hour_ranges.sql")),
     (8, "seq_marks", include_str!("../../sql/0008_seq_marks.sql")),
     (9, "leases", include_str!("../../sql/0009_leases.sql")),
+    (10, "lease_claims", include_str!("../../sql/0010_lease_claims.sql")),
 ];
 
 /// The migration that partitions the rollups; `rollup_day` is backfilled
