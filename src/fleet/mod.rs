@@ -14,16 +14,24 @@
 //!    (events it received at or below its committed marks but did not write:
 //!    counted as lost here);
 //! 3. compute its target share, `P / N` (the first `P mod N` members in name
-//!    order one more), and take free or expired leases up to it (a new
-//!    epoch each: the fencing token), reading their committed marks; or, when
-//!    it holds more than its share and another member holds less, release
-//!    the excess.
+//!    order one more; 0 for a member leaving), and take free or expired
+//!    leases up to it (a new epoch each: the fencing token), reading their
+//!    committed marks; then, still below its share, *claim* partitions of
+//!    members above theirs;
+//! 4. mark ready the claims every ingest thread now holds, and pick up the
+//!    leases passed to it;
+//! 5. hand over its own partitions whose claims are ready.
 //!
-//! Releasing is a handover: the ingest threads unsubscribe the partitions
-//! and hand what they hold to the sink, the sink writes everything received
-//! up to then (marks included), and only then is the lease released; the
-//! taker starts from those marks. Every flush fences with the leases held
-//! ([`bid_logger_fence`, migration 0009](../../sql/0009_leases.sql)).
+//! A handover loses nothing and doubles nothing. The claimant subscribes
+//! and holds the partition's messages ([`bid_logger_core::held`]) before
+//! it marks the claim ready. The owner's ingest threads then unsubscribe
+//! the partition and hand what they hold to the sink, the sink writes it
+//! with its marks (the cut), and only then is the lease *passed* to the
+//! claimant, a new epoch. The claimant starts its trackers from the marks
+//! and replays what it held above them. Every flush fences with the leases
+//! held ([`bid_logger_fence`, migration 0009](../../sql/0009_leases.sql)).
+//! A member stopping ([`Phase::Depart`]) leaves the members first, so the
+//! others claim everything it holds.
 
 use crate::assignment::{idle_timeout, Assignment, FlushWait};
 use crate::sink::SinkError;
