@@ -267,7 +267,8 @@ async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
     let simulator = sim(&endpoint, 14);
     wait_receiving(&[&a, &b]);
     let c = busy_member(&db, &endpoint, "c");
-    wait_balanced(&db, "g", &["a", "b", "c"], Duration::from_secs(10)).await;
+    let took = wait_balanced(&db, "g", &["a", "b", "c"], Duration::from_secs(10)).await;
+    eprintln!("balanced {took:?} after c started");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (code_b, stderr_b) = b.stop(); // SIGTERM: hands its partitions over
     assert_eq!(code_b, 0, "{stderr_b}");
@@ -287,6 +288,42 @@ async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
         lost.push((name, stopped_field(&stderr, "lost")));
     }
     assert!(lost.iter().all(|(_, n)| *n == 0), "a handover loses nothing: {lost:?}");
+    assert_accounted(&db, &truth, 0).await;
+}
+
+/// Every member restarted in turn (SIGTERM, then a new process with the
+/// same name) under load: each hands its partitions over before it stops
+/// and takes its share back by claims, so nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_whole_fleet_under_load_loses_nothing() {
+    let db = fresh_database("fleet_rolling").await;
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let names = ["a", "b", "c"];
+    let mut members: Vec<Logger> = names.iter().map(|n| busy_member(&db, &endpoint, n)).collect();
+    wait_balanced(&db, "g", &names, Duration::from_secs(10)).await;
+    let simulator = sim(&endpoint, 40);
+    wait_receiving(&members.iter().collect::<Vec<_>>());
+    let mut lost = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let started = Instant::now();
+        let (code, stderr) = members.remove(i).stop();
+        assert_eq!(code, 0, "{stderr}");
+        lost.push((name.to_string(), stopped_field(&stderr, "lost")));
+        let stopped = started.elapsed();
+        members.insert(i, busy_member(&db, &endpoint, name));
+        let took = wait_balanced(&db, "g", &names, Duration::from_secs(15)).await;
+        eprintln!(
+            "{name}: stopped {stopped:?} after SIGTERM (handing over), balanced again {took:?} after its restart"
+        );
+    }
+    let truth = simulator.wait().truth.to_json();
+    settled(&members[0], "bid_logger_events_accepted_total", Duration::from_secs(30));
+    for (name, m) in names.iter().zip(members) {
+        let (code, stderr) = m.stop();
+        assert_eq!(code, 0, "{stderr}");
+        lost.push((name.to_string(), stopped_field(&stderr, "lost")));
+    }
+    assert!(lost.iter().all(|(_, n)| *n == 0), "a rolling restart loses nothing: {lost:?}");
     assert_accounted(&db, &truth, 0).await;
 }
 
