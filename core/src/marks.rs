@@ -17,11 +17,13 @@
 //! version:u8 (1)  { publisher_len:varint publisher:bytes  n:varint  { type:u8  seq_delta:varint }ⁿ }*
 //! ```
 //!
-//! Publishers are sorted, and within a publisher the types; each `seq` is
+//! A publisher's marks are together, sorted by type (publishers in no
+//! particular order: the logger keeps them by interned id); each `seq` is
 //! stored as the zigzag-encoded difference from the publisher's previous
 //! one (the first from 0), since a publisher's topics move together.
 
 use crate::seq::{topic_id, Mark};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -45,24 +47,24 @@ pub type PartitionMarks = BTreeMap<(Arc<str>, u8), u64>;
 
 /// Encodes one partition's marks.
 pub fn encode(marks: &PartitionMarks) -> Vec<u8> {
-    encode_from(marks.iter().map(|(k, &seq)| (k, seq)), marks.len())
+    encode_from(marks.iter().map(|((p, t), &seq)| (p, *t, seq)), marks.len())
 }
 
-/// Encodes `n` marks given in (publisher, type) order.
-fn encode_from<'a>(marks: impl Iterator<Item = (&'a (Arc<str>, u8), u64)>, n: usize) -> Vec<u8> {
+/// Encodes `n` marks given as (publisher, type, seq), each publisher's
+/// together.
+fn encode_from<'a>(marks: impl Iterator<Item = (&'a Arc<str>, u8, u64)>, n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + n * 4);
     out.push(VERSION);
     let mut iter = marks.peekable();
-    while let Some(((publisher, _), _)) = iter.peek() {
-        let publisher: &str = publisher;
+    while let Some(&(publisher, _, _)) = iter.peek() {
         put_varint(&mut out, publisher.len() as u64);
         out.extend_from_slice(publisher.as_bytes());
         let count_at = out.len();
         out.push(0); // the group's size, patched below (a varint of one byte while < 128)
         let mut count = 0u64;
         let mut prev = 0u64;
-        while let Some(((_, t), seq)) = iter.next_if(|((p, _), _)| &**p == publisher) {
-            out.push(*t);
+        while let Some((_, t, seq)) = iter.next_if(|(p, _, _)| Arc::ptr_eq(p, publisher) || p == &publisher) {
+            out.push(t);
             put_varint(&mut out, zigzag(seq.wrapping_sub(prev) as i64));
             prev = seq;
             count += 1;
@@ -145,16 +147,91 @@ impl Reader<'_> {
     }
 }
 
-/// One partition's marks as held: (publisher, type) → (seq, when it last
-/// moved, ms).
-type Held = BTreeMap<(Arc<str>, u8), (u64, i64)>;
+/// One mark as held: `key` is `publisher id << 8 | type` (ids are
+/// [`Names`]'s), so that a partition's marks sort as integers.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    key: u64,
+    seq: u64,
+    /// When it last moved, ms.
+    at: i64,
+}
+
+impl Held {
+    fn key(id: u32, t: u8) -> u64 {
+        u64::from(id) << 8 | u64::from(t)
+    }
+
+    fn id(&self) -> u32 {
+        (self.key >> 8) as u32
+    }
+
+    fn t(&self) -> u8 {
+        self.key as u8
+    }
+}
+
+/// Publisher names interned as small ids, so that the marks of a flush
+/// (100 000 at 200 publishers × 8 types × 64 partitions) are kept and
+/// encoded without comparing or hashing a string per mark.
+#[derive(Debug, Default, Clone)]
+struct Names {
+    names: Vec<Arc<str>>,
+    ids: FxHashMap<Arc<str>, u32>,
+    /// Compact once this many names are held.
+    next_check: usize,
+}
+
+impl Names {
+    fn id(&mut self, name: &Arc<str>) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.clone());
+        self.ids.insert(name.clone(), id);
+        id
+    }
+}
 
 /// Every partition's marks, as committed plus what moved since, with the
-/// partitions that moved.
+/// partitions that moved. Each partition's marks are one `Vec` sorted by
+/// key: a delta's marks are bucketed per partition, sorted and merged in,
+/// and encoding walks it in order.
 #[derive(Debug, Default, Clone)]
 pub struct SeqMarks {
-    partitions: BTreeMap<u32, Held>,
+    names: Names,
+    partitions: BTreeMap<u32, Vec<Held>>,
     moved: BTreeSet<u32>,
+    /// A delta's marks per partition, while they are taken in (kept for
+    /// their allocations).
+    buckets: Vec<Vec<Held>>,
+    /// Marks forgotten since names were last compacted.
+    forgotten: usize,
+}
+
+/// Merges `new` (sorted by key, the last of equal keys winning) into `old`.
+fn merge(old: &[Held], new: &[Held]) -> Vec<Held> {
+    let mut out = Vec::with_capacity(old.len() + new.len());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        let take_new = j < new.len() && (i == old.len() || new[j].key <= old[i].key);
+        if take_new {
+            let k = new[j].key;
+            while j + 1 < new.len() && new[j + 1].key == k {
+                j += 1;
+            }
+            out.push(new[j]);
+            j += 1;
+            if i < old.len() && old[i].key == k {
+                i += 1;
+            }
+        } else {
+            out.push(old[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 impl SeqMarks {
@@ -163,17 +240,49 @@ impl SeqMarks {
     pub fn committed(values: impl IntoIterator<Item = (u32, PartitionMarks)>, now_ms: i64) -> SeqMarks {
         let mut out = SeqMarks::default();
         for (partition, marks) in values {
-            let entry = out.partitions.entry(partition).or_default();
-            entry.extend(marks.into_iter().map(|(k, seq)| (k, (seq, now_ms))));
+            let mut held: Vec<Held> = marks
+                .into_iter()
+                .map(|((publisher, t), seq)| Held { key: Held::key(out.names.id(&publisher), t), seq, at: now_ms })
+                .collect();
+            held.sort_by_key(|h| h.key);
+            let old = out.partitions.remove(&partition).unwrap_or_default();
+            out.partitions.insert(partition, merge(&old, &held));
         }
         out
     }
 
     /// Takes in the marks of a delta received at `now_ms`.
     pub fn apply(&mut self, marks: Vec<Mark>, now_ms: i64) {
+        // A tracker hands its marks over publisher by publisher, each
+        // sharing one `Arc`: one lookup per publisher, not per mark.
+        let mut last: Option<(Arc<str>, u32)> = None;
+        let mut touched = Vec::new();
         for m in marks {
             let (partition, t) = (m.partition(), m.event_type_index());
-            self.partitions.entry(partition).or_default().insert((m.publisher, t), (m.seq, now_ms));
+            let id = match &last {
+                Some((name, id)) if Arc::ptr_eq(name, &m.publisher) => *id,
+                _ => {
+                    let id = self.names.id(&m.publisher);
+                    last = Some((m.publisher, id));
+                    id
+                }
+            };
+            let p = partition as usize;
+            if p >= self.buckets.len() {
+                self.buckets.resize_with(p + 1, Vec::new);
+            }
+            if self.buckets[p].is_empty() {
+                touched.push(partition);
+            }
+            self.buckets[p].push(Held { key: Held::key(id, t), seq: m.seq, at: now_ms });
+        }
+        for partition in touched {
+            let new = &mut self.buckets[partition as usize];
+            // Stable: of one sequence's marks in a delta, the later wins.
+            new.sort_by_key(|h| h.key);
+            let merged = merge(self.partitions.get(&partition).map_or(&[][..], Vec::as_slice), new);
+            new.clear();
+            self.partitions.insert(partition, merged);
             self.moved.insert(partition);
         }
     }
@@ -182,11 +291,19 @@ impl SeqMarks {
     /// keeping what this run already holds (it is newer).
     pub fn add_committed(&mut self, older: SeqMarks) {
         for (partition, marks) in older.partitions {
-            let entry = self.partitions.entry(partition).or_default();
-            for (k, v) in marks {
-                entry.entry(k).or_insert(v);
-            }
+            let mut held = self.translate(&older.names, &marks);
+            let ours = self.partitions.remove(&partition).unwrap_or_default();
+            held.sort_by_key(|h| h.key);
+            self.partitions.insert(partition, merge(&held, &ours));
         }
+    }
+
+    /// `marks` (with ids of `names`) with this set's ids, unsorted.
+    fn translate(&mut self, names: &Names, marks: &[Held]) -> Vec<Held> {
+        marks
+            .iter()
+            .map(|h| Held { key: Held::key(self.names.id(&names.names[h.id() as usize]), h.t()), ..*h })
+            .collect()
     }
 
     /// Replaces the marks of `partitions` with those `committed` holds (they
@@ -195,7 +312,11 @@ impl SeqMarks {
         for p in partitions {
             self.moved.remove(p);
             match committed.partitions.get(p) {
-                Some(marks) => self.partitions.insert(*p, marks.clone()),
+                Some(marks) => {
+                    let mut held = self.translate(&committed.names, marks);
+                    held.sort_by_key(|h| h.key);
+                    self.partitions.insert(*p, held)
+                }
                 None => self.partitions.remove(p),
             };
         }
@@ -219,22 +340,48 @@ impl SeqMarks {
         let mut out = Vec::with_capacity(moved.len());
         for partition in moved {
             let Some(marks) = self.partitions.get_mut(&partition) else { continue };
-            marks.retain(|_, (_, at)| *at >= now_ms - FORGET_AFTER_MS);
-            out.push((partition, encode_from(marks.iter().map(|(k, (seq, _))| (k, *seq)), marks.len())));
+            let before = marks.len();
+            marks.retain(|h| h.at >= now_ms - FORGET_AFTER_MS);
+            self.forgotten += before - marks.len();
+            let names = &self.names.names;
+            let value = encode_from(marks.iter().map(|h| (&names[h.id() as usize], h.t(), h.seq)), marks.len());
+            out.push((partition, value));
+        }
+        if self.names.names.len() >= self.names.next_check || self.forgotten >= 1024.max(self.len()) {
+            self.compact_names();
         }
         out
     }
 
+    /// Drops the names of publishers forgotten (renumbering the rest), so
+    /// that names do not grow with every publisher ever seen: once the
+    /// names have doubled (and at least 1 024 more), or as many marks were
+    /// forgotten as are held.
+    #[cold]
+    fn compact_names(&mut self) {
+        let mut names = Names::default();
+        for marks in self.partitions.values_mut() {
+            for h in marks.iter_mut() {
+                h.key = Held::key(names.id(&self.names.names[h.id() as usize]), h.t());
+            }
+            marks.sort_by_key(|h| h.key);
+        }
+        names.next_check = 2 * names.names.len() + 1024;
+        self.names = names;
+        self.forgotten = 0;
+    }
+
     /// Every mark as (publisher, topic id, seq): what a tracker is seeded with.
     pub fn iter(&self) -> impl Iterator<Item = (&str, u32, u64)> + '_ {
-        self.partitions.iter().flat_map(|(&p, marks)| {
-            marks.iter().map(move |((publisher, t), (seq, _))| (&**publisher, topic_id(*t, p), *seq))
+        let names = &self.names.names;
+        self.partitions.iter().flat_map(move |(&p, marks)| {
+            marks.iter().map(move |h| (&*names[h.id() as usize], topic_id(h.t(), p), h.seq))
         })
     }
 
     /// Marks held, over all partitions.
     pub fn len(&self) -> usize {
-        self.partitions.values().map(Held::len).sum()
+        self.partitions.values().map(Vec::len).sum()
     }
 
     /// Whether no mark is held.
@@ -296,5 +443,77 @@ mod tests {
         assert_eq!(decode(&taken[0].1).unwrap(), marks(&[("p", 0, 12)]), "`gone` has not moved for a day");
         assert!(!m.has_moved());
         assert!(m.take_moved(FORGET_AFTER_MS + 2).is_empty());
+    }
+
+    #[test]
+    fn marks_taken_over_from_another_set_keep_their_names_and_forgotten_names_are_dropped() {
+        let committed = SeqMarks::committed([(5, marks(&[("x", 1, 7), ("y", 2, 8)]))], 0);
+        let mut m = SeqMarks::default();
+        m.apply(vec![Mark { publisher: "y".into(), topic: topic_id(0, 4), seq: 3 }], 0);
+        m.replace(&[5], &committed);
+        let mut all: Vec<(String, u32, u64)> = m.iter().map(|(p, t, s)| (p.to_string(), t, s)).collect();
+        all.sort();
+        let expected = vec![
+            ("x".to_string(), topic_id(1, 5), 7),
+            ("y".to_string(), topic_id(0, 4), 3),
+            ("y".to_string(), topic_id(2, 5), 8),
+        ];
+        assert_eq!(all, expected);
+        // 3 000 publishers seen once, then forgotten a day later: their
+        // names go too, and what remains still encodes under its own name.
+        let once: Vec<Mark> =
+            (0..3000).map(|i| Mark { publisher: format!("once-{i}").into(), topic: topic_id(0, 9), seq: 1 }).collect();
+        m.apply(once, 0);
+        m.take_moved(0);
+        let y = Arc::<str>::from("y");
+        let later = [(4, 4), (9, 2)].map(|(p, seq)| Mark { publisher: y.clone(), topic: topic_id(0, p), seq });
+        m.apply(later.to_vec(), FORGET_AFTER_MS + 10);
+        let taken = m.take_moved(FORGET_AFTER_MS + 10);
+        assert_eq!(decode(&taken[0].1).unwrap(), marks(&[("y", 0, 4)]));
+        assert_eq!(decode(&taken[1].1).unwrap(), marks(&[("y", 0, 2)]), "the once-seen are forgotten");
+        assert!(m.names.names.len() < 100, "{} names kept", m.names.names.len());
+        assert_eq!(m.len(), 4, "x and y in 5, y in 4 and 9");
+        m.apply(vec![Mark { publisher: "x".into(), topic: topic_id(1, 5), seq: 9 }], FORGET_AFTER_MS + 10);
+        let taken = m.take_moved(FORGET_AFTER_MS + 10);
+        assert_eq!(decode(&taken[0].1).unwrap(), marks(&[("x", 1, 9)]), "y's mark in 5 is a day old");
+    }
+
+    #[test]
+    fn applied_marks_equal_a_map_where_the_last_mark_of_a_sequence_wins() {
+        let mut model: BTreeMap<(String, u32), u64> = BTreeMap::new();
+        let mut m = SeqMarks::default();
+        let names: Vec<Arc<str>> = (0..7).map(|i| Arc::from(format!("p{i}"))).collect();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..50 {
+            let delta: Vec<Mark> = (0..next() % 40)
+                .map(|_| Mark {
+                    publisher: names[(next() % 7) as usize].clone(),
+                    topic: topic_id((next() % 8) as u8, (next() % 5) as u32),
+                    seq: next() % 1000,
+                })
+                .collect();
+            for d in &delta {
+                model.insert((d.publisher.to_string(), d.topic), d.seq);
+            }
+            m.apply(delta, 0);
+            let got: BTreeMap<(String, u32), u64> = m.iter().map(|(p, t, s)| ((p.to_string(), t), s)).collect();
+            assert_eq!(got, model);
+            assert_eq!(m.len(), model.len());
+            for (p, value) in m.take_moved(0) {
+                let decoded = decode(&value).unwrap();
+                let want: PartitionMarks = model
+                    .iter()
+                    .filter(|((_, t), _)| t % crate::wire::MAX_PARTITIONS == p)
+                    .map(|((name, t), &seq)| ((Arc::from(name.as_str()), (t / crate::wire::MAX_PARTITIONS) as u8), seq))
+                    .collect();
+                assert_eq!(decoded, want);
+            }
+        }
     }
 }
