@@ -81,6 +81,9 @@ pub struct Settings {
     /// How long a fleet member's unrenewed lease lasts; renewed every third of it [default: 6s].
     #[arg(long, env = "BID_LOGGER_LEASE_TTL", value_name = "DURATION")]
     pub lease_ttl: Option<String>,
+    /// A fleet member's hot standby: bytes of recent messages of the partitions it does not own to keep, replayed when it takes one over (0: no standby) [default: 0].
+    #[arg(long, env = "BID_LOGGER_STANDBY_MEMORY", value_name = "BYTES")]
+    pub standby_memory: Option<usize>,
     /// Event types to subscribe to, e.g. `bid,win` [default: all].
     #[arg(long, env = "BID_LOGGER_EVENT_TYPES", value_name = "LIST")]
     pub event_types: Option<String>,
@@ -277,6 +280,9 @@ impl Settings {
             return Err(invalid("lease-ttl", "must be at least 900ms (it is renewed every third of it)"));
         }
         let fleet = match self.group {
+            None if self.standby_memory.is_some_and(|m| m > 0) => {
+                return Err(invalid("standby-memory", "needs group: a standby takes over the partitions of its group"));
+            }
             None => None,
             Some(group) => {
                 if group.is_empty() || group.len() > 128 {
@@ -290,7 +296,11 @@ impl Settings {
                 }
                 // A member receives the partitions it holds leases of, none at first.
                 partitions.clear();
-                Some(crate::fleet::FleetConfig { group, lease_ttl })
+                let standby_memory = self.standby_memory.unwrap_or(0);
+                if standby_memory > 0 && standby_memory < 1 << 20 {
+                    return Err(invalid("standby-memory", "must be 0 (no standby) or at least 1048576 (1 MiB)"));
+                }
+                Some(crate::fleet::FleetConfig { group, lease_ttl, standby_memory })
             }
         };
         let event_types = match self.event_types.as_deref() {
@@ -443,6 +453,7 @@ impl Config {
             partitions: Some(if self.fleet.is_some() { "all".into() } else { format_partitions(&i.partitions) }),
             group: self.fleet.as_ref().map(|f| f.group.clone()),
             lease_ttl: text(self.fleet.as_ref().map_or(crate::fleet::DEFAULT_LEASE_TTL, |f| f.lease_ttl)),
+            standby_memory: Some(self.fleet.as_ref().map_or(0, |f| f.standby_memory)),
             event_types: Some(i.event_types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")),
             sample: Some(i.sample.to_string()),
             flush_interval: text(s.flush_interval),
@@ -820,6 +831,14 @@ mod tests {
             ("group", Box::new(|s| s.group = Some(String::new()))),
             ("lease-ttl", Box::new(|s| s.lease_ttl = Some("500ms".into()))),
             ("lease-ttl", Box::new(|s| s.lease_ttl = Some("forever".into()))),
+            ("standby-memory", Box::new(|s| s.standby_memory = Some(1 << 30))),
+            (
+                "standby-memory",
+                Box::new(|s| {
+                    s.group = Some("g".into());
+                    s.standby_memory = Some(1000);
+                }),
+            ),
             ("event-types", Box::new(|s| s.event_types = Some("bid,wins".into()))),
             ("sample", Box::new(|s| s.sample = Some("2".into()))),
             ("flush-interval", Box::new(|s| s.flush_interval = Some("soon".into()))),

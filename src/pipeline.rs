@@ -87,8 +87,11 @@ pub async fn run(
     };
     let (assignment, assignment_rx) = watch::channel(Arc::new(Assignment::default()));
     let acks: Arc<[AtomicU64]> = (0..config.ingest.threads).map(|_| AtomicU64::new(0)).collect();
-    let fleet_links =
-        config.fleet.as_ref().map(|_| ingest::FleetLinks { assignment: assignment_rx.clone(), acks: acks.clone() });
+    let fleet_links = config.fleet.as_ref().map(|f| ingest::FleetLinks {
+        assignment: assignment_rx.clone(),
+        acks: acks.clone(),
+        standby: (f.standby_memory > 0).then(|| (f.standby_memory, f.standby_window(config.sink.flush_interval))),
+    });
     let links = ingest::Links { sink: tx, progress: progress.clone(), committed, fleet: fleet_links };
     let workers = ingest::spawn(
         &config.ingest,

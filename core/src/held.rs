@@ -9,77 +9,82 @@
 //! it). What did not fit is not held; the gap it leaves is counted as lost
 //! by the `seq` tracker, like any other gap.
 //!
-//! Messages are kept as they arrived (topic and payload bytes, one arena
-//! per partition): holding costs a copy, and decoding is done again at the
-//! replay, off the hot path.
+//! Messages are kept as they arrived (topic and payload bytes, nothing
+//! decoded: the message is not this member's until the lease is), in
+//! chunks per partition, and decoded at the replay, off the hot path.
+//!
+//! A *standby* member ([`Held::standby`]) holds every partition it does not
+//! own, as a rolling window: chunks older than the window are dropped, and
+//! a partition over its share of the memory drops its oldest chunks. When
+//! it takes over a dead member's partition, it replays the window above
+//! that member's committed marks: what the dead member received but never
+//! wrote, and what was published until the takeover, are not lost.
 
-use crate::wire::{EventType, MAX_PARTITIONS};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
-/// An entry's kind: a whole message, or only the `seq` of one too large to
-/// keep (it counts for the sequence, as it does when owned).
-const MESSAGE: u8 = 0;
-const SEQ_ONLY: u8 = 1;
+/// A chunk spans at most this long (its messages are dropped together
+/// once the newest of them is older than the window).
+const CHUNK_MS: i64 = 250;
 
-/// What the held messages of one partition turned out to be at the replay.
+/// What the held messages turned out to be at the replay.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct HeldStats {
     /// Replayed through the hot path (above the committed marks).
     pub replayed: u64,
     /// At or below the committed marks: the giver counted them.
     pub duplicates: u64,
-    /// Without `pub`/`seq`: cut by arrival time, so the giver's (it owned
-    /// the partition when they arrived).
+    /// Without `pub`/`seq`, or invalid: cut by arrival time, so the giver's
+    /// (it owned the partition when they arrived).
     pub unsequenced: u64,
-    /// Not held because the limit was reached: the gap they leave is
-    /// counted as lost at the replay.
+    /// Not held, or dropped from a standby window, because the memory limit
+    /// was reached: the gap they leave is counted as lost at the replay.
     pub overflowed: u64,
 }
 
-/// One held entry, borrowed from its arena.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeldEntry<'a> {
-    /// A whole message.
-    Message {
-        /// Its topic frame.
-        topic: &'a [u8],
-        /// Its payload frame.
-        payload: &'a [u8],
-    },
-    /// The `seq` of a message over the size limit.
-    Seq {
-        /// `pub`.
-        publisher: &'a str,
-        /// Its event type.
-        event_type: EventType,
-        /// Its partition.
-        partition: u32,
-        /// Its `seq`.
-        seq: u64,
-    },
+/// Messages of one partition that arrived within one [`CHUNK_MS`].
+#[derive(Debug, Default)]
+struct Chunk {
+    first_ms: i64,
+    last_ms: i64,
+    messages: u64,
+    bytes: Vec<u8>,
 }
 
 /// The messages held per partition, within a byte limit.
 #[derive(Debug)]
 pub struct Held {
     holding: Box<[bool]>,
-    arenas: BTreeMap<u32, Vec<u8>>,
+    chunks: BTreeMap<u32, VecDeque<Chunk>>,
     bytes: usize,
     limit: usize,
+    /// A standby's window: `None` holds everything until the replay (a
+    /// claim), dropping what arrives over the limit.
+    window_ms: Option<i64>,
+    /// Partitions held now.
+    held: usize,
     /// Counts since the last take.
     pub stats: HeldStats,
 }
 
 impl Held {
-    /// Holds at most `limit` bytes of messages, over `partition_count` partitions.
+    /// Holds claimed partitions: at most `limit` bytes of messages, over
+    /// `partition_count` partitions; what arrives over the limit is not held.
     pub fn new(partition_count: u32, limit: usize) -> Held {
         Held {
-            holding: vec![false; partition_count.min(MAX_PARTITIONS) as usize].into_boxed_slice(),
-            arenas: BTreeMap::new(),
+            holding: vec![false; partition_count as usize].into_boxed_slice(),
+            chunks: BTreeMap::new(),
             bytes: 0,
             limit,
+            window_ms: None,
+            held: 0,
             stats: HeldStats::default(),
         }
+    }
+
+    /// A standby's: keeps the last `window_ms` of every partition held, each
+    /// within an equal share of `limit` (dropping its oldest chunks).
+    pub fn standby(partition_count: u32, limit: usize, window_ms: i64) -> Held {
+        Held { window_ms: Some(window_ms), ..Held::new(partition_count, limit) }
     }
 
     /// Whether messages of `partition` are held.
@@ -91,19 +96,25 @@ impl Held {
     /// Starts holding `partition`'s messages.
     pub fn start(&mut self, partition: u32) {
         if let Some(h) = self.holding.get_mut(partition as usize) {
+            self.held += usize::from(!*h);
             *h = true;
         }
     }
 
-    /// Stops holding `partition` and returns what was held (empty when
-    /// nothing was).
-    pub fn stop(&mut self, partition: u32) -> Vec<u8> {
+    /// Stops holding `partition` and returns what was held, as
+    /// (topic, payload) in arrival order (empty when nothing was).
+    pub fn stop(&mut self, partition: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
         if let Some(h) = self.holding.get_mut(partition as usize) {
+            self.held -= usize::from(*h);
             *h = false;
         }
-        let arena = self.arenas.remove(&partition).unwrap_or_default();
-        self.bytes -= arena.len();
-        arena
+        let chunks = self.chunks.remove(&partition).unwrap_or_default();
+        let mut out = Vec::new();
+        for c in chunks {
+            self.bytes -= c.bytes.len();
+            out.extend(entries(&c.bytes).map(|(t, p)| (t.to_vec(), p.to_vec())));
+        }
+        out
     }
 
     /// Bytes held now.
@@ -111,71 +122,63 @@ impl Held {
         self.bytes
     }
 
-    /// Holds one message of `partition` (which must be held).
-    pub fn push_message(&mut self, partition: u32, topic: &[u8], payload: &[u8]) {
+    /// Holds one message of `partition` (which must be held), arrived at `now_ms`.
+    pub fn push(&mut self, partition: u32, topic: &[u8], payload: &[u8], now_ms: i64) {
         let (Ok(t), Ok(p)) = (u16::try_from(topic.len()), u32::try_from(payload.len())) else {
             self.stats.overflowed += 1;
             return;
         };
-        let size = 1 + 2 + 4 + topic.len() + payload.len();
-        let Some(arena) = self.room(partition, size) else { return };
-        arena.push(MESSAGE);
-        arena.extend_from_slice(&t.to_le_bytes());
-        arena.extend_from_slice(&p.to_le_bytes());
-        arena.extend_from_slice(topic);
-        arena.extend_from_slice(payload);
-    }
-
-    /// Holds the `seq` of a message of `partition` too large to keep.
-    pub fn push_seq(&mut self, partition: u32, publisher: &str, event_type: EventType, seq: u64) {
-        let Ok(n) = u16::try_from(publisher.len()) else {
+        let size = 2 + 4 + topic.len() + payload.len();
+        let chunks = self.chunks.entry(partition).or_default();
+        let mut freed = 0;
+        if let Some(window) = self.window_ms {
+            // Standby: a rolling window, each partition within its share.
+            while chunks.front().is_some_and(|c| c.last_ms < now_ms - window) {
+                freed += chunks.pop_front().map_or(0, |c| c.bytes.len());
+            }
+            let share = self.limit / self.held.max(1);
+            let mut mine: usize = chunks.iter().map(|c| c.bytes.len()).sum();
+            while mine + size > share {
+                let Some(c) = chunks.pop_front() else { break };
+                mine -= c.bytes.len();
+                freed += c.bytes.len();
+                self.stats.overflowed += c.messages;
+            }
+            if size > share {
+                self.bytes -= freed;
+                self.stats.overflowed += 1;
+                return;
+            }
+        } else if self.bytes + size > self.limit {
             self.stats.overflowed += 1;
             return;
-        };
-        let size = 1 + 2 + 1 + 4 + 8 + publisher.len();
-        let Some(arena) = self.room(partition, size) else { return };
-        arena.push(SEQ_ONLY);
-        arena.extend_from_slice(&n.to_le_bytes());
-        arena.push(event_type as u8);
-        arena.extend_from_slice(&partition.to_le_bytes());
-        arena.extend_from_slice(&seq.to_le_bytes());
-        arena.extend_from_slice(publisher.as_bytes());
-    }
-
-    fn room(&mut self, partition: u32, size: usize) -> Option<&mut Vec<u8>> {
-        if self.bytes + size > self.limit {
-            self.stats.overflowed += 1;
-            return None;
         }
-        self.bytes += size;
-        Some(self.arenas.entry(partition).or_default())
+        self.bytes = self.bytes - freed + size;
+        if chunks.back().is_none_or(|c| c.first_ms < now_ms - CHUNK_MS) {
+            chunks.push_back(Chunk { first_ms: now_ms, ..Chunk::default() });
+        }
+        let c = chunks.back_mut().expect("pushed above");
+        c.last_ms = now_ms;
+        c.messages += 1;
+        c.bytes.extend_from_slice(&t.to_le_bytes());
+        c.bytes.extend_from_slice(&p.to_le_bytes());
+        c.bytes.extend_from_slice(topic);
+        c.bytes.extend_from_slice(payload);
     }
 }
 
-/// The entries of an arena returned by [`Held::stop`], in arrival order.
-pub fn entries(arena: &[u8]) -> impl Iterator<Item = HeldEntry<'_>> {
-    let mut rest = arena;
+/// The (topic, payload) entries of a chunk, in arrival order.
+fn entries(bytes: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = bytes;
     std::iter::from_fn(move || {
-        let (&kind, tail) = rest.split_first()?;
-        let le16 = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]) as usize;
-        let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        match kind {
-            MESSAGE => {
-                let (t, p) = (le16(tail), le32(&tail[2..]) as usize);
-                let body = &tail[6..];
-                rest = &body[t + p..];
-                Some(HeldEntry::Message { topic: &body[..t], payload: &body[t..t + p] })
-            }
-            _ => {
-                let n = le16(tail);
-                let event_type = EventType::ALL[tail[2] as usize];
-                let partition = le32(&tail[3..]);
-                let seq = u64::from_le_bytes(tail[7..15].try_into().expect("8 bytes"));
-                let publisher = std::str::from_utf8(&tail[15..15 + n]).expect("held from a &str");
-                rest = &tail[15 + n..];
-                Some(HeldEntry::Seq { publisher, event_type, partition, seq })
-            }
+        if rest.len() < 6 {
+            return None;
         }
+        let t = u16::from_le_bytes([rest[0], rest[1]]) as usize;
+        let p = u32::from_le_bytes([rest[2], rest[3], rest[4], rest[5]]) as usize;
+        let body = &rest[6..];
+        rest = &body[t + p..];
+        Some((&body[..t], &body[t..t + p]))
     })
 }
 
@@ -183,40 +186,62 @@ pub fn entries(arena: &[u8]) -> impl Iterator<Item = HeldEntry<'_>> {
 mod tests {
     use super::*;
 
+    fn texts(held: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(String, String)> {
+        held.into_iter().map(|(t, p)| (String::from_utf8(t).unwrap(), String::from_utf8(p).unwrap())).collect()
+    }
+
     #[test]
-    fn held_entries_come_back_in_arrival_order_per_partition() {
+    fn held_messages_come_back_in_arrival_order_per_partition() {
         let mut h = Held::new(64, 1 << 20);
         h.start(3);
         h.start(5);
-        h.push_message(3, b"bid.0003", b"one");
-        h.push_seq(3, "pub-a", EventType::Click, 42);
-        h.push_message(5, b"bid.0005", b"other");
-        h.push_message(3, b"bid.0003", b"");
+        h.push(3, b"bid.0003", b"one", 0);
+        h.push(5, b"bid.0005", b"other", 0);
+        h.push(3, b"bid.0003", b"", 1000);
         assert!(h.holds(3) && h.holds(5) && !h.holds(4));
-        let three = h.stop(3);
-        let got: Vec<HeldEntry<'_>> = entries(&three).collect();
-        assert_eq!(
-            got,
-            vec![
-                HeldEntry::Message { topic: b"bid.0003", payload: b"one" },
-                HeldEntry::Seq { publisher: "pub-a", event_type: EventType::Click, partition: 3, seq: 42 },
-                HeldEntry::Message { topic: b"bid.0003", payload: b"" },
-            ]
-        );
+        let three = texts(h.stop(3));
+        assert_eq!(three, vec![("bid.0003".into(), "one".into()), ("bid.0003".into(), "".into())]);
         assert!(!h.holds(3));
-        assert_eq!(entries(&h.stop(5)).count(), 1);
+        assert_eq!(h.stop(5).len(), 1);
         assert_eq!(h.bytes(), 0);
     }
 
     #[test]
     fn what_does_not_fit_is_counted_not_held() {
-        let mut h = Held::new(8, 40);
+        let mut h = Held::new(8, 50);
         h.start(1);
         for _ in 0..5 {
-            h.push_message(1, b"bid.0001", b"0123456789");
+            h.push(1, b"bid.0001", b"0123456789", 0);
         }
-        // 25 bytes an entry: one fits.
-        assert_eq!(h.stats.overflowed, 4);
-        assert_eq!(entries(&h.stop(1)).count(), 1);
+        // 24 bytes an entry: two fit.
+        assert_eq!(h.stats.overflowed, 3);
+        assert_eq!(h.stop(1).len(), 2);
+    }
+
+    #[test]
+    fn a_standby_keeps_the_last_window_within_its_share() {
+        let mut h = Held::standby(8, 1 << 20, 1000);
+        h.start(1);
+        for ms in (0..5000).step_by(10) {
+            h.push(1, b"bid.0001", ms.to_string().as_bytes(), ms);
+        }
+        let kept = texts(h.stop(1));
+        let first: i64 = kept[0].1.parse().unwrap();
+        // whole chunks older than the window are dropped
+        assert!((3750..=4000).contains(&first), "oldest kept: {first}");
+        assert_eq!(kept.last().unwrap().1, "4990");
+        assert_eq!(h.stats.overflowed, 0, "expiry is not overflow");
+        // two partitions share 2 000 bytes: each keeps its newest ~1 000
+        let mut h = Held::standby(8, 2000, 60_000);
+        h.start(1);
+        h.start(2);
+        for ms in (0..5000).step_by(10) {
+            h.push(1, b"bid.0001", b"0123456789", ms);
+            h.push(2, b"bid.0002", b"0123456789", ms);
+        }
+        assert!(h.bytes() <= 2000, "{}", h.bytes());
+        assert!(h.stats.overflowed > 0);
+        let kept = h.stop(1).len();
+        assert!((20..=42).contains(&kept), "{kept} kept of partition 1");
     }
 }

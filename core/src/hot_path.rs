@@ -2,10 +2,10 @@
 
 use crate::aggregate::{AggregateConfig, Aggregator, Outcome};
 use crate::decode::{decode, DecodeError, Event};
-use crate::held::{entries, Held, HeldEntry, HeldStats};
+use crate::held::{Held, HeldStats};
 use crate::sample::{Rate, Sampler};
 use crate::seq::SeqTracker;
-use crate::wire::{fnv1a64, MAX_PARTITIONS};
+use crate::wire::{fnv1a64, parse_topic, MAX_PARTITIONS};
 
 /// How many partition mismatches are kept to guess the publishers' count.
 const MISMATCH_SAMPLES: usize = 8;
@@ -162,12 +162,13 @@ impl HotPath {
         self.owned.as_ref().is_none_or(|o| o.get(partition as usize).copied().unwrap_or(false))
     }
 
-    /// A valid message of a partition not owned: held when the partition is
-    /// about to be taken over, otherwise counted (the owner's).
+    /// A message of a partition not owned: held when the partition is
+    /// about to be taken over (or this member is a standby), otherwise
+    /// counted (the owner's).
     #[cold]
-    fn not_owned(&mut self, partition: u32, topic: &[u8], payload: &[u8]) {
+    fn not_owned(&mut self, partition: u32, topic: &[u8], payload: &[u8], now_ms: i64) {
         match self.held.as_mut().filter(|h| h.holds(partition)) {
-            Some(held) => held.push_message(partition, topic, payload),
+            Some(held) => held.push(partition, topic, payload, now_ms),
             None => self.unowned += 1,
         }
     }
@@ -176,37 +177,25 @@ impl HotPath {
     /// which owns it now, its trackers seeded with the giver's committed
     /// marks) and runs what was held through the hot path: what lies at or
     /// below the marks is dropped (the giver counted it), what has no
-    /// `pub`/`seq` is dropped (cut by arrival time: it arrived while the
-    /// giver owned the partition), the rest is processed as if it arrived
-    /// now. Without `replay`, [`Held::stop`] alone drops what was held (a
-    /// claim withdrawn: the owner keeps the partition).
+    /// `pub`/`seq` or is invalid is dropped (cut by arrival time: it
+    /// arrived while the giver owned the partition), the rest is processed
+    /// as if it arrived now. Without `replay`, [`Held::stop`] alone drops
+    /// what was held (a claim withdrawn: the owner keeps the partition).
     pub fn replay(&mut self, partition: u32, now_ms: i64) {
         let Some(held) = self.held.as_mut() else { return };
-        let arena = held.stop(partition);
+        let messages = held.stop(partition);
         let mut stats = HeldStats::default();
-        for entry in entries(&arena) {
-            match entry {
-                HeldEntry::Message { topic, payload } => match decode(topic, payload) {
-                    Ok(Event { publisher: Some(publisher), seq: Some(seq), event_type, partition, .. })
-                        if self.seqs.already_counted(publisher, event_type, partition, seq) =>
-                    {
-                        stats.duplicates += 1
-                    }
-                    Ok(Event { publisher: Some(_), seq: Some(_), .. }) => {
-                        stats.replayed += 1;
-                        self.process(topic, payload, now_ms);
-                    }
-                    Ok(_) | Err(_) => stats.unsequenced += 1,
-                },
-                HeldEntry::Seq { publisher, event_type, partition, seq } => {
+        for (topic, payload) in &messages {
+            match decode(topic, payload) {
+                Ok(Event { publisher: Some(publisher), seq: Some(seq), event_type, partition, .. }) => {
                     if self.seqs.already_counted(publisher, event_type, partition, seq) {
                         stats.duplicates += 1;
                     } else {
                         stats.replayed += 1;
-                        // Counted as too large when it arrived.
-                        self.seqs.observe(publisher, event_type, partition, seq);
+                        self.process(topic, payload, now_ms);
                     }
                 }
+                Ok(_) | Err(_) => stats.unsequenced += 1,
             }
         }
         if let Some(held) = self.held.as_mut() {
@@ -224,6 +213,16 @@ impl HotPath {
     /// Checks, decodes, samples and aggregates one message received at `now_ms`.
     #[inline]
     pub fn process(&mut self, topic: &[u8], payload: &[u8], now_ms: i64) {
+        // A fleet member's: a message of a partition it does not own is not
+        // its own to count (not even as invalid): held or left to the owner.
+        if self.owned.is_some() {
+            if let Some((_, partition)) = parse_topic(topic) {
+                if !self.owns(partition) {
+                    self.not_owned(partition, topic, payload, now_ms);
+                    return;
+                }
+            }
+        }
         if payload.len() > self.max_event_size {
             // Dropped, but its `seq` still counts: otherwise the next
             // message's gap would count it as lost as well. Decoding skips
@@ -232,11 +231,7 @@ impl HotPath {
             if let Ok(Event { publisher: Some(publisher), seq: Some(seq), event_type, partition, .. }) =
                 decode(topic, payload)
             {
-                if self.owns(partition) {
-                    self.seqs.observe(publisher, event_type, partition, seq);
-                } else if let Some(held) = self.held.as_mut().filter(|h| h.holds(partition)) {
-                    held.push_seq(partition, publisher, event_type, seq);
-                }
+                self.seqs.observe(publisher, event_type, partition, seq);
             }
             self.invalid[DecodeError::TooLarge.index()] += 1;
             return;
@@ -248,10 +243,6 @@ impl HotPath {
                 return;
             }
         };
-        if !self.owns(ev.partition) {
-            self.not_owned(ev.partition, topic, payload);
-            return;
-        }
         if let (Some(publisher), Some(seq)) = (ev.publisher, ev.seq) {
             self.seqs.observe(publisher, ev.event_type, ev.partition, seq);
         }
@@ -415,7 +406,11 @@ mod tests {
         let held = hot.held.as_ref().unwrap();
         assert_eq!(held.stats, HeldStats { replayed: 4, duplicates: 3, unsequenced: 1, overflowed: 0 });
         assert_eq!(hot.aggregator.take_stats().accepted.iter().sum::<u64>(), 3, "seq 4, 5 and 8");
-        assert_eq!(hot.invalid[DecodeError::TooLarge.index()], 1, "seq 6, counted once, when it arrived");
+        assert_eq!(
+            hot.invalid[DecodeError::TooLarge.index()],
+            1,
+            "seq 6, counted once: at the replay, when it became ours"
+        );
         assert_eq!(hot.seqs.lost, 1, "seq 7");
         assert!(!held.holds(p));
         // Live again: a later message is aggregated, a gap counted.

@@ -54,6 +54,19 @@ pub struct FleetConfig {
     pub group: String,
     /// How long an unrenewed lease lasts.
     pub lease_ttl: Duration,
+    /// Bytes of the partitions it does not own a hot standby keeps (0: not
+    /// a standby).
+    pub standby_memory: usize,
+}
+
+impl FleetConfig {
+    /// How far back a standby keeps the partitions it does not own: past
+    /// the last flush of a member that dies (one flush interval), its
+    /// lease's expiry (one TTL) and the survivors' next heartbeat, with a
+    /// margin.
+    pub fn standby_window(&self, flush_interval: Duration) -> Duration {
+        2 * self.lease_ttl + flush_interval
+    }
 }
 
 const LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended('bid_logger_group:' || $1, 0))";

@@ -54,6 +54,8 @@ struct IngestMetrics {
     published_live_keys: usize,
     /// By outcome: replayed, duplicate, unsequenced, overflowed.
     handover: [Counter; 4],
+    held_bytes: Gauge,
+    published_held_bytes: usize,
 }
 
 impl IngestMetrics {
@@ -76,6 +78,8 @@ impl IngestMetrics {
             published_live_keys: 0,
             handover: ["replayed", "duplicate", "unsequenced", "overflowed"]
                 .map(|outcome| counter!(t::HANDOVER_MESSAGES, "outcome" => outcome)),
+            held_bytes: gauge!(t::HELD_BYTES),
+            published_held_bytes: 0,
         }
     }
 }
@@ -125,8 +129,11 @@ struct Follower {
     event_types: Vec<EventType>,
     /// Partitions received now (this thread's share), sorted.
     receiving: Vec<u32>,
-    /// Partitions held now (claimed, not passed yet; this thread's share), sorted.
+    /// Partitions held now (claimed, not passed yet; or every partition not
+    /// received, for a standby; this thread's share), sorted.
     holding: Vec<u32>,
+    /// A standby's: every partition of this thread's share it may receive.
+    standby: Option<Vec<u32>>,
     /// Partitions a sampler needs at all.
     wanted: Vec<bool>,
     unowned: Counter,
@@ -185,16 +192,33 @@ impl Ingest {
         tracing::info!(thread = index, topics = topics.len(), "subscribed");
         let fleet = fleet.as_ref().map(|f| {
             hot.owned = Some(vec![false; config.partition_count as usize].into_boxed_slice());
-            hot.held = Some(Held::new(config.partition_count, HOLD_LIMIT_BYTES / config.threads.max(1)));
+            let threads = config.threads.max(1);
+            hot.held = Some(match f.standby {
+                Some((memory, window)) => {
+                    Held::standby(config.partition_count, memory / threads, window.as_millis() as i64)
+                }
+                None => Held::new(config.partition_count, HOLD_LIMIT_BYTES / threads),
+            });
             let samplers = hot.samplers();
+            let mut rx = f.assignment.clone();
+            if f.standby.is_some() {
+                // A standby subscribes to everything at once, owning nothing yet.
+                rx.mark_changed();
+            }
             Follower {
-                rx: f.assignment.clone(),
+                rx,
                 acks: f.acks.clone(),
                 index,
                 threads: config.threads,
                 event_types: config.event_types.clone(),
                 receiving: Vec::new(),
                 holding: Vec::new(),
+                standby: f.standby.map(|_| {
+                    (0..config.partition_count)
+                        .filter(|&p| p as usize % config.threads == index)
+                        .filter(|&p| samplers.iter().any(|s| s.share(p) != PartitionShare::Nothing))
+                        .collect()
+                }),
                 wanted: (0..config.partition_count)
                     .map(|p| samplers.iter().any(|s| s.share(p) != PartitionShare::Nothing))
                     .collect(),
@@ -301,8 +325,9 @@ impl Ingest {
                 .filter(|&p| p as usize % f.threads == f.index && f.wanted.get(p as usize).copied().unwrap_or(false))
                 .collect()
         };
-        let (receive, hold) = (ours(&a.receive), ours(&a.hold));
-        let hold: Vec<u32> = hold.into_iter().filter(|p| receive.binary_search(p).is_err()).collect();
+        let receive = ours(&a.receive);
+        let hold = f.standby.as_deref().unwrap_or(&a.hold);
+        let hold: Vec<u32> = ours(hold).into_iter().filter(|p| receive.binary_search(p).is_err()).collect();
         let was: Vec<u32> = union(&f.receiving, &f.holding);
         let now: Vec<u32> = union(&receive, &hold);
         let removed: Vec<u32> = f.receiving.iter().copied().filter(|p| receive.binary_search(p).is_err()).collect();
@@ -432,6 +457,13 @@ impl Ingest {
         check.unlogged = 0;
     }
 
+    fn publish_held_bytes(&mut self) {
+        let now = self.hot.held.as_ref().map_or(0, |h| h.bytes());
+        let m = &mut self.metrics;
+        m.held_bytes.increment(now as f64 - m.published_held_bytes as f64);
+        m.published_held_bytes = now;
+    }
+
     fn publish_live_keys(&mut self) {
         let now = self.hot.aggregator.live_keys();
         let m = &mut self.metrics;
@@ -494,6 +526,7 @@ impl Ingest {
         hot.partitions.mismatches = 0;
         self.received = 0;
         self.publish_live_keys();
+        self.publish_held_bytes();
     }
 }
 
@@ -521,6 +554,9 @@ pub struct FleetLinks {
     pub assignment: watch::Receiver<Arc<Assignment>>,
     /// One per thread.
     pub acks: Arc<[AtomicU64]>,
+    /// A hot standby's memory (over all threads) and window: it receives
+    /// every partition and keeps what it does not own.
+    pub standby: Option<(usize, Duration)>,
 }
 
 /// What the ingest threads are linked to.

@@ -353,6 +353,39 @@ async fn sigkill_of_a_member_under_load_its_partitions_taken_within_two_ttl_and_
     assert_accounted(&db, &truth, lost).await;
 }
 
+/// Hot standbys (`--standby-memory`): each member also receives the
+/// partitions it does not own and keeps their last `2 × lease-ttl +
+/// flush-interval`. A member killed under load loses nothing: the survivor
+/// replays its window above the dead member's committed marks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_member_with_a_hot_standby_loses_nothing() {
+    let db = fresh_database("fleet_standby").await;
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let types = BUSY.join(",");
+    let args = ["--event-types", &types, "--flush-interval", "300ms", "--standby-memory", "268435456"];
+    let a = Logger::start(&db, &member_args(&endpoint, "a", &args));
+    let b = Logger::start(&db, &member_args(&endpoint, "b", &args));
+    wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(10)).await;
+    let simulator = sim(&endpoint, 12);
+    wait_receiving(&[&a, &b]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = a.metric("bid_logger_handover_held_bytes", "");
+    assert!(held > 100_000.0, "a keeps b's partitions: {held} bytes");
+    drop(b); // SIGKILL
+    let took = wait_balanced(&db, "g", &["a"], Duration::from_secs(6)).await;
+    eprintln!("a owns every partition {took:?} after the kill; it held {held} bytes");
+    let truth = simulator.wait().truth.to_json();
+    settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
+    let replayed = a.metric("bid_logger_handover_messages_total", "outcome=\"replayed\"");
+    let overflowed = a.metric("bid_logger_handover_messages_total", "outcome=\"overflowed\"");
+    assert!(replayed > 0.0 && overflowed == 0.0, "replayed {replayed}, overflowed {overflowed}");
+    let (code, stderr) = a.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let lost = stopped_field(&stderr, "lost");
+    assert_eq!(lost, 0, "the standby replayed what the dead member had not written and what it missed");
+    assert_accounted(&db, &truth, 0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_frozen_past_its_ttl_is_fenced_and_writes_nothing_for_the_partitions_taken() {
     let db = fresh_database("fleet_fence").await;
