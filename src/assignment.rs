@@ -4,7 +4,7 @@
 //! runtime).
 
 use bid_logger_core::marks::SeqMarks;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -21,6 +21,12 @@ pub struct FlushWait(pub oneshot::Sender<()>);
 pub fn idle_timeout(lease_ttl: Duration) -> String {
     format!("SET LOCAL idle_in_transaction_session_timeout = {}", (lease_ttl / 3).as_millis().max(100))
 }
+
+/// The marks an earlier run of this (static) instance committed, when the
+/// database did not answer at start: the sink sets them once it has read
+/// them, and each ingest thread then counts the gap across the restart
+/// from them ([`bid_logger_core::seq::SeqTracker::seed_late`]).
+pub type LateMarks = Arc<OnceLock<SeqMarks>>;
 
 /// A member's partitions, as of one decision of its coordinator.
 #[derive(Debug, Clone, Default)]

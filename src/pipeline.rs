@@ -1,10 +1,11 @@
 //! Wires ingest, aggregation and the sink together and runs them until a
 //! signal asks for a graceful stop.
 
-use crate::assignment::Assignment;
+use crate::assignment::{Assignment, LateMarks};
 use crate::config::Config;
 use crate::fleet::{Coordinator, CoordinatorLinks, Phase};
 use crate::ingest::{self, FlushRequests, IngestError, IngestSummary};
+use crate::sink::marks::Previous;
 use crate::sink::service::SinkFleet;
 use crate::sink::{self, Sink, SinkError, SinkSummary};
 use crate::telemetry::Progress;
@@ -81,9 +82,16 @@ pub async fn run(
     // sink keeps them too, so a partition's value keeps the publishers this
     // run has not heard from yet.
     // A fleet member's threads are seeded per partition as it takes them.
+    // When the database did not answer, the sink reads the marks later
+    // and hands them to the threads through `late`.
     let committed = match (&loaded, &config.fleet) {
         (Some(l), None) => l.marks.clone(),
         _ => Default::default(),
+    };
+    let late: Option<LateMarks> = (loaded.is_none() && config.fleet.is_none()).then(Default::default);
+    let previous = match loaded {
+        Some(l) => Previous::Loaded(l),
+        None => Previous::Unread(late.clone()),
     };
     let (assignment, assignment_rx) = watch::channel(Arc::new(Assignment::default()));
     let acks: Arc<[AtomicU64]> = (0..config.ingest.threads).map(|_| AtomicU64::new(0)).collect();
@@ -92,7 +100,7 @@ pub async fn run(
         acks: acks.clone(),
         standby: (f.standby_memory > 0).then(|| (f.standby_memory, f.standby_window(config.sink.flush_interval))),
     });
-    let links = ingest::Links { sink: tx, progress: progress.clone(), committed, fleet: fleet_links };
+    let links = ingest::Links { sink: tx, progress: progress.clone(), committed, late, fleet: fleet_links };
     let workers = ingest::spawn(
         &config.ingest,
         &config.aggregate,
@@ -121,7 +129,7 @@ pub async fn run(
         tokio::spawn(c.run(coordinator_phase, departed_tx))
     });
     let sink =
-        tokio::spawn(Sink::new(config.sink.clone(), pool, rx, migrated, loaded, sink_fleet, progress.clone()).run());
+        tokio::spawn(Sink::new(config.sink.clone(), pool, rx, migrated, previous, sink_fleet, progress.clone()).run());
 
     signals.wait_for_stop(stop, &flush).await;
     let unwritten = progress.clone();

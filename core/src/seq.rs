@@ -70,6 +70,10 @@ pub struct SeqTracker {
     moved: usize,
     /// Marks of evicted publishers not taken yet.
     evicted_marks: Vec<Mark>,
+    /// While the marks an earlier run committed are not known yet (see
+    /// [`SeqTracker::await_seeds`]): the first `seq` of every sequence
+    /// begun since, in order.
+    firsts: Option<Vec<(Arc<str>, u32, u64)>>,
     /// Observations so far: the clock of `Tracked::last_seen`.
     tick: u64,
     /// Messages lost since the last take.
@@ -114,6 +118,7 @@ impl SeqTracker {
             generation: 1,
             moved: 0,
             evicted_marks: Vec::new(),
+            firsts: None,
             tick: 0,
             lost: 0,
             restarts: 0,
@@ -151,16 +156,7 @@ impl SeqTracker {
                     s.stamp = generation;
                     self.moved += 1;
                 }
-                if seq > prev {
-                    let gap = seq - prev - 1;
-                    if gap > self.max_jump {
-                        self.resets += 1;
-                    } else {
-                        self.lost += gap;
-                    }
-                } else {
-                    self.restarts += 1;
-                }
+                self.step(prev, seq);
             }
             // Only a publisher with 200 000 topics of its own gets here
             // full (eviction keeps the busiest): stop adding its topics.
@@ -169,8 +165,69 @@ impl SeqTracker {
                 e.insert(Sequence { last: seq, stamp: generation });
                 self.sequences += 1;
                 self.moved += 1;
+                if let Some(firsts) = &mut self.firsts {
+                    if firsts.len() < MAX_TRACKED_SEQUENCES {
+                        firsts.push((tracked.name.clone(), topic_id, seq));
+                    }
+                }
             }
         }
+    }
+
+    /// Counts a sequence going from `prev` to `seq`: the messages between
+    /// are lost, unless it jumped too far (a reset) or went back (a
+    /// publisher restart).
+    #[inline(always)]
+    fn step(&mut self, prev: u64, seq: u64) {
+        if seq > prev {
+            let gap = seq - prev - 1;
+            if gap > self.max_jump {
+                self.resets += 1;
+            } else {
+                self.lost += gap;
+            }
+        } else {
+            self.restarts += 1;
+        }
+    }
+
+    /// The marks an earlier run committed are not known yet (the database
+    /// did not answer at start): keeps the first `seq` of every sequence
+    /// begun from now on, until [`SeqTracker::seed_late`].
+    pub fn await_seeds(&mut self) {
+        self.firsts = Some(Vec::new());
+    }
+
+    /// Whether [`SeqTracker::await_seeds`] was called and
+    /// [`SeqTracker::seed_late`] not yet.
+    pub fn awaits_seeds(&self) -> bool {
+        self.firsts.is_some()
+    }
+
+    /// The marks an earlier run committed, known late: a sequence begun
+    /// since [`SeqTracker::await_seeds`] counts the gap from its mark to
+    /// its first `seq` here, as if it had been seeded at start; the others
+    /// are [`SeqTracker::seed`]ed.
+    pub fn seed_late<'a>(&mut self, seeds: impl IntoIterator<Item = (&'a str, u32, u64)>) {
+        let firsts = self.firsts.take().unwrap_or_default();
+        let mut first: FxHashMap<(&str, u32), u64> = FxHashMap::default();
+        first.reserve(firsts.len());
+        for (name, topic, seq) in &firsts {
+            // After an eviction a sequence may begin twice: the earlier counts.
+            first.entry((&**name, *topic)).or_insert(*seq);
+        }
+        for (publisher, topic, mark) in seeds {
+            match first.get(&(publisher, topic)) {
+                Some(&seq) => self.step(mark, seq),
+                None if !self.tracks(publisher, topic) => self.seed(publisher, topic, mark),
+                // Begun while the firsts were full: its gap cannot be known.
+                None => {}
+            }
+        }
+    }
+
+    fn tracks(&self, publisher: &str, topic: u32) -> bool {
+        self.publishers.get(publisher.as_bytes()).is_some_and(|t| t.topics.contains_key(&topic))
     }
 
     /// Makes room for a new publisher.
@@ -390,6 +447,29 @@ mod tests {
         s.observe("p2", EventType::Bid, 3, 3); // the publisher restarted meanwhile
         assert_eq!((s.lost, s.restarts), (4, 1));
         assert_eq!(sorted(s.take_marks()), vec![("p1".into(), bid3, 105), ("p2".into(), bid3, 3)]);
+    }
+
+    #[test]
+    fn marks_known_late_count_the_gap_to_the_first_seq_of_this_run() {
+        let mut s = SeqTracker::new(1000);
+        let [bid3, bid4, bid5] = [3, 4, 5].map(|p| topic_id(EventType::Bid.index() as u8, p));
+        s.await_seeds();
+        for seq in [50, 51, 53] {
+            s.observe("p1", EventType::Bid, 3, seq);
+        }
+        s.observe("p1", EventType::Bid, 4, 7); // went back: a restart
+        assert_eq!((s.lost, s.restarts), (1, 0));
+        s.seed_late([("p1", bid3, 40), ("p1", bid4, 9), ("p2", bid3, 100), ("p1", bid5, 2_000)]);
+        assert_eq!((s.lost, s.restarts), (1 + 9, 1), "41..=49 lost; 7 after 9 is a restart");
+        assert!(!s.awaits_seeds());
+        s.observe("p2", EventType::Bid, 3, 103); // seeded: counts from its mark
+        s.observe("p1", EventType::Bid, 5, 2_001);
+        assert_eq!(s.lost, 10 + 2);
+        // Sequences begun after the late seeds are not kept as firsts.
+        s.observe("p3", EventType::Bid, 3, 1);
+        assert!(s.firsts.is_none());
+        let marks = sorted(s.take_marks());
+        assert!(marks.contains(&("p1".into(), bid3, 53)) && marks.contains(&("p2".into(), bid3, 103)), "{marks:?}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::pacer::Pacer;
 use super::socket::{open_socket, Reconnector};
 use super::topics::subscriptions;
 use super::{IngestConfig, IngestError};
-use crate::assignment::Assignment;
+use crate::assignment::{Assignment, LateMarks};
 use crate::telemetry as t;
 use bid_logger_core::aggregate::{AggregateConfig, AggregateStats, Delta};
 use bid_logger_core::clock::{coarse_monotonic_ms, now_ms};
@@ -118,6 +118,33 @@ pub struct Ingest {
     progress: Arc<t::Progress>,
     /// A fleet member's: the partitions it follows.
     fleet: Option<Follower>,
+    /// Until the sink has read the committed marks (the database did not
+    /// answer at start): where they will be, and which of them are this
+    /// thread's.
+    late: Option<(LateMarks, SeedScope)>,
+}
+
+/// The partitions whose committed marks seed a static instance's thread:
+/// its share of the configured partitions, and every partition outside
+/// them (which any thread may receive from a publisher with another
+/// partition count).
+struct SeedScope {
+    mine: Vec<u32>,
+    configured: Vec<u32>,
+}
+
+impl SeedScope {
+    fn new(config: &IngestConfig, index: usize) -> SeedScope {
+        let mine = config.partitions.iter().skip(index).step_by(config.threads).copied().collect();
+        SeedScope { mine, configured: config.partitions.clone() }
+    }
+
+    fn seeds<'a>(&'a self, marks: &'a SeqMarks) -> impl Iterator<Item = (&'a str, u32, u64)> + 'a {
+        marks.iter().filter(move |&(_, topic, _)| {
+            let partition = topic % MAX_PARTITIONS;
+            self.mine.binary_search(&partition).is_ok() || self.configured.binary_search(&partition).is_err()
+        })
+    }
 }
 
 /// How a fleet member's thread follows its assignment.
@@ -170,18 +197,18 @@ impl Ingest {
         flush_interval: Duration,
         links: &Links,
     ) -> Result<Ingest, IngestError> {
-        let Links { sink, progress, committed, fleet } = links;
+        let Links { sink, progress, committed, late, fleet } = links;
         let mut hot = HotPath::new(config.hot_path(aggregate));
-        // The marks committed by an earlier run of this thread's partitions
-        // (and of partitions outside the configured ones, which any thread
-        // may receive): the first `seq` received counts the gap from them.
-        let mine: Vec<u32> = config.partitions.iter().skip(index).step_by(config.threads).copied().collect();
-        for (publisher, topic, seq) in committed.iter() {
-            let partition = topic % MAX_PARTITIONS;
-            if mine.binary_search(&partition).is_ok() || config.partitions.binary_search(&partition).is_err() {
-                hot.seqs.seed(publisher, topic, seq);
-            }
+        // The marks committed by an earlier run of this thread's partitions:
+        // the first `seq` received counts the gap from them.
+        let scope = SeedScope::new(config, index);
+        for (publisher, topic, seq) in scope.seeds(committed) {
+            hot.seqs.seed(publisher, topic, seq);
         }
+        let late = late.clone().map(|cell| {
+            hot.seqs.await_seeds();
+            (cell, scope)
+        });
         let topics = subscriptions(config, &hot.samplers(), index, config.threads);
         let socket = open_socket(ctx, config, &topics)?;
         let reconnector = if config.connect.is_empty() {
@@ -237,6 +264,7 @@ impl Ingest {
             mismatch_logged: None,
             progress: progress.clone(),
             fleet,
+            late,
         })
     }
 
@@ -282,6 +310,7 @@ impl Ingest {
                     r.poll(&self.socket);
                 }
                 self.follow();
+                self.seed_late();
                 let now = Instant::now();
                 if now >= next_publish {
                     self.publish_counts();
@@ -414,6 +443,18 @@ impl Ingest {
             return;
         }
         self.hot.process(&topic[..], &payload[..], now_ms);
+    }
+
+    /// Counts the gap across the restart once the sink has read the
+    /// committed marks late (see
+    /// [`bid_logger_core::seq::SeqTracker::seed_late`]).
+    fn seed_late(&mut self) {
+        let Some((cell, scope)) = &self.late else { return };
+        let Some(marks) = cell.get() else { return };
+        let lost = self.hot.seqs.lost;
+        self.hot.seqs.seed_late(scope.seeds(marks));
+        tracing::info!(lost = self.hot.seqs.lost - lost, "the gap across the restart counted from the marks read late");
+        self.late = None;
     }
 
     /// Gives the accumulated delta to the sink if the channel has room;
@@ -568,6 +609,9 @@ pub struct Links {
     /// The sequence marks an earlier run committed: each thread's trackers
     /// are seeded with those of its partitions.
     pub committed: SeqMarks,
+    /// When the database did not answer at start: where the sink puts the
+    /// marks once it has read them.
+    pub late: Option<LateMarks>,
     /// For a fleet member.
     pub fleet: Option<FleetLinks>,
 }

@@ -134,6 +134,17 @@ pub struct Loaded {
     pub malformed: Vec<i32>,
 }
 
+/// What the sink starts from.
+#[derive(Debug)]
+pub enum Previous {
+    /// What the previous run left, read at start (already counted).
+    Loaded(Loaded),
+    /// Not read yet (the database did not answer at start): the first
+    /// flush reads it, and puts the marks in the cell, if any, for the
+    /// ingest threads.
+    Unread(Option<crate::assignment::LateMarks>),
+}
+
 /// Reads the committed marks of `scope` and settles what the previous run
 /// of `instance` left outstanding, in one transaction.
 pub async fn load(client: &mut tokio_postgres::Client, scope: &str, instance: &str) -> Result<Loaded, SinkError> {

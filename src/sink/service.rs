@@ -15,7 +15,7 @@
 
 use super::batch::Batch;
 use super::flush::{consume, write_batch, BatchId, Writer, Written, MAX_CONSUME_ROWS, PRUNE_LEDGER};
-use super::marks::{self, Fence, Loaded, Watermark};
+use super::marks::{self, Fence, Loaded, Previous, Watermark};
 use super::ranges::{self, Parent, Span};
 use super::tables::RollupTable;
 use super::{SinkConfig, SinkError};
@@ -124,6 +124,8 @@ pub struct Sink {
     marks: SeqMarks,
     /// Whether what the previous run left is read and settled.
     loaded: bool,
+    /// Where the marks read late go for the ingest threads.
+    late: Option<crate::assignment::LateMarks>,
     /// Deltas received (the generation of the marks).
     generation: i64,
     /// Events received.
@@ -140,14 +142,14 @@ pub struct Sink {
 impl Sink {
     /// A sink writing what arrives on `rx`; `migrated` says whether the
     /// schema is known to be up to date (otherwise the first flush migrates).
-    /// `loaded` is what the previous run left ([`marks::load`], already
-    /// counted); when `None`, the first flush reads it.
+    /// `previous` is what the previous run left ([`marks::load`], already
+    /// counted), or says that the first flush reads it.
     pub fn new(
         config: SinkConfig,
         pool: deadpool_postgres::Pool,
         rx: mpsc::Receiver<Delta>,
         migrated: bool,
-        loaded: Option<Loaded>,
+        previous: Previous,
         fleet: Option<SinkFleet>,
         progress: Arc<t::Progress>,
     ) -> Sink {
@@ -172,6 +174,10 @@ impl Sink {
             live_keys: gauge!(t::LIVE_KEYS),
             published_live_keys: 0,
         };
+        let (loaded, late) = match previous {
+            Previous::Loaded(l) => (Some(l), None),
+            Previous::Unread(late) => (None, late),
+        };
         let summary =
             SinkSummary { lost_before_start: loaded.as_ref().map_or(0, |l| l.lost), ..SinkSummary::default() };
         Sink {
@@ -187,6 +193,7 @@ impl Sink {
             migrated: Arc::new(AtomicBool::new(migrated)),
             ranges: Ranges::default(),
             loaded: loaded.is_some(),
+            late,
             marks: loaded.map(|l| l.marks).unwrap_or_default(),
             generation: 0,
             drained: 0,
@@ -494,7 +501,8 @@ impl Sink {
 
     /// Reads what the previous run left (when the database was not
     /// reachable at start): the committed marks, and the events it did not
-    /// write, counted as lost.
+    /// write, counted as lost. A static instance's ingest threads get the
+    /// marks through `late`, and count the gap across the restart then.
     async fn load(&mut self) -> Result<(), SinkError> {
         let mut client = self.pool.get().await?;
         let config = &self.config;
@@ -507,11 +515,23 @@ impl Sink {
         };
         let outcome = tokio::time::timeout(config.flush_timeout, work).await;
         let loaded = settle(client, outcome, config.flush_timeout)?;
-        tracing::warn!(
-            marks = loaded.marks.len(),
-            "the database was not reachable at start: messages lost before the first one received here \
-             (while this instance was down) cannot be counted"
-        );
+        match self.late.take() {
+            Some(late) => {
+                tracing::info!(
+                    marks = loaded.marks.len(),
+                    lost = loaded.lost,
+                    "committed sequence marks read late (the database was not reachable at start): the gap \
+                     across the restart is counted from the first seq each sequence had here"
+                );
+                // Set once: this is the only place, and `late` is taken.
+                let _ = late.set(loaded.marks.clone());
+            }
+            // A fleet member: its threads are seeded per partition as it
+            // takes leases, which it does only once the database answers.
+            None => {
+                tracing::info!(marks = loaded.marks.len(), lost = loaded.lost, "what the previous run left is read")
+            }
+        }
         self.account_loaded(&loaded);
         self.marks.add_committed(loaded.marks);
         self.loaded = true;

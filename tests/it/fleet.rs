@@ -28,7 +28,26 @@ fn settled(logger: &Logger, name: &str, timeout: Duration) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_after_sigkill_accounts_for_every_event_published() {
-    let db = fresh_database("restart_accounting").await;
+    restart_after_sigkill("restart_accounting", false).await;
+}
+
+/// The same, with the database down when the second run starts: it
+/// receives anyway, reads the marks once the database answers, and counts
+/// the gap across the restart from the first `seq` each sequence had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_while_the_database_is_down_accounts_for_every_event_once_it_answers() {
+    restart_after_sigkill("restart_db_down", true).await;
+}
+
+/// SIGKILL under load, 0.7 s with no instance, then a restart with the
+/// same instance id; with `database_down`, the database is stopped before
+/// the restart and started again once the second run is receiving.
+async fn restart_after_sigkill(test: &str, database_down: bool) {
+    let pg = database_down.then(|| bid_logger_tools::pgtemp::TempPostgres::start().expect("throwaway PostgreSQL"));
+    let db = match &pg {
+        Some(pg) => create_database_on(&pg.url(), test).await,
+        None => fresh_database(test).await,
+    };
     let endpoint = format!("tcp://127.0.0.1:{}", free_port());
     let simulator = Simulator::start(&endpoint, |c| {
         c.rate = Some(20_000.0);
@@ -56,8 +75,16 @@ async fn a_restart_after_sigkill_accounts_for_every_event_published() {
     // SIGKILL: what it received since its last flush is gone, and what is
     // published until the next start reaches nobody.
     drop(first);
+    if let Some(pg) = &pg {
+        pg.stop().unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(700)).await;
     let second = Logger::start(&db, &args);
+    if let Some(pg) = &pg {
+        second.wait_metric("bid_logger_events_accepted_total", 20_000.0, Duration::from_secs(30));
+        assert_eq!(second.metric("bid_logger_events_flushed_total", ""), 0.0, "the database was down");
+        pg.restart().unwrap();
+    }
     let truth = simulator.wait().truth.to_json();
     let published: u64 = types.iter().map(|t| truth["by_type"][t]["events"].as_u64().unwrap()).sum();
     settled(&second, "bid_logger_events_accepted_total", Duration::from_secs(30));
