@@ -5,7 +5,8 @@ use crate::decode::{decode, DecodeError, Event};
 use crate::held::{Held, HeldStats};
 use crate::sample::{Rate, Sampler};
 use crate::seq::SeqTracker;
-use crate::wire::{fnv1a64, parse_topic, MAX_PARTITIONS};
+use crate::wire::{fnv1a64, parse_topic, EventType, MAX_PARTITIONS};
+use rustc_hash::FxHashMap;
 
 /// How many partition mismatches are kept to guess the publishers' count.
 const MISMATCH_SAMPLES: usize = 8;
@@ -184,11 +185,30 @@ impl HotPath {
     pub fn replay(&mut self, partition: u32, now_ms: i64) {
         let Some(held) = self.held.as_mut() else { return };
         let messages = held.stop(partition);
+        // The previous owner wrote up to the held message at its mark: per
+        // sequence, everything held up to the last one carrying the mark is
+        // counted, whatever its `seq` (a publisher restart in the window
+        // repeats low values, and what came before it is higher). A
+        // sequence whose mark was not held is cut by value.
+        let mut cut: FxHashMap<(&str, EventType, u32), usize> = FxHashMap::default();
+        for (i, (topic, payload)) in messages.iter().enumerate() {
+            if let Ok(Event { publisher: Some(publisher), seq: Some(seq), event_type, partition, .. }) =
+                decode(topic, payload)
+            {
+                if self.seqs.is_mark(publisher, event_type, partition, seq) {
+                    cut.insert((publisher, event_type, partition), i);
+                }
+            }
+        }
         let mut stats = HeldStats::default();
-        for (topic, payload) in &messages {
+        for (i, (topic, payload)) in messages.iter().enumerate() {
             match decode(topic, payload) {
                 Ok(Event { publisher: Some(publisher), seq: Some(seq), event_type, partition, .. }) => {
-                    if self.seqs.already_counted(publisher, event_type, partition, seq) {
+                    let counted = match cut.get(&(publisher, event_type, partition)) {
+                        Some(&last) => i <= last,
+                        None => self.seqs.already_counted(publisher, event_type, partition, seq),
+                    };
+                    if counted {
                         stats.duplicates += 1;
                     } else {
                         stats.replayed += 1;
@@ -416,5 +436,35 @@ mod tests {
         // Live again: a later message is aggregated, a gap counted.
         hot.process(t.as_bytes(), &msg(Some(10), 0), now);
         assert_eq!(hot.seqs.lost, 2);
+    }
+
+    #[test]
+    fn a_publisher_restart_inside_the_hold_is_cut_where_the_previous_owner_stopped() {
+        let now = now_ms();
+        let txn = "held-2";
+        let p = crate::wire::partition_of(txn.as_bytes(), 16);
+        let t = topic(EventType::Bid, p);
+        let msg = |seq: u64| {
+            rmp_serde::to_vec_named(&serde_json::json!({"txn": txn, "ts": now, "pub": "pub-a", "seq": seq})).unwrap()
+        };
+        // Held: 98, 99, 100, then the publisher restarted: 0, 1, 2, 3. The
+        // previous owner stopped after the restart (its mark is 1), or
+        // before it (its mark is 100).
+        for (mark, duplicates, replayed, restarts) in [(1, 5, 2, 0), (100, 3, 4, 1)] {
+            let mut hot = hot(false, "1");
+            hot.owned = Some(vec![false; 16].into_boxed_slice());
+            hot.held = Some(Held::new(16, 1 << 20));
+            hot.held.as_mut().unwrap().start(p);
+            for seq in [98, 99, 100, 0, 1, 2, 3] {
+                hot.process(t.as_bytes(), &msg(seq), now);
+            }
+            hot.seqs.seed("pub-a", crate::seq::topic_id(EventType::Bid as u8, p), mark);
+            hot.owned.as_mut().unwrap()[p as usize] = true;
+            hot.replay(p, now);
+            let stats = hot.held.as_ref().unwrap().stats;
+            assert_eq!((stats.duplicates, stats.replayed), (duplicates, replayed), "mark {mark}");
+            assert_eq!(hot.aggregator.take_stats().accepted.iter().sum::<u64>(), replayed, "mark {mark}");
+            assert_eq!((hot.seqs.lost, hot.seqs.restarts), (0, restarts), "mark {mark}");
+        }
     }
 }

@@ -277,6 +277,16 @@ impl SeqTracker {
             .is_some_and(|s| s.stamp == 0 && seq <= s.last)
     }
 
+    /// Whether `seq` from `publisher` on `(event_type, partition)` is the
+    /// seeded mark itself, no message having moved the sequence since.
+    pub fn is_mark(&self, publisher: &str, event_type: EventType, partition: u32, seq: u64) -> bool {
+        let topic = event_type as u32 * MAX_PARTITIONS + partition;
+        self.publishers
+            .get(publisher.as_bytes())
+            .and_then(|t| t.topics.get(&topic))
+            .is_some_and(|s| s.stamp == 0 && seq == s.last)
+    }
+
     /// Stops tracking the sequences of the partitions `gone` says (they
     /// moved to another owner: what is tracked of them would be stale when
     /// they come back).
