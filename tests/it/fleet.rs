@@ -277,28 +277,42 @@ fn wait_receiving(members: &[&Logger]) {
     }
 }
 
-fn busy_member(db: &str, endpoint: &str, name: &str) -> Logger {
+/// A member receiving the busy types, flushing every 300 ms.
+fn busy_member(db: &str, endpoint: &str, name: &str, extra: &[&str]) -> Logger {
     let types = BUSY.join(",");
-    Logger::start(db, &member_args(endpoint, name, &["--event-types", &types, "--flush-interval", "300ms"]))
+    let args = [&["--event-types", &types, "--flush-interval", "300ms"], extra].concat();
+    Logger::start(db, &member_args(endpoint, name, &args))
+}
+
+/// A fresh database and endpoint, and busy members `names` (with `extra`
+/// arguments) sharing the partitions, balanced.
+async fn busy_fleet<const N: usize>(test: &str, names: [&str; N], extra: &[&str]) -> (String, String, [Logger; N]) {
+    let db = fresh_database(test).await;
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let members = names.map(|n| busy_member(&db, &endpoint, n, extra));
+    wait_balanced(&db, "g", &names, Duration::from_secs(10)).await;
+    (db, endpoint, members)
+}
+
+/// Stops `member` (SIGTERM): it must exit 0. Returns what it counted as lost.
+fn stop_member(member: Logger) -> u64 {
+    let (code, stderr) = member.stop();
+    assert_eq!(code, 0, "{stderr}");
+    stopped_field(&stderr, "lost")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
-    let db = fresh_database("fleet_join_leave").await;
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
-    let a = busy_member(&db, &endpoint, "a");
-    let b = busy_member(&db, &endpoint, "b");
-    wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(10)).await;
+    let (db, endpoint, [a, b]) = busy_fleet("fleet_join_leave", ["a", "b"], &[]).await;
     // Published once the partitions are owned: a message sent before any
     // member ever received its sequence cannot be counted by anyone.
     let simulator = sim(&endpoint, 14);
     wait_receiving(&[&a, &b]);
-    let c = busy_member(&db, &endpoint, "c");
+    let c = busy_member(&db, &endpoint, "c", &[]);
     let took = wait_balanced(&db, "g", &["a", "b", "c"], Duration::from_secs(10)).await;
     eprintln!("balanced {took:?} after c started");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (code_b, stderr_b) = b.stop(); // SIGTERM: hands its partitions over
-    assert_eq!(code_b, 0, "{stderr_b}");
+    let lost_b = stop_member(b); // SIGTERM: hands its partitions over
     wait_balanced(&db, "g", &["a", "c"], Duration::from_secs(10)).await;
     let truth = simulator.wait().truth.to_json();
     settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
@@ -308,12 +322,7 @@ async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
     let replayed = c.metric("bid_logger_handover_messages_total", "outcome=\"replayed\"");
     let duplicates = c.metric("bid_logger_handover_messages_total", "outcome=\"duplicate\"");
     assert!(replayed > 0.0 && duplicates > 0.0, "c replayed {replayed} and dropped {duplicates} held messages");
-    let mut lost = vec![("b", stopped_field(&stderr_b, "lost"))];
-    for (name, m) in [("a", a), ("c", c)] {
-        let (code, stderr) = m.stop();
-        assert_eq!(code, 0, "{stderr}");
-        lost.push((name, stopped_field(&stderr, "lost")));
-    }
+    let lost = [("b", lost_b), ("a", stop_member(a)), ("c", stop_member(c))];
     assert!(lost.iter().all(|(_, n)| *n == 0), "a handover loses nothing: {lost:?}");
     assert_accounted(&db, &truth, 0).await;
 }
@@ -323,21 +332,17 @@ async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
 /// and takes its share back by claims, so nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_the_whole_fleet_under_load_loses_nothing() {
-    let db = fresh_database("fleet_rolling").await;
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
     let names = ["a", "b", "c"];
-    let mut members: Vec<Logger> = names.iter().map(|n| busy_member(&db, &endpoint, n)).collect();
-    wait_balanced(&db, "g", &names, Duration::from_secs(10)).await;
+    let (db, endpoint, members) = busy_fleet("fleet_rolling", names, &[]).await;
+    let mut members = Vec::from(members);
     let simulator = sim(&endpoint, 40);
     wait_receiving(&members.iter().collect::<Vec<_>>());
     let mut lost = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let started = Instant::now();
-        let (code, stderr) = members.remove(i).stop();
-        assert_eq!(code, 0, "{stderr}");
-        lost.push((name.to_string(), stopped_field(&stderr, "lost")));
+        lost.push((name.to_string(), stop_member(members.remove(i))));
         let stopped = started.elapsed();
-        members.insert(i, busy_member(&db, &endpoint, name));
+        members.insert(i, busy_member(&db, &endpoint, name, &[]));
         let took = wait_balanced(&db, "g", &names, Duration::from_secs(15)).await;
         eprintln!(
             "{name}: stopped {stopped:?} after SIGTERM (handing over), balanced again {took:?} after its restart"
@@ -346,9 +351,7 @@ async fn a_rolling_restart_of_the_whole_fleet_under_load_loses_nothing() {
     let truth = simulator.wait().truth.to_json();
     settled(&members[0], "bid_logger_events_accepted_total", Duration::from_secs(30));
     for (name, m) in names.iter().zip(members) {
-        let (code, stderr) = m.stop();
-        assert_eq!(code, 0, "{stderr}");
-        lost.push((name.to_string(), stopped_field(&stderr, "lost")));
+        lost.push((name.to_string(), stop_member(m)));
     }
     assert!(lost.iter().all(|(_, n)| *n == 0), "a rolling restart loses nothing: {lost:?}");
     assert_accounted(&db, &truth, 0).await;
@@ -356,12 +359,7 @@ async fn a_rolling_restart_of_the_whole_fleet_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_member_under_load_its_partitions_taken_within_two_ttl_and_every_event_accounted() {
-    let db = fresh_database("fleet_kill").await;
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
-    let a = busy_member(&db, &endpoint, "a");
-    let b = busy_member(&db, &endpoint, "b");
-    let c = busy_member(&db, &endpoint, "c");
-    wait_balanced(&db, "g", &["a", "b", "c"], Duration::from_secs(10)).await;
+    let (db, endpoint, [a, b, c]) = busy_fleet("fleet_kill", ["a", "b", "c"], &[]).await;
     let simulator = sim(&endpoint, 12);
     wait_receiving(&[&a, &b, &c]);
     drop(b); // SIGKILL
@@ -370,12 +368,7 @@ async fn sigkill_of_a_member_under_load_its_partitions_taken_within_two_ttl_and_
     eprintln!("survivors own every partition {took:?} after the kill");
     let truth = simulator.wait().truth.to_json();
     settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
-    let mut lost = 0;
-    for m in [a, c] {
-        let (code, stderr) = m.stop();
-        assert_eq!(code, 0, "{stderr}");
-        lost += stopped_field(&stderr, "lost");
-    }
+    let lost = stop_member(a) + stop_member(c);
     assert!(lost > 0, "the killed member's unflushed interval and the takeover gap are lost");
     assert_accounted(&db, &truth, lost).await;
 }
@@ -386,13 +379,7 @@ async fn sigkill_of_a_member_under_load_its_partitions_taken_within_two_ttl_and_
 /// replays its window above the dead member's committed marks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_member_with_a_hot_standby_loses_nothing() {
-    let db = fresh_database("fleet_standby").await;
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
-    let types = BUSY.join(",");
-    let args = ["--event-types", &types, "--flush-interval", "300ms", "--standby-memory", "268435456"];
-    let a = Logger::start(&db, &member_args(&endpoint, "a", &args));
-    let b = Logger::start(&db, &member_args(&endpoint, "b", &args));
-    wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(10)).await;
+    let (db, endpoint, [a, b]) = busy_fleet("fleet_standby", ["a", "b"], &["--standby-memory", "268435456"]).await;
     let simulator = sim(&endpoint, 12);
     wait_receiving(&[&a, &b]);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -406,20 +393,13 @@ async fn sigkill_of_a_member_with_a_hot_standby_loses_nothing() {
     let replayed = a.metric("bid_logger_handover_messages_total", "outcome=\"replayed\"");
     let overflowed = a.metric("bid_logger_handover_messages_total", "outcome=\"overflowed\"");
     assert!(replayed > 0.0 && overflowed == 0.0, "replayed {replayed}, overflowed {overflowed}");
-    let (code, stderr) = a.stop();
-    assert_eq!(code, 0, "{stderr}");
-    let lost = stopped_field(&stderr, "lost");
-    assert_eq!(lost, 0, "the standby replayed what the dead member had not written and what it missed");
+    assert_eq!(stop_member(a), 0, "the standby replayed what the dead member had not written and what it missed");
     assert_accounted(&db, &truth, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_frozen_past_its_ttl_is_fenced_and_writes_nothing_for_the_partitions_taken() {
-    let db = fresh_database("fleet_fence").await;
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
-    let a = busy_member(&db, &endpoint, "a");
-    let b = busy_member(&db, &endpoint, "b");
-    wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(10)).await;
+    let (db, endpoint, [a, b]) = busy_fleet("fleet_fence", ["a", "b"], &[]).await;
     let simulator = sim(&endpoint, 16);
     wait_receiving(&[&a, &b]);
     // SAFETY: signals to a child process we own.
@@ -431,11 +411,6 @@ async fn a_member_frozen_past_its_ttl_is_fenced_and_writes_nothing_for_the_parti
     wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(15)).await;
     let truth = simulator.wait().truth.to_json();
     settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
-    let mut lost = 0;
-    for m in [a, b] {
-        let (code, stderr) = m.stop();
-        assert_eq!(code, 0, "{stderr}");
-        lost += stopped_field(&stderr, "lost");
-    }
+    let lost = stop_member(a) + stop_member(b);
     assert_accounted(&db, &truth, lost).await;
 }
