@@ -81,7 +81,9 @@ metrics_table! {
     gauge HELD_BYTES = "bid_logger_handover_held_bytes", Bytes,
         "Bytes of messages held for partitions this fleet member is about to take over (claims), or keeps as a hot standby.";
     gauge OWNED_PARTITIONS = "bid_logger_owned_partitions", Count,
-        "Partitions whose lease this fleet member holds.";
+        "Partitions whose lease this fleet member holds, by group.";
+    gauge GROUP_PARTITIONS = "bid_logger_group_partitions", Count,
+        "Partitions a fleet member's group divides (partition-count), by group: the sum of the members' owned partitions once every lease is held.";
     counter LEASE_TAKEOVERS = "bid_logger_lease_takeovers_total", Count,
         "Partition leases this member took over after they expired (their owner died or froze).";
     counter FENCED = "bid_logger_fenced_total", Count,

@@ -37,7 +37,7 @@ use crate::assignment::{idle_timeout, Assignment, FlushWait};
 use crate::sink::SinkError;
 use crate::telemetry as t;
 use bid_logger_core::marks::{decode, SeqMarks};
-use metrics::{counter, gauge};
+use metrics::{counter, gauge, Gauge};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -147,6 +147,8 @@ pub struct Coordinator {
     beats: u64,
     /// Stopping: handing every partition over; told when done.
     departing: Option<Option<oneshot::Sender<()>>>,
+    /// `bid_logger_owned_partitions{group}`.
+    owned: Gauge,
 }
 
 /// What a coordinator is linked to.
@@ -198,7 +200,10 @@ impl Coordinator {
         pool: deadpool_postgres::Pool,
         links: CoordinatorLinks,
     ) -> Coordinator {
-        gauge!(t::OWNED_PARTITIONS).set(0.0);
+        let group = config.group.clone();
+        let owned = gauge!(t::OWNED_PARTITIONS, "group" => group.clone());
+        owned.set(0.0);
+        gauge!(t::GROUP_PARTITIONS, "group" => group).set(f64::from(partition_count));
         counter!(t::LEASE_TAKEOVERS).increment(0);
         counter!(t::FENCED).increment(0);
         Coordinator {
@@ -214,6 +219,7 @@ impl Coordinator {
             release: Release::None,
             beats: 0,
             departing: None,
+            owned,
         }
     }
 
@@ -502,7 +508,7 @@ impl Coordinator {
             seeds: Arc::new(seeds),
             discard,
         };
-        gauge!(t::OWNED_PARTITIONS).set(self.held.len() as f64);
+        self.owned.set(self.held.len() as f64);
         self.links.assignment.send_replace(Arc::new(a));
         generation
     }
@@ -607,7 +613,7 @@ impl Coordinator {
             Ok(()) => tracing::info!(group = %self.config.group, released = self.held.len(), "left the group"),
             Err(e) => tracing::warn!(error = %e, "leaving the group failed; the leases expire after lease-ttl"),
         }
-        gauge!(t::OWNED_PARTITIONS).set(0.0);
+        self.owned.set(0.0);
     }
 }
 
