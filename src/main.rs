@@ -34,6 +34,25 @@ enum Command {
     /// Print events per type, win rate, spend, CPM and installs per country, OS, campaign, advertiser
     /// or exchange over a recent range, from the narrowest rollup that answers it.
     Report(ReportArgs),
+    /// Print each fleet group's members (when each joined, when its membership expires unrenewed, the
+    /// partitions it owns and claims) and the partitions nobody owns, from the leases in PostgreSQL.
+    Fleet(FleetArgs),
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    #[command(flatten)]
+    database: MigrateArgs,
+    /// Only this group.
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+    /// The groups' partition count (the members' `partition-count`): partitions never leased count as unowned.
+    #[arg(long, value_name = "N", default_value_t = bid_logger::ingest::DEFAULT_PARTITION_COUNT,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(bid_logger_core::wire::MAX_PARTITIONS)))]
+    partition_count: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: bid_logger::fleet::status::Format,
 }
 
 #[derive(Args)]
@@ -142,6 +161,15 @@ fn main() -> ExitCode {
             };
             telemetry::init_logging(LogFormat::Text, "warn");
             report(report_command(&url, &config, args.format, &range))
+        }
+        Command::Fleet(args) => {
+            let file = args.database.config.clone();
+            let url = match args.database.database_url() {
+                Ok(url) => url,
+                Err(e) => return config_failure(e, &sub, file.as_deref()),
+            };
+            telemetry::init_logging(LogFormat::Text, "warn");
+            report(fleet_command(&url, args.group.as_deref(), args.partition_count, args.format))
         }
         Command::CheckConfig(args) => {
             if let Some(code) = unknown_variables() {
@@ -291,7 +319,25 @@ fn report_command(
     })
 }
 
-/// One connection for a one-off command (`migrate`, `report`).
+fn fleet_command(
+    url: &str,
+    group: Option<&str>,
+    partition_count: u32,
+    format: bid_logger::fleet::status::Format,
+) -> anyhow::Result<ExitCode> {
+    use bid_logger::fleet::status;
+    runtime()?.block_on(async {
+        let client = connect(url).await?;
+        let groups = status::read(&**client, group, partition_count)
+            .await
+            .map_err(sink::SinkError::from)
+            .context("reading bid_logger_members and bid_logger_leases")?;
+        print!("{}", status::render(&groups, format));
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// One connection for a one-off command (`migrate`, `report`, `fleet`).
 async fn connect(url: &str) -> anyhow::Result<deadpool_postgres::Object> {
     let pool = sink::pool(url, 1)?;
     pool.get().await.map_err(sink::SinkError::from).with_context(|| format!("connecting to {}", mask_database_url(url)))

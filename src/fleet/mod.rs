@@ -32,6 +32,10 @@
 //! held ([`bid_logger_fence`, migration 0009](../../sql/0009_leases.sql)).
 //! A member stopping ([`Phase::Depart`]) leaves the members first, so the
 //! others claim everything it holds.
+//!
+//! [`status`] reads the same tables for `bid-logger fleet`.
+
+pub mod status;
 
 use crate::assignment::{idle_timeout, Assignment, FlushWait};
 use crate::sink::SinkError;

@@ -228,12 +228,35 @@ async fn three_members_starting_together_share_every_partition_within_one_ttl() 
         let owned = m.metric("bid_logger_owned_partitions", "");
         assert!((5.0..=6.0).contains(&owned), "{name} owns {owned}");
     }
+    // What `bid-logger fleet` tells an operator.
+    let groups = fleet_status(&db);
+    assert_eq!(groups[0]["group"], "g");
+    let listed = groups[0]["members"].as_array().unwrap();
+    let names_listed: Vec<&str> = listed.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names_listed, names);
+    let owns: Vec<usize> = listed.iter().map(|m| m["owns"].as_array().unwrap().len()).collect();
+    assert_eq!(owns.iter().sum::<usize>(), P as usize, "{owns:?}");
+    assert!(listed.iter().all(|m| m["expires_in"].as_f64().unwrap() > 0.0), "{listed:?}");
+    assert_eq!(groups[0]["unowned"], serde_json::json!([]));
+    let table = bid_logger(&["fleet", "--database-url", &db, "--partition-count", &P.to_string()]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with(&format!("group g: 3 members, {P} of {P} partitions owned")), "{text}");
     for m in members {
         let (code, stderr) = m.stop();
         assert_eq!(code, 0, "{stderr}");
     }
     let client = connect(&db).await;
     assert!(owners(&client, "g").await.is_empty(), "every member handed its leases back when it stopped");
+    let groups = fleet_status(&db);
+    assert_eq!(groups[0]["members"], serde_json::json!([]));
+    assert_eq!(groups[0]["unowned"].as_array().unwrap().len(), P as usize, "{groups:?}");
+}
+
+/// `bid-logger fleet --format json` on `db`.
+fn fleet_status(db: &str) -> serde_json::Value {
+    let out = bid_logger(&["fleet", "--database-url", db, "--partition-count", &P.to_string(), "--format", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The busiest types, whose sequences all move many times a second (see
