@@ -328,10 +328,18 @@ fn fleet_command(
     use bid_logger::fleet::status;
     runtime()?.block_on(async {
         let client = connect(url).await?;
-        let groups = status::read(&**client, group, partition_count)
-            .await
-            .map_err(sink::SinkError::from)
-            .context("reading bid_logger_members and bid_logger_leases")?;
+        let groups = match status::read(&**client, group, partition_count).await {
+            Ok(groups) => groups,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                eprintln!(
+                    "bid-logger: {} has no fleet tables (bid_logger_members, bid_logger_leases): \
+                     no member has run against it; `bid-logger migrate` creates them",
+                    mask_database_url(url)
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            Err(e) => return Err(sink::SinkError::from(e)).context("reading bid_logger_members and bid_logger_leases"),
+        };
         print!("{}", status::render(&groups, format));
         Ok(ExitCode::SUCCESS)
     })

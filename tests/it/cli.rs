@@ -1,5 +1,5 @@
 //! The command line as operators use it: configuration errors, check-config,
-//! migrate.
+//! migrate, fleet.
 
 use crate::support::*;
 use std::process::Command;
@@ -167,6 +167,19 @@ async fn migrate_is_idempotent_and_creates_the_warehouse() {
     }
     let versions: i64 = client.query_one("SELECT count(*) FROM bid_logger_migrations", &[]).await.unwrap().get(0);
     assert_eq!(versions as usize, bid_logger::sink::migrate::MIGRATIONS.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_status_of_a_database_never_migrated_says_so_in_one_line_and_of_a_migrated_one_lists_no_group() {
+    let db = fresh_database("fleet_status").await;
+    let (code, stdout, stderr) = bid_logger(&["fleet", "--database-url", &db]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("has no fleet tables") && stderr.contains("bid-logger migrate"), "{stderr}");
+    assert_eq!(bid_logger(&["migrate", "--database-url", &db]).0, 0);
+    let (code, stdout, stderr) = bid_logger(&["fleet", "--database-url", &db]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "no fleet group in this database\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
