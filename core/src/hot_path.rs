@@ -188,8 +188,10 @@ impl HotPath {
         // The previous owner wrote up to the held message at its mark: per
         // sequence, everything held up to the last one carrying the mark is
         // counted, whatever its `seq` (a publisher restart in the window
-        // repeats low values, and what came before it is higher). A
-        // sequence whose mark was not held is cut by value.
+        // repeats low values, and what came before it is higher). Only a
+        // restart after the cut that climbs back to the mark's value before
+        // the lease is passed repeats it. A sequence whose mark was not
+        // held is cut by value.
         let mut cut: FxHashMap<(&str, EventType, u32), usize> = FxHashMap::default();
         for (i, (topic, payload)) in messages.iter().enumerate() {
             if let Ok(Event { publisher: Some(publisher), seq: Some(seq), event_type, partition, .. }) =
