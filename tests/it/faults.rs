@@ -120,8 +120,7 @@ async fn publish_while_rollup_minute_is_locked(test: &str, seed: u64, extra: &[&
     tx.rollback().await.unwrap();
     let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
     logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(30));
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     let client = connect(&db).await;
     assert_warehouse_matches(&client, &all, 1_000_000).await;
 }
@@ -184,8 +183,7 @@ async fn batches_land_while_a_coarse_table_is_locked_and_its_log_delivers_exactl
         assert!(Instant::now() < deadline, "the hour log was not consumed after the lock went");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     assert_warehouse_matches(&reader, &all, 1_000_000).await;
     // One ledger row per table per batch; the log's consumptions have their own.
     let sql = "SELECT count(*) FILTER (WHERE rollup = 'rollup_minute'),
@@ -270,8 +268,7 @@ async fn sigkill_loses_at_most_the_unflushed_interval_and_the_next_start_is_clea
         publisher.publish(e, P);
     }
     second.wait_metric("bid_logger_events_flushed_total", more.len() as f64, Duration::from_secs(30));
-    let (code, stderr) = second.stop();
-    assert_eq!(code, 0, "{stderr}");
+    let stderr = second.stop_ok();
     assert!(!strip_ansi(&stderr).contains("ERROR"), "the restart is clean:\n{stderr}");
     // The next start delivers what the kill left in the logs: nothing is behind for good.
     for table in ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"] {
@@ -356,8 +353,7 @@ async fn postgres_stopped_under_load_never_stalls_ingest_and_totals_match_the_tr
     let truth = simulator.wait().truth.to_json();
     let total = truth["events"].as_u64().unwrap();
     logger.wait_metric("bid_logger_events_flushed_total", total as f64, Duration::from_secs(60));
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     let client = connect(&db).await;
     for (et, t) in truth["by_type"].as_object().unwrap() {
         let r = client
@@ -400,8 +396,7 @@ async fn a_bound_logger_refuses_publishers_outside_its_allow_list() {
     assert_eq!(logger.metric("bid_logger_messages_received_total", ""), 0.0, "nothing from 127.0.0.2");
     let _insider = publish_from("127.0.0.1", "insider", 100);
     logger.wait_metric("bid_logger_messages_received_total", 100.0, Duration::from_secs(10));
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     let client = connect(&db).await;
     assert_eq!(total_events(&client, "rollup_minute").await, 100);
 }
@@ -443,8 +438,7 @@ async fn an_oversized_message_does_not_cut_the_publisher_off_for_good() {
         publisher.publish(e, P);
     }
     logger.wait_metric("bid_logger_events_accepted_total", 200.0, Duration::from_secs(10));
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     let client = connect(&db).await;
     assert_warehouse_matches(&client, &[before, after].concat(), 1_000_000).await;
 }
@@ -468,8 +462,7 @@ async fn a_publisher_that_exits_right_after_sending_loses_nothing() {
     logger.wait_metric("bid_logger_events_flushed_total", sent.len() as f64, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(500)).await; // past the renewal delay
     assert_eq!(logger.metric("bid_logger_reconnects_total", ""), 0.0, "libzmq reconnects by itself: not renewed");
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     let client = connect(&db).await;
     assert_warehouse_matches(&client, &sent, 1_000_000).await;
 }
@@ -530,8 +523,7 @@ async fn a_large_batch_lands_in_parallel_parts_and_a_blocked_part_is_retried_alo
 
     let all: Vec<TestEvent> = seed.into_iter().chain(big).collect();
     logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(60));
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     let client = connect(&db).await;
     assert_warehouse_matches(&client, &all, 1_000_000).await;
 }
@@ -568,8 +560,7 @@ async fn oversized_messages_cost_only_themselves() {
     assert_eq!(logger.metric("bid_logger_messages_invalid_total", ""), 3.0);
     assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 0.0, "an oversized event's seq is not a gap");
     assert_eq!(logger.metric("bid_logger_reconnects_total", ""), 0.0, "the connection stayed up");
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     assert_warehouse_matches(&connect(&db).await, &good, 1_000_000).await;
 }
 
@@ -662,8 +653,7 @@ async fn publishers_with_another_partition_count_lose_nothing_at_rate_1_and_are_
     logger.wait_metric("bid_logger_events_flushed_total", sent.len() as f64, Duration::from_secs(30));
     assert_eq!(logger.metric("bid_logger_partition_mismatch_total", ""), mismatching as f64);
     assert_eq!(logger.metric("bid_logger_messages_invalid_total", ""), 0.0);
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    let stderr = logger.stop_ok();
     let warning = stderr.lines().find(|l| l.contains("another partition count")).unwrap_or_else(|| panic!("{stderr}"));
     assert!(strip_ansi(warning).contains("publishers_partition_count=64"), "{warning}");
     assert_warehouse_matches(&connect(&db).await, &sent, 1_000_000).await;
@@ -690,8 +680,7 @@ async fn a_partition_subset_sees_publishers_with_a_larger_count_and_drops_what_i
     logger.wait_metric("bid_logger_events_flushed_total", kept.len() as f64, Duration::from_secs(30));
     assert_eq!(logger.metric("bid_logger_partition_mismatch_total", ""), beyond as f64);
     assert_eq!(logger.metric("bid_logger_messages_invalid_total", "reason=\"partition_mismatch\""), beyond as f64);
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     assert_warehouse_matches(&connect(&db).await, &kept, 1_000_000).await;
 }
 
@@ -729,6 +718,5 @@ async fn a_bogus_seq_jump_is_a_reset_and_a_flood_of_publisher_ids_locks_nobody_o
     assert_eq!(logger.metric("bid_logger_seq_resets_total", ""), 1.0);
     assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 5.0, "only the late publisher's real gap");
     assert!(logger.metric("bid_logger_seq_publishers_evicted_total", "") >= 20_000.0);
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
 }

@@ -88,8 +88,7 @@ async fn restart_after_sigkill(test: &str, database_down: bool) {
     let truth = simulator.wait().truth.to_json();
     let published: u64 = types.iter().map(|t| truth["by_type"][t]["events"].as_u64().unwrap()).sum();
     settled(&second, "bid_logger_events_accepted_total", Duration::from_secs(30));
-    let (code, stderr) = second.stop();
-    assert_eq!(code, 0, "{stderr}");
+    let stderr = second.stop_ok();
     let lost = lost_by_first as u64 + stopped_field(&stderr, "lost");
     assert!(lost > 10_000, "0.7 s at 20 000 events/s reached nobody, yet only {lost} lost:\n{stderr}");
     let client = connect(&db).await;
@@ -167,8 +166,7 @@ async fn a_kill_between_the_parts_of_a_batch_counts_the_parts_that_did_not_land(
     let next = on_seed_topic(30_001, 8, 30_002);
     publisher.publish(&next, P);
     second.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(30));
-    let (code, stderr) = second.stop();
-    assert_eq!(code, 0, "{stderr}");
+    let stderr = second.stop_ok();
     let lost = stopped_field(&stderr, "lost");
     assert_eq!(total_events(&client, "rollup_minute").await, written + 1);
     assert_eq!(written + lost, 30_001, "{written} written + {lost} lost:\n{stderr}");
@@ -242,8 +240,7 @@ async fn three_members_starting_together_share_every_partition_within_one_ttl() 
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with(&format!("group g: 3 members, {P} of {P} partitions owned")), "{text}");
     for m in members {
-        let (code, stderr) = m.stop();
-        assert_eq!(code, 0, "{stderr}");
+        m.stop_ok();
     }
     let client = connect(&db).await;
     assert!(owners(&client, "g").await.is_empty(), "every member handed its leases back when it stopped");
@@ -319,9 +316,7 @@ async fn busy_fleet<const N: usize>(test: &str, names: [&str; N], extra: &[&str]
 
 /// Stops `member` (SIGTERM): it must exit 0. Returns what it counted as lost.
 fn stop_member(member: Logger) -> u64 {
-    let (code, stderr) = member.stop();
-    assert_eq!(code, 0, "{stderr}");
-    stopped_field(&stderr, "lost")
+    stopped_field(&member.stop_ok(), "lost")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

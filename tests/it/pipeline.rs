@@ -229,8 +229,7 @@ async fn graceful_stop_flushes_everything_even_with_a_long_flush_interval() {
         publisher.publish(e, P);
     }
     logger.wait_metric("bid_logger_messages_received_total", events.len() as f64, Duration::from_secs(30));
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     let client = connect(&db).await;
     // every table, the coarse ones too: their last rows were consumed at the stop
     assert_warehouse_matches(&client, &events, 1_000_000).await;
@@ -261,8 +260,7 @@ async fn killed_database_connections_mid_run_still_give_exact_totals() {
     }
     assert!(killed > 0, "the test killed no connection, so it proved nothing");
     logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(60));
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     assert_warehouse_matches(&admin, &all, 1_000_000).await;
 }
 
@@ -294,8 +292,7 @@ async fn database_down_at_start_and_restarted_mid_run_gives_exact_totals() {
         pg.restart().unwrap();
     }
     logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(60));
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     let client = connect(&db).await;
     assert_warehouse_matches(&client, &all, 1_000_000).await;
 }
@@ -337,8 +334,7 @@ async fn sampling_keeps_whole_transactions_and_subscribes_to_fewer_partitions() 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let received = logger.metric("bid_logger_messages_received_total", "");
     assert!(received < events.len() as f64 * 0.4, "unsubscribed partitions are filtered at the publisher: {received}");
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
 
     // Each transaction has its own campaign: a kept transaction must be complete.
     let mut chain_len = std::collections::HashMap::new();

@@ -52,8 +52,7 @@ async fn events_published_from_python_land_exactly() {
     logger.wait_metric("bid_logger_events_accepted_total", n as f64, Duration::from_secs(30));
     assert_eq!(logger.metric("bid_logger_messages_invalid_total", ""), 0.0);
     assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 0.0);
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     let client = connect(&db).await;
     assert_warehouse_matches(&client, &events, 1_000_000).await;
 }

@@ -74,8 +74,7 @@ async fn sampled_transactions_are_complete_late_events_included_and_never_duplic
     }
     assert!(killed > 0, "no connection was killed; the test would prove nothing about retries");
     logger.wait_metric("bid_logger_events_flushed_total", events.len() as f64, Duration::from_secs(60));
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
 
     let mut published: HashMap<Vec<u8>, Vec<(String, i64)>> = HashMap::new();
     for e in &events {
@@ -163,8 +162,7 @@ async fn daily_partitions_are_created_for_late_days_and_dropped_past_retention()
     assert_eq!(logger.metric("bid_logger_raw_rows_dropped_total", "reason=\"expired\""), 10.0);
     assert_eq!(logger.metric("bid_logger_raw_rows_written_total", ""), 30.0);
     assert!(logger.metric("bid_logger_raw_partitions_dropped_total", "") >= 1.0);
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
 
     let parts: Vec<String> = admin
         .query(
@@ -231,8 +229,7 @@ async fn raw_rows_beyond_the_buffer_are_dropped_and_counted_while_rollups_stay_e
     let written = logger.metric("bid_logger_raw_rows_written_total", "");
     let dropped = logger.metric("bid_logger_raw_rows_dropped_total", "reason=\"buffer_full\"");
     assert_eq!(written + dropped, 1001.0, "every raw row is written or counted as dropped");
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     let client = connect(&db).await;
     let stored: i64 = client.query_one("SELECT count(*) FROM events_sample", &[]).await.unwrap().get(0);
     assert_eq!(stored as f64, written);

@@ -55,8 +55,7 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
         publisher.publish(e, P);
     }
     logger.wait_metric("bid_logger_events_flushed_total", events.len() as f64, Duration::from_secs(60));
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
 
     for (since, source) in [("2h", "rollup_minute_est"), ("2d", "rollup_hour_est")] {
         let doc: serde_json::Value =

@@ -451,6 +451,14 @@ impl Logger {
         self.wait()
     }
 
+    /// SIGTERM, then waits: it must exit 0 (panics with its stderr
+    /// otherwise); returns its stderr.
+    pub fn stop_ok(self) -> String {
+        let (code, stderr) = self.stop();
+        assert_eq!(code, 0, "{stderr}");
+        stderr
+    }
+
     /// Waits for exit (panics after 60 s); returns (exit code, stderr).
     pub fn wait(&mut self) -> (i32, String) {
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -68,8 +68,7 @@ async fn a_declared_table_is_created_and_filled_exactly() {
     logger.wait_metric("bid_logger_events_flushed_total", events.len() as f64, Duration::from_secs(30));
     // a coarse table: its log is consumed at its own interval, while running
     logger.wait_metric("bid_logger_log_events_consumed_total", events.len() as f64, Duration::from_secs(30));
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     let client = connect(&db).await;
     let dims = ["exchange", "country"];
     assert_table_eq(
@@ -122,8 +121,7 @@ async fn a_shorter_retention_drops_old_minute_ranges_while_hour_and_day_keep_eve
     assert!(logger.metric("bid_logger_rollup_partitions_dropped_total", table) >= 1.0);
     assert_eq!(logger.metric("bid_logger_rollup_events_expired_total", table), 10.0);
     assert_eq!(logger.metric("bid_logger_rollup_events_expired_total", "table=\"rollup_hour\""), 0.0);
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
 
     let minute_ranges = ranges_of(&client, "rollup_minute").await;
     assert!(!minute_ranges.contains(&old_range), "{old_range} dropped: {minute_ranges:?}");
@@ -219,8 +217,7 @@ async fn a_warehouse_of_the_previous_release_is_partitioned_in_place_with_its_su
         publisher.publish(e, P);
     }
     logger.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
-    let (code, stderr) = logger.stop();
-    assert_eq!(code, 0, "{stderr}");
+    logger.stop_ok();
     assert_eq!(sum_events(&client, "rollup_minute").await, before.0 + 300);
     assert_eq!(sum_events(&client, "rollup_hour").await, before.2 + 300);
     assert_eq!(sum_events(&client, "rollup_day").await, before.2 + 300);
