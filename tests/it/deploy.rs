@@ -147,3 +147,27 @@ fn the_dockerfile_copies_what_exists_and_runs_the_daemon_as_a_user() {
     assert!(last_stage.contains("ENTRYPOINT [\"/usr/bin/bid-logger\"]"));
     assert!(dockerfile.lines().filter(|l| l.starts_with("FROM ")).all(|l| !l.contains(":latest")));
 }
+
+/// Every variable `deploy/bid-logger.default` offers (commented out, with
+/// an example value) is one the logger accepts, all of them together.
+#[test]
+fn the_default_file_offers_only_variables_the_logger_accepts_with_their_example_values() {
+    let text = std::fs::read_to_string(root().join("deploy/bid-logger.default")).unwrap();
+    let offered: BTreeMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.starts_with("BID_LOGGER_"))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert!(offered.contains_key("BID_LOGGER_GROUP") && offered.len() >= 6, "{offered:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bid-logger"))
+        .arg("check-config")
+        .env_clear()
+        .envs(&offered)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "check-config with the file's examples: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains("group = \"eu-west\"") && printed.contains("standby-memory = 268435456"), "{printed}");
+}
