@@ -81,8 +81,15 @@ const EXPIRED_MEMBERS: &str = "DELETE FROM bid_logger_members WHERE grp = $1 AND
 const SETTLE_OUTSTANDING: &str = "UPDATE bid_logger_outstanding o SET landed = drained, updated_at = now()
     FROM (SELECT instance, drained - landed AS left FROM bid_logger_outstanding WHERE instance = $1 FOR UPDATE) x
     WHERE o.instance = x.instance RETURNING x.left";
+/// Renews the leases under this member's name (those passed to it since
+/// included), except `$4`: those an earlier run of it left, which are not
+/// renewed but taken anew with a new epoch ([`TAKE`]), fencing that run if
+/// it still lives.
 const RENEW_LEASES: &str = "UPDATE bid_logger_leases SET expires_at = now() + $3 * interval '1 millisecond'
-    WHERE grp = $1 AND owner = $2 RETURNING partition, epoch";
+    WHERE grp = $1 AND owner = $2 AND NOT partition = ANY($4) RETURNING partition, epoch";
+/// At a run's first heartbeat (it holds nothing yet): the leases an earlier
+/// run under this name left.
+const STALE_LEASES: &str = "SELECT partition FROM bid_logger_leases WHERE grp = $1 AND owner = $2";
 const MEMBERS: &str = "SELECT member FROM bid_logger_members WHERE grp = $1 ORDER BY member";
 const LEASES: &str = "SELECT partition, owner, expires_at < now(), claimant, claim_ready
     FROM bid_logger_leases WHERE grp = $1";
@@ -90,7 +97,7 @@ const TAKE: &str = "INSERT INTO bid_logger_leases AS l (grp, partition, owner, e
     SELECT $1, p, $2, 1, now() + $4 * interval '1 millisecond' FROM unnest($3::integer[]) AS p
     ON CONFLICT (grp, partition) DO UPDATE SET owner = excluded.owner, epoch = l.epoch + 1,
         expires_at = excluded.expires_at, claimant = NULL, claim_ready = false
-    WHERE l.owner IS NULL OR l.expires_at < now()
+    WHERE l.owner IS NULL OR l.expires_at < now() OR l.owner = $2
     RETURNING partition, epoch, (xmax <> 0 AND epoch > 1) AS taken_over";
 const CLAIM: &str = "UPDATE bid_logger_leases SET claimant = $2, claim_ready = false
     WHERE grp = $1 AND partition = ANY($3) AND owner IS NOT NULL AND owner <> $2 RETURNING partition";
@@ -153,6 +160,9 @@ pub struct Coordinator {
     departing: Option<Option<oneshot::Sender<()>>>,
     /// `bid_logger_owned_partitions{group}`.
     owned: Gauge,
+    /// Leases an earlier run under this member's name left (found at this
+    /// run's first heartbeat): not renewed, taken anew.
+    stale: std::collections::BTreeSet<u32>,
 }
 
 /// What a coordinator is linked to.
@@ -224,6 +234,7 @@ impl Coordinator {
             beats: 0,
             departing: None,
             owned,
+            stale: Default::default(),
         }
     }
 
@@ -335,8 +346,21 @@ impl Coordinator {
         if self.departing.is_none() {
             tx.execute(RENEW_MEMBER, &[group, member, &self.run_id, &ttl_ms]).await?;
         }
+        if self.beats == 0 {
+            self.stale =
+                tx.query(STALE_LEASES, &[group, member]).await?.iter().map(|r| r.get::<_, i32>(0) as u32).collect();
+            if !self.stale.is_empty() {
+                tracing::warn!(
+                    group = %group,
+                    partitions = ?self.stale,
+                    "leases an earlier run of this instance-id left are taken anew (new epochs): it stopped without \
+                     handing them over, or it runs elsewhere with the same instance-id (then it is fenced)"
+                );
+            }
+        }
+        let stale: Vec<i32> = self.stale.iter().map(|&p| p as i32).collect();
         let renewed: BTreeMap<u32, i64> = tx
-            .query(RENEW_LEASES, &[group, member, &ttl_ms])
+            .query(RENEW_LEASES, &[group, member, &ttl_ms, &stale])
             .await?
             .iter()
             .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1)))
@@ -361,6 +385,8 @@ impl Coordinator {
         }
         let members: Vec<String> = tx.query(MEMBERS, &[group]).await?.iter().map(|r| r.get(0)).collect();
         let leases: Vec<LeaseRow> = tx.query(LEASES, &[group]).await?.iter().map(LeaseRow::from).collect();
+        // An earlier run's lease taken by another member meanwhile is no longer this one's concern.
+        self.stale.retain(|p| leases.iter().any(|l| l.partition == *p && l.owner.as_deref() == Some(member)));
         self.beats += 1;
         let n = members.len().max(1) as u32;
         let partition_count = self.partition_count;
@@ -395,9 +421,12 @@ impl Coordinator {
         if self.departing.is_none() && self.beats > 1 && matches!(self.release, Release::None) {
             let wanted = beat.target.saturating_sub(self.held.len() + self.claims.len());
             // Free or expired leases first (an expired owner's events are
-            // counted from the marks; a claimed one replays what it held).
-            let is_free =
-                |p: &u32| leases.iter().find(|l| l.partition == *p).is_none_or(|l| l.owner.is_none() || l.expired);
+            // counted from the marks; a claimed one replays what it held),
+            // and those an earlier run of this member left.
+            let is_free = |p: &u32| {
+                self.stale.contains(p)
+                    || leases.iter().find(|l| l.partition == *p).is_none_or(|l| l.owner.is_none() || l.expired)
+            };
             let mut free: Vec<i32> = self.claims.keys().copied().filter(is_free).map(|p| p as i32).collect();
             free.extend(
                 (0..partition_count)
@@ -410,6 +439,7 @@ impl Coordinator {
                     let (p, epoch, over): (i32, i64, bool) = (row.get(0), row.get(1), row.get(2));
                     beat.taken.push(p as u32);
                     self.held.insert(p as u32, epoch);
+                    self.stale.remove(&(p as u32));
                     beat.claims_changed |= self.claims.remove(&(p as u32)).is_some();
                     if over {
                         counter!(t::LEASE_TAKEOVERS).increment(1);
@@ -574,26 +604,31 @@ impl Coordinator {
             owned = self.held.len(),
             "fenced: dropping what this member holds; the new owners count it from the committed marks"
         );
-        self.held.clear();
+        let held = std::mem::take(&mut self.held);
         self.claims.clear();
         self.release = Release::None;
         self.reset_at = self.publish(Vec::new(), SeqMarks::default(), true);
         self.beats = 0;
         self.run_id = rand::random();
-        if let Err(e) = self.give_back().await {
+        if let Err(e) = self.give_back(&held).await {
             tracing::warn!(error = %e, "releasing the remaining leases failed; they expire after lease-ttl");
         }
     }
 
-    /// Releases every lease and claim of this member and settles what it
-    /// left outstanding (counted as lost).
-    async fn give_back(&self) -> Result<(), SinkError> {
+    /// Releases the leases under this member's name, except those of `held`
+    /// at another epoch than held here (taken anew since by a later run
+    /// under the same name: they stay with it); withdraws this member's
+    /// claims, and settles what it left outstanding (counted as lost).
+    async fn give_back(&self, held: &BTreeMap<u32, i64>) -> Result<(), SinkError> {
+        let (partitions, epochs): (Vec<i32>, Vec<i64>) = held.iter().map(|(&p, &e)| (p as i32, e)).unzip();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
-            "UPDATE bid_logger_leases SET owner = NULL, expires_at = now(), claimant = NULL, claim_ready = false
-                WHERE grp = $1 AND owner = $2",
-            &[&self.config.group, &self.member],
+            "UPDATE bid_logger_leases l SET owner = NULL, expires_at = now(), claimant = NULL, claim_ready = false
+                WHERE l.grp = $1 AND l.owner = $2 AND NOT EXISTS (
+                    SELECT 1 FROM unnest($3::integer[], $4::bigint[]) AS h(partition, epoch)
+                    WHERE h.partition = l.partition AND h.epoch <> l.epoch)",
+            &[&self.config.group, &self.member, &partitions, &epochs],
         )
         .await?;
         tx.execute(WITHDRAW, &[&self.config.group, &self.member]).await?;
@@ -607,7 +642,7 @@ impl Coordinator {
     /// held goes back, marks committed, for the others to take at once.
     async fn leave(&self) {
         let result = async {
-            self.give_back().await?;
+            self.give_back(&self.held).await?;
             let client = self.pool.get().await?;
             client.execute(LEAVE, &[&self.config.group, &self.member]).await?;
             Ok::<_, SinkError>(())

@@ -243,7 +243,8 @@ async fn three_members_starting_together_share_every_partition_within_one_ttl() 
         m.stop_ok();
     }
     let client = connect(&db).await;
-    assert!(owners(&client, "g").await.is_empty(), "every member handed its leases back when it stopped");
+    let left = owners(&client, "g").await;
+    assert!(left.is_empty(), "every member handed its leases back when it stopped: {left:?}");
     let groups = fleet_status(&db);
     assert_eq!(groups[0]["members"], serde_json::json!([]));
     assert_eq!(groups[0]["unowned"].as_array().unwrap().len(), P as usize, "{groups:?}");
@@ -430,5 +431,37 @@ async fn a_member_frozen_past_its_ttl_is_fenced_and_writes_nothing_for_the_parti
     let truth = simulator.wait().truth.to_json();
     settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
     let lost = stop_member(a) + stop_member(b);
+    assert_accounted(&db, &truth, lost).await;
+}
+
+/// A member's run is frozen (SIGSTOP) when a new run with the same
+/// instance id starts, as a service manager restarting a hung process
+/// does: the new run takes the earlier run's leases anew, with new epochs,
+/// so the earlier run, continued, is fenced and writes nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_run_with_the_same_instance_id_fences_the_earlier_one() {
+    let (db, endpoint, [a, b]) = busy_fleet("fleet_same_id", ["a", "b"], &[]).await;
+    let simulator = sim(&endpoint, 14);
+    wait_receiving(&[&a, &b]);
+    let epochs = |client: tokio_postgres::Client| async move {
+        let sql = "SELECT coalesce(sum(epoch), 0)::bigint FROM bid_logger_leases WHERE grp = 'g' AND owner = 'a'";
+        client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0)
+    };
+    let before = epochs(connect(&db).await).await;
+    // SAFETY: signals to a child process we own.
+    unsafe { libc::kill(a.pid() as i32, libc::SIGSTOP) };
+    let a2 = busy_member(&db, &endpoint, "a", &[]);
+    a2.wait_metric("bid_logger_owned_partitions", (P / 2 - 1) as f64, Duration::from_secs(10));
+    let after = epochs(connect(&db).await).await;
+    assert!(after > before, "the new run took the earlier run's leases anew: epochs {before} → {after}");
+    unsafe { libc::kill(a.pid() as i32, libc::SIGCONT) };
+    a.wait_metric("bid_logger_fenced_total", 1.0, Duration::from_secs(15));
+    // Two live runs of one instance id keep fencing each other: the earlier goes.
+    let lost_a = a.metric("bid_logger_messages_lost_total", "") as u64;
+    drop(a); // SIGKILL
+    wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(15)).await;
+    let truth = simulator.wait().truth.to_json();
+    settled(&b, "bid_logger_events_accepted_total", Duration::from_secs(30));
+    let lost = lost_a + stop_member(a2) + stop_member(b);
     assert_accounted(&db, &truth, lost).await;
 }
