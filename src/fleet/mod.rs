@@ -418,14 +418,18 @@ impl Coordinator {
             }
         }
 
-        if self.departing.is_none() && self.beats > 1 && matches!(self.release, Release::None) {
+        // A member's first heartbeat takes only what an earlier run of it
+        // left (so that members starting together see each other first).
+        let first = self.beats == 1;
+        if self.departing.is_none() && (!first || !self.stale.is_empty()) && matches!(self.release, Release::None) {
             let wanted = beat.target.saturating_sub(self.held.len() + self.claims.len());
             // Free or expired leases first (an expired owner's events are
             // counted from the marks; a claimed one replays what it held),
             // and those an earlier run of this member left.
             let is_free = |p: &u32| {
                 self.stale.contains(p)
-                    || leases.iter().find(|l| l.partition == *p).is_none_or(|l| l.owner.is_none() || l.expired)
+                    || !first
+                        && leases.iter().find(|l| l.partition == *p).is_none_or(|l| l.owner.is_none() || l.expired)
             };
             let mut free: Vec<i32> = self.claims.keys().copied().filter(is_free).map(|p| p as i32).collect();
             free.extend(
@@ -449,7 +453,7 @@ impl Coordinator {
             // Then claims on the partitions of members above their share
             // (or no longer members: leaving).
             let wanted = beat.target.saturating_sub(self.held.len() + self.claims.len());
-            if wanted > 0 {
+            if wanted > 0 && !first {
                 let mut owned: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
                 for l in leases.iter().filter(|l| !l.expired) {
                     if let Some(o) = l.owner.as_deref().filter(|&o| o != member) {
