@@ -508,7 +508,15 @@ impl Coordinator {
         if !beat.taken.is_empty() {
             tracing::info!(group = %self.config.group, partitions = ?beat.taken, marks = beat.seeds.len(), owned = self.held.len(), target = beat.target, members = beat.members, "leases taken");
         }
-        if !beat.taken.is_empty() || beat.claims_changed {
+        let hand_over = !beat.hand_over.is_empty() && matches!(self.release, Release::None);
+        if hand_over {
+            tracing::info!(group = %self.config.group, partitions = ?beat.hand_over, "handing partitions over to their claimants");
+            self.release = Release::Acks { partitions: beat.hand_over, generation: 0 };
+        }
+        // One assignment for the whole heartbeat: the followers see the
+        // latest only, so a second one would hide the first's taken
+        // partitions and their marks.
+        if !beat.taken.is_empty() || beat.claims_changed || hand_over {
             let new: Vec<u32> = self.claims.iter().filter(|(_, c)| c.generation == 0).map(|(&p, _)| p).collect();
             if !new.is_empty() {
                 tracing::info!(group = %self.config.group, partitions = ?new, "claimed from members above their share: holding their messages until handed over");
@@ -517,13 +525,8 @@ impl Coordinator {
             for c in self.claims.values_mut().filter(|c| c.generation == 0) {
                 c.generation = generation;
             }
-        }
-        if !beat.hand_over.is_empty() && matches!(self.release, Release::None) {
-            tracing::info!(group = %self.config.group, partitions = ?beat.hand_over, "handing partitions over to their claimants");
-            self.release = Release::Acks { partitions: beat.hand_over, generation: 0 };
-            let published = self.publish(Vec::new(), SeqMarks::default(), false);
-            if let Release::Acks { generation, .. } = &mut self.release {
-                *generation = published;
+            if let Release::Acks { generation: g @ 0, .. } = &mut self.release {
+                *g = generation;
             }
         }
         self.check_departed(self.departing.is_some() && beat.members == 0);
