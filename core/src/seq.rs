@@ -270,21 +270,21 @@ impl SeqTracker {
     /// giver still received them (see [`crate::held`]); a live message is
     /// never asked, since nobody else receives it.
     pub fn already_counted(&self, publisher: &str, event_type: EventType, partition: u32, seq: u64) -> bool {
-        let topic = event_type as u32 * MAX_PARTITIONS + partition;
-        self.publishers
-            .get(publisher.as_bytes())
-            .and_then(|t| t.topics.get(&topic))
-            .is_some_and(|s| s.stamp == 0 && seq <= s.last)
+        self.seeded(publisher, event_type, partition).is_some_and(|mark| seq <= mark)
     }
 
     /// Whether `seq` from `publisher` on `(event_type, partition)` is the
     /// seeded mark itself, no message having moved the sequence since.
     pub fn is_mark(&self, publisher: &str, event_type: EventType, partition: u32, seq: u64) -> bool {
+        self.seeded(publisher, event_type, partition) == Some(seq)
+    }
+
+    /// The seeded mark of `publisher` on `(event_type, partition)`, while no
+    /// message has moved the sequence since.
+    fn seeded(&self, publisher: &str, event_type: EventType, partition: u32) -> Option<u64> {
         let topic = event_type as u32 * MAX_PARTITIONS + partition;
-        self.publishers
-            .get(publisher.as_bytes())
-            .and_then(|t| t.topics.get(&topic))
-            .is_some_and(|s| s.stamp == 0 && seq == s.last)
+        let s = self.publishers.get(publisher.as_bytes())?.topics.get(&topic)?;
+        (s.stamp == 0).then_some(s.last)
     }
 
     /// Stops tracking the sequences of the partitions `gone` says (they
