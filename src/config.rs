@@ -707,8 +707,7 @@ pub fn parse_partitions(list: &str, count: u32) -> Result<Vec<u32>, String> {
     Ok(out)
 }
 
-/// `0-3,7,9-10`.
-pub(crate) fn format_partitions(p: &[u32]) -> String {
+fn format_partitions(p: &[u32]) -> String {
     let mut parts = Vec::new();
     let mut i = 0;
     while i < p.len() {

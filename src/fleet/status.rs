@@ -149,12 +149,28 @@ pub fn render(groups: &[Group], format: Format) -> String {
     }
 }
 
-/// `0-3,7,9-10`, or `-` for none.
+/// `0-3,7,9-10`.
 fn ranges(partitions: &[u32]) -> String {
-    if partitions.is_empty() {
-        return "-".into();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < partitions.len() {
+        let start = partitions[i];
+        while i + 1 < partitions.len() && partitions[i + 1] == partitions[i] + 1 {
+            i += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let _ = match partitions[i] {
+            end if end == start => write!(out, "{start}"),
+            end => write!(out, "{start}-{end}"),
+        };
+        i += 1;
     }
-    crate::config::format_partitions(partitions)
+    if out.is_empty() {
+        out.push('-');
+    }
+    out
 }
 
 #[cfg(test)]
