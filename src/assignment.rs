@@ -43,14 +43,17 @@ pub struct Assignment {
     /// (not counted) until the lease is passed to this member, then
     /// replayed above the giver's marks (see [`bid_logger_core::held`]).
     pub hold: Vec<u32>,
-    /// Partitions taken in this generation, and their committed marks: the
-    /// trackers start from them (and a held partition replays what it held).
-    pub taken: Vec<u32>,
-    /// The committed marks of `taken`.
+    /// The committed marks of every partition held, as of when it was
+    /// taken: a thread that starts receiving a partition tracks it from
+    /// them (and a held partition replays what it held above them), and
+    /// hands them to the sink with its next delta. Every generation carries
+    /// them all, since a follower sees the latest generation only.
     pub seeds: Arc<SeqMarks>,
-    /// This member was fenced (its leases were taken while it could not
-    /// renew them): drop everything held and start again.
-    pub discard: bool,
+    /// How many times this member was fenced (its leases were taken while
+    /// it could not renew them): a follower that sees it go up drops
+    /// everything held and starts again. A count, not a flag, for the same
+    /// reason.
+    pub fences: u64,
 }
 
 impl Assignment {

@@ -114,10 +114,9 @@ pub async fn run(
     let sink_fleet = config.fleet.as_ref().map(|f| SinkFleet {
         group: f.group.clone(),
         assignment: assignment_rx,
-        acks: acks.clone(),
         flush_wait: flush_wait_rx,
         fenced,
-        discarding: None,
+        fences: 0,
         idle_timeout: crate::assignment::idle_timeout(f.lease_ttl),
     });
     let (phase, coordinator_phase) = watch::channel(Phase::Run);

@@ -253,6 +253,22 @@ impl SeqMarks {
 
     /// Takes in the marks of a delta received at `now_ms`.
     pub fn apply(&mut self, marks: Vec<Mark>, now_ms: i64) {
+        self.take_in(marks, now_ms, true);
+    }
+
+    /// Starts the marks of `partitions` again from `committed` (their
+    /// committed marks, as of when a fleet member took them: what this set
+    /// held of them is stale), as of `now_ms`. They have not moved: what
+    /// is committed need not be written again.
+    pub fn restart(&mut self, partitions: &[u32], committed: Vec<Mark>, now_ms: i64) {
+        for p in partitions {
+            self.moved.remove(p);
+            self.partitions.remove(p);
+        }
+        self.take_in(committed, now_ms, false);
+    }
+
+    fn take_in(&mut self, marks: Vec<Mark>, now_ms: i64, moved: bool) {
         // A tracker hands its marks over publisher by publisher, each
         // sharing one `Arc`: one lookup per publisher, not per mark.
         let mut last: Option<(Arc<str>, u32)> = None;
@@ -283,7 +299,9 @@ impl SeqMarks {
             let merged = merge(self.partitions.get(&partition).map_or(&[][..], Vec::as_slice), new);
             new.clear();
             self.partitions.insert(partition, merged);
-            self.moved.insert(partition);
+            if moved {
+                self.moved.insert(partition);
+            }
         }
     }
 
@@ -379,6 +397,27 @@ impl SeqMarks {
         })
     }
 
+    /// The marks of `partitions` (sorted), as the ingest threads hand them over.
+    pub fn marks_of<'a>(&'a self, partitions: &'a [u32]) -> impl Iterator<Item = Mark> + 'a {
+        let names = &self.names.names;
+        self.partitions
+            .range(partitions.first().copied().unwrap_or(0)..)
+            .filter(|(p, _)| partitions.binary_search(p).is_ok())
+            .flat_map(move |(&p, marks)| {
+                marks.iter().map(move |h| Mark {
+                    publisher: names[h.id() as usize].clone(),
+                    topic: topic_id(h.t(), p),
+                    seq: h.seq,
+                })
+            })
+    }
+
+    /// Keeps the marks of the partitions `keep` says, only.
+    pub fn retain_partitions(&mut self, keep: impl Fn(u32) -> bool) {
+        self.partitions.retain(|&p, _| keep(p));
+        self.moved.retain(|&p| keep(p));
+    }
+
     /// Marks held, over all partitions.
     pub fn len(&self) -> usize {
         self.partitions.values().map(Vec::len).sum()
@@ -443,6 +482,30 @@ mod tests {
         assert_eq!(decode(&taken[0].1).unwrap(), marks(&[("p", 0, 12)]), "`gone` has not moved for a day");
         assert!(!m.has_moved());
         assert!(m.take_moved(FORGET_AFTER_MS + 2).is_empty());
+    }
+
+    #[test]
+    fn a_partition_taken_again_starts_from_its_committed_marks_not_from_what_was_held_before() {
+        let p = |seq, t| Mark { publisher: "p".into(), topic: topic_id(t, 3), seq };
+        let mut m = SeqMarks::default();
+        // An earlier ownership of partition 3: type 1 moved last at 7.
+        m.apply(vec![p(5, 0), p(7, 1)], 0);
+        m.take_moved(0);
+        // Another member wrote up to 20 and 30 since; taken again.
+        m.restart(&[3], vec![p(20, 0), p(30, 1)], 1);
+        assert!(!m.has_moved(), "what is committed is not written again");
+        m.apply(vec![p(21, 0)], 2);
+        let taken = m.take_moved(2);
+        assert_eq!(taken.len(), 1);
+        let written = decode(&taken[0].1).unwrap();
+        assert_eq!(written.get(&(Arc::from("p"), 1)), Some(&30), "not the stale 7 of the earlier ownership");
+        assert_eq!(written.get(&(Arc::from("p"), 0)), Some(&21));
+        // A partition with no committed marks starts empty.
+        m.restart(&[3], Vec::new(), 3);
+        assert!(m.is_empty());
+        let both = SeqMarks::committed([(3, marks(&[("p", 0, 1)])), (4, marks(&[("q", 2, 9)]))], 0);
+        let of4: Vec<Mark> = both.marks_of(&[4, 7]).collect();
+        assert_eq!(of4, vec![Mark { publisher: "q".into(), topic: topic_id(2, 4), seq: 9 }]);
     }
 
     #[test]

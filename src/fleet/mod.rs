@@ -163,6 +163,11 @@ pub struct Coordinator {
     /// Leases an earlier run under this member's name left (found at this
     /// run's first heartbeat): not renewed, taken anew.
     stale: std::collections::BTreeSet<u32>,
+    /// The committed marks of the partitions held, as of their take (see
+    /// [`Assignment::seeds`]).
+    seeds: Arc<SeqMarks>,
+    /// Times fenced (see [`Assignment::fences`]).
+    fences: u64,
 }
 
 /// What a coordinator is linked to.
@@ -235,6 +240,8 @@ impl Coordinator {
             departing: None,
             owned,
             stale: Default::default(),
+            seeds: Arc::default(),
+            fences: 0,
         }
     }
 
@@ -287,7 +294,7 @@ impl Coordinator {
         tracing::info!(group = %self.config.group, owned = self.held.len(), "stopping: handing every partition over to the other members");
         self.departing = Some(departed);
         self.claims.clear();
-        self.publish(Vec::new(), SeqMarks::default(), false);
+        self.publish();
         let result = async {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
@@ -513,15 +520,18 @@ impl Coordinator {
             tracing::info!(group = %self.config.group, partitions = ?beat.hand_over, "handing partitions over to their claimants");
             self.release = Release::Acks { partitions: beat.hand_over, generation: 0 };
         }
-        // One assignment for the whole heartbeat: the followers see the
-        // latest only, so a second one would hide the first's taken
-        // partitions and their marks.
+        // One assignment for the whole heartbeat. Each carries the whole
+        // state (every seed, the fence count): a follower sees only the
+        // latest, and misses nothing by skipping one.
         if !beat.taken.is_empty() || beat.claims_changed || hand_over {
             let new: Vec<u32> = self.claims.iter().filter(|(_, c)| c.generation == 0).map(|(&p, _)| p).collect();
             if !new.is_empty() {
                 tracing::info!(group = %self.config.group, partitions = ?new, "claimed from members above their share: holding their messages until handed over");
             }
-            let generation = self.publish(beat.taken, beat.seeds, false);
+            if !beat.taken.is_empty() {
+                Arc::make_mut(&mut self.seeds).replace(&beat.taken, &beat.seeds);
+            }
+            let generation = self.publish();
             for c in self.claims.values_mut().filter(|c| c.generation == 0) {
                 c.generation = generation;
             }
@@ -534,7 +544,11 @@ impl Coordinator {
 
     /// Publishes the held leases, all received but those being released,
     /// and the claims, held.
-    fn publish(&self, taken: Vec<u32>, seeds: SeqMarks, discard: bool) -> u64 {
+    fn publish(&mut self) -> u64 {
+        if !self.seeds.is_empty() {
+            let held = &self.held;
+            Arc::make_mut(&mut self.seeds).retain_partitions(|p| held.contains_key(&p));
+        }
         let releasing: &[u32] = match &self.release {
             Release::Acks { partitions, .. } | Release::Flush { partitions, .. } => partitions,
             Release::None => &[],
@@ -545,9 +559,8 @@ impl Coordinator {
             receive: self.held.keys().copied().filter(|p| !releasing.contains(p)).collect(),
             held: self.held.iter().map(|(&p, &e)| (p, e)).collect(),
             hold: self.claims.keys().copied().collect(),
-            taken,
-            seeds: Arc::new(seeds),
-            discard,
+            seeds: self.seeds.clone(),
+            fences: self.fences,
         };
         self.owned.set(self.held.len() as f64);
         self.links.assignment.send_replace(Arc::new(a));
@@ -578,7 +591,7 @@ impl Coordinator {
                             self.held.remove(p);
                         }
                         tracing::info!(partitions = ?to, owned = self.held.len(), "partitions handed over");
-                        self.publish(Vec::new(), SeqMarks::default(), false);
+                        self.publish();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "passing handed-over leases failed; retrying");
@@ -614,7 +627,8 @@ impl Coordinator {
         let held = std::mem::take(&mut self.held);
         self.claims.clear();
         self.release = Release::None;
-        self.reset_at = self.publish(Vec::new(), SeqMarks::default(), true);
+        self.fences += 1;
+        self.reset_at = self.publish();
         self.beats = 0;
         self.run_id = rand::random();
         if let Err(e) = self.give_back(&held).await {

@@ -14,6 +14,7 @@ use bid_logger_core::held::{Held, HeldStats};
 use bid_logger_core::hot_path::HotPath;
 use bid_logger_core::marks::SeqMarks;
 use bid_logger_core::sample::PartitionShare;
+use bid_logger_core::seq::Mark;
 use bid_logger_core::wire::topic;
 use bid_logger_core::wire::{EventType, MAX_PARTITIONS};
 use metrics::{counter, gauge, Counter, Gauge};
@@ -164,6 +165,12 @@ struct Follower {
     /// Partitions a sampler needs at all.
     wanted: Vec<bool>,
     unowned: Counter,
+    /// Times fenced, as of the last assignment applied.
+    fences: u64,
+    /// Partitions taken since the last delta, and their committed marks:
+    /// the sink starts their marks again from these (see [`Delta::restart`]).
+    restart: Vec<u32>,
+    seeds: Vec<Mark>,
 }
 
 /// How often at most a thread logs partition mismatches.
@@ -250,6 +257,9 @@ impl Ingest {
                     .map(|p| samplers.iter().any(|s| s.share(p) != PartitionShare::Nothing))
                     .collect(),
                 unowned: counter!(t::MESSAGES_UNOWNED),
+                fences: 0,
+                restart: Vec::new(),
+                seeds: Vec::new(),
             }
         });
         Ok(Ingest {
@@ -325,7 +335,7 @@ impl Ingest {
             }
         }
         self.publish_counts();
-        let last = drain(&mut self.hot);
+        let last = drain(&mut self.hot, self.fleet.as_mut());
         if !last.is_empty() && self.sink.blocking_send(last).is_err() {
             tracing::error!("sink is gone; the last interval could not be handed over");
         }
@@ -339,9 +349,12 @@ impl Ingest {
     ///   out with the flush that passes them on).
     /// * Partitions claimed are subscribed, their messages held.
     /// * Partitions taken are tracked from their committed marks, then
-    ///   subscribed (a held one replays what it held above the marks).
+    ///   subscribed (a held one replays what it held above the marks); the
+    ///   marks go to the sink with the next delta, ahead of its own.
+    /// * A new fence drops everything this thread held.
     ///
-    /// Then the thread acknowledges the assignment's generation.
+    /// Then the thread acknowledges the assignment's generation. Each
+    /// generation carries the whole state, so one skipped costs nothing.
     fn follow(&mut self) {
         let Some(f) = &mut self.fleet else { return };
         if !f.rx.has_changed().unwrap_or(false) {
@@ -359,6 +372,20 @@ impl Ingest {
         let hold: Vec<u32> = ours(hold).into_iter().filter(|p| receive.binary_search(p).is_err()).collect();
         let was: Vec<u32> = union(&f.receiving, &f.holding);
         let now: Vec<u32> = union(&receive, &hold);
+        if a.fences > f.fences {
+            // Fenced (in this generation or one skipped): what this thread
+            // held is the new owners' to count, and what it receives now is
+            // taken anew, from the marks committed since.
+            f.fences = a.fences;
+            let dropped = drain(&mut self.hot, Some(f));
+            tracing::warn!(events = dropped.events, "fenced: dropping what this thread held (the new owners count it)");
+            self.hot.seqs.forget(|_| true);
+            let owned = self.hot.owned.get_or_insert_with(Default::default);
+            for &p in &f.receiving {
+                owned[p as usize] = false;
+            }
+            f.receiving.clear();
+        }
         let removed: Vec<u32> = f.receiving.iter().copied().filter(|p| receive.binary_search(p).is_err()).collect();
         let added: Vec<u32> = receive.iter().copied().filter(|p| f.receiving.binary_search(p).is_err()).collect();
         for p in was.iter().filter(|p| now.binary_search(p).is_err()) {
@@ -377,25 +404,21 @@ impl Ingest {
         for p in f.holding.iter().filter(|p| hold.binary_search(p).is_err() && added.binary_search(p).is_err()) {
             held.stop(*p);
         }
-        if a.discard {
-            let dropped = drain(&mut self.hot);
-            tracing::warn!(events = dropped.events, "fenced: dropping what this thread held (the new owners count it)");
-            self.hot.seqs.forget(|_| true);
-        } else if !removed.is_empty() {
-            let last = drain(&mut self.hot);
+        if !removed.is_empty() {
+            let last = drain(&mut self.hot, Some(f));
             if !last.is_empty() && self.sink.blocking_send(last).is_err() {
                 tracing::error!("sink is gone; the released partitions' last rows could not be handed over");
             }
         }
         let (gone, new) = (removed.clone(), added.clone());
         self.hot.seqs.forget(|p| gone.binary_search(&p).is_ok() || new.binary_search(&p).is_ok());
-        let mut seeded = 0;
-        for (publisher, tpc, seq) in a.seeds.iter() {
-            if added.binary_search(&(tpc % MAX_PARTITIONS)).is_ok() {
-                self.hot.seqs.seed(publisher, tpc, seq);
-                seeded += 1;
-            }
+        let seeded = f.seeds.len();
+        for m in a.seeds.marks_of(&added) {
+            self.hot.seqs.seed(&m.publisher, m.topic, m.seq);
+            f.seeds.push(m);
         }
+        let seeded = f.seeds.len() - seeded;
+        f.restart.extend_from_slice(&added);
         let owned = self.hot.owned.get_or_insert_with(Default::default);
         for &p in &added {
             owned[p as usize] = true;
@@ -460,11 +483,12 @@ impl Ingest {
     /// Gives the accumulated delta to the sink if the channel has room;
     /// otherwise keeps it (the next interval merges into it).
     fn hand_over(&mut self) {
-        if self.hot.aggregator.is_empty() && !self.hot.seqs.has_marks() {
+        let restart = self.fleet.as_ref().is_some_and(|f| !f.restart.is_empty());
+        if self.hot.aggregator.is_empty() && !self.hot.seqs.has_marks() && !restart {
             return;
         }
         match self.sink.try_reserve() {
-            Ok(permit) => permit.send(drain(&mut self.hot)),
+            Ok(permit) => permit.send(drain(&mut self.hot, self.fleet.as_mut())),
             Err(mpsc::error::TrySendError::Full(())) => {
                 tracing::debug!(keys = self.hot.aggregator.live_keys(), "sink busy; merging into the next interval")
             }
@@ -580,10 +604,16 @@ fn union(a: &[u32], b: &[u32]) -> Vec<u32> {
 }
 
 /// What a thread hands to the sink: its rows, and the last `seq` of every
-/// sequence that moved while they were gathered.
-fn drain(hot: &mut HotPath) -> Delta {
+/// sequence that moved while they were gathered; a fleet member's, also
+/// the partitions it took since the last delta (their marks come first).
+fn drain(hot: &mut HotPath, fleet: Option<&mut Follower>) -> Delta {
     let mut delta = hot.aggregator.drain();
     delta.marks = hot.seqs.take_marks();
+    if let Some(f) = fleet {
+        delta.restart = std::mem::take(&mut f.restart);
+        delta.seeds = std::mem::take(&mut f.seeds);
+        delta.fences = f.fences;
+    }
     delta
 }
 
@@ -646,4 +676,109 @@ pub fn spawn(
         workers.push(handle);
     }
     Ok(workers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::IngestConfig;
+    use bid_logger_core::marks::PartitionMarks;
+    use bid_logger_core::sample::Rate;
+    use bid_logger_core::seq::topic_id;
+
+    fn member(name: &str, assignment: watch::Receiver<Arc<Assignment>>) -> (Ingest, mpsc::Receiver<Delta>) {
+        let config = IngestConfig {
+            connect: vec![],
+            bind: vec![format!("inproc://{name}")],
+            partition_count: 8,
+            partitions: (0..8).collect(),
+            event_types: vec![EventType::Bid],
+            sample: Rate::ALL,
+            raw_sample: Rate::NONE,
+            receive_hwm: 0,
+            max_message_size: 1024,
+            max_event_size: 1024,
+            max_seq_jump: 1000,
+            threads: 1,
+            allow: vec![],
+        };
+        let (sink, deltas) = mpsc::channel(4);
+        let links = Links {
+            sink,
+            progress: Arc::default(),
+            committed: SeqMarks::default(),
+            late: None,
+            fleet: Some(FleetLinks { assignment, acks: Arc::new([AtomicU64::new(0)]), standby: None }),
+        };
+        let ingest =
+            Ingest::new(&zmq::Context::new(), &config, AggregateConfig::default(), 0, Duration::from_secs(1), &links)
+                .unwrap();
+        (ingest, deltas)
+    }
+
+    fn committed(entries: &[(u32, u64)]) -> Arc<SeqMarks> {
+        let values = entries.iter().map(|&(p, seq)| (p, PartitionMarks::from([((Arc::from("bidder"), 1), seq)])));
+        Arc::new(SeqMarks::committed(values, 0))
+    }
+
+    /// The coordinator publishes a take and, a heartbeat later, another
+    /// before the thread looks: it sees the second only, and must still
+    /// track the first's partition from its committed mark and hand that
+    /// mark to the sink ahead of its own (the sink would otherwise write
+    /// back what it held of the partition from an earlier ownership).
+    #[test]
+    fn a_thread_that_skips_a_generation_still_starts_its_partitions_from_their_committed_marks() {
+        let (tx, rx) = watch::channel(Arc::new(Assignment::default()));
+        let (mut ingest, _deltas) = member("skip", rx);
+        let take = |generation, partitions: &[u32], seeds| {
+            let held = partitions.iter().map(|&p| (p, 1)).collect();
+            Arc::new(Assignment { generation, receive: partitions.to_vec(), held, seeds, ..Assignment::default() })
+        };
+        tx.send_replace(take(1, &[3], committed(&[(3, 41)])));
+        tx.send_replace(take(2, &[3, 5], committed(&[(3, 41), (5, 7)])));
+        ingest.follow();
+        let f = ingest.fleet.as_ref().unwrap();
+        assert_eq!(f.acks[0].load(Ordering::Acquire), 2);
+        ingest.hot.seqs.observe("bidder", EventType::Bid, 3, 45);
+        assert_eq!(ingest.hot.seqs.lost, 3, "42–44 lost since the committed mark 41");
+        let delta = drain(&mut ingest.hot, ingest.fleet.as_mut());
+        assert_eq!(delta.restart, [3, 5]);
+        let seed = |p, seq| Mark { publisher: "bidder".into(), topic: topic_id(1, p), seq };
+        assert_eq!(delta.seeds, [seed(3, 41), seed(5, 7)]);
+        assert_eq!(delta.marks, [seed(3, 45)]);
+        let again = drain(&mut ingest.hot, ingest.fleet.as_mut());
+        assert!(again.restart.is_empty() && again.seeds.is_empty(), "handed over once");
+    }
+
+    /// A fence the thread did not see (the next generation took the same
+    /// partition again) still drops what it held and starts the partition
+    /// from the marks committed since.
+    #[test]
+    fn a_fence_seen_late_still_starts_the_partitions_again() {
+        let (tx, rx) = watch::channel(Arc::new(Assignment::default()));
+        let (mut ingest, _deltas) = member("fence", rx);
+        let a = |generation, seeds, fences| {
+            Arc::new(Assignment {
+                generation,
+                receive: vec![3],
+                held: vec![(3, 1)],
+                seeds,
+                fences,
+                ..Assignment::default()
+            })
+        };
+        tx.send_replace(a(1, committed(&[(3, 41)]), 0));
+        ingest.follow();
+        ingest.hot.seqs.observe("bidder", EventType::Bid, 3, 42);
+        let _ = drain(&mut ingest.hot, ingest.fleet.as_mut());
+        ingest.hot.seqs.observe("bidder", EventType::Bid, 3, 43);
+        // Fenced (generation 2, not seen), then taken again at 60.
+        tx.send_replace(a(3, committed(&[(3, 60)]), 1));
+        ingest.follow();
+        let delta = drain(&mut ingest.hot, ingest.fleet.as_mut());
+        assert!(delta.marks.is_empty(), "what was held before the fence is dropped: {:?}", delta.marks);
+        assert_eq!(delta.restart, [3]);
+        ingest.hot.seqs.observe("bidder", EventType::Bid, 3, 62);
+        assert_eq!(ingest.hot.seqs.lost, 1, "61 lost since the mark committed by the new owner");
+    }
 }

@@ -25,7 +25,6 @@ use bid_logger_core::aggregate::Delta;
 use bid_logger_core::marks::SeqMarks;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -92,14 +91,13 @@ pub struct SinkFleet {
     pub group: String,
     /// The coordinator's assignment: the leases every batch fences with.
     pub assignment: watch::Receiver<Arc<Assignment>>,
-    /// The generation each ingest thread applied.
-    pub acks: Arc<[AtomicU64]>,
     /// Requests to say when everything received so far has landed.
     pub flush_wait: mpsc::Receiver<FlushWait>,
     /// Tells the coordinator a flush found a lease taken.
     pub fenced: mpsc::UnboundedSender<u64>,
-    /// Dropping what arrives until every thread applied this generation.
-    pub discarding: Option<u64>,
+    /// Times fenced so far: deltas gathered before the last fence are
+    /// dropped.
+    pub fences: u64,
     /// See [`crate::assignment::idle_timeout`].
     pub idle_timeout: String,
 }
@@ -301,35 +299,26 @@ impl Sink {
         }
     }
 
-    /// A fleet member's sink: follows the coordinator's assignment. The
-    /// partitions taken start from their committed marks; a `discard` (the
-    /// member was fenced) drops everything held, and what arrives until
-    /// every ingest thread has applied it.
+    /// A fleet member's sink: follows the coordinator's assignment. A new
+    /// fence (the member was fenced) drops everything held. (What the
+    /// threads gathered before they saw it is dropped as it arrives, by
+    /// [`Delta::fences`]; the partitions taken start from their committed
+    /// marks when a thread says so, in order with its deltas: see
+    /// [`Delta::restart`].)
     fn follow_assignment(&mut self) {
         let Some(f) = &mut self.fleet else { return };
         if f.assignment.has_changed().unwrap_or(false) {
-            let a = f.assignment.borrow_and_update().clone();
-            self.marks.replace(&a.taken, &a.seeds);
-            if a.discard {
-                f.discarding = Some(a.generation);
-                self.fence_out();
-            }
+            let fences = f.assignment.borrow_and_update().fences;
+            self.fenced(fences);
         }
-        let Some(f) = &mut self.fleet else { return };
-        if let Some(g) = f.discarding {
-            if f.acks.iter().all(|a| a.load(Ordering::Acquire) >= g) {
-                // What the threads handed over before they applied it is stale too.
-                let mut dropped = 0;
-                while let Ok(delta) = self.rx.try_recv() {
-                    dropped += delta.events;
-                }
-                if dropped > 0 {
-                    tracing::warn!(events = dropped, "fenced: dropped what the ingest threads had handed over");
-                }
-                if let Some(f) = &mut self.fleet {
-                    f.discarding = None;
-                }
-            }
+    }
+
+    /// Fenced `fences` times so far: when that is new, drops everything
+    /// held.
+    fn fenced(&mut self, fences: u64) {
+        if let Some(f) = self.fleet.as_mut().filter(|f| fences > f.fences) {
+            f.fences = fences;
+            self.fence_out();
         }
     }
 
@@ -356,10 +345,21 @@ impl Sink {
     }
 
     fn enqueue(&mut self, mut delta: Delta) {
-        if self.fleet.as_ref().is_some_and(|f| f.discarding.is_some()) {
-            return; // stale: see `follow_assignment`
+        if let Some(f) = &self.fleet {
+            if delta.fences < f.fences {
+                if delta.events > 0 {
+                    tracing::warn!(events = delta.events, "fenced: dropped what an ingest thread gathered before");
+                }
+                return;
+            }
+            // A thread saw the fence first.
+            self.fenced(delta.fences);
         }
-        self.marks.apply(std::mem::take(&mut delta.marks), bid_logger_core::clock::now_ms());
+        let now_ms = bid_logger_core::clock::now_ms();
+        if !delta.restart.is_empty() {
+            self.marks.restart(&std::mem::take(&mut delta.restart), std::mem::take(&mut delta.seeds), now_ms);
+        }
+        self.marks.apply(std::mem::take(&mut delta.marks), now_ms);
         self.generation += 1;
         self.drained += delta.events as i64;
         let loss = self.queued.merge(delta, self.config.max_pending_rows, self.config.max_raw_rows);
@@ -1038,5 +1038,71 @@ fn settle<T>(
             drop(deadpool_postgres::Object::take(client));
             Err(SinkError::Timeout(timeout))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bid_logger_core::seq::{topic_id, Mark};
+
+    /// A fleet member's sink with no database behind it (nothing here
+    /// flushes) and the sender of its assignment.
+    fn member_sink() -> (Sink, watch::Sender<Arc<Assignment>>) {
+        let config = crate::config::Settings {
+            connect: Some(vec!["tcp://127.0.0.1:5556".into()]),
+            database_url: Some("postgres://nobody@127.0.0.1:1/none".into()),
+            group: Some("g".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let pool = super::super::pool(&config.sink.database_url, 1).unwrap();
+        let (_deltas, rx) = mpsc::channel(1);
+        let (assignment, assignment_rx) = watch::channel(Arc::default());
+        let (_waits, flush_wait) = mpsc::channel(1);
+        let (fenced, _) = mpsc::unbounded_channel();
+        let fleet = SinkFleet {
+            group: "g".into(),
+            assignment: assignment_rx,
+            flush_wait,
+            fenced,
+            fences: 0,
+            idle_timeout: String::new(),
+        };
+        let previous = Previous::Loaded(Loaded::default());
+        (Sink::new(config.sink, pool, rx, true, previous, Some(fleet), Arc::default()), assignment)
+    }
+
+    fn delta(events: u64, fences: u64, marks: &[(u32, u64)]) -> Delta {
+        let marks = marks.iter().map(|&(p, seq)| Mark { publisher: "bidder".into(), topic: topic_id(1, p), seq });
+        Delta { events, fences, marks: marks.collect(), ..Delta::default() }
+    }
+
+    /// What a thread gathered before a fence is the new owners' to count
+    /// (they start from the committed marks): the sink drops it, however
+    /// late it arrives and whether or not the sink has seen the fence in
+    /// the assignment yet, and keeps what was gathered after.
+    #[tokio::test]
+    async fn what_a_thread_gathered_before_a_fence_is_dropped_and_what_it_gathered_after_is_kept() {
+        let (mut sink, assignment) = member_sink();
+        sink.enqueue(delta(10, 0, &[(3, 100)]));
+        assert_eq!(sink.drained, 10);
+        // One thread saw the fence before the sink did.
+        sink.enqueue(delta(5, 1, &[]));
+        assert_eq!(sink.drained, 5, "the 10 gathered before the fence are dropped, the 5 after kept");
+        assert!(!sink.marks.has_moved(), "the marks gathered before the fence are not written");
+        // Another thread's delta from before the fence, arriving late.
+        sink.enqueue(delta(7, 0, &[(3, 120)]));
+        assert_eq!(sink.drained, 5);
+        assert!(!sink.marks.has_moved());
+        // The sink sees the fence in the assignment now: nothing more to drop.
+        assignment.send_replace(Arc::new(Assignment { generation: 9, fences: 1, ..Assignment::default() }));
+        sink.follow_assignment();
+        assert_eq!(sink.drained, 5);
+        sink.enqueue(delta(2, 1, &[(3, 130)]));
+        assert_eq!(sink.drained, 7);
+        let moved = sink.marks.take_moved(bid_logger_core::clock::now_ms());
+        assert_eq!(moved.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [3]);
     }
 }

@@ -406,7 +406,7 @@ impl Aggregator {
         let rows = add_up_adjacent(sorted.into_iter().map(|(k, counters)| {
             (row_key(k, |r| self.os.names[os.id(r)], |r| self.exchange.names[exchange.id(r)]), counters)
         }));
-        let delta = Delta { rows, events: self.events, raw: std::mem::take(&mut self.raw), marks: Vec::new() };
+        let delta = Delta { rows, events: self.events, raw: std::mem::take(&mut self.raw), ..Delta::default() };
         self.events = 0;
         self.os.reset();
         self.exchange.reset();

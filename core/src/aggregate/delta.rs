@@ -178,6 +178,19 @@ pub struct Delta {
     /// rows were gathered (the sink keeps them apart from the rows: see
     /// [`crate::marks`]).
     pub marks: Vec<Mark>,
+    /// A fleet member's partitions taken by the thread since its last
+    /// delta: their marks start again from `seeds` (committed when they
+    /// were taken), before `marks` (see [`crate::marks::SeqMarks::restart`]).
+    /// Carried here, in order with the marks, rather than read from the
+    /// assignment by the sink: marks of an earlier ownership it still held
+    /// would otherwise be written back over newer ones.
+    pub restart: Vec<u32>,
+    /// The committed marks of `restart`.
+    pub seeds: Vec<Mark>,
+    /// A fleet member's: how many times it had been fenced when the thread
+    /// gathered this (the sink drops what was gathered before a fence:
+    /// the new owners count it from the committed marks).
+    pub fences: u64,
 }
 
 /// What merging had to give up to stay within its bounds.
@@ -194,12 +207,12 @@ impl Delta {
     pub fn from_rows(mut rows: Vec<Row>, raw: Vec<RawRow>) -> Delta {
         rows.sort_unstable_by_key(|r| r.0);
         let rows = add_up_adjacent(rows);
-        Delta { events: rows.iter().map(|r| r.1.events).sum(), rows, raw, marks: Vec::new() }
+        Delta { events: rows.iter().map(|r| r.1.events).sum(), rows, raw, ..Delta::default() }
     }
 
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.raw.is_empty() && self.marks.is_empty()
+        self.rows.is_empty() && self.raw.is_empty() && self.marks.is_empty() && self.restart.is_empty()
     }
 
     /// Takes at most `max_rows` rows (the first in key order) and `max_raw`
@@ -215,7 +228,7 @@ impl Delta {
         let events = rows.iter().map(|r| r.1.events).sum();
         self.events -= events;
         let raw_taken = self.raw.len().min(max_raw);
-        Delta { rows, events, raw: self.raw.drain(..raw_taken).collect(), marks: Vec::new() }
+        Delta { rows, events, raw: self.raw.drain(..raw_taken).collect(), ..Delta::default() }
     }
 
     /// Merges `other` into `self`: rows under the `max_rows` cap, raw rows up
@@ -223,7 +236,10 @@ impl Delta {
     /// added; once `max_rows` keys are held, a new key is folded (see
     /// [`RowKey::folded`]) so memory stays bounded while totals per bucket and
     /// type stay exact. Both deltas are sorted, so this is one linear pass.
+    /// `other.restart` must have been taken in already: it comes before
+    /// the marks of both.
     pub fn merge(&mut self, other: Delta, max_rows: usize, max_raw: usize) -> MergeLoss {
+        debug_assert!(other.restart.is_empty() && other.seeds.is_empty(), "a restart is taken in before merging");
         let mut loss = MergeLoss::default();
         if self.is_empty() {
             *self = other;
