@@ -162,7 +162,6 @@ pub async fn run(
             acc.sampled_out += s.sampled_out;
             acc.accepted += s.accepted;
             acc.rejected += s.rejected;
-            acc.lost += s.lost;
             acc
         })
     })
@@ -182,7 +181,7 @@ pub async fn run(
         invalid = ingest.invalid,
         sampled_out = ingest.sampled_out,
         rejected = ingest.rejected,
-        lost = ingest.lost + crate::telemetry::lost_outside_ingest(),
+        lost = crate::telemetry::lost_counted(),
         written = sink.events_written,
         unwritten = sink.events_unwritten,
         "stopped"

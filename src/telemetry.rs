@@ -44,21 +44,22 @@ macro_rules! metrics_table {
     (@describe process $name:ident, $unit:ident, $help:literal) => {};
 }
 
-/// Losses counted outside the ingest threads (at start, on takeovers).
-static LOST_OUTSIDE_INGEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Losses counted so far by this process.
+static LOST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Counts `n` lost messages found outside the ingest threads (which count
-/// their `seq` gaps themselves).
+/// Counts `n` lost messages: `seq` gaps once the batch carrying their marks
+/// has committed, events a previous run or a dead member left unwritten
+/// once they are settled.
 pub fn count_lost(n: u64) {
     if n > 0 {
         metrics::counter!(MESSAGES_LOST).increment(n);
-        LOST_OUTSIDE_INGEST.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        LOST.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 /// What [`count_lost`] counted so far.
-pub fn lost_outside_ingest() -> u64 {
-    LOST_OUTSIDE_INGEST.load(std::sync::atomic::Ordering::Relaxed)
+pub fn lost_counted() -> u64 {
+    LOST.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 metrics_table! {

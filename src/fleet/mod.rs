@@ -84,9 +84,15 @@ const SETTLE_OUTSTANDING: &str = "UPDATE bid_logger_outstanding o SET landed = d
 /// Renews the leases under this member's name (those passed to it since
 /// included), except `$4`: those an earlier run of it left, which are not
 /// renewed but taken anew with a new epoch ([`TAKE`]), fencing that run if
-/// it still lives.
+/// it still lives. An expired lease is not renewed: its member may have
+/// been settled already (see [`LOCK_LEASES_OF`]), so it is fenced.
 const RENEW_LEASES: &str = "UPDATE bid_logger_leases SET expires_at = now() + $3 * interval '1 millisecond'
-    WHERE grp = $1 AND owner = $2 AND NOT partition = ANY($4) RETURNING partition, epoch";
+    WHERE grp = $1 AND owner = $2 AND NOT partition = ANY($4) AND expires_at >= now() RETURNING partition, epoch";
+/// Before an expired member's outstanding events are settled: waits for the
+/// flushes still fencing with its leases (they hold them `FOR SHARE`) to
+/// end. Every later flush of it fails its fence (the leases have expired,
+/// migration 0011), so nothing settled here lands afterwards.
+const LOCK_LEASES_OF: &str = "SELECT partition FROM bid_logger_leases WHERE grp = $1 AND owner = $2 FOR UPDATE";
 /// At a run's first heartbeat (it holds nothing yet): the leases an earlier
 /// run under this name left.
 const STALE_LEASES: &str = "SELECT partition FROM bid_logger_leases WHERE grp = $1 AND owner = $2";
@@ -378,6 +384,7 @@ impl Coordinator {
         let mut beat = Beat::default();
         for row in tx.query(EXPIRED_MEMBERS, &[group]).await? {
             let gone: String = row.get(0);
+            tx.execute(LOCK_LEASES_OF, &[group, &gone]).await?;
             let left: i64 = tx.query_opt(SETTLE_OUTSTANDING, &[&gone]).await?.map_or(0, |r| r.get(0));
             tracing::warn!(group = %group, member = %gone, unwritten_events = left, "a member's lease expired: it left without a handover");
             beat.lost += left.max(0) as u64;

@@ -44,7 +44,6 @@ struct IngestMetrics {
     sampled_out: Counter,
     late: Counter,
     future: Counter,
-    lost: Counter,
     restarts: Counter,
     resets: Counter,
     evicted: Counter,
@@ -68,7 +67,6 @@ impl IngestMetrics {
             sampled_out: counter!(t::EVENTS_SAMPLED_OUT),
             late: counter!(t::EVENTS_REJECTED, "reason" => "late"),
             future: counter!(t::EVENTS_REJECTED, "reason" => "future"),
-            lost: counter!(t::MESSAGES_LOST),
             restarts: counter!(t::PUBLISHER_RESTARTS),
             resets: counter!(t::SEQ_RESETS),
             evicted: counter!(t::SEQ_PUBLISHERS_EVICTED),
@@ -98,8 +96,6 @@ pub struct IngestSummary {
     pub accepted: u64,
     /// Rejected late or future.
     pub rejected: u64,
-    /// Lost per seq gaps.
-    pub lost: u64,
 }
 
 /// One ingest thread's state: socket, hot path and local counters.
@@ -556,7 +552,6 @@ impl Ingest {
         m.future.increment(future);
         m.folded.increment(folded);
         m.raw_dropped.increment(raw_dropped);
-        m.lost.increment(hot.seqs.lost);
         m.restarts.increment(hot.seqs.restarts);
         m.resets.increment(hot.seqs.resets);
         m.evicted.increment(hot.seqs.evicted);
@@ -579,12 +574,10 @@ impl Ingest {
         self.progress.received(self.received);
         self.progress.accepted(accepted.iter().sum());
         s.rejected += late + future;
-        s.lost += hot.seqs.lost;
         self.log_mismatches();
         let hot = &mut self.hot;
         hot.invalid = [0; DecodeError::COUNT];
         hot.sampled_out = 0;
-        hot.seqs.lost = 0;
         hot.seqs.restarts = 0;
         hot.seqs.resets = 0;
         hot.seqs.evicted = 0;
@@ -603,12 +596,14 @@ fn union(a: &[u32], b: &[u32]) -> Vec<u32> {
     out
 }
 
-/// What a thread hands to the sink: its rows, and the last `seq` of every
-/// sequence that moved while they were gathered; a fleet member's, also
+/// What a thread hands to the sink: its rows, the last `seq` of every
+/// sequence that moved while they were gathered and the gaps it found
+/// (counted when the marks commit); a fleet member's, also
 /// the partitions it took since the last delta (their marks come first).
 fn drain(hot: &mut HotPath, fleet: Option<&mut Follower>) -> Delta {
     let mut delta = hot.aggregator.drain();
     delta.marks = hot.seqs.take_marks();
+    delta.lost = std::mem::take(&mut hot.seqs.lost);
     if let Some(f) = fleet {
         delta.restart = std::mem::take(&mut f.restart);
         delta.seeds = std::mem::take(&mut f.seeds);

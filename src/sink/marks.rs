@@ -82,13 +82,18 @@ const UPSERT_MARKS: &str = "INSERT INTO bid_logger_seq_marks AS m (scope, partit
     WHERE m.run_id <> excluded.run_id OR m.generation < excluded.generation";
 
 /// Adds a batch's events to `landed`; moves `drained` to the batch's
-/// generation when it is newer. A new run starts the row afresh ([`load`]
-/// has counted the previous run's outstanding events by then).
+/// generation when it is newer. A new run starts the row afresh, carrying
+/// over what the previous run left unsettled: nothing after a start
+/// ([`load`] has counted and settled it), but a fleet member fenced in
+/// the middle of a run, whose settling failed (its database connection
+/// gone, say), leaves its half-landed batches here, and they are counted
+/// when this run is settled instead of never.
 const UPSERT_OUTSTANDING: &str =
     "INSERT INTO bid_logger_outstanding AS o (instance, run_id, generation, drained, landed)
     VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (instance) DO UPDATE SET
-        landed = CASE WHEN o.run_id = excluded.run_id THEN o.landed + excluded.landed ELSE excluded.landed END,
+        landed = CASE WHEN o.run_id = excluded.run_id THEN o.landed + excluded.landed
+                      ELSE excluded.landed - greatest(o.drained - o.landed, 0) END,
         drained = CASE WHEN o.run_id = excluded.run_id THEN greatest(o.drained, excluded.drained)
                        ELSE excluded.drained END,
         generation = CASE WHEN o.run_id = excluded.run_id THEN greatest(o.generation, excluded.generation)

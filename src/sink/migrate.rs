@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (8, "seq_marks", include_str!("../../sql/0008_seq_marks.sql")),
     (9, "leases", include_str!("../../sql/0009_leases.sql")),
     (10, "lease_claims", include_str!("../../sql/0010_lease_claims.sql")),
+    (11, "fence_expiry", include_str!("../../sql/0011_fence_expiry.sql")),
 ];
 
 /// The migration that partitions the rollups; `rollup_day` is backfilled

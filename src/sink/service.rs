@@ -25,7 +25,7 @@ use bid_logger_core::aggregate::Delta;
 use bid_logger_core::marks::SeqMarks;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -81,6 +81,10 @@ struct Part {
     batch: Batch,
     /// The marks recorded with it (every part of a batch records the same).
     mark: Arc<Watermark>,
+    /// The `seq` gaps found up to these marks: counted when the first part
+    /// of the batch lands (its marks are committed then), shared by the
+    /// parts.
+    lost: Arc<AtomicU64>,
     /// Its transaction has committed.
     landed: bool,
 }
@@ -128,6 +132,8 @@ pub struct Sink {
     generation: i64,
     /// Events received.
     drained: i64,
+    /// `seq` gaps received, not in a batch yet (see [`Delta::lost`]).
+    lost: u64,
     /// A fleet member's links to its coordinator.
     fleet: Option<SinkFleet>,
     /// Waiting for everything received up to a generation to land.
@@ -172,6 +178,8 @@ impl Sink {
             live_keys: gauge!(t::LIVE_KEYS),
             published_live_keys: 0,
         };
+        // Shown from the start, at 0 (see `t::count_lost`).
+        counter!(t::MESSAGES_LOST).increment(0);
         let (loaded, late) = match previous {
             Previous::Loaded(l) => (Some(l), None),
             Previous::Unread(late) => (None, late),
@@ -195,6 +203,7 @@ impl Sink {
             marks: loaded.map(|l| l.marks).unwrap_or_default(),
             generation: 0,
             drained: 0,
+            lost: 0,
             fleet,
             waiters: Vec::new(),
             summary,
@@ -281,7 +290,7 @@ impl Sink {
 
     /// Whether something waits to be written: rows, or marks that moved.
     fn has_work(&self) -> bool {
-        !self.pending.is_empty() || !self.queued.is_empty() || self.marks.has_moved()
+        !self.pending.is_empty() || !self.queued.is_empty() || self.marks.has_moved() || self.lost > 0
     }
 
     /// Tells those waiting for everything received so far to land, once it has.
@@ -335,6 +344,7 @@ impl Sink {
         self.pending.clear();
         self.queued = Delta::default();
         self.marks.clear_moved();
+        self.lost = 0;
         self.run_id = new_run_id();
         self.next_batch = 1;
         self.generation = 0;
@@ -360,6 +370,7 @@ impl Sink {
             self.marks.restart(&std::mem::take(&mut delta.restart), std::mem::take(&mut delta.seeds), now_ms);
         }
         self.marks.apply(std::mem::take(&mut delta.marks), now_ms);
+        self.lost += std::mem::take(&mut delta.lost);
         self.generation += 1;
         self.drained += delta.events as i64;
         let loss = self.queued.merge(delta, self.config.max_pending_rows, self.config.max_raw_rows);
@@ -384,7 +395,7 @@ impl Sink {
             }
         }
         if self.pending.is_empty() {
-            if self.queued.is_empty() && !self.marks.has_moved() {
+            if self.queued.is_empty() && !self.marks.has_moved() && self.lost == 0 {
                 return true;
             }
             // Raw rows whose day is already past the retention would land in
@@ -418,6 +429,7 @@ impl Sink {
                     }
                 }),
             });
+            let lost = Arc::new(AtomicU64::new(std::mem::take(&mut self.lost)));
             let mut batches = Batch::parts(batch, parts, &self.config.tables, now_ms);
             if batches.is_empty() {
                 // Only marks moved (every event sampled out, say): they are
@@ -430,7 +442,7 @@ impl Sink {
                 }
                 let id = BatchId { run_id: self.run_id, batch: self.next_batch };
                 self.next_batch += 1;
-                self.pending.push(Part { id, batch, mark: mark.clone(), landed: false });
+                self.pending.push(Part { id, batch, mark: mark.clone(), lost: lost.clone(), landed: false });
             }
         }
         let started = Instant::now();
@@ -547,6 +559,7 @@ impl Sink {
     fn record_written(&mut self, i: usize, written: Written) {
         let part = &mut self.pending[i];
         part.landed = true;
+        t::count_lost(part.lost.swap(0, Ordering::Relaxed));
         let (batch, events) = (part.id.batch, part.batch.events);
         match written {
             Written::Now { rows, raw_rows } => {
@@ -1076,32 +1089,36 @@ mod tests {
 
     fn delta(events: u64, fences: u64, marks: &[(u32, u64)]) -> Delta {
         let marks = marks.iter().map(|&(p, seq)| Mark { publisher: "bidder".into(), topic: topic_id(1, p), seq });
-        Delta { events, fences, marks: marks.collect(), ..Delta::default() }
+        // A gap per event here: what matters is where the count goes.
+        Delta { events, fences, marks: marks.collect(), lost: events, ..Delta::default() }
     }
 
     /// What a thread gathered before a fence is the new owners' to count
     /// (they start from the committed marks): the sink drops it, however
     /// late it arrives and whether or not the sink has seen the fence in
-    /// the assignment yet, and keeps what was gathered after.
+    /// the assignment yet, and keeps what was gathered after. The `seq`
+    /// gaps it found go with it: the new owners count them too (from the
+    /// marks), so counting them here as well would count them twice.
     #[tokio::test]
     async fn what_a_thread_gathered_before_a_fence_is_dropped_and_what_it_gathered_after_is_kept() {
         let (mut sink, assignment) = member_sink();
         sink.enqueue(delta(10, 0, &[(3, 100)]));
-        assert_eq!(sink.drained, 10);
+        assert_eq!((sink.drained, sink.lost), (10, 10));
         // One thread saw the fence before the sink did.
         sink.enqueue(delta(5, 1, &[]));
         assert_eq!(sink.drained, 5, "the 10 gathered before the fence are dropped, the 5 after kept");
+        assert_eq!(sink.lost, 5, "the gaps found before the fence are the new owners' to count");
         assert!(!sink.marks.has_moved(), "the marks gathered before the fence are not written");
         // Another thread's delta from before the fence, arriving late.
         sink.enqueue(delta(7, 0, &[(3, 120)]));
-        assert_eq!(sink.drained, 5);
+        assert_eq!((sink.drained, sink.lost), (5, 5));
         assert!(!sink.marks.has_moved());
         // The sink sees the fence in the assignment now: nothing more to drop.
         assignment.send_replace(Arc::new(Assignment { generation: 9, fences: 1, ..Assignment::default() }));
         sink.follow_assignment();
         assert_eq!(sink.drained, 5);
         sink.enqueue(delta(2, 1, &[(3, 130)]));
-        assert_eq!(sink.drained, 7);
+        assert_eq!((sink.drained, sink.lost), (7, 7));
         let moved = sink.marks.take_moved(bid_logger_core::clock::now_ms());
         assert_eq!(moved.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [3]);
     }

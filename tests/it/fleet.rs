@@ -172,6 +172,50 @@ async fn a_kill_between_the_parts_of_a_batch_counts_the_parts_that_did_not_land(
     assert_eq!(written + lost, 30_001, "{written} written + {lost} lost:\n{stderr}");
 }
 
+/// A gap seen but not committed (its batch blocked on a locked row, then
+/// SIGKILL) is counted once: by the next start, from the committed marks,
+/// and not also by the run that saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_seen_by_a_run_killed_before_its_batch_committed_is_counted_once() {
+    let db = fresh_database("gap_counted_once").await;
+    let mut publisher = Publisher::bind();
+    let endpoint = publisher.endpoint.clone();
+    let args = ["--connect", &endpoint, "--instance-id", "gaps", "--flush-interval", "300ms"];
+    let first = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let event = |campaign: u32, seq: u64| {
+        let mut e = TestEvent::new("bid", "gap-txn".to_string(), now);
+        e.campaign = campaign;
+        (e.publisher, e.seq) = (Some("bidder-1".into()), Some(seq));
+        e
+    };
+    publisher.publish(&event(7, 1), P);
+    first.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(30));
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM rollup_minute WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
+    // 2, 3 and 4 never sent: a gap of 3, in a batch that waits for the lock.
+    publisher.publish(&event(7, 5), P);
+    first.wait_metric("bid_logger_events_accepted_total", 2.0, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1_000)); // counts published, the batch blocked
+    let lost_by_first = first.metric("bid_logger_messages_lost_total", "") as u64;
+    drop(first); // SIGKILL
+    tx.rollback().await.unwrap();
+
+    let second = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(2 * all_topics(P));
+    publisher.publish(&event(8, 6), P);
+    second.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(30));
+    let stderr = second.stop_ok();
+    let lost = lost_by_first + stopped_field(&stderr, "lost");
+    let client = connect(&db).await;
+    let written = total_events(&client, "rollup_minute").await;
+    assert_eq!(written, 2, "seq 1 and 6");
+    // 2-4 never sent, 5 received but not written: counted by the second run.
+    assert_eq!(written + lost, 6, "{written} written + {lost} lost ({lost_by_first} by the killed run):\n{stderr}");
+}
+
 /// (owner, partitions held) of a group's live leases.
 async fn owners(client: &tokio_postgres::Client, group: &str) -> std::collections::BTreeMap<String, Vec<i32>> {
     let sql = "SELECT owner, partition FROM bid_logger_leases

@@ -187,6 +187,11 @@ pub struct Delta {
     pub restart: Vec<u32>,
     /// The committed marks of `restart`.
     pub seeds: Vec<Mark>,
+    /// Messages the thread's `seq` trackers found lost since its last
+    /// delta: counted once a batch carrying their marks commits, so that a
+    /// gap whose marks never commit (a kill, a fence) is counted once, by
+    /// whoever next starts from the committed marks.
+    pub lost: u64,
     /// A fleet member's: how many times it had been fenced when the thread
     /// gathered this (the sink drops what was gathered before a fence:
     /// the new owners count it from the committed marks).
@@ -217,11 +222,11 @@ impl Delta {
 
     /// Takes at most `max_rows` rows (the first in key order) and `max_raw`
     /// raw rows out of `self` into a delta of their own (all of it when it is
-    /// small enough). The marks stay in `self`.
+    /// small enough). The marks and `lost` stay in `self`.
     pub fn split_off(&mut self, max_rows: usize, max_raw: usize) -> Delta {
         if self.rows.len() <= max_rows && self.raw.len() <= max_raw {
-            let marks = std::mem::take(&mut self.marks);
-            return std::mem::replace(self, Delta { marks, ..Delta::default() });
+            let (marks, lost) = (std::mem::take(&mut self.marks), self.lost);
+            return std::mem::replace(self, Delta { marks, lost, ..Delta::default() });
         }
         let rest = self.rows.split_off(self.rows.len().min(max_rows));
         let rows = std::mem::replace(&mut self.rows, rest);
@@ -267,6 +272,7 @@ impl Delta {
             self.events += other.events;
             self.raw.extend(other.raw);
             self.marks.extend(other.marks);
+            self.lost += other.lost;
         }
         if self.raw.len() > max_raw {
             loss.raw_dropped = (self.raw.len() - max_raw) as u64;
