@@ -1062,15 +1062,23 @@ mod tests {
     /// A fleet member's sink with no database behind it (nothing here
     /// flushes) and the sender of its assignment.
     fn member_sink() -> (Sink, watch::Sender<Arc<Assignment>>) {
-        let config = crate::config::Settings {
-            connect: Some(vec!["tcp://127.0.0.1:5556".into()]),
-            database_url: Some("postgres://nobody@127.0.0.1:1/none".into()),
+        let config = SinkConfig {
+            database_url: "postgres://nobody@127.0.0.1:1/none".into(),
+            instance_id: "m".into(),
+            flush_interval: Duration::from_secs(1),
+            flush_timeout: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(1),
+            pool_size: 1,
+            max_pending_rows: 1000,
+            sample_ppm: 1_000_000,
+            raw_sample_ppm: 0,
+            raw_retention_days: 1,
+            max_raw_rows: 1000,
+            max_lateness_ms: 60_000,
+            tables: Vec::new(),
             group: Some("g".into()),
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap();
-        let pool = super::super::pool(&config.sink.database_url, 1).unwrap();
+        };
+        let pool = super::super::pool(&config.database_url, 1).unwrap();
         let (_deltas, rx) = mpsc::channel(1);
         let (assignment, assignment_rx) = watch::channel(Arc::default());
         let (_waits, flush_wait) = mpsc::channel(1);
@@ -1084,7 +1092,7 @@ mod tests {
             idle_timeout: String::new(),
         };
         let previous = Previous::Loaded(Loaded::default());
-        (Sink::new(config.sink, pool, rx, true, previous, Some(fleet), Arc::default()), assignment)
+        (Sink::new(config, pool, rx, true, previous, Some(fleet), Arc::default()), assignment)
     }
 
     fn delta(events: u64, fences: u64, marks: &[(u32, u64)]) -> Delta {

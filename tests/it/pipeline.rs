@@ -375,6 +375,8 @@ async fn seq_gaps_are_reported_as_lost_and_restarts_are_not() {
         publisher.publish(&e, P);
     }
     logger.wait_metric("bid_logger_messages_received_total", 6.0, Duration::from_secs(30));
+    // Counted once the batch carrying the gaps' marks has committed.
+    logger.wait_metric("bid_logger_messages_lost_total", 4.0, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 4.0);
     assert_eq!(logger.metric("bid_logger_publisher_restarts_total", ""), 1.0);
