@@ -318,13 +318,13 @@ impl Sink {
         let Some(f) = &mut self.fleet else { return };
         if f.assignment.has_changed().unwrap_or(false) {
             let fences = f.assignment.borrow_and_update().fences;
-            self.fenced(fences);
+            self.apply_fences(fences);
         }
     }
 
     /// Fenced `fences` times so far: when that is new, drops everything
     /// held.
-    fn fenced(&mut self, fences: u64) {
+    fn apply_fences(&mut self, fences: u64) {
         if let Some(f) = self.fleet.as_mut().filter(|f| fences > f.fences) {
             f.fences = fences;
             self.fence_out();
@@ -363,7 +363,7 @@ impl Sink {
                 return;
             }
             // A thread saw the fence first.
-            self.fenced(delta.fences);
+            self.apply_fences(delta.fences);
         }
         let now_ms = bid_logger_core::clock::now_ms();
         if !delta.restart.is_empty() {

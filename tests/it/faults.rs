@@ -6,11 +6,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::support::*;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
+use std::time::{Duration, Instant};
 
 fn events(rng: &mut SmallRng, n: usize, tag: &str) -> Vec<TestEvent> {
     const TYPES: [&str; 8] = ["auction", "bid", "win", "loss", "impression", "click", "install", "event"];

@@ -105,6 +105,14 @@ async fn restart_after_sigkill(test: &str, database_down: bool) {
     }
 }
 
+/// A bid of transaction `txn` for `campaign`, sent by `bidder-1` with `seq`.
+fn sequenced_bid(txn: String, now: i64, campaign: u32, seq: u64) -> TestEvent {
+    let mut e = TestEvent::new("bid", txn, now);
+    e.campaign = campaign;
+    (e.publisher, e.seq) = (Some("bidder-1".into()), Some(seq));
+    e
+}
+
 /// A batch written as parallel parts, killed with one part landed and one
 /// blocked: the next start counts exactly the events of the parts that did
 /// not land (they are at or below the marks the landed parts committed, so
@@ -117,13 +125,8 @@ async fn a_kill_between_the_parts_of_a_batch_counts_the_parts_that_did_not_land(
     let args = ["--connect", &endpoint, "--instance-id", "parts", "--db-pool-size", "3"];
     let first = Logger::start(&db, &[&args[..], &["--flush-interval", "2s"]].concat());
     publisher.wait_for_subscriptions(all_topics(P));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let event = |i: usize, campaign: u32, seq: u64| {
-        let mut e = TestEvent::new("bid", format!("parts-{i}"), now);
-        e.campaign = campaign;
-        (e.publisher, e.seq) = (Some("bidder-1".into()), Some(seq));
-        e
-    };
+    let now = now_ms();
+    let event = |i: usize, campaign: u32, seq: u64| sequenced_bid(format!("parts-{i}"), now, campaign, seq);
     let seed = event(0, 7, 1);
     let partition = seed.topic(P);
     // Every event on the seed's topic, so that one sequence covers them all.
@@ -183,13 +186,8 @@ async fn a_gap_seen_by_a_run_killed_before_its_batch_committed_is_counted_once()
     let args = ["--connect", &endpoint, "--instance-id", "gaps", "--flush-interval", "300ms"];
     let first = Logger::start(&db, &args);
     publisher.wait_for_subscriptions(all_topics(P));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let event = |campaign: u32, seq: u64| {
-        let mut e = TestEvent::new("bid", "gap-txn".to_string(), now);
-        e.campaign = campaign;
-        (e.publisher, e.seq) = (Some("bidder-1".into()), Some(seq));
-        e
-    };
+    let now = now_ms();
+    let event = |campaign: u32, seq: u64| sequenced_bid("gap-txn".to_string(), now, campaign, seq);
     publisher.publish(&event(7, 1), P);
     first.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(30));
     let mut locker = connect(&db).await;

@@ -6,11 +6,7 @@ use crate::support::*;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
+use std::time::Duration;
 
 const COUNTRIES: &[Option<&str>] =
     &[Some("BR"), Some("us"), Some("Us"), Some("BRA"), Some(""), Some("ü1"), None, Some("d'"), Some("DE")];

@@ -590,3 +590,8 @@ pub fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}

@@ -2,11 +2,7 @@
 //! a warehouse written before partitioning.
 
 use crate::support::*;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
+use std::time::Duration;
 
 async fn sum_events(client: &tokio_postgres::Client, table: &str) -> i64 {
     client.query_one(&format!("SELECT coalesce(sum(events), 0)::bigint FROM {table}"), &[]).await.unwrap().get(0)
