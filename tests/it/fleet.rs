@@ -51,7 +51,10 @@ async fn restart_after_sigkill(test: &str, database_down: bool) {
     let endpoint = format!("tcp://127.0.0.1:{}", free_port());
     let simulator = Simulator::start(&endpoint, |c| {
         c.rate = Some(20_000.0);
-        c.duration = Some(Duration::from_secs(10));
+        // An upper bound: the test stops it once the second run has
+        // received enough, so a slow machine cannot end the stream before
+        // the second run starts.
+        c.duration = Some(Duration::from_secs(120));
         c.traffic.invalid_fraction = 0.0;
     });
     // The two busiest types: every one of their sequences moves many times a
@@ -80,12 +83,14 @@ async fn restart_after_sigkill(test: &str, database_down: bool) {
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     let second = Logger::start(&db, &args);
+    second.wait_metric("bid_logger_events_accepted_total", 20_000.0, Duration::from_secs(30));
     if let Some(pg) = &pg {
-        second.wait_metric("bid_logger_events_accepted_total", 20_000.0, Duration::from_secs(30));
         assert_eq!(second.metric("bid_logger_events_flushed_total", ""), 0.0, "the database was down");
         pg.restart().unwrap();
+        // Still receiving once it answers.
+        second.wait_metric("bid_logger_events_accepted_total", 40_000.0, Duration::from_secs(30));
     }
-    let truth = simulator.wait().truth.to_json();
+    let truth = simulator.stop().truth.to_json();
     let published: u64 = types.iter().map(|t| truth["by_type"][t]["events"].as_u64().unwrap()).sum();
     settled(&second, "bid_logger_events_accepted_total", Duration::from_secs(30));
     let stderr = second.stop_ok();
