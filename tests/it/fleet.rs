@@ -329,13 +329,23 @@ async fn assert_accounted(db: &str, truth: &serde_json::Value, lost: u64) {
     }
 }
 
-/// 20 000 valid events a second for `secs`.
-fn sim(endpoint: &str, secs: u64) -> Simulator {
+/// 20 000 valid events a second until [`stop_after`] (at most 3 minutes).
+/// A test's steps are not timed against the stream: on a slow machine they
+/// take longer, and the stream lasts as long as they do.
+fn sim(endpoint: &str) -> Simulator {
     Simulator::start(endpoint, |c| {
         c.rate = Some(20_000.0);
-        c.duration = Some(Duration::from_secs(secs));
+        c.duration = Some(Duration::from_secs(180));
         c.traffic.invalid_fraction = 0.0;
     })
+}
+
+/// Keeps the stream going until `member` has accepted another 10 000
+/// events (load after the test's last step), then stops it; what it sent.
+fn stop_after(simulator: Simulator, member: &Logger) -> serde_json::Value {
+    let accepted = member.metric("bid_logger_events_accepted_total", "");
+    member.wait_metric("bid_logger_events_accepted_total", accepted + 10_000.0, Duration::from_secs(30));
+    simulator.stop().truth.to_json()
 }
 
 /// Waits until every member has written events: each receives the stream.
@@ -372,7 +382,7 @@ async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
     let (db, endpoint, [a, b]) = busy_fleet("fleet_join_leave", ["a", "b"], &[]).await;
     // Published once the partitions are owned: a message sent before any
     // member ever received its sequence cannot be counted by anyone.
-    let simulator = sim(&endpoint, 14);
+    let simulator = sim(&endpoint);
     wait_receiving(&[&a, &b]);
     let c = busy_member(&db, &endpoint, "c", &[]);
     let took = wait_balanced(&db, "g", &["a", "b", "c"], Duration::from_secs(10)).await;
@@ -380,7 +390,7 @@ async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let lost_b = stop_member(b); // SIGTERM: hands its partitions over
     wait_balanced(&db, "g", &["a", "c"], Duration::from_secs(10)).await;
-    let truth = simulator.wait().truth.to_json();
+    let truth = stop_after(simulator, &a);
     settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
     // c claimed its share from a and b, and held their messages until the
     // leases were passed: the held messages above the givers' marks were
@@ -401,7 +411,7 @@ async fn a_rolling_restart_of_the_whole_fleet_under_load_loses_nothing() {
     let names = ["a", "b", "c"];
     let (db, endpoint, members) = busy_fleet("fleet_rolling", names, &[]).await;
     let mut members = Vec::from(members);
-    let simulator = sim(&endpoint, 40);
+    let simulator = sim(&endpoint);
     wait_receiving(&members.iter().collect::<Vec<_>>());
     let mut lost = Vec::new();
     for (i, name) in names.iter().enumerate() {
@@ -414,7 +424,7 @@ async fn a_rolling_restart_of_the_whole_fleet_under_load_loses_nothing() {
             "{name}: stopped {stopped:?} after SIGTERM (handing over), balanced again {took:?} after its restart"
         );
     }
-    let truth = simulator.wait().truth.to_json();
+    let truth = stop_after(simulator, &members[0]);
     settled(&members[0], "bid_logger_events_accepted_total", Duration::from_secs(30));
     for (name, m) in names.iter().zip(members) {
         lost.push((name.to_string(), stop_member(m)));
@@ -426,13 +436,13 @@ async fn a_rolling_restart_of_the_whole_fleet_under_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_member_under_load_its_partitions_taken_within_two_ttl_and_every_event_accounted() {
     let (db, endpoint, [a, b, c]) = busy_fleet("fleet_kill", ["a", "b", "c"], &[]).await;
-    let simulator = sim(&endpoint, 12);
+    let simulator = sim(&endpoint);
     wait_receiving(&[&a, &b, &c]);
     drop(b); // SIGKILL
     let took = wait_balanced(&db, "g", &["a", "c"], Duration::from_secs(6)).await;
     assert!(took <= Duration::from_secs(6), "2 × lease-ttl");
     eprintln!("survivors own every partition {took:?} after the kill");
-    let truth = simulator.wait().truth.to_json();
+    let truth = stop_after(simulator, &a);
     settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
     let lost = stop_member(a) + stop_member(c);
     assert!(lost > 0, "the killed member's unflushed interval and the takeover gap are lost");
@@ -446,7 +456,7 @@ async fn sigkill_of_a_member_under_load_its_partitions_taken_within_two_ttl_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_member_with_a_hot_standby_loses_nothing() {
     let (db, endpoint, [a, b]) = busy_fleet("fleet_standby", ["a", "b"], &["--standby-memory", "268435456"]).await;
-    let simulator = sim(&endpoint, 12);
+    let simulator = sim(&endpoint);
     wait_receiving(&[&a, &b]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let held = a.metric("bid_logger_handover_held_bytes", "");
@@ -454,7 +464,7 @@ async fn sigkill_of_a_member_with_a_hot_standby_loses_nothing() {
     drop(b); // SIGKILL
     let took = wait_balanced(&db, "g", &["a"], Duration::from_secs(6)).await;
     eprintln!("a owns every partition {took:?} after the kill; it held {held} bytes");
-    let truth = simulator.wait().truth.to_json();
+    let truth = stop_after(simulator, &a);
     settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
     let replayed = a.metric("bid_logger_handover_messages_total", "outcome=\"replayed\"");
     let overflowed = a.metric("bid_logger_handover_messages_total", "outcome=\"overflowed\"");
@@ -466,7 +476,7 @@ async fn sigkill_of_a_member_with_a_hot_standby_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_frozen_past_its_ttl_is_fenced_and_writes_nothing_for_the_partitions_taken() {
     let (db, endpoint, [a, b]) = busy_fleet("fleet_fence", ["a", "b"], &[]).await;
-    let simulator = sim(&endpoint, 16);
+    let simulator = sim(&endpoint);
     wait_receiving(&[&a, &b]);
     // SAFETY: signals to a child process we own.
     unsafe { libc::kill(b.pid() as i32, libc::SIGSTOP) };
@@ -475,7 +485,7 @@ async fn a_member_frozen_past_its_ttl_is_fenced_and_writes_nothing_for_the_parti
     unsafe { libc::kill(b.pid() as i32, libc::SIGCONT) };
     b.wait_metric("bid_logger_fenced_total", 1.0, Duration::from_secs(10));
     wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(15)).await;
-    let truth = simulator.wait().truth.to_json();
+    let truth = stop_after(simulator, &a);
     settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
     let lost = stop_member(a) + stop_member(b);
     assert_accounted(&db, &truth, lost).await;
@@ -488,7 +498,7 @@ async fn a_member_frozen_past_its_ttl_is_fenced_and_writes_nothing_for_the_parti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_run_with_the_same_instance_id_fences_the_earlier_one() {
     let (db, endpoint, [a, b]) = busy_fleet("fleet_same_id", ["a", "b"], &[]).await;
-    let simulator = sim(&endpoint, 14);
+    let simulator = sim(&endpoint);
     wait_receiving(&[&a, &b]);
     let epochs = |client: tokio_postgres::Client| async move {
         let sql = "SELECT coalesce(sum(epoch), 0)::bigint FROM bid_logger_leases WHERE grp = 'g' AND owner = 'a'";
@@ -507,7 +517,7 @@ async fn a_new_run_with_the_same_instance_id_fences_the_earlier_one() {
     let lost_a = a.metric("bid_logger_messages_lost_total", "") as u64;
     drop(a); // SIGKILL
     wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(15)).await;
-    let truth = simulator.wait().truth.to_json();
+    let truth = stop_after(simulator, &b);
     settled(&b, "bid_logger_events_accepted_total", Duration::from_secs(30));
     let lost = lost_a + stop_member(a2) + stop_member(b);
     assert_accounted(&db, &truth, lost).await;
