@@ -333,7 +333,9 @@ async fn postgres_stopped_under_load_never_stalls_ingest_and_totals_match_the_tr
     let endpoint = format!("tcp://127.0.0.1:{port}");
     let simulator = Simulator::start(&endpoint, |c| {
         c.rate = Some(20_000.0);
-        c.duration = Some(Duration::from_secs(outage_secs() + 7));
+        // An upper bound: stopped once the logger receives again after the
+        // outage, so a slow machine cannot end the stream during it.
+        c.duration = Some(Duration::from_secs(outage_secs() + 120));
         c.traffic.late_fraction = 0.05;
     });
     let logger = Logger::start(&db, &["--connect", &endpoint]);
@@ -346,7 +348,9 @@ async fn postgres_stopped_under_load_never_stalls_ingest_and_totals_match_the_tr
     assert!(during - before > 20_000.0, "ingest stalled while the database was down: {before} → {during}");
     assert!(logger.metric("bid_logger_pending_events", "") > 0.0);
     pg.restart().unwrap();
-    let truth = simulator.wait().truth.to_json();
+    let accepted = logger.metric("bid_logger_events_accepted_total", "");
+    logger.wait_metric("bid_logger_events_accepted_total", accepted + 20_000.0, Duration::from_secs(30));
+    let truth = simulator.stop().truth.to_json();
     let total = truth["events"].as_u64().unwrap();
     logger.wait_metric("bid_logger_events_flushed_total", total as f64, Duration::from_secs(60));
     logger.stop_ok();
