@@ -29,7 +29,10 @@
 //! with its marks (the cut), and only then is the lease *passed* to the
 //! claimant, a new epoch. The claimant starts its trackers from the marks
 //! and replays what it held above them. Every flush fences with the leases
-//! held ([`bid_logger_fence`, migration 0009](../../sql/0009_leases.sql)).
+//! held ([`bid_logger_fence`, migration 0012](../../sql/0012_fence_key_share.sql)):
+//! it locks them `FOR KEY SHARE` until it commits, which holds up whatever
+//! changes their owner or epoch (those lock `FOR UPDATE` first) but not a
+//! renewal, so a slow flush never costs a member its leases.
 //! A member stopping ([`Phase::Depart`]) leaves the members first, so the
 //! others claim everything it holds.
 //!
@@ -88,11 +91,19 @@ const SETTLE_OUTSTANDING: &str = "UPDATE bid_logger_outstanding o SET landed = d
 /// been settled already (see [`LOCK_LEASES_OF`]), so it is fenced.
 const RENEW_LEASES: &str = "UPDATE bid_logger_leases SET expires_at = now() + $3 * interval '1 millisecond'
     WHERE grp = $1 AND owner = $2 AND NOT partition = ANY($4) AND expires_at >= now() RETURNING partition, epoch";
-/// Before an expired member's outstanding events are settled: waits for the
-/// flushes still fencing with its leases (they hold them `FOR SHARE`) to
-/// end. Every later flush of it fails its fence (the leases have expired,
-/// migration 0011), so nothing settled here lands afterwards.
-const LOCK_LEASES_OF: &str = "SELECT partition FROM bid_logger_leases WHERE grp = $1 AND owner = $2 FOR UPDATE";
+/// Before an expired member's outstanding events are settled (or a member
+/// gives its own back): waits for the flushes still fencing with its leases
+/// (they hold them `FOR KEY SHARE`, migration 0012) to end. Every later
+/// flush of it fails its fence (the leases have expired, migration 0011,
+/// or have no owner), so nothing settled here lands afterwards.
+const LOCK_LEASES_OF: &str =
+    "SELECT partition FROM bid_logger_leases WHERE grp = $1 AND owner = $2 ORDER BY partition FOR UPDATE";
+/// Before a lease changes owner or epoch ([`TAKE`], [`PASS`]): waits for
+/// the flushes fencing with it to end, so that none lands after the change.
+/// Renewals and claims do not wait for flushes: a slow flush never holds up
+/// a heartbeat. In partition order, as the fence locks them.
+const LOCK_TO_MOVE: &str =
+    "SELECT partition FROM bid_logger_leases WHERE grp = $1 AND partition = ANY($2) ORDER BY partition FOR UPDATE";
 /// At a run's first heartbeat (it holds nothing yet): the leases an earlier
 /// run under this name left.
 const STALE_LEASES: &str = "SELECT partition FROM bid_logger_leases WHERE grp = $1 AND owner = $2";
@@ -453,6 +464,7 @@ impl Coordinator {
                     .map(|p| p as i32),
             );
             if !free.is_empty() {
+                tx.execute(LOCK_TO_MOVE, &[group, &free]).await?;
                 for row in tx.query(TAKE, &[group, member, &free, &ttl_ms]).await? {
                     let (p, epoch, over): (i32, i64, bool) = (row.get(0), row.get(1), row.get(2));
                     beat.taken.push(p as u32);
@@ -618,8 +630,11 @@ impl Coordinator {
     async fn pass(&self, partitions: &[u32]) -> Result<Vec<(u32, Option<String>)>, SinkError> {
         let parts: Vec<i32> = partitions.iter().map(|&p| p as i32).collect();
         let ttl_ms = self.config.lease_ttl.as_millis() as f64;
-        let client = self.pool.get().await?;
-        let rows = client.query(PASS, &[&self.config.group, &self.member, &parts, &ttl_ms]).await?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(LOCK_TO_MOVE, &[&self.config.group, &parts]).await?;
+        let rows = tx.query(PASS, &[&self.config.group, &self.member, &parts, &ttl_ms]).await?;
+        tx.commit().await?;
         Ok(rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get(1))).collect())
     }
 
@@ -651,6 +666,8 @@ impl Coordinator {
         let (partitions, epochs): (Vec<i32>, Vec<i64>) = held.iter().map(|(&p, &e)| (p as i32, e)).unzip();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // Its flushes still under way land first, then what is left is settled.
+        tx.execute(LOCK_LEASES_OF, &[&self.config.group, &self.member]).await?;
         tx.execute(
             "UPDATE bid_logger_leases l SET owner = NULL, expires_at = now(), claimant = NULL, claim_ready = false
                 WHERE l.grp = $1 AND l.owner = $2 AND NOT EXISTS (

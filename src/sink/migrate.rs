@@ -18,6 +18,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (9, "leases", include_str!("../../sql/0009_leases.sql")),
     (10, "lease_claims", include_str!("../../sql/0010_lease_claims.sql")),
     (11, "fence_expiry", include_str!("../../sql/0011_fence_expiry.sql")),
+    (12, "fence_key_share", include_str!("../../sql/0012_fence_key_share.sql")),
 ];
 
 /// The migration that partitions the rollups; `rollup_day` is backfilled

@@ -522,3 +522,67 @@ async fn a_new_run_with_the_same_instance_id_fences_the_earlier_one() {
     let lost = lost_a + stop_member(a2) + stop_member(b);
     assert_accounted(&db, &truth, lost).await;
 }
+
+/// The database stalls every flush (a table lock held for three TTLs, as a
+/// long migration or a loaded server would) while a group runs under load:
+/// a flush waiting that long must not stop the heartbeats, so no member
+/// loses its leases, none is fenced, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_stalled_for_three_ttls_keep_every_lease_and_lose_nothing() {
+    let (db, endpoint, [a, b]) = busy_fleet("fleet_stalled_flush", ["a", "b"], &[]).await;
+    let simulator = sim(&endpoint);
+    wait_receiving(&[&a, &b]);
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_minute IN EXCLUSIVE MODE").await.unwrap();
+    // A flush past rollup_minute when the lock was taken may still land.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let flushed = a.metric("bid_logger_events_flushed_total", "") + b.metric("bid_logger_events_flushed_total", "");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let stalled = a.metric("bid_logger_events_flushed_total", "") + b.metric("bid_logger_events_flushed_total", "");
+    assert_eq!(stalled, flushed, "the lock held every flush");
+    tx.rollback().await.unwrap();
+    let truth = stop_after(simulator, &a);
+    settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
+    let fenced = [("a", a.metric("bid_logger_fenced_total", "")), ("b", b.metric("bid_logger_fenced_total", ""))];
+    let lost = [("a", stop_member(a)), ("b", stop_member(b))];
+    assert!(fenced.iter().all(|(_, n)| *n == 0.0), "fenced: {fenced:?}");
+    assert!(lost.iter().all(|(_, n)| *n == 0), "lost: {lost:?}");
+    assert_accounted(&db, &truth, 0).await;
+}
+
+/// A member's membership and leases expire (set here in the past) while
+/// its flush, fenced with those leases, waits on the database: the member
+/// settling it and taking its leases over waits for that flush to end, so
+/// what the flush lands is neither settled as lost nor counted again as a
+/// gap above older marks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_expired_during_its_flush_is_settled_after_that_flush() {
+    let (db, endpoint, [a, b]) = busy_fleet("fleet_expired_during_flush", ["a", "b"], &[]).await;
+    let simulator = sim(&endpoint);
+    wait_receiving(&[&a, &b]);
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_minute IN EXCLUSIVE MODE").await.unwrap();
+    // b's next flush fences with its leases, then waits for the lock.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // b is paused so that a's heartbeat finds it expired first, and
+    // continued before its flush's statement returns (a paused member's
+    // open transaction would end on the idle timeout, landing nothing).
+    // SAFETY: signals to a child process we own.
+    unsafe { libc::kill(b.pid() as i32, libc::SIGSTOP) };
+    let client = connect(&db).await;
+    let expire = "UPDATE bid_logger_members SET expires_at = now() - interval '1 second' WHERE grp = 'g' AND member = 'b';
+                  UPDATE bid_logger_leases SET expires_at = now() - interval '1 second' WHERE grp = 'g' AND owner = 'b'";
+    client.batch_execute(expire).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // a's heartbeat
+    unsafe { libc::kill(b.pid() as i32, libc::SIGCONT) };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tx.rollback().await.unwrap();
+    b.wait_metric("bid_logger_fenced_total", 1.0, Duration::from_secs(15));
+    wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(20)).await;
+    let truth = stop_after(simulator, &a);
+    settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
+    let lost = stop_member(a) + stop_member(b);
+    assert_accounted(&db, &truth, lost).await;
+}
