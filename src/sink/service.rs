@@ -395,6 +395,15 @@ impl Sink {
             }
         }
         if self.pending.is_empty() {
+            // The leases this batch fences with, read once. A fence the
+            // coordinator published and no delta has brought yet is applied
+            // first: what was gathered before it must not be written with
+            // the leases held after it (none, right after a fence, which
+            // every flush would pass).
+            let assignment = self.fleet.as_ref().map(|f| f.assignment.borrow().clone());
+            if let Some(a) = &assignment {
+                self.apply_fences(a.fences);
+            }
             if self.queued.is_empty() && !self.marks.has_moved() && self.lost == 0 {
                 return true;
             }
@@ -412,21 +421,23 @@ impl Sink {
             let batch = self.queued.split_off(MAX_BATCH_ROWS, MAX_BATCH_RAW_ROWS);
             let parts = if batch.rows.len() >= MIN_PARALLEL_ROWS { self.config.pool_size } else { 1 };
             let now_ms = bid_logger_core::clock::now_ms();
-            let moved = self.marks.take_moved(now_ms);
+            let mut moved = self.marks.take_moved(now_ms);
+            if let Some(a) = &assignment {
+                // A partition's marks are its owner's to record: only those
+                // of leases this batch fences with.
+                moved.retain(|(p, _)| a.held.iter().any(|(h, _)| h == p));
+            }
             let mark = Arc::new(Watermark {
                 partitions: moved.iter().map(|(p, _)| *p as i32).collect(),
                 values: moved.into_iter().map(|(_, v)| v).collect(),
                 generation: self.generation,
                 drained: self.drained,
-                fence: self.fleet.as_ref().map(|f| {
-                    let a = f.assignment.borrow();
-                    Fence {
-                        group: f.group.clone(),
-                        partitions: a.held.iter().map(|&(p, _)| p as i32).collect(),
-                        epochs: a.held.iter().map(|&(_, e)| e).collect(),
-                        generation: a.generation,
-                        idle_timeout: f.idle_timeout.clone(),
-                    }
+                fence: self.fleet.as_ref().zip(assignment.as_ref()).map(|(f, a)| Fence {
+                    group: f.group.clone(),
+                    partitions: a.held.iter().map(|&(p, _)| p as i32).collect(),
+                    epochs: a.held.iter().map(|&(_, e)| e).collect(),
+                    generation: a.generation,
+                    idle_timeout: f.idle_timeout.clone(),
                 }),
             });
             let lost = Arc::new(AtomicU64::new(std::mem::take(&mut self.lost)));
@@ -1129,5 +1140,35 @@ mod tests {
         assert_eq!((sink.drained, sink.lost), (7, 7));
         let moved = sink.marks.take_moved(bid_logger_core::clock::now_ms());
         assert_eq!(moved.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [3]);
+    }
+
+    /// A batch formed after the coordinator published a fence, before any
+    /// delta or the sink's loop brought it, writes nothing gathered before
+    /// it: right after a fence the member holds no lease, so a batch fenced
+    /// with what it holds then would pass its fence with the old rows.
+    #[tokio::test]
+    async fn a_batch_formed_after_a_fence_the_sink_has_not_followed_yet_writes_nothing_from_before() {
+        let (mut sink, assignment) = member_sink();
+        assignment.send_replace(Arc::new(Assignment { generation: 1, held: vec![(3, 1)], ..Assignment::default() }));
+        sink.follow_assignment();
+        sink.enqueue(delta(10, 0, &[(3, 100)]));
+        assignment.send_replace(Arc::new(Assignment { generation: 2, fences: 1, ..Assignment::default() }));
+        assert!(sink.flush_once().await, "nothing left to write");
+        assert!(sink.pending.is_empty(), "no batch formed");
+        assert_eq!((sink.drained, sink.lost), (0, 0));
+    }
+
+    /// Only the marks of partitions the batch fences with are recorded: a
+    /// partition's marks are its owner's.
+    #[tokio::test]
+    async fn a_batch_records_the_marks_of_held_partitions_only() {
+        let (mut sink, assignment) = member_sink();
+        assignment.send_replace(Arc::new(Assignment { generation: 1, held: vec![(3, 1)], ..Assignment::default() }));
+        sink.follow_assignment();
+        sink.enqueue(delta(10, 0, &[(3, 100), (5, 100)]));
+        assert!(!sink.flush_once().await, "nothing listens at the database address");
+        let part = sink.pending.first().expect("the batch waits for a retry");
+        assert_eq!(part.mark.partitions, [3]);
+        assert_eq!(part.mark.fence.as_ref().map(|f| f.partitions.clone()), Some(vec![3]));
     }
 }
