@@ -206,11 +206,13 @@ fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {
             let code = state.code();
             // 08 connection exception, 53 insufficient resources, 57 operator
             // intervention (shutdown, statement timeout), 40001 serialization
-            // failure, 40P01 deadlock, 55P03 lock not available.
+            // failure, 40P01 deadlock, 55P03 lock not available, 25P03 a
+            // transaction left idle past the timeout a fleet member sets (the
+            // process starved of CPU: the server ended its session).
             code.starts_with("08")
                 || code.starts_with("53")
                 || code.starts_with("57")
-                || matches!(code, "40001" | "40P01" | "55P03")
+                || matches!(code, "40001" | "40P01" | "55P03" | "25P03")
         }
     }
 }

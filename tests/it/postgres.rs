@@ -74,3 +74,23 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
         ))
         .await;
 }
+
+/// A transaction the server ended because it sat idle (SQLSTATE 25P03: a
+/// member starved of CPU inside a flush, which `lease-ttl / 3` of
+/// `idle_in_transaction_session_timeout` ends on purpose) is a transient
+/// failure, retried quietly: it needs no operator.
+#[tokio::test(flavor = "current_thread")]
+async fn a_transaction_ended_by_the_idle_timeout_is_a_transient_failure() {
+    let db = fresh_database("idle_ended").await;
+    let mut client = connect(&db).await;
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute("SET LOCAL idle_in_transaction_session_timeout = 100").await.unwrap();
+    // The runtime's only thread sleeps, as a starved member does: the
+    // client reads the server's FATAL only as the answer to its next
+    // statement (when it reads it first, it is a closed connection).
+    std::thread::sleep(Duration::from_millis(500));
+    let e = tx.batch_execute("SELECT 1").await.expect_err("the server ended the session");
+    assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT), "{e}");
+    let e = bid_logger::sink::SinkError::Db(e);
+    assert!(e.is_transient(), "{e}");
+}
