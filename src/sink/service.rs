@@ -394,16 +394,16 @@ impl Sink {
                 return self.failed(e);
             }
         }
+        // The leases a new batch fences with, read once. A fence the
+        // coordinator published and no delta has brought yet is applied
+        // first: what was gathered before it (a batch waiting for a retry
+        // included) must not be written with the leases held after it
+        // (none, right after a fence, which every flush would pass).
+        let assignment = self.fleet.as_ref().map(|f| f.assignment.borrow().clone());
+        if let Some(a) = &assignment {
+            self.apply_fences(a.fences);
+        }
         if self.pending.is_empty() {
-            // The leases this batch fences with, read once. A fence the
-            // coordinator published and no delta has brought yet is applied
-            // first: what was gathered before it must not be written with
-            // the leases held after it (none, right after a fence, which
-            // every flush would pass).
-            let assignment = self.fleet.as_ref().map(|f| f.assignment.borrow().clone());
-            if let Some(a) = &assignment {
-                self.apply_fences(a.fences);
-            }
             if self.queued.is_empty() && !self.marks.has_moved() && self.lost == 0 {
                 return true;
             }
@@ -1156,6 +1156,19 @@ mod tests {
         assert!(sink.flush_once().await, "nothing left to write");
         assert!(sink.pending.is_empty(), "no batch formed");
         assert_eq!((sink.drained, sink.lost), (0, 0));
+        // The same for a batch formed before the fence, waiting for a retry.
+        assignment.send_replace(Arc::new(Assignment {
+            generation: 3,
+            held: vec![(3, 2)],
+            fences: 1,
+            ..Assignment::default()
+        }));
+        sink.enqueue(delta(4, 1, &[(3, 200)]));
+        assert!(!sink.flush_once().await, "nothing listens at the database address");
+        assert_eq!(sink.pending.len(), 1, "the batch waits for a retry");
+        assignment.send_replace(Arc::new(Assignment { generation: 4, fences: 2, ..Assignment::default() }));
+        assert!(sink.flush_once().await, "nothing left to write");
+        assert!(sink.pending.is_empty(), "the batch from before the fence is dropped");
     }
 
     /// Only the marks of partitions the batch fences with are recorded: a
