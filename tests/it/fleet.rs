@@ -341,11 +341,14 @@ fn sim(endpoint: &str) -> Simulator {
 }
 
 /// Keeps the stream going until `member` has accepted another 10 000
-/// events (load after the test's last step), then stops it; what it sent.
+/// events (load after the test's last step), then stops it and waits until
+/// `member` has received what was in flight; what it sent.
 fn stop_after(simulator: Simulator, member: &Logger) -> serde_json::Value {
     let accepted = member.metric("bid_logger_events_accepted_total", "");
     member.wait_metric("bid_logger_events_accepted_total", accepted + 10_000.0, Duration::from_secs(30));
-    simulator.stop().truth.to_json()
+    let truth = simulator.stop().truth.to_json();
+    settled(member, "bid_logger_events_accepted_total", Duration::from_secs(30));
+    truth
 }
 
 /// Waits until every member has written events: each receives the stream.
@@ -391,7 +394,6 @@ async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
     let lost_b = stop_member(b); // SIGTERM: hands its partitions over
     wait_balanced(&db, "g", &["a", "c"], Duration::from_secs(10)).await;
     let truth = stop_after(simulator, &a);
-    settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
     // c claimed its share from a and b, and held their messages until the
     // leases were passed: the held messages above the givers' marks were
     // replayed, those below dropped as counted.
@@ -425,7 +427,6 @@ async fn a_rolling_restart_of_the_whole_fleet_under_load_loses_nothing() {
         );
     }
     let truth = stop_after(simulator, &members[0]);
-    settled(&members[0], "bid_logger_events_accepted_total", Duration::from_secs(30));
     for (name, m) in names.iter().zip(members) {
         lost.push((name.to_string(), stop_member(m)));
     }
@@ -443,7 +444,6 @@ async fn sigkill_of_a_member_under_load_its_partitions_taken_within_two_ttl_and_
     assert!(took <= Duration::from_secs(6), "2 × lease-ttl");
     eprintln!("survivors own every partition {took:?} after the kill");
     let truth = stop_after(simulator, &a);
-    settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
     let lost = stop_member(a) + stop_member(c);
     assert!(lost > 0, "the killed member's unflushed interval and the takeover gap are lost");
     assert_accounted(&db, &truth, lost).await;
@@ -465,7 +465,6 @@ async fn sigkill_of_a_member_with_a_hot_standby_loses_nothing() {
     let took = wait_balanced(&db, "g", &["a"], Duration::from_secs(6)).await;
     eprintln!("a owns every partition {took:?} after the kill; it held {held} bytes");
     let truth = stop_after(simulator, &a);
-    settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
     let replayed = a.metric("bid_logger_handover_messages_total", "outcome=\"replayed\"");
     let overflowed = a.metric("bid_logger_handover_messages_total", "outcome=\"overflowed\"");
     assert!(replayed > 0.0 && overflowed == 0.0, "replayed {replayed}, overflowed {overflowed}");
@@ -486,7 +485,6 @@ async fn a_member_frozen_past_its_ttl_is_fenced_and_writes_nothing_for_the_parti
     b.wait_metric("bid_logger_fenced_total", 1.0, Duration::from_secs(10));
     wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(15)).await;
     let truth = stop_after(simulator, &a);
-    settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
     let lost = stop_member(a) + stop_member(b);
     assert_accounted(&db, &truth, lost).await;
 }
@@ -518,7 +516,6 @@ async fn a_new_run_with_the_same_instance_id_fences_the_earlier_one() {
     drop(a); // SIGKILL
     wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(15)).await;
     let truth = stop_after(simulator, &b);
-    settled(&b, "bid_logger_events_accepted_total", Duration::from_secs(30));
     let lost = lost_a + stop_member(a2) + stop_member(b);
     assert_accounted(&db, &truth, lost).await;
 }
@@ -543,7 +540,6 @@ async fn flushes_stalled_for_three_ttls_keep_every_lease_and_lose_nothing() {
     assert_eq!(stalled, flushed, "the lock held every flush");
     tx.rollback().await.unwrap();
     let truth = stop_after(simulator, &a);
-    settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
     let fenced = [("a", a.metric("bid_logger_fenced_total", "")), ("b", b.metric("bid_logger_fenced_total", ""))];
     let lost = [("a", stop_member(a)), ("b", stop_member(b))];
     assert!(fenced.iter().all(|(_, n)| *n == 0.0), "fenced: {fenced:?}");
@@ -582,7 +578,6 @@ async fn a_member_expired_during_its_flush_is_settled_after_that_flush() {
     b.wait_metric("bid_logger_fenced_total", 1.0, Duration::from_secs(15));
     wait_balanced(&db, "g", &["a", "b"], Duration::from_secs(20)).await;
     let truth = stop_after(simulator, &a);
-    settled(&a, "bid_logger_events_accepted_total", Duration::from_secs(30));
     let lost = stop_member(a) + stop_member(b);
     assert_accounted(&db, &truth, lost).await;
 }
