@@ -6,8 +6,8 @@
 //! defaults and turns the strings into typed values, failing with a
 //! [`ConfigError`] that names the offending key.
 
+use crate::db::tables::RollupTable;
 use crate::ingest::{self, IngestConfig};
-use crate::sink::tables::RollupTable;
 use crate::sink::{self, SinkConfig};
 use bid_logger_core::aggregate::{self, AggregateConfig, Dimension, Dimensions, Grain, Shape};
 use bid_logger_core::sample::Rate;
@@ -504,13 +504,13 @@ pub fn rollup_tables(
 ) -> Result<Vec<RollupTable>, ConfigError> {
     let empty = BTreeMap::new();
     let sections = sections.unwrap_or(&empty);
-    let mut names: Vec<String> = sink::tables::DEFAULT_TABLES.iter().map(|t| t.0.to_string()).collect();
+    let mut names: Vec<String> = crate::db::tables::DEFAULT_TABLES.iter().map(|t| t.0.to_string()).collect();
     let custom: Vec<String> = sections.keys().filter(|n| !names.contains(n)).cloned().collect();
     names.extend(custom);
     let mut tables = Vec::with_capacity(names.len());
     for name in names {
         let key = |k: &str| format!("rollup.{name}.{k}");
-        let default = sink::tables::DEFAULT_TABLES.iter().find(|t| t.0 == name);
+        let default = crate::db::tables::DEFAULT_TABLES.iter().find(|t| t.0 == name);
         let section = sections.get(&name).cloned().unwrap_or_default();
         let valid_name = name.len() <= 40
             && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -562,7 +562,7 @@ pub fn rollup_tables(
                 }
                 d
             }
-            None => sink::tables::default_flush_interval(grain, flush_interval),
+            None => crate::db::tables::default_flush_interval(grain, flush_interval),
         };
         let retention = match section.retention.as_deref() {
             Some("0") => None,
@@ -597,7 +597,7 @@ pub fn rollup_tables(
             fed_by: None,
         });
     }
-    sink::tables::link(&mut tables);
+    crate::db::tables::link(&mut tables);
     Ok(tables)
 }
 
@@ -625,8 +625,7 @@ pub fn resolve_database_url(setting: Option<String>) -> Result<String, ConfigErr
         }
         None => {}
     }
-    url.parse::<tokio_postgres::Config>()
-        .map_err(|e| invalid(key, format!("not a PostgreSQL URL: {}", crate::sink::cause_of(&e))))?;
+    crate::db::validate(&url).map_err(|e| invalid(key, e.to_string()))?;
     Ok(url)
 }
 
@@ -883,7 +882,7 @@ mod tests {
             names,
             ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"]
         );
-        assert_eq!(c.sink.tables, sink::tables::default_tables(Duration::from_secs(1)));
+        assert_eq!(c.sink.tables, crate::db::tables::default_tables(Duration::from_secs(1)));
         let logged: Vec<bool> = c.sink.tables.iter().map(|t| t.logged).collect();
         assert_eq!(logged, [false, true, true, false, true], "coarse tables go through their logs");
         let file = Settings::from_toml(

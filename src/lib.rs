@@ -26,14 +26,19 @@
 //!   subscriptions, pacing, local counters; the per-message work is the
 //!   core's `HotPath`. Hands deltas to the sink through a bounded channel
 //!   and never waits for it.
-//! * [`sink`]: migrations, the declared rollup tables ([`sink::tables`]) and
-//!   the exactly-once flush (a delta becomes one or more
+//! * [`sink`]: the exactly-once flush (a delta becomes one or more
 //!   [`sink::batch::Batch`]es, each holding every table's projected rows;
 //!   each is one transaction: ledger rows, per direct table a binary `COPY`
 //!   into a staging table and an additive upsert, per coarse table a `COPY`
 //!   into its delta log, which a consumer task moves into the table at its
-//!   own interval) with retries and merging of pending deltas; the
-//!   time-range partitions of every table ([`sink::ranges`]).
+//!   own interval) with retries and merging of pending deltas; a batch's
+//!   transaction also creates the time ranges its rows need that range
+//!   maintenance has not made yet.
+//! * [`db`]: the database, shared by the sink, the fleet, `migrate`,
+//!   `report` and the tools: connection strings with TLS ([`db::tls`]), the
+//!   pool, the error type, the migrations, the declared tables
+//!   ([`db::tables`]), the time-range partitions ([`db::ranges`]) and the
+//!   task that maintains them ([`db::maintenance`]).
 //! * [`fleet`]: a fleet member's coordinator (`--group`): membership and
 //!   partition leases in PostgreSQL, handovers and fencing. It publishes an
 //!   [`assignment::Assignment`] that the ingest threads (subscriptions) and
@@ -44,17 +49,22 @@
 //! * [`telemetry`]: every metric, named and described once; logging set-up.
 //!   The library only emits metrics: the executable installs the exporter.
 //! * [`zap`]: the address allow-list for bound sockets (a ZeroMQ ZAP handler).
+//! * [`check`]: `bid-logger check-config --online`: the database (TLS,
+//!   migrations, grants) and the publisher endpoints, tried before a start.
 //! * [`report`]: `bid-logger report`, per-group figures from the narrowest
 //!   rollup that answers a range.
 //!
 //! Within the crate the graph is acyclic too: `telemetry` and `assignment`
-//! use no other module; `zap`, `ingest` and `sink` use them; `fleet` uses
-//! `sink`; `config` builds each stage's config; `pipeline` uses all of them.
+//! use no other module; `db` uses `telemetry`; `zap`, `ingest` and `sink`
+//! use those; `fleet` uses `sink` and `db`; `config` builds each stage's
+//! config; `pipeline` uses all of them.
 
 #![warn(missing_docs, rust_2018_idioms, clippy::all)]
 
 pub mod assignment;
+pub mod check;
 pub mod config;
+pub mod db;
 pub mod fleet;
 pub mod ingest;
 pub mod pipeline;

@@ -4,8 +4,8 @@
 
 use anyhow::Context as _;
 use bid_logger::config::{mask_database_url, Config, ConfigError, LogFormat, Settings};
-use bid_logger::sink::tables::RollupTable;
-use bid_logger::{pipeline, sink, telemetry};
+use bid_logger::db::tables::RollupTable;
+use bid_logger::{db, pipeline, telemetry};
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
@@ -29,8 +29,9 @@ enum Command {
     /// database-url from the same places as `run`: flag, BID_LOGGER_DATABASE_URL,
     /// the --config file, then DATABASE_URL.
     Migrate(MigrateArgs),
-    /// Validate the configuration and print the effective values (password masked).
-    CheckConfig(ConfigArgs),
+    /// Validate the configuration and print the effective values (password masked); with --online,
+    /// also connect to PostgreSQL (TLS, migrations, grants) and to each publisher endpoint.
+    CheckConfig(CheckArgs),
     /// Print events per type, win rate, spend, CPM and installs per country, OS, campaign, advertiser
     /// or exchange over a recent range, from the narrowest rollup that answers it.
     Report(ReportArgs),
@@ -98,6 +99,17 @@ impl MigrateArgs {
         let tables = bid_logger::config::rollup_tables(file.rollup.as_ref(), flush_interval)?;
         Ok((bid_logger::config::resolve_database_url(self.database_url.or(file.database_url))?, tables))
     }
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Also connect: to PostgreSQL (with the URL's TLS settings: reports the TLS version, the migrations
+    /// applied and still to apply, and the grants on every table) and to each `connect` endpoint's
+    /// address; one line per problem on stderr, exit code 1 if there is any.
+    #[arg(long)]
+    online: bool,
 }
 
 #[derive(Args)]
@@ -171,7 +183,7 @@ fn main() -> ExitCode {
             telemetry::init_logging(LogFormat::Text, "warn");
             report(fleet_command(&url, args.group.as_deref(), args.partition_count, args.format))
         }
-        Command::CheckConfig(args) => {
+        Command::CheckConfig(CheckArgs { config: args, online }) => {
             if let Some(code) = unknown_variables() {
                 return code;
             }
@@ -179,7 +191,11 @@ fn main() -> ExitCode {
             match args.load() {
                 Ok(c) => {
                     print!("{}", c.to_toml());
-                    ExitCode::SUCCESS
+                    if online {
+                        report(check_online(&c))
+                    } else {
+                        ExitCode::SUCCESS
+                    }
                 }
                 Err(e) => config_failure(e, &sub, file.as_deref()),
             }
@@ -302,6 +318,20 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `check-config --online`: each finding on a line of its own, problems on
+/// stderr.
+fn check_online(config: &Config) -> anyhow::Result<ExitCode> {
+    let findings = runtime()?.block_on(bid_logger::check::online(config));
+    for f in &findings {
+        if f.problem {
+            eprintln!("bid-logger: check: {}", f.line);
+        } else {
+            println!("# check: {}", f.line);
+        }
+    }
+    Ok(if findings.iter().any(|f| f.problem) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
 fn report_command(
     url: &str,
     config: &bid_logger::report::ReportConfig,
@@ -312,7 +342,7 @@ fn report_command(
         let client = connect(url).await?;
         let report = bid_logger::report::run(&client, config)
             .await
-            .map_err(sink::SinkError::from)
+            .map_err(db::DbError::from)
             .with_context(|| format!("reading {}", bid_logger::report::source(config)))?;
         print!("{}", bid_logger::report::render(&report, format, range));
         Ok(ExitCode::SUCCESS)
@@ -338,7 +368,7 @@ fn fleet_command(
                 );
                 return Ok(ExitCode::FAILURE);
             }
-            Err(e) => return Err(sink::SinkError::from(e)).context("reading bid_logger_members and bid_logger_leases"),
+            Err(e) => return Err(db::DbError::from(e)).context("reading bid_logger_members and bid_logger_leases"),
         };
         print!("{}", status::render(&groups, format));
         Ok(ExitCode::SUCCESS)
@@ -347,14 +377,14 @@ fn fleet_command(
 
 /// One connection for a one-off command (`migrate`, `report`, `fleet`).
 async fn connect(url: &str) -> anyhow::Result<deadpool_postgres::Object> {
-    let pool = sink::pool(url, 1)?;
-    pool.get().await.map_err(sink::SinkError::from).with_context(|| format!("connecting to {}", mask_database_url(url)))
+    let pool = db::pool(url, 1)?;
+    pool.get().await.map_err(db::DbError::from).with_context(|| format!("connecting to {}", mask_database_url(url)))
 }
 
 fn migrate(url: &str, tables: &[RollupTable]) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let mut client = connect(url).await?;
-        let applied = sink::migrate(&mut client, tables).await?;
+        let applied = db::migrate(&mut client, tables).await?;
         println!("migrations: {applied} applied, schema up to date");
         Ok(ExitCode::SUCCESS)
     })

@@ -3,11 +3,12 @@
 
 use crate::assignment::{Assignment, LateMarks};
 use crate::config::Config;
+use crate::db::{self, DbError};
 use crate::fleet::{Coordinator, CoordinatorLinks, Phase};
 use crate::ingest::{self, FlushRequests, IngestError, IngestSummary};
 use crate::sink::marks::Previous;
 use crate::sink::service::SinkFleet;
-use crate::sink::{self, Sink, SinkError, SinkSummary};
+use crate::sink::{self, Sink, SinkSummary};
 use crate::telemetry::Progress;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,7 +29,7 @@ pub enum PipelineError {
     Ingest(#[from] IngestError),
     /// The database refused us for a reason retrying cannot fix.
     #[error("database-url: {0}")]
-    Database(SinkError),
+    Database(DbError),
     /// Waiting for signals failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -69,7 +70,7 @@ pub async fn run(
         partition_count = config.ingest.partition_count,
         "starting"
     );
-    let pool = sink::pool(&config.sink.database_url, config.sink.pool_size).map_err(PipelineError::Database)?;
+    let pool = db::pool(&config.sink.database_url, config.sink.pool_size).map_err(PipelineError::Database)?;
     let migrated = check_database(&pool, &config.sink.tables).await?;
     let loaded = if migrated { load_marks(&pool, &config.sink).await } else { None };
 
@@ -202,11 +203,11 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// migrations are applied.
 async fn check_database(
     pool: &deadpool_postgres::Pool,
-    tables: &[sink::tables::RollupTable],
+    tables: &[db::tables::RollupTable],
 ) -> Result<bool, PipelineError> {
     let result = async {
         let mut client = pool.get().await?;
-        sink::migrate(&mut client, tables).await
+        db::migrate(&mut client, tables).await
     }
     .await;
     match result {

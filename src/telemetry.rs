@@ -129,6 +129,10 @@ metrics_table! {
         "Time-range partitions of the rollup tables created (ahead of time or for late events), by table.";
     counter ROLLUP_PARTITIONS_DROPPED = "bid_logger_rollup_partitions_dropped_total", Count,
         "Time-range partitions of the rollup tables dropped by their retention, by table.";
+    counter MAINTENANCE_FAILURES = "bid_logger_maintenance_failures_total", Count,
+        "Rounds of range maintenance (retention, ranges ahead of time) that failed; each is retried after a backoff.";
+    gauge LAST_MAINTENANCE = "bid_logger_last_maintenance_timestamp_seconds", Seconds,
+        "Unix time of the last round of range maintenance that succeeded (at start-up, then every 15 minutes).";
     counter ROLLUP_EVENTS_EXPIRED = "bid_logger_rollup_events_expired_total", Count,
         "Accepted events not added to a rollup table because their bucket is past its retention, by table (coarser tables still get them).";
     counter LOG_EVENTS_CONSUMED = "bid_logger_log_events_consumed_total", Count,

@@ -41,7 +41,7 @@
 pub mod status;
 
 use crate::assignment::{idle_timeout, Assignment, FlushWait};
-use crate::sink::SinkError;
+use crate::db::DbError;
 use crate::telemetry as t;
 use bid_logger_core::marks::{decode, SeqMarks};
 use metrics::{counter, gauge, Gauge};
@@ -319,7 +319,7 @@ impl Coordinator {
             tx.execute(LEAVE, &[&self.config.group, &self.member]).await?;
             tx.execute(WITHDRAW, &[&self.config.group, &self.member]).await?;
             tx.commit().await?;
-            Ok::<_, SinkError>(())
+            Ok::<_, DbError>(())
         }
         .await;
         if let Err(e) = result {
@@ -344,7 +344,7 @@ impl Coordinator {
     }
 
     /// One heartbeat transaction (see the module's docs).
-    async fn heartbeat(&mut self) -> Result<(), SinkError> {
+    async fn heartbeat(&mut self) -> Result<(), DbError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // A member frozen (SIGSTOP, a VM pause) inside this transaction would
@@ -364,7 +364,7 @@ impl Coordinator {
     }
 
     /// The heartbeat's statements; `None` when this member was fenced.
-    async fn decide(&mut self, tx: &tokio_postgres::Transaction<'_>) -> Result<Option<Beat>, SinkError> {
+    async fn decide(&mut self, tx: &tokio_postgres::Transaction<'_>) -> Result<Option<Beat>, DbError> {
         let (group, member) = (&self.config.group, &self.member);
         let ttl_ms = self.config.lease_ttl.as_millis() as f64;
         if self.departing.is_none() {
@@ -627,7 +627,7 @@ impl Coordinator {
 
     /// Passes `partitions` to their claimants (released when a claim was
     /// withdrawn meanwhile): (partition, new owner).
-    async fn pass(&self, partitions: &[u32]) -> Result<Vec<(u32, Option<String>)>, SinkError> {
+    async fn pass(&self, partitions: &[u32]) -> Result<Vec<(u32, Option<String>)>, DbError> {
         let parts: Vec<i32> = partitions.iter().map(|&p| p as i32).collect();
         let ttl_ms = self.config.lease_ttl.as_millis() as f64;
         let mut client = self.pool.get().await?;
@@ -662,7 +662,7 @@ impl Coordinator {
     /// at another epoch than held here (taken anew since by a later run
     /// under the same name: they stay with it); withdraws this member's
     /// claims, and settles what it left outstanding (counted as lost).
-    async fn give_back(&self, held: &BTreeMap<u32, i64>) -> Result<(), SinkError> {
+    async fn give_back(&self, held: &BTreeMap<u32, i64>) -> Result<(), DbError> {
         let (partitions, epochs): (Vec<i32>, Vec<i64>) = held.iter().map(|(&p, &e)| (p as i32, e)).unzip();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -690,7 +690,7 @@ impl Coordinator {
             self.give_back(&self.held).await?;
             let client = self.pool.get().await?;
             client.execute(LEAVE, &[&self.config.group, &self.member]).await?;
-            Ok::<_, SinkError>(())
+            Ok::<_, DbError>(())
         }
         .await;
         match result {

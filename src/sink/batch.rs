@@ -10,7 +10,7 @@
 //! lock rows in key order, so parts wait for each other there but do not
 //! deadlock.)
 
-use super::tables::{self, RollupTable};
+use crate::db::tables::{self, RollupTable};
 #[cfg(doc)]
 use bid_logger_core::aggregate::RowKey;
 use bid_logger_core::aggregate::{Delta, RawRow, Row};
@@ -105,7 +105,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::tables::default_tables;
+    use crate::db::tables::default_tables;
     use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Counters, Outcome, RowKey};
     use bid_logger_core::decode::Event;
     use bid_logger_core::wire::EventType;

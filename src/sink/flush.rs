@@ -27,8 +27,9 @@
 use super::batch::Batch;
 use super::marks::{self, Watermark};
 use super::payload::{pack, Merged, COPY_HEADER, COPY_TRAILER, PG_EPOCH_US};
-use super::tables::RollupTable;
-use super::SinkError;
+use crate::db::ranges::{self, Parent};
+use crate::db::tables::RollupTable;
+use crate::db::DbError;
 use bid_logger_core::aggregate::{Dimension, Row};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{pin_mut, SinkExt};
@@ -68,6 +69,8 @@ pub enum Written {
         rows: Vec<u64>,
         /// Rows written to `events_sample`.
         raw_rows: u64,
+        /// Ranges created, per entry of the `ranges` the batch was written with.
+        ranges_created: Vec<u64>,
     },
     /// An earlier attempt had already written them (found in the ledger).
     Already,
@@ -194,13 +197,16 @@ pub(crate) fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<i32
     buf.freeze()
 }
 
-/// Writes `batch` (batch `id` of `to.instance`) and `mark` to every table, exactly once.
+/// Writes `batch` (batch `id` of `to.instance`) and `mark` to every table,
+/// exactly once, in one transaction; the ranges its rows need that are not
+/// known to exist (`ranges`: per range table, the starts) are created in it.
 pub async fn write_batch(
     client: &mut tokio_postgres::Client,
     to: &Writer<'_>,
     id: BatchId,
     batch: &Batch,
     mark: &Watermark,
+    ranges: &[(Parent<'_>, Vec<i64>)],
 ) -> Result<Written, tokio_postgres::Error> {
     let Writer { instance, scope, tables, sample_ppm, raw_sample_ppm } = *to;
     let tx = client.transaction().await?;
@@ -219,6 +225,12 @@ pub async fn write_batch(
     if inserted == 0 {
         tx.rollback().await?;
         return Ok(Written::Already);
+    }
+    // The ranges the rows need that are not known to exist, before any
+    // range table is touched (see `ranges::ensure_in`).
+    let mut ranges_created = Vec::with_capacity(ranges.len());
+    for (parent, starts) in ranges {
+        ranges_created.push(ranges::ensure_in(&tx, *parent, starts).await?.len() as u64);
     }
     let ppm = sample_ppm as i32;
     let mut upserted = Vec::with_capacity(tables.len());
@@ -240,7 +252,7 @@ pub async fn write_batch(
     // Last, so the rows it locks (shared by the parts) are held only until the commit.
     marks::record(&tx, scope, instance, id.run_id, mark, batch.events).await?;
     tx.commit().await?;
-    Ok(Written::Now { rows: upserted, raw_rows })
+    Ok(Written::Now { rows: upserted, raw_rows, ranges_created })
 }
 
 /// What one consumption of a log did.
@@ -277,7 +289,7 @@ pub async fn consume(
     feeds: &[&RollupTable],
     limit: i64,
     now_ms: i64,
-) -> Result<Consumed, SinkError> {
+) -> Result<Consumed, DbError> {
     let tx = client.transaction().await?;
     let locked: bool = tx.query_one(TRY_LOCK, &[&consume_lock(&table.name)]).await?.get(0);
     if !locked {
@@ -294,11 +306,11 @@ pub async fn consume(
         // The payloads are ours; a malformed one or a mismatch means one was
         // cut: never commit that (the log keeps its rows, and the error says
         // so, every retry).
-        merged.add(row.get(1)).map_err(|e| SinkError::Log(format!("{}: {e}", table.log_table())))?;
+        merged.add(row.get(1)).map_err(|e| DbError::Log(format!("{}: {e}", table.log_table())))?;
     }
     let logged: i64 = taken.iter().map(|r| r.get::<_, i64>(0)).sum();
     if logged != merged.events {
-        return Err(SinkError::Log(format!(
+        return Err(DbError::Log(format!(
             "{}: the log's rows hold {logged} events, their payloads {}",
             table.log_table(),
             merged.events

@@ -20,7 +20,7 @@
 //! that is every event received but not written, plus every message sent
 //! while nobody received: nothing unaccounted, and nothing counted twice.
 
-use super::SinkError;
+use crate::db::DbError;
 use bid_logger_core::marks::{decode, SeqMarks};
 use tokio_postgres::types::ToSql;
 
@@ -58,9 +58,6 @@ pub struct Fence {
 /// Fails the transaction (SQLSTATE `BLF01`) unless the member still holds
 /// every lease at its epoch, and keeps them from being taken until it ends.
 const FENCE: &str = "SELECT bid_logger_fence($1, $2, $3, $4)";
-
-/// The SQLSTATE of a failed fence.
-pub const FENCED: &str = "BLF01";
 
 /// Checks `fence` in `tx`, as `member`.
 pub async fn check(
@@ -152,7 +149,7 @@ pub enum Previous {
 
 /// Reads the committed marks of `scope` and settles what the previous run
 /// of `instance` left outstanding, in one transaction.
-pub async fn load(client: &mut tokio_postgres::Client, scope: &str, instance: &str) -> Result<Loaded, SinkError> {
+pub async fn load(client: &mut tokio_postgres::Client, scope: &str, instance: &str) -> Result<Loaded, DbError> {
     let tx = client.transaction().await?;
     let lost: i64 = tx.query_opt(CLAIM_OUTSTANDING, &[&instance]).await?.map_or(0, |r| r.get(0));
     if lost != 0 {

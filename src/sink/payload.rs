@@ -251,8 +251,8 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::tables::{default_tables, RollupTable};
     use crate::sink::flush::encode_rows;
-    use crate::sink::tables::{default_tables, RollupTable};
     use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Outcome, Row};
     use bid_logger_core::decode::Event;
     use bid_logger_core::wire::EventType;

@@ -10,30 +10,32 @@
 //! `max_pending_rows` through the same folding as the aggregator's.
 //!
 //! The coarse tables' delta logs are consumed by a [`Consumer`] task of its
-//! own, on its own connection, at each table's interval; a graceful stop
+//! own (`consumer.rs`), on its own connection, at each table's interval; a graceful stop
 //! consumes them once more after the last batch.
 
 use super::batch::Batch;
-use super::flush::{consume, write_batch, BatchId, Writer, Written, MAX_CONSUME_ROWS, PRUNE_LEDGER};
+use super::consumer::Consumer;
+use super::flush::{write_batch, BatchId, Writer, Written, PRUNE_LEDGER};
 use super::marks::{self, Fence, Loaded, Previous, Watermark};
-use super::ranges::{self, Parent, Span};
-use super::tables::RollupTable;
-use super::{SinkConfig, SinkError};
+use super::SinkConfig;
 use crate::assignment::{Assignment, FlushWait};
+use crate::db::maintenance::{self, Maintenance, MaintenanceConfig, RangeBook};
+use crate::db::ranges::{self, Parent};
+use crate::db::DbError;
 use crate::telemetry as t;
 use bid_logger_core::aggregate::Delta;
 use bid_logger_core::marks::SeqMarks;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Retry delays grow from this …
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// … to this.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Rows (rollup keys) written in one transaction at most.
 pub const MAX_BATCH_ROWS: usize = 50_000;
 /// A batch this large is written as `db-pool-size` parts in parallel.
@@ -119,9 +121,13 @@ pub struct Sink {
     queued: Delta,
     backoff: Duration,
     retry_at: Option<Instant>,
+    /// The failed attempts since the last that succeeded: when the first
+    /// failed, how many, and the last error.
+    failing: Option<(Instant, u64, String)>,
     /// Whether the schema is known to be up to date (shared with the consumer).
     migrated: Arc<AtomicBool>,
-    ranges: Ranges,
+    /// The ranges known to exist (kept by the maintenance task too).
+    book: Arc<RangeBook>,
     /// The committed marks and those received since (see [`marks`]).
     marks: SeqMarks,
     /// Whether what the previous run left is read and settled.
@@ -196,8 +202,9 @@ impl Sink {
             queued: Delta::default(),
             backoff: BACKOFF_MIN,
             retry_at: None,
+            failing: None,
             migrated: Arc::new(AtomicBool::new(migrated)),
-            ranges: Ranges::default(),
+            book: Arc::new(RangeBook::default()),
             loaded: loaded.is_some(),
             late,
             marks: loaded.map(|l| l.marks).unwrap_or_default(),
@@ -222,7 +229,8 @@ impl Sink {
     pub async fn run(mut self) -> SinkSummary {
         let (stop_consumer, stop_rx) = watch::channel(false);
         let consumer = Consumer::new(&self.config, self.run_id, self.migrated.clone())
-            .map(|c| tokio::spawn(c.run(stop_rx, self.config.shutdown_timeout)));
+            .map(|c| tokio::spawn(c.run(stop_rx.clone(), self.config.shutdown_timeout)));
+        let maintenance = self.maintenance().map(|m| tokio::spawn(m.run(stop_rx)));
         loop {
             let retry_at = self.retry_at.map(tokio::time::Instant::from_std);
             let following = self.fleet.is_some();
@@ -263,7 +271,30 @@ impl Sink {
         if let Some(consumer) = consumer {
             let _ = consumer.await;
         }
+        if let Some(maintenance) = maintenance {
+            let _ = maintenance.await;
+        }
         summary
+    }
+
+    /// The range maintenance task, on a connection of its own.
+    fn maintenance(&self) -> Option<Maintenance> {
+        let c = &self.config;
+        let config = MaintenanceConfig {
+            database_url: c.database_url.clone(),
+            tables: c.tables.clone(),
+            raw_sample: c.raw_sample_ppm > 0,
+            raw_retention_days: c.raw_retention_days,
+            max_lateness_ms: c.max_lateness_ms,
+            timeout: c.flush_timeout,
+        };
+        match Maintenance::new(config, self.book.clone(), self.migrated.clone()) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::error!(error = %e, "range maintenance cannot start: flushes create the ranges they need");
+                None
+            }
+        }
     }
 
     async fn drain_on_shutdown(mut self) -> SinkSummary {
@@ -271,10 +302,16 @@ impl Sink {
         while self.has_work() {
             if Instant::now() >= deadline {
                 let unwritten = self.pending.iter().map(|p| p.batch.events).sum::<u64>() + self.queued.events;
+                let (since, attempts, last_error) = self.failing.clone().unwrap_or((Instant::now(), 0, String::new()));
                 tracing::error!(
                     events_unwritten = unwritten,
+                    attempts,
+                    failing_for = ?since.elapsed(),
+                    last_error = %last_error,
                     timeout = ?self.config.shutdown_timeout,
-                    "giving up: the database stayed unreachable; these accepted events were NOT written"
+                    "giving up at shutdown: {attempts} flush attempts failed over {:.1} s (last error: {last_error}); \
+                     these accepted events were NOT written",
+                    since.elapsed().as_secs_f64()
                 );
                 self.summary.events_unwritten = unwritten;
                 break;
@@ -409,7 +446,7 @@ impl Sink {
             }
             // Raw rows whose day is already past the retention would land in
             // a day table about to be dropped (or re-create a dropped one).
-            let oldest_kept = Ranges::today() - self.config.raw_retention_days;
+            let oldest_kept = ranges::today() - self.config.raw_retention_days;
             let before = self.queued.raw.len();
             self.queued.raw.retain(|r| r.day() >= oldest_kept);
             let expired = (before - self.queued.raw.len()) as u64;
@@ -457,16 +494,24 @@ impl Sink {
             }
         }
         let started = Instant::now();
-        let mut failure =
-            prepare(&self.pool, &self.config, &self.pending, &self.migrated, &mut self.ranges).await.err();
+        let mut failure = migrate_once(&self.pool, &self.config, &self.migrated).await.err();
         if failure.is_none() {
-            let (pool, config) = (&self.pool, &self.config);
-            let attempts = self
-                .pending
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| !p.landed)
-                .map(|(i, p)| async move { (i, attempt(pool, config, p.id, &p.batch, &p.mark).await) });
+            let (pool, config, book) = (&self.pool, &self.config, &self.book);
+            let attempts = self.pending.iter().enumerate().filter(|(_, p)| !p.landed).map(|(i, p)| async move {
+                let needed = needed_ranges(config, book, &p.batch);
+                let result = attempt(pool, config, p.id, &p.batch, &p.mark, &needed).await;
+                if let Ok(written) = &result {
+                    let created = match written {
+                        Written::Now { ranges_created, .. } => ranges_created.as_slice(),
+                        Written::Already => &[],
+                    };
+                    for (i, (parent, starts)) in needed.iter().enumerate() {
+                        book.add(parent.table, starts);
+                        maintenance::count_created(*parent, created.get(i).copied().unwrap_or(0));
+                    }
+                }
+                (i, result)
+            });
             for (i, result) in futures_util::future::join_all(attempts).await {
                 match result {
                     Ok(written) => self.record_written(i, written),
@@ -487,6 +532,7 @@ impl Sink {
                     .set(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0));
                 self.backoff = BACKOFF_MIN;
                 self.retry_at = None;
+                self.failing = None;
                 self.publish_pending();
                 true
             }
@@ -496,7 +542,7 @@ impl Sink {
 
     /// Accounts for a failed attempt: retry after the backoff; a fleet
     /// member whose fence failed drops what it holds instead.
-    fn failed(&mut self, e: SinkError) -> bool {
+    fn failed(&mut self, e: DbError) -> bool {
         if e.is_fenced() {
             let generation = self.pending.first().and_then(|p| p.mark.fence.as_ref()).map_or(0, |f| f.generation);
             if let Some(f) = &self.fleet {
@@ -506,8 +552,14 @@ impl Sink {
             return false;
         }
         self.metrics.failures.increment(1);
-        // Re-check the partitions next time: one may have been dropped under us.
-        self.ranges.known.clear();
+        let failing = self.failing.get_or_insert_with(|| (Instant::now(), 0, String::new()));
+        failing.1 += 1;
+        failing.2 = e.to_string();
+        if e.is_missing_range() {
+            // A range was dropped under us (by another instance's
+            // retention, or by hand): read the catalog again.
+            self.book.forget_all();
+        }
         let batch = self.pending.first().map_or(0, |p| p.id.batch);
         if e.is_transient() {
             tracing::warn!(error = %e, batch, retry_in = ?self.backoff, "flush failed; will retry");
@@ -526,12 +578,12 @@ impl Sink {
     /// reachable at start): the committed marks, and the events it did not
     /// write, counted as lost. A static instance's ingest threads get the
     /// marks through `late`, and count the gap across the restart then.
-    async fn load(&mut self) -> Result<(), SinkError> {
+    async fn load(&mut self) -> Result<(), DbError> {
         let mut client = self.pool.get().await?;
         let config = &self.config;
         let work = async {
             if !self.migrated.load(Ordering::Relaxed) {
-                super::migrate(&mut client, &config.tables).await?;
+                crate::db::migrate(&mut client, &config.tables).await?;
                 self.migrated.store(true, Ordering::Relaxed);
             }
             marks::load(&mut client, config.scope(), &config.instance_id).await
@@ -573,7 +625,7 @@ impl Sink {
         t::count_lost(part.lost.swap(0, Ordering::Relaxed));
         let (batch, events) = (part.id.batch, part.batch.events);
         match written {
-            Written::Now { rows, raw_rows } => {
+            Written::Now { rows, raw_rows, .. } => {
                 let m = &self.metrics;
                 for (counter, n) in m.rows.iter().zip(&rows) {
                     counter.increment(*n);
@@ -595,7 +647,6 @@ impl Sink {
         if part.id.batch % PRUNE_EVERY == 0 {
             self.prune_ledger().await;
         }
-        self.ranges.publish();
         self.summary.events_written += events;
         self.progress.written(events);
         self.summary.batches += 1;
@@ -618,313 +669,6 @@ impl Sink {
         let m = &mut self.metrics;
         m.live_keys.increment(keys as f64 - m.published_live_keys as f64);
         m.published_live_keys = keys;
-    }
-}
-
-/// What the sink knows of the time-range partitions of `events_sample` and
-/// the rollup tables.
-#[derive(Debug, Default)]
-struct Ranges {
-    /// Per table: starts (seconds since the epoch) of the ranges known to
-    /// exist.
-    known: HashMap<String, BTreeSet<i64>>,
-    /// When creation ahead of time and retention run next.
-    next_maintenance: Option<Instant>,
-    /// Created / dropped since last published, per table.
-    created: HashMap<String, u64>,
-    dropped: HashMap<String, u64>,
-}
-
-/// Creation ahead of time and retention run this often.
-const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
-
-/// Ranges created in one transaction at most.
-const RANGES_PER_TRANSACTION: usize = 24;
-
-/// Ranges are created this far ahead of the clock.
-const AHEAD_S: i64 = 2 * 86_400;
-
-impl Ranges {
-    fn today() -> i64 {
-        ranges::day_of(bid_logger_core::clock::now_ms())
-    }
-
-    /// Makes sure `parent` has ranges holding the times `times_s` (seconds
-    /// since the epoch).
-    async fn ensure(
-        &mut self,
-        client: &mut tokio_postgres::Client,
-        parent: Parent<'_>,
-        times_s: impl Iterator<Item = i64>,
-    ) -> Result<(), SinkError> {
-        let known = self.known.entry(parent.table.to_string()).or_default();
-        let mut missing: Vec<i64> = times_s.map(|t| parent.span.start(t)).filter(|s| !known.contains(s)).collect();
-        missing.sort_unstable();
-        missing.dedup();
-        // A day of hour ranges per transaction: what is created stays
-        // created (and known) when the attempt times out part-way, so a
-        // first start that must create hundreds of ranges under a short
-        // `flush-timeout` still makes progress.
-        for chunk in missing.chunks(RANGES_PER_TRANSACTION) {
-            let created = ranges::ensure(client, parent, chunk).await?;
-            *self.created.entry(parent.table.to_string()).or_default() += created.len() as u64;
-            self.known.entry(parent.table.to_string()).or_default().extend(chunk);
-        }
-        Ok(())
-    }
-
-    /// Hourly: retention, then ranges from the oldest accepted event time
-    /// (or the retention, if shorter) to two days ahead.
-    async fn maintain(&mut self, client: &mut tokio_postgres::Client, config: &SinkConfig) -> Result<(), SinkError> {
-        if self.next_maintenance.is_some_and(|at| Instant::now() < at) {
-            return Ok(());
-        }
-        let now_ms = bid_logger_core::clock::now_ms();
-        let now_s = now_ms.div_euclid(1000);
-        let oldest_accepted_s = (now_ms - config.max_lateness_ms).div_euclid(1000);
-        if config.raw_sample_ppm > 0 {
-            let oldest = (Self::today() - config.raw_retention_days) * 86_400;
-            self.retain(client, "events_sample", oldest).await?;
-            let parent = Parent { table: "events_sample", span: Span::Day, rollup: false };
-            self.ensure(client, parent, Span::Day.starts((now_s - 86_400).max(oldest), now_s + AHEAD_S)).await?;
-        }
-        for table in &config.tables {
-            let mut from_s = oldest_accepted_s;
-            if let Some(r) = table.retention {
-                let cutoff_s = (now_ms - r.as_millis() as i64).div_euclid(1000);
-                self.retain(client, &table.name, cutoff_s).await?;
-                from_s = from_s.max(cutoff_s);
-            }
-            let parent = rollup_parent(table);
-            self.ensure(client, parent, parent.span.starts(from_s, now_s + AHEAD_S)).await?;
-        }
-        self.next_maintenance = Some(Instant::now() + MAINTENANCE_EVERY);
-        Ok(())
-    }
-
-    /// Drops `table`'s ranges that end by `cutoff_s`.
-    async fn retain(
-        &mut self,
-        client: &mut tokio_postgres::Client,
-        table: &str,
-        cutoff_s: i64,
-    ) -> Result<(), SinkError> {
-        let dropped = ranges::drop_ending_by(client, table, cutoff_s).await?;
-        if !dropped.is_empty() {
-            *self.dropped.entry(table.to_string()).or_default() += dropped.len() as u64;
-            self.known.remove(table);
-        }
-        Ok(())
-    }
-
-    /// Adds the counts since the last call to the metrics.
-    fn publish(&mut self) {
-        for (table, n) in self.created.drain() {
-            if table == "events_sample" {
-                counter!(t::RAW_PARTITIONS_CREATED).increment(n);
-            } else {
-                counter!(t::ROLLUP_PARTITIONS_CREATED, "table" => table).increment(n);
-            }
-        }
-        for (table, n) in self.dropped.drain() {
-            if table == "events_sample" {
-                counter!(t::RAW_PARTITIONS_DROPPED).increment(n);
-            } else {
-                counter!(t::ROLLUP_PARTITIONS_DROPPED, "table" => table).increment(n);
-            }
-        }
-    }
-}
-
-/// A rollup table as a range parent.
-fn rollup_parent(table: &RollupTable) -> Parent<'_> {
-    Parent { table: &table.name, span: Span::of(table.shape.grain), rollup: true }
-}
-
-/// Reads the coarse tables' delta logs into their tables, each at its own
-/// interval, on a connection of its own (so a long consumption never delays
-/// a batch).
-struct Consumer {
-    tables: Vec<RollupTable>,
-    /// Per table, the tables fed from its consumptions.
-    feeds: Vec<Vec<RollupTable>>,
-    pool: deadpool_postgres::Pool,
-    instance: String,
-    run_id: i64,
-    seq: i64,
-    flush_timeout: Duration,
-    migrated: Arc<AtomicBool>,
-    /// Per table: log rows taken per transaction (one after a timeout,
-    /// doubled back after each success).
-    limit: Vec<i64>,
-}
-
-/// What one attempt at a log found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LogState {
-    /// Consumed, nothing left.
-    Empty,
-    /// Consumed, more left.
-    More,
-    /// Another consumer holds the log's lock (another instance, or a
-    /// timed-out attempt of ours whose transaction the server is still
-    /// rolling back).
-    Busy,
-}
-
-impl Consumer {
-    /// `None` when no table is logged.
-    fn new(config: &SinkConfig, run_id: i64, migrated: Arc<AtomicBool>) -> Option<Consumer> {
-        // A table feeding others comes before them, so that a pass over every
-        // log (at the stop) carries the feeder's rows all the way.
-        let mut logged: Vec<usize> = (0..config.tables.len()).filter(|&t| config.tables[t].logged).collect();
-        logged.sort_by_key(|&t| super::tables::chain(&config.tables, t).count());
-        let tables: Vec<RollupTable> = logged.into_iter().map(|t| config.tables[t].clone()).collect();
-        let feeds =
-            tables.iter().map(|t| super::tables::fed_from(&config.tables, &t.name).cloned().collect()).collect();
-        for table in &tables {
-            // exported from the start, so that rates and alerts see a zero
-            counter!(t::LOG_FAILURES, "table" => table.name.clone()).increment(0);
-        }
-        if tables.is_empty() {
-            return None;
-        }
-        let pool = match super::pool(&config.database_url, 1) {
-            Ok(pool) => pool,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build the delta-log consumer's pool");
-                return None;
-            }
-        };
-        Some(Consumer {
-            feeds,
-            tables,
-            pool,
-            instance: config.instance_id.clone(),
-            run_id,
-            seq: -1,
-            flush_timeout: config.flush_timeout,
-            migrated,
-            limit: vec![MAX_CONSUME_ROWS; config.tables.iter().filter(|t| t.logged).count()],
-        })
-    }
-
-    /// Consumes each log at its table's interval until `stop` turns true,
-    /// then every log once more (trying for at most `shutdown_timeout`).
-    async fn run(mut self, mut stop: watch::Receiver<bool>, shutdown_timeout: Duration) {
-        let start = tokio::time::Instant::now();
-        let mut due: Vec<tokio::time::Instant> = self.tables.iter().map(|t| start + t.flush_interval).collect();
-        let mut backoff = vec![BACKOFF_MIN; self.tables.len()];
-        loop {
-            let next = due.iter().min().copied().unwrap_or(start);
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {}
-                _ = stop.changed() => break,
-            }
-            let now = tokio::time::Instant::now();
-            for i in 0..self.tables.len() {
-                if due[i] > now {
-                    continue;
-                }
-                if !self.migrated.load(Ordering::Relaxed) {
-                    due[i] = now + BACKOFF_MIN;
-                    continue;
-                }
-                match self.consume(i).await {
-                    Ok(_) => {
-                        backoff[i] = BACKOFF_MIN;
-                        due[i] = tokio::time::Instant::now() + self.tables[i].flush_interval;
-                    }
-                    Err(e) => {
-                        tracing::warn!(table = %self.tables[i].name, error = %e, retry_in = ?backoff[i],
-                            "consuming the delta log failed; will retry (its rows stay in the log)");
-                        due[i] = tokio::time::Instant::now() + backoff[i];
-                        backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
-                    }
-                }
-            }
-        }
-        let deadline = Instant::now() + shutdown_timeout;
-        let mut left: Vec<usize> = (0..self.tables.len()).collect();
-        while !left.is_empty() && Instant::now() < deadline {
-            let mut failed: Vec<usize> = Vec::new();
-            for i in left {
-                // A table fed from a log still pending waits for it (feeders
-                // come first in `tables`, so it is retried after it).
-                let feeder = self.tables[i].fed_by.as_deref();
-                if failed.iter().any(|&f| Some(self.tables[f].name.as_str()) == feeder) {
-                    failed.push(i);
-                    continue;
-                }
-                match self.consume(i).await {
-                    Ok(LogState::Empty) => {}
-                    Ok(_) => failed.push(i), // busy: try again until the lock is ours
-                    Err(e) => {
-                        tracing::warn!(table = %self.tables[i].name, error = %e, "consuming the delta log at stop failed");
-                        failed.push(i);
-                    }
-                }
-            }
-            left = failed;
-            if !left.is_empty() {
-                tokio::time::sleep(BACKOFF_MIN.min(deadline.saturating_duration_since(Instant::now()))).await;
-            }
-        }
-        if !left.is_empty() {
-            let tables: Vec<&str> = left.iter().map(|&i| self.tables[i].name.as_str()).collect();
-            tracing::warn!(
-                ?tables,
-                "stopping with rows in delta logs; they are in PostgreSQL and the next start writes them"
-            );
-        }
-    }
-
-    /// Consumes table `i`'s log until it is empty (each transaction bounded)
-    /// or busy.
-    async fn consume(&mut self, i: usize) -> Result<LogState, SinkError> {
-        loop {
-            match self.consume_once(i).await? {
-                LogState::More => continue,
-                state => return Ok(state),
-            }
-        }
-    }
-
-    /// One transaction of consuming table `i`'s log, bounded by the flush
-    /// timeout.
-    async fn consume_once(&mut self, i: usize) -> Result<LogState, SinkError> {
-        let table = &self.tables[i];
-        self.seq -= 1; // consumptions count down in the ledger, batches up
-        let mut client = self.pool.get().await?;
-        let (instance, id, limit) = (&self.instance, (self.run_id, self.seq), self.limit[i]);
-        let feeds: Vec<&RollupTable> = self.feeds[i].iter().collect();
-        let now_ms = bid_logger_core::clock::now_ms();
-        let work = async { consume(&mut client, instance, id, table, &feeds, limit, now_ms).await };
-        let outcome = tokio::time::timeout(self.flush_timeout, work).await;
-        let done = settle(client, outcome, self.flush_timeout);
-        let labels = [("table", table.name.clone())];
-        match done {
-            Ok(c) if c.busy => Ok(LogState::Busy),
-            Ok(c) => {
-                self.limit[i] = (limit * 2).min(MAX_CONSUME_ROWS);
-                counter!(t::LOG_EVENTS_CONSUMED, &labels).increment(c.events);
-                counter!(t::ROWS_UPSERTED, &labels).increment(c.rows);
-                counter!(t::ROLLUP_EVENTS_EXPIRED, &labels).increment(c.expired);
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-                gauge!(t::LOG_LAST_CONSUMED, &labels).set(now);
-                tracing::trace!(table = %table.name, events = c.events, rows = c.rows, "delta log consumed");
-                Ok(if c.more { LogState::More } else { LogState::Empty })
-            }
-            Err(e) => {
-                if matches!(e, SinkError::Timeout(_)) {
-                    // One batch's rows per transaction until they fit again
-                    // (halving would take six timeouts to get there).
-                    self.limit[i] = 1;
-                }
-                counter!(t::LOG_FAILURES, &labels).increment(1);
-                Err(e)
-            }
-        }
     }
 }
 
@@ -971,52 +715,58 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 }
 
 /// Before writing: applies the migrations if they have not been yet (so a
-/// database that is down at start-up is simply retried like any flush), and
-/// makes sure every table has the time ranges the parts' rows go to.
-async fn prepare(
+/// database that is down at start-up is simply retried like any flush).
+async fn migrate_once(
     pool: &deadpool_postgres::Pool,
     config: &SinkConfig,
-    parts: &[Part],
     migrated: &AtomicBool,
-    ranges: &mut Ranges,
-) -> Result<(), SinkError> {
+) -> Result<(), DbError> {
+    if migrated.load(Ordering::Relaxed) {
+        return Ok(());
+    }
     let mut client = pool.get().await?;
     let work = async {
-        if !migrated.load(Ordering::Relaxed) {
-            super::migrate(&mut client, &config.tables).await?;
-            migrated.store(true, Ordering::Relaxed);
-        }
-        ranges.maintain(&mut client, config).await?;
-        let raw_days: BTreeSet<i64> = parts.iter().flat_map(|p| p.batch.raw.iter().map(|r| r.day())).collect();
-        let parent = Parent { table: "events_sample", span: Span::Day, rollup: false };
-        ranges.ensure(&mut client, parent, raw_days.into_iter().map(|d| d * 86_400)).await?;
-        let now_ms = bid_logger_core::clock::now_ms();
-        for (t, table) in config.tables.iter().enumerate() {
-            // A fed table's rows reach it later, from its chain's first table's rows.
-            let oldest_hour = table.oldest_minute(now_ms).div_euclid(60);
-            let hours = table_hours(parts, super::tables::batch_source(&config.tables, t));
-            let times_s = hours.into_iter().filter(|&h| h >= oldest_hour).map(|h| h * 3600);
-            ranges.ensure(&mut client, rollup_parent(table), times_s).await?;
-        }
+        crate::db::migrate(&mut client, &config.tables).await?;
+        migrated.store(true, Ordering::Relaxed);
         Ok(())
     };
     let outcome = tokio::time::timeout(config.flush_timeout, work).await;
     settle(client, outcome, config.flush_timeout)
 }
 
-/// The hours (since the epoch) of table `t`'s rows in the parts not landed
-/// yet.
-fn table_hours(parts: &[Part], t: usize) -> BTreeSet<i64> {
+/// The ranges `batch`'s rows go to that `book` does not know to exist: per
+/// range table, the starts (the batch's transaction creates them).
+fn needed_ranges<'a>(config: &'a SinkConfig, book: &RangeBook, batch: &Batch) -> Vec<(Parent<'a>, Vec<i64>)> {
+    let mut needed = Vec::new();
+    let raw_days: BTreeSet<i64> = batch.raw.iter().map(|r| r.day()).collect();
+    let missing = book.missing(Parent::RAW, raw_days.into_iter().map(|d| d * 86_400));
+    if !missing.is_empty() {
+        needed.push((Parent::RAW, missing));
+    }
+    let now_ms = bid_logger_core::clock::now_ms();
+    for (t, table) in config.tables.iter().enumerate() {
+        // A fed table's rows reach it later, from its chain's first table's rows.
+        let oldest_hour = table.oldest_minute(now_ms).div_euclid(60);
+        let hours = table_hours(batch, crate::db::tables::batch_source(&config.tables, t));
+        let parent = Parent::rollup(table);
+        let missing = book.missing(parent, hours.into_iter().filter(|&h| h >= oldest_hour).map(|h| h * 3600));
+        if !missing.is_empty() {
+            needed.push((parent, missing));
+        }
+    }
+    needed
+}
+
+/// The hours (since the epoch) of table `t`'s rows in `batch`.
+fn table_hours(batch: &Batch, t: usize) -> BTreeSet<i64> {
     // A batch's rows are in a few hours (interleaved: rows are in day,
     // then dimension order): a short list beats a set per row.
     let mut hours: Vec<i64> = Vec::new();
     let mut last = None;
-    for part in parts.iter().filter(|p| !p.landed) {
-        for (key, _) in &part.batch.tables[t] {
-            let hour = key.minute.div_euclid(60);
-            if last.replace(hour) != Some(hour) && !hours.contains(&hour) {
-                hours.push(hour);
-            }
+    for (key, _) in &batch.tables[t] {
+        let hour = key.minute.div_euclid(60);
+        if last.replace(hour) != Some(hour) && !hours.contains(&hour) {
+            hours.push(hour);
         }
     }
     hours.into_iter().collect()
@@ -1030,7 +780,8 @@ async fn attempt(
     id: BatchId,
     batch: &Batch,
     mark: &Watermark,
-) -> Result<Written, SinkError> {
+    ranges: &[(Parent<'_>, Vec<i64>)],
+) -> Result<Written, DbError> {
     let mut client = pool.get().await?;
     let to = Writer {
         instance: &config.instance_id,
@@ -1039,7 +790,7 @@ async fn attempt(
         sample_ppm: config.sample_ppm,
         raw_sample_ppm: config.raw_sample_ppm,
     };
-    let work = async { write_batch(&mut client, &to, id, batch, mark).await.map_err(SinkError::Db) };
+    let work = async { write_batch(&mut client, &to, id, batch, mark, ranges).await.map_err(DbError::Db) };
     let outcome = tokio::time::timeout(config.flush_timeout, work).await;
     settle(client, outcome, config.flush_timeout)
 }
@@ -1047,11 +798,11 @@ async fn attempt(
 /// The result of work on `client` that was bounded by `timeout`. A
 /// connection that saw any error (or a timeout, after which its state is
 /// unknown) is discarded rather than returned to the pool.
-fn settle<T>(
+pub(super) fn settle<T>(
     client: deadpool_postgres::Object,
-    outcome: Result<Result<T, SinkError>, tokio::time::error::Elapsed>,
+    outcome: Result<Result<T, DbError>, tokio::time::error::Elapsed>,
     timeout: Duration,
-) -> Result<T, SinkError> {
+) -> Result<T, DbError> {
     match outcome {
         Ok(Ok(done)) => Ok(done),
         Ok(Err(e)) => {
@@ -1060,7 +811,7 @@ fn settle<T>(
         }
         Err(_) => {
             drop(deadpool_postgres::Object::take(client));
-            Err(SinkError::Timeout(timeout))
+            Err(DbError::Timeout(timeout))
         }
     }
 }
@@ -1089,7 +840,7 @@ mod tests {
             tables: Vec::new(),
             group: Some("g".into()),
         };
-        let pool = super::super::pool(&config.database_url, 1).unwrap();
+        let pool = crate::db::pool(&config.database_url, 1).unwrap();
         let (_deltas, rx) = mpsc::channel(1);
         let (assignment, assignment_rx) = watch::channel(Arc::default());
         let (_waits, flush_wait) = mpsc::channel(1);

@@ -166,7 +166,7 @@ async fn migrate_is_idempotent_and_creates_the_warehouse() {
         assert_eq!(n, 1, "{rel}");
     }
     let versions: i64 = client.query_one("SELECT count(*) FROM bid_logger_migrations", &[]).await.unwrap().get(0);
-    assert_eq!(versions as usize, bid_logger::sink::migrate::MIGRATIONS.len());
+    assert_eq!(versions as usize, bid_logger::db::migrate::MIGRATIONS.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +259,7 @@ async fn migrate_reads_the_same_configuration_as_run() {
     for db in [&from_file, &from_env] {
         let client = connect(db).await;
         let n: i64 = client.query_one("SELECT count(*) FROM bid_logger_migrations", &[]).await.unwrap().get(0);
-        assert_eq!(n as usize, bid_logger::sink::migrate::MIGRATIONS.len(), "{db}");
+        assert_eq!(n as usize, bid_logger::db::migrate::MIGRATIONS.len(), "{db}");
     }
     // and fails like run on a bad URL
     let (code, _, stderr) = bid_logger(&["migrate", "--database-url", "mysql://u@h/db"]);
@@ -311,4 +311,35 @@ fn an_unknown_bid_logger_variable_is_refused_naming_it() {
     );
     let (code, _, stderr) = bid_logger_with_env(&args, &[("BID_LOGGER_PARTITION_COUNT", "16")]);
     assert_eq!(code, 0, "the real variable is accepted: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_online_names_each_unreachable_part_in_one_line_and_passes_once_all_answer() {
+    let db = fresh_database("check_online").await;
+    let publisher = Publisher::bind();
+    let dead = format!("tcp://127.0.0.1:{}", free_port());
+    let endpoints = format!("{},{dead}", publisher.endpoint);
+    let (code, stdout, stderr) =
+        bid_logger(&["check-config", "--online", "--connect", &endpoints, "--database-url", &db]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let problems: Vec<&str> = stderr.lines().collect();
+    assert_eq!(problems.len(), 1, "{stderr}");
+    assert!(problems[0].contains(&dead) && problems[0].contains("refused"), "{stderr}");
+    assert!(stdout.contains("migrations to apply"), "{stdout}");
+    assert!(stdout.contains(&format!("endpoint {}", publisher.endpoint)), "{stdout}");
+
+    let (code, _, stderr) = bid_logger(&["migrate", "--database-url", &db]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) =
+        bid_logger(&["check-config", "--online", "--connect", &publisher.endpoint, "--database-url", &db]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("schema up to date") && stdout.contains("without TLS"), "{stdout}");
+
+    // A database that is not there: one line, naming the cause.
+    let gone = format!("postgres://postgres@127.0.0.1:{}/x", free_port());
+    let (code, _, stderr) =
+        bid_logger(&["check-config", "--online", "--connect", &publisher.endpoint, "--database-url", &gone]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot connect") && stderr.contains("refused"), "{stderr}");
 }

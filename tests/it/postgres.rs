@@ -91,6 +91,6 @@ async fn a_transaction_ended_by_the_idle_timeout_is_a_transient_failure() {
     std::thread::sleep(Duration::from_millis(500));
     let e = tx.batch_execute("SELECT 1").await.expect_err("the server ended the session");
     assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT), "{e}");
-    let e = bid_logger::sink::SinkError::Db(e);
+    let e = bid_logger::db::DbError::Db(e);
     assert!(e.is_transient(), "{e}");
 }

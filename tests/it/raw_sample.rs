@@ -171,7 +171,7 @@ async fn daily_partitions_are_created_for_late_days_and_dropped_past_retention()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let name = |days_ago: i64| bid_logger::sink::ranges::Span::Day.name("events_sample", (today - days_ago) * 86_400);
+    let name = |days_ago: i64| bid_logger::db::ranges::Span::Day.name("events_sample", (today - days_ago) * 86_400);
     assert!(!parts.contains(&"events_sample_p20200101".to_string()), "old partition dropped: {parts:?}");
     for d in [0, 1, 2] {
         assert!(parts.contains(&name(d)), "partition for {d} days ago: {parts:?}");

@@ -56,11 +56,7 @@ fn url_of(cfg: &tokio_postgres::Config, user: &str, password: Option<&str>, db: 
 
 /// Connects and spawns the connection task.
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
-    tokio::spawn(conn);
-    client
+    bid_logger::db::connect(url).await.unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"))
 }
 
 /// A fresh database of its own for one test; returns its URL.

@@ -98,7 +98,7 @@ async fn a_shorter_retention_drops_old_minute_ranges_while_hour_and_day_keep_eve
     let client = connect(&db).await;
     let all: Vec<TestEvent> = old.iter().chain(&recent).cloned().collect();
     assert_warehouse_matches(&client, &all, 1_000_000).await;
-    let hour = bid_logger::sink::ranges::Span::Hour;
+    let hour = bid_logger::db::ranges::Span::Hour;
     let old_range = hour.name("rollup_minute", hour.start((now - 4 * 86_400_000) / 1000));
     assert!(ranges_of(&client, "rollup_minute").await.contains(&old_range));
 
@@ -114,6 +114,8 @@ async fn a_shorter_retention_drops_old_minute_ranges_while_hour_and_day_keep_eve
     }
     logger.wait_metric("bid_logger_events_flushed_total", 10.0, Duration::from_secs(30));
     let table = "table=\"rollup_minute\"";
+    // Range maintenance runs apart from the flushes: wait for it.
+    logger.wait_metric("bid_logger_rollup_partitions_dropped_total", 1.0, Duration::from_secs(30));
     assert!(logger.metric("bid_logger_rollup_partitions_dropped_total", table) >= 1.0);
     assert_eq!(logger.metric("bid_logger_rollup_events_expired_total", table), 10.0);
     assert_eq!(logger.metric("bid_logger_rollup_events_expired_total", "table=\"rollup_hour\""), 0.0);
@@ -148,7 +150,7 @@ async fn a_warehouse_of_the_previous_release_is_partitioned_in_place_with_its_su
         )
         .await
         .unwrap();
-    for &(version, name, sql) in &bid_logger::sink::migrate::MIGRATIONS[..4] {
+    for &(version, name, sql) in &bid_logger::db::migrate::MIGRATIONS[..4] {
         client.batch_execute(sql).await.unwrap();
         client.execute("INSERT INTO bid_logger_migrations VALUES ($1, $2)", &[&version, &name]).await.unwrap();
     }
@@ -221,7 +223,7 @@ async fn a_warehouse_of_the_previous_release_is_partitioned_in_place_with_its_su
     // ranges begin where it ends, two days ahead of the logger's clock (an
     // hour earlier if the hour turned since).
     let ranges = ranges_of(&client, "rollup_minute").await;
-    let hour = bid_logger::sink::ranges::Span::Hour;
+    let hour = bid_logger::db::ranges::Span::Hour;
     let now_s = now_ms() / 1000;
     let midnight = now_s.div_euclid(86_400) * 86_400 + 86_400;
     let expected = |to_s: i64| -> Vec<String> {
@@ -261,4 +263,34 @@ fn invalid_declarations_fail_at_start_with_one_line_naming_the_key_in_the_file()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("line 4") && stderr.contains("rollup_x"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_logger_applies_the_retention_at_start_up() {
+    let db = fresh_database("idle_retention").await;
+    let out = bid_logger(&["migrate", "--database-url", &db]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Minute ranges 3 to 5 days old, as a longer retention left them.
+    let mut client = connect(&db).await;
+    let hour = bid_logger::db::ranges::Span::Hour;
+    let now_s = now_ms() / 1000;
+    let old: Vec<i64> = (3 * 24..5 * 24).step_by(6).map(|h| hour.start(now_s - h * 3600)).collect();
+    let parent = bid_logger::db::ranges::Parent { table: "rollup_minute", span: hour, rollup: true };
+    bid_logger::db::ranges::ensure(&mut client, parent, &old).await.unwrap();
+    let names: Vec<String> = old.iter().map(|&s| hour.name("rollup_minute", s)).collect();
+    let before = ranges_of(&client, "rollup_minute").await;
+    assert!(names.iter().all(|n| before.contains(n)), "set-up: {before:?}");
+
+    // Started with a 2-day retention and no publisher at all.
+    let config = rollup_config("idle-retention", "[rollup.rollup_minute]\nretention = \"2d\"\n");
+    let logger = Logger::start(&db, &["--connect", "tcp://127.0.0.1:1", "--config", &config]);
+    logger.wait_metric("bid_logger_rollup_partitions_dropped_total", names.len() as f64, Duration::from_secs(30));
+    // The round goes on with the ranges from the oldest accepted time to two days ahead.
+    logger.wait_metric("bid_logger_last_maintenance_timestamp_seconds", 1.0, Duration::from_secs(60));
+    let left = ranges_of(&client, "rollup_minute").await;
+    assert!(names.iter().all(|n| !left.contains(n)), "old ranges left: {left:?}");
+    // The ranges of now and ahead were made the same way.
+    assert!(left.contains(&hour.name("rollup_minute", hour.start(now_s))), "{left:?}");
+    assert_eq!(logger.metric("bid_logger_events_flushed_total", ""), 0.0, "nothing was flushed");
+    logger.stop_ok();
 }

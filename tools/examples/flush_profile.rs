@@ -28,7 +28,7 @@ fn main() {
     let mut hot = HotPath::new(HotPathConfig { raw_sample: raw, ..HotPathConfig::default() });
     let (mut best_drain, mut best_parts) = (f64::MAX, f64::MAX);
     let mut rows = 0;
-    let tables = bid_logger::sink::tables::default_tables(std::time::Duration::from_secs(1));
+    let tables = bid_logger::db::tables::default_tables(std::time::Duration::from_secs(1));
     for _ in 0..10 {
         for (t, p) in &stream.messages {
             hot.process(t, p, now);

@@ -16,10 +16,10 @@
 //! The argument is the number of round pairs. Without `DATABASE_URL`, a
 //! throwaway PostgreSQL is started.
 
+use bid_logger::db::ranges;
 use bid_logger::sink::batch::Batch;
 use bid_logger::sink::flush::{write_batch, BatchId, Writer};
 use bid_logger::sink::marks::Watermark;
-use bid_logger::sink::ranges;
 use bid_logger_core::marks::SeqMarks;
 use bid_logger_core::seq::{topic_id, Mark};
 use std::sync::Arc;
@@ -36,16 +36,15 @@ async fn main() -> anyhow::Result<()> {
             temp.url()
         }
     };
-    let (admin, conn) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let admin = bid_logger::db::connect(&server).await?;
     let db = format!("marks_cost_{}", std::process::id());
     admin.batch_execute(&format!("CREATE DATABASE {db}")).await?;
     let mut cfg: tokio_postgres::Config = server.parse()?;
     cfg.dbname(&db);
     let (mut client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    let tables = bid_logger::sink::tables::default_tables(Duration::from_secs(1));
-    bid_logger::sink::migrate(&mut client, &tables).await?;
+    let tables = bid_logger::db::tables::default_tables(Duration::from_secs(1));
+    bid_logger::db::migrate(&mut client, &tables).await?;
     let today_s = ranges::day_of(bid_logger_core::clock::now_ms()) * 86_400;
     for table in &tables {
         let span = ranges::Span::of(table.shape.grain);
@@ -101,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 Watermark { partitions: vec![], values: vec![], generation: id, drained: 0, fence: None }
             };
-            write_batch(&mut client, &to, BatchId { run_id: 1, batch: id }, &batch, &mark).await?;
+            write_batch(&mut client, &to, BatchId { run_id: 1, batch: id }, &batch, &mark, &[]).await?;
             let elapsed = started.elapsed().as_secs_f64() * 1000.0;
             if round > 0 {
                 // round 0 inserts every row; later rounds update them (the steady state)

@@ -273,11 +273,7 @@ pub async fn report(client: &tokio_postgres::Client) -> Result<(), DemoError> {
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, DemoError> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| db_err(format!("cannot connect to {}: {e}", mask_database_url(url))))?;
-    tokio::spawn(conn);
-    Ok(client)
+    bid_logger::db::connect(url).await.map_err(|e| db_err(format!("cannot connect to {}: {e}", mask_database_url(url))))
 }
 
 /// `url` with its database replaced by `db` (URL or key-value form).

@@ -10,11 +10,11 @@
 //! update every row (the steady state of a busy minute).
 
 use super::Stream;
+use bid_logger::db::ranges;
+use bid_logger::db::tables::RollupTable;
 use bid_logger::sink::batch::Batch;
 use bid_logger::sink::flush::{write_batch, BatchId, Writer};
 use bid_logger::sink::marks::Watermark;
-use bid_logger::sink::ranges;
-use bid_logger::sink::tables::RollupTable;
 use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Delta, Row};
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -96,7 +96,7 @@ fn plain_copy_text(rows: &[Row]) -> String {
 /// The tables the comparison writes: `rollup_minute` and `rollup_hour`,
 /// both upserted by every batch (the plain side's work).
 fn compared_tables() -> Vec<RollupTable> {
-    let mut tables = bid_logger::sink::tables::default_tables(Duration::from_secs(1));
+    let mut tables = bid_logger::db::tables::default_tables(Duration::from_secs(1));
     tables.retain(|t| t.name == "rollup_minute" || t.name == "rollup_hour");
     for t in &mut tables {
         t.logged = false;
@@ -105,9 +105,8 @@ fn compared_tables() -> Vec<RollupTable> {
 }
 
 async fn connect_migrated(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    bid_logger::sink::migrate(&mut client, &compared_tables()).await?;
+    let mut client = bid_logger::db::connect(url).await?;
+    bid_logger::db::migrate(&mut client, &compared_tables()).await?;
     // the ranges of the batch's buckets (the stream's times are around now:
     // yesterday to tomorrow)
     let today_s = ranges::day_of(bid_logger_core::clock::now_ms()) * 86_400;
@@ -163,7 +162,7 @@ pub async fn compare(
             sample_ppm: 1_000_000,
             raw_sample_ppm: 0,
         };
-        write_batch(&mut logger, &to, id, &batch, &mark).await?;
+        write_batch(&mut logger, &to, id, &batch, &mark, &[]).await?;
         let logger_time = t.elapsed();
         let t = Instant::now();
         plain_write(&mut plain, &minute, &hour).await?;

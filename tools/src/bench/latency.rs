@@ -117,8 +117,7 @@ pub async fn poll_visible(
     expected: impl Fn() -> Option<u64>,
     timeout: Duration,
 ) -> anyhow::Result<Visibility> {
-    let (client, conn) = tokio_postgres::connect(db_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let client = bid_logger::db::connect(db_url).await?;
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(10));

@@ -640,8 +640,7 @@ async fn latency_run(
     let _ = child.kill();
     let _ = child.wait();
     let visible = visible?;
-    let (client, conn) = tokio_postgres::connect(db, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let client = bid_logger::db::connect(db).await?;
     let sql = format!("SELECT (SELECT sum(events) FROM rollup_minute)::bigint, ({})", latency::VISIBLE);
     let row = client.query_one(&sql, &[]).await?;
     let (rollup, ledger): (i64, i64) = (row.get(0), row.get(1));
@@ -705,8 +704,7 @@ fn print_flush(rounds: &[flush::FlushRound]) {
 }
 
 async fn fresh_db(server_url: &str, prefix: &str) -> anyhow::Result<String> {
-    let (client, conn) = tokio_postgres::connect(server_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
+    let client = bid_logger::db::connect(server_url).await?;
     let name = format!("{prefix}_{}", bid_logger_core::clock::now_ms());
     client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
     Ok(crate::demo::with_dbname(server_url, &name)?)

@@ -14,6 +14,7 @@
 //! by the same rule. (In the rest of the code a "partition" is a topic
 //! partition; here the word appears only in SQL.)
 
+use super::tables::RollupTable;
 use bid_logger_core::aggregate::Grain;
 
 /// Advisory-lock key for range maintenance ("bidpart").
@@ -165,6 +166,23 @@ pub struct Parent<'a> {
     pub rollup: bool,
 }
 
+impl Parent<'static> {
+    /// `events_sample`, by UTC day.
+    pub const RAW: Parent<'static> = Parent { table: "events_sample", span: Span::Day, rollup: false };
+}
+
+impl<'a> Parent<'a> {
+    /// A rollup table, in ranges sized to its grain.
+    pub fn rollup(table: &'a RollupTable) -> Parent<'a> {
+        Parent { table: &table.name, span: Span::of(table.shape.grain), rollup: true }
+    }
+}
+
+/// Today, in days since the Unix epoch (UTC).
+pub fn today() -> i64 {
+    day_of(bid_logger_core::clock::now_ms())
+}
+
 /// Creates a range through the migrating role's function (sql/0006, 0007).
 const CREATE: &str = "SELECT bid_logger_create_range($1::text::regclass, $2, $3, $4, $5)";
 /// Drops a range through the migrating role's function (sql/0006).
@@ -179,8 +197,8 @@ fn system_time(s: i64) -> std::time::SystemTime {
 }
 
 /// Creates the ranges starting at `starts` (seconds since the epoch) that
-/// no existing range overlaps (a range of another span, made by an earlier
-/// release or by hand, is kept and respected); returns the names created.
+/// no existing range overlaps, in a transaction of their own; returns the
+/// names created.
 pub async fn ensure(
     client: &mut tokio_postgres::Client,
     parent: Parent<'_>,
@@ -190,8 +208,28 @@ pub async fn ensure(
         return Ok(Vec::new());
     }
     let tx = client.transaction().await?;
+    let created = ensure_in(&tx, parent, starts).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// Creates, inside `tx`, the ranges starting at `starts` that no existing
+/// range overlaps (a range of another span, made by an earlier release or
+/// by hand, is kept and respected); returns the names created.
+///
+/// It takes the range lock until `tx` ends: a transaction must call it
+/// before it touches any range table, so that it never holds a lock
+/// that creating a range waits for while waiting for the range lock.
+pub async fn ensure_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    parent: Parent<'_>,
+    starts: &[i64],
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    if starts.is_empty() {
+        return Ok(Vec::new());
+    }
     tx.execute(LOCK, &[&RANGE_LOCK]).await?;
-    let existing = list(&tx, parent.table).await?;
+    let existing = list(tx, parent.table).await?;
     let mut created = Vec::new();
     for &start in starts {
         let (lo, hi) = (start, parent.span.end(start));
@@ -205,7 +243,6 @@ pub async fn ensure(
         tracing::info!(table = %name, "partition created");
         created.push(name);
     }
-    tx.commit().await?;
     Ok(created)
 }
 

@@ -2,7 +2,7 @@
 //! declared rollup tables, created when missing.
 
 use super::tables::{check_existing, RollupTable, EXISTING_COLUMNS};
-use super::SinkError;
+use super::DbError;
 use bid_logger_core::aggregate::{Dimensions, Grain};
 
 /// Every migration, in order: (version, name, SQL).
@@ -59,7 +59,7 @@ END $$";
 /// and safe to run from several instances at once. Fails (naming the
 /// configuration key) when an existing table has other dimensions than
 /// declared.
-pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]) -> Result<usize, SinkError> {
+pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]) -> Result<usize, DbError> {
     let tx = client.transaction().await?;
     tx.execute(LOCK, &[&MIGRATION_LOCK]).await?;
     tx.batch_execute(CREATE_VERSIONS).await?;
@@ -78,7 +78,7 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
     }
     for table in tables {
         let columns: Vec<String> = tx.query(EXISTING_COLUMNS, &[&table.name]).await?.iter().map(|r| r.get(0)).collect();
-        check_existing(table, &columns).map_err(SinkError::Schema)?;
+        check_existing(table, &columns).map_err(DbError::Schema)?;
         tx.batch_execute(&table.create_sql()).await?;
     }
     let day_like_hour =

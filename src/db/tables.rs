@@ -10,7 +10,7 @@
 //! transaction deletes the log's rows, `COPY`s their payloads into a staging
 //! table and upserts the sums ([`RollupTable::consume_upsert_sql`]).
 //! The consumer adds the payloads up per key in the logger
-//! ([`super::payload`]), so PostgreSQL upserts each key once per
+//! (the sink's payload module), so PostgreSQL upserts each key once per
 //! consumption.
 //!
 //! A coarse table whose rows can be computed from another coarse table's
@@ -325,7 +325,7 @@ ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
     }
 
     /// The upsert of its log's stage, which holds the consumed payloads'
-    /// sums, each key once, in key order (see [`super::payload::Merged`]).
+    /// sums, each key once, in key order (see the sink's `payload::Merged`).
     pub fn log_upsert_sql(&self) -> String {
         let key = self.key_columns();
         format!(

@@ -1,0 +1,157 @@
+//! `bid-logger check-config --online`: what the configuration reaches,
+//! tried before a start. It connects to PostgreSQL (with the TLS settings
+//! of the URL), reads which migrations are applied and whether the role may
+//! apply the rest and write every table, and tries each publisher
+//! endpoint's address, saying in one line per problem what is wrong.
+
+use std::time::Duration;
+
+use crate::config::{mask_database_url, Config};
+use crate::db;
+
+/// How long one probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One thing checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Whether it stands in the way of a start.
+    pub problem: bool,
+    /// One line: what was checked and what was found.
+    pub line: String,
+}
+
+fn ok(line: impl Into<String>) -> Finding {
+    Finding { problem: false, line: line.into() }
+}
+
+fn problem(line: impl Into<String>) -> Finding {
+    Finding { problem: true, line: line.into() }
+}
+
+/// Checks the database and every `connect` endpoint of `config`.
+pub async fn online(config: &Config) -> Vec<Finding> {
+    let mut findings = database(config).await;
+    for endpoint in &config.ingest.connect {
+        findings.push(endpoint_reachable(endpoint).await);
+    }
+    findings
+}
+
+async fn database(config: &Config) -> Vec<Finding> {
+    let url = &config.sink.database_url;
+    let masked = mask_database_url(url);
+    let client = match tokio::time::timeout(PROBE_TIMEOUT * 2, db::connect(url)).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => return vec![problem(format!("database {masked}: cannot connect: {e}"))],
+        Err(_) => return vec![problem(format!("database {masked}: no answer in {:?}", PROBE_TIMEOUT * 2))],
+    };
+    let mut findings = Vec::new();
+    match client.query_one(SESSION, &[]).await {
+        Ok(row) => {
+            let (version, tls): (String, Option<String>) = (row.get(0), row.get(1));
+            let tls = tls.map_or_else(|| "without TLS".to_string(), |v| format!("over {v}"));
+            findings.push(ok(format!("database {masked}: connected {tls}, PostgreSQL {version}")));
+        }
+        Err(e) => findings.push(problem(format!("database {masked}: {}", db::cause_of(&e)))),
+    }
+    findings.extend(migrations(&client).await);
+    let mut tables: Vec<&str> = config.sink.tables.iter().map(|t| t.name.as_str()).collect();
+    tables.extend(["bid_logger_flush_ledger", "events_sample"]);
+    match client.query(GRANTS, &[&tables]).await {
+        Ok(rows) => {
+            for row in rows {
+                let (table, allowed): (String, bool) = (row.get(0), row.get(1));
+                if !allowed {
+                    findings.push(problem(format!(
+                        "database: the role may not SELECT, INSERT, UPDATE and DELETE on {table} (see the README's \
+                         grants)"
+                    )));
+                }
+            }
+        }
+        Err(e) => findings.push(problem(format!("database: reading the grants: {}", db::cause_of(&e)))),
+    }
+    findings
+}
+
+/// The server's version and the session's TLS version, if any.
+const SESSION: &str = "SELECT current_setting('server_version'),
+       (SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl)";
+
+/// Per existing table of `$1`: whether the role may write it as a flush does.
+const GRANTS: &str = "SELECT t, has_table_privilege(t, 'SELECT, INSERT, UPDATE, DELETE')
+FROM unnest($1::text[]) t WHERE to_regclass(t) IS NOT NULL";
+
+async fn migrations(client: &tokio_postgres::Client) -> Vec<Finding> {
+    let known: Vec<i32> = db::migrate::MIGRATIONS.iter().map(|m| m.0).collect();
+    let newest_known = known.iter().copied().max().unwrap_or(0);
+    let applied: Result<Vec<i32>, _> = async {
+        let exists: bool =
+            client.query_one("SELECT to_regclass('bid_logger_migrations') IS NOT NULL", &[]).await?.get(0);
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let rows = client.query("SELECT version FROM bid_logger_migrations", &[]).await?;
+        Ok::<_, tokio_postgres::Error>(rows.iter().map(|r| r.get(0)).collect())
+    }
+    .await;
+    let applied = match applied {
+        Ok(a) => a,
+        Err(e) => return vec![problem(format!("database: reading the applied migrations: {}", db::cause_of(&e)))],
+    };
+    if let Some(newer) = applied.iter().copied().filter(|&v| v > newest_known).max() {
+        return vec![problem(format!(
+            "database: migration {newer:04} is applied, newer than this binary knows ({newest_known:04}): run a \
+             release at least as new as the one that applied it"
+        ))];
+    }
+    let pending = known.iter().filter(|v| !applied.contains(v)).count();
+    if pending == 0 {
+        return vec![ok(format!("database: schema up to date ({} migrations)", known.len()))];
+    }
+    let may_create: bool =
+        match client.query_one("SELECT has_database_privilege(current_database(), 'CREATE')", &[]).await {
+            Ok(row) => row.get(0),
+            Err(e) => return vec![problem(format!("database: reading the grants: {}", db::cause_of(&e)))],
+        };
+    if may_create {
+        vec![ok(format!("database: {pending} migrations to apply (`run` and `migrate` apply them)"))]
+    } else {
+        vec![problem(format!(
+            "database: {pending} migrations to apply, and the role may not CREATE in the database: run `bid-logger \
+             migrate` as the owner first"
+        ))]
+    }
+}
+
+/// Whether a publisher endpoint's address answers: a TCP connection for
+/// `tcp://`, the socket file for `ipc://`.
+async fn endpoint_reachable(endpoint: &str) -> Finding {
+    let Some((scheme, address)) = endpoint.split_once("://") else {
+        return problem(format!("endpoint {endpoint}: not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)"));
+    };
+    match scheme {
+        "tcp" => {
+            let probe = async {
+                let addrs: Vec<_> = tokio::net::lookup_host(address).await?.collect();
+                let mut last = std::io::Error::other("the name resolves to no address");
+                for addr in addrs {
+                    match tokio::net::TcpStream::connect(addr).await {
+                        Ok(_) => return Ok(addr),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            };
+            match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                Ok(Ok(addr)) => ok(format!("endpoint {endpoint}: {addr} accepts connections")),
+                Ok(Err(e)) => problem(format!("endpoint {endpoint}: {e}")),
+                Err(_) => problem(format!("endpoint {endpoint}: no answer in {PROBE_TIMEOUT:?}")),
+            }
+        }
+        "ipc" if std::path::Path::new(address).exists() => ok(format!("endpoint {endpoint}: the socket file exists")),
+        "ipc" => problem(format!("endpoint {endpoint}: no socket file at {address} (is the publisher running?)")),
+        _ => ok(format!("endpoint {endpoint}: not probed ({scheme})")),
+    }
+}

@@ -1,0 +1,203 @@
+//! The coarse tables' delta-log consumer: a task of its own, on its own
+//! connection, that moves each logged table's delta log into the table at
+//! the table's interval; a graceful stop consumes every log once more after
+//! the last batch.
+
+use super::flush::{consume, MAX_CONSUME_ROWS};
+use super::service::{settle, BACKOFF_MAX, BACKOFF_MIN};
+use super::SinkConfig;
+use crate::db::tables::RollupTable;
+use crate::db::DbError;
+use crate::telemetry as t;
+use metrics::{counter, gauge};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Reads the coarse tables' delta logs into their tables, each at its own
+/// interval, on a connection of its own (so a long consumption never delays
+/// a batch).
+pub struct Consumer {
+    tables: Vec<RollupTable>,
+    /// Per table, the tables fed from its consumptions.
+    feeds: Vec<Vec<RollupTable>>,
+    pool: deadpool_postgres::Pool,
+    instance: String,
+    run_id: i64,
+    seq: i64,
+    flush_timeout: Duration,
+    migrated: Arc<AtomicBool>,
+    /// Per table: log rows taken per transaction (one after a timeout,
+    /// doubled back after each success).
+    limit: Vec<i64>,
+}
+
+/// What one attempt at a log found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogState {
+    /// Consumed, nothing left.
+    Empty,
+    /// Consumed, more left.
+    More,
+    /// Another consumer holds the log's lock (another instance, or a
+    /// timed-out attempt of ours whose transaction the server is still
+    /// rolling back).
+    Busy,
+}
+
+impl Consumer {
+    /// `None` when no table is logged.
+    pub fn new(config: &SinkConfig, run_id: i64, migrated: Arc<AtomicBool>) -> Option<Consumer> {
+        // A table feeding others comes before them, so that a pass over every
+        // log (at the stop) carries the feeder's rows all the way.
+        let mut logged: Vec<usize> = (0..config.tables.len()).filter(|&t| config.tables[t].logged).collect();
+        logged.sort_by_key(|&t| crate::db::tables::chain(&config.tables, t).count());
+        let tables: Vec<RollupTable> = logged.into_iter().map(|t| config.tables[t].clone()).collect();
+        let feeds =
+            tables.iter().map(|t| crate::db::tables::fed_from(&config.tables, &t.name).cloned().collect()).collect();
+        for table in &tables {
+            // exported from the start, so that rates and alerts see a zero
+            counter!(t::LOG_FAILURES, "table" => table.name.clone()).increment(0);
+        }
+        if tables.is_empty() {
+            return None;
+        }
+        let pool = match crate::db::pool(&config.database_url, 1) {
+            Ok(pool) => pool,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the delta-log consumer's pool");
+                return None;
+            }
+        };
+        Some(Consumer {
+            feeds,
+            tables,
+            pool,
+            instance: config.instance_id.clone(),
+            run_id,
+            seq: -1,
+            flush_timeout: config.flush_timeout,
+            migrated,
+            limit: vec![MAX_CONSUME_ROWS; config.tables.iter().filter(|t| t.logged).count()],
+        })
+    }
+
+    /// Consumes each log at its table's interval until `stop` turns true,
+    /// then every log once more (trying for at most `shutdown_timeout`).
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>, shutdown_timeout: Duration) {
+        let start = tokio::time::Instant::now();
+        let mut due: Vec<tokio::time::Instant> = self.tables.iter().map(|t| start + t.flush_interval).collect();
+        let mut backoff = vec![BACKOFF_MIN; self.tables.len()];
+        loop {
+            let next = due.iter().min().copied().unwrap_or(start);
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stop.changed() => break,
+            }
+            let now = tokio::time::Instant::now();
+            for i in 0..self.tables.len() {
+                if due[i] > now {
+                    continue;
+                }
+                if !self.migrated.load(Ordering::Relaxed) {
+                    due[i] = now + BACKOFF_MIN;
+                    continue;
+                }
+                match self.consume(i).await {
+                    Ok(_) => {
+                        backoff[i] = BACKOFF_MIN;
+                        due[i] = tokio::time::Instant::now() + self.tables[i].flush_interval;
+                    }
+                    Err(e) => {
+                        tracing::warn!(table = %self.tables[i].name, error = %e, retry_in = ?backoff[i],
+                            "consuming the delta log failed; will retry (its rows stay in the log)");
+                        due[i] = tokio::time::Instant::now() + backoff[i];
+                        backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+        }
+        let deadline = Instant::now() + shutdown_timeout;
+        let mut left: Vec<usize> = (0..self.tables.len()).collect();
+        while !left.is_empty() && Instant::now() < deadline {
+            let mut failed: Vec<usize> = Vec::new();
+            for i in left {
+                // A table fed from a log still pending waits for it (feeders
+                // come first in `tables`, so it is retried after it).
+                let feeder = self.tables[i].fed_by.as_deref();
+                if failed.iter().any(|&f| Some(self.tables[f].name.as_str()) == feeder) {
+                    failed.push(i);
+                    continue;
+                }
+                match self.consume(i).await {
+                    Ok(LogState::Empty) => {}
+                    Ok(_) => failed.push(i), // busy: try again until the lock is ours
+                    Err(e) => {
+                        tracing::warn!(table = %self.tables[i].name, error = %e, "consuming the delta log at stop failed");
+                        failed.push(i);
+                    }
+                }
+            }
+            left = failed;
+            if !left.is_empty() {
+                tokio::time::sleep(BACKOFF_MIN.min(deadline.saturating_duration_since(Instant::now()))).await;
+            }
+        }
+        if !left.is_empty() {
+            let tables: Vec<&str> = left.iter().map(|&i| self.tables[i].name.as_str()).collect();
+            tracing::warn!(
+                ?tables,
+                "stopping with rows in delta logs; they are in PostgreSQL and the next start writes them"
+            );
+        }
+    }
+
+    /// Consumes table `i`'s log until it is empty (each transaction bounded)
+    /// or busy.
+    async fn consume(&mut self, i: usize) -> Result<LogState, DbError> {
+        loop {
+            match self.consume_once(i).await? {
+                LogState::More => continue,
+                state => return Ok(state),
+            }
+        }
+    }
+
+    /// One transaction of consuming table `i`'s log, bounded by the flush
+    /// timeout.
+    async fn consume_once(&mut self, i: usize) -> Result<LogState, DbError> {
+        let table = &self.tables[i];
+        self.seq -= 1; // consumptions count down in the ledger, batches up
+        let mut client = self.pool.get().await?;
+        let (instance, id, limit) = (&self.instance, (self.run_id, self.seq), self.limit[i]);
+        let feeds: Vec<&RollupTable> = self.feeds[i].iter().collect();
+        let now_ms = bid_logger_core::clock::now_ms();
+        let work = async { consume(&mut client, instance, id, table, &feeds, limit, now_ms).await };
+        let outcome = tokio::time::timeout(self.flush_timeout, work).await;
+        let done = settle(client, outcome, self.flush_timeout);
+        let labels = [("table", table.name.clone())];
+        match done {
+            Ok(c) if c.busy => Ok(LogState::Busy),
+            Ok(c) => {
+                self.limit[i] = (limit * 2).min(MAX_CONSUME_ROWS);
+                counter!(t::LOG_EVENTS_CONSUMED, &labels).increment(c.events);
+                counter!(t::ROWS_UPSERTED, &labels).increment(c.rows);
+                counter!(t::ROLLUP_EVENTS_EXPIRED, &labels).increment(c.expired);
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                gauge!(t::LOG_LAST_CONSUMED, &labels).set(now);
+                tracing::trace!(table = %table.name, events = c.events, rows = c.rows, "delta log consumed");
+                Ok(if c.more { LogState::More } else { LogState::Empty })
+            }
+            Err(e) => {
+                if matches!(e, DbError::Timeout(_)) {
+                    // One batch's rows per transaction until they fit again
+                    // (halving would take six timeouts to get there).
+                    self.limit[i] = 1;
+                }
+                counter!(t::LOG_FAILURES, &labels).increment(1);
+                Err(e)
+            }
+        }
+    }
+}
