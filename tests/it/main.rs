@@ -21,4 +21,4 @@ mod python_publisher;
 mod raw_sample;
 mod report;
 mod tiers;
-// mod tls;
+mod tls;
