@@ -210,6 +210,14 @@ pub async fn write_batch(
 ) -> Result<Written, tokio_postgres::Error> {
     let Writer { instance, scope, tables, sample_ppm, raw_sample_ppm } = *to;
     let tx = client.transaction().await?;
+    // The ranges the rows need that are not known to exist, first: the
+    // range lock is taken before any other lock of the transaction (see
+    // `ranges::ensure_in`), and what it creates is rolled back with the
+    // rest if the batch turns out to have landed already.
+    let mut ranges_created = Vec::with_capacity(ranges.len());
+    for (parent, starts) in ranges {
+        ranges_created.push(ranges::ensure_in(&tx, *parent, starts).await?.len() as u64);
+    }
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     let counts: Vec<i64> = batch.tables.iter().map(|r| r.len() as i64).collect();
     let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &id.run_id, &id.batch, &(batch.events as i64), &names, &counts];
@@ -225,12 +233,6 @@ pub async fn write_batch(
     if inserted == 0 {
         tx.rollback().await?;
         return Ok(Written::Already);
-    }
-    // The ranges the rows need that are not known to exist, before any
-    // range table is touched (see `ranges::ensure_in`).
-    let mut ranges_created = Vec::with_capacity(ranges.len());
-    for (parent, starts) in ranges {
-        ranges_created.push(ranges::ensure_in(&tx, *parent, starts).await?.len() as u64);
     }
     let ppm = sample_ppm as i32;
     let mut upserted = Vec::with_capacity(tables.len());

@@ -6,6 +6,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::support::*;
+use bid_logger_tools::pgfault::{CommitFault, PgFaultProxy};
 use std::time::{Duration, Instant};
 
 fn events(rng: &mut SmallRng, n: usize, tag: &str) -> Vec<TestEvent> {
@@ -719,4 +720,74 @@ async fn a_bogus_seq_jump_is_a_reset_and_a_flood_of_publisher_ids_locks_nobody_o
     assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 5.0, "only the late publisher's real gap");
     assert!(logger.metric("bid_logger_seq_publishers_evicted_total", "") >= 20_000.0);
     logger.stop_ok();
+}
+
+/// The logger writes through a proxy that executes a COMMIT and loses its
+/// reply (cutting the connection) as `fault` says, under 20 000 events/s:
+/// batches keep landing, and every table ends exact.
+async fn flushes_land_while_commit_replies_are_lost(test: &str, fault: CommitFault) {
+    let db = fresh_database(test).await;
+    let out = bid_logger(&["migrate", "--database-url", &db]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cfg: tokio_postgres::Config = db.parse().unwrap();
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.get_ports()[0]));
+    let proxy = PgFaultProxy::start(server, fault).unwrap();
+    let via = format!(
+        "postgres://{}@127.0.0.1:{}/{}?sslmode=disable",
+        cfg.get_user().unwrap(),
+        proxy.port(),
+        cfg.get_dbname().unwrap()
+    );
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let simulator = Simulator::start(&endpoint, |c| {
+        c.rate = Some(20_000.0);
+        c.duration = Some(Duration::from_secs(180));
+        c.traffic.invalid_fraction = 0.0;
+    });
+    let logger = Logger::start(&via, &["--connect", &endpoint]);
+    logger.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(60));
+    // From the first batch on, until 20 replies were lost and 100 000 more
+    // events have landed: the longest time with no batch landing.
+    let (mut last, mut since, mut longest) =
+        (logger.metric("bid_logger_events_flushed_total", ""), Instant::now(), Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let until = last + 100_000.0;
+    while last < until || proxy.commits_cut() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "{last} events landed in 150 s; {} COMMITs, {} cut; the logger's last lines:\n{}",
+            proxy.commits_seen(),
+            proxy.commits_cut(),
+            logger.stderr_so_far().lines().rev().take(5).collect::<Vec<_>>().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = logger.metric("bid_logger_events_flushed_total", "");
+        if now > last {
+            (last, since) = (now, Instant::now());
+        }
+        longest = longest.max(since.elapsed());
+    }
+    let truth = simulator.stop().truth.to_json();
+    let total = truth["events"].as_u64().unwrap();
+    logger.wait_metric("bid_logger_events_flushed_total", total as f64, Duration::from_secs(60));
+    let (commits, cut) = (proxy.commits_seen(), proxy.commits_cut());
+    eprintln!("{test}: {commits} COMMITs, {cut} replies lost; longest time without a batch landing: {longest:?}");
+    assert!(cut * 5 >= commits && cut >= 20, "the fault happened: {cut} of {commits}");
+    assert!(longest < Duration::from_secs(10), "no batch landed for {longest:?}");
+    assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 0.0);
+    logger.stop_ok();
+    drop(proxy);
+    assert_matches_truth(&connect(&db).await, &truth).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_reply_lost_every_third_commit_still_lands_every_batch_exactly_once() {
+    flushes_land_while_commit_replies_are_lost("commit_every_third", CommitFault::EveryNth(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_reply_lost_at_random_one_in_three_still_lands_every_batch_exactly_once() {
+    let seed = rand::random::<u64>();
+    eprintln!("seed {seed}");
+    flushes_land_while_commit_replies_are_lost("commit_random", CommitFault::Random { one_in: 3, seed }).await;
 }

@@ -10,6 +10,8 @@
 //!   simulator's truth, and a short report.
 //! * [`bench`]: the end-to-end benchmark (null subscriber, logger, Python
 //!   baseline, flush and latency runs) and the outage soak driver.
+//! * [`pgfault`]: a PostgreSQL proxy that loses COMMIT replies (the tests'
+//!   bad link).
 //! * [`pgtemp`]: a throwaway PostgreSQL cluster (initdb, pg_ctl) for the
 //!   demo, the benchmark and the tests.
 //!
@@ -20,6 +22,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod pgfault;
 pub mod pgtemp;
 pub mod simulate;
 
