@@ -138,7 +138,7 @@ impl Picker {
         self.seen += 1;
         match self.fault {
             CommitFault::None => false,
-            CommitFault::EveryNth(n) => n > 0 && self.seen % n == 0,
+            CommitFault::EveryNth(n) => n > 0 && self.seen.is_multiple_of(n),
             CommitFault::Random { one_in, .. } => one_in > 0 && self.rng.gen_range(0..one_in) == 0,
         }
     }
