@@ -11,6 +11,7 @@ mod cli;
 mod dashboards;
 mod deploy;
 mod docs;
+mod failover;
 mod faults;
 mod fleet;
 mod image;

@@ -591,28 +591,3 @@ pub fn strip_ansi(s: &str) -> String {
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
-
-/// Every rollup table holds exactly the simulator's truth: events, price
-/// and revenue per event type.
-pub async fn assert_matches_truth(client: &tokio_postgres::Client, truth: &Value) {
-    for (table, _, _) in TABLES {
-        let sql = format!(
-            "SELECT event_type, sum(events)::bigint, sum(price_micros)::bigint, sum(revenue_micros)::bigint
-             FROM {table} GROUP BY 1"
-        );
-        let rows = client.query(&sql, &[]).await.unwrap();
-        let got: BTreeMap<String, (i64, i64, i64)> =
-            rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3)))).collect();
-        let expected: BTreeMap<String, (i64, i64, i64)> = truth["by_type"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(t, v)| {
-                let field = |k: &str| v[k].as_i64().unwrap();
-                (t.clone(), (field("events"), field("price_micros"), field("revenue_micros")))
-            })
-            .filter(|(_, v)| v.0 > 0)
-            .collect();
-        assert_eq!(got, expected, "{table}: (events, price, revenue) per type");
-    }
-}

@@ -6,10 +6,14 @@
 //! [`TempPostgres`] is dropped, or, should the process die first, by a small
 //! watchdog process that outlives it. As root, the server runs as the
 //! `postgres` user (PostgreSQL refuses to run as root).
+//!
+//! For failover tests a cluster can have streaming standbys
+//! ([`TempPostgres::standby_of`]), each a cluster of its own in the same
+//! sense (own directory, port, watchdog), which can be promoted.
 
 use std::ffi::CString;
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Why a cluster could not be started.
@@ -44,11 +48,78 @@ pub struct TempPostgres {
     run_as: Option<(u32, u32)>,
 }
 
+/// The server settings every throwaway cluster runs with, before the
+/// caller's: loopback only, and durability traded for speed (a test's data
+/// need not survive a crash of the machine).
+const DEFAULT_SETTINGS: [(&str, &str); 6] = [
+    ("listen_addresses", "127.0.0.1"),
+    ("fsync", "off"),
+    ("synchronous_commit", "off"),
+    ("full_page_writes", "off"),
+    ("max_connections", "200"),
+    ("shared_buffers", "128MB"),
+];
+
+/// The `application_name` a standby streams under (in the primary's
+/// `pg_stat_replication`), the name `synchronous_standby_names` gives.
+pub const STANDBY_NAME: &str = "standby";
+
 impl TempPostgres {
     /// Initialises and starts a cluster.
     pub fn start() -> Result<TempPostgres, TempPostgresError> {
+        TempPostgres::start_with(&[])
+    }
+
+    /// Like [`TempPostgres::start`], with extra server settings given to the
+    /// server as `-c name=value` (after the defaults, so they override
+    /// them: `("synchronous_commit", "on")` undoes the default `off`).
+    ///
+    /// Settings on the command line stay with this server: a standby copies
+    /// the data directory (`postgresql.auto.conf`, so `ALTER SYSTEM`
+    /// included), not them. [`TempPostgres::restart`] keeps them: pg_ctl
+    /// replays the command line from `postmaster.opts`, in double quotes,
+    /// so a value holding `"`, `$`, `` ` `` or `\` would not survive it.
+    pub fn start_with(settings: &[(&str, &str)]) -> Result<TempPostgres, TempPostgresError> {
         let bindir = find_bindir().ok_or(TempPostgresError::NoBinaries)?;
-        let run_as = unprivileged_user()?;
+        let pg = TempPostgres::create(bindir, unprivileged_user()?)?;
+        pg.command("initdb")
+            .arg("-D")
+            .arg(pg.data_dir())
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .output_ok("initdb")?;
+        pg.start_server(settings)?;
+        Ok(pg)
+    }
+
+    /// A streaming standby of `primary`, started with `settings` as
+    /// [`TempPostgres::start_with`] takes them; it has its own directory,
+    /// port and watchdog, and is removed on drop like any cluster.
+    ///
+    /// It is a `pg_basebackup -R -X stream` of the primary (a fast
+    /// checkpoint, so it does not wait for a spread one), connecting as
+    /// [`STANDBY_NAME`]: a primary with `synchronous_standby_names` naming it
+    /// waits for it once it streams (the primary's `pg_stat_replication`
+    /// shows `sync_state = 'sync'`). A commit waits for it only where
+    /// `synchronous_commit` is not `off`, and it is `off` by default here:
+    /// start the primary with `("synchronous_commit", "on")`. The primary
+    /// lets replication connections in from 127.0.0.1 (`initdb -A trust`
+    /// writes that line in `pg_hba.conf`); the standby copies its
+    /// `postgresql.auto.conf` and `pg_hba.conf`, not its command line.
+    pub fn standby_of(primary: &TempPostgres, settings: &[(&str, &str)]) -> Result<TempPostgres, TempPostgresError> {
+        let pg = TempPostgres::create(primary.bindir.clone(), primary.run_as)?;
+        let conninfo = format!("host=127.0.0.1 port={} user=postgres application_name={STANDBY_NAME}", primary.port);
+        pg.command("pg_basebackup")
+            .arg("-D")
+            .arg(pg.data_dir())
+            .args(["-d", &conninfo, "-X", "stream", "-R", "-c", "fast", "--no-sync"])
+            .output_ok("pg_basebackup")?;
+        pg.start_server(settings)?;
+        Ok(pg)
+    }
+
+    /// A new cluster directory (owned by the server's user), a free port and
+    /// the watchdog; nothing in the directory yet.
+    fn create(bindir: PathBuf, run_as: Option<(u32, u32)>) -> Result<TempPostgres, TempPostgresError> {
         let dir = std::env::temp_dir().join(format!("bid-logger-pg-{}-{}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&dir).map_err(step("creating the cluster directory"))?;
         if let Some((uid, gid)) = run_as {
@@ -56,27 +127,25 @@ impl TempPostgres {
         }
         let port = crate::free_port().map_err(step("finding a free port"))?;
         let pg = TempPostgres { dir, bindir, port, run_as };
-        let data = pg.dir.join("data");
-        pg.command("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])
-            .output_ok("initdb")?;
         pg.watchdog();
-        let options = format!(
-            "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=200 -c shared_buffers=128MB",
-            dir = pg.dir.display()
-        );
-        pg.command("pg_ctl")
+        Ok(pg)
+    }
+
+    /// `pg_ctl start` with the defaults, then `settings`, as `-c` options.
+    fn start_server(&self, settings: &[(&str, &str)]) -> Result<(), TempPostgresError> {
+        let mut options = format!("-p {} -k {}", self.port, shell_quoted(&self.dir.display().to_string()));
+        let defaults: &[(&str, &str)] = &DEFAULT_SETTINGS;
+        for (name, value) in defaults.iter().chain(settings) {
+            options.push_str(&format!(" -c {}", shell_quoted(&format!("{name}={value}"))));
+        }
+        self.command("pg_ctl")
             .arg("-D")
-            .arg(&data)
+            .arg(self.data_dir())
             .args(["-o", &options, "-l"])
-            .arg(pg.dir.join("server.log"))
+            .arg(self.dir.join("server.log"))
             .args(["-w", "-t", "60", "start"])
             .output_ok("pg_ctl start")
-            .map_err(|e| pg.with_server_log(e))?;
-        Ok(pg)
+            .map_err(|e| self.with_server_log(e))
     }
 
     /// The URL of the `postgres` database.
@@ -94,20 +163,66 @@ impl TempPostgres {
         self.port
     }
 
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Writes `contents` to `relative` inside the data directory (whose
+    /// folders must exist), owned by the server's user, with permission
+    /// bits `mode` (0o600 for a key file: the server refuses a key others
+    /// can read).
+    pub fn write_file(&self, relative: &str, contents: &[u8], mode: u32) -> Result<(), TempPostgresError> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        const WHAT: &str = "writing a file in the data directory";
+        let inside =
+            !relative.is_empty() && Path::new(relative).components().all(|c| matches!(c, Component::Normal(_)));
+        if !inside {
+            return Err(TempPostgresError::Step {
+                step: WHAT,
+                detail: format!("{relative:?} is not a path inside it"),
+            });
+        }
+        let path = self.data_dir().join(relative);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(step(WHAT))?;
+        file.write_all(contents).map_err(step(WHAT))?;
+        // The mode given at creation is narrowed by the umask, and an
+        // existing file keeps its own: set it outright.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(step(WHAT))?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(step(WHAT))?;
+        }
+        Ok(())
+    }
+
     /// Stops the server (fast shutdown: connections are cut).
     pub fn stop(&self) -> Result<(), TempPostgresError> {
         self.pg_ctl(&["-m", "fast", "-w", "stop"])
     }
 
-    /// Starts the server again after [`TempPostgres::stop`].
+    /// Starts the server again after [`TempPostgres::stop`] (or stops and
+    /// starts it), with the settings it was started with: pg_ctl reads them
+    /// back from `postmaster.opts`. A standby comes back a standby, a
+    /// promoted one a primary.
     pub fn restart(&self) -> Result<(), TempPostgresError> {
         self.pg_ctl(&["-m", "fast", "-w", "-t", "60", "restart"])
     }
 
+    /// Promotes a standby to a primary, returning once it accepts writes.
+    pub fn promote(&self) -> Result<(), TempPostgresError> {
+        self.pg_ctl(&["-w", "-t", "60", "promote"])
+    }
+
     fn pg_ctl(&self, args: &[&str]) -> Result<(), TempPostgresError> {
-        let data = self.dir.join("data");
         let mut cmd = self.command("pg_ctl");
-        cmd.arg("-D").arg(&data).args(args);
+        cmd.arg("-D").arg(self.data_dir()).args(args);
         if args.contains(&"restart") || args.contains(&"start") {
             cmd.arg("-l").arg(self.dir.join("server.log"));
         }
@@ -238,6 +353,11 @@ fn unprivileged_user() -> Result<Option<(u32, u32)>, TempPostgresError> {
         step: "finding an unprivileged user",
         detail: "running as root and neither `postgres` nor `nobody` exists".into(),
     })
+}
+
+/// `s` quoted for the shell through which pg_ctl starts the server.
+fn shell_quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), TempPostgresError> {
