@@ -227,7 +227,16 @@ impl Maintenance {
         from_s: i64,
         now_s: i64,
     ) -> Result<(), DbError> {
-        let mut missing = self.book.missing(parent, parent.span.starts(from_s, now_s + AHEAD_S));
+        let wanted = self.book.missing(parent, parent.span.starts(from_s, now_s + AHEAD_S));
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        // What the catalog has is known at once (one query, no lock): a
+        // process starting on a warehouse with history creates nothing.
+        let existing = ranges::list(&*client, parent.table).await?;
+        let (there, mut missing): (Vec<i64>, Vec<i64>) =
+            wanted.into_iter().partition(|&s| ranges::covered(&existing, s, parent.span.end(s)));
+        self.book.add(parent.table, &there);
         missing.sort_by_key(|&s| (s - now_s).abs());
         for chunk in missing.chunks(RANGES_PER_TRANSACTION) {
             let created = ranges::ensure(client, parent, chunk).await?;

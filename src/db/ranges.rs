@@ -145,13 +145,22 @@ pub struct Range {
 }
 
 /// The ranges of `table`.
-pub async fn list(tx: &tokio_postgres::Transaction<'_>, table: &str) -> Result<Vec<Range>, tokio_postgres::Error> {
-    Ok(tx
+pub async fn list(
+    client: &impl tokio_postgres::GenericClient,
+    table: &str,
+) -> Result<Vec<Range>, tokio_postgres::Error> {
+    Ok(client
         .query(LIST, &[&table])
         .await?
         .iter()
         .map(|r| Range { name: r.get(0), from: r.get(1), to: r.get(2) })
         .collect())
+}
+
+/// Whether a range of `existing` overlaps `[lo, hi)` (a range of another
+/// span, made by an earlier release or by hand, counts: it is respected).
+pub fn covered(existing: &[Range], lo: i64, hi: i64) -> bool {
+    existing.iter().any(|r| r.from.is_none_or(|from| from < hi) && r.to.is_none_or(|to| to > lo))
 }
 
 /// A range table to maintain: the parent, its span and storage options.
@@ -217,26 +226,28 @@ pub async fn ensure(
 /// range overlaps (a range of another span, made by an earlier release or
 /// by hand, is kept and respected); returns the names created.
 ///
-/// It takes the range lock until `tx` ends: a transaction must call it
-/// before it touches any range table, so that it never holds a lock
-/// that creating a range waits for while waiting for the range lock.
+/// When a range is missing it takes the range lock until `tx` ends: a
+/// transaction must call it before it touches any range table, so that it
+/// never holds a lock that creating a range waits for while waiting for
+/// the range lock.
 pub async fn ensure_in(
     tx: &tokio_postgres::Transaction<'_>,
     parent: Parent<'_>,
     starts: &[i64],
 ) -> Result<Vec<String>, tokio_postgres::Error> {
-    if starts.is_empty() {
+    let missing = |existing: &[Range]| -> Vec<i64> {
+        starts.iter().copied().filter(|&s| !covered(existing, s, parent.span.end(s))).collect()
+    };
+    // Most calls find every range there (a process that just started knows
+    // none yet): look without the lock first, so they never queue for it.
+    if starts.is_empty() || missing(&list(tx, parent.table).await?).is_empty() {
         return Ok(Vec::new());
     }
     tx.execute(LOCK, &[&RANGE_LOCK]).await?;
-    let existing = list(tx, parent.table).await?;
     let mut created = Vec::new();
-    for &start in starts {
-        let (lo, hi) = (start, parent.span.end(start));
-        let overlaps = existing.iter().any(|r| r.from.is_none_or(|from| from < hi) && r.to.is_none_or(|to| to > lo));
-        if overlaps {
-            continue;
-        }
+    for start in missing(&list(tx, parent.table).await?) {
+        let hi = parent.span.end(start);
+        let lo = start;
         let name = parent.span.name(parent.table, start);
         let (from, to) = (system_time(lo), system_time(hi));
         tx.execute(CREATE, &[&parent.table, &name, &from, &to, &parent.rollup]).await?;
