@@ -80,7 +80,10 @@ const SESSION: &str = "SELECT current_setting('server_version'),
        (SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl)";
 
 /// Per existing table of `$1`: whether the role may write it as a flush does.
-const GRANTS: &str = "SELECT t, has_table_privilege(t, 'SELECT, INSERT, UPDATE, DELETE')
+/// (`has_table_privilege` with a list is true when *any* is held: each is
+/// asked on its own.)
+const GRANTS: &str = "SELECT t, has_table_privilege(t, 'SELECT') AND has_table_privilege(t, 'INSERT')
+       AND has_table_privilege(t, 'UPDATE') AND has_table_privilege(t, 'DELETE')
 FROM unnest($1::text[]) t WHERE to_regclass(t) IS NOT NULL";
 
 async fn migrations(client: &tokio_postgres::Client) -> Vec<Finding> {

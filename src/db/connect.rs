@@ -29,7 +29,8 @@ pub struct ConnectConfig {
 impl ConnectConfig {
     /// Parses `url`: a PostgreSQL URL or key=value string.
     pub fn parse(url: &str) -> Result<ConnectConfig, DbError> {
-        let (rest, taken) = if url.contains("://") { split_url(url) } else { split_key_values(url)? };
+        let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        let (rest, taken) = if is_url { split_url(url) } else { split_key_values(url)? };
         let mut tls = TlsSettings::default();
         for key in TLS_KEYS {
             let value = taken
@@ -124,7 +125,11 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client, DbError> {
 /// A URL without its TLS query parameters, and those parameters
 /// (percent-decoded).
 fn split_url(url: &str) -> (String, Vec<(String, String)>) {
-    let Some((base, query)) = url.split_once('?') else { return (url.to_string(), Vec::new()) };
+    // The query starts at the first `?` after the user info (a password
+    // may hold a raw `?`, as libpq accepts): after the last `@`, if any.
+    let after = url.rfind('@').map_or(0, |at| at + 1);
+    let Some(q) = url[after..].find('?').map(|i| after + i) else { return (url.to_string(), Vec::new()) };
+    let (base, query) = (&url[..q], &url[q + 1..]);
     let mut kept = Vec::new();
     let mut taken = Vec::new();
     for param in query.split('&').filter(|p| !p.is_empty()) {
@@ -227,6 +232,17 @@ mod tests {
         assert_eq!(c.pg.get_password(), Some(&b"p?w"[..]));
         assert_eq!(c.pg.get_target_session_attrs(), tokio_postgres::config::TargetSessionAttrs::ReadWrite);
         assert_eq!(c.pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+    }
+
+    #[test]
+    fn require_is_never_downgraded_by_a_question_mark_or_a_scheme_in_a_value() {
+        let c = ConnectConfig::parse("postgresql://u:pa?ss@h/db?sslmode=require").unwrap();
+        assert_eq!(c.tls.mode, SslMode::Require);
+        assert_eq!(c.pg.get_password(), Some(&b"pa?ss"[..]));
+        assert_eq!(c.pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        let c = ConnectConfig::parse("host=h password='a://b' sslmode=require").unwrap();
+        assert_eq!(c.pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert_eq!(c.pg.get_password(), Some(&b"a://b"[..]));
     }
 
     #[test]

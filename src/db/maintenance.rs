@@ -122,8 +122,7 @@ impl Maintenance {
         let mut retry = RETRY_MIN;
         let mut failures = 0u32;
         loop {
-            let outcome = tokio::time::timeout(self.config.timeout, self.round()).await;
-            let wait = match outcome.unwrap_or(Err(DbError::Timeout(self.config.timeout))) {
+            let wait = match self.round().await {
                 Ok(()) => {
                     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
                     gauge!(t::LAST_MAINTENANCE).set(now);
@@ -158,11 +157,13 @@ impl Maintenance {
         }
     }
 
-    /// One round on one connection; a connection that saw an error is
-    /// discarded.
+    /// One round on one connection, bounded by the timeout; a connection
+    /// that saw an error or the timeout is discarded.
     async fn round(&self) -> Result<(), DbError> {
         let mut client = self.pool.get().await?;
-        let outcome = self.round_on(&mut client).await;
+        let timeout = self.config.timeout;
+        let outcome =
+            tokio::time::timeout(timeout, self.round_on(&mut client)).await.unwrap_or(Err(DbError::Timeout(timeout)));
         if outcome.is_err() {
             drop(deadpool_postgres::Object::take(client));
         }
@@ -178,21 +179,26 @@ impl Maintenance {
         let now_ms = bid_logger_core::clock::now_ms();
         let now_s = now_ms.div_euclid(1000);
         let oldest_accepted_s = (now_ms - config.max_lateness_ms).div_euclid(1000);
+        // Creation first, retention after: a drop stuck behind a reader
+        // must not keep the ranges ahead from being made.
+        let mut retention = Vec::new();
         if config.raw_sample {
             let oldest = (ranges::today() - config.raw_retention_days) * 86_400;
-            self.retain(client, Parent::RAW, oldest).await?;
-            let from = (now_s - 86_400).max(oldest);
-            self.ensure(client, Parent::RAW, from, now_s).await?;
+            self.ensure(client, Parent::RAW, (now_s - 86_400).max(oldest), now_s).await?;
+            retention.push((Parent::RAW, oldest));
         }
         for table in &config.tables {
             let parent = Parent::rollup(table);
             let mut from_s = oldest_accepted_s;
             if let Some(r) = table.retention {
                 let cutoff_s = (now_ms - r.as_millis() as i64).div_euclid(1000);
-                self.retain(client, parent, cutoff_s).await?;
+                retention.push((parent, cutoff_s));
                 from_s = from_s.max(cutoff_s);
             }
             self.ensure(client, parent, from_s, now_s).await?;
+        }
+        for (parent, cutoff_s) in retention {
+            self.retain(client, parent, cutoff_s).await?;
         }
         Ok(())
     }

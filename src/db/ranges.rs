@@ -192,6 +192,14 @@ pub fn today() -> i64 {
     day_of(bid_logger_core::clock::now_ms())
 }
 
+/// How many of the range names `$1` do not exist.
+const ABSENT: &str = "SELECT count(*) FROM unnest($1::text[]) n WHERE to_regclass(n) IS NULL";
+
+/// How long maintenance's own transactions (creating ahead, dropping past
+/// the retention) wait for a lock: their ACCESS EXCLUSIVE lock, queued
+/// behind a long reader, would hold up every writer of the table.
+const MAINTENANCE_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
+
 /// Creates a range through the migrating role's function (sql/0006, 0007).
 const CREATE: &str = "SELECT bid_logger_create_range($1::text::regclass, $2, $3, $4, $5)";
 /// Drops a range through the migrating role's function (sql/0006).
@@ -217,6 +225,9 @@ pub async fn ensure(
         return Ok(Vec::new());
     }
     let tx = client.transaction().await?;
+    // Creating takes the table's ACCESS EXCLUSIVE lock: behind a long
+    // reader, give up (and retry later) rather than queue every writer.
+    tx.batch_execute(MAINTENANCE_LOCK_TIMEOUT).await?;
     let created = ensure_in(&tx, parent, starts).await?;
     tx.commit().await?;
     Ok(created)
@@ -238,9 +249,15 @@ pub async fn ensure_in(
     let missing = |existing: &[Range]| -> Vec<i64> {
         starts.iter().copied().filter(|&s| !covered(existing, s, parent.span.end(s))).collect()
     };
+    if starts.is_empty() {
+        return Ok(Vec::new());
+    }
     // Most calls find every range there (a process that just started knows
-    // none yet): look without the lock first, so they never queue for it.
-    if starts.is_empty() || missing(&list(tx, parent.table).await?).is_empty() {
+    // none yet): look them up by name first, without the lock, so they
+    // neither queue for it nor read the whole catalog.
+    let names: Vec<String> = starts.iter().map(|&s| parent.span.name(parent.table, s)).collect();
+    let absent: i64 = tx.query_one(ABSENT, &[&names]).await?.get(0);
+    if absent == 0 || missing(&list(tx, parent.table).await?).is_empty() {
         return Ok(Vec::new());
     }
     tx.execute(LOCK, &[&RANGE_LOCK]).await?;
@@ -265,6 +282,7 @@ pub async fn drop_ending_by(
     cutoff_s: i64,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    tx.batch_execute(MAINTENANCE_LOCK_TIMEOUT).await?;
     tx.execute(LOCK, &[&RANGE_LOCK]).await?;
     let mut dropped = Vec::new();
     for range in list(&tx, table).await? {
