@@ -8,10 +8,20 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// Asks the sink to say when everything it received so far has landed
-/// (the coordinator's handover waits for it before releasing leases).
+/// A handover, from the coordinator to the sink: every thread has stopped
+/// receiving the partitions and handed the sink what it received of them.
+/// The sink writes everything it received before this request (the *cut*)
+/// first, then passes the leases to their claimants before it forms any
+/// other batch, so no batch formed after the cut fences with them (see
+/// `docs/fleet-protocol.md`, "Handover"). It answers with each partition's
+/// new owner; it drops the request when it is fenced or stops first.
 #[derive(Debug)]
-pub struct FlushWait(pub oneshot::Sender<()>);
+pub struct Handover {
+    /// The leases to pass: (partition, epoch).
+    pub leases: Vec<(u32, i64)>,
+    /// Where the outcome goes: (partition, new owner; `None`: released).
+    pub passed: oneshot::Sender<Vec<(u32, Option<String>)>>,
+}
 
 /// `SET LOCAL idle_in_transaction_session_timeout` for a fleet member's
 /// transactions (heartbeats and fenced flushes): a third of the lease TTL,

@@ -110,22 +110,23 @@ pub async fn run(
         stopping.clone(),
         flush.clone(),
     )?;
-    let (flush_wait, flush_wait_rx) = mpsc::channel(4);
+    let (handover, handover_rx) = mpsc::channel(1);
     let (fenced, fenced_rx) = mpsc::unbounded_channel();
     let sink_fleet = config.fleet.as_ref().map(|f| SinkFleet {
         group: f.group.clone(),
         assignment: assignment_rx,
-        flush_wait: flush_wait_rx,
+        handover: handover_rx,
         fenced,
         fences: 0,
         idle_timeout: crate::assignment::idle_timeout(f.lease_ttl),
+        bounds: crate::fleet::sql::Bounds::new(f.lease_ttl),
     });
     let (phase, coordinator_phase) = watch::channel(Phase::Run);
     let (departed_tx, departed) = oneshot::channel();
     let coordinator = config.fleet.clone().map(|f| {
-        let links = CoordinatorLinks { assignment, acks, flush_wait, fenced: fenced_rx };
-        let c =
-            Coordinator::new(f, config.sink.instance_id.clone(), config.ingest.partition_count, pool.clone(), links);
+        let links = CoordinatorLinks { assignment, acks, handover, fenced: fenced_rx };
+        let (member, url) = (config.sink.instance_id.clone(), config.sink.database_url.clone());
+        let c = Coordinator::new(f, member, config.ingest.partition_count, url, links);
         tokio::spawn(c.run(coordinator_phase, departed_tx))
     });
     let sink =

@@ -87,6 +87,8 @@ metrics_table! {
         "Partitions a fleet member's group divides (partition-count), by group: the sum of the members' owned partitions once every lease is held.";
     counter LEASE_TAKEOVERS = "bid_logger_lease_takeovers_total", Count,
         "Partition leases this member took over after they expired (their owner died or froze).";
+    counter COORDINATOR_RETRIES = "bid_logger_coordinator_retries_total", Count,
+        "Fleet heartbeats that failed or waited past their bound (a third of lease-ttl) and were retried: the database was down, slow or busy with the group's locks.";
     counter FENCED = "bid_logger_fenced_total", Count,
         "Times this member found its leases taken (frozen past lease-ttl) and dropped what it held.";
     counter PUBLISHER_RESTARTS = "bid_logger_publisher_restarts_total", Count,

@@ -221,10 +221,11 @@ pub async fn write_batch(
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     let counts: Vec<i64> = batch.tables.iter().map(|r| r.len() as i64).collect();
     let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &id.run_id, &id.batch, &(batch.events as i64), &names, &counts];
-    // A fleet member's leases are checked with the ledger row, in the same round trip.
+    // A fleet member's transaction is bounded when idle (see
+    // `assignment::idle_timeout`), set with the ledger row in one round trip.
     let inserted = match &mark.fence {
         Some(fence) => {
-            futures_util::future::try_join(tx.execute(INSERT_LEDGER, &ledger), marks::check(&tx, instance, fence))
+            futures_util::future::try_join(tx.execute(INSERT_LEDGER, &ledger), tx.batch_execute(&fence.idle_timeout))
                 .await?
                 .0
         }
@@ -253,6 +254,10 @@ pub async fn write_batch(
     let raw_rows = copy_raw(&tx, batch, raw_sample_ppm).await?;
     // Last, so the rows it locks (shared by the parts) are held only until the commit.
     marks::record(&tx, scope, instance, id.run_id, mark, batch.events).await?;
+    // A fleet member's leases, checked right before the commit (see `marks::check`).
+    if let Some(fence) = &mark.fence {
+        marks::check(&tx, instance, fence).await?;
+    }
     tx.commit().await?;
     Ok(Written::Now { rows: upserted, raw_rows, ranges_created })
 }

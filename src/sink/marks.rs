@@ -59,15 +59,19 @@ pub struct Fence {
 /// every lease at its epoch, and keeps them from being taken until it ends.
 const FENCE: &str = "SELECT bid_logger_fence($1, $2, $3, $4)";
 
-/// Checks `fence` in `tx`, as `member`.
+/// Checks `fence` in `tx`, as `member`: the last statement before the
+/// commit, so that the lease rows stay locked only from here to the commit
+/// (one round trip). A member frozen before it holds no lease lock at all
+/// (nothing keeps the others from taking its expired leases, and the fence
+/// fails when it thaws); frozen after it, it is idle in its transaction,
+/// which the server ends after [`Fence::idle_timeout`].
 pub async fn check(
     tx: &tokio_postgres::Transaction<'_>,
     member: &str,
     fence: &Fence,
 ) -> Result<(), tokio_postgres::Error> {
     let params: [&(dyn ToSql + Sync); 4] = [&fence.group, &member, &fence.partitions, &fence.epochs];
-    let fenced = tx.execute(FENCE, &params);
-    futures_util::future::try_join(tx.batch_execute(&fence.idle_timeout), fenced).await.map(|_| ())
+    tx.execute(FENCE, &params).await.map(|_| ())
 }
 
 /// Upserts the marks of the moved partitions, unless a later generation of

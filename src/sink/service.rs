@@ -18,7 +18,7 @@ use super::consumer::Consumer;
 use super::flush::{write_batch, BatchId, Writer, Written, PRUNE_LEDGER};
 use super::marks::{self, Fence, Loaded, Previous, Watermark};
 use super::SinkConfig;
-use crate::assignment::{Assignment, FlushWait};
+use crate::assignment::{Assignment, Handover};
 use crate::db::maintenance::{self, Maintenance, MaintenanceConfig, RangeBook};
 use crate::db::ranges::{self, Parent};
 use crate::db::DbError;
@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 /// Retry delays grow from this …
 pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -97,8 +97,8 @@ pub struct SinkFleet {
     pub group: String,
     /// The coordinator's assignment: the leases every batch fences with.
     pub assignment: watch::Receiver<Arc<Assignment>>,
-    /// Requests to say when everything received so far has landed.
-    pub flush_wait: mpsc::Receiver<FlushWait>,
+    /// Handovers: write everything received so far, then pass the leases.
+    pub handover: mpsc::Receiver<Handover>,
     /// Tells the coordinator a flush found a lease taken.
     pub fenced: mpsc::UnboundedSender<u64>,
     /// Times fenced so far: deltas gathered before the last fence are
@@ -106,6 +106,8 @@ pub struct SinkFleet {
     pub fences: u64,
     /// See [`crate::assignment::idle_timeout`].
     pub idle_timeout: String,
+    /// How long a lease pass may wait (see [`crate::fleet::sql::Bounds`]).
+    pub bounds: crate::fleet::sql::Bounds,
 }
 
 /// The sink: owns the pool, the pending batch and the queued delta.
@@ -142,8 +144,18 @@ pub struct Sink {
     lost: u64,
     /// A fleet member's links to its coordinator.
     fleet: Option<SinkFleet>,
-    /// Waiting for everything received up to a generation to land.
-    waiters: Vec<(i64, oneshot::Sender<()>)>,
+    /// What was received before a handover's request (the cut): written
+    /// before anything received after it.
+    cut: Delta,
+    /// A batch is still to be formed from `cut` (one is, even when it is
+    /// empty, to record the marks that moved).
+    cut_due: bool,
+    /// Handovers whose leases pass once the cut has landed, before any
+    /// other batch is formed.
+    handovers: Vec<Handover>,
+    /// Leases passed, (partition, epoch), that the assignment still lists:
+    /// no batch fences with them.
+    passed: BTreeSet<(u32, i64)>,
     summary: SinkSummary,
     metrics: SinkMetrics,
     progress: Arc<t::Progress>,
@@ -212,7 +224,10 @@ impl Sink {
             drained: 0,
             lost: 0,
             fleet,
-            waiters: Vec::new(),
+            cut: Delta::default(),
+            cut_due: false,
+            handovers: Vec::new(),
+            passed: BTreeSet::new(),
             summary,
             metrics,
             progress,
@@ -241,11 +256,12 @@ impl Sink {
                     None => break,
                 },
                 _ = sleep_until_some(retry_at) => {}
-                Some(wait) = recv_some(fleet.map(|f| &mut f.flush_wait)) => {
+                Some(handover) = recv_some(fleet.map(|f| &mut f.handover)) => {
+                    // What the threads handed over came before the request.
                     while let Ok(delta) = self.rx.try_recv() {
                         self.enqueue(delta);
                     }
-                    self.waiters.push((self.generation, wait.0));
+                    self.seal(handover);
                 }
                 _ = tokio::time::sleep(FOLLOW_EVERY), if following => {}
             }
@@ -263,7 +279,6 @@ impl Sink {
                     self.enqueue(delta);
                 }
             }
-            self.notify_waiters();
         }
         let summary = self.drain_on_shutdown().await;
         // The logs hold the last batches' coarse rows: consume them once more.
@@ -301,7 +316,7 @@ impl Sink {
         let deadline = Instant::now() + self.config.shutdown_timeout;
         while self.has_work() {
             if Instant::now() >= deadline {
-                let unwritten = self.pending.iter().map(|p| p.batch.events).sum::<u64>() + self.queued.events;
+                let unwritten = self.unwritten_events();
                 let (since, attempts, last_error) = self.failing.clone().unwrap_or((Instant::now(), 0, String::new()));
                 tracing::error!(
                     events_unwritten = unwritten,
@@ -325,24 +340,56 @@ impl Sink {
         self.summary
     }
 
-    /// Whether something waits to be written: rows, or marks that moved.
+    /// Whether something waits to be written: rows, marks that moved, or
+    /// leases to pass.
     fn has_work(&self) -> bool {
-        !self.pending.is_empty() || !self.queued.is_empty() || self.marks.has_moved() || self.lost > 0
+        !self.pending.is_empty()
+            || !self.queued.is_empty()
+            || self.marks.has_moved()
+            || self.lost > 0
+            || self.cut_due
+            || !self.handovers.is_empty()
     }
 
-    /// Tells those waiting for everything received so far to land, once it has.
-    fn notify_waiters(&mut self) {
-        if self.has_work() {
-            return;
+    /// Cuts for `handover`: everything received so far is written first
+    /// (what arrives later waits in `queued`), then the leases pass.
+    fn seal(&mut self, handover: Handover) {
+        let received = std::mem::take(&mut self.queued);
+        if self.cut.is_empty() {
+            self.cut = received;
+        } else {
+            let loss = self.cut.merge(received, self.config.max_pending_rows, self.config.max_raw_rows);
+            self.metrics.folded.increment(loss.folded_events);
         }
-        let landed = self.generation;
-        for (at, done) in std::mem::take(&mut self.waiters) {
-            if at <= landed {
-                let _ = done.send(());
-            } else {
-                self.waiters.push((at, done));
+        self.cut_due = true;
+        self.handovers.push(handover);
+    }
+
+    /// Passes the handed-over leases (the cut has landed, and no batch was
+    /// formed since), and tells the coordinator.
+    async fn pass_leases(&mut self) -> Result<(), DbError> {
+        let Some(f) = &self.fleet else { return Ok(()) };
+        let leases: Vec<(u32, i64)> = self.handovers.iter().flat_map(|h| h.leases.iter().copied()).collect();
+        let (bounds, group) = (f.bounds, f.group.clone());
+        let mut client = self.pool.get().await?;
+        let pass = crate::fleet::sql::pass(&mut client, &bounds, &group, &self.config.instance_id, &leases);
+        let to = match crate::fleet::sql::within("passing leases", &bounds, pass).await {
+            Ok(to) => to,
+            Err(e) => {
+                // Its state is unknown after a timeout: not back to the pool.
+                let _ = deadpool_postgres::Object::take(client);
+                return Err(match e {
+                    crate::fleet::sql::FleetError::Database(e) => e,
+                    crate::fleet::sql::FleetError::TimedOut { after, .. } => DbError::Timeout(after),
+                });
             }
+        };
+        self.passed.extend(leases.iter().copied());
+        for h in self.handovers.drain(..) {
+            let mine = to.iter().filter(|(p, _)| h.leases.iter().any(|(l, _)| l == p)).cloned().collect();
+            let _ = h.passed.send(mine);
         }
+        Ok(())
     }
 
     /// A fleet member's sink: follows the coordinator's assignment. A new
@@ -354,8 +401,9 @@ impl Sink {
     fn follow_assignment(&mut self) {
         let Some(f) = &mut self.fleet else { return };
         if f.assignment.has_changed().unwrap_or(false) {
-            let fences = f.assignment.borrow_and_update().fences;
-            self.apply_fences(fences);
+            let a = f.assignment.borrow_and_update().clone();
+            self.passed.retain(|held| a.held.contains(held));
+            self.apply_fences(a.fences);
         }
     }
 
@@ -373,13 +421,17 @@ impl Sink {
     /// starts a new run, so that what the coordinator settles of the old
     /// one is not counted again.
     fn fence_out(&mut self) {
-        let events = self.pending.iter().map(|p| p.batch.events).sum::<u64>() + self.queued.events;
+        let events = self.unwritten_events();
         tracing::error!(
             events,
             "fenced: dropping the batches held; the new owners count them from the committed marks"
         );
         self.pending.clear();
         self.queued = Delta::default();
+        self.cut = Delta::default();
+        self.cut_due = false;
+        self.handovers.clear();
+        self.passed.clear();
         self.marks.clear_moved();
         self.lost = 0;
         self.run_id = new_run_id();
@@ -440,39 +492,53 @@ impl Sink {
         if let Some(a) = &assignment {
             self.apply_fences(a.fences);
         }
+        if self.pending.is_empty() && !self.cut_due && !self.handovers.is_empty() {
+            return match self.pass_leases().await {
+                Ok(()) => true,
+                Err(e) => self.failed(e),
+            };
+        }
         if self.pending.is_empty() {
-            if self.queued.is_empty() && !self.marks.has_moved() && self.lost == 0 {
+            if !self.cut_due && self.queued.is_empty() && !self.marks.has_moved() && self.lost == 0 {
                 return true;
             }
+            // A handover's cut goes first, alone.
+            let source = if self.cut_due { &mut self.cut } else { &mut self.queued };
             // Raw rows whose day is already past the retention would land in
             // a day table about to be dropped (or re-create a dropped one).
             let oldest_kept = ranges::today() - self.config.raw_retention_days;
-            let before = self.queued.raw.len();
-            self.queued.raw.retain(|r| r.day() >= oldest_kept);
-            let expired = (before - self.queued.raw.len()) as u64;
+            let before = source.raw.len();
+            source.raw.retain(|r| r.day() >= oldest_kept);
+            let expired = (before - source.raw.len()) as u64;
             if expired > 0 {
                 self.metrics.raw_dropped_expired.increment(expired);
             }
             // A backlog (after an outage) is written in bounded transactions,
             // each its own batch, so that none outgrows the flush timeout.
-            let batch = self.queued.split_off(MAX_BATCH_ROWS, MAX_BATCH_RAW_ROWS);
+            let batch = source.split_off(MAX_BATCH_ROWS, MAX_BATCH_RAW_ROWS);
+            if self.cut_due && self.cut.is_empty() {
+                self.cut_due = false;
+            }
             let parts = if batch.rows.len() >= MIN_PARALLEL_ROWS { self.config.pool_size } else { 1 };
             let now_ms = bid_logger_core::clock::now_ms();
             let mut moved = self.marks.take_moved(now_ms);
-            if let Some(a) = &assignment {
+            // The leases this batch fences with: those held, but those passed.
+            let fenced: Option<Vec<(u32, i64)>> =
+                assignment.as_ref().map(|a| a.held.iter().copied().filter(|h| !self.passed.contains(h)).collect());
+            if let Some(fenced) = &fenced {
                 // A partition's marks are its owner's to record: only those
                 // of leases this batch fences with.
-                moved.retain(|(p, _)| a.held.iter().any(|(h, _)| h == p));
+                moved.retain(|(p, _)| fenced.iter().any(|(h, _)| h == p));
             }
             let mark = Arc::new(Watermark {
                 partitions: moved.iter().map(|(p, _)| *p as i32).collect(),
                 values: moved.into_iter().map(|(_, v)| v).collect(),
                 generation: self.generation,
                 drained: self.drained,
-                fence: self.fleet.as_ref().zip(assignment.as_ref()).map(|(f, a)| Fence {
+                fence: self.fleet.as_ref().zip(assignment.as_ref()).zip(fenced).map(|((f, a), fenced)| Fence {
                     group: f.group.clone(),
-                    partitions: a.held.iter().map(|&(p, _)| p as i32).collect(),
-                    epochs: a.held.iter().map(|&(_, e)| e).collect(),
+                    partitions: fenced.iter().map(|&(p, _)| p as i32).collect(),
+                    epochs: fenced.iter().map(|&(_, e)| e).collect(),
                     generation: a.generation,
                     idle_timeout: f.idle_timeout.clone(),
                 }),
@@ -660,12 +726,21 @@ impl Sink {
         }
     }
 
+    /// Events accepted and not written yet.
+    fn unwritten_events(&self) -> u64 {
+        self.pending.iter().map(|p| p.batch.events).sum::<u64>() + self.queued.events + self.cut.events
+    }
+
     fn publish_pending(&mut self) {
-        let pending_events = self.pending.iter().map(|p| p.batch.events).sum::<u64>() + self.queued.events;
-        let batches = usize::from(!self.pending.is_empty()) + usize::from(!self.queued.is_empty()) + self.rx.len();
+        let pending_events = self.unwritten_events();
+        let batches = usize::from(!self.pending.is_empty())
+            + usize::from(!self.queued.is_empty())
+            + usize::from(!self.cut.is_empty())
+            + self.rx.len();
         self.metrics.pending_batches.set(batches as f64);
         self.metrics.pending_events.set(pending_events as f64);
-        let keys = self.pending.iter().map(|p| p.batch.rows()).sum::<usize>() + self.queued.rows.len();
+        let keys =
+            self.pending.iter().map(|p| p.batch.rows()).sum::<usize>() + self.queued.rows.len() + self.cut.rows.len();
         let m = &mut self.metrics;
         m.live_keys.increment(keys as f64 - m.published_live_keys as f64);
         m.published_live_keys = keys;
@@ -843,15 +918,16 @@ mod tests {
         let pool = crate::db::pool(&config.database_url, 1).unwrap();
         let (_deltas, rx) = mpsc::channel(1);
         let (assignment, assignment_rx) = watch::channel(Arc::default());
-        let (_waits, flush_wait) = mpsc::channel(1);
+        let (_handovers, handover) = mpsc::channel(1);
         let (fenced, _) = mpsc::unbounded_channel();
         let fleet = SinkFleet {
             group: "g".into(),
             assignment: assignment_rx,
-            flush_wait,
+            handover,
             fenced,
             fences: 0,
             idle_timeout: String::new(),
+            bounds: crate::fleet::sql::Bounds::new(Duration::from_secs(3)),
         };
         let previous = Previous::Loaded(Loaded::default());
         (Sink::new(config, pool, rx, true, previous, Some(fleet), Arc::default()), assignment)
