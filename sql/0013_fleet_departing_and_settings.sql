@@ -15,6 +15,7 @@ CREATE TABLE IF NOT EXISTS bid_logger_groups (
     grp             text        PRIMARY KEY,
     partition_count integer     NOT NULL,
     sample_ppm      integer     NOT NULL,
+    raw_sample_ppm  integer     NOT NULL,
     -- The rollup tables, each as name:grain:dimensions[<fed-from], sorted.
     tables          text        NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),

@@ -41,7 +41,10 @@ enum Command {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct FleetArgs {
+    #[command(subcommand)]
+    action: Option<FleetAction>,
     #[command(flatten)]
     database: MigrateArgs,
     /// Only this group.
@@ -54,6 +57,14 @@ struct FleetArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: bid_logger::fleet::status::Format,
+}
+
+#[derive(Subcommand)]
+enum FleetAction {
+    /// Make this configuration's group-wide settings (partition-count, sample, raw-sample and the
+    /// rollup tables) its group's: every member must run with them, and one that differs refuses to
+    /// start. Refused while a member of the group is live.
+    Set(ConfigArgs),
 }
 
 #[derive(Args)]
@@ -173,6 +184,16 @@ fn main() -> ExitCode {
             };
             telemetry::init_logging(LogFormat::Text, "warn");
             report(report_command(&url, &config, args.format, &range))
+        }
+        Command::Fleet(FleetArgs { action: Some(FleetAction::Set(args)), .. }) => {
+            let sub = sub.subcommand().map(|(_, m)| m.clone()).unwrap_or_default();
+            let file = args.config.clone();
+            let config = match args.load() {
+                Ok(c) => c,
+                Err(e) => return config_failure(e, &sub, file.as_deref()),
+            };
+            telemetry::init_logging(LogFormat::Text, "warn");
+            report(fleet_set(&config))
         }
         Command::Fleet(args) => {
             let file = args.database.config.clone();
@@ -372,6 +393,37 @@ fn fleet_command(
         };
         print!("{}", status::render(&groups, format));
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `fleet set`: records the configuration's group-wide settings as its group's.
+fn fleet_set(config: &Config) -> anyhow::Result<ExitCode> {
+    use bid_logger::fleet::settings::{self, GroupSettings, SetError};
+    let Some(fleet) = &config.fleet else {
+        eprintln!("bid-logger: invalid configuration: `group`: `fleet set` needs the group whose settings to set");
+        return Ok(ExitCode::from(2));
+    };
+    let new = GroupSettings::of(config);
+    runtime()?.block_on(async {
+        let mut client = db::connect(&config.sink.database_url)
+            .await
+            .with_context(|| format!("connecting to {}", mask_database_url(&config.sink.database_url)))?;
+        db::migrate(&mut client, &config.sink.tables).await?;
+        match settings::set(&mut client, &fleet.group, &new).await {
+            Ok(old) => {
+                match old.as_ref().and_then(|old| new.differs(old)) {
+                    Some((key, new, old)) => println!("group `{}`: {key} {old} → {new}", fleet.group),
+                    None if old.is_some() => println!("group `{}`: settings unchanged", fleet.group),
+                    None => println!("group `{}`: settings recorded", fleet.group),
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e @ SetError::Live { .. }) => {
+                eprintln!("bid-logger: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+            Err(SetError::Database(e)) => Err(db::DbError::from(e)).context("writing bid_logger_groups"),
+        }
     })
 }
 

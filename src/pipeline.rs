@@ -126,7 +126,8 @@ pub async fn run(
     let coordinator = config.fleet.clone().map(|f| {
         let links = CoordinatorLinks { assignment, acks, handover, fenced: fenced_rx };
         let (member, url) = (config.sink.instance_id.clone(), config.sink.database_url.clone());
-        let c = Coordinator::new(f, member, config.ingest.partition_count, url, links);
+        let settings = crate::fleet::settings::GroupSettings::of(&config);
+        let c = Coordinator::new(f, member, settings, url, links);
         tokio::spawn(c.run(coordinator_phase, departed_tx))
     });
     let sink =

@@ -239,6 +239,10 @@ impl HotPath {
         // its own to count (not even as invalid): held or left to the owner.
         if self.owned.is_some() {
             if let Some((_, partition)) = parse_topic(topic) {
+                if partition >= self.partition_count {
+                    self.beyond_partitions(partition, topic, payload, now_ms);
+                    return;
+                }
                 if !self.owns(partition) {
                     self.not_owned(partition, topic, payload, now_ms);
                     return;
@@ -287,6 +291,55 @@ impl HotPath {
             // Everything is taken anyway: keep it, under its real partition.
             ev.partition = owner;
         }
+        self.keep(ev, hash, owner, now_ms);
+    }
+
+    /// A fleet member's message on a topic at or above `partition-count`
+    /// (publishers with more partitions than the group): no lease covers
+    /// its topic, so the member that owns its transaction's partition
+    /// takes it, and it is counted as a partition mismatch there (alerted:
+    /// never left to nobody as "unowned"). When everything is taken, it is
+    /// kept under that partition, as a single instance keeps it; its `seq`
+    /// is not tracked, since the topic's events are split among members
+    /// and each would see gaps that are not losses.
+    #[cold]
+    fn beyond_partitions(&mut self, partition: u32, topic: &[u8], payload: &[u8], now_ms: i64) {
+        // Whoever owns the topic's partition modulo the count answers for
+        // what has no transaction to go by.
+        let fallback = partition % self.partition_count;
+        if payload.len() > self.max_event_size {
+            if self.owns(fallback) {
+                self.invalid[DecodeError::TooLarge.index()] += 1;
+            }
+            return;
+        }
+        let mut ev = match decode(topic, payload) {
+            Ok(ev) => ev,
+            Err(e) => {
+                if self.owns(fallback) {
+                    self.invalid[e.index()] += 1;
+                }
+                return;
+            }
+        };
+        let hash = fnv1a64(ev.txn);
+        let owner = (hash % u64::from(self.partition_count)) as u32;
+        if !self.owns(owner) {
+            self.unowned += 1;
+            return;
+        }
+        self.partitions.record(ev.partition, hash);
+        if !self.takes_everything {
+            self.invalid[DecodeError::PartitionMismatch.index()] += 1;
+            return;
+        }
+        ev.partition = owner;
+        self.keep(ev, hash, owner, now_ms);
+    }
+
+    /// Samples, admits and aggregates a decoded event of partition `owner`.
+    #[inline]
+    fn keep(&mut self, ev: Event<'_>, hash: u64, owner: u32, now_ms: i64) {
         let rollup = self.everything || self.sampler.keep_owned(owner, hash);
         let raw = self.raw_sampler.as_ref().is_some_and(|s| s.keep_owned(owner, hash));
         if !rollup && !raw {
@@ -391,6 +444,52 @@ mod tests {
         let right = topic(EventType::Bid, crate::wire::partition_of(ok.as_bytes(), 16));
         all.process(right.as_bytes(), &payload(ok, 0), now);
         assert_eq!(all.partitions.mismatches, 1);
+    }
+
+    /// Publishers with twice the group's partitions: each event on a topic
+    /// at or above `partition-count` is taken by exactly one of the two
+    /// members (the one owning its transaction's partition), counted as a
+    /// mismatch there, and kept when everything is taken; the other leaves
+    /// it as not its own.
+    #[test]
+    fn a_fleet_member_takes_the_events_beyond_the_partition_count_that_are_its_own() {
+        let now = now_ms();
+        let halves = |take_everything: bool| {
+            [0, 1].map(|half| {
+                let mut hot = hot(take_everything, if take_everything { "1" } else { "1/2" });
+                hot.owned = Some((0..16).map(|p| p % 2 == half).collect());
+                hot
+            })
+        };
+        for everything in [true, false] {
+            let mut members = halves(everything);
+            let mut beyond = 0;
+            for i in 0..200 {
+                let txn = format!("b-{i}");
+                let p32 = crate::wire::partition_of(txn.as_bytes(), 32);
+                if p32 < 16 {
+                    continue;
+                }
+                beyond += 1;
+                for m in &mut members {
+                    m.process(topic(EventType::Bid, p32).as_bytes(), &payload(&txn, 0), now);
+                }
+            }
+            assert!(beyond > 50);
+            let mismatches: u64 = members.iter().map(|m| m.partitions.mismatches).sum();
+            assert_eq!(mismatches, beyond, "each counted once, by its owner");
+            let unowned: u64 = members.iter().map(|m| m.unowned).sum();
+            assert_eq!(unowned, beyond, "and left by the other");
+            let accepted: u64 =
+                members.iter_mut().map(|m| m.aggregator.take_stats().accepted.iter().sum::<u64>()).sum();
+            let dropped: u64 = members.iter().map(|m| m.invalid[DecodeError::PartitionMismatch.index()]).sum();
+            if everything {
+                assert_eq!((accepted, dropped), (beyond, 0), "kept when everything is taken");
+            } else {
+                assert_eq!((accepted, dropped), (0, beyond), "dropped as invalid when sampled");
+            }
+            assert_eq!(members.iter().map(|m| m.seqs.lost).sum::<u64>(), 0);
+        }
     }
 
     #[test]

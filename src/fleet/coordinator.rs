@@ -8,6 +8,7 @@
 //! renewals up for a TTL.
 
 use super::plan::{plan, ClaimState, View};
+use super::settings::{self, GroupSettings};
 use super::sql::{self, Bounds, FleetError, Renewed};
 use super::{FleetConfig, Phase};
 use crate::assignment::{Assignment, Handover};
@@ -84,6 +85,9 @@ pub struct Coordinator {
     member: String,
     run_id: i64,
     partition_count: u32,
+    /// This member's group-wide settings, and whether the group's agree.
+    settings: GroupSettings,
+    agreed: bool,
     database_url: String,
     client: Option<Client>,
     bounds: Bounds,
@@ -117,15 +121,16 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// A coordinator for `member` of a fleet of `partition_count`
-    /// partitions, on a connection of its own to `database_url`.
+    /// A coordinator for `member` with group-wide `settings`, on a
+    /// connection of its own to `database_url`.
     pub fn new(
         config: FleetConfig,
         member: String,
-        partition_count: u32,
+        settings: GroupSettings,
         database_url: String,
         links: CoordinatorLinks,
     ) -> Coordinator {
+        let partition_count = settings.partition_count;
         let group = config.group.clone();
         let owned = gauge!(t::OWNED_PARTITIONS, "group" => group.clone());
         owned.set(0.0);
@@ -139,6 +144,8 @@ impl Coordinator {
             member,
             run_id: rand::random(),
             partition_count,
+            settings,
+            agreed: false,
             database_url,
             client: None,
             bounds,
@@ -218,8 +225,12 @@ impl Coordinator {
         Ok(self.client.as_mut().expect("connected above"))
     }
 
-    /// One heartbeat: renew, then decide (see the module's docs).
+    /// One heartbeat: renew, then decide (see the module's docs). Before
+    /// the first, the group's settings are checked.
     async fn heartbeat(&mut self) -> Result<(), FleetError> {
+        if !self.agreed {
+            self.check_settings().await?;
+        }
         let renewed = self.renew().await?;
         if self.held.iter().any(|(p, e)| renewed.leases.get(p) != Some(e)) {
             self.reset("a lease was taken while this member could not renew it").await;
@@ -234,6 +245,29 @@ impl Coordinator {
             .collect();
         let decision = self.decide(passed).await?;
         self.apply(decision);
+        Ok(())
+    }
+
+    /// Records this member's settings as the group's if it has none, and
+    /// refuses to join a group whose settings differ: exit code 2, one line
+    /// naming the setting and both values. Nothing is lost by exiting here:
+    /// the member holds no lease yet, so it has counted and written nothing.
+    async fn check_settings(&mut self) -> Result<(), FleetError> {
+        let (bounds, group, ours) = (self.bounds, self.config.group.clone(), self.settings.clone());
+        let client = self.client().await?;
+        let read = async { Ok(settings::record_or_read(&*client, &group, &ours).await?) };
+        let theirs = sql::within("reading the group's settings", &bounds, read).await?;
+        if let Some((key, ours, theirs)) = self.settings.differs(&theirs) {
+            let line = format!(
+                "invalid configuration: `{key}`: {ours} here, but group `{group}` runs with {theirs}; \
+                 run every member with the group's value, or change the group's with `bid-logger fleet set` \
+                 once every member is stopped"
+            );
+            tracing::error!(setting = key, "{line}");
+            eprintln!("bid-logger: {line}");
+            std::process::exit(2);
+        }
+        self.agreed = true;
         Ok(())
     }
 
@@ -268,8 +302,11 @@ impl Coordinator {
     /// it has committed ([`Coordinator::apply`]).
     async fn decide(&mut self, passed: BTreeMap<u32, i64>) -> Result<Decision, FleetError> {
         let acked = |g: u64| g > 0 && self.links.acks.iter().all(|a| a.load(Ordering::Acquire) >= g);
-        let claims: BTreeMap<u32, ClaimState> =
-            self.claims.iter().map(|(&p, c)| (p, ClaimState { buffered: acked(c.generation), ready: c.ready })).collect();
+        let claims: BTreeMap<u32, ClaimState> = self
+            .claims
+            .iter()
+            .map(|(&p, c)| (p, ClaimState { buffered: acked(c.generation), ready: c.ready }))
+            .collect();
         let mut held: BTreeSet<u32> = self.held.keys().copied().collect();
         held.extend(passed.keys());
         let (bounds, group, member) = (self.bounds, self.config.group.clone(), self.member.clone());
@@ -308,7 +345,8 @@ impl Coordinator {
             let claimed =
                 if plan.claim.is_empty() { Vec::new() } else { sql::claim(&tx, &group, &member, &plan.claim).await? };
             let parts: Vec<u32> = taken.keys().copied().collect();
-            let seeds = if parts.is_empty() { SeqMarks::default() } else { sql::read_marks(&tx, &group, &parts).await? };
+            let seeds =
+                if parts.is_empty() { SeqMarks::default() } else { sql::read_marks(&tx, &group, &parts).await? };
             tx.commit().await?;
             let mine = leases.iter().filter(|l| l.owner.as_deref() == Some(&member)).map(|l| l.partition).collect();
             Ok(Decision {

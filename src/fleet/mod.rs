@@ -14,6 +14,7 @@
 
 pub mod coordinator;
 pub mod plan;
+pub mod settings;
 pub mod sql;
 pub mod status;
 

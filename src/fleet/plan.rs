@@ -110,7 +110,8 @@ pub fn plan(v: &View<'_>) -> Plan {
         // those an earlier run of this member left.
         let free = |p: u32| {
             v.stale.contains(&p)
-                || !v.first && lease(p).is_none_or(|l| l.owner.is_none() || l.expired || l.owner.as_deref() == Some(v.me))
+                || !v.first
+                    && lease(p).is_none_or(|l| l.owner.is_none() || l.expired || l.owner.as_deref() == Some(v.me))
         };
         plan.take = claims.keys().copied().filter(|&p| free(p)).collect();
         plan.take.extend(

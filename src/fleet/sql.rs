@@ -42,10 +42,10 @@ impl FleetError {
     /// 57014): the group is busy, not broken, and the step is retried.
     pub fn waited(&self) -> bool {
         match self {
-            FleetError::Database(DbError::Db(e)) => e
-                .code()
-                .is_some_and(|c| *c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE
-                    || *c == tokio_postgres::error::SqlState::QUERY_CANCELED),
+            FleetError::Database(DbError::Db(e)) => e.code().is_some_and(|c| {
+                *c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE
+                    || *c == tokio_postgres::error::SqlState::QUERY_CANCELED
+            }),
             FleetError::TimedOut { .. } => true,
             FleetError::Database(_) => false,
         }
@@ -301,13 +301,23 @@ pub async fn take(
 }
 
 /// Claims `partitions`: those still owned by another member.
-pub async fn claim(tx: &Transaction<'_>, group: &str, member: &str, partitions: &[u32]) -> Result<Vec<u32>, FleetError> {
+pub async fn claim(
+    tx: &Transaction<'_>,
+    group: &str,
+    member: &str,
+    partitions: &[u32],
+) -> Result<Vec<u32>, FleetError> {
     let parts = ints(partitions.iter().copied());
     Ok(tx.query(CLAIM, &[&group, &member, &parts]).await?.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
 }
 
 /// Marks `partitions`' claims ready.
-pub async fn claims_ready(tx: &Transaction<'_>, group: &str, member: &str, partitions: &[u32]) -> Result<(), FleetError> {
+pub async fn claims_ready(
+    tx: &Transaction<'_>,
+    group: &str,
+    member: &str,
+    partitions: &[u32],
+) -> Result<(), FleetError> {
     tx.execute(CLAIM_READY, &[&group, &member, &ints(partitions.iter().copied())]).await?;
     Ok(())
 }

@@ -201,7 +201,12 @@ impl Ingest {
         links: &Links,
     ) -> Result<Ingest, IngestError> {
         let Links { sink, progress, committed, late, fleet } = links;
-        let mut hot = HotPath::new(config.hot_path(aggregate));
+        let mut hot_config = config.hot_path(aggregate);
+        // A fleet member's group takes every partition: at rate 1 a
+        // mismatching event is kept by the member that receives it, as by a
+        // single instance taking everything.
+        hot_config.takes_everything |= fleet.is_some() && config.sample == bid_logger_core::sample::Rate::ALL;
+        let mut hot = HotPath::new(hot_config);
         // The marks committed by an earlier run of this thread's partitions:
         // the first `seq` received counts the gap from them.
         let scope = SeedScope::new(config, index);

@@ -410,14 +410,11 @@ async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
 /// and takes its share back by claims, so nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_the_whole_fleet_under_load_loses_nothing() {
-    // A known race (RELIABILITY.md, "Open findings"; the fleet issue) makes
-    // a handover count about half a second as lost in some runs, on the
-    // build before the connection work too. Until it is fixed, a run that
-    // loses is said out loud and run once more; two in a row fail.
+    // Before the cut and the pass were one step of the sink, a batch formed
+    // between them could fence its member with the lease just passed, and
+    // about one run in seven counted half a second as lost.
     if let Err(lost) = rolling_restart().await {
-        eprintln!("FLAKY: the first rolling restart lost events {lost:?}; running it once more");
-        let lost = rolling_restart().await.err();
-        assert!(lost.is_none(), "a rolling restart loses nothing, twice in a row it lost: {lost:?}");
+        panic!("a rolling restart loses nothing, yet it lost {lost:?}");
     }
 }
 
@@ -598,4 +595,111 @@ async fn a_member_expired_during_its_flush_is_settled_after_that_flush() {
     let truth = stop_after(simulator, &a);
     let lost = stop_member(a) + stop_member(b);
     assert_accounted(&db, &truth, lost).await;
+}
+
+/// What members must agree on is the group's: a member started with
+/// another `partition-count` or `sample` refuses to join (exit 2, naming
+/// the setting and both values) instead of claiming partitions it never
+/// receives, and `bid-logger fleet set` changes the group's once no member
+/// is live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_other_settings_than_its_group_refuses_to_join() {
+    let db = fresh_database("fleet_settings").await;
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let a = busy_member(&db, &endpoint, "a", &[]);
+    wait_balanced(&db, "g", &["a"], Duration::from_secs(10)).await;
+    for (flag, value, line) in [
+        ("--partition-count", "8", "`partition-count`: 8 here, but group `g` runs with 16"),
+        ("--sample", "0.5", "`sample`: 0.5 here, but group `g` runs with 1"),
+    ] {
+        let mut b = busy_member(&db, &endpoint, "b", &[flag, value]);
+        let (code, stderr) = b.wait();
+        assert_eq!(code, 2, "{flag} {value}: {stderr}");
+        assert!(stderr.contains(line), "{flag} {value}: {stderr}");
+    }
+    assert_eq!(a.metric("bid_logger_owned_partitions", ""), P as f64, "a kept every partition");
+    let set = |count: &str| {
+        bid_logger(&[
+            "fleet",
+            "set",
+            "--database-url",
+            &db,
+            "--group",
+            "g",
+            "--partition-count",
+            count,
+            "--event-types",
+            "auction,bid",
+            "--flush-interval",
+            "300ms",
+            "--connect",
+            "tcp://127.0.0.1:1",
+        ])
+    };
+    let refused = set("8");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("live members (a)"), "{refused:?}");
+    a.stop_ok();
+    let changed = set("8");
+    assert!(changed.status.success(), "{changed:?}");
+    assert!(String::from_utf8_lossy(&changed.stdout).contains("partition-count 16 → 8"), "{changed:?}");
+    let b = busy_member(&db, &endpoint, "b", &["--partition-count", "8"]);
+    b.wait_metric("bid_logger_owned_partitions", 8.0, Duration::from_secs(10));
+    b.stop_ok();
+}
+
+/// Publishers with twice the group's partitions: the events on topics at
+/// or above `partition-count` are kept by the member owning their
+/// transaction's partition (everything is taken) and counted as partition
+/// mismatches, never left to nobody as "unowned".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_with_more_partitions_than_the_group_lose_nothing_and_are_counted() {
+    let (db, endpoint, [a, b]) = busy_fleet("fleet_more_partitions", ["a", "b"], &[]).await;
+    let simulator = Simulator::start(&endpoint, |c| {
+        c.rate = Some(20_000.0);
+        c.duration = Some(Duration::from_secs(180));
+        c.traffic.invalid_fraction = 0.0;
+        c.traffic.partition_count = 2 * P;
+    });
+    wait_receiving(&[&a, &b]);
+    let truth = stop_after(simulator, &a);
+    let mismatches = [&a, &b].map(|m| m.metric("bid_logger_partition_mismatch_total", ""));
+    assert!(mismatches.iter().all(|&m| m > 1_000.0), "each member counts the mismatches it takes: {mismatches:?}");
+    let lost = stop_member(a) + stop_member(b);
+    assert_eq!(lost, 0);
+    assert_accounted(&db, &truth, 0).await;
+}
+
+/// A database stall of four TTLs while batches are large enough to be
+/// written as parallel parts (40 000 events/s, a 5 s flush interval): the
+/// coordinators renew on connections of their own, so no member is fenced
+/// and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_stall_of_four_ttls_under_production_sized_batches_fences_nobody() {
+    let db = fresh_database("fleet_big_stall").await;
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let names = ["a", "b"];
+    let args = ["--event-types", "auction,bid", "--flush-interval", "5s"];
+    let [a, b] = names.map(|n| Logger::start(&db, &member_args(&endpoint, n, &args)));
+    wait_balanced(&db, "g", &names, Duration::from_secs(10)).await;
+    let simulator = Simulator::start(&endpoint, |c| {
+        c.rate = Some(40_000.0);
+        c.duration = Some(Duration::from_secs(180));
+        c.traffic.invalid_fraction = 0.0;
+    });
+    for m in [&a, &b] {
+        m.wait_metric("bid_logger_events_flushed_total", 20_000.0, Duration::from_secs(30));
+    }
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_minute IN EXCLUSIVE MODE").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    tx.rollback().await.unwrap();
+    let truth = stop_after(simulator, &a);
+    for (name, m) in names.iter().zip([&a, &b]) {
+        assert_eq!(m.metric("bid_logger_fenced_total", ""), 0.0, "{name} was fenced");
+    }
+    let lost = stop_member(a) + stop_member(b);
+    assert_eq!(lost, 0);
+    assert_accounted(&db, &truth, 0).await;
 }
