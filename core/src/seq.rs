@@ -84,6 +84,11 @@ pub struct SeqTracker {
     pub resets: u64,
     /// Publishers evicted since the last take.
     pub evicted: u64,
+    /// Sequences begun (their first `seq` seen, none seeded) since the
+    /// owner last reset it: until a batch commits their marks, a crash
+    /// would leave their events unaccounted, so the ingest thread hands
+    /// them over early.
+    pub begun: u64,
 }
 
 #[derive(Debug)]
@@ -124,6 +129,7 @@ impl SeqTracker {
             restarts: 0,
             resets: 0,
             evicted: 0,
+            begun: 0,
         }
     }
 
@@ -165,6 +171,7 @@ impl SeqTracker {
                 e.insert(Sequence { last: seq, stamp: generation });
                 self.sequences += 1;
                 self.moved += 1;
+                self.begun += 1;
                 if let Some(firsts) = &mut self.firsts {
                     if firsts.len() < MAX_TRACKED_SEQUENCES {
                         firsts.push((tracked.name.clone(), topic_id, seq));

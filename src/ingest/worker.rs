@@ -169,6 +169,10 @@ struct Follower {
     seeds: Vec<Mark>,
 }
 
+/// How often at most a thread hands its delta over early for sequences
+/// begun since the last hand-over.
+const NEW_SEQUENCES_EVERY: Duration = Duration::from_millis(20);
+
 /// How often at most a thread logs partition mismatches.
 const MISMATCH_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -288,6 +292,7 @@ impl Ingest {
         let mut payload = zmq::Message::new();
         let mut now_ms = now_ms();
         let mut next_flush = Instant::now() + self.flush_interval;
+        let mut handed_over = Instant::now();
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
         let mut next_housekeeping = coarse_monotonic_ms() + HOUSEKEEPING_MS;
         let mut pacer = Pacer::default();
@@ -328,10 +333,20 @@ impl Ingest {
                     next_publish = now + PUBLISH_EVERY;
                 }
                 let requested = flush.generation();
-                if now >= next_flush || requested != flush_seen {
+                // A sequence begun since the last hand-over is accounted
+                // for only once a batch commits its mark: hand it over at
+                // once (at most every NEW_SEQUENCES_EVERY), not at the
+                // next interval, so that a crash in a run's first seconds
+                // leaves its events counted by whoever takes over.
+                let begun = self.hot.seqs.begun > 0 && now >= handed_over + NEW_SEQUENCES_EVERY;
+                if now >= next_flush || requested != flush_seen || begun {
                     flush_seen = requested;
+                    self.hot.seqs.begun = 0;
                     self.hand_over();
-                    next_flush = now + self.flush_interval;
+                    handed_over = now;
+                    if !begun {
+                        next_flush = now + self.flush_interval;
+                    }
                 }
             }
         }

@@ -159,6 +159,8 @@ pub struct Sink {
     summary: SinkSummary,
     metrics: SinkMetrics,
     progress: Arc<t::Progress>,
+    /// When this sink started (the first batch says how long it took).
+    started: Instant,
 }
 
 impl Sink {
@@ -231,6 +233,7 @@ impl Sink {
             summary,
             metrics,
             progress,
+            started: Instant::now(),
         }
     }
 
@@ -715,6 +718,9 @@ impl Sink {
         }
         self.summary.events_written += events;
         self.progress.written(events);
+        if self.summary.batches == 0 {
+            tracing::info!(after = ?self.started.elapsed(), events, "first batch landed");
+        }
         self.summary.batches += 1;
     }
 
