@@ -23,6 +23,37 @@ pub struct Mark {
     pub seq: u64,
 }
 
+/// Counts a sequence going from `prev` to `seq` into (lost, resets,
+/// restarts): the messages between are lost, unless it jumped further than
+/// `max_jump` (a reset) or went back (a publisher restart). Returns the
+/// messages counted lost.
+#[inline(always)]
+fn step(max_jump: u64, (lost, resets, restarts): (&mut u64, &mut u64, &mut u64), prev: u64, seq: u64) -> u64 {
+    if seq > prev {
+        let gap = seq - prev - 1;
+        if gap > max_jump {
+            *resets += 1;
+        } else {
+            *lost += gap;
+            return gap;
+        }
+    } else {
+        *restarts += 1;
+    }
+    0
+}
+
+/// Messages lost on one publisher's topic: a `seq` gap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The publisher (`pub`).
+    pub publisher: Arc<str>,
+    /// `event_type * MAX_PARTITIONS + partition`.
+    pub topic: u32,
+    /// Messages lost.
+    pub messages: u64,
+}
+
 impl Mark {
     /// The topic's partition.
     pub fn partition(&self) -> u32 {
@@ -78,6 +109,9 @@ pub struct SeqTracker {
     tick: u64,
     /// Messages lost since the last take.
     pub lost: u64,
+    /// The same, per publisher and topic (taken with
+    /// [`SeqTracker::take_gaps`]): what the warehouse's loss table records.
+    gaps: FxHashMap<(Arc<str>, u32), u64>,
     /// Restarts seen since the last take.
     pub restarts: u64,
     /// Sequence resets (jumps over `max_jump`) since the last take.
@@ -126,6 +160,7 @@ impl SeqTracker {
             firsts: None,
             tick: 0,
             lost: 0,
+            gaps: FxHashMap::default(),
             restarts: 0,
             resets: 0,
             evicted: 0,
@@ -162,7 +197,11 @@ impl SeqTracker {
                     s.stamp = generation;
                     self.moved += 1;
                 }
-                self.step(prev, seq);
+                let counts = (&mut self.lost, &mut self.resets, &mut self.restarts);
+                let gap = step(self.max_jump, counts, prev, seq);
+                if gap > 0 {
+                    *self.gaps.entry((tracked.name.clone(), topic_id)).or_default() += gap;
+                }
             }
             // Only a publisher with 200 000 topics of its own gets here
             // full (eviction keeps the busiest): stop adding its topics.
@@ -184,18 +223,16 @@ impl SeqTracker {
     /// Counts a sequence going from `prev` to `seq`: the messages between
     /// are lost, unless it jumped too far (a reset) or went back (a
     /// publisher restart).
+    /// Returns the messages counted lost.
     #[inline(always)]
-    fn step(&mut self, prev: u64, seq: u64) {
-        if seq > prev {
-            let gap = seq - prev - 1;
-            if gap > self.max_jump {
-                self.resets += 1;
-            } else {
-                self.lost += gap;
-            }
-        } else {
-            self.restarts += 1;
-        }
+    fn step(&mut self, prev: u64, seq: u64) -> u64 {
+        step(self.max_jump, (&mut self.lost, &mut self.resets, &mut self.restarts), prev, seq)
+    }
+
+    /// The gaps found since the last take, per publisher and topic (their
+    /// sum is what [`SeqTracker::lost`] counted meanwhile).
+    pub fn take_gaps(&mut self) -> Vec<Gap> {
+        self.gaps.drain().map(|((publisher, topic), messages)| Gap { publisher, topic, messages }).collect()
     }
 
     /// The marks an earlier run committed are not known yet (the database
@@ -225,7 +262,12 @@ impl SeqTracker {
         }
         for (publisher, topic, mark) in seeds {
             match first.get(&(publisher, topic)) {
-                Some(&seq) => self.step(mark, seq),
+                Some(&seq) => {
+                    let gap = self.step(mark, seq);
+                    if gap > 0 {
+                        *self.gaps.entry((Arc::from(publisher), topic)).or_default() += gap;
+                    }
+                }
                 None if !self.tracks(publisher, topic) => self.seed(publisher, topic, mark),
                 // Begun while the firsts were full: its gap cannot be known.
                 None => {}

@@ -20,6 +20,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (11, "fence_expiry", include_str!("../../sql/0011_fence_expiry.sql")),
     (12, "fence_key_share", include_str!("../../sql/0012_fence_key_share.sql")),
     (13, "fleet_departing_and_settings", include_str!("../../sql/0013_fleet_departing_and_settings.sql")),
+    (14, "lost", include_str!("../../sql/0014_lost.sql")),
 ];
 
 /// The migration that partitions the rollups; `rollup_day` is backfilled

@@ -232,7 +232,12 @@ impl Coordinator {
             self.check_settings().await?;
         }
         let renewed = self.renew().await?;
-        if self.held.iter().any(|(p, e)| renewed.leases.get(p) != Some(e)) {
+        // Leases the sink is passing may be gone already: passed, not taken.
+        let passing: &[u32] = match &self.release {
+            Release::Passing { partitions, .. } => partitions,
+            _ => &[],
+        };
+        if self.held.iter().any(|(p, e)| renewed.leases.get(p) != Some(e) && !passing.contains(p)) {
             self.reset("a lease was taken while this member could not renew it").await;
             return Ok(());
         }
@@ -313,6 +318,7 @@ impl Coordinator {
         let (partition_count, first) = (self.partition_count, self.decisions == 0);
         let (departing, releasing) = (self.departing.is_some(), !matches!(self.release, Release::None));
         let stale = self.stale.clone();
+        let adopt = !departing;
         let client = self.client().await?;
         let work = async {
             let tx = sql::begin(client, &bounds).await?;
@@ -342,8 +348,20 @@ impl Coordinator {
                 over = t.over;
                 taken.extend(t.epochs);
             }
-            let claimed =
+            let mut claimed =
                 if plan.claim.is_empty() { Vec::new() } else { sql::claim(&tx, &group, &member, &plan.claim).await? };
+            // Claims of this member's that it does not know (a decision whose
+            // COMMIT reply was lost made them): adopted, so they are
+            // buffered and readied, never left to block the partition.
+            if adopt {
+                claimed.extend(
+                    leases
+                        .iter()
+                        .filter(|l| l.claimant.as_deref() == Some(member.as_str()) && !l.claim_ready)
+                        .map(|l| l.partition)
+                        .filter(|p| !claims.contains_key(p) && !held.contains(p) && !taken.contains_key(p)),
+                );
+            }
             let parts: Vec<u32> = taken.keys().copied().collect();
             let seeds =
                 if parts.is_empty() { SeqMarks::default() } else { sql::read_marks(&tx, &group, &parts).await? };

@@ -162,23 +162,49 @@ const CLAIM_READY: &str = "UPDATE bid_logger_leases SET claim_ready = true
 const WITHDRAW: &str =
     "UPDATE bid_logger_leases SET claimant = NULL, claim_ready = false WHERE grp = $1 AND claimant = $2";
 const READ_MARKS: &str = "SELECT partition, marks FROM bid_logger_seq_marks WHERE scope = $1 AND partition = ANY($2)";
-/// Passes each lease still held at its epoch to its claimant (a new
-/// epoch), or releases it when the claim was withdrawn meanwhile.
-const PASS: &str = "UPDATE bid_logger_leases l SET owner = claimant, epoch = l.epoch + 1,
-        expires_at = CASE WHEN claimant IS NULL THEN clock_timestamp()
-                          ELSE clock_timestamp() + $5 * interval '1 millisecond' END,
-        claimant = NULL, claim_ready = false
-    FROM unnest($3::integer[], $4::bigint[]) AS h(partition, epoch)
-    WHERE l.grp = $1 AND l.owner = $2 AND l.partition = h.partition AND l.epoch = h.epoch
-    RETURNING l.partition, l.owner";
-/// Releases the leases under this member's name, except those held at
+/// A lease's claimant, when it is a live member of the group taking a
+/// share: whom a lease is passed to (`NULL`: released).
+const LIVE_CLAIMANT: &str = "(SELECT m.member FROM bid_logger_members m
+    WHERE m.grp = l.grp AND m.member = l.claimant AND NOT m.departing AND m.expires_at >= clock_timestamp())";
+
+/// Passes each lease still held at its epoch to its live claimant (a new
+/// epoch), or releases it when there is none (the claim was withdrawn, or
+/// its member is gone).
+fn pass_sql() -> String {
+    format!(
+        "UPDATE bid_logger_leases l SET owner = {LIVE_CLAIMANT}, epoch = l.epoch + 1,
+            expires_at = CASE WHEN {LIVE_CLAIMANT} IS NULL THEN clock_timestamp()
+                              ELSE clock_timestamp() + $5 * interval '1 millisecond' END,
+            claimant = NULL, claim_ready = false
+        FROM unnest($3::integer[], $4::bigint[]) AS h(partition, epoch)
+        WHERE l.grp = $1 AND l.owner = $2 AND l.partition = h.partition AND l.epoch = h.epoch
+        RETURNING l.partition, l.owner"
+    )
+}
+/// Gives back the leases under this member's name, except those held at
 /// another epoch than `$3`/`$4` say (taken anew since by a later run under
-/// the same name: they stay with it).
-const RELEASE: &str = "UPDATE bid_logger_leases l SET owner = NULL, expires_at = clock_timestamp(), claimant = NULL,
-        claim_ready = false
-    WHERE l.grp = $1 AND l.owner = $2 AND NOT EXISTS (
-        SELECT 1 FROM unnest($3::integer[], $4::bigint[]) AS h(partition, epoch)
-        WHERE h.partition = l.partition AND h.epoch <> l.epoch)";
+/// the same name: they stay with it): passed (a new epoch) to a live
+/// member whose claim is ready (it buffers the partition and replays what
+/// lies above the committed marks: nothing is lost), released otherwise.
+fn release_sql() -> String {
+    format!(
+        "UPDATE bid_logger_leases l SET
+            owner = CASE WHEN l.claim_ready THEN {LIVE_CLAIMANT} END,
+            epoch = l.epoch + 1,
+            expires_at = CASE WHEN l.claim_ready AND {LIVE_CLAIMANT} IS NOT NULL
+                              THEN clock_timestamp() + $5 * interval '1 millisecond'
+                              ELSE clock_timestamp() END,
+            claimant = NULL, claim_ready = false
+        WHERE l.grp = $1 AND l.owner = $2 AND NOT EXISTS (
+            SELECT 1 FROM unnest($3::integer[], $4::bigint[]) AS h(partition, epoch)
+            WHERE h.partition = l.partition AND h.epoch <> l.epoch)"
+    )
+}
+
+/// Locks a member's outstanding row first, as its flushes do (they upsert
+/// it before their fence locks the lease rows): settling and giving back
+/// then take the two in the same order, and cannot deadlock with them.
+const LOCK_OUTSTANDING: &str = "SELECT 1 FROM bid_logger_outstanding WHERE instance = $1 FOR UPDATE";
 const LEAVE: &str = "DELETE FROM bid_logger_members WHERE grp = $1 AND member = $2";
 
 fn ints(ps: impl IntoIterator<Item = u32>) -> Vec<i32> {
@@ -243,10 +269,21 @@ pub async fn remove_expired(tx: &Transaction<'_>, group: &str) -> Result<Vec<(St
 /// Settles what `member` left outstanding once its flushes under way have
 /// committed, and ends its leases (see [`LOCK_LEASES_OF`]).
 async fn settle(tx: &Transaction<'_>, group: &str, member: &str) -> Result<u64, FleetError> {
+    tx.execute(LOCK_OUTSTANDING, &[&member]).await?;
     tx.execute(LOCK_LEASES_OF, &[&group, &member]).await?;
     tx.execute(END_LEASES_OF, &[&group, &member]).await?;
     let left: i64 = tx.query_opt(SETTLE_OUTSTANDING, &[&member]).await?.map_or(0, |r| r.get(0));
+    record_unwritten(tx, group, member, left).await?;
     Ok(left.max(0) as u64)
+}
+
+/// Records `left` events `member` received and never wrote in
+/// `bid_logger_lost`, in the transaction that settles them.
+async fn record_unwritten(tx: &Transaction<'_>, group: &str, member: &str, left: i64) -> Result<(), FleetError> {
+    if left > 0 {
+        tx.execute(crate::sink::marks::INSERT_UNWRITTEN, &[&group, &member, &left, &rand::random::<i64>()]).await?;
+    }
+    Ok(())
 }
 
 /// The members that take a share, sorted, and every lease row.
@@ -349,7 +386,7 @@ pub async fn pass(
     let (parts, epochs): (Vec<i32>, Vec<i64>) = held.iter().map(|&(p, e)| (p as i32, e)).unzip();
     let tx = begin(client, bounds).await?;
     tx.execute(LOCK_TO_MOVE, &[&group, &parts]).await?;
-    let rows = tx.query(PASS, &[&group, &member, &parts, &epochs, &bounds.ttl_ms]).await?;
+    let rows = tx.query(&pass_sql(), &[&group, &member, &parts, &epochs, &bounds.ttl_ms]).await?;
     tx.commit().await?;
     Ok(rows.iter().map(|r| (r.get::<_, i32>(0) as u32, r.get(1))).collect())
 }
@@ -380,10 +417,12 @@ pub async fn give_back(
     let (parts, epochs): (Vec<i32>, Vec<i64>) = held.iter().map(|(&p, &e)| (p as i32, e)).unzip();
     let tx = begin(client, bounds).await?;
     // Its flushes still under way commit first; what is left is settled.
+    tx.execute(LOCK_OUTSTANDING, &[&member]).await?;
     tx.execute(LOCK_LEASES_OF, &[&group, &member]).await?;
-    tx.execute(RELEASE, &[&group, &member, &parts, &epochs]).await?;
+    tx.execute(&release_sql(), &[&group, &member, &parts, &epochs, &bounds.ttl_ms]).await?;
     tx.execute(WITHDRAW, &[&group, &member]).await?;
     let left: i64 = tx.query_opt(SETTLE_OUTSTANDING, &[&member]).await?.map_or(0, |r| r.get(0));
+    record_unwritten(&tx, group, member, left).await?;
     if leave {
         tx.execute(LEAVE, &[&group, &member]).await?;
     }

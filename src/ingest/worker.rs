@@ -624,6 +624,7 @@ fn drain(hot: &mut HotPath, fleet: Option<&mut Follower>) -> Delta {
     let mut delta = hot.aggregator.drain();
     delta.marks = hot.seqs.take_marks();
     delta.lost = std::mem::take(&mut hot.seqs.lost);
+    delta.gaps = hot.seqs.take_gaps();
     if let Some(f) = fleet {
         delta.restart = std::mem::take(&mut f.restart);
         delta.seeds = std::mem::take(&mut f.seeds);

@@ -37,7 +37,60 @@ pub struct Watermark {
     pub drained: i64,
     /// A fleet member's leases, checked before anything is written.
     pub fence: Option<Fence>,
+    /// The `seq` gaps the marks commit (rows of `bid_logger_lost`).
+    pub gaps: Gaps,
 }
+
+/// `seq` gaps, as columns of `bid_logger_lost`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gaps {
+    /// Event type names.
+    pub event_types: Vec<&'static str>,
+    /// Partitions.
+    pub partitions: Vec<i32>,
+    /// Publishers.
+    pub publishers: Vec<String>,
+    /// Messages lost.
+    pub events: Vec<i64>,
+}
+
+impl Gaps {
+    /// The gaps per (publisher, topic), as rows.
+    pub fn of(gaps: &rustc_hash::FxHashMap<(std::sync::Arc<str>, u32), u64>) -> Gaps {
+        let mut out = Gaps::default();
+        for ((publisher, topic), &n) in gaps {
+            let mark = bid_logger_core::seq::Mark { publisher: publisher.clone(), topic: *topic, seq: 0 };
+            let Some(&t) = bid_logger_core::wire::EventType::ALL.get(usize::from(mark.event_type_index())) else {
+                continue;
+            };
+            out.event_types.push(t.as_str());
+            out.partitions.push(mark.partition() as i32);
+            out.publishers.push(publisher.to_string());
+            out.events.push(n as i64);
+        }
+        out
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+/// Records a batch's gaps (every part of it the same rows: the first to
+/// commit writes them).
+const INSERT_GAPS: &str = "INSERT INTO bid_logger_lost
+        (scope, member, event_type, partition, publisher, reason, events, run_id, generation)
+    SELECT $1, $2, t.event_type, t.partition, t.publisher, 'gap', t.events, $3, $4
+    FROM unnest($5::text[], $6::integer[], $7::text[], $8::bigint[]) AS t(event_type, partition, publisher, events)
+    ON CONFLICT DO NOTHING";
+
+/// Records events `member` received and never wrote, settled now (in the
+/// settling transaction): `$1` scope, `$2` member, `$3` events, `$4` a
+/// random key.
+pub const INSERT_UNWRITTEN: &str = "INSERT INTO bid_logger_lost
+        (scope, member, event_type, partition, publisher, reason, events, run_id, generation)
+    VALUES ($1, $2, '', -1, '', 'unwritten', $3, $4, 0)";
 
 /// The leases a fleet member's batch was received under.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +168,12 @@ pub async fn record(
     mark: &Watermark,
     events: u64,
 ) -> Result<(), tokio_postgres::Error> {
+    if !mark.gaps.is_empty() {
+        let g = &mark.gaps;
+        let params: [&(dyn ToSql + Sync); 8] =
+            [&scope, &instance, &run_id, &mark.generation, &g.event_types, &g.partitions, &g.publishers, &g.events];
+        tx.execute(INSERT_GAPS, &params).await?;
+    }
     let outstanding: [&(dyn ToSql + Sync); 5] = [&instance, &run_id, &mark.generation, &mark.drained, &(events as i64)];
     if mark.partitions.is_empty() {
         tx.execute(UPSERT_OUTSTANDING, &outstanding).await?;
@@ -158,6 +217,9 @@ pub async fn load(client: &mut tokio_postgres::Client, scope: &str, instance: &s
     let lost: i64 = tx.query_opt(CLAIM_OUTSTANDING, &[&instance]).await?.map_or(0, |r| r.get(0));
     if lost != 0 {
         tx.execute(SETTLE_OUTSTANDING, &[&instance]).await?;
+    }
+    if lost > 0 {
+        tx.execute(INSERT_UNWRITTEN, &[&scope, &instance, &lost, &rand::random::<i64>()]).await?;
     }
     let now_ms = bid_logger_core::clock::now_ms();
     let mut malformed = Vec::new();

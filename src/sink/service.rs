@@ -142,6 +142,8 @@ pub struct Sink {
     drained: i64,
     /// `seq` gaps received, not in a batch yet (see [`Delta::lost`]).
     lost: u64,
+    /// The same, per (publisher, topic): `bid_logger_lost`'s rows.
+    gaps: rustc_hash::FxHashMap<(Arc<str>, u32), u64>,
     /// A fleet member's links to its coordinator.
     fleet: Option<SinkFleet>,
     /// What was received before a handover's request (the cut): written
@@ -225,6 +227,7 @@ impl Sink {
             generation: 0,
             drained: 0,
             lost: 0,
+            gaps: Default::default(),
             fleet,
             cut: Delta::default(),
             cut_due: false,
@@ -280,6 +283,14 @@ impl Sink {
                 }
                 while let Ok(delta) = self.rx.try_recv() {
                     self.enqueue(delta);
+                }
+                // A handover is taken up between batches too: under load
+                // this loop may not end for long.
+                if let Some(handover) = self.fleet.as_mut().and_then(|f| f.handover.try_recv().ok()) {
+                    while let Ok(delta) = self.rx.try_recv() {
+                        self.enqueue(delta);
+                    }
+                    self.seal(handover);
                 }
             }
         }
@@ -437,6 +448,7 @@ impl Sink {
         self.passed.clear();
         self.marks.clear_moved();
         self.lost = 0;
+        self.gaps.clear();
         self.run_id = new_run_id();
         self.next_batch = 1;
         self.generation = 0;
@@ -463,6 +475,9 @@ impl Sink {
         }
         self.marks.apply(std::mem::take(&mut delta.marks), now_ms);
         self.lost += std::mem::take(&mut delta.lost);
+        for g in std::mem::take(&mut delta.gaps) {
+            *self.gaps.entry((g.publisher, g.topic)).or_default() += g.messages;
+        }
         self.generation += 1;
         self.drained += delta.events as i64;
         let loss = self.queued.merge(delta, self.config.max_pending_rows, self.config.max_raw_rows);
@@ -545,6 +560,7 @@ impl Sink {
                     generation: a.generation,
                     idle_timeout: f.idle_timeout.clone(),
                 }),
+                gaps: marks::Gaps::of(&std::mem::take(&mut self.gaps)),
             });
             let lost = Arc::new(AtomicU64::new(std::mem::take(&mut self.lost)));
             let mut batches = Batch::parts(batch, parts, &self.config.tables, now_ms);

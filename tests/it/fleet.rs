@@ -95,7 +95,9 @@ async fn restart_after_sigkill(test: &str, database_down: bool) {
     settled(&second, "bid_logger_events_accepted_total", Duration::from_secs(30));
     let stderr = second.stop_ok();
     let lost = lost_by_first as u64 + stopped_field(&stderr, "lost");
-    assert!(lost > 10_000, "0.7 s at 20 000 events/s reached nobody, yet only {lost} lost:\n{stderr}");
+    // 0.7 s at 20 000 events/s (14 000) when the machine keeps up; a loaded
+    // one publishes less, but never next to nothing.
+    assert!(lost > 2_000, "0.7 s at 20 000 events/s reached nobody, yet only {lost} lost:\n{stderr}");
     let client = connect(&db).await;
     for table in ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"] {
         let written = total_events(&client, table).await;
@@ -317,6 +319,10 @@ fn busy_published(truth: &serde_json::Value) -> u64 {
 async fn assert_accounted(db: &str, truth: &serde_json::Value, lost: u64) {
     let published = busy_published(truth);
     let client = connect(db).await;
+    // What the members counted is in the loss table too, once.
+    let sql = "SELECT coalesce(sum(events), 0)::bigint FROM bid_logger_lost";
+    let recorded = client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) as u64;
+    assert_eq!(recorded, lost, "bid_logger_lost holds what the members counted as lost");
     for table in ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"] {
         let written = total_events(&client, table).await;
         assert_eq!(written + lost, published, "{table}: {written} written + {lost} lost");

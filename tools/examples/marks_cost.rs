@@ -96,9 +96,17 @@ async fn main() -> anyhow::Result<()> {
                     generation: id,
                     drained: 0,
                     fence: None,
+                    gaps: Default::default(),
                 }
             } else {
-                Watermark { partitions: vec![], values: vec![], generation: id, drained: 0, fence: None }
+                Watermark {
+                    partitions: vec![],
+                    values: vec![],
+                    generation: id,
+                    drained: 0,
+                    fence: None,
+                    gaps: Default::default(),
+                }
             };
             write_batch(&mut client, &to, BatchId { run_id: 1, batch: id }, &batch, &mark, &[]).await?;
             let elapsed = started.elapsed().as_secs_f64() * 1000.0;

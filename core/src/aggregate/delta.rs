@@ -192,6 +192,8 @@ pub struct Delta {
     /// gap whose marks never commit (a kill, a fence) is counted once, by
     /// whoever next starts from the committed marks.
     pub lost: u64,
+    /// The same, per publisher and topic.
+    pub gaps: Vec<crate::seq::Gap>,
     /// A fleet member's: how many times it had been fenced when the thread
     /// gathered this (the sink drops what was gathered before a fence:
     /// the new owners count it from the committed marks).
@@ -222,11 +224,11 @@ impl Delta {
 
     /// Takes at most `max_rows` rows (the first in key order) and `max_raw`
     /// raw rows out of `self` into a delta of their own (all of it when it is
-    /// small enough). The marks and `lost` stay in `self`.
+    /// small enough). The marks, `lost` and `gaps` stay in `self`.
     pub fn split_off(&mut self, max_rows: usize, max_raw: usize) -> Delta {
         if self.rows.len() <= max_rows && self.raw.len() <= max_raw {
-            let (marks, lost) = (std::mem::take(&mut self.marks), self.lost);
-            return std::mem::replace(self, Delta { marks, lost, ..Delta::default() });
+            let (marks, lost, gaps) = (std::mem::take(&mut self.marks), self.lost, std::mem::take(&mut self.gaps));
+            return std::mem::replace(self, Delta { marks, lost, gaps, ..Delta::default() });
         }
         let rest = self.rows.split_off(self.rows.len().min(max_rows));
         let rows = std::mem::replace(&mut self.rows, rest);
@@ -273,6 +275,7 @@ impl Delta {
             self.raw.extend(other.raw);
             self.marks.extend(other.marks);
             self.lost += other.lost;
+            self.gaps.extend(other.gaps);
         }
         if self.raw.len() > max_raw {
             loss.raw_dropped = (self.raw.len() - max_raw) as u64;

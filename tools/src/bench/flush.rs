@@ -154,7 +154,14 @@ pub async fn compare(
     for round in 0..rounds {
         let t = Instant::now();
         let id = BatchId { run_id: 1, batch: round as i64 };
-        let mark = Watermark { partitions: vec![], values: vec![], generation: round as i64, drained: 0, fence: None };
+        let mark = Watermark {
+            partitions: vec![],
+            values: vec![],
+            generation: round as i64,
+            drained: 0,
+            fence: None,
+            gaps: Default::default(),
+        };
         let to = Writer {
             instance: "bench-flush",
             scope: "bench-flush",
