@@ -434,6 +434,31 @@ mod tests {
         assert_eq!((s.lost, s.restarts), (3, 1));
     }
 
+    /// The gaps per publisher and topic add up to the lost count, and a
+    /// take empties them; a sequence reset is no gap.
+    #[test]
+    fn gaps_are_kept_per_publisher_and_topic() {
+        let mut s = SeqTracker::new(1000);
+        for (publisher, partition, seq) in [("p1", 3, 1), ("p1", 3, 4), ("p2", 3, 10), ("p2", 3, 12), ("p1", 5, 7)] {
+            s.observe(publisher, EventType::Bid, partition, seq);
+        }
+        s.observe("p1", EventType::Bid, 5, 9);
+        s.observe("p1", EventType::Bid, 5, 1_000_000); // a reset
+        let mut gaps = s.take_gaps();
+        gaps.sort_by_key(|g| (g.publisher.clone(), g.topic));
+        let topic = |p| topic_id(EventType::Bid as u8, p);
+        assert_eq!(
+            gaps,
+            vec![
+                Gap { publisher: "p1".into(), topic: topic(3), messages: 2 },
+                Gap { publisher: "p1".into(), topic: topic(5), messages: 1 },
+                Gap { publisher: "p2".into(), topic: topic(3), messages: 1 },
+            ]
+        );
+        assert_eq!(gaps.iter().map(|g| g.messages).sum::<u64>(), s.lost);
+        assert!(s.take_gaps().is_empty());
+    }
+
     #[test]
     fn a_bogus_seq_jump_is_a_reset_not_a_loss() {
         let mut s = SeqTracker::new(1000);
