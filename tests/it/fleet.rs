@@ -738,3 +738,124 @@ async fn a_member_killed_before_its_first_regular_flush_leaves_nothing_unaccount
     assert!(lost > 0, "what b received and the takeover gap are lost");
     assert_accounted(&db, &truth, lost).await;
 }
+
+/// A fault for [`a_seeded_schedule_of_faults_leaves_nothing_unaccounted`].
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGKILL a member, started again with the same name after this long.
+    Kill(Duration),
+    /// SIGSTOP a member for this long (past the TTL), then SIGCONT.
+    Freeze(Duration),
+    /// SIGTERM a member, started again at once.
+    Restart,
+    /// A fourth member joins, stays this long, and leaves (SIGTERM).
+    Join(Duration),
+    /// `LOCK TABLE rollup_minute` for this long (longer than the TTL).
+    Stall(Duration),
+    /// Every logger connection terminated by the server.
+    CutConnections,
+    /// PostgreSQL restarted (fast shutdown, then started again).
+    RestartPostgres,
+}
+
+/// Jepsen's nemesis, in small: a group of three members under 20 000
+/// events/s with `pub`/`seq`, and a seeded schedule of faults one after the
+/// other (kills with immediate and delayed restarts, freezes past the TTL,
+/// graceful restarts, a member joining and leaving, table locks longer than
+/// the TTL, connections cut, PostgreSQL restarted). After it, in every
+/// rollup table, written + `bid_logger_lost` = published, and no type
+/// above the truth. A new seed each run, printed;
+/// `BID_LOGGER_NEMESIS_SEED` replays one, `BID_LOGGER_NEMESIS_SECS` sets
+/// how long the faults go on (90 s by default; `scripts/nemesis` runs
+/// long ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_schedule_of_faults_leaves_nothing_unaccounted() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 =
+        std::env::var("BID_LOGGER_NEMESIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let secs: u64 = std::env::var("BID_LOGGER_NEMESIS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(90);
+    eprintln!("nemesis: seed {seed} for {secs} s (BID_LOGGER_NEMESIS_SEED={seed} replays it)");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let pg = bid_logger_tools::pgtemp::TempPostgres::start().expect("throwaway PostgreSQL");
+    let db = create_database_on(&pg.url(), "nemesis").await;
+    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
+    let names = ["a", "b", "c"];
+    let mut members: std::collections::BTreeMap<&str, Logger> =
+        names.iter().map(|&n| (n, busy_member(&db, &endpoint, n, &[]))).collect();
+    wait_balanced(&db, "g", &names, Duration::from_secs(10)).await;
+    let simulator = sim(&endpoint);
+    for m in members.values() {
+        m.wait_metric("bid_logger_events_flushed_total", 2_000.0, Duration::from_secs(30));
+    }
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let ttl = Duration::from_secs(3);
+    let mut applied = Vec::new();
+    while Instant::now() < deadline {
+        let name = names[rng.gen_range(0..names.len())];
+        let fault = match rng.gen_range(0..7) {
+            0 => Fault::Kill(if rng.gen_bool(0.5) { Duration::ZERO } else { 2 * ttl + Duration::from_secs(1) }),
+            1 => Fault::Freeze(ttl + Duration::from_millis(rng.gen_range(500..3_000))),
+            2 => Fault::Restart,
+            3 => Fault::Join(Duration::from_secs(rng.gen_range(4..8))),
+            4 => Fault::Stall(ttl + Duration::from_millis(rng.gen_range(1_000..6_000))),
+            5 => Fault::CutConnections,
+            _ => Fault::RestartPostgres,
+        };
+        eprintln!(
+            "nemesis: {:>5.1} s: {fault:?} ({name})",
+            (Instant::now() + Duration::from_secs(secs) - deadline).as_secs_f64()
+        );
+        applied.push(fault);
+        match fault {
+            Fault::Kill(after) => {
+                drop(members.remove(name)); // SIGKILL
+                tokio::time::sleep(after).await;
+                members.insert(name, busy_member(&db, &endpoint, name, &[]));
+            }
+            Fault::Freeze(how_long) => {
+                let pid = members[name].pid() as i32;
+                // SAFETY: signals to a child process we own.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                tokio::time::sleep(how_long).await;
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            }
+            Fault::Restart => {
+                let m = members.remove(name).unwrap();
+                let (code, stderr) = m.stop();
+                assert_eq!(code, 0, "{name} stopped with {code}:\n{stderr}");
+                members.insert(name, busy_member(&db, &endpoint, name, &[]));
+            }
+            Fault::Join(how_long) => {
+                let d = busy_member(&db, &endpoint, "d", &[]);
+                tokio::time::sleep(how_long).await;
+                let (code, stderr) = d.stop();
+                assert_eq!(code, 0, "d stopped with {code}:\n{stderr}");
+            }
+            Fault::Stall(how_long) => {
+                let mut locker = connect(&db).await;
+                let tx = locker.transaction().await.unwrap();
+                tx.batch_execute("LOCK TABLE rollup_minute IN EXCLUSIVE MODE").await.unwrap();
+                tokio::time::sleep(how_long).await;
+                tx.rollback().await.unwrap();
+            }
+            Fault::CutConnections => {
+                let client = connect(&db).await;
+                kill_logger_connections(&client).await;
+            }
+            Fault::RestartPostgres => pg.restart().expect("restarting PostgreSQL"),
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1_000..4_000))).await;
+    }
+    // Healed: the group settles, then the stream goes on a little.
+    wait_balanced(&db, "g", &names, Duration::from_secs(30)).await;
+    let truth = stop_after(simulator, &members["a"]);
+    for (name, m) in members {
+        let (code, stderr) = m.stop();
+        assert_eq!(code, 0, "{name} stopped with {code}:\n{stderr}");
+    }
+    let client = connect(&db).await;
+    let sql = "SELECT coalesce(sum(events), 0)::bigint FROM bid_logger_lost";
+    let lost = client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) as u64;
+    eprintln!("nemesis: seed {seed}: {} faults, {} published, {lost} lost", applied.len(), busy_published(&truth));
+    assert_accounted(&db, &truth, lost).await;
+}
