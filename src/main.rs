@@ -403,7 +403,8 @@ fn fleet_set(config: &Config) -> anyhow::Result<ExitCode> {
         eprintln!("bid-logger: invalid configuration: `group`: `fleet set` needs the group whose settings to set");
         return Ok(ExitCode::from(2));
     };
-    let new = GroupSettings::of(config);
+    let i = &config.ingest;
+    let new = GroupSettings::of(i.partition_count, i.sample, i.raw_sample, &config.sink.tables);
     runtime()?.block_on(async {
         let mut client = db::connect(&config.sink.database_url)
             .await

@@ -16,6 +16,7 @@
 
 pub mod connect;
 pub mod error;
+pub mod lost;
 pub mod maintenance;
 pub mod migrate;
 pub mod ranges;

@@ -5,7 +5,8 @@
 //! `bid_logger_groups`; every member checks them before it joins, and one
 //! that disagrees does not join. `bid-logger fleet set` changes them.
 
-use crate::config::Config;
+use crate::db::tables::RollupTable;
+use bid_logger_core::sample::Rate;
 use std::fmt::Write;
 use tokio_postgres::GenericClient;
 
@@ -24,11 +25,10 @@ pub struct GroupSettings {
 }
 
 impl GroupSettings {
-    /// This member's.
-    pub fn of(config: &Config) -> GroupSettings {
-        let mut tables: Vec<String> = config
-            .sink
-            .tables
+    /// A member's, from its `partition-count`, `sample`, `raw-sample` and
+    /// rollup tables.
+    pub fn of(partition_count: u32, sample: Rate, raw_sample: Rate, tables: &[RollupTable]) -> GroupSettings {
+        let mut tables: Vec<String> = tables
             .iter()
             .map(|t| {
                 let dims: Vec<&str> = t.shape.dims.iter().map(|d| d.as_str()).collect();
@@ -47,9 +47,9 @@ impl GroupSettings {
             .collect();
         tables.sort();
         GroupSettings {
-            partition_count: config.ingest.partition_count,
-            sample_ppm: config.ingest.sample.ppm(),
-            raw_sample_ppm: config.ingest.raw_sample.ppm(),
+            partition_count,
+            sample_ppm: sample.ppm(),
+            raw_sample_ppm: raw_sample.ppm(),
             tables: tables.join(" "),
         }
     }

@@ -280,10 +280,7 @@ async fn settle(tx: &Transaction<'_>, group: &str, member: &str) -> Result<u64, 
 /// Records `left` events `member` received and never wrote in
 /// `bid_logger_lost`, in the transaction that settles them.
 async fn record_unwritten(tx: &Transaction<'_>, group: &str, member: &str, left: i64) -> Result<(), FleetError> {
-    if left > 0 {
-        tx.execute(crate::sink::marks::INSERT_UNWRITTEN, &[&group, &member, &left, &rand::random::<i64>()]).await?;
-    }
-    Ok(())
+    Ok(crate::db::lost::record_unwritten(tx, group, member, left).await?)
 }
 
 /// The members that take a share, sorted, and every lease row.

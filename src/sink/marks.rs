@@ -85,13 +85,6 @@ const INSERT_GAPS: &str = "INSERT INTO bid_logger_lost
     FROM unnest($5::text[], $6::integer[], $7::text[], $8::bigint[]) AS t(event_type, partition, publisher, events)
     ON CONFLICT DO NOTHING";
 
-/// Records events `member` received and never wrote, settled now (in the
-/// settling transaction): `$1` scope, `$2` member, `$3` events, `$4` a
-/// random key.
-pub const INSERT_UNWRITTEN: &str = "INSERT INTO bid_logger_lost
-        (scope, member, event_type, partition, publisher, reason, events, run_id, generation)
-    VALUES ($1, $2, '', -1, '', 'unwritten', $3, $4, 0)";
-
 /// The leases a fleet member's batch was received under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
@@ -218,9 +211,7 @@ pub async fn load(client: &mut tokio_postgres::Client, scope: &str, instance: &s
     if lost != 0 {
         tx.execute(SETTLE_OUTSTANDING, &[&instance]).await?;
     }
-    if lost > 0 {
-        tx.execute(INSERT_UNWRITTEN, &[&scope, &instance, &lost, &rand::random::<i64>()]).await?;
-    }
+    crate::db::lost::record_unwritten(&tx, scope, instance, lost).await?;
     let now_ms = bid_logger_core::clock::now_ms();
     let mut malformed = Vec::new();
     let mut values = Vec::new();
