@@ -109,9 +109,12 @@ pub struct SeqTracker {
     tick: u64,
     /// Messages lost since the last take.
     pub lost: u64,
-    /// The same, per publisher and topic (taken with
-    /// [`SeqTracker::take_gaps`]): what the warehouse's loss table records.
-    gaps: FxHashMap<(Arc<str>, u32), u64>,
+    /// The same, per publisher and topic, as [`SeqTracker::take_marks`]
+    /// collected them from the sequences (each counts its own gap in
+    /// `Sequence::gap`), plus those of evicted sequences and of late seeds:
+    /// taken with [`SeqTracker::take_gaps`], what the warehouse's loss
+    /// table records.
+    gaps: Vec<Gap>,
     /// Restarts seen since the last take.
     pub restarts: u64,
     /// Sequence resets (jumps over `max_jump`) since the last take.
@@ -145,6 +148,10 @@ struct Sequence {
     last: u64,
     /// The generation it last moved in.
     stamp: u32,
+    /// Messages lost in it since the last take (in the padding: the
+    /// struct stays 16 bytes; past `u32::MAX`, the rest goes to
+    /// `SeqTracker::gaps` at once).
+    gap: u32,
 }
 
 impl SeqTracker {
@@ -160,7 +167,7 @@ impl SeqTracker {
             firsts: None,
             tick: 0,
             lost: 0,
-            gaps: FxHashMap::default(),
+            gaps: Vec::new(),
             restarts: 0,
             resets: 0,
             evicted: 0,
@@ -200,14 +207,19 @@ impl SeqTracker {
                 let counts = (&mut self.lost, &mut self.resets, &mut self.restarts);
                 let gap = step(self.max_jump, counts, prev, seq);
                 if gap > 0 {
-                    *self.gaps.entry((tracked.name.clone(), topic_id)).or_default() += gap;
+                    match u32::try_from(u64::from(s.gap) + gap) {
+                        Ok(sum) => s.gap = sum,
+                        Err(_) => {
+                            self.gaps.push(Gap { publisher: tracked.name.clone(), topic: topic_id, messages: gap })
+                        }
+                    }
                 }
             }
             // Only a publisher with 200 000 topics of its own gets here
             // full (eviction keeps the busiest): stop adding its topics.
             Entry::Vacant(_) if full => {}
             Entry::Vacant(e) => {
-                e.insert(Sequence { last: seq, stamp: generation });
+                e.insert(Sequence { last: seq, stamp: generation, gap: 0 });
                 self.sequences += 1;
                 self.moved += 1;
                 self.begun += 1;
@@ -229,10 +241,11 @@ impl SeqTracker {
         step(self.max_jump, (&mut self.lost, &mut self.resets, &mut self.restarts), prev, seq)
     }
 
-    /// The gaps found since the last take, per publisher and topic (their
-    /// sum is what [`SeqTracker::lost`] counted meanwhile).
+    /// The gaps found up to the last [`SeqTracker::take_marks`], per
+    /// publisher and topic (their sum is what [`SeqTracker::lost`] counted
+    /// until then; a topic may appear more than once).
     pub fn take_gaps(&mut self) -> Vec<Gap> {
-        self.gaps.drain().map(|((publisher, topic), messages)| Gap { publisher, topic, messages }).collect()
+        std::mem::take(&mut self.gaps)
     }
 
     /// The marks an earlier run committed are not known yet (the database
@@ -265,7 +278,7 @@ impl SeqTracker {
                 Some(&seq) => {
                     let gap = self.step(mark, seq);
                     if gap > 0 {
-                        *self.gaps.entry((Arc::from(publisher), topic)).or_default() += gap;
+                        self.gaps.push(Gap { publisher: Arc::from(publisher), topic, messages: gap });
                     }
                 }
                 None if !self.tracks(publisher, topic) => self.seed(publisher, topic, mark),
@@ -301,14 +314,14 @@ impl SeqTracker {
         let tracked = self.publishers.entry(publisher.as_bytes().into()).or_insert_with(|| Tracked::new(publisher));
         match tracked.topics.entry(topic) {
             Entry::Vacant(e) => {
-                e.insert(Sequence { last: seq, stamp: 0 });
+                e.insert(Sequence { last: seq, stamp: 0, gap: 0 });
                 self.sequences += 1;
             }
             Entry::Occupied(mut e) => {
                 if e.get().stamp == self.generation {
                     self.moved -= 1;
                 }
-                *e.get_mut() = Sequence { last: seq, stamp: 0 };
+                *e.get_mut() = Sequence { last: seq, stamp: 0, gap: 0 };
             }
         }
     }
@@ -368,10 +381,15 @@ impl SeqTracker {
         let mut out = std::mem::take(&mut self.evicted_marks);
         if self.moved > 0 {
             out.reserve(self.moved);
-            for t in self.publishers.values() {
-                for (&topic, s) in &t.topics {
+            for t in self.publishers.values_mut() {
+                for (&topic, s) in &mut t.topics {
                     if s.stamp == self.generation {
                         out.push(Mark { publisher: t.name.clone(), topic, seq: s.last });
+                        // A gap moves its sequence: every one is found here.
+                        if s.gap > 0 {
+                            let messages = u64::from(std::mem::take(&mut s.gap));
+                            self.gaps.push(Gap { publisher: t.name.clone(), topic, messages });
+                        }
                     }
                 }
             }
@@ -392,7 +410,7 @@ impl SeqTracker {
         let (_, &mut cut, _) = rank.select_nth_unstable(half);
         let before = self.publishers.len();
         let mut freed = 0;
-        let (generation, marks) = (self.generation, &mut self.evicted_marks);
+        let (generation, marks, gaps) = (self.generation, &mut self.evicted_marks, &mut self.gaps);
         let mut moved = 0;
         self.publishers.retain(|_, t| {
             let keep = (t.seen_twice, t.last_seen) >= cut;
@@ -404,6 +422,9 @@ impl SeqTracker {
                     // past the cap, a flood's marks are not worth memory).
                     if marks.len() < MAX_TRACKED_SEQUENCES {
                         marks.push(Mark { publisher: t.name.clone(), topic, seq: s.last });
+                    }
+                    if s.gap > 0 {
+                        gaps.push(Gap { publisher: t.name.clone(), topic, messages: u64::from(s.gap) });
                     }
                 }
             }
@@ -434,8 +455,8 @@ mod tests {
         assert_eq!((s.lost, s.restarts), (3, 1));
     }
 
-    /// The gaps per publisher and topic add up to the lost count, and a
-    /// take empties them; a sequence reset is no gap.
+    /// The gaps per publisher and topic, taken with the marks, add up to
+    /// the lost count, and a take empties them; a sequence reset is no gap.
     #[test]
     fn gaps_are_kept_per_publisher_and_topic() {
         let mut s = SeqTracker::new(1000);
@@ -444,6 +465,8 @@ mod tests {
         }
         s.observe("p1", EventType::Bid, 5, 9);
         s.observe("p1", EventType::Bid, 5, 1_000_000); // a reset
+        assert!(s.take_gaps().is_empty(), "taken with the marks");
+        s.take_marks();
         let mut gaps = s.take_gaps();
         gaps.sort_by_key(|g| (g.publisher.clone(), g.topic));
         let topic = |p| topic_id(EventType::Bid as u8, p);
