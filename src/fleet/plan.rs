@@ -97,8 +97,14 @@ pub fn plan(v: &View<'_>) -> Plan {
     let target = share(v.partition_count, v.members, v.me);
     let mut plan = Plan { target, ..Plan::default() };
 
-    plan.withdrawn =
-        v.claims.keys().copied().filter(|&p| lease(p).is_none_or(|l| l.claimant.as_deref() != Some(v.me))).collect();
+    // A claim whose lease was passed to this member since its renewal is
+    // not withdrawn: it is taken below (what was buffered is replayed).
+    plan.withdrawn = v
+        .claims
+        .keys()
+        .copied()
+        .filter(|&p| lease(p).is_none_or(|l| l.claimant.as_deref() != Some(v.me) && l.owner.as_deref() != Some(v.me)))
+        .collect();
     let claims: BTreeMap<u32, ClaimState> =
         v.claims.iter().filter(|(p, _)| !plan.withdrawn.contains(p)).map(|(&p, &c)| (p, c)).collect();
     plan.ready = claims.iter().filter(|(_, c)| c.buffered && !c.ready).map(|(&p, _)| p).collect();
@@ -259,6 +265,11 @@ mod tests {
         let p = plan(&view("a", &members, &leases, &held, &claims));
         assert_eq!(p.withdrawn, vec![15]);
         assert_eq!(p.ready, vec![14]);
+        // Passed to this member since its renewal: kept, and taken.
+        leases[15] = owned(15, "a");
+        let p = plan(&view("a", &members, &leases, &held, &claims));
+        assert!(p.withdrawn.is_empty());
+        assert_eq!(p.take, vec![15]);
         // A hand-over needs a ready claim by a member.
         leases[13] = Lease { claimant: Some("gone".into()), claim_ready: true, ..owned(13, "a") };
         let held = BTreeSet::from([13]);

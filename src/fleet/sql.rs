@@ -167,14 +167,16 @@ const READ_MARKS: &str = "SELECT partition, marks FROM bid_logger_seq_marks WHER
 const LIVE_CLAIMANT: &str = "(SELECT m.member FROM bid_logger_members m
     WHERE m.grp = l.grp AND m.member = l.claimant AND NOT m.departing AND m.expires_at >= clock_timestamp())";
 
-/// Passes each lease still held at its epoch to its live claimant (a new
-/// epoch), or releases it when there is none (the claim was withdrawn, or
-/// its member is gone).
+/// Passes each lease still held at its epoch to its live claimant whose
+/// claim is ready (it buffers the partition), a new epoch; releases it
+/// otherwise (the claim was withdrawn or made anew, or its member is gone).
 fn pass_sql() -> String {
     format!(
-        "UPDATE bid_logger_leases l SET owner = {LIVE_CLAIMANT}, epoch = l.epoch + 1,
-            expires_at = CASE WHEN {LIVE_CLAIMANT} IS NULL THEN clock_timestamp()
-                              ELSE clock_timestamp() + $5 * interval '1 millisecond' END,
+        "UPDATE bid_logger_leases l SET owner = CASE WHEN l.claim_ready THEN {LIVE_CLAIMANT} END,
+            epoch = l.epoch + 1,
+            expires_at = CASE WHEN l.claim_ready AND {LIVE_CLAIMANT} IS NOT NULL
+                              THEN clock_timestamp() + $5 * interval '1 millisecond'
+                              ELSE clock_timestamp() END,
             claimant = NULL, claim_ready = false
         FROM unnest($3::integer[], $4::bigint[]) AS h(partition, epoch)
         WHERE l.grp = $1 AND l.owner = $2 AND l.partition = h.partition AND l.epoch = h.epoch

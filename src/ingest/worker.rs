@@ -170,7 +170,9 @@ struct Follower {
 }
 
 /// How often at most a thread hands its delta over early for sequences
-/// begun since the last hand-over.
+/// begun since the last hand-over: a tenth of the flush interval, and no
+/// more often than this (a flood of new publisher ids costs at most ten
+/// extra batches per interval).
 const NEW_SEQUENCES_EVERY: Duration = Duration::from_millis(20);
 
 /// How often at most a thread logs partition mismatches.
@@ -335,10 +337,11 @@ impl Ingest {
                 let requested = flush.generation();
                 // A sequence begun since the last hand-over is accounted
                 // for only once a batch commits its mark: hand it over at
-                // once (at most every NEW_SEQUENCES_EVERY), not at the
+                // once (at most every tenth of the interval), not at the
                 // next interval, so that a crash in a run's first seconds
                 // leaves its events counted by whoever takes over.
-                let begun = self.hot.seqs.begun > 0 && now >= handed_over + NEW_SEQUENCES_EVERY;
+                let early = (self.flush_interval / 10).max(NEW_SEQUENCES_EVERY);
+                let begun = self.hot.seqs.begun > 0 && now >= handed_over + early;
                 if now >= next_flush || requested != flush_seen || begun {
                     flush_seen = requested;
                     self.hot.seqs.begun = 0;

@@ -65,7 +65,9 @@ impl Gaps {
             };
             out.event_types.push(t.as_str());
             out.partitions.push(mark.partition() as i32);
-            out.publishers.push(publisher.to_string());
+            // PostgreSQL's text cannot hold NUL: a hostile `pub` must not
+            // make every batch fail.
+            out.publishers.push(publisher.replace('\0', "\u{fffd}"));
             out.events.push(n as i64);
         }
         out

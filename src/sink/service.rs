@@ -277,7 +277,10 @@ impl Sink {
             }
             // Write until nothing is left or an attempt fails: what merged
             // while a batch was in flight goes out right after it.
-            while self.retry_at.is_none_or(|at| Instant::now() >= at) && self.has_work() {
+            // What the previous run left is read (and the schema migrated)
+            // as soon as the database answers, work or not: a fleet member
+            // joins only once the schema is there.
+            while self.retry_at.is_none_or(|at| Instant::now() >= at) && (self.has_work() || !self.loaded) {
                 if !self.flush_once().await {
                     break;
                 }
