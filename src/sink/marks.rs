@@ -79,13 +79,20 @@ impl Gaps {
     }
 }
 
-/// Records a batch's gaps (every part of it the same rows: the first to
-/// commit writes them).
-const INSERT_GAPS: &str = "INSERT INTO bid_logger_lost
-        (scope, member, event_type, partition, publisher, reason, events, run_id, generation)
-    SELECT $1, $2, t.event_type, t.partition, t.publisher, 'gap', t.events, $3, $4
+/// Adds a batch's gaps to the hour's rows, once: every part of a batch
+/// carries the same gaps, and only the first to record the batch in
+/// `bid_logger_lost_batches` adds them (a later part waits for it on that
+/// row, and adds nothing once it committed).
+const INSERT_GAPS: &str = "WITH first AS (
+        INSERT INTO bid_logger_lost_batches (run_id, generation) VALUES ($3, $4)
+        ON CONFLICT DO NOTHING RETURNING 1)
+    INSERT INTO bid_logger_lost AS l (hour, scope, member, event_type, partition, publisher, reason, events)
+    SELECT date_trunc('hour', now()), $1, $2, t.event_type, t.partition, t.publisher, 'gap', sum(t.events)
     FROM unnest($5::text[], $6::integer[], $7::text[], $8::bigint[]) AS t(event_type, partition, publisher, events)
-    ON CONFLICT DO NOTHING";
+    WHERE EXISTS (SELECT 1 FROM first)
+    GROUP BY t.event_type, t.partition, t.publisher
+    ON CONFLICT (hour, scope, member, event_type, partition, publisher, reason)
+    DO UPDATE SET events = l.events + excluded.events, updated_at = now()";
 
 /// The leases a fleet member's batch was received under.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -745,8 +745,10 @@ impl Sink {
 
     async fn prune_ledger(&self) {
         if let Ok(client) = self.pool.get().await {
-            if let Err(e) = client.execute(PRUNE_LEDGER, &[]).await {
-                tracing::warn!(error = %e, "ledger pruning failed");
+            for prune in [PRUNE_LEDGER, crate::db::lost::PRUNE_LOST_BATCHES] {
+                if let Err(e) = client.execute(prune, &[]).await {
+                    tracing::warn!(error = %e, "ledger pruning failed");
+                }
             }
         }
     }
