@@ -16,6 +16,8 @@ CREATE TABLE IF NOT EXISTS bid_logger_groups (
     partition_count integer     NOT NULL,
     sample_ppm      integer     NOT NULL,
     raw_sample_ppm  integer     NOT NULL,
+    -- The event types subscribed to, sorted, comma-separated.
+    event_types     text        NOT NULL,
     -- The rollup tables, each as name:grain:dimensions[<fed-from], sorted.
     tables          text        NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),

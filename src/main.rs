@@ -61,8 +61,8 @@ struct FleetArgs {
 
 #[derive(Subcommand)]
 enum FleetAction {
-    /// Make this configuration's group-wide settings (partition-count, sample, raw-sample and the
-    /// rollup tables) its group's: every member must run with them, and one that differs refuses to
+    /// Make this configuration's group-wide settings (partition-count, sample, raw-sample, event-types
+    /// and the rollup tables) its group's: every member must run with them, and one that differs refuses to
     /// start. Refused while a member of the group is live.
     Set(ConfigArgs),
 }
@@ -404,7 +404,7 @@ fn fleet_set(config: &Config) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     let i = &config.ingest;
-    let new = GroupSettings::of(i.partition_count, i.sample, i.raw_sample, &config.sink.tables);
+    let new = GroupSettings::of(i.partition_count, (i.sample, i.raw_sample), &i.event_types, &config.sink.tables);
     runtime()?.block_on(async {
         let mut client = db::connect(&config.sink.database_url)
             .await

@@ -127,8 +127,12 @@ pub async fn run(
         let links = CoordinatorLinks { assignment, acks, handover, fenced: fenced_rx };
         let (member, url) = (config.sink.instance_id.clone(), config.sink.database_url.clone());
         let i = &config.ingest;
-        let settings =
-            crate::fleet::settings::GroupSettings::of(i.partition_count, i.sample, i.raw_sample, &config.sink.tables);
+        let settings = crate::fleet::settings::GroupSettings::of(
+            i.partition_count,
+            (i.sample, i.raw_sample),
+            &i.event_types,
+            &config.sink.tables,
+        );
         let c = Coordinator::new(f, member, settings, url, links);
         tokio::spawn(c.run(coordinator_phase, departed_tx))
     });

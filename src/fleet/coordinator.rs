@@ -550,6 +550,7 @@ impl Coordinator {
         self.fences += 1;
         self.reset_at = self.publish();
         self.renewed = false;
+        self.agreed = false;
         self.decisions = 0;
         self.stale.clear();
         self.run_id = rand::random();

@@ -7,6 +7,7 @@
 
 use crate::db::tables::RollupTable;
 use bid_logger_core::sample::Rate;
+use bid_logger_core::wire::EventType;
 use std::fmt::Write;
 use tokio_postgres::GenericClient;
 
@@ -19,15 +20,26 @@ pub struct GroupSettings {
     pub sample_ppm: u32,
     /// `raw-sample`, in parts per million.
     pub raw_sample_ppm: u32,
+    /// `event-types`, sorted, comma-separated (a member without a type
+    /// would own partitions whose events of that type nobody receives).
+    pub event_types: String,
     /// The rollup tables: `name:grain:dimensions:direct|logged[<fed-by]`,
     /// sorted by name, separated by spaces.
     pub tables: String,
 }
 
 impl GroupSettings {
-    /// A member's, from its `partition-count`, `sample`, `raw-sample` and
-    /// rollup tables.
-    pub fn of(partition_count: u32, sample: Rate, raw_sample: Rate, tables: &[RollupTable]) -> GroupSettings {
+    /// A member's, from its `partition-count`, `sample`, `raw-sample`,
+    /// `event-types` and rollup tables.
+    pub fn of(
+        partition_count: u32,
+        (sample, raw_sample): (Rate, Rate),
+        event_types: &[EventType],
+        tables: &[RollupTable],
+    ) -> GroupSettings {
+        let mut types: Vec<&str> = event_types.iter().map(|t| t.as_str()).collect();
+        types.sort_unstable();
+        types.dedup();
         let mut tables: Vec<String> = tables
             .iter()
             .map(|t| {
@@ -50,6 +62,7 @@ impl GroupSettings {
             partition_count,
             sample_ppm: sample.ppm(),
             raw_sample_ppm: raw_sample.ppm(),
+            event_types: types.join(","),
             tables: tables.join(" "),
         }
     }
@@ -67,6 +80,9 @@ impl GroupSettings {
         if self.raw_sample_ppm != group.raw_sample_ppm {
             return Some(("raw-sample", ppm(self.raw_sample_ppm), ppm(group.raw_sample_ppm)));
         }
+        if self.event_types != group.event_types {
+            return Some(("event-types", self.event_types.clone(), group.event_types.clone()));
+        }
         if self.tables != group.tables {
             return Some(("rollup", self.tables.clone(), group.tables.clone()));
         }
@@ -74,9 +90,21 @@ impl GroupSettings {
     }
 }
 
-const RECORD: &str = "INSERT INTO bid_logger_groups (grp, partition_count, sample_ppm, raw_sample_ppm, tables)
-    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (grp) DO NOTHING";
-const READ: &str = "SELECT partition_count, sample_ppm, raw_sample_ppm, tables FROM bid_logger_groups WHERE grp = $1";
+const RECORD: &str =
+    "INSERT INTO bid_logger_groups (grp, partition_count, sample_ppm, raw_sample_ppm, tables, event_types)
+    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (grp) DO NOTHING";
+const READ: &str =
+    "SELECT partition_count, sample_ppm, raw_sample_ppm, tables, event_types FROM bid_logger_groups WHERE grp = $1";
+
+fn from_row(row: &tokio_postgres::Row) -> GroupSettings {
+    GroupSettings {
+        partition_count: row.get::<_, i32>(0) as u32,
+        sample_ppm: row.get::<_, i32>(1) as u32,
+        raw_sample_ppm: row.get::<_, i32>(2) as u32,
+        tables: row.get(3),
+        event_types: row.get(4),
+    }
+}
 
 /// Records `ours` as `group`'s settings if it has none yet, and returns the
 /// group's.
@@ -86,14 +114,8 @@ pub async fn record_or_read(
     ours: &GroupSettings,
 ) -> Result<GroupSettings, tokio_postgres::Error> {
     let (p, s, r) = (ours.partition_count as i32, ours.sample_ppm as i32, ours.raw_sample_ppm as i32);
-    client.execute(RECORD, &[&group, &p, &s, &r, &ours.tables]).await?;
-    let row = client.query_one(READ, &[&group]).await?;
-    Ok(GroupSettings {
-        partition_count: row.get::<_, i32>(0) as u32,
-        sample_ppm: row.get::<_, i32>(1) as u32,
-        raw_sample_ppm: row.get::<_, i32>(2) as u32,
-        tables: row.get(3),
-    })
+    client.execute(RECORD, &[&group, &p, &s, &r, &ours.tables, &ours.event_types]).await?;
+    Ok(from_row(&client.query_one(READ, &[&group]).await?))
 }
 
 /// Why `fleet set` refused.
@@ -133,22 +155,41 @@ pub async fn set(
     if !live.is_empty() {
         return Err(SetError::Live { group: group.into(), members: live.join(", ") });
     }
-    let old = tx.query_opt(READ, &[&group]).await?.map(|row| GroupSettings {
-        partition_count: row.get::<_, i32>(0) as u32,
-        sample_ppm: row.get::<_, i32>(1) as u32,
-        raw_sample_ppm: row.get::<_, i32>(2) as u32,
-        tables: row.get(3),
-    });
+    let old = tx.query_opt(READ, &[&group]).await?.as_ref().map(from_row);
     let (p, s, r) = (new.partition_count as i32, new.sample_ppm as i32, new.raw_sample_ppm as i32);
     tx.execute(
-        "INSERT INTO bid_logger_groups (grp, partition_count, sample_ppm, raw_sample_ppm, tables)
-            VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO bid_logger_groups (grp, partition_count, sample_ppm, raw_sample_ppm, tables, event_types)
+            VALUES ($1, $2, $3, $4, $5, $6)
             ON CONFLICT (grp) DO UPDATE SET partition_count = excluded.partition_count,
                 sample_ppm = excluded.sample_ppm, raw_sample_ppm = excluded.raw_sample_ppm,
-                tables = excluded.tables, updated_at = now()",
-        &[&group, &p, &s, &r, &new.tables],
+                tables = excluded.tables, event_types = excluded.event_types, updated_at = now()",
+        &[&group, &p, &s, &r, &new.tables, &new.event_types],
     )
     .await?;
     tx.commit().await?;
     Ok(old)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_setting_that_differs_is_named_with_both_values() {
+        let tables = crate::db::tables::default_tables(std::time::Duration::from_secs(1));
+        let of = |p: u32, sample: &str, types: &[EventType]| {
+            GroupSettings::of(p, (sample.parse().unwrap(), Rate::NONE), types, &tables)
+        };
+        let group = of(16, "1", &[EventType::Bid, EventType::Auction]);
+        assert_eq!(of(16, "1", &[EventType::Auction, EventType::Bid]).differs(&group), None, "order does not matter");
+        assert_eq!(of(8, "1", &[EventType::Bid]).differs(&group), Some(("partition-count", "8".into(), "16".into())));
+        assert_eq!(of(16, "0.5", &[EventType::Bid]).differs(&group), Some(("sample", "0.5".into(), "1".into())));
+        assert_eq!(
+            of(16, "1", &[EventType::Bid]).differs(&group),
+            Some(("event-types", "bid".into(), "auction,bid".into()))
+        );
+        let mut fewer = group.clone();
+        fewer.tables = "rollup_minute:minute:country:direct".into();
+        assert_eq!(group.differs(&fewer).map(|d| d.0), Some("rollup"));
+    }
 }
