@@ -783,7 +783,12 @@ async fn a_seeded_schedule_of_faults_leaves_nothing_unaccounted() {
     let mut members: std::collections::BTreeMap<&str, Logger> =
         names.iter().map(|&n| (n, busy_member(&db, &endpoint, n, &[]))).collect();
     wait_balanced(&db, "g", &names, Duration::from_secs(10)).await;
-    let simulator = sim(&endpoint);
+    // As `sim`, lasting past the faults (stopped by `stop_after`).
+    let simulator = Simulator::start(&endpoint, |c| {
+        c.rate = Some(20_000.0);
+        c.duration = Some(Duration::from_secs(secs + 180));
+        c.traffic.invalid_fraction = 0.0;
+    });
     for m in members.values() {
         m.wait_metric("bid_logger_events_flushed_total", 2_000.0, Duration::from_secs(30));
     }
