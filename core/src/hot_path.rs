@@ -276,22 +276,37 @@ impl HotPath {
         // hash per event (~1 ns per byte of txn) checks that and decides
         // both samples.
         let hash = fnv1a64(ev.txn);
-        let owner = match self.partition_mask {
-            Some(mask) => hash & mask,
-            None => hash % u64::from(self.partition_count),
-        } as u32;
-        if owner != ev.partition {
-            self.partitions.record(ev.partition, hash);
-            if !self.takes_everything {
-                // Only part of this transaction's events reach the topics
-                // this instance subscribes to: it cannot be sampled whole.
-                self.invalid[DecodeError::PartitionMismatch.index()] += 1;
-                return;
-            }
-            // Everything is taken anyway: keep it, under its real partition.
-            ev.partition = owner;
+        let owner = self.owner_of(hash);
+        if owner != ev.partition && !self.mismatched(&mut ev, hash, owner) {
+            return;
         }
         self.keep(ev, hash, owner, now_ms);
+    }
+
+    /// The partition the wire contract routes a transaction of `hash` to.
+    #[inline]
+    fn owner_of(&self, hash: u64) -> u32 {
+        (match self.partition_mask {
+            Some(mask) => hash & mask,
+            None => hash % u64::from(self.partition_count),
+        }) as u32
+    }
+
+    /// An event on another partition than its transaction's `owner`:
+    /// counted; kept (under `owner`) when everything is taken, otherwise
+    /// dropped as invalid. Returns whether it is kept.
+    #[inline]
+    fn mismatched(&mut self, ev: &mut Event<'_>, hash: u64, owner: u32) -> bool {
+        self.partitions.record(ev.partition, hash);
+        if !self.takes_everything {
+            // Only part of this transaction's events reach the topics this
+            // instance subscribes to: it cannot be sampled whole.
+            self.invalid[DecodeError::PartitionMismatch.index()] += 1;
+            return false;
+        }
+        // Everything is taken anyway: keep it, under its real partition.
+        ev.partition = owner;
+        true
     }
 
     /// A fleet member's message on a topic at or above `partition-count`
@@ -323,18 +338,14 @@ impl HotPath {
             }
         };
         let hash = fnv1a64(ev.txn);
-        let owner = (hash % u64::from(self.partition_count)) as u32;
+        let owner = self.owner_of(hash);
         if !self.owns(owner) {
             self.unowned += 1;
             return;
         }
-        self.partitions.record(ev.partition, hash);
-        if !self.takes_everything {
-            self.invalid[DecodeError::PartitionMismatch.index()] += 1;
-            return;
+        if self.mismatched(&mut ev, hash, owner) {
+            self.keep(ev, hash, owner, now_ms);
         }
-        ev.partition = owner;
-        self.keep(ev, hash, owner, now_ms);
     }
 
     /// Samples, admits and aggregates a decoded event of partition `owner`.

@@ -58,13 +58,11 @@ impl Gaps {
     /// The gaps per (publisher, topic), as rows.
     pub fn of(gaps: &rustc_hash::FxHashMap<(std::sync::Arc<str>, u32), u64>) -> Gaps {
         let mut out = Gaps::default();
+        use bid_logger_core::wire::{EventType, MAX_PARTITIONS};
         for ((publisher, topic), &n) in gaps {
-            let mark = bid_logger_core::seq::Mark { publisher: publisher.clone(), topic: *topic, seq: 0 };
-            let Some(&t) = bid_logger_core::wire::EventType::ALL.get(usize::from(mark.event_type_index())) else {
-                continue;
-            };
+            let Some(&t) = EventType::ALL.get((topic / MAX_PARTITIONS) as usize) else { continue };
             out.event_types.push(t.as_str());
-            out.partitions.push(mark.partition() as i32);
+            out.partitions.push((topic % MAX_PARTITIONS) as i32);
             // PostgreSQL's text cannot hold NUL: a hostile `pub` must not
             // make every batch fail.
             out.publishers.push(publisher.replace('\0', "\u{fffd}"));
