@@ -506,6 +506,10 @@ impl Ingest {
         if self.hot.aggregator.is_empty() && !self.hot.seqs.has_marks() && !restart {
             return;
         }
+        // The counts of what the delta holds are published before it can
+        // land: once a batch's events show as flushed, so does every
+        // counter about the messages before them.
+        self.publish_counts();
         match self.sink.try_reserve() {
             Ok(permit) => permit.send(drain(&mut self.hot, self.fleet.as_mut())),
             Err(mpsc::error::TrySendError::Full(())) => {
