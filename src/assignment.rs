@@ -49,19 +49,19 @@ pub struct Assignment {
     /// with. It includes the partitions being released (no longer received,
     /// their last rows not yet written).
     pub held: Vec<(u32, i64)>,
-    /// Partitions claimed from another member, sorted: received and held
+    /// Partitions claimed from another member, sorted: received and buffered
     /// (not counted) until the lease is passed to this member, then
-    /// replayed above the giver's marks (see [`bid_logger_core::held`]).
-    pub hold: Vec<u32>,
+    /// replayed above the giver's marks (see [`bid_logger_core::buffer`]).
+    pub buffer: Vec<u32>,
     /// The committed marks of every partition held, as of when it was
     /// taken: a thread that starts receiving a partition tracks it from
-    /// them (and a held partition replays what it held above them), and
+    /// them (and a claimed partition replays what it buffered above them), and
     /// hands them to the sink with its next delta. Every generation carries
     /// them all, since a follower sees the latest generation only.
     pub seeds: Arc<SeqMarks>,
     /// How many times this member was fenced (its leases were taken while
     /// it could not renew them): a follower that sees it go up drops
-    /// everything held and starts again. A count, not a flag, for the same
+    /// everything it gathered or buffered and starts again. A count, not a flag, for the same
     /// reason.
     pub fences: u64,
 }
@@ -72,8 +72,8 @@ impl Assignment {
         self.receive.binary_search(&partition).is_ok()
     }
 
-    /// Whether `partition` is held (claimed, not passed yet).
-    pub fn holds(&self, partition: u32) -> bool {
-        self.hold.binary_search(&partition).is_ok()
+    /// Whether `partition` is buffered (claimed, not passed yet).
+    pub fn buffers(&self, partition: u32) -> bool {
+        self.buffer.binary_search(&partition).is_ok()
     }
 }

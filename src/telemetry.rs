@@ -78,9 +78,9 @@ metrics_table! {
     counter MESSAGES_UNOWNED = "bid_logger_messages_unowned_total", Count,
         "Messages of partitions this fleet member no longer owns (in flight when it unsubscribed), left to the new owner.";
     counter HANDOVER_MESSAGES = "bid_logger_handover_messages_total", Count,
-        "Messages of partitions claimed from another member, held until the lease was passed, by outcome: replayed (above the giver's marks), duplicate (the giver counted them), unsequenced (no pub/seq: the giver's), overflowed (not held: the hold limit was reached; counted as lost at the replay).";
-    gauge HELD_BYTES = "bid_logger_handover_held_bytes", Bytes,
-        "Bytes of messages held for partitions this fleet member is about to take over (claims), or keeps as a hot standby.";
+        "Messages of partitions claimed from another member, buffered until the lease was passed, by outcome: replayed (above the giver's marks), duplicate (the giver counted them), unsequenced (no pub/seq: the giver's), overflowed (not buffered: the buffer limit was reached; counted as lost at the replay).";
+    gauge BUFFERED_BYTES = "bid_logger_handover_buffered_bytes", Bytes,
+        "Bytes of messages buffered for partitions this fleet member is about to take over (claims), or keeps as a hot standby.";
     gauge OWNED_PARTITIONS = "bid_logger_owned_partitions", Count,
         "Partitions whose lease this fleet member holds, by group.";
     gauge GROUP_PARTITIONS = "bid_logger_group_partitions", Count,

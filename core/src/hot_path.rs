@@ -1,8 +1,8 @@
 //! The per-message work, with no socket and no I/O.
 
 use crate::aggregate::{AggregateConfig, Aggregator, Outcome};
+use crate::buffer::{BufferStats, ClaimBuffer};
 use crate::decode::{decode, DecodeError, Event};
-use crate::held::{Held, HeldStats};
 use crate::sample::{Rate, Sampler};
 use crate::seq::SeqTracker;
 use crate::wire::{fnv1a64, parse_topic, EventType, MAX_PARTITIONS};
@@ -122,8 +122,8 @@ pub struct HotPath {
     /// Messages of partitions not owned, since the last publish.
     pub unowned: u64,
     /// A fleet member's: messages of partitions it is about to take over,
-    /// held until the lease is passed to it ([`HotPath::replay`]).
-    pub held: Option<Held>,
+    /// buffered until the lease is passed to it ([`HotPath::replay`]).
+    pub buffer: Option<ClaimBuffer>,
 }
 
 impl HotPath {
@@ -146,7 +146,7 @@ impl HotPath {
             sampled_out: 0,
             owned: None,
             unowned: 0,
-            held: None,
+            buffer: None,
         }
     }
 
@@ -163,35 +163,35 @@ impl HotPath {
         self.owned.as_ref().is_none_or(|o| o.get(partition as usize).copied().unwrap_or(false))
     }
 
-    /// A message of a partition not owned: held when the partition is
+    /// A message of a partition not owned: buffered when the partition is
     /// about to be taken over (or this member is a standby), otherwise
     /// counted (the owner's).
     #[cold]
     fn not_owned(&mut self, partition: u32, topic: &[u8], payload: &[u8], now_ms: i64) {
-        match self.held.as_mut().filter(|h| h.holds(partition)) {
-            Some(held) => held.push(partition, topic, payload, now_ms),
+        match self.buffer.as_mut().filter(|h| h.buffers(partition)) {
+            Some(buffer) => buffer.push(partition, topic, payload, now_ms),
             None => self.unowned += 1,
         }
     }
 
-    /// Stops holding `partition` (its lease was passed to this instance,
+    /// Stops buffering `partition` (its lease was passed to this instance,
     /// which owns it now, its trackers seeded with the giver's committed
-    /// marks) and runs what was held through the hot path: what lies at or
+    /// marks) and runs what was buffered through the hot path: what lies at or
     /// below the marks is dropped (the giver counted it), what has no
     /// `pub`/`seq` or is invalid is dropped (cut by arrival time: it
     /// arrived while the giver owned the partition), the rest is processed
-    /// as if it arrived now. Without `replay`, [`Held::stop`] alone drops
-    /// what was held (a claim withdrawn: the owner keeps the partition).
+    /// as if it arrived now. Without `replay`, [`ClaimBuffer::stop`] alone drops
+    /// what was buffered (a claim withdrawn: the owner keeps the partition).
     pub fn replay(&mut self, partition: u32, now_ms: i64) {
-        let Some(held) = self.held.as_mut() else { return };
-        let messages = held.stop(partition);
-        // The previous owner wrote up to the held message at its mark: per
-        // sequence, everything held up to the last one carrying the mark is
+        let Some(buffer) = self.buffer.as_mut() else { return };
+        let messages = buffer.stop(partition);
+        // The previous owner wrote up to the buffered message at its mark: per
+        // sequence, everything buffered up to the last one carrying the mark is
         // counted, whatever its `seq` (a publisher restart in the window
         // repeats low values, and what came before it is higher). Only a
         // restart after the cut that climbs back to the mark's value before
         // the lease is passed repeats it. A sequence whose mark was not
-        // held is cut by value.
+        // buffered is cut by value.
         let mut cut: FxHashMap<(&str, EventType, u32), usize> = FxHashMap::default();
         for (i, (topic, payload)) in messages.iter().enumerate() {
             if let Ok(Event { publisher: Some(publisher), seq: Some(seq), event_type, partition, .. }) =
@@ -202,7 +202,7 @@ impl HotPath {
                 }
             }
         }
-        let mut stats = HeldStats::default();
+        let mut stats = BufferStats::default();
         for (i, (topic, payload)) in messages.iter().enumerate() {
             match decode(topic, payload) {
                 Ok(Event { publisher: Some(publisher), seq: Some(seq), event_type, partition, .. }) => {
@@ -220,10 +220,10 @@ impl HotPath {
                 Ok(_) | Err(_) => stats.unsequenced += 1,
             }
         }
-        if let Some(held) = self.held.as_mut() {
-            held.stats.replayed += stats.replayed;
-            held.stats.duplicates += stats.duplicates;
-            held.stats.unsequenced += stats.unsequenced;
+        if let Some(buffer) = self.buffer.as_mut() {
+            buffer.stats.replayed += stats.replayed;
+            buffer.stats.duplicates += stats.duplicates;
+            buffer.stats.unsequenced += stats.unsequenced;
         }
     }
 
@@ -236,7 +236,7 @@ impl HotPath {
     #[inline]
     pub fn process(&mut self, topic: &[u8], payload: &[u8], now_ms: i64) {
         // A fleet member's: a message of a partition it does not own is not
-        // its own to count (not even as invalid): held or left to the owner.
+        // its own to count (not even as invalid): buffered or left to the owner.
         if self.owned.is_some() {
             if let Some((_, partition)) = parse_topic(topic) {
                 if partition >= self.partition_count {
@@ -504,10 +504,10 @@ mod tests {
     }
 
     #[test]
-    fn held_messages_replay_above_the_marks_only() {
+    fn buffered_messages_replay_above_the_marks_only() {
         let mut hot = hot(false, "1");
         hot.owned = Some(vec![false; 16].into_boxed_slice());
-        hot.held = Some(Held::new(16, 1 << 20));
+        hot.buffer = Some(ClaimBuffer::new(16, 1 << 20));
         let now = now_ms();
         let txn = "held-1";
         let p = crate::wire::partition_of(txn.as_bytes(), 16);
@@ -520,7 +520,7 @@ mod tests {
             }
             rmp_serde::to_vec_named(&m).unwrap()
         };
-        hot.held.as_mut().unwrap().start(p);
+        hot.buffer.as_mut().unwrap().start(p);
         // Received while the giver still owns the partition: 1..=5, one
         // without seq, one too large (seq 6), then 8 (7 never arrived).
         for seq in 1..=5 {
@@ -529,14 +529,14 @@ mod tests {
         hot.process(t.as_bytes(), &msg(None, 0), now);
         hot.process(t.as_bytes(), &msg(Some(6), 2000), now);
         hot.process(t.as_bytes(), &msg(Some(8), 0), now);
-        assert_eq!(hot.aggregator.take_stats().accepted.iter().sum::<u64>(), 0, "held, not counted");
+        assert_eq!(hot.aggregator.take_stats().accepted.iter().sum::<u64>(), 0, "buffered, not counted");
         assert_eq!(hot.unowned, 0);
         // The giver committed up to seq 3.
         hot.seqs.seed("pub-a", crate::seq::topic_id(EventType::Bid as u8, p), 3);
         hot.owned.as_mut().unwrap()[p as usize] = true;
         hot.replay(p, now);
-        let held = hot.held.as_ref().unwrap();
-        assert_eq!(held.stats, HeldStats { replayed: 4, duplicates: 3, unsequenced: 1, overflowed: 0 });
+        let buffer = hot.buffer.as_ref().unwrap();
+        assert_eq!(buffer.stats, BufferStats { replayed: 4, duplicates: 3, unsequenced: 1, overflowed: 0 });
         assert_eq!(hot.aggregator.take_stats().accepted.iter().sum::<u64>(), 3, "seq 4, 5 and 8");
         assert_eq!(
             hot.invalid[DecodeError::TooLarge.index()],
@@ -544,14 +544,14 @@ mod tests {
             "seq 6, counted once: at the replay, when it became ours"
         );
         assert_eq!(hot.seqs.lost, 1, "seq 7");
-        assert!(!held.holds(p));
+        assert!(!buffer.buffers(p));
         // Live again: a later message is aggregated, a gap counted.
         hot.process(t.as_bytes(), &msg(Some(10), 0), now);
         assert_eq!(hot.seqs.lost, 2);
     }
 
     #[test]
-    fn a_publisher_restart_inside_the_hold_is_cut_where_the_previous_owner_stopped() {
+    fn a_publisher_restart_inside_the_buffer_is_cut_where_the_previous_owner_stopped() {
         let now = now_ms();
         let txn = "held-2";
         let p = crate::wire::partition_of(txn.as_bytes(), 16);
@@ -559,21 +559,21 @@ mod tests {
         let msg = |seq: u64| {
             rmp_serde::to_vec_named(&serde_json::json!({"txn": txn, "ts": now, "pub": "pub-a", "seq": seq})).unwrap()
         };
-        // Held: 98, 99, 100, then the publisher restarted: 0, 1, 2, 3. The
+        // ClaimBuffer: 98, 99, 100, then the publisher restarted: 0, 1, 2, 3. The
         // previous owner stopped after the restart (its mark is 1), or
         // before it (its mark is 100).
         for (mark, duplicates, replayed, restarts) in [(1, 5, 2, 0), (100, 3, 4, 1)] {
             let mut hot = hot(false, "1");
             hot.owned = Some(vec![false; 16].into_boxed_slice());
-            hot.held = Some(Held::new(16, 1 << 20));
-            hot.held.as_mut().unwrap().start(p);
+            hot.buffer = Some(ClaimBuffer::new(16, 1 << 20));
+            hot.buffer.as_mut().unwrap().start(p);
             for seq in [98, 99, 100, 0, 1, 2, 3] {
                 hot.process(t.as_bytes(), &msg(seq), now);
             }
             hot.seqs.seed("pub-a", crate::seq::topic_id(EventType::Bid as u8, p), mark);
             hot.owned.as_mut().unwrap()[p as usize] = true;
             hot.replay(p, now);
-            let stats = hot.held.as_ref().unwrap().stats;
+            let stats = hot.buffer.as_ref().unwrap().stats;
             assert_eq!((stats.duplicates, stats.replayed), (duplicates, replayed), "mark {mark}");
             assert_eq!(hot.aggregator.take_stats().accepted.iter().sum::<u64>(), replayed, "mark {mark}");
             assert_eq!((hot.seqs.lost, hot.seqs.restarts), (0, restarts), "mark {mark}");

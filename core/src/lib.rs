@@ -40,9 +40,9 @@
 #![warn(missing_docs, rust_2018_idioms, clippy::all)]
 
 pub mod aggregate;
+pub mod buffer;
 pub mod clock;
 pub mod decode;
-pub mod held;
 pub mod hot_path;
 pub mod marks;
 pub mod sample;

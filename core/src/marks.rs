@@ -150,14 +150,14 @@ impl Reader<'_> {
 /// One mark as held: `key` is `publisher id << 8 | type` (ids are
 /// [`Names`]'s), so that a partition's marks sort as integers.
 #[derive(Debug, Clone, Copy)]
-struct Held {
+struct Stored {
     key: u64,
     seq: u64,
     /// When it last moved, ms.
     at: i64,
 }
 
-impl Held {
+impl Stored {
     fn key(id: u32, t: u8) -> u64 {
         u64::from(id) << 8 | u64::from(t)
     }
@@ -201,17 +201,17 @@ impl Names {
 #[derive(Debug, Default, Clone)]
 pub struct SeqMarks {
     names: Names,
-    partitions: BTreeMap<u32, Vec<Held>>,
+    partitions: BTreeMap<u32, Vec<Stored>>,
     moved: BTreeSet<u32>,
     /// A delta's marks per partition, while they are taken in (kept for
     /// their allocations).
-    buckets: Vec<Vec<Held>>,
+    buckets: Vec<Vec<Stored>>,
     /// Marks forgotten since names were last compacted.
     forgotten: usize,
 }
 
 /// Merges `new` (sorted by key, the last of equal keys winning) into `old`.
-fn merge(old: &[Held], new: &[Held]) -> Vec<Held> {
+fn merge(old: &[Stored], new: &[Stored]) -> Vec<Stored> {
     let mut out = Vec::with_capacity(old.len() + new.len());
     let (mut i, mut j) = (0, 0);
     while i < old.len() || j < new.len() {
@@ -240,9 +240,9 @@ impl SeqMarks {
     pub fn committed(values: impl IntoIterator<Item = (u32, PartitionMarks)>, now_ms: i64) -> SeqMarks {
         let mut out = SeqMarks::default();
         for (partition, marks) in values {
-            let mut held: Vec<Held> = marks
+            let mut held: Vec<Stored> = marks
                 .into_iter()
-                .map(|((publisher, t), seq)| Held { key: Held::key(out.names.id(&publisher), t), seq, at: now_ms })
+                .map(|((publisher, t), seq)| Stored { key: Stored::key(out.names.id(&publisher), t), seq, at: now_ms })
                 .collect();
             held.sort_by_key(|h| h.key);
             let old = out.partitions.remove(&partition).unwrap_or_default();
@@ -290,7 +290,7 @@ impl SeqMarks {
             if self.buckets[p].is_empty() {
                 touched.push(partition);
             }
-            self.buckets[p].push(Held { key: Held::key(id, t), seq: m.seq, at: now_ms });
+            self.buckets[p].push(Stored { key: Stored::key(id, t), seq: m.seq, at: now_ms });
         }
         for partition in touched {
             let new = &mut self.buckets[partition as usize];
@@ -317,10 +317,10 @@ impl SeqMarks {
     }
 
     /// `marks` (with ids of `names`) with this set's ids, unsorted.
-    fn translate(&mut self, names: &Names, marks: &[Held]) -> Vec<Held> {
+    fn translate(&mut self, names: &Names, marks: &[Stored]) -> Vec<Stored> {
         marks
             .iter()
-            .map(|h| Held { key: Held::key(self.names.id(&names.names[h.id() as usize]), h.t()), ..*h })
+            .map(|h| Stored { key: Stored::key(self.names.id(&names.names[h.id() as usize]), h.t()), ..*h })
             .collect()
     }
 
@@ -380,7 +380,7 @@ impl SeqMarks {
         let mut names = Names::default();
         for marks in self.partitions.values_mut() {
             for h in marks.iter_mut() {
-                h.key = Held::key(names.id(&self.names.names[h.id() as usize]), h.t());
+                h.key = Stored::key(names.id(&self.names.names[h.id() as usize]), h.t());
             }
             marks.sort_by_key(|h| h.key);
         }

@@ -457,7 +457,7 @@ impl Coordinator {
             generation,
             receive: self.held.keys().copied().filter(|p| !releasing.contains(p)).collect(),
             held: self.held.iter().map(|(&p, &e)| (p, e)).collect(),
-            hold: self.claims.keys().copied().collect(),
+            buffer: self.claims.keys().copied().collect(),
             seeds: self.seeds.clone(),
             fences: self.fences,
         };

@@ -8,9 +8,9 @@ use super::{IngestConfig, IngestError};
 use crate::assignment::{Assignment, LateMarks};
 use crate::telemetry as t;
 use bid_logger_core::aggregate::{AggregateConfig, AggregateStats, Delta};
+use bid_logger_core::buffer::{BufferStats, ClaimBuffer};
 use bid_logger_core::clock::{coarse_monotonic_ms, now_ms};
 use bid_logger_core::decode::DecodeError;
-use bid_logger_core::held::{Held, HeldStats};
 use bid_logger_core::hot_path::HotPath;
 use bid_logger_core::marks::SeqMarks;
 use bid_logger_core::sample::PartitionShare;
@@ -23,11 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-/// How many bytes of claimed partitions' messages a fleet member holds at
+/// How many bytes of claimed partitions' messages a fleet member buffers at
 /// most until their leases are passed, over all its ingest threads (about
 /// five seconds of a third of a 200 000 events/s stream). What does not fit
 /// is counted as lost at the replay.
-pub const HOLD_LIMIT_BYTES: usize = 256 << 20;
+pub const BUFFER_LIMIT_BYTES: usize = 256 << 20;
 
 /// How often (at most) the loop refreshes its event-time clock, checks the
 /// stop flag and the flush deadline, in milliseconds of the coarse clock.
@@ -54,8 +54,8 @@ struct IngestMetrics {
     published_live_keys: usize,
     /// By outcome: replayed, duplicate, unsequenced, overflowed.
     handover: [Counter; 4],
-    held_bytes: Gauge,
-    published_held_bytes: usize,
+    buffered_bytes: Gauge,
+    published_buffered_bytes: usize,
 }
 
 impl IngestMetrics {
@@ -77,8 +77,8 @@ impl IngestMetrics {
             published_live_keys: 0,
             handover: ["replayed", "duplicate", "unsequenced", "overflowed"]
                 .map(|outcome| counter!(t::HANDOVER_MESSAGES, "outcome" => outcome)),
-            held_bytes: gauge!(t::HELD_BYTES),
-            published_held_bytes: 0,
+            buffered_bytes: gauge!(t::BUFFERED_BYTES),
+            published_buffered_bytes: 0,
         }
     }
 }
@@ -153,9 +153,9 @@ struct Follower {
     event_types: Vec<EventType>,
     /// Partitions received now (this thread's share), sorted.
     receiving: Vec<u32>,
-    /// Partitions held now (claimed, not passed yet; or every partition not
+    /// Partitions buffered now (claimed, not passed yet; or every partition not
     /// received, for a standby; this thread's share), sorted.
-    holding: Vec<u32>,
+    buffering: Vec<u32>,
     /// A standby's: every partition of this thread's share it may receive.
     standby: Option<Vec<u32>>,
     /// Partitions a sampler needs at all.
@@ -178,7 +178,7 @@ const NEW_SEQUENCES_EVERY: Duration = Duration::from_millis(20);
 /// How often at most a thread logs partition mismatches.
 const MISMATCH_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Asks the ingest threads to hand what they hold to the sink now, instead
+/// Asks the ingest threads to hand what they have gathered to the sink now, instead
 /// of at the end of the flush interval (SIGHUP). Each request is a new
 /// generation; a thread acts once per generation it has not seen.
 #[derive(Debug, Default)]
@@ -234,11 +234,11 @@ impl Ingest {
         let fleet = fleet.as_ref().map(|f| {
             hot.owned = Some(vec![false; config.partition_count as usize].into_boxed_slice());
             let threads = config.threads.max(1);
-            hot.held = Some(match f.standby {
+            hot.buffer = Some(match f.standby {
                 Some((memory, window)) => {
-                    Held::standby(config.partition_count, memory / threads, window.as_millis() as i64)
+                    ClaimBuffer::standby(config.partition_count, memory / threads, window.as_millis() as i64)
                 }
-                None => Held::new(config.partition_count, HOLD_LIMIT_BYTES / threads),
+                None => ClaimBuffer::new(config.partition_count, BUFFER_LIMIT_BYTES / threads),
             });
             let samplers = hot.samplers();
             let mut rx = f.assignment.clone();
@@ -253,7 +253,7 @@ impl Ingest {
                 threads: config.threads,
                 event_types: config.event_types.clone(),
                 receiving: Vec::new(),
-                holding: Vec::new(),
+                buffering: Vec::new(),
                 standby: f.standby.map(|_| {
                     (0..config.partition_count)
                         .filter(|&p| p as usize % config.threads == index)
@@ -366,11 +366,11 @@ impl Ingest {
     /// * Partitions no longer received are unsubscribed, and what this
     ///   thread holds is handed to the sink at once (so their last rows go
     ///   out with the flush that passes them on).
-    /// * Partitions claimed are subscribed, their messages held.
+    /// * Partitions claimed are subscribed, their messages buffered.
     /// * Partitions taken are tracked from their committed marks, then
-    ///   subscribed (a held one replays what it held above the marks); the
+    ///   subscribed (a claimed one replays what it buffered above the marks); the
     ///   marks go to the sink with the next delta, ahead of its own.
-    /// * A new fence drops everything this thread held.
+    /// * A new fence drops everything this thread gathered or buffered.
     ///
     /// Then the thread acknowledges the assignment's generation. Each
     /// generation carries the whole state, so one skipped costs nothing.
@@ -387,10 +387,10 @@ impl Ingest {
                 .collect()
         };
         let receive = ours(&a.receive);
-        let hold = f.standby.as_deref().unwrap_or(&a.hold);
-        let hold: Vec<u32> = ours(hold).into_iter().filter(|p| receive.binary_search(p).is_err()).collect();
-        let was: Vec<u32> = union(&f.receiving, &f.holding);
-        let now: Vec<u32> = union(&receive, &hold);
+        let buffer = f.standby.as_deref().unwrap_or(&a.buffer);
+        let buffer: Vec<u32> = ours(buffer).into_iter().filter(|p| receive.binary_search(p).is_err()).collect();
+        let was: Vec<u32> = union(&f.receiving, &f.buffering);
+        let now: Vec<u32> = union(&receive, &buffer);
         if a.fences > f.fences {
             // Fenced (in this generation or one skipped): what this thread
             // held is the new owners' to count, and what it receives now is
@@ -418,10 +418,10 @@ impl Ingest {
         for &p in &removed {
             owned[p as usize] = false;
         }
-        let held = self.hot.held.get_or_insert_with(|| Held::new(0, 0));
-        // Claims withdrawn (or taken by another member): what was held is the owner's.
-        for p in f.holding.iter().filter(|p| hold.binary_search(p).is_err() && added.binary_search(p).is_err()) {
-            held.stop(*p);
+        let claims = self.hot.buffer.get_or_insert_with(|| ClaimBuffer::new(0, 0));
+        // Claims withdrawn (or taken by another member): what was buffered is the owner's.
+        for p in f.buffering.iter().filter(|p| buffer.binary_search(p).is_err() && added.binary_search(p).is_err()) {
+            claims.stop(*p);
         }
         if !removed.is_empty() {
             let last = drain(&mut self.hot, Some(f));
@@ -442,12 +442,12 @@ impl Ingest {
         for &p in &added {
             owned[p as usize] = true;
         }
-        let held = self.hot.held.get_or_insert_with(|| Held::new(0, 0));
-        for &p in &hold {
-            held.start(p);
+        let claims = self.hot.buffer.get_or_insert_with(|| ClaimBuffer::new(0, 0));
+        for &p in &buffer {
+            claims.start(p);
         }
         let now_ms = now_ms();
-        for &p in added.iter().filter(|p| f.holding.binary_search(p).is_ok()) {
+        for &p in added.iter().filter(|p| f.buffering.binary_search(p).is_ok()) {
             self.hot.replay(p, now_ms);
         }
         for p in now.iter().filter(|p| was.binary_search(p).is_err()) {
@@ -457,11 +457,11 @@ impl Ingest {
                 }
             }
         }
-        if !removed.is_empty() || !added.is_empty() || hold != f.holding {
-            tracing::debug!(thread = f.index, ?added, ?removed, ?hold, seeded, "subscriptions follow the leases");
+        if !removed.is_empty() || !added.is_empty() || buffer != f.buffering {
+            tracing::debug!(thread = f.index, ?added, ?removed, ?buffer, seeded, "subscriptions follow the leases");
         }
         f.receiving = receive;
-        f.holding = hold;
+        f.buffering = buffer;
         f.acks[f.index].store(a.generation, Ordering::Release);
     }
 
@@ -545,11 +545,11 @@ impl Ingest {
         check.unlogged = 0;
     }
 
-    fn publish_held_bytes(&mut self) {
-        let now = self.hot.held.as_ref().map_or(0, |h| h.bytes());
+    fn publish_buffered_bytes(&mut self) {
+        let now = self.hot.buffer.as_ref().map_or(0, |h| h.bytes());
         let m = &mut self.metrics;
-        m.held_bytes.increment(now as f64 - m.published_held_bytes as f64);
-        m.published_held_bytes = now;
+        m.buffered_bytes.increment(now as f64 - m.published_buffered_bytes as f64);
+        m.published_buffered_bytes = now;
     }
 
     fn publish_live_keys(&mut self) {
@@ -586,8 +586,8 @@ impl Ingest {
         if let Some(f) = &self.fleet {
             f.unowned.increment(hot.unowned);
         }
-        if let Some(held) = &mut hot.held {
-            let HeldStats { replayed, duplicates, unsequenced, overflowed } = std::mem::take(&mut held.stats);
+        if let Some(buffer) = &mut hot.buffer {
+            let BufferStats { replayed, duplicates, unsequenced, overflowed } = std::mem::take(&mut buffer.stats);
             for (c, n) in m.handover.iter().zip([replayed, duplicates, unsequenced, overflowed]) {
                 c.increment(n);
             }
@@ -611,7 +611,7 @@ impl Ingest {
         hot.partitions.mismatches = 0;
         self.received = 0;
         self.publish_live_keys();
-        self.publish_held_bytes();
+        self.publish_buffered_bytes();
     }
 }
 

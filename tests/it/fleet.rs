@@ -480,7 +480,7 @@ async fn sigkill_of_a_member_with_a_hot_standby_loses_nothing() {
     let simulator = sim(&endpoint);
     wait_receiving(&[&a, &b]);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let held = a.metric("bid_logger_handover_held_bytes", "");
+    let held = a.metric("bid_logger_handover_buffered_bytes", "");
     assert!(held > 100_000.0, "a keeps b's partitions: {held} bytes");
     drop(b); // SIGKILL
     let took = wait_balanced(&db, "g", &["a"], Duration::from_secs(6)).await;
