@@ -249,13 +249,16 @@ impl Settings {
         let bind = self.bind.unwrap_or_default();
         for (key, endpoints) in [("connect", &connect), ("bind", &bind)] {
             for e in endpoints {
-                if !e.contains("://") {
-                    return Err(invalid(key, format!("`{e}` is not a ZeroMQ endpoint such as tcp://127.0.0.1:5556")));
-                }
+                check_endpoint(e, key == "bind").map_err(|why| {
+                    invalid(key, format!("`{e}` is not a ZeroMQ endpoint such as tcp://127.0.0.1:5556: {why}"))
+                })?;
             }
         }
         if connect.is_empty() && bind.is_empty() {
-            return Err(invalid("connect", "no publisher endpoint: set --connect (or --bind)"));
+            return Err(invalid(
+                "connect",
+                "not set: the publishers' endpoints (in the file, --connect or BID_LOGGER_CONNECT; or `bind`)",
+            ));
         }
         let allow = self
             .allow
@@ -612,7 +615,12 @@ pub fn resolve_database_url(setting: Option<String>) -> Result<String, ConfigErr
         Some(url) => ("database-url", url),
         None => match std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()) {
             Some(url) => ("DATABASE_URL", url),
-            None => return Err(invalid("database-url", "not set: use --database-url or DATABASE_URL")),
+            None => {
+                return Err(invalid(
+                    "database-url",
+                    "not set: the warehouse (in the file, --database-url, BID_LOGGER_DATABASE_URL or DATABASE_URL)",
+                ))
+            }
         },
     };
     match url.split_once("://") {
@@ -745,39 +753,45 @@ fn default_instance_id() -> String {
         .unwrap_or_else(|| "bid-logger".to_string())
 }
 
-/// The URL with its password replaced by `***`, for logs and `check-config`.
-/// Handles both URL (`postgres://u:pw@h/db`) and key-value (`password=pw`) forms.
-pub fn mask_database_url(url: &str) -> String {
-    if let Some(rest) = url.split_once("://") {
-        let (scheme, rest) = rest;
-        let (auth_end, tail) = match rest.find(['/', '?']) {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        let masked_tail = mask_kv_password(tail);
-        if let Some(at) = auth_end.rfind('@') {
-            let (userinfo, host) = auth_end.split_at(at);
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:***{host}{masked_tail}");
-            }
-        }
-        return format!("{scheme}://{auth_end}{masked_tail}");
+/// Checks a ZeroMQ endpoint as libzmq would take it, so that a typo fails at
+/// start naming its key instead of at the socket: `tcp://host:port` (a port
+/// number; `*` for either part when binding), `ipc://path`,
+/// `inproc://name`, `pgm://` and `epgm://`.
+fn check_endpoint(endpoint: &str, bind: bool) -> Result<(), String> {
+    let Some((transport, address)) = endpoint.split_once("://") else {
+        return Err("no transport (`tcp://`, `ipc://`, …)".into());
+    };
+    if address.is_empty() {
+        return Err("no address after the transport".into());
     }
-    mask_kv_password(url)
+    match transport {
+        "tcp" => {
+            // `tcp://source;destination` connects from a given interface.
+            let target = address.rsplit(';').next().unwrap_or(address);
+            let Some((host, port)) = target.rsplit_once(':') else {
+                return Err("no port: tcp endpoints are host:port".into());
+            };
+            if host.is_empty() || (host.starts_with('[') != host.ends_with(']')) {
+                return Err(format!("`{host}` is not a host"));
+            }
+            if host == "*" && !bind {
+                return Err("`*` is for binding: connect to a host".into());
+            }
+            let wildcard_port = bind && port == "*";
+            if !wildcard_port && !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                return Err(format!("`{port}` is not a port (1 to 65535)"));
+            }
+            Ok(())
+        }
+        "ipc" | "inproc" | "pgm" | "epgm" => Ok(()),
+        other => Err(format!("unknown transport `{other}` (tcp, ipc, inproc, pgm, epgm)")),
+    }
 }
 
-fn mask_kv_password(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find("password=") {
-        let (before, after) = rest.split_at(i + "password=".len());
-        out.push_str(before);
-        out.push_str("***");
-        let end = after.find([' ', '&']).unwrap_or(after.len());
-        rest = &after[end..];
-    }
-    out.push_str(rest);
-    out
+/// What the connection string connects to, without its password (see
+/// [`crate::db::connect::describe`]), for logs and `check-config`.
+pub fn mask_database_url(url: &str) -> String {
+    crate::db::connect::describe(url)
 }
 
 #[cfg(test)]
@@ -939,7 +953,26 @@ mod tests {
     #[test]
     fn the_example_file_parses_and_resolves() {
         let s = Settings::from_toml(include_str!("../bid-logger.toml")).expect("bid-logger.toml parses");
-        let c = s.resolve().expect("bid-logger.toml is valid");
+        // It sets neither of the two keys without a default: as packaged, it
+        // does not start until the operator sets them.
+        let key = |s: Settings| match s.resolve() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected a missing key, got {other:?}"),
+        };
+        assert_eq!(key(s.clone()), "connect");
+        let with_connect = Settings { connect: Some(vec!["tcp://127.0.0.1:5556".into()]), ..s.clone() };
+        if std::env::var_os("DATABASE_URL").is_none() {
+            assert_eq!(key(with_connect), "database-url");
+        }
+        let required = |s: Settings| Settings {
+            connect: Some(vec!["tcp://127.0.0.1:5556".into()]),
+            database_url: Some("postgres://u@h/db".into()),
+            ..s
+        };
+        let c = required(s).resolve().expect("bid-logger.toml is valid");
+        // Every key it sets is set to its default.
+        let defaults = required(Settings::default()).resolve().unwrap();
+        assert_eq!(c.to_toml(), defaults.to_toml(), "bid-logger.toml sets a key to other than its default");
         assert_eq!(c.ingest.partition_count, 64);
         // round trip: the printed effective config parses again with the same meaning
         let printed = Settings::from_toml(&c.to_toml()).unwrap();
@@ -1004,11 +1037,52 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_are_checked_as_libzmq_takes_them() {
+        for ok in
+            ["tcp://bidder-1:5556", "tcp://10.0.0.1:1", "tcp://[::1]:5556", "tcp://eth0;10.0.0.1:5556", "ipc:///run/b"]
+        {
+            assert!(check_endpoint(ok, false).is_ok(), "{ok}");
+        }
+        assert!(check_endpoint("tcp://*:5556", true).is_ok());
+        assert!(check_endpoint("tcp://0.0.0.0:*", true).is_ok());
+        for (bad, why) in [
+            ("tcp://bidder-1", "no port"),
+            ("tcp://bidder-1:", "not a port"),
+            ("tcp://bidder-1:65536", "not a port"),
+            ("tcp://bidder-1:0", "not a port"),
+            ("tcp://:5556", "not a host"),
+            ("tcp://*:5556", "for binding"),
+            ("tcp://bidder-1:*", "not a port"),
+            ("tcp://", "no address"),
+            ("udp://bidder-1:5556", "unknown transport"),
+            ("bidder-1:5556", "no transport"),
+        ] {
+            let err = check_endpoint(bad, false).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn passwords_are_masked() {
-        assert_eq!(mask_database_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(mask_database_url("postgres://u@h/db?password=pw&x=1"), "postgres://u@h/db?password=***&x=1");
-        assert_eq!(mask_database_url("host=h password=pw user=u"), "host=h password=*** user=u");
-        assert_eq!(mask_database_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(mask_database_url("postgres://u:pw@h:5432/db"), "postgres://u@h:5432/db");
+        assert_eq!(mask_database_url("postgres://u@h/db?password=pw&connect_timeout=3"), "postgres://u@h:5432/db");
+        assert_eq!(mask_database_url("host=h password=pw user=u"), "postgres://u@h/");
+        assert_eq!(mask_database_url("postgres://h/db"), "postgres://h:5432/db");
+        // Quoted, with spaces and quotes inside: nothing of it is printed.
+        for dsn in [
+            "host=h user=u password='hunter 2' dbname=d",
+            r"host=h user=u password='it\'s 2' dbname=d sslmode=require",
+            "postgresql://u:hunter%202@h1:5432,h2:5433/d?sslmode=verify-full&sslrootcert=system",
+        ] {
+            let shown = mask_database_url(dsn);
+            assert!(!shown.contains("hunter") && !shown.contains(" 2") && !shown.contains("it"), "{dsn} → {shown}");
+            assert!(shown.starts_with("postgres://u@h") && shown.contains("/d"), "{dsn} → {shown}");
+        }
+        assert_eq!(
+            mask_database_url("postgresql://u:pw@h1:5432,h2:5433/d?sslmode=verify-full&sslrootcert=system"),
+            "postgres://u@h1:5432,h2:5433/d?sslmode=verify-full&sslrootcert=system"
+        );
+        assert_eq!(mask_database_url("host=h password='unterminated"), "(a connection string that does not parse)");
         let c = base().resolve().unwrap();
         assert!(!c.to_toml().contains("secret"));
     }

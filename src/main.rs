@@ -133,6 +133,14 @@ struct ConfigArgs {
 }
 
 impl ConfigArgs {
+    /// Whether `log-format` asks for JSON (from a flag, a variable or the
+    /// file), read before the rest is validated: a configuration error is
+    /// then a JSON line like every other.
+    fn wants_json(&self) -> bool {
+        let from_file = || self.config.as_deref().and_then(|p| Settings::from_file(p).ok()).and_then(|s| s.log_format);
+        self.settings.log_format.clone().or_else(from_file).is_some_and(|f| f == "json")
+    }
+
     fn load(self) -> Result<Config, ConfigError> {
         let file = match &self.config {
             Some(path) => Settings::from_file(path)?,
@@ -158,18 +166,23 @@ fn main() -> ExitCode {
                 return code;
             }
             let file = args.config.clone();
+            let json = args.wants_json();
             let config = match args.load() {
                 Ok(c) => c,
-                Err(e) => return config_failure(e, &sub, file.as_deref()),
+                Err(e) => return config_failure(e, &sub, file.as_deref(), json),
             };
             telemetry::init_logging(config.log_format, "info");
-            report(run(config))
+            let json = config.log_format == LogFormat::Json;
+            match run(config) {
+                Ok(code) => code,
+                Err(e) => fatal(&format!("{e:#}"), json),
+            }
         }
         Command::Migrate(args) => {
             let file = args.config.clone();
             let (url, tables) = match args.load() {
                 Ok(loaded) => loaded,
-                Err(e) => return config_failure(e, &sub, file.as_deref()),
+                Err(e) => return config_failure(e, &sub, file.as_deref(), false),
             };
             telemetry::init_logging(LogFormat::Text, "info");
             report(migrate(&url, &tables))
@@ -180,7 +193,7 @@ fn main() -> ExitCode {
             let config = bid_logger::report::ReportConfig { since: args.since, by: args.by, top: args.top };
             let url = match args.database.database_url() {
                 Ok(url) => url,
-                Err(e) => return config_failure(e, &sub, file.as_deref()),
+                Err(e) => return config_failure(e, &sub, file.as_deref(), false),
             };
             telemetry::init_logging(LogFormat::Text, "warn");
             report(report_command(&url, &config, args.format, &range))
@@ -190,7 +203,7 @@ fn main() -> ExitCode {
             let file = args.config.clone();
             let config = match args.load() {
                 Ok(c) => c,
-                Err(e) => return config_failure(e, &sub, file.as_deref()),
+                Err(e) => return config_failure(e, &sub, file.as_deref(), false),
             };
             telemetry::init_logging(LogFormat::Text, "warn");
             report(fleet_set(&config))
@@ -199,7 +212,7 @@ fn main() -> ExitCode {
             let file = args.database.config.clone();
             let url = match args.database.database_url() {
                 Ok(url) => url,
-                Err(e) => return config_failure(e, &sub, file.as_deref()),
+                Err(e) => return config_failure(e, &sub, file.as_deref(), false),
             };
             telemetry::init_logging(LogFormat::Text, "warn");
             report(fleet_command(&url, args.group.as_deref(), args.partition_count, args.format))
@@ -218,7 +231,7 @@ fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     }
                 }
-                Err(e) => config_failure(e, &sub, file.as_deref()),
+                Err(e) => config_failure(e, &sub, file.as_deref(), false),
             }
         }
     }
@@ -226,7 +239,7 @@ fn main() -> ExitCode {
 
 /// Bad configuration: one line naming the key where the value came from
 /// (`--flag`, `BID_LOGGER_…` variable, or the key in the file), exit code 2.
-fn config_failure(e: ConfigError, matches: &clap::ArgMatches, file: Option<&std::path::Path>) -> ExitCode {
+fn config_failure(e: ConfigError, matches: &clap::ArgMatches, file: Option<&std::path::Path>, json: bool) -> ExitCode {
     match e {
         ConfigError::Invalid { key, message } => {
             let id = key.replace('-', "_");
@@ -241,11 +254,26 @@ fn config_failure(e: ConfigError, matches: &clap::ArgMatches, file: Option<&std:
                 }
                 _ => key.to_string(),
             };
-            eprintln!("bid-logger: invalid configuration: `{named}`: {message}");
+            fatal(&format!("invalid configuration: `{named}`: {message}"), json);
         }
-        other => eprintln!("bid-logger: {other}"),
+        other => {
+            fatal(&other.to_string(), json);
+        }
     }
     ExitCode::from(2)
+}
+
+/// Says why the process stops, in one line: `bid-logger: …` on stderr, or,
+/// when logs are JSON, a JSON log line at level ERROR (what a log pipeline
+/// parses). Returns the generic failure code.
+fn fatal(line: &str, json: bool) -> ExitCode {
+    if json {
+        telemetry::init_logging(LogFormat::Json, "info");
+        tracing::error!(target: "bid_logger", "{line}");
+    } else {
+        eprintln!("bid-logger: {line}");
+    }
+    ExitCode::FAILURE
 }
 
 /// A `BID_LOGGER_*` variable that is no configuration key (a typo such as
@@ -320,6 +348,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let json = config.log_format == LogFormat::Json;
     let rt = runtime()?;
     // metrics-rs: libraries emit, the executable installs the recorder.
     let _guard = rt.enter();
@@ -330,11 +359,11 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
     let summary = rt.block_on(pipeline::run(config, progress, std::future::pending()))?;
     process_metrics.abort();
     if summary.sink.events_unwritten > 0 {
-        eprintln!(
-            "bid-logger: stopped with {} accepted events NOT written (database unreachable)",
-            summary.sink.events_unwritten
-        );
-        return Ok(ExitCode::FAILURE);
+        let unwritten = summary.sink.events_unwritten;
+        return Ok(fatal(
+            &format!("stopped with {unwritten} accepted events NOT written (database unreachable)"),
+            json,
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -121,11 +121,14 @@ pub struct SeqTracker {
     pub resets: u64,
     /// Publishers evicted since the last take.
     pub evicted: u64,
-    /// Sequences begun (their first `seq` seen, none seeded) since the
-    /// owner last reset it: until a batch commits their marks, a crash
-    /// would leave their events unaccounted, so the ingest thread hands
-    /// them over early.
-    pub begun: u64,
+    /// Sequences begun (their first `seq` seen, none seeded) since the last
+    /// take: a mark just below each first `seq` (see
+    /// [`SeqTracker::take_begun`]).
+    begun: Vec<Mark>,
+    /// Whether publishers were evicted since the last take: a sequence
+    /// tracked again after its eviction may have events not handed over
+    /// yet below its new first `seq`, so no mark is taken for it early.
+    evicted_since_take: bool,
 }
 
 #[derive(Debug)]
@@ -171,7 +174,8 @@ impl SeqTracker {
             restarts: 0,
             resets: 0,
             evicted: 0,
-            begun: 0,
+            begun: Vec::new(),
+            evicted_since_take: false,
         }
     }
 
@@ -222,10 +226,17 @@ impl SeqTracker {
                 e.insert(Sequence { last: seq, stamp: generation, gap: 0 });
                 self.sequences += 1;
                 self.moved += 1;
-                self.begun += 1;
-                if let Some(firsts) = &mut self.firsts {
-                    if firsts.len() < MAX_TRACKED_SEQUENCES {
-                        firsts.push((tracked.name.clone(), topic_id, seq));
+                match &mut self.firsts {
+                    Some(firsts) => {
+                        if firsts.len() < MAX_TRACKED_SEQUENCES {
+                            firsts.push((tracked.name.clone(), topic_id, seq));
+                        }
+                    }
+                    None => {
+                        if !self.evicted_since_take && self.begun.len() < MAX_TRACKED_SEQUENCES {
+                            let below = seq.saturating_sub(1);
+                            self.begun.push(Mark { publisher: tracked.name.clone(), topic: topic_id, seq: below });
+                        }
                     }
                 }
             }
@@ -368,6 +379,7 @@ impl SeqTracker {
         self.sequences -= freed;
         self.moved -= moved;
         self.evicted_marks.retain(|m| !gone(m.partition()));
+        self.begun.retain(|m| !gone(m.partition()));
     }
 
     /// Whether a sequence moved since the last [`SeqTracker::take_marks`].
@@ -375,9 +387,31 @@ impl SeqTracker {
         self.moved > 0 || !self.evicted_marks.is_empty()
     }
 
+    /// Whether a sequence began since the last take.
+    pub fn has_begun(&self) -> bool {
+        !self.begun.is_empty()
+    }
+
+    /// For every sequence begun since the last take, a mark just below its
+    /// first `seq`: what a batch may commit at once, before any of the
+    /// sequence's events is written (nothing at or below it was received
+    /// here). Committed, it lets whoever takes over count the sequence's
+    /// unwritten events from its very first one, should this process die
+    /// before its first regular batch; it costs a few marks, not a batch
+    /// of rows. None is kept while the seeds are awaited (a mark committed
+    /// by an earlier run is not known yet, and must not be overwritten
+    /// before the gap from it is counted), nor after an eviction until the
+    /// next take; [`SeqTracker::take_marks`] supersedes and clears them.
+    pub fn take_begun(&mut self) -> Vec<Mark> {
+        std::mem::take(&mut self.begun)
+    }
+
     /// The last `seq` of every sequence that moved since the last take.
     /// Called once per flush interval; it walks every tracked sequence.
     pub fn take_marks(&mut self) -> Vec<Mark> {
+        // The marks taken now are at or above those of the sequences begun.
+        self.begun.clear();
+        self.evicted_since_take = false;
         let mut out = std::mem::take(&mut self.evicted_marks);
         if self.moved > 0 {
             out.reserve(self.moved);
@@ -433,6 +467,7 @@ impl SeqTracker {
         self.moved -= moved;
         self.sequences -= freed;
         self.evicted += (before - self.publishers.len()) as u64;
+        self.evicted_since_take = true;
     }
 }
 
@@ -588,6 +623,47 @@ mod tests {
         assert_eq!(sorted(s.take_marks()).len(), 1, "only partition 4's mark is left");
         s.observe("p1", EventType::Bid, 3, 50); // tracked afresh: no gap
         assert_eq!(s.lost, 0);
+    }
+
+    #[test]
+    fn a_sequence_begun_gives_a_mark_below_its_first_seq_until_the_marks_are_taken() {
+        let mut s = SeqTracker::new(1000);
+        s.observe("a", EventType::Bid, 3, 10);
+        s.observe("a", EventType::Bid, 3, 11);
+        s.observe("b", EventType::Win, 4, 0);
+        let begun: Vec<(String, u32, u64)> =
+            s.take_begun().into_iter().map(|m| (m.publisher.to_string(), m.topic, m.seq)).collect();
+        let topic = |t: EventType, p: u32| topic_id(t.index() as u8, p);
+        assert_eq!(begun, [("a".into(), topic(EventType::Bid, 3), 9), ("b".into(), topic(EventType::Win, 4), 0)]);
+        assert!(!s.has_begun(), "taken once");
+        // A sequence seeded from committed marks has not begun here.
+        s.seed("c", topic(EventType::Bid, 5), 40);
+        s.observe("c", EventType::Bid, 5, 41);
+        assert!(!s.has_begun());
+        // The regular take supersedes what was not taken early.
+        s.observe("d", EventType::Bid, 6, 7);
+        assert!(s.has_begun());
+        let marks = s.take_marks();
+        assert!(marks.iter().any(|m| &*m.publisher == "d" && m.seq == 7));
+        assert!(!s.has_begun(), "a mark below the first seq never follows the sequence's real mark");
+    }
+
+    #[test]
+    fn no_early_mark_for_a_sequence_tracked_again_after_an_eviction() {
+        let mut s = SeqTracker::new(1000);
+        s.observe("steady", EventType::Bid, 1, 1);
+        let _ = s.take_marks();
+        for i in 0..(MAX_TRACKED_PUBLISHERS as u64 + 1) {
+            s.observe(&format!("flood-{i}"), EventType::Bid, 2, 1);
+        }
+        // Evicted with events not handed over yet: a mark below its next
+        // seq would claim them committed.
+        let _ = s.take_begun();
+        s.observe("flood-0", EventType::Bid, 2, 5);
+        assert!(!s.has_begun(), "{:?}", s.take_begun());
+        let _ = s.take_marks();
+        s.observe("new", EventType::Bid, 2, 3);
+        assert!(s.has_begun(), "after the take, early marks again");
     }
 
     #[test]

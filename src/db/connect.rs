@@ -86,6 +86,54 @@ impl ConnectConfig {
     }
 }
 
+/// What `url` connects to, for logs and `check-config`: re-rendered from
+/// the parsed string (user, hosts, ports, database, TLS keys), so that no
+/// part of a password is ever printed, whatever its characters or quoting.
+/// A string that does not parse is not shown at all.
+pub fn describe(url: &str) -> String {
+    let Ok(c) = ConnectConfig::parse(url) else {
+        return "(a connection string that does not parse)".into();
+    };
+    let pg = &c.pg;
+    let user = pg.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+    let ports = pg.get_ports();
+    let hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(name) if name.contains(':') => format!("[{name}]"),
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            match ports.get(i).or(ports.first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })
+        .collect();
+    let mut out = format!("postgres://{user}{}/{}", hosts.join(","), pg.get_dbname().unwrap_or(""));
+    let mut keys = Vec::new();
+    if c.tls.mode_given {
+        keys.push(format!("sslmode={}", c.tls.mode.as_str()));
+    }
+    if let Some(root) = &c.tls.root_cert {
+        keys.push(format!("sslrootcert={root}"));
+    }
+    if let Some(cert) = &c.tls.cert {
+        keys.push(format!("sslcert={}", cert.display()));
+    }
+    if let Some(key) = &c.tls.key {
+        keys.push(format!("sslkey={}", key.display()));
+    }
+    if !keys.is_empty() {
+        out.push('?');
+        out.push_str(&keys.join("&"));
+    }
+    out
+}
+
 /// Checks a connection string and its TLS files, as at start.
 pub fn validate(url: &str) -> Result<(), DbError> {
     ConnectConfig::parse(url)?.connector().map(drop)

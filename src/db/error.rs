@@ -41,6 +41,18 @@ pub enum DbError {
     /// The database's tables contradict the configuration.
     #[error("invalid configuration: {0}")]
     Schema(String),
+    /// The warehouse carries a migration this binary does not know: a newer
+    /// release migrated it, and this one cannot know what that changed.
+    #[error(
+        "the warehouse is newer than this binary: migration {applied:04} is applied, this binary knows up to \
+         {known:04}; run a release at least as new as the one that applied it"
+    )]
+    Newer {
+        /// The newest migration applied.
+        applied: i32,
+        /// The newest this binary knows.
+        known: i32,
+    },
 }
 
 impl From<tokio_postgres::Error> for DbError {
@@ -128,7 +140,12 @@ impl DbError {
             DbError::Db(e) => db_error_is_transient(e),
             DbError::Pool(deadpool_postgres::PoolError::Backend(e)) => db_error_is_transient(e),
             DbError::Pool(_) | DbError::Timeout(_) => true,
-            DbError::Build(_) | DbError::Url(_) | DbError::Tls(_) | DbError::Schema(_) | DbError::Log(_) => false,
+            DbError::Build(_)
+            | DbError::Url(_)
+            | DbError::Tls(_)
+            | DbError::Schema(_)
+            | DbError::Log(_)
+            | DbError::Newer { .. } => false,
         }
     }
 }

@@ -66,6 +66,10 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
     tx.execute(LOCK, &[&MIGRATION_LOCK]).await?;
     tx.batch_execute(CREATE_VERSIONS).await?;
     let applied: Vec<i32> = tx.query(APPLIED, &[]).await?.iter().map(|r| r.get(0)).collect();
+    let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+    if let Some(&newer) = applied.iter().filter(|&&v| v > known).max() {
+        return Err(DbError::Newer { applied: newer, known });
+    }
     let mut count = 0;
     let mut partitioned_now = false;
     for &(version, name, sql) in MIGRATIONS {

@@ -268,8 +268,12 @@ pub async fn ensure_in(
         let name = parent.span.name(parent.table, start);
         let (from, to) = (system_time(lo), system_time(hi));
         tx.execute(CREATE, &[&parent.table, &name, &from, &to, &parent.rollup]).await?;
-        tracing::info!(table = %name, "partition created");
+        tracing::debug!(range = %name, "range created");
         created.push(name);
+    }
+    // One line per table and call: a first start creates hundreds.
+    if let (Some(first), Some(last)) = (created.first(), created.last()) {
+        tracing::info!(table = %parent.table, count = created.len(), %first, %last, "time ranges created");
     }
     Ok(created)
 }
@@ -288,11 +292,14 @@ pub async fn drop_ending_by(
     for range in list(&tx, table).await? {
         if range.to.is_some_and(|to| to <= cutoff_s) {
             tx.execute(DROP, &[&range.name]).await?;
-            tracing::info!(table = %range.name, "partition dropped (retention)");
+            tracing::debug!(range = %range.name, "range dropped (retention)");
             dropped.push(range.name);
         }
     }
     tx.commit().await?;
+    if let (Some(first), Some(last)) = (dropped.first(), dropped.last()) {
+        tracing::info!(%table, count = dropped.len(), %first, %last, "time ranges dropped (retention)");
+    }
     Ok(dropped)
 }
 

@@ -169,10 +169,10 @@ struct Follower {
     seeds: Vec<Mark>,
 }
 
-/// How often at most a thread hands its delta over early for sequences
-/// begun since the last hand-over: a tenth of the flush interval, and no
-/// more often than this (a flood of new publisher ids costs at most ten
-/// extra batches per interval).
+/// How often at most a thread hands over the marks of sequences begun since
+/// the last hand-over ahead of the interval: a tenth of the flush
+/// interval, and no more often than this (a flood of new publisher ids
+/// costs at most ten small batches of marks per interval).
 const NEW_SEQUENCES_EVERY: Duration = Duration::from_millis(20);
 
 /// How often at most a thread logs partition mismatches.
@@ -335,21 +335,23 @@ impl Ingest {
                     next_publish = now + PUBLISH_EVERY;
                 }
                 let requested = flush.generation();
-                // A sequence begun since the last hand-over is accounted
-                // for only once a batch commits its mark: hand it over at
-                // once (at most every tenth of the interval), not at the
-                // next interval, so that a crash in a run's first seconds
-                // leaves its events counted by whoever takes over.
-                let early = (self.flush_interval / 10).max(NEW_SEQUENCES_EVERY);
-                let begun = self.hot.seqs.begun > 0 && now >= handed_over + early;
-                if now >= next_flush || requested != flush_seen || begun {
+                if now >= next_flush || requested != flush_seen {
                     flush_seen = requested;
-                    self.hot.seqs.begun = 0;
                     self.hand_over();
                     handed_over = now;
-                    if !begun {
-                        next_flush = now + self.flush_interval;
-                    }
+                    next_flush = now + self.flush_interval;
+                } else if self.hot.seqs.has_begun()
+                    && now >= handed_over + (self.flush_interval / 10).max(NEW_SEQUENCES_EVERY)
+                {
+                    // A sequence's events are accounted for once a batch
+                    // commits a mark of it: a sequence begun goes to the
+                    // sink at once (at most every tenth of the interval)
+                    // with a mark just below its first `seq`, so that a
+                    // crash in a run's first seconds leaves its events
+                    // counted by whoever takes over. Its rows wait for the
+                    // interval.
+                    self.hand_over_begun();
+                    handed_over = now;
                 }
             }
         }
@@ -520,6 +522,21 @@ impl Ingest {
             }
         }
         self.publish_live_keys();
+    }
+
+    /// Hands the sink the marks of the sequences begun since the last
+    /// hand-over (see [`bid_logger_core::seq::SeqTracker::take_begun`]),
+    /// without the rows gathered: a delta of marks alone. Skipped when the
+    /// sink is busy (the next hand-over carries the sequences' real marks).
+    fn hand_over_begun(&mut self) {
+        let Ok(permit) = self.sink.try_reserve() else { return };
+        let mut delta = Delta { marks: self.hot.seqs.take_begun(), ..Delta::default() };
+        if let Some(f) = self.fleet.as_mut() {
+            delta.restart = std::mem::take(&mut f.restart);
+            delta.seeds = std::mem::take(&mut f.seeds);
+            delta.fences = f.fences;
+        }
+        permit.send(delta);
     }
 
     /// Warns about partition mismatches, at most every [`MISMATCH_LOG_EVERY`]:

@@ -83,9 +83,9 @@ impl Consumer {
         })
     }
 
-    /// Consumes each log at its table's interval until `stop` turns true,
-    /// then every log once more (trying for at most `shutdown_timeout`).
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>, shutdown_timeout: Duration) {
+    /// Consumes each log at its table's interval until `stop` carries the
+    /// shutdown's deadline, then every log once more, trying until then.
+    pub async fn run(mut self, mut stop: watch::Receiver<Option<Instant>>) {
         let start = tokio::time::Instant::now();
         let mut due: Vec<tokio::time::Instant> = self.tables.iter().map(|t| start + t.flush_interval).collect();
         let mut backoff = vec![BACKOFF_MIN; self.tables.len()];
@@ -118,8 +118,15 @@ impl Consumer {
                 }
             }
         }
-        let deadline = Instant::now() + shutdown_timeout;
+        let deadline = stop.borrow().unwrap_or_else(Instant::now);
         let mut left: Vec<usize> = (0..self.tables.len()).collect();
+        if !self.migrated.load(Ordering::Relaxed) {
+            // The database never answered this run: nothing to consume.
+            tracing::info!("stopping without consuming the delta logs: the database did not answer this run");
+            return;
+        }
+        let mut last_error: Option<String> = None;
+        let mut wait = BACKOFF_MIN;
         while !left.is_empty() && Instant::now() < deadline {
             let mut failed: Vec<usize> = Vec::new();
             for i in left {
@@ -134,21 +141,28 @@ impl Consumer {
                     Ok(LogState::Empty) => {}
                     Ok(_) => failed.push(i), // busy: try again until the lock is ours
                     Err(e) => {
-                        tracing::warn!(table = %self.tables[i].name, error = %e, "consuming the delta log at stop failed");
+                        if last_error.is_none() {
+                            tracing::warn!(table = %self.tables[i].name, error = %e,
+                                "consuming the delta logs at stop failed; retrying until shutdown-timeout");
+                        }
+                        last_error = Some(e.to_string());
                         failed.push(i);
                     }
                 }
             }
             left = failed;
             if !left.is_empty() {
-                tokio::time::sleep(BACKOFF_MIN.min(deadline.saturating_duration_since(Instant::now()))).await;
+                tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
+                wait = (wait * 2).min(BACKOFF_MAX);
             }
         }
         if !left.is_empty() {
             let tables: Vec<&str> = left.iter().map(|&i| self.tables[i].name.as_str()).collect();
             tracing::warn!(
                 ?tables,
-                "stopping with rows in delta logs; they are in PostgreSQL and the next start writes them"
+                last_error = last_error.as_deref().unwrap_or("busy: another instance was consuming them"),
+                "stopping before these tables' delta logs were consumed: their rows are committed in the logs \
+                 (nothing is lost), and the next consumer adds them to the tables"
             );
         }
     }

@@ -126,6 +126,8 @@ pub struct Sink {
     /// The failed attempts since the last that succeeded: when the first
     /// failed, how many, and the last error.
     failing: Option<(Instant, u64, String)>,
+    /// Whether the sink is writing what is left before it stops.
+    stopping: bool,
     /// Whether the schema is known to be up to date (shared with the consumer).
     migrated: Arc<AtomicBool>,
     /// The ranges known to exist (kept by the maintenance task too).
@@ -219,6 +221,7 @@ impl Sink {
             backoff: BACKOFF_MIN,
             retry_at: None,
             failing: None,
+            stopping: false,
             migrated: Arc::new(AtomicBool::new(migrated)),
             book: Arc::new(RangeBook::default()),
             loaded: loaded.is_some(),
@@ -248,10 +251,14 @@ impl Sink {
     /// plus the flush's own time; after a failure, the next attempt waits
     /// for the backoff, and whatever arrives meanwhile merges.
     pub async fn run(mut self) -> SinkSummary {
-        let (stop_consumer, stop_rx) = watch::channel(false);
-        let consumer = Consumer::new(&self.config, self.run_id, self.migrated.clone())
-            .map(|c| tokio::spawn(c.run(stop_rx.clone(), self.config.shutdown_timeout)));
-        let maintenance = self.maintenance().map(|m| tokio::spawn(m.run(stop_rx)));
+        // The consumer learns the shutdown's deadline: the sink's last
+        // batches and the logs' last consumption share one
+        // `shutdown-timeout`, not one each.
+        let (stop_consumer, consumer_stop) = watch::channel(None);
+        let consumer =
+            Consumer::new(&self.config, self.run_id, self.migrated.clone()).map(|c| tokio::spawn(c.run(consumer_stop)));
+        let (stop_maintenance, maintenance_stop) = watch::channel(false);
+        let maintenance = self.maintenance().map(|m| tokio::spawn(m.run(maintenance_stop)));
         loop {
             let retry_at = self.retry_at.map(tokio::time::Instant::from_std);
             let following = self.fleet.is_some();
@@ -297,9 +304,11 @@ impl Sink {
                 }
             }
         }
-        let summary = self.drain_on_shutdown().await;
+        let deadline = Instant::now() + self.config.shutdown_timeout;
+        let _ = stop_maintenance.send(true);
+        let summary = self.drain_on_shutdown(deadline).await;
         // The logs hold the last batches' coarse rows: consume them once more.
-        let _ = stop_consumer.send(true);
+        let _ = stop_consumer.send(Some(deadline));
         if let Some(consumer) = consumer {
             let _ = consumer.await;
         }
@@ -329,8 +338,8 @@ impl Sink {
         }
     }
 
-    async fn drain_on_shutdown(mut self) -> SinkSummary {
-        let deadline = Instant::now() + self.config.shutdown_timeout;
+    async fn drain_on_shutdown(mut self, deadline: Instant) -> SinkSummary {
+        self.stopping = true;
         while self.has_work() {
             if Instant::now() >= deadline {
                 let unwritten = self.unwritten_events();
@@ -649,7 +658,11 @@ impl Sink {
             self.book.forget_all();
         }
         let batch = self.pending.first().map_or(0, |p| p.id.batch);
-        if e.is_transient() {
+        if self.stopping && failing.1 > 1 {
+            // At stop, retries go on until `shutdown-timeout` without a
+            // line each: the first says why, the last what was not written.
+            tracing::debug!(error = %e, batch, "flush at stop failed; will retry");
+        } else if e.is_transient() {
             tracing::warn!(error = %e, batch, retry_in = ?self.backoff, "flush failed; will retry");
         } else {
             // Never drop accepted data: keep retrying, loudly, so an

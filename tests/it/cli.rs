@@ -44,6 +44,7 @@ fn bad_configuration_fails_at_start_with_one_line_naming_the_key() {
         ("--metrics-addr", "nowhere", "`--metrics-addr`"),
         ("--flush-timeout", "0s", "`--flush-timeout`: must be at least 100ms"),
         ("--max-event-size", "10000000", "`max-message-size`: must be at least max-event-size"),
+        ("--connect", "tcp://bidder-1", "`--connect`: `tcp://bidder-1` is not a ZeroMQ endpoint"),
     ] {
         let mut args = base.to_vec();
         args.extend([flag, value]);
@@ -55,6 +56,11 @@ fn bad_configuration_fails_at_start_with_one_line_naming_the_key() {
     let (code, _, stderr) = bid_logger(&["run", "--connect", "tcp://127.0.0.1:1"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("`database-url`"), "{stderr}");
+    // check-config refuses what run would (it passed an endpoint without a port)
+    let (code, _, stderr) =
+        bid_logger(&["check-config", "--connect", "tcp://bidder-1", "--database-url", "postgres://u@h/d"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`--connect`") && stderr.contains("no port"), "{stderr}");
 }
 
 #[test]
@@ -124,6 +130,8 @@ fn check_config_prints_every_key_with_the_password_masked() {
         "check-config",
         "--config",
         example,
+        "--connect",
+        "tcp://bidder-1:5556",
         "--database-url",
         "postgres://logger:hunter2@db.internal:5432/warehouse",
         "--sample",
@@ -131,7 +139,19 @@ fn check_config_prints_every_key_with_the_password_masked() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
-    assert!(stdout.contains("postgres://logger:***@db.internal:5432/warehouse"), "{stdout}");
+    assert!(stdout.contains("database-url = \"postgres://logger@db.internal:5432/warehouse\""), "{stdout}");
+    // A key=value string with a quoted password holding a space: rendered
+    // again from what was parsed, none of the password shows.
+    let (code, shown, stderr) = bid_logger(&[
+        "check-config",
+        "--connect",
+        "tcp://127.0.0.1:5556",
+        "--database-url",
+        "host=db.internal user=logger password='hunter 2' dbname=warehouse",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!shown.contains("hunter") && !shown.contains(" 2'"), "{shown}");
+    assert!(shown.contains("database-url = \"postgres://logger@db.internal/warehouse\""), "{shown}");
     assert!(stdout.contains("sample = \"1/8\""), "flags override the file: {stdout}");
     let example_keys: Vec<String> = std::fs::read_to_string(example)
         .unwrap()
@@ -167,6 +187,27 @@ async fn migrate_is_idempotent_and_creates_the_warehouse() {
     }
     let versions: i64 = client.query_one("SELECT count(*) FROM bid_logger_migrations", &[]).await.unwrap().get(0);
     assert_eq!(versions as usize, bid_logger::db::migrate::MIGRATIONS.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warehouse_migrated_by_a_newer_release_is_refused_by_migrate_and_run() {
+    let db = fresh_database("migrate_newer").await;
+    assert_eq!(bid_logger(&["migrate", "--database-url", &db]).0, 0);
+    connect(&db)
+        .await
+        .execute("INSERT INTO bid_logger_migrations (version, name) VALUES (9001, 'from a newer release')", &[])
+        .await
+        .unwrap();
+    let (code, stdout, stderr) = bid_logger(&["migrate", "--database-url", &db]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(!stdout.contains("up to date"), "{stdout}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("migration 9001 is applied") && stderr.contains("newer than this binary"), "{stderr}");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let run = ["run", "--database-url", &db, "--connect", "tcp://127.0.0.1:9", "--metrics-addr", &metrics];
+    let (code, _, stderr) = bid_logger(&run);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("migration 9001 is applied"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,4 +383,66 @@ async fn check_config_online_names_each_unreachable_part_in_one_line_and_passes_
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("cannot connect") && stderr.contains("refused"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_cpu_seconds_keep_their_fraction() {
+    // A logger that has just started has used a fraction of a CPU second:
+    // as a whole-number counter it read 0, and the CPU panel stayed flat.
+    let db = fresh_database("process_cpu").await;
+    let logger = Logger::start(&db, &["--connect", "tcp://127.0.0.1:9"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let cpu = loop {
+        let cpu = logger.metric("process_cpu_seconds_total", "");
+        if cpu > 0.0 || std::time::Instant::now() > deadline {
+            break cpu;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(cpu > 0.0 && cpu.fract() != 0.0, "process_cpu_seconds_total = {cpu}");
+    logger.stop_ok();
+}
+
+#[test]
+fn with_json_logs_a_configuration_error_and_a_fatal_error_are_json_lines() {
+    let (code, _, stderr) = bid_logger(&[
+        "run",
+        "--log-format",
+        "json",
+        "--connect",
+        "tcp://127.0.0.1:1",
+        "--database-url",
+        "postgres://u@127.0.0.1:1/db",
+        "--sample",
+        "2",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(line["level"], "ERROR", "{stderr}");
+    assert!(line["fields"]["message"].as_str().unwrap().contains("`--sample`"), "{stderr}");
+    // From the file too, and for a fatal error past the configuration (the
+    // metrics address is taken).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = std::env::temp_dir().join(format!("bid-logger-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bid-logger.toml");
+    std::fs::write(&file, "log-format = \"json\"\n").unwrap();
+    let (code, _, stderr) = bid_logger(&[
+        "run",
+        "--config",
+        file.to_str().unwrap(),
+        "--connect",
+        "tcp://127.0.0.1:1",
+        "--database-url",
+        "postgres://u@127.0.0.1:1/db",
+        "--metrics-addr",
+        &addr,
+    ]);
+    assert_ne!(code, 0, "{stderr}");
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    let line: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(line["level"], "ERROR", "{stderr}");
+    assert!(line["fields"]["message"].as_str().unwrap().contains("metrics-addr"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -766,14 +766,14 @@ enum Fault {
 /// rollup table, written + `bid_logger_lost` = published, and no type
 /// above the truth. A new seed each run, printed;
 /// `BID_LOGGER_NEMESIS_SEED` replays one, `BID_LOGGER_NEMESIS_SECS` sets
-/// how long the faults go on (90 s by default; `scripts/nemesis` runs
-/// long ones).
+/// how long the faults go on (150 s by default, about three minutes with
+/// the set-up and checks; `scripts/nemesis` runs long ones).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seeded_schedule_of_faults_leaves_nothing_unaccounted() {
     use rand::{Rng, SeedableRng};
     let seed: u64 =
         std::env::var("BID_LOGGER_NEMESIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    let secs: u64 = std::env::var("BID_LOGGER_NEMESIS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(90);
+    let secs: u64 = std::env::var("BID_LOGGER_NEMESIS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(150);
     eprintln!("nemesis: seed {seed} for {secs} s (BID_LOGGER_NEMESIS_SEED={seed} replays it)");
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let pg = bid_logger_tools::pgtemp::TempPostgres::start().expect("throwaway PostgreSQL");

@@ -71,6 +71,7 @@ async fn the_debian_package_installs_a_verified_unit_and_a_binary_that_runs_as_i
             .to_string()
     };
     assert_eq!(value("Restart"), "on-failure");
+    assert_eq!(value("RestartPreventExitStatus"), "2", "a configuration error is not restarted every 2 s");
     assert_eq!(value("KillSignal"), "SIGTERM");
     assert_eq!(value("User"), "bid-logger");
     assert_eq!(value("EnvironmentFile"), "-/etc/default/bid-logger");
@@ -90,7 +91,18 @@ async fn the_debian_package_installs_a_verified_unit_and_a_binary_that_runs_as_i
     };
     let (ok, text) = as_user(&["--version"]);
     assert!(ok && text.starts_with("bid-logger "), "{text}");
+    // As installed it does not start: it names what the operator must set.
     let (ok, text) = as_user(&["check-config", "--config", "/etc/bid-logger/bid-logger.toml"]);
+    assert!(!ok && text.contains("`connect`") && text.trim().lines().count() == 1, "{text}");
+    let (ok, text) = as_user(&[
+        "check-config",
+        "--config",
+        "/etc/bid-logger/bid-logger.toml",
+        "--connect",
+        "tcp://bidder-1:5556",
+        "--database-url",
+        "postgres://bid_logger@db.example/warehouse",
+    ]);
     assert!(ok && text.contains("partition-count = 64"), "{text}");
     let db = fresh_database("deb").await;
     let (ok, text) = as_user(&["migrate", "--config", "/etc/bid-logger/bid-logger.toml", "--database-url", &db]);

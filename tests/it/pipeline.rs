@@ -315,6 +315,34 @@ async fn database_gone_for_good_exits_nonzero_and_says_how_much_was_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_the_database_never_answered_takes_one_shutdown_timeout_and_a_few_true_lines() {
+    // Nothing listens on this port: the run never reaches a database.
+    let db = format!("postgres://postgres@127.0.0.1:{}/nowhere?connect_timeout=1", free_port());
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--shutdown-timeout", "3s"]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let now = now_ms();
+    let mut rng = SmallRng::seed_from_u64(10);
+    let events = chains(&mut rng, 100, &|r: &mut SmallRng| now - r.gen_range(0..60_000), false);
+    for e in &events {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_accepted_total", events.len() as f64, Duration::from_secs(30));
+    let before = logger.stderr_so_far().lines().count();
+    let stopping = std::time::Instant::now();
+    let (code, stderr) = logger.stop();
+    let took = stopping.elapsed();
+    assert_ne!(code, 0);
+    // One shutdown-timeout (3 s), plus one attempt in flight when it ran out.
+    assert!(took < Duration::from_secs(5), "the stop took {took:?}:\n{stderr}");
+    let at_stop: Vec<&str> = stderr.lines().skip(before).collect();
+    let loud = at_stop.iter().filter(|l| l.contains("WARN") || l.contains("ERROR")).count();
+    assert!(loud <= 4, "{loud} warnings at stop:\n{}", at_stop.join("\n"));
+    assert!(stderr.contains(&format!("{} accepted events NOT written", events.len())), "{stderr}");
+    assert!(!stderr.contains("they are in PostgreSQL"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_keeps_whole_transactions_and_subscribes_to_fewer_partitions() {
     let db = fresh_database("sample").await;
     let mut publisher = Publisher::bind();
