@@ -219,7 +219,10 @@ async fn check_database(
     }
     .await;
     match result {
-        Ok(_) => Ok(true),
+        Ok(applied) => {
+            tracing::info!(migrations_applied = applied, "database answered; the warehouse schema is up to date");
+            Ok(true)
+        }
         Err(e) if e.is_transient() => {
             tracing::warn!(error = %e, "database not reachable yet; receiving anyway and retrying in the background");
             Ok(false)

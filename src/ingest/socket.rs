@@ -3,7 +3,7 @@
 
 use super::{IngestConfig, IngestError};
 use crate::telemetry as t;
-use metrics::{counter, Counter};
+use metrics::{counter, gauge, Counter, Gauge};
 use std::time::{Duration, Instant};
 
 /// How long one `recv` waits before the loop looks at the clock and the stop flag.
@@ -51,6 +51,12 @@ pub(crate) struct Reconnector {
     monitor: zmq::Socket,
     endpoints: Vec<String>,
     reconnects: Counter,
+    /// Per configured endpoint: whether this thread's socket is connected
+    /// to it, and its `bid_logger_endpoint_connected` gauge (the threads
+    /// connected to it, over all threads).
+    connected: Vec<(bool, Gauge)>,
+    /// Whether this thread logs connections (one thread does, not each).
+    logs: bool,
     /// Endpoints whose connection dropped, and when to renew each unless
     /// libzmq reports reconnecting it first.
     due: Vec<(String, Instant)>,
@@ -80,7 +86,57 @@ impl Reconnector {
         socket.monitor(&addr, i32::from(events)).map_err(z("monitor"))?;
         let monitor = ctx.socket(zmq::PAIR).map_err(z("socket(PAIR)"))?;
         monitor.connect(&addr).map_err(z("connect(monitor)"))?;
-        Ok(Reconnector { monitor, endpoints: endpoints.to_vec(), reconnects: counter!(t::RECONNECTS), due: Vec::new() })
+        let connected = endpoints
+            .iter()
+            .map(|e| {
+                let g = gauge!(t::ENDPOINT_CONNECTED, "endpoint" => e.clone());
+                g.increment(0.0);
+                (false, g)
+            })
+            .collect();
+        Ok(Reconnector {
+            monitor,
+            endpoints: endpoints.to_vec(),
+            reconnects: counter!(t::RECONNECTS),
+            connected,
+            logs: index == 0,
+            due: Vec::new(),
+        })
+    }
+
+    /// The configured endpoint an event's address stands for: the one it
+    /// names, or the only one, or the only one on its port (a host name
+    /// resolves to another address); `None` when that is ambiguous.
+    fn endpoint_of(&self, peer: &str) -> Option<usize> {
+        if let Some(i) = self.endpoints.iter().position(|e| e == peer) {
+            return Some(i);
+        }
+        if self.endpoints.len() == 1 {
+            return Some(0);
+        }
+        let port = |e: &str| e.rsplit_once(':').map(|(_, p)| p.to_string());
+        let same_port: Vec<usize> = (0..self.endpoints.len())
+            .filter(|&i| port(&self.endpoints[i]).is_some() && port(&self.endpoints[i]) == port(peer))
+            .collect();
+        (same_port.len() == 1).then(|| same_port[0])
+    }
+
+    /// Records that this thread's connection to endpoint `i` is up or down.
+    fn set_connected(&mut self, i: usize, up: bool) {
+        let (was, gauge) = &mut self.connected[i];
+        if *was == up {
+            return;
+        }
+        *was = up;
+        gauge.increment(if up { 1.0 } else { -1.0 });
+        if self.logs {
+            let endpoint = &self.endpoints[i];
+            if up {
+                tracing::info!(%endpoint, "publisher endpoint connected");
+            } else {
+                tracing::warn!(%endpoint, "publisher endpoint disconnected; reconnecting");
+            }
+        }
     }
 
     /// Handles the events reported since the last call, and renews the
@@ -93,7 +149,16 @@ impl Reconnector {
             // The event names the resolved address; a configured host name
             // may not match it, in which case every endpoint is concerned.
             let matching: Vec<String> = self.endpoints.iter().filter(|e| **e == peer).cloned().collect();
+            let endpoint = self.endpoint_of(&peer);
+            if event == Some(zmq::SocketEvent::CONNECTED.to_raw()) {
+                if let Some(i) = endpoint {
+                    self.set_connected(i, true);
+                }
+            }
             if event == Some(zmq::SocketEvent::DISCONNECTED.to_raw()) {
+                if let Some(i) = endpoint {
+                    self.set_connected(i, false);
+                }
                 let targets = if matching.is_empty() { self.endpoints.clone() } else { matching };
                 for e in targets {
                     if !self.due.iter().any(|(d, _)| *d == e) {

@@ -793,3 +793,37 @@ async fn a_commit_reply_lost_at_random_one_in_three_still_lands_every_batch_exac
     eprintln!("seed {seed}");
     flushes_land_while_commit_replies_are_lost("commit_random", CommitFault::Random { one_in: 3, seed }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_endpoint_shows_whether_it_is_connected_and_a_line_says_when_it_connects_or_drops() {
+    let db = fresh_database("endpoints").await;
+    let mut publisher = Publisher::bind();
+    // Nothing listens here: a publisher that is down from the start.
+    let dead = format!("tcp://127.0.0.1:{}", free_port());
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--connect", &dead]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let up = format!("endpoint=\"{}\"", publisher.endpoint);
+    let down = format!("endpoint=\"{dead}\"");
+    let connected = |labels: &str| logger.metric("bid_logger_endpoint_connected", labels);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connected(&up) < 1.0 {
+        assert!(Instant::now() < deadline, "{}", logger.metrics_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        logger.metrics_text().contains(&format!("bid_logger_endpoint_connected{{{down}}} 0")),
+        "{}",
+        logger.metrics_text()
+    );
+    let endpoint = publisher.endpoint.clone();
+    drop(publisher);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connected(&up) > 0.0 {
+        assert!(Instant::now() < deadline, "still connected after the publisher closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stderr = logger.stop_ok();
+    let lines = |what: &str| stderr.lines().filter(|l| l.contains(what) && l.contains(&endpoint)).count();
+    assert_eq!(lines("publisher endpoint connected"), 1, "{stderr}");
+    assert_eq!(lines("publisher endpoint disconnected"), 1, "{stderr}");
+}
