@@ -71,7 +71,9 @@ enum FleetAction {
 struct ReportArgs {
     #[command(flatten)]
     database: MigrateArgs,
-    /// How far back from now, e.g. 15m, 1h, 7d (up to 6h reads the minute tier, beyond the hour tier).
+    /// How far back from now, e.g. 15m, 1h, 7d, 400d. Read from the finest table suited to the range
+    /// that still keeps all of it (minute up to 6h, hour up to 31d, day beyond; a coarser one when a
+    /// finer one's retention is shorter); refused, saying what is kept, when none does.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = bid_logger::config::duration_arg)]
     since: std::time::Duration,
     /// What to group by.
@@ -190,11 +192,11 @@ fn main() -> ExitCode {
         Command::Report(args) => {
             let file = args.database.config.clone();
             let range = bid_logger::config::format_duration(args.since);
-            let config = bid_logger::report::ReportConfig { since: args.since, by: args.by, top: args.top };
-            let url = match args.database.database_url() {
-                Ok(url) => url,
+            let (url, tables) = match args.database.load() {
+                Ok(loaded) => loaded,
                 Err(e) => return config_failure(e, &sub, file.as_deref(), false),
             };
+            let config = bid_logger::report::ReportConfig { since: args.since, by: args.by, top: args.top, tables };
             telemetry::init_logging(LogFormat::Text, "warn");
             report(report_command(&url, &config, args.format, &range))
         }
@@ -389,11 +391,13 @@ fn report_command(
     range: &str,
 ) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
+        // Refused before connecting: no table keeps the range.
+        let source = bid_logger::report::source(config).map_err(|why| anyhow::anyhow!(why))?;
         let client = connect(url).await?;
-        let report = bid_logger::report::run(&client, config)
+        let report = bid_logger::report::run(&client, config, &source)
             .await
             .map_err(db::DbError::from)
-            .with_context(|| format!("reading {}", bid_logger::report::source(config)))?;
+            .with_context(|| format!("reading {source}"))?;
         print!("{}", bid_logger::report::render(&report, format, range));
         Ok(ExitCode::SUCCESS)
     })

@@ -3,15 +3,25 @@
 //! or exchange) the events of each type, win rate, spend, CPM, and installs
 //! attributed and organic, over a recent range.
 //!
-//! It reads the narrowest tier that answers the range: `rollup_minute_est`
-//! up to [`MINUTE_TIER_UP_TO`], `rollup_hour_est` beyond (a bucket is
-//! counted when it starts inside the range); `--by exchange` reads
-//! `rollup_exchange_minute_est` and `rollup_exchange_hour_est` the same way.
+//! It reads the `_est` view of the table that answers the range (see
+//! [`source`]): the finest grain suited to the range (minute up to
+//! [`MINUTE_TIER_UP_TO`], hour up to [`HOUR_TIER_UP_TO`], day beyond) among
+//! the tables that keep the group's dimension and still hold the whole
+//! range by their retention, a coarser one when a finer one no longer
+//! does; a range no table keeps is refused in one line saying what is
+//! kept. A bucket is counted when it starts inside the range. The header
+//! says which table answered and how fresh it is (its newest bucket).
 
+use crate::db::tables::RollupTable;
+use bid_logger_core::aggregate::{Dimension, Grain};
 use std::time::Duration;
 
-/// Ranges up to this long read `rollup_minute_est`; longer ones `rollup_hour_est`.
+/// Ranges up to this long read a minute table, when one keeps them.
 pub const MINUTE_TIER_UP_TO: Duration = Duration::from_secs(6 * 3600);
+
+/// Ranges up to this long read an hour table (a day table beyond), when one
+/// keeps them.
+pub const HOUR_TIER_UP_TO: Duration = Duration::from_secs(31 * 86_400);
 
 /// What to group by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -29,14 +39,18 @@ pub enum By {
 }
 
 impl By {
-    fn column(self) -> &'static str {
+    fn dimension(self) -> Dimension {
         match self {
-            By::Country => "country",
-            By::Os => "os",
-            By::Campaign => "campaign_id",
-            By::Advertiser => "advertiser_id",
-            By::Exchange => "exchange",
+            By::Country => Dimension::Country,
+            By::Os => Dimension::Os,
+            By::Campaign => Dimension::Campaign,
+            By::Advertiser => Dimension::Advertiser,
+            By::Exchange => Dimension::Exchange,
         }
+    }
+
+    fn column(self) -> &'static str {
+        self.dimension().column()
     }
 }
 
@@ -60,6 +74,9 @@ pub struct ReportConfig {
     pub by: By,
     /// Groups shown, by spend (then events).
     pub top: usize,
+    /// The warehouse's rollup tables, as configured (their grains,
+    /// dimensions and retentions).
+    pub tables: Vec<RollupTable>,
 }
 
 /// The measures, in column order after the group.
@@ -84,7 +101,9 @@ pub const MEASURES: &[&str] = &[
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
     /// The relation it read.
-    pub source: &'static str,
+    pub source: String,
+    /// Its newest bucket (RFC 3339, UTC), `None` when it is empty.
+    pub newest: Option<String>,
     /// The grouping column's name.
     pub by: &'static str,
     /// Per group: its value and [`MEASURES`] (`None` where undefined, e.g.
@@ -92,20 +111,60 @@ pub struct Report {
     pub rows: Vec<(String, Vec<Option<f64>>)>,
 }
 
-/// The relation a report over `since` reads.
-pub fn source(config: &ReportConfig) -> &'static str {
-    let minutes = config.since <= MINUTE_TIER_UP_TO;
-    match (config.by, minutes) {
-        (By::Exchange, true) => "rollup_exchange_minute_est",
-        (By::Exchange, false) => "rollup_exchange_hour_est",
-        (_, true) => "rollup_minute_est",
-        (_, false) => "rollup_hour_est",
+/// The `_est` view a report reads (see the module's docs), or why none can
+/// answer it.
+pub fn source(config: &ReportConfig) -> Result<String, String> {
+    let dimension = config.by.dimension();
+    let wanted = if config.since <= MINUTE_TIER_UP_TO {
+        Grain::Minute
+    } else if config.since <= HOUR_TIER_UP_TO {
+        Grain::Hour
+    } else {
+        Grain::Day
+    };
+    let holds = |t: &RollupTable| t.retention.is_none_or(|r| r >= config.since);
+    // Fewer dimensions first: the table made for the question (the exchange
+    // tables for `--by exchange`, the full ones otherwise).
+    let mut candidates: Vec<&RollupTable> = config.tables.iter().filter(|t| t.shape.dims.has(dimension)).collect();
+    candidates.sort_by_key(|t| {
+        (
+            t.shape.grain,
+            if dimension == Dimension::Exchange {
+                t.shape.dims.iter().count()
+            } else {
+                5 - t.shape.dims.iter().count()
+            },
+        )
+    });
+    let fits = |t: &&&RollupTable| t.shape.grain >= wanted && holds(t);
+    if let Some(t) = candidates.iter().find(fits) {
+        return Ok(format!("{}_est", t.name));
     }
+    // A finer table that still holds the range answers it too.
+    if let Some(t) = candidates.iter().rev().find(|t| holds(t)) {
+        return Ok(format!("{}_est", t.name));
+    }
+    let kept: Vec<String> = candidates
+        .iter()
+        .map(|t| match t.retention {
+            Some(r) => format!("{} keeps {}", t.name, crate::config::format_duration(r)),
+            None => format!("{} keeps everything", t.name),
+        })
+        .collect();
+    Err(if kept.is_empty() {
+        format!("no rollup table has the dimension `{}`", dimension.as_str())
+    } else {
+        format!(
+            "no rollup table keeps the last {} by {}: {}",
+            crate::config::format_duration(config.since),
+            dimension.as_str(),
+            kept.join(", ")
+        )
+    })
 }
 
 /// The query of a report (`$1` is the range in seconds).
-pub fn sql(config: &ReportConfig) -> String {
-    let source = source(config);
+pub fn sql(config: &ReportConfig, source: &str) -> String {
     // count, attributed count and price of the rows matching a filter
     let (count, attributed, price, time) = ("events", "attributed_events", "price_micros", "bucket");
     let of = |t: &str| format!("coalesce(sum({count}) FILTER (WHERE event_type = '{t}'), 0)");
@@ -139,13 +198,21 @@ FROM g ORDER BY spend_micros DESC, events DESC, grp LIMIT $2",
     )
 }
 
-/// Runs a report.
-pub async fn run(client: &tokio_postgres::Client, config: &ReportConfig) -> Result<Report, tokio_postgres::Error> {
+/// Runs a report from `source` (see [`source`]).
+pub async fn run(
+    client: &tokio_postgres::Client,
+    config: &ReportConfig,
+    source: &str,
+) -> Result<Report, tokio_postgres::Error> {
     let secs = config.since.as_secs_f64();
     let top = i64::try_from(config.top).unwrap_or(i64::MAX);
-    let rows = client.query(&sql(config), &[&secs, &top]).await?;
+    let rows = client.query(&sql(config, source), &[&secs, &top]).await?;
+    let newest =
+        format!("SELECT to_char(max(bucket) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM {source}");
+    let newest: Option<String> = client.query_one(&newest, &[]).await?.get(0);
     Ok(Report {
-        source: source(config),
+        source: source.to_string(),
+        newest,
         by: config.by.column(),
         rows: rows
             .iter()
@@ -199,16 +266,18 @@ pub fn render(report: &Report, format: Format, range: &str) -> String {
                 })
                 .collect();
             let doc = serde_json::json!({
-                "source": report.source,
+                "source": report.source, "newest_bucket": report.newest,
                 "since": range, "by": report.by, "rows": rows,
             });
             serde_json::to_string_pretty(&doc).expect("JSON") + "\n"
         }
         Format::Table => {
             format!(
-                "last {range} by {}, from {}; spend = impressions' price, CPM per 1000 impressions\n{}",
+                "last {range} by {}, from {} (newest bucket {}); spend = impressions' price, CPM per 1000 \
+                 impressions\n{}",
                 report.by,
                 report.source,
+                report.newest.as_deref().unwrap_or("none: the table is empty"),
                 aligned(&header, &rows, "")
             )
         }
@@ -230,4 +299,42 @@ pub fn aligned(header: &[&str], rows: &[Vec<String>], indent: &str) -> String {
         out += &line(&mut r.iter().map(String::as_str));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(since_days: u64, by: By, tables: Vec<RollupTable>) -> ReportConfig {
+        ReportConfig { since: Duration::from_secs(since_days * 86_400), by, top: 10, tables }
+    }
+
+    #[test]
+    fn the_finest_table_that_keeps_the_range_answers_it() {
+        let tables = crate::db::tables::default_tables(Duration::from_secs(1));
+        let at = |hours: u64, by: By| {
+            source(&ReportConfig { since: Duration::from_secs(hours * 3600), by, top: 1, tables: tables.clone() })
+        };
+        assert_eq!(at(2, By::Country).unwrap(), "rollup_minute_est");
+        assert_eq!(at(48, By::Campaign).unwrap(), "rollup_hour_est");
+        assert_eq!(at(400 * 24, By::Country).unwrap(), "rollup_day_est");
+        assert_eq!(at(2, By::Exchange).unwrap(), "rollup_exchange_minute_est");
+        assert_eq!(at(400 * 24, By::Exchange).unwrap(), "rollup_exchange_hour_est");
+    }
+
+    #[test]
+    fn a_range_no_table_keeps_is_refused_saying_what_is_kept() {
+        let tables: Vec<RollupTable> = crate::db::tables::default_tables(Duration::from_secs(1))
+            .into_iter()
+            .filter(|t| t.name != "rollup_day")
+            .collect();
+        // Campaigns are in the minute, hour and day tables only.
+        let why = source(&config(400, By::Campaign, tables.clone())).unwrap_err();
+        assert!(why.contains("400d") && why.contains("rollup_hour keeps 90d"), "{why}");
+        // within the hour table's retention, it answers
+        assert_eq!(source(&config(60, By::Campaign, tables.clone())).unwrap(), "rollup_hour_est");
+        // Countries are in the exchange tables too: the exchange hour table
+        // keeps everything, and answers.
+        assert_eq!(source(&config(400, By::Country, tables)).unwrap(), "rollup_exchange_hour_est");
+    }
 }

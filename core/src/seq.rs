@@ -129,6 +129,9 @@ pub struct SeqTracker {
     /// tracked again after its eviction may have events not handed over
     /// yet below its new first `seq`, so no mark is taken for it early.
     evicted_since_take: bool,
+    /// Whether a sequence began since the last take that no early mark can
+    /// stand for (see [`SeqTracker::begun_needs_rows`]).
+    needs_rows: bool,
 }
 
 #[derive(Debug)]
@@ -176,6 +179,7 @@ impl SeqTracker {
             evicted: 0,
             begun: Vec::new(),
             evicted_since_take: false,
+            needs_rows: false,
         }
     }
 
@@ -226,18 +230,23 @@ impl SeqTracker {
                 e.insert(Sequence { last: seq, stamp: generation, gap: 0 });
                 self.sequences += 1;
                 self.moved += 1;
-                match &mut self.firsts {
-                    Some(firsts) => {
-                        if firsts.len() < MAX_TRACKED_SEQUENCES {
-                            firsts.push((tracked.name.clone(), topic_id, seq));
-                        }
+                if let Some(firsts) = &mut self.firsts {
+                    if firsts.len() < MAX_TRACKED_SEQUENCES {
+                        firsts.push((tracked.name.clone(), topic_id, seq));
                     }
-                    None => {
-                        if !self.evicted_since_take && self.begun.len() < MAX_TRACKED_SEQUENCES {
-                            let below = seq.saturating_sub(1);
-                            self.begun.push(Mark { publisher: tracked.name.clone(), topic: topic_id, seq: below });
-                        }
-                    }
+                }
+                // A mark just below the first `seq` stands for "nothing of
+                // it accounted yet" only when there is such a value, no
+                // evicted events of it may be waiting, and no earlier run's
+                // mark is still to be read; otherwise the rows go early.
+                if seq == 0
+                    || self.evicted_since_take
+                    || self.firsts.is_some()
+                    || self.begun.len() >= MAX_TRACKED_SEQUENCES
+                {
+                    self.needs_rows = true;
+                } else {
+                    self.begun.push(Mark { publisher: tracked.name.clone(), topic: topic_id, seq: seq - 1 });
                 }
             }
         }
@@ -389,7 +398,17 @@ impl SeqTracker {
 
     /// Whether a sequence began since the last take.
     pub fn has_begun(&self) -> bool {
-        !self.begun.is_empty()
+        !self.begun.is_empty() || self.needs_rows
+    }
+
+    /// Whether a sequence began since the last take that no early mark can
+    /// stand for: its first `seq` was 0 (no value below it), publishers
+    /// were evicted since the last take (events of a sequence tracked again
+    /// may be waiting), or an earlier run's marks are not read yet. Such a
+    /// sequence is accounted for by handing over everything gathered early,
+    /// rows and marks ([`SeqTracker::take_marks`]).
+    pub fn begun_needs_rows(&self) -> bool {
+        self.needs_rows
     }
 
     /// For every sequence begun since the last take, a mark just below its
@@ -401,7 +420,9 @@ impl SeqTracker {
     /// of rows. None is kept while the seeds are awaited (a mark committed
     /// by an earlier run is not known yet, and must not be overwritten
     /// before the gap from it is counted), nor after an eviction until the
-    /// next take; [`SeqTracker::take_marks`] supersedes and clears them.
+    /// next take, nor for a first `seq` of 0 (see
+    /// [`SeqTracker::begun_needs_rows`]); [`SeqTracker::take_marks`]
+    /// supersedes and clears them.
     pub fn take_begun(&mut self) -> Vec<Mark> {
         std::mem::take(&mut self.begun)
     }
@@ -412,6 +433,7 @@ impl SeqTracker {
         // The marks taken now are at or above those of the sequences begun.
         self.begun.clear();
         self.evicted_since_take = false;
+        self.needs_rows = false;
         let mut out = std::mem::take(&mut self.evicted_marks);
         if self.moved > 0 {
             out.reserve(self.moved);
@@ -630,12 +652,19 @@ mod tests {
         let mut s = SeqTracker::new(1000);
         s.observe("a", EventType::Bid, 3, 10);
         s.observe("a", EventType::Bid, 3, 11);
-        s.observe("b", EventType::Win, 4, 0);
+        s.observe("b", EventType::Win, 4, 1);
         let begun: Vec<(String, u32, u64)> =
             s.take_begun().into_iter().map(|m| (m.publisher.to_string(), m.topic, m.seq)).collect();
         let topic = |t: EventType, p: u32| topic_id(t.index() as u8, p);
         assert_eq!(begun, [("a".into(), topic(EventType::Bid, 3), 9), ("b".into(), topic(EventType::Win, 4), 0)]);
         assert!(!s.has_begun(), "taken once");
+        // A first seq of 0 has no value below it: mark 0 would claim event 0
+        // accounted. Its rows go early instead.
+        s.observe("z", EventType::Bid, 7, 0);
+        assert!(s.take_begun().is_empty());
+        assert!(s.has_begun() && s.begun_needs_rows());
+        let _ = s.take_marks();
+        assert!(!s.has_begun() && !s.begun_needs_rows());
         // A sequence seeded from committed marks has not begun here.
         s.seed("c", topic(EventType::Bid, 5), 40);
         s.observe("c", EventType::Bid, 5, 41);
@@ -660,10 +689,19 @@ mod tests {
         // seq would claim them committed.
         let _ = s.take_begun();
         s.observe("flood-0", EventType::Bid, 2, 5);
-        assert!(!s.has_begun(), "{:?}", s.take_begun());
+        assert!(s.take_begun().is_empty());
+        assert!(s.begun_needs_rows(), "tracked again after an eviction: the rows go early");
+        // A new publisher after an eviction is handed over early too.
+        let _ = s.take_marks();
+        for i in 0..(MAX_TRACKED_PUBLISHERS as u64) {
+            s.observe(&format!("again-{i}"), EventType::Bid, 2, 1);
+        }
+        let _ = s.take_begun();
+        s.observe("brand-new", EventType::Bid, 2, 3);
+        assert!(s.begun_needs_rows());
         let _ = s.take_marks();
         s.observe("new", EventType::Bid, 2, 3);
-        assert!(s.has_begun(), "after the take, early marks again");
+        assert!(s.has_begun() && !s.begun_needs_rows(), "after the take, early marks again");
     }
 
     #[test]

@@ -349,8 +349,12 @@ impl Ingest {
                     // with a mark just below its first `seq`, so that a
                     // crash in a run's first seconds leaves its events
                     // counted by whoever takes over. Its rows wait for the
-                    // interval.
-                    self.hand_over_begun();
+                    // interval, unless no such mark can stand for it.
+                    if self.hot.seqs.begun_needs_rows() {
+                        self.hand_over();
+                    } else {
+                        self.hand_over_begun();
+                    }
                     handed_over = now;
                 }
             }

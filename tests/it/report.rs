@@ -57,10 +57,12 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
     logger.wait_metric("bid_logger_events_flushed_total", events.len() as f64, Duration::from_secs(60));
     logger.stop_ok();
 
-    for (since, source) in [("2h", "rollup_minute_est"), ("2d", "rollup_hour_est")] {
+    // 400 days is beyond the hour table's 90: the day table answers it.
+    for (since, source) in [("2h", "rollup_minute_est"), ("2d", "rollup_hour_est"), ("400d", "rollup_day_est")] {
         let doc: serde_json::Value =
             serde_json::from_str(&report(&db, &["--since", since, "--by", "country", "--format", "json"])).unwrap();
         assert_eq!(doc["source"], source, "--since {since}");
+        assert!(doc["newest_bucket"].as_str().is_some_and(|b| b.ends_with('Z')), "{doc}");
         let rows = doc["rows"].as_array().unwrap();
         assert_eq!(rows.len(), 3, "{doc}");
         for row in rows {
@@ -82,7 +84,7 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
     assert_eq!(lines.len(), 3, "header and the top 2:\n{csv}");
     assert!(lines[0].starts_with("country,events,auctions,bids,wins"), "{csv}");
     let table = report(&db, &["--by", "country"]);
-    assert!(table.starts_with("last 1h by country, from rollup_minute_est"), "{table}");
+    assert!(table.starts_with("last 1h by country, from rollup_minute_est (newest bucket 20"), "{table}");
 
     // the exchange rollups
     let doc: serde_json::Value = serde_json::from_str(&report(&db, &["--by", "exchange", "--format", "json"])).unwrap();
@@ -94,4 +96,10 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
         .map(|r| (r["exchange"].as_str().unwrap().to_string(), r["events"].as_f64().unwrap()))
         .collect();
     assert_eq!(per, BTreeMap::from([("applovin".into(), 1500.0), ("unity".into(), 1500.0)]));
+    // beyond the exchange minute table's 30 days, the exchange hour table
+    let doc: serde_json::Value =
+        serde_json::from_str(&report(&db, &["--since", "400d", "--by", "exchange", "--format", "json"])).unwrap();
+    assert_eq!(doc["source"], "rollup_exchange_hour_est");
+    let events: f64 = doc["rows"].as_array().unwrap().iter().map(|r| r["events"].as_f64().unwrap()).sum();
+    assert_eq!(events, 3000.0);
 }
