@@ -84,6 +84,9 @@ struct SimulateArgs {
     /// Restart every publisher's sequences every N messages.
     #[arg(long, value_name = "N")]
     restart_every: Option<u64>,
+    /// The first seq of every (publisher, topic) sequence, and after each restart.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    first_seq: u64,
     /// Send high-water mark per socket (0 = unlimited).
     #[arg(long, value_name = "N", default_value_t = 0)]
     send_hwm: i32,
@@ -217,6 +220,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration,
         count: args.count,
         restart_every: args.restart_every,
+        first_seq: args.first_seq,
         wait_for_subscribers: (!args.no_wait).then_some(std::time::Duration::from_secs(3600)),
         send_hwm: args.send_hwm,
         progress: std::io::stderr().is_terminal(),

@@ -22,6 +22,8 @@ pub struct SimulateConfig {
     pub count: Option<u64>,
     /// Restart each publisher's sequences every this many messages.
     pub restart_every: Option<u64>,
+    /// The first `seq` of every sequence (and after each restart).
+    pub first_seq: u64,
     /// Wait (up to this long) for a subscriber on every socket before sending.
     pub wait_for_subscribers: Option<Duration>,
     /// Send high-water mark per socket (0 = unlimited).
@@ -39,6 +41,7 @@ impl Default for SimulateConfig {
             duration: None,
             count: None,
             restart_every: None,
+            first_seq: 1,
             wait_for_subscribers: Some(Duration::from_secs(10)),
             send_hwm: 0,
             progress: false,
@@ -88,7 +91,7 @@ pub fn run(config: &SimulateConfig, stop: &std::sync::atomic::AtomicBool) -> Res
         wait_for_subscribers(&sockets, wait);
     }
     let p = config.traffic.partition_count as usize;
-    let mut seqs: Vec<Vec<u64>> = vec![vec![1; 8 * p]; sockets.len()];
+    let mut seqs: Vec<Vec<u64>> = vec![vec![config.first_seq; 8 * p]; sockets.len()];
     let mut gen = Generator::new(&config.traffic);
     let mut topic = Vec::with_capacity(32);
     let mut payload = Vec::with_capacity(256);
@@ -135,7 +138,7 @@ pub fn run(config: &SimulateConfig, stop: &std::sync::atomic::AtomicBool) -> Res
         }
         if let Some(every) = config.restart_every {
             if summary.sent > 0 && summary.sent % every == 0 {
-                seqs[which].iter_mut().for_each(|s| *s = 1);
+                seqs[which].iter_mut().for_each(|s| *s = config.first_seq);
             }
         }
         socket.send(&topic, zmq::SNDMORE).map_err(z("send".into()))?;
