@@ -79,9 +79,17 @@ struct ReportArgs {
     /// What to group by.
     #[arg(long, value_enum, default_value = "country")]
     by: bid_logger::report::By,
-    /// Groups shown, by spend.
+    /// Groups shown, by spend over the whole range.
     #[arg(long, value_name = "N", default_value_t = 10)]
     top: usize,
+    /// Only rows where a dimension has a value, e.g. --where country=BR --where os=ios
+    /// (country, os, exchange, campaign, advertiser; repeatable, all must hold).
+    #[arg(long = "where", value_name = "DIMENSION=VALUE", value_parser = bid_logger::report::filter_arg)]
+    filters: Vec<bid_logger::report::Filter>,
+    /// A trend: one row per group and bucket of this length, e.g. --since 7d --every 1d
+    /// (at least the answering table's grain).
+    #[arg(long, value_name = "DURATION", value_parser = bid_logger::config::duration_arg)]
+    every: Option<std::time::Duration>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: bid_logger::report::Format,
@@ -196,7 +204,14 @@ fn main() -> ExitCode {
                 Ok(loaded) => loaded,
                 Err(e) => return config_failure(e, &sub, file.as_deref(), false),
             };
-            let config = bid_logger::report::ReportConfig { since: args.since, by: args.by, top: args.top, tables };
+            let config = bid_logger::report::ReportConfig {
+                since: args.since,
+                by: args.by,
+                top: args.top,
+                tables,
+                filters: args.filters,
+                every: args.every,
+            };
             telemetry::init_logging(LogFormat::Text, "warn");
             report(report_command(&url, &config, args.format, &range))
         }

@@ -77,6 +77,47 @@ pub struct ReportConfig {
     /// The warehouse's rollup tables, as configured (their grains,
     /// dimensions and retentions).
     pub tables: Vec<RollupTable>,
+    /// Only rows whose dimension has this value (`--where`), all of them.
+    pub filters: Vec<Filter>,
+    /// A trend: one row per group and bucket of this length (`--every`).
+    pub every: Option<Duration>,
+}
+
+/// `--where dimension=value`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    /// The dimension.
+    pub dimension: Dimension,
+    /// Its value: a name, or an id (campaign, advertiser).
+    pub value: FilterValue,
+}
+
+/// A filter's value, typed as its column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterValue {
+    /// `country`, `os`, `exchange`.
+    Text(String),
+    /// `campaign`, `advertiser`.
+    Id(i64),
+}
+
+/// Parses `--where`: `country=BR`, `os=ios`, `exchange=unity`,
+/// `campaign=42`, `advertiser=7`.
+pub fn filter_arg(s: &str) -> Result<Filter, String> {
+    let (name, value) = s.split_once('=').ok_or("expected dimension=value, e.g. country=BR")?;
+    let dimension = Dimension::parse(name.trim())
+        .ok_or_else(|| format!("unknown dimension `{}`: country, os, exchange, campaign or advertiser", name.trim()))?;
+    let value =
+        if dimension.is_text() {
+            FilterValue::Text(value.to_string())
+        } else {
+            FilterValue::Id(
+                value.trim().parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+                    format!("`{}`: a {} is a non-negative integer id", value.trim(), dimension.as_str())
+                })?,
+            )
+        };
+    Ok(Filter { dimension, value })
 }
 
 /// The measures, in column order after the group.
@@ -106,9 +147,13 @@ pub struct Report {
     pub newest: Option<String>,
     /// The grouping column's name.
     pub by: &'static str,
-    /// Per group: its value and [`MEASURES`] (`None` where undefined, e.g.
-    /// the win rate without bids).
+    /// Per group (and bucket, for a trend): its value and [`MEASURES`]
+    /// (`None` where undefined, e.g. the win rate without bids).
     pub rows: Vec<(String, Vec<Option<f64>>)>,
+    /// For a trend (`--every`), each row's bucket start (RFC 3339, UTC).
+    pub buckets: Option<Vec<String>>,
+    /// What the title says of `--every` and `--where` (e.g. ` every 1h, where country = BR`).
+    pub title_filters: String,
 }
 
 /// The `_est` view a report reads (see the module's docs), or why none can
@@ -122,10 +167,13 @@ pub fn source(config: &ReportConfig) -> Result<String, String> {
     } else {
         Grain::Day
     };
-    let holds = |t: &RollupTable| t.retention.is_none_or(|r| r >= config.since);
+    let every_fits = |t: &RollupTable| config.every.is_none_or(|e| e.as_secs() >= t.shape.grain.minutes() as u64 * 60);
+    let holds = |t: &RollupTable| t.retention.is_none_or(|r| r >= config.since) && every_fits(t);
+    let needs: Vec<Dimension> = std::iter::once(dimension).chain(config.filters.iter().map(|f| f.dimension)).collect();
     // Fewer dimensions first: the table made for the question (the exchange
     // tables for `--by exchange`, the full ones otherwise).
-    let mut candidates: Vec<&RollupTable> = config.tables.iter().filter(|t| t.shape.dims.has(dimension)).collect();
+    let mut candidates: Vec<&RollupTable> =
+        config.tables.iter().filter(|t| needs.iter().all(|&d| t.shape.dims.has(d))).collect();
     candidates.sort_by_key(|t| {
         (
             t.shape.grain,
@@ -140,8 +188,10 @@ pub fn source(config: &ReportConfig) -> Result<String, String> {
     if let Some(t) = candidates.iter().find(fits) {
         return Ok(format!("{}_est", t.name));
     }
-    // A finer table that still holds the range answers it too.
-    if let Some(t) = candidates.iter().rev().find(|t| holds(t)) {
+    // A finer table that still holds the range answers it too: the
+    // coarsest such, the preferred one of its grain.
+    let coarsest = candidates.iter().filter(|t| holds(t)).map(|t| t.shape.grain).max();
+    if let Some(t) = candidates.iter().find(|t| Some(t.shape.grain) == coarsest && holds(t)) {
         return Ok(format!("{}_est", t.name));
     }
     let kept: Vec<String> = candidates
@@ -151,42 +201,60 @@ pub fn source(config: &ReportConfig) -> Result<String, String> {
             None => format!("{} keeps everything", t.name),
         })
         .collect();
+    let names: Vec<&str> = needs.iter().map(|d| d.as_str()).collect();
     Err(if kept.is_empty() {
-        format!("no rollup table has the dimension `{}`", dimension.as_str())
+        format!("no rollup table has the dimensions {}", names.join(", "))
+    } else if let Some(every) = config.every.filter(|_| candidates.iter().any(|t| !every_fits(t))) {
+        format!(
+            "no rollup table keeps the last {} in buckets of {} or finer: {}",
+            crate::config::format_duration(config.since),
+            crate::config::format_duration(every),
+            kept.join(", ")
+        )
     } else {
         format!(
             "no rollup table keeps the last {} by {}: {}",
             crate::config::format_duration(config.since),
-            dimension.as_str(),
+            names.join(", "),
             kept.join(", ")
         )
     })
 }
 
-/// The query of a report (`$1` is the range in seconds).
+/// The query of a report: `$1` is the range in seconds, `$2` the groups
+/// shown, `$3` the trend's bucket in seconds (0: none), then one parameter
+/// per filter. The top groups are chosen over the whole range; a trend
+/// gives each of them per bucket.
 pub fn sql(config: &ReportConfig, source: &str) -> String {
     // count, attributed count and price of the rows matching a filter
     let (count, attributed, price, time) = ("events", "attributed_events", "price_micros", "bucket");
     let of = |t: &str| format!("coalesce(sum({count}) FILTER (WHERE event_type = '{t}'), 0)");
     let group = config.by.column();
+    let filters: String =
+        config.filters.iter().enumerate().map(|(i, f)| format!(" AND {} = ${}", f.dimension.column(), i + 4)).collect();
     format!(
         "WITH g AS (
-    SELECT {group}::text AS grp, coalesce(sum({count}), 0) AS events,
+    SELECT CASE WHEN $3::float8 > 0
+            THEN to_timestamp(floor(extract(epoch FROM {time}) / $3::float8) * $3::float8) END AS b,
+        {group}::text AS grp, coalesce(sum({count}), 0) AS events,
         {auctions} AS auctions, {bids} AS bids, {wins} AS wins, {losses} AS losses,
         {impressions} AS impressions, {clicks} AS clicks, {installs} AS installs, {in_app} AS in_app_events,
         coalesce(sum({price}) FILTER (WHERE event_type = 'impression'), 0) AS spend_micros,
         coalesce(sum({attributed}) FILTER (WHERE event_type = 'install'), 0) AS installs_attributed
-    FROM {source} WHERE {time} >= now() - make_interval(secs => $1)
-    GROUP BY 1
+    FROM {source} WHERE {time} >= now() - make_interval(secs => $1){filters}
+    GROUP BY 1, 2
+), top AS (
+    SELECT grp FROM g GROUP BY grp ORDER BY sum(spend_micros) DESC, sum(events) DESC, grp LIMIT $2
 )
-SELECT grp, round(events)::float8, round(auctions)::float8, round(bids)::float8, round(wins)::float8,
+SELECT to_char(b AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), grp,
+    round(events)::float8, round(auctions)::float8, round(bids)::float8, round(wins)::float8,
     round(losses)::float8, round(impressions)::float8, round(clicks)::float8, round(installs)::float8,
     round(in_app_events)::float8,
     round((wins / nullif(bids, 0))::numeric, 4)::float8,
     round((spend_micros / 1e6)::numeric, 2)::float8,
     round((spend_micros / 1e3 / nullif(impressions, 0))::numeric, 4)::float8,
     round(installs_attributed)::float8, round(installs - installs_attributed)::float8
-FROM g ORDER BY spend_micros DESC, events DESC, grp LIMIT $2",
+FROM g WHERE grp IN (SELECT grp FROM top) ORDER BY b, spend_micros DESC, events DESC, grp",
         auctions = of("auction"),
         bids = of("bid"),
         wins = of("win"),
@@ -206,7 +274,18 @@ pub async fn run(
 ) -> Result<Report, tokio_postgres::Error> {
     let secs = config.since.as_secs_f64();
     let top = i64::try_from(config.top).unwrap_or(i64::MAX);
-    let rows = client.query(&sql(config, source), &[&secs, &top]).await?;
+    let every = config.every.map_or(0.0, |e| e.as_secs_f64());
+    let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
+        vec![Box::new(secs), Box::new(top), Box::new(every)];
+    for f in &config.filters {
+        match &f.value {
+            FilterValue::Text(v) => params.push(Box::new(v.clone())),
+            FilterValue::Id(v) => params.push(Box::new(*v)),
+        }
+    }
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+    let rows = client.query(&sql(config, source), &refs).await?;
     let newest =
         format!("SELECT to_char(max(bucket) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM {source}");
     let newest: Option<String> = client.query_one(&newest, &[]).await?.get(0);
@@ -214,11 +293,28 @@ pub async fn run(
         source: source.to_string(),
         newest,
         by: config.by.column(),
+        title_filters: title_filters(config),
+        buckets: config.every.map(|_| rows.iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()).collect()),
         rows: rows
             .iter()
-            .map(|r| (r.get::<_, String>(0), (1..=MEASURES.len()).map(|i| r.get::<_, Option<f64>>(i)).collect()))
+            .map(|r| (r.get::<_, String>(1), (2..=MEASURES.len() + 1).map(|i| r.get::<_, Option<f64>>(i)).collect()))
             .collect(),
     })
+}
+
+fn title_filters(config: &ReportConfig) -> String {
+    let mut out = String::new();
+    if let Some(every) = config.every {
+        out += &format!(" every {}", crate::config::format_duration(every));
+    }
+    for (i, f) in config.filters.iter().enumerate() {
+        let value = match &f.value {
+            FilterValue::Text(v) => v.clone(),
+            FilterValue::Id(v) => v.to_string(),
+        };
+        out += &format!("{} {} = {value}", if i == 0 { ", where" } else { " and" }, f.dimension.as_str());
+    }
+    out
 }
 
 fn cell(v: Option<f64>) -> String {
@@ -231,11 +327,16 @@ fn cell(v: Option<f64>) -> String {
 
 /// The report as text in `format`; `range` names the range (e.g. `1h`).
 pub fn render(report: &Report, format: Format, range: &str) -> String {
-    let header: Vec<&str> = std::iter::once(report.by).chain(MEASURES.iter().copied()).collect();
+    let bucket = report.buckets.as_ref();
+    let header: Vec<&str> =
+        bucket.map(|_| "bucket").into_iter().chain([report.by]).chain(MEASURES.iter().copied()).collect();
     let rows: Vec<Vec<String>> = report
         .rows
         .iter()
-        .map(|(g, values)| std::iter::once(g.clone()).chain(values.iter().map(|v| cell(*v))).collect())
+        .enumerate()
+        .map(|(i, (g, values))| {
+            bucket.map(|b| b[i].clone()).into_iter().chain([g.clone()]).chain(values.iter().map(|v| cell(*v))).collect()
+        })
         .collect();
     match format {
         Format::Csv => {
@@ -256,8 +357,12 @@ pub fn render(report: &Report, format: Format, range: &str) -> String {
             let rows: Vec<serde_json::Value> = report
                 .rows
                 .iter()
-                .map(|(g, values)| {
+                .enumerate()
+                .map(|(i, (g, values))| {
                     let mut o = serde_json::Map::new();
+                    if let Some(b) = bucket {
+                        o.insert("bucket".into(), b[i].clone().into());
+                    }
                     o.insert(report.by.to_string(), g.clone().into());
                     for (name, v) in MEASURES.iter().zip(values) {
                         o.insert(name.to_string(), v.map_or(serde_json::Value::Null, Into::into));
@@ -273,8 +378,9 @@ pub fn render(report: &Report, format: Format, range: &str) -> String {
         }
         Format::Table => {
             format!(
-                "last {range} by {}, from {} (newest bucket {}); spend = impressions' price, CPM per 1000 \
+                "last {range}{} by {}, from {} (newest bucket {}); spend = impressions' price, CPM per 1000 \
                  impressions\n{}",
+                report.title_filters,
                 report.by,
                 report.source,
                 report.newest.as_deref().unwrap_or("none: the table is empty"),
@@ -306,20 +412,76 @@ mod tests {
     use super::*;
 
     fn config(since_days: u64, by: By, tables: Vec<RollupTable>) -> ReportConfig {
-        ReportConfig { since: Duration::from_secs(since_days * 86_400), by, top: 10, tables }
+        ReportConfig {
+            since: Duration::from_secs(since_days * 86_400),
+            by,
+            top: 10,
+            tables,
+            filters: Vec::new(),
+            every: None,
+        }
     }
 
     #[test]
     fn the_finest_table_that_keeps_the_range_answers_it() {
         let tables = crate::db::tables::default_tables(Duration::from_secs(1));
         let at = |hours: u64, by: By| {
-            source(&ReportConfig { since: Duration::from_secs(hours * 3600), by, top: 1, tables: tables.clone() })
+            source(&ReportConfig {
+                since: Duration::from_secs(hours * 3600),
+                by,
+                top: 1,
+                tables: tables.clone(),
+                filters: Vec::new(),
+                every: None,
+            })
         };
         assert_eq!(at(2, By::Country).unwrap(), "rollup_minute_est");
         assert_eq!(at(48, By::Campaign).unwrap(), "rollup_hour_est");
         assert_eq!(at(400 * 24, By::Country).unwrap(), "rollup_day_est");
         assert_eq!(at(2, By::Exchange).unwrap(), "rollup_exchange_minute_est");
         assert_eq!(at(400 * 24, By::Exchange).unwrap(), "rollup_exchange_hour_est");
+    }
+
+    #[test]
+    fn filters_parse_as_their_columns_and_choose_a_table_that_has_them() {
+        assert_eq!(
+            filter_arg("country=BR").unwrap(),
+            Filter { dimension: Dimension::Country, value: FilterValue::Text("BR".into()) }
+        );
+        assert_eq!(filter_arg("campaign=42").unwrap().value, FilterValue::Id(42));
+        for (bad, why) in
+            [("country", "dimension=value"), ("planet=mars", "unknown dimension"), ("campaign=x", "integer")]
+        {
+            let err = filter_arg(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let tables = crate::db::tables::default_tables(Duration::from_secs(1));
+        let mut c = config(1, By::Exchange, tables);
+        c.since = Duration::from_secs(3600);
+        c.filters = vec![filter_arg("country=BR").unwrap()];
+        assert_eq!(source(&c).unwrap(), "rollup_exchange_minute_est");
+        // no table has both the exchange and the campaign
+        c.filters = vec![filter_arg("campaign=42").unwrap()];
+        let why = source(&c).unwrap_err();
+        assert!(why.contains("exchange, campaign"), "{why}");
+    }
+
+    #[test]
+    fn a_trend_reads_a_table_no_coarser_than_its_buckets() {
+        let tables = crate::db::tables::default_tables(Duration::from_secs(1));
+        let mut c = config(2, By::Country, tables);
+        c.every = Some(Duration::from_secs(600));
+        // two days would read the hour table; 10-minute buckets need the minute table
+        assert_eq!(source(&c).unwrap(), "rollup_minute_est");
+        // ten days: the exchange minute table (30 days, countries too)
+        c.since = Duration::from_secs(10 * 86_400);
+        assert_eq!(source(&c).unwrap(), "rollup_exchange_minute_est");
+        // sixty days: no minute table keeps them
+        c.since = Duration::from_secs(60 * 86_400);
+        let why = source(&c).unwrap_err();
+        assert!(why.contains("buckets of 10m"), "{why}");
+        c.every = Some(Duration::from_secs(86_400));
+        assert_eq!(source(&c).unwrap(), "rollup_day_est");
     }
 
     #[test]

@@ -96,6 +96,28 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
         .map(|r| (r["exchange"].as_str().unwrap().to_string(), r["events"].as_f64().unwrap()))
         .collect();
     assert_eq!(per, BTreeMap::from([("applovin".into(), 1500.0), ("unity".into(), 1500.0)]));
+    // a filter: Brazil alone, exact
+    let doc: serde_json::Value =
+        serde_json::from_str(&report(&db, &["--by", "exchange", "--where", "country=BR", "--format", "json"])).unwrap();
+    let events: f64 = doc["rows"].as_array().unwrap().iter().map(|r| r["events"].as_f64().unwrap()).sum();
+    let w = want["BR"];
+    assert_eq!(events, w[0] + w[1] + w[2] + w[4], "{doc}");
+    // a trend: ten-minute buckets over the 40 minutes the events span;
+    // each country's buckets add up to its total
+    let doc: serde_json::Value =
+        serde_json::from_str(&report(&db, &["--since", "2h", "--every", "10m", "--by", "country", "--format", "json"]))
+            .unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    let buckets: std::collections::BTreeSet<&str> = rows.iter().map(|r| r["bucket"].as_str().unwrap()).collect();
+    assert!((4..=6).contains(&buckets.len()), "{buckets:?}");
+    for (country, w) in &want {
+        let sum: f64 = rows.iter().filter(|r| r["country"] == *country).map(|r| r["bids"].as_f64().unwrap()).sum();
+        assert_eq!(sum, w[0], "{country}: bids over the buckets");
+    }
+    let table = report(&db, &["--since", "2h", "--every", "10m", "--where", "country=DE"]);
+    assert!(table.starts_with("last 2h every 10m, where country = DE by country"), "{table}");
+    assert!(table.lines().nth(1).unwrap().trim_start().starts_with("bucket"), "{table}");
+
     // beyond the exchange minute table's 30 days, the exchange hour table
     let doc: serde_json::Value =
         serde_json::from_str(&report(&db, &["--since", "400d", "--by", "exchange", "--format", "json"])).unwrap();
