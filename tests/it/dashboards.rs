@@ -39,12 +39,23 @@ fn panels(dash: &Value) -> Vec<&Value> {
     out
 }
 
+/// The datasource uid `ds` names in `dash`: a `${variable}` is the
+/// datasource variable's default (what a fresh Grafana selects).
+fn uid_of(dash: &Value, ds: &Value) -> Option<String> {
+    let uid = ds["uid"].as_str()?;
+    let Some(name) = uid.strip_prefix("${").and_then(|u| u.strip_suffix('}')) else {
+        return Some(uid.to_string());
+    };
+    let var = dash["templating"]["list"].as_array()?.iter().find(|v| v["name"] == name && v["type"] == "datasource")?;
+    var["current"]["value"].as_str().map(str::to_string)
+}
+
 /// (datasource uid, query text) of every target.
 fn targets(dash: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for p in panels(dash) {
         for t in p["targets"].as_array().into_iter().flatten() {
-            let uid = t["datasource"]["uid"].as_str().or(p["datasource"]["uid"].as_str()).unwrap().to_string();
+            let uid = uid_of(dash, &t["datasource"]).or_else(|| uid_of(dash, &p["datasource"])).unwrap();
             let q = t["expr"].as_str().or(t["rawSql"].as_str()).unwrap_or_default().to_string();
             out.push((uid, q));
         }
@@ -72,16 +83,25 @@ fn dashboards_are_well_formed_and_use_only_provisioned_datasources() {
             if p["type"] == "row" {
                 continue;
             }
-            let uid = p["datasource"]["uid"].as_str().unwrap_or_else(|| panic!("{name}: panel without datasource"));
-            assert!(uids.contains(uid), "{name}: panel {} uses unprovisioned datasource {uid}", p["id"]);
+            let uid = uid_of(&d, &p["datasource"]).unwrap_or_else(|| panic!("{name}: panel without datasource"));
+            assert!(uids.contains(&uid), "{name}: panel {} uses unprovisioned datasource {uid}", p["id"]);
             assert!(!p["targets"].as_array().unwrap().is_empty(), "{name}: panel {} has no query", p["id"]);
+            let unit = p["fieldConfig"]["defaults"]["unit"].as_str().unwrap_or_default();
+            assert!(!unit.is_empty(), "{name}: panel {:?} has no unit", p["title"]);
+            let description = p["description"].as_str().unwrap_or_default();
+            assert!(description.len() > 20, "{name}: panel {:?} has no description", p["title"]);
         }
         for (uid, q) in targets(&d) {
             assert!(uids.contains(&uid), "{name}: target uses {uid}");
             assert!(!q.trim().is_empty(), "{name}: empty query");
         }
         for v in d["templating"]["list"].as_array().unwrap() {
-            assert!(uids.contains(v["datasource"]["uid"].as_str().unwrap()), "{name}: variable datasource");
+            if v["type"] == "datasource" {
+                let default = v["current"]["value"].as_str().unwrap_or_default();
+                assert!(uids.contains(default), "{name}: datasource variable defaults to {default}");
+                continue;
+            }
+            assert!(uids.contains(&uid_of(&d, &v["datasource"]).unwrap()), "{name}: variable datasource");
         }
     }
 }
@@ -281,13 +301,16 @@ async fn every_panel_query_and_alert_expression_returns_data_from_a_running_logg
     for (name, d) in dashboards() {
         for (uid, q) in targets(&d) {
             if uid == "bid-logger-prometheus" {
-                exprs.push((name.clone(), q.replace("$__rate_interval", "10s").replace("$instance", ".*")));
+                exprs.push((
+                    name.clone(),
+                    q.replace("$__rate_interval", "10s").replace("$instance", ".*").replace("$job", ".*"),
+                ));
             }
         }
         for v in d["templating"]["list"].as_array().unwrap() {
-            if v["datasource"]["uid"] == "bid-logger-prometheus" {
+            if uid_of(&d, &v["datasource"]).as_deref() == Some("bid-logger-prometheus") {
                 // label_values(metric, label) is Grafana's; check the metric has the label.
-                let q = v["query"]["query"].as_str().unwrap();
+                let q = v["query"]["query"].as_str().unwrap().replace("$job", ".*");
                 let inner = q.trim_start_matches("label_values(").trim_end_matches(')');
                 let (metric, label) = inner.split_once(',').unwrap();
                 exprs.push((name.clone(), format!("count by ({}) ({})", label.trim(), metric.trim())));
@@ -333,7 +356,7 @@ async fn every_panel_query_and_alert_expression_returns_data_from_a_running_logg
     for (name, d) in dashboards() {
         let mut vars = Vec::new();
         for v in d["templating"]["list"].as_array().unwrap() {
-            if v["datasource"]["uid"] != "bid-logger-postgres" {
+            if uid_of(&d, &v["datasource"]).as_deref() != Some("bid-logger-postgres") {
                 continue;
             }
             let q = v["query"].as_str().unwrap();
