@@ -64,7 +64,7 @@ async fn database(config: &Config) -> Vec<Finding> {
                 let (table, allowed): (String, bool) = (row.get(0), row.get(1));
                 if !allowed {
                     findings.push(problem(format!(
-                        "database: the role may not SELECT, INSERT, UPDATE and DELETE on {table} (see the README's \
+                        "database: the role may not SELECT, INSERT, UPDATE and DELETE on {table} (see docs/postgres.md, \
                          grants)"
                     )));
                 }

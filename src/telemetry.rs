@@ -1,6 +1,6 @@
 //! Every metric the logger exports, described once, and logging set-up.
 //!
-//! Dashboards, alerts, the README and the tests use exactly these names.
+//! Dashboards, alerts, docs/metrics.md and the tests use exactly these names.
 //! Labels come only from small fixed sets (`event_type`, `reason`, `table`).
 
 use metrics::Unit;

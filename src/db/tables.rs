@@ -51,7 +51,7 @@ type DefaultTable = (&'static str, Grain, &'static [Dimension], u64);
 const FULL: &[Dimension] = &[Dimension::Country, Dimension::Os, Dimension::Campaign, Dimension::Advertiser];
 const EXCHANGE: &[Dimension] = &[Dimension::Exchange, Dimension::Country, Dimension::Os];
 
-/// The default set (`warehouse.md`), with the retentions the README's
+/// The default set (`warehouse.md`), with the retentions docs/warehouse.md's
 /// sizing table justifies.
 pub const DEFAULT_TABLES: [DefaultTable; 5] = [
     ("rollup_minute", Grain::Minute, FULL, 3),

@@ -75,7 +75,7 @@ fn the_compose_stack_mounts_what_exists_pins_its_images_and_agrees_with_the_conf
         cmd.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect()
     };
     for key in logger.keys() {
-        assert!(known.contains(key), "{key} is not a configuration variable of the logger (see the README)");
+        assert!(known.contains(key), "{key} is not a configuration variable of the logger (see docs/configuration.md)");
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bid-logger"))
         .arg("check-config")

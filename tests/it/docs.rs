@@ -1,15 +1,17 @@
-//! The README stays true: every metric the logger exports is in its metrics
-//! table, and every configuration key is in its configuration reference.
+//! The docs stay true: every metric the logger exports is in the metrics
+//! table (docs/metrics.md), every configuration key in the configuration
+//! reference (docs/configuration.md); every page is reachable from the
+//! README, and no link is broken.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+fn page(path: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
 }
 
 /// First-column backticked names of the table rows that follow `heading`.
 fn table_names(text: &str, heading: &str) -> BTreeSet<String> {
-    let start = text.find(heading).unwrap_or_else(|| panic!("README has no `{heading}` section"));
+    let start = text.find(heading).unwrap_or_else(|| panic!("no `{heading}` section"));
     text[start..]
         .lines()
         .skip(1)
@@ -38,16 +40,16 @@ fn example_keys() -> BTreeSet<String> {
 
 #[test]
 fn every_metric_is_documented_and_every_documented_metric_exists() {
-    let documented = table_names(&readme(), "## Metrics");
+    let documented = table_names(&page("docs/metrics.md"), "## Metrics");
     let exported: BTreeSet<String> = bid_logger::telemetry::ALL.iter().map(|s| s.to_string()).collect();
-    assert_eq!(documented, exported, "README metrics table vs telemetry::ALL");
+    assert_eq!(documented, exported, "docs/metrics.md vs telemetry::ALL");
 }
 
 #[test]
 fn every_configuration_key_is_documented() {
-    let documented = table_names(&readme(), "## Configuration reference");
+    let documented = table_names(&page("docs/configuration.md"), "## Configuration reference");
     let keys = example_keys();
-    assert_eq!(documented, keys, "README configuration reference vs bid-logger.toml");
+    assert_eq!(documented, keys, "docs/configuration.md vs bid-logger.toml");
 }
 
 #[test]
@@ -62,7 +64,15 @@ fn the_example_file_has_every_flag_of_run() {
 /// Every Markdown file a user reads, with its path.
 fn user_docs() -> Vec<(String, String)> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = vec![root.join("README.md"), root.join("RELIABILITY.md"), root.join("BENCHMARKS.md")];
+    let mut files = vec![
+        root.join("README.md"),
+        root.join("RELIABILITY.md"),
+        root.join("BENCHMARKS.md"),
+        root.join("ARCHITECTURE.md"),
+        root.join("UPGRADING.md"),
+        root.join("CHANGELOG.md"),
+        root.join("scripts/README.md"),
+    ];
     for dir in ["docs", "grafana"] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let path = entry.unwrap().path();
@@ -235,5 +245,21 @@ fn the_module_graphs_of_the_core_and_the_service_have_no_cycle() {
             !["zmq", "tokio", "postgres", "deadpool"].iter().any(|io| dep.contains(io)),
             "the core depends on {dep}"
         );
+    }
+}
+
+#[test]
+fn every_docs_page_is_reachable_from_the_readme_and_the_readme_stays_short() {
+    let readme = page("README.md");
+    assert!(readme.len() < 15_000, "the README is the front door: {} bytes", readme.len());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".md") && name != "README.md" {
+            assert!(readme.contains(&format!("(docs/{name}")), "docs/{name} is not linked from the README");
+        }
+    }
+    for top in ["ARCHITECTURE.md", "UPGRADING.md", "RELIABILITY.md", "BENCHMARKS.md", "scripts/README.md"] {
+        assert!(readme.contains(&format!("({top}")), "{top} is not linked from the README");
     }
 }

@@ -60,7 +60,7 @@ async fn restart_after_sigkill(test: &str, database_down: bool) {
     // The two busiest types: every one of their sequences moves many times a
     // second, so each gap is seen. (A message lost before the first one a
     // sequence ever had reached us, or after its last, cannot be counted by
-    // anyone: see README, "What each failure loses".)
+    // anyone: see docs/fleet.md, "What each failure loses".)
     let types = ["auction", "bid"];
     let args = [
         "--connect",
