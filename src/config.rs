@@ -89,6 +89,7 @@ pub struct Settings {
     pub event_types: Option<String>,
     /// Rollup sampling rate by transaction: `1`, `1/8`, `0.125` [default: 1].
     #[arg(long, env = "BID_LOGGER_SAMPLE", value_name = "RATE")]
+    #[serde(default, deserialize_with = "rate_text")]
     pub sample: Option<String>,
     /// How often rollups are flushed to PostgreSQL [default: 1s].
     #[arg(long, env = "BID_LOGGER_FLUSH_INTERVAL", value_name = "DURATION")]
@@ -143,6 +144,7 @@ pub struct Settings {
     pub max_pending_rows: Option<usize>,
     /// Raw-event sample rate by transaction for `events_sample`; `0` turns it off [default: 1/1000].
     #[arg(long, env = "BID_LOGGER_RAW_SAMPLE", value_name = "RATE")]
+    #[serde(default, deserialize_with = "rate_text")]
     pub raw_sample: Option<String>,
     /// Days of `events_sample` kept; older daily partitions are dropped [default: 7d].
     #[arg(long, env = "BID_LOGGER_RAW_RETENTION", value_name = "DURATION")]
@@ -788,6 +790,23 @@ fn check_endpoint(endpoint: &str, bind: bool) -> Result<(), String> {
     }
 }
 
+/// A rate in the file: a string (`"1/8"`, `"0.125"`) or a TOML number
+/// (`0.125`, `1`), read as the same text.
+fn rate_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Rate {
+        Text(String),
+        Integer(i64),
+        Float(f64),
+    }
+    Ok(Option::<Rate>::deserialize(d)?.map(|r| match r {
+        Rate::Text(t) => t,
+        Rate::Integer(i) => i.to_string(),
+        Rate::Float(f) => f.to_string(),
+    }))
+}
+
 /// What the connection string connects to, without its password (see
 /// [`crate::db::connect::describe`]), for logs and `check-config`.
 pub fn mask_database_url(url: &str) -> String {
@@ -1028,6 +1047,20 @@ mod tests {
         assert!(err.starts_with("line 1: `flush-interval`: "), "{err}");
         let err = Settings::from_toml("connect = [\"tcp://x:1\"\n").unwrap_err();
         assert!(err.starts_with("line "), "a syntax error gives its line: {err}");
+    }
+
+    #[test]
+    fn rates_in_the_file_may_be_numbers_or_text() {
+        for (toml, ppm) in [("sample = 0.5", 500_000), ("sample = \"0.125\"", 125_000), ("sample = 1", 1_000_000)] {
+            let s = Settings {
+                connect: Some(vec!["tcp://h:1".into()]),
+                database_url: Some("postgres://u@h/d".into()),
+                ..Settings::from_toml(toml).unwrap()
+            };
+            assert_eq!(s.resolve().unwrap().ingest.sample.ppm(), ppm, "{toml}");
+        }
+        let s = Settings::from_toml("raw-sample = 0.001").unwrap();
+        assert_eq!(s.raw_sample.as_deref(), Some("0.001"));
     }
 
     #[test]
