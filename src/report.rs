@@ -1,7 +1,8 @@
 //! `bid-logger report`: the numbers a data engineer asks for first, from any
 //! warehouse, without Grafana: per group (country, OS, campaign, advertiser
-//! or exchange) the events of each type, win rate, spend, CPM, and installs
-//! attributed and organic, over a recent range.
+//! or exchange) the events of each type, win rate, spend, CPM, installs
+//! attributed and organic, and conversion revenue with its ROAS (revenue
+//! over spend), over a recent range.
 //!
 //! It reads the `_est` view of the table that answers the range (see
 //! [`source`]): the finest grain suited to the range (minute up to
@@ -136,6 +137,8 @@ pub const MEASURES: &[&str] = &[
     "cpm_usd",
     "installs_attributed",
     "installs_organic",
+    "revenue_usd",
+    "roas",
 ];
 
 /// A report's result.
@@ -240,7 +243,8 @@ pub fn sql(config: &ReportConfig, source: &str) -> String {
         {auctions} AS auctions, {bids} AS bids, {wins} AS wins, {losses} AS losses,
         {impressions} AS impressions, {clicks} AS clicks, {installs} AS installs, {in_app} AS in_app_events,
         coalesce(sum({price}) FILTER (WHERE event_type = 'impression'), 0) AS spend_micros,
-        coalesce(sum({attributed}) FILTER (WHERE event_type = 'install'), 0) AS installs_attributed
+        coalesce(sum({attributed}) FILTER (WHERE event_type = 'install'), 0) AS installs_attributed,
+        coalesce(sum(revenue_micros), 0) AS revenue_micros
     FROM {source} WHERE {time} >= now() - make_interval(secs => $1){filters}
     GROUP BY 1, 2
 ), top AS (
@@ -253,7 +257,9 @@ SELECT to_char(b AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), grp,
     round((wins / nullif(bids, 0))::numeric, 4)::float8,
     round((spend_micros / 1e6)::numeric, 2)::float8,
     round((spend_micros / 1e3 / nullif(impressions, 0))::numeric, 4)::float8,
-    round(installs_attributed)::float8, round(installs - installs_attributed)::float8
+    round(installs_attributed)::float8, round(installs - installs_attributed)::float8,
+    round((revenue_micros / 1e6)::numeric, 2)::float8,
+    round((revenue_micros / nullif(spend_micros, 0))::numeric, 4)::float8
 FROM g WHERE grp IN (SELECT grp FROM top) ORDER BY b, spend_micros DESC, events DESC, grp",
         auctions = of("auction"),
         bids = of("bid"),
@@ -379,7 +385,7 @@ pub fn render(report: &Report, format: Format, range: &str) -> String {
         Format::Table => {
             format!(
                 "last {range}{} by {}, from {} (newest bucket {}); spend = impressions' price, CPM per 1000 \
-                 impressions\n{}",
+                 impressions, ROAS = revenue / spend\n{}",
                 report.title_filters,
                 report.by,
                 report.source,

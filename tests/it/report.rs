@@ -27,7 +27,7 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
     // per country: bids, wins, impressions with prices, installs some attributed
     let mut events = Vec::new();
-    let mut want: BTreeMap<&str, [f64; 6]> = BTreeMap::new(); // bids, wins, impressions, spend µ, installs, attributed
+    let mut want: BTreeMap<&str, [f64; 7]> = BTreeMap::new(); // bids, wins, impressions, spend µ, installs, attributed, revenue µ
     for i in 0..3_000u32 {
         let country = ["US", "BR", "DE"][(i % 3) as usize];
         let kind = ["bid", "bid", "win", "impression", "install"][(i % 5) as usize];
@@ -45,8 +45,10 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
             }
             _ => {
                 e.attributed = Some(i % 3 == 0);
+                e.revenue = Some(i64::from(i) * 100);
                 w[4] += 1.0;
                 w[5] += f64::from(u8::from(i % 3 == 0));
+                w[6] += f64::from(i) * 100.0;
             }
         }
         events.push(e);
@@ -73,6 +75,8 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
             assert_eq!(f("win_rate"), (w[1] / w[0] * 1e4).round() / 1e4, "{row}");
             assert_eq!(f("cpm_usd"), (w[3] / 1e3 / w[2] * 1e4).round() / 1e4, "{row}");
             assert_eq!([f("installs_attributed"), f("installs_organic")], [w[5], w[4] - w[5]], "{row}");
+            assert_eq!(f("revenue_usd"), (w[6] / 1e4).round() / 100.0, "{row}");
+            assert_eq!(f("roas"), (w[6] / w[3] * 1e4).round() / 1e4, "{row}");
             assert_eq!(f("events"), w[0] + w[1] + w[2] + w[4], "{row}");
         }
         let spends: Vec<f64> = rows.iter().map(|r| r["spend_usd"].as_f64().unwrap()).collect();
