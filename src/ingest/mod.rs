@@ -28,7 +28,7 @@ pub mod worker;
 
 pub use bid_logger_core::hot_path::{HotPath, HotPathConfig, DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_SEQ_JUMP};
 pub use pacer::Pacer;
-pub use socket::open_socket;
+pub use socket::{connect_all, open_socket};
 pub use topics::{prefixes_from, subscriptions};
 pub use worker::{spawn, FleetLinks, FlushRequests, Ingest, IngestSummary, Links};
 

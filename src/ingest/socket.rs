@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 /// How long one `recv` waits before the loop looks at the clock and the stop flag.
 const RECV_TIMEOUT_MS: i32 = 50;
 
-/// Creates, configures, subscribes and connects/binds one SUB socket.
+/// Creates, configures, subscribes and binds one SUB socket; [`connect_all`]
+/// connects it.
 pub fn open_socket(ctx: &zmq::Context, config: &IngestConfig, topics: &[String]) -> Result<zmq::Socket, IngestError> {
     let z = |what: String| move |source| IngestError::Zmq { what, source };
     let socket = ctx.socket(zmq::SUB).map_err(z("socket(SUB)".into()))?;
@@ -26,10 +27,16 @@ pub fn open_socket(ctx: &zmq::Context, config: &IngestConfig, topics: &[String])
     for e in &config.bind {
         socket.bind(e).map_err(z(format!("bind({e})")))?;
     }
-    for e in &config.connect {
-        socket.connect(e).map_err(z(format!("connect({e})")))?;
-    }
     Ok(socket)
+}
+
+/// Connects `socket` to every `connect` endpoint (after its monitor, if any,
+/// is in place: a connection made before would not be reported).
+pub fn connect_all(socket: &zmq::Socket, config: &IngestConfig) -> Result<(), IngestError> {
+    for e in &config.connect {
+        socket.connect(e).map_err(|source| IngestError::Zmq { what: format!("connect({e})"), source })?;
+    }
+    Ok(())
 }
 
 /// Re-connects publishers that libzmq dropped for good.

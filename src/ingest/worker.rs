@@ -230,6 +230,7 @@ impl Ingest {
         } else {
             Some(Reconnector::new(ctx, &socket, &config.connect, index)?)
         };
+        super::socket::connect_all(&socket, config)?;
         tracing::info!(thread = index, topics = topics.len(), "subscribed");
         let fleet = fleet.as_ref().map(|f| {
             hot.owned = Some(vec![false; config.partition_count as usize].into_boxed_slice());
@@ -509,7 +510,11 @@ impl Ingest {
     /// otherwise keeps it (the next interval merges into it).
     fn hand_over(&mut self) {
         let restart = self.fleet.as_ref().is_some_and(|f| !f.restart.is_empty());
-        if self.hot.aggregator.is_empty() && !self.hot.seqs.has_marks() && !restart {
+        // Loss counted with nothing else (the gap across a restart, counted
+        // once the earlier run's marks are read) is handed over too: a
+        // stream that ended before the database answered has no next event
+        // to carry it.
+        if self.hot.aggregator.is_empty() && !self.hot.seqs.has_marks() && !restart && self.hot.seqs.lost == 0 {
             return;
         }
         // The counts of what the delta holds are published before it can

@@ -219,7 +219,12 @@ impl Delta {
 
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.raw.is_empty() && self.marks.is_empty() && self.restart.is_empty()
+        self.rows.is_empty()
+            && self.raw.is_empty()
+            && self.marks.is_empty()
+            && self.restart.is_empty()
+            && self.lost == 0
+            && self.gaps.is_empty()
     }
 
     /// Takes at most `max_rows` rows (the first in key order) and `max_raw`

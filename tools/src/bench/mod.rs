@@ -7,7 +7,7 @@
 //! `/proc/<pid>/stat` between the first message published and the subject
 //! being done, and peak RSS from `VmHWM`.
 
-use bid_logger::ingest::{open_socket, subscriptions, IngestConfig};
+use bid_logger::ingest::{connect_all, open_socket, subscriptions, IngestConfig};
 use bid_logger_core::sample::{Rate, Sampler};
 use bid_logger_core::synth::{append_pub_seq, Generator, Produced, Traffic};
 use bid_logger_core::wire::EventType;
@@ -102,6 +102,7 @@ pub fn null_subscriber(connect: &str, partition_count: u32, sample: Rate, count:
     let topics = subscriptions(&config, &[&sampler], 0, 1);
     let ctx = zmq::Context::new();
     let socket = open_socket(&ctx, &config, &topics).expect("socket");
+    connect_all(&socket, &config).expect("connect");
     null_receive(&socket, count);
 }
 
