@@ -540,11 +540,7 @@ impl Ingest {
     fn hand_over_begun(&mut self) {
         let Ok(permit) = self.sink.try_reserve() else { return };
         let mut delta = Delta { marks: self.hot.seqs.take_begun(), ..Delta::default() };
-        if let Some(f) = self.fleet.as_mut() {
-            delta.restart = std::mem::take(&mut f.restart);
-            delta.seeds = std::mem::take(&mut f.seeds);
-            delta.fences = f.fences;
-        }
+        with_fleet_state(&mut delta, self.fleet.as_mut());
         permit.send(delta);
     }
 
@@ -658,12 +654,18 @@ fn drain(hot: &mut HotPath, fleet: Option<&mut Follower>) -> Delta {
     delta.marks = hot.seqs.take_marks();
     delta.lost = std::mem::take(&mut hot.seqs.lost);
     delta.gaps = hot.seqs.take_gaps();
+    with_fleet_state(&mut delta, fleet);
+    delta
+}
+
+/// What every delta of a fleet member carries: the partitions it took since
+/// the last delta with their committed marks, and the fences it has seen.
+fn with_fleet_state(delta: &mut Delta, fleet: Option<&mut Follower>) {
     if let Some(f) = fleet {
         delta.restart = std::mem::take(&mut f.restart);
         delta.seeds = std::mem::take(&mut f.seeds);
         delta.fences = f.fences;
     }
-    delta
 }
 
 /// A fleet member's threads: the assignment they follow, and where each
