@@ -32,8 +32,14 @@ enum Command {
     /// Validate the configuration and print the effective values (password masked); with --online,
     /// also connect to PostgreSQL (TLS, migrations, grants) and to each publisher endpoint.
     CheckConfig(CheckArgs),
-    /// Print events per type, win rate, spend, CPM and installs per country, OS, campaign, advertiser
-    /// or exchange over a recent range, from the narrowest rollup that answers it.
+    /// Print events per type, win rate, spend, CPM, installs, revenue and ROAS per country, OS,
+    /// campaign, advertiser or exchange (or several at once) over a recent or an absolute range, from
+    /// the narrowest rollup that answers it.
+    #[command(after_help = "Examples:
+  bid-logger report --since 24h --by campaign --top 20
+  bid-logger report --since 7d --every 1d --where country=BR
+  bid-logger report --by country,os --format csv
+  bid-logger report --from 2026-11-01 --to 2026-12-01 --by exchange")]
     Report(ReportArgs),
     /// Print each fleet group's members (when each joined, when its membership expires unrenewed, the
     /// partitions it owns and claims) and the partitions nobody owns, from the leases in PostgreSQL.
@@ -71,14 +77,22 @@ enum FleetAction {
 struct ReportArgs {
     #[command(flatten)]
     database: MigrateArgs,
-    /// How far back from now, e.g. 15m, 1h, 7d, 400d. Read from the finest table suited to the range
-    /// that still keeps all of it (minute up to 6h, hour up to 31d, day beyond; a coarser one when a
-    /// finer one's retention is shorter); refused, saying what is kept, when none does.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = bid_logger::config::duration_arg)]
-    since: std::time::Duration,
-    /// What to group by.
-    #[arg(long, value_enum, default_value = "country")]
-    by: bid_logger::report::By,
+    /// How far back from now, e.g. 15m, 1h, 7d, 400d [default: 1h]. Read from the finest table suited
+    /// to the range's length that still keeps all of it (minute up to 6h, hour up to 31d, day beyond; a
+    /// coarser one when a finer one's retention is shorter); refused, saying what is kept, when none does.
+    #[arg(long, value_name = "DURATION", value_parser = bid_logger::config::duration_arg, conflicts_with = "from")]
+    since: Option<std::time::Duration>,
+    /// An absolute range's start instead, UTC unless an offset is given, e.g. --from 2026-12-01
+    /// --to 2026-12-02, or --from 2026-12-01T06:00:00Z (up to now without --to). Read from a table
+    /// whose buckets both bounds fall on.
+    #[arg(long, value_name = "TIME", value_parser = bid_logger::report::instant_arg)]
+    from: Option<i64>,
+    /// The absolute range's end, not included, e.g. --to 2026-12-02T00:00:00Z.
+    #[arg(long, value_name = "TIME", value_parser = bid_logger::report::instant_arg, requires = "from")]
+    to: Option<i64>,
+    /// What to group by: one dimension or several, e.g. --by country,os.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "country")]
+    by: Vec<bid_logger::report::By>,
     /// Groups shown, by spend over the whole range.
     #[arg(long, value_name = "N", default_value_t = 10)]
     top: usize,
@@ -199,13 +213,27 @@ fn main() -> ExitCode {
         }
         Command::Report(args) => {
             let file = args.database.config.clone();
-            let range = bid_logger::config::format_duration(args.since);
+            let range = match (args.since, args.from) {
+                (_, Some(from)) => {
+                    if args.to.is_some_and(|to| to <= from) {
+                        usage_error("report", "--to must be later than --from");
+                    }
+                    bid_logger::report::Range::Between { from, to: args.to }
+                }
+                (since, None) => {
+                    bid_logger::report::Range::Since(since.unwrap_or(std::time::Duration::from_secs(3600)))
+                }
+            };
+            if let Some((_, again)) = args.by.iter().enumerate().find(|(i, b)| args.by[..*i].contains(b)) {
+                let name = clap::ValueEnum::to_possible_value(again).map(|v| v.get_name().to_string());
+                usage_error("report", &format!("--by names {} twice", name.unwrap_or_default()));
+            }
             let (url, tables) = match args.database.load() {
                 Ok(loaded) => loaded,
                 Err(e) => return config_failure(e, &sub, file.as_deref(), false),
             };
             let config = bid_logger::report::ReportConfig {
-                since: args.since,
+                range,
                 by: args.by,
                 top: args.top,
                 tables,
@@ -213,7 +241,7 @@ fn main() -> ExitCode {
                 every: args.every,
             };
             telemetry::init_logging(LogFormat::Text, "warn");
-            report(report_command(&url, &config, args.format, &range))
+            report(report_command(&url, &config, args.format))
         }
         Command::Fleet(FleetArgs { action: Some(FleetAction::Set(args)), .. }) => {
             let sub = sub.subcommand().map(|(_, m)| m.clone()).unwrap_or_default();
@@ -399,21 +427,30 @@ fn check_online(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(if findings.iter().any(|f| f.problem) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+/// A command-line error found after parsing: clap's message and usage for
+/// `sub`, exit 2.
+fn usage_error(sub: &str, message: &str) -> ! {
+    let mut cli = Cli::command();
+    cli.build();
+    let mut sub = cli.find_subcommand_mut(sub).expect("a subcommand").clone();
+    sub.error(clap::error::ErrorKind::ValueValidation, message).exit()
+}
+
 fn report_command(
     url: &str,
     config: &bid_logger::report::ReportConfig,
     format: bid_logger::report::Format,
-    range: &str,
 ) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         // Refused before connecting: no table keeps the range.
-        let source = bid_logger::report::source(config).map_err(|why| anyhow::anyhow!(why))?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let source = bid_logger::report::source(config, now).map_err(|why| anyhow::anyhow!(why))?;
         let client = connect(url).await?;
         let report = bid_logger::report::run(&client, config, &source)
             .await
             .map_err(db::DbError::from)
             .with_context(|| format!("reading {source}"))?;
-        print!("{}", bid_logger::report::render(&report, format, range));
+        print!("{}", bid_logger::report::render(&report, format, &config.range));
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -1,17 +1,18 @@
 //! `bid-logger report`: the numbers a data engineer asks for first, from any
 //! warehouse, without Grafana: per group (country, OS, campaign, advertiser
-//! or exchange) the events of each type, win rate, spend, CPM, installs
-//! attributed and organic, and conversion revenue with its ROAS (revenue
-//! over spend), over a recent range.
+//! or exchange, or a combination of them) the events of each type, win
+//! rate, spend, CPM, installs attributed and organic, and conversion revenue
+//! with its ROAS (revenue over spend), over a recent or an absolute range.
 //!
 //! It reads the `_est` view of the table that answers the range (see
-//! [`source`]): the finest grain suited to the range (minute up to
+//! [`source`]): the finest grain suited to the range's length (minute up to
 //! [`MINUTE_TIER_UP_TO`], hour up to [`HOUR_TIER_UP_TO`], day beyond) among
-//! the tables that keep the group's dimension and still hold the whole
-//! range by their retention, a coarser one when a finer one no longer
-//! does; a range no table keeps is refused in one line saying what is
-//! kept. A bucket is counted when it starts inside the range. The header
-//! says which table answered and how fresh it is (its newest bucket).
+//! the tables that keep the group's dimensions, still hold the range's
+//! start by their retention and, for an absolute range, whose buckets its
+//! bounds fall on; a coarser one when a finer one no longer holds it; a
+//! range no table keeps is refused in one line saying what is kept. A
+//! bucket is counted when it starts inside the range. The header says
+//! which table answered and how fresh it is (its newest bucket).
 
 use crate::db::tables::RollupTable;
 use bid_logger_core::aggregate::{Dimension, Grain};
@@ -55,6 +56,134 @@ impl By {
     }
 }
 
+/// The report's range: buckets that start inside it are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// The last this long, up to now (`--since`), by the database's clock.
+    Since(Duration),
+    /// From an instant (inclusive) to another (exclusive) or to now, as
+    /// Unix seconds (`--from`, `--to`).
+    Between {
+        /// The first second counted.
+        from: i64,
+        /// The first second no longer counted; `None`: up to now.
+        to: Option<i64>,
+    },
+}
+
+impl Range {
+    /// How long it is, taking `now` (Unix seconds) as its end when it has none.
+    pub fn length(&self, now: i64) -> Duration {
+        match *self {
+            Range::Since(d) => d,
+            Range::Between { from, to } => Duration::from_secs(to.unwrap_or(now).saturating_sub(from).max(0) as u64),
+        }
+    }
+
+    /// How far back from `now` it starts: what a table must still keep.
+    pub fn reach(&self, now: i64) -> Duration {
+        match *self {
+            Range::Since(d) => d,
+            Range::Between { from, .. } => Duration::from_secs(now.saturating_sub(from).max(0) as u64),
+        }
+    }
+
+    /// Whether its bounds fall on `grain`'s buckets, so that the buckets it
+    /// counts cover exactly the range (always, for a range up to now).
+    fn falls_on(&self, grain: Grain) -> bool {
+        let secs = grain.minutes() * 60;
+        match *self {
+            Range::Since(_) => true,
+            Range::Between { from, to } => from % secs == 0 && to.is_none_or(|t| t % secs == 0),
+        }
+    }
+
+    /// The range in words: `last 1h`, `2026-12-01T00:00:00Z to now`.
+    pub fn describe(&self) -> String {
+        match *self {
+            Range::Since(d) => format!("last {}", crate::config::format_duration(d)),
+            Range::Between { from, to } => {
+                format!("{} to {}", rfc3339(from), to.map_or_else(|| "now".to_string(), rfc3339))
+            }
+        }
+    }
+}
+
+/// Parses `--from`/`--to`: `2026-12-01`, `2026-12-01T06:00`,
+/// `2026-12-01T06:00:00Z`, `2026-12-01 06:00:00+02:00`; without an offset,
+/// UTC. Unix seconds.
+pub fn instant_arg(s: &str) -> Result<i64, String> {
+    let bad = || format!("`{s}`: expected a date or an RFC 3339 time, e.g. 2026-12-01 or 2026-12-01T06:00:00Z");
+    let s = s.trim();
+    let (date, rest) = s.split_at(s.len().min(10));
+    let d: Vec<&str> = date.split('-').collect();
+    let num = |t: &str, max: i64| t.parse::<i64>().ok().filter(|v| (0..=max).contains(v) && !t.is_empty());
+    let [y, m, day] = d[..] else { return Err(bad()) };
+    let (y, m, day) = (num(y, 9999).ok_or_else(bad)?, num(m, 12).ok_or_else(bad)?, num(day, 31).ok_or_else(bad)?);
+    if y < 1970 || m == 0 || day == 0 || day > days_in_month(y, m) {
+        return Err(bad());
+    }
+    let mut secs = days_from_civil(y, m, day) * 86_400;
+    if rest.is_empty() {
+        return Ok(secs);
+    }
+    let rest = rest.strip_prefix(['T', 't', ' ']).ok_or_else(bad)?;
+    // the offset: `Z`, `+HH:MM`, `-HH:MM`, or none (UTC)
+    let (time, offset) = if let Some(t) = rest.strip_suffix(['Z', 'z']) {
+        (t, 0)
+    } else if let Some(at) = rest.rfind(['+', '-']) {
+        let (t, o) = rest.split_at(at);
+        let sign = if o.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = o[1..].split_once(':').ok_or_else(bad)?;
+        (t, sign * (num(oh, 23).ok_or_else(bad)? * 3600 + num(om, 59).ok_or_else(bad)? * 60))
+    } else {
+        (rest, 0)
+    };
+    let t: Vec<&str> = time.split(':').collect();
+    let (h, mi, sec) = match t[..] {
+        [h, mi] => (h, mi, "0"),
+        [h, mi, sec] => (h, mi, sec),
+        _ => return Err(bad()),
+    };
+    secs += num(h, 23).ok_or_else(bad)? * 3600 + num(mi, 59).ok_or_else(bad)? * 60 + num(sec, 59).ok_or_else(bad)?;
+    Ok(secs - offset)
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Unix seconds as `2026-12-01T06:00:00Z` (the inverse of [`days_from_civil`]).
+fn rfc3339(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// How the report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -69,10 +198,10 @@ pub enum Format {
 /// One report's settings.
 #[derive(Debug, Clone)]
 pub struct ReportConfig {
-    /// How far back from now.
-    pub since: Duration,
-    /// The grouping.
-    pub by: By,
+    /// The range.
+    pub range: Range,
+    /// The grouping: one dimension or several (`--by country,os`).
+    pub by: Vec<By>,
     /// Groups shown, by spend (then events).
     pub top: usize,
     /// The warehouse's rollup tables, as configured (their grains,
@@ -148,44 +277,43 @@ pub struct Report {
     pub source: String,
     /// Its newest bucket (RFC 3339, UTC), `None` when it is empty.
     pub newest: Option<String>,
-    /// The grouping column's name.
-    pub by: &'static str,
-    /// Per group (and bucket, for a trend): its value and [`MEASURES`]
-    /// (`None` where undefined, e.g. the win rate without bids).
-    pub rows: Vec<(String, Vec<Option<f64>>)>,
+    /// The grouping columns' names.
+    pub by: Vec<&'static str>,
+    /// Per group (and bucket, for a trend): its values, one per grouping
+    /// column, and [`MEASURES`] (`None` where undefined, e.g. the win rate
+    /// without bids).
+    pub rows: Vec<(Vec<String>, Vec<Option<f64>>)>,
     /// For a trend (`--every`), each row's bucket start (RFC 3339, UTC).
     pub buckets: Option<Vec<String>>,
     /// What the title says of `--every` and `--where` (e.g. ` every 1h, where country = BR`).
     pub title_filters: String,
 }
 
-/// The `_est` view a report reads (see the module's docs), or why none can
-/// answer it.
-pub fn source(config: &ReportConfig) -> Result<String, String> {
-    let dimension = config.by.dimension();
-    let wanted = if config.since <= MINUTE_TIER_UP_TO {
+/// The `_est` view a report reads at `now` (Unix seconds; see the
+/// module's docs), or why none can answer it.
+pub fn source(config: &ReportConfig, now: i64) -> Result<String, String> {
+    let (length, reach) = (config.range.length(now), config.range.reach(now));
+    let wanted = if length <= MINUTE_TIER_UP_TO {
         Grain::Minute
-    } else if config.since <= HOUR_TIER_UP_TO {
+    } else if length <= HOUR_TIER_UP_TO {
         Grain::Hour
     } else {
         Grain::Day
     };
     let every_fits = |t: &RollupTable| config.every.is_none_or(|e| e.as_secs() >= t.shape.grain.minutes() as u64 * 60);
-    let holds = |t: &RollupTable| t.retention.is_none_or(|r| r >= config.since) && every_fits(t);
-    let needs: Vec<Dimension> = std::iter::once(dimension).chain(config.filters.iter().map(|f| f.dimension)).collect();
+    let holds = |t: &RollupTable| {
+        t.retention.is_none_or(|r| r >= reach) && every_fits(t) && config.range.falls_on(t.shape.grain)
+    };
+    let needs: Vec<Dimension> =
+        config.by.iter().map(|b| b.dimension()).chain(config.filters.iter().map(|f| f.dimension)).collect();
+    let by_exchange = config.by.contains(&By::Exchange);
     // Fewer dimensions first: the table made for the question (the exchange
     // tables for `--by exchange`, the full ones otherwise).
     let mut candidates: Vec<&RollupTable> =
         config.tables.iter().filter(|t| needs.iter().all(|&d| t.shape.dims.has(d))).collect();
     candidates.sort_by_key(|t| {
-        (
-            t.shape.grain,
-            if dimension == Dimension::Exchange {
-                t.shape.dims.iter().count()
-            } else {
-                5 - t.shape.dims.iter().count()
-            },
-        )
+        let dims = t.shape.dims.iter().count();
+        (t.shape.grain, if by_exchange { dims } else { 5 - dims })
     });
     let fits = |t: &&&RollupTable| t.shape.grain >= wanted && holds(t);
     if let Some(t) = candidates.iter().find(fits) {
@@ -204,53 +332,77 @@ pub fn source(config: &ReportConfig) -> Result<String, String> {
             None => format!("{} keeps everything", t.name),
         })
         .collect();
-    let names: Vec<&str> = needs.iter().map(|d| d.as_str()).collect();
+    let mut names: Vec<&str> = needs.iter().map(|d| d.as_str()).collect();
+    names.dedup();
+    let range = match config.range {
+        Range::Since(d) => format!("the last {}", crate::config::format_duration(d)),
+        Range::Between { .. } => config.range.describe(),
+    };
     Err(if kept.is_empty() {
         format!("no rollup table has the dimensions {}", names.join(", "))
     } else if let Some(every) = config.every.filter(|_| candidates.iter().any(|t| !every_fits(t))) {
         format!(
-            "no rollup table keeps the last {} in buckets of {} or finer: {}",
-            crate::config::format_duration(config.since),
+            "no rollup table keeps {range} in buckets of {} or finer: {}",
             crate::config::format_duration(every),
             kept.join(", ")
         )
-    } else {
+    } else if candidates.iter().any(|t| t.retention.is_none_or(|r| r >= reach)) {
+        // some table keeps the start: its buckets do not fall on the bounds
+        let mut grains: Vec<&str> = candidates
+            .iter()
+            .filter(|t| t.retention.is_none_or(|r| r >= reach))
+            .map(|t| t.shape.grain.as_str())
+            .collect();
+        grains.dedup();
         format!(
-            "no rollup table keeps the last {} by {}: {}",
-            crate::config::format_duration(config.since),
-            names.join(", "),
+            "{range} does not start and end on whole {}s, the buckets of the tables that keep it: {}",
+            grains.join("s or "),
             kept.join(", ")
         )
+    } else {
+        format!("no rollup table keeps {range} by {}: {}", names.join(", "), kept.join(", "))
     })
 }
 
-/// The query of a report: `$1` is the range in seconds, `$2` the groups
-/// shown, `$3` the trend's bucket in seconds (0: none), then one parameter
-/// per filter. The top groups are chosen over the whole range; a trend
-/// gives each of them per bucket.
+/// The query of a report: `$1` is the range's length in seconds
+/// ([`Range::Since`]) or its start in Unix seconds ([`Range::Between`]),
+/// `$2` the groups shown, `$3` the trend's bucket in seconds (0: none), `$4`
+/// the range's end in Unix seconds (infinity: none), then one parameter per
+/// filter. The top groups are chosen over the whole range; a trend gives
+/// each of them per bucket.
 pub fn sql(config: &ReportConfig, source: &str) -> String {
     // count, attributed count and price of the rows matching a filter
     let (count, attributed, price, time) = ("events", "attributed_events", "price_micros", "bucket");
     let of = |t: &str| format!("coalesce(sum({count}) FILTER (WHERE event_type = '{t}'), 0)");
-    let group = config.by.column();
+    let groups: Vec<String> = (0..config.by.len()).map(|i| format!("g{i}")).collect();
+    let groups = groups.join(", ");
+    let select: Vec<String> =
+        config.by.iter().enumerate().map(|(i, b)| format!("{}::text AS g{i}", b.column())).collect();
+    let select = select.join(", ");
+    let positions: Vec<String> = (2..config.by.len() + 2).map(|i| i.to_string()).collect();
+    let positions = positions.join(", ");
+    let start = match config.range {
+        Range::Since(_) => "now() - make_interval(secs => $1)",
+        Range::Between { .. } => "to_timestamp($1)",
+    };
     let filters: String =
-        config.filters.iter().enumerate().map(|(i, f)| format!(" AND {} = ${}", f.dimension.column(), i + 4)).collect();
+        config.filters.iter().enumerate().map(|(i, f)| format!(" AND {} = ${}", f.dimension.column(), i + 5)).collect();
     format!(
         "WITH g AS (
     SELECT CASE WHEN $3::float8 > 0
             THEN to_timestamp(floor(extract(epoch FROM {time}) / $3::float8) * $3::float8) END AS b,
-        {group}::text AS grp, coalesce(sum({count}), 0) AS events,
+        {select}, coalesce(sum({count}), 0) AS events,
         {auctions} AS auctions, {bids} AS bids, {wins} AS wins, {losses} AS losses,
         {impressions} AS impressions, {clicks} AS clicks, {installs} AS installs, {in_app} AS in_app_events,
         coalesce(sum({price}) FILTER (WHERE event_type = 'impression'), 0) AS spend_micros,
         coalesce(sum({attributed}) FILTER (WHERE event_type = 'install'), 0) AS installs_attributed,
         coalesce(sum(revenue_micros), 0) AS revenue_micros
-    FROM {source} WHERE {time} >= now() - make_interval(secs => $1){filters}
-    GROUP BY 1, 2
+    FROM {source} WHERE {time} >= {start} AND {time} < to_timestamp($4::float8){filters}
+    GROUP BY 1, {positions}
 ), top AS (
-    SELECT grp FROM g GROUP BY grp ORDER BY sum(spend_micros) DESC, sum(events) DESC, grp LIMIT $2
+    SELECT {groups} FROM g GROUP BY {groups} ORDER BY sum(spend_micros) DESC, sum(events) DESC, {groups} LIMIT $2
 )
-SELECT to_char(b AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), grp,
+SELECT to_char(b AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), {groups},
     round(events)::float8, round(auctions)::float8, round(bids)::float8, round(wins)::float8,
     round(losses)::float8, round(impressions)::float8, round(clicks)::float8, round(installs)::float8,
     round(in_app_events)::float8,
@@ -260,7 +412,7 @@ SELECT to_char(b AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), grp,
     round(installs_attributed)::float8, round(installs - installs_attributed)::float8,
     round((revenue_micros / 1e6)::numeric, 2)::float8,
     round((revenue_micros / nullif(spend_micros, 0))::numeric, 4)::float8
-FROM g WHERE grp IN (SELECT grp FROM top) ORDER BY b, spend_micros DESC, events DESC, grp",
+FROM g JOIN top USING ({groups}) ORDER BY b, spend_micros DESC, events DESC, {groups}",
         auctions = of("auction"),
         bids = of("bid"),
         wins = of("win"),
@@ -278,11 +430,14 @@ pub async fn run(
     config: &ReportConfig,
     source: &str,
 ) -> Result<Report, tokio_postgres::Error> {
-    let secs = config.since.as_secs_f64();
+    let (start, end) = match config.range {
+        Range::Since(d) => (d.as_secs_f64(), f64::INFINITY),
+        Range::Between { from, to } => (from as f64, to.map_or(f64::INFINITY, |t| t as f64)),
+    };
     let top = i64::try_from(config.top).unwrap_or(i64::MAX);
     let every = config.every.map_or(0.0, |e| e.as_secs_f64());
     let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
-        vec![Box::new(secs), Box::new(top), Box::new(every)];
+        vec![Box::new(start), Box::new(top), Box::new(every), Box::new(end)];
     for f in &config.filters {
         match &f.value {
             FilterValue::Text(v) => params.push(Box::new(v.clone())),
@@ -298,12 +453,16 @@ pub async fn run(
     Ok(Report {
         source: source.to_string(),
         newest,
-        by: config.by.column(),
+        by: config.by.iter().map(|b| b.column()).collect(),
         title_filters: title_filters(config),
         buckets: config.every.map(|_| rows.iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()).collect()),
         rows: rows
             .iter()
-            .map(|r| (r.get::<_, String>(1), (2..=MEASURES.len() + 1).map(|i| r.get::<_, Option<f64>>(i)).collect()))
+            .map(|r| {
+                let n = config.by.len();
+                let groups = (1..=n).map(|i| r.get::<_, String>(i)).collect();
+                (groups, (n + 1..=n + MEASURES.len()).map(|i| r.get::<_, Option<f64>>(i)).collect())
+            })
             .collect(),
     })
 }
@@ -331,17 +490,22 @@ fn cell(v: Option<f64>) -> String {
     }
 }
 
-/// The report as text in `format`; `range` names the range (e.g. `1h`).
-pub fn render(report: &Report, format: Format, range: &str) -> String {
+/// The report of `range` as text in `format`.
+pub fn render(report: &Report, format: Format, range: &Range) -> String {
     let bucket = report.buckets.as_ref();
     let header: Vec<&str> =
-        bucket.map(|_| "bucket").into_iter().chain([report.by]).chain(MEASURES.iter().copied()).collect();
+        bucket.map(|_| "bucket").into_iter().chain(report.by.iter().copied()).chain(MEASURES.iter().copied()).collect();
     let rows: Vec<Vec<String>> = report
         .rows
         .iter()
         .enumerate()
         .map(|(i, (g, values))| {
-            bucket.map(|b| b[i].clone()).into_iter().chain([g.clone()]).chain(values.iter().map(|v| cell(*v))).collect()
+            bucket
+                .map(|b| b[i].clone())
+                .into_iter()
+                .chain(g.iter().cloned())
+                .chain(values.iter().map(|v| cell(*v)))
+                .collect()
         })
         .collect();
     match format {
@@ -369,25 +533,36 @@ pub fn render(report: &Report, format: Format, range: &str) -> String {
                     if let Some(b) = bucket {
                         o.insert("bucket".into(), b[i].clone().into());
                     }
-                    o.insert(report.by.to_string(), g.clone().into());
+                    for (name, value) in report.by.iter().zip(g) {
+                        o.insert(name.to_string(), value.clone().into());
+                    }
                     for (name, v) in MEASURES.iter().zip(values) {
                         o.insert(name.to_string(), v.map_or(serde_json::Value::Null, Into::into));
                     }
                     serde_json::Value::Object(o)
                 })
                 .collect();
+            let (from, to) = match range {
+                Range::Since(_) => (None, None),
+                Range::Between { from, to } => (Some(rfc3339(*from)), to.map(rfc3339)),
+            };
+            let since = match range {
+                Range::Since(d) => Some(crate::config::format_duration(*d)),
+                Range::Between { .. } => None,
+            };
             let doc = serde_json::json!({
                 "source": report.source, "newest_bucket": report.newest,
-                "since": range, "by": report.by, "rows": rows,
+                "since": since, "from": from, "to": to, "by": report.by.join(","), "rows": rows,
             });
             serde_json::to_string_pretty(&doc).expect("JSON") + "\n"
         }
         Format::Table => {
             format!(
-                "last {range}{} by {}, from {} (newest bucket {}); spend = impressions' price, CPM per 1000 \
+                "{}{} by {}, from {} (newest bucket {}); spend = impressions' price, CPM per 1000 \
                  impressions, ROAS = revenue / spend\n{}",
+                range.describe(),
                 report.title_filters,
-                report.by,
+                report.by.join(", "),
                 report.source,
                 report.newest.as_deref().unwrap_or("none: the table is empty"),
                 aligned(&header, &rows, "")
@@ -417,10 +592,12 @@ pub fn aligned(header: &[&str], rows: &[Vec<String>], indent: &str) -> String {
 mod tests {
     use super::*;
 
+    const NOW: i64 = 1_796_000_000;
+
     fn config(since_days: u64, by: By, tables: Vec<RollupTable>) -> ReportConfig {
         ReportConfig {
-            since: Duration::from_secs(since_days * 86_400),
-            by,
+            range: Range::Since(Duration::from_secs(since_days * 86_400)),
+            by: vec![by],
             top: 10,
             tables,
             filters: Vec::new(),
@@ -432,14 +609,17 @@ mod tests {
     fn the_finest_table_that_keeps_the_range_answers_it() {
         let tables = crate::db::tables::default_tables(Duration::from_secs(1));
         let at = |hours: u64, by: By| {
-            source(&ReportConfig {
-                since: Duration::from_secs(hours * 3600),
-                by,
-                top: 1,
-                tables: tables.clone(),
-                filters: Vec::new(),
-                every: None,
-            })
+            source(
+                &ReportConfig {
+                    range: Range::Since(Duration::from_secs(hours * 3600)),
+                    by: vec![by],
+                    top: 1,
+                    tables: tables.clone(),
+                    filters: Vec::new(),
+                    every: None,
+                },
+                NOW,
+            )
         };
         assert_eq!(at(2, By::Country).unwrap(), "rollup_minute_est");
         assert_eq!(at(48, By::Campaign).unwrap(), "rollup_hour_est");
@@ -463,12 +643,12 @@ mod tests {
         }
         let tables = crate::db::tables::default_tables(Duration::from_secs(1));
         let mut c = config(1, By::Exchange, tables);
-        c.since = Duration::from_secs(3600);
+        c.range = Range::Since(Duration::from_secs(3600));
         c.filters = vec![filter_arg("country=BR").unwrap()];
-        assert_eq!(source(&c).unwrap(), "rollup_exchange_minute_est");
+        assert_eq!(source(&c, NOW).unwrap(), "rollup_exchange_minute_est");
         // no table has both the exchange and the campaign
         c.filters = vec![filter_arg("campaign=42").unwrap()];
-        let why = source(&c).unwrap_err();
+        let why = source(&c, NOW).unwrap_err();
         assert!(why.contains("exchange, campaign"), "{why}");
     }
 
@@ -478,16 +658,16 @@ mod tests {
         let mut c = config(2, By::Country, tables);
         c.every = Some(Duration::from_secs(600));
         // two days would read the hour table; 10-minute buckets need the minute table
-        assert_eq!(source(&c).unwrap(), "rollup_minute_est");
+        assert_eq!(source(&c, NOW).unwrap(), "rollup_minute_est");
         // ten days: the exchange minute table (30 days, countries too)
-        c.since = Duration::from_secs(10 * 86_400);
-        assert_eq!(source(&c).unwrap(), "rollup_exchange_minute_est");
+        c.range = Range::Since(Duration::from_secs(10 * 86_400));
+        assert_eq!(source(&c, NOW).unwrap(), "rollup_exchange_minute_est");
         // sixty days: no minute table keeps them
-        c.since = Duration::from_secs(60 * 86_400);
-        let why = source(&c).unwrap_err();
+        c.range = Range::Since(Duration::from_secs(60 * 86_400));
+        let why = source(&c, NOW).unwrap_err();
         assert!(why.contains("buckets of 10m"), "{why}");
         c.every = Some(Duration::from_secs(86_400));
-        assert_eq!(source(&c).unwrap(), "rollup_day_est");
+        assert_eq!(source(&c, NOW).unwrap(), "rollup_day_est");
     }
 
     #[test]
@@ -497,12 +677,80 @@ mod tests {
             .filter(|t| t.name != "rollup_day")
             .collect();
         // Campaigns are in the minute, hour and day tables only.
-        let why = source(&config(400, By::Campaign, tables.clone())).unwrap_err();
+        let why = source(&config(400, By::Campaign, tables.clone()), NOW).unwrap_err();
         assert!(why.contains("400d") && why.contains("rollup_hour keeps 90d"), "{why}");
         // within the hour table's retention, it answers
-        assert_eq!(source(&config(60, By::Campaign, tables.clone())).unwrap(), "rollup_hour_est");
+        assert_eq!(source(&config(60, By::Campaign, tables.clone()), NOW).unwrap(), "rollup_hour_est");
         // Countries are in the exchange tables too: the exchange hour table
         // keeps everything, and answers.
-        assert_eq!(source(&config(400, By::Country, tables)).unwrap(), "rollup_exchange_hour_est");
+        assert_eq!(source(&config(400, By::Country, tables), NOW).unwrap(), "rollup_exchange_hour_est");
+    }
+
+    #[test]
+    fn instants_parse_as_utc_unless_they_say_otherwise() {
+        let day = instant_arg("2026-12-01").unwrap();
+        assert_eq!(rfc3339(day), "2026-12-01T00:00:00Z");
+        assert_eq!(instant_arg("2026-12-01T06:00").unwrap(), day + 6 * 3600);
+        assert_eq!(instant_arg("2026-12-01T06:00:30Z").unwrap(), day + 6 * 3600 + 30);
+        assert_eq!(instant_arg("2026-12-01 06:00:00+02:00").unwrap(), day + 4 * 3600);
+        assert_eq!(instant_arg("2026-12-01T06:00:00-01:30").unwrap(), day + 7 * 3600 + 1800);
+        assert_eq!(instant_arg("2024-02-29").unwrap(), 1_709_164_800);
+        assert_eq!(instant_arg("1970-01-01T00:00:00Z").unwrap(), 0);
+        for bad in
+            ["yesterday", "2026-13-01", "2026-02-30", "2026-12-01T25:00", "2026-12-01T06", "2026-12-01X", "1969-12-31"]
+        {
+            let why = instant_arg(bad).unwrap_err();
+            assert!(why.contains("RFC 3339"), "{bad}: {why}");
+        }
+        for secs in [0, 951_782_400, 1_796_000_000, 4_102_444_800] {
+            assert_eq!(instant_arg(&rfc3339(secs)).unwrap(), secs);
+        }
+    }
+
+    #[test]
+    fn an_absolute_range_reads_a_table_whose_buckets_its_bounds_fall_on() {
+        let tables = crate::db::tables::default_tables(Duration::from_secs(1));
+        let day = NOW - NOW % 86_400;
+        let mut c = config(1, By::Country, tables);
+        // two whole days a week ago: the hour table (the range is 48h long)
+        c.range = Range::Between { from: day - 7 * 86_400, to: Some(day - 5 * 86_400) };
+        assert_eq!(source(&c, NOW).unwrap(), "rollup_hour_est");
+        // 40 days: the day table
+        c.range = Range::Between { from: day - 60 * 86_400, to: Some(day - 20 * 86_400) };
+        assert_eq!(source(&c, NOW).unwrap(), "rollup_day_est");
+        // 40 days from half past an hour: only a minute table counts it
+        // exactly, and none keeps 60 days
+        c.range = Range::Between { from: day - 60 * 86_400 + 1800, to: Some(day - 20 * 86_400) };
+        let why = source(&c, NOW).unwrap_err();
+        assert!(why.contains("does not start and end on whole hours or days"), "{why}");
+        // half past an hour, yesterday: the minute table
+        c.range = Range::Between { from: day - 86_400 + 1800, to: None };
+        assert_eq!(source(&c, NOW).unwrap(), "rollup_minute_est");
+        // a minute tier 3 days long is gone 4 days back: the exchange minute table keeps 30
+        c.range = Range::Between { from: day - 4 * 86_400 + 1800, to: Some(day - 4 * 86_400 + 3600) };
+        assert_eq!(source(&c, NOW).unwrap(), "rollup_exchange_minute_est");
+        assert_eq!(
+            c.range.describe(),
+            format!("{} to {}", rfc3339(day - 4 * 86_400 + 1800), rfc3339(day - 4 * 86_400 + 3600))
+        );
+    }
+
+    #[test]
+    fn two_dimensions_read_a_table_that_has_both() {
+        let tables = crate::db::tables::default_tables(Duration::from_secs(1));
+        let mut c = config(1, By::Country, tables);
+        c.range = Range::Since(Duration::from_secs(3600));
+        c.by = vec![By::Country, By::Os];
+        assert_eq!(source(&c, NOW).unwrap(), "rollup_minute_est");
+        c.by = vec![By::Exchange, By::Country];
+        assert_eq!(source(&c, NOW).unwrap(), "rollup_exchange_minute_est");
+        c.by = vec![By::Exchange, By::Campaign];
+        let why = source(&c, NOW).unwrap_err();
+        assert!(why.contains("exchange, campaign"), "{why}");
+        let sql = sql(&c, "rollup_minute_est");
+        assert!(
+            sql.contains("exchange::text AS g0, campaign_id::text AS g1") && sql.contains("USING (g0, g1)"),
+            "{sql}"
+        );
     }
 }

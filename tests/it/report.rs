@@ -103,9 +103,9 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
     // a filter: Brazil alone, exact
     let doc: serde_json::Value =
         serde_json::from_str(&report(&db, &["--by", "exchange", "--where", "country=BR", "--format", "json"])).unwrap();
-    let events: f64 = doc["rows"].as_array().unwrap().iter().map(|r| r["events"].as_f64().unwrap()).sum();
+    let brazil: f64 = doc["rows"].as_array().unwrap().iter().map(|r| r["events"].as_f64().unwrap()).sum();
     let w = want["BR"];
-    assert_eq!(events, w[0] + w[1] + w[2] + w[4], "{doc}");
+    assert_eq!(brazil, w[0] + w[1] + w[2] + w[4], "{doc}");
     // a trend: ten-minute buckets over the 40 minutes the events span;
     // each country's buckets add up to its total
     let doc: serde_json::Value =
@@ -121,6 +121,59 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
     let table = report(&db, &["--since", "2h", "--every", "10m", "--where", "country=DE"]);
     assert!(table.starts_with("last 2h every 10m, where country = DE by country"), "{table}");
     assert!(table.lines().nth(1).unwrap().trim_start().starts_with("bucket"), "{table}");
+
+    // two dimensions at once: country × exchange, from the exchange table
+    let doc: serde_json::Value =
+        serde_json::from_str(&report(&db, &["--by", "country,exchange", "--format", "json"])).unwrap();
+    assert_eq!(
+        (doc["source"].as_str(), doc["by"].as_str()),
+        (Some("rollup_exchange_minute_est"), Some("country,exchange"))
+    );
+    let per: BTreeMap<(String, String), f64> = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let key = (r["country"].as_str().unwrap().to_string(), r["exchange"].as_str().unwrap().to_string());
+            (key, r["events"].as_f64().unwrap())
+        })
+        .collect();
+    assert_eq!(per.len(), 6, "{doc}");
+    assert!(per.values().all(|&n| n == 500.0), "3 000 events over 3 countries × 2 exchanges: {per:?}");
+    let csv = report(&db, &["--by", "os,country", "--format", "csv"]);
+    assert!(csv.starts_with("os,country,events,"), "{csv}");
+
+    // an absolute range: ten whole minutes, every bucket starting inside it
+    let from = now / 60_000 * 60 - 20 * 60;
+    let iso = |secs: i64| {
+        let out = Command::new("date").args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let (from_text, to_text) = (iso(from), iso(from + 600));
+    let doc: serde_json::Value = serde_json::from_str(&report(
+        &db,
+        &["--from", &from_text, "--to", &to_text, "--by", "country", "--format", "json"],
+    ))
+    .unwrap();
+    assert_eq!((doc["from"].as_str(), doc["to"].as_str()), (Some(from_text.as_str()), Some(to_text.as_str())), "{doc}");
+    assert_eq!(doc["source"], "rollup_minute_est");
+    let mut inside: BTreeMap<String, f64> = BTreeMap::new();
+    for e in &events {
+        let minute = e.ts.div_euclid(60_000) * 60;
+        if (from..from + 600).contains(&minute) {
+            *inside.entry(e.country.clone().unwrap()).or_default() += 1.0;
+        }
+    }
+    let got: BTreeMap<String, f64> = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["country"].as_str().unwrap().to_string(), r["events"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(got, inside, "the events of {from_text} to {to_text}");
+    assert!(inside.values().sum::<f64>() > 0.0 && inside.values().sum::<f64>() < 3000.0, "{inside:?}");
+    let table = report(&db, &["--from", &from_text, "--to", &to_text]);
+    assert!(table.starts_with(&format!("{from_text} to {to_text} by country, from rollup_minute_est")), "{table}");
 
     // beyond the exchange minute table's 30 days, the exchange hour table
     let doc: serde_json::Value =
