@@ -247,9 +247,11 @@ fn quoted(values: &[String]) -> Vec<String> {
 }
 
 /// Grafana's PostgreSQL macros, expanded the way its datasource does
-/// (`vars`: each variable's values as they are inserted).
-fn expand_sql(sql: &str, vars: &[(String, Vec<String>)], from: &str, to: &str) -> String {
+/// (`vars`: each variable's values as they are inserted; `interval_ms`:
+/// `$__interval_ms`, the range over the points a panel is wide).
+fn expand_sql(sql: &str, vars: &[(String, Vec<String>)], from: &str, to: &str, interval_ms: i64) -> String {
     let mut s = sql.to_string();
+    s = s.replace("$__interval_ms", &interval_ms.to_string());
     for (unit, secs) in [("'1m'", 60), ("'1h'", 3600)] {
         s = s.replace(
             &format!("$__timeGroupAlias(bucket, {unit})"),
@@ -346,11 +348,13 @@ async fn every_panel_query_and_alert_expression_returns_data_from_a_running_logg
     simulator.stop();
     logger.stop_ok();
     let client = connect(&db).await;
+    fill_history(&client).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    // a short range (the minute and hour tiers) and a long one (hour and day)
+    // Grafana's default range and a long one, as a panel 1 000 points wide
+    // asks for them: (from, to, $__interval_ms, how long)
     let ranges = [
-        (rfc3339(&client, now - 5 * 3600).await, rfc3339(&client, now + 1800).await),
-        (rfc3339(&client, now - 10 * 86_400).await, rfc3339(&client, now + 3600).await),
+        (rfc3339(&client, now - 6 * 3600).await, rfc3339(&client, now + 60).await, 6 * 3600, "6h"),
+        (rfc3339(&client, now - 90 * 86_400).await, rfc3339(&client, now + 60).await, 90 * 86_400, "90d"),
     ];
     let mut checked = 0;
     for (name, d) in dashboards() {
@@ -376,21 +380,81 @@ async fn every_panel_query_and_alert_expression_returns_data_from_a_running_logg
             if uid != "bid-logger-postgres" {
                 continue;
             }
-            for (from, to) in &ranges {
+            for (from, to, interval_ms, range) in &ranges {
                 let mut results = Vec::new();
                 for selection in [&every, &all] {
-                    let sql = expand_sql(&q, selection, from, to);
+                    let sql = expand_sql(&q, selection, from, to, *interval_ms);
                     let rows =
                         client.query(&sql, &[]).await.unwrap_or_else(|e| panic!("{name}: SQL failed: {e}\n{sql}"));
                     assert!(!rows.is_empty(), "{name}: SQL returned no rows:\n{sql}");
                     results.push(rows.len());
                     checked += 1;
+                    // A time series covers the whole range, in a number of
+                    // points a browser draws: the tier that still keeps the
+                    // range, grouped to Grafana's interval.
+                    if let Some(at) = rows[0].columns().iter().position(|c| c.name() == "time") {
+                        let times: BTreeSet<std::time::SystemTime> = rows.iter().map(|r| r.get(at)).collect();
+                        let oldest = times.first().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                        let span = now - oldest as i64;
+                        let (least, most) = if *range == "6h" { (5 * 3600, 400) } else { (60 * 86_400, 1500) };
+                        assert!(
+                            span >= least && times.len() <= most,
+                            "{name}, {range}: {} points, the oldest {span} s ago (wanted at most {most}, the oldest \
+                             at least {least} s ago):\n{sql}",
+                            times.len()
+                        );
+                    }
                 }
                 assert_eq!(results[0], results[1], "{name}: \"All\" and every value selected differ:\n{q}");
             }
         }
     }
     assert!(checked >= 2 * 2 * 12, "only {checked} SQL panel queries checked");
+}
+
+/// History in every rollup table, as a warehouse that has run for months
+/// holds it: 40 rows of the fullest bucket (every event type) copied back over 400 minutes
+/// (minute tables), 95 days (hour and day tables), into ranges created the
+/// way the logger names them.
+async fn fill_history(client: &tokio_postgres::Client) {
+    // (table, bucket, buckets back, range span, range name format)
+    let tables = [
+        ("rollup_minute", "1 minute", 400, "hour", "YYYYMMDDHH24"),
+        ("rollup_exchange_minute", "1 minute", 400, "hour", "YYYYMMDDHH24"),
+        ("rollup_hour", "1 hour", 95 * 24, "month", "YYYYMM"),
+        ("rollup_exchange_hour", "1 hour", 95 * 24, "month", "YYYYMM"),
+        ("rollup_day", "1 day", 95, "year", "YYYY"),
+    ];
+    for (table, step, back, span, format) in tables {
+        let ranges = format!(
+            "SELECT bid_logger_create_range('{table}', '{table}_p' || to_char(r, '{format}'), r AT TIME ZONE 'UTC',
+                 (r + interval '1 {span}') AT TIME ZONE 'UTC', true)
+             FROM generate_series(date_trunc('{span}', (now() - {back} * interval '{step}') AT TIME ZONE 'UTC'),
+                                  date_trunc('{span}', now() AT TIME ZONE 'UTC'), interval '1 {span}') r
+             WHERE to_regclass('{table}_p' || to_char(r, '{format}')) IS NULL"
+        );
+        client.execute(&ranges, &[]).await.unwrap_or_else(|e| panic!("{table}: {e}\n{ranges}"));
+        let columns: String = client
+            .query_one(
+                "SELECT string_agg(column_name, ', ' ORDER BY ordinal_position) FROM information_schema.columns
+                 WHERE table_name = $1 AND column_name <> 'bucket'",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let copy = format!(
+            "INSERT INTO {table} (bucket, {columns})
+             SELECT r.bucket - k * interval '{step}', {columns}
+             FROM (SELECT * FROM {table}
+                   WHERE bucket = (SELECT bucket FROM {table} GROUP BY 1 ORDER BY count(*) DESC LIMIT 1)
+                   ORDER BY row_number() OVER (PARTITION BY event_type ORDER BY events DESC) LIMIT 40) r,
+                  generate_series(1, {back}) k
+             ON CONFLICT DO NOTHING"
+        );
+        let rows = client.execute(&copy, &[]).await.unwrap_or_else(|e| panic!("{table}: {e}\n{copy}"));
+        assert!(rows >= back, "{table}: {rows} rows of history");
+    }
 }
 
 /// A Unix time as Grafana writes it into `$__timeFilter`.
