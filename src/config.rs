@@ -124,6 +124,10 @@ pub struct Settings {
     /// Largest forward `seq` jump on one publisher's topic counted as lost messages; a larger one is a reset [default: 10000000].
     #[arg(long, env = "BID_LOGGER_MAX_SEQ_JUMP", value_name = "N")]
     pub max_seq_jump: Option<u64>,
+    /// How long a connected publisher endpoint may send nothing before a warning is logged (once, and once
+    /// more when it sends again); 0s: never [default: 1m].
+    #[arg(long, env = "BID_LOGGER_ENDPOINT_QUIET_AFTER", value_name = "DURATION")]
+    pub endpoint_quiet_after: Option<String>,
     /// Receive threads, each with its own SUB socket and a share of the partitions [default: 1].
     #[arg(long, env = "BID_LOGGER_INGEST_THREADS", value_name = "N")]
     pub ingest_threads: Option<usize>,
@@ -345,6 +349,8 @@ impl Settings {
                 format!("must be at least max-event-size ({max_event_size}), got {max_message_size}"),
             ));
         }
+        let endpoint_quiet_after =
+            duration("endpoint-quiet-after", self.endpoint_quiet_after.as_deref(), ingest::DEFAULT_QUIET_AFTER)?;
         let max_seq_jump = self.max_seq_jump.unwrap_or(ingest::DEFAULT_MAX_SEQ_JUMP);
         if max_seq_jump == 0 || max_seq_jump > i64::MAX as u64 {
             return Err(invalid("max-seq-jump", format!("must be 1 to {}", i64::MAX)));
@@ -402,6 +408,7 @@ impl Settings {
                 max_message_size,
                 max_event_size,
                 max_seq_jump,
+                quiet_after: endpoint_quiet_after,
                 threads: ingest_threads,
                 allow,
             },
@@ -472,6 +479,7 @@ impl Config {
             max_message_size: Some(i.max_message_size),
             max_event_size: Some(i.max_event_size),
             max_seq_jump: Some(i.max_seq_jump),
+            endpoint_quiet_after: text(i.quiet_after),
             ingest_threads: Some(i.threads),
             instance_id: Some(s.instance_id.clone()),
             db_pool_size: Some(s.pool_size),

@@ -101,7 +101,15 @@ pub async fn run(
         acks: acks.clone(),
         standby: (f.standby_memory > 0).then(|| (f.standby_memory, f.standby_window(config.sink.flush_interval))),
     });
-    let links = ingest::Links { sink: tx, progress: progress.clone(), committed, late, fleet: fleet_links };
+    let endpoints = Arc::new(ingest::EndpointActivity::new(&config.ingest));
+    let links = ingest::Links {
+        sink: tx,
+        progress: progress.clone(),
+        committed,
+        late,
+        fleet: fleet_links,
+        endpoints: endpoints.clone(),
+    };
     let workers = ingest::spawn(
         &config.ingest,
         &config.aggregate,
@@ -110,6 +118,8 @@ pub async fn run(
         stopping.clone(),
         flush.clone(),
     )?;
+    let quiet =
+        tokio::spawn(ingest::QuietWatch::new(endpoints, config.ingest.quiet_after, std::time::Instant::now()).run());
     let (handover, handover_rx) = mpsc::channel(1);
     let (fenced, fenced_rx) = mpsc::unbounded_channel();
     let sink_fleet = config.fleet.as_ref().map(|f| SinkFleet {
@@ -184,6 +194,7 @@ pub async fn run(
         let _ = c.await;
     }
     forced.abort();
+    quiet.abort();
     tracing::info!(
         received = ingest.received,
         accepted = ingest.accepted,

@@ -145,6 +145,8 @@ metrics_table! {
         "Attempts to consume a coarse table's delta log that failed and will be retried, by table.";
     gauge ENDPOINT_CONNECTED = "bid_logger_endpoint_connected", Count,
         "Per `connect` endpoint: the ingest threads whose socket is connected to it now (0: the publisher is down or unreachable).";
+    counter ENDPOINT_MESSAGES = "bid_logger_endpoint_messages_total", Count,
+        "Per `connect` or `bind` endpoint: messages received from it (each is one SUB socket per ingest thread).";
     counter RECONNECTS = "bid_logger_reconnects_total", Count,
         "Publisher endpoints connected again when libzmq was not reconnecting them 250 ms after a drop.";
     counter CONNECTIONS_REFUSED = "bid_logger_connections_refused_total", Count,

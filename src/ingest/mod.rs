@@ -1,8 +1,9 @@
 //! The receive loop: SUB sockets on dedicated OS threads.
 //!
 //! libzmq sockets are blocking and not thread-safe, so each ingest thread owns
-//! one SUB socket outright and runs the whole hot path (decode → sample →
-//! aggregate) on it, outside the async runtime: a tokio worker blocked in
+//! its SUB sockets (one per endpoint, so that each endpoint's messages are
+//! counted) outright and runs the whole hot path (decode → sample →
+//! aggregate) on them, outside the async runtime: a tokio worker blocked in
 //! `zmq_recv` would stall every task scheduled on it, and moving each message
 //! across threads would cost more than processing it. The only boundary to
 //! tokio is a bounded channel of [`Delta`](bid_logger_core::aggregate::Delta)s, used with `try_reserve`: when the
@@ -13,8 +14,9 @@
 //! # Layout
 //!
 //! * [`topics`]: which topics each thread subscribes to.
-//! * [`socket`]: the SUB socket's set-up, and renewing endpoints that
-//!   libzmq dropped for good.
+//! * [`socket`]: the SUB sockets' set-up (one per endpoint), renewing
+//!   endpoints that libzmq dropped for good, and the watch that logs an
+//!   endpoint connected but silent.
 //! * [`pacer`]: how the receive loop coalesces wake-ups.
 //!
 //! The per-message work itself ([`HotPath`]: decode, `seq` gaps, the
@@ -28,7 +30,7 @@ pub mod worker;
 
 pub use bid_logger_core::hot_path::{HotPath, HotPathConfig, DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_SEQ_JUMP};
 pub use pacer::Pacer;
-pub use socket::{connect_all, open_socket};
+pub use socket::{connect_all, open_socket, EndpointActivity, Quiet, QuietWatch};
 pub use topics::{prefixes_from, subscriptions};
 pub use worker::{spawn, FleetLinks, FlushRequests, Ingest, IngestSummary, Links};
 
@@ -42,6 +44,8 @@ pub const DEFAULT_PARTITION_COUNT: u32 = 64;
 pub const DEFAULT_RECEIVE_HWM: i32 = 1_000_000;
 /// Default `max-message-size` (ZMQ_MAXMSGSIZE): 8 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: i64 = 8 * 1024 * 1024;
+/// Default `endpoint-quiet-after`.
+pub const DEFAULT_QUIET_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 /// Default `ingest-threads`.
 pub const DEFAULT_THREADS: usize = 1;
 
@@ -72,6 +76,9 @@ pub struct IngestConfig {
     pub max_event_size: usize,
     /// A forward `seq` jump larger than this is a sequence reset, not a loss.
     pub max_seq_jump: u64,
+    /// How long a connected endpoint may send nothing before it is logged
+    /// (zero: never).
+    pub quiet_after: std::time::Duration,
     /// Number of receive threads.
     pub threads: usize,
     /// Peers allowed to connect to bound endpoints (empty = no check).

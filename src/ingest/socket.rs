@@ -4,28 +4,43 @@
 use super::{IngestConfig, IngestError};
 use crate::telemetry as t;
 use metrics::{counter, gauge, Counter, Gauge};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long one `recv` waits before the loop looks at the clock and the stop flag.
-const RECV_TIMEOUT_MS: i32 = 50;
+pub(crate) const RECV_TIMEOUT_MS: i32 = 50;
 
 /// Creates, configures, subscribes and binds one SUB socket; [`connect_all`]
-/// connects it.
+/// connects it. (The null subscriber of the benchmarks: the logger itself
+/// opens one socket per endpoint, see [`open_sources`].)
 pub fn open_socket(ctx: &zmq::Context, config: &IngestConfig, topics: &[String]) -> Result<zmq::Socket, IngestError> {
+    let socket = sub_socket(ctx, config, topics, !config.bind.is_empty())?;
+    for e in &config.bind {
+        socket.bind(e).map_err(|source| IngestError::Zmq { what: format!("bind({e})"), source })?;
+    }
+    Ok(socket)
+}
+
+/// A SUB socket with the configured options and `topics` subscribed; with
+/// `bound`, under the address allow-list (if any).
+fn sub_socket(
+    ctx: &zmq::Context,
+    config: &IngestConfig,
+    topics: &[String],
+    bound: bool,
+) -> Result<zmq::Socket, IngestError> {
     let z = |what: String| move |source| IngestError::Zmq { what, source };
     let socket = ctx.socket(zmq::SUB).map_err(z("socket(SUB)".into()))?;
     socket.set_rcvhwm(config.receive_hwm).map_err(z("setsockopt(RCVHWM)".into()))?;
     socket.set_maxmsgsize(config.max_message_size).map_err(z("setsockopt(MAXMSGSIZE)".into()))?;
     socket.set_rcvtimeo(RECV_TIMEOUT_MS).map_err(z("setsockopt(RCVTIMEO)".into()))?;
     socket.set_linger(0).map_err(z("setsockopt(LINGER)".into()))?;
-    if !config.allow.is_empty() {
+    if bound && !config.allow.is_empty() {
         socket.set_zap_domain(crate::zap::ZAP_DOMAIN).map_err(z("setsockopt(ZAP_DOMAIN)".into()))?;
     }
     for tpc in topics {
         socket.set_subscribe(tpc.as_bytes()).map_err(z(format!("subscribe({tpc})")))?;
-    }
-    for e in &config.bind {
-        socket.bind(e).map_err(z(format!("bind({e})")))?;
     }
     Ok(socket)
 }
@@ -39,7 +54,177 @@ pub fn connect_all(socket: &zmq::Socket, config: &IngestConfig) -> Result<(), In
     Ok(())
 }
 
-/// Re-connects publishers that libzmq dropped for good.
+/// Messages received and connections, per configured endpoint, over all
+/// ingest threads: what the [`QuietWatch`] reads to
+/// log an endpoint that is connected but sends nothing.
+#[derive(Debug)]
+pub struct EndpointActivity {
+    /// The `connect` endpoints, then the `bind` ones, as configured.
+    pub endpoints: Vec<String>,
+    /// How many of them are `connect` endpoints (the first ones).
+    pub connected_ones: usize,
+    messages: Vec<AtomicU64>,
+    connections: Vec<AtomicI64>,
+}
+
+impl EndpointActivity {
+    /// The configuration's endpoints, with nothing received yet.
+    pub fn new(config: &IngestConfig) -> EndpointActivity {
+        let endpoints: Vec<String> = config.connect.iter().chain(&config.bind).cloned().collect();
+        EndpointActivity {
+            messages: endpoints.iter().map(|_| AtomicU64::new(0)).collect(),
+            connections: endpoints.iter().map(|_| AtomicI64::new(0)).collect(),
+            connected_ones: config.connect.len(),
+            endpoints,
+        }
+    }
+
+    /// Messages received from endpoint `i` so far (ingest counts at most
+    /// 200 ms late).
+    pub fn messages(&self, i: usize) -> u64 {
+        self.messages[i].load(Ordering::Relaxed)
+    }
+
+    /// Whether some ingest thread is connected to `connect` endpoint `i`
+    /// (a bound endpoint: always, as far as anyone can tell).
+    pub fn is_connected(&self, i: usize) -> bool {
+        i >= self.connected_ones || self.connections[i].load(Ordering::Relaxed) > 0
+    }
+}
+
+/// Logs a `connect` endpoint that is connected but sends nothing for
+/// `endpoint-quiet-after` (once), and when it sends again.
+#[derive(Debug)]
+pub struct QuietWatch {
+    activity: Arc<EndpointActivity>,
+    after: Duration,
+    /// Per `connect` endpoint: its count when last looked at, since when it
+    /// has not changed (or the endpoint was not connected), and whether it
+    /// is reported quiet.
+    seen: Vec<(u64, Instant, bool)>,
+}
+
+/// A change [`QuietWatch::check`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Quiet {
+    /// Connected, and nothing received for `endpoint-quiet-after`.
+    Began(String),
+    /// A quiet endpoint sent again.
+    Ended(String),
+}
+
+impl QuietWatch {
+    /// Watches `activity`'s `connect` endpoints from `now`.
+    pub fn new(activity: Arc<EndpointActivity>, after: Duration, now: Instant) -> QuietWatch {
+        let seen = (0..activity.connected_ones).map(|i| (activity.messages(i), now, false)).collect();
+        QuietWatch { activity, after, seen }
+    }
+
+    /// What changed since the last call.
+    pub fn check(&mut self, now: Instant) -> Vec<Quiet> {
+        let mut out = Vec::new();
+        for (i, (count, since, quiet)) in self.seen.iter_mut().enumerate() {
+            let (n, endpoint) = (self.activity.messages(i), &self.activity.endpoints[i]);
+            if n != *count || !self.activity.is_connected(i) {
+                // Sending, or down (which is logged and alerted on its own).
+                if *quiet && n != *count {
+                    out.push(Quiet::Ended(endpoint.clone()));
+                }
+                *quiet = false;
+                (*count, *since) = (n, now);
+            } else if !*quiet && now.duration_since(*since) >= self.after {
+                *quiet = true;
+                out.push(Quiet::Began(endpoint.clone()));
+            }
+        }
+        out
+    }
+
+    /// Checks every few seconds, logging what changed, until the process
+    /// ends (a zero `after` watches nothing).
+    pub async fn run(mut self) {
+        if self.after.is_zero() || self.seen.is_empty() {
+            return;
+        }
+        let every = (self.after / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for change in self.check(Instant::now()) {
+                match change {
+                    Quiet::Began(endpoint) => tracing::warn!(
+                        %endpoint,
+                        quiet_for = ?self.after,
+                        "publisher endpoint connected but sending nothing (wrong port or topic, or the publisher is idle)"
+                    ),
+                    Quiet::Ended(endpoint) => tracing::info!(%endpoint, "publisher endpoint sending again"),
+                }
+            }
+        }
+    }
+}
+
+/// One endpoint's SUB socket in an ingest thread.
+///
+/// A SUB socket does not say which connection a message came in on, so
+/// each thread opens one socket per endpoint (all with the same
+/// subscriptions): the messages of each are counted exactly, and each
+/// socket's monitor speaks of its one endpoint.
+pub(crate) struct Source {
+    pub(crate) socket: zmq::Socket,
+    /// A `connect` endpoint's: renews the connection libzmq drops for good.
+    pub(crate) reconnector: Option<Reconnector>,
+    /// Messages received since the counts were last published.
+    pub(crate) received: u64,
+    messages: Counter,
+    index: usize,
+}
+
+impl Source {
+    /// Adds what was received since the last call to the endpoint's
+    /// metric and activity.
+    pub(crate) fn publish(&mut self, activity: &EndpointActivity) {
+        if self.received > 0 {
+            self.messages.increment(self.received);
+            activity.messages[self.index].fetch_add(self.received, Ordering::Relaxed);
+            self.received = 0;
+        }
+    }
+}
+
+/// Opens thread `thread`'s sockets, subscribed to `topics`: one per
+/// `connect` endpoint (monitored, then connected) and one per `bind`
+/// endpoint.
+pub(crate) fn open_sources(
+    ctx: &zmq::Context,
+    config: &IngestConfig,
+    topics: &[String],
+    thread: usize,
+    activity: &Arc<EndpointActivity>,
+) -> Result<Vec<Source>, IngestError> {
+    let mut sources = Vec::new();
+    for (index, endpoint) in activity.endpoints.iter().enumerate() {
+        let connecting = index < activity.connected_ones;
+        let socket = sub_socket(ctx, config, topics, !connecting)?;
+        let reconnector = if connecting {
+            let r = Reconnector::new(ctx, &socket, endpoint, index, thread, activity.clone())?;
+            socket
+                .connect(endpoint)
+                .map_err(|source| IngestError::Zmq { what: format!("connect({endpoint})"), source })?;
+            Some(r)
+        } else {
+            socket.bind(endpoint).map_err(|source| IngestError::Zmq { what: format!("bind({endpoint})"), source })?;
+            None
+        };
+        let messages = counter!(t::ENDPOINT_MESSAGES, "endpoint" => endpoint.clone());
+        sources.push(Source { socket, reconnector, received: 0, messages, index });
+    }
+    Ok(sources)
+}
+
+/// Re-connects a publisher that libzmq dropped for good, and reports its
+/// connection.
 ///
 /// libzmq reconnects a connecting socket after a lost connection, but not
 /// after a *protocol* error: a publisher sending one message larger than
@@ -52,21 +237,23 @@ pub fn connect_all(socket: &zmq::Socket, config: &IngestConfig) -> Result<(), In
 /// endpoint discards its connection's pipe, and with it the messages still
 /// queued there (a publisher's last ones, when it exits right after sending).
 /// libzmq schedules a reconnect (`CONNECT_RETRIED`) right after an ordinary
-/// disconnect, so only a protocol error, or an endpoint whose events name
-/// another address (a host name), waits out the delay and is renewed.
+/// disconnect, so only a protocol error waits out the delay and is renewed.
 pub(crate) struct Reconnector {
     monitor: zmq::Socket,
-    endpoints: Vec<String>,
+    endpoint: String,
+    index: usize,
     reconnects: Counter,
-    /// Per configured endpoint: whether this thread's socket is connected
-    /// to it, and its `bid_logger_endpoint_connected` gauge (the threads
-    /// connected to it, over all threads).
-    connected: Vec<(bool, Gauge)>,
+    /// Whether this thread's socket is connected to the endpoint.
+    connected: bool,
+    /// `bid_logger_endpoint_connected`: the threads connected to it, over
+    /// all threads.
+    gauge: Gauge,
+    activity: Arc<EndpointActivity>,
     /// Whether this thread logs connections (one thread does, not each).
     logs: bool,
-    /// Endpoints whose connection dropped, and when to renew each unless
+    /// When to renew the endpoint, after a dropped connection, unless
     /// libzmq reports reconnecting it first.
-    due: Vec<(String, Instant)>,
+    due: Option<Instant>,
 }
 
 /// How long after a dropped connection an endpoint that libzmq is not
@@ -74,14 +261,16 @@ pub(crate) struct Reconnector {
 const RENEW_AFTER: Duration = Duration::from_millis(250);
 
 impl Reconnector {
-    pub(crate) fn new(
+    fn new(
         ctx: &zmq::Context,
         socket: &zmq::Socket,
-        endpoints: &[String],
+        endpoint: &str,
         index: usize,
+        thread: usize,
+        activity: Arc<EndpointActivity>,
     ) -> Result<Reconnector, IngestError> {
         let z = |what: &'static str| move |source| IngestError::Zmq { what: what.into(), source };
-        let addr = format!("inproc://bid-logger-monitor-{}-{index}", std::process::id());
+        let addr = format!("inproc://bid-logger-monitor-{}-{thread}-{index}", std::process::id());
         let events = [
             zmq::SocketEvent::DISCONNECTED,
             zmq::SocketEvent::CONNECT_RETRIED,
@@ -93,51 +282,31 @@ impl Reconnector {
         socket.monitor(&addr, i32::from(events)).map_err(z("monitor"))?;
         let monitor = ctx.socket(zmq::PAIR).map_err(z("socket(PAIR)"))?;
         monitor.connect(&addr).map_err(z("connect(monitor)"))?;
-        let connected = endpoints
-            .iter()
-            .map(|e| {
-                let g = gauge!(t::ENDPOINT_CONNECTED, "endpoint" => e.clone());
-                g.increment(0.0);
-                (false, g)
-            })
-            .collect();
+        let gauge = gauge!(t::ENDPOINT_CONNECTED, "endpoint" => endpoint.to_string());
+        gauge.increment(0.0);
         Ok(Reconnector {
             monitor,
-            endpoints: endpoints.to_vec(),
+            endpoint: endpoint.to_string(),
+            index,
             reconnects: counter!(t::RECONNECTS),
-            connected,
-            logs: index == 0,
-            due: Vec::new(),
+            connected: false,
+            gauge,
+            activity,
+            logs: thread == 0,
+            due: None,
         })
     }
 
-    /// The configured endpoint an event's address stands for: the one it
-    /// names, or the only one, or the only one on its port (a host name
-    /// resolves to another address); `None` when that is ambiguous.
-    fn endpoint_of(&self, peer: &str) -> Option<usize> {
-        if let Some(i) = self.endpoints.iter().position(|e| e == peer) {
-            return Some(i);
-        }
-        if self.endpoints.len() == 1 {
-            return Some(0);
-        }
-        let port = |e: &str| e.rsplit_once(':').map(|(_, p)| p.to_string());
-        let same_port: Vec<usize> = (0..self.endpoints.len())
-            .filter(|&i| port(&self.endpoints[i]).is_some() && port(&self.endpoints[i]) == port(peer))
-            .collect();
-        (same_port.len() == 1).then(|| same_port[0])
-    }
-
-    /// Records that this thread's connection to endpoint `i` is up or down.
-    fn set_connected(&mut self, i: usize, up: bool) {
-        let (was, gauge) = &mut self.connected[i];
-        if *was == up {
+    /// Records that this thread's connection is up or down.
+    fn set_connected(&mut self, up: bool) {
+        if self.connected == up {
             return;
         }
-        *was = up;
-        gauge.increment(if up { 1.0 } else { -1.0 });
+        self.connected = up;
+        self.gauge.increment(if up { 1.0 } else { -1.0 });
+        self.activity.connections[self.index].fetch_add(if up { 1 } else { -1 }, Ordering::Relaxed);
         if self.logs {
-            let endpoint = &self.endpoints[i];
+            let endpoint = &self.endpoint;
             if up {
                 tracing::info!(%endpoint, "publisher endpoint connected");
             } else {
@@ -147,47 +316,87 @@ impl Reconnector {
     }
 
     /// Handles the events reported since the last call, and renews the
-    /// endpoints that are due (never blocks).
+    /// endpoint when it is due (never blocks).
     pub(crate) fn poll(&mut self, socket: &zmq::Socket) {
         let now = Instant::now();
         while let Ok(frames) = self.monitor.recv_multipart(zmq::DONTWAIT) {
             let event = frames.first().filter(|f| f.len() >= 2).map(|f| u16::from_le_bytes([f[0], f[1]]));
-            let peer = frames.get(1).map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default();
-            // The event names the resolved address; a configured host name
-            // may not match it, in which case every endpoint is concerned.
-            let matching: Vec<String> = self.endpoints.iter().filter(|e| **e == peer).cloned().collect();
-            let endpoint = self.endpoint_of(&peer);
             if event == Some(zmq::SocketEvent::CONNECTED.to_raw()) {
-                if let Some(i) = endpoint {
-                    self.set_connected(i, true);
-                }
-            }
-            if event == Some(zmq::SocketEvent::DISCONNECTED.to_raw()) {
-                if let Some(i) = endpoint {
-                    self.set_connected(i, false);
-                }
-                let targets = if matching.is_empty() { self.endpoints.clone() } else { matching };
-                for e in targets {
-                    if !self.due.iter().any(|(d, _)| *d == e) {
-                        self.due.push((e, now + RENEW_AFTER));
-                    }
-                }
+                self.set_connected(true);
+                self.due = None;
+            } else if event == Some(zmq::SocketEvent::DISCONNECTED.to_raw()) {
+                self.set_connected(false);
+                self.due.get_or_insert(now + RENEW_AFTER);
             } else {
-                // libzmq is reconnecting (or has reconnected) this endpoint.
-                // Only an exact match is known; the others are renewed when
-                // due, by which time their queued messages have been taken.
-                self.due.retain(|(d, _)| *d != peer);
+                // libzmq is reconnecting (or has reconnected) the endpoint.
+                self.due = None;
             }
         }
-        let (renew, wait): (Vec<_>, Vec<_>) = self.due.drain(..).partition(|(_, at)| *at <= now);
-        self.due = wait;
-        for (e, _) in renew {
+        if self.due.is_some_and(|at| at <= now) {
+            self.due = None;
+            let e = &self.endpoint;
             tracing::warn!(endpoint = %e, "publisher connection dropped and not being restored (e.g. after an oversized message); connecting again");
-            let _ = socket.disconnect(&e);
-            if let Err(err) = socket.connect(&e) {
+            let _ = socket.disconnect(e);
+            if let Err(err) = socket.connect(e) {
                 tracing::error!(endpoint = %e, error = %err, "reconnect failed");
             }
             self.reconnects.increment(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::IngestConfig;
+
+    fn activity() -> Arc<EndpointActivity> {
+        let config = IngestConfig {
+            connect: vec!["tcp://a:1".into(), "tcp://b:2".into()],
+            bind: vec!["tcp://*:3".into()],
+            partition_count: 1,
+            partitions: vec![0],
+            event_types: vec![],
+            sample: bid_logger_core::sample::Rate::ALL,
+            raw_sample: bid_logger_core::sample::Rate::NONE,
+            receive_hwm: 0,
+            quiet_after: Duration::from_secs(60),
+            max_message_size: 1,
+            max_event_size: 1,
+            max_seq_jump: 1,
+            threads: 1,
+            allow: vec![],
+        };
+        Arc::new(EndpointActivity::new(&config))
+    }
+
+    #[test]
+    fn a_connected_endpoint_that_sends_nothing_is_reported_once_and_again_when_it_sends() {
+        let a = activity();
+        let t0 = Instant::now();
+        let mut watch = QuietWatch::new(a.clone(), Duration::from_secs(60), t0);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // not connected: down, not quiet (that has its own log line and alert)
+        assert_eq!(watch.check(at(120)), vec![]);
+        a.connections[0].fetch_add(1, Ordering::Relaxed);
+        a.connections[1].fetch_add(1, Ordering::Relaxed);
+        assert_eq!(watch.check(at(121)), vec![], "connected just now");
+        a.messages[1].fetch_add(5, Ordering::Relaxed);
+        assert_eq!(watch.check(at(150)), vec![]);
+        assert_eq!(watch.check(at(181)), vec![Quiet::Began("tcp://a:1".into())], "b sent at 150");
+        assert_eq!(watch.check(at(200)), vec![], "reported once");
+        assert_eq!(watch.check(at(211)), vec![Quiet::Began("tcp://b:2".into())]);
+        a.messages[0].fetch_add(1, Ordering::Relaxed);
+        assert_eq!(watch.check(at(212)), vec![Quiet::Ended("tcp://a:1".into())]);
+        assert_eq!(watch.check(at(250)), vec![]);
+        // a quiet endpoint that disconnects is no longer quiet, and says nothing
+        a.connections[1].fetch_sub(1, Ordering::Relaxed);
+        assert_eq!(watch.check(at(260)), vec![]);
+        a.connections[1].fetch_add(1, Ordering::Relaxed);
+        a.messages[0].fetch_add(1, Ordering::Relaxed);
+        assert_eq!(watch.check(at(300)), vec![]);
+        assert_eq!(watch.check(at(321)), vec![Quiet::Began("tcp://b:2".into())]);
+        // the bound endpoint is not watched
+        assert!(a.is_connected(2));
     }
 }

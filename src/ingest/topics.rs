@@ -72,6 +72,7 @@ mod tests {
             sample: sample.parse().unwrap(),
             raw_sample: Rate::NONE,
             receive_hwm: 0,
+            quiet_after: crate::ingest::DEFAULT_QUIET_AFTER,
             max_message_size: 1024,
             max_event_size: 1024,
             max_seq_jump: 1000,

@@ -2,7 +2,7 @@
 //! that runs them; [`spawn`] starts them all.
 
 use super::pacer::Pacer;
-use super::socket::{open_socket, Reconnector};
+use super::socket::{open_sources, EndpointActivity, Source};
 use super::topics::subscriptions;
 use super::{IngestConfig, IngestError};
 use crate::assignment::{Assignment, LateMarks};
@@ -34,6 +34,10 @@ pub const BUFFER_LIMIT_BYTES: usize = 256 << 20;
 const HOUSEKEEPING_MS: u64 = 10;
 /// How often local counts are added to the exported metrics.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+/// With several endpoints, how many messages in a row one source gives
+/// before the next is read: each gets its turn under any load, and a busy
+/// one is read in runs long enough that switching costs nothing.
+const SOURCE_RUN: u32 = 256;
 
 /// Metric handles of one ingest thread; counts are kept locally per message
 /// and added here in batches (a few times per second).
@@ -98,11 +102,11 @@ pub struct IngestSummary {
     pub rejected: u64,
 }
 
-/// One ingest thread's state: socket, hot path and local counters.
+/// One ingest thread's state: sockets, hot path and local counters.
 pub struct Ingest {
-    socket: zmq::Socket,
-    /// `None` when nothing is connected (bind only).
-    reconnector: Option<Reconnector>,
+    /// One per endpoint.
+    sources: Vec<Source>,
+    activity: Arc<EndpointActivity>,
     hot: HotPath,
     sink: mpsc::Sender<Delta>,
     flush_interval: Duration,
@@ -206,7 +210,7 @@ impl Ingest {
         flush_interval: Duration,
         links: &Links,
     ) -> Result<Ingest, IngestError> {
-        let Links { sink, progress, committed, late, fleet } = links;
+        let Links { sink, progress, committed, late, fleet, endpoints } = links;
         let mut hot_config = config.hot_path(aggregate);
         // A fleet member's group takes every partition: at rate 1 a
         // mismatching event is kept by the member that receives it, as by a
@@ -224,13 +228,7 @@ impl Ingest {
             (cell, scope)
         });
         let topics = subscriptions(config, &hot.samplers(), index, config.threads);
-        let socket = open_socket(ctx, config, &topics)?;
-        let reconnector = if config.connect.is_empty() {
-            None
-        } else {
-            Some(Reconnector::new(ctx, &socket, &config.connect, index)?)
-        };
-        super::socket::connect_all(&socket, config)?;
+        let sources = open_sources(ctx, config, &topics, index, endpoints)?;
         tracing::info!(thread = index, topics = topics.len(), "subscribed");
         let fleet = fleet.as_ref().map(|f| {
             hot.owned = Some(vec![false; config.partition_count as usize].into_boxed_slice());
@@ -271,8 +269,8 @@ impl Ingest {
             }
         });
         Ok(Ingest {
-            socket,
-            reconnector,
+            sources,
+            activity: endpoints.clone(),
             hot,
             sink: sink.clone(),
             flush_interval,
@@ -299,16 +297,44 @@ impl Ingest {
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
         let mut next_housekeeping = coarse_monotonic_ms() + HOUSEKEEPING_MS;
         let mut pacer = Pacer::default();
+        // The source being read, how many messages in a row it gave, and
+        // how many sources in a row were empty.
+        let (mut current, mut run, mut empty) = (0usize, 0u32, 0usize);
+        let sources = self.sources.len();
         loop {
-            let got = self.socket.recv(&mut topic, pacer.flags());
+            // One source: block in its `recv` once the stream is idle.
+            // Several: read each without blocking, up to SOURCE_RUN
+            // messages in turn, and wait on all of them once idle.
+            let flags = if sources == 1 { pacer.flags() } else { zmq::DONTWAIT };
+            let got = self.sources[current].socket.recv(&mut topic, flags);
             let housekeeping = match got {
                 Ok(()) => {
                     pacer.received();
                     self.received += 1;
-                    self.handle(&topic, &mut payload, now_ms);
+                    self.sources[current].received += 1;
+                    self.handle(current, &topic, &mut payload, now_ms);
+                    empty = 0;
+                    run += 1;
+                    if run == SOURCE_RUN && sources > 1 {
+                        run = 0;
+                        current = (current + 1) % sources;
+                    }
                     // The coarse clock costs a few ns (no syscall, no TSC read),
                     // cheap enough to look at after every message.
                     coarse_monotonic_ms() >= next_housekeeping
+                }
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) if sources > 1 => {
+                    run = 0;
+                    current = (current + 1) % sources;
+                    empty += 1;
+                    if empty < sources {
+                        continue;
+                    }
+                    empty = 0;
+                    if !pacer.empty() {
+                        self.wait_for_any();
+                    }
+                    true
                 }
                 Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => {
                     pacer.empty();
@@ -325,8 +351,10 @@ impl Ingest {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                if let Some(r) = &mut self.reconnector {
-                    r.poll(&self.socket);
+                for source in &mut self.sources {
+                    if let Some(r) = &mut source.reconnector {
+                        r.poll(&source.socket);
+                    }
                 }
                 self.follow();
                 self.seed_late();
@@ -416,8 +444,10 @@ impl Ingest {
         let added: Vec<u32> = receive.iter().copied().filter(|p| f.receiving.binary_search(p).is_err()).collect();
         for p in was.iter().filter(|p| now.binary_search(p).is_err()) {
             for &et in &f.event_types {
-                if let Err(e) = self.socket.set_unsubscribe(topic(et, *p).as_bytes()) {
-                    tracing::error!(error = %e, partition = p, "unsubscribe failed");
+                for source in &self.sources {
+                    if let Err(e) = source.socket.set_unsubscribe(topic(et, *p).as_bytes()) {
+                        tracing::error!(error = %e, partition = p, "unsubscribe failed");
+                    }
                 }
             }
         }
@@ -459,8 +489,10 @@ impl Ingest {
         }
         for p in now.iter().filter(|p| was.binary_search(p).is_err()) {
             for &et in &f.event_types {
-                if let Err(e) = self.socket.set_subscribe(topic(et, *p).as_bytes()) {
-                    tracing::error!(error = %e, partition = p, "subscribe failed");
+                for source in &self.sources {
+                    if let Err(e) = source.socket.set_subscribe(topic(et, *p).as_bytes()) {
+                        tracing::error!(error = %e, partition = p, "subscribe failed");
+                    }
                 }
             }
         }
@@ -472,22 +504,30 @@ impl Ingest {
         f.acks[f.index].store(a.generation, Ordering::Release);
     }
 
+    /// Waits until some source has a message, or the receive timeout.
+    fn wait_for_any(&self) {
+        let mut items: Vec<zmq::PollItem<'_>> =
+            self.sources.iter().map(|s| s.socket.as_poll_item(zmq::POLLIN)).collect();
+        let _ = zmq::poll(&mut items, i64::from(super::socket::RECV_TIMEOUT_MS));
+    }
+
     /// Receives the rest of a message whose topic frame has just been
-    /// received, and runs it through the hot path.
+    /// received from source `from`, and runs it through the hot path.
     #[inline]
-    fn handle(&mut self, topic: &zmq::Message, payload: &mut zmq::Message, now_ms: i64) {
+    fn handle(&mut self, from: usize, topic: &zmq::Message, payload: &mut zmq::Message, now_ms: i64) {
         if !topic.get_more() {
             self.hot.bad_frames();
             return;
         }
+        let socket = &self.sources[from].socket;
         // ZeroMQ delivers all frames of a message atomically: the second is here.
-        if self.socket.recv(payload, 0).is_err() {
+        if socket.recv(payload, 0).is_err() {
             self.hot.bad_frames();
             return;
         }
         if payload.get_more() {
             // Swallow the rest of the message so the next recv starts a new one.
-            while payload.get_more() && self.socket.recv(payload, 0).is_ok() {}
+            while payload.get_more() && socket.recv(payload, 0).is_ok() {}
             self.hot.bad_frames();
             return;
         }
@@ -586,6 +626,9 @@ impl Ingest {
         let AggregateStats { accepted, late, future, folded, raw: _, raw_dropped } = self.hot.aggregator.take_stats();
         let hot = &mut self.hot;
         m.received.increment(self.received);
+        for source in &mut self.sources {
+            source.publish(&self.activity);
+        }
         for (c, n) in m.accepted.iter().zip(accepted) {
             if n > 0 {
                 c.increment(n);
@@ -695,6 +738,8 @@ pub struct Links {
     pub late: Option<LateMarks>,
     /// For a fleet member.
     pub fleet: Option<FleetLinks>,
+    /// Messages and connections per endpoint, over all threads.
+    pub endpoints: Arc<EndpointActivity>,
 }
 
 /// Starts `config.threads` ingest threads sharing one ZeroMQ context.
@@ -747,6 +792,7 @@ mod tests {
             sample: Rate::ALL,
             raw_sample: Rate::NONE,
             receive_hwm: 0,
+            quiet_after: crate::ingest::DEFAULT_QUIET_AFTER,
             max_message_size: 1024,
             max_event_size: 1024,
             max_seq_jump: 1000,
@@ -760,6 +806,7 @@ mod tests {
             committed: SeqMarks::default(),
             late: None,
             fleet: Some(FleetLinks { assignment, acks: Arc::new([AtomicU64::new(0)]), standby: None }),
+            endpoints: Arc::new(EndpointActivity::new(&config)),
         };
         let ingest =
             Ingest::new(&zmq::Context::new(), &config, AggregateConfig::default(), 0, Duration::from_secs(1), &links)

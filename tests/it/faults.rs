@@ -827,3 +827,50 @@ async fn each_endpoint_shows_whether_it_is_connected_and_a_line_says_when_it_con
     assert_eq!(lines("publisher endpoint connected"), 1, "{stderr}");
     assert_eq!(lines("publisher endpoint disconnected"), 1, "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_endpoints_messages_are_counted_and_one_connected_but_silent_is_logged_until_it_sends() {
+    let db = fresh_database("endpoint_quiet").await;
+    let (mut talker, mut silent) = (Publisher::bind(), Publisher::bind());
+    let args = [
+        "--connect",
+        &talker.endpoint,
+        "--connect",
+        &silent.endpoint,
+        "--endpoint-quiet-after",
+        "1s",
+        "--ingest-threads",
+        "2",
+    ];
+    let logger = Logger::start(&db, &args);
+    talker.wait_for_subscriptions(subset_topics(16, 8, 16));
+    silent.wait_for_subscriptions(subset_topics(16, 8, 16));
+    let mut rng = SmallRng::seed_from_u64(17);
+    let first = events(&mut rng, 3000, "talker");
+    for e in &first {
+        talker.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
+    let quiet = "sending nothing";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !logger.stderr_so_far().lines().any(|l| l.contains(quiet) && l.contains(&silent.endpoint)) {
+        assert!(Instant::now() < deadline, "no line for the silent endpoint:\n{}", logger.stderr_so_far());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = events(&mut rng, 1000, "silent");
+    for e in &second {
+        silent.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", (first.len() + second.len()) as f64, Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !logger.stderr_so_far().lines().any(|l| l.contains("sending again") && l.contains(&silent.endpoint)) {
+        assert!(Instant::now() < deadline, "no line when it sent:\n{}", logger.stderr_so_far());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let messages = |e: &str| logger.metric("bid_logger_endpoint_messages_total", &format!("endpoint=\"{e}\""));
+    logger.wait_metric("bid_logger_messages_received_total", 4000.0, Duration::from_secs(5));
+    assert_eq!((messages(&talker.endpoint), messages(&silent.endpoint)), (3000.0, 1000.0), "{}", logger.metrics_text());
+    let stderr = logger.stop_ok();
+    let lines = |what: &str| stderr.lines().filter(|l| l.contains(what) && l.contains(&silent.endpoint)).count();
+    assert_eq!((lines(quiet), lines("sending again")), (1, 1), "once each:\n{stderr}");
+}

@@ -124,6 +124,7 @@ fn ingest_config(connect: &str, partition_count: u32, sample: Rate) -> IngestCon
         sample,
         raw_sample: Rate::NONE,
         receive_hwm: bid_logger::ingest::DEFAULT_RECEIVE_HWM,
+        quiet_after: bid_logger::ingest::DEFAULT_QUIET_AFTER,
         max_message_size: bid_logger::ingest::DEFAULT_MAX_MESSAGE_SIZE,
         max_event_size: bid_logger::ingest::DEFAULT_MAX_EVENT_SIZE,
         max_seq_jump: bid_logger::ingest::DEFAULT_MAX_SEQ_JUMP,
