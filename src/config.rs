@@ -57,106 +57,126 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, clap::Args)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Settings {
-    /// Publisher endpoint to connect the SUB socket to, e.g. tcp://10.0.0.5:5556 (repeatable).
+    /// Publisher endpoints to connect to (repeatable / comma-separated), each checked at start as libzmq takes it:
+    /// `tcp://host:port`, `ipc://path`, `inproc://name`, `pgm://`, `epgm://`. Required unless `bind` is set.
     #[arg(long, env = "BID_LOGGER_CONNECT", value_delimiter = ',', value_name = "ENDPOINT")]
     pub connect: Option<Vec<String>>,
-    /// Endpoint to bind the SUB socket to, for XPUB/XSUB forwarder set-ups (repeatable).
+    /// Endpoints to bind instead (XPUB/XSUB forwarder set-ups).
     #[arg(long, env = "BID_LOGGER_BIND", value_delimiter = ',', value_name = "ENDPOINT")]
     pub bind: Option<Vec<String>>,
-    /// Peers allowed to connect to bound endpoints: IPs or CIDR networks (repeatable) [default: any].
+    /// With `bind`: peers allowed to connect, IPs or CIDR networks (`10.0.0.0/8`); others are refused by a ZeroMQ ZAP
+    /// handler and counted [default: any].
     #[arg(long, env = "BID_LOGGER_ALLOW", value_delimiter = ',', value_name = "NETWORK")]
     pub allow: Option<Vec<String>>,
-    /// PostgreSQL URL (also read from DATABASE_URL).
+    /// PostgreSQL URL or key=value string; logs and `check-config` show it rendered again from what was parsed,
+    /// without the password. Required; `DATABASE_URL` is read when it is not set anywhere.
     #[arg(long, env = "BID_LOGGER_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
-    /// Fleet-wide partition count P, as the publishers use it [default: 64].
+    /// The fleet-wide partition count P the publishers use (1–10000) [default: 64].
     #[arg(long, env = "BID_LOGGER_PARTITION_COUNT", value_name = "P")]
     pub partition_count: Option<u32>,
-    /// This instance's partitions, e.g. `0-15,32` [default: all].
+    /// This instance's partitions, e.g. `0-15,32`; several instances split the fleet by giving each its own (or use
+    /// `group`) [default: all].
     #[arg(long, env = "BID_LOGGER_PARTITIONS", value_name = "LIST")]
     pub partitions: Option<String>,
-    /// Fleet group: the instances of one group and database divide the partitions between themselves (leases in PostgreSQL); without it, `partitions` applies [default: none].
+    /// A fleet: the instances of one group and database divide the partitions between themselves through leases in
+    /// PostgreSQL (see docs/fleet.md); `partitions` must then stay `all` [default: none].
     #[arg(long, env = "BID_LOGGER_GROUP", value_name = "NAME")]
     pub group: Option<String>,
-    /// How long a fleet member's unrenewed lease lasts; renewed every third of it [default: 6s].
+    /// How long a fleet member's unrenewed lease lasts (renewed every third of it); a dead member's partitions are
+    /// taken over within 2 × `lease-ttl` [default: 6s].
     #[arg(long, env = "BID_LOGGER_LEASE_TTL", value_name = "DURATION")]
     pub lease_ttl: Option<String>,
-    /// A fleet member's hot standby: bytes of recent messages of the partitions it does not own to keep, replayed when it takes one over (0: no standby) [default: 0].
+    /// With `group`: bytes this member keeps of the partitions it does not own, as a hot standby (their last 2 ×
+    /// `lease-ttl` + `flush-interval`), so that a dead member's partitions lose nothing (see docs/fleet.md); 0: no
+    /// standby; at least 1 MiB otherwise [default: 0].
     #[arg(long, env = "BID_LOGGER_STANDBY_MEMORY", value_name = "BYTES")]
     pub standby_memory: Option<usize>,
-    /// Event types to subscribe to, e.g. `bid,win` [default: all].
+    /// Event types to subscribe to, e.g. `bid,win,impression` [default: all].
     #[arg(long, env = "BID_LOGGER_EVENT_TYPES", value_name = "LIST")]
     pub event_types: Option<String>,
-    /// Rollup sampling rate by transaction: `1`, `1/8`, `0.125` [default: 1].
+    /// Rollup sampling rate by transaction (`1`, `1/8`, `0.125`); see docs/warehouse.md#sampling [default: 1].
     #[arg(long, env = "BID_LOGGER_SAMPLE", value_name = "RATE")]
     #[serde(default, deserialize_with = "rate_text")]
     pub sample: Option<String>,
-    /// How often rollups are flushed to PostgreSQL [default: 1s].
+    /// How often a batch is written [default: 1s].
     #[arg(long, env = "BID_LOGGER_FLUSH_INTERVAL", value_name = "DURATION")]
     pub flush_interval: Option<String>,
-    /// Address of the Prometheus /metrics endpoint [default: 127.0.0.1:9464].
+    /// Prometheus endpoint (`/metrics`); localhost only by default [default: 127.0.0.1:9464].
     #[arg(long, env = "BID_LOGGER_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<String>,
-    /// Oldest event time accepted, relative to now [default: 7d].
+    /// Events older than this (event time vs. now) are rejected and counted [default: 7d].
     #[arg(long, env = "BID_LOGGER_MAX_LATENESS", value_name = "DURATION")]
     pub max_lateness: Option<String>,
-    /// Furthest event time in the future accepted [default: 5m].
+    /// Events further in the future are rejected and counted [default: 5m].
     #[arg(long, env = "BID_LOGGER_MAX_FUTURE_SKEW", value_name = "DURATION")]
     pub max_future_skew: Option<String>,
-    /// Cap on distinct rollup keys held in memory; beyond it keys fold into other/-1 [default: 1000000].
+    /// Distinct rollup keys held per ingest thread between flushes; new keys beyond it fold into os `other`,
+    /// campaign/advertiser `-1` [default: 1000000].
     #[arg(long, env = "BID_LOGGER_MAX_LIVE_KEYS", value_name = "N")]
     pub max_live_keys: Option<usize>,
-    /// Cap on distinct OS values per flush interval; beyond it they fold into `other` [default: 1000].
+    /// Distinct OS strings per flush interval; more fold into `other` (1–4000) [default: 1000].
     #[arg(long, env = "BID_LOGGER_MAX_OS_VALUES", value_name = "N")]
     pub max_os_values: Option<usize>,
-    /// Cap on distinct exchange values per flush interval; beyond it they fold into `other` [default: 1000].
+    /// Distinct exchange strings per flush interval; more fold into `other` (1–4000) [default: 1000].
     #[arg(long, env = "BID_LOGGER_MAX_EXCHANGE_VALUES", value_name = "N")]
     pub max_exchange_values: Option<usize>,
-    /// Receive high-water mark of each SUB socket, in messages [default: 1000000].
+    /// ZMQ_RCVHWM, messages (0 = unlimited): libzmq applies it to each connection of each SUB socket (an ingest
+    /// thread has one socket per endpoint) [default: 1000000].
     #[arg(long, env = "BID_LOGGER_RECEIVE_HWM", value_name = "N")]
     pub receive_hwm: Option<i32>,
-    /// Hard limit on one frame, in bytes (ZMQ_MAXMSGSIZE): a peer sending more is disconnected [default: 8388608].
+    /// Hard limit on one frame, bytes (ZMQ_MAXMSGSIZE): libzmq disconnects a peer that sends more, and the logger
+    /// reconnects it; a guard against hostile peers, at least `max-event-size` [default: 8388608].
     #[arg(long, env = "BID_LOGGER_MAX_MESSAGE_SIZE", value_name = "BYTES")]
     pub max_message_size: Option<i64>,
-    /// Largest payload processed, in bytes; larger ones are counted invalid (`too_large`) and dropped [default: 65536].
+    /// Largest payload processed, bytes; a larger one is counted invalid (`too_large`) and dropped, costing no other
+    /// message [default: 65536].
     #[arg(long, env = "BID_LOGGER_MAX_EVENT_SIZE", value_name = "BYTES")]
     pub max_event_size: Option<usize>,
-    /// Largest forward `seq` jump on one publisher's topic counted as lost messages; a larger one is a reset [default: 10000000].
+    /// Largest forward `seq` jump on one publisher's topic counted as lost messages; a larger jump is a sequence
+    /// reset (`bid_logger_seq_resets_total`) [default: 10000000].
     #[arg(long, env = "BID_LOGGER_MAX_SEQ_JUMP", value_name = "N")]
     pub max_seq_jump: Option<u64>,
-    /// How long a connected publisher endpoint may send nothing before a warning is logged (once, and once
-    /// more when it sends again); 0s: never [default: 1m].
+    /// A `connect` endpoint that is connected but has sent nothing for this long is logged (a warning, once; an info
+    /// line when it sends again); `0s`: never. Messages per endpoint are in `bid_logger_endpoint_messages_total`
+    /// [default: 1m].
     #[arg(long, env = "BID_LOGGER_ENDPOINT_QUIET_AFTER", value_name = "DURATION")]
     pub endpoint_quiet_after: Option<String>,
-    /// Receive threads, each with its own SUB socket and a share of the partitions [default: 1].
+    /// Receive threads, each with its own SUB socket per endpoint and a round-robin share of the partitions [default:
+    /// 1].
     #[arg(long, env = "BID_LOGGER_INGEST_THREADS", value_name = "N")]
     pub ingest_threads: Option<usize>,
-    /// Name of this instance in the flush ledger [default: the host name].
+    /// This instance's name in the flush ledger; each instance needs its own (the example file leaves it commented
+    /// for that reason) [default: the host name].
     #[arg(long, env = "BID_LOGGER_INSTANCE_ID", value_name = "NAME")]
     pub instance_id: Option<String>,
-    /// PostgreSQL connections in the pool [default: 2].
+    /// PostgreSQL connections; a batch of ≥ 10 000 rows is written as this many parts in parallel (disjoint hour
+    /// keys, each part its own transactions and ledger rows) [default: 2].
     #[arg(long, env = "BID_LOGGER_DB_POOL_SIZE", value_name = "N")]
     pub db_pool_size: Option<usize>,
-    /// Time one flush may take before it is abandoned and retried [default: 30s].
+    /// A flush attempt taking longer is abandoned (its connection closed) and retried; at least `100ms` [default:
+    /// 30s].
     #[arg(long, env = "BID_LOGGER_FLUSH_TIMEOUT", value_name = "DURATION")]
     pub flush_timeout: Option<String>,
-    /// How long a graceful stop keeps trying to flush before giving up [default: 30s].
+    /// How long a graceful stop keeps retrying the final flush [default: 30s].
     #[arg(long, env = "BID_LOGGER_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
-    /// Cap on distinct rows waiting for the database while it is slow or down [default: 2000000].
+    /// Distinct rows waiting while PostgreSQL is slow or down (same folding) [default: 2000000].
     #[arg(long, env = "BID_LOGGER_MAX_PENDING_ROWS", value_name = "N")]
     pub max_pending_rows: Option<usize>,
-    /// Raw-event sample rate by transaction for `events_sample`; `0` turns it off [default: 1/1000].
+    /// Raw-event sample rate by transaction for `events_sample` (`0` = off); see docs/warehouse.md#raw-sample-events_sample
+    /// [default: 1/1000].
     #[arg(long, env = "BID_LOGGER_RAW_SAMPLE", value_name = "RATE")]
     #[serde(default, deserialize_with = "rate_text")]
     pub raw_sample: Option<String>,
-    /// Days of `events_sample` kept; older daily partitions are dropped [default: 7d].
+    /// Whole days of `events_sample` kept; older daily partitions are dropped by the logger [default: 7d].
     #[arg(long, env = "BID_LOGGER_RAW_RETENTION", value_name = "DURATION")]
     pub raw_retention: Option<String>,
-    /// Raw rows buffered while PostgreSQL is slow or down; beyond it they are dropped and counted [default: 1000000].
+    /// Raw rows held per ingest thread and in the sink's queue while PostgreSQL is behind; beyond it raw rows are
+    /// dropped and counted (rollups stay exact) [default: 1000000].
     #[arg(long, env = "BID_LOGGER_RAW_BUFFER_ROWS", value_name = "N")]
     pub raw_buffer_rows: Option<usize>,
-    /// Log format: `text` or `json` [default: text].
+    /// `text` or `json` (structured logs on stderr; level from `RUST_LOG`, default `info`) [default: text].
     #[arg(long, env = "BID_LOGGER_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
     /// Rollup tables, `[rollup.<table>]` sections of the file only (see
@@ -506,6 +526,47 @@ impl Config {
             ),
         }
     }
+}
+
+/// The configuration reference of `docs/configuration.md`, generated from
+/// the flags of `run`: each key in declaration order, its default as its
+/// help says it (which a unit test holds to the default the code uses),
+/// and the help itself. `bid-logger-tools docs` writes it into the page;
+/// the docs tests fail when the page differs.
+pub fn reference_table() -> String {
+    use clap::Args;
+    let descriptive = ["all", "any", "the host name", "none"];
+    let cmd = Settings::augment_args(clap::Command::new("run"));
+    let mut out = String::from("| key | default | meaning |\n|---|---|---|\n");
+    for arg in cmd.get_arguments() {
+        let (Some(key), Some(help)) = (arg.get_long(), arg.get_long_help().or(arg.get_help())) else { continue };
+        let help = help.to_string();
+        let (meaning, default) = match help.split_once(" [default: ") {
+            Some((meaning, rest)) => {
+                let default = rest.split(']').next().unwrap_or_default();
+                let default = if descriptive.contains(&default) { default.to_string() } else { format!("`{default}`") };
+                (meaning.to_string(), default)
+            }
+            None => (help.clone(), "—".to_string()),
+        };
+        // `docs/fleet.md` in the help is a link on the page, beside it
+        let mut linked = String::new();
+        for (i, part) in meaning.trim_end_matches('.').split("docs/").enumerate() {
+            match (i, part.split_once(".md")) {
+                (0, _) | (_, None) => linked += &format!("{}{part}", if i == 0 { "" } else { "docs/" }),
+                (_, Some((page, rest))) => {
+                    // an anchor, `docs/warehouse.md#sampling`, goes into the link
+                    let anchor_len = rest.strip_prefix('#').map_or(0, |a| {
+                        1 + a.find(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_')).unwrap_or(a.len())
+                    });
+                    let (anchor, rest) = rest.split_at(anchor_len);
+                    linked += &format!("[{page}.md{anchor}]({page}.md{anchor}){rest}")
+                }
+            }
+        }
+        out += &format!("| `{key}` | {default} | {} |\n", linked.replace('|', "\\|"));
+    }
+    out
 }
 
 /// The rollup tables: the default set, overridden and extended by the

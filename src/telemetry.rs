@@ -13,10 +13,12 @@ pub const COMMIT: &str = env!("BUILD_GIT_COMMIT");
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BUILD_GIT_COMMIT"), ")");
 
 /// The one table of metrics: each row names a metric once and generates its
-/// constant (documented by its help text), its entry in [`ALL`] and its
-/// description in [`describe`].
+/// constant (documented by its help text), its entry in [`ALL`] and
+/// [`TABLE`], and its description in [`describe`]. A row: kind (a
+/// `process_*` one is exported by `metrics-process`), constant, name, unit,
+/// labels (as the docs say them), help.
 macro_rules! metrics_table {
-    ($($kind:ident $name:ident = $metric:literal, $unit:ident, $help:literal;)*) => {
+    ($($kind:ident $name:ident = $metric:literal, $unit:ident, $labels:literal, $help:literal;)*) => {
         $(
             #[doc = $help]
             pub const $name: &str = $metric;
@@ -24,6 +26,12 @@ macro_rules! metrics_table {
 
         /// Every metric name, in table order (documentation checks use it).
         pub const ALL: &[&str] = &[$($name),*];
+
+        /// Every metric: name, type, labels, help (what docs/metrics.md's
+        /// table is generated from, see [`reference_table`]).
+        pub const TABLE: &[(&str, &str, &str, &str)] = &[$(
+            ($metric, metrics_table!(@type $kind), $labels, $help)
+        ),*];
 
         /// Describes every metric (type, unit, help) with the installed
         /// recorder. The `process_*` family is described by `metrics-process`.
@@ -41,7 +49,23 @@ macro_rules! metrics_table {
     (@describe histogram $name:ident, $unit:ident, $help:literal) => {
         metrics::describe_histogram!($name, Unit::$unit, $help)
     };
-    (@describe process $name:ident, $unit:ident, $help:literal) => {};
+    (@describe process_gauge $name:ident, $unit:ident, $help:literal) => {};
+    (@describe process_counter $name:ident, $unit:ident, $help:literal) => {};
+    (@type process_gauge) => { "gauge" };
+    (@type process_counter) => { "counter" };
+    (@type $kind:ident) => { stringify!($kind) };
+}
+
+/// The metrics table of `docs/metrics.md`, generated from [`TABLE`]
+/// (`bid-logger-tools docs` writes it; the docs tests fail when the page
+/// differs).
+pub fn reference_table() -> String {
+    let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for (name, kind, labels, help) in TABLE {
+        let help = help.strip_suffix('.').unwrap_or(help);
+        out += &format!("| `{name}` | {kind} | {labels} | {help} |\n");
+    }
+    out
 }
 
 /// Losses counted so far by this process.
@@ -63,110 +87,110 @@ pub fn lost_counted() -> u64 {
 }
 
 metrics_table! {
-    counter MESSAGES_RECEIVED = "bid_logger_messages_received_total", Count,
+    counter MESSAGES_RECEIVED = "bid_logger_messages_received_total", Count, "",
         "Messages taken off the SUB sockets, valid or not.";
-    counter EVENTS_ACCEPTED = "bid_logger_events_accepted_total", Count,
-        "Valid, sampled, in-window events counted into the rollups, by event_type.";
-    counter MESSAGES_INVALID = "bid_logger_messages_invalid_total", Count,
-        "Invalid messages dropped, by reason.";
-    counter EVENTS_SAMPLED_OUT = "bid_logger_events_sampled_out_total", Count,
-        "Valid events outside the transaction sample.";
-    counter EVENTS_REJECTED = "bid_logger_events_rejected_total", Count,
-        "Valid events rejected for their event time, by reason (late, future).";
-    counter MESSAGES_LOST = "bid_logger_messages_lost_total", Count,
-        "Messages lost between publishers and the logger, from seq gaps (across restarts and handovers too), plus events received but not written before a crash.";
-    counter MESSAGES_UNOWNED = "bid_logger_messages_unowned_total", Count,
-        "Messages of partitions this fleet member no longer owns (in flight when it unsubscribed), left to the new owner.";
-    counter HANDOVER_MESSAGES = "bid_logger_handover_messages_total", Count,
-        "Messages of partitions claimed from another member, buffered until the lease was passed, by outcome: replayed (above the giver's marks), duplicate (the giver counted them), unsequenced (no pub/seq: the giver's), overflowed (not buffered: the buffer limit was reached; counted as lost at the replay).";
-    gauge BUFFERED_BYTES = "bid_logger_handover_buffered_bytes", Bytes,
-        "Bytes of messages buffered for partitions this fleet member is about to take over (claims), or keeps as a hot standby.";
-    gauge OWNED_PARTITIONS = "bid_logger_owned_partitions", Count,
-        "Partitions whose lease this fleet member holds, by group.";
-    gauge GROUP_PARTITIONS = "bid_logger_group_partitions", Count,
-        "Partitions a fleet member's group divides (partition-count), by group: the sum of the members' owned partitions once every lease is held.";
-    counter LEASE_TAKEOVERS = "bid_logger_lease_takeovers_total", Count,
-        "Partition leases this member took over after they expired (their owner died or froze).";
-    counter COORDINATOR_RETRIES = "bid_logger_coordinator_retries_total", Count,
-        "Fleet heartbeats that failed or waited past their bound (a third of lease-ttl) and were retried: the database was down, slow or busy with the group's locks.";
-    counter FENCED = "bid_logger_fenced_total", Count,
-        "Times this member found its leases taken (frozen past lease-ttl) and dropped what it held.";
-    counter PUBLISHER_RESTARTS = "bid_logger_publisher_restarts_total", Count,
-        "Publisher restarts seen (seq going backwards).";
-    counter SEQ_RESETS = "bid_logger_seq_resets_total", Count,
-        "seq jumps forward larger than max-seq-jump (sequence resets, not losses).";
-    counter SEQ_PUBLISHERS_EVICTED = "bid_logger_seq_publishers_evicted_total", Count,
-        "Publishers dropped from seq tracking to keep its memory bounded.";
-    counter PARTITION_MISMATCH = "bid_logger_partition_mismatch_total", Count,
-        "Events whose topic partition is not fnv1a64(txn) mod partition-count.";
-    gauge FLUSH_INTERVAL = "bid_logger_flush_interval_seconds", Seconds,
-        "The configured flush interval (alert thresholds follow it).";
-    gauge LIVE_KEYS = "bid_logger_live_keys", Count,
-        "Distinct rollup keys held in memory, by ingest and by the sink's pending batch.";
-    counter OVERFLOW_FOLDED = "bid_logger_overflow_folded_events_total", Count,
-        "Events folded into other/-1 by a cardinality cap.";
-    histogram FLUSH_DURATION = "bid_logger_flush_duration_seconds", Seconds,
-        "Time a successful flush took (every direct table, the delta logs and the raw sample).";
-    counter ROWS_UPSERTED = "bid_logger_rows_upserted_total", Count,
-        "Rollup rows inserted or updated, by table.";
-    counter EVENTS_FLUSHED = "bid_logger_events_flushed_total", Count,
-        "Events written to PostgreSQL (each event once, whatever the number of tables).";
-    counter FLUSH_FAILURES = "bid_logger_flush_failures_total", Count,
-        "Flush attempts that failed and will be retried.";
-    gauge PENDING_BATCHES = "bid_logger_pending_batches", Count,
-        "Batches waiting to be written (queued and in flight).";
-    gauge PENDING_EVENTS = "bid_logger_pending_events", Count,
-        "Events accepted but not yet written.";
-    gauge LAST_FLUSH = "bid_logger_last_flush_timestamp_seconds", Seconds,
+    counter EVENTS_ACCEPTED = "bid_logger_events_accepted_total", Count, "`event_type`",
+        "Valid, sampled, in-window events counted into the rollups.";
+    counter MESSAGES_INVALID = "bid_logger_messages_invalid_total", Count, "`reason` = `frames`, `topic`, `too_large`, `malformed`, `not_map`, `missing_field`, `wrong_type`, `out_of_range`, `type_mismatch`, `invalid_utf8`, `partition_mismatch`",
+        "Invalid messages dropped (reasons in [`docs/wire-format.md`](wire-format.md#invalid-messages)).";
+    counter EVENTS_SAMPLED_OUT = "bid_logger_events_sampled_out_total", Count, "",
+        "Valid events outside the sample (within subscribed partitions).";
+    counter EVENTS_REJECTED = "bid_logger_events_rejected_total", Count, "`reason` = `late`, `future`",
+        "Events outside the accepted event-time window.";
+    counter MESSAGES_LOST = "bid_logger_messages_lost_total", Count, "",
+        "Messages lost between publishers and the logger (`seq` gaps per publisher and topic, including the gap across a restart, a handover or a takeover), plus events a killed instance or member received but did not write (counted by whoever settles it: the restart, or the member that finds its lease expired). A gap is counted once the batch carrying its marks commits (within a flush): a gap whose marks never commit (a kill, a fence) is counted by whoever next starts from the committed marks, not twice.";
+    counter MESSAGES_UNOWNED = "bid_logger_messages_unowned_total", Count, "",
+        "Fleet members: messages of partitions no longer owned (in flight when it unsubscribed), left to the new owner.";
+    counter HANDOVER_MESSAGES = "bid_logger_handover_messages_total", Count, "`outcome` = `replayed`, `duplicate`, `unsequenced`, `overflowed`",
+        "Fleet members: messages of claimed partitions (or kept as a hot standby) buffered until the lease came to this member: replayed above the previous owner's marks, dropped at or below them (it wrote them), dropped without `pub`/`seq` or invalid (the previous owner's), or not buffered because the claim buffer (256 MiB) or `standby-memory` was full (their gap is counted as lost if they were needed).";
+    gauge BUFFERED_BYTES = "bid_logger_handover_buffered_bytes", Bytes, "",
+        "Fleet members: bytes of messages buffered for claimed partitions, or kept as a hot standby.";
+    gauge OWNED_PARTITIONS = "bid_logger_owned_partitions", Count, "`group`",
+        "Fleet members: partitions whose lease this member holds.";
+    gauge GROUP_PARTITIONS = "bid_logger_group_partitions", Count, "`group`",
+        "Fleet members: the partitions the group divides (`partition-count`); the members' owned partitions add up to it once every lease is held.";
+    counter LEASE_TAKEOVERS = "bid_logger_lease_takeovers_total", Count, "",
+        "Fleet members: leases taken over after they expired (their owner died or froze).";
+    counter COORDINATOR_RETRIES = "bid_logger_coordinator_retries_total", Count, "",
+        "Fleet members: heartbeats that failed or waited past their bound (a third of `lease-ttl`) and were retried: the database down, slow, or busy with the group's locks.";
+    counter FENCED = "bid_logger_fenced_total", Count, "",
+        "Fleet members: times this member found its leases taken (frozen past `lease-ttl`) and dropped what it had gathered.";
+    counter PUBLISHER_RESTARTS = "bid_logger_publisher_restarts_total", Count, "",
+        "`seq` going backwards (a publisher restart, not a loss).";
+    counter SEQ_RESETS = "bid_logger_seq_resets_total", Count, "",
+        "`seq` jumping forward by more than `max-seq-jump` (a reset or a bogus value, not a loss).";
+    counter SEQ_PUBLISHERS_EVICTED = "bid_logger_seq_publishers_evicted_total", Count, "",
+        "Publishers dropped from `seq` tracking to keep it bounded (10 000 publishers, 200 000 sequences; single-message publishers go first).";
+    counter PARTITION_MISMATCH = "bid_logger_partition_mismatch_total", Count, "",
+        "Events whose topic partition is not `fnv1a64(txn) mod partition-count` (publishers using another count); kept when the instance takes every partition at rate 1, dropped as `partition_mismatch` otherwise.";
+    gauge FLUSH_INTERVAL = "bid_logger_flush_interval_seconds", Seconds, "",
+        "The configured `flush-interval` (the `BidLoggerNoFlush` threshold follows it).";
+    gauge LIVE_KEYS = "bid_logger_live_keys", Count, "",
+        "Distinct rollup keys in memory (ingest tables + pending batches).";
+    counter OVERFLOW_FOLDED = "bid_logger_overflow_folded_events_total", Count, "",
+        "Events folded into `other`/`-1` by a cardinality cap.";
+    histogram FLUSH_DURATION = "bid_logger_flush_duration_seconds", Seconds, "",
+        "Duration of successful flushes (one transaction: the direct tables, the delta logs, the raw sample; buckets 1 ms … 30 s).";
+    counter ROWS_UPSERTED = "bid_logger_rows_upserted_total", Count, "`table` = each rollup table",
+        "Rows inserted or updated (a coarse table's when its delta log is consumed).";
+    counter EVENTS_FLUSHED = "bid_logger_events_flushed_total", Count, "",
+        "Events written: in every direct table and every coarse table's delta log, in one transaction (each event counted once).";
+    counter FLUSH_FAILURES = "bid_logger_flush_failures_total", Count, "",
+        "Failed flush attempts (each is retried).";
+    gauge PENDING_BATCHES = "bid_logger_pending_batches", Count, "",
+        "Batches waiting for the database (queued and in flight).";
+    gauge PENDING_EVENTS = "bid_logger_pending_events", Count, "",
+        "Accepted events not yet written.";
+    gauge LAST_FLUSH = "bid_logger_last_flush_timestamp_seconds", Seconds, "",
         "Unix time of the last successful flush.";
-    counter RAW_ROWS_WRITTEN = "bid_logger_raw_rows_written_total", Count,
-        "Raw rows written to events_sample.";
-    counter RAW_ROWS_DROPPED = "bid_logger_raw_rows_dropped_total", Count,
-        "Raw rows dropped, by reason (buffer_full, expired).";
-    counter RAW_PARTITIONS_CREATED = "bid_logger_raw_partitions_created_total", Count,
-        "Day tables (PostgreSQL partitions) of events_sample created.";
-    counter RAW_PARTITIONS_DROPPED = "bid_logger_raw_partitions_dropped_total", Count,
-        "Day tables (PostgreSQL partitions) of events_sample dropped by retention.";
-    counter ROLLUP_PARTITIONS_CREATED = "bid_logger_rollup_partitions_created_total", Count,
-        "Time-range partitions of the rollup tables created (ahead of time or for late events), by table.";
-    counter ROLLUP_PARTITIONS_DROPPED = "bid_logger_rollup_partitions_dropped_total", Count,
-        "Time-range partitions of the rollup tables dropped by their retention, by table.";
-    counter MAINTENANCE_FAILURES = "bid_logger_maintenance_failures_total", Count,
-        "Rounds of range maintenance (retention, ranges ahead of time) that failed; each is retried after a backoff.";
-    gauge LAST_MAINTENANCE = "bid_logger_last_maintenance_timestamp_seconds", Seconds,
-        "Unix time of the last round of range maintenance that succeeded (at start-up, then every 15 minutes).";
-    counter ROLLUP_EVENTS_EXPIRED = "bid_logger_rollup_events_expired_total", Count,
-        "Accepted events not added to a rollup table because their bucket is past its retention, by table (coarser tables still get them).";
-    counter LOG_EVENTS_CONSUMED = "bid_logger_log_events_consumed_total", Count,
-        "Events moved from a coarse table's delta log into the table, by table.";
-    gauge LOG_LAST_CONSUMED = "bid_logger_log_last_consumed_timestamp_seconds", Seconds,
-        "Unix time a coarse table's delta log was last consumed, by table.";
-    counter LOG_FAILURES = "bid_logger_log_consume_failures_total", Count,
-        "Attempts to consume a coarse table's delta log that failed and will be retried, by table.";
-    gauge ENDPOINT_CONNECTED = "bid_logger_endpoint_connected", Count,
-        "Per `connect` endpoint: the ingest threads whose socket is connected to it now (0: the publisher is down or unreachable).";
-    counter ENDPOINT_MESSAGES = "bid_logger_endpoint_messages_total", Count,
-        "Per `connect` or `bind` endpoint: messages received from it (each is one SUB socket per ingest thread).";
-    counter RECONNECTS = "bid_logger_reconnects_total", Count,
-        "Publisher endpoints connected again when libzmq was not reconnecting them 250 ms after a drop.";
-    counter CONNECTIONS_REFUSED = "bid_logger_connections_refused_total", Count,
-        "Connections to a bound socket refused by the address allow-list.";
-    process PROCESS_CPU = "process_cpu_seconds_total", Seconds,
-        "CPU time of the process (the standard process_* family, from /proc/self by metrics-process).";
-    process PROCESS_RSS = "process_resident_memory_bytes", Bytes,
-        "Resident set size of the process.";
-    process PROCESS_VIRTUAL_MEMORY = "process_virtual_memory_bytes", Bytes,
-        "Virtual memory size of the process.";
-    process PROCESS_OPEN_FDS = "process_open_fds", Count,
+    counter RAW_ROWS_WRITTEN = "bid_logger_raw_rows_written_total", Count, "",
+        "Rows written to `events_sample`.";
+    counter RAW_ROWS_DROPPED = "bid_logger_raw_rows_dropped_total", Count, "`reason` = `buffer_full`, `expired`",
+        "Raw rows not written: buffer full while the database was behind, or already past `raw-retention`.";
+    counter RAW_PARTITIONS_CREATED = "bid_logger_raw_partitions_created_total", Count, "",
+        "Daily `events_sample` partitions created.";
+    counter RAW_PARTITIONS_DROPPED = "bid_logger_raw_partitions_dropped_total", Count, "",
+        "Daily partitions dropped by retention.";
+    counter ROLLUP_PARTITIONS_CREATED = "bid_logger_rollup_partitions_created_total", Count, "`table`",
+        "Time-range partitions of a rollup table created (ahead of time, or for late events).";
+    counter ROLLUP_PARTITIONS_DROPPED = "bid_logger_rollup_partitions_dropped_total", Count, "`table`",
+        "Time-range partitions of a rollup table dropped by its `retention`.";
+    counter MAINTENANCE_FAILURES = "bid_logger_maintenance_failures_total", Count, "",
+        "Rounds of range maintenance (retention, ranges ahead of time) that failed; retried after a backoff.";
+    gauge LAST_MAINTENANCE = "bid_logger_last_maintenance_timestamp_seconds", Seconds, "",
+        "Unix time of the last successful round of range maintenance (at start-up, then every 15 minutes, idle or not).";
+    counter ROLLUP_EVENTS_EXPIRED = "bid_logger_rollup_events_expired_total", Count, "`table`",
+        "Accepted events not added to a table because their bucket is past its `retention` (coarser tables with a longer retention still get them).";
+    counter LOG_EVENTS_CONSUMED = "bid_logger_log_events_consumed_total", Count, "`table`",
+        "Events moved from a coarse table's delta log into the table.";
+    gauge LOG_LAST_CONSUMED = "bid_logger_log_last_consumed_timestamp_seconds", Seconds, "`table`",
+        "Unix time a coarse table's delta log was last consumed.";
+    counter LOG_FAILURES = "bid_logger_log_consume_failures_total", Count, "`table`",
+        "Failed attempts to consume a delta log (retried; its rows stay in the log).";
+    gauge ENDPOINT_CONNECTED = "bid_logger_endpoint_connected", Count, "`endpoint` (each `connect` endpoint, as configured)",
+        "The ingest threads connected to that publisher now: `ingest-threads` when it is up, 0 when it is down, refused or unreachable (from libzmq's socket monitor; a log line says when an endpoint connects or drops, and when one connected has sent nothing for `endpoint-quiet-after`).";
+    counter ENDPOINT_MESSAGES = "bid_logger_endpoint_messages_total", Count, "`endpoint` (each `connect` and `bind` endpoint, as configured)",
+        "Messages received from that endpoint, valid or not (each ingest thread has one SUB socket per endpoint, so the count is exact); summed over endpoints it is `bid_logger_messages_received_total`.";
+    counter RECONNECTS = "bid_logger_reconnects_total", Count, "",
+        "Publisher endpoints connected again by the logger, when libzmq was not reconnecting a dropped connection 250 ms later (it does not reconnect by itself after a protocol error such as a message over `max-message-size`).";
+    counter CONNECTIONS_REFUSED = "bid_logger_connections_refused_total", Count, "",
+        "Connections to a bound endpoint refused by `allow`.";
+    process_gauge PROCESS_CPU = "process_cpu_seconds_total", Seconds, "",
+        "CPU time (user + system) used by the process, in fractional seconds (a gauge: the `metrics` crate's counters are whole numbers, which read 0 for a lightly loaded process; `rate()` works on it as on a counter).";
+    process_gauge PROCESS_RSS = "process_resident_memory_bytes", Bytes, "",
+        "Resident set size.";
+    process_gauge PROCESS_VIRTUAL_MEMORY = "process_virtual_memory_bytes", Bytes, "",
+        "Virtual memory size.";
+    process_gauge PROCESS_OPEN_FDS = "process_open_fds", Count, "",
         "Open file descriptors (sockets included).";
-    process PROCESS_MAX_FDS = "process_max_fds", Count,
+    process_gauge PROCESS_MAX_FDS = "process_max_fds", Count, "",
         "The file-descriptor limit.";
-    process PROCESS_START_TIME = "process_start_time_seconds", Seconds,
+    process_gauge PROCESS_START_TIME = "process_start_time_seconds", Seconds, "",
         "Unix time the process started.";
-    process PROCESS_THREADS = "process_threads", Count,
-        "OS threads of the process.";
-    gauge BUILD_INFO = "bid_logger_build_info", Count,
-        "Always 1; the version and the git commit are labels.";
+    process_gauge PROCESS_THREADS = "process_threads", Count, "",
+        "OS threads.";
+    gauge BUILD_INFO = "bid_logger_build_info", Count, "`version`, `commit`",
+        "Always 1 (`bid-logger --version` prints both too).";
 }
 
 /// Messages received, events accepted by ingest and events written by the

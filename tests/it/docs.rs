@@ -263,3 +263,21 @@ fn every_docs_page_is_reachable_from_the_readme_and_the_readme_stays_short() {
         assert!(readme.contains(&format!("({top}")), "{top} is not linked from the README");
     }
 }
+
+#[test]
+fn the_generated_parts_of_the_docs_are_what_the_code_generates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (page, generated) in bid_logger_tools::docs::generated() {
+        let text = std::fs::read_to_string(root.join(page)).unwrap();
+        let current = bid_logger_tools::docs::splice(&text, &generated).unwrap_or_else(|e| panic!("{page}: {e}"));
+        if current != text {
+            let differing: Vec<&str> =
+                generated.lines().filter(|line| !text.lines().any(|l| l == *line)).take(3).collect();
+            panic!(
+                "{page} differs from what the code generates: run `cargo run -p bid-logger-tools -- docs`; \
+                 lines not on the page:\n{}",
+                differing.join("\n")
+            );
+        }
+    }
+}

@@ -22,6 +22,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod docs;
 pub mod pgfault;
 pub mod pgtemp;
 pub mod simulate;

@@ -29,6 +29,13 @@ enum Command {
     Demo(DemoArgs),
     /// End-to-end benchmark: null subscriber, logger (sample 1 and 1/8) and the Python baseline on one stream.
     Bench(BenchArgs),
+    /// Write the generated parts of the docs (the configuration reference in
+    /// docs/configuration.md, the metrics table in docs/metrics.md) from the code; with --check, only say whether they are current.
+    Docs {
+        /// Exit 1 if a page differs from what the code generates, writing nothing.
+        #[arg(long)]
+        check: bool,
+    },
     /// (benchmark helper) Receive N messages with the logger's socket set-up and do nothing else.
     #[command(hide = true)]
     NullSubscriber {
@@ -146,6 +153,7 @@ struct DemoArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Docs { check } => report(docs(check)),
         Command::Simulate(args) => {
             telemetry::init_logging(LogFormat::Text, "info");
             report(simulate(args))
@@ -297,4 +305,30 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         bid_logger_tools::bench::run(config, &url).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `docs`: the generated sections of the docs pages, from the code.
+fn docs(check: bool) -> anyhow::Result<ExitCode> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut stale = Vec::new();
+    for (page, generated) in bid_logger_tools::docs::generated() {
+        let path = root.join(page);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {page}"))?;
+        let new = bid_logger_tools::docs::splice(&text, &generated).map_err(|e| anyhow::anyhow!("{page}: {e}"))?;
+        if new != text {
+            stale.push(page);
+            if !check {
+                std::fs::write(&path, new).with_context(|| format!("writing {page}"))?;
+                println!("docs: {page} written");
+            }
+        }
+    }
+    if check && !stale.is_empty() {
+        eprintln!("docs: {} differ from the code; run `cargo run -p bid-logger-tools -- docs`", stale.join(", "));
+        return Ok(ExitCode::FAILURE);
+    }
+    if stale.is_empty() {
+        println!("docs: current");
+    }
+    Ok(ExitCode::SUCCESS)
 }
