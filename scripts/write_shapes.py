@@ -1,0 +1,199 @@
+"""Write shapes for a minute rollup table, compared by PostgreSQL's own CPU
+(a measurement, not a test; see scripts/write-shapes).
+
+Replays the same batches, shaped like the logger's at the simulator's
+default traffic (200 000 events/s, one batch a second, about 93 000 rows a
+batch out of about 112 000 keys a minute, rows in key order), into a table
+like `rollup_minute` (hour ranges, the 7-column primary key, fillfactor 50,
+"C" collation) whose current hour already holds PREFILL minutes of keys, in
+each of these shapes:
+
+- upsert: today's flush: a temporary stage, COPY, INSERT … SELECT … ON
+  CONFLICT DO UPDATE, one transaction a batch.
+- append-P: COPY into a plain live table (no index), one transaction a
+  batch; every P batches one transaction folds it into the keyed table
+  (INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE) and truncates it.
+- unlogged-P: the upsert into a small UNLOGGED keyed live table, plus the
+  batch's rows appended as one compressed payload row (the durable copy);
+  every P batches the live table is folded into the keyed table, truncated,
+  and the payloads deleted.
+
+Each shape runs on its own fresh database of the same cluster; the figures
+are the cluster's CPU (postmaster and children, from /proc, so the server
+must be local) and WAL bytes, per million events, over the whole run
+including the last fold. Every shape must end with the same sums.
+
+Usage: write_shapes.py URL POSTMASTER_PID [BATCHES] [SHAPES...]
+"""
+
+import os
+import random
+import sys
+import time
+import zlib
+
+import psycopg
+
+URL, POSTMASTER = sys.argv[1], sys.argv[2]
+BATCHES = int(sys.argv[3]) if len(sys.argv) > 3 else 60
+SHAPES = sys.argv[4:] or ["upsert", "append-15", "append-60", "unlogged-15", "unlogged-60"]
+KEYS_PER_MINUTE = 112_000
+ROWS_PER_BATCH = 93_000
+EVENTS_PER_BATCH = 200_000
+PREFILL = 30  # minutes of keys already in the hour range
+
+TYPES = ["auction"] * 14 + ["bid"] * 3 + ["win", "loss", "impression", "click", "install", "event"]
+COUNTRIES = ["US", "BR", "IN", "DE", "GB", "FR", "JP", "MX", "ID", "--"] + [f"C{i}" for i in range(30)]
+OSES = ["android", "ios", "unknown"]
+KEY = "bucket, event_type, country, os, campaign_id, advertiser_id"
+MEASURES = "events, attributed_events, price_micros, revenue_micros"
+ADD = """events = t.events + EXCLUDED.events,
+    attributed_events = t.attributed_events + EXCLUDED.attributed_events,
+    price_micros = t.price_micros + EXCLUDED.price_micros,
+    revenue_micros = t.revenue_micros + EXCLUDED.revenue_micros,
+    updated_at = EXCLUDED.updated_at"""
+DIMS = """event_type text COLLATE "C" NOT NULL, country text COLLATE "C" NOT NULL,
+    os text COLLATE "C" NOT NULL, campaign_id bigint NOT NULL, advertiser_id bigint NOT NULL"""
+COLUMNS = f"""bucket timestamptz NOT NULL, {DIMS}, sample_ppm integer NOT NULL,
+    events bigint NOT NULL, attributed_events bigint NOT NULL, price_micros bigint NOT NULL,
+    revenue_micros bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now()"""
+
+
+def cluster_cpu():
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    total = sum(int(x) for x in fields(POSTMASTER)[11:15])
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and pid != POSTMASTER:
+            try:
+                g = fields(pid)
+            except OSError:
+                continue
+            if g[1] == POSTMASTER:
+                total += int(g[11]) + int(g[12])
+    return total / tick
+
+
+def minute_keys(rng):
+    keys = set()
+    while len(keys) < KEYS_PER_MINUTE:
+        campaign = int(rng.paretovariate(1.1)) % 3000 + 1
+        keys.add((rng.choice(TYPES), rng.choice(COUNTRIES), rng.choice(OSES), campaign, campaign % 300 + 1))
+    return sorted(keys)
+
+
+def batches(hour):
+    """The batches, as COPY text (rows in key order), each with its sums."""
+    rng = random.Random(7)
+    out, keys, minute = [], None, -1
+    for b in range(BATCHES):
+        if b // 60 != minute:
+            minute, keys = b // 60, minute_keys(rng)
+        bucket = f"{hour[:14]}{PREFILL + minute:02d}:00+00"
+        lines = []
+        for k in sorted(rng.sample(range(len(keys)), ROWS_PER_BATCH)):
+            t, c, o, camp, adv = keys[k]
+            lines.append(f"{bucket}\t{t}\t{c}\t{o}\t{camp}\t{adv}\t1000000\t2\t1\t{camp * 10}\t0\n")
+        out.append("".join(lines).encode())
+    return out
+
+
+def setup(conn, hour):
+    conn.execute(f"""CREATE TABLE r ({COLUMNS}, PRIMARY KEY ({KEY}, sample_ppm)) PARTITION BY RANGE (bucket)""")
+    conn.execute(f"""CREATE TABLE r_p PARTITION OF r FOR VALUES FROM ('{hour}+00') TO ('{hour}+00'::timestamptz
+                     + interval '1 hour') WITH (fillfactor = 50)""")
+    # PREFILL minutes of keys already written this hour, as a running logger leaves them
+    conn.execute(f"""INSERT INTO r SELECT '{hour}+00'::timestamptz + m * interval '1 minute',
+                         (ARRAY['auction','bid','win','loss','impression','click','install','event'])[1 + i % 8],
+                         'C' || (i / 8) % 40, (ARRAY['android','ios','unknown'])[1 + (i / 320) % 3],
+                         i / 960 + 1, (i / 960) % 300 + 1, 1000000, 5, 1, 100, 0, now()
+                     FROM generate_series(0, {PREFILL - 1}) m, generate_series(0, {KEYS_PER_MINUTE - 1}) i""")
+    conn.execute("VACUUM ANALYZE r")
+    conn.execute(f"CREATE TABLE live ({COLUMNS})")
+    conn.execute(f"CREATE UNLOGGED TABLE ulive ({COLUMNS}, PRIMARY KEY ({KEY}, sample_ppm)) WITH (fillfactor = 50)")
+    conn.execute("CREATE TABLE log (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload bytea NOT NULL)")
+    conn.execute("ALTER TABLE log ALTER COLUMN payload SET STORAGE EXTERNAL")
+
+
+def copy(conn, table, data):
+    with conn.cursor().copy(f"COPY {table} ({KEY}, sample_ppm, {MEASURES}) FROM STDIN") as cp:
+        cp.write(data)
+
+
+def fold(conn, source):
+    conn.execute(f"""INSERT INTO r AS t ({KEY}, sample_ppm, {MEASURES}, updated_at)
+        SELECT {KEY}, sample_ppm, sum(events), sum(attributed_events), sum(price_micros), sum(revenue_micros), now()
+        FROM {source} GROUP BY {KEY}, sample_ppm ORDER BY {KEY}, sample_ppm
+        ON CONFLICT ({KEY}, sample_ppm) DO UPDATE SET {ADD}""")
+    conn.execute(f"TRUNCATE {source}")
+
+
+def upsert(conn, target, data):
+    conn.execute(f"""CREATE TEMP TABLE IF NOT EXISTS stage (bucket timestamptz NOT NULL, event_type text NOT NULL,
+        country text NOT NULL, os text NOT NULL, campaign_id bigint NOT NULL, advertiser_id bigint NOT NULL,
+        sample_ppm integer NOT NULL, events bigint NOT NULL, attributed_events bigint NOT NULL,
+        price_micros bigint NOT NULL, revenue_micros bigint NOT NULL) ON COMMIT DELETE ROWS""")
+    copy(conn, "stage", data)
+    conn.execute(f"""INSERT INTO {target} AS t ({KEY}, sample_ppm, {MEASURES}, updated_at)
+        SELECT {KEY}, sample_ppm, {MEASURES}, now() FROM stage
+        ON CONFLICT ({KEY}, sample_ppm) DO UPDATE SET {ADD}""")
+
+
+def run(shape, data, hour):
+    name = f"bid_logger_shapes_{shape.replace('-', '_')}_{int(time.time())}"
+    with psycopg.connect(URL, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = URL.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(url, autocommit=True) as conn:
+        setup(conn, hour)
+        conn.execute("CHECKPOINT")
+        kind, _, every = shape.partition("-")
+        every = int(every or 1)
+        wal0 = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        cpu0, started = cluster_cpu(), time.time()
+        for b, batch in enumerate(data):
+            with conn.transaction():
+                if kind == "upsert":
+                    upsert(conn, "r", batch)
+                elif kind == "append":
+                    copy(conn, "live", batch)
+                else:
+                    upsert(conn, "ulive", batch)
+                    conn.execute("INSERT INTO log (payload) VALUES (%s)", (zlib.compress(batch, 1),))
+            if kind != "upsert" and ((b + 1) % every == 0 or b + 1 == len(data)):
+                with conn.transaction():
+                    if kind == "append":
+                        fold(conn, "live")
+                    else:
+                        fold(conn, "ulive")
+                        conn.execute("DELETE FROM log")
+        conn.execute("VACUUM r")
+        cpu, elapsed = cluster_cpu() - cpu0, time.time() - started
+        wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (wal0,)).fetchone()[0]
+        sums = conn.execute(f"SELECT sum(events), count(*) FROM r WHERE bucket >= '{hour}+00'::timestamptz "
+                            f"+ interval '{PREFILL} minutes'").fetchone()
+    with psycopg.connect(URL, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name}")
+    millions = len(data) * EVENTS_PER_BATCH / 1e6
+    return cpu / millions, float(wal) / millions / 2**20, elapsed, sums
+
+
+def main():
+    hour = time.strftime("%Y-%m-%d %H:00:00", time.gmtime(time.time() - 7200))
+    print(f"write-shapes: generating {BATCHES} batches of {ROWS_PER_BATCH} rows…", file=sys.stderr)
+    data = batches(hour)
+    print(f"{'shape':<14} {'PG CPU s/M ev':>14} {'WAL MiB/M ev':>13} {'wall s':>8}  sums")
+    results = {}
+    for shape in SHAPES:
+        print(f"write-shapes: {shape}…", file=sys.stderr)
+        cpu, wal, elapsed, sums = run(shape, data, hour)
+        results[shape] = sums
+        print(f"{shape:<14} {cpu:>14.3f} {wal:>13.1f} {elapsed:>8.1f}  {sums[0]} events in {sums[1]} rows", flush=True)
+    assert len({s[0] for s in results.values()}) == 1, f"the shapes' sums differ: {results}"
+
+
+main()
