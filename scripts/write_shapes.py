@@ -18,6 +18,10 @@ each of these shapes:
   every P batches the live table is folded into the keyed table, truncated,
   and the payloads deleted.
 
+A shape whose name has a `b` after its kind (`upsertb`, `appendb-60`,
+`unloggedb-60`) sends the batches in binary `COPY` format, as the logger
+does; the others in text format.
+
 Each shape runs on its own fresh database of the same cluster; the figures
 are the cluster's CPU (postmaster and children, from /proc, so the server
 must be local) and WAL bytes, per million events, over the whole run
@@ -26,8 +30,10 @@ including the last fold. Every shape must end with the same sums.
 Usage: write_shapes.py URL POSTMASTER_PID [BATCHES] [SHAPES...]
 """
 
+import datetime
 import os
 import random
+import struct
 import sys
 import time
 import zlib
@@ -87,18 +93,30 @@ def minute_keys(rng):
 
 
 def batches(hour):
-    """The batches, as COPY text (rows in key order), each with its sums."""
+    """The batches (rows in key order), each as COPY text and as binary COPY."""
     rng = random.Random(7)
     out, keys, minute = [], None, -1
+    epoch = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+    start = datetime.datetime.strptime(hour, "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+    text_of = {}
     for b in range(BATCHES):
         if b // 60 != minute:
             minute, keys = b // 60, minute_keys(rng)
-        bucket = f"{hour[:14]}{PREFILL + minute:02d}:00+00"
-        lines = []
+            bucket = f"{hour[:14]}{PREFILL + minute:02d}:00+00"
+            at = start + datetime.timedelta(minutes=PREFILL + minute)
+            micros = struct.pack(">iq", 8, (at - epoch) // datetime.timedelta(microseconds=1))
+            text_of = {}
+        lines, tuples = [], [b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)]
         for k in sorted(rng.sample(range(len(keys)), ROWS_PER_BATCH)):
             t, c, o, camp, adv = keys[k]
             lines.append(f"{bucket}\t{t}\t{c}\t{o}\t{camp}\t{adv}\t1000000\t2\t1\t{camp * 10}\t0\n")
-        out.append("".join(lines).encode())
+            if k not in text_of:
+                fields = [struct.pack(">i", len(v)) + v for v in (t.encode(), c.encode(), o.encode())]
+                text_of[k] = b"".join(fields) + struct.pack(">iqiq", 8, camp, 8, adv)
+            tuples.append(struct.pack(">h", 11) + micros + text_of[k]
+                          + struct.pack(">iiiqiqiqiq", 4, 1000000, 8, 2, 8, 1, 8, camp * 10, 8, 0))
+        tuples.append(struct.pack(">h", -1))
+        out.append(("".join(lines).encode(), b"".join(tuples)))
     return out
 
 
@@ -119,9 +137,10 @@ def setup(conn, hour):
     conn.execute("ALTER TABLE log ALTER COLUMN payload SET STORAGE EXTERNAL")
 
 
-def copy(conn, table, data):
-    with conn.cursor().copy(f"COPY {table} ({KEY}, sample_ppm, {MEASURES}) FROM STDIN") as cp:
-        cp.write(data)
+def copy(conn, table, data, binary):
+    options = " (FORMAT BINARY)" if binary else ""
+    with conn.cursor().copy(f"COPY {table} ({KEY}, sample_ppm, {MEASURES}) FROM STDIN{options}") as cp:
+        cp.write(data[1] if binary else data[0])
 
 
 def fold(conn, source):
@@ -132,12 +151,12 @@ def fold(conn, source):
     conn.execute(f"TRUNCATE {source}")
 
 
-def upsert(conn, target, data):
+def upsert(conn, target, data, binary):
     conn.execute(f"""CREATE TEMP TABLE IF NOT EXISTS stage (bucket timestamptz NOT NULL, event_type text NOT NULL,
         country text NOT NULL, os text NOT NULL, campaign_id bigint NOT NULL, advertiser_id bigint NOT NULL,
         sample_ppm integer NOT NULL, events bigint NOT NULL, attributed_events bigint NOT NULL,
         price_micros bigint NOT NULL, revenue_micros bigint NOT NULL) ON COMMIT DELETE ROWS""")
-    copy(conn, "stage", data)
+    copy(conn, "stage", data, binary)
     conn.execute(f"""INSERT INTO {target} AS t ({KEY}, sample_ppm, {MEASURES}, updated_at)
         SELECT {KEY}, sample_ppm, {MEASURES}, now() FROM stage
         ON CONFLICT ({KEY}, sample_ppm) DO UPDATE SET {ADD}""")
@@ -153,17 +172,19 @@ def run(shape, data, hour):
         conn.execute("CHECKPOINT")
         kind, _, every = shape.partition("-")
         every = int(every or 1)
+        binary = kind.endswith("b")
+        kind = kind.removesuffix("b")
         wal0 = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
         cpu0, started = cluster_cpu(), time.time()
         for b, batch in enumerate(data):
             with conn.transaction():
                 if kind == "upsert":
-                    upsert(conn, "r", batch)
+                    upsert(conn, "r", batch, binary)
                 elif kind == "append":
-                    copy(conn, "live", batch)
+                    copy(conn, "live", batch, binary)
                 else:
-                    upsert(conn, "ulive", batch)
-                    conn.execute("INSERT INTO log (payload) VALUES (%s)", (zlib.compress(batch, 1),))
+                    upsert(conn, "ulive", batch, binary)
+                    conn.execute("INSERT INTO log (payload) VALUES (%s)", (zlib.compress(batch[1], 1),))
             if kind != "upsert" and ((b + 1) % every == 0 or b + 1 == len(data)):
                 with conn.transaction():
                     if kind == "append":
