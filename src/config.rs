@@ -528,6 +528,10 @@ impl Config {
     }
 }
 
+/// Defaults the help says in words, not as a value (`partitions`,
+/// `event-types`, `allow`, `instance-id`, `group`).
+const DESCRIPTIVE_DEFAULTS: [&str; 4] = ["all", "any", "the host name", "none"];
+
 /// The configuration reference of `docs/configuration.md`, generated from
 /// the flags of `run`: each key in declaration order, its default as its
 /// help says it (which a unit test holds to the default the code uses),
@@ -535,7 +539,6 @@ impl Config {
 /// the docs tests fail when the page differs.
 pub fn reference_table() -> String {
     use clap::Args;
-    let descriptive = ["all", "any", "the host name", "none"];
     let cmd = Settings::augment_args(clap::Command::new("run"));
     let mut out = String::from("| key | default | meaning |\n|---|---|---|\n");
     for arg in cmd.get_arguments() {
@@ -544,7 +547,8 @@ pub fn reference_table() -> String {
         let (meaning, default) = match help.split_once(" [default: ") {
             Some((meaning, rest)) => {
                 let default = rest.split(']').next().unwrap_or_default();
-                let default = if descriptive.contains(&default) { default.to_string() } else { format!("`{default}`") };
+                let default =
+                    if DESCRIPTIVE_DEFAULTS.contains(&default) { default.to_string() } else { format!("`{default}`") };
                 (meaning.to_string(), default)
             }
             None => (help.clone(), "—".to_string()),
@@ -1086,14 +1090,13 @@ mod tests {
         // Defaults live in code (DEFAULT_* beside each stage's config); the
         // help text says them in words, so it is checked against them here.
         let effective = toml::Table::try_from(base().resolve().unwrap().effective()).unwrap();
-        let descriptive = ["all", "any", "the host name", "none"]; // partitions, event-types, allow, instance-id, group
         let cmd = Settings::augment_args(clap::Command::new("run"));
         let mut checked = 0;
         for arg in cmd.get_arguments() {
             let (Some(key), Some(help)) = (arg.get_long(), arg.get_help()) else { continue };
             let help = help.to_string();
             let Some(said) = help.split("[default: ").nth(1).and_then(|d| d.split(']').next()) else { continue };
-            if descriptive.contains(&said) {
+            if DESCRIPTIVE_DEFAULTS.contains(&said) {
                 continue;
             }
             let value = match &effective[key] {

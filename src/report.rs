@@ -14,6 +14,7 @@
 //! bucket is counted when it starts inside the range. The header says
 //! which table answered and how fresh it is (its newest bucket).
 
+use crate::db::ranges::{civil, days_from_civil};
 use crate::db::tables::RollupTable;
 use bid_logger_core::aggregate::{Dimension, Grain};
 use std::time::Duration;
@@ -120,10 +121,13 @@ pub fn instant_arg(s: &str) -> Result<i64, String> {
     let num = |t: &str, max: i64| t.parse::<i64>().ok().filter(|v| (0..=max).contains(v) && !t.is_empty());
     let [y, m, day] = d[..] else { return Err(bad()) };
     let (y, m, day) = (num(y, 9999).ok_or_else(bad)?, num(m, 12).ok_or_else(bad)?, num(day, 31).ok_or_else(bad)?);
-    if y < 1970 || m == 0 || day == 0 || day > days_in_month(y, m) {
+    let (m, day) = (m as u32, day as u32);
+    let days = days_from_civil(y, m, day);
+    // a date that does not exist (2026-02-30) does not come back as itself
+    if y < 1970 || civil(days) != (y, m, day) {
         return Err(bad());
     }
-    let mut secs = days_from_civil(y, m, day) * 86_400;
+    let mut secs = days * 86_400;
     if rest.is_empty() {
         return Ok(secs);
     }
@@ -149,38 +153,10 @@ pub fn instant_arg(s: &str) -> Result<i64, String> {
     Ok(secs - offset)
 }
 
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Unix seconds as `2026-12-01T06:00:00Z` (the inverse of [`days_from_civil`]).
+/// Unix seconds as `2026-12-01T06:00:00Z`.
 fn rfc3339(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = civil(days);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 

@@ -183,12 +183,28 @@ pub(crate) struct Source {
 
 impl Source {
     /// Adds what was received since the last call to the endpoint's
-    /// metric and activity.
-    pub(crate) fn publish(&mut self, activity: &EndpointActivity) {
-        if self.received > 0 {
-            self.messages.increment(self.received);
-            activity.messages[self.index].fetch_add(self.received, Ordering::Relaxed);
-            self.received = 0;
+    /// metric and activity, and returns it.
+    pub(crate) fn publish(&mut self, activity: &EndpointActivity) -> u64 {
+        let n = std::mem::take(&mut self.received);
+        if n > 0 {
+            self.messages.increment(n);
+            activity.messages[self.index].fetch_add(n, Ordering::Relaxed);
+        }
+        n
+    }
+}
+
+/// Subscribes every source of a thread to `topic` (`on`), or unsubscribes
+/// it; a failure is logged (the source keeps its other subscriptions).
+pub(crate) fn set_subscribed(sources: &[Source], topic: &str, on: bool) {
+    for source in sources {
+        let result = if on {
+            source.socket.set_subscribe(topic.as_bytes())
+        } else {
+            source.socket.set_unsubscribe(topic.as_bytes())
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, topic, "{}", if on { "subscribe failed" } else { "unsubscribe failed" });
         }
     }
 }

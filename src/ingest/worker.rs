@@ -2,7 +2,7 @@
 //! that runs them; [`spawn`] starts them all.
 
 use super::pacer::Pacer;
-use super::socket::{open_sources, EndpointActivity, Source};
+use super::socket::{open_sources, set_subscribed, EndpointActivity, Source};
 use super::topics::subscriptions;
 use super::{IngestConfig, IngestError};
 use crate::assignment::{Assignment, LateMarks};
@@ -110,8 +110,8 @@ pub struct Ingest {
     hot: HotPath,
     sink: mpsc::Sender<Delta>,
     flush_interval: Duration,
-    // local counters, published in batches
-    received: u64,
+    // local counters, published in batches (messages received: each
+    // source's)
     summary: IngestSummary,
     metrics: IngestMetrics,
     /// When the last partition-mismatch warning was logged.
@@ -274,7 +274,6 @@ impl Ingest {
             hot,
             sink: sink.clone(),
             flush_interval,
-            received: 0,
             summary: IngestSummary::default(),
             metrics: IngestMetrics::new(),
             mismatch_logged: None,
@@ -310,7 +309,6 @@ impl Ingest {
             let housekeeping = match got {
                 Ok(()) => {
                     pacer.received();
-                    self.received += 1;
                     self.sources[current].received += 1;
                     self.handle(current, &topic, &mut payload, now_ms);
                     empty = 0;
@@ -444,11 +442,7 @@ impl Ingest {
         let added: Vec<u32> = receive.iter().copied().filter(|p| f.receiving.binary_search(p).is_err()).collect();
         for p in was.iter().filter(|p| now.binary_search(p).is_err()) {
             for &et in &f.event_types {
-                for source in &self.sources {
-                    if let Err(e) = source.socket.set_unsubscribe(topic(et, *p).as_bytes()) {
-                        tracing::error!(error = %e, partition = p, "unsubscribe failed");
-                    }
-                }
+                set_subscribed(&self.sources, &topic(et, *p), false);
             }
         }
         let owned = self.hot.owned.get_or_insert_with(Default::default);
@@ -489,11 +483,7 @@ impl Ingest {
         }
         for p in now.iter().filter(|p| was.binary_search(p).is_err()) {
             for &et in &f.event_types {
-                for source in &self.sources {
-                    if let Err(e) = source.socket.set_subscribe(topic(et, *p).as_bytes()) {
-                        tracing::error!(error = %e, partition = p, "subscribe failed");
-                    }
-                }
+                set_subscribed(&self.sources, &topic(et, *p), true);
             }
         }
         if !removed.is_empty() || !added.is_empty() || buffer != f.buffering {
@@ -624,11 +614,9 @@ impl Ingest {
     fn publish_counts(&mut self) {
         let m = &self.metrics;
         let AggregateStats { accepted, late, future, folded, raw: _, raw_dropped } = self.hot.aggregator.take_stats();
+        let received: u64 = self.sources.iter_mut().map(|s| s.publish(&self.activity)).sum();
         let hot = &mut self.hot;
-        m.received.increment(self.received);
-        for source in &mut self.sources {
-            source.publish(&self.activity);
-        }
+        m.received.increment(received);
         for (c, n) in m.accepted.iter().zip(accepted) {
             if n > 0 {
                 c.increment(n);
@@ -659,11 +647,11 @@ impl Ingest {
         }
         hot.unowned = 0;
         let s = &mut self.summary;
-        s.received += self.received;
+        s.received += received;
         s.invalid += hot.invalid.iter().sum::<u64>();
         s.sampled_out += hot.sampled_out;
         s.accepted += accepted.iter().sum::<u64>();
-        self.progress.received(self.received);
+        self.progress.received(received);
         self.progress.accepted(accepted.iter().sum());
         s.rejected += late + future;
         self.log_mismatches();
@@ -674,7 +662,6 @@ impl Ingest {
         hot.seqs.resets = 0;
         hot.seqs.evicted = 0;
         hot.partitions.mismatches = 0;
-        self.received = 0;
         self.publish_live_keys();
         self.publish_buffered_bytes();
     }

@@ -18,6 +18,12 @@ fn report(db: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A JSON report's events per value of its `column`.
+fn events_by(doc: &serde_json::Value, column: &str) -> BTreeMap<String, f64> {
+    let rows = doc["rows"].as_array().unwrap_or_else(|| panic!("no rows: {doc}"));
+    rows.iter().map(|r| (r[column].as_str().unwrap().to_string(), r["events"].as_f64().unwrap())).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_format() {
     let db = fresh_database("report").await;
@@ -93,12 +99,7 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
     // the exchange rollups
     let doc: serde_json::Value = serde_json::from_str(&report(&db, &["--by", "exchange", "--format", "json"])).unwrap();
     assert_eq!(doc["source"], "rollup_exchange_minute_est");
-    let per: BTreeMap<String, f64> = doc["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["exchange"].as_str().unwrap().to_string(), r["events"].as_f64().unwrap()))
-        .collect();
+    let per = events_by(&doc, "exchange");
     assert_eq!(per, BTreeMap::from([("applovin".into(), 1500.0), ("unity".into(), 1500.0)]));
     // a filter: Brazil alone, exact
     let doc: serde_json::Value =
@@ -164,12 +165,7 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
             *inside.entry(e.country.clone().unwrap()).or_default() += 1.0;
         }
     }
-    let got: BTreeMap<String, f64> = doc["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| (r["country"].as_str().unwrap().to_string(), r["events"].as_f64().unwrap()))
-        .collect();
+    let got = events_by(&doc, "country");
     assert_eq!(got, inside, "the events of {from_text} to {to_text}");
     assert!(inside.values().sum::<f64>() > 0.0 && inside.values().sum::<f64>() < 3000.0, "{inside:?}");
     let table = report(&db, &["--from", &from_text, "--to", &to_text]);
