@@ -2,8 +2,10 @@
 (a measurement, not a test; see scripts/write-shapes).
 
 Replays the same batches, shaped like the logger's at the simulator's
-default traffic (200 000 events/s, one batch a second, about 93 000 rows a
-batch out of about 112 000 keys a minute, rows in key order), into a table
+default traffic (200 000 events/s, one batch a second, about 112 000 keys a minute, rows
+in key order; WRITE_SHAPES_ROWS rows a batch, default 93 000; the logger's
+own batches of the simulator's default traffic hold about 22 800 rows of
+`rollup_minute`), into a table
 like `rollup_minute` (hour ranges, the 7-column primary key, fillfactor 50,
 "C" collation) whose current hour already holds PREFILL minutes of keys, in
 each of these shapes:
@@ -17,6 +19,13 @@ each of these shapes:
   batch's rows appended as one compressed payload row (the durable copy);
   every P batches the live table is folded into the keyed table, truncated,
   and the payloads deleted.
+
+- appendm-P: like append-P, but the fold upserts the sums of the last P
+  batches as the logger would add them up in memory (binary COPY into a
+  stage), and deletes the live rows.
+- arrays-P, arraysm-P: each batch as one row of arrays (one array per
+  column), folded in SQL (unnest, GROUP BY, upsert) or from the sums in
+  memory as in appendm-P.
 
 A shape whose name has a `b` after its kind (`upsertb`, `appendb-60`,
 `unloggedb-60`) sends the batches in binary `COPY` format, as the logger
@@ -44,7 +53,7 @@ URL, POSTMASTER = sys.argv[1], sys.argv[2]
 BATCHES = int(sys.argv[3]) if len(sys.argv) > 3 else 60
 SHAPES = sys.argv[4:] or ["upsert", "append-15", "append-60", "unlogged-15", "unlogged-60"]
 KEYS_PER_MINUTE = 112_000
-ROWS_PER_BATCH = 93_000
+ROWS_PER_BATCH = int(os.environ.get("WRITE_SHAPES_ROWS", "93000"))
 EVENTS_PER_BATCH = 200_000
 PREFILL = 30  # minutes of keys already in the hour range
 
@@ -106,18 +115,40 @@ def batches(hour):
             at = start + datetime.timedelta(minutes=PREFILL + minute)
             micros = struct.pack(">iq", 8, (at - epoch) // datetime.timedelta(microseconds=1))
             text_of = {}
-        lines, tuples = [], [b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)]
+        lines, tuples, arows = [], [b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)], []
         for k in sorted(rng.sample(range(len(keys)), ROWS_PER_BATCH)):
             t, c, o, camp, adv = keys[k]
             lines.append(f"{bucket}\t{t}\t{c}\t{o}\t{camp}\t{adv}\t1000000\t2\t1\t{camp * 10}\t0\n")
+            arows.append((struct.unpack(">q", micros[4:])[0], t.encode(), c.encode(), o.encode(), camp, adv,
+                          2, 1, camp * 10, 0))
             if k not in text_of:
                 fields = [struct.pack(">i", len(v)) + v for v in (t.encode(), c.encode(), o.encode())]
                 text_of[k] = b"".join(fields) + struct.pack(">iqiq", 8, camp, 8, adv)
             tuples.append(struct.pack(">h", 11) + micros + text_of[k]
                           + struct.pack(">iiiqiqiqiq", 4, 1000000, 8, 2, 8, 1, 8, camp * 10, 8, 0))
         tuples.append(struct.pack(">h", -1))
-        out.append(("".join(lines).encode(), b"".join(tuples)))
+        out.append(("".join(lines).encode(), b"".join(tuples), array_copy(arows), arows))
     return out
+
+
+def array_field(oid, values, width):
+    """One binary COPY field: a one-dimensional array of `oid` elements."""
+    body = struct.pack(">iiiii", 1, 0, oid, len(values), 1)
+    if width:
+        body += b"".join(struct.pack(">iq", 8, v) for v in values)
+    else:
+        body += b"".join(struct.pack(">i", len(v)) + v for v in values)
+    return struct.pack(">i", len(body)) + body
+
+
+def array_copy(rows):
+    """A batch as binary COPY of one `alog` row of arrays."""
+    cols = list(zip(*rows))
+    fields = [array_field(1184, cols[0], 8)] + [array_field(25, c, 0) for c in cols[1:4]]
+    fields += [array_field(20, c, 8) for c in cols[4:6]] + [struct.pack(">ii", 4, 1000000)]
+    fields += [array_field(20, c, 8) for c in cols[6:10]]
+    return (b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0) + struct.pack(">h", 11) + b"".join(fields)
+            + struct.pack(">h", -1))
 
 
 def setup(conn, hour):
@@ -134,6 +165,11 @@ def setup(conn, hour):
     conn.execute(f"CREATE TABLE live ({COLUMNS})")
     conn.execute(f"CREATE UNLOGGED TABLE ulive ({COLUMNS}, PRIMARY KEY ({KEY}, sample_ppm)) WITH (fillfactor = 50)")
     conn.execute("CREATE TABLE log (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload bytea NOT NULL)")
+    conn.execute("""CREATE TABLE alog (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, bucket timestamptz[] NOT NULL,
+        event_type text[] COLLATE "C" NOT NULL, country text[] COLLATE "C" NOT NULL, os text[] COLLATE "C" NOT NULL,
+        campaign_id bigint[] NOT NULL, advertiser_id bigint[] NOT NULL, sample_ppm integer NOT NULL,
+        events bigint[] NOT NULL, attributed_events bigint[] NOT NULL, price_micros bigint[] NOT NULL,
+        revenue_micros bigint[] NOT NULL)""")
     conn.execute("ALTER TABLE log ALTER COLUMN payload SET STORAGE EXTERNAL")
 
 
@@ -149,6 +185,38 @@ def fold(conn, source):
         FROM {source} GROUP BY {KEY}, sample_ppm ORDER BY {KEY}, sample_ppm
         ON CONFLICT ({KEY}, sample_ppm) DO UPDATE SET {ADD}""")
     conn.execute(f"TRUNCATE {source}")
+
+
+def fold_arrays(conn):
+    """Folds the array log in SQL: unnest, sum per key, upsert."""
+    conn.execute(f"""INSERT INTO r AS t ({KEY}, sample_ppm, {MEASURES}, updated_at)
+        SELECT u.bucket, u.event_type, u.country, u.os, u.campaign_id, u.advertiser_id, l.sample_ppm,
+            sum(u.events), sum(u.attributed_events), sum(u.price_micros), sum(u.revenue_micros), now()
+        FROM alog l, unnest(l.bucket, l.event_type, l.country, l.os, l.campaign_id, l.advertiser_id, l.events,
+            l.attributed_events, l.price_micros, l.revenue_micros)
+            AS u(bucket, event_type, country, os, campaign_id, advertiser_id, events, attributed_events,
+                 price_micros, revenue_micros)
+        GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7
+        ON CONFLICT ({KEY}, sample_ppm) DO UPDATE SET {ADD}""")
+    conn.execute("DELETE FROM alog")
+
+
+def fold_memory(conn, pending, log="alog"):
+    """Folds the batches' sums, added up here (as the logger would), and empties the array log."""
+    sums = {}
+    for rows in pending:
+        for r in rows:
+            v = sums.get(r[:6])
+            sums[r[:6]] = r[6:] if v is None else tuple(a + b for a, b in zip(v, r[6:]))
+    tuples = [b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)]
+    for k in sorted(sums):
+        v = sums[k]
+        tuples.append(struct.pack(">hiq", 11, 8, k[0]) + b"".join(struct.pack(">i", len(x)) + x for x in k[1:4])
+                      + struct.pack(">iqiqii", 8, k[4], 8, k[5], 4, 1000000)
+                      + b"".join(struct.pack(">iq", 8, x) for x in v))
+    tuples.append(struct.pack(">h", -1))
+    upsert(conn, "r", (None, b"".join(tuples)), True)
+    conn.execute(f"DELETE FROM {log}")
 
 
 def upsert(conn, target, data, binary):
@@ -174,14 +242,22 @@ def run(shape, data, hour):
         every = int(every or 1)
         binary = kind.endswith("b")
         kind = kind.removesuffix("b")
+        pending = []
         wal0 = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
         cpu0, started = cluster_cpu(), time.time()
         for b, batch in enumerate(data):
             with conn.transaction():
                 if kind == "upsert":
                     upsert(conn, "r", batch, binary)
-                elif kind == "append":
+                elif kind in ("append", "appendm"):
                     copy(conn, "live", batch, binary)
+                    pending.append(batch[3])
+                elif kind in ("arrays", "arraysm"):
+                    with conn.cursor().copy("COPY alog (bucket, event_type, country, os, campaign_id, advertiser_id, "
+                                            "sample_ppm, events, attributed_events, price_micros, revenue_micros) "
+                                            "FROM STDIN (FORMAT BINARY)") as cp:
+                        cp.write(batch[2])
+                    pending.append(batch[3])
                 else:
                     upsert(conn, "ulive", batch, binary)
                     conn.execute("INSERT INTO log (payload) VALUES (%s)", (zlib.compress(batch[1], 1),))
@@ -189,10 +265,18 @@ def run(shape, data, hour):
                 with conn.transaction():
                     if kind == "append":
                         fold(conn, "live")
+                    elif kind == "arrays":
+                        fold_arrays(conn)
+                    elif kind == "appendm":
+                        fold_memory(conn, pending, "live")
+                        pending = []
+                    elif kind == "arraysm":
+                        fold_memory(conn, pending)
+                        pending = []
                     else:
                         fold(conn, "ulive")
                         conn.execute("DELETE FROM log")
-        conn.execute("VACUUM r")
+        conn.execute("VACUUM r, live, alog")
         cpu, elapsed = cluster_cpu() - cpu0, time.time() - started
         wal = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (wal0,)).fetchone()[0]
         sums = conn.execute(f"SELECT sum(events), count(*) FROM r WHERE bucket >= '{hour}+00'::timestamptz "
