@@ -85,7 +85,10 @@ async fn logger_with_flushed_events(
     (db, publisher, logger, rng, first)
 }
 
-/// With `rollup_minute` locked, publishes `rounds` × `per_round` events, one
+/// With every flush held (the flush ledger locked: a batch waits at its
+/// first statement; locking the view `rollup_minute` would lock its three
+/// tables one by one and could deadlock with a fold), publishes `rounds` ×
+/// `per_round` events, one
 /// round per 150 ms (longer than the 100 ms flush interval), and waits until
 /// flushes have timed out against the lock twice; then releases it and
 /// checks that the warehouse holds every event exactly once.
@@ -93,7 +96,7 @@ async fn publish_while_rollup_minute_is_locked(test: &str, seed: u64, extra: &[&
     let (db, publisher, logger, mut rng, first) = logger_with_flushed_events(test, seed, 2000, extra).await;
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE rollup_minute IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    tx.batch_execute("LOCK TABLE bid_logger_flush_ledger IN ACCESS EXCLUSIVE MODE").await.unwrap();
     let mut second = Vec::new();
     for round in 0..rounds {
         let batch = events(&mut rng, per_round, &format!("during-{round}"));
@@ -607,7 +610,7 @@ async fn a_second_signal_during_a_slow_graceful_stop_exits_at_once_saying_what_i
         logger_with_flushed_events("second_signal", 23, 1000, &["--shutdown-timeout", "2m"]).await;
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE rollup_minute IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    tx.batch_execute("LOCK TABLE bid_logger_flush_ledger IN ACCESS EXCLUSIVE MODE").await.unwrap();
     let stuck = events(&mut rng, 3000, "stuck");
     for e in &stuck {
         publisher.publish(e, P);
