@@ -74,6 +74,14 @@ COLUMNS = f"""bucket timestamptz NOT NULL, {DIMS}, sample_ppm integer NOT NULL,
     revenue_micros bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now()"""
 
 
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+
+
+def key_fields(t, c, o, camp, adv):
+    """A row's key after the bucket, as binary COPY fields (text, text, text, int8, int8)."""
+    return b"".join(struct.pack(">i", len(v)) + v for v in (t, c, o)) + struct.pack(">iqiq", 8, camp, 8, adv)
+
+
 def cluster_cpu():
     tick = os.sysconf("SC_CLK_TCK")
 
@@ -115,15 +123,14 @@ def batches(hour):
             at = start + datetime.timedelta(minutes=PREFILL + minute)
             micros = struct.pack(">iq", 8, (at - epoch) // datetime.timedelta(microseconds=1))
             text_of = {}
-        lines, tuples, arows = [], [b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)], []
+        lines, tuples, arows = [], [COPY_HEADER], []
         for k in sorted(rng.sample(range(len(keys)), ROWS_PER_BATCH)):
             t, c, o, camp, adv = keys[k]
             lines.append(f"{bucket}\t{t}\t{c}\t{o}\t{camp}\t{adv}\t1000000\t2\t1\t{camp * 10}\t0\n")
             arows.append((struct.unpack(">q", micros[4:])[0], t.encode(), c.encode(), o.encode(), camp, adv,
                           2, 1, camp * 10, 0))
             if k not in text_of:
-                fields = [struct.pack(">i", len(v)) + v for v in (t.encode(), c.encode(), o.encode())]
-                text_of[k] = b"".join(fields) + struct.pack(">iqiq", 8, camp, 8, adv)
+                text_of[k] = key_fields(t.encode(), c.encode(), o.encode(), camp, adv)
             tuples.append(struct.pack(">h", 11) + micros + text_of[k]
                           + struct.pack(">iiiqiqiqiq", 4, 1000000, 8, 2, 8, 1, 8, camp * 10, 8, 0))
         tuples.append(struct.pack(">h", -1))
@@ -147,7 +154,7 @@ def array_copy(rows):
     fields = [array_field(1184, cols[0], 8)] + [array_field(25, c, 0) for c in cols[1:4]]
     fields += [array_field(20, c, 8) for c in cols[4:6]] + [struct.pack(">ii", 4, 1000000)]
     fields += [array_field(20, c, 8) for c in cols[6:10]]
-    return (b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0) + struct.pack(">h", 11) + b"".join(fields)
+    return (COPY_HEADER + struct.pack(">h", 11) + b"".join(fields)
             + struct.pack(">h", -1))
 
 
@@ -208,11 +215,10 @@ def fold_memory(conn, pending, log="alog"):
         for r in rows:
             v = sums.get(r[:6])
             sums[r[:6]] = r[6:] if v is None else tuple(a + b for a, b in zip(v, r[6:]))
-    tuples = [b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)]
+    tuples = [COPY_HEADER]
     for k in sorted(sums):
         v = sums[k]
-        tuples.append(struct.pack(">hiq", 11, 8, k[0]) + b"".join(struct.pack(">i", len(x)) + x for x in k[1:4])
-                      + struct.pack(">iqiqii", 8, k[4], 8, k[5], 4, 1000000)
+        tuples.append(struct.pack(">hiq", 11, 8, k[0]) + key_fields(*k[1:]) + struct.pack(">ii", 4, 1000000)
                       + b"".join(struct.pack(">iq", 8, x) for x in v))
     tuples.append(struct.pack(">h", -1))
     upsert(conn, "r", (None, b"".join(tuples)), True)
