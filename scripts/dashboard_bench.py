@@ -32,7 +32,7 @@ def fill(conn, table, step, buckets, ids):
     dims = "exchange" if exchange else "campaign_id, advertiser_id"
     values = "'x' || i" if exchange else "i, i % 40 + 1"
     sql = f"""
-        INSERT INTO {table} (bucket, event_type, country, os, {dims}, sample_ppm,
+        INSERT INTO {table}_merged (bucket, event_type, country, os, {dims}, sample_ppm,
                              events, attributed_events, price_micros, revenue_micros)
         SELECT date_trunc('{grain}', now()) - b * interval '{step}', t, c, o, {values}, 1000000,
                1 + (b + i) % 50, (b + i) % 3, 1000 * (1 + (b + i) % 50), (b * i) % 7000

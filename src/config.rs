@@ -199,6 +199,8 @@ pub struct RollupSettings {
     pub flush_interval: Option<String>,
     /// How long its buckets are kept; `0` = forever.
     pub retention: Option<String>,
+    /// A direct table's fold interval (its live rows into its merged rows).
+    pub fold_interval: Option<String>,
 }
 
 pub use crate::telemetry::LogFormat;
@@ -519,6 +521,7 @@ impl Config {
                             dimensions: Some(t.shape.dims.iter().map(|d| d.as_str().to_string()).collect()),
                             flush_interval: text(t.flush_interval),
                             retention: Some(t.retention.map_or("0".to_string(), format_duration)),
+                            fold_interval: (!t.logged).then(|| format_duration(t.fold_interval)),
                         };
                         (t.name.clone(), section)
                     })
@@ -593,10 +596,12 @@ pub fn rollup_tables(
         let valid_name = name.len() <= 40
             && name.starts_with(|c: char| c.is_ascii_lowercase())
             && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !valid_name || name.starts_with("bid_logger") || name.starts_with("events_sample") {
+        let reserved = ["_merged", "_live", "_est"].iter().any(|s| name.ends_with(s));
+        if !valid_name || name.starts_with("bid_logger") || name.starts_with("events_sample") || reserved {
             return Err(invalid(
                 format!("rollup.{name}"),
-                "a table name is 1 to 40 of a-z, 0-9 and _, starting with a letter, and not bid_logger* or events_sample*",
+                "a table name is 1 to 40 of a-z, 0-9 and _, starting with a letter, not bid_logger* or \
+                 events_sample*, and not ending in _merged, _live or _est (the names of a table's parts)",
             ));
         }
         let grain = match (section.grain.as_deref(), default) {
@@ -642,6 +647,24 @@ pub fn rollup_tables(
             }
             None => crate::db::tables::default_flush_interval(grain, flush_interval),
         };
+        let fold_interval = match section.fold_interval.as_deref() {
+            Some(v) => {
+                let d = parse_duration(v).ok_or_else(|| {
+                    invalid(key("fold-interval"), format!("expected a duration such as 10s or 1m, got `{v}`"))
+                })?;
+                if d < table_interval || d > Duration::from_secs(3600) {
+                    return Err(invalid(
+                        key("fold-interval"),
+                        format!(
+                            "must be at least the table's flush interval ({}) and at most 1h, got {v}",
+                            format_duration(table_interval)
+                        ),
+                    ));
+                }
+                d
+            }
+            None => crate::db::tables::FOLD_INTERVAL.max(table_interval),
+        };
         let retention = match section.retention.as_deref() {
             Some("0") => None,
             Some(v) => {
@@ -667,6 +690,8 @@ pub fn rollup_tables(
             }
         }
         tables.push(RollupTable {
+            merged: format!("{name}_merged"),
+            fold_interval,
             name,
             shape: Shape { grain, dims },
             flush_interval: table_interval,

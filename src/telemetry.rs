@@ -130,11 +130,11 @@ metrics_table! {
     counter OVERFLOW_FOLDED = "bid_logger_overflow_folded_events_total", Count, "",
         "Events folded into `other`/`-1` by a cardinality cap.";
     histogram FLUSH_DURATION = "bid_logger_flush_duration_seconds", Seconds, "",
-        "Duration of successful flushes (one transaction: the direct tables, the delta logs, the raw sample; buckets 1 ms … 30 s).";
+        "Duration of successful flushes (one transaction: the live rows, the delta logs, the raw sample; buckets 1 ms … 30 s).";
     counter ROWS_UPSERTED = "bid_logger_rows_upserted_total", Count, "`table` = each rollup table",
-        "Rows inserted or updated (a coarse table's when its delta log is consumed).";
+        "Rows inserted or updated in a table's merged rows: by its folds and consumptions, and a direct table's late rows by every batch.";
     counter EVENTS_FLUSHED = "bid_logger_events_flushed_total", Count, "",
-        "Events written: in every direct table and every coarse table's delta log, in one transaction (each event counted once).";
+        "Events written: in every table's delta log (and a direct table's live rows), in one transaction (each event counted once).";
     counter FLUSH_FAILURES = "bid_logger_flush_failures_total", Count, "",
         "Failed flush attempts (each is retried).";
     gauge PENDING_BATCHES = "bid_logger_pending_batches", Count, "",

@@ -215,7 +215,9 @@ impl Maintenance {
             self.book.forget(parent.table);
             let n = dropped.len() as u64;
             if parent.rollup {
-                counter!(t::ROLLUP_PARTITIONS_DROPPED, "table" => parent.table.to_string()).increment(n);
+                // labelled with the table's own name, not its merged table's
+                let table = parent.table.strip_suffix("_merged").unwrap_or(parent.table);
+                counter!(t::ROLLUP_PARTITIONS_DROPPED, "table" => table.to_string()).increment(n);
             } else {
                 counter!(t::RAW_PARTITIONS_DROPPED).increment(n);
             }

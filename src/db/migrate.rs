@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (12, "fence_key_share", include_str!("../../sql/0012_fence_key_share.sql")),
     (13, "fleet_departing_and_settings", include_str!("../../sql/0013_fleet_departing_and_settings.sql")),
     (14, "lost", include_str!("../../sql/0014_lost.sql")),
+    (15, "live_layout", include_str!("../../sql/0015_live_layout.sql")),
 ];
 
 /// The migration that partitions the rollups; `rollup_day` is backfilled
@@ -38,15 +39,16 @@ const APPLIED: &str = "SELECT version FROM bid_logger_migrations";
 const RECORD: &str = "INSERT INTO bid_logger_migrations (version, name) VALUES ($1, $2)";
 
 /// `rollup_day` from `rollup_hour` (same dimensions), into one range
-/// `rollup_day_before` holding every day before the next year.
+/// `rollup_day_before` of `rollup_day_merged` holding every day before the
+/// next year (the tables are views by then).
 const BACKFILL_DAY: &str = "
 DO $$
 DECLARE cut timestamptz := (date_trunc('year', now() AT TIME ZONE 'UTC') + interval '1 year') AT TIME ZONE 'UTC';
 BEGIN
     IF EXISTS (SELECT 1 FROM rollup_hour) THEN
-        EXECUTE format('CREATE TABLE rollup_day_before PARTITION OF rollup_day FOR VALUES FROM (MINVALUE) TO (%L)
+        EXECUTE format('CREATE TABLE rollup_day_before PARTITION OF rollup_day_merged FOR VALUES FROM (MINVALUE) TO (%L)
                         WITH (fillfactor = 50)', cut);
-        INSERT INTO rollup_day (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm,
+        INSERT INTO rollup_day_merged (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm,
                                 events, attributed_events, price_micros, revenue_micros, updated_at)
         SELECT date_trunc('day', bucket AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', event_type, country, os,
                campaign_id, advertiser_id, sample_ppm, sum(events), sum(attributed_events), sum(price_micros),

@@ -183,7 +183,7 @@ impl Parent<'static> {
 impl<'a> Parent<'a> {
     /// A rollup table, in ranges sized to its grain.
     pub fn rollup(table: &'a RollupTable) -> Parent<'a> {
-        Parent { table: &table.name, span: Span::of(table.shape.grain), rollup: true }
+        Parent { table: &table.merged, span: Span::of(table.shape.grain), rollup: true }
     }
 }
 
@@ -225,8 +225,9 @@ pub async fn ensure(
         return Ok(Vec::new());
     }
     let tx = client.transaction().await?;
-    // Creating takes the table's ACCESS EXCLUSIVE lock: behind a long
-    // reader, give up (and retry later) rather than queue every writer.
+    // Creating attaches the range (SHARE UPDATE EXCLUSIVE on the table,
+    // migration 0015; ACCESS EXCLUSIVE before it): behind a lock that
+    // conflicts, give up (and retry later) rather than queue every writer.
     tx.batch_execute(MAINTENANCE_LOCK_TIMEOUT).await?;
     let created = ensure_in(&tx, parent, starts).await?;
     tx.commit().await?;

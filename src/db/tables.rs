@@ -1,17 +1,22 @@
 //! The declared rollup tables: their shapes, cadences and retentions, and
 //! the SQL that creates, fills and reads them.
 //!
+//! Every table `T` is a view ([`RollupTable::view_sql`]) over `T_merged`
+//! (keyed rows, range-partitioned) and `T_live` (rows not folded yet), and
+//! has a *delta log*, `bid_logger_log_<table>`: one row per batch holding
+//! the batch's rows of the table in PostgreSQL's binary `COPY` format.
+//!
 //! A table is *direct* when its flush interval is the logger's own
-//! `flush-interval`: every batch upserts its rows. A *coarse* table (a
-//! longer interval) is fed through a *delta log*, `bid_logger_log_<table>`:
-//! every batch appends the table's rows to the log in the same transaction
-//! that upserts the direct tables, as **one row** holding them in
-//! PostgreSQL's binary `COPY` format; at the table's own interval one
-//! transaction deletes the log's rows, `COPY`s their payloads into a staging
-//! table and upserts the sums ([`RollupTable::consume_upsert_sql`]).
-//! The consumer adds the payloads up per key in the logger
-//! (the sink's payload module), so PostgreSQL upserts each key once per
-//! consumption.
+//! `flush-interval`: every batch appends its rows of recent buckets to
+//! `T_live` and to the log, in the batch's transaction, and upserts its
+//! older rows (late events) into `T_merged`. A *coarse* table (a longer
+//! interval) gets only the log row. A log is consumed (*folded*, for a
+//! direct table) at [`RollupTable::consume_interval`]: one transaction
+//! deletes the log's rows, `COPY`s their sums into a staging table,
+//! upserts them ([`RollupTable::log_upsert_sql`]) and deletes the live rows
+//! of the same batches. The consumer adds the payloads up per key in the
+//! logger (the sink's payload module), so PostgreSQL upserts each key once
+//! per consumption.
 //!
 //! A coarse table whose rows can be computed from another coarse table's
 //! (a grain not finer, a subset of its dimensions, an interval not
@@ -43,7 +48,26 @@ pub struct RollupTable {
     /// The logged table whose consumptions feed its log (set by [`link`]);
     /// `None`: every batch appends to its log.
     pub fed_by: Option<String>,
+    /// How often a direct table's log and live rows are folded into its
+    /// merged table (`fold-interval`; a coarse table is consumed at its
+    /// flush interval).
+    pub fold_interval: Duration,
+    /// The keyed, range-partitioned table holding its folded rows,
+    /// `<name>_merged` (the table itself is a view, see [`RollupTable::view_sql`]).
+    pub merged: String,
 }
+
+/// Default `fold-interval`: how often a direct table's live rows are folded
+/// into its merged table (see [`RollupTable::view_sql`]): each key is
+/// upserted once per fold instead of once per batch (`BENCHMARKS.md`,
+/// "Warehouse write shapes" and "The live layout").
+pub const FOLD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Live rows older than this many minutes before the batch's own minute
+/// are not appended to the live table but upserted into the merged table
+/// directly: late events are few, and a live row of an old bucket would make
+/// every reader of the view add up that whole bucket until the next fold.
+pub const LIVE_MINUTES: i64 = 1;
 
 /// A default table: (name, grain, dimensions, retention in days, 0 = forever).
 type DefaultTable = (&'static str, Grain, &'static [Dimension], u64);
@@ -74,6 +98,8 @@ pub fn default_tables(flush_interval: Duration) -> Vec<RollupTable> {
                 retention: (retention_days > 0).then(|| Duration::from_secs(retention_days * 86_400)),
                 logged: interval > flush_interval,
                 fed_by: None,
+                fold_interval: FOLD_INTERVAL.max(interval),
+                merged: format!("{name}_merged"),
             }
         })
         .collect();
@@ -194,14 +220,35 @@ impl RollupTable {
             .join(",\n    ")
     }
 
-    /// `CREATE TABLE IF NOT EXISTS` for the table (partitioned by `bucket`),
-    /// its `_est` view (when missing) and, for a logged table, its delta log.
+    /// Creates what the table is made of when missing: its merged table
+    /// (partitioned by `bucket`), its live table, its delta log, the view
+    /// named like the table ([`RollupTable::view_sql`]) and its `_est` view.
+    /// A table written before this layout (a partitioned table under the
+    /// table's own name) becomes the merged table, its ranges renamed with
+    /// it, and keeps every row.
     pub fn create_sql(&self) -> String {
         let name = &self.name;
+        let merged = &self.merged;
         let key = self.key_columns();
         let dims = self.dimension_definitions();
-        let mut sql = format!(
-            "CREATE TABLE IF NOT EXISTS {name} (
+        let log = self.log_table();
+        let live = self.live_table();
+        format!(
+            "DO $$
+DECLARE r record;
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('{name}')) = 'p' THEN
+        DROP VIEW IF EXISTS {name}_est;
+        ALTER TABLE {name} RENAME TO {merged};
+        FOR r IN SELECT c.relname::text AS range FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = '{merged}'::regclass AND left(c.relname, length('{name}_p')) = '{name}_p'
+        LOOP
+            EXECUTE format('ALTER TABLE %I RENAME TO %I', r.range, '{merged}' || substr(r.range, length('{name}') + 1));
+        END LOOP;
+        RAISE NOTICE '{name} is now a view over {merged} and {live}';
+    END IF;
+END $$;
+CREATE TABLE IF NOT EXISTS {merged} (
     bucket            timestamptz NOT NULL,
     event_type        text COLLATE \"C\" NOT NULL,
     {dims},
@@ -213,35 +260,80 @@ impl RollupTable {
     updated_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY ({key}, sample_ppm)
 ) PARTITION BY RANGE (bucket);
-DO $$ BEGIN
-    IF to_regclass('{name}_est') IS NULL THEN
-        EXECUTE {view};
-    END IF;
-END $$;
-",
-            view = quote_literal(&self.est_view_sql()),
-        );
-        if self.logged {
-            // The payload is stored uncompressed (STORAGE EXTERNAL): it is
-            // read once, and compressing megabytes per batch costs more CPU
-            // than the disk it saves for a few seconds.
-            sql.push_str(&format!(
-                "DO $$ BEGIN
+CREATE TABLE IF NOT EXISTS {live} (
+    bucket            timestamptz NOT NULL,
+    event_type        text COLLATE \"C\" NOT NULL,
+    {dims},
+    sample_ppm        integer     NOT NULL,
+    events            bigint      NOT NULL,
+    attributed_events bigint      NOT NULL,
+    price_micros      bigint      NOT NULL,
+    revenue_micros    bigint      NOT NULL,
+    log_id            bigint      NOT NULL,
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+DO $$
+DECLARE r record;
+BEGIN
     IF to_regclass('{log}') IS NULL THEN
         CREATE TABLE {log} (
-            id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            events  bigint NOT NULL,
-            rows    bigint NOT NULL,
-            payload bytea  NOT NULL
+            id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            events     bigint NOT NULL,
+            rows       bigint NOT NULL,
+            payload    bytea  NOT NULL,
+            min_bucket timestamptz
         );
         ALTER TABLE {log} ALTER COLUMN payload SET STORAGE EXTERNAL;
+    ELSIF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{log}'::regclass AND attname = 'min_bucket') THEN
+        ALTER TABLE {log} ADD COLUMN min_bucket timestamptz;
+    END IF;
+    IF to_regclass('{name}') IS NULL THEN
+        EXECUTE {view};
+    ELSIF (SELECT relkind FROM pg_class WHERE oid = to_regclass('{name}')) <> 'v' THEN
+        RAISE EXCEPTION '{name} exists and is not a partitioned table or the view bid-logger makes: rename or drop it';
+    END IF;
+    IF to_regclass('{name}_est') IS NULL THEN
+        EXECUTE {est};
+        -- whoever could read the table (renamed {merged}) reads its views
+        FOR r IN SELECT DISTINCT grantee::text AS role FROM information_schema.role_table_grants
+                 WHERE table_name = '{merged}' AND privilege_type = 'SELECT' AND grantee::text <> current_user
+        LOOP
+            EXECUTE format('GRANT SELECT ON {name}, {name}_est TO %I', r.role);
+        END LOOP;
     END IF;
 END $$;
 ",
-                log = self.log_table(),
-            ));
-        }
-        sql
+            view = quote_literal(&self.view_sql()),
+            est = quote_literal(&self.est_view_sql()),
+        )
+    }
+
+    /// The view readers query under the table's name: one row per key, the
+    /// merged table's rows plus the live rows not folded yet. The live rows
+    /// are all in buckets at or after the oldest `min_bucket` of the log
+    /// (the log row of each batch that appended live rows, deleted with
+    /// them by the fold); only that stretch of buckets is added up, every
+    /// older row of the merged table is read as it is. Conditions on
+    /// `bucket` and the dimensions reach both scans, and the merged table's
+    /// ranges are pruned as for a table.
+    pub fn view_sql(&self) -> String {
+        let key = self.key_columns();
+        let cols = format!("{key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at");
+        let since = format!("(SELECT coalesce(min(min_bucket), 'infinity') FROM {})", self.log_table());
+        format!(
+            "CREATE VIEW {name} AS
+SELECT {cols} FROM {merged} WHERE bucket < {since}
+UNION ALL
+SELECT {key}, sample_ppm, sum(events)::bigint, sum(attributed_events)::bigint, sum(price_micros)::bigint,
+       sum(revenue_micros)::bigint, max(updated_at)
+FROM (SELECT {cols} FROM {merged} WHERE bucket >= {since}
+      UNION ALL
+      SELECT {cols} FROM {live}) recent
+GROUP BY {key}, sample_ppm",
+            name = self.name,
+            merged = self.merged,
+            live = self.live_table(),
+        )
     }
 
     /// Its `_est` view: rows scaled by `1e6 / sample_ppm` and added up over
@@ -262,6 +354,36 @@ FROM {name}
 GROUP BY {key}",
             name = self.name
         )
+    }
+
+    /// Its live table: the rows of the batches not folded yet.
+    pub fn live_table(&self) -> String {
+        format!("{}_live", self.name)
+    }
+
+    /// How often its log is consumed: a coarse table's flush interval, a
+    /// direct table's fold interval.
+    pub fn consume_interval(&self) -> Duration {
+        if self.logged {
+            self.flush_interval
+        } else {
+            self.fold_interval
+        }
+    }
+
+    /// The binary `COPY` of a batch's live rows (the layout of a log
+    /// payload, then the log row's id).
+    pub fn live_copy_sql(&self) -> String {
+        format!(
+            "COPY {} ({}, sample_ppm, events, attributed_events, price_micros, revenue_micros, log_id) FROM STDIN (FORMAT binary)",
+            self.live_table(),
+            self.key_columns()
+        )
+    }
+
+    /// Deletes the live rows of the log rows `$1` (consumed).
+    pub fn live_delete_sql(&self) -> String {
+        format!("DELETE FROM {} WHERE log_id = ANY($1::bigint[])", self.live_table())
     }
 
     /// `CREATE TEMP TABLE` for its staging table (`from_log`: the one its
@@ -298,29 +420,21 @@ GROUP BY {key}",
         )
     }
 
-    /// Appends one batch's rows to its log: `$1` events, `$2` rows, `$3` payload.
+    /// Appends one batch's rows to its log: `$1` events, `$2` rows, `$3`
+    /// payload, `$4` the oldest bucket of its live rows (null: none);
+    /// returns the log row's id.
     pub fn log_append_sql(&self) -> String {
-        format!("INSERT INTO {} (events, rows, payload) VALUES ($1, $2, $3)", self.log_table())
+        format!(
+            "INSERT INTO {} (events, rows, payload, min_bucket) VALUES ($1, $2, $3, $4) RETURNING id",
+            self.log_table()
+        )
     }
 
     /// Takes (deletes and returns) the oldest `$1` payloads of its log.
     pub fn log_take_sql(&self) -> String {
         let log = self.log_table();
-        format!("DELETE FROM {log} WHERE id IN (SELECT id FROM {log} ORDER BY id LIMIT $1) RETURNING events, payload")
-    }
-
-    /// The additive upsert of its stage; `$1` is the sample rate. Staged
-    /// keys are unique and staged in key order, so no row is affected twice
-    /// and rows are locked in key order.
-    pub fn upsert_sql(&self) -> String {
-        let key = self.key_columns();
         format!(
-            "INSERT INTO {name} AS t ({key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
-SELECT {key}, $1, events, attributed_events, price_micros, revenue_micros, now()
-FROM {stage}
-ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
-            name = self.name,
-            stage = self.stage_table(),
+            "DELETE FROM {log} WHERE id IN (SELECT id FROM {log} ORDER BY id LIMIT $1) RETURNING events, payload, id"
         )
     }
 
@@ -334,7 +448,7 @@ SELECT {key}, sample_ppm, events, attributed_events, price_micros, revenue_micro
 FROM {stage}
 ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
             stage = self.stage_name(true),
-            name = self.name,
+            name = self.merged,
         )
     }
 }
@@ -387,6 +501,8 @@ mod tests {
             retention: None,
             logged: interval_s > 1,
             fed_by: None,
+            fold_interval: FOLD_INTERVAL,
+            merged: format!("{name}_merged"),
         }
     }
 

@@ -51,7 +51,9 @@ impl Consumer {
     pub fn new(config: &SinkConfig, run_id: i64, migrated: Arc<AtomicBool>) -> Option<Consumer> {
         // A table feeding others comes before them, so that a pass over every
         // log (at the stop) carries the feeder's rows all the way.
-        let mut logged: Vec<usize> = (0..config.tables.len()).filter(|&t| config.tables[t].logged).collect();
+        // Every table has a log: a coarse table's is its only way in, a
+        // direct table's is folded (with its live rows) into its merged table.
+        let mut logged: Vec<usize> = (0..config.tables.len()).collect();
         logged.sort_by_key(|&t| crate::db::tables::chain(&config.tables, t).count());
         let tables: Vec<RollupTable> = logged.into_iter().map(|t| config.tables[t].clone()).collect();
         let feeds =
@@ -79,7 +81,7 @@ impl Consumer {
             seq: -1,
             flush_timeout: config.flush_timeout,
             migrated,
-            limit: vec![MAX_CONSUME_ROWS; config.tables.iter().filter(|t| t.logged).count()],
+            limit: vec![MAX_CONSUME_ROWS; config.tables.len()],
         })
     }
 
@@ -87,7 +89,7 @@ impl Consumer {
     /// shutdown's deadline, then every log once more, trying until then.
     pub async fn run(mut self, mut stop: watch::Receiver<Option<Instant>>) {
         let start = tokio::time::Instant::now();
-        let mut due: Vec<tokio::time::Instant> = self.tables.iter().map(|t| start + t.flush_interval).collect();
+        let mut due: Vec<tokio::time::Instant> = self.tables.iter().map(|t| start + t.consume_interval()).collect();
         let mut backoff = vec![BACKOFF_MIN; self.tables.len()];
         loop {
             let next = due.iter().min().copied().unwrap_or(start);
@@ -107,7 +109,7 @@ impl Consumer {
                 match self.consume(i).await {
                     Ok(_) => {
                         backoff[i] = BACKOFF_MIN;
-                        due[i] = tokio::time::Instant::now() + self.tables[i].flush_interval;
+                        due[i] = tokio::time::Instant::now() + self.tables[i].consume_interval();
                     }
                     Err(e) => {
                         tracing::warn!(table = %self.tables[i].name, error = %e, retry_in = ?backoff[i],

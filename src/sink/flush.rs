@@ -28,7 +28,7 @@ use super::batch::Batch;
 use super::marks::{self, Watermark};
 use super::payload::{pack, Merged, COPY_HEADER, COPY_TRAILER, PG_EPOCH_US};
 use crate::db::ranges::{self, Parent};
-use crate::db::tables::RollupTable;
+use crate::db::tables::{RollupTable, LIVE_MINUTES};
 use crate::db::DbError;
 use bid_logger_core::aggregate::{Dimension, Row};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -126,27 +126,6 @@ fn system_time(ms: i64) -> std::time::SystemTime {
 /// Deletes ledger rows old enough that no retry can still be looking for them.
 pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushed_at < now() - interval '2 days'";
 
-/// COPYs `rows` of `table` into its stage.
-async fn copy_rows(
-    tx: &tokio_postgres::Transaction<'_>,
-    table: &RollupTable,
-    rows: &[Row],
-) -> Result<(), tokio_postgres::Error> {
-    let copy = table.copy_sql(false);
-    let sink = tx.copy_in::<_, Bytes>(&copy).await?;
-    pin_mut!(sink);
-    let chunks = rows.len().div_ceil(COPY_CHUNK_ROWS).max(1);
-    for i in 0..chunks {
-        let chunk = &rows[(i * COPY_CHUNK_ROWS).min(rows.len())..((i + 1) * COPY_CHUNK_ROWS).min(rows.len())];
-        sink.send(encode_rows(table, chunk, None, i == 0, i + 1 == chunks)).await?;
-    }
-    sink.finish().await?;
-    Ok(())
-}
-
-/// Rows per message sent to the COPY (about 100 bytes each).
-const COPY_CHUNK_ROWS: usize = 10_000;
-
 /// `rows` of `table` in PostgreSQL's binary COPY format, written directly
 /// (the generic row writer costs several times more per row): the header
 /// when `first`, the trailer when `last`, and per row the field count, then
@@ -155,8 +134,20 @@ const COPY_CHUNK_ROWS: usize = 10_000;
 /// ids: int8), `sample_ppm` (int4) when writing to a log, then the four
 /// measures (int8).
 pub(crate) fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<i32>, first: bool, last: bool) -> Bytes {
+    encode_rows_with(table, rows, log_ppm, None, first, last)
+}
+
+/// [`encode_rows`], with `log_id` (int8) after the measures when given.
+fn encode_rows_with(
+    table: &RollupTable,
+    rows: &[Row],
+    log_ppm: Option<i32>,
+    log_id: Option<i64>,
+    first: bool,
+    last: bool,
+) -> Bytes {
     let dims: Vec<Dimension> = table.shape.dims.iter().collect();
-    let fields = 2 + dims.len() + usize::from(log_ppm.is_some()) + 4;
+    let fields = 2 + dims.len() + usize::from(log_ppm.is_some()) + 4 + usize::from(log_id.is_some());
     let mut buf = BytesMut::with_capacity(19 + rows.len() * 120 + 2);
     if first {
         buf.put_slice(COPY_HEADER);
@@ -190,11 +181,77 @@ pub(crate) fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<i32
         int8(&mut buf, c.attributed as i64);
         int8(&mut buf, c.price);
         int8(&mut buf, c.revenue);
+        if let Some(id) = log_id {
+            int8(&mut buf, id);
+        }
     }
     if last {
         buf.put_slice(COPY_TRAILER);
     }
     buf.freeze()
+}
+
+/// One log row: a batch's rows of a table as one compressed payload.
+struct LogRow {
+    events: i64,
+    rows: i64,
+    payload: Vec<u8>,
+    /// The oldest bucket of the rows also appended to the live table.
+    live_since: Option<std::time::SystemTime>,
+}
+
+/// What a batch writes to one table.
+struct TablePlan {
+    /// Its log row (none when the batch has no rows of it).
+    log: Option<LogRow>,
+    /// A direct table's rows of recent buckets: its live rows.
+    live: Option<Vec<Row>>,
+    /// A direct table's rows of older buckets (late events, few): their
+    /// sums in a fold's order (its encoded key's), to be staged and upserted
+    /// into its merged table, so that a batch and a fold never lock the
+    /// same rows in opposite orders.
+    late: Option<Bytes>,
+}
+
+impl TablePlan {
+    fn new(table: &RollupTable, rows: &[Row], ppm: i32, now_minute: i64) -> TablePlan {
+        let log_of = |rows: &[Row], live_since| LogRow {
+            events: rows.iter().map(|r| r.1.events as i64).sum(),
+            rows: rows.len() as i64,
+            payload: pack(&encode_rows(table, rows, Some(ppm), true, true)),
+            live_since,
+        };
+        if rows.is_empty() {
+            return TablePlan { log: None, live: None, late: None };
+        }
+        if table.logged {
+            return TablePlan { log: Some(log_of(rows, None)), live: None, late: None };
+        }
+        // A direct table: the rows of recent buckets (this minute and the one
+        // before) go to its live table and its log, which the fold consumes.
+        let cut = now_minute - LIVE_MINUTES;
+        let last_minute = table.shape.grain.minutes() - 1; // of a bucket
+        let (recent, late): (Vec<Row>, Vec<Row>) =
+            rows.iter().cloned().partition(|r: &Row| r.0.minute + last_minute >= cut);
+        let late = (!late.is_empty()).then(|| {
+            let mut sums = Merged::new(table.shape);
+            sums.add_rows(&encode_rows(table, &late, Some(ppm), true, true))
+                .expect("rows encoded by encode_rows decode");
+            sums.encode(None).payload
+        });
+        if recent.is_empty() {
+            return TablePlan { log: None, live: None, late };
+        }
+        let oldest = recent.iter().map(|r| r.0.minute).min().unwrap_or(cut);
+        let log = log_of(&recent, Some(system_time(oldest * 60_000)));
+        TablePlan { log: Some(log), live: Some(recent), late }
+    }
+}
+
+/// `rows` of `table` as its live rows in binary `COPY` format: a log
+/// payload's fields, then `log_id`.
+fn encode_live_rows(table: &RollupTable, rows: &[Row], ppm: i32, log_id: i64) -> Bytes {
+    encode_rows_with(table, rows, Some(ppm), Some(log_id), true, true)
 }
 
 /// Writes `batch` (batch `id` of `to.instance`) and `mark` to every table,
@@ -236,20 +293,41 @@ pub async fn write_batch(
         return Ok(Written::Already);
     }
     let ppm = sample_ppm as i32;
+    let now_minute = bid_logger_core::clock::now_ms().div_euclid(60_000);
+    let plans: Vec<TablePlan> =
+        tables.iter().zip(&batch.tables).map(|(t, rows)| TablePlan::new(t, rows, ppm, now_minute)).collect();
+    // One round trip: every table's log row, and the stages of late rows.
+    let txr = &tx;
+    let appends = futures_util::future::try_join_all(tables.iter().zip(&plans).map(|(table, plan)| async move {
+        let Some(log) = &plan.log else { return Ok(None) };
+        let sql = table.log_append_sql();
+        let params: [&(dyn ToSql + Sync); 4] = [&log.events, &log.rows, &log.payload, &log.live_since];
+        Ok::<_, tokio_postgres::Error>(Some(txr.query_one(&sql, &params).await?.get::<_, i64>(0)))
+    }));
+    let stages = futures_util::future::try_join_all(tables.iter().zip(&plans).filter(|(_, p)| p.late.is_some()).map(
+        |(t, _)| async move {
+            let sql = t.stage_sql(true);
+            txr.batch_execute(&sql).await
+        },
+    ));
+    let (log_ids, _) = futures_util::future::try_join(appends, stages).await?;
     let mut upserted = Vec::with_capacity(tables.len());
-    for (table, rows) in tables.iter().zip(&batch.tables) {
-        if rows.is_empty() {
-            upserted.push(0);
-        } else if table.logged {
-            let payload = pack(&encode_rows(table, rows, Some(ppm), true, true));
-            let (events, n): (i64, i64) = (rows.iter().map(|r| r.1.events as i64).sum(), rows.len() as i64);
-            tx.execute(&table.log_append_sql(), &[&events, &n, &payload]).await?;
-            upserted.push(0);
-        } else {
-            tx.batch_execute(&table.stage_sql(false)).await?;
-            copy_rows(&tx, table, rows).await?;
-            upserted.push(tx.execute(&table.upsert_sql(), &[&ppm]).await?);
+    for ((table, plan), log_id) in tables.iter().zip(&plans).zip(log_ids) {
+        let mut n = 0;
+        if let (Some(live), Some(log_id)) = (&plan.live, log_id) {
+            let sink = tx.copy_in::<_, Bytes>(&table.live_copy_sql()).await?;
+            pin_mut!(sink);
+            sink.send(encode_live_rows(table, live, ppm, log_id)).await?;
+            sink.finish().await?;
         }
+        if let Some(late) = &plan.late {
+            let sink = tx.copy_in::<_, Bytes>(&table.copy_sql(true)).await?;
+            pin_mut!(sink);
+            sink.send(late.clone()).await?;
+            sink.finish().await?;
+            n = tx.execute(&table.log_upsert_sql(), &[]).await?;
+        }
+        upserted.push(n);
     }
     let raw_rows = copy_raw(&tx, batch, raw_sample_ppm).await?;
     // Last, so the rows it locks (shared by the parts) are held only until the commit.
@@ -336,8 +414,14 @@ pub async fn consume(
     }
     for fed in feeds {
         let coarse = merged.project(table.shape, fed.shape).encode(None);
-        tx.execute(&fed.log_append_sql(), &[&coarse.events, &coarse.rows, &pack(&coarse.payload)]).await?;
+        let none: Option<std::time::SystemTime> = None;
+        tx.query_one(&fed.log_append_sql(), &[&coarse.events, &coarse.rows, &pack(&coarse.payload), &none]).await?;
     }
+    // Its live rows leave with their log rows: the view reads the folded
+    // rows from the merged table from this commit on. (Whatever the table is
+    // now: it may have been direct, with live rows, in an earlier run.)
+    let ids: Vec<i64> = taken.iter().map(|r| r.get(2)).collect();
+    tx.execute(&table.live_delete_sql(), &[&ids]).await?;
     let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &run_id, &seq, &table.name, &merged.events, &(rows as i64)];
     tx.execute(INSERT_CONSUME_LEDGER, &ledger).await?;
     tx.commit().await?;

@@ -426,6 +426,8 @@ async fn fill_history(client: &tokio_postgres::Client) {
         ("rollup_day", "1 day", 95, "year", "YYYY"),
     ];
     for (table, step, back, span, format) in tables {
+        // the history goes into the merged table, under the view
+        let table = format!("{table}_merged");
         let ranges = format!(
             "SELECT bid_logger_create_range('{table}', '{table}_p' || to_char(r, '{format}'), r AT TIME ZONE 'UTC',
                  (r + interval '1 {span}') AT TIME ZONE 'UTC', true)
@@ -438,7 +440,7 @@ async fn fill_history(client: &tokio_postgres::Client) {
             .query_one(
                 "SELECT string_agg(column_name, ', ' ORDER BY ordinal_position) FROM information_schema.columns
                  WHERE table_name = $1 AND column_name <> 'bucket'",
-                &[&table],
+                &[&table.as_str()],
             )
             .await
             .unwrap()

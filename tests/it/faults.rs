@@ -24,7 +24,7 @@ fn events(rng: &mut SmallRng, n: usize, tag: &str) -> Vec<TestEvent> {
         .collect()
 }
 
-async fn total_events(client: &tokio_postgres::Client, table: &str) -> i64 {
+async fn total_events(client: &impl tokio_postgres::GenericClient, table: &str) -> i64 {
     client.query_one(&format!("SELECT coalesce(sum(events), 0)::bigint FROM {table}"), &[]).await.unwrap().get(0)
 }
 
@@ -85,7 +85,10 @@ async fn logger_with_flushed_events(
     (db, publisher, logger, rng, first)
 }
 
-/// With `rollup_minute` locked, publishes `rounds` × `per_round` events, one
+/// With every flush held (the flush ledger locked: a batch waits at its
+/// first statement; locking the view `rollup_minute` would lock its three
+/// tables one by one and could deadlock with a fold), publishes `rounds` ×
+/// `per_round` events, one
 /// round per 150 ms (longer than the 100 ms flush interval), and waits until
 /// flushes have timed out against the lock twice; then releases it and
 /// checks that the warehouse holds every event exactly once.
@@ -93,7 +96,7 @@ async fn publish_while_rollup_minute_is_locked(test: &str, seed: u64, extra: &[&
     let (db, publisher, logger, mut rng, first) = logger_with_flushed_events(test, seed, 2000, extra).await;
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE rollup_minute IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    tx.batch_execute("LOCK TABLE bid_logger_flush_ledger IN ACCESS EXCLUSIVE MODE").await.unwrap();
     let mut second = Vec::new();
     for round in 0..rounds {
         let batch = events(&mut rng, per_round, &format!("during-{round}"));
@@ -154,7 +157,7 @@ async fn batches_land_while_a_coarse_table_is_locked_and_its_log_delivers_exactl
 
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE rollup_hour IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_hour_merged IN ACCESS EXCLUSIVE MODE").await.unwrap();
     let second = events(&mut rng, 2000, "during");
     for e in &second {
         publisher.publish(e, P);
@@ -183,7 +186,7 @@ async fn batches_land_while_a_coarse_table_is_locked_and_its_log_delivers_exactl
     logger.stop_ok();
     assert_warehouse_matches(&reader, &all, 1_000_000).await;
     // One ledger row per table per batch; the log's consumptions have their own.
-    let sql = "SELECT count(*) FILTER (WHERE rollup = 'rollup_minute'),
+    let sql = "SELECT count(*) FILTER (WHERE rollup = 'rollup_minute' AND batch_id > 0),
                       count(*) FILTER (WHERE rollup = 'rollup_hour' AND batch_id > 0),
                       count(*) FILTER (WHERE rollup = 'rollup_hour' AND batch_id < 0)
                FROM bid_logger_flush_ledger";
@@ -481,7 +484,8 @@ async fn a_large_batch_lands_in_parallel_parts_and_a_blocked_part_is_retried_alo
         &["--connect", &publisher.endpoint, "--db-pool-size", "3", "--flush-timeout", "1s", "--flush-interval", "2s"],
     );
     publisher.wait_for_subscriptions(all_topics(16));
-    let now = now_ms();
+    // late events: upserted into the merged table, where a row lock holds a part
+    let now = now_ms() - 300_000;
     let event = |i: usize, campaign: u32| {
         let mut e = TestEvent::new("bid", format!("parts-{i}"), now);
         e.country = Some("BR".into());
@@ -495,7 +499,7 @@ async fn a_large_batch_lands_in_parallel_parts_and_a_blocked_part_is_retried_alo
     logger.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(30));
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    let locked = tx.execute("SELECT 1 FROM rollup_minute WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
+    let locked = tx.execute("SELECT 1 FROM rollup_minute_merged WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
     assert_eq!(locked, 1);
 
     // 30 000 distinct keys (one campaign each, plus campaign 7 again): one
@@ -606,7 +610,7 @@ async fn a_second_signal_during_a_slow_graceful_stop_exits_at_once_saying_what_i
         logger_with_flushed_events("second_signal", 23, 1000, &["--shutdown-timeout", "2m"]).await;
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE rollup_minute IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    tx.batch_execute("LOCK TABLE bid_logger_flush_ledger IN ACCESS EXCLUSIVE MODE").await.unwrap();
     let stuck = events(&mut rng, 3000, "stuck");
     for e in &stuck {
         publisher.publish(e, P);
@@ -873,4 +877,105 @@ async fn each_endpoints_messages_are_counted_and_one_connected_but_silent_is_log
     let stderr = logger.stop_ok();
     let lines = |what: &str| stderr.lines().filter(|l| l.contains(what) && l.contains(&silent.endpoint)).count();
     assert_eq!((lines(quiet), lines("sending again")), (1, 1), "once each:\n{stderr}");
+}
+
+/// Events of this minute (a direct table's live rows, folded every 10 s).
+fn recent_events(rng: &mut SmallRng, n: usize, tag: &str) -> Vec<TestEvent> {
+    let now = now_ms();
+    let mut list = events(rng, n, tag);
+    for e in &mut list {
+        e.ts = now - rng.gen_range(0..5_000);
+    }
+    list
+}
+
+/// A fold (one transaction: the log's rows taken, their sums upserted into
+/// `rollup_minute_merged`, the live rows deleted) killed half-way, held at
+/// its upsert by a lock: nothing is lost or doubled, the view shows every
+/// event meanwhile, and the next start folds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fold_killed_half_way_loses_and_doubles_nothing_and_the_next_start_folds_it() {
+    let db = fresh_database("foldkill").await;
+    let mut publisher = Publisher::bind();
+    let endpoint = publisher.endpoint.clone();
+    let args = ["--connect", &endpoint, "--flush-interval", "100ms", "--flush-timeout", "60s"];
+    let logger = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(all_topics(16));
+    let mut rng = SmallRng::seed_from_u64(31);
+    let first = recent_events(&mut rng, 1000, "before");
+    for e in &first {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
+
+    // The merged table refuses writes: the next fold takes the log's rows
+    // and waits at its upsert; batches append to the live table meanwhile.
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_minute_merged IN EXCLUSIVE MODE").await.unwrap();
+    let waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'rollup_minute_merged'::regclass AND NOT granted";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tx.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        assert!(Instant::now() < deadline, "no fold came to wait at the merged table");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second = recent_events(&mut rng, 2000, "during");
+    for e in &second {
+        publisher.publish(e, P);
+    }
+    let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
+    logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(30));
+    let merged_before = total_events(&tx, "rollup_minute_merged").await;
+    let log_before: i64 = tx.query_one("SELECT count(*) FROM bid_logger_log_rollup_minute", &[]).await.unwrap().get(0);
+    assert!(log_before > 0, "set-up: batches wait in the log");
+    drop(logger); // SIGKILL, the fold still waiting
+    tx.rollback().await.unwrap();
+
+    let reader = connect(&db).await;
+    assert_eq!(total_events(&reader, "rollup_minute").await, all.len() as i64, "the view right after the kill");
+    // The killed fold's transaction ends without committing (its client is gone).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reader.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+        assert!(Instant::now() < deadline, "the killed fold still waits");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // and its advisory lock (the fold's transaction) is gone: it committed nothing
+    let fold_lock = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'";
+    while reader.query_one(fold_lock, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+        assert!(Instant::now() < deadline, "the killed fold's transaction did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(total_events(&reader, "rollup_minute").await, all.len() as i64, "after the killed fold ended");
+    assert_eq!(total_events(&reader, "rollup_minute_merged").await, merged_before, "the killed fold wrote nothing");
+    let log_after: i64 =
+        reader.query_one("SELECT count(*) FROM bid_logger_log_rollup_minute", &[]).await.unwrap().get(0);
+    assert!(log_after >= log_before, "the log rows it had taken are back ({log_after} < {log_before})");
+
+    // The next start folds them (its graceful stop folds everything).
+    let second = Logger::start(&db, &args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while second.metric("bid_logger_log_events_consumed_total", "table=\"rollup_minute\"") < 1.0 {
+        assert!(Instant::now() < deadline, "the next start did not fold rollup_minute");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.stop_ok();
+    assert_warehouse_matches(&reader, &all, 1_000_000).await;
+    let (live, log): (i64, i64) = {
+        let r = reader
+            .query_one(
+                "SELECT (SELECT count(*) FROM rollup_minute_live), (SELECT count(*) FROM bid_logger_log_rollup_minute)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((live, log), (0, 0), "everything folded");
+    let merged = total_events(&reader, "rollup_minute_merged").await;
+    assert_eq!(merged, all.len() as i64, "every event in the merged table exactly once");
+    let keys =
+        "SELECT count(*), count(DISTINCT (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm))
+                FROM rollup_minute";
+    let row = reader.query_one(keys, &[]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), row.get::<_, i64>(1), "one row per key");
 }

@@ -132,7 +132,7 @@ async fn a_kill_between_the_parts_of_a_batch_counts_the_parts_that_did_not_land(
     let args = ["--connect", &endpoint, "--instance-id", "parts", "--db-pool-size", "3"];
     let first = Logger::start(&db, &[&args[..], &["--flush-interval", "2s"]].concat());
     publisher.wait_for_subscriptions(all_topics(P));
-    let now = now_ms();
+    let now = now_ms() - 300_000; // late: upserted into the merged table, where a row lock holds it
     let event = |i: usize, campaign: u32, seq: u64| sequenced_bid(format!("parts-{i}"), now, campaign, seq);
     let seed = event(0, 7, 1);
     let partition = seed.topic(P);
@@ -151,7 +151,7 @@ async fn a_kill_between_the_parts_of_a_batch_counts_the_parts_that_did_not_land(
     first.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(30));
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    tx.execute("SELECT 1 FROM rollup_minute WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
+    tx.execute("SELECT 1 FROM rollup_minute_merged WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
     // 30 000 keys: one batch of three parts, one of which needs the locked row.
     let big: Vec<TestEvent> =
         (1..=30_000).map(|i| on_seed_topic(i, if i == 30_000 { 7 } else { 1_000 + i as u32 }, 1 + i as u64)).collect();
@@ -193,13 +193,13 @@ async fn a_gap_seen_by_a_run_killed_before_its_batch_committed_is_counted_once()
     let args = ["--connect", &endpoint, "--instance-id", "gaps", "--flush-interval", "300ms"];
     let first = Logger::start(&db, &args);
     publisher.wait_for_subscriptions(all_topics(P));
-    let now = now_ms();
+    let now = now_ms() - 300_000; // late: upserted into the merged table, where a row lock holds it
     let event = |campaign: u32, seq: u64| sequenced_bid("gap-txn".to_string(), now, campaign, seq);
     publisher.publish(&event(7, 1), P);
     first.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(30));
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    tx.execute("SELECT 1 FROM rollup_minute WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
+    tx.execute("SELECT 1 FROM rollup_minute_merged WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
     // 2, 3 and 4 never sent: a gap of 3, in a batch that waits for the lock.
     publisher.publish(&event(7, 5), P);
     first.wait_metric("bid_logger_events_accepted_total", 2.0, Duration::from_secs(30));
@@ -552,8 +552,8 @@ async fn flushes_stalled_for_three_ttls_keep_every_lease_and_lose_nothing() {
     wait_receiving(&[&a, &b]);
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE rollup_minute IN EXCLUSIVE MODE").await.unwrap();
-    // A flush past rollup_minute when the lock was taken may still land.
+    tx.batch_execute("LOCK TABLE bid_logger_flush_ledger IN EXCLUSIVE MODE").await.unwrap();
+    // A flush past its ledger rows when the lock was taken may still land.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let flushed = a.metric("bid_logger_events_flushed_total", "") + b.metric("bid_logger_events_flushed_total", "");
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -701,7 +701,7 @@ async fn a_database_stall_of_four_ttls_with_every_pooled_connection_busy_fences_
     }
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE rollup_minute IN EXCLUSIVE MODE").await.unwrap();
+    tx.batch_execute("LOCK TABLE bid_logger_flush_ledger IN EXCLUSIVE MODE").await.unwrap();
     tokio::time::sleep(Duration::from_secs(12)).await;
     tx.rollback().await.unwrap();
     let truth = stop_after(simulator, &a);
@@ -768,7 +768,10 @@ enum Fault {
     Restart,
     /// A fourth member joins, stays this long, and leaves (SIGTERM).
     Join(Duration),
-    /// `LOCK TABLE rollup_minute` for this long (longer than the TTL).
+    /// `LOCK TABLE bid_logger_flush_ledger` for this long (longer than the
+    /// TTL): every flush waits at its first statement. (One table: locking
+    /// the view `rollup_minute` locks its merged, live and log tables one by
+    /// one, and can deadlock with a fold holding one of them.)
     Stall(Duration),
     /// Every logger connection terminated by the server.
     CutConnections,
@@ -857,7 +860,7 @@ async fn a_seeded_schedule_of_faults_leaves_nothing_unaccounted() {
             Fault::Stall(how_long) => {
                 let mut locker = connect(&db).await;
                 let tx = locker.transaction().await.unwrap();
-                tx.batch_execute("LOCK TABLE rollup_minute IN EXCLUSIVE MODE").await.unwrap();
+                tx.batch_execute("LOCK TABLE bid_logger_flush_ledger IN EXCLUSIVE MODE").await.unwrap();
                 tokio::time::sleep(how_long).await;
                 tx.rollback().await.unwrap();
             }

@@ -65,7 +65,7 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
 
     // and no more than that: the writer cannot change the rollups' schema
     let as_writer = connect(&writer_url).await;
-    let err = as_writer.batch_execute("ALTER TABLE rollup_minute ADD COLUMN x int").await.unwrap_err();
+    let err = as_writer.batch_execute("ALTER TABLE rollup_minute_merged ADD COLUMN x int").await.unwrap_err();
     assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
     drop((as_owner, as_writer));
     let _ = admin

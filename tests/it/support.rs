@@ -294,7 +294,10 @@ pub async fn table_rows(client: &tokio_postgres::Client, table: &str, dims: &[&s
     );
     let mut rows = AnyRows::new();
     for r in client.query(&sql, &[]).await.unwrap() {
-        rows.insert((r.get(0), r.get(1), r.get(2), r.get(3)), (r.get(4), r.get(5), r.get(6), r.get(7)));
+        let key = (r.get(0), r.get(1), r.get(2), r.get(3));
+        if let Some(was) = rows.insert(key.clone(), (r.get(4), r.get(5), r.get(6), r.get(7))) {
+            panic!("{table}: two rows for the key {key:?} (one was {was:?}): one row per key is the contract");
+        }
     }
     rows
 }

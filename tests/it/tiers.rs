@@ -99,8 +99,8 @@ async fn a_shorter_retention_drops_old_minute_ranges_while_hour_and_day_keep_eve
     let all: Vec<TestEvent> = old.iter().chain(&recent).cloned().collect();
     assert_warehouse_matches(&client, &all, 1_000_000).await;
     let hour = bid_logger::db::ranges::Span::Hour;
-    let old_range = hour.name("rollup_minute", hour.start((now - 4 * 86_400_000) / 1000));
-    assert!(ranges_of(&client, "rollup_minute").await.contains(&old_range));
+    let old_range = hour.name("rollup_minute_merged", hour.start((now - 4 * 86_400_000) / 1000));
+    assert!(ranges_of(&client, "rollup_minute_merged").await.contains(&old_range));
 
     // Restarted with a 2-day retention for rollup_minute: its old ranges go
     // at the first flush, and another event 4 days old skips it (counted)
@@ -121,7 +121,7 @@ async fn a_shorter_retention_drops_old_minute_ranges_while_hour_and_day_keep_eve
     assert_eq!(logger.metric("bid_logger_rollup_events_expired_total", "table=\"rollup_hour\""), 0.0);
     logger.stop_ok();
 
-    let minute_ranges = ranges_of(&client, "rollup_minute").await;
+    let minute_ranges = ranges_of(&client, "rollup_minute_merged").await;
     assert!(!minute_ranges.contains(&old_range), "{old_range} dropped: {minute_ranges:?}");
     assert_eq!(sum_events(&client, "rollup_minute").await, 100, "only the recent events are left");
     for table in ["rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"] {
@@ -190,13 +190,13 @@ async fn a_warehouse_of_the_previous_release_is_partitioned_in_place_with_its_su
     assert_eq!(after, before, "every row kept");
     for table in ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"] {
         let kind: i8 = client
-            .query_one("SELECT relkind::\"char\" FROM pg_class WHERE oid = to_regclass($1)", &[&table])
+            .query_one("SELECT relkind::\"char\" FROM pg_class WHERE oid = to_regclass($1 || '_merged')", &[&table])
             .await
             .unwrap()
             .get(0);
         assert_eq!(kind as u8, b'p', "{table} is partitioned");
     }
-    assert_eq!(ranges_of(&client, "rollup_minute").await, ["rollup_minute_before"]);
+    assert_eq!(ranges_of(&client, "rollup_minute_merged").await, ["rollup_minute_before"]);
     let moved: i64 = client.query_one(file_of, &[&"rollup_minute_before"]).await.unwrap().get::<_, u32>(0).into();
     assert_eq!(moved, minute_file, "the old table is attached as it is, not rewritten");
     // rollup_day is rollup_hour by day, per sample rate
@@ -222,12 +222,13 @@ async fn a_warehouse_of_the_previous_release_is_partitioned_in_place_with_its_su
     // The migrated range holds every minute up to the next UTC day; hour
     // ranges begin where it ends, two days ahead of the logger's clock (an
     // hour earlier if the hour turned since).
-    let ranges = ranges_of(&client, "rollup_minute").await;
+    let ranges = ranges_of(&client, "rollup_minute_merged").await;
     let hour = bid_logger::db::ranges::Span::Hour;
     let now_s = now_ms() / 1000;
     let midnight = now_s.div_euclid(86_400) * 86_400 + 86_400;
     let expected = |to_s: i64| -> Vec<String> {
-        let mut names: Vec<String> = hour.starts(midnight, to_s).map(|s| hour.name("rollup_minute", s)).collect();
+        let mut names: Vec<String> =
+            hour.starts(midnight, to_s).map(|s| hour.name("rollup_minute_merged", s)).collect();
         names.push("rollup_minute_before".to_string());
         names.sort();
         names
@@ -275,10 +276,10 @@ async fn an_idle_logger_applies_the_retention_at_start_up() {
     let hour = bid_logger::db::ranges::Span::Hour;
     let now_s = now_ms() / 1000;
     let old: Vec<i64> = (3 * 24..5 * 24).step_by(6).map(|h| hour.start(now_s - h * 3600)).collect();
-    let parent = bid_logger::db::ranges::Parent { table: "rollup_minute", span: hour, rollup: true };
+    let parent = bid_logger::db::ranges::Parent { table: "rollup_minute_merged", span: hour, rollup: true };
     bid_logger::db::ranges::ensure(&mut client, parent, &old).await.unwrap();
-    let names: Vec<String> = old.iter().map(|&s| hour.name("rollup_minute", s)).collect();
-    let before = ranges_of(&client, "rollup_minute").await;
+    let names: Vec<String> = old.iter().map(|&s| hour.name("rollup_minute_merged", s)).collect();
+    let before = ranges_of(&client, "rollup_minute_merged").await;
     assert!(names.iter().all(|n| before.contains(n)), "set-up: {before:?}");
 
     // Started with a 2-day retention and no publisher at all.
@@ -287,10 +288,58 @@ async fn an_idle_logger_applies_the_retention_at_start_up() {
     logger.wait_metric("bid_logger_rollup_partitions_dropped_total", names.len() as f64, Duration::from_secs(30));
     // The round goes on with the ranges from the oldest accepted time to two days ahead.
     logger.wait_metric("bid_logger_last_maintenance_timestamp_seconds", 1.0, Duration::from_secs(60));
-    let left = ranges_of(&client, "rollup_minute").await;
+    let left = ranges_of(&client, "rollup_minute_merged").await;
     assert!(names.iter().all(|n| !left.contains(n)), "old ranges left: {left:?}");
     // The ranges of now and ahead were made the same way.
-    assert!(left.contains(&hour.name("rollup_minute", hour.start(now_s))), "{left:?}");
+    assert!(left.contains(&hour.name("rollup_minute_merged", hour.start(now_s))), "{left:?}");
     assert_eq!(logger.metric("bid_logger_events_flushed_total", ""), 0.0, "nothing was flushed");
     logger.stop_ok();
+}
+
+/// `table` holds one row per key (the view adds up merged and live rows).
+async fn one_row_per_key(client: &tokio_postgres::Client, table: &str, dims: &str) {
+    let sql = format!("SELECT count(*), count(DISTINCT (bucket, event_type, {dims}, sample_ppm)) FROM {table}");
+    let row = client.query_one(&sql, &[]).await.unwrap();
+    let (rows, keys): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(rows, keys, "{table}: one row per key");
+}
+
+/// A table that was direct (live rows written, not folded yet when the
+/// logger was killed) and is coarse at the next start: its next
+/// consumption moves its log into its merged rows and takes the live rows
+/// with it, so nothing is counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_rows_left_by_a_direct_table_leave_with_its_log_when_it_is_coarse_at_the_next_start() {
+    let db = fresh_database("direct_then_coarse").await;
+    let mut publisher = Publisher::bind();
+    // rollup_hour at the logger's 2 s interval is direct; no fold before the kill
+    let config =
+        rollup_config("direct-hour", "[rollup.rollup_hour]\nflush-interval = \"2s\"\nfold-interval = \"1h\"\n");
+    let args = ["--connect", &publisher.endpoint, "--flush-interval", "2s", "--config", &config];
+    let first = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let events = at(now_ms(), 300, "direct");
+    for e in &events {
+        publisher.publish(e, P);
+    }
+    first.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
+    drop(first); // SIGKILL: rollup_hour's rows wait as live rows and in its log
+    let client = connect(&db).await;
+    let live: i64 = client.query_one("SELECT count(*) FROM rollup_hour_live", &[]).await.unwrap().get(0);
+    assert!(live > 0, "set-up: rollup_hour has live rows");
+    assert_eq!(sum_events(&client, "rollup_hour").await, 300);
+
+    // The default settings: rollup_hour is coarse (10 s, fed through its log).
+    let second = Logger::start(&db, &["--connect", &publisher.endpoint]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while second.metric("bid_logger_log_events_consumed_total", "table=\"rollup_hour\"") < 300.0 {
+        assert!(std::time::Instant::now() < deadline, "rollup_hour's log was not consumed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    second.stop_ok();
+    let live: i64 = client.query_one("SELECT count(*) FROM rollup_hour_live", &[]).await.unwrap().get(0);
+    assert_eq!(live, 0, "the live rows left with their log rows");
+    assert_eq!(sum_events(&client, "rollup_hour").await, 300, "every event once");
+    assert_eq!(sum_events(&client, "rollup_hour_merged").await, 300, "all in the merged rows");
+    one_row_per_key(&client, "rollup_hour", "country, os, campaign_id, advertiser_id").await;
 }

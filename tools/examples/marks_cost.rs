@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
     for table in &tables {
         let span = ranges::Span::of(table.shape.grain);
         let starts: Vec<i64> = span.starts(today_s - 86_400, today_s + 2 * 86_400 - 1).collect();
-        ranges::ensure(&mut client, ranges::Parent { table: &table.name, span, rollup: true }, &starts).await?;
+        ranges::ensure(&mut client, ranges::Parent { table: &table.merged, span, rollup: true }, &starts).await?;
     }
 
     let stream = bid_logger_tools::bench::generate(200_000, 64, 1);

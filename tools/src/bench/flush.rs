@@ -113,7 +113,7 @@ async fn connect_migrated(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     for table in compared_tables() {
         let span = ranges::Span::of(table.shape.grain);
         let starts: Vec<i64> = span.starts(today_s - 86_400, today_s + 2 * 86_400 - 1).collect();
-        ranges::ensure(&mut client, ranges::Parent { table: &table.name, span, rollup: true }, &starts).await?;
+        ranges::ensure(&mut client, ranges::Parent { table: &table.merged, span, rollup: true }, &starts).await?;
     }
     Ok(client)
 }
