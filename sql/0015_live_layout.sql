@@ -1,12 +1,14 @@
 -- The live layout (issue 31): every rollup table `T` is from now on a view
--- over `T_merged` (its keyed, range-partitioned rows, the former table) and
--- `T_live` (the rows of the batches not folded yet), with a delta log
+-- over `T_merged` (its keyed, range-partitioned rows of buckets before the
+-- table's boundary in `bid_logger_boundary`, the former table),
+-- `T_recent` (keyed sums of the buckets from the boundary on) and `T_live`
+-- (the rows of the batches not folded yet), with a delta log
 -- `bid_logger_log_T` for every table. The tables themselves are converted
 -- by the logger where it creates the declared tables (they are declared in
 -- the configuration, not here). This migration marks the warehouse, so that
 -- a build from before the layout refuses it instead of failing at every
 -- batch.
-COMMENT ON TABLE bid_logger_migrations IS 'bid-logger: applied migrations (from 15 on, rollup tables are views over _merged and _live)';
+COMMENT ON TABLE bid_logger_migrations IS 'bid-logger: applied migrations (from 15 on, rollup tables are views over _merged, _recent and _live)';
 
 -- A range is created and then attached: ATTACH PARTITION takes SHARE UPDATE
 -- EXCLUSIVE on the parent, which neither waits for nor blocks the batches

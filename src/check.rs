@@ -60,11 +60,20 @@ async fn database(config: &Config) -> Vec<Finding> {
     let mut tables: Vec<String> = Vec::new();
     let mut needs: Vec<&str> = Vec::new();
     for t in &config.sink.tables {
-        tables.extend([t.merged.clone(), t.live_table(), t.log_table()]);
-        needs.extend(["SELECT,INSERT,UPDATE", "SELECT,INSERT,DELETE", "SELECT,INSERT,DELETE"]);
+        tables.extend([t.merged.clone(), t.recent_table(), t.live_table(), t.log_table()]);
+        needs.extend([
+            "SELECT,INSERT,UPDATE",
+            "SELECT,INSERT,UPDATE,DELETE",
+            "SELECT,INSERT,DELETE",
+            "SELECT,INSERT,DELETE",
+        ]);
     }
-    tables.extend(["bid_logger_flush_ledger".to_string(), "events_sample".to_string()]);
-    needs.extend(["SELECT,INSERT,DELETE", "INSERT"]);
+    tables.extend([
+        "bid_logger_flush_ledger".to_string(),
+        "events_sample".to_string(),
+        crate::db::tables::BOUNDARY_TABLE.to_string(),
+    ]);
+    needs.extend(["SELECT,INSERT,DELETE", "INSERT", "SELECT,INSERT,UPDATE"]);
     match client.query(GRANTS, &[&tables, &needs]).await {
         Ok(rows) => {
             for row in rows {

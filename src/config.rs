@@ -596,12 +596,12 @@ pub fn rollup_tables(
         let valid_name = name.len() <= 40
             && name.starts_with(|c: char| c.is_ascii_lowercase())
             && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        let reserved = ["_merged", "_live", "_est"].iter().any(|s| name.ends_with(s));
+        let reserved = ["_merged", "_recent", "_live", "_est"].iter().any(|s| name.ends_with(s));
         if !valid_name || name.starts_with("bid_logger") || name.starts_with("events_sample") || reserved {
             return Err(invalid(
                 format!("rollup.{name}"),
                 "a table name is 1 to 40 of a-z, 0-9 and _, starting with a letter, not bid_logger* or \
-                 events_sample*, and not ending in _merged, _live or _est (the names of a table's parts)",
+                 events_sample*, and not ending in _merged, _recent, _live or _est (the names of a table's parts)",
             ));
         }
         let grain = match (section.grain.as_deref(), default) {

@@ -1,22 +1,29 @@
 //! The declared rollup tables: their shapes, cadences and retentions, and
 //! the SQL that creates, fills and reads them.
 //!
-//! Every table `T` is a view ([`RollupTable::view_sql`]) over `T_merged`
-//! (keyed rows, range-partitioned) and `T_live` (rows not folded yet), and
-//! has a *delta log*, `bid_logger_log_<table>`: one row per batch holding
-//! the batch's rows of the table in PostgreSQL's binary `COPY` format.
+//! Every table `T` is a view ([`RollupTable::view_sql`]) over three
+//! tables split by the table's *boundary* `B`, a bucket (its row of
+//! [`BOUNDARY_TABLE`]): `T_merged` (keyed rows of buckets before `B`,
+//! range-partitioned), `T_recent` (keyed sums of buckets from `B` on) and
+//! `T_live` (rows of batches not folded yet, from `B` on). It also has a
+//! *delta log*, `bid_logger_log_<table>`: one row per batch holding the
+//! batch's rows of the table in PostgreSQL's binary `COPY` format.
 //!
 //! A table is *direct* when its flush interval is the logger's own
-//! `flush-interval`: every batch appends its rows of recent buckets to
-//! `T_live` and to the log, in the batch's transaction, and upserts its
-//! older rows (late events) into `T_merged`. A *coarse* table (a longer
-//! interval) gets only the log row. A log is consumed (*folded*, for a
-//! direct table) at [`RollupTable::consume_interval`]: one transaction
-//! deletes the log's rows, `COPY`s their sums into a staging table,
-//! upserts them ([`RollupTable::log_upsert_sql`]) and deletes the live rows
-//! of the same batches. The consumer adds the payloads up per key in the
-//! logger (the sink's payload module), so PostgreSQL upserts each key once
-//! per consumption.
+//! `flush-interval`: every batch share-locks the table's boundary, appends
+//! its rows of buckets from `B` on to `T_live` and to the log, and upserts
+//! its older rows (late events) into `T_merged`, all in the batch's
+//! transaction. A *coarse* table (a longer interval) gets only the log row.
+//! A log is consumed (*folded*, for a direct table) at
+//! [`RollupTable::consume_interval`]: one transaction deletes the log's
+//! rows, `COPY`s their sums into a staging table, upserts them
+//! ([`RollupTable::log_upsert_sql`]: into `T_merged` before `B`, into
+//! `T_recent` from `B` on) and deletes the live rows of the same batches.
+//! When [`RollupTable::next_boundary`] has passed `B`, the same transaction
+//! locks the boundary, moves `T_recent`'s rows before it into `T_merged`
+//! ([`RollupTable::move_sql`]) and sets it. The consumer adds the payloads
+//! up per key in the logger (the sink's payload module), so PostgreSQL
+//! upserts each key once per consumption.
 //!
 //! A coarse table whose rows can be computed from another coarse table's
 //! (a grain not finer, a subset of its dimensions, an interval not
@@ -63,11 +70,19 @@ pub struct RollupTable {
 /// "Warehouse write shapes" and "The live layout").
 pub const FOLD_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Live rows older than this many minutes before the batch's own minute
-/// are not appended to the live table but upserted into the merged table
-/// directly: late events are few, and a live row of an old bucket would make
-/// every reader of the view add up that whole bucket until the next fold.
+/// How far a direct table's boundary (see [`RollupTable::view_sql`]) stays
+/// behind the clock, in minutes: a fold moves it to the start of the bucket
+/// holding the minute this many minutes before its own. Rows of newer
+/// buckets are appended by the batches (and folded into `<name>_recent`);
+/// rows of older ones, late events (few), are upserted into the merged
+/// table by the batch itself.
 pub const LIVE_MINUTES: i64 = 1;
+
+/// The table holding each rollup table's boundary: the oldest bucket its
+/// recent and live rows may hold, every bucket of its merged table being
+/// older. Batches share-lock a direct table's row; a fold that moves it
+/// locks it exclusively.
+pub const BOUNDARY_TABLE: &str = "bid_logger_boundary";
 
 /// A default table: (name, grain, dimensions, retention in days, 0 = forever).
 type DefaultTable = (&'static str, Grain, &'static [Dimension], u64);
@@ -233,6 +248,9 @@ impl RollupTable {
         let dims = self.dimension_definitions();
         let log = self.log_table();
         let live = self.live_table();
+        let recent = self.recent_table();
+        let boundary = BOUNDARY_TABLE;
+        let secs = self.shape.grain.minutes() * 60;
         format!(
             "DO $$
 DECLARE r record;
@@ -260,6 +278,29 @@ CREATE TABLE IF NOT EXISTS {merged} (
     updated_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY ({key}, sample_ppm)
 ) PARTITION BY RANGE (bucket);
+CREATE TABLE IF NOT EXISTS {recent} (
+    bucket            timestamptz NOT NULL,
+    event_type        text COLLATE \"C\" NOT NULL,
+    {dims},
+    sample_ppm        integer     NOT NULL,
+    events            bigint      NOT NULL,
+    attributed_events bigint      NOT NULL,
+    price_micros      bigint      NOT NULL,
+    revenue_micros    bigint      NOT NULL,
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY ({key}, sample_ppm)
+);
+CREATE TABLE IF NOT EXISTS {boundary} (
+    rollup text PRIMARY KEY,
+    since  timestamptz NOT NULL
+);
+-- the boundary starts at the current bucket, after every bucket of the merged table
+INSERT INTO {boundary} (rollup, since)
+SELECT '{name}', greatest(to_timestamp(floor(extract(epoch FROM now()) / {secs}) * {secs}),
+                          coalesce(max(bucket) + interval '{secs} seconds', '-infinity'))
+FROM {merged}
+WHERE NOT EXISTS (SELECT 1 FROM {boundary} WHERE rollup = '{name}')
+ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS {live} (
     bucket            timestamptz NOT NULL,
     event_type        text COLLATE \"C\" NOT NULL,
@@ -280,12 +321,9 @@ BEGIN
             id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             events     bigint NOT NULL,
             rows       bigint NOT NULL,
-            payload    bytea  NOT NULL,
-            min_bucket timestamptz
+            payload    bytea  NOT NULL
         );
         ALTER TABLE {log} ALTER COLUMN payload SET STORAGE EXTERNAL;
-    ELSIF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{log}'::regclass AND attname = 'min_bucket') THEN
-        ALTER TABLE {log} ADD COLUMN min_bucket timestamptz;
     END IF;
     IF to_regclass('{name}') IS NULL THEN
         EXECUTE {view};
@@ -308,30 +346,30 @@ END $$;
         )
     }
 
-    /// The view readers query under the table's name: one row per key, the
-    /// merged table's rows plus the live rows not folded yet. The live rows
-    /// are all in buckets at or after the oldest `min_bucket` of the log
-    /// (the log row of each batch that appended live rows, deleted with
-    /// them by the fold); only that stretch of buckets is added up, every
-    /// older row of the merged table is read as it is. Conditions on
-    /// `bucket` and the dimensions reach both scans, and the merged table's
-    /// ranges are pruned as for a table.
+    /// The view readers query under the table's name: one row per key. Its
+    /// rows are in three tables, split by the table's boundary `B` (its row
+    /// of [`BOUNDARY_TABLE`]): the merged table holds keys of buckets before
+    /// `B`, each once; `<name>_recent` (keyed, small) the folded sums of
+    /// buckets from `B` on; `<name>_live` the rows of batches not folded yet,
+    /// all from `B` on too. The merged table is read as it is (its ranges
+    /// pruned, its scans parallel, exactly as a plain table's), and only the
+    /// recent and live rows, a few minutes of keys, are added up per key.
     pub fn view_sql(&self) -> String {
         let key = self.key_columns();
         let cols = format!("{key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at");
-        let since = format!("(SELECT coalesce(min(min_bucket), 'infinity') FROM {})", self.log_table());
         format!(
             "CREATE VIEW {name} AS
-SELECT {cols} FROM {merged} WHERE bucket < {since}
+SELECT {cols} FROM {merged}
 UNION ALL
 SELECT {key}, sample_ppm, sum(events)::bigint, sum(attributed_events)::bigint, sum(price_micros)::bigint,
        sum(revenue_micros)::bigint, max(updated_at)
-FROM (SELECT {cols} FROM {merged} WHERE bucket >= {since}
+FROM (SELECT {cols} FROM {recent}
       UNION ALL
-      SELECT {cols} FROM {live}) recent
+      SELECT {cols} FROM {live}) open
 GROUP BY {key}, sample_ppm",
             name = self.name,
             merged = self.merged,
+            recent = self.recent_table(),
             live = self.live_table(),
         )
     }
@@ -353,6 +391,38 @@ SELECT {key},
 FROM {name}
 GROUP BY {key}",
             name = self.name
+        )
+    }
+
+    /// Its recent table: the folded sums of buckets from its boundary on.
+    pub fn recent_table(&self) -> String {
+        format!("{}_recent", self.name)
+    }
+
+    /// The bucket start (in minutes) its boundary moves to at a fold at
+    /// `now_minute`: a direct table's stays [`LIVE_MINUTES`] behind (its
+    /// batches append newer rows), a coarse table's is the next bucket (only
+    /// consumptions write it: everything goes to the merged table but rows
+    /// of buckets ahead of the clock).
+    pub fn next_boundary(&self, now_minute: i64) -> i64 {
+        let grain = self.shape.grain.minutes();
+        let at = if self.logged { now_minute + grain } else { now_minute - LIVE_MINUTES };
+        at - at.rem_euclid(grain)
+    }
+
+    /// Moves the sums of buckets before `$1` from its recent table into its
+    /// merged table (added to a row there, if any: a fold's boundary is only
+    /// ever moved forward, so there is none unless the table was written
+    /// before this layout).
+    pub fn move_sql(&self) -> String {
+        let key = self.key_columns();
+        let cols = format!("{key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at");
+        format!(
+            "WITH moved AS (DELETE FROM {recent} WHERE bucket < $1 RETURNING {cols})
+INSERT INTO {merged} AS t ({cols}) SELECT {cols} FROM moved
+ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
+            recent = self.recent_table(),
+            merged = self.merged,
         )
     }
 
@@ -421,13 +491,9 @@ GROUP BY {key}",
     }
 
     /// Appends one batch's rows to its log: `$1` events, `$2` rows, `$3`
-    /// payload, `$4` the oldest bucket of its live rows (null: none);
-    /// returns the log row's id.
+    /// payload; returns the log row's id.
     pub fn log_append_sql(&self) -> String {
-        format!(
-            "INSERT INTO {} (events, rows, payload, min_bucket) VALUES ($1, $2, $3, $4) RETURNING id",
-            self.log_table()
-        )
+        format!("INSERT INTO {} (events, rows, payload) VALUES ($1, $2, $3) RETURNING id", self.log_table())
     }
 
     /// Takes (deletes and returns) the oldest `$1` payloads of its log.
@@ -439,16 +505,19 @@ GROUP BY {key}",
     }
 
     /// The upsert of its log's stage, which holds the consumed payloads'
-    /// sums, each key once, in key order (see the sink's `payload::Merged`).
-    pub fn log_upsert_sql(&self) -> String {
+    /// sums, each key once, in key order (see the sink's `payload::Merged`):
+    /// the rows of buckets before `$1` (its boundary) into its merged table,
+    /// or (`recent`) the others into its recent table.
+    pub fn log_upsert_sql(&self, recent: bool) -> String {
         let key = self.key_columns();
         format!(
             "INSERT INTO {name} AS t ({key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
 SELECT {key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, now()
-FROM {stage}
+FROM {stage} WHERE bucket {op} $1
 ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
             stage = self.stage_name(true),
-            name = self.merged,
+            name = if recent { self.recent_table() } else { self.merged.clone() },
+            op = if recent { ">=" } else { "<" },
         )
     }
 }

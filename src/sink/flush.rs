@@ -28,7 +28,7 @@ use super::batch::Batch;
 use super::marks::{self, Watermark};
 use super::payload::{pack, Merged, COPY_HEADER, COPY_TRAILER, PG_EPOCH_US};
 use crate::db::ranges::{self, Parent};
-use crate::db::tables::{RollupTable, LIVE_MINUTES};
+use crate::db::tables::RollupTable;
 use crate::db::DbError;
 use bid_logger_core::aggregate::{Dimension, Row};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -196,8 +196,6 @@ struct LogRow {
     events: i64,
     rows: i64,
     payload: Vec<u8>,
-    /// The oldest bucket of the rows also appended to the live table.
-    live_since: Option<std::time::SystemTime>,
 }
 
 /// What a batch writes to one table.
@@ -214,25 +212,24 @@ struct TablePlan {
 }
 
 impl TablePlan {
-    fn new(table: &RollupTable, rows: &[Row], ppm: i32, now_minute: i64) -> TablePlan {
-        let log_of = |rows: &[Row], live_since| LogRow {
+    /// `since`: a direct table's boundary, in minutes (`i64::MAX`: it has
+    /// none, every row goes to the merged table).
+    fn new(table: &RollupTable, rows: &[Row], ppm: i32, since: i64) -> TablePlan {
+        let log_of = |rows: &[Row]| LogRow {
             events: rows.iter().map(|r| r.1.events as i64).sum(),
             rows: rows.len() as i64,
             payload: pack(&encode_rows(table, rows, Some(ppm), true, true)),
-            live_since,
         };
         if rows.is_empty() {
             return TablePlan { log: None, live: None, late: None };
         }
         if table.logged {
-            return TablePlan { log: Some(log_of(rows, None)), live: None, late: None };
+            return TablePlan { log: Some(log_of(rows)), live: None, late: None };
         }
-        // A direct table: the rows of recent buckets (this minute and the one
-        // before) go to its live table and its log, which the fold consumes.
-        let cut = now_minute - LIVE_MINUTES;
-        let last_minute = table.shape.grain.minutes() - 1; // of a bucket
-        let (recent, late): (Vec<Row>, Vec<Row>) =
-            rows.iter().cloned().partition(|r: &Row| r.0.minute + last_minute >= cut);
+        // A direct table: the rows of buckets from its boundary on go to its
+        // live table and its log, which the fold consumes; older ones to its
+        // merged table, which holds every bucket before the boundary.
+        let (recent, late): (Vec<Row>, Vec<Row>) = rows.iter().cloned().partition(|r: &Row| r.0.minute >= since);
         let late = (!late.is_empty()).then(|| {
             let mut sums = Merged::new(table.shape);
             sums.add_rows(&encode_rows(table, &late, Some(ppm), true, true))
@@ -242,10 +239,35 @@ impl TablePlan {
         if recent.is_empty() {
             return TablePlan { log: None, live: None, late };
         }
-        let oldest = recent.iter().map(|r| r.0.minute).min().unwrap_or(cut);
-        let log = log_of(&recent, Some(system_time(oldest * 60_000)));
-        TablePlan { log: Some(log), live: Some(recent), late }
+        TablePlan { log: Some(log_of(&recent)), live: Some(recent), late }
     }
+}
+
+/// Share-locks the boundaries of the direct tables among `names` (until
+/// the commit: a fold cannot move one meanwhile) and returns each table's,
+/// in minutes, by name.
+const LOCK_BOUNDARIES: &str = "SELECT rollup, extract(epoch FROM since)::float8 FROM bid_logger_boundary
+    WHERE rollup = ANY($1::text[]) ORDER BY rollup FOR SHARE";
+
+/// The boundary of each of `tables` in minutes, from `LOCK_BOUNDARIES`'s
+/// rows (`i64::MAX` for a logged table, or a direct one without a row).
+fn boundaries(tables: &[RollupTable], rows: &[tokio_postgres::Row]) -> Vec<i64> {
+    tables
+        .iter()
+        .map(|t| {
+            rows.iter()
+                .find(|r| r.get::<_, &str>(0) == t.name)
+                .map(|r| (r.get::<_, f64>(1) / 60.0).floor() as i64)
+                .filter(|_| !t.logged)
+                .unwrap_or(i64::MAX)
+        })
+        .collect()
+}
+
+/// The start of `minute` (at most the year 9575: a table without a
+/// boundary has every row before `i64::MAX`).
+fn minute_time(minute: i64) -> std::time::SystemTime {
+    system_time(minute.min(4_000_000_000) * 60_000)
 }
 
 /// `rows` of `table` as its live rows in binary `COPY` format: a log
@@ -280,28 +302,35 @@ pub async fn write_batch(
     let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &id.run_id, &id.batch, &(batch.events as i64), &names, &counts];
     // A fleet member's transaction is bounded when idle (see
     // `assignment::idle_timeout`), set with the ledger row in one round trip.
-    let inserted = match &mark.fence {
+    // The direct tables' boundaries are share-locked in the same round trip.
+    let direct: Vec<&str> = tables.iter().filter(|t| !t.logged).map(|t| t.name.as_str()).collect();
+    let direct: [&(dyn ToSql + Sync); 1] = [&direct];
+    let ledger_and_boundaries =
+        futures_util::future::try_join(tx.execute(INSERT_LEDGER, &ledger), tx.query(LOCK_BOUNDARIES, &direct));
+    let (inserted, locked) = match &mark.fence {
         Some(fence) => {
-            futures_util::future::try_join(tx.execute(INSERT_LEDGER, &ledger), tx.batch_execute(&fence.idle_timeout))
-                .await?
-                .0
+            futures_util::future::try_join(ledger_and_boundaries, tx.batch_execute(&fence.idle_timeout)).await?.0
         }
-        None => tx.execute(INSERT_LEDGER, &ledger).await?,
+        None => ledger_and_boundaries.await?,
     };
     if inserted == 0 {
         tx.rollback().await?;
         return Ok(Written::Already);
     }
     let ppm = sample_ppm as i32;
-    let now_minute = bid_logger_core::clock::now_ms().div_euclid(60_000);
-    let plans: Vec<TablePlan> =
-        tables.iter().zip(&batch.tables).map(|(t, rows)| TablePlan::new(t, rows, ppm, now_minute)).collect();
+    let since = boundaries(tables, &locked);
+    let plans: Vec<TablePlan> = tables
+        .iter()
+        .zip(&batch.tables)
+        .zip(&since)
+        .map(|((t, rows), &since)| TablePlan::new(t, rows, ppm, since))
+        .collect();
     // One round trip: every table's log row, and the stages of late rows.
     let txr = &tx;
     let appends = futures_util::future::try_join_all(tables.iter().zip(&plans).map(|(table, plan)| async move {
         let Some(log) = &plan.log else { return Ok(None) };
         let sql = table.log_append_sql();
-        let params: [&(dyn ToSql + Sync); 4] = [&log.events, &log.rows, &log.payload, &log.live_since];
+        let params: [&(dyn ToSql + Sync); 3] = [&log.events, &log.rows, &log.payload];
         Ok::<_, tokio_postgres::Error>(Some(txr.query_one(&sql, &params).await?.get::<_, i64>(0)))
     }));
     let stages = futures_util::future::try_join_all(tables.iter().zip(&plans).filter(|(_, p)| p.late.is_some()).map(
@@ -312,7 +341,7 @@ pub async fn write_batch(
     ));
     let (log_ids, _) = futures_util::future::try_join(appends, stages).await?;
     let mut upserted = Vec::with_capacity(tables.len());
-    for ((table, plan), log_id) in tables.iter().zip(&plans).zip(log_ids) {
+    for (((table, plan), log_id), &since) in tables.iter().zip(&plans).zip(log_ids).zip(&since) {
         let mut n = 0;
         if let (Some(live), Some(log_id)) = (&plan.live, log_id) {
             let sink = tx.copy_in::<_, Bytes>(&table.live_copy_sql()).await?;
@@ -325,7 +354,7 @@ pub async fn write_batch(
             pin_mut!(sink);
             sink.send(late.clone()).await?;
             sink.finish().await?;
-            n = tx.execute(&table.log_upsert_sql(), &[]).await?;
+            n = tx.execute(&table.log_upsert_sql(false), &[&minute_time(since)]).await?;
         }
         upserted.push(n);
     }
@@ -353,6 +382,9 @@ pub struct Consumed {
     pub busy: bool,
     /// The log held more rows than one transaction takes.
     pub more: bool,
+    /// The table's boundary is due to move (see [`RollupTable::next_boundary`]):
+    /// a consumption with `move_boundary` should follow.
+    pub move_due: bool,
 }
 
 /// Log rows (batches) consumed in one transaction at most (one after a
@@ -372,19 +404,43 @@ pub async fn consume(
     (run_id, seq): (i64, i64),
     table: &RollupTable,
     feeds: &[&RollupTable],
-    limit: i64,
-    now_ms: i64,
+    pass: Pass,
 ) -> Result<Consumed, DbError> {
+    let Pass { limit, now_ms, move_boundary } = pass;
     let tx = client.transaction().await?;
     let locked: bool = tx.query_one(TRY_LOCK, &[&consume_lock(&table.name)]).await?.get(0);
     if !locked {
         tx.rollback().await?;
         return Ok(Consumed { busy: true, ..Consumed::default() });
     }
+    // The boundary moves only in a consumption, and this one holds the
+    // log's lock: it is read as it is. A consumption that moves it locks it
+    // (waiting for the batches that share-locked it to commit, holding the
+    // next ones back until this commits): that is a transaction of its own,
+    // right after an ordinary one, with only the log rows committed in
+    // between to take, and bounded by `MOVE_TIMEOUT`.
+    let since = tx.query_opt(READ_BOUNDARY, &[&table.name]).await?.map(|r| (r.get::<_, f64>(0) / 60.0).floor() as i64);
+    let Some(since) = since else {
+        return Err(DbError::Log(format!(
+            "{}: no row in bid_logger_boundary (`bid-logger migrate` creates it)",
+            table.name
+        )));
+    };
+    let next = table.next_boundary(now_ms.div_euclid(60_000));
+    if move_boundary {
+        if next <= since {
+            tx.rollback().await?;
+            return Ok(Consumed::default());
+        }
+        tx.batch_execute(MOVE_TIMEOUTS).await?;
+        tx.execute(LOCK_BOUNDARY, &[&table.name]).await?;
+    }
     let taken = tx.query(&table.log_take_sql(), &[&limit]).await?;
-    if taken.is_empty() {
+    let more = taken.len() as i64 >= limit;
+    let move_due = !move_boundary && next > since && !more;
+    if taken.is_empty() && !move_boundary {
         tx.rollback().await?;
-        return Ok(Consumed::default());
+        return Ok(Consumed { move_due, ..Consumed::default() });
     }
     let mut merged = Merged::new(table.shape);
     for row in &taken {
@@ -410,29 +466,68 @@ pub async fn consume(
         pin_mut!(sink);
         sink.send(sums.payload).await?;
         sink.finish().await?;
-        rows = tx.execute(&table.log_upsert_sql(), &[]).await?;
+        // Buckets before the boundary into the merged table (a coarse
+        // table's), the others into the recent table (a direct table's
+        // folded rows), one round trip.
+        let bound = minute_time(since);
+        let (old, new) = futures_util::future::try_join(
+            tx.execute(&table.log_upsert_sql(false), &[&bound]),
+            tx.execute(&table.log_upsert_sql(true), &[&bound]),
+        )
+        .await?;
+        rows = old + new;
     }
     for fed in feeds {
         let coarse = merged.project(table.shape, fed.shape).encode(None);
-        let none: Option<std::time::SystemTime> = None;
-        tx.query_one(&fed.log_append_sql(), &[&coarse.events, &coarse.rows, &pack(&coarse.payload), &none]).await?;
+        tx.query_one(&fed.log_append_sql(), &[&coarse.events, &coarse.rows, &pack(&coarse.payload)]).await?;
     }
     // Its live rows leave with their log rows: the view reads the folded
-    // rows from the merged table from this commit on. (Whatever the table is
-    // now: it may have been direct, with live rows, in an earlier run.)
+    // rows from the recent table from this commit on. (Whatever the table
+    // is now: it may have been direct, with live rows, in an earlier run.)
     let ids: Vec<i64> = taken.iter().map(|r| r.get(2)).collect();
-    tx.execute(&table.live_delete_sql(), &[&ids]).await?;
-    let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &run_id, &seq, &table.name, &merged.events, &(rows as i64)];
-    tx.execute(INSERT_CONSUME_LEDGER, &ledger).await?;
+    if !ids.is_empty() {
+        tx.execute(&table.live_delete_sql(), &[&ids]).await?;
+        let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &run_id, &seq, &table.name, &merged.events, &(rows as i64)];
+        tx.execute(INSERT_CONSUME_LEDGER, &ledger).await?;
+    }
+    // The boundary moves once no live row is left before it: every batch
+    // that committed before the lock is in what was just taken, unless the
+    // log held more than `limit` rows (then the next transaction moves it).
+    if move_boundary && !more {
+        let next = minute_time(next);
+        rows += tx.execute(&table.move_sql(), &[&next]).await?;
+        tx.execute(SET_BOUNDARY, &[&table.name, &next]).await?;
+    }
     tx.commit().await?;
-    Ok(Consumed {
-        rows,
-        events: merged.events as u64,
-        expired: sums.expired as u64,
-        busy: false,
-        more: taken.len() as i64 >= limit,
-    })
+    Ok(Consumed { rows, events: merged.events as u64, expired: sums.expired as u64, busy: false, more, move_due })
 }
+
+/// What one consumption of a log takes and does.
+#[derive(Debug, Clone, Copy)]
+pub struct Pass {
+    /// Log rows taken at most.
+    pub limit: i64,
+    /// The clock (the retention's cut, the boundary's next bucket).
+    pub now_ms: i64,
+    /// Move the table's boundary, if due (a short transaction of its own).
+    pub move_boundary: bool,
+}
+
+/// How long a consumption that moves a boundary may hold it (and with it
+/// every batch of the table): its locks and statements are bounded, and
+/// one that runs out is rolled back and tried again at the next fold.
+pub const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+const MOVE_TIMEOUTS: &str = "SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = '5s'";
+
+/// A table's boundary, in seconds since the epoch.
+const READ_BOUNDARY: &str = "SELECT extract(epoch FROM since)::float8 FROM bid_logger_boundary WHERE rollup = $1";
+
+/// Locks a table's boundary for a consumption that moves it.
+const LOCK_BOUNDARY: &str = "SELECT 1 FROM bid_logger_boundary WHERE rollup = $1 FOR UPDATE";
+
+/// Moves a table's boundary forward (never back).
+const SET_BOUNDARY: &str = "UPDATE bid_logger_boundary SET since = $2 WHERE rollup = $1 AND since < $2";
 
 /// COPYs `batch`'s raw rows into `events_sample`; returns how many.
 async fn copy_raw(

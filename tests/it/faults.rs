@@ -879,26 +879,33 @@ async fn each_endpoints_messages_are_counted_and_one_connected_but_silent_is_log
     assert_eq!((lines(quiet), lines("sending again")), (1, 1), "once each:\n{stderr}");
 }
 
-/// Events of this minute (a direct table's live rows, folded every 10 s).
+/// Events of the last ten minutes (a direct table's live rows while its
+/// boundary is ten minutes back, folded every 10 s).
 fn recent_events(rng: &mut SmallRng, n: usize, tag: &str) -> Vec<TestEvent> {
     let now = now_ms();
     let mut list = events(rng, n, tag);
     for e in &mut list {
-        e.ts = now - rng.gen_range(0..5_000);
+        e.ts = now - rng.gen_range(0..540_000);
     }
     list
 }
 
 /// A fold (one transaction: the log's rows taken, their sums upserted into
-/// `rollup_minute_merged`, the live rows deleted) killed half-way, held at
-/// its upsert by a lock: nothing is lost or doubled, the view shows every
-/// event meanwhile, and the next start folds them.
+/// `rollup_minute_recent`, the live rows deleted, the boundary moved) killed
+/// half-way, held at its upsert by a lock: nothing is lost or doubled, the
+/// view shows every event meanwhile, and the next start folds them. The
+/// boundary starts ten minutes back, so that the folds also move rows into
+/// the merged table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fold_killed_half_way_loses_and_doubles_nothing_and_the_next_start_folds_it() {
     let db = fresh_database("foldkill").await;
     let mut publisher = Publisher::bind();
     let endpoint = publisher.endpoint.clone();
     let args = ["--connect", &endpoint, "--flush-interval", "100ms", "--flush-timeout", "60s"];
+    assert!(bid_logger(&["migrate", "--database-url", &db]).status.success(), "migrate");
+    let setup = connect(&db).await;
+    let back = "UPDATE bid_logger_boundary SET since = date_trunc('minute', now()) - interval '10 minutes'";
+    setup.batch_execute(back).await.unwrap();
     let logger = Logger::start(&db, &args);
     publisher.wait_for_subscriptions(all_topics(16));
     let mut rng = SmallRng::seed_from_u64(31);
@@ -908,12 +915,12 @@ async fn a_fold_killed_half_way_loses_and_doubles_nothing_and_the_next_start_fol
     }
     logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
 
-    // The merged table refuses writes: the next fold takes the log's rows
+    // The recent table refuses writes: the next fold takes the log's rows
     // and waits at its upsert; batches append to the live table meanwhile.
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    tx.batch_execute("LOCK TABLE rollup_minute_merged IN EXCLUSIVE MODE").await.unwrap();
-    let waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'rollup_minute_merged'::regclass AND NOT granted";
+    tx.batch_execute("LOCK TABLE rollup_minute_recent IN EXCLUSIVE MODE").await.unwrap();
+    let waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'rollup_minute_recent'::regclass AND NOT granted";
     let deadline = Instant::now() + Duration::from_secs(30);
     while tx.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
         assert!(Instant::now() < deadline, "no fold came to wait at the merged table");
@@ -926,6 +933,7 @@ async fn a_fold_killed_half_way_loses_and_doubles_nothing_and_the_next_start_fol
     let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
     logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(30));
     let merged_before = total_events(&tx, "rollup_minute_merged").await;
+    let recent_before = total_events(&tx, "rollup_minute_recent").await;
     let log_before: i64 = tx.query_one("SELECT count(*) FROM bid_logger_log_rollup_minute", &[]).await.unwrap().get(0);
     assert!(log_before > 0, "set-up: batches wait in the log");
     drop(logger); // SIGKILL, the fold still waiting
@@ -947,6 +955,8 @@ async fn a_fold_killed_half_way_loses_and_doubles_nothing_and_the_next_start_fol
     }
     assert_eq!(total_events(&reader, "rollup_minute").await, all.len() as i64, "after the killed fold ended");
     assert_eq!(total_events(&reader, "rollup_minute_merged").await, merged_before, "the killed fold wrote nothing");
+    assert_eq!(total_events(&reader, "rollup_minute_recent").await, recent_before, "the killed fold wrote nothing");
+    assert_boundary_holds(&reader, "rollup_minute").await;
     let log_after: i64 =
         reader.query_one("SELECT count(*) FROM bid_logger_log_rollup_minute", &[]).await.unwrap().get(0);
     assert!(log_after >= log_before, "the log rows it had taken are back ({log_after} < {log_before})");
@@ -972,7 +982,10 @@ async fn a_fold_killed_half_way_loses_and_doubles_nothing_and_the_next_start_fol
     };
     assert_eq!((live, log), (0, 0), "everything folded");
     let merged = total_events(&reader, "rollup_minute_merged").await;
-    assert_eq!(merged, all.len() as i64, "every event in the merged table exactly once");
+    let recent = total_events(&reader, "rollup_minute_recent").await;
+    assert_eq!(merged + recent, all.len() as i64, "every event in the merged and recent tables exactly once");
+    assert!(merged > 0, "the boundary moved: the folds moved rows into the merged table");
+    assert_boundary_holds(&reader, "rollup_minute").await;
     let keys =
         "SELECT count(*), count(DISTINCT (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm))
                 FROM rollup_minute";

@@ -594,3 +594,23 @@ pub fn strip_ansi(s: &str) -> String {
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
+
+/// The invariant of a rollup table's parts: every bucket of its merged
+/// table before its boundary, every bucket of its recent and live tables
+/// from it on (so that the view's merged rows and added-up rows never share
+/// a key).
+pub async fn assert_boundary_holds(client: &tokio_postgres::Client, table: &str) {
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM {table}_merged WHERE bucket >= b.since),
+                (SELECT count(*) FROM {table}_recent WHERE bucket < b.since),
+                (SELECT count(*) FROM {table}_live WHERE bucket < b.since)
+         FROM bid_logger_boundary b WHERE b.rollup = '{table}'"
+    );
+    let row = client.query_one(&sql, &[]).await.unwrap();
+    let (merged, recent, live): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (merged, recent, live),
+        (0, 0, 0),
+        "{table}: rows on the wrong side of the boundary (merged from it on, recent and live before it)"
+    );
+}
