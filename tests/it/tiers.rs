@@ -343,3 +343,60 @@ async fn live_rows_left_by_a_direct_table_leave_with_its_log_when_it_is_coarse_a
     assert_eq!(sum_events(&client, "rollup_hour_merged").await, 300, "all in the merged rows");
     one_row_per_key(&client, "rollup_hour", "country, os, campaign_id, advertiser_id").await;
 }
+
+/// Whatever side of a direct table's boundary a row falls on, it lands
+/// once: the boundary starts ten minutes back, the folds (every second)
+/// move it to a minute back, and events of the last ten minutes arrive
+/// before and after that move: after it, most are late (upserted into the
+/// merged table by their batch), the rest live. The view keeps one row per
+/// key, the tables their sides of the boundary, the sums every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_on_both_sides_of_a_moving_boundary_land_once_on_their_side() {
+    let db = fresh_database("boundary").await;
+    assert!(bid_logger(&["migrate", "--database-url", &db]).status.success(), "migrate");
+    let client = connect(&db).await;
+    let back = "UPDATE bid_logger_boundary SET since = date_trunc('minute', now()) - interval '10 minutes'";
+    client.batch_execute(back).await.unwrap();
+    let config = rollup_config("boundary", "[rollup.rollup_minute]\nfold-interval = \"1s\"\n");
+    let mut publisher = Publisher::bind();
+    let args = ["--connect", &publisher.endpoint, "--flush-interval", "200ms", "--config", &config];
+    let logger = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let spread = |tag: &str| -> Vec<TestEvent> {
+        let now = now_ms();
+        (0..9).flat_map(|m| at(now - m * 60_000, 60, &format!("{tag}-{m}"))).collect()
+    };
+    let before = spread("before");
+    for e in &before {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", before.len() as f64, Duration::from_secs(30));
+    let moved = "SELECT since >= date_trunc('minute', now()) - interval '1 minute' FROM bid_logger_boundary
+                 WHERE rollup = 'rollup_minute'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !client.query_one(moved, &[]).await.unwrap().get::<_, bool>(0) {
+        assert!(std::time::Instant::now() < deadline, "the folds did not move rollup_minute's boundary");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = spread("after");
+    for e in &after {
+        publisher.publish(e, P);
+    }
+    let all: Vec<TestEvent> = before.into_iter().chain(after).collect();
+    logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(30));
+    // while running: every side right, one row per key, every event once
+    for table in ["rollup_minute", "rollup_exchange_minute"] {
+        assert_boundary_holds(&client, table).await;
+    }
+    one_row_per_key(&client, "rollup_minute", "country, os, campaign_id, advertiser_id").await;
+    assert_eq!(sum_events(&client, "rollup_minute").await, all.len() as i64, "every event once, while running");
+    let merged = sum_events(&client, "rollup_minute_merged").await;
+    assert!(merged >= 7 * 60 * 2, "the events of buckets before the boundary are in the merged table ({merged})");
+    logger.stop_ok();
+    for table in ["rollup_minute", "rollup_exchange_minute"] {
+        assert_boundary_holds(&client, table).await;
+    }
+    one_row_per_key(&client, "rollup_minute", "country, os, campaign_id, advertiser_id").await;
+    one_row_per_key(&client, "rollup_exchange_minute", "exchange, country, os").await;
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
+}
