@@ -471,6 +471,11 @@ ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
         )
     }
 
+    /// Its log's staging table (temporary, per connection).
+    pub fn log_stage_table(&self) -> String {
+        self.stage_name(true)
+    }
+
     fn stage_name(&self, from_log: bool) -> String {
         if from_log {
             format!("bid_logger_stage_log_{}", self.name)

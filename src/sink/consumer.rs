@@ -3,7 +3,7 @@
 //! the table's interval; a graceful stop consumes every log once more after
 //! the last batch.
 
-use super::flush::{consume, Consumed, Pass, MAX_CONSUME_ROWS};
+use super::flush::{consume, MAX_CONSUME_ROWS};
 use super::service::{settle, BACKOFF_MAX, BACKOFF_MIN};
 use super::SinkConfig;
 use crate::db::tables::RollupTable;
@@ -184,29 +184,12 @@ impl Consumer {
     /// timeout.
     async fn consume_once(&mut self, i: usize) -> Result<LogState, DbError> {
         let table = &self.tables[i];
-        self.seq -= 2; // consumptions count down in the ledger, batches up (two: the move's)
+        self.seq -= 1; // consumptions count down in the ledger, batches up
         let mut client = self.pool.get().await?;
         let (instance, id, limit) = (&self.instance, (self.run_id, self.seq), self.limit[i]);
         let feeds: Vec<&RollupTable> = self.feeds[i].iter().collect();
         let now_ms = bid_logger_core::clock::now_ms();
-        let work = async {
-            let pass = Pass { limit, now_ms, move_boundary: false };
-            let done = consume(&mut client, instance, id, table, &feeds, pass).await?;
-            if !done.move_due {
-                return Ok(done);
-            }
-            // A second, short transaction moves the boundary (see `consume`).
-            let pass = Pass { move_boundary: true, ..pass };
-            let moved = consume(&mut client, instance, (id.0, id.1 + 1), table, &feeds, pass).await?;
-            Ok(Consumed {
-                rows: done.rows + moved.rows,
-                events: done.events + moved.events,
-                expired: done.expired + moved.expired,
-                busy: moved.busy,
-                more: moved.more,
-                move_due: false,
-            })
-        };
+        let work = async { consume(&mut client, instance, id, table, &feeds, limit, now_ms).await };
         let outcome = tokio::time::timeout(self.flush_timeout, work).await;
         let done = settle(client, outcome, self.flush_timeout);
         let labels = [("table", table.name.clone())];

@@ -382,9 +382,6 @@ pub struct Consumed {
     pub busy: bool,
     /// The log held more rows than one transaction takes.
     pub more: bool,
-    /// The table's boundary is due to move (see [`RollupTable::next_boundary`]):
-    /// a consumption with `move_boundary` should follow.
-    pub move_due: bool,
 }
 
 /// Log rows (batches) consumed in one transaction at most (one after a
@@ -397,28 +394,32 @@ pub const MAX_CONSUME_ROWS: i64 = 64;
 
 /// Moves at most `limit` rows of `table`'s log into the table, and their
 /// sums into the logs of the tables it `feeds`, in one transaction
-/// (recorded in the ledger as batch `seq` of the run).
+/// (recorded in the ledger as batch `seq` of the run); moves the table's
+/// boundary when it is due, in the same transaction.
+///
+/// The boundary moves only in a consumption, and this one holds the log's
+/// lock: it is read as it is. When it is due to move (and the log was
+/// taken whole), the transaction moves the recent rows before the new
+/// boundary into the merged table first, and only then locks the boundary:
+/// that waits for the batches that share-locked it to commit and holds the
+/// next ones back until this commits, so what follows is short and bounded
+/// by [`MOVE_TIMEOUT`]: the log rows committed in between are folded (split
+/// at the new boundary), and the boundary is set.
 pub async fn consume(
     client: &mut tokio_postgres::Client,
     instance: &str,
     (run_id, seq): (i64, i64),
     table: &RollupTable,
     feeds: &[&RollupTable],
-    pass: Pass,
+    limit: i64,
+    now_ms: i64,
 ) -> Result<Consumed, DbError> {
-    let Pass { limit, now_ms, move_boundary } = pass;
     let tx = client.transaction().await?;
     let locked: bool = tx.query_one(TRY_LOCK, &[&consume_lock(&table.name)]).await?.get(0);
     if !locked {
         tx.rollback().await?;
         return Ok(Consumed { busy: true, ..Consumed::default() });
     }
-    // The boundary moves only in a consumption, and this one holds the
-    // log's lock: it is read as it is. A consumption that moves it locks it
-    // (waiting for the batches that share-locked it to commit, holding the
-    // next ones back until this commits): that is a transaction of its own,
-    // right after an ordinary one, with only the log rows committed in
-    // between to take, and bounded by `MOVE_TIMEOUT`.
     let since = tx.query_opt(READ_BOUNDARY, &[&table.name]).await?.map(|r| (r.get::<_, f64>(0) / 60.0).floor() as i64);
     let Some(since) = since else {
         return Err(DbError::Log(format!(
@@ -427,20 +428,75 @@ pub async fn consume(
         )));
     };
     let next = table.next_boundary(now_ms.div_euclid(60_000));
-    if move_boundary {
-        if next <= since {
-            tx.rollback().await?;
-            return Ok(Consumed::default());
-        }
+    let mut done = fold(&tx, table, feeds, limit, now_ms, since).await?;
+    let moves = next > since && !done.more;
+    if done.taken == 0 && !moves {
+        tx.rollback().await?;
+        return Ok(Consumed::default());
+    }
+    if moves {
+        let at = minute_time(next);
+        done.rows += tx.execute(&table.move_sql(), &[&at]).await?;
         tx.batch_execute(MOVE_TIMEOUTS).await?;
         tx.execute(LOCK_BOUNDARY, &[&table.name]).await?;
+        let after = fold(&tx, table, feeds, limit, now_ms, next).await?;
+        if after.more {
+            // Over `limit` batches committed meanwhile: their live rows may
+            // be before the new boundary. Nothing of this is kept; the next
+            // consumption starts over.
+            tx.rollback().await?;
+            return Ok(Consumed { more: true, ..Consumed::default() });
+        }
+        tx.execute(SET_BOUNDARY, &[&table.name, &at]).await?;
+        done = done.and(after);
     }
+    if done.taken > 0 {
+        let ledger: [&(dyn ToSql + Sync); 6] =
+            [&instance, &run_id, &seq, &table.name, &(done.events as i64), &(done.rows as i64)];
+        tx.execute(INSERT_CONSUME_LEDGER, &ledger).await?;
+    }
+    tx.commit().await?;
+    Ok(Consumed { rows: done.rows, events: done.events, expired: done.expired, busy: false, more: done.more })
+}
+
+/// What one fold of log rows did.
+#[derive(Debug, Clone, Copy, Default)]
+struct Folded {
+    taken: usize,
+    rows: u64,
+    events: u64,
+    expired: u64,
+    more: bool,
+}
+
+impl Folded {
+    fn and(self, other: Folded) -> Folded {
+        Folded {
+            taken: self.taken + other.taken,
+            rows: self.rows + other.rows,
+            events: self.events + other.events,
+            expired: self.expired + other.expired,
+            more: other.more,
+        }
+    }
+}
+
+/// Takes at most `limit` rows of `table`'s log and adds their sums up: the
+/// buckets before `since` (minutes) into the merged table, the others into
+/// the recent table; their sums, coarsened, to the logs of the tables it
+/// `feeds`; deletes their live rows.
+async fn fold(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &RollupTable,
+    feeds: &[&RollupTable],
+    limit: i64,
+    now_ms: i64,
+    since: i64,
+) -> Result<Folded, DbError> {
     let taken = tx.query(&table.log_take_sql(), &[&limit]).await?;
     let more = taken.len() as i64 >= limit;
-    let move_due = !move_boundary && next > since && !more;
-    if taken.is_empty() && !move_boundary {
-        tx.rollback().await?;
-        return Ok(Consumed { move_due, ..Consumed::default() });
+    if taken.is_empty() {
+        return Ok(Folded::default());
     }
     let mut merged = Merged::new(table.shape);
     for row in &taken {
@@ -468,13 +524,15 @@ pub async fn consume(
         sink.finish().await?;
         // Buckets before the boundary into the merged table (a coarse
         // table's), the others into the recent table (a direct table's
-        // folded rows), one round trip.
+        // folded rows), in one round trip; then the stage is emptied for
+        // the transaction's next fold.
         let bound = minute_time(since);
         let (old, new) = futures_util::future::try_join(
             tx.execute(&table.log_upsert_sql(false), &[&bound]),
             tx.execute(&table.log_upsert_sql(true), &[&bound]),
         )
         .await?;
+        tx.batch_execute(&format!("TRUNCATE {}", table.log_stage_table())).await?;
         rows = old + new;
     }
     for fed in feeds {
@@ -482,40 +540,18 @@ pub async fn consume(
         tx.query_one(&fed.log_append_sql(), &[&coarse.events, &coarse.rows, &pack(&coarse.payload)]).await?;
     }
     // Its live rows leave with their log rows: the view reads the folded
-    // rows from the recent table from this commit on. (Whatever the table
-    // is now: it may have been direct, with live rows, in an earlier run.)
+    // rows from the recent or merged table from this commit on. (Whatever
+    // the table is now: it may have been direct, with live rows, in an
+    // earlier run.)
     let ids: Vec<i64> = taken.iter().map(|r| r.get(2)).collect();
-    if !ids.is_empty() {
-        tx.execute(&table.live_delete_sql(), &[&ids]).await?;
-        let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &run_id, &seq, &table.name, &merged.events, &(rows as i64)];
-        tx.execute(INSERT_CONSUME_LEDGER, &ledger).await?;
-    }
-    // The boundary moves once no live row is left before it: every batch
-    // that committed before the lock is in what was just taken, unless the
-    // log held more than `limit` rows (then the next transaction moves it).
-    if move_boundary && !more {
-        let next = minute_time(next);
-        rows += tx.execute(&table.move_sql(), &[&next]).await?;
-        tx.execute(SET_BOUNDARY, &[&table.name, &next]).await?;
-    }
-    tx.commit().await?;
-    Ok(Consumed { rows, events: merged.events as u64, expired: sums.expired as u64, busy: false, more, move_due })
+    tx.execute(&table.live_delete_sql(), &[&ids]).await?;
+    Ok(Folded { taken: taken.len(), rows, events: merged.events as u64, expired: sums.expired as u64, more })
 }
 
-/// What one consumption of a log takes and does.
-#[derive(Debug, Clone, Copy)]
-pub struct Pass {
-    /// Log rows taken at most.
-    pub limit: i64,
-    /// The clock (the retention's cut, the boundary's next bucket).
-    pub now_ms: i64,
-    /// Move the table's boundary, if due (a short transaction of its own).
-    pub move_boundary: bool,
-}
-
-/// How long a consumption that moves a boundary may hold it (and with it
-/// every batch of the table): its locks and statements are bounded, and
-/// one that runs out is rolled back and tried again at the next fold.
+/// How long a consumption may hold a table's boundary (and with it every
+/// batch of the table) while it moves it: its lock wait and each statement
+/// after are bounded; one that runs out is rolled back and tried again at
+/// the next consumption.
 pub const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 const MOVE_TIMEOUTS: &str = "SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = '5s'";
