@@ -132,6 +132,14 @@ impl DbError {
         matches!(self, DbError::Db(e) if e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION))
     }
 
+    /// Whether a statement ran past `statement_timeout`, waited past
+    /// `lock_timeout` or was chosen to break a deadlock (SQLSTATE 57014,
+    /// 55P03, 40P01): the session is still there, its transaction can roll
+    /// back to a savepoint.
+    pub fn is_timeout_or_deadlock(&self) -> bool {
+        matches!(self, DbError::Db(e) if e.code().is_some_and(|c| matches!(c.code(), "57014" | "55P03" | "40P01")))
+    }
+
     /// Whether retrying can help without anyone changing anything: lost
     /// connections, server restarts, timeouts, lock and serialization
     /// conflicts. Decided from the error's class, never its text.

@@ -413,14 +413,16 @@ GROUP BY {key}",
     /// Moves the sums of buckets before `$1` from its recent table into its
     /// merged table (added to a row there, if any: a fold's boundary is only
     /// ever moved forward, so there is none unless the table was written
-    /// before this layout).
+    /// before this layout), but those before `$2` (past its retention):
+    /// returns the rows moved and the events dropped.
     pub fn move_sql(&self) -> String {
         let key = self.key_columns();
         let cols = format!("{key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at");
         format!(
-            "WITH moved AS (DELETE FROM {recent} WHERE bucket < $1 RETURNING {cols})
-INSERT INTO {merged} AS t ({cols}) SELECT {cols} FROM moved
-ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
+            "WITH moved AS (DELETE FROM {recent} WHERE bucket < $1 RETURNING {cols}),
+kept AS (INSERT INTO {merged} AS t ({cols}) SELECT {cols} FROM moved WHERE bucket >= $2
+         ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD} RETURNING 1)
+SELECT (SELECT count(*) FROM kept), (SELECT coalesce(sum(events), 0)::bigint FROM moved WHERE bucket < $2)",
             recent = self.recent_table(),
             merged = self.merged,
         )

@@ -90,7 +90,7 @@ const INSERT_CONSUME_LEDGER: &str =
 const TRY_LOCK: &str = "SELECT pg_try_advisory_xact_lock($1)";
 
 /// The advisory-lock key of `table`'s log ("bidlog" and a hash of the name).
-fn consume_lock(table: &str) -> i64 {
+pub fn consume_lock(table: &str) -> i64 {
     let hash = bid_logger_core::wire::fnv1a64(table.as_bytes());
     (0x6269_646c_6f67_i64 << 16) ^ (hash & 0xffff_ffff) as i64
 }
@@ -243,13 +243,28 @@ impl TablePlan {
     }
 }
 
-/// Share-locks the boundaries of the direct tables among `names` (until
-/// the commit: a fold cannot move one meanwhile) and returns each table's,
-/// in minutes, by name.
-const LOCK_BOUNDARIES: &str = "SELECT rollup, extract(epoch FROM since)::float8 FROM bid_logger_boundary
-    WHERE rollup = ANY($1::text[]) ORDER BY rollup FOR SHARE";
+/// Takes the shared advisory locks `$1` (the direct tables' boundary locks,
+/// in key order), held until the commit: no fold can move one of those
+/// boundaries meanwhile. (An advisory lock, not a row lock: a fold waiting
+/// for the exclusive lock is queued ahead of the batches that come after
+/// it, where a row's `FOR SHARE` lets them pass and can starve it.)
+const LOCK_BOUNDARIES: &str =
+    "SELECT pg_advisory_xact_lock_shared(k) FROM (SELECT unnest($1::bigint[]) AS k ORDER BY 1) keys";
 
-/// The boundary of each of `tables` in minutes, from `LOCK_BOUNDARIES`'s
+/// The boundaries of the tables `$1`, in seconds since the epoch; read in a
+/// statement after `LOCK_BOUNDARIES` (so that its snapshot is taken once
+/// the locks are held, after any move before them has committed).
+const READ_BOUNDARIES: &str =
+    "SELECT rollup, extract(epoch FROM since)::float8 FROM bid_logger_boundary WHERE rollup = ANY($1::text[])";
+
+/// The advisory-lock key of `table`'s boundary ("bidbnd" and a hash of
+/// the name): shared by its batches, exclusive for a fold moving it.
+pub fn boundary_lock(table: &str) -> i64 {
+    let hash = bid_logger_core::wire::fnv1a64(table.as_bytes());
+    (0x6269_6462_6e64_i64 << 16) ^ (hash & 0xffff_ffff) as i64
+}
+
+/// The boundary of each of `tables` in minutes, from `READ_BOUNDARIES`'s
 /// rows (`i64::MAX` for a logged table, or a direct one without a row).
 fn boundaries(tables: &[RollupTable], rows: &[tokio_postgres::Row]) -> Vec<i64> {
     tables
@@ -267,7 +282,7 @@ fn boundaries(tables: &[RollupTable], rows: &[tokio_postgres::Row]) -> Vec<i64> 
 /// The start of `minute` (at most the year 9575: a table without a
 /// boundary has every row before `i64::MAX`).
 fn minute_time(minute: i64) -> std::time::SystemTime {
-    system_time(minute.min(4_000_000_000) * 60_000)
+    system_time(minute.min(4_000_000_000).saturating_mul(60_000))
 }
 
 /// `rows` of `table` as its live rows in binary `COPY` format: a log
@@ -302,11 +317,20 @@ pub async fn write_batch(
     let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &id.run_id, &id.batch, &(batch.events as i64), &names, &counts];
     // A fleet member's transaction is bounded when idle (see
     // `assignment::idle_timeout`), set with the ledger row in one round trip.
-    // The direct tables' boundaries are share-locked in the same round trip.
+    // The direct tables' boundaries are locked and read in the same round
+    // trip (the statements run in this order).
     let direct: Vec<&str> = tables.iter().filter(|t| !t.logged).map(|t| t.name.as_str()).collect();
-    let direct: [&(dyn ToSql + Sync); 1] = [&direct];
-    let ledger_and_boundaries =
-        futures_util::future::try_join(tx.execute(INSERT_LEDGER, &ledger), tx.query(LOCK_BOUNDARIES, &direct));
+    let keys: Vec<i64> = direct.iter().map(|t| boundary_lock(t)).collect();
+    let (keys, direct): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) = ([&keys], [&direct]);
+    let ledger_and_boundaries = async {
+        let (inserted, _, read) = futures_util::future::try_join3(
+            tx.execute(INSERT_LEDGER, &ledger),
+            tx.execute(LOCK_BOUNDARIES, &keys),
+            tx.query(READ_BOUNDARIES, &direct),
+        )
+        .await?;
+        Ok::<_, tokio_postgres::Error>((inserted, read))
+    };
     let (inserted, locked) = match &mark.fence {
         Some(fence) => {
             futures_util::future::try_join(ledger_and_boundaries, tx.batch_execute(&fence.idle_timeout)).await?.0
@@ -420,14 +444,16 @@ pub async fn consume(
         tx.rollback().await?;
         return Ok(Consumed { busy: true, ..Consumed::default() });
     }
-    let since = tx.query_opt(READ_BOUNDARY, &[&table.name]).await?.map(|r| (r.get::<_, f64>(0) / 60.0).floor() as i64);
-    let Some(since) = since else {
+    // The boundary moves by the database's clock, one for every member.
+    let read = tx.query_opt(READ_BOUNDARY, &[&table.name]).await?;
+    let minutes = |r: &tokio_postgres::Row, i: usize| (r.get::<_, f64>(i) / 60.0).floor() as i64;
+    let Some((since, db_minute)) = read.map(|r| (minutes(&r, 0), minutes(&r, 1))) else {
         return Err(DbError::Log(format!(
             "{}: no row in bid_logger_boundary (`bid-logger migrate` creates it)",
             table.name
         )));
     };
-    let next = table.next_boundary(now_ms.div_euclid(60_000));
+    let next = table.next_boundary(db_minute);
     let mut done = fold(&tx, table, feeds, limit, now_ms, since).await?;
     let moves = next > since && !done.more;
     if done.taken == 0 && !moves {
@@ -435,20 +461,25 @@ pub async fn consume(
         return Ok(Consumed::default());
     }
     if moves {
-        let at = minute_time(next);
-        done.rows += tx.execute(&table.move_sql(), &[&at]).await?;
-        tx.batch_execute(MOVE_TIMEOUTS).await?;
-        tx.execute(LOCK_BOUNDARY, &[&table.name]).await?;
-        let after = fold(&tx, table, feeds, limit, now_ms, next).await?;
-        if after.more {
-            // Over `limit` batches committed meanwhile: their live rows may
-            // be before the new boundary. Nothing of this is kept; the next
-            // consumption starts over.
-            tx.rollback().await?;
-            return Ok(Consumed { more: true, ..Consumed::default() });
+        // A savepoint: a move that runs out of time (a batch holding the
+        // boundary, a lock on the merged table) is undone, and the fold
+        // before it still commits.
+        tx.batch_execute("SAVEPOINT bid_logger_move").await?;
+        match move_boundary(&tx, table, feeds, limit, now_ms, next).await {
+            Ok(Some(after)) => done = done.and(after),
+            Ok(None) => {
+                // Over `limit` batches committed meanwhile: their live rows
+                // may be before the new boundary. The next consumption moves it.
+                tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_move").await?;
+                done.more = true;
+            }
+            Err(e) if e.is_timeout_or_deadlock() => {
+                tracing::warn!(table = %table.name, error = %e,
+                    "moving the boundary ran out of time; the fold is kept and the move is tried at the next one");
+                tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_move").await?;
+            }
+            Err(e) => return Err(e),
         }
-        tx.execute(SET_BOUNDARY, &[&table.name, &at]).await?;
-        done = done.and(after);
     }
     if done.taken > 0 {
         let ledger: [&(dyn ToSql + Sync); 6] =
@@ -457,6 +488,43 @@ pub async fn consume(
     }
     tx.commit().await?;
     Ok(Consumed { rows: done.rows, events: done.events, expired: done.expired, busy: false, more: done.more })
+}
+
+/// Moves `table`'s boundary to `next` (minutes), in the consumption's
+/// transaction: the recent rows before it into the merged table, then,
+/// holding the boundary (bounded by [`MOVE_TIMEOUT`]), a fold of the log
+/// rows committed meanwhile split at `next`, and the boundary set. `None`
+/// when that fold did not take the whole log (nothing may be kept then).
+async fn move_boundary(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &RollupTable,
+    feeds: &[&RollupTable],
+    limit: i64,
+    now_ms: i64,
+    next: i64,
+) -> Result<Option<Folded>, DbError> {
+    let at = minute_time(next);
+    let secs = MOVE_TIMEOUT.as_secs();
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{secs}s'")).await?;
+    // Rows past the retention are dropped here, like a fold's (their range
+    // may be gone: a boundary left behind by a long stop).
+    let cut = minute_time(table.retention.map_or(i64::MIN, |_| table.oldest_minute(now_ms)));
+    let row = tx.query_one(&table.move_sql(), &[&at, &cut]).await?;
+    let (moved, expired): (i64, i64) = (row.get(0), row.get(1));
+    tx.batch_execute(&format!(
+        "SET LOCAL statement_timeout = '{secs}s'; SET LOCAL idle_in_transaction_session_timeout = '{secs}s'"
+    ))
+    .await?;
+    tx.execute(LOCK_BOUNDARY, &[&boundary_lock(&table.name)]).await?;
+    // Every batch that held the boundary has committed: take all it logged.
+    let mut after = fold(tx, table, feeds, limit.max(MAX_CONSUME_ROWS), now_ms, next).await?;
+    if after.more {
+        return Ok(None);
+    }
+    tx.execute(SET_BOUNDARY, &[&table.name, &at]).await?;
+    after.rows += moved as u64;
+    after.expired += expired as u64;
+    Ok(Some(after))
 }
 
 /// What one fold of log rows did.
@@ -526,12 +594,23 @@ async fn fold(
         // table's), the others into the recent table (a direct table's
         // folded rows), in one round trip; then the stage is emptied for
         // the transaction's next fold.
+        // Only the statements with rows to write run (a statement into the
+        // merged table waits for any lock on it, even to write nothing).
         let bound = minute_time(since);
-        let (old, new) = futures_util::future::try_join(
-            tx.execute(&table.log_upsert_sql(false), &[&bound]),
-            tx.execute(&table.log_upsert_sql(true), &[&bound]),
-        )
-        .await?;
+        let since_us = since.saturating_mul(60_000_000) - PG_EPOCH_US;
+        let (oldest, newest) = sums.buckets.unwrap_or((i64::MAX, i64::MIN));
+        let upsert = |recent: bool, needed: bool| {
+            let sql = table.log_upsert_sql(recent);
+            async move {
+                if needed {
+                    tx.execute(&sql, &[&bound]).await
+                } else {
+                    Ok(0)
+                }
+            }
+        };
+        let (old, new) =
+            futures_util::future::try_join(upsert(false, oldest < since_us), upsert(true, newest >= since_us)).await?;
         tx.batch_execute(&format!("TRUNCATE {}", table.log_stage_table())).await?;
         rows = old + new;
     }
@@ -549,18 +628,18 @@ async fn fold(
 }
 
 /// How long a consumption may hold a table's boundary (and with it every
-/// batch of the table) while it moves it: its lock wait and each statement
-/// after are bounded; one that runs out is rolled back and tried again at
-/// the next consumption.
+/// batch of the table) while it moves it, and wait for any lock while it
+/// does (`lock_timeout`; and `statement_timeout` once it holds the
+/// boundary): a move that runs out is undone, the fold before it kept, and
+/// tried again at the next consumption.
 pub const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-const MOVE_TIMEOUTS: &str = "SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = '5s'";
-
 /// A table's boundary, in seconds since the epoch.
-const READ_BOUNDARY: &str = "SELECT extract(epoch FROM since)::float8 FROM bid_logger_boundary WHERE rollup = $1";
+const READ_BOUNDARY: &str =
+    "SELECT extract(epoch FROM since)::float8, extract(epoch FROM now())::float8 FROM bid_logger_boundary WHERE rollup = $1";
 
 /// Locks a table's boundary for a consumption that moves it.
-const LOCK_BOUNDARY: &str = "SELECT 1 FROM bid_logger_boundary WHERE rollup = $1 FOR UPDATE";
+const LOCK_BOUNDARY: &str = "SELECT pg_advisory_xact_lock($1)";
 
 /// Moves a table's boundary forward (never back).
 const SET_BOUNDARY: &str = "UPDATE bid_logger_boundary SET since = $2 WHERE rollup = $1 AND since < $2";

@@ -83,6 +83,9 @@ pub struct Encoded {
     pub events: i64,
     /// Events left out (bucket before the cut-off).
     pub expired: i64,
+    /// The oldest and newest bucket of its rows (µs since 2000-01-01;
+    /// `None` when it has none).
+    pub buckets: Option<(i64, i64)>,
 }
 
 /// A payload that is not what the logger writes.
@@ -195,6 +198,7 @@ impl Merged {
         let mut buf = BytesMut::with_capacity(COPY_HEADER.len() + rows.len() * 110 + 2);
         buf.put_slice(COPY_HEADER);
         let (mut n, mut events, mut expired) = (0, 0, 0);
+        let mut buckets: Option<(i64, i64)> = None;
         let fields = (self.key_fields() + 4) as i16;
         for (key, m) in rows {
             // The bucket is the first field: length 8, then its value.
@@ -211,9 +215,10 @@ impl Merged {
             }
             n += 1;
             events += m[0];
+            buckets = Some(buckets.map_or((bucket, bucket), |(lo, hi)| (lo.min(bucket), hi.max(bucket))));
         }
         buf.put_slice(COPY_TRAILER);
-        Encoded { payload: buf.freeze(), rows: n, events, expired }
+        Encoded { payload: buf.freeze(), rows: n, events, expired, buckets }
     }
 }
 

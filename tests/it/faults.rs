@@ -992,3 +992,70 @@ async fn a_fold_killed_half_way_loses_and_doubles_nothing_and_the_next_start_fol
     let row = reader.query_one(keys, &[]).await.unwrap();
     assert_eq!(row.get::<_, i64>(0), row.get::<_, i64>(1), "one row per key");
 }
+
+/// A fold that moves the boundary while the merged table is locked (an
+/// analyst's `LOCK`, a long migration) waits at its move of the recent
+/// rows, before it locks the boundary: batches keep landing within their
+/// flush interval meanwhile (the move gives up after 5 s, keeping the fold,
+/// and is tried again), and once the lock goes the boundary moves and every
+/// event is there once, on its side of the boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fold_waiting_to_move_the_boundary_does_not_hold_batches_back() {
+    let db = fresh_database("movewait").await;
+    assert!(bid_logger(&["migrate", "--database-url", &db]).status.success(), "migrate");
+    let setup = connect(&db).await;
+    let back = "UPDATE bid_logger_boundary SET since = date_trunc('minute', now()) - interval '10 minutes'";
+    setup.batch_execute(back).await.unwrap();
+    // No fold until the merged table is locked: this test holds the log's lock.
+    let mut holder = connect(&db).await;
+    let hold = holder.transaction().await.unwrap();
+    let fold_lock = bid_logger::sink::flush::consume_lock("rollup_minute");
+    hold.execute("SELECT pg_advisory_xact_lock($1)", &[&fold_lock]).await.unwrap();
+    let mut publisher = Publisher::bind();
+    let endpoint = publisher.endpoint.clone();
+    let config = rollup_config("movewait", "[rollup.rollup_minute]\nfold-interval = \"1s\"\n");
+    let args = ["--connect", &endpoint, "--flush-interval", "100ms", "--flush-timeout", "60s", "--config", &config];
+    let logger = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(all_topics(16));
+    let mut rng = SmallRng::seed_from_u64(32);
+    let first = recent_events(&mut rng, 1000, "first");
+    for e in &first {
+        publisher.publish(e, P);
+    }
+    // flushed: every range the rows need exists
+    logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE rollup_minute_merged IN EXCLUSIVE MODE").await.unwrap();
+    hold.rollback().await.unwrap();
+    let waiting = "SELECT count(*) FROM pg_locks WHERE relation = 'rollup_minute_merged'::regclass AND NOT granted";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tx.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        assert!(Instant::now() < deadline, "no fold came to wait at the merged table");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // a fold waits to move rows into the merged table: batches still land at once
+    let second = recent_events(&mut rng, 2000, "second");
+    for e in &second {
+        publisher.publish(e, P);
+    }
+    let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
+    logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(3));
+    // the move gave up after 5 s and kept the fold: the first events left the log
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while logger.metric("bid_logger_log_events_consumed_total", "table=\"rollup_minute\"") < 1000.0 {
+        assert!(Instant::now() < deadline, "no fold was kept while its move waited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tx.rollback().await.unwrap();
+    let moved = "SELECT since >= date_trunc('minute', now()) - interval '1 minute' FROM bid_logger_boundary
+                 WHERE rollup = 'rollup_minute'";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !setup.query_one(moved, &[]).await.unwrap().get::<_, bool>(0) {
+        assert!(Instant::now() < deadline, "the boundary did not move once the lock went");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    logger.stop_ok();
+    assert_boundary_holds(&setup, "rollup_minute").await;
+    assert_warehouse_matches(&setup, &all, 1_000_000).await;
+}
