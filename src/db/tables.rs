@@ -251,6 +251,8 @@ impl RollupTable {
         let recent = self.recent_table();
         let boundary = BOUNDARY_TABLE;
         let secs = self.shape.grain.minutes() * 60;
+        // a coarse table's starts at the next bucket (see `next_boundary`)
+        let ahead = i64::from(self.logged);
         format!(
             "DO $$
 DECLARE r record;
@@ -294,9 +296,9 @@ CREATE TABLE IF NOT EXISTS {boundary} (
     rollup text PRIMARY KEY,
     since  timestamptz NOT NULL
 );
--- the boundary starts at the current bucket, after every bucket of the merged table
+-- the boundary starts at the current bucket (a coarse table's at the next), after every bucket of the merged table
 INSERT INTO {boundary} (rollup, since)
-SELECT '{name}', greatest(to_timestamp(floor(extract(epoch FROM now()) / {secs}) * {secs}),
+SELECT '{name}', greatest(to_timestamp((floor(extract(epoch FROM now()) / {secs}) + {ahead}) * {secs}),
                           coalesce(max(bucket) + interval '{secs} seconds', '-infinity'))
 FROM {merged}
 WHERE NOT EXISTS (SELECT 1 FROM {boundary} WHERE rollup = '{name}')
