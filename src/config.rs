@@ -58,7 +58,8 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Settings {
     /// Publisher endpoints to connect to (repeatable / comma-separated), each checked at start as libzmq takes it:
-    /// `tcp://host:port`, `ipc://path`, `inproc://name`, `pgm://`, `epgm://`. Required unless `bind` is set.
+    /// `tcp://host:port`, `ipc://path`, `inproc://name`, `pgm://`, `epgm://`. Required unless `bind` is set. A port on
+    /// this host in the kernel's ephemeral range is warned about at start (docs/runbook.md, BidLoggerPublisherDown).
     #[arg(long, env = "BID_LOGGER_CONNECT", value_delimiter = ',', value_name = "ENDPOINT")]
     pub connect: Option<Vec<String>>,
     /// Endpoints to bind instead (XPUB/XSUB forwarder set-ups).

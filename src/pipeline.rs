@@ -70,6 +70,15 @@ pub async fn run(
         partition_count = config.ingest.partition_count,
         "starting"
     );
+    for (endpoint, (low, high)) in crate::ingest::socket::self_connect_risks(&config.ingest) {
+        tracing::warn!(
+            %endpoint,
+            ephemeral_ports = %format!("{low}-{high}"),
+            "this endpoint's port is one the kernel also gives outgoing connections: while no publisher listens \
+             there, the logger may connect to itself and hold the port, and the publisher then cannot bind it; \
+             give publishers ports below {low} or list the port in net.ipv4.ip_local_reserved_ports"
+        );
+    }
     let pool = db::pool(&config.sink.database_url, config.sink.pool_size).map_err(PipelineError::Database)?;
     let migrated = check_database(&pool, &config.sink.tables).await?;
     let loaded = if migrated { load_marks(&pool, &config.sink).await } else { None };

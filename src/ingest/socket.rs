@@ -54,6 +54,45 @@ pub fn connect_all(socket: &zmq::Socket, config: &IngestConfig) -> Result<(), In
     Ok(())
 }
 
+/// The `connect` endpoints on this host whose port lies in the kernel's
+/// ephemeral range (`net.ipv4.ip_local_port_range`), with that range.
+///
+/// While nothing listens on such a port, the logger's own connection attempt
+/// can be given that very port as its source and connect to itself (TCP
+/// simultaneous open; Linux offers the same source port again for the same
+/// destination, so every retry does it again). The logger then holds the port
+/// and the publisher fails to bind it when it starts. Ports below the range,
+/// or in `net.ipv4.ip_local_reserved_ports`, are never taken that way.
+pub fn self_connect_risks(config: &IngestConfig) -> Vec<(String, (u16, u16))> {
+    let Some(range) = ephemeral_range() else { return Vec::new() };
+    let reserved = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap_or_default();
+    config
+        .connect
+        .iter()
+        .filter(|e| {
+            let Some((host, port)) = e.strip_prefix("tcp://").and_then(|a| a.rsplit_once(':')) else { return false };
+            let Ok(port) = port.parse::<u16>() else { return false };
+            let local = matches!(host, "localhost" | "[::1]") || host.starts_with("127.");
+            local && (range.0..=range.1).contains(&port) && !port_listed(&reserved, port)
+        })
+        .map(|e| (e.clone(), range))
+        .collect()
+}
+
+fn ephemeral_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+    Some((it.next()??, it.next()??))
+}
+
+/// Whether `port` is in a kernel port list such as `1000,2000-2010`.
+fn port_listed(list: &str, port: u16) -> bool {
+    list.trim().split(',').filter(|p| !p.is_empty()).any(|p| match p.split_once('-') {
+        Some((a, b)) => a.parse().is_ok_and(|a: u16| a <= port) && b.parse().is_ok_and(|b: u16| port <= b),
+        None => p.parse() == Ok(port),
+    })
+}
+
 /// Messages received and connections, per configured endpoint, over all
 /// ingest threads: what the [`QuietWatch`] reads to
 /// log an endpoint that is connected but sends nothing.
@@ -384,6 +423,14 @@ mod tests {
             allow: vec![],
         };
         Arc::new(EndpointActivity::new(&config))
+    }
+
+    #[test]
+    fn reserved_port_lists_are_read_as_the_kernel_writes_them() {
+        assert!(port_listed("1000,40000-40010", 40005));
+        assert!(port_listed("1000,40000-40010", 1000));
+        assert!(!port_listed("1000,40000-40010", 40011));
+        assert!(!port_listed("\n", 40000));
     }
 
     #[test]

@@ -804,7 +804,11 @@ async fn each_endpoint_shows_whether_it_is_connected_and_a_line_says_when_it_con
     let mut publisher = Publisher::bind();
     // Nothing listens here: a publisher that is down from the start.
     let dead = format!("tcp://127.0.0.1:{}", free_port());
-    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--connect", &dead]);
+    // A port the kernel also gives outgoing connections (what `:0` hands
+    // out): the logger could connect to itself there, and says so at start.
+    let ephemeral =
+        format!("tcp://127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--connect", &dead, "--connect", &ephemeral]);
     publisher.wait_for_subscriptions(all_topics(P));
     let up = format!("endpoint=\"{}\"", publisher.endpoint);
     let down = format!("endpoint=\"{dead}\"");
@@ -830,6 +834,10 @@ async fn each_endpoint_shows_whether_it_is_connected_and_a_line_says_when_it_con
     let lines = |what: &str| stderr.lines().filter(|l| l.contains(what) && l.contains(&endpoint)).count();
     assert_eq!(lines("publisher endpoint connected"), 1, "{stderr}");
     assert_eq!(lines("publisher endpoint disconnected"), 1, "{stderr}");
+    // (the publisher's port, bound with `*`, is an ephemeral one too)
+    let warned: Vec<&str> = stderr.lines().filter(|l| l.contains("may connect to itself")).collect();
+    assert!(warned.iter().any(|l| l.contains(&format!("endpoint={ephemeral} ")) && l.contains("WARN")), "{stderr}");
+    assert!(!warned.iter().any(|l| l.contains(&format!("endpoint={dead} "))), "a port below the range: {stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1048,14 +1056,71 @@ async fn a_fold_waiting_to_move_the_boundary_does_not_hold_batches_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tx.rollback().await.unwrap();
+    // tried again a minute after it gave up
+    wait_boundary_moved(&setup, Duration::from_secs(90)).await;
+    let stderr = logger.stop_ok();
+    assert!(stderr.contains("moving the boundary ran out of time") && stderr.contains("retry_in=60s"), "{stderr}");
+    assert_boundary_holds(&setup, "rollup_minute").await;
+    assert_warehouse_matches(&setup, &all, 1_000_000).await;
+}
+
+/// Waits until `rollup_minute`'s boundary is at most a minute behind the clock.
+async fn wait_boundary_moved(client: &tokio_postgres::Client, within: Duration) {
     let moved = "SELECT since >= date_trunc('minute', now()) - interval '1 minute' FROM bid_logger_boundary
                  WHERE rollup = 'rollup_minute'";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !setup.query_one(moved, &[]).await.unwrap().get::<_, bool>(0) {
-        assert!(Instant::now() < deadline, "the boundary did not move once the lock went");
+    let deadline = Instant::now() + within;
+    while !client.query_one(moved, &[]).await.unwrap().get::<_, bool>(0) {
+        assert!(Instant::now() < deadline, "the boundary did not move within {within:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A batch that holds the boundary for long (a stalled transaction): each
+/// move waits for it a second at most, holding the table's other batches
+/// back that long, then gives up and is not tried again for a minute
+/// (doubling up to 16): batches keep landing, the boundary stays where it
+/// was, and moves once the batch is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_holding_the_boundary_makes_a_move_give_up_in_a_second_and_wait_before_the_next() {
+    let db = fresh_database("moveheld").await;
+    assert!(bid_logger(&["migrate", "--database-url", &db]).status.success(), "migrate");
+    let setup = connect(&db).await;
+    let back = "UPDATE bid_logger_boundary SET since = date_trunc('minute', now()) - interval '10 minutes'";
+    setup.batch_execute(back).await.unwrap();
+    let mut holder = connect(&db).await;
+    let hold = holder.transaction().await.unwrap();
+    let boundary = bid_logger::sink::flush::boundary_lock("rollup_minute");
+    hold.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&boundary]).await.unwrap();
+    let mut publisher = Publisher::bind();
+    let config = rollup_config("moveheld", "[rollup.rollup_minute]\nfold-interval = \"1s\"\n");
+    let args =
+        ["--connect", &publisher.endpoint, "--flush-interval", "100ms", "--flush-timeout", "60s", "--config", &config];
+    let logger = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(all_topics(16));
+    let mut rng = SmallRng::seed_from_u64(33);
+    let first = recent_events(&mut rng, 1000, "first");
+    for e in &first {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
+    let gave_up = |logger: &Logger| logger.stderr_so_far().matches("moving the boundary ran out of time").count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gave_up(&logger) == 0 {
+        assert!(Instant::now() < deadline, "no move gave up: {}", logger.stderr_so_far());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ten folds later: no other attempt, and batches land as they come.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let second = recent_events(&mut rng, 1000, "second");
+    for e in &second {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", 2000.0, Duration::from_secs(5));
+    assert_eq!(gave_up(&logger), 1, "one attempt a minute at most: {}", logger.stderr_so_far());
+    hold.rollback().await.unwrap();
+    wait_boundary_moved(&setup, Duration::from_secs(90)).await;
     logger.stop_ok();
     assert_boundary_holds(&setup, "rollup_minute").await;
+    let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
     assert_warehouse_matches(&setup, &all, 1_000_000).await;
 }

@@ -47,9 +47,29 @@ pub fn logger_exe() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("bid-logger"))
 }
 
-/// A free TCP port on loopback (bound, then released for the caller).
+/// A free TCP port on loopback (bound, then released for the caller), below
+/// the kernel's ephemeral range.
+///
+/// A port the kernel hands out for `:0` is one it also hands out as the
+/// source port of an outgoing connection. A logger that connects to such a
+/// port before its publisher binds it can be given that very port as its
+/// source (Linux picks the same one again for the same destination) and
+/// connect to itself, holding the port the publisher then fails to bind.
+/// Ports from a range no connection draws from cannot be taken that way.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000; // up to 31999, below Linux's default 32768
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Processes running side by side start at different places.
+    let start = std::process::id().wrapping_mul(2_654_435_761) % COUNT;
+    for _ in 0..COUNT {
+        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return Ok(port as u16);
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free port in 20000-31999 on loopback"))
 }
 
 /// `GET path` from an HTTP server on loopback `port` (the logger's
