@@ -80,8 +80,9 @@ pub const LIVE_MINUTES: i64 = 1;
 
 /// The table holding each rollup table's boundary: the oldest bucket its
 /// recent and live rows may hold, every bucket of its merged table being
-/// older. Batches share-lock a direct table's row; a fold that moves it
-/// locks it exclusively.
+/// older. A batch holds a direct table's boundary with a shared advisory
+/// lock ([`crate::sink::flush::boundary_lock`]) from before it reads it to
+/// its commit; a fold that moves it takes that lock exclusively.
 pub const BOUNDARY_TABLE: &str = "bid_logger_boundary";
 
 /// A default table: (name, grain, dimensions, retention in days, 0 = forever).
@@ -415,16 +416,17 @@ GROUP BY {key}",
     /// Moves the sums of buckets before `$1` from its recent table into its
     /// merged table (added to a row there, if any: a fold's boundary is only
     /// ever moved forward, so there is none unless the table was written
-    /// before this layout), but those before `$2` (past its retention):
-    /// returns the rows moved and the events dropped.
+    /// before this layout), but those before `$2` (past its retention; none
+    /// when `NULL`), which leave as the retention's ranges do: returns the
+    /// rows moved.
     pub fn move_sql(&self) -> String {
         let key = self.key_columns();
         let cols = format!("{key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at");
         format!(
             "WITH moved AS (DELETE FROM {recent} WHERE bucket < $1 RETURNING {cols}),
-kept AS (INSERT INTO {merged} AS t ({cols}) SELECT {cols} FROM moved WHERE bucket >= $2
+kept AS (INSERT INTO {merged} AS t ({cols}) SELECT {cols} FROM moved WHERE $2::timestamptz IS NULL OR bucket >= $2
          ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD} RETURNING 1)
-SELECT (SELECT count(*) FROM kept), (SELECT coalesce(sum(events), 0)::bigint FROM moved WHERE bucket < $2)",
+SELECT count(*) FROM kept",
             recent = self.recent_table(),
             merged = self.merged,
         )

@@ -3,7 +3,7 @@
 //! the table's interval; a graceful stop consumes every log once more after
 //! the last batch.
 
-use super::flush::{consume, MAX_CONSUME_ROWS};
+use super::flush::{consume, Moved, MAX_CONSUME_ROWS};
 use super::service::{settle, BACKOFF_MAX, BACKOFF_MIN};
 use super::SinkConfig;
 use crate::db::tables::RollupTable;
@@ -31,7 +31,20 @@ pub struct Consumer {
     /// Per table: log rows taken per transaction (one after a timeout,
     /// doubled back after each success).
     limit: Vec<i64>,
+    /// Per table: when its boundary may be moved again after a move ran
+    /// out of time (each attempt holds the table's batches back for up to
+    /// [`super::flush::BOUNDARY_WAIT`]), and the wait after the next one.
+    move_after: Vec<Option<tokio::time::Instant>>,
+    move_backoff: Vec<Duration>,
 }
+
+/// The wait before moving a boundary again after a move ran out of time,
+/// doubled after each until [`MOVE_BACKOFF_MAX`]: the boundary stays where
+/// it is meanwhile, which costs readers a little (the view groups more
+/// recent rows), never a row.
+pub const MOVE_BACKOFF_MIN: Duration = Duration::from_secs(60);
+/// The longest wait between two boundary moves that ran out of time.
+pub const MOVE_BACKOFF_MAX: Duration = Duration::from_secs(16 * 60);
 
 /// What one attempt at a log found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +95,8 @@ impl Consumer {
             flush_timeout: config.flush_timeout,
             migrated,
             limit: vec![MAX_CONSUME_ROWS; config.tables.len()],
+            move_after: vec![None; config.tables.len()],
+            move_backoff: vec![MOVE_BACKOFF_MIN; config.tables.len()],
         })
     }
 
@@ -106,7 +121,7 @@ impl Consumer {
                     due[i] = now + BACKOFF_MIN;
                     continue;
                 }
-                match self.consume(i).await {
+                match self.consume(i, None).await {
                     Ok(_) => {
                         backoff[i] = BACKOFF_MIN;
                         due[i] = tokio::time::Instant::now() + self.tables[i].consume_interval();
@@ -139,7 +154,7 @@ impl Consumer {
                     failed.push(i);
                     continue;
                 }
-                match self.consume(i).await {
+                match self.consume(i, Some(deadline)).await {
                     Ok(LogState::Empty) => {}
                     Ok(_) => failed.push(i), // busy: try again until the lock is ours
                     Err(e) => {
@@ -170,11 +185,11 @@ impl Consumer {
     }
 
     /// Consumes table `i`'s log until it is empty (each transaction bounded)
-    /// or busy.
-    async fn consume(&mut self, i: usize) -> Result<LogState, DbError> {
+    /// or busy, or `until` has passed.
+    async fn consume(&mut self, i: usize, until: Option<Instant>) -> Result<LogState, DbError> {
         loop {
             match self.consume_once(i).await? {
-                LogState::More => continue,
+                LogState::More if until.is_none_or(|t| Instant::now() < t) => continue,
                 state => return Ok(state),
             }
         }
@@ -189,7 +204,8 @@ impl Consumer {
         let (instance, id, limit) = (&self.instance, (self.run_id, self.seq), self.limit[i]);
         let feeds: Vec<&RollupTable> = self.feeds[i].iter().collect();
         let now_ms = bid_logger_core::clock::now_ms();
-        let work = async { consume(&mut client, instance, id, table, &feeds, limit, now_ms).await };
+        let may_move = self.move_after[i].is_none_or(|at| tokio::time::Instant::now() >= at);
+        let work = async { consume(&mut client, instance, id, table, &feeds, limit, now_ms, may_move).await };
         let outcome = tokio::time::timeout(self.flush_timeout, work).await;
         let done = settle(client, outcome, self.flush_timeout);
         let labels = [("table", table.name.clone())];
@@ -202,6 +218,20 @@ impl Consumer {
                 counter!(t::ROLLUP_EVENTS_EXPIRED, &labels).increment(c.expired);
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
                 gauge!(t::LOG_LAST_CONSUMED, &labels).set(now);
+                match c.moved {
+                    Moved::No => {}
+                    Moved::Yes => {
+                        self.move_after[i] = None;
+                        self.move_backoff[i] = MOVE_BACKOFF_MIN;
+                    }
+                    Moved::OutOfTime => {
+                        let wait = self.move_backoff[i];
+                        tracing::warn!(table = %table.name, retry_in = ?wait,
+                            "moving the boundary ran out of time (a batch or a lock held it); undone, the fold is kept");
+                        self.move_after[i] = Some(tokio::time::Instant::now() + wait);
+                        self.move_backoff[i] = (wait * 2).min(MOVE_BACKOFF_MAX);
+                    }
+                }
                 tracing::trace!(table = %table.name, events = c.events, rows = c.rows, "delta log consumed");
                 Ok(if c.more { LogState::More } else { LogState::Empty })
             }

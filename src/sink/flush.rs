@@ -318,15 +318,17 @@ pub async fn write_batch(
     // A fleet member's transaction is bounded when idle (see
     // `assignment::idle_timeout`), set with the ledger row in one round trip.
     // The direct tables' boundaries are locked and read in the same round
-    // trip (the statements run in this order).
+    // trip. The read must run after the lock: `query_typed` sends a whole
+    // statement when first polled, so the two go out in this order (`query`
+    // would prepare first and send each on a later poll, in whichever order
+    // the preparations' answers wake them).
     let direct: Vec<&str> = tables.iter().filter(|t| !t.logged).map(|t| t.name.as_str()).collect();
     let keys: Vec<i64> = direct.iter().map(|t| boundary_lock(t)).collect();
-    let (keys, direct): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) = ([&keys], [&direct]);
     let ledger_and_boundaries = async {
         let (inserted, _, read) = futures_util::future::try_join3(
             tx.execute(INSERT_LEDGER, &ledger),
-            tx.execute(LOCK_BOUNDARIES, &keys),
-            tx.query(READ_BOUNDARIES, &direct),
+            tx.query_typed(LOCK_BOUNDARIES, &[(&keys, Type::INT8_ARRAY)]),
+            tx.query_typed(READ_BOUNDARIES, &[(&direct, Type::TEXT_ARRAY)]),
         )
         .await?;
         Ok::<_, tokio_postgres::Error>((inserted, read))
@@ -406,6 +408,21 @@ pub struct Consumed {
     pub busy: bool,
     /// The log held more rows than one transaction takes.
     pub more: bool,
+    /// What became of the table's boundary.
+    pub moved: Moved,
+}
+
+/// What a consumption did with its table's boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Moved {
+    /// Not due, not allowed, or the log was not taken whole: left as it was.
+    #[default]
+    No,
+    /// Moved forward.
+    Yes,
+    /// The move ran out of time (a lock it waited for, or its own work past
+    /// [`MOVE_TIMEOUT`]) and was undone; the fold before it was kept.
+    OutOfTime,
 }
 
 /// Log rows (batches) consumed in one transaction at most (one after a
@@ -419,16 +436,18 @@ pub const MAX_CONSUME_ROWS: i64 = 64;
 /// Moves at most `limit` rows of `table`'s log into the table, and their
 /// sums into the logs of the tables it `feeds`, in one transaction
 /// (recorded in the ledger as batch `seq` of the run); moves the table's
-/// boundary when it is due, in the same transaction.
+/// boundary when it is due and `may_move`, in the same transaction.
 ///
 /// The boundary moves only in a consumption, and this one holds the log's
 /// lock: it is read as it is. When it is due to move (and the log was
 /// taken whole), the transaction moves the recent rows before the new
 /// boundary into the merged table first, and only then locks the boundary:
 /// that waits for the batches that share-locked it to commit and holds the
-/// next ones back until this commits, so what follows is short and bounded
-/// by [`MOVE_TIMEOUT`]: the log rows committed in between are folded (split
-/// at the new boundary), and the boundary is set.
+/// next ones back until this commits, so the wait is short
+/// ([`BOUNDARY_WAIT`]) and what follows is bounded by [`MOVE_TIMEOUT`]: the
+/// log rows committed in between are folded (split at the new boundary),
+/// and the boundary is set.
+#[allow(clippy::too_many_arguments)]
 pub async fn consume(
     client: &mut tokio_postgres::Client,
     instance: &str,
@@ -437,6 +456,7 @@ pub async fn consume(
     feeds: &[&RollupTable],
     limit: i64,
     now_ms: i64,
+    may_move: bool,
 ) -> Result<Consumed, DbError> {
     let tx = client.transaction().await?;
     let locked: bool = tx.query_one(TRY_LOCK, &[&consume_lock(&table.name)]).await?.get(0);
@@ -455,30 +475,28 @@ pub async fn consume(
     };
     let next = table.next_boundary(db_minute);
     let mut done = fold(&tx, table, feeds, limit, now_ms, since).await?;
-    let moves = next > since && !done.more;
+    let moves = may_move && next > since && !done.more;
     if done.taken == 0 && !moves {
         tx.rollback().await?;
         return Ok(Consumed::default());
     }
+    let mut moved = Moved::No;
     if moves {
         // A savepoint: a move that runs out of time (a batch holding the
         // boundary, a lock on the merged table) is undone, and the fold
         // before it still commits.
         tx.batch_execute("SAVEPOINT bid_logger_move").await?;
         match move_boundary(&tx, table, feeds, limit, now_ms, next).await {
-            Ok(Some(after)) => done = done.and(after),
-            Ok(None) => {
-                // Over `limit` batches committed meanwhile: their live rows
-                // may be before the new boundary. The next consumption moves it.
-                tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_move").await?;
-                done.more = true;
+            Ok(Some(after)) => {
+                done = done.and(after);
+                moved = Moved::Yes;
             }
-            Err(e) if e.is_timeout_or_deadlock() => {
-                tracing::warn!(table = %table.name, error = %e,
-                    "moving the boundary ran out of time; the fold is kept and the move is tried at the next one");
-                tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_move").await?;
-            }
+            Ok(None) => moved = Moved::OutOfTime,
+            Err(e) if e.is_timeout_or_deadlock() => moved = Moved::OutOfTime,
             Err(e) => return Err(e),
+        }
+        if moved == Moved::OutOfTime {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_move").await?;
         }
     }
     if done.taken > 0 {
@@ -487,14 +505,15 @@ pub async fn consume(
         tx.execute(INSERT_CONSUME_LEDGER, &ledger).await?;
     }
     tx.commit().await?;
-    Ok(Consumed { rows: done.rows, events: done.events, expired: done.expired, busy: false, more: done.more })
+    Ok(Consumed { rows: done.rows, events: done.events, expired: done.expired, busy: false, more: done.more, moved })
 }
 
 /// Moves `table`'s boundary to `next` (minutes), in the consumption's
 /// transaction: the recent rows before it into the merged table, then,
-/// holding the boundary (bounded by [`MOVE_TIMEOUT`]), a fold of the log
-/// rows committed meanwhile split at `next`, and the boundary set. `None`
-/// when that fold did not take the whole log (nothing may be kept then).
+/// holding the boundary, folds of the log rows committed meanwhile split
+/// at `next` until the log is empty, and the boundary set. `None` when it
+/// held the boundary for [`MOVE_TIMEOUT`] with rows still in the log
+/// (nothing may be kept then).
 async fn move_boundary(
     tx: &tokio_postgres::Transaction<'_>,
     table: &RollupTable,
@@ -506,24 +525,36 @@ async fn move_boundary(
     let at = minute_time(next);
     let secs = MOVE_TIMEOUT.as_secs();
     tx.batch_execute(&format!("SET LOCAL lock_timeout = '{secs}s'")).await?;
-    // Rows past the retention are dropped here, like a fold's (their range
-    // may be gone: a boundary left behind by a long stop).
-    let cut = minute_time(table.retention.map_or(i64::MIN, |_| table.oldest_minute(now_ms)));
-    let row = tx.query_one(&table.move_sql(), &[&at, &cut]).await?;
-    let (moved, expired): (i64, i64) = (row.get(0), row.get(1));
+    // Rows past the retention are dropped here, as its ranges are (their
+    // range may be gone: a boundary left behind by a long stop).
+    let cut = table.retention.map(|_| minute_time(table.oldest_minute(now_ms)));
+    let moved: i64 = tx.query_one(&table.move_sql(), &[&at, &cut]).await?.get(0);
+    // From the lock on, every batch of the table waits for this commit:
+    // the wait for it is short (the batches holding it must commit first,
+    // and new ones queue behind this), and every statement, and every
+    // pause of ours, is bounded.
     tx.batch_execute(&format!(
-        "SET LOCAL statement_timeout = '{secs}s'; SET LOCAL idle_in_transaction_session_timeout = '{secs}s'"
+        "SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{secs}s'; \
+         SET LOCAL idle_in_transaction_session_timeout = '{secs}s'",
+        BOUNDARY_WAIT.as_millis()
     ))
     .await?;
     tx.execute(LOCK_BOUNDARY, &[&boundary_lock(&table.name)]).await?;
+    let held = std::time::Instant::now();
     // Every batch that held the boundary has committed: take all it logged.
-    let mut after = fold(tx, table, feeds, limit.max(MAX_CONSUME_ROWS), now_ms, next).await?;
-    if after.more {
-        return Ok(None);
+    let mut after = Folded::default();
+    loop {
+        let more = fold(tx, table, feeds, limit, now_ms, next).await?;
+        after = after.and(more);
+        if !more.more {
+            break;
+        }
+        if held.elapsed() >= MOVE_TIMEOUT {
+            return Ok(None);
+        }
     }
     tx.execute(SET_BOUNDARY, &[&table.name, &at]).await?;
     after.rows += moved as u64;
-    after.expired += expired as u64;
     Ok(Some(after))
 }
 
@@ -597,7 +628,7 @@ async fn fold(
         // Only the statements with rows to write run (a statement into the
         // merged table waits for any lock on it, even to write nothing).
         let bound = minute_time(since);
-        let since_us = since.saturating_mul(60_000_000) - PG_EPOCH_US;
+        let since_us = since.saturating_mul(60_000_000).saturating_sub(PG_EPOCH_US);
         let (oldest, newest) = sums.buckets.unwrap_or((i64::MAX, i64::MIN));
         let upsert = |recent: bool, needed: bool| {
             let sql = table.log_upsert_sql(recent);
@@ -627,12 +658,18 @@ async fn fold(
     Ok(Folded { taken: taken.len(), rows, events: merged.events as u64, expired: sums.expired as u64, more })
 }
 
-/// How long a consumption may hold a table's boundary (and with it every
-/// batch of the table) while it moves it, and wait for any lock while it
-/// does (`lock_timeout`; and `statement_timeout` once it holds the
-/// boundary): a move that runs out is undone, the fold before it kept, and
-/// tried again at the next consumption.
+/// How long a boundary move may wait for a lock before it holds the
+/// boundary (`lock_timeout`), and for how long it holds it (and with it
+/// every batch of the table): it folds no more once it has held it this
+/// long, and each of its statements, and each pause between them, is cut
+/// at this (`statement_timeout`, `idle_in_transaction_session_timeout`). A
+/// move that runs out is undone, the fold before it kept, and tried again
+/// later.
 pub const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a boundary move waits for the boundary's lock (for the batches
+/// holding it to commit): every new batch of the table waits behind it.
+pub const BOUNDARY_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// A table's boundary, in seconds since the epoch.
 const READ_BOUNDARY: &str =
