@@ -81,8 +81,8 @@ pub const LIVE_MINUTES: i64 = 1;
 /// The table holding each rollup table's boundary: the oldest bucket its
 /// recent and live rows may hold, every bucket of its merged table being
 /// older. A batch holds a direct table's boundary with a shared advisory
-/// lock ([`crate::sink::flush::boundary_lock`]) from before it reads it to
-/// its commit; a fold that moves it takes that lock exclusively.
+/// lock (the sink's `boundary_lock`) from before it reads it to its commit;
+/// a fold that moves it takes that lock exclusively.
 pub const BOUNDARY_TABLE: &str = "bid_logger_boundary";
 
 /// A default table: (name, grain, dimensions, retention in days, 0 = forever).
