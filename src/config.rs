@@ -442,6 +442,7 @@ impl Settings {
                 max_os_values,
                 max_exchange_values,
                 max_raw_rows: raw_buffer_rows,
+                price_dims: crate::db::tables::price_dims(&tables),
             },
             sink: SinkConfig {
                 database_url,
@@ -618,13 +619,23 @@ pub fn rollup_tables(
                     let dim = Dimension::parse(d).ok_or_else(|| {
                         invalid(
                             key("dimensions"),
-                            format!("unknown dimension `{d}` (expected country, os, campaign, advertiser, exchange)"),
+                            format!(
+                                "unknown dimension `{d}` (expected country, os, campaign, advertiser, exchange, \
+                                 or price for a price distribution)"
+                            ),
                         )
                     })?;
                     if dims.contains(&dim) {
                         return Err(invalid(key("dimensions"), format!("`{d}` is listed twice")));
                     }
                     dims.push(dim);
+                }
+                if dims.contains(&Dimension::Price) && dims.contains(&Dimension::Advertiser) {
+                    return Err(invalid(
+                        key("dimensions"),
+                        "a price distribution (with `price`) can have country, os, exchange and campaign, \
+                         not advertiser",
+                    ));
                 }
                 Dimensions::of(&dims)
             }

@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (13, "fleet_departing_and_settings", include_str!("../../sql/0013_fleet_departing_and_settings.sql")),
     (14, "lost", include_str!("../../sql/0014_lost.sql")),
     (15, "live_layout", include_str!("../../sql/0015_live_layout.sql")),
+    (16, "price_distributions", include_str!("../../sql/0016_price_distributions.sql")),
 ];
 
 /// The migration that partitions the rollups; `rollup_day` is backfilled

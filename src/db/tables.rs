@@ -131,7 +131,12 @@ pub fn default_tables(flush_interval: Duration) -> Vec<RollupTable> {
 pub fn link(tables: &mut [RollupTable]) {
     let feeder = |tables: &[RollupTable], c: usize| -> Option<usize> {
         let child = &tables[c];
-        let subset = |p: &RollupTable| child.shape.dims.iter().all(|d| p.shape.dims.has(d));
+        // A price distribution holds the priced events alone: it feeds, and
+        // is fed by, price distributions only.
+        let subset = |p: &RollupTable| {
+            child.shape.dims.iter().all(|d| p.shape.dims.has(d))
+                && p.shape.dims.is_price() == child.shape.dims.is_price()
+        };
         (0..tables.len())
             .filter(|&p| p != c && child.logged && tables[p].logged)
             .filter(|&p| {
@@ -149,6 +154,14 @@ pub fn link(tables: &mut [RollupTable]) {
     for (table, fed_by) in tables.iter_mut().zip(feeders) {
         table.fed_by = fed_by;
     }
+}
+
+/// The dimensions of every price distribution among `tables` together
+/// (`None` when there is none): what the aggregator keeps per price bucket.
+pub fn price_dims(tables: &[RollupTable]) -> Option<Dimensions> {
+    let dims: Vec<Dimension> =
+        tables.iter().filter(|t| t.shape.dims.is_price()).flat_map(|t| t.shape.dims.iter()).collect();
+    (!dims.is_empty()).then(|| Dimensions::of(&dims))
 }
 
 /// The tables `table` feeds (whose `fed_by` names it).

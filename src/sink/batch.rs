@@ -59,7 +59,7 @@ impl Batch {
             out.push(Batch::of(&[], tables, now_ms));
         }
         out[0].raw = raw;
-        out.retain(|b| b.events > 0 || !b.raw.is_empty());
+        out.retain(|b| b.events > 0 || !b.raw.is_empty() || b.rows() > 0);
         out
     }
 
@@ -71,7 +71,7 @@ impl Batch {
     /// Every table's rows of `fine`.
     fn of(fine: &[Row], tables: &[RollupTable], now_ms: i64) -> Batch {
         let mut batch = Batch {
-            events: fine.iter().map(|r| r.1.events).sum(),
+            events: bid_logger_core::aggregate::events_of(fine),
             tables: Vec::with_capacity(tables.len()),
             expired: Vec::with_capacity(tables.len()),
             raw: Vec::new(),

@@ -171,6 +171,7 @@ fn encode_rows_with(
                 Dimension::Exchange => text(&mut buf, key.exchange.as_str()),
                 Dimension::Campaign => int8(&mut buf, key.campaign),
                 Dimension::Advertiser => int8(&mut buf, key.advertiser),
+                Dimension::Price => int8(&mut buf, i64::from(key.price_bucket)),
             }
         }
         if let Some(ppm) = log_ppm {

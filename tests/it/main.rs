@@ -18,6 +18,7 @@ mod image;
 mod package;
 mod pipeline;
 mod postgres;
+mod prices;
 mod python_publisher;
 mod raw_sample;
 mod report;

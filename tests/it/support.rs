@@ -260,8 +260,15 @@ pub fn expected_table_rows<'a>(
     sample_ppm: i32,
 ) -> AnyRows {
     let mut rows = AnyRows::new();
+    let price_table = dims.contains(&"price_bucket");
     for e in events {
+        // a price distribution holds the events with a positive price alone
+        let bucket = e.price.and_then(bid_logger_core::aggregate::price::price_bucket);
+        if price_table && bucket.is_none() {
+            continue;
+        }
         let dim = |d: &str| match d {
+            "price_bucket" => bucket.expect("a priced event").to_string(),
             "country" => expected_country(e.country.as_deref()),
             "os" => expected_os(e.os.as_deref()),
             "exchange" => expected_os(e.exchange.as_deref()),

@@ -242,6 +242,7 @@ fn invalid_declarations_fail_at_start_with_one_line_naming_the_key_in_the_file()
     for (toml, key) in [
         ("[rollup.rollup_x]\ngrain = \"day\"\ndimensions = [\"planet\"]\n", "rollup.rollup_x.dimensions"),
         ("[rollup.rollup_day]\nretention = \"1h\"\n", "rollup.rollup_day.retention"),
+        ("[rollup.price_x]\ngrain = \"hour\"\ndimensions = [\"advertiser\", \"price\"]\n", "rollup.price_x.dimensions"),
     ] {
         let config = rollup_config("invalid", toml);
         let out = bid_logger(&[

@@ -1,9 +1,11 @@
 //! The hot-path aggregator: packed keys, interned OS names, a fast hasher.
 
-use super::delta::{add_up_adjacent, Counters, Delta, OsName, RowKey};
+use super::delta::{add_up_adjacent, merge_sorted, Counters, Delta, OsName, RowKey};
 use super::normalise::{normalise_country, normalise_os, OS_MAX_LEN, OS_OTHER, OS_UNKNOWN};
+use super::price::price_bucket;
 use super::raw::RawRow;
 use super::table::KeyTable;
+use super::tier::{Dimension, Dimensions};
 use crate::decode::Event;
 use crate::wire::EventType;
 use rustc_hash::FxHashMap;
@@ -39,6 +41,10 @@ pub struct AggregateConfig {
     pub max_exchange_values: usize,
     /// Cap on raw rows held; beyond it raw rows are dropped (and counted).
     pub max_raw_rows: usize,
+    /// The dimensions of every price distribution table together (`None`
+    /// when there is none): each event with a positive price is also
+    /// counted under its price bucket and these dimensions.
+    pub price_dims: Option<Dimensions>,
 }
 
 impl Default for AggregateConfig {
@@ -50,6 +56,7 @@ impl Default for AggregateConfig {
             max_os_values: DEFAULT_MAX_OS_VALUES,
             max_exchange_values: DEFAULT_MAX_EXCHANGE_VALUES,
             max_raw_rows: DEFAULT_MAX_RAW_ROWS,
+            price_dims: None,
         }
     }
 }
@@ -227,6 +234,9 @@ struct Deferred {
 pub struct Aggregator {
     config: AggregateConfig,
     rows: KeyTable,
+    /// The price distributions' rows: keys whose advertiser field holds
+    /// the price bucket (see [`Aggregator::record_price`]).
+    prices: KeyTable,
     /// The last event, added to `rows` when the next one arrives (or before
     /// anything reads `rows`), so that its slot's cache line is loaded while
     /// the ingest thread decodes the next message.
@@ -247,6 +257,7 @@ impl Aggregator {
         Aggregator {
             config,
             rows: KeyTable::default(),
+            prices: KeyTable::default(),
             deferred: None,
             os,
             exchange,
@@ -321,6 +332,17 @@ impl Aggregator {
             price: ev.price.unwrap_or(0),
             revenue: ev.revenue.unwrap_or(0),
         };
+        if let Some(dims) = self.config.price_dims {
+            if let Some(bucket) = ev.price.and_then(price_bucket) {
+                let has = |d: Dimension| dims.has(d);
+                let (country, os) =
+                    (if has(Dimension::Country) { country } else { 0 }, if has(Dimension::Os) { os } else { 0 });
+                let exchange = if has(Dimension::Exchange) { exchange } else { NAME_UNKNOWN_ID };
+                let campaign = if has(Dimension::Campaign) { ev.campaign } else { 0 };
+                let key = Key::new(minute, ev.event_type, country, os, exchange, campaign, u32::from(bucket));
+                self.record_price(key, &counters);
+            }
+        }
         let hash = KeyTable::hash(key.0);
         self.rows.prefetch(hash);
         let this = Deferred { key, hash, counters, name_folded: folded };
@@ -354,6 +376,20 @@ impl Aggregator {
         self.stats.folded += u64::from(d.name_folded || key_folded);
     }
 
+    /// Counts a priced event under `key` (its price bucket in the advertiser
+    /// field); at the key cap, a new key folds like a rollup key does, but
+    /// keeps its price bucket.
+    fn record_price(&mut self, key: Key, counters: &Counters) {
+        let hash = KeyTable::hash(key.0);
+        let (key, hash) = if self.prices.len() >= self.config.max_live_keys && !self.prices.contains(key.0, hash) {
+            let folded = Key(key.folded().0 | (key.0 & 0xffff_ffff));
+            (folded, KeyTable::hash(folded.0))
+        } else {
+            (key, hash)
+        };
+        self.prices.add(key.0, hash, counters);
+    }
+
     /// Adds the deferred event, if any.
     fn settle(&mut self) {
         if let Some(d) = self.deferred.take() {
@@ -367,12 +403,12 @@ impl Aggregator {
             Some((folded, hash)) => !self.rows.contains(folded.0, hash),
             None => !self.rows.contains(d.key.0, d.hash),
         };
-        self.rows.len() + usize::from(self.deferred.as_ref().is_some_and(adds_a_row))
+        self.rows.len() + self.prices.len() + usize::from(self.deferred.as_ref().is_some_and(adds_a_row))
     }
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.deferred.is_none() && self.raw.is_empty()
+        self.rows.is_empty() && self.prices.is_empty() && self.deferred.is_none() && self.raw.is_empty()
     }
 
     /// Events held now.
@@ -403,14 +439,38 @@ impl Aggregator {
         // Distinct packed keys resolve to distinct rows (a folded key's ids
         // are -1, never a real id); adding up keeps that an invariant of the
         // data rather than of the packing.
-        let rows = add_up_adjacent(sorted.into_iter().map(|(k, counters)| {
+        let mut rows = add_up_adjacent(sorted.into_iter().map(|(k, counters)| {
             (row_key(k, |r| self.os.names[os.id(r)], |r| self.exchange.names[exchange.id(r)]), counters)
         }));
+        if !self.prices.is_empty() {
+            // Few next to the rollups' rows: resolved, then sorted as rows.
+            let mut prices: Vec<(RowKey, Counters)> = Vec::with_capacity(self.prices.len());
+            let (os, exchange) = (&self.os.names, &self.exchange.names);
+            self.prices.drain(|key, counters| prices.push((price_row_key(Key(key), os, exchange), counters)));
+            prices.sort_unstable_by_key(|r| r.0);
+            rows = merge_sorted(rows, add_up_adjacent(prices), &mut |_| true);
+        }
         let delta = Delta { rows, events: self.events, raw: std::mem::take(&mut self.raw), ..Delta::default() };
         self.events = 0;
         self.os.reset();
         self.exchange.reset();
         delta
+    }
+}
+
+/// The row key of a price key (see [`Aggregator::record_price`]): its
+/// advertiser field is the price bucket.
+fn price_row_key(key: Key, os: &[OsName], exchange: &[OsName]) -> RowKey {
+    let k = key.unpack();
+    RowKey {
+        minute: i64::from(k.minute),
+        event_type: EventType::ALL[usize::from(k.event_type)],
+        country: country_of(k.country),
+        os: os[usize::from(k.os)],
+        exchange: exchange[usize::from(k.exchange)],
+        campaign: if k.folded { -1 } else { i64::from(k.campaign) },
+        advertiser: 0,
+        price_bucket: k.advertiser as u16,
     }
 }
 
@@ -475,6 +535,7 @@ fn row_key(k: u128, os_name: impl Fn(u16) -> OsName, exchange_name: impl Fn(u16)
         exchange: exchange_name(bits(0, 12) as u16),
         campaign: id(bits(55, 32)),
         advertiser: id(bits(23, 32)),
+        price_bucket: 0,
     }
 }
 

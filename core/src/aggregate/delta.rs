@@ -85,6 +85,11 @@ pub struct RowKey {
     pub campaign: i64,
     /// Advertiser id; 0 = none, -1 = folded.
     pub advertiser: i64,
+    /// 0 for a row of the rollups; otherwise a row of the price
+    /// distributions, of the events whose price is in this bucket (see
+    /// [`super::price`]): those events are counted in a rollup row as well,
+    /// so such a row's events are not added to a delta's total.
+    pub price_bucket: u16,
 }
 
 impl RowKey {
@@ -111,7 +116,7 @@ impl RowKey {
     /// at day grain without the exchange.
     #[inline]
     pub fn same_group(&self, other: &RowKey) -> bool {
-        let group = |k: &RowKey| RowKey { minute: k.day(), exchange: OsName::EMPTY, ..*k };
+        let group = |k: &RowKey| RowKey { minute: k.day(), exchange: OsName::EMPTY, price_bucket: 0, ..*k };
         group(self) == group(other)
     }
 }
@@ -127,6 +132,7 @@ impl Ord for RowKey {
             .then_with(|| self.advertiser.cmp(&other.advertiser))
             .then_with(|| self.minute.cmp(&other.minute))
             .then_with(|| self.exchange.as_bytes().cmp(other.exchange.as_bytes()))
+            .then_with(|| self.price_bucket.cmp(&other.price_bucket))
     }
 }
 
@@ -163,6 +169,12 @@ impl Counters {
 
 /// One row: its key and measures.
 pub type Row = (RowKey, Counters);
+
+/// The events of `rows`: those of the rollups' rows (a price
+/// distribution's rows count the same events again).
+pub fn events_of<'a>(rows: impl IntoIterator<Item = &'a Row>) -> u64 {
+    rows.into_iter().filter(|r| r.0.price_bucket == 0).map(|r| r.1.events).sum()
+}
 
 /// Rows to add to the warehouse.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -214,7 +226,7 @@ impl Delta {
     pub fn from_rows(mut rows: Vec<Row>, raw: Vec<RawRow>) -> Delta {
         rows.sort_unstable_by_key(|r| r.0);
         let rows = add_up_adjacent(rows);
-        Delta { events: rows.iter().map(|r| r.1.events).sum(), rows, raw, ..Delta::default() }
+        Delta { events: events_of(&rows), rows, raw, ..Delta::default() }
     }
 
     /// Whether there is nothing to write.
@@ -237,7 +249,7 @@ impl Delta {
         }
         let rest = self.rows.split_off(self.rows.len().min(max_rows));
         let rows = std::mem::replace(&mut self.rows, rest);
-        let events = rows.iter().map(|r| r.1.events).sum();
+        let events = events_of(&rows);
         self.events -= events;
         let raw_taken = self.raw.len().min(max_raw);
         Delta { rows, events, raw: self.raw.drain(..raw_taken).collect(), ..Delta::default() }
@@ -263,7 +275,9 @@ impl Delta {
                     held += 1;
                     return true;
                 }
-                loss.folded_events += row.1.events;
+                if row.0.price_bucket == 0 {
+                    loss.folded_events += row.1.events;
+                }
                 folded.push((row.0.folded(), row.1));
                 false
             };
@@ -292,7 +306,7 @@ impl Delta {
 
 /// Merges two runs of rows sorted by key, each key once per run, adding the
 /// measures of keys in both. A key only in `b` is kept when `admit` says so.
-fn merge_sorted(a: Vec<Row>, b: Vec<Row>, admit: &mut impl FnMut(&Row) -> bool) -> Vec<Row> {
+pub(super) fn merge_sorted(a: Vec<Row>, b: Vec<Row>, admit: &mut impl FnMut(&Row) -> bool) -> Vec<Row> {
     let mut out = Vec::with_capacity(a.len() + b.len());
     let mut a = a.into_iter().peekable();
     let mut b = b.into_iter().peekable();

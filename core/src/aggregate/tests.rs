@@ -200,6 +200,7 @@ proptest! {
                 exchange: OsName::new(normalise_os(e.exchange, &mut buf).unwrap_or(OS_UNKNOWN)),
                 campaign: i64::from(campaign),
                 advertiser: i64::from(advertiser),
+                price_bucket: 0,
             };
             model.entry(key).or_insert_with(Counters::default).add(&Counters { events: 1, attributed: 1, price, revenue: 0 });
         }
@@ -224,6 +225,7 @@ proptest! {
                     exchange: OsName::new(["unity", OS_OTHER][os % 2]),
                     campaign,
                     advertiser: campaign % 4,
+                    price_bucket: 0,
                 };
                 (key, Counters { events, attributed: 0, price: events as i64, revenue: 0 })
             }).collect()
@@ -353,6 +355,7 @@ proptest! {
                 exchange: if d.has(Dimension::Exchange) { name(e.exchange, &mut buf) } else { OsName::EMPTY },
                 campaign: if d.has(Dimension::Campaign) { i64::from(campaign) } else { 0 },
                 advertiser: if d.has(Dimension::Advertiser) { i64::from(advertiser) } else { 0 },
+                price_bucket: 0,
             };
             direct.entry(key).or_default().add(&Counters { events: 1, attributed: 1, price, revenue: 0 });
         }
@@ -395,4 +398,47 @@ fn exchange_values_beyond_the_cap_fold_into_other() {
     assert_eq!(names, ["a", "b", "other"]);
     assert_eq!(d.rows[2].1.events, 2);
     assert_eq!(d.rows.iter().map(|r| r.1.events).sum::<u64>(), 5);
+}
+
+#[test]
+fn priced_events_also_count_under_their_price_bucket_without_counting_twice() {
+    let dims = Dimensions::of(&[Dimension::Exchange, Dimension::Price]);
+    let config = AggregateConfig { price_dims: Some(dims), max_live_keys: 4, ..AggregateConfig::default() };
+    let mut a = Aggregator::new(config);
+    let mut priced = |price: Option<i64>, campaign: u32| {
+        let mut e = ev(EventType::Win, NOW, Some("US"), Some("ios"), campaign);
+        e.price = price;
+        e.exchange = Some("x");
+        a.record(&e, NOW);
+    };
+    priced(Some(1_000_000), 1);
+    priced(Some(1_000_000), 2); // same bucket, another campaign: one price row
+    priced(Some(1_010_000), 1); // within 1 %: the same bucket or the next
+    priced(Some(0), 1); // no bucket
+    priced(None, 1);
+    for p in 1..10 {
+        priced(Some(p * 3_000_000), 1); // beyond the key cap: folded, bucket kept
+    }
+    let d = a.drain();
+    assert_eq!(d.events, 14, "each event counted once");
+    let prices: Vec<&Row> = d.rows.iter().filter(|r| r.0.price_bucket != 0).collect();
+    let priced_events: u64 = prices.iter().map(|r| r.1.events).sum();
+    assert_eq!(priced_events, 12, "the events with a positive price");
+    assert!(d.rows.windows(2).all(|w| w[0].0 < w[1].0), "rows in order, each once");
+    let shape = Shape { grain: Grain::Hour, dims };
+    let (rows, _) = shape.project(&d.rows, i64::MIN);
+    assert_eq!(rows.iter().map(|r| r.1.events).sum::<u64>(), 12, "a price table takes the price rows alone");
+    let bucket = price::price_bucket(1_000_000).unwrap();
+    let first = rows.iter().find(|r| r.0.price_bucket == bucket).unwrap();
+    assert!(first.1.events >= 2 && first.0.campaign == 0 && first.0.exchange.as_str() == "x");
+    let buckets: std::collections::BTreeSet<u16> = rows.iter().map(|r| r.0.price_bucket).collect();
+    let expected: std::collections::BTreeSet<u16> = [1_000_000, 1_010_000]
+        .into_iter()
+        .chain((1..10).map(|p| p * 3_000_000))
+        .map(|p| price::price_bucket(p).unwrap())
+        .collect();
+    assert_eq!(buckets, expected, "folding keeps the price bucket");
+    let rollup = Shape { grain: Grain::Hour, dims: Dimensions::ALL };
+    let (rows, _) = rollup.project(&d.rows, i64::MIN);
+    assert_eq!(rows.iter().map(|r| r.1.events).sum::<u64>(), 14, "a rollup takes the rollup rows alone");
 }

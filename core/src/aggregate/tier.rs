@@ -73,12 +73,22 @@ pub enum Dimension {
     Campaign,
     /// `advertiser_id`.
     Advertiser,
+    /// `price_bucket`: the logarithmic bucket of `price` (see
+    /// [`super::price`]). A table with it is a price distribution: it holds
+    /// the events that carry a positive price alone.
+    Price,
 }
 
 impl Dimension {
     /// Every dimension, in column order.
-    pub const ALL: [Dimension; 5] =
-        [Dimension::Country, Dimension::Os, Dimension::Exchange, Dimension::Campaign, Dimension::Advertiser];
+    pub const ALL: [Dimension; 6] = [
+        Dimension::Country,
+        Dimension::Os,
+        Dimension::Exchange,
+        Dimension::Campaign,
+        Dimension::Advertiser,
+        Dimension::Price,
+    ];
 
     /// Its name in the configuration.
     pub fn as_str(self) -> &'static str {
@@ -88,6 +98,7 @@ impl Dimension {
             Dimension::Exchange => "exchange",
             Dimension::Campaign => "campaign",
             Dimension::Advertiser => "advertiser",
+            Dimension::Price => "price",
         }
     }
 
@@ -99,6 +110,7 @@ impl Dimension {
             Dimension::Exchange => "exchange",
             Dimension::Campaign => "campaign_id",
             Dimension::Advertiser => "advertiser_id",
+            Dimension::Price => "price_bucket",
         }
     }
 
@@ -122,7 +134,7 @@ impl Dimension {
 pub struct Dimensions(u8);
 
 impl Dimensions {
-    /// Every dimension.
+    /// Every dimension of the rollups (every one but [`Dimension::Price`]).
     pub const ALL: Dimensions = Dimensions(0b1_1111);
 
     /// The set of `dims`.
@@ -139,6 +151,12 @@ impl Dimensions {
     /// The dimensions in column order.
     pub fn iter(self) -> impl Iterator<Item = Dimension> {
         Dimension::ALL.into_iter().filter(move |d| self.has(*d))
+    }
+
+    /// Whether these are a price distribution's (they hold [`Dimension::Price`]).
+    #[inline]
+    pub fn is_price(self) -> bool {
+        self.has(Dimension::Price)
     }
 }
 
@@ -166,12 +184,15 @@ impl Shape {
             exchange: if d.has(Dimension::Exchange) { key.exchange } else { OsName::EMPTY },
             campaign: if d.has(Dimension::Campaign) { key.campaign } else { 0 },
             advertiser: if d.has(Dimension::Advertiser) { key.advertiser } else { 0 },
+            price_bucket: if d.has(Dimension::Price) { key.price_bucket } else { 0 },
         }
     }
 
     /// This table's rows of fine `rows` (sorted by key): each key once, in
     /// key order. Rows whose bucket starts before `oldest_minute` (past the
     /// table's retention) are left out; the second value counts their events.
+    /// A price distribution takes the rows with a price bucket, every other
+    /// table the rows without.
     ///
     /// When the projection keeps the order (every table with the country,
     /// OS, campaign and advertiser: see [`RowKey`]), equal keys are adjacent
@@ -191,9 +212,10 @@ impl Shape {
     /// minute (coarsening the minute while keeping the exchange, which comes
     /// after it, would put `(bucket, b)` before `(bucket, a)`).
     fn keeps_order(&self) -> bool {
-        [Dimension::Country, Dimension::Os, Dimension::Campaign, Dimension::Advertiser]
-            .into_iter()
-            .all(|d| self.dims.has(d))
+        !self.dims.is_price()
+            && [Dimension::Country, Dimension::Os, Dimension::Campaign, Dimension::Advertiser]
+                .into_iter()
+                .all(|d| self.dims.has(d))
             && (!self.dims.has(Dimension::Exchange) || self.grain == Grain::Minute)
     }
 
@@ -201,7 +223,11 @@ impl Shape {
     fn project_sorted(&self, rows: &[Row], oldest_minute: i64) -> (Vec<Row>, u64) {
         let mut skipped = 0;
         let mut out: Vec<Row> = Vec::with_capacity(rows.len() / 2);
+        let price = self.dims.is_price();
         for (key, counters) in rows {
+            if (key.price_bucket != 0) != price {
+                continue;
+            }
             let key = self.key(key);
             if key.minute < oldest_minute {
                 skipped += counters.events;
@@ -220,7 +246,11 @@ impl Shape {
     fn project_hashed(&self, rows: &[Row], oldest_minute: i64) -> (Vec<Row>, u64) {
         let mut skipped = 0;
         let mut sums: FxHashMap<RowKey, Counters> = FxHashMap::default();
+        let price = self.dims.is_price();
         for (key, counters) in rows {
+            if (key.price_bucket != 0) != price {
+                continue;
+            }
             let key = self.key(key);
             if key.minute < oldest_minute {
                 skipped += counters.events;

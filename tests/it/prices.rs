@@ -1,0 +1,111 @@
+//! Price distributions: rollup tables with the `price` dimension, and the
+//! quantiles read from them.
+
+use crate::support::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const P: u32 = 16;
+const EXCHANGES: [&str; 3] = ["ex_a", "ex_b", "ex_c"];
+
+/// `n` transactions spread over the last three hours (late and out of
+/// order): an auction, a bid with a log-uniform price (each exchange on its
+/// own scale), and for one in three a win and an impression at a clearing
+/// price below the bid, or else a loss; some bids carry a price of 0.
+fn transactions(rng: &mut SmallRng, n: usize, tag: &str, now: i64) -> Vec<TestEvent> {
+    let mut events = Vec::new();
+    for i in 0..n {
+        let ts = now - rng.gen_range(0..3 * 3_600_000);
+        let x = i % EXCHANGES.len();
+        let event = |event_type: &'static str, ts: i64, price: Option<i64>| {
+            let mut e = TestEvent::new(event_type, format!("{tag}-{i}"), ts);
+            e.exchange = Some(EXCHANGES[x].into());
+            e.country = Some(["US", "BR", "DE"][i % 3].into());
+            e.os = Some(["ios", "android"][i % 2].into());
+            e.campaign = (i % 4) as u32 + 1;
+            e.advertiser = 7;
+            e.price = price;
+            e
+        };
+        let scale = [1.0, 4.0, 0.5][x];
+        let bid = (scale * (rng.gen_range(10_000f64.ln()..20_000_000f64.ln())).exp()) as i64;
+        events.push(event("auction", ts, None));
+        events.push(event("bid", ts + 5, Some(if i % 50 == 0 { 0 } else { bid })));
+        if rng.gen_bool(1.0 / 3.0) {
+            let clearing = (bid as f64 * rng.gen_range(0.3..1.0)) as i64;
+            events.push(event("win", ts + 90, Some(clearing)));
+            events.push(event("impression", ts + 400, Some(clearing)));
+        } else {
+            events.push(event("loss", ts + 90, None));
+        }
+    }
+    events
+}
+
+/// The price tables exact per bucket through a mid-run loss of every
+/// database connection and a graceful stop with coarse rows pending; the
+/// rollups unchanged by them; and every quantile read with
+/// `bid_logger_quantile` within 1 % of the exact one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn price_distributions_count_every_priced_event_once_and_give_quantiles_within_one_percent() {
+    let db = fresh_database("prices").await;
+    let config = rollup_config(
+        "prices",
+        "[rollup.price_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"country\", \"os\", \"price\"]\n\n\
+         [rollup.price_campaign_day]\ngrain = \"day\"\ndimensions = [\"exchange\", \"campaign\", \"price\"]\n",
+    );
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", &config]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let mut rng = SmallRng::seed_from_u64(32);
+    let now = now_ms();
+    let first = transactions(&mut rng, 3000, "first", now);
+    for e in &first {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
+    let client = connect(&db).await;
+    assert!(kill_logger_connections(&client).await > 0, "the logger's sessions were killed");
+    let second = transactions(&mut rng, 3000, "second", now);
+    for e in &second {
+        publisher.publish(e, P);
+    }
+    let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
+    logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(60));
+    logger.stop_ok();
+
+    for (table, bucket_s, dims) in [
+        ("price_hour", 3600, &["exchange", "country", "os", "price_bucket"][..]),
+        ("price_campaign_day", 86_400, &["exchange", "campaign_id", "price_bucket"][..]),
+    ] {
+        let expected = expected_table_rows(&all, bucket_s, dims, 1_000_000);
+        assert!(expected.len() > 1000, "{table}: a distribution of many buckets ({})", expected.len());
+        assert_table_eq(&table_rows(&client, table, dims).await, &expected, table);
+    }
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
+
+    let mut prices: BTreeMap<(&str, &str), Vec<i64>> = BTreeMap::new();
+    for e in all.iter().filter(|e| e.price.is_some_and(|p| p > 0)) {
+        prices.entry((e.exchange.as_deref().unwrap(), e.event_type)).or_default().push(e.price.unwrap());
+    }
+    assert_eq!(prices.len(), 9, "three exchanges by bid, win and impression");
+    let quantile = "SELECT bid_logger_quantile($1, price_bucket, events) FROM price_hour
+                    WHERE exchange = $2 AND event_type = $3";
+    let estimated = "SELECT bid_logger_quantile($1, price_bucket, events) FROM price_campaign_day_est
+                     WHERE exchange = $2 AND event_type = $3";
+    for ((exchange, event_type), mut p) in prices {
+        p.sort_unstable();
+        for q in [0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0] {
+            let exact = p[(q * (p.len() - 1) as f64).floor() as usize] as f64;
+            let got: f64 = client.query_one(quantile, &[&q, &exchange, &event_type]).await.unwrap().get(0);
+            let error = (got - exact).abs() / exact;
+            assert!(error <= 0.01 + 1e-9, "{exchange} {event_type} q{q}: {got} for {exact} ({} prices)", p.len());
+            let est: f64 = client.query_one(estimated, &[&q, &exchange, &event_type]).await.unwrap().get(0);
+            assert!((est - exact).abs() / exact <= 0.01 + 1e-9, "the _est view, another table: {est} for {exact}");
+        }
+    }
+    let none: Option<f64> = client.query_one(quantile, &[&0.5, &"no such exchange", &"win"]).await.unwrap().get(0);
+    assert_eq!(none, None, "no rows, no quantile");
+}
