@@ -285,8 +285,12 @@ pub fn source(config: &ReportConfig, now: i64) -> Result<String, String> {
     let by_exchange = config.by.contains(&By::Exchange);
     // Fewer dimensions first: the table made for the question (the exchange
     // tables for `--by exchange`, the full ones otherwise).
-    let mut candidates: Vec<&RollupTable> =
-        config.tables.iter().filter(|t| needs.iter().all(|&d| t.shape.dims.has(d))).collect();
+    // (A price distribution holds the priced events alone: never a report's.)
+    let mut candidates: Vec<&RollupTable> = config
+        .tables
+        .iter()
+        .filter(|t| !t.shape.dims.is_price() && needs.iter().all(|&d| t.shape.dims.has(d)))
+        .collect();
     candidates.sort_by_key(|t| {
         let dims = t.shape.dims.iter().count();
         (t.shape.grain, if by_exchange { dims } else { 5 - dims })
@@ -567,6 +571,7 @@ pub fn aligned(header: &[&str], rows: &[Vec<String>], indent: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bid_logger_core::aggregate::Dimensions;
 
     const NOW: i64 = 1_796_000_000;
 
@@ -723,6 +728,12 @@ mod tests {
         c.by = vec![By::Exchange, By::Campaign];
         let why = source(&c, NOW).unwrap_err();
         assert!(why.contains("exchange, campaign"), "{why}");
+        // a price distribution has both, but holds the priced events alone
+        let mut price = c.tables[0].clone();
+        price.name = "price_exchange_campaign".into();
+        price.shape.dims = Dimensions::of(&[Dimension::Exchange, Dimension::Campaign, Dimension::Price]);
+        c.tables.push(price);
+        assert!(source(&c, NOW).is_err(), "never read for a report");
         let sql = sql(&c, "rollup_minute_est");
         assert!(
             sql.contains("exchange::text AS g0, campaign_id::text AS g1") && sql.contains("USING (g0, g1)"),

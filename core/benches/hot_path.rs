@@ -1,7 +1,7 @@
 //! The per-message hot path without sockets: decode, sample, aggregate.
 //! Run with `cargo bench --bench hot_path`; figures are per message on one core.
 
-use bid_logger_core::aggregate::{AggregateConfig, Aggregator};
+use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Dimension, Dimensions};
 use bid_logger_core::decode::decode;
 use bid_logger_core::hot_path::{HotPath, HotPathConfig};
 use bid_logger_core::sample::Sampler;
@@ -46,6 +46,25 @@ fn hot_path(c: &mut Criterion) {
             black_box(agg.drain());
         })
     });
+    // with price distributions by exchange, country, OS and campaign
+    // declared: every priced event is also counted under its price bucket
+    let dims = Dimensions::of(&[
+        Dimension::Exchange,
+        Dimension::Country,
+        Dimension::Os,
+        Dimension::Campaign,
+        Dimension::Price,
+    ]);
+    let prices = AggregateConfig { price_dims: Some(dims), ..AggregateConfig::default() };
+    group.bench_function("aggregate/record+prices", |b| {
+        let mut agg = Aggregator::new(prices.clone());
+        b.iter(|| {
+            for e in &evs {
+                agg.record(e, now);
+            }
+            black_box(agg.drain());
+        })
+    });
     group.bench_function("message/decode+record", |b| {
         let mut agg = Aggregator::new(AggregateConfig::default());
         b.iter(|| {
@@ -60,6 +79,15 @@ fn hot_path(c: &mut Criterion) {
         // What an ingest thread runs per message at the defaults: decode, seq
         // tracking, sample 1, raw sample 1/1000, aggregation.
         let mut hot = HotPath::new(HotPathConfig::default());
+        b.iter(|| {
+            for (t, p) in &msgs {
+                hot.process(t, p, now);
+            }
+            black_box(hot.aggregator.drain());
+        })
+    });
+    group.bench_function("message/process+prices", |b| {
+        let mut hot = HotPath::new(HotPathConfig { aggregate: prices.clone(), ..HotPathConfig::default() });
         b.iter(|| {
             for (t, p) in &msgs {
                 hot.process(t, p, now);

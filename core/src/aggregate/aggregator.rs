@@ -237,6 +237,9 @@ pub struct Aggregator {
     /// The price distributions' rows: keys whose advertiser field holds
     /// the price bucket (see [`Aggregator::record_price`]).
     prices: KeyTable,
+    /// The last priced event, added to `prices` when the next one arrives
+    /// (as `deferred` is to `rows`).
+    deferred_price: Option<(Key, u64, Counters)>,
     /// The last event, added to `rows` when the next one arrives (or before
     /// anything reads `rows`), so that its slot's cache line is loaded while
     /// the ingest thread decodes the next message.
@@ -258,6 +261,7 @@ impl Aggregator {
             config,
             rows: KeyTable::default(),
             prices: KeyTable::default(),
+            deferred_price: None,
             deferred: None,
             os,
             exchange,
@@ -379,8 +383,17 @@ impl Aggregator {
     /// Counts a priced event under `key` (its price bucket in the advertiser
     /// field); at the key cap, a new key folds like a rollup key does, but
     /// keeps its price bucket.
+    #[inline]
     fn record_price(&mut self, key: Key, counters: &Counters) {
         let hash = KeyTable::hash(key.0);
+        self.prices.prefetch(hash);
+        if let Some((key, hash, counters)) = self.deferred_price.replace((key, hash, *counters)) {
+            self.add_price(key, hash, &counters);
+        }
+    }
+
+    #[inline]
+    fn add_price(&mut self, key: Key, hash: u64, counters: &Counters) {
         let (key, hash) = if self.prices.len() >= self.config.max_live_keys && !self.prices.contains(key.0, hash) {
             let folded = Key(key.folded().0 | (key.0 & 0xffff_ffff));
             (folded, KeyTable::hash(folded.0))
@@ -395,6 +408,9 @@ impl Aggregator {
         if let Some(d) = self.deferred.take() {
             self.add(d);
         }
+        if let Some((key, hash, counters)) = self.deferred_price.take() {
+            self.add_price(key, hash, &counters);
+        }
     }
 
     /// Distinct keys held now.
@@ -403,12 +419,19 @@ impl Aggregator {
             Some((folded, hash)) => !self.rows.contains(folded.0, hash),
             None => !self.rows.contains(d.key.0, d.hash),
         };
-        self.rows.len() + self.prices.len() + usize::from(self.deferred.as_ref().is_some_and(adds_a_row))
+        self.rows.len()
+            + self.prices.len()
+            + usize::from(self.deferred.as_ref().is_some_and(adds_a_row))
+            + usize::from(self.deferred_price.is_some_and(|(k, h, _)| !self.prices.contains(k.0, h)))
     }
 
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.prices.is_empty() && self.deferred.is_none() && self.raw.is_empty()
+        self.rows.is_empty()
+            && self.prices.is_empty()
+            && self.deferred.is_none()
+            && self.deferred_price.is_none()
+            && self.raw.is_empty()
     }
 
     /// Events held now.
@@ -434,43 +457,32 @@ impl Aggregator {
         self.settle();
         let (os, exchange) = (Ranks::of(&self.os.names), Ranks::of(&self.exchange.names));
         let mut sorted: Vec<(u128, Counters)> = Vec::with_capacity(self.rows.len());
-        self.rows.drain(|key, counters| sorted.push((sort_key(Key(key), &os.rank, &exchange.rank), counters)));
+        self.rows.drain(|key, counters| sorted.push((sort_key(Key(key), &os.rank, &exchange.rank, false), counters)));
         sorted.sort_unstable_by_key(|r| r.0);
         // Distinct packed keys resolve to distinct rows (a folded key's ids
         // are -1, never a real id); adding up keeps that an invariant of the
         // data rather than of the packing.
-        let mut rows = add_up_adjacent(sorted.into_iter().map(|(k, counters)| {
+        let mut rows = add_up_adjacent(sorted.drain(..).map(|(k, counters)| {
             (row_key(k, |r| self.os.names[os.id(r)], |r| self.exchange.names[exchange.id(r)]), counters)
         }));
         if !self.prices.is_empty() {
-            // Few next to the rollups' rows: resolved, then sorted as rows.
-            let mut prices: Vec<(RowKey, Counters)> = Vec::with_capacity(self.prices.len());
-            let (os, exchange) = (&self.os.names, &self.exchange.names);
-            self.prices.drain(|key, counters| prices.push((price_row_key(Key(key), os, exchange), counters)));
-            prices.sort_unstable_by_key(|r| r.0);
-            rows = merge_sorted(rows, add_up_adjacent(prices), &mut |_| true);
+            // Sorted the same way: the bucket in the advertiser's place is
+            // where `RowKey`'s order puts it for a price row.
+            self.prices
+                .drain(|key, counters| sorted.push((sort_key(Key(key), &os.rank, &exchange.rank, true), counters)));
+            sorted.sort_unstable_by_key(|r| r.0);
+            let prices = add_up_adjacent(sorted.drain(..).map(|(k, counters)| {
+                let key = row_key(k, |r| self.os.names[os.id(r)], |r| self.exchange.names[exchange.id(r)]);
+                let bucket = ((k >> 23) & 0xffff_ffff) as u16;
+                (RowKey { advertiser: 0, price_bucket: bucket, ..key }, counters)
+            }));
+            rows = merge_sorted(rows, prices, &mut |_| true);
         }
         let delta = Delta { rows, events: self.events, raw: std::mem::take(&mut self.raw), ..Delta::default() };
         self.events = 0;
         self.os.reset();
         self.exchange.reset();
         delta
-    }
-}
-
-/// The row key of a price key (see [`Aggregator::record_price`]): its
-/// advertiser field is the price bucket.
-fn price_row_key(key: Key, os: &[OsName], exchange: &[OsName]) -> RowKey {
-    let k = key.unpack();
-    RowKey {
-        minute: i64::from(k.minute),
-        event_type: EventType::ALL[usize::from(k.event_type)],
-        country: country_of(k.country),
-        os: os[usize::from(k.os)],
-        exchange: exchange[usize::from(k.exchange)],
-        campaign: if k.folded { -1 } else { i64::from(k.campaign) },
-        advertiser: 0,
-        price_bucket: k.advertiser as u16,
     }
 }
 
@@ -502,14 +514,17 @@ impl Ranks {
 
 /// A packed key rearranged to sort in [`RowKey`]'s order, most significant
 /// first: `day:15 | type:3 | country:10 | os rank:12 | not folded:1 |
-/// campaign:32 | advertiser:32 | minute of the day:11 | exchange rank:12`
+/// campaign:32 | advertiser (a price key's: its price bucket):32 | minute of
+/// the day:11 | exchange rank:12`
 /// (128 bits; 15 bits of days since the epoch last until 2059). A folded
 /// key's ids are -1, below every real id: its `not folded` bit is 0.
 #[inline]
-fn sort_key(key: Key, os_rank: &[u16], exchange_rank: &[u16]) -> u128 {
+fn sort_key(key: Key, os_rank: &[u16], exchange_rank: &[u16], price: bool) -> u128 {
     let k = key.unpack();
     let (day, minute_of_day) = (k.minute / 1440, k.minute % 1440);
     let (not_folded, campaign, advertiser) = if k.folded { (0, 0, 0) } else { (1, k.campaign, k.advertiser) };
+    // A price key's advertiser field is its price bucket, folded or not.
+    let advertiser = if price { k.advertiser } else { advertiser };
     (u128::from(day) << 113)
         | (u128::from(k.event_type) << 110)
         | (u128::from(k.country) << 100)

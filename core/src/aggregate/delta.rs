@@ -60,8 +60,8 @@ impl fmt::Debug for OsName {
 /// dimensions and coarsened to its grain ([`super::Shape::project`]).
 ///
 /// Keys are ordered by day, then the dimensions other than the exchange
-/// (type, country, OS, campaign, advertiser), then the minute, then the
-/// exchange: the order rows are kept in ([`Delta`]) and written in (every
+/// (type, country, OS, campaign, advertiser, price bucket), then the minute,
+/// then the exchange: the order rows are kept in ([`Delta`]) and written in (every
 /// instance locks rows in this one order). Dropping the exchange, or
 /// coarsening the minute to its hour or day, keeps rows in order with equal
 /// keys adjacent, so the tables of every dimension (`rollup_minute`,
@@ -130,9 +130,9 @@ impl Ord for RowKey {
             .then_with(|| self.os.as_bytes().cmp(other.os.as_bytes()))
             .then_with(|| self.campaign.cmp(&other.campaign))
             .then_with(|| self.advertiser.cmp(&other.advertiser))
+            .then_with(|| self.price_bucket.cmp(&other.price_bucket))
             .then_with(|| self.minute.cmp(&other.minute))
             .then_with(|| self.exchange.as_bytes().cmp(other.exchange.as_bytes()))
-            .then_with(|| self.price_bucket.cmp(&other.price_bucket))
     }
 }
 
