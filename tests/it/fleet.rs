@@ -335,6 +335,34 @@ async fn assert_accounted(db: &str, truth: &serde_json::Value, lost: u64) {
     }
 }
 
+/// A configuration declaring a price distribution (coarse: through its
+/// delta log), for the members of `test`.
+fn with_prices(test: &str) -> String {
+    rollup_config(
+        test,
+        "[rollup.price_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"country\", \"os\", \"price\"]\n",
+    )
+}
+
+/// The price distribution holds every priced event the rollups hold, once
+/// (the simulator prices every bid, win and impression; the busy members
+/// take bids and auctions).
+async fn assert_prices_match_rollups(db: &str) {
+    let client = connect(db).await;
+    let per_type = |table: &str| {
+        format!(
+            "SELECT event_type, sum(events)::bigint FROM {table}
+             WHERE event_type IN ('bid', 'win', 'impression') GROUP BY 1 ORDER BY 1"
+        )
+    };
+    let rows = |r: Vec<tokio_postgres::Row>| -> Vec<(String, i64)> { r.iter().map(|r| (r.get(0), r.get(1))).collect() };
+    let prices = rows(client.query(&per_type("price_hour"), &[]).await.unwrap());
+    let rollups = rows(client.query(&per_type("rollup_minute"), &[]).await.unwrap());
+    assert_eq!(prices.len(), 1, "the members take auctions and bids: {prices:?}");
+    assert!(prices[0].1 > 10_000, "{prices:?}");
+    assert_eq!(prices, rollups, "price_hour against rollup_minute, per priced type");
+}
+
 /// 20 000 valid events a second until [`stop_after`] (at most 3 minutes).
 /// A test's steps are not timed against the stream: on a slow machine they
 /// take longer, and the stream lasts as long as they do.
@@ -388,12 +416,14 @@ fn stop_member(member: Logger) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
-    let (db, endpoint, [a, b]) = busy_fleet("fleet_join_leave", ["a", "b"], &[]).await;
+    let prices = with_prices("fleet_join_leave");
+    let extra = ["--config", prices.as_str()];
+    let (db, endpoint, [a, b]) = busy_fleet("fleet_join_leave", ["a", "b"], &extra).await;
     // Published once the partitions are owned: a message sent before any
     // member ever received its sequence cannot be counted by anyone.
     let simulator = sim(&endpoint);
     wait_receiving(&[&a, &b]);
-    let c = busy_member(&db, &endpoint, "c", &[]);
+    let c = busy_member(&db, &endpoint, "c", &extra);
     let took = wait_balanced(&db, "g", &["a", "b", "c"], Duration::from_secs(10)).await;
     eprintln!("balanced {took:?} after c started");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -409,6 +439,7 @@ async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
     let lost = [("b", lost_b), ("a", stop_member(a)), ("c", stop_member(c))];
     assert!(lost.iter().all(|(_, n)| *n == 0), "a handover loses nothing: {lost:?}");
     assert_accounted(&db, &truth, 0).await;
+    assert_prices_match_rollups(&db).await;
 }
 
 /// Every member restarted in turn (SIGTERM, then a new process with the
@@ -457,7 +488,8 @@ async fn rolling_restart() -> Result<(), Vec<(String, u64)>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_member_under_load_its_partitions_taken_within_two_ttl_and_every_event_accounted() {
-    let (db, endpoint, [a, b, c]) = busy_fleet("fleet_kill", ["a", "b", "c"], &[]).await;
+    let prices = with_prices("fleet_kill");
+    let (db, endpoint, [a, b, c]) = busy_fleet("fleet_kill", ["a", "b", "c"], &["--config", &prices]).await;
     let simulator = sim(&endpoint);
     wait_receiving(&[&a, &b, &c]);
     drop(b); // SIGKILL
@@ -468,6 +500,7 @@ async fn sigkill_of_a_member_under_load_its_partitions_taken_within_two_ttl_and_
     let lost = stop_member(a) + stop_member(c);
     assert!(lost > 0, "the killed member's unflushed interval and the takeover gap are lost");
     assert_accounted(&db, &truth, lost).await;
+    assert_prices_match_rollups(&db).await;
 }
 
 /// Hot standbys (`--standby-memory`): each member also receives the
