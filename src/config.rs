@@ -122,6 +122,14 @@ pub struct Settings {
     /// Distinct exchange strings per flush interval; more fold into `other` (1–4000) [default: 1000].
     #[arg(long, env = "BID_LOGGER_MAX_EXCHANGE_VALUES", value_name = "N")]
     pub max_exchange_values: Option<usize>,
+    /// With a bid landscape declared (a table with the `bid_price` dimension): how long a bid waits in memory for
+    /// its transaction's win or loss, and an outcome for its bid, before it leaves unpaired (counted) [default: 1m].
+    #[arg(long, env = "BID_LOGGER_LANDSCAPE_WINDOW", value_name = "DURATION")]
+    pub landscape_window: Option<String>,
+    /// With a bid landscape declared: bids and outcomes waiting for their other half per ingest thread at most
+    /// (128 bytes each and the hash table's spare room); one more is not kept (counted) [default: 1000000].
+    #[arg(long, env = "BID_LOGGER_LANDSCAPE_MAX_PENDING", value_name = "N")]
+    pub landscape_max_pending: Option<usize>,
     /// ZMQ_RCVHWM, messages (0 = unlimited): libzmq applies it to each connection of each SUB socket (an ingest
     /// thread has one socket per endpoint) [default: 1000000].
     #[arg(long, env = "BID_LOGGER_RECEIVE_HWM", value_name = "N")]
@@ -357,6 +365,10 @@ impl Settings {
                 return Err(invalid(key, format!("must be 1 to {}, got {n}", aggregate::MAX_NAME_VALUES)));
             }
         }
+        let landscape_window =
+            duration("landscape-window", self.landscape_window.as_deref(), DEFAULT_LANDSCAPE_WINDOW)?;
+        let landscape_max_pending =
+            positive("landscape-max-pending", self.landscape_max_pending.unwrap_or(DEFAULT_LANDSCAPE_MAX_PENDING))?;
         let receive_hwm = self.receive_hwm.unwrap_or(ingest::DEFAULT_RECEIVE_HWM);
         if receive_hwm < 0 {
             return Err(invalid("receive-hwm", "must be 0 (unlimited) or more"));
@@ -443,6 +455,11 @@ impl Settings {
                 max_exchange_values,
                 max_raw_rows: raw_buffer_rows,
                 price_dims: crate::db::tables::price_dims(&tables),
+                landscape: crate::db::tables::landscape_dims(&tables).map(|dims| aggregate::LandscapeConfig {
+                    dims,
+                    window_ms: landscape_window.as_millis() as i64,
+                    max_pending: landscape_max_pending,
+                }),
             },
             sink: SinkConfig {
                 database_url,
@@ -499,6 +516,8 @@ impl Config {
             max_live_keys: Some(a.max_live_keys),
             max_os_values: Some(a.max_os_values),
             max_exchange_values: Some(a.max_exchange_values),
+            landscape_window: text(a.landscape.map_or(DEFAULT_LANDSCAPE_WINDOW, |l| ms(l.window_ms))),
+            landscape_max_pending: Some(a.landscape.map_or(DEFAULT_LANDSCAPE_MAX_PENDING, |l| l.max_pending)),
             receive_hwm: Some(i.receive_hwm),
             max_message_size: Some(i.max_message_size),
             max_event_size: Some(i.max_event_size),
@@ -621,7 +640,7 @@ pub fn rollup_tables(
                             key("dimensions"),
                             format!(
                                 "unknown dimension `{d}` (expected country, os, campaign, advertiser, exchange, \
-                                 or price for a price distribution)"
+                                 price for a price distribution, or bid_price for a bid landscape)"
                             ),
                         )
                     })?;
@@ -629,6 +648,15 @@ pub fn rollup_tables(
                         return Err(invalid(key("dimensions"), format!("`{d}` is listed twice")));
                     }
                     dims.push(dim);
+                }
+                if dims.contains(&Dimension::BidPrice)
+                    && (dims.contains(&Dimension::Price) || dims.contains(&Dimension::Advertiser))
+                {
+                    return Err(invalid(
+                        key("dimensions"),
+                        "a bid landscape (with `bid_price`) can have country, os, exchange and campaign, \
+                         not price or advertiser",
+                    ));
                 }
                 if dims.contains(&Dimension::Price) && dims.contains(&Dimension::Advertiser) {
                     return Err(invalid(
@@ -718,6 +746,12 @@ pub fn rollup_tables(
 
 /// Default `metrics-addr`.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+
+/// Default `landscape-window`.
+pub const DEFAULT_LANDSCAPE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Default `landscape-max-pending`.
+pub const DEFAULT_LANDSCAPE_MAX_PENDING: usize = 1_000_000;
 
 /// The database URL: the setting, else `DATABASE_URL`. Only a PostgreSQL
 /// URL (`postgres://`, `postgresql://`) or key-value string (`host=… dbname=…`)
@@ -999,6 +1033,8 @@ mod tests {
             ("max-seq-jump", Box::new(|s| s.max_seq_jump = Some(0))),
             ("max-exchange-values", Box::new(|s| s.max_exchange_values = Some(4001))),
             ("max-os-values", Box::new(|s| s.max_os_values = Some(0))),
+            ("landscape-window", Box::new(|s| s.landscape_window = Some("a minute".into()))),
+            ("landscape-max-pending", Box::new(|s| s.landscape_max_pending = Some(0))),
         ];
         for (key, mutate) in cases {
             let mut s = base();

@@ -285,11 +285,11 @@ pub fn source(config: &ReportConfig, now: i64) -> Result<String, String> {
     let by_exchange = config.by.contains(&By::Exchange);
     // Fewer dimensions first: the table made for the question (the exchange
     // tables for `--by exchange`, the full ones otherwise).
-    // (A price distribution holds the priced events alone: never a report's.)
+    // (A price distribution or a bid landscape holds some events alone: never a report's.)
     let mut candidates: Vec<&RollupTable> = config
         .tables
         .iter()
-        .filter(|t| !t.shape.dims.is_price() && needs.iter().all(|&d| t.shape.dims.has(d)))
+        .filter(|t| t.shape.dims.kind() == 0 && needs.iter().all(|&d| t.shape.dims.has(d)))
         .collect();
     candidates.sort_by_key(|t| {
         let dims = t.shape.dims.iter().count();

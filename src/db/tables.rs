@@ -131,11 +131,10 @@ pub fn default_tables(flush_interval: Duration) -> Vec<RollupTable> {
 pub fn link(tables: &mut [RollupTable]) {
     let feeder = |tables: &[RollupTable], c: usize| -> Option<usize> {
         let child = &tables[c];
-        // A price distribution holds the priced events alone: it feeds, and
-        // is fed by, price distributions only.
+        // A price distribution holds the priced events alone, a landscape
+        // the bids and their outcomes: each feeds, and is fed by, its kind only.
         let subset = |p: &RollupTable| {
-            child.shape.dims.iter().all(|d| p.shape.dims.has(d))
-                && p.shape.dims.is_price() == child.shape.dims.is_price()
+            child.shape.dims.iter().all(|d| p.shape.dims.has(d)) && p.shape.dims.kind() == child.shape.dims.kind()
         };
         (0..tables.len())
             .filter(|&p| p != c && child.logged && tables[p].logged)
@@ -161,6 +160,14 @@ pub fn link(tables: &mut [RollupTable]) {
 pub fn price_dims(tables: &[RollupTable]) -> Option<Dimensions> {
     let dims: Vec<Dimension> =
         tables.iter().filter(|t| t.shape.dims.is_price()).flat_map(|t| t.shape.dims.iter()).collect();
+    (!dims.is_empty()).then(|| Dimensions::of(&dims))
+}
+
+/// The dimensions of every bid landscape among `tables` together (`None`
+/// when there is none): what the aggregator pairs bids and outcomes for.
+pub fn landscape_dims(tables: &[RollupTable]) -> Option<Dimensions> {
+    let dims: Vec<Dimension> =
+        tables.iter().filter(|t| t.shape.dims.is_landscape()).flat_map(|t| t.shape.dims.iter()).collect();
     (!dims.is_empty()).then(|| Dimensions::of(&dims))
 }
 

@@ -53,6 +53,11 @@ struct IngestMetrics {
     evicted: Counter,
     mismatches: Counter,
     folded: Counter,
+    paired: Counter,
+    /// Per [`Unpaired`], then `stopped`.
+    unpaired: [Counter; 4],
+    waiting: Gauge,
+    published_waiting: usize,
     raw_dropped: Counter,
     live_keys: Gauge,
     published_live_keys: usize,
@@ -76,6 +81,11 @@ impl IngestMetrics {
             evicted: counter!(t::SEQ_PUBLISHERS_EVICTED),
             mismatches: counter!(t::PARTITION_MISMATCH),
             folded: counter!(t::OVERFLOW_FOLDED),
+            paired: counter!(t::LANDSCAPE_PAIRED),
+            unpaired: ["no_outcome", "no_bid", "full", "stopped"]
+                .map(|reason| counter!(t::LANDSCAPE_UNPAIRED, "reason" => reason)),
+            waiting: gauge!(t::LANDSCAPE_WAITING),
+            published_waiting: 0,
             raw_dropped: counter!(t::RAW_ROWS_DROPPED, "reason" => "buffer_full"),
             live_keys: gauge!(t::LIVE_KEYS),
             published_live_keys: 0,
@@ -388,6 +398,8 @@ impl Ingest {
         }
         self.publish_counts();
         let last = drain(&mut self.hot, self.fleet.as_mut());
+        // What still waits for its other half leaves with the stop, counted.
+        self.metrics.unpaired[3].increment(self.hot.aggregator.waiting() as u64);
         if !last.is_empty() && self.sink.blocking_send(last).is_err() {
             tracing::error!("sink is gone; the last interval could not be handed over");
         }
@@ -539,6 +551,9 @@ impl Ingest {
     /// Gives the accumulated delta to the sink if the channel has room;
     /// otherwise keeps it (the next interval merges into it).
     fn hand_over(&mut self) {
+        // The landscapes' halves that waited past the window leave, even
+        // while nothing arrives (the clock moves with the events otherwise).
+        self.hot.aggregator.expire_waiting(self::now_ms());
         let restart = self.fleet.as_ref().is_some_and(|f| !f.restart.is_empty());
         // Loss counted with nothing else (the gap across a restart, counted
         // once the earlier run's marks are read) is handed over too: a
@@ -604,6 +619,13 @@ impl Ingest {
         m.published_buffered_bytes = now;
     }
 
+    fn publish_waiting(&mut self) {
+        let now = self.hot.aggregator.waiting();
+        let m = &mut self.metrics;
+        m.waiting.increment(now as f64 - m.published_waiting as f64);
+        m.published_waiting = now;
+    }
+
     fn publish_live_keys(&mut self) {
         let now = self.hot.aggregator.live_keys();
         let m = &mut self.metrics;
@@ -613,7 +635,8 @@ impl Ingest {
 
     fn publish_counts(&mut self) {
         let m = &self.metrics;
-        let AggregateStats { accepted, late, future, folded, raw: _, raw_dropped } = self.hot.aggregator.take_stats();
+        let AggregateStats { accepted, late, future, folded, raw: _, raw_dropped, paired, unpaired } =
+            self.hot.aggregator.take_stats();
         let received: u64 = self.sources.iter_mut().map(|s| s.publish(&self.activity)).sum();
         let hot = &mut self.hot;
         m.received.increment(received);
@@ -631,6 +654,10 @@ impl Ingest {
         m.late.increment(late);
         m.future.increment(future);
         m.folded.increment(folded);
+        m.paired.increment(paired);
+        for (c, n) in m.unpaired.iter().zip(unpaired) {
+            c.increment(n);
+        }
         m.raw_dropped.increment(raw_dropped);
         m.restarts.increment(hot.seqs.restarts);
         m.resets.increment(hot.seqs.resets);
@@ -664,6 +691,7 @@ impl Ingest {
         hot.partitions.mismatches = 0;
         self.publish_live_keys();
         self.publish_buffered_bytes();
+        self.publish_waiting();
     }
 }
 

@@ -172,6 +172,7 @@ fn encode_rows_with(
                 Dimension::Campaign => int8(&mut buf, key.campaign),
                 Dimension::Advertiser => int8(&mut buf, key.advertiser),
                 Dimension::Price => int8(&mut buf, i64::from(key.price_bucket)),
+                Dimension::BidPrice => int8(&mut buf, i64::from(key.bid_bucket)),
             }
         }
         if let Some(ppm) = log_ppm {

@@ -109,3 +109,126 @@ async fn price_distributions_count_every_priced_event_once_and_give_quantiles_wi
     let none: Option<f64> = client.query_one(quantile, &[&0.5, &"no such exchange", &"win"]).await.unwrap().get(0);
     assert_eq!(none, None, "no rows, no quantile");
 }
+
+/// A bid landscape: every bid under its own price's bucket, every win or
+/// loss under its bid's (in either order, a win without an exchange taking
+/// its bid's), within `landscape-window`; what finds no other half in time
+/// is counted by reason and is in no landscape row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bid_landscape_pairs_each_outcome_with_its_bid_in_either_order_within_the_window() {
+    let db = fresh_database("landscape").await;
+    let config = rollup_config(
+        "landscape",
+        "[rollup.landscape_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"bid_price\"]\nflush-interval = \"1s\"\n",
+    );
+    let mut publisher = Publisher::bind();
+    let args = ["--connect", &publisher.endpoint, "--config", &config, "--landscape-window", "2s"];
+    let logger = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let mut rng = SmallRng::seed_from_u64(7);
+    let now = now_ms();
+    let event = |event_type: &'static str, txn: String, exchange: Option<&str>, price: i64| {
+        let mut e = TestEvent::new(event_type, txn, now);
+        e.exchange = exchange.map(Into::into);
+        e.price = Some(price);
+        e
+    };
+    let mut expected = AnyRows::new();
+    let mut add = |e: &TestEvent, exchange: &str, bid_price: i64| {
+        let bucket = bid_logger_core::aggregate::price::price_bucket(bid_price).unwrap();
+        let key = (
+            e.ts.div_euclid(3_600_000) * 3600,
+            e.event_type.to_string(),
+            vec![exchange.to_string(), bucket.to_string()],
+            1_000_000,
+        );
+        let v = expected.entry(key).or_default();
+        v.0 += 1;
+        v.2 += e.price.unwrap();
+    };
+    let mut first = Vec::new();
+    let mut late_wins = Vec::new();
+    let (mut paired, mut no_outcome, mut no_bid) = (0, 0, 0);
+    for i in 0..400 {
+        let bid_price = rng.gen_range(1_000..5_000_000);
+        let clearing = bid_price * rng.gen_range(30..100) / 100;
+        let txn = format!("t{i}");
+        let bid = event("bid", txn.clone(), Some(["ex_a", "ex_b"][i % 2]), bid_price);
+        match i % 5 {
+            0 => {
+                // bid, then its win
+                let win = event("win", txn, Some(["ex_a", "ex_b"][i % 2]), clearing);
+                add(&bid, ["ex_a", "ex_b"][i % 2], bid_price);
+                add(&win, ["ex_a", "ex_b"][i % 2], bid_price);
+                first.extend([bid, win]);
+                paired += 1;
+            }
+            1 => {
+                // the loss first, without an exchange: it takes the bid's
+                let loss = event("loss", txn, None, 0);
+                add(&bid, ["ex_a", "ex_b"][i % 2], bid_price);
+                let mut l = loss.clone();
+                l.price = Some(0);
+                add(&l, ["ex_a", "ex_b"][i % 2], bid_price);
+                first.extend([loss, bid]);
+                paired += 1;
+            }
+            2 => {
+                // a bid whose outcome never comes
+                add(&bid, ["ex_a", "ex_b"][i % 2], bid_price);
+                first.push(bid);
+                no_outcome += 1;
+            }
+            3 => {
+                // a win whose bid never comes
+                first.push(event("win", txn, Some("ex_a"), clearing));
+                no_bid += 1;
+            }
+            _ => {
+                // a win after the window: both halves leave unpaired
+                add(&bid, ["ex_a", "ex_b"][i % 2], bid_price);
+                first.push(bid);
+                late_wins.push(event("win", txn, Some("ex_a"), clearing));
+                no_outcome += 1;
+                no_bid += 1;
+            }
+        }
+    }
+    for e in &first {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
+    // past the window, and a flush after it, then the late wins
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for e in &late_wins {
+        publisher.publish(e, P);
+    }
+    let all = first.len() + late_wins.len();
+    logger.wait_metric("bid_logger_events_flushed_total", all as f64, Duration::from_secs(30));
+    let unpaired = |reason: &str| logger.metric("bid_logger_landscape_unpaired_total", &format!("reason=\"{reason}\""));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while unpaired("no_bid") < no_bid as f64 {
+        assert!(std::time::Instant::now() < deadline, "{}", logger.metrics_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(logger.metric("bid_logger_landscape_paired_total", ""), paired as f64);
+    assert_eq!(unpaired("no_outcome"), no_outcome as f64);
+    assert_eq!(unpaired("no_bid"), no_bid as f64);
+    assert_eq!(unpaired("full"), 0.0);
+    logger.stop_ok();
+    let client = connect(&db).await;
+    let rows = table_rows(&client, "landscape_hour", &["exchange", "bid_price_bucket"]).await;
+    let rows: AnyRows = rows.into_iter().map(|(k, v)| (k, (v.0, 0, v.2, 0))).collect();
+    assert_table_eq(&rows, &expected, "landscape_hour");
+    // the win rate by bid bucket reads from it
+    let rate: f64 = client
+        .query_one(
+            "SELECT (sum(events) FILTER (WHERE event_type = 'win'))::float8
+                  / sum(events) FILTER (WHERE event_type IN ('win', 'loss')) FROM landscape_hour",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!((rate - 0.5).abs() < 1e-9, "as many wins as losses paired: {rate}");
+}

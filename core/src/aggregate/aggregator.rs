@@ -7,6 +7,7 @@ use super::raw::RawRow;
 use super::table::KeyTable;
 use super::tier::{Dimension, Dimensions};
 use crate::decode::Event;
+use crate::wire::fnv1a64;
 use crate::wire::EventType;
 use rustc_hash::FxHashMap;
 
@@ -45,6 +46,74 @@ pub struct AggregateConfig {
     /// when there is none): each event with a positive price is also
     /// counted under its price bucket and these dimensions.
     pub price_dims: Option<Dimensions>,
+    /// The bid landscapes' pairing (`None` when there is no landscape).
+    pub landscape: Option<LandscapeConfig>,
+}
+
+/// Settings of the bid landscapes: each bid waits for its transaction's
+/// win or loss (and an outcome for its bid), in memory, bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LandscapeConfig {
+    /// The dimensions of every bid landscape together.
+    pub dims: Dimensions,
+    /// How long a bid waits for its outcome, or an outcome for its bid
+    /// (by arrival, ms).
+    pub window_ms: i64,
+    /// Transactions waiting at most; a new one beyond it is not kept (counted).
+    pub max_pending: usize,
+}
+
+/// Why a bid or an outcome left the landscape's pairing without its
+/// other half ([`AggregateStats::unpaired`]'s index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unpaired {
+    /// A bid whose win or loss did not arrive within the window.
+    NoOutcome = 0,
+    /// A win or loss whose bid did not arrive within the window.
+    NoBid = 1,
+    /// Not kept: `max_pending` transactions were waiting.
+    Full = 2,
+}
+
+impl Unpaired {
+    /// Every reason, in index order.
+    pub const ALL: [Unpaired; 3] = [Unpaired::NoOutcome, Unpaired::NoBid, Unpaired::Full];
+
+    /// Its label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unpaired::NoOutcome => "no_outcome",
+            Unpaired::NoBid => "no_bid",
+            Unpaired::Full => "full",
+        }
+    }
+}
+
+/// Half of a transaction waiting for the other (names kept as names: the
+/// interned ids are renewed at every drain).
+#[derive(Debug, Clone, Copy)]
+enum Waiting {
+    /// A bid: its price bucket and exchange.
+    Bid { bucket: u16, exchange: OsName, since: i64 },
+    /// A win or loss: its key's fields and measures.
+    Outcome {
+        minute: u32,
+        event_type: EventType,
+        country: u16,
+        os: OsName,
+        exchange: OsName,
+        campaign: u32,
+        counters: Counters,
+        since: i64,
+    },
+}
+
+impl Waiting {
+    fn since(&self) -> i64 {
+        match self {
+            Waiting::Bid { since, .. } | Waiting::Outcome { since, .. } => *since,
+        }
+    }
 }
 
 impl Default for AggregateConfig {
@@ -57,6 +126,7 @@ impl Default for AggregateConfig {
             max_exchange_values: DEFAULT_MAX_EXCHANGE_VALUES,
             max_raw_rows: DEFAULT_MAX_RAW_ROWS,
             price_dims: None,
+            landscape: None,
         }
     }
 }
@@ -87,6 +157,10 @@ pub struct AggregateStats {
     pub raw: u64,
     /// Raw rows dropped because the raw buffer was full.
     pub raw_dropped: u64,
+    /// Bids and outcomes paired for the bid landscapes.
+    pub paired: u64,
+    /// Bids and outcomes that left the pairing unpaired, per [`Unpaired`].
+    pub unpaired: [u64; 3],
 }
 
 /// A packed key: `minute:26 | type:3 | country:10 | os:12 | exchange:12 |
@@ -240,6 +314,14 @@ pub struct Aggregator {
     /// The last priced event, added to `prices` when the next one arrives
     /// (as `deferred` is to `rows`).
     deferred_price: Option<(Key, u64, Counters)>,
+    /// The bid landscapes' rows: keys whose advertiser field holds the
+    /// bid's price bucket.
+    landscape: KeyTable,
+    /// Transactions with a bid or an outcome waiting for the other, by the
+    /// hash of their id.
+    waiting: FxHashMap<u64, Waiting>,
+    /// The latest `now` seen (the waiting halves' clock).
+    now_ms: i64,
     /// The last event, added to `rows` when the next one arrives (or before
     /// anything reads `rows`), so that its slot's cache line is loaded while
     /// the ingest thread decodes the next message.
@@ -262,6 +344,9 @@ impl Aggregator {
             rows: KeyTable::default(),
             prices: KeyTable::default(),
             deferred_price: None,
+            landscape: KeyTable::default(),
+            waiting: FxHashMap::default(),
+            now_ms: 0,
             deferred: None,
             os,
             exchange,
@@ -286,6 +371,7 @@ impl Aggregator {
     /// counts the rejections.
     #[inline]
     pub fn admit(&mut self, ts_ms: i64, now_ms: i64) -> Outcome {
+        self.now_ms = now_ms;
         if ts_ms < now_ms.saturating_sub(self.config.max_lateness_ms) || ts_ms < 0 {
             self.stats.late += 1;
             Outcome::Late
@@ -347,6 +433,11 @@ impl Aggregator {
                 self.record_price(key, &counters);
             }
         }
+        if let Some(l) = self.config.landscape {
+            if matches!(ev.event_type, EventType::Bid | EventType::Win | EventType::Loss) {
+                self.pair(ev, minute, country, &l, &counters);
+            }
+        }
         let hash = KeyTable::hash(key.0);
         self.rows.prefetch(hash);
         let this = Deferred { key, hash, counters, name_folded: folded };
@@ -403,6 +494,123 @@ impl Aggregator {
         self.prices.add(key.0, hash, counters);
     }
 
+    /// Pairs a bid with its win or loss, in either order: a bid adds a row
+    /// under its own price's bucket and waits; an outcome adds a row under
+    /// its bid's bucket (with the bid's exchange when it has none), or waits
+    /// for its bid.
+    fn pair(&mut self, ev: &Event<'_>, minute: u32, country: u16, l: &LandscapeConfig, counters: &Counters) {
+        let mut buf = [0u8; OS_MAX_LEN];
+        let name = |v: Option<&str>, buf: &mut [u8; OS_MAX_LEN]| {
+            normalise_os(v, buf).map_or(OsName::new(OS_UNKNOWN), OsName::new)
+        };
+        let exchange = name(ev.exchange, &mut buf);
+        let os = name(ev.os, &mut buf);
+        let txn = fnv1a64(ev.txn);
+        let since = self.now_ms;
+        if ev.event_type == EventType::Bid {
+            let Some(bucket) = ev.price.and_then(price_bucket) else { return };
+            self.add_landscape(l, minute, EventType::Bid, country, os, exchange, ev.campaign, bucket, counters);
+            match self.waiting.remove(&txn) {
+                Some(Waiting::Outcome {
+                    minute, event_type, country, os, exchange: own, campaign, counters, ..
+                }) => {
+                    let exchange = if own.as_str() == OS_UNKNOWN { exchange } else { own };
+                    self.add_landscape(l, minute, event_type, country, os, exchange, campaign, bucket, &counters);
+                    self.stats.paired += 1;
+                }
+                earlier => {
+                    if earlier.is_some() {
+                        self.stats.unpaired[Unpaired::NoOutcome as usize] += 1; // a bid again: the first one's outcome never came
+                    }
+                    self.wait(txn, Waiting::Bid { bucket, exchange, since }, l);
+                }
+            }
+        } else {
+            match self.waiting.remove(&txn) {
+                Some(Waiting::Bid { bucket, exchange: bid_exchange, .. }) => {
+                    let exchange = if exchange.as_str() == OS_UNKNOWN { bid_exchange } else { exchange };
+                    self.add_landscape(l, minute, ev.event_type, country, os, exchange, ev.campaign, bucket, counters);
+                    self.stats.paired += 1;
+                }
+                earlier => {
+                    if earlier.is_some() {
+                        self.stats.unpaired[Unpaired::NoBid as usize] += 1; // an outcome again
+                    }
+                    let campaign = ev.campaign;
+                    let (event_type, counters) = (ev.event_type, *counters);
+                    self.wait(
+                        txn,
+                        Waiting::Outcome { minute, event_type, country, os, exchange, campaign, counters, since },
+                        l,
+                    );
+                }
+            }
+        }
+    }
+
+    fn wait(&mut self, txn: u64, half: Waiting, l: &LandscapeConfig) {
+        if self.waiting.len() >= l.max_pending {
+            self.stats.unpaired[Unpaired::Full as usize] += 1;
+        } else {
+            self.waiting.insert(txn, half);
+        }
+    }
+
+    /// Counts a landscape row: `bucket` is the bid's price bucket.
+    #[allow(clippy::too_many_arguments)]
+    fn add_landscape(
+        &mut self,
+        l: &LandscapeConfig,
+        minute: u32,
+        event_type: EventType,
+        country: u16,
+        os: OsName,
+        exchange: OsName,
+        campaign: u32,
+        bucket: u16,
+        counters: &Counters,
+    ) {
+        let has = |d: Dimension| l.dims.has(d);
+        let id = |table: &mut NameTable, name: OsName| table.id(name.as_str()).unwrap_or(NAME_OTHER_ID);
+        let os = if has(Dimension::Os) { id(&mut self.os, os) } else { NAME_UNKNOWN_ID };
+        let exchange = if has(Dimension::Exchange) { id(&mut self.exchange, exchange) } else { NAME_UNKNOWN_ID };
+        let country = if has(Dimension::Country) { country } else { 0 };
+        let campaign = if has(Dimension::Campaign) { campaign } else { 0 };
+        let key = Key::new(minute, event_type, country, os, exchange, campaign, u32::from(bucket));
+        let hash = KeyTable::hash(key.0);
+        let (key, hash) = if self.landscape.len() >= self.config.max_live_keys && !self.landscape.contains(key.0, hash)
+        {
+            let folded = Key(key.folded().0 | (key.0 & 0xffff_ffff));
+            (folded, KeyTable::hash(folded.0))
+        } else {
+            (key, hash)
+        };
+        self.landscape.add(key.0, hash, counters);
+    }
+
+    /// Moves the clock of the landscapes' waiting halves to `now_ms` (it
+    /// moves with every event admitted too) and lets the halves that waited
+    /// longer than the window leave, counted.
+    pub fn expire_waiting(&mut self, now_ms: i64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let Some(l) = self.config.landscape else { return };
+        let oldest = self.now_ms.saturating_sub(l.window_ms);
+        let unpaired = &mut self.stats.unpaired;
+        self.waiting.retain(|_, half| {
+            let keep = half.since() >= oldest;
+            if !keep {
+                let reason = if matches!(half, Waiting::Bid { .. }) { Unpaired::NoOutcome } else { Unpaired::NoBid };
+                unpaired[reason as usize] += 1;
+            }
+            keep
+        });
+    }
+
+    /// Bids and outcomes waiting for their other half.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// Adds the deferred event, if any.
     fn settle(&mut self) {
         if let Some(d) = self.deferred.take() {
@@ -423,6 +631,7 @@ impl Aggregator {
             + self.prices.len()
             + usize::from(self.deferred.as_ref().is_some_and(adds_a_row))
             + usize::from(self.deferred_price.is_some_and(|(k, h, _)| !self.prices.contains(k.0, h)))
+            + self.landscape.len()
     }
 
     /// Whether nothing is held.
@@ -431,6 +640,7 @@ impl Aggregator {
             && self.prices.is_empty()
             && self.deferred.is_none()
             && self.deferred_price.is_none()
+            && self.landscape.is_empty()
             && self.raw.is_empty()
     }
 
@@ -477,6 +687,17 @@ impl Aggregator {
                 (RowKey { advertiser: 0, price_bucket: bucket, ..key }, counters)
             }));
             rows = merge_sorted(rows, prices, &mut |_| true);
+        }
+        if !self.landscape.is_empty() {
+            self.landscape
+                .drain(|key, counters| sorted.push((sort_key(Key(key), &os.rank, &exchange.rank, true), counters)));
+            sorted.sort_unstable_by_key(|r| r.0);
+            let landscape = add_up_adjacent(sorted.drain(..).map(|(k, counters)| {
+                let key = row_key(k, |r| self.os.names[os.id(r)], |r| self.exchange.names[exchange.id(r)]);
+                let bucket = ((k >> 23) & 0xffff_ffff) as u16;
+                (RowKey { advertiser: 0, bid_bucket: bucket, ..key }, counters)
+            }));
+            rows = merge_sorted(rows, landscape, &mut |_| true);
         }
         let delta = Delta { rows, events: self.events, raw: std::mem::take(&mut self.raw), ..Delta::default() };
         self.events = 0;
@@ -551,6 +772,7 @@ fn row_key(k: u128, os_name: impl Fn(u16) -> OsName, exchange_name: impl Fn(u16)
         campaign: id(bits(55, 32)),
         advertiser: id(bits(23, 32)),
         price_bucket: 0,
+        bid_bucket: 0,
     }
 }
 
@@ -587,4 +809,15 @@ pub(super) fn key_round_trip(
             advertiser: 0,
             ..expected
         }
+}
+
+#[cfg(test)]
+mod waiting_size {
+    /// What one waiting half costs in the map (its key, its value; the
+    /// table's own overhead comes on top): the figure the docs give.
+    #[test]
+    fn a_waiting_half_is_at_most_128_bytes_with_its_key() {
+        let size = std::mem::size_of::<(u64, super::Waiting)>();
+        assert!(size <= 128, "{size}");
+    }
 }

@@ -60,7 +60,7 @@ impl fmt::Debug for OsName {
 /// dimensions and coarsened to its grain ([`super::Shape::project`]).
 ///
 /// Keys are ordered by day, then the dimensions other than the exchange
-/// (type, country, OS, campaign, advertiser, price bucket), then the minute,
+/// (type, country, OS, campaign, advertiser, price bucket, bid's bucket), then the minute,
 /// then the exchange: the order rows are kept in ([`Delta`]) and written in (every
 /// instance locks rows in this one order). Dropping the exchange, or
 /// coarsening the minute to its hour or day, keeps rows in order with equal
@@ -90,6 +90,10 @@ pub struct RowKey {
     /// [`super::price`]): those events are counted in a rollup row as well,
     /// so such a row's events are not added to a delta's total.
     pub price_bucket: u16,
+    /// 0 but for a row of the bid landscapes: the price bucket of the
+    /// transaction's bid (of the bid itself, for a `bid` row), whose events
+    /// are counted in a rollup row as well.
+    pub bid_bucket: u16,
 }
 
 impl RowKey {
@@ -105,6 +109,19 @@ impl RowKey {
         std::str::from_utf8(&self.country).unwrap_or("--")
     }
 
+    /// Which tables take the row: 0 the rollups, 1 the price distributions
+    /// (see [`super::Dimensions::kind`]), 2 the bid landscapes.
+    #[inline]
+    pub fn kind(&self) -> u8 {
+        if self.price_bucket != 0 {
+            1
+        } else if self.bid_bucket != 0 {
+            2
+        } else {
+            0
+        }
+    }
+
     /// The day bucket: days since the Unix epoch.
     #[inline]
     pub fn day(&self) -> i64 {
@@ -116,7 +133,8 @@ impl RowKey {
     /// at day grain without the exchange.
     #[inline]
     pub fn same_group(&self, other: &RowKey) -> bool {
-        let group = |k: &RowKey| RowKey { minute: k.day(), exchange: OsName::EMPTY, price_bucket: 0, ..*k };
+        let group =
+            |k: &RowKey| RowKey { minute: k.day(), exchange: OsName::EMPTY, price_bucket: 0, bid_bucket: 0, ..*k };
         group(self) == group(other)
     }
 }
@@ -131,6 +149,7 @@ impl Ord for RowKey {
             .then_with(|| self.campaign.cmp(&other.campaign))
             .then_with(|| self.advertiser.cmp(&other.advertiser))
             .then_with(|| self.price_bucket.cmp(&other.price_bucket))
+            .then_with(|| self.bid_bucket.cmp(&other.bid_bucket))
             .then_with(|| self.minute.cmp(&other.minute))
             .then_with(|| self.exchange.as_bytes().cmp(other.exchange.as_bytes()))
     }
@@ -173,7 +192,7 @@ pub type Row = (RowKey, Counters);
 /// The events of `rows`: those of the rollups' rows (a price
 /// distribution's rows count the same events again).
 pub fn events_of<'a>(rows: impl IntoIterator<Item = &'a Row>) -> u64 {
-    rows.into_iter().filter(|r| r.0.price_bucket == 0).map(|r| r.1.events).sum()
+    rows.into_iter().filter(|r| r.0.kind() == 0).map(|r| r.1.events).sum()
 }
 
 /// Rows to add to the warehouse.
@@ -275,7 +294,7 @@ impl Delta {
                     held += 1;
                     return true;
                 }
-                if row.0.price_bucket == 0 {
+                if row.0.kind() == 0 {
                     loss.folded_events += row.1.events;
                 }
                 folded.push((row.0.folded(), row.1));

@@ -201,6 +201,7 @@ proptest! {
                 campaign: i64::from(campaign),
                 advertiser: i64::from(advertiser),
                 price_bucket: 0,
+                bid_bucket: 0,
             };
             model.entry(key).or_insert_with(Counters::default).add(&Counters { events: 1, attributed: 1, price, revenue: 0 });
         }
@@ -226,6 +227,7 @@ proptest! {
                     campaign,
                     advertiser: campaign % 4,
                     price_bucket: 0,
+                    bid_bucket: 0,
                 };
                 (key, Counters { events, attributed: 0, price: events as i64, revenue: 0 })
             }).collect()
@@ -356,6 +358,7 @@ proptest! {
                 campaign: if d.has(Dimension::Campaign) { i64::from(campaign) } else { 0 },
                 advertiser: if d.has(Dimension::Advertiser) { i64::from(advertiser) } else { 0 },
                 price_bucket: 0,
+                bid_bucket: 0,
             };
             direct.entry(key).or_default().add(&Counters { events: 1, attributed: 1, price, revenue: 0 });
         }

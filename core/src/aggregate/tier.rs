@@ -77,17 +77,22 @@ pub enum Dimension {
     /// [`super::price`]). A table with it is a price distribution: it holds
     /// the events that carry a positive price alone.
     Price,
+    /// `bid_price_bucket`: the price bucket of the transaction's bid. A
+    /// table with it is a bid landscape: each bid under its own price's
+    /// bucket, each win or loss under its bid's.
+    BidPrice,
 }
 
 impl Dimension {
     /// Every dimension, in column order.
-    pub const ALL: [Dimension; 6] = [
+    pub const ALL: [Dimension; 7] = [
         Dimension::Country,
         Dimension::Os,
         Dimension::Exchange,
         Dimension::Campaign,
         Dimension::Advertiser,
         Dimension::Price,
+        Dimension::BidPrice,
     ];
 
     /// Its name in the configuration.
@@ -99,6 +104,7 @@ impl Dimension {
             Dimension::Campaign => "campaign",
             Dimension::Advertiser => "advertiser",
             Dimension::Price => "price",
+            Dimension::BidPrice => "bid_price",
         }
     }
 
@@ -111,6 +117,7 @@ impl Dimension {
             Dimension::Campaign => "campaign_id",
             Dimension::Advertiser => "advertiser_id",
             Dimension::Price => "price_bucket",
+            Dimension::BidPrice => "bid_price_bucket",
         }
     }
 
@@ -158,6 +165,24 @@ impl Dimensions {
     pub fn is_price(self) -> bool {
         self.has(Dimension::Price)
     }
+
+    /// Whether these are a bid landscape's (they hold [`Dimension::BidPrice`]).
+    #[inline]
+    pub fn is_landscape(self) -> bool {
+        self.has(Dimension::BidPrice)
+    }
+
+    /// The kind of rows a table of these dimensions takes (see [`RowKey::kind`]).
+    #[inline]
+    pub fn kind(self) -> u8 {
+        if self.is_price() {
+            1
+        } else if self.is_landscape() {
+            2
+        } else {
+            0
+        }
+    }
 }
 
 /// What a rollup table keeps of an event: its grain and dimensions.
@@ -185,14 +210,16 @@ impl Shape {
             campaign: if d.has(Dimension::Campaign) { key.campaign } else { 0 },
             advertiser: if d.has(Dimension::Advertiser) { key.advertiser } else { 0 },
             price_bucket: if d.has(Dimension::Price) { key.price_bucket } else { 0 },
+            bid_bucket: if d.has(Dimension::BidPrice) { key.bid_bucket } else { 0 },
         }
     }
 
     /// This table's rows of fine `rows` (sorted by key): each key once, in
     /// key order. Rows whose bucket starts before `oldest_minute` (past the
     /// table's retention) are left out; the second value counts their events.
-    /// A price distribution takes the rows with a price bucket, every other
-    /// table the rows without.
+    /// A price distribution takes the rows with a price bucket, a bid
+    /// landscape those with a bid's bucket, every other table the rows
+    /// without either.
     ///
     /// When the projection keeps the order (every table with the country,
     /// OS, campaign and advertiser: see [`RowKey`]), equal keys are adjacent
@@ -212,7 +239,7 @@ impl Shape {
     /// minute (coarsening the minute while keeping the exchange, which comes
     /// after it, would put `(bucket, b)` before `(bucket, a)`).
     fn keeps_order(&self) -> bool {
-        !self.dims.is_price()
+        self.dims.kind() == 0
             && [Dimension::Country, Dimension::Os, Dimension::Campaign, Dimension::Advertiser]
                 .into_iter()
                 .all(|d| self.dims.has(d))
@@ -223,9 +250,9 @@ impl Shape {
     fn project_sorted(&self, rows: &[Row], oldest_minute: i64) -> (Vec<Row>, u64) {
         let mut skipped = 0;
         let mut out: Vec<Row> = Vec::with_capacity(rows.len() / 2);
-        let price = self.dims.is_price();
+        let kind = self.dims.kind();
         for (key, counters) in rows {
-            if (key.price_bucket != 0) != price {
+            if key.kind() != kind {
                 continue;
             }
             let key = self.key(key);
@@ -246,9 +273,9 @@ impl Shape {
     fn project_hashed(&self, rows: &[Row], oldest_minute: i64) -> (Vec<Row>, u64) {
         let mut skipped = 0;
         let mut sums: FxHashMap<RowKey, Counters> = FxHashMap::default();
-        let price = self.dims.is_price();
+        let kind = self.dims.kind();
         for (key, counters) in rows {
-            if (key.price_bucket != 0) != price {
+            if key.kind() != kind {
                 continue;
             }
             let key = self.key(key);
