@@ -1,7 +1,7 @@
 //! The per-message hot path without sockets: decode, sample, aggregate.
 //! Run with `cargo bench --bench hot_path`; figures are per message on one core.
 
-use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Dimension, Dimensions};
+use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Dimension, Dimensions, LandscapeConfig};
 use bid_logger_core::decode::decode;
 use bid_logger_core::hot_path::{HotPath, HotPathConfig};
 use bid_logger_core::sample::Sampler;
@@ -83,6 +83,26 @@ fn hot_path(c: &mut Criterion) {
             for (t, p) in &msgs {
                 hot.process(t, p, now);
             }
+            black_box(hot.aggregator.drain());
+        })
+    });
+    group.bench_function("message/process+landscape", |b| {
+        // a bid landscape by exchange declared: every bid, win and loss
+        // is paired in memory (the simulator's transactions, in order)
+        let landscape = AggregateConfig {
+            landscape: Some(LandscapeConfig {
+                dims: Dimensions::of(&[Dimension::Exchange, Dimension::BidPrice]),
+                window_ms: 60_000,
+                max_pending: 1_000_000,
+            }),
+            ..AggregateConfig::default()
+        };
+        let mut hot = HotPath::new(HotPathConfig { aggregate: landscape, ..HotPathConfig::default() });
+        b.iter(|| {
+            for (t, p) in &msgs {
+                hot.process(t, p, now);
+            }
+            hot.aggregator.expire_waiting(now + 120_000);
             black_box(hot.aggregator.drain());
         })
     });
