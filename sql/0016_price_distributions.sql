@@ -73,3 +73,11 @@ BEGIN
         );
     END IF;
 END $$;
+
+-- A boundary move that ran out of time is tried again after a wait that
+-- doubles up to 16 minutes, whichever member tries it (see the sink's
+-- `consume`): kept beside the boundary. (A new warehouse's table is created
+-- with these columns by the logger.)
+ALTER TABLE IF EXISTS bid_logger_boundary
+    ADD COLUMN IF NOT EXISTS move_after timestamptz,
+    ADD COLUMN IF NOT EXISTS move_backoff interval NOT NULL DEFAULT interval '1 minute';

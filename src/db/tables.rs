@@ -314,8 +314,10 @@ CREATE TABLE IF NOT EXISTS {recent} (
     PRIMARY KEY ({key}, sample_ppm)
 );
 CREATE TABLE IF NOT EXISTS {boundary} (
-    rollup text PRIMARY KEY,
-    since  timestamptz NOT NULL
+    rollup       text PRIMARY KEY,
+    since        timestamptz NOT NULL,
+    move_after   timestamptz,
+    move_backoff interval NOT NULL DEFAULT interval '1 minute'
 );
 -- the boundary starts at the current bucket (a coarse table's at the next), after every bucket of the merged table
 INSERT INTO {boundary} (rollup, since)

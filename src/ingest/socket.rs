@@ -54,8 +54,10 @@ pub fn connect_all(socket: &zmq::Socket, config: &IngestConfig) -> Result<(), In
     Ok(())
 }
 
-/// The `connect` endpoints on this host whose port lies in the kernel's
-/// ephemeral range (`net.ipv4.ip_local_port_range`), with that range.
+/// The `connect` endpoints on loopback (`127.*`, `localhost`, `[::1]`)
+/// whose port lies in the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), with that range. (The host's other
+/// addresses can self-connect too; they are not recognised here.)
 ///
 /// While nothing listens on such a port, the logger's own connection attempt
 /// can be given that very port as its source and connect to itself (TCP

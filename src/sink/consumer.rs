@@ -3,7 +3,7 @@
 //! the table's interval; a graceful stop consumes every log once more after
 //! the last batch.
 
-use super::flush::{consume, Moved, MAX_CONSUME_ROWS};
+use super::flush::{consume, Moved, MAX_CONSUME_ROWS, MOVE_TIMEOUT};
 use super::service::{settle, BACKOFF_MAX, BACKOFF_MIN};
 use super::SinkConfig;
 use crate::db::tables::RollupTable;
@@ -31,20 +31,7 @@ pub struct Consumer {
     /// Per table: log rows taken per transaction (one after a timeout,
     /// doubled back after each success).
     limit: Vec<i64>,
-    /// Per table: when its boundary may be moved again after a move ran
-    /// out of time (each attempt holds the table's batches back for up to
-    /// [`super::flush::BOUNDARY_WAIT`]), and the wait after the next one.
-    move_after: Vec<Option<tokio::time::Instant>>,
-    move_backoff: Vec<Duration>,
 }
-
-/// The wait before moving a boundary again after a move ran out of time,
-/// doubled after each until [`MOVE_BACKOFF_MAX`]: the boundary stays where
-/// it is meanwhile, which costs readers a little (the view groups more
-/// recent rows), never a row.
-pub const MOVE_BACKOFF_MIN: Duration = Duration::from_secs(60);
-/// The longest wait between two boundary moves that ran out of time.
-pub const MOVE_BACKOFF_MAX: Duration = Duration::from_secs(16 * 60);
 
 /// What one attempt at a log found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,8 +82,6 @@ impl Consumer {
             flush_timeout: config.flush_timeout,
             migrated,
             limit: vec![MAX_CONSUME_ROWS; config.tables.len()],
-            move_after: vec![None; config.tables.len()],
-            move_backoff: vec![MOVE_BACKOFF_MIN; config.tables.len()],
         })
     }
 
@@ -121,7 +106,7 @@ impl Consumer {
                     due[i] = now + BACKOFF_MIN;
                     continue;
                 }
-                match self.consume(i, None).await {
+                match self.consume(i, None, true).await {
                     Ok(_) => {
                         backoff[i] = BACKOFF_MIN;
                         due[i] = tokio::time::Instant::now() + self.tables[i].consume_interval();
@@ -154,9 +139,15 @@ impl Consumer {
                     failed.push(i);
                     continue;
                 }
-                match self.consume(i, Some(deadline)).await {
+                // (no boundary moves at the stop: the next run's folds move it)
+                match self.consume(i, Some(deadline), false).await {
                     Ok(LogState::Empty) => {}
-                    Ok(_) => failed.push(i), // busy: try again until the lock is ours
+                    Ok(LogState::More) => {
+                        // the deadline came with rows left
+                        last_error = Some("shutdown-timeout reached with rows left in the log".into());
+                        failed.push(i);
+                    }
+                    Ok(LogState::Busy) => failed.push(i), // try again until the lock is ours
                     Err(e) => {
                         if last_error.is_none() {
                             tracing::warn!(table = %self.tables[i].name, error = %e,
@@ -186,9 +177,9 @@ impl Consumer {
 
     /// Consumes table `i`'s log until it is empty (each transaction bounded)
     /// or busy, or `until` has passed.
-    async fn consume(&mut self, i: usize, until: Option<Instant>) -> Result<LogState, DbError> {
+    async fn consume(&mut self, i: usize, until: Option<Instant>, moving: bool) -> Result<LogState, DbError> {
         loop {
-            match self.consume_once(i).await? {
+            match self.consume_once(i, until, moving).await? {
                 LogState::More if until.is_none_or(|t| Instant::now() < t) => continue,
                 state => return Ok(state),
             }
@@ -196,18 +187,23 @@ impl Consumer {
     }
 
     /// One transaction of consuming table `i`'s log, bounded by the flush
-    /// timeout.
-    async fn consume_once(&mut self, i: usize) -> Result<LogState, DbError> {
+    /// timeout (and by `until`); moving its boundary when due and `moving`.
+    async fn consume_once(&mut self, i: usize, until: Option<Instant>, moving: bool) -> Result<LogState, DbError> {
         let table = &self.tables[i];
         self.seq -= 1; // consumptions count down in the ledger, batches up
         let mut client = self.pool.get().await?;
         let (instance, id, limit) = (&self.instance, (self.run_id, self.seq), self.limit[i]);
         let feeds: Vec<&RollupTable> = self.feeds[i].iter().collect();
         let now_ms = bid_logger_core::clock::now_ms();
-        let may_move = self.move_after[i].is_none_or(|at| tokio::time::Instant::now() >= at);
-        let work = async { consume(&mut client, instance, id, table, &feeds, limit, now_ms, may_move).await };
-        let outcome = tokio::time::timeout(self.flush_timeout, work).await;
-        let done = settle(client, outcome, self.flush_timeout);
+        // A move fits well inside the flush timeout: one cut by it would
+        // lose the fold before it (the savepoint needs the connection).
+        let move_within = moving.then(|| MOVE_TIMEOUT.min(self.flush_timeout / 6));
+        let work = async { consume(&mut client, instance, id, table, &feeds, limit, now_ms, move_within).await };
+        let timeout = until.map_or(self.flush_timeout, |t| {
+            self.flush_timeout.min(t.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)))
+        });
+        let outcome = tokio::time::timeout(timeout, work).await;
+        let done = settle(client, outcome, timeout);
         let labels = [("table", table.name.clone())];
         match done {
             Ok(c) if c.busy => Ok(LogState::Busy),
@@ -218,19 +214,10 @@ impl Consumer {
                 counter!(t::ROLLUP_EVENTS_EXPIRED, &labels).increment(c.expired);
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
                 gauge!(t::LOG_LAST_CONSUMED, &labels).set(now);
-                match c.moved {
-                    Moved::No => {}
-                    Moved::Yes => {
-                        self.move_after[i] = None;
-                        self.move_backoff[i] = MOVE_BACKOFF_MIN;
-                    }
-                    Moved::OutOfTime => {
-                        let wait = self.move_backoff[i];
-                        tracing::warn!(table = %table.name, retry_in = ?wait,
-                            "moving the boundary ran out of time (a batch or a lock held it); undone, the fold is kept");
-                        self.move_after[i] = Some(tokio::time::Instant::now() + wait);
-                        self.move_backoff[i] = (wait * 2).min(MOVE_BACKOFF_MAX);
-                    }
+                if c.moved == Moved::OutOfTime {
+                    let retry_in = Duration::from_secs(c.move_retry.unwrap_or_default().as_secs_f64().round() as u64);
+                    tracing::warn!(table = %table.name, ?retry_in,
+                        "moving the boundary ran out of time (a batch or a lock held it); undone, the fold is kept");
                 }
                 tracing::trace!(table = %table.name, events = c.events, rows = c.rows, "delta log consumed");
                 Ok(if c.more { LogState::More } else { LogState::Empty })

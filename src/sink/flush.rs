@@ -412,6 +412,8 @@ pub struct Consumed {
     pub more: bool,
     /// What became of the table's boundary.
     pub moved: Moved,
+    /// After a move that ran out of time: when the next may be tried.
+    pub move_retry: Option<std::time::Duration>,
 }
 
 /// What a consumption did with its table's boundary.
@@ -458,7 +460,7 @@ pub async fn consume(
     feeds: &[&RollupTable],
     limit: i64,
     now_ms: i64,
-    may_move: bool,
+    move_within: Option<std::time::Duration>,
 ) -> Result<Consumed, DbError> {
     let tx = client.transaction().await?;
     let locked: bool = tx.query_one(TRY_LOCK, &[&consume_lock(&table.name)]).await?.get(0);
@@ -469,7 +471,8 @@ pub async fn consume(
     // The boundary moves by the database's clock, one for every member.
     let read = tx.query_opt(READ_BOUNDARY, &[&table.name]).await?;
     let minutes = |r: &tokio_postgres::Row, i: usize| (r.get::<_, f64>(i) / 60.0).floor() as i64;
-    let Some((since, db_minute)) = read.map(|r| (minutes(&r, 0), minutes(&r, 1))) else {
+    let Some((since, db_minute, backed_off)) = read.map(|r| (minutes(&r, 0), minutes(&r, 1), r.get::<_, bool>(2)))
+    else {
         return Err(DbError::Log(format!(
             "{}: no row in bid_logger_boundary (`bid-logger migrate` creates it)",
             table.name
@@ -477,18 +480,18 @@ pub async fn consume(
     };
     let next = table.next_boundary(db_minute);
     let mut done = fold(&tx, table, feeds, limit, now_ms, since).await?;
-    let moves = may_move && next > since && !done.more;
+    let moves = move_within.is_some() && !backed_off && next > since && !done.more;
     if done.taken == 0 && !moves {
         tx.rollback().await?;
         return Ok(Consumed::default());
     }
-    let mut moved = Moved::No;
-    if moves {
+    let (mut moved, mut move_retry) = (Moved::No, None);
+    if let Some(within) = move_within.filter(|_| moves) {
         // A savepoint: a move that runs out of time (a batch holding the
         // boundary, a lock on the merged table) is undone, and the fold
         // before it still commits.
         tx.batch_execute("SAVEPOINT bid_logger_move").await?;
-        match move_boundary(&tx, table, feeds, limit, now_ms, next).await {
+        match move_boundary(&tx, table, feeds, limit, now_ms, next, within).await {
             Ok(Some(after)) => {
                 done = done.and(after);
                 moved = Moved::Yes;
@@ -499,6 +502,10 @@ pub async fn consume(
         }
         if moved == Moved::OutOfTime {
             tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_move").await?;
+            // Whichever member tries next waits (doubling): each attempt holds
+            // the table's batches back while it waits for the boundary.
+            let wait: f64 = tx.query_one(BACK_OFF_MOVE, &[&table.name]).await?.get(0);
+            move_retry = Some(std::time::Duration::from_secs_f64(wait.max(0.0)));
         }
     }
     if done.taken > 0 {
@@ -507,15 +514,23 @@ pub async fn consume(
         tx.execute(INSERT_CONSUME_LEDGER, &ledger).await?;
     }
     tx.commit().await?;
-    Ok(Consumed { rows: done.rows, events: done.events, expired: done.expired, busy: false, more: done.more, moved })
+    Ok(Consumed {
+        rows: done.rows,
+        events: done.events,
+        expired: done.expired,
+        busy: false,
+        more: done.more,
+        moved,
+        move_retry,
+    })
 }
 
 /// Moves `table`'s boundary to `next` (minutes), in the consumption's
 /// transaction: the recent rows before it into the merged table, then,
 /// holding the boundary, folds of the log rows committed meanwhile split
 /// at `next` until the log is empty, and the boundary set. `None` when it
-/// held the boundary for [`MOVE_TIMEOUT`] with rows still in the log
-/// (nothing may be kept then).
+/// held the boundary for `within` (at most [`MOVE_TIMEOUT`]) with rows
+/// still in the log (nothing may be kept then).
 async fn move_boundary(
     tx: &tokio_postgres::Transaction<'_>,
     table: &RollupTable,
@@ -523,10 +538,11 @@ async fn move_boundary(
     limit: i64,
     now_ms: i64,
     next: i64,
+    within: std::time::Duration,
 ) -> Result<Option<Folded>, DbError> {
     let at = minute_time(next);
-    let secs = MOVE_TIMEOUT.as_secs();
-    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{secs}s'")).await?;
+    let ms = within.as_millis().max(1);
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{ms}ms'; SET LOCAL statement_timeout = '{ms}ms'")).await?;
     // Rows past the retention are dropped here, as its ranges are (their
     // range may be gone: a boundary left behind by a long stop).
     let cut = table.retention.map(|_| minute_time(table.oldest_minute(now_ms)));
@@ -536,23 +552,23 @@ async fn move_boundary(
     // and new ones queue behind this), and every statement, and every
     // pause of ours, is bounded.
     tx.batch_execute(&format!(
-        "SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{secs}s'; \
-         SET LOCAL idle_in_transaction_session_timeout = '{secs}s'",
-        BOUNDARY_WAIT.as_millis()
+        "SET LOCAL lock_timeout = '{}ms'; SET LOCAL idle_in_transaction_session_timeout = '{ms}ms'",
+        BOUNDARY_WAIT.min(within).as_millis().max(1)
     ))
     .await?;
     tx.execute(LOCK_BOUNDARY, &[&boundary_lock(&table.name)]).await?;
     let held = std::time::Instant::now();
     // Every batch that held the boundary has committed: take all it logged.
+    // (the log is bounded now: new batches wait for this commit)
     let mut after = Folded::default();
     loop {
-        let more = fold(tx, table, feeds, limit, now_ms, next).await?;
+        if held.elapsed() >= within {
+            return Ok(None);
+        }
+        let more = fold(tx, table, feeds, limit.max(MAX_CONSUME_ROWS), now_ms, next).await?;
         after = after.and(more);
         if !more.more {
             break;
-        }
-        if held.elapsed() >= MOVE_TIMEOUT {
-            return Ok(None);
         }
     }
     tx.execute(SET_BOUNDARY, &[&table.name, &at]).await?;
@@ -660,28 +676,39 @@ async fn fold(
     Ok(Folded { taken: taken.len(), rows, events: merged.events as u64, expired: sums.expired as u64, more })
 }
 
-/// How long a boundary move may wait for a lock before it holds the
-/// boundary (`lock_timeout`), and for how long it holds it (and with it
-/// every batch of the table): it folds no more once it has held it this
-/// long, and each of its statements, and each pause between them, is cut
-/// at this (`statement_timeout`, `idle_in_transaction_session_timeout`). A
-/// move that runs out is undone, the fold before it kept, and tried again
-/// later.
+/// A boundary move's time budget (the consumer uses at most a sixth of
+/// `flush-timeout`, so that the client's timeout never cuts a move and the
+/// fold before it): how long it may wait for a lock on the tables
+/// (`lock_timeout`), how long each of its statements and each pause between
+/// them may take (`statement_timeout`, `idle_in_transaction_session_timeout`:
+/// a pause past it ends the session), and after how long of holding the
+/// boundary (and with it every batch of the table) it starts no other fold.
+/// A move that runs out is undone, the fold before it kept, and the next
+/// waits (`bid_logger_boundary.move_after`, doubling from a minute to 16,
+/// for every member).
 pub const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a boundary move waits for the boundary's lock (for the batches
 /// holding it to commit): every new batch of the table waits behind it.
 pub const BOUNDARY_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
 
-/// A table's boundary, in seconds since the epoch.
-const READ_BOUNDARY: &str =
-    "SELECT extract(epoch FROM since)::float8, extract(epoch FROM now())::float8 FROM bid_logger_boundary WHERE rollup = $1";
+/// A table's boundary and the database's clock, in seconds since the
+/// epoch, and whether a move must wait (one ran out of time lately).
+const READ_BOUNDARY: &str = "SELECT extract(epoch FROM since)::float8, extract(epoch FROM now())::float8,
+    coalesce(move_after > now(), false) FROM bid_logger_boundary WHERE rollup = $1";
+
+/// After a move that ran out of time: the next waits, twice as long as the
+/// last up to 16 minutes; returns the wait in seconds.
+const BACK_OFF_MOVE: &str = "UPDATE bid_logger_boundary
+    SET move_after = now() + move_backoff, move_backoff = least(move_backoff * 2, interval '16 minutes')
+    WHERE rollup = $1 RETURNING extract(epoch FROM move_after - now())::float8";
 
 /// Locks a table's boundary for a consumption that moves it.
 const LOCK_BOUNDARY: &str = "SELECT pg_advisory_xact_lock($1)";
 
 /// Moves a table's boundary forward (never back).
-const SET_BOUNDARY: &str = "UPDATE bid_logger_boundary SET since = $2 WHERE rollup = $1 AND since < $2";
+const SET_BOUNDARY: &str = "UPDATE bid_logger_boundary SET since = $2, move_after = NULL,
+    move_backoff = interval '1 minute' WHERE rollup = $1 AND since < $2";
 
 /// COPYs `batch`'s raw rows into `events_sample`; returns how many.
 async fn copy_raw(

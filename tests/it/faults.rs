@@ -1117,6 +1117,10 @@ async fn a_batch_holding_the_boundary_makes_a_move_give_up_in_a_second_and_wait_
     }
     logger.wait_metric("bid_logger_events_flushed_total", 2000.0, Duration::from_secs(5));
     assert_eq!(gave_up(&logger), 1, "one attempt a minute at most: {}", logger.stderr_so_far());
+    // the wait is kept beside the boundary, for every member of a fleet
+    let waits =
+        "SELECT move_after > now() + interval '40 seconds' FROM bid_logger_boundary WHERE rollup = 'rollup_minute'";
+    assert!(setup.query_one(waits, &[]).await.unwrap().get::<_, bool>(0), "the next move waits about a minute");
     hold.rollback().await.unwrap();
     wait_boundary_moved(&setup, Duration::from_secs(90)).await;
     logger.stop_ok();

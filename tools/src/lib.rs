@@ -58,18 +58,27 @@ pub fn logger_exe() -> PathBuf {
 /// Ports from a range no connection draws from cannot be taken that way.
 pub fn free_port() -> std::io::Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 20_000;
-    const COUNT: u32 = 12_000; // up to 31999, below Linux's default 32768
+    // Below the kernel's range (Linux's default starts at 32768).
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if low <= 2_048 {
+        return Err(std::io::Error::other(format!("the kernel's ephemeral ports start at {low}: no room below")));
+    }
+    // the 12 000 ports below it (or down to 1024)
+    let first = low.saturating_sub(12_000).max(1_024);
+    let count = low - first;
     static NEXT: AtomicU32 = AtomicU32::new(0);
     // Processes running side by side start at different places.
-    let start = std::process::id().wrapping_mul(2_654_435_761) % COUNT;
-    for _ in 0..COUNT {
-        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % count;
+    for _ in 0..count {
+        let port = first + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % count;
         if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
             return Ok(port as u16);
         }
     }
-    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free port in 20000-31999 on loopback"))
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free port below the ephemeral range on loopback"))
 }
 
 /// `GET path` from an HTTP server on loopback `port` (the logger's
