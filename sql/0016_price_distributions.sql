@@ -36,8 +36,11 @@ DECLARE
     rank float8;
     b int;
 BEGIN
-    IF state IS NULL OR array_upper(state, 1) < 1 THEN
+    IF state IS NULL OR state[0] IS NULL OR array_upper(state, 1) < 1 THEN
         RETURN NULL;
+    END IF;
+    IF state[0] < 0 OR state[0] > 1 THEN
+        RAISE EXCEPTION 'bid_logger_quantile: q must be between 0 and 1, got %', state[0];
     END IF;
     FOR b IN 1 .. array_upper(state, 1) LOOP
         total := total + coalesce(state[b], 0);
@@ -45,7 +48,7 @@ BEGIN
     IF total <= 0 THEN
         RETURN NULL;
     END IF;
-    rank := least(greatest(state[0], 0), 1) * (total - 1);
+    rank := state[0] * (total - 1);
     FOR b IN 1 .. array_upper(state, 1) LOOP
         seen := seen + coalesce(state[b], 0);
         IF seen > rank THEN

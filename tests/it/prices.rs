@@ -108,6 +108,14 @@ async fn price_distributions_count_every_priced_event_once_and_give_quantiles_wi
     }
     let none: Option<f64> = client.query_one(quantile, &[&0.5, &"no such exchange", &"win"]).await.unwrap().get(0);
     assert_eq!(none, None, "no rows, no quantile");
+    let percent = client.query_one(quantile, &[&50.0, &"ex_a", &"win"]).await.unwrap_err();
+    assert!(format!("{percent:?}").contains("q must be between 0 and 1"), "{percent:?}");
+    let null: Option<f64> = client
+        .query_one("SELECT bid_logger_quantile(NULL, price_bucket, events) FROM price_hour", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(null, None, "no q, no quantile");
 }
 
 /// A bid landscape: every bid under its own price's bucket, every win or

@@ -371,7 +371,7 @@ impl Aggregator {
     /// counts the rejections.
     #[inline]
     pub fn admit(&mut self, ts_ms: i64, now_ms: i64) -> Outcome {
-        self.now_ms = now_ms;
+        self.now_ms = self.now_ms.max(now_ms);
         if ts_ms < now_ms.saturating_sub(self.config.max_lateness_ms) || ts_ms < 0 {
             self.stats.late += 1;
             Outcome::Late

@@ -101,7 +101,10 @@ impl RowKey {
     /// fold into: OS and exchange `other`, campaign and advertiser `-1`.
     pub fn folded(&self) -> RowKey {
         let other = OsName::new(OS_OTHER);
-        RowKey { os: other, exchange: other, campaign: -1, advertiser: -1, ..*self }
+        // A price or landscape row keeps its bucket and drops its country
+        // too: its folded rows are one per minute, type and bucket.
+        let country = if self.kind() == 0 { self.country } else { *b"--" };
+        RowKey { os: other, exchange: other, campaign: -1, advertiser: -1, country, ..*self }
     }
 
     /// The country as text.

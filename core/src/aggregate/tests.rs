@@ -445,3 +445,27 @@ fn priced_events_also_count_under_their_price_bucket_without_counting_twice() {
     let (rows, _) = rollup.project(&d.rows, i64::MIN);
     assert_eq!(rows.iter().map(|r| r.1.events).sum::<u64>(), 14, "a rollup takes the rollup rows alone");
 }
+
+#[test]
+fn price_rows_beyond_the_pending_cap_fold_to_one_per_minute_type_and_bucket_and_count_no_loss() {
+    let dims = Dimensions::of(&[Dimension::Country, Dimension::Price]);
+    let config = AggregateConfig { price_dims: Some(dims), ..AggregateConfig::default() };
+    let delta = |countries: &[&'static str]| {
+        let mut a = Aggregator::new(config.clone());
+        for c in countries {
+            let mut e = ev(EventType::Bid, NOW, Some(c), Some("ios"), 1);
+            e.price = Some(1_000_000);
+            a.record(&e, NOW);
+        }
+        a.drain()
+    };
+    let mut held = delta(&["US"]);
+    let loss = held.merge(delta(&["BR", "DE", "FR"]), 2, 0);
+    assert_eq!(loss.folded_events, 3, "the rollup rows beyond the cap are counted; the price rows are not");
+    let prices: Vec<&Row> = held.rows.iter().filter(|r| r.0.kind() == 1).collect();
+    let folded: Vec<&&Row> = prices.iter().filter(|r| r.0.campaign == -1).collect();
+    assert_eq!(folded.len(), 1, "one folded price row for the three countries: {prices:?}");
+    assert_eq!((folded[0].0.country, folded[0].1.events), (*b"--", 3));
+    assert_eq!(folded[0].0.price_bucket, price::price_bucket(1_000_000).unwrap());
+    assert_eq!(held.events, 4);
+}
