@@ -320,6 +320,10 @@ pub struct Aggregator {
     /// Transactions with a bid or an outcome waiting for the other, by the
     /// hash of their id.
     waiting: FxHashMap<u64, Waiting>,
+    /// The halves in the order they began waiting (`since`, txn hash), so
+    /// that expiring them reads the oldest alone; an entry whose half has
+    /// left meanwhile (paired, replaced) is skipped when its turn comes.
+    arrivals: std::collections::VecDeque<(i64, u64)>,
     /// The latest `now` seen (the waiting halves' clock).
     now_ms: i64,
     /// The last event, added to `rows` when the next one arrives (or before
@@ -346,6 +350,7 @@ impl Aggregator {
             deferred_price: None,
             landscape: KeyTable::default(),
             waiting: FxHashMap::default(),
+            arrivals: std::collections::VecDeque::new(),
             now_ms: 0,
             deferred: None,
             os,
@@ -552,7 +557,13 @@ impl Aggregator {
         if self.waiting.len() >= l.max_pending {
             self.stats.unpaired[Unpaired::Full as usize] += 1;
         } else {
+            self.arrivals.push_back((half.since(), txn));
             self.waiting.insert(txn, half);
+            if self.arrivals.len() > 2 * self.waiting.len() + 1024 {
+                // mostly halves that left: keep the others' entries alone
+                let waiting = &self.waiting;
+                self.arrivals.retain(|(since, txn)| waiting.get(txn).is_some_and(|h| h.since() == *since));
+            }
         }
     }
 
@@ -595,15 +606,18 @@ impl Aggregator {
         self.now_ms = self.now_ms.max(now_ms);
         let Some(l) = self.config.landscape else { return };
         let oldest = self.now_ms.saturating_sub(l.window_ms);
-        let unpaired = &mut self.stats.unpaired;
-        self.waiting.retain(|_, half| {
-            let keep = half.since() >= oldest;
-            if !keep {
-                let reason = if matches!(half, Waiting::Bid { .. }) { Unpaired::NoOutcome } else { Unpaired::NoBid };
-                unpaired[reason as usize] += 1;
+        while let Some(&(since, txn)) = self.arrivals.front() {
+            if since >= oldest {
+                break;
             }
-            keep
-        });
+            self.arrivals.pop_front();
+            // (the half of this entry, not a later one of the same transaction)
+            if self.waiting.get(&txn).is_some_and(|h| h.since() == since) {
+                let half = self.waiting.remove(&txn).expect("just found");
+                let reason = if matches!(half, Waiting::Bid { .. }) { Unpaired::NoOutcome } else { Unpaired::NoBid };
+                self.stats.unpaired[reason as usize] += 1;
+            }
+        }
     }
 
     /// Bids and outcomes waiting for their other half.

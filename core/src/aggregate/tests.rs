@@ -469,3 +469,33 @@ fn price_rows_beyond_the_pending_cap_fold_to_one_per_minute_type_and_bucket_and_
     assert_eq!(folded[0].0.price_bucket, price::price_bucket(1_000_000).unwrap());
     assert_eq!(held.events, 4);
 }
+
+#[test]
+fn landscape_halves_pair_in_either_order_and_leave_counted_once_the_window_passed() {
+    let landscape = LandscapeConfig { dims: Dimensions::of(&[Dimension::BidPrice]), window_ms: 1_000, max_pending: 3 };
+    let mut a = Aggregator::new(AggregateConfig { landscape: Some(landscape), ..AggregateConfig::default() });
+    let send = |et: EventType, txn: &'static [u8], at: i64, a: &mut Aggregator| {
+        let mut e = ev(et, NOW, Some("US"), Some("ios"), 1);
+        e.txn = txn;
+        a.record(&e, at);
+    };
+    send(EventType::Bid, b"paired", NOW, &mut a);
+    send(EventType::Win, b"paired", NOW + 10, &mut a);
+    send(EventType::Loss, b"reversed", NOW + 20, &mut a);
+    send(EventType::Bid, b"reversed", NOW + 30, &mut a);
+    send(EventType::Bid, b"alone", NOW + 40, &mut a);
+    send(EventType::Win, b"orphan", NOW + 600, &mut a);
+    send(EventType::Bid, b"late", NOW + 700, &mut a);
+    send(EventType::Bid, b"full", NOW + 700, &mut a); // a fourth half waiting: not kept
+    assert_eq!(a.waiting(), 3);
+    a.expire_waiting(NOW + 1_100); // the bid alone waited past the window
+    assert_eq!(a.waiting(), 2);
+    a.expire_waiting(NOW + 1_650); // the orphan too; the late bid not yet
+    assert_eq!(a.waiting(), 1);
+    let s = a.take_stats();
+    assert_eq!((s.paired, s.unpaired), (2, [1, 1, 1]));
+    let d = a.drain();
+    let outcomes: u64 =
+        d.rows.iter().filter(|r| r.0.kind() == 2 && r.0.event_type != EventType::Bid).map(|r| r.1.events).sum();
+    assert_eq!(outcomes, 2, "the win and the loss, under their bids' buckets");
+}
