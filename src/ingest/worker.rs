@@ -7,7 +7,7 @@ use super::topics::subscriptions;
 use super::{IngestConfig, IngestError};
 use crate::assignment::{Assignment, LateMarks};
 use crate::telemetry as t;
-use bid_logger_core::aggregate::{AggregateConfig, AggregateStats, Delta};
+use bid_logger_core::aggregate::{AggregateConfig, AggregateStats, Delta, Unpaired};
 use bid_logger_core::buffer::{BufferStats, ClaimBuffer};
 use bid_logger_core::clock::{coarse_monotonic_ms, now_ms};
 use bid_logger_core::decode::DecodeError;
@@ -82,7 +82,7 @@ impl IngestMetrics {
             mismatches: counter!(t::PARTITION_MISMATCH),
             folded: counter!(t::OVERFLOW_FOLDED),
             paired: counter!(t::LANDSCAPE_PAIRED),
-            unpaired: ["no_outcome", "no_bid", "full", "stopped"]
+            unpaired: [Unpaired::NoOutcome.as_str(), Unpaired::NoBid.as_str(), Unpaired::Full.as_str(), "stopped"]
                 .map(|reason| counter!(t::LANDSCAPE_UNPAIRED, "reason" => reason)),
             waiting: gauge!(t::LANDSCAPE_WAITING),
             published_waiting: 0,

@@ -910,10 +910,7 @@ async fn a_fold_killed_half_way_loses_and_doubles_nothing_and_the_next_start_fol
     let mut publisher = Publisher::bind();
     let endpoint = publisher.endpoint.clone();
     let args = ["--connect", &endpoint, "--flush-interval", "100ms", "--flush-timeout", "60s"];
-    assert!(bid_logger(&["migrate", "--database-url", &db]).status.success(), "migrate");
-    let setup = connect(&db).await;
-    let back = "UPDATE bid_logger_boundary SET since = date_trunc('minute', now()) - interval '10 minutes'";
-    setup.batch_execute(back).await.unwrap();
+    migrated_with_boundary_back(&db).await;
     let logger = Logger::start(&db, &args);
     publisher.wait_for_subscriptions(all_topics(16));
     let mut rng = SmallRng::seed_from_u64(31);
@@ -1010,10 +1007,7 @@ async fn a_fold_killed_half_way_loses_and_doubles_nothing_and_the_next_start_fol
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fold_waiting_to_move_the_boundary_does_not_hold_batches_back() {
     let db = fresh_database("movewait").await;
-    assert!(bid_logger(&["migrate", "--database-url", &db]).status.success(), "migrate");
-    let setup = connect(&db).await;
-    let back = "UPDATE bid_logger_boundary SET since = date_trunc('minute', now()) - interval '10 minutes'";
-    setup.batch_execute(back).await.unwrap();
+    let setup = migrated_with_boundary_back(&db).await;
     // No fold until the merged table is locked: this test holds the log's lock.
     let mut holder = connect(&db).await;
     let hold = holder.transaction().await.unwrap();
@@ -1083,10 +1077,7 @@ async fn wait_boundary_moved(client: &tokio_postgres::Client, within: Duration) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_holding_the_boundary_makes_a_move_give_up_in_a_second_and_wait_before_the_next() {
     let db = fresh_database("moveheld").await;
-    assert!(bid_logger(&["migrate", "--database-url", &db]).status.success(), "migrate");
-    let setup = connect(&db).await;
-    let back = "UPDATE bid_logger_boundary SET since = date_trunc('minute', now()) - interval '10 minutes'";
-    setup.batch_execute(back).await.unwrap();
+    let setup = migrated_with_boundary_back(&db).await;
     let mut holder = connect(&db).await;
     let hold = holder.transaction().await.unwrap();
     let boundary = bid_logger::sink::flush::boundary_lock("rollup_minute");

@@ -330,6 +330,16 @@ pub fn assert_table_eq(actual: &AnyRows, expected: &AnyRows, what: &str) {
     panic!("{what}: {} rows differ (of {} expected):\n{}", diff.len(), expected.len(), shown.join("\n"));
 }
 
+/// Migrates `db` and sets every table's boundary ten minutes back, so that
+/// the logger's next folds move it; the connection that did it.
+pub async fn migrated_with_boundary_back(db: &str) -> tokio_postgres::Client {
+    assert!(bid_logger(&["migrate", "--database-url", db]).status.success(), "migrate");
+    let client = connect(db).await;
+    let back = "UPDATE bid_logger_boundary SET since = date_trunc('minute', now()) - interval '10 minutes'";
+    client.batch_execute(back).await.unwrap();
+    client
+}
+
 /// Asserts all five default rollup tables equal what `events` should produce.
 pub async fn assert_warehouse_matches(client: &tokio_postgres::Client, events: &[TestEvent], sample_ppm: i32) {
     for (table, bucket_s, dims) in TABLES {

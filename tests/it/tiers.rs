@@ -354,10 +354,7 @@ async fn live_rows_left_by_a_direct_table_leave_with_its_log_when_it_is_coarse_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_on_both_sides_of_a_moving_boundary_land_once_on_their_side() {
     let db = fresh_database("boundary").await;
-    assert!(bid_logger(&["migrate", "--database-url", &db]).status.success(), "migrate");
-    let client = connect(&db).await;
-    let back = "UPDATE bid_logger_boundary SET since = date_trunc('minute', now()) - interval '10 minutes'";
-    client.batch_execute(back).await.unwrap();
+    let client = migrated_with_boundary_back(&db).await;
     let config = rollup_config("boundary", "[rollup.rollup_minute]\nfold-interval = \"1s\"\n");
     let mut publisher = Publisher::bind();
     let args = ["--connect", &publisher.endpoint, "--flush-interval", "200ms", "--config", &config];

@@ -1,6 +1,6 @@
 //! The hot-path aggregator: packed keys, interned OS names, a fast hasher.
 
-use super::delta::{add_up_adjacent, merge_sorted, Counters, Delta, OsName, RowKey};
+use super::delta::{add_up_adjacent, merge_sorted, Counters, Delta, OsName, Row, RowKey};
 use super::normalise::{normalise_country, normalise_os, OS_MAX_LEN, OS_OTHER, OS_UNKNOWN};
 use super::price::price_bucket;
 use super::raw::RawRow;
@@ -76,9 +76,6 @@ pub enum Unpaired {
 }
 
 impl Unpaired {
-    /// Every reason, in index order.
-    pub const ALL: [Unpaired; 3] = [Unpaired::NoOutcome, Unpaired::NoBid, Unpaired::Full];
-
     /// Its label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -490,13 +487,7 @@ impl Aggregator {
 
     #[inline]
     fn add_price(&mut self, key: Key, hash: u64, counters: &Counters) {
-        let (key, hash) = if self.prices.len() >= self.config.max_live_keys && !self.prices.contains(key.0, hash) {
-            let folded = Key(key.folded().0 | (key.0 & 0xffff_ffff));
-            (folded, KeyTable::hash(folded.0))
-        } else {
-            (key, hash)
-        };
-        self.prices.add(key.0, hash, counters);
+        add_keeping_bucket(&mut self.prices, self.config.max_live_keys, key, hash, counters);
     }
 
     /// Pairs a bid with its win or loss, in either order: a bid adds a row
@@ -588,15 +579,7 @@ impl Aggregator {
         let country = if has(Dimension::Country) { country } else { 0 };
         let campaign = if has(Dimension::Campaign) { campaign } else { 0 };
         let key = Key::new(minute, event_type, country, os, exchange, campaign, u32::from(bucket));
-        let hash = KeyTable::hash(key.0);
-        let (key, hash) = if self.landscape.len() >= self.config.max_live_keys && !self.landscape.contains(key.0, hash)
-        {
-            let folded = Key(key.folded().0 | (key.0 & 0xffff_ffff));
-            (folded, KeyTable::hash(folded.0))
-        } else {
-            (key, hash)
-        };
-        self.landscape.add(key.0, hash, counters);
+        add_keeping_bucket(&mut self.landscape, self.config.max_live_keys, key, KeyTable::hash(key.0), counters);
     }
 
     /// Moves the clock of the landscapes' waiting halves to `now_ms` (it
@@ -689,28 +672,15 @@ impl Aggregator {
         let mut rows = add_up_adjacent(sorted.drain(..).map(|(k, counters)| {
             (row_key(k, |r| self.os.names[os.id(r)], |r| self.exchange.names[exchange.id(r)]), counters)
         }));
+        let names = (&os, &self.os.names[..], &exchange, &self.exchange.names[..]);
         if !self.prices.is_empty() {
-            // Sorted the same way: the bucket in the advertiser's place is
-            // where `RowKey`'s order puts it for a price row.
-            self.prices
-                .drain(|key, counters| sorted.push((sort_key(Key(key), &os.rank, &exchange.rank, true), counters)));
-            sorted.sort_unstable_by_key(|r| r.0);
-            let prices = add_up_adjacent(sorted.drain(..).map(|(k, counters)| {
-                let key = row_key(k, |r| self.os.names[os.id(r)], |r| self.exchange.names[exchange.id(r)]);
-                let bucket = ((k >> 23) & 0xffff_ffff) as u16;
-                (RowKey { advertiser: 0, price_bucket: bucket, ..key }, counters)
-            }));
+            let prices =
+                drain_bucketed(&mut self.prices, &mut sorted, names, |key, b| RowKey { price_bucket: b, ..key });
             rows = merge_sorted(rows, prices, &mut |_| true);
         }
         if !self.landscape.is_empty() {
-            self.landscape
-                .drain(|key, counters| sorted.push((sort_key(Key(key), &os.rank, &exchange.rank, true), counters)));
-            sorted.sort_unstable_by_key(|r| r.0);
-            let landscape = add_up_adjacent(sorted.drain(..).map(|(k, counters)| {
-                let key = row_key(k, |r| self.os.names[os.id(r)], |r| self.exchange.names[exchange.id(r)]);
-                let bucket = ((k >> 23) & 0xffff_ffff) as u16;
-                (RowKey { advertiser: 0, bid_bucket: bucket, ..key }, counters)
-            }));
+            let landscape =
+                drain_bucketed(&mut self.landscape, &mut sorted, names, |key, b| RowKey { bid_bucket: b, ..key });
             rows = merge_sorted(rows, landscape, &mut |_| true);
         }
         let delta = Delta { rows, events: self.events, raw: std::mem::take(&mut self.raw), ..Delta::default() };
@@ -719,6 +689,39 @@ impl Aggregator {
         self.exchange.reset();
         delta
     }
+}
+
+/// Adds `counters` under a price or landscape `key` (its bucket in the
+/// advertiser field) to `table`; at the key cap `cap`, a new key folds like a
+/// rollup key does, but keeps its bucket.
+#[inline]
+fn add_keeping_bucket(table: &mut KeyTable, cap: usize, key: Key, hash: u64, counters: &Counters) {
+    let (key, hash) = if table.len() >= cap && !table.contains(key.0, hash) {
+        let folded = Key(key.folded().0 | (key.0 & 0xffff_ffff));
+        (folded, KeyTable::hash(folded.0))
+    } else {
+        (key, hash)
+    };
+    table.add(key.0, hash, counters);
+}
+
+/// The rows of a price or landscape `table`, sorted like the rollup rows
+/// (the bucket in the advertiser's place is where `RowKey`'s order puts it
+/// for such a row); `with_bucket` puts the bucket in its own field. `sorted`
+/// is scratch space; `names` are the drain's OS and exchange ranks and names.
+fn drain_bucketed(
+    table: &mut KeyTable,
+    sorted: &mut Vec<(u128, Counters)>,
+    (os, os_names, exchange, exchange_names): (&Ranks, &[OsName], &Ranks, &[OsName]),
+    with_bucket: impl Fn(RowKey, u16) -> RowKey,
+) -> Vec<Row> {
+    table.drain(|key, counters| sorted.push((sort_key(Key(key), &os.rank, &exchange.rank, true), counters)));
+    sorted.sort_unstable_by_key(|r| r.0);
+    add_up_adjacent(sorted.drain(..).map(|(k, counters)| {
+        let key = row_key(k, |r| os_names[os.id(r)], |r| exchange_names[exchange.id(r)]);
+        let bucket = ((k >> 23) & 0xffff_ffff) as u16;
+        (with_bucket(RowKey { advertiser: 0, ..key }, bucket), counters)
+    }))
 }
 
 /// Interned ids by name order, and back.
