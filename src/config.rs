@@ -10,7 +10,7 @@ use crate::db::tables::RollupTable;
 use crate::ingest::{self, IngestConfig};
 use crate::sink::{self, SinkConfig};
 use bid_logger_core::aggregate::{self, AggregateConfig, Dimension, Dimensions, Grain, Shape};
-use bid_logger_core::sample::Rate;
+use bid_logger_core::sample::{parse_type_rates, Rate};
 use bid_logger_core::wire::{EventType, MAX_PARTITIONS};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -100,6 +100,11 @@ pub struct Settings {
     #[arg(long, env = "BID_LOGGER_SAMPLE", value_name = "RATE")]
     #[serde(default, deserialize_with = "rate_text")]
     pub sample: Option<String>,
+    /// A rollup rate of its own for some event types, e.g. `auction=1/64,loss=1/8` (the others stay at `sample`):
+    /// each type is sampled by transaction on its own partitions, and its rows carry its rate in `sample_ppm`; see
+    /// docs/warehouse.md#sampling-per-event-type [default: none].
+    #[arg(long, env = "BID_LOGGER_SAMPLE_BY_TYPE", value_name = "LIST")]
+    pub sample_by_type: Option<String>,
     /// How often a batch is written [default: 1s].
     #[arg(long, env = "BID_LOGGER_FLUSH_INTERVAL", value_name = "DURATION")]
     pub flush_interval: Option<String>,
@@ -349,6 +354,11 @@ impl Settings {
         };
         let sample: Rate =
             self.sample.as_deref().unwrap_or("1").parse().map_err(|e| invalid("sample", format!("{e}")))?;
+        let sample = parse_type_rates(sample, self.sample_by_type.as_deref().unwrap_or(""))
+            .map_err(|m| invalid("sample-by-type", m))?;
+        if let Some((t, _)) = sample.overrides().find(|(t, _)| !event_types.contains(t)) {
+            return Err(invalid("sample-by-type", format!("`{t}` is not in `event-types`")));
+        }
         let metrics_addr = self.metrics_addr.as_deref().unwrap_or(DEFAULT_METRICS_ADDR);
         let metrics_addr: SocketAddr = metrics_addr.parse().map_err(|_| {
             invalid("metrics-addr", format!("expected HOST:PORT such as 127.0.0.1:9464, got `{metrics_addr}`"))
@@ -425,6 +435,16 @@ impl Settings {
         let raw_buffer_rows =
             positive("raw-buffer-rows", self.raw_buffer_rows.unwrap_or(aggregate::DEFAULT_MAX_RAW_ROWS))?;
         let tables = rollup_tables(self.rollup.as_ref(), flush_interval)?;
+        let outcomes = [EventType::Bid, EventType::Win, EventType::Loss];
+        if crate::db::tables::landscape_dims(&tables).is_some()
+            && outcomes.iter().any(|&t| sample.of(t) != sample.of(EventType::Bid))
+        {
+            return Err(invalid(
+                "sample-by-type",
+                "a bid landscape (a table with `bid_price`) pairs bids with wins and losses: give bid, win and loss \
+                 one rate",
+            ));
+        }
         let log_format = match self.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -469,7 +489,7 @@ impl Settings {
                 shutdown_timeout,
                 pool_size,
                 max_pending_rows,
-                sample_ppm: sample.ppm(),
+                sample_ppm: sample.ppm_by_type(),
                 raw_sample_ppm: raw_sample.ppm(),
                 raw_retention_days: (raw_retention.as_secs() / 86_400) as i64,
                 max_raw_rows: raw_buffer_rows,
@@ -508,7 +528,8 @@ impl Config {
             lease_ttl: text(self.fleet.as_ref().map_or(crate::fleet::DEFAULT_LEASE_TTL, |f| f.lease_ttl)),
             standby_memory: Some(self.fleet.as_ref().map_or(0, |f| f.standby_memory)),
             event_types: Some(i.event_types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")),
-            sample: Some(i.sample.to_string()),
+            sample: Some(i.sample.base().to_string()),
+            sample_by_type: Some(i.sample.overrides_text()).filter(|t| !t.is_empty()),
             flush_interval: text(s.flush_interval),
             metrics_addr: Some(self.metrics_addr.to_string()),
             max_lateness: text(ms(a.max_lateness_ms)),
@@ -982,7 +1003,7 @@ mod tests {
         assert_eq!(c.ingest.partition_count, 64);
         assert_eq!(c.ingest.partitions.len(), 64);
         assert_eq!(c.ingest.event_types.len(), 8);
-        assert_eq!(c.ingest.sample, Rate::ALL);
+        assert_eq!(c.ingest.sample, Rate::ALL.into());
         assert_eq!(c.sink.flush_interval, Duration::from_secs(1));
         assert_eq!(c.aggregate.max_lateness_ms, 7 * 86_400_000);
         assert_eq!(c.aggregate.max_future_skew_ms, 300_000);
@@ -1035,6 +1056,15 @@ mod tests {
             ("max-os-values", Box::new(|s| s.max_os_values = Some(0))),
             ("landscape-window", Box::new(|s| s.landscape_window = Some("a minute".into()))),
             ("landscape-max-pending", Box::new(|s| s.landscape_max_pending = Some(0))),
+            ("sample-by-type", Box::new(|s| s.sample_by_type = Some("bids=1/2".into()))),
+            ("sample-by-type", Box::new(|s| s.sample_by_type = Some("bid=0".into()))),
+            (
+                "sample-by-type",
+                Box::new(|s| {
+                    s.event_types = Some("bid".into());
+                    s.sample_by_type = Some("win=1/2".into());
+                }),
+            ),
         ];
         for (key, mutate) in cases {
             let mut s = base();
@@ -1044,6 +1074,32 @@ mod tests {
         let err = Settings { sample: Some("abc".into()), ..base() }.resolve().unwrap_err().to_string();
         assert!(err.starts_with("invalid configuration: `sample`:"), "{err}");
         assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn a_rate_per_type_overrides_sample_round_trips_and_keeps_a_landscape_whole() {
+        let file = Settings::from_toml("sample = \"1/2\"\nsample-by-type = \"auction=1/64, win=1\"\n").unwrap();
+        let c = Settings { sample: file.sample, sample_by_type: file.sample_by_type, ..base() }.resolve().unwrap();
+        let rates = c.ingest.sample;
+        assert_eq!((rates.of(EventType::Auction).ppm(), rates.of(EventType::Win).ppm()), (15_625, 1_000_000));
+        assert_eq!(rates.of(EventType::Bid).ppm(), 500_000);
+        let shown = c.effective();
+        assert_eq!(shown.sample.as_deref(), Some("1/2"));
+        assert_eq!(shown.sample_by_type.as_deref(), Some("auction=1/64,win=1"));
+        let again = Settings { database_url: base().database_url, ..shown }.resolve().unwrap();
+        assert_eq!(again.ingest.sample, rates, "check-config's output reads back");
+        assert_eq!(base().resolve().unwrap().effective().sample_by_type, None);
+        // a landscape needs its bids, wins and losses at one rate
+        let landscape =
+            Settings::from_toml("[rollup.landscape]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"bid_price\"]\n")
+                .unwrap()
+                .rollup;
+        let with = |by_type: &str| {
+            Settings { rollup: landscape.clone(), sample_by_type: Some(by_type.into()), ..base() }.resolve()
+        };
+        assert!(with("auction=1/64").is_ok(), "auctions are not paired");
+        let err = with("loss=1/8").unwrap_err().to_string();
+        assert!(err.starts_with("invalid configuration: `sample-by-type`: a bid landscape"), "{err}");
     }
 
     fn rollup_error(toml: &str) -> String {
@@ -1111,7 +1167,7 @@ mod tests {
         let file = Settings { sample: Some("1/8".into()), partition_count: Some(256), ..Default::default() };
         let flags = Settings { sample: Some("1/2".into()), ..base() };
         let c = flags.over(file).resolve().unwrap();
-        assert_eq!(c.ingest.sample.ppm(), 500_000);
+        assert_eq!(c.ingest.sample.base().ppm(), 500_000);
         assert_eq!(c.ingest.partition_count, 256);
     }
 
@@ -1202,7 +1258,7 @@ mod tests {
                 database_url: Some("postgres://u@h/d".into()),
                 ..Settings::from_toml(toml).unwrap()
             };
-            assert_eq!(s.resolve().unwrap().ingest.sample.ppm(), ppm, "{toml}");
+            assert_eq!(s.resolve().unwrap().ingest.sample.base().ppm(), ppm, "{toml}");
         }
         let s = Settings::from_toml("raw-sample = 0.001").unwrap();
         assert_eq!(s.raw_sample.as_deref(), Some("0.001"));

@@ -67,8 +67,8 @@ struct FleetArgs {
 
 #[derive(Subcommand)]
 enum FleetAction {
-    /// Make this configuration's group-wide settings (partition-count, sample, raw-sample, event-types
-    /// and the rollup tables) its group's: every member must run with them, and one that differs refuses to
+    /// Make this configuration's group-wide settings (partition-count, sample, sample-by-type, raw-sample,
+    /// event-types and the rollup tables) its group's: every member must run with them, and one that differs refuses to
     /// start. Refused while a member of the group is live.
     Set(ConfigArgs),
 }

@@ -65,7 +65,8 @@ pub async fn run(
         commit = crate::telemetry::COMMIT,
         database = %crate::config::mask_database_url(&config.sink.database_url),
         metrics = %config.metrics_addr,
-        sample = %config.ingest.sample,
+        sample = %config.ingest.sample.base(),
+        sample_by_type = %config.ingest.sample.overrides_text(),
         partitions = config.ingest.partitions.len(),
         partition_count = config.ingest.partition_count,
         "starting"

@@ -3,7 +3,7 @@
 use crate::aggregate::{AggregateConfig, Aggregator, Outcome};
 use crate::buffer::{BufferStats, ClaimBuffer};
 use crate::decode::{decode, DecodeError, Event};
-use crate::sample::{Rate, Sampler};
+use crate::sample::{PartitionShare, Rate, Sampler, TypeRates};
 use crate::seq::SeqTracker;
 use crate::wire::{fnv1a64, parse_topic, EventType, MAX_PARTITIONS};
 use rustc_hash::FxHashMap;
@@ -48,8 +48,8 @@ impl PartitionCheck {
 pub struct HotPathConfig {
     /// Fleet-wide partition count P.
     pub partition_count: u32,
-    /// Rollup sampling rate.
-    pub sample: Rate,
+    /// Rollup sampling rate of each event type.
+    pub sample: TypeRates,
     /// Raw-event sampling rate.
     pub raw_sample: Rate,
     /// Whether this instance takes every partition at rate 1 (then an event
@@ -68,7 +68,7 @@ impl Default for HotPathConfig {
     fn default() -> HotPathConfig {
         HotPathConfig {
             partition_count: 64,
-            sample: Rate::ALL,
+            sample: Rate::ALL.into(),
             raw_sample: Rate::from_ppm(1_000),
             takes_everything: true,
             max_event_size: DEFAULT_MAX_EVENT_SIZE,
@@ -98,9 +98,11 @@ pub struct HotPath {
     max_event_size: usize,
     /// Whether an event on a mismatching partition is still kept.
     pub takes_everything: bool,
-    sampler: Sampler,
-    /// The rollup sample keeps every transaction (no per-event decision).
-    everything: bool,
+    /// Each event type's rollup sampler, by [`EventType::index`].
+    samplers: [Sampler; EventType::ALL.len()],
+    /// Per type, whether its rollup sample keeps every transaction (no
+    /// per-event decision).
+    everything: [bool; EventType::ALL.len()],
     /// `None` when the raw sample is off.
     raw_sampler: Option<Sampler>,
     /// The rollups being built.
@@ -129,14 +131,14 @@ pub struct HotPath {
 impl HotPath {
     /// A hot path with the given settings.
     pub fn new(config: HotPathConfig) -> HotPath {
-        let sampler = Sampler::new(config.sample, config.partition_count);
+        let samplers = EventType::ALL.map(|t| Sampler::new(config.sample.of(t), config.partition_count));
         HotPath {
             partition_count: config.partition_count,
             partition_mask: config.partition_count.is_power_of_two().then(|| u64::from(config.partition_count) - 1),
             max_event_size: config.max_event_size,
             takes_everything: config.takes_everything,
-            everything: sampler.keeps_everything(),
-            sampler,
+            everything: samplers.each_ref().map(Sampler::keeps_everything),
+            samplers,
             raw_sampler: (config.raw_sample != Rate::NONE)
                 .then(|| Sampler::new(config.raw_sample, config.partition_count)),
             aggregator: Aggregator::new(config.aggregate),
@@ -150,11 +152,18 @@ impl HotPath {
         }
     }
 
-    /// The samplers in use (rollup, then raw), which decide the subscriptions.
-    pub fn samplers(&self) -> Vec<&Sampler> {
-        let mut out = vec![&self.sampler];
+    /// The samplers that decide which partitions of `event_type` are
+    /// subscribed to: the type's rollup sampler, and the raw one (whose
+    /// transactions are kept whole in `events_sample`).
+    pub fn samplers(&self, event_type: EventType) -> Vec<&Sampler> {
+        let mut out = vec![&self.samplers[event_type.index()]];
         out.extend(self.raw_sampler.as_ref());
         out
+    }
+
+    /// Whether any sampler of `event_type` needs partition `p` at all.
+    pub fn wants(&self, event_type: EventType, p: u32) -> bool {
+        self.samplers(event_type).iter().any(|s| s.share(p) != PartitionShare::Nothing)
     }
 
     /// Whether `partition` is this instance's now.
@@ -351,7 +360,8 @@ impl HotPath {
     /// Samples, admits and aggregates a decoded event of partition `owner`.
     #[inline]
     fn keep(&mut self, ev: Event<'_>, hash: u64, owner: u32, now_ms: i64) {
-        let rollup = self.everything || self.sampler.keep_owned(owner, hash);
+        let t = ev.event_type.index();
+        let rollup = self.everything[t] || self.samplers[t].keep_owned(owner, hash);
         let raw = self.raw_sampler.as_ref().is_some_and(|s| s.keep_owned(owner, hash));
         if !rollup && !raw {
             self.sampled_out += 1;
@@ -399,7 +409,7 @@ mod tests {
     fn hot(takes_everything: bool, sample: &str) -> HotPath {
         HotPath::new(HotPathConfig {
             partition_count: 16,
-            sample: sample.parse().unwrap(),
+            sample: sample.parse::<Rate>().unwrap().into(),
             raw_sample: Rate::NONE,
             takes_everything,
             max_event_size: 1000,

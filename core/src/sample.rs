@@ -21,7 +21,7 @@
 //! refined by `v`, and every other partition is not subscribed to at all: the
 //! publishers never send it, which is what makes a low rate cheap.
 
-use crate::wire::fnv1a64;
+use crate::wire::{fnv1a64, EventType};
 use std::fmt;
 use std::str::FromStr;
 
@@ -99,6 +99,110 @@ impl FromStr for Rate {
         }
         Ok(Rate { ppm })
     }
+}
+
+/// Rollup sampling rates per event type: `sample` for every type, and
+/// `sample-by-type` for the types that differ (auctions at 1/64 while the
+/// rest stay exact, say). Each type is sampled by transaction on its own
+/// [`Sampler`]; samplers nest, so a transaction kept at a low rate is kept
+/// at every higher one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TypeRates {
+    base: Rate,
+    by_type: [Rate; EventType::ALL.len()],
+}
+
+impl From<Rate> for TypeRates {
+    /// One rate for every type.
+    fn from(base: Rate) -> TypeRates {
+        TypeRates { base, by_type: [base; EventType::ALL.len()] }
+    }
+}
+
+impl TypeRates {
+    /// These rates, with `event_type`'s set to `rate`.
+    pub fn with(mut self, event_type: EventType, rate: Rate) -> TypeRates {
+        self.by_type[event_type.index()] = rate;
+        self
+    }
+
+    /// `event_type`'s rate.
+    #[inline]
+    pub fn of(&self, event_type: EventType) -> Rate {
+        self.by_type[event_type.index()]
+    }
+
+    /// `sample`: the rate of the types `sample-by-type` leaves alone.
+    pub fn base(&self) -> Rate {
+        self.base
+    }
+
+    /// Whether every type keeps every transaction.
+    pub fn keeps_everything(&self) -> bool {
+        self.by_type.iter().all(|&r| r == Rate::ALL)
+    }
+
+    /// The types whose rate is not `sample`'s, with their rates.
+    pub fn overrides(&self) -> impl Iterator<Item = (EventType, Rate)> + '_ {
+        EventType::ALL.into_iter().map(|t| (t, self.of(t))).filter(|&(_, r)| r != self.base)
+    }
+
+    /// `sample-by-type` as written: `auction=1/64,loss=1/8` (empty when
+    /// every type is at `sample`).
+    pub fn overrides_text(&self) -> String {
+        self.overrides().map(|(t, r)| format!("{t}={r}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// The overrides as parts per million (`auction=15625`), the form the
+    /// fleet compares between members.
+    pub fn overrides_ppm(&self) -> String {
+        self.overrides().map(|(t, r)| format!("{t}={}", r.ppm())).collect::<Vec<_>>().join(",")
+    }
+
+    /// Each type's rate in parts per million, by [`EventType::index`]: the
+    /// `sample_ppm` of its rows.
+    pub fn ppm_by_type(&self) -> [u32; EventType::ALL.len()] {
+        self.by_type.map(Rate::ppm)
+    }
+}
+
+impl fmt::Display for TypeRates {
+    /// `1/8`, or `1 (auction=1/64,loss=1/8)` with overrides.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.base)?;
+        let overrides = self.overrides_text();
+        if !overrides.is_empty() {
+            write!(f, " ({overrides})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses `sample-by-type` (`auction=1/64,loss=0.125`) over `base`; the
+/// error names the entry at fault.
+pub fn parse_type_rates(base: Rate, text: &str) -> Result<TypeRates, String> {
+    let mut rates = TypeRates::from(base);
+    let mut seen = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((name, rate)) = entry.split_once('=') else {
+            return Err(format!("expected TYPE=RATE entries such as `auction=1/64`, got `{entry}`"));
+        };
+        let name = name.trim();
+        let event_type = EventType::from_bytes(name.as_bytes()).ok_or_else(|| {
+            let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+            format!("unknown event type `{name}` (known: {})", known.join(", "))
+        })?;
+        if seen.contains(&event_type) {
+            return Err(format!("`{name}` is given twice"));
+        }
+        seen.push(event_type);
+        let rate: Rate = rate.parse().map_err(|e| format!("`{name}`: {e}"))?;
+        if rate == Rate::NONE {
+            return Err(format!("`{name}`: a rate of 0 keeps nothing; leave the type out of `event-types` instead"));
+        }
+        rates = rates.with(event_type, rate);
+    }
+    Ok(rates)
 }
 
 /// SplitMix64's finaliser: a bijective full-avalanche mix of 64 bits.
@@ -246,6 +350,36 @@ mod tests {
         }
         assert_eq!(Rate::from_ppm(125_000).to_string(), "1/8");
         assert_eq!(Rate::ALL.to_string(), "1");
+    }
+
+    #[test]
+    fn rates_by_type_parse_print_and_refuse_what_cannot_be_meant() {
+        let half: Rate = "1/2".parse().unwrap();
+        let r = parse_type_rates(half, "auction=1/64, loss = 0.125").unwrap();
+        assert_eq!(r.of(EventType::Auction).ppm(), 15_625);
+        assert_eq!(r.of(EventType::Loss).ppm(), 125_000);
+        assert_eq!(r.of(EventType::Bid), half);
+        assert_eq!(r.base(), half);
+        assert_eq!(r.overrides_text(), "auction=1/64,loss=1/8");
+        assert_eq!(r.overrides_ppm(), "auction=15625,loss=125000");
+        assert_eq!(r.to_string(), "1/2 (auction=1/64,loss=1/8)");
+        assert_eq!(r.ppm_by_type()[EventType::Bid.index()], 500_000);
+        assert!(!r.keeps_everything());
+        // an override equal to the base is no override
+        let same = parse_type_rates(Rate::ALL, "bid=1").unwrap();
+        assert_eq!((same.overrides_text(), same.to_string()), (String::new(), "1".to_string()));
+        assert!(same.keeps_everything());
+        assert_eq!(parse_type_rates(Rate::ALL, "").unwrap(), TypeRates::from(Rate::ALL));
+        for (bad, says) in [
+            ("auction", "TYPE=RATE"),
+            ("bids=1/2", "unknown event type `bids`"),
+            ("bid=2", "`bid`: expected a rate"),
+            ("bid=0", "keeps nothing"),
+            ("bid=1/2,bid=1/4", "given twice"),
+        ] {
+            let err = parse_type_rates(Rate::ALL, bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

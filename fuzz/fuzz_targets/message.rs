@@ -2,11 +2,13 @@
 //! (`HotPath::process`: size limit, decode, seq tracking, partition check,
 //! sampling, admission, aggregation, raw rows), then drain and merge, with
 //! tiny caps so that every folding path is exercised. The sample is below 1
-//! and a subset is taken, so partition checks and refined partitions run.
+//! (auctions lower still) and a subset is taken, so partition checks and refined partitions run.
 #![no_main]
 
 use bid_logger_core::aggregate::{AggregateConfig, Delta};
 use bid_logger_core::hot_path::{HotPath, HotPathConfig};
+use bid_logger_core::sample::{Rate, TypeRates};
+use bid_logger_core::wire::EventType;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,7 +18,12 @@ fuzz_target!(|data: &[u8]| {
     let takes_everything = n % 2 == 0;
     let mut hot = HotPath::new(HotPathConfig {
         partition_count: 64,
-        sample: if takes_everything { "1".parse().unwrap() } else { "0.3".parse().unwrap() },
+        // (sampling, auctions at a rate of their own)
+        sample: if takes_everything {
+            Rate::ALL.into()
+        } else {
+            TypeRates::from(Rate::from_ppm(300_000)).with(EventType::Auction, Rate::from_ppm(20_000))
+        },
         raw_sample: "0.5".parse().unwrap(),
         takes_everything,
         max_event_size: 512,

@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (14, "lost", include_str!("../../sql/0014_lost.sql")),
     (15, "live_layout", include_str!("../../sql/0015_live_layout.sql")),
     (16, "price_distributions", include_str!("../../sql/0016_price_distributions.sql")),
+    (17, "sample_by_type", include_str!("../../sql/0017_sample_by_type.sql")),
 ];
 
 /// The migration that partitions the rollups; `rollup_day` is backfilled

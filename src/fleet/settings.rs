@@ -6,7 +6,7 @@
 //! that disagrees does not join. `bid-logger fleet set` changes them.
 
 use crate::db::tables::RollupTable;
-use bid_logger_core::sample::Rate;
+use bid_logger_core::sample::{Rate, TypeRates};
 use bid_logger_core::wire::EventType;
 use std::fmt::Write;
 use tokio_postgres::GenericClient;
@@ -18,6 +18,9 @@ pub struct GroupSettings {
     pub partition_count: u32,
     /// `sample`, in parts per million.
     pub sample_ppm: u32,
+    /// `sample-by-type`: the types whose rate is not `sample`'s, as
+    /// `auction=0.015625,loss=0.125` (empty when there are none).
+    pub sample_by_type: String,
     /// `raw-sample`, in parts per million.
     pub raw_sample_ppm: u32,
     /// `event-types`, sorted, comma-separated (a member without a type
@@ -29,11 +32,11 @@ pub struct GroupSettings {
 }
 
 impl GroupSettings {
-    /// A member's, from its `partition-count`, `sample`, `raw-sample`,
-    /// `event-types` and rollup tables.
+    /// A member's, from its `partition-count`, `sample` and
+    /// `sample-by-type`, `raw-sample`, `event-types` and rollup tables.
     pub fn of(
         partition_count: u32,
-        (sample, raw_sample): (Rate, Rate),
+        (sample, raw_sample): (TypeRates, Rate),
         event_types: &[EventType],
         tables: &[RollupTable],
     ) -> GroupSettings {
@@ -60,7 +63,12 @@ impl GroupSettings {
         tables.sort();
         GroupSettings {
             partition_count,
-            sample_ppm: sample.ppm(),
+            sample_ppm: sample.base().ppm(),
+            sample_by_type: sample
+                .overrides()
+                .map(|(t, r)| format!("{t}={}", f64::from(r.ppm()) / 1e6))
+                .collect::<Vec<_>>()
+                .join(","),
             raw_sample_ppm: raw_sample.ppm(),
             event_types: types.join(","),
             tables: tables.join(" "),
@@ -77,6 +85,10 @@ impl GroupSettings {
         if self.sample_ppm != group.sample_ppm {
             return Some(("sample", ppm(self.sample_ppm), ppm(group.sample_ppm)));
         }
+        if self.sample_by_type != group.sample_by_type {
+            let text = |s: &str| if s.is_empty() { "none".to_string() } else { s.to_string() };
+            return Some(("sample-by-type", text(&self.sample_by_type), text(&group.sample_by_type)));
+        }
         if self.raw_sample_ppm != group.raw_sample_ppm {
             return Some(("raw-sample", ppm(self.raw_sample_ppm), ppm(group.raw_sample_ppm)));
         }
@@ -90,11 +102,11 @@ impl GroupSettings {
     }
 }
 
-const RECORD: &str =
-    "INSERT INTO bid_logger_groups (grp, partition_count, sample_ppm, raw_sample_ppm, tables, event_types)
-    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (grp) DO NOTHING";
-const READ: &str =
-    "SELECT partition_count, sample_ppm, raw_sample_ppm, tables, event_types FROM bid_logger_groups WHERE grp = $1";
+const RECORD: &str = "INSERT INTO bid_logger_groups
+    (grp, partition_count, sample_ppm, raw_sample_ppm, tables, event_types, sample_by_type)
+    VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (grp) DO NOTHING";
+const READ: &str = "SELECT partition_count, sample_ppm, raw_sample_ppm, tables, event_types, sample_by_type
+    FROM bid_logger_groups WHERE grp = $1";
 
 fn from_row(row: &tokio_postgres::Row) -> GroupSettings {
     GroupSettings {
@@ -103,6 +115,7 @@ fn from_row(row: &tokio_postgres::Row) -> GroupSettings {
         raw_sample_ppm: row.get::<_, i32>(2) as u32,
         tables: row.get(3),
         event_types: row.get(4),
+        sample_by_type: row.get(5),
     }
 }
 
@@ -114,7 +127,7 @@ pub async fn record_or_read(
     ours: &GroupSettings,
 ) -> Result<GroupSettings, tokio_postgres::Error> {
     let (p, s, r) = (ours.partition_count as i32, ours.sample_ppm as i32, ours.raw_sample_ppm as i32);
-    client.execute(RECORD, &[&group, &p, &s, &r, &ours.tables, &ours.event_types]).await?;
+    client.execute(RECORD, &[&group, &p, &s, &r, &ours.tables, &ours.event_types, &ours.sample_by_type]).await?;
     Ok(from_row(&client.query_one(READ, &[&group]).await?))
 }
 
@@ -158,12 +171,14 @@ pub async fn set(
     let old = tx.query_opt(READ, &[&group]).await?.as_ref().map(from_row);
     let (p, s, r) = (new.partition_count as i32, new.sample_ppm as i32, new.raw_sample_ppm as i32);
     tx.execute(
-        "INSERT INTO bid_logger_groups (grp, partition_count, sample_ppm, raw_sample_ppm, tables, event_types)
-            VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO bid_logger_groups
+                (grp, partition_count, sample_ppm, raw_sample_ppm, tables, event_types, sample_by_type)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
             ON CONFLICT (grp) DO UPDATE SET partition_count = excluded.partition_count,
                 sample_ppm = excluded.sample_ppm, raw_sample_ppm = excluded.raw_sample_ppm,
-                tables = excluded.tables, event_types = excluded.event_types, updated_at = now()",
-        &[&group, &p, &s, &r, &new.tables, &new.event_types],
+                tables = excluded.tables, event_types = excluded.event_types,
+                sample_by_type = excluded.sample_by_type, updated_at = now()",
+        &[&group, &p, &s, &r, &new.tables, &new.event_types, &new.sample_by_type],
     )
     .await?;
     tx.commit().await?;
@@ -178,12 +193,25 @@ mod tests {
     fn the_first_setting_that_differs_is_named_with_both_values() {
         let tables = crate::db::tables::default_tables(std::time::Duration::from_secs(1));
         let of = |p: u32, sample: &str, types: &[EventType]| {
-            GroupSettings::of(p, (sample.parse().unwrap(), Rate::NONE), types, &tables)
+            let (base, by_type) = sample.split_once(' ').unwrap_or((sample, ""));
+            let rates = bid_logger_core::sample::parse_type_rates(base.parse().unwrap(), by_type).unwrap();
+            GroupSettings::of(p, (rates, Rate::NONE), types, &tables)
         };
         let group = of(16, "1", &[EventType::Bid, EventType::Auction]);
         assert_eq!(of(16, "1", &[EventType::Auction, EventType::Bid]).differs(&group), None, "order does not matter");
         assert_eq!(of(8, "1", &[EventType::Bid]).differs(&group), Some(("partition-count", "8".into(), "16".into())));
         assert_eq!(of(16, "0.5", &[EventType::Bid]).differs(&group), Some(("sample", "0.5".into(), "1".into())));
+        let both = [EventType::Bid, EventType::Auction];
+        assert_eq!(
+            of(16, "1 auction=1/64", &both).differs(&group),
+            Some(("sample-by-type", "auction=0.015625".into(), "none".into()))
+        );
+        assert_eq!(
+            of(16, "1 auction=1/64", &both).differs(&of(16, "1 auction=1/8", &both)),
+            Some(("sample-by-type", "auction=0.015625".into(), "auction=0.125".into()))
+        );
+        // the same rates however they are written
+        assert_eq!(of(16, "1 auction=1/64", &both).differs(&of(16, "1 auction=0.015625,bid=1", &both)), None);
         assert_eq!(
             of(16, "1", &[EventType::Bid]).differs(&group),
             Some(("event-types", "bid".into(), "auction,bid".into()))

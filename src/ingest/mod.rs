@@ -35,7 +35,7 @@ pub use topics::{prefixes_from, subscriptions};
 pub use worker::{spawn, FleetLinks, FlushRequests, Ingest, IngestSummary, Links};
 
 use bid_logger_core::aggregate::AggregateConfig;
-use bid_logger_core::sample::Rate;
+use bid_logger_core::sample::{Rate, TypeRates};
 use bid_logger_core::wire::EventType;
 
 /// Default `partition-count`.
@@ -62,8 +62,8 @@ pub struct IngestConfig {
     pub partitions: Vec<u32>,
     /// Event types subscribed to.
     pub event_types: Vec<EventType>,
-    /// Rollup sampling rate.
-    pub sample: Rate,
+    /// Rollup sampling rate of each event type (`sample`, `sample-by-type`).
+    pub sample: TypeRates,
     /// Raw-event sampling rate (`events_sample`).
     pub raw_sample: Rate,
     /// ZMQ_RCVHWM.
@@ -100,10 +100,10 @@ pub enum IngestError {
 
 impl IngestConfig {
     /// Whether this instance takes every transaction of every partition
-    /// (all partitions, rollup rate 1). Then it subscribes by type prefix
+    /// (all partitions, rollup rate 1 for every type). Then it subscribes by type prefix
     /// and a publisher's partition number cannot make it miss an event.
     pub fn takes_everything(&self) -> bool {
-        self.sample == Rate::ALL && self.partitions.len() == self.partition_count as usize
+        self.sample.keeps_everything() && self.partitions.len() == self.partition_count as usize
     }
 
     /// The hot path's settings.

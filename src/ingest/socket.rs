@@ -414,7 +414,7 @@ mod tests {
             partition_count: 1,
             partitions: vec![0],
             event_types: vec![],
-            sample: bid_logger_core::sample::Rate::ALL,
+            sample: bid_logger_core::sample::Rate::ALL.into(),
             raw_sample: bid_logger_core::sample::Rate::NONE,
             receive_hwm: 0,
             quiet_after: Duration::from_secs(60),

@@ -2,8 +2,7 @@
 //! the publisher, so this decides what is sent over the network at all).
 
 use super::IngestConfig;
-use bid_logger_core::sample::{PartitionShare, Sampler};
-use bid_logger_core::wire::{topic, MAX_PARTITIONS};
+use bid_logger_core::wire::{topic, EventType, MAX_PARTITIONS};
 
 /// The topics thread `index` of `threads` subscribes to.
 ///
@@ -12,12 +11,17 @@ use bid_logger_core::wire::{topic, MAX_PARTITIONS};
 ///   event is filtered out at the sender.
 /// * Otherwise, for each configured event type: the thread's share of this
 ///   instance's partitions (round robin), minus partitions that none of the
-///   samplers (rollup, raw) needs, plus its share of the prefixes that
+///   type's samplers (its rollup rate, the raw sample) needs (`wants`), plus its share of the prefixes that
 ///   cover every partition number from `partition-count` to 9999. A
 ///   publisher whose partition count agrees sends nothing there; one that
 ///   uses a larger count is seen (its events counted as partition
 ///   mismatches) instead of being silently filtered out.
-pub fn subscriptions(config: &IngestConfig, samplers: &[&Sampler], index: usize, threads: usize) -> Vec<String> {
+pub fn subscriptions(
+    config: &IngestConfig,
+    wants: &dyn Fn(EventType, u32) -> bool,
+    index: usize,
+    threads: usize,
+) -> Vec<String> {
     if threads == 1 && config.takes_everything() {
         return config.event_types.iter().map(|et| format!("{}.", et.as_str())).collect();
     }
@@ -25,8 +29,7 @@ pub fn subscriptions(config: &IngestConfig, samplers: &[&Sampler], index: usize,
     let mut out = Vec::new();
     for &et in &config.event_types {
         for (i, &p) in config.partitions.iter().enumerate() {
-            let wanted = samplers.iter().any(|s| s.share(p) != PartitionShare::Nothing);
-            if i % threads == index && wanted {
+            if i % threads == index && wants(et, p) {
                 out.push(topic(et, p));
             }
         }
@@ -69,7 +72,7 @@ mod tests {
             partition_count,
             partitions: partitions.collect(),
             event_types: vec![EventType::Bid, EventType::Win],
-            sample: sample.parse().unwrap(),
+            sample: sample.parse::<Rate>().unwrap().into(),
             raw_sample: Rate::NONE,
             receive_hwm: 0,
             quiet_after: crate::ingest::DEFAULT_QUIET_AFTER,
@@ -98,39 +101,57 @@ mod tests {
         }
     }
 
+    /// Thread `index`'s subscriptions, decided by the hot path `config` makes.
+    fn subs(config: &IngestConfig, index: usize, threads: usize) -> Vec<String> {
+        let hot = bid_logger_core::hot_path::HotPath::new(config.hot_path(Default::default()));
+        subscriptions(config, &|et, p| hot.wants(et, p), index, threads)
+    }
+
     #[test]
     fn subscriptions_follow_partitions_types_threads_and_sample() {
-        let all = Sampler::new(Rate::ALL, 64);
         // one thread taking everything: one prefix per type, whatever the publishers' count
-        assert_eq!(subscriptions(&config(64, 0..64, 1, "1"), &[&all], 0, 1), vec!["bid.", "win."]);
+        assert_eq!(subs(&config(64, 0..64, 1, "1"), 0, 1), vec!["bid.", "win."]);
         // a partition subset: exact topics, plus the partitions beyond the count
         let beyond = prefixes_from(64).len();
         let subset = config(64, 0..16, 2, "1");
-        let t0 = subscriptions(&subset, &[&all], 0, 2);
-        let t1 = subscriptions(&subset, &[&all], 1, 2);
+        let t0 = subs(&subset, 0, 2);
+        let t1 = subs(&subset, 1, 2);
         assert_eq!(t0.len() + t1.len(), 2 * (16 + beyond));
         assert!(t0.contains(&"bid.0000".to_string()) && t1.contains(&"win.0015".to_string()));
         assert!(!t0.contains(&"bid.0016".to_string()) && !t1.contains(&"bid.0016".to_string()));
         assert!(t0.iter().chain(&t1).any(|t| t == "bid.0064") && t0.iter().chain(&t1).any(|t| t == "win.1"));
         // several threads taking everything: no prefix is shared, all partitions are covered
         let threads = config(64, 0..64, 2, "1");
-        let (a, b) = (subscriptions(&threads, &[&all], 0, 2), subscriptions(&threads, &[&all], 1, 2));
+        let (a, b) = (subs(&threads, 0, 2), subs(&threads, 1, 2));
         assert_eq!(a.len() + b.len(), 2 * (64 + beyond));
         assert!(a.iter().all(|t| !b.contains(t)));
         // sampling: partitions outside every sample are not subscribed to
+        let exact = |mut topics: Vec<String>| {
+            topics.retain(|t| {
+                t.len() >= 8 && t[t.len() - 4..].bytes().all(|b| b.is_ascii_digit()) && t[t.len() - 4..] < *"0064"
+            });
+            topics.sort();
+            topics
+        };
         let sampled = config(64, 0..16, 1, "1/8");
-        let eighth = Sampler::new("1/8".parse().unwrap(), 64);
-        let mut topics = subscriptions(&sampled, &[&eighth], 0, 1);
-        topics.retain(|t| {
-            t.len() == "bid.0000".len() && t.as_bytes()[4..].iter().all(u8::is_ascii_digit) && t[4..] < *"0064"
-        });
-        topics.sort();
-        assert_eq!(topics, vec!["bid.0000", "bid.0008", "win.0000", "win.0008"]);
+        assert_eq!(exact(subs(&sampled, 0, 1)), vec!["bid.0000", "bid.0008", "win.0000", "win.0008"]);
         // a raw sample at a lower rate needs no extra partition (samples nest)
-        let raw = Sampler::new("1/1000".parse().unwrap(), 64);
-        assert_eq!(subscriptions(&sampled, &[&eighth, &raw], 0, 1).len(), 2 * (2 + beyond));
+        let raw = IngestConfig { raw_sample: "1/1000".parse().unwrap(), ..config(64, 0..16, 1, "1/8") };
+        assert_eq!(subs(&raw, 0, 1).len(), 2 * (2 + beyond));
         // at a higher rate it does
-        let half = Sampler::new("1/2".parse().unwrap(), 64);
-        assert_eq!(subscriptions(&sampled, &[&eighth, &half], 0, 1).len(), 2 * (8 + beyond));
+        let half = IngestConfig { raw_sample: "1/2".parse().unwrap(), ..config(64, 0..16, 1, "1/8") };
+        assert_eq!(subs(&half, 0, 1).len(), 2 * (8 + beyond));
+        // a rate per type: each type its own partitions, bids all 16 and wins 1/8 of 64
+        let by_type = config(64, 0..16, 1, "1");
+        let by_type = IngestConfig { sample: by_type.sample.with(EventType::Win, "1/8".parse().unwrap()), ..by_type };
+        let topics = exact(subs(&by_type, 0, 1));
+        assert_eq!(topics.iter().filter(|t| t.starts_with("bid.")).count(), 16, "{topics:?}");
+        assert_eq!(topics.iter().filter(|t| t.starts_with("win.")).collect::<Vec<_>>(), ["win.0000", "win.0008"]);
+        // ... and it takes everything no more: no type prefix
+        let all_by_type = config(64, 0..64, 1, "1");
+        let all_by_type =
+            IngestConfig { sample: all_by_type.sample.with(EventType::Win, "1/2".parse().unwrap()), ..all_by_type };
+        assert!(!all_by_type.takes_everything());
+        assert!(!subs(&all_by_type, 0, 1).contains(&"bid.".to_string()));
     }
 }

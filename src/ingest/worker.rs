@@ -13,7 +13,6 @@ use bid_logger_core::clock::{coarse_monotonic_ms, now_ms};
 use bid_logger_core::decode::DecodeError;
 use bid_logger_core::hot_path::HotPath;
 use bid_logger_core::marks::SeqMarks;
-use bid_logger_core::sample::PartitionShare;
 use bid_logger_core::seq::Mark;
 use bid_logger_core::wire::topic;
 use bid_logger_core::wire::{EventType, MAX_PARTITIONS};
@@ -164,7 +163,9 @@ struct Follower {
     acks: Arc<[AtomicU64]>,
     index: usize,
     threads: usize,
-    event_types: Vec<EventType>,
+    /// Per partition, the event types whose samplers need it (empty: the
+    /// partition is never subscribed to).
+    types_of: Vec<Vec<EventType>>,
     /// Partitions received now (this thread's share), sorted.
     receiving: Vec<u32>,
     /// Partitions buffered now (claimed, not passed yet; or every partition not
@@ -172,8 +173,6 @@ struct Follower {
     buffering: Vec<u32>,
     /// A standby's: every partition of this thread's share it may receive.
     standby: Option<Vec<u32>>,
-    /// Partitions a sampler needs at all.
-    wanted: Vec<bool>,
     unowned: Counter,
     /// Times fenced, as of the last assignment applied.
     fences: u64,
@@ -225,7 +224,7 @@ impl Ingest {
         // A fleet member's group takes every partition: at rate 1 a
         // mismatching event is kept by the member that receives it, as by a
         // single instance taking everything.
-        hot_config.takes_everything |= fleet.is_some() && config.sample == bid_logger_core::sample::Rate::ALL;
+        hot_config.takes_everything |= fleet.is_some() && config.sample.keeps_everything();
         let mut hot = HotPath::new(hot_config);
         // The marks committed by an earlier run of this thread's partitions:
         // the first `seq` received counts the gap from them.
@@ -237,7 +236,7 @@ impl Ingest {
             hot.seqs.await_seeds();
             (cell, scope)
         });
-        let topics = subscriptions(config, &hot.samplers(), index, config.threads);
+        let topics = subscriptions(config, &|et, p| hot.wants(et, p), index, config.threads);
         let sources = open_sources(ctx, config, &topics, index, endpoints)?;
         tracing::info!(thread = index, topics = topics.len(), "subscribed");
         let fleet = fleet.as_ref().map(|f| {
@@ -249,7 +248,9 @@ impl Ingest {
                 }
                 None => ClaimBuffer::new(config.partition_count, BUFFER_LIMIT_BYTES / threads),
             });
-            let samplers = hot.samplers();
+            let types_of: Vec<Vec<EventType>> = (0..config.partition_count)
+                .map(|p| config.event_types.iter().copied().filter(|&et| hot.wants(et, p)).collect())
+                .collect();
             let mut rx = f.assignment.clone();
             if f.standby.is_some() {
                 // A standby subscribes to everything at once, owning nothing yet.
@@ -260,18 +261,15 @@ impl Ingest {
                 acks: f.acks.clone(),
                 index,
                 threads: config.threads,
-                event_types: config.event_types.clone(),
                 receiving: Vec::new(),
                 buffering: Vec::new(),
                 standby: f.standby.map(|_| {
                     (0..config.partition_count)
                         .filter(|&p| p as usize % config.threads == index)
-                        .filter(|&p| samplers.iter().any(|s| s.share(p) != PartitionShare::Nothing))
+                        .filter(|&p| !types_of[p as usize].is_empty())
                         .collect()
                 }),
-                wanted: (0..config.partition_count)
-                    .map(|p| samplers.iter().any(|s| s.share(p) != PartitionShare::Nothing))
-                    .collect(),
+                types_of,
                 unowned: counter!(t::MESSAGES_UNOWNED),
                 fences: 0,
                 restart: Vec::new(),
@@ -428,7 +426,9 @@ impl Ingest {
         let ours = |list: &[u32]| -> Vec<u32> {
             list.iter()
                 .copied()
-                .filter(|&p| p as usize % f.threads == f.index && f.wanted.get(p as usize).copied().unwrap_or(false))
+                .filter(|&p| {
+                    p as usize % f.threads == f.index && f.types_of.get(p as usize).is_some_and(|t| !t.is_empty())
+                })
                 .collect()
         };
         let receive = ours(&a.receive);
@@ -453,7 +453,7 @@ impl Ingest {
         let removed: Vec<u32> = f.receiving.iter().copied().filter(|p| receive.binary_search(p).is_err()).collect();
         let added: Vec<u32> = receive.iter().copied().filter(|p| f.receiving.binary_search(p).is_err()).collect();
         for p in was.iter().filter(|p| now.binary_search(p).is_err()) {
-            for &et in &f.event_types {
+            for &et in &f.types_of[*p as usize] {
                 set_subscribed(&self.sources, &topic(et, *p), false);
             }
         }
@@ -494,7 +494,7 @@ impl Ingest {
             self.hot.replay(p, now_ms);
         }
         for p in now.iter().filter(|p| was.binary_search(p).is_err()) {
-            for &et in &f.event_types {
+            for &et in &f.types_of[*p as usize] {
                 set_subscribed(&self.sources, &topic(et, *p), true);
             }
         }
@@ -804,7 +804,7 @@ mod tests {
             partition_count: 8,
             partitions: (0..8).collect(),
             event_types: vec![EventType::Bid],
-            sample: Rate::ALL,
+            sample: Rate::ALL.into(),
             raw_sample: Rate::NONE,
             receive_hwm: 0,
             quiet_after: crate::ingest::DEFAULT_QUIET_AFTER,

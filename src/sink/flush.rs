@@ -31,6 +31,7 @@ use crate::db::ranges::{self, Parent};
 use crate::db::tables::RollupTable;
 use crate::db::DbError;
 use bid_logger_core::aggregate::{Dimension, Row};
+use bid_logger_core::wire::EventType;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{pin_mut, SinkExt};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -54,8 +55,8 @@ pub struct Writer<'a> {
     pub scope: &'a str,
     /// The rollup tables.
     pub tables: &'a [RollupTable],
-    /// The sampling rate recorded with every row.
-    pub sample_ppm: u32,
+    /// The sampling rate recorded with each row, by its event type.
+    pub sample_ppm: [u32; EventType::ALL.len()],
     /// The raw sample's rate.
     pub raw_sample_ppm: u32,
 }
@@ -133,7 +134,7 @@ pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushe
 /// 2000-01-01), `event_type`, the table's dimensions (text: UTF-8 bytes;
 /// ids: int8), `sample_ppm` (int4) when writing to a log, then the four
 /// measures (int8).
-pub(crate) fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<i32>, first: bool, last: bool) -> Bytes {
+pub(crate) fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<&Ppm>, first: bool, last: bool) -> Bytes {
     encode_rows_with(table, rows, log_ppm, None, first, last)
 }
 
@@ -141,7 +142,7 @@ pub(crate) fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<i32
 fn encode_rows_with(
     table: &RollupTable,
     rows: &[Row],
-    log_ppm: Option<i32>,
+    log_ppm: Option<&Ppm>,
     log_id: Option<i64>,
     first: bool,
     last: bool,
@@ -177,7 +178,7 @@ fn encode_rows_with(
         }
         if let Some(ppm) = log_ppm {
             buf.put_i32(4);
-            buf.put_i32(ppm);
+            buf.put_i32(ppm[key.event_type.index()]);
         }
         int8(&mut buf, c.events as i64);
         int8(&mut buf, c.attributed as i64);
@@ -192,6 +193,9 @@ fn encode_rows_with(
     }
     buf.freeze()
 }
+
+/// Each event type's `sample_ppm`, by [`EventType::index`].
+pub(crate) type Ppm = [i32; EventType::ALL.len()];
 
 /// One log row: a batch's rows of a table as one compressed payload.
 struct LogRow {
@@ -216,7 +220,7 @@ struct TablePlan {
 impl TablePlan {
     /// `since`: a direct table's boundary, in minutes (`i64::MAX`: it has
     /// none, every row goes to the merged table).
-    fn new(table: &RollupTable, rows: &[Row], ppm: i32, since: i64) -> TablePlan {
+    fn new(table: &RollupTable, rows: &[Row], ppm: &Ppm, since: i64) -> TablePlan {
         let log_of = |rows: &[Row]| LogRow {
             events: rows.iter().map(|r| r.1.events as i64).sum(),
             rows: rows.len() as i64,
@@ -289,7 +293,7 @@ fn minute_time(minute: i64) -> std::time::SystemTime {
 
 /// `rows` of `table` as its live rows in binary `COPY` format: a log
 /// payload's fields, then `log_id`.
-fn encode_live_rows(table: &RollupTable, rows: &[Row], ppm: i32, log_id: i64) -> Bytes {
+fn encode_live_rows(table: &RollupTable, rows: &[Row], ppm: &Ppm, log_id: i64) -> Bytes {
     encode_rows_with(table, rows, Some(ppm), Some(log_id), true, true)
 }
 
@@ -345,13 +349,13 @@ pub async fn write_batch(
         tx.rollback().await?;
         return Ok(Written::Already);
     }
-    let ppm = sample_ppm as i32;
+    let ppm = sample_ppm.map(|p| p as i32);
     let since = boundaries(tables, &locked);
     let plans: Vec<TablePlan> = tables
         .iter()
         .zip(&batch.tables)
         .zip(&since)
-        .map(|((t, rows), &since)| TablePlan::new(t, rows, ppm, since))
+        .map(|((t, rows), &since)| TablePlan::new(t, rows, &ppm, since))
         .collect();
     // One round trip: every table's log row, and the stages of late rows.
     let txr = &tx;
@@ -374,7 +378,7 @@ pub async fn write_batch(
         if let (Some(live), Some(log_id)) = (&plan.live, log_id) {
             let sink = tx.copy_in::<_, Bytes>(&table.live_copy_sql()).await?;
             pin_mut!(sink);
-            sink.send(encode_live_rows(table, live, ppm, log_id)).await?;
+            sink.send(encode_live_rows(table, live, &ppm, log_id)).await?;
             sink.finish().await?;
         }
         if let Some(late) = &plan.late {

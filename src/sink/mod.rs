@@ -22,6 +22,7 @@ pub mod service;
 
 pub use service::{Sink, SinkSummary};
 
+use bid_logger_core::wire::EventType;
 use std::time::Duration;
 
 /// Default `flush-interval`.
@@ -54,8 +55,9 @@ pub struct SinkConfig {
     pub pool_size: usize,
     /// Cap on distinct rows waiting to be written.
     pub max_pending_rows: usize,
-    /// The sampling rate recorded with every row.
-    pub sample_ppm: u32,
+    /// The sampling rate recorded with each row, by its event type
+    /// ([`EventType::index`](bid_logger_core::wire::EventType::index)).
+    pub sample_ppm: [u32; EventType::ALL.len()],
     /// The raw sample's rate (0 = no raw sample).
     pub raw_sample_ppm: u32,
     /// Days of `events_sample` kept.

@@ -264,7 +264,7 @@ mod tests {
     use std::time::Duration;
 
     const NOW: i64 = 1_764_180_000_000;
-    const PPM: i32 = 250_000;
+    const PPM: &crate::sink::flush::Ppm = &[250_000; 8];
 
     /// Fine rows of `n` events from `seed` over thirty hours of minutes.
     fn fine(seed: u32, n: u32) -> Vec<Row> {

@@ -947,7 +947,7 @@ mod tests {
             shutdown_timeout: Duration::from_secs(1),
             pool_size: 1,
             max_pending_rows: 1000,
-            sample_ppm: 1_000_000,
+            sample_ppm: [1_000_000; bid_logger_core::wire::EventType::ALL.len()],
             raw_sample_ppm: 0,
             raw_retention_days: 1,
             max_raw_rows: 1000,

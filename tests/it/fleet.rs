@@ -650,6 +650,7 @@ async fn a_member_with_other_settings_than_its_group_refuses_to_join() {
     for (flag, value, line) in [
         ("--partition-count", "8", "`partition-count`: 8 here, but group `g` runs with 16"),
         ("--sample", "0.5", "`sample`: 0.5 here, but group `g` runs with 1"),
+        ("--sample-by-type", "auction=1/64", "`sample-by-type`: auction=0.015625 here, but group `g` runs with none"),
     ] {
         let mut b = busy_member(&db, &endpoint, "b", &[flag, value]);
         let (code, stderr) = b.wait();

@@ -384,6 +384,66 @@ async fn sampling_keeps_whole_transactions_and_subscribes_to_fewer_partitions() 
     assert_warehouse_matches(&client, &expected, 300_000).await;
 }
 
+/// `sample-by-type`: auctions at 1/8 and losses at 1/4 of the 16
+/// partitions while the other types stay exact, for a single instance and
+/// for a fleet member (which subscribes partition by partition as it takes
+/// them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_per_type_subscribes_each_type_to_its_own_partitions_and_scales_only_its_rows() {
+    for fleet in [false, true] {
+        sampled_by_type(fleet).await;
+    }
+}
+
+async fn sampled_by_type(fleet: bool) {
+    let db = fresh_database(if fleet { "sample_type_fleet" } else { "sample_type" }).await;
+    let mut publisher = Publisher::bind();
+    let mut args = vec!["--connect", &publisher.endpoint, "--sample-by-type", "auction=1/8,loss=1/4"];
+    if fleet {
+        args.extend(["--group", "g", "--instance-id", "a"]);
+    }
+    let logger = Logger::start(&db, &args);
+    // whole partitions: 2 of 16 for auctions, 4 for losses, all 16 for the six other types
+    publisher.wait_for_subscriptions(subset_topics(P, 1, 2) + subset_topics(P, 1, 4) + subset_topics(P, 6, 16));
+    let now = now_ms();
+    let mut rng = SmallRng::seed_from_u64(29);
+    let events = chains(&mut rng, 3000, &|r: &mut SmallRng| now - r.gen_range(0..600_000), false);
+    for e in &events {
+        publisher.publish(e, P);
+    }
+    let rate = |t: &str| match t {
+        "auction" => "1/8",
+        "loss" => "1/4",
+        _ => "1",
+    };
+    let kept: Vec<TestEvent> = events
+        .iter()
+        .filter(|e| {
+            bid_logger_core::sample::Sampler::new(rate(e.event_type).parse().unwrap(), P).keep(e.txn.as_bytes())
+        })
+        .cloned()
+        .collect();
+    let auctions = |list: &[TestEvent]| list.iter().filter(|e| e.event_type == "auction").count();
+    assert!(auctions(&kept) * 5 < auctions(&events), "{} of {} auctions", auctions(&kept), auctions(&events));
+    logger.wait_metric("bid_logger_events_flushed_total", kept.len() as f64, Duration::from_secs(30));
+    // what a type's rate leaves out was never sent: the publisher filtered it
+    assert_eq!(logger.metric("bid_logger_messages_received_total", ""), kept.len() as f64, "fleet: {fleet}");
+    logger.stop_ok();
+    let client = connect(&db).await;
+    let ppm = |t: &str| match t {
+        "auction" => 125_000,
+        "loss" => 250_000,
+        _ => 1_000_000,
+    };
+    assert_warehouse_matches_by_type(&client, &kept, &ppm).await;
+    // the estimates scale each type by its own rate
+    for r in client.query("SELECT event_type, sum(events) FROM rollup_hour_est GROUP BY 1", &[]).await.unwrap() {
+        let (t, estimate): (String, f64) = (r.get(0), r.get(1));
+        let n = kept.iter().filter(|e| e.event_type == t).count() as f64;
+        assert_eq!(estimate, n * 1e6 / f64::from(ppm(&t)), "{t}, fleet: {fleet}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seq_gaps_are_reported_as_lost_and_restarts_are_not() {
     let db = fresh_database("seq").await;

@@ -351,6 +351,23 @@ pub async fn assert_warehouse_matches(client: &tokio_postgres::Client, events: &
     }
 }
 
+/// [`assert_warehouse_matches`] with each event type at its own rate
+/// (`sample-by-type`): `ppm_of(type)` is its rows' `sample_ppm`.
+pub async fn assert_warehouse_matches_by_type(
+    client: &tokio_postgres::Client,
+    events: &[TestEvent],
+    ppm_of: &dyn Fn(&str) -> i32,
+) {
+    for (table, bucket_s, dims) in TABLES {
+        let mut expected = AnyRows::new();
+        for t in bid_logger_core::wire::EventType::ALL.map(|t| t.as_str()) {
+            let of_type = events.iter().filter(|e| e.event_type == t);
+            expected.extend(expected_table_rows(of_type, bucket_s, dims, ppm_of(t)));
+        }
+        assert_table_eq(&table_rows(client, table, dims).await, &expected, table);
+    }
+}
+
 /// Terminates the logger's PostgreSQL sessions on the current database;
 /// returns how many were killed.
 pub async fn kill_logger_connections(client: &tokio_postgres::Client) -> usize {

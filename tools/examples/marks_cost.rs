@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
         instance: "marks-cost",
         scope: "marks-cost",
         tables: &tables,
-        sample_ppm: 1_000_000,
+        sample_ppm: [1_000_000; bid_logger_core::wire::EventType::ALL.len()],
         raw_sample_ppm: 0,
     };
     let (mut without, mut with, mut encode) = (Vec::new(), Vec::new(), Vec::new());

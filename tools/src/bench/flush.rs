@@ -167,7 +167,7 @@ pub async fn compare(
             instance: "bench-flush",
             scope: "bench-flush",
             tables: &tables,
-            sample_ppm: 1_000_000,
+            sample_ppm: [1_000_000; bid_logger_core::wire::EventType::ALL.len()],
             raw_sample_ppm: 0,
         };
         write_batch(&mut logger, &to, id, &batch, &mark, &[]).await?;

@@ -8,7 +8,7 @@
 //! being done, and peak RSS from `VmHWM`.
 
 use bid_logger::ingest::{connect_all, open_socket, subscriptions, IngestConfig};
-use bid_logger_core::sample::{Rate, Sampler};
+use bid_logger_core::sample::{PartitionShare, Rate, Sampler};
 use bid_logger_core::synth::{append_pub_seq, Generator, Produced, Traffic};
 use bid_logger_core::wire::EventType;
 use std::process::{Child, Command, Stdio};
@@ -99,7 +99,7 @@ fn xpub_waiting(endpoint: &str, subscriptions: usize) -> zmq::Socket {
 pub fn null_subscriber(connect: &str, partition_count: u32, sample: Rate, count: u64) {
     let config = ingest_config(connect, partition_count, sample);
     let sampler = Sampler::new(sample, partition_count);
-    let topics = subscriptions(&config, &[&sampler], 0, 1);
+    let topics = subscriptions(&config, &|_, p| sampler.share(p) != PartitionShare::Nothing, 0, 1);
     let ctx = zmq::Context::new();
     let socket = open_socket(&ctx, &config, &topics).expect("socket");
     connect_all(&socket, &config).expect("connect");
@@ -110,7 +110,8 @@ pub fn null_subscriber(connect: &str, partition_count: u32, sample: Rate, count:
 /// `sample` with the defaults otherwise, so that a publisher waits for all of them.
 pub fn subscription_count(partition_count: u32, sample: Rate) -> usize {
     let sampler = Sampler::new(sample, partition_count);
-    subscriptions(&ingest_config("tcp://127.0.0.1:1", partition_count, sample), &[&sampler], 0, 1).len()
+    let wants = |_, p| sampler.share(p) != PartitionShare::Nothing;
+    subscriptions(&ingest_config("tcp://127.0.0.1:1", partition_count, sample), &wants, 0, 1).len()
 }
 
 /// The logger's ingest settings at the defaults, for one endpoint.
@@ -121,7 +122,7 @@ fn ingest_config(connect: &str, partition_count: u32, sample: Rate) -> IngestCon
         partition_count,
         partitions: (0..partition_count).collect(),
         event_types: EventType::ALL.to_vec(),
-        sample,
+        sample: sample.into(),
         raw_sample: Rate::NONE,
         receive_hwm: bid_logger::ingest::DEFAULT_RECEIVE_HWM,
         quiet_after: bid_logger::ingest::DEFAULT_QUIET_AFTER,
@@ -401,7 +402,7 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     let mut kept_events = 0u64;
     for (topic, payload) in &stream.messages {
         let ev = bid_logger_core::decode::decode(topic, payload).expect("generated messages are valid");
-        if sampler.share(ev.partition) != bid_logger_core::sample::PartitionShare::Nothing {
+        if sampler.share(ev.partition) != PartitionShare::Nothing {
             kept_messages += 1;
         }
         kept_events += u64::from(sampler.keep(ev.txn));
