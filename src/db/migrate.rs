@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (15, "live_layout", include_str!("../../sql/0015_live_layout.sql")),
     (16, "price_distributions", include_str!("../../sql/0016_price_distributions.sql")),
     (17, "sample_by_type", include_str!("../../sql/0017_sample_by_type.sql")),
+    (18, "chain_timing", include_str!("../../sql/0018_chain_timing.sql")),
 ];
 
 /// The migration that partitions the rollups; `rollup_day` is backfilled

@@ -233,3 +233,123 @@ async fn raw_rows_beyond_the_buffer_are_dropped_and_counted_while_rollups_stay_e
     let rollup: i64 = client.query_one("SELECT sum(events)::bigint FROM rollup_minute", &[]).await.unwrap().get(0);
     assert_eq!(rollup, 1001, "rollups stay exact");
 }
+
+/// `bid_logger_chain_timing`: every step of every transaction in the raw
+/// sample, with its delay, against the truth worked out from the events
+/// published (out of order, a click repeated, an install whose clock is
+/// behind its click's, steps that never came).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_timing_gives_every_step_of_the_sampled_transactions_with_its_delay() {
+    let db = fresh_database("chain_timing").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--raw-sample", "1/2"]);
+    publisher.wait_for_subscriptions(all_topics(16));
+    let now = now_ms();
+    let mut rng = SmallRng::seed_from_u64(37);
+    let mut events = Vec::new();
+    for i in 0..800 {
+        let txn = format!("timed-{i}");
+        let exchange = ["x1", "x2", "x3"][rng.gen_range(0..3)];
+        let campaign = rng.gen_range(1..40);
+        let mut at = now - rng.gen_range(3_700_000..7_000_000);
+        let mut push = |t: &'static str, ts: i64, with_exchange: bool, with_campaign: bool| {
+            let mut e = TestEvent::new(t, txn.clone(), ts);
+            e.exchange = with_exchange.then(|| exchange.to_string());
+            if with_campaign {
+                e.campaign = campaign;
+                e.advertiser = campaign % 5 + 1;
+            }
+            events.push(e);
+        };
+        push("auction", at, true, false);
+        at += rng.gen_range(1..50);
+        push("bid", at, true, true);
+        if rng.gen_bool(0.3) {
+            push("loss", at + rng.gen_range(10..3000), rng.gen_bool(0.5), false);
+            continue;
+        }
+        at += rng.gen_range(10..3000);
+        push("win", at, rng.gen_bool(0.5), true);
+        at += rng.gen_range(100..5000);
+        push("impression", at, false, true);
+        if rng.gen_bool(0.5) {
+            continue;
+        }
+        at += rng.gen_range(1000..600_000);
+        push("click", at, false, true);
+        if rng.gen_bool(0.2) {
+            push("click", at + rng.gen_range(1..10_000), false, true);
+        }
+        // an install up to an hour later, or (a skewed clock) a little before its click
+        let install = if rng.gen_bool(0.1) { at - rng.gen_range(1..2000) } else { at + rng.gen_range(1..3_600_000) };
+        push("install", install.min(now), false, true);
+    }
+    events.shuffle(&mut rng);
+    for e in &events {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", events.len() as f64, Duration::from_secs(30));
+    logger.stop_ok();
+
+    // The truth: for each sampled transaction, the first event of each type.
+    let sampler = bid_logger_core::sample::Sampler::new("1/2".parse().unwrap(), P);
+    let mut firsts: BTreeMap<(String, &str), &TestEvent> = BTreeMap::new();
+    for e in events.iter().filter(|e| sampler.keep(e.txn.as_bytes())) {
+        let first = firsts.entry((e.txn.clone(), e.event_type)).or_insert(e);
+        if e.ts < first.ts {
+            *first = e;
+        }
+    }
+    let steps = [
+        ("bid", "win", "bid_to_win"),
+        ("bid", "loss", "bid_to_loss"),
+        ("win", "impression", "win_to_impression"),
+        ("impression", "click", "impression_to_click"),
+        ("click", "install", "click_to_install"),
+    ];
+    type Step = (String, String, i64, i64, String, i64);
+    let expected = |until: i64| -> Vec<Step> {
+        let mut out = Vec::new();
+        for ((txn, t), a) in &firsts {
+            for (first, second, step) in steps {
+                let Some(b) = firsts.get(&(txn.clone(), second)).filter(|_| *t == first && a.ts < until) else {
+                    continue;
+                };
+                // the transaction's exchange: the bid always has one
+                let exchange =
+                    a.exchange.clone().unwrap_or_else(|| firsts[&(txn.clone(), "bid")].exchange.clone().unwrap());
+                out.push((step.to_string(), txn.clone(), a.ts, b.ts - a.ts, exchange, i64::from(a.campaign)));
+            }
+        }
+        out.sort();
+        out
+    };
+    let client = connect(&db).await;
+    let actual = |until: i64| {
+        let client = &client;
+        async move {
+            let sql =
+                "SELECT step, convert_from(txn, 'UTF8'), (extract(epoch FROM started_at) * 1000)::bigint, delay_ms,
+                              exchange, campaign_id
+                       FROM bid_logger_chain_timing(now() - interval '1 day', to_timestamp($1::float8 / 1000))";
+            let mut rows: Vec<Step> = client
+                .query(sql, &[&(until as f64)])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+                .collect();
+            rows.sort();
+            rows
+        }
+    };
+    let all = expected(now + 1);
+    assert!(all.iter().any(|s| s.0 == "click_to_install" && s.3 < 0), "a skewed install is in the test");
+    assert!(all.iter().filter(|s| s.0 == "impression_to_click").count() > 50, "{} steps", all.len());
+    assert_eq!(actual(now + 1).await, all);
+    // only the steps whose first event is before `until`
+    let until = now - 5_000_000;
+    let part = expected(until);
+    assert!(!part.is_empty() && part.len() < all.len());
+    assert_eq!(actual(until).await, part);
+}
