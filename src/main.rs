@@ -39,7 +39,9 @@ enum Command {
   bid-logger report --since 24h --by campaign --top 20
   bid-logger report --since 7d --every 1d --where country=BR
   bid-logger report --by country,os --format csv
-  bid-logger report --from 2026-11-01 --to 2026-12-01 --by exchange")]
+  bid-logger report --from 2026-11-01 --to 2026-12-01 --by exchange
+  bid-logger report --prices --by exchange --since 1d
+  bid-logger report --landscape --by exchange --where exchange=unity")]
     Report(ReportArgs),
     /// Print each fleet group's members (when each joined, when its membership expires unrenewed, the
     /// partitions it owns and claims) and the partitions nobody owns, from the leases in PostgreSQL.
@@ -107,6 +109,14 @@ struct ReportArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: bid_logger::report::Format,
+    /// Quantiles of the bids' CPM and the wins' clearing CPM (p50, p90, p99) per group instead of the sums, from a
+    /// price distribution (a table declared with the `price` dimension and the group's).
+    #[arg(long, conflicts_with = "landscape")]
+    prices: bool,
+    /// The win rate by bid CPM (bands of about 10 %) per group instead of the sums, from a bid landscape (a table
+    /// declared with the `bid_price` dimension), e.g. --landscape --by exchange --where exchange=unity.
+    #[arg(long)]
+    landscape: bool,
 }
 
 #[derive(Args)]
@@ -239,6 +249,11 @@ fn main() -> ExitCode {
                 tables,
                 filters: args.filters,
                 every: args.every,
+                kind: match (args.prices, args.landscape) {
+                    (true, _) => bid_logger::report::Kind::Prices,
+                    (_, true) => bid_logger::report::Kind::Landscape,
+                    _ => bid_logger::report::Kind::Sums,
+                },
             };
             telemetry::init_logging(LogFormat::Text, "warn");
             report(report_command(&url, &config, args.format))

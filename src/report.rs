@@ -160,6 +160,50 @@ fn rfc3339(secs: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// What a report reads and shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    /// The rollups' sums ([`MEASURES`]): events, win rate, spend, CPM, ROAS.
+    #[default]
+    Sums,
+    /// Quantiles of the bids' and the wins' (clearing) CPM
+    /// ([`PRICE_MEASURES`]), from a price distribution (`--prices`).
+    Prices,
+    /// The win rate by bid CPM in bands of about 10 %
+    /// ([`LANDSCAPE_MEASURES`]), from a bid landscape (`--landscape`).
+    Landscape,
+}
+
+impl Kind {
+    /// The [`Dimensions::kind`](bid_logger_core::aggregate::Dimensions::kind)
+    /// of the tables that answer it.
+    fn tables_kind(self) -> u8 {
+        match self {
+            Kind::Sums => 0,
+            Kind::Prices => 1,
+            Kind::Landscape => 2,
+        }
+    }
+
+    /// What answers it, for the messages that say none does.
+    fn what(self) -> &'static str {
+        match self {
+            Kind::Sums => "rollup table",
+            Kind::Prices => "price distribution (a table with the `price` dimension)",
+            Kind::Landscape => "bid landscape (a table with the `bid_price` dimension)",
+        }
+    }
+
+    /// Its measures, in column order after the group.
+    pub fn measures(self) -> &'static [&'static str] {
+        match self {
+            Kind::Sums => MEASURES,
+            Kind::Prices => PRICE_MEASURES,
+            Kind::Landscape => LANDSCAPE_MEASURES,
+        }
+    }
+}
+
 /// How the report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -187,6 +231,8 @@ pub struct ReportConfig {
     pub filters: Vec<Filter>,
     /// A trend: one row per group and bucket of this length (`--every`).
     pub every: Option<Duration>,
+    /// Sums, price quantiles or the landscape.
+    pub kind: Kind,
 }
 
 /// `--where dimension=value`.
@@ -246,6 +292,19 @@ pub const MEASURES: &[&str] = &[
     "roas",
 ];
 
+/// The measures of `--prices`: CPM quantiles (USD per 1000) of the bids'
+/// prices and of the wins' clearing prices, each within 1 %.
+pub const PRICE_MEASURES: &[&str] =
+    &["bids", "bid_cpm_p50", "bid_cpm_p90", "wins", "clearing_cpm_p50", "clearing_cpm_p90", "clearing_cpm_p99"];
+
+/// The measures of `--landscape`, one row per group and band of bid CPM:
+/// the band's bounds (USD per 1000; a bid is in it when `from < bid ≤ to`),
+/// its bids, the wins and losses paired with them, the win rate (wins over
+/// wins and losses: of the bids that got an outcome) and the wins' mean
+/// clearing CPM.
+pub const LANDSCAPE_MEASURES: &[&str] =
+    &["bid_cpm_from", "bid_cpm_to", "bids", "wins", "losses", "win_rate", "clearing_cpm"];
+
 /// A report's result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
@@ -255,6 +314,10 @@ pub struct Report {
     pub newest: Option<String>,
     /// The grouping columns' names.
     pub by: Vec<&'static str>,
+    /// The measures' names ([`Kind::measures`]).
+    pub measures: &'static [&'static str],
+    /// What the title says the measures are.
+    pub legend: &'static str,
     /// Per group (and bucket, for a trend): its values, one per grouping
     /// column, and [`MEASURES`] (`None` where undefined, e.g. the win rate
     /// without bids).
@@ -285,11 +348,12 @@ pub fn source(config: &ReportConfig, now: i64) -> Result<String, String> {
     let by_exchange = config.by.contains(&By::Exchange);
     // Fewer dimensions first: the table made for the question (the exchange
     // tables for `--by exchange`, the full ones otherwise).
-    // (A price distribution or a bid landscape holds some events alone: never a report's.)
+    // (A price distribution or a bid landscape holds some events alone: never
+    // read for sums, and only they answer quantiles and landscapes.)
     let mut candidates: Vec<&RollupTable> = config
         .tables
         .iter()
-        .filter(|t| t.shape.dims.kind() == 0 && needs.iter().all(|&d| t.shape.dims.has(d)))
+        .filter(|t| t.shape.dims.kind() == config.kind.tables_kind() && needs.iter().all(|&d| t.shape.dims.has(d)))
         .collect();
     candidates.sort_by_key(|t| {
         let dims = t.shape.dims.iter().count();
@@ -319,10 +383,11 @@ pub fn source(config: &ReportConfig, now: i64) -> Result<String, String> {
         Range::Between { .. } => config.range.describe(),
     };
     Err(if kept.is_empty() {
-        format!("no rollup table has the dimensions {}", names.join(", "))
+        format!("no {} has the dimensions {}", config.kind.what(), names.join(", "))
     } else if let Some(every) = config.every.filter(|_| candidates.iter().any(|t| !every_fits(t))) {
         format!(
-            "no rollup table keeps {range} in buckets of {} or finer: {}",
+            "no {} keeps {range} in buckets of {} or finer: {}",
+            config.kind.what(),
             crate::config::format_duration(every),
             kept.join(", ")
         )
@@ -340,7 +405,7 @@ pub fn source(config: &ReportConfig, now: i64) -> Result<String, String> {
             kept.join(", ")
         )
     } else {
-        format!("no rollup table keeps {range} by {}: {}", names.join(", "), kept.join(", "))
+        format!("no {} keeps {range} by {}: {}", config.kind.what(), names.join(", "), kept.join(", "))
     })
 }
 
@@ -351,33 +416,125 @@ pub fn source(config: &ReportConfig, now: i64) -> Result<String, String> {
 /// filter. The top groups are chosen over the whole range; a trend gives
 /// each of them per bucket.
 pub fn sql(config: &ReportConfig, source: &str) -> String {
-    // count, attributed count and price of the rows matching a filter
-    let (count, attributed, price, time) = ("events", "attributed_events", "price_micros", "bucket");
-    let of = |t: &str| format!("coalesce(sum({count}) FILTER (WHERE event_type = '{t}'), 0)");
+    match config.kind {
+        Kind::Sums => sums_sql(config, source),
+        Kind::Prices | Kind::Landscape => distribution_sql(config, source),
+    }
+}
+
+/// The parts every report's query shares: the group columns (`g0`, …) as
+/// selected and as listed, their positions after the trend's bucket, and
+/// the range's and the filters' conditions.
+struct Parts {
+    select: String,
+    groups: String,
+    positions: String,
+    bucket: &'static str,
+    range: String,
+}
+
+fn parts(config: &ReportConfig) -> Parts {
     let groups: Vec<String> = (0..config.by.len()).map(|i| format!("g{i}")).collect();
-    let groups = groups.join(", ");
     let select: Vec<String> =
         config.by.iter().enumerate().map(|(i, b)| format!("{}::text AS g{i}", b.column())).collect();
-    let select = select.join(", ");
     let positions: Vec<String> = (2..config.by.len() + 2).map(|i| i.to_string()).collect();
-    let positions = positions.join(", ");
     let start = match config.range {
         Range::Since(_) => "now() - make_interval(secs => $1)",
         Range::Between { .. } => "to_timestamp($1)",
     };
     let filters: String =
         config.filters.iter().enumerate().map(|(i, f)| format!(" AND {} = ${}", f.dimension.column(), i + 5)).collect();
+    Parts {
+        select: select.join(", "),
+        groups: groups.join(", "),
+        positions: positions.join(", "),
+        bucket: "CASE WHEN $3::float8 > 0
+            THEN to_timestamp(floor(extract(epoch FROM bucket) / $3::float8) * $3::float8) END",
+        range: format!("bucket >= {start} AND bucket < to_timestamp($4::float8){filters}"),
+    }
+}
+
+/// `--prices` and `--landscape`: per group (and trend bucket), the rows'
+/// counts by type and bucket first, then the quantiles or bands over them
+/// (the aggregate reads each bucket once, not each stored row).
+fn distribution_sql(config: &ReportConfig, source: &str) -> String {
+    let Parts { select, groups, positions, bucket, range } = parts(config);
+    // γ, the ratio between neighbouring price buckets (see bid_logger_price)
+    let gamma = "1.02020202020202::float8";
+    let cpm = |x: &str| format!("round(({x} / 1e3)::numeric, 4)::float8");
+    let (inner, rank, outer) = match config.kind {
+        Kind::Prices => {
+            let q = |q: f64, t: &str| {
+                cpm(&format!("bid_logger_quantile({q}, price_bucket, events) FILTER (WHERE event_type = '{t}')"))
+            };
+            (
+                format!(
+                    "price_bucket, event_type, sum(events) AS events FROM {source}
+    WHERE {range} AND event_type IN ('bid', 'win') GROUP BY 1, {positions}, price_bucket, event_type"
+                ),
+                "sum(events) FILTER (WHERE event_type = 'win') DESC NULLS LAST, sum(events) DESC",
+                format!(
+                    "round(coalesce(sum(events) FILTER (WHERE event_type = 'bid'), 0))::float8, {}, {},
+    round(coalesce(sum(events) FILTER (WHERE event_type = 'win'), 0))::float8, {}, {}, {}
+FROM g JOIN top USING ({groups}) GROUP BY b, top.rank, {groups} ORDER BY b, top.rank",
+                    q(0.5, "bid"),
+                    q(0.9, "bid"),
+                    q(0.5, "win"),
+                    q(0.9, "win"),
+                    q(0.99, "win"),
+                ),
+            )
+        }
+        Kind::Sums => unreachable!("the sums are sums_sql's"),
+        Kind::Landscape => (
+            format!(
+                "(bid_price_bucket - 1) / 5 AS band,
+        coalesce(sum(events) FILTER (WHERE event_type = 'bid'), 0) AS bids,
+        coalesce(sum(events) FILTER (WHERE event_type = 'win'), 0) AS wins,
+        coalesce(sum(events) FILTER (WHERE event_type = 'loss'), 0) AS losses,
+        coalesce(sum(price_micros) FILTER (WHERE event_type = 'win'), 0) AS clearing_micros
+    FROM {source} WHERE {range} GROUP BY 1, {positions}, band"
+            ),
+            "sum(bids) DESC",
+            format!(
+                "{}, {},
+    round(bids)::float8, round(wins)::float8, round(losses)::float8,
+    round((wins / nullif(wins + losses, 0))::numeric, 4)::float8, {}
+FROM g JOIN top USING ({groups}) ORDER BY b, top.rank, band",
+                cpm(&format!("power({gamma}, band * 5 - 1)")),
+                cpm(&format!("power({gamma}, band * 5 + 4)")),
+                cpm("clearing_micros / nullif(wins, 0)"),
+            ),
+        ),
+    };
     format!(
         "WITH g AS (
-    SELECT CASE WHEN $3::float8 > 0
-            THEN to_timestamp(floor(extract(epoch FROM {time}) / $3::float8) * $3::float8) END AS b,
+    SELECT {bucket} AS b, {select}, {inner}
+), top AS (
+    SELECT {groups}, row_number() OVER (ORDER BY {rank}, {groups}) AS rank FROM g GROUP BY {groups}
+    ORDER BY rank LIMIT $2
+)
+SELECT to_char(b AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), {groups},
+    {outer}"
+    )
+}
+
+/// The sums' query.
+fn sums_sql(config: &ReportConfig, source: &str) -> String {
+    // count, attributed count and price of the rows matching a filter
+    let (count, attributed, price) = ("events", "attributed_events", "price_micros");
+    let of = |t: &str| format!("coalesce(sum({count}) FILTER (WHERE event_type = '{t}'), 0)");
+    let Parts { select, groups, positions, bucket, range } = parts(config);
+    format!(
+        "WITH g AS (
+    SELECT {bucket} AS b,
         {select}, coalesce(sum({count}), 0) AS events,
         {auctions} AS auctions, {bids} AS bids, {wins} AS wins, {losses} AS losses,
         {impressions} AS impressions, {clicks} AS clicks, {installs} AS installs, {in_app} AS in_app_events,
         coalesce(sum({price}) FILTER (WHERE event_type = 'impression'), 0) AS spend_micros,
         coalesce(sum({attributed}) FILTER (WHERE event_type = 'install'), 0) AS installs_attributed,
         coalesce(sum(revenue_micros), 0) AS revenue_micros
-    FROM {source} WHERE {time} >= {start} AND {time} < to_timestamp($4::float8){filters}
+    FROM {source} WHERE {range}
     GROUP BY 1, {positions}
 ), top AS (
     SELECT {groups} FROM g GROUP BY {groups} ORDER BY sum(spend_micros) DESC, sum(events) DESC, {groups} LIMIT $2
@@ -434,6 +591,15 @@ pub async fn run(
         source: source.to_string(),
         newest,
         by: config.by.iter().map(|b| b.column()).collect(),
+        measures: config.kind.measures(),
+        legend: match config.kind {
+            Kind::Sums => "spend = impressions' price, CPM per 1000 impressions, ROAS = revenue / spend",
+            Kind::Prices => "CPM (USD per 1000) quantiles within 1 %: bids' prices, and wins' clearing prices",
+            Kind::Landscape => {
+                "bids by bid CPM band (USD per 1000), the wins and losses paired with them, \
+                                win rate = wins / (wins + losses), the wins' mean clearing CPM"
+            }
+        },
         title_filters: title_filters(config),
         buckets: config.every.map(|_| rows.iter().map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()).collect()),
         rows: rows
@@ -441,7 +607,7 @@ pub async fn run(
             .map(|r| {
                 let n = config.by.len();
                 let groups = (1..=n).map(|i| r.get::<_, String>(i)).collect();
-                (groups, (n + 1..=n + MEASURES.len()).map(|i| r.get::<_, Option<f64>>(i)).collect())
+                (groups, (n + 1..=n + config.kind.measures().len()).map(|i| r.get::<_, Option<f64>>(i)).collect())
             })
             .collect(),
     })
@@ -473,8 +639,12 @@ fn cell(v: Option<f64>) -> String {
 /// The report of `range` as text in `format`.
 pub fn render(report: &Report, format: Format, range: &Range) -> String {
     let bucket = report.buckets.as_ref();
-    let header: Vec<&str> =
-        bucket.map(|_| "bucket").into_iter().chain(report.by.iter().copied()).chain(MEASURES.iter().copied()).collect();
+    let header: Vec<&str> = bucket
+        .map(|_| "bucket")
+        .into_iter()
+        .chain(report.by.iter().copied())
+        .chain(report.measures.iter().copied())
+        .collect();
     let rows: Vec<Vec<String>> = report
         .rows
         .iter()
@@ -516,7 +686,7 @@ pub fn render(report: &Report, format: Format, range: &Range) -> String {
                     for (name, value) in report.by.iter().zip(g) {
                         o.insert(name.to_string(), value.clone().into());
                     }
-                    for (name, v) in MEASURES.iter().zip(values) {
+                    for (name, v) in report.measures.iter().zip(values) {
                         o.insert(name.to_string(), v.map_or(serde_json::Value::Null, Into::into));
                     }
                     serde_json::Value::Object(o)
@@ -538,13 +708,13 @@ pub fn render(report: &Report, format: Format, range: &Range) -> String {
         }
         Format::Table => {
             format!(
-                "{}{} by {}, from {} (newest bucket {}); spend = impressions' price, CPM per 1000 \
-                 impressions, ROAS = revenue / spend\n{}",
+                "{}{} by {}, from {} (newest bucket {}); {}\n{}",
                 range.describe(),
                 report.title_filters,
                 report.by.join(", "),
                 report.source,
                 report.newest.as_deref().unwrap_or("none: the table is empty"),
+                report.legend,
                 aligned(&header, &rows, "")
             )
         }
@@ -583,6 +753,7 @@ mod tests {
             tables,
             filters: Vec::new(),
             every: None,
+            kind: Kind::Sums,
         }
     }
 
@@ -598,6 +769,7 @@ mod tests {
                     tables: tables.clone(),
                     filters: Vec::new(),
                     every: None,
+                    kind: Kind::Sums,
                 },
                 NOW,
             )
@@ -733,7 +905,18 @@ mod tests {
         price.name = "price_exchange_campaign".into();
         price.shape.dims = Dimensions::of(&[Dimension::Exchange, Dimension::Campaign, Dimension::Price]);
         c.tables.push(price);
-        assert!(source(&c, NOW).is_err(), "never read for a report");
+        assert!(source(&c, NOW).is_err(), "never read for sums");
+        // ... and the one table a price report reads
+        c.kind = Kind::Prices;
+        assert_eq!(source(&c, NOW).unwrap(), "price_exchange_campaign_est");
+        c.by = vec![By::Country];
+        let why = source(&c, NOW).unwrap_err();
+        assert_eq!(why, "no price distribution (a table with the `price` dimension) has the dimensions country");
+        c.kind = Kind::Landscape;
+        c.by = vec![By::Exchange];
+        assert!(source(&c, NOW).unwrap_err().starts_with("no bid landscape"));
+        c.kind = Kind::Sums;
+        c.by = vec![By::Exchange, By::Campaign];
         let sql = sql(&c, "rollup_minute_est");
         assert!(
             sql.contains("exchange::text AS g0, campaign_id::text AS g1") && sql.contains("USING (g0, g1)"),

@@ -240,3 +240,104 @@ async fn a_bid_landscape_pairs_each_outcome_with_its_bid_in_either_order_within_
         .get(0);
     assert!((rate - 0.5).abs() < 1e-9, "as many wins as losses paired: {rate}");
 }
+
+/// `report --prices` and `report --landscape`: per exchange, the bids' and
+/// the wins' CPM quantiles within 1 % of the exact ones, and per band of
+/// bid CPM the bids, wins and losses exactly, with the win rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_gives_each_exchanges_cpm_quantiles_and_its_landscape() {
+    let db = fresh_database("price_report").await;
+    let config = rollup_config(
+        "price_report",
+        "[rollup.price_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"country\", \"os\", \"price\"]\n\n\
+         [rollup.landscape_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"bid_price\"]\n",
+    );
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", &config]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let mut rng = SmallRng::seed_from_u64(41);
+    let now = now_ms();
+    let events = transactions(&mut rng, 4000, "report", now);
+    for e in &events {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", events.len() as f64, Duration::from_secs(30));
+    logger.stop_ok();
+    let report = |extra: &[&str]| -> serde_json::Value {
+        let args =
+            [&["report", "--database-url", &db, "--config", &config, "--since", "4h", "--format", "json"], extra];
+        let out = bid_logger(&args.concat());
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // --prices: the exact quantiles of each exchange's bid and clearing prices
+    let prices = report(&["--prices", "--by", "exchange"]);
+    assert_eq!(prices["source"], "price_hour_est");
+    let rows = prices["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), EXCHANGES.len(), "{prices}");
+    let quantile = |list: &[i64], q: f64| list[(q * (list.len() - 1) as f64).floor() as usize] as f64 / 1e3;
+    for row in rows {
+        let exchange = row["exchange"].as_str().unwrap();
+        let priced = |t: &str| -> Vec<i64> {
+            let of = |e: &&TestEvent| e.event_type == t && e.exchange.as_deref() == Some(exchange);
+            events.iter().filter(of).filter_map(|e| e.price).filter(|&p| p > 0).collect()
+        };
+        let (mut bids, mut wins) = (priced("bid"), priced("win"));
+        bids.sort_unstable();
+        wins.sort_unstable();
+        assert_eq!((row["bids"].as_f64(), row["wins"].as_f64()), (Some(bids.len() as f64), Some(wins.len() as f64)));
+        for (column, list, q) in [
+            ("bid_cpm_p50", &bids, 0.5),
+            ("bid_cpm_p90", &bids, 0.9),
+            ("clearing_cpm_p50", &wins, 0.5),
+            ("clearing_cpm_p90", &wins, 0.9),
+            ("clearing_cpm_p99", &wins, 0.99),
+        ] {
+            let (got, exact) = (row[column].as_f64().unwrap(), quantile(list, q));
+            assert!((got - exact).abs() / exact <= 0.01 + 1e-4, "{exchange} {column}: {got} for {exact}");
+        }
+    }
+
+    // --landscape: each band's bids, and the outcomes of its bids
+    let landscape = report(&["--landscape", "--by", "exchange", "--where", "exchange=ex_b", "--top", "5"]);
+    assert_eq!(landscape["source"], "landscape_hour_est");
+    let band_of = |price: i64| (bid_logger_core::aggregate::price::price_bucket(price).unwrap() - 1) / 5;
+    let mut expected: BTreeMap<u16, [f64; 3]> = BTreeMap::new();
+    let bids: BTreeMap<&str, i64> = events
+        .iter()
+        .filter(|e| e.event_type == "bid" && e.exchange.as_deref() == Some("ex_b") && e.price.unwrap() > 0)
+        .map(|e| (e.txn.as_str(), e.price.unwrap()))
+        .collect();
+    for e in &events {
+        let Some(&bid) = bids.get(e.txn.as_str()) else { continue };
+        let column = ["bid", "win", "loss"].iter().position(|t| *t == e.event_type);
+        if let Some(c) = column {
+            expected.entry(band_of(bid)).or_default()[c] += 1.0;
+        }
+    }
+    let rows = landscape["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), expected.len(), "one row per band with bids: {landscape}");
+    let gamma = bid_logger_core::aggregate::price::GAMMA;
+    for (row, (band, [bids, wins, losses])) in rows.iter().zip(&expected) {
+        let (from, to) = (gamma.powi(i32::from(*band) * 5 - 1) / 1e3, gamma.powi(i32::from(*band) * 5 + 4) / 1e3);
+        assert!((row["bid_cpm_from"].as_f64().unwrap() - from).abs() < 1e-4, "{row} band {band}");
+        assert!((row["bid_cpm_to"].as_f64().unwrap() - to).abs() < 1e-4, "{row} band {band}");
+        let counts = [&row["bids"], &row["wins"], &row["losses"]].map(|v| v.as_f64().unwrap());
+        assert_eq!(counts, [*bids, *wins, *losses], "band {band}: {row}");
+        if wins + losses > 0.0 {
+            let rate = (wins / (wins + losses) * 1e4).round() / 1e4;
+            assert_eq!(row["win_rate"].as_f64(), Some(rate), "band {band}");
+        }
+    }
+    assert!(expected.values().map(|v| v[1]).sum::<f64>() > 100.0, "wins in the landscape");
+
+    // sums never read a distribution, and a question none answers is refused
+    let out = bid_logger(&["report", "--database-url", &db, "--config", &config, "--prices", "--by", "campaign"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no price distribution (a table with the `price` dimension) has the dimensions campaign"),
+        "{stderr}"
+    );
+}
