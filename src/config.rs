@@ -435,9 +435,11 @@ impl Settings {
         let raw_buffer_rows =
             positive("raw-buffer-rows", self.raw_buffer_rows.unwrap_or(aggregate::DEFAULT_MAX_RAW_ROWS))?;
         let tables = rollup_tables(self.rollup.as_ref(), flush_interval)?;
-        let outcomes = [EventType::Bid, EventType::Win, EventType::Loss];
+        // (the types subscribed to: another's rate does not matter)
+        let paired: Vec<EventType> =
+            [EventType::Bid, EventType::Win, EventType::Loss].into_iter().filter(|t| event_types.contains(t)).collect();
         if crate::db::tables::landscape_dims(&tables).is_some()
-            && outcomes.iter().any(|&t| sample.of(t) != sample.of(EventType::Bid))
+            && paired.iter().any(|&t| sample.of(t) != sample.of(paired[0]))
         {
             return Err(invalid(
                 "sample-by-type",
@@ -1098,6 +1100,13 @@ mod tests {
             Settings { rollup: landscape.clone(), sample_by_type: Some(by_type.into()), ..base() }.resolve()
         };
         assert!(with("auction=1/64").is_ok(), "auctions are not paired");
+        let only_bids_and_wins = Settings {
+            rollup: landscape.clone(),
+            event_types: Some("bid,win".into()),
+            sample_by_type: Some("bid=1/2,win=1/2".into()),
+            ..base()
+        };
+        assert!(only_bids_and_wins.resolve().is_ok(), "the rate of a type not subscribed to does not matter");
         let err = with("loss=1/8").unwrap_err().to_string();
         assert!(err.starts_with("invalid configuration: `sample-by-type`: a bid landscape"), "{err}");
     }

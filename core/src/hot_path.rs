@@ -52,9 +52,10 @@ pub struct HotPathConfig {
     pub sample: TypeRates,
     /// Raw-event sampling rate.
     pub raw_sample: Rate,
-    /// Whether this instance takes every partition at rate 1 (then an event
-    /// on a mismatching partition is still kept: nothing can be missed).
-    pub takes_everything: bool,
+    /// Whether this instance takes every partition (all of them, or a fleet
+    /// member: its group takes them all). Then an event of a type at rate 1
+    /// on a mismatching partition is still kept: nothing can be missed.
+    pub takes_every_partition: bool,
     /// Largest payload processed, in bytes.
     pub max_event_size: usize,
     /// Largest forward `seq` jump counted as a loss.
@@ -70,7 +71,7 @@ impl Default for HotPathConfig {
             partition_count: 64,
             sample: Rate::ALL.into(),
             raw_sample: Rate::from_ppm(1_000),
-            takes_everything: true,
+            takes_every_partition: true,
             max_event_size: DEFAULT_MAX_EVENT_SIZE,
             max_seq_jump: DEFAULT_MAX_SEQ_JUMP,
             aggregate: AggregateConfig::default(),
@@ -96,8 +97,9 @@ pub struct HotPath {
     /// counts), so that `h mod P` is a mask instead of a 64-bit division.
     partition_mask: Option<u64>,
     max_event_size: usize,
-    /// Whether an event on a mismatching partition is still kept.
-    pub takes_everything: bool,
+    /// Whether this instance takes every partition (see
+    /// [`HotPathConfig::takes_every_partition`]).
+    pub takes_every_partition: bool,
     /// Each event type's rollup sampler, by [`EventType::index`].
     samplers: [Sampler; EventType::ALL.len()],
     /// Per type, whether its rollup sample keeps every transaction (no
@@ -136,7 +138,7 @@ impl HotPath {
             partition_count: config.partition_count,
             partition_mask: config.partition_count.is_power_of_two().then(|| u64::from(config.partition_count) - 1),
             max_event_size: config.max_event_size,
-            takes_everything: config.takes_everything,
+            takes_every_partition: config.takes_every_partition,
             everything: samplers.each_ref().map(Sampler::keeps_everything),
             samplers,
             raw_sampler: (config.raw_sample != Rate::NONE)
@@ -301,13 +303,21 @@ impl HotPath {
         }) as u32
     }
 
+    /// Whether an event of `event_type` on a mismatching partition is kept:
+    /// when every partition is taken and the type is at rate 1, so that
+    /// whichever partition it comes on, it is counted once.
+    pub fn keeps_mismatched(&self, event_type: EventType) -> bool {
+        self.takes_every_partition && self.everything[event_type.index()]
+    }
+
     /// An event on another partition than its transaction's `owner`:
-    /// counted; kept (under `owner`) when everything is taken, otherwise
-    /// dropped as invalid. Returns whether it is kept.
+    /// counted; kept (under `owner`) when its type takes everything (see
+    /// [`HotPath::keeps_mismatched`]), otherwise dropped as invalid.
+    /// Returns whether it is kept.
     #[inline]
     fn mismatched(&mut self, ev: &mut Event<'_>, hash: u64, owner: u32) -> bool {
         self.partitions.record(ev.partition, hash);
-        if !self.takes_everything {
+        if !self.keeps_mismatched(ev.event_type) {
             // Only part of this transaction's events reach the topics this
             // instance subscribes to: it cannot be sampled whole.
             self.invalid[DecodeError::PartitionMismatch.index()] += 1;
@@ -406,12 +416,12 @@ mod tests {
         rmp_serde::to_vec_named(&serde_json::json!({"txn": txn, "ts": ts, "pad": "x".repeat(pad)})).unwrap()
     }
 
-    fn hot(takes_everything: bool, sample: &str) -> HotPath {
+    fn hot(takes_every_partition: bool, sample: &str) -> HotPath {
         HotPath::new(HotPathConfig {
             partition_count: 16,
             sample: sample.parse::<Rate>().unwrap().into(),
             raw_sample: Rate::NONE,
-            takes_everything,
+            takes_every_partition,
             max_event_size: 1000,
             ..HotPathConfig::default()
         })

@@ -137,11 +137,6 @@ impl TypeRates {
         self.base
     }
 
-    /// Whether every type keeps every transaction.
-    pub fn keeps_everything(&self) -> bool {
-        self.by_type.iter().all(|&r| r == Rate::ALL)
-    }
-
     /// The types whose rate is not `sample`'s, with their rates.
     pub fn overrides(&self) -> impl Iterator<Item = (EventType, Rate)> + '_ {
         EventType::ALL.into_iter().map(|t| (t, self.of(t))).filter(|&(_, r)| r != self.base)
@@ -364,11 +359,9 @@ mod tests {
         assert_eq!(r.overrides_ppm(), "auction=15625,loss=125000");
         assert_eq!(r.to_string(), "1/2 (auction=1/64,loss=1/8)");
         assert_eq!(r.ppm_by_type()[EventType::Bid.index()], 500_000);
-        assert!(!r.keeps_everything());
         // an override equal to the base is no override
         let same = parse_type_rates(Rate::ALL, "bid=1").unwrap();
         assert_eq!((same.overrides_text(), same.to_string()), (String::new(), "1".to_string()));
-        assert!(same.keeps_everything());
         assert_eq!(parse_type_rates(Rate::ALL, "").unwrap(), TypeRates::from(Rate::ALL));
         for (bad, says) in [
             ("auction", "TYPE=RATE"),

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
             TypeRates::from(Rate::from_ppm(300_000)).with(EventType::Auction, Rate::from_ppm(20_000))
         },
         raw_sample: "0.5".parse().unwrap(),
-        takes_everything,
+        takes_every_partition: takes_everything,
         max_event_size: 512,
         max_seq_jump: 100,
         aggregate: AggregateConfig { max_live_keys: 2, max_os_values: 1, max_raw_rows: 1, ..Default::default() },

@@ -99,11 +99,18 @@ pub enum IngestError {
 }
 
 impl IngestConfig {
-    /// Whether this instance takes every transaction of every partition
-    /// (all partitions, rollup rate 1 for every type). Then it subscribes by type prefix
-    /// and a publisher's partition number cannot make it miss an event.
-    pub fn takes_everything(&self) -> bool {
-        self.sample.keeps_everything() && self.partitions.len() == self.partition_count as usize
+    /// Whether this instance takes every partition (a fleet member's group
+    /// takes them all, whatever it owns now).
+    pub fn takes_every_partition(&self) -> bool {
+        self.partitions.len() == self.partition_count as usize
+    }
+
+    /// Whether this instance takes every event of `event_type` (every
+    /// partition, the type at rate 1). With one thread it then subscribes
+    /// by the type's prefix, and a publisher's partition number cannot make
+    /// it miss an event of the type.
+    pub fn takes_everything_of(&self, event_type: EventType) -> bool {
+        self.takes_every_partition() && self.sample.of(event_type) == Rate::ALL
     }
 
     /// The hot path's settings.
@@ -112,7 +119,7 @@ impl IngestConfig {
             partition_count: self.partition_count,
             sample: self.sample,
             raw_sample: self.raw_sample,
-            takes_everything: self.takes_everything(),
+            takes_every_partition: self.takes_every_partition(),
             max_event_size: self.max_event_size,
             max_seq_jump: self.max_seq_jump,
             aggregate,

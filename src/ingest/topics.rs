@@ -6,9 +6,9 @@ use bid_logger_core::wire::{topic, EventType, MAX_PARTITIONS};
 
 /// The topics thread `index` of `threads` subscribes to.
 ///
-/// * With one thread taking every transaction: one prefix per event type
-///   (`bid.`), so that whatever partition count the publishers use, no
-///   event is filtered out at the sender.
+/// * With one thread, for each event type it takes whole (every partition,
+///   rate 1): the type's prefix (`bid.`), so that whatever partition count
+///   the publishers use, no event of it is filtered out at the sender.
 /// * Otherwise, for each configured event type: the thread's share of this
 ///   instance's partitions (round robin), minus partitions that none of the
 ///   type's samplers (its rollup rate, the raw sample) needs (`wants`), plus its share of the prefixes that
@@ -22,12 +22,13 @@ pub fn subscriptions(
     index: usize,
     threads: usize,
 ) -> Vec<String> {
-    if threads == 1 && config.takes_everything() {
-        return config.event_types.iter().map(|et| format!("{}.", et.as_str())).collect();
-    }
     let beyond = prefixes_from(config.partition_count);
     let mut out = Vec::new();
     for &et in &config.event_types {
+        if threads == 1 && config.takes_everything_of(et) {
+            out.push(format!("{}.", et.as_str()));
+            continue;
+        }
         for (i, &p) in config.partitions.iter().enumerate() {
             if i % threads == index && wants(et, p) {
                 out.push(topic(et, p));
@@ -147,11 +148,13 @@ mod tests {
         let topics = exact(subs(&by_type, 0, 1));
         assert_eq!(topics.iter().filter(|t| t.starts_with("bid.")).count(), 16, "{topics:?}");
         assert_eq!(topics.iter().filter(|t| t.starts_with("win.")).collect::<Vec<_>>(), ["win.0000", "win.0008"]);
-        // ... and it takes everything no more: no type prefix
+        // every partition: the type at rate 1 by its prefix, the sampled one by partition
         let all_by_type = config(64, 0..64, 1, "1");
         let all_by_type =
             IngestConfig { sample: all_by_type.sample.with(EventType::Win, "1/2".parse().unwrap()), ..all_by_type };
-        assert!(!all_by_type.takes_everything());
-        assert!(!subs(&all_by_type, 0, 1).contains(&"bid.".to_string()));
+        assert!(all_by_type.takes_everything_of(EventType::Bid) && !all_by_type.takes_everything_of(EventType::Win));
+        let topics = subs(&all_by_type, 0, 1);
+        assert_eq!(topics.iter().filter(|t| t.starts_with("bid.")).collect::<Vec<_>>(), ["bid."]);
+        assert_eq!(topics.iter().filter(|t| t.starts_with("win.")).count(), 32 + beyond, "{topics:?}");
     }
 }

@@ -125,6 +125,8 @@ pub struct Ingest {
     metrics: IngestMetrics,
     /// When the last partition-mismatch warning was logged.
     mismatch_logged: Option<Instant>,
+    /// What that warning says becomes of the mismatching events.
+    mismatch_action: String,
     progress: Arc<t::Progress>,
     /// A fleet member's: the partitions it follows.
     fleet: Option<Follower>,
@@ -224,7 +226,7 @@ impl Ingest {
         // A fleet member's group takes every partition: at rate 1 a
         // mismatching event is kept by the member that receives it, as by a
         // single instance taking everything.
-        hot_config.takes_everything |= fleet.is_some() && config.sample.keeps_everything();
+        hot_config.takes_every_partition |= fleet.is_some();
         let mut hot = HotPath::new(hot_config);
         // The marks committed by an earlier run of this thread's partitions:
         // the first `seq` received counts the gap from them.
@@ -276,6 +278,7 @@ impl Ingest {
                 seeds: Vec::new(),
             }
         });
+        let mismatch_action = mismatch_action(&hot, &config.event_types);
         Ok(Ingest {
             sources,
             activity: endpoints.clone(),
@@ -285,6 +288,7 @@ impl Ingest {
             summary: IngestSummary::default(),
             metrics: IngestMetrics::new(),
             mismatch_logged: None,
+            mismatch_action,
             progress: progress.clone(),
             fleet,
             late,
@@ -597,11 +601,7 @@ impl Ingest {
             return;
         }
         self.mismatch_logged = Some(Instant::now());
-        let action = if self.hot.takes_everything {
-            "kept: this instance takes every partition at rate 1"
-        } else {
-            "dropped (counted as invalid, reason partition_mismatch): they cannot be sampled consistently"
-        };
+        let action = self.mismatch_action.as_str();
         tracing::warn!(
             events = check.unlogged,
             partition_count = self.hot.partition_count,
@@ -696,6 +696,24 @@ impl Ingest {
 }
 
 /// The sorted union of two sorted lists.
+/// What the partition-mismatch warning says becomes of those events: kept
+/// for the types taken whole (every partition, rate 1), dropped for the
+/// sampled ones (only part of a transaction reaches the topics subscribed).
+fn mismatch_action(hot: &HotPath, types: &[EventType]) -> String {
+    let kept: Vec<&str> = types.iter().filter(|&&t| hot.keeps_mismatched(t)).map(|t| t.as_str()).collect();
+    if kept.len() == types.len() {
+        "kept: this instance takes every partition at rate 1".into()
+    } else if kept.is_empty() {
+        "dropped (counted as invalid, reason partition_mismatch): they cannot be sampled consistently".into()
+    } else {
+        format!(
+            "kept for {} (every partition at rate 1); dropped for the sampled types (counted as invalid, reason \
+             partition_mismatch): they cannot be sampled consistently",
+            kept.join(", ")
+        )
+    }
+}
+
 fn union(a: &[u32], b: &[u32]) -> Vec<u32> {
     let mut out: Vec<u32> = a.iter().chain(b).copied().collect();
     out.sort_unstable();

@@ -1125,3 +1125,41 @@ async fn a_batch_holding_the_boundary_makes_a_move_give_up_in_a_second_and_wait_
     let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
     assert_warehouse_matches(&setup, &all, 1_000_000).await;
 }
+
+/// Publishers at 64 partitions, the logger at 16 taking them all with
+/// auctions sampled at 1/4: the other types, at rate 1, still keep every
+/// event whatever its partition (by their type prefix), while an auction
+/// on a mismatching partition is dropped and counted (its transaction
+/// cannot be sampled whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_with_another_partition_count_lose_nothing_of_the_types_at_rate_1_while_another_is_sampled() {
+    let db = fresh_database("mismatch_by_type").await;
+    let mut publisher = Publisher::bind();
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--sample-by-type", "auction=1/4"]);
+    // seven type prefixes, and the auctions' 4 partitions of 16 plus those beyond 16
+    publisher.wait_for_subscriptions(7 + subset_topics(16, 1, 4));
+    let mut rng = SmallRng::seed_from_u64(26);
+    let sent = events(&mut rng, 10_000, "by-type");
+    for e in &sent {
+        publisher.publish(e, 64);
+    }
+    let p64 = |e: &TestEvent| bid_logger_core::wire::partition_of(e.txn.as_bytes(), 64);
+    let p16 = |e: &TestEvent| bid_logger_core::wire::partition_of(e.txn.as_bytes(), 16);
+    let auctions = bid_logger_core::sample::Sampler::new("1/4".parse().unwrap(), 16);
+    let kept: Vec<TestEvent> = sent
+        .iter()
+        .filter(|e| e.event_type != "auction" || (p64(e) < 16 && auctions.keep(e.txn.as_bytes())))
+        .cloned()
+        .collect();
+    let dropped = sent.iter().filter(|e| e.event_type == "auction" && p64(e) >= 16).count();
+    let mismatching = sent.iter().filter(|e| e.event_type != "auction" && p64(e) != p16(e)).count() + dropped;
+    assert!(kept.iter().filter(|e| e.event_type != "auction" && p64(e) != p16(e)).count() > 5_000);
+    logger.wait_metric("bid_logger_events_flushed_total", kept.len() as f64, Duration::from_secs(30));
+    logger.wait_metric("bid_logger_partition_mismatch_total", mismatching as f64, Duration::from_secs(10));
+    assert_eq!(logger.metric("bid_logger_messages_invalid_total", "reason=\"partition_mismatch\""), dropped as f64);
+    let stderr = logger.stop_ok();
+    let warning = stderr.lines().find(|l| l.contains("another partition count")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(strip_ansi(warning).contains("kept for bid, win, loss, impression, click, install, event"), "{warning}");
+    let ppm = |t: &str| if t == "auction" { 250_000 } else { 1_000_000 };
+    assert_warehouse_matches_by_type(&connect(&db).await, &kept, &ppm).await;
+}
