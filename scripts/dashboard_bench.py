@@ -1,6 +1,7 @@
 """Fills a migrated warehouse (its partitions already created) with history,
-then times every SQL panel of the warehouse dashboard; see
-scripts/dashboard-bench. `dashboard_bench.py URL --no-fill` times a
+then times every SQL panel of the warehouse dashboard, and of the prices
+dashboard when the warehouse has its tables (price_hour, landscape_hour);
+see scripts/dashboard-bench. `dashboard_bench.py URL --no-fill` times a
 warehouse filled before."""
 
 import json
@@ -11,7 +12,7 @@ import time
 import psycopg
 
 URL = sys.argv[1]
-DASHBOARD = "grafana/dashboards/bid-logger-warehouse.json"
+DASHBOARDS = ["grafana/dashboards/bid-logger-warehouse.json", "grafana/dashboards/bid-logger-prices.json"]
 TYPES = "ARRAY['auction','bid','win','loss','impression','click','install','event']"
 COUNTRIES = "ARRAY['US','BR','IN','DE','GB','FR','JP','MX','ID','--']"
 OSES = "ARRAY['android','ios','unknown']"
@@ -46,6 +47,44 @@ def fill(conn, table, step, buckets, ids):
           file=sys.stderr)
 
 
+# The prices dashboard's tables, as the rollups' tiers: 30 days of hours and
+# a year of days; price tables 3 types × 5 exchanges × 10 countries × 3 OS ×
+# 22 price buckets (9 900 keys a bucket), landscapes 3 types × 5 exchanges
+# × 600 bid buckets (9 000 keys a bucket), the buckets a simulated stream fills.
+PRICE_KEYS = ("exchange, country, os, price_bucket", "'x' || x, c, o, 400 + 4 * k",
+              "unnest(ARRAY['bid','win','impression']) t, generate_series(1, 5) x, "
+              f"unnest({COUNTRIES}) c, unnest({OSES}) o, generate_series(0, 21) k")
+LANDSCAPE_KEYS = ("exchange, bid_price_bucket", "'x' || x, 300 + k",
+                  "unnest(ARRAY['bid','win','loss']) t, generate_series(1, 5) x, generate_series(0, 599) k")
+PRICE_HISTORY = [
+    ("price_hour", "1 hour", 720, PRICE_KEYS),
+    ("price_day", "1 day", 365, PRICE_KEYS),
+    ("landscape_hour", "1 hour", 720, LANDSCAPE_KEYS),
+    ("landscape_day", "1 day", 365, LANDSCAPE_KEYS),
+]
+
+
+def fill_prices(conn, table, step, buckets, keys):
+    dims, values, rows = keys
+    grain = step.split()[1]
+    sql = f"""
+        INSERT INTO {table}_merged (bucket, event_type, {dims}, sample_ppm,
+                             events, attributed_events, price_micros, revenue_micros)
+        SELECT date_trunc('{grain}', now()) - b * interval '{step}', t, {values}, 1000000,
+               1 + (b + k) % 50, 0, 5000 * (1 + (b + k) % 50), 0
+        FROM generate_series(0, {buckets - 1}) b, {rows}
+        ON CONFLICT DO NOTHING"""
+    started = time.time()
+    conn.execute(sql)
+    count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    print(f"dashboard-bench: {table}: {count} rows ({count // buckets} keys per {grain}) in "
+          f"{time.time() - started:.0f} s", file=sys.stderr)
+
+
+def has_table(conn, name):
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+
+
 def expand(sql, variables, start, end, interval_ms):
     sql = sql.replace("$__interval_ms", str(interval_ms))
     for unit, secs in (("'1m'", 60), ("'1h'", 3600)):
@@ -66,36 +105,50 @@ def main():
         if len(sys.argv) < 3 or sys.argv[2] != "--no-fill":
             for table, step, buckets, ids in HISTORY:
                 fill(conn, table, step, buckets, ids)
+            for table, step, buckets, keys in PRICE_HISTORY:
+                if has_table(conn, table):
+                    fill_prices(conn, table, step, buckets, keys)
         conn.execute("VACUUM ANALYZE")
-        dash = json.load(open(DASHBOARD))
-        variables = {}
-        for v in dash["templating"]["list"]:
-            started = time.time()
-            values = [r[0] for r in conn.execute(v["query"]).fetchall()]
-            print(f"variable {v['name']}: {len(values)} values in {1000 * (time.time() - started):.0f} ms")
-            variables[v["name"]] = v.get("allValue", values)
-        # Grafana's default range and a long one, as a panel 1 000 points
-        # wide asks for them ($__interval_ms: the range over 1 000)
-        ranges = [("6h", 6 * 3600), ("90d", 90 * 86400)]
-        print(f"\n{'panel':<72} " + " ".join(f"{'ms ' + name:>10}" for name, _ in ranges) + "  (best of 3)")
         worst = 0.0
-        for panel in dash["panels"]:
-            for target in panel["targets"]:
-                cells = []
-                for _, secs in ranges:
-                    start, end = conn.execute(
-                        "SELECT to_char((now() - make_interval(secs => %s)) AT TIME ZONE 'UTC',"
-                        " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
-                        " to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')", (secs,)).fetchone()
-                    sql = expand(target["rawSql"], variables, start, end, secs)
-                    times = []
-                    for _ in range(3):
-                        plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql).fetchone()[0]
-                        times.append(plan[0]["Planning Time"] + plan[0]["Execution Time"])
-                    cells.append(min(times))
-                    worst = max(worst, min(times))
-                print(f"{panel['title'][:72]:<72} " + " ".join(f"{c:>10.1f}" for c in cells))
+        for path in DASHBOARDS:
+            if "prices" in path and not has_table(conn, "price_hour"):
+                print(f"\n{path}: skipped (no price_hour: declare the example tables)")
+                continue
+            print(f"\n{path}")
+            worst = max(worst, time_dashboard(conn, json.load(open(path))))
         print(f"\nslowest panel: {worst:.1f} ms (target 500 ms)")
+
+
+def time_dashboard(conn, dash):
+    """Times every SQL panel of `dash`; returns the slowest, ms."""
+    variables = {}
+    for v in dash["templating"]["list"]:
+        started = time.time()
+        values = [r[0] for r in conn.execute(v["query"]).fetchall()]
+        print(f"variable {v['name']}: {len(values)} values in {1000 * (time.time() - started):.0f} ms")
+        variables[v["name"]] = v.get("allValue", values)
+    # Grafana's default range and a long one, as a panel 1 000 points
+    # wide asks for them ($__interval_ms: the range over 1 000)
+    ranges = [("6h", 6 * 3600), ("90d", 90 * 86400)]
+    print(f"\n{'panel':<72} " + " ".join(f"{'ms ' + name:>10}" for name, _ in ranges) + "  (best of 3)")
+    worst = 0.0
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            cells = []
+            for _, secs in ranges:
+                start, end = conn.execute(
+                    "SELECT to_char((now() - make_interval(secs => %s)) AT TIME ZONE 'UTC',"
+                    " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+                    " to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')", (secs,)).fetchone()
+                sql = expand(target["rawSql"], variables, start, end, secs)
+                times = []
+                for _ in range(3):
+                    plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql).fetchone()[0]
+                    times.append(plan[0]["Planning Time"] + plan[0]["Execution Time"])
+                cells.append(min(times))
+                worst = max(worst, min(times))
+            print(f"{panel['title'][:72]:<72} " + " ".join(f"{c:>10.1f}" for c in cells))
+    return worst
 
 
 main()

@@ -281,8 +281,22 @@ async fn every_panel_query_and_alert_expression_returns_data_from_a_running_logg
         c.restart_every = Some(20_000);
     });
     // A fleet group of one (it owns every partition), so that the fleet
-    // panels and alerts have their series too.
-    let args = ["--connect", &endpoint, "--flush-interval", "500ms", "--max-os-values", "2", "--group", "dash"];
+    // panels and alerts have their series too; with the price distribution
+    // and the bid landscape the prices dashboard reads, as the example
+    // configuration declares them.
+    let config = rollup_config("dash", &example_price_tables());
+    let args = [
+        "--connect",
+        &endpoint,
+        "--flush-interval",
+        "500ms",
+        "--max-os-values",
+        "2",
+        "--group",
+        "dash",
+        "--config",
+        &config,
+    ];
     let logger = Logger::start(&db, &args);
     let prometheus = start_prometheus(logger.metrics_port);
 
@@ -424,6 +438,10 @@ async fn fill_history(client: &tokio_postgres::Client) {
         ("rollup_hour", "1 hour", 95 * 24, "month", "YYYYMM"),
         ("rollup_exchange_hour", "1 hour", 95 * 24, "month", "YYYYMM"),
         ("rollup_day", "1 day", 95, "year", "YYYY"),
+        ("price_hour", "1 hour", 95 * 24, "month", "YYYYMM"),
+        ("price_day", "1 day", 95, "year", "YYYY"),
+        ("landscape_hour", "1 hour", 95 * 24, "month", "YYYYMM"),
+        ("landscape_day", "1 day", 95, "year", "YYYY"),
     ];
     for (table, step, back, span, format) in tables {
         // the history goes into the merged table, under the view
@@ -457,6 +475,28 @@ async fn fill_history(client: &tokio_postgres::Client) {
         let rows = client.execute(&copy, &[]).await.unwrap_or_else(|e| panic!("{table}: {e}\n{copy}"));
         assert!(rows >= back, "{table}: {rows} rows of history");
     }
+}
+
+/// The price and landscape sections of `bid-logger.toml`, uncommented: the
+/// tables the prices dashboard reads.
+fn example_price_tables() -> String {
+    let example = std::fs::read_to_string(root().join("bid-logger.toml")).unwrap();
+    let mut out = String::new();
+    let mut inside = false;
+    for line in example.lines() {
+        let line = line.strip_prefix("# ").unwrap_or(line);
+        if line.starts_with('[') {
+            inside = line.starts_with("[rollup.price_") || line.starts_with("[rollup.landscape_");
+        } else if !line.contains(" = ") {
+            inside = false;
+        }
+        if inside {
+            out += line;
+            out += "\n";
+        }
+    }
+    assert_eq!(out.matches("dimensions").count(), 4, "the four tables in bid-logger.toml:\n{out}");
+    out
 }
 
 /// A Unix time as Grafana writes it into `$__timeFilter`.
