@@ -122,7 +122,7 @@ metrics_table! {
     counter SEQ_PUBLISHERS_EVICTED = "bid_logger_seq_publishers_evicted_total", Count, "",
         "Publishers dropped from `seq` tracking to keep it bounded (10 000 publishers, 200 000 sequences; single-message publishers go first).";
     counter PARTITION_MISMATCH = "bid_logger_partition_mismatch_total", Count, "",
-        "Events whose topic partition is not `fnv1a64(txn) mod partition-count` (publishers using another count); kept when the instance takes every partition at rate 1, dropped as `partition_mismatch` otherwise.";
+        "Events whose topic partition is not `fnv1a64(txn) mod partition-count` (publishers using another count); kept when the instance takes every partition and the event's type is at rate 1, dropped as `partition_mismatch` otherwise.";
     gauge FLUSH_INTERVAL = "bid_logger_flush_interval_seconds", Seconds, "",
         "The configured `flush-interval` (the `BidLoggerNoFlush` threshold follows it).";
     gauge LIVE_KEYS = "bid_logger_live_keys", Count, "",
