@@ -9,13 +9,15 @@
 -- 1e6 / sample_ppm (the raw rate), as the `_est` views do.
 --
 -- One row per step a sampled transaction took whose first event falls in
--- [since, until): the first event of each type is the step's (a repeated
--- click counts from the first click). The second event may come any time
--- later (an install days after its click), so `events_sample` is read from
--- `since` on. A delay is negative when the second event's publisher clock
--- was behind the first's. `exchange` is the transaction's (the first event
--- with one: a click or install usually has none), `campaign_id` and
--- `advertiser_id` the step's first event's, else the transaction's.
+-- [since, until): the first event of each type is the step's, over the
+-- whole transaction (a repeated click counts from the first click, even
+-- when it came before `since`: then the step is the earlier range's). The
+-- transactions with an event in the range are found first (reading the
+-- daily ranges it touches), then all their events, whenever they came (an
+-- install days after its click). A delay is negative when the second
+-- event's publisher clock was behind the first's. `exchange` is the first
+-- event's, else the transaction's first (a click or install usually has
+-- none); `campaign_id` and `advertiser_id` likewise, 0 meaning none.
 CREATE OR REPLACE FUNCTION bid_logger_chain_timing(since timestamptz, until timestamptz)
 RETURNS TABLE (
     step          text,
@@ -30,17 +32,22 @@ RETURNS TABLE (
     sample_ppm    integer
 )
 LANGUAGE sql STABLE AS $$
-    WITH firsts AS (
-        SELECT DISTINCT ON (txn, event_type)
-               txn, event_type, ts, exchange, country, os, campaign_id, advertiser_id, sample_ppm
-        FROM events_sample
-        WHERE ts >= since AND event_type IN ('bid', 'win', 'loss', 'impression', 'click', 'install')
-        ORDER BY txn, event_type, ts
+    WITH started AS (
+        SELECT DISTINCT txn FROM events_sample
+        WHERE ts >= since AND ts < until AND event_type IN ('bid', 'win', 'impression', 'click')
+    ),
+    firsts AS (
+        SELECT DISTINCT ON (e.txn, e.event_type)
+               e.txn, e.event_type, e.ts, e.exchange, e.country, e.os, e.campaign_id, e.advertiser_id, e.sample_ppm
+        FROM started s JOIN events_sample e ON e.txn = s.txn
+        ORDER BY e.txn, e.event_type, e.ts
     ),
     txns AS (
-        SELECT DISTINCT ON (txn) txn, exchange, campaign_id, advertiser_id
-        FROM firsts
-        ORDER BY txn, (exchange IS NULL), (campaign_id = 0), ts
+        SELECT txn,
+               (array_agg(exchange ORDER BY ts) FILTER (WHERE exchange IS NOT NULL))[1] AS exchange,
+               (array_agg(campaign_id ORDER BY ts) FILTER (WHERE campaign_id <> 0))[1] AS campaign_id,
+               (array_agg(advertiser_id ORDER BY ts) FILTER (WHERE advertiser_id <> 0))[1] AS advertiser_id
+        FROM firsts GROUP BY txn
     ),
     steps (first_type, second_type, step) AS (
         VALUES ('bid', 'win', 'bid_to_win'), ('bid', 'loss', 'bid_to_loss'),
@@ -49,11 +56,11 @@ LANGUAGE sql STABLE AS $$
     )
     SELECT s.step, a.ts, round(extract(epoch FROM b.ts - a.ts) * 1000)::bigint, a.txn,
            coalesce(a.exchange, t.exchange), a.country, a.os,
-           CASE WHEN a.campaign_id <> 0 THEN a.campaign_id ELSE t.campaign_id END,
-           CASE WHEN a.advertiser_id <> 0 THEN a.advertiser_id ELSE t.advertiser_id END,
+           CASE WHEN a.campaign_id <> 0 THEN a.campaign_id ELSE coalesce(t.campaign_id, 0) END,
+           CASE WHEN a.advertiser_id <> 0 THEN a.advertiser_id ELSE coalesce(t.advertiser_id, 0) END,
            a.sample_ppm
     FROM steps s
-    JOIN firsts a ON a.event_type = s.first_type AND a.ts < until
+    JOIN firsts a ON a.event_type = s.first_type AND a.ts >= since AND a.ts < until
     JOIN firsts b ON b.txn = a.txn AND b.event_type = s.second_type
     JOIN txns t ON t.txn = a.txn
 $$;

@@ -304,6 +304,7 @@ async fn the_report_gives_each_exchanges_cpm_quantiles_and_its_landscape() {
     assert_eq!(landscape["source"], "landscape_hour_est");
     let band_of = |price: i64| (bid_logger_core::aggregate::price::price_bucket(price).unwrap() - 1) / 5;
     let mut expected: BTreeMap<u16, [f64; 3]> = BTreeMap::new();
+    let mut prices_in: BTreeMap<u16, Vec<i64>> = BTreeMap::new();
     let bids: BTreeMap<&str, i64> = events
         .iter()
         .filter(|e| e.event_type == "bid" && e.exchange.as_deref() == Some("ex_b") && e.price.unwrap() > 0)
@@ -315,6 +316,9 @@ async fn the_report_gives_each_exchanges_cpm_quantiles_and_its_landscape() {
         if let Some(c) = column {
             expected.entry(band_of(bid)).or_default()[c] += 1.0;
         }
+        if e.event_type == "bid" {
+            prices_in.entry(band_of(bid)).or_default().push(bid);
+        }
     }
     let rows = landscape["rows"].as_array().unwrap();
     assert_eq!(rows.len(), expected.len(), "one row per band with bids: {landscape}");
@@ -323,6 +327,11 @@ async fn the_report_gives_each_exchanges_cpm_quantiles_and_its_landscape() {
         let (from, to) = (gamma.powi(i32::from(*band) * 5 - 1) / 1e3, gamma.powi(i32::from(*band) * 5 + 4) / 1e3);
         assert!((row["bid_cpm_from"].as_f64().unwrap() - from).abs() < 1e-4, "{row} band {band}");
         assert!((row["bid_cpm_to"].as_f64().unwrap() - to).abs() < 1e-4, "{row} band {band}");
+        // every bid of the band is within its bounds as printed (CPM = micro-USD / 1000)
+        let (lo, hi) = (row["bid_cpm_from"].as_f64().unwrap() * 1e3, row["bid_cpm_to"].as_f64().unwrap() * 1e3);
+        for &p in &prices_in[band] {
+            assert!(lo - 0.1 < p as f64 && p as f64 <= hi + 0.1, "a bid of {p} micro-USD in ({lo}, {hi}]");
+        }
         let counts = [&row["bids"], &row["wins"], &row["losses"]].map(|v| v.as_f64().unwrap());
         assert_eq!(counts, [*bids, *wins, *losses], "band {band}: {row}");
         if wins + losses > 0.0 {

@@ -237,7 +237,8 @@ async fn raw_rows_beyond_the_buffer_are_dropped_and_counted_while_rollups_stay_e
 /// `bid_logger_chain_timing`: every step of every transaction in the raw
 /// sample, with its delay, against the truth worked out from the events
 /// published (out of order, a click repeated, an install whose clock is
-/// behind its click's, steps that never came).
+/// behind its click's, clicks without a campaign, steps that never came),
+/// over ranges that cut a transaction's repeated clicks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_timing_gives_every_step_of_the_sampled_transactions_with_its_delay() {
     let db = fresh_database("chain_timing").await;
@@ -276,9 +277,11 @@ async fn chain_timing_gives_every_step_of_the_sampled_transactions_with_its_dela
             continue;
         }
         at += rng.gen_range(1000..600_000);
-        push("click", at, false, true);
+        // some trackers send clicks without the campaign: the transaction's is taken
+        let click_campaign = rng.gen_bool(0.7);
+        push("click", at, false, click_campaign);
         if rng.gen_bool(0.2) {
-            push("click", at + rng.gen_range(1..10_000), false, true);
+            push("click", at + rng.gen_range(1..10_000), false, click_campaign);
         }
         // an install up to an hour later, or (a skewed clock) a little before its click
         let install = if rng.gen_bool(0.1) { at - rng.gen_range(1..2000) } else { at + rng.gen_range(1..3_600_000) };
@@ -291,15 +294,21 @@ async fn chain_timing_gives_every_step_of_the_sampled_transactions_with_its_dela
     logger.wait_metric("bid_logger_events_flushed_total", events.len() as f64, Duration::from_secs(30));
     logger.stop_ok();
 
-    // The truth: for each sampled transaction, the first event of each type.
+    // The truth: for each sampled transaction, the first event of each type,
+    // and its exchange and campaign (every event that has one has the same).
     let sampler = bid_logger_core::sample::Sampler::new("1/2".parse().unwrap(), P);
-    let mut firsts: BTreeMap<(String, &str), &TestEvent> = BTreeMap::new();
-    for e in events.iter().filter(|e| sampler.keep(e.txn.as_bytes())) {
-        let first = firsts.entry((e.txn.clone(), e.event_type)).or_insert(e);
+    let sampled: Vec<&TestEvent> = events.iter().filter(|e| sampler.keep(e.txn.as_bytes())).collect();
+    let mut firsts: BTreeMap<(&str, &str), &TestEvent> = BTreeMap::new();
+    for &e in &sampled {
+        let first = firsts.entry((e.txn.as_str(), e.event_type)).or_insert(e);
         if e.ts < first.ts {
             *first = e;
         }
     }
+    let exchange_of: HashMap<&str, String> =
+        sampled.iter().filter_map(|e| Some((e.txn.as_str(), e.exchange.clone()?))).collect();
+    let campaign_of: HashMap<&str, (u32, u32)> =
+        sampled.iter().filter(|e| e.campaign != 0).map(|e| (e.txn.as_str(), (e.campaign, e.advertiser))).collect();
     let steps = [
         ("bid", "win", "bid_to_win"),
         ("bid", "loss", "bid_to_loss"),
@@ -307,49 +316,62 @@ async fn chain_timing_gives_every_step_of_the_sampled_transactions_with_its_dela
         ("impression", "click", "impression_to_click"),
         ("click", "install", "click_to_install"),
     ];
-    type Step = (String, String, i64, i64, String, i64);
-    let expected = |until: i64| -> Vec<Step> {
+    type Step = (String, String, i64, i64, String, i64, i64);
+    let expected = |since: i64, until: i64| -> Vec<Step> {
         let mut out = Vec::new();
-        for ((txn, t), a) in &firsts {
+        for (&(txn, t), a) in &firsts {
             for (first, second, step) in steps {
-                let Some(b) = firsts.get(&(txn.clone(), second)).filter(|_| *t == first && a.ts < until) else {
+                let Some(b) = firsts.get(&(txn, second)).filter(|_| t == first && a.ts >= since && a.ts < until) else {
                     continue;
                 };
-                // the transaction's exchange: the bid always has one
-                let exchange =
-                    a.exchange.clone().unwrap_or_else(|| firsts[&(txn.clone(), "bid")].exchange.clone().unwrap());
-                out.push((step.to_string(), txn.clone(), a.ts, b.ts - a.ts, exchange, i64::from(a.campaign)));
+                let exchange = a.exchange.clone().unwrap_or_else(|| exchange_of[txn].clone());
+                let (campaign, advertiser) =
+                    if a.campaign != 0 { (a.campaign, a.advertiser) } else { campaign_of[txn] };
+                let (campaign, advertiser) = (i64::from(campaign), i64::from(advertiser));
+                out.push((step.to_string(), txn.to_string(), a.ts, b.ts - a.ts, exchange, campaign, advertiser));
             }
         }
         out.sort();
         out
     };
     let client = connect(&db).await;
-    let actual = |until: i64| {
+    let actual = |since: i64, until: i64| {
         let client = &client;
         async move {
             let sql =
                 "SELECT step, convert_from(txn, 'UTF8'), (extract(epoch FROM started_at) * 1000)::bigint, delay_ms,
-                              exchange, campaign_id
-                       FROM bid_logger_chain_timing(now() - interval '1 day', to_timestamp($1::float8 / 1000))";
+                              exchange, campaign_id, advertiser_id
+                       FROM bid_logger_chain_timing(to_timestamp($1::float8 / 1000), to_timestamp($2::float8 / 1000))";
             let mut rows: Vec<Step> = client
-                .query(sql, &[&(until as f64)])
+                .query(sql, &[&(since as f64), &(until as f64)])
                 .await
                 .unwrap()
                 .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
                 .collect();
             rows.sort();
             rows
         }
     };
-    let all = expected(now + 1);
+    let (day_ago, later) = (now - 86_400_000, now + 1);
+    let all = expected(day_ago, later);
     assert!(all.iter().any(|s| s.0 == "click_to_install" && s.3 < 0), "a skewed install is in the test");
     assert!(all.iter().filter(|s| s.0 == "impression_to_click").count() > 50, "{} steps", all.len());
-    assert_eq!(actual(now + 1).await, all);
-    // only the steps whose first event is before `until`
+    assert_eq!(actual(day_ago, later).await, all);
+    // only the steps whose first event is in the range
     let until = now - 5_000_000;
-    let part = expected(until);
+    let part = expected(day_ago, until);
     assert!(!part.is_empty() && part.len() < all.len());
-    assert_eq!(actual(until).await, part);
+    assert_eq!(actual(day_ago, until).await, part);
+    // a range that starts between a transaction's two clicks: its click step
+    // is the earlier range's, from the first click, never this one's
+    let repeated = sampled
+        .iter()
+        .filter(|e| e.event_type == "click")
+        .find(|e| firsts[&(e.txn.as_str(), "click")].ts < e.ts && firsts.contains_key(&(e.txn.as_str(), "install")))
+        .expect("a sampled transaction with two clicks and an install");
+    let since = firsts[&(repeated.txn.as_str(), "click")].ts + 1;
+    let from_there = expected(since, later);
+    assert!(!from_there.iter().any(|s| s.1 == repeated.txn && s.0 == "click_to_install"));
+    assert_eq!(actual(since, later).await, from_there);
 }
