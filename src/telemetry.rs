@@ -131,7 +131,7 @@ metrics_table! {
         "Events folded into `other`/`-1` by a cardinality cap.";
     counter LANDSCAPE_PAIRED = "bid_logger_landscape_paired_total", Count, "",
         "Wins and losses paired with their transaction's bid for the bid landscapes (tables with the `bid_price` dimension).";
-    counter LANDSCAPE_UNPAIRED = "bid_logger_landscape_unpaired_total", Count, "`reason` = `no_outcome`, `no_bid`, `full`, `stopped`",
+    counter LANDSCAPE_UNPAIRED = "bid_logger_landscape_unpaired_total", Count, "`reason` = `no_outcome`, `no_bid`, `full`, `handover`, `stopped`",
         "Bids and outcomes that left the landscapes' pairing without their other half: a bid with no win or loss within `landscape-window`, a win or loss with no bid, one not kept because `landscape-max-pending` were waiting, or one waiting at a stop. The events themselves are in every rollup.";
     gauge LANDSCAPE_WAITING = "bid_logger_landscape_waiting", Count, "",
         "Bids and outcomes waiting for their other half in memory (bounded by `landscape-max-pending` per ingest thread).";

@@ -54,7 +54,7 @@ struct IngestMetrics {
     folded: Counter,
     paired: Counter,
     /// Per [`Unpaired`], then `stopped`.
-    unpaired: [Counter; 4],
+    unpaired: [Counter; 5],
     waiting: Gauge,
     published_waiting: usize,
     raw_dropped: Counter,
@@ -81,8 +81,14 @@ impl IngestMetrics {
             mismatches: counter!(t::PARTITION_MISMATCH),
             folded: counter!(t::OVERFLOW_FOLDED),
             paired: counter!(t::LANDSCAPE_PAIRED),
-            unpaired: [Unpaired::NoOutcome.as_str(), Unpaired::NoBid.as_str(), Unpaired::Full.as_str(), "stopped"]
-                .map(|reason| counter!(t::LANDSCAPE_UNPAIRED, "reason" => reason)),
+            unpaired: [
+                Unpaired::NoOutcome.as_str(),
+                Unpaired::NoBid.as_str(),
+                Unpaired::Full.as_str(),
+                Unpaired::Handover.as_str(),
+                "stopped",
+            ]
+            .map(|reason| counter!(t::LANDSCAPE_UNPAIRED, "reason" => reason)),
             waiting: gauge!(t::LANDSCAPE_WAITING),
             published_waiting: 0,
             raw_dropped: counter!(t::RAW_ROWS_DROPPED, "reason" => "buffer_full"),
@@ -401,7 +407,7 @@ impl Ingest {
         self.publish_counts();
         let last = drain(&mut self.hot, self.fleet.as_mut());
         // What still waits for its other half leaves with the stop, counted.
-        self.metrics.unpaired[3].increment(self.hot.aggregator.waiting() as u64);
+        self.metrics.unpaired[4].increment(self.hot.aggregator.waiting() as u64);
         if !last.is_empty() && self.sink.blocking_send(last).is_err() {
             tracing::error!("sink is gone; the last interval could not be handed over");
         }
@@ -440,7 +446,8 @@ impl Ingest {
         let buffer: Vec<u32> = ours(buffer).into_iter().filter(|p| receive.binary_search(p).is_err()).collect();
         let was: Vec<u32> = union(&f.receiving, &f.buffering);
         let now: Vec<u32> = union(&receive, &buffer);
-        if a.fences > f.fences {
+        let fenced = a.fences > f.fences;
+        if fenced {
             // Fenced (in this generation or one skipped): what this thread
             // held is the new owners' to count, and what it receives now is
             // taken anew, from the marks committed since.
@@ -464,6 +471,13 @@ impl Ingest {
         let owned = self.hot.owned.get_or_insert_with(Default::default);
         for &p in &removed {
             owned[p as usize] = false;
+        }
+        if fenced || !removed.is_empty() {
+            // A landscape's halves waiting in a partition no longer this
+            // thread's leave with it, counted: their other half, if it
+            // comes, goes to the new owner.
+            let (count, owned) = (u64::from(self.hot.partition_count), self.hot.owned.as_deref().unwrap_or(&[]));
+            self.hot.aggregator.release_waiting(|h| !owned.get((h % count) as usize).copied().unwrap_or(false));
         }
         let claims = self.hot.buffer.get_or_insert_with(|| ClaimBuffer::new(0, 0));
         // Claims withdrawn (or taken by another member): what was buffered is the owner's.

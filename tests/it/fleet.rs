@@ -416,7 +416,13 @@ fn stop_member(member: Logger) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
-    let prices = with_prices("fleet_join_leave");
+    // a price distribution, and a landscape whose bids wait for outcomes
+    // the busy members never receive
+    let prices = rollup_config(
+        "fleet_join_leave",
+        "[rollup.price_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"country\", \"os\", \"price\"]\n\n\
+         [rollup.landscape_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"bid_price\"]\n",
+    );
     let extra = ["--config", prices.as_str()];
     let (db, endpoint, [a, b]) = busy_fleet("fleet_join_leave", ["a", "b"], &extra).await;
     // Published once the partitions are owned: a message sent before any
@@ -436,6 +442,9 @@ async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
     let replayed = c.metric("bid_logger_handover_messages_total", "outcome=\"replayed\"");
     let duplicates = c.metric("bid_logger_handover_messages_total", "outcome=\"duplicate\"");
     assert!(replayed > 0.0 && duplicates > 0.0, "c replayed {replayed} and dropped {duplicates} held messages");
+    // a handed partitions to c with bids waiting in them: counted as such
+    let handover = a.metric("bid_logger_landscape_unpaired_total", "reason=\"handover\"");
+    assert!(handover > 0.0, "a's waiting bids of the partitions c took: {}", a.metrics_text());
     let lost = [("b", lost_b), ("a", stop_member(a)), ("c", stop_member(c))];
     assert!(lost.iter().all(|(_, n)| *n == 0), "a handover loses nothing: {lost:?}");
     assert_accounted(&db, &truth, 0).await;

@@ -73,6 +73,9 @@ pub enum Unpaired {
     NoBid = 1,
     /// Not kept: `max_pending` transactions were waiting.
     Full = 2,
+    /// Waiting when its partition was handed to another fleet member (or
+    /// taken by a fence): the other half, if it comes, goes to the new owner.
+    Handover = 3,
 }
 
 impl Unpaired {
@@ -82,6 +85,7 @@ impl Unpaired {
             Unpaired::NoOutcome => "no_outcome",
             Unpaired::NoBid => "no_bid",
             Unpaired::Full => "full",
+            Unpaired::Handover => "handover",
         }
     }
 }
@@ -157,7 +161,7 @@ pub struct AggregateStats {
     /// Bids and outcomes paired for the bid landscapes.
     pub paired: u64,
     /// Bids and outcomes that left the pairing unpaired, per [`Unpaired`].
-    pub unpaired: [u64; 3],
+    pub unpaired: [u64; 4],
 }
 
 /// A packed key: `minute:26 | type:3 | country:10 | os:12 | exchange:12 |
@@ -601,6 +605,18 @@ impl Aggregator {
                 self.stats.unpaired[reason as usize] += 1;
             }
         }
+    }
+
+    /// Drops the halves waiting of the transactions `gone` says are no
+    /// longer this thread's (by their txn hash: a partition handed over),
+    /// counting them as [`Unpaired::Handover`]; returns how many.
+    pub fn release_waiting(&mut self, gone: impl Fn(u64) -> bool) -> u64 {
+        let before = self.waiting.len();
+        self.waiting.retain(|&txn, _| !gone(txn));
+        let released = (before - self.waiting.len()) as u64;
+        // (their entries in `arrivals` no longer match a waiting half: skipped there)
+        self.stats.unpaired[Unpaired::Handover as usize] += released;
+        released
     }
 
     /// Bids and outcomes waiting for their other half.

@@ -493,9 +493,34 @@ fn landscape_halves_pair_in_either_order_and_leave_counted_once_the_window_passe
     a.expire_waiting(NOW + 1_650); // the orphan too; the late bid not yet
     assert_eq!(a.waiting(), 1);
     let s = a.take_stats();
-    assert_eq!((s.paired, s.unpaired), (2, [1, 1, 1]));
+    assert_eq!((s.paired, s.unpaired), (2, [1, 1, 1, 0]));
     let d = a.drain();
     let outcomes: u64 =
         d.rows.iter().filter(|r| r.0.kind() == 2 && r.0.event_type != EventType::Bid).map(|r| r.1.events).sum();
     assert_eq!(outcomes, 2, "the win and the loss, under their bids' buckets");
+}
+
+#[test]
+fn halves_of_a_partition_handed_over_leave_counted_once_as_handover() {
+    let landscape =
+        LandscapeConfig { dims: Dimensions::of(&[Dimension::BidPrice]), window_ms: 1_000, max_pending: 100 };
+    let mut a = Aggregator::new(AggregateConfig { landscape: Some(landscape), ..AggregateConfig::default() });
+    let txns: Vec<String> = (0..40).map(|i| format!("txn-{i}")).collect();
+    for (i, txn) in txns.iter().enumerate() {
+        let mut e = ev(if i % 2 == 0 { EventType::Bid } else { EventType::Win }, NOW, Some("US"), Some("ios"), 1);
+        e.txn = txn.as_bytes();
+        a.record(&e, NOW);
+    }
+    assert_eq!(a.waiting(), 40);
+    // partition 3 of 16 handed over
+    let gone = |h: u64| h % 16 == 3;
+    let expected = txns.iter().filter(|t| gone(crate::wire::fnv1a64(t.as_bytes()))).count() as u64;
+    assert!(expected > 0);
+    assert_eq!(a.release_waiting(gone), expected);
+    assert_eq!(a.waiting(), 40 - expected as usize);
+    // the rest leave with the window, each counted once: none twice
+    a.expire_waiting(NOW + 2_000);
+    let s = a.take_stats();
+    assert_eq!(s.unpaired[Unpaired::Handover as usize], expected);
+    assert_eq!(s.unpaired.iter().sum::<u64>(), 40);
 }
