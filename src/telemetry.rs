@@ -132,7 +132,7 @@ metrics_table! {
     counter LANDSCAPE_PAIRED = "bid_logger_landscape_paired_total", Count, "",
         "Wins and losses paired with their transaction's bid for the bid landscapes (tables with the `bid_price` dimension).";
     counter LANDSCAPE_UNPAIRED = "bid_logger_landscape_unpaired_total", Count, "`reason` = `no_outcome`, `no_bid`, `full`, `handover`, `stopped`",
-        "Bids and outcomes that left the landscapes' pairing without their other half: a bid with no win or loss within `landscape-window`, a win or loss with no bid, one not kept because `landscape-max-pending` were waiting, or one waiting at a stop. The events themselves are in every rollup.";
+        "Bids and outcomes that left the landscapes' pairing without their other half: a bid with no win or loss within `landscape-window`, a win or loss with no bid, one not kept because `landscape-max-pending` were waiting, one waiting in a partition a fleet member handed over or lost to a fence, or one waiting at a stop. The events themselves are in every rollup.";
     gauge LANDSCAPE_WAITING = "bid_logger_landscape_waiting", Count, "",
         "Bids and outcomes waiting for their other half in memory (bounded by `landscape-max-pending` per ingest thread).";
     histogram FLUSH_DURATION = "bid_logger_flush_duration_seconds", Seconds, "",
