@@ -148,12 +148,6 @@ impl TypeRates {
         self.overrides().map(|(t, r)| format!("{t}={r}")).collect::<Vec<_>>().join(",")
     }
 
-    /// The overrides as parts per million (`auction=15625`), the form the
-    /// fleet compares between members.
-    pub fn overrides_ppm(&self) -> String {
-        self.overrides().map(|(t, r)| format!("{t}={}", r.ppm())).collect::<Vec<_>>().join(",")
-    }
-
     /// Each type's rate in parts per million, by [`EventType::index`]: the
     /// `sample_ppm` of its rows.
     pub fn ppm_by_type(&self) -> [u32; EventType::ALL.len()] {
@@ -356,7 +350,6 @@ mod tests {
         assert_eq!(r.of(EventType::Bid), half);
         assert_eq!(r.base(), half);
         assert_eq!(r.overrides_text(), "auction=1/64,loss=1/8");
-        assert_eq!(r.overrides_ppm(), "auction=15625,loss=125000");
         assert_eq!(r.to_string(), "1/2 (auction=1/64,loss=1/8)");
         assert_eq!(r.ppm_by_type()[EventType::Bid.index()], 500_000);
         // an override equal to the base is no override

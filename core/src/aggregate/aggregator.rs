@@ -96,17 +96,20 @@ impl Unpaired {
 enum Waiting {
     /// A bid: its price bucket and exchange.
     Bid { bucket: u16, exchange: OsName, since: i64 },
-    /// A win or loss: its key's fields and measures.
-    Outcome {
-        minute: u32,
-        event_type: EventType,
-        country: u16,
-        os: OsName,
-        exchange: OsName,
-        campaign: u32,
-        counters: Counters,
-        since: i64,
-    },
+    /// A win or loss: its row, but for its bid's bucket.
+    Outcome { row: LandscapeRow, since: i64 },
+}
+
+/// A landscape row's fields but the bid's bucket (names kept as names).
+#[derive(Debug, Clone, Copy)]
+struct LandscapeRow {
+    minute: u32,
+    event_type: EventType,
+    country: u16,
+    os: OsName,
+    exchange: OsName,
+    campaign: u32,
+    counters: Counters,
 }
 
 impl Waiting {
@@ -507,15 +510,24 @@ impl Aggregator {
         let os = name(ev.os, &mut buf);
         let txn = fnv1a64(ev.txn);
         let since = self.now_ms;
+        let row = LandscapeRow {
+            minute,
+            event_type: ev.event_type,
+            country,
+            os,
+            exchange,
+            campaign: ev.campaign,
+            counters: *counters,
+        };
         if ev.event_type == EventType::Bid {
             let Some(bucket) = ev.price.and_then(price_bucket) else { return };
-            self.add_landscape(l, minute, EventType::Bid, country, os, exchange, ev.campaign, bucket, counters);
+            self.add_landscape(l, &row, bucket);
             match self.waiting.remove(&txn) {
-                Some(Waiting::Outcome {
-                    minute, event_type, country, os, exchange: own, campaign, counters, ..
-                }) => {
-                    let exchange = if own.as_str() == OS_UNKNOWN { exchange } else { own };
-                    self.add_landscape(l, minute, event_type, country, os, exchange, campaign, bucket, &counters);
+                Some(Waiting::Outcome { row: mut outcome, .. }) => {
+                    if outcome.exchange.as_str() == OS_UNKNOWN {
+                        outcome.exchange = exchange;
+                    }
+                    self.add_landscape(l, &outcome, bucket);
                     self.stats.paired += 1;
                 }
                 earlier => {
@@ -529,20 +541,14 @@ impl Aggregator {
             match self.waiting.remove(&txn) {
                 Some(Waiting::Bid { bucket, exchange: bid_exchange, .. }) => {
                     let exchange = if exchange.as_str() == OS_UNKNOWN { bid_exchange } else { exchange };
-                    self.add_landscape(l, minute, ev.event_type, country, os, exchange, ev.campaign, bucket, counters);
+                    self.add_landscape(l, &LandscapeRow { exchange, ..row }, bucket);
                     self.stats.paired += 1;
                 }
                 earlier => {
                     if earlier.is_some() {
                         self.stats.unpaired[Unpaired::NoBid as usize] += 1; // an outcome again
                     }
-                    let campaign = ev.campaign;
-                    let (event_type, counters) = (ev.event_type, *counters);
-                    self.wait(
-                        txn,
-                        Waiting::Outcome { minute, event_type, country, os, exchange, campaign, counters, since },
-                        l,
-                    );
+                    self.wait(txn, Waiting::Outcome { row, since }, l);
                 }
             }
         }
@@ -563,19 +569,8 @@ impl Aggregator {
     }
 
     /// Counts a landscape row: `bucket` is the bid's price bucket.
-    #[allow(clippy::too_many_arguments)]
-    fn add_landscape(
-        &mut self,
-        l: &LandscapeConfig,
-        minute: u32,
-        event_type: EventType,
-        country: u16,
-        os: OsName,
-        exchange: OsName,
-        campaign: u32,
-        bucket: u16,
-        counters: &Counters,
-    ) {
+    fn add_landscape(&mut self, l: &LandscapeConfig, row: &LandscapeRow, bucket: u16) {
+        let LandscapeRow { minute, event_type, country, os, exchange, campaign, ref counters } = *row;
         let has = |d: Dimension| l.dims.has(d);
         let id = |table: &mut NameTable, name: OsName| table.id(name.as_str()).unwrap_or(NAME_OTHER_ID);
         let os = if has(Dimension::Os) { id(&mut self.os, os) } else { NAME_UNKNOWN_ID };
