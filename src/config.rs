@@ -127,12 +127,15 @@ pub struct Settings {
     /// Distinct exchange strings per flush interval; more fold into `other` (1–4000) [default: 1000].
     #[arg(long, env = "BID_LOGGER_MAX_EXCHANGE_VALUES", value_name = "N")]
     pub max_exchange_values: Option<usize>,
-    /// With a bid landscape declared (a table with the `bid_price` dimension): how long a bid waits in memory for
-    /// its transaction's win or loss, and an outcome for its bid, before it leaves unpaired (counted) [default: 1m].
+    /// With a bid landscape or a timing table declared (a table with the `bid_price` or `delay` dimension): how
+    /// long a bid waits in memory for its transaction's win or loss, and an outcome for its bid (for a timing table,
+    /// an impression for its clicks, and a click for its impression), before it leaves unpaired (counted) [default:
+    /// 1m].
     #[arg(long, env = "BID_LOGGER_LANDSCAPE_WINDOW", value_name = "DURATION")]
     pub landscape_window: Option<String>,
-    /// With a bid landscape declared: bids and outcomes waiting for their other half per ingest thread at most
-    /// (128 bytes each and the hash table's spare room); one more is not kept (counted) [default: 1000000].
+    /// With a bid landscape or a timing table declared: transactions waiting for their other half per ingest thread
+    /// and pairing at most (128 bytes each and the hash table's spare room); one more is not kept (counted)
+    /// [default: 1000000].
     #[arg(long, env = "BID_LOGGER_LANDSCAPE_MAX_PENDING", value_name = "N")]
     pub landscape_max_pending: Option<usize>,
     /// ZMQ_RCVHWM, messages (0 = unlimited): libzmq applies it to each connection of each SUB socket (an ingest
@@ -435,16 +438,25 @@ impl Settings {
         let raw_buffer_rows =
             positive("raw-buffer-rows", self.raw_buffer_rows.unwrap_or(aggregate::DEFAULT_MAX_RAW_ROWS))?;
         let tables = rollup_tables(self.rollup.as_ref(), flush_interval)?;
+        let (landscape, timing) = (crate::db::tables::landscape_dims(&tables), crate::db::tables::timing_dims(&tables));
+        let pairing = (landscape.is_some() || timing.is_some()).then_some((landscape, timing));
         // (the types subscribed to: another's rate does not matter)
-        let paired: Vec<EventType> =
-            [EventType::Bid, EventType::Win, EventType::Loss].into_iter().filter(|t| event_types.contains(t)).collect();
-        if crate::db::tables::landscape_dims(&tables).is_some()
-            && paired.iter().any(|&t| sample.of(t) != sample.of(paired[0]))
-        {
+        let one_rate = |types: &[EventType]| {
+            let paired: Vec<EventType> = types.iter().copied().filter(|t| event_types.contains(t)).collect();
+            paired.iter().all(|&t| sample.of(t) == sample.of(paired[0]))
+        };
+        if pairing.is_some() && !one_rate(&[EventType::Bid, EventType::Win, EventType::Loss]) {
             return Err(invalid(
                 "sample-by-type",
-                "a bid landscape (a table with `bid_price`) pairs bids with wins and losses: give bid, win and loss \
-                 one rate",
+                "a bid landscape or a timing table (a table with `bid_price` or `delay`) pairs bids with wins and \
+                 losses: give bid, win and loss one rate",
+            ));
+        }
+        if timing.is_some() && !one_rate(&[EventType::Impression, EventType::Click]) {
+            return Err(invalid(
+                "sample-by-type",
+                "a timing table (a table with `delay`) pairs impressions with clicks: give impression and click one \
+                 rate",
             ));
         }
         let log_format = match self.log_format.as_deref().unwrap_or("text") {
@@ -477,8 +489,9 @@ impl Settings {
                 max_exchange_values,
                 max_raw_rows: raw_buffer_rows,
                 price_dims: crate::db::tables::price_dims(&tables),
-                landscape: crate::db::tables::landscape_dims(&tables).map(|dims| aggregate::LandscapeConfig {
-                    dims,
+                pairing: pairing.map(|(landscape, timing)| aggregate::PairingConfig {
+                    landscape,
+                    timing,
                     window_ms: landscape_window.as_millis() as i64,
                     max_pending: landscape_max_pending,
                 }),
@@ -539,8 +552,8 @@ impl Config {
             max_live_keys: Some(a.max_live_keys),
             max_os_values: Some(a.max_os_values),
             max_exchange_values: Some(a.max_exchange_values),
-            landscape_window: text(a.landscape.map_or(DEFAULT_LANDSCAPE_WINDOW, |l| ms(l.window_ms))),
-            landscape_max_pending: Some(a.landscape.map_or(DEFAULT_LANDSCAPE_MAX_PENDING, |l| l.max_pending)),
+            landscape_window: text(a.pairing.map_or(DEFAULT_LANDSCAPE_WINDOW, |p| ms(p.window_ms))),
+            landscape_max_pending: Some(a.pairing.map_or(DEFAULT_LANDSCAPE_MAX_PENDING, |p| p.max_pending)),
             receive_hwm: Some(i.receive_hwm),
             max_message_size: Some(i.max_message_size),
             max_event_size: Some(i.max_event_size),
@@ -663,7 +676,8 @@ pub fn rollup_tables(
                             key("dimensions"),
                             format!(
                                 "unknown dimension `{d}` (expected country, os, campaign, advertiser, exchange, \
-                                 price for a price distribution, or bid_price for a bid landscape)"
+                                 price for a price distribution, bid_price for a bid landscape, or delay for a \
+                                 timing table)"
                             ),
                         )
                     })?;
@@ -679,6 +693,15 @@ pub fn rollup_tables(
                         key("dimensions"),
                         "a bid landscape (with `bid_price`) can have country, os, exchange and campaign, \
                          not price or advertiser",
+                    ));
+                }
+                if dims.contains(&Dimension::Delay)
+                    && [Dimension::Price, Dimension::BidPrice, Dimension::Advertiser].iter().any(|d| dims.contains(d))
+                {
+                    return Err(invalid(
+                        key("dimensions"),
+                        "a timing table (with `delay`) can have country, os, exchange and campaign, not price, \
+                         bid_price or advertiser",
                     ));
                 }
                 if dims.contains(&Dimension::Price) && dims.contains(&Dimension::Advertiser) {

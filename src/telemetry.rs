@@ -135,6 +135,12 @@ metrics_table! {
         "Bids and outcomes that left the landscapes' pairing without their other half: a bid with no win or loss within `landscape-window`, a win or loss with no bid, one not kept because `landscape-max-pending` were waiting, one waiting in a partition a fleet member handed over or lost to a fence, or one waiting at a stop. The events themselves are in every rollup.";
     gauge LANDSCAPE_WAITING = "bid_logger_landscape_waiting", Count, "",
         "Bids and outcomes waiting for their other half in memory (bounded by `landscape-max-pending` per ingest thread).";
+    counter CLICKS_PAIRED = "bid_logger_clicks_paired_total", Count, "",
+        "Clicks paired with their transaction's impression for the timing tables (tables with the `delay` dimension).";
+    counter CLICKS_UNPAIRED = "bid_logger_clicks_unpaired_total", Count, "`reason` = `no_impression`, `full`, `handover`, `stopped`",
+        "Clicks that left the timing tables' pairing without their impression: no impression within `landscape-window` (before or after), not kept (or their impression not kept) because `landscape-max-pending` were waiting, waiting in a partition a fleet member handed over or lost to a fence, or waiting at a stop. Impressions never clicked are not counted. The events themselves are in every rollup.";
+    gauge CLICKS_WAITING = "bid_logger_clicks_waiting", Count, "",
+        "Impressions (for the window, for their clicks) and clicks (for their impression) in memory for the timing tables (bounded by `landscape-max-pending` per ingest thread).";
     histogram FLUSH_DURATION = "bid_logger_flush_duration_seconds", Seconds, "",
         "Duration of successful flushes (one transaction: the live rows, the delta logs, the raw sample; buckets 1 ms … 30 s).";
     counter ROWS_UPSERTED = "bid_logger_rows_upserted_total", Count, "`table` = each rollup table",

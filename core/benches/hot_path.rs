@@ -1,7 +1,7 @@
 //! The per-message hot path without sockets: decode, sample, aggregate.
 //! Run with `cargo bench --bench hot_path`; figures are per message on one core.
 
-use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Dimension, Dimensions, LandscapeConfig};
+use bid_logger_core::aggregate::{AggregateConfig, Aggregator, Dimension, Dimensions, PairingConfig};
 use bid_logger_core::decode::decode;
 use bid_logger_core::hot_path::{HotPath, HotPathConfig};
 use bid_logger_core::sample::Sampler;
@@ -90,8 +90,9 @@ fn hot_path(c: &mut Criterion) {
         // a bid landscape by exchange declared: every bid, win and loss
         // is paired in memory (the simulator's transactions, in order)
         let landscape = AggregateConfig {
-            landscape: Some(LandscapeConfig {
-                dims: Dimensions::of(&[Dimension::Exchange, Dimension::BidPrice]),
+            pairing: Some(PairingConfig {
+                landscape: Some(Dimensions::of(&[Dimension::Exchange, Dimension::BidPrice])),
+                timing: None,
                 window_ms: 60_000,
                 max_pending: 1_000_000,
             }),

@@ -171,6 +171,15 @@ pub fn landscape_dims(tables: &[RollupTable]) -> Option<Dimensions> {
     (!dims.is_empty()).then(|| Dimensions::of(&dims))
 }
 
+/// The dimensions of every timing table among `tables` together (`None`
+/// when there is none): what the aggregator pairs bids with outcomes and
+/// impressions with clicks for.
+pub fn timing_dims(tables: &[RollupTable]) -> Option<Dimensions> {
+    let dims: Vec<Dimension> =
+        tables.iter().filter(|t| t.shape.dims.is_timing()).flat_map(|t| t.shape.dims.iter()).collect();
+    (!dims.is_empty()).then(|| Dimensions::of(&dims))
+}
+
 /// The tables `table` feeds (whose `fed_by` names it).
 pub fn fed_from<'a>(tables: &'a [RollupTable], table: &'a str) -> impl Iterator<Item = &'a RollupTable> + 'a {
     tables.iter().filter(move |t| t.fed_by.as_deref() == Some(table))

@@ -7,7 +7,7 @@ use super::topics::subscriptions;
 use super::{IngestConfig, IngestError};
 use crate::assignment::{Assignment, LateMarks};
 use crate::telemetry as t;
-use bid_logger_core::aggregate::{AggregateConfig, AggregateStats, Delta, Unpaired};
+use bid_logger_core::aggregate::{AggregateConfig, AggregateStats, ClickUnpaired, Delta, Unpaired};
 use bid_logger_core::buffer::{BufferStats, ClaimBuffer};
 use bid_logger_core::clock::{coarse_monotonic_ms, now_ms};
 use bid_logger_core::decode::DecodeError;
@@ -57,6 +57,11 @@ struct IngestMetrics {
     unpaired: [Counter; 5],
     waiting: Gauge,
     published_waiting: usize,
+    clicks_paired: Counter,
+    /// Per [`ClickUnpaired`], then `stopped`.
+    clicks_unpaired: [Counter; 4],
+    clicks_waiting: Gauge,
+    published_clicks_waiting: usize,
     raw_dropped: Counter,
     live_keys: Gauge,
     published_live_keys: usize,
@@ -91,6 +96,16 @@ impl IngestMetrics {
             .map(|reason| counter!(t::LANDSCAPE_UNPAIRED, "reason" => reason)),
             waiting: gauge!(t::LANDSCAPE_WAITING),
             published_waiting: 0,
+            clicks_paired: counter!(t::CLICKS_PAIRED),
+            clicks_unpaired: [
+                ClickUnpaired::NoImpression.as_str(),
+                ClickUnpaired::Full.as_str(),
+                ClickUnpaired::Handover.as_str(),
+                "stopped",
+            ]
+            .map(|reason| counter!(t::CLICKS_UNPAIRED, "reason" => reason)),
+            clicks_waiting: gauge!(t::CLICKS_WAITING),
+            published_clicks_waiting: 0,
             raw_dropped: counter!(t::RAW_ROWS_DROPPED, "reason" => "buffer_full"),
             live_keys: gauge!(t::LIVE_KEYS),
             published_live_keys: 0,
@@ -408,6 +423,7 @@ impl Ingest {
         let last = drain(&mut self.hot, self.fleet.as_mut());
         // What still waits for its other half leaves with the stop, counted.
         self.metrics.unpaired[4].increment(self.hot.aggregator.waiting() as u64);
+        self.metrics.clicks_unpaired[3].increment(self.hot.aggregator.clicks_unpaired_now() as u64);
         if !last.is_empty() && self.sink.blocking_send(last).is_err() {
             tracing::error!("sink is gone; the last interval could not be handed over");
         }
@@ -638,6 +654,9 @@ impl Ingest {
         let m = &mut self.metrics;
         m.waiting.increment(now as f64 - m.published_waiting as f64);
         m.published_waiting = now;
+        let now = self.hot.aggregator.clicks_waiting();
+        m.clicks_waiting.increment(now as f64 - m.published_clicks_waiting as f64);
+        m.published_clicks_waiting = now;
     }
 
     fn publish_live_keys(&mut self) {
@@ -649,8 +668,18 @@ impl Ingest {
 
     fn publish_counts(&mut self) {
         let m = &self.metrics;
-        let AggregateStats { accepted, late, future, folded, raw: _, raw_dropped, paired, unpaired } =
-            self.hot.aggregator.take_stats();
+        let AggregateStats {
+            accepted,
+            late,
+            future,
+            folded,
+            raw: _,
+            raw_dropped,
+            paired,
+            unpaired,
+            clicks_paired,
+            clicks_unpaired,
+        } = self.hot.aggregator.take_stats();
         let received: u64 = self.sources.iter_mut().map(|s| s.publish(&self.activity)).sum();
         let hot = &mut self.hot;
         m.received.increment(received);
@@ -670,6 +699,10 @@ impl Ingest {
         m.folded.increment(folded);
         m.paired.increment(paired);
         for (c, n) in m.unpaired.iter().zip(unpaired) {
+            c.increment(n);
+        }
+        m.clicks_paired.increment(clicks_paired);
+        for (c, n) in m.clicks_unpaired.iter().zip(clicks_unpaired) {
             c.increment(n);
         }
         m.raw_dropped.increment(raw_dropped);

@@ -174,6 +174,7 @@ fn encode_rows_with(
                 Dimension::Advertiser => int8(&mut buf, key.advertiser),
                 Dimension::Price => int8(&mut buf, i64::from(key.price_bucket)),
                 Dimension::BidPrice => int8(&mut buf, i64::from(key.bid_bucket)),
+                Dimension::Delay => int8(&mut buf, i64::from(key.delay_bucket)),
             }
         }
         if let Some(ppm) = log_ppm {

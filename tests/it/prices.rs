@@ -350,3 +350,156 @@ async fn the_report_gives_each_exchanges_cpm_quantiles_and_its_landscape() {
         "{stderr}"
     );
 }
+
+/// A timing table: every win or loss under its delay after its bid, every
+/// click under its delay after its impression (each click of a transaction
+/// clicked twice), in either order, from two publishers (the bidder's bids,
+/// the tracker's outcomes and clicks), through a loss of every database
+/// connection and a graceful stop; what finds no other half within the
+/// window is counted by reason; every quantile of the delays within 1 %.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timing_table_gives_each_delay_after_the_bid_and_the_impression_within_one_percent() {
+    let db = fresh_database("timing").await;
+    let config =
+        rollup_config("timing", "[rollup.timing_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"delay\"]\n");
+    let (mut bidder, mut tracker) = (Publisher::bind(), Publisher::bind());
+    let endpoints = format!("{},{}", bidder.endpoint, tracker.endpoint);
+    let args = ["--connect", &endpoints, "--config", &config, "--landscape-window", "3s"];
+    let logger = Logger::start(&db, &args);
+    bidder.wait_for_subscriptions(all_topics(P));
+    tracker.wait_for_subscriptions(all_topics(P));
+    let mut rng = SmallRng::seed_from_u64(11);
+    let now = now_ms();
+    let log_uniform = |rng: &mut SmallRng, lo: f64, hi: f64| rng.gen_range(lo.ln()..hi.ln()).exp() as i64;
+    // (event, on the bidder's socket), in publishing order; late clicks after the window
+    let (mut first, mut late) = (Vec::new(), Vec::new());
+    let mut expected = AnyRows::new();
+    let mut delays: BTreeMap<(String, &str), Vec<i64>> = BTreeMap::new();
+    let (mut outcomes_paired, mut no_outcome, mut clicks_paired, mut no_impression) = (0, 0, 0, 0);
+    for i in 0..600 {
+        let exchange = ["ex_a", "ex_b"][(i / 6) % 2]; // (every case from both)
+        let txn = format!("t{i}");
+        let bid_ts = now - 15 * 60_000 - rng.gen_range(0..3 * 3_600_000); // (a click up to 11 min later)
+        let outcome_ts = bid_ts + log_uniform(&mut rng, 5.0, 5_000.0) * [1, 3][i % 2];
+        let impression_ts = outcome_ts + 300;
+        let click_ts = impression_ts + log_uniform(&mut rng, 100.0, 600_000.0);
+        let event = |event_type: &'static str, ts: i64, exchange: Option<&str>, price: Option<i64>| {
+            let mut e = TestEvent::new(event_type, txn.clone(), ts);
+            e.exchange = exchange.map(Into::into);
+            e.price = price;
+            e
+        };
+        let bid = event("bid", bid_ts, Some(exchange), Some(rng.gen_range(1_000..5_000_000)));
+        let win = event("win", outcome_ts, Some(exchange), Some(rng.gen_range(500..1_000)));
+        let impression = event("impression", impression_ts, Some(exchange), None);
+        let click = event("click", click_ts, Some(exchange), None);
+        let mut paired = |e: &TestEvent, after: i64| {
+            let delay = e.ts - after;
+            let bucket = bid_logger_core::aggregate::price::delay_bucket(delay);
+            let key = (
+                e.ts.div_euclid(3_600_000) * 3600,
+                e.event_type.to_string(),
+                vec![exchange.to_string(), bucket.to_string()],
+                1_000_000,
+            );
+            let v = expected.entry(key).or_default();
+            v.0 += 1;
+            v.2 += e.price.unwrap_or(0);
+            delays.entry((exchange.to_string(), e.event_type)).or_default().push(delay.max(1));
+        };
+        first.push((bid.clone(), true));
+        match i % 6 {
+            0 => {
+                // in order; the win and the click without an exchange take their first half's
+                let (win, click) = (TestEvent { exchange: None, ..win }, TestEvent { exchange: None, ..click });
+                paired(&win, bid_ts);
+                paired(&click, impression_ts);
+                first.extend([(win, false), (impression, false), (click, false)]);
+                (outcomes_paired, clicks_paired) = (outcomes_paired + 1, clicks_paired + 1);
+            }
+            1 => {
+                // the loss before its bid
+                let loss = event("loss", outcome_ts, Some(exchange), None);
+                paired(&loss, bid_ts);
+                first.insert(first.len() - 1, (loss, false));
+                outcomes_paired += 1;
+            }
+            2 => {
+                // clicked twice
+                let again = event("click", click_ts + log_uniform(&mut rng, 10.0, 60_000.0), Some(exchange), None);
+                paired(&win, bid_ts);
+                paired(&click, impression_ts);
+                paired(&again, impression_ts);
+                first.extend([(win, false), (impression, false), (click, false), (again, false)]);
+                (outcomes_paired, clicks_paired) = (outcomes_paired + 1, clicks_paired + 2);
+            }
+            3 => {
+                // the click before its impression, and stamped 10 ms before it (clocks differ)
+                let click = event("click", impression_ts - 10, Some(exchange), None);
+                paired(&win, bid_ts);
+                paired(&click, impression_ts);
+                first.extend([(win, false), (click, false), (impression, false)]);
+                (outcomes_paired, clicks_paired) = (outcomes_paired + 1, clicks_paired + 1);
+            }
+            4 => {
+                // no outcome; a click whose impression never comes
+                first.push((click, false));
+                (no_outcome, no_impression) = (no_outcome + 1, no_impression + 1);
+            }
+            _ => {
+                // the click after the window: impression and click leave unpaired
+                paired(&win, bid_ts);
+                first.extend([(win, false), (impression, false)]);
+                late.push((click, false));
+                (outcomes_paired, no_impression) = (outcomes_paired + 1, no_impression + 1);
+            }
+        }
+    }
+    let (half, rest) = first.split_at(first.len() / 2);
+    let publish = |events: &[(TestEvent, bool)], bidder: &mut Publisher, tracker: &mut Publisher| {
+        for (e, on_bidder) in events {
+            if *on_bidder {
+                bidder.publish(e, P)
+            } else {
+                tracker.publish(e, P)
+            }
+        }
+    };
+    publish(half, &mut bidder, &mut tracker);
+    logger.wait_metric("bid_logger_events_flushed_total", half.len() as f64, Duration::from_secs(30));
+    let client = connect(&db).await;
+    assert!(kill_logger_connections(&client).await > 0, "the logger's sessions were killed");
+    publish(rest, &mut bidder, &mut tracker);
+    logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(5)).await; // past the window
+    publish(&late, &mut bidder, &mut tracker);
+    let clicks_unpaired =
+        |reason: &str| logger.metric("bid_logger_clicks_unpaired_total", &format!("reason=\"{reason}\""));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while clicks_unpaired("no_impression") < no_impression as f64 {
+        assert!(std::time::Instant::now() < deadline, "{}", logger.metrics_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(logger.metric("bid_logger_landscape_paired_total", ""), outcomes_paired as f64);
+    assert_eq!(logger.metric("bid_logger_landscape_unpaired_total", "reason=\"no_outcome\""), no_outcome as f64);
+    assert_eq!(logger.metric("bid_logger_clicks_paired_total", ""), clicks_paired as f64);
+    assert_eq!(clicks_unpaired("no_impression"), no_impression as f64);
+    assert_eq!(clicks_unpaired("full"), 0.0);
+    logger.stop_ok();
+    let all: Vec<TestEvent> = first.iter().chain(&late).map(|(e, _)| e.clone()).collect();
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
+    let rows = table_rows(&client, "timing_hour", &["exchange", "delay_bucket"]).await;
+    let rows: AnyRows = rows.into_iter().map(|(k, v)| (k, (v.0, 0, v.2, 0))).collect();
+    assert_table_eq(&rows, &expected, "timing_hour");
+    assert_eq!(delays.len(), 6, "two exchanges by win, loss and click");
+    let quantile = "SELECT bid_logger_quantile($1, delay_bucket, events) FROM timing_hour_est
+                    WHERE exchange = $2 AND event_type = $3";
+    for ((exchange, event_type), mut d) in delays {
+        d.sort_unstable();
+        for q in [0.0, 0.1, 0.5, 0.9, 0.99, 1.0] {
+            let exact = d[(q * (d.len() - 1) as f64).floor() as usize] as f64;
+            let got: f64 = client.query_one(quantile, &[&q, &exchange, &event_type]).await.unwrap().get(0);
+            assert!((got - exact).abs() / exact <= 0.01 + 1e-9, "{exchange} {event_type} q{q}: {got} ms for {exact}");
+        }
+    }
+}

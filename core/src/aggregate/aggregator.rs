@@ -2,7 +2,7 @@
 
 use super::delta::{add_up_adjacent, merge_sorted, Counters, Delta, OsName, Row, RowKey};
 use super::normalise::{normalise_country, normalise_os, OS_MAX_LEN, OS_OTHER, OS_UNKNOWN};
-use super::price::price_bucket;
+use super::price::{delay_bucket, price_bucket};
 use super::raw::RawRow;
 use super::table::KeyTable;
 use super::tier::{Dimension, Dimensions};
@@ -46,20 +46,25 @@ pub struct AggregateConfig {
     /// when there is none): each event with a positive price is also
     /// counted under its price bucket and these dimensions.
     pub price_dims: Option<Dimensions>,
-    /// The bid landscapes' pairing (`None` when there is no landscape).
-    pub landscape: Option<LandscapeConfig>,
+    /// The pairings of bids with their outcomes and of impressions with
+    /// their clicks (`None` when there is no bid landscape or timing table).
+    pub pairing: Option<PairingConfig>,
 }
 
-/// Settings of the bid landscapes: each bid waits for its transaction's
-/// win or loss (and an outcome for its bid), in memory, bounded.
+/// Settings of the pairings, in memory and bounded: each bid waits for its
+/// transaction's win or loss (and an outcome for its bid), for the bid
+/// landscapes and the timing tables; each impression waits for its clicks
+/// (and a click for its impression), for the timing tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LandscapeConfig {
-    /// The dimensions of every bid landscape together.
-    pub dims: Dimensions,
-    /// How long a bid waits for its outcome, or an outcome for its bid
-    /// (by arrival, ms).
+pub struct PairingConfig {
+    /// The dimensions of every bid landscape together (`None`: no landscape).
+    pub landscape: Option<Dimensions>,
+    /// The dimensions of every timing table together (`None`: no timing table).
+    pub timing: Option<Dimensions>,
+    /// How long a half waits for the other (by arrival, ms).
     pub window_ms: i64,
-    /// Transactions waiting at most; a new one beyond it is not kept (counted).
+    /// Transactions waiting at most in each pairing; a new one beyond it is
+    /// not kept (counted).
     pub max_pending: usize,
 }
 
@@ -90,20 +95,58 @@ impl Unpaired {
     }
 }
 
-/// Half of a transaction waiting for the other (names kept as names: the
-/// interned ids are renewed at every drain).
-#[derive(Debug, Clone, Copy)]
-enum Waiting {
-    /// A bid: its price bucket and exchange.
-    Bid { bucket: u16, exchange: OsName, since: i64 },
-    /// A win or loss: its row, but for its bid's bucket.
-    Outcome { row: LandscapeRow, since: i64 },
+/// Why a click left the impression-click pairing without its impression
+/// ([`AggregateStats::clicks_unpaired`]'s index). An impression that no
+/// click follows is not counted: most are never clicked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClickUnpaired {
+    /// No impression of its transaction waited, and none came within the window.
+    NoImpression = 0,
+    /// Not kept (a click, or the impression it needed): `max_pending`
+    /// transactions were waiting.
+    Full = 1,
+    /// Waiting when its partition was handed to another fleet member (or
+    /// taken by a fence).
+    Handover = 2,
 }
 
-/// A landscape row's fields but the bid's bucket (names kept as names).
+impl ClickUnpaired {
+    /// Its label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClickUnpaired::NoImpression => "no_impression",
+            ClickUnpaired::Full => "full",
+            ClickUnpaired::Handover => "handover",
+        }
+    }
+}
+
+/// Half of a transaction waiting for the other in the bid pairing (names
+/// kept as names: the interned ids are renewed at every drain).
 #[derive(Debug, Clone, Copy)]
-struct LandscapeRow {
+enum Waiting {
+    /// A bid: its price bucket, exchange and event time.
+    Bid { bucket: u16, exchange: OsName, ts_ms: i64, since: i64 },
+    /// A win or loss: its row, but for its bid's bucket.
+    Outcome { row: EventRow, since: i64 },
+}
+
+/// Half of a transaction waiting in the impression-click pairing.
+#[derive(Debug, Clone, Copy)]
+enum ClickHalf {
+    /// An impression: its exchange and event time. It stays for the window
+    /// (a transaction may be clicked more than once).
+    Impression { exchange: OsName, ts_ms: i64, since: i64 },
+    /// A click that came before its impression.
+    Click { row: EventRow, since: i64 },
+}
+
+/// A paired event's row fields but the bucket (names kept as names).
+#[derive(Debug, Clone, Copy)]
+struct EventRow {
     minute: u32,
+    /// Its event time's milliseconds within the minute.
+    ms: u16,
     event_type: EventType,
     country: u16,
     os: OsName,
@@ -112,11 +155,92 @@ struct LandscapeRow {
     counters: Counters,
 }
 
-impl Waiting {
+impl EventRow {
+    fn ts_ms(&self) -> i64 {
+        i64::from(self.minute) * 60_000 + i64::from(self.ms)
+    }
+}
+
+/// A half waiting in a pairing.
+trait Half: Copy {
+    /// When it began waiting (the pairing's clock, ms).
+    fn since(&self) -> i64;
+}
+
+impl Half for Waiting {
     fn since(&self) -> i64 {
         match self {
             Waiting::Bid { since, .. } | Waiting::Outcome { since, .. } => *since,
         }
+    }
+}
+
+impl Half for ClickHalf {
+    fn since(&self) -> i64 {
+        match self {
+            ClickHalf::Impression { since, .. } | ClickHalf::Click { since, .. } => *since,
+        }
+    }
+}
+
+/// The halves of one pairing, by the hash of their transaction's id, and
+/// the order they began waiting in.
+#[derive(Debug)]
+struct Halves<H> {
+    waiting: FxHashMap<u64, H>,
+    /// (`since`, txn hash) in the order the halves began waiting, so that
+    /// expiring them reads the oldest alone; an entry whose half has left
+    /// meanwhile (paired, replaced) is skipped when its turn comes.
+    arrivals: std::collections::VecDeque<(i64, u64)>,
+}
+
+impl<H> Default for Halves<H> {
+    fn default() -> Self {
+        Halves { waiting: FxHashMap::default(), arrivals: std::collections::VecDeque::new() }
+    }
+}
+
+impl<H: Half> Halves<H> {
+    /// Keeps `half` waiting, unless `max_pending` are: then returns false.
+    fn wait(&mut self, txn: u64, half: H, max_pending: usize) -> bool {
+        if self.waiting.len() >= max_pending {
+            return false;
+        }
+        self.arrivals.push_back((half.since(), txn));
+        self.waiting.insert(txn, half);
+        if self.arrivals.len() > 2 * self.waiting.len() + 1024 {
+            // mostly halves that left: keep the others' entries alone
+            let waiting = &self.waiting;
+            self.arrivals.retain(|(since, txn)| waiting.get(txn).is_some_and(|h| h.since() == *since));
+        }
+        true
+    }
+
+    /// Lets the halves that began waiting before `oldest` leave, each
+    /// through `left`.
+    fn expire(&mut self, oldest: i64, mut left: impl FnMut(H)) {
+        while let Some(&(since, txn)) = self.arrivals.front() {
+            if since >= oldest {
+                break;
+            }
+            self.arrivals.pop_front();
+            // (the half of this entry, not a later one of the same transaction)
+            if self.waiting.get(&txn).is_some_and(|h| h.since() == since) {
+                left(self.waiting.remove(&txn).expect("just found"));
+            }
+        }
+    }
+
+    /// Lets the halves of the transactions `gone` says leave, each through `left`.
+    fn release(&mut self, gone: impl Fn(u64) -> bool, mut left: impl FnMut(&H)) {
+        self.waiting.retain(|&txn, half| {
+            let goes = gone(txn);
+            if goes {
+                left(half);
+            }
+            !goes
+        });
+        // (their entries in `arrivals` no longer match a waiting half: skipped there)
     }
 }
 
@@ -130,7 +254,7 @@ impl Default for AggregateConfig {
             max_exchange_values: DEFAULT_MAX_EXCHANGE_VALUES,
             max_raw_rows: DEFAULT_MAX_RAW_ROWS,
             price_dims: None,
-            landscape: None,
+            pairing: None,
         }
     }
 }
@@ -165,6 +289,11 @@ pub struct AggregateStats {
     pub paired: u64,
     /// Bids and outcomes that left the pairing unpaired, per [`Unpaired`].
     pub unpaired: [u64; 4],
+    /// Clicks paired with their impression for the timing tables.
+    pub clicks_paired: u64,
+    /// Clicks (and impressions not kept) that left the impression-click
+    /// pairing unpaired, per [`ClickUnpaired`].
+    pub clicks_unpaired: [u64; 3],
 }
 
 /// A packed key: `minute:26 | type:3 | country:10 | os:12 | exchange:12 |
@@ -321,13 +450,13 @@ pub struct Aggregator {
     /// The bid landscapes' rows: keys whose advertiser field holds the
     /// bid's price bucket.
     landscape: KeyTable,
-    /// Transactions with a bid or an outcome waiting for the other, by the
-    /// hash of their id.
-    waiting: FxHashMap<u64, Waiting>,
-    /// The halves in the order they began waiting (`since`, txn hash), so
-    /// that expiring them reads the oldest alone; an entry whose half has
-    /// left meanwhile (paired, replaced) is skipped when its turn comes.
-    arrivals: std::collections::VecDeque<(i64, u64)>,
+    /// The timing tables' rows: keys whose advertiser field holds the
+    /// delay's bucket.
+    timing: KeyTable,
+    /// Transactions with a bid or an outcome waiting for the other.
+    waiting: Halves<Waiting>,
+    /// Transactions with an impression or a click waiting for the other.
+    clicks: Halves<ClickHalf>,
     /// The latest `now` seen (the waiting halves' clock).
     now_ms: i64,
     /// The last event, added to `rows` when the next one arrives (or before
@@ -353,8 +482,9 @@ impl Aggregator {
             prices: KeyTable::default(),
             deferred_price: None,
             landscape: KeyTable::default(),
-            waiting: FxHashMap::default(),
-            arrivals: std::collections::VecDeque::new(),
+            timing: KeyTable::default(),
+            waiting: Halves::default(),
+            clicks: Halves::default(),
             now_ms: 0,
             deferred: None,
             os,
@@ -442,9 +572,13 @@ impl Aggregator {
                 self.record_price(key, &counters);
             }
         }
-        if let Some(l) = self.config.landscape {
-            if matches!(ev.event_type, EventType::Bid | EventType::Win | EventType::Loss) {
-                self.pair(ev, minute, country, &l, &counters);
+        if let Some(p) = self.config.pairing {
+            match ev.event_type {
+                EventType::Bid | EventType::Win | EventType::Loss => self.pair(ev, minute, country, &p, &counters),
+                EventType::Impression | EventType::Click if p.timing.is_some() => {
+                    self.pair_click(ev, minute, country, &p, &counters)
+                }
+                _ => {}
             }
         }
         let hash = KeyTable::hash(key.0);
@@ -497,126 +631,197 @@ impl Aggregator {
         add_keeping_bucket(&mut self.prices, self.config.max_live_keys, key, hash, counters);
     }
 
-    /// Pairs a bid with its win or loss, in either order: a bid adds a row
-    /// under its own price's bucket and waits; an outcome adds a row under
-    /// its bid's bucket (with the bid's exchange when it has none), or waits
-    /// for its bid.
-    fn pair(&mut self, ev: &Event<'_>, minute: u32, country: u16, l: &LandscapeConfig, counters: &Counters) {
+    /// An event's row for a pairing (names kept as names).
+    fn event_row(ev: &Event<'_>, minute: u32, country: u16, counters: &Counters) -> EventRow {
         let mut buf = [0u8; OS_MAX_LEN];
-        let name = |v: Option<&str>, buf: &mut [u8; OS_MAX_LEN]| {
-            normalise_os(v, buf).map_or(OsName::new(OS_UNKNOWN), OsName::new)
-        };
-        let exchange = name(ev.exchange, &mut buf);
-        let os = name(ev.os, &mut buf);
-        let txn = fnv1a64(ev.txn);
-        let since = self.now_ms;
-        let row = LandscapeRow {
+        let mut name = |v: Option<&str>| normalise_os(v, &mut buf).map_or(OsName::new(OS_UNKNOWN), OsName::new);
+        EventRow {
             minute,
+            ms: ev.ts_ms.rem_euclid(60_000) as u16,
             event_type: ev.event_type,
             country,
-            os,
-            exchange,
+            os: name(ev.os),
+            exchange: name(ev.exchange),
             campaign: ev.campaign,
             counters: *counters,
-        };
+        }
+    }
+
+    /// Pairs a bid with its win or loss, in either order: a bid adds a row
+    /// under its own price's bucket and waits; an outcome adds a row under
+    /// its bid's bucket (with the bid's exchange when it has none), and a
+    /// row under its delay after the bid, or waits for its bid.
+    fn pair(&mut self, ev: &Event<'_>, minute: u32, country: u16, p: &PairingConfig, counters: &Counters) {
+        let row = Self::event_row(ev, minute, country, counters);
+        let txn = fnv1a64(ev.txn);
+        let since = self.now_ms;
         if ev.event_type == EventType::Bid {
             let Some(bucket) = ev.price.and_then(price_bucket) else { return };
-            self.add_landscape(l, &row, bucket);
-            match self.waiting.remove(&txn) {
+            if let Some(dims) = p.landscape {
+                self.add_paired(dims, &row, bucket, Paired::Landscape);
+            }
+            match self.waiting.waiting.remove(&txn) {
                 Some(Waiting::Outcome { row: mut outcome, .. }) => {
                     if outcome.exchange.as_str() == OS_UNKNOWN {
-                        outcome.exchange = exchange;
+                        outcome.exchange = row.exchange;
                     }
-                    self.add_landscape(l, &outcome, bucket);
-                    self.stats.paired += 1;
+                    self.add_pair(p, &outcome, bucket, ev.ts_ms);
                 }
                 earlier => {
                     if earlier.is_some() {
                         self.stats.unpaired[Unpaired::NoOutcome as usize] += 1; // a bid again: the first one's outcome never came
                     }
-                    self.wait(txn, Waiting::Bid { bucket, exchange, since }, l);
+                    let half = Waiting::Bid { bucket, exchange: row.exchange, ts_ms: ev.ts_ms, since };
+                    if !self.waiting.wait(txn, half, p.max_pending) {
+                        self.stats.unpaired[Unpaired::Full as usize] += 1;
+                    }
                 }
             }
         } else {
-            match self.waiting.remove(&txn) {
-                Some(Waiting::Bid { bucket, exchange: bid_exchange, .. }) => {
-                    let exchange = if exchange.as_str() == OS_UNKNOWN { bid_exchange } else { exchange };
-                    self.add_landscape(l, &LandscapeRow { exchange, ..row }, bucket);
-                    self.stats.paired += 1;
+            match self.waiting.waiting.remove(&txn) {
+                Some(Waiting::Bid { bucket, exchange: bid_exchange, ts_ms, .. }) => {
+                    let exchange = if row.exchange.as_str() == OS_UNKNOWN { bid_exchange } else { row.exchange };
+                    self.add_pair(p, &EventRow { exchange, ..row }, bucket, ts_ms);
                 }
                 earlier => {
                     if earlier.is_some() {
                         self.stats.unpaired[Unpaired::NoBid as usize] += 1; // an outcome again
                     }
-                    self.wait(txn, Waiting::Outcome { row, since }, l);
+                    if !self.waiting.wait(txn, Waiting::Outcome { row, since }, p.max_pending) {
+                        self.stats.unpaired[Unpaired::Full as usize] += 1;
+                    }
                 }
             }
         }
     }
 
-    fn wait(&mut self, txn: u64, half: Waiting, l: &LandscapeConfig) {
-        if self.waiting.len() >= l.max_pending {
-            self.stats.unpaired[Unpaired::Full as usize] += 1;
+    /// Counts an outcome paired with its bid (of price bucket `bucket`,
+    /// event time `bid_ts_ms`) in the landscapes and the timing tables.
+    fn add_pair(&mut self, p: &PairingConfig, outcome: &EventRow, bucket: u16, bid_ts_ms: i64) {
+        if let Some(dims) = p.landscape {
+            self.add_paired(dims, outcome, bucket, Paired::Landscape);
+        }
+        if let Some(dims) = p.timing {
+            self.add_paired(dims, outcome, delay_bucket(outcome.ts_ms() - bid_ts_ms), Paired::Timing);
+        }
+        self.stats.paired += 1;
+    }
+
+    /// Pairs an impression with its clicks, in either order, for the timing
+    /// tables: a click adds a row under its delay after the impression
+    /// (with the impression's exchange when it has none), or waits for its
+    /// impression; an impression waits for the window, for every click.
+    fn pair_click(&mut self, ev: &Event<'_>, minute: u32, country: u16, p: &PairingConfig, counters: &Counters) {
+        let Some(dims) = p.timing else { return };
+        let row = Self::event_row(ev, minute, country, counters);
+        let txn = fnv1a64(ev.txn);
+        let since = self.now_ms;
+        let click_after = |click: &EventRow, exchange: OsName, ts_ms: i64| {
+            let exchange = if click.exchange.as_str() == OS_UNKNOWN { exchange } else { click.exchange };
+            (EventRow { exchange, ..*click }, delay_bucket(click.ts_ms() - ts_ms))
+        };
+        if ev.event_type == EventType::Click {
+            match self.clicks.waiting.get(&txn).copied() {
+                Some(ClickHalf::Impression { exchange, ts_ms, .. }) => {
+                    let (click, bucket) = click_after(&row, exchange, ts_ms);
+                    self.add_paired(dims, &click, bucket, Paired::Timing);
+                    self.stats.clicks_paired += 1;
+                }
+                Some(ClickHalf::Click { .. }) => {
+                    // a second click before the impression: the first waits
+                    self.stats.clicks_unpaired[ClickUnpaired::NoImpression as usize] += 1;
+                }
+                None => {
+                    if !self.clicks.wait(txn, ClickHalf::Click { row, since }, p.max_pending) {
+                        self.stats.clicks_unpaired[ClickUnpaired::Full as usize] += 1;
+                    }
+                }
+            }
         } else {
-            self.arrivals.push_back((half.since(), txn));
-            self.waiting.insert(txn, half);
-            if self.arrivals.len() > 2 * self.waiting.len() + 1024 {
-                // mostly halves that left: keep the others' entries alone
-                let waiting = &self.waiting;
-                self.arrivals.retain(|(since, txn)| waiting.get(txn).is_some_and(|h| h.since() == *since));
+            let impression = ClickHalf::Impression { exchange: row.exchange, ts_ms: ev.ts_ms, since };
+            match self.clicks.waiting.get(&txn).copied() {
+                Some(ClickHalf::Impression { .. }) => {} // an impression again: the first one stays
+                Some(ClickHalf::Click { row: click, .. }) => {
+                    let (click, bucket) = click_after(&click, row.exchange, ev.ts_ms);
+                    self.add_paired(dims, &click, bucket, Paired::Timing);
+                    self.stats.clicks_paired += 1;
+                    self.clicks.waiting.remove(&txn);
+                    self.clicks.wait(txn, impression, usize::MAX); // (it took the click's place)
+                }
+                None => {
+                    if !self.clicks.wait(txn, impression, p.max_pending) {
+                        // its clicks will find no impression: counted now, as one
+                        self.stats.clicks_unpaired[ClickUnpaired::Full as usize] += 1;
+                    }
+                }
             }
         }
     }
 
-    /// Counts a landscape row: `bucket` is the bid's price bucket.
-    fn add_landscape(&mut self, l: &LandscapeConfig, row: &LandscapeRow, bucket: u16) {
-        let LandscapeRow { minute, event_type, country, os, exchange, campaign, ref counters } = *row;
-        let has = |d: Dimension| l.dims.has(d);
+    /// Counts a landscape or timing row under `bucket` (the bid's price
+    /// bucket, or the delay's).
+    fn add_paired(&mut self, dims: Dimensions, row: &EventRow, bucket: u16, table: Paired) {
+        let EventRow { minute, event_type, country, os, exchange, campaign, ref counters, .. } = *row;
+        let has = |d: Dimension| dims.has(d);
         let id = |table: &mut NameTable, name: OsName| table.id(name.as_str()).unwrap_or(NAME_OTHER_ID);
         let os = if has(Dimension::Os) { id(&mut self.os, os) } else { NAME_UNKNOWN_ID };
         let exchange = if has(Dimension::Exchange) { id(&mut self.exchange, exchange) } else { NAME_UNKNOWN_ID };
         let country = if has(Dimension::Country) { country } else { 0 };
         let campaign = if has(Dimension::Campaign) { campaign } else { 0 };
         let key = Key::new(minute, event_type, country, os, exchange, campaign, u32::from(bucket));
-        add_keeping_bucket(&mut self.landscape, self.config.max_live_keys, key, KeyTable::hash(key.0), counters);
+        let table = match table {
+            Paired::Landscape => &mut self.landscape,
+            Paired::Timing => &mut self.timing,
+        };
+        add_keeping_bucket(table, self.config.max_live_keys, key, KeyTable::hash(key.0), counters);
     }
 
-    /// Moves the clock of the landscapes' waiting halves to `now_ms` (it
+    /// Moves the clock of the pairings' waiting halves to `now_ms` (it
     /// moves with every event admitted too) and lets the halves that waited
     /// longer than the window leave, counted.
     pub fn expire_waiting(&mut self, now_ms: i64) {
         self.now_ms = self.now_ms.max(now_ms);
-        let Some(l) = self.config.landscape else { return };
-        let oldest = self.now_ms.saturating_sub(l.window_ms);
-        while let Some(&(since, txn)) = self.arrivals.front() {
-            if since >= oldest {
-                break;
+        let Some(p) = self.config.pairing else { return };
+        let oldest = self.now_ms.saturating_sub(p.window_ms);
+        let (unpaired, clicks_unpaired) = (&mut self.stats.unpaired, &mut self.stats.clicks_unpaired);
+        self.waiting.expire(oldest, |half| {
+            let reason = if matches!(half, Waiting::Bid { .. }) { Unpaired::NoOutcome } else { Unpaired::NoBid };
+            unpaired[reason as usize] += 1;
+        });
+        self.clicks.expire(oldest, |half| {
+            if matches!(half, ClickHalf::Click { .. }) {
+                clicks_unpaired[ClickUnpaired::NoImpression as usize] += 1;
             }
-            self.arrivals.pop_front();
-            // (the half of this entry, not a later one of the same transaction)
-            if self.waiting.get(&txn).is_some_and(|h| h.since() == since) {
-                let half = self.waiting.remove(&txn).expect("just found");
-                let reason = if matches!(half, Waiting::Bid { .. }) { Unpaired::NoOutcome } else { Unpaired::NoBid };
-                self.stats.unpaired[reason as usize] += 1;
-            }
-        }
+        });
     }
 
     /// Drops the halves waiting of the transactions `gone` says are no
     /// longer this thread's (by their txn hash: a partition handed over),
-    /// counting them as [`Unpaired::Handover`]; returns how many.
+    /// counting them as [`Unpaired::Handover`] (a click as
+    /// [`ClickUnpaired::Handover`]; an impression is not counted); returns
+    /// how many bids and outcomes left.
     pub fn release_waiting(&mut self, gone: impl Fn(u64) -> bool) -> u64 {
-        let before = self.waiting.len();
-        self.waiting.retain(|&txn, _| !gone(txn));
-        let released = (before - self.waiting.len()) as u64;
-        // (their entries in `arrivals` no longer match a waiting half: skipped there)
+        let mut released = 0;
+        self.waiting.release(&gone, |_| released += 1);
         self.stats.unpaired[Unpaired::Handover as usize] += released;
+        let clicks = &mut self.stats.clicks_unpaired[ClickUnpaired::Handover as usize];
+        self.clicks.release(&gone, |half| *clicks += u64::from(matches!(half, ClickHalf::Click { .. })));
         released
     }
 
     /// Bids and outcomes waiting for their other half.
     pub fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.waiting.waiting.len()
+    }
+
+    /// Impressions and clicks waiting in the impression-click pairing.
+    pub fn clicks_waiting(&self) -> usize {
+        self.clicks.waiting.len()
+    }
+
+    /// Clicks waiting for their impression.
+    pub fn clicks_unpaired_now(&self) -> usize {
+        self.clicks.waiting.values().filter(|h| matches!(h, ClickHalf::Click { .. })).count()
     }
 
     /// Adds the deferred event, if any.
@@ -640,6 +845,7 @@ impl Aggregator {
             + usize::from(self.deferred.as_ref().is_some_and(adds_a_row))
             + usize::from(self.deferred_price.is_some_and(|(k, h, _)| !self.prices.contains(k.0, h)))
             + self.landscape.len()
+            + self.timing.len()
     }
 
     /// Whether nothing is held.
@@ -649,6 +855,7 @@ impl Aggregator {
             && self.deferred.is_none()
             && self.deferred_price.is_none()
             && self.landscape.is_empty()
+            && self.timing.is_empty()
             && self.raw.is_empty()
     }
 
@@ -694,6 +901,11 @@ impl Aggregator {
                 drain_bucketed(&mut self.landscape, &mut sorted, names, |key, b| RowKey { bid_bucket: b, ..key });
             rows = merge_sorted(rows, landscape, &mut |_| true);
         }
+        if !self.timing.is_empty() {
+            let timing =
+                drain_bucketed(&mut self.timing, &mut sorted, names, |key, b| RowKey { delay_bucket: b, ..key });
+            rows = merge_sorted(rows, timing, &mut |_| true);
+        }
         let delta = Delta { rows, events: self.events, raw: std::mem::take(&mut self.raw), ..Delta::default() };
         self.events = 0;
         self.os.reset();
@@ -702,7 +914,14 @@ impl Aggregator {
     }
 }
 
-/// Adds `counters` under a price or landscape `key` (its bucket in the
+/// The table a paired row goes to.
+#[derive(Debug, Clone, Copy)]
+enum Paired {
+    Landscape,
+    Timing,
+}
+
+/// Adds `counters` under a price, landscape or timing `key` (its bucket in the
 /// advertiser field) to `table`; at the key cap `cap`, a new key folds like a
 /// rollup key does, but keeps its bucket.
 #[inline]
@@ -801,6 +1020,7 @@ fn row_key(k: u128, os_name: impl Fn(u16) -> OsName, exchange_name: impl Fn(u16)
         advertiser: id(bits(23, 32)),
         price_bucket: 0,
         bid_bucket: 0,
+        delay_bucket: 0,
     }
 }
 
@@ -846,6 +1066,8 @@ mod waiting_size {
     #[test]
     fn a_waiting_half_is_at_most_128_bytes_with_its_key() {
         let size = std::mem::size_of::<(u64, super::Waiting)>();
+        assert!(size <= 128, "{size}");
+        let size = std::mem::size_of::<(u64, super::ClickHalf)>();
         assert!(size <= 128, "{size}");
     }
 }

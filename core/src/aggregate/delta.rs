@@ -94,6 +94,11 @@ pub struct RowKey {
     /// transaction's bid (of the bid itself, for a `bid` row), whose events
     /// are counted in a rollup row as well.
     pub bid_bucket: u16,
+    /// 0 but for a row of the timing tables: the bucket of the delay (ms)
+    /// from the transaction's bid to this win or loss, or from its
+    /// impression to this click (the paired event is counted in a rollup
+    /// row as well).
+    pub delay_bucket: u16,
 }
 
 impl RowKey {
@@ -113,13 +118,16 @@ impl RowKey {
     }
 
     /// Which tables take the row: 0 the rollups, 1 the price distributions
-    /// (see [`super::Dimensions::kind`]), 2 the bid landscapes.
+    /// (see [`super::Dimensions::kind`]), 2 the bid landscapes, 3 the
+    /// timing tables.
     #[inline]
     pub fn kind(&self) -> u8 {
         if self.price_bucket != 0 {
             1
         } else if self.bid_bucket != 0 {
             2
+        } else if self.delay_bucket != 0 {
+            3
         } else {
             0
         }
@@ -136,8 +144,14 @@ impl RowKey {
     /// at day grain without the exchange.
     #[inline]
     pub fn same_group(&self, other: &RowKey) -> bool {
-        let group =
-            |k: &RowKey| RowKey { minute: k.day(), exchange: OsName::EMPTY, price_bucket: 0, bid_bucket: 0, ..*k };
+        let group = |k: &RowKey| RowKey {
+            minute: k.day(),
+            exchange: OsName::EMPTY,
+            price_bucket: 0,
+            bid_bucket: 0,
+            delay_bucket: 0,
+            ..*k
+        };
         group(self) == group(other)
     }
 }
@@ -153,6 +167,7 @@ impl Ord for RowKey {
             .then_with(|| self.advertiser.cmp(&other.advertiser))
             .then_with(|| self.price_bucket.cmp(&other.price_bucket))
             .then_with(|| self.bid_bucket.cmp(&other.bid_bucket))
+            .then_with(|| self.delay_bucket.cmp(&other.delay_bucket))
             .then_with(|| self.minute.cmp(&other.minute))
             .then_with(|| self.exchange.as_bytes().cmp(other.exchange.as_bytes()))
     }

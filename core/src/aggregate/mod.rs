@@ -17,9 +17,9 @@ mod table;
 mod tier;
 
 pub use aggregator::{
-    AggregateConfig, AggregateStats, Aggregator, LandscapeConfig, Outcome, Unpaired, DEFAULT_MAX_EXCHANGE_VALUES,
-    DEFAULT_MAX_FUTURE_SKEW_MS, DEFAULT_MAX_LATENESS_MS, DEFAULT_MAX_LIVE_KEYS, DEFAULT_MAX_OS_VALUES,
-    DEFAULT_MAX_RAW_ROWS, MAX_NAME_VALUES,
+    AggregateConfig, AggregateStats, Aggregator, ClickUnpaired, Outcome, PairingConfig, Unpaired,
+    DEFAULT_MAX_EXCHANGE_VALUES, DEFAULT_MAX_FUTURE_SKEW_MS, DEFAULT_MAX_LATENESS_MS, DEFAULT_MAX_LIVE_KEYS,
+    DEFAULT_MAX_OS_VALUES, DEFAULT_MAX_RAW_ROWS, MAX_NAME_VALUES,
 };
 pub use delta::{add_up_adjacent, events_of, Counters, Delta, MergeLoss, OsName, Row, RowKey};
 pub use normalise::{normalise_country, normalise_os, OS_OTHER, OS_UNKNOWN};

@@ -30,6 +30,16 @@ pub fn price_bucket(price: i64) -> Option<u16> {
     Some(((price as f64).ln() / LN_GAMMA).ceil() as u16 + 1)
 }
 
+/// The bucket of a delay of `ms` milliseconds on the same scale (a timing
+/// table's `delay_bucket`): a delay of at most 1 ms, or a negative one (an
+/// event stamped before the one it follows: the publishers' clocks differ),
+/// is in the bucket of 1 ms.
+#[inline]
+pub fn delay_bucket(ms: i64) -> u16 {
+    // (at least 1: a bucket)
+    price_bucket(ms.max(1)).unwrap_or(1)
+}
+
 /// The representative price of bucket `bucket` (`i + 1`), micro-USD.
 pub fn bucket_price(bucket: u16) -> f64 {
     2.0 * GAMMA.powi(i32::from(bucket) - 1) / (GAMMA + 1.0)
@@ -57,6 +67,8 @@ mod tests {
         assert_eq!(price_bucket(0), None);
         assert_eq!(price_bucket(-5), None);
         assert_eq!(price_bucket(1), Some(1));
+        assert_eq!([delay_bucket(-40), delay_bucket(0), delay_bucket(1)], [1, 1, 1]);
+        assert_eq!(delay_bucket(1_500), price_bucket(1_500).unwrap());
     }
 
     #[test]

@@ -202,6 +202,7 @@ proptest! {
                 advertiser: i64::from(advertiser),
                 price_bucket: 0,
                 bid_bucket: 0,
+                delay_bucket: 0,
             };
             model.entry(key).or_insert_with(Counters::default).add(&Counters { events: 1, attributed: 1, price, revenue: 0 });
         }
@@ -228,6 +229,7 @@ proptest! {
                     advertiser: campaign % 4,
                     price_bucket: 0,
                     bid_bucket: 0,
+                    delay_bucket: 0,
                 };
                 (key, Counters { events, attributed: 0, price: events as i64, revenue: 0 })
             }).collect()
@@ -359,6 +361,7 @@ proptest! {
                 advertiser: if d.has(Dimension::Advertiser) { i64::from(advertiser) } else { 0 },
                 price_bucket: 0,
                 bid_bucket: 0,
+                delay_bucket: 0,
             };
             direct.entry(key).or_default().add(&Counters { events: 1, attributed: 1, price, revenue: 0 });
         }
@@ -472,8 +475,13 @@ fn price_rows_beyond_the_pending_cap_fold_to_one_per_minute_type_and_bucket_and_
 
 #[test]
 fn landscape_halves_pair_in_either_order_and_leave_counted_once_the_window_passed() {
-    let landscape = LandscapeConfig { dims: Dimensions::of(&[Dimension::BidPrice]), window_ms: 1_000, max_pending: 3 };
-    let mut a = Aggregator::new(AggregateConfig { landscape: Some(landscape), ..AggregateConfig::default() });
+    let landscape = PairingConfig {
+        landscape: Some(Dimensions::of(&[Dimension::BidPrice])),
+        timing: None,
+        window_ms: 1_000,
+        max_pending: 3,
+    };
+    let mut a = Aggregator::new(AggregateConfig { pairing: Some(landscape), ..AggregateConfig::default() });
     let send = |et: EventType, txn: &'static [u8], at: i64, a: &mut Aggregator| {
         let mut e = ev(et, NOW, Some("US"), Some("ios"), 1);
         e.txn = txn;
@@ -502,9 +510,13 @@ fn landscape_halves_pair_in_either_order_and_leave_counted_once_the_window_passe
 
 #[test]
 fn halves_of_a_partition_handed_over_leave_counted_once_as_handover() {
-    let landscape =
-        LandscapeConfig { dims: Dimensions::of(&[Dimension::BidPrice]), window_ms: 1_000, max_pending: 100 };
-    let mut a = Aggregator::new(AggregateConfig { landscape: Some(landscape), ..AggregateConfig::default() });
+    let landscape = PairingConfig {
+        landscape: Some(Dimensions::of(&[Dimension::BidPrice])),
+        timing: None,
+        window_ms: 1_000,
+        max_pending: 100,
+    };
+    let mut a = Aggregator::new(AggregateConfig { pairing: Some(landscape), ..AggregateConfig::default() });
     let txns: Vec<String> = (0..40).map(|i| format!("txn-{i}")).collect();
     for (i, txn) in txns.iter().enumerate() {
         let mut e = ev(if i % 2 == 0 { EventType::Bid } else { EventType::Win }, NOW, Some("US"), Some("ios"), 1);
@@ -523,4 +535,89 @@ fn halves_of_a_partition_handed_over_leave_counted_once_as_handover() {
     let s = a.take_stats();
     assert_eq!(s.unpaired[Unpaired::Handover as usize], expected);
     assert_eq!(s.unpaired.iter().sum::<u64>(), 40);
+}
+
+/// A timing table's pairing: (event type, delay bucket) → events of the drain.
+fn timing_rows(d: &Delta) -> Vec<(EventType, u16, String, u64)> {
+    let mut rows: Vec<_> = d
+        .rows
+        .iter()
+        .filter(|r| r.0.kind() == 3)
+        .map(|r| (r.0.event_type, r.0.delay_bucket, r.0.exchange.as_str().to_string(), r.1.events))
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn timing(max_pending: usize) -> Aggregator {
+    let pairing = PairingConfig {
+        landscape: None,
+        timing: Some(Dimensions::of(&[Dimension::Exchange, Dimension::Delay])),
+        window_ms: 1_000,
+        max_pending,
+    };
+    Aggregator::new(AggregateConfig { pairing: Some(pairing), ..AggregateConfig::default() })
+}
+
+/// Sends `et` of `txn` stamped `ts`, arriving at `at`, from `exchange`.
+fn send(a: &mut Aggregator, et: EventType, txn: &'static [u8], ts: i64, at: i64, exchange: Option<&'static str>) {
+    let mut e = ev(et, ts, Some("US"), Some("ios"), 1);
+    e.txn = txn;
+    e.exchange = exchange;
+    a.record(&e, at);
+}
+
+#[test]
+fn a_timing_table_counts_each_win_loss_and_click_under_its_delay_in_either_order() {
+    use price::delay_bucket;
+    let mut a = timing(100);
+    let x = Some("adx");
+    // bid → win 120 ms, the win without an exchange (it takes its bid's)
+    send(&mut a, EventType::Bid, b"t1", NOW, NOW, x);
+    send(&mut a, EventType::Win, b"t1", NOW + 120, NOW + 5, None);
+    // a loss before its bid: 3 s after it by event time
+    send(&mut a, EventType::Loss, b"t2", NOW + 3_000, NOW + 10, x);
+    send(&mut a, EventType::Bid, b"t2", NOW, NOW + 20, x);
+    // an impression clicked twice (4 s and 40 s after it), and a click
+    // before its impression, stamped 10 ms before it (clocks differ)
+    send(&mut a, EventType::Impression, b"t3", NOW, NOW + 30, x);
+    send(&mut a, EventType::Click, b"t3", NOW + 4_000, NOW + 40, x);
+    send(&mut a, EventType::Click, b"t3", NOW + 40_000, NOW + 50, x);
+    send(&mut a, EventType::Click, b"t4", NOW - 10, NOW + 60, None);
+    send(&mut a, EventType::Impression, b"t4", NOW, NOW + 70, x);
+    let s = a.take_stats();
+    assert_eq!((s.paired, s.clicks_paired, s.clicks_unpaired), (2, 3, [0, 0, 0]));
+    assert_eq!(a.waiting(), 0, "both bids paired");
+    assert_eq!(a.clicks_waiting(), 2, "the impressions wait for more clicks");
+    let adx = || "adx".to_string();
+    let mut expected = vec![
+        (EventType::Win, delay_bucket(120), adx(), 1),
+        (EventType::Loss, delay_bucket(3_000), adx(), 1),
+        (EventType::Click, delay_bucket(4_000), adx(), 1),
+        (EventType::Click, delay_bucket(40_000), adx(), 1),
+        (EventType::Click, 1, adx(), 1),
+    ];
+    expected.sort();
+    assert_eq!(timing_rows(&a.drain()), expected);
+}
+
+#[test]
+fn clicks_without_an_impression_leave_counted_and_unclicked_impressions_do_not() {
+    let mut a = timing(3);
+    send(&mut a, EventType::Impression, b"unclicked", NOW, NOW, None);
+    send(&mut a, EventType::Click, b"orphan", NOW, NOW + 100, None);
+    send(&mut a, EventType::Click, b"orphan", NOW, NOW + 110, None); // a second click before any impression
+    send(&mut a, EventType::Bid, b"bid", NOW, NOW + 120, None); // (not in this pairing: no landscape needed)
+    send(&mut a, EventType::Click, b"moved", NOW, NOW + 200, None);
+    send(&mut a, EventType::Impression, b"full", NOW, NOW + 300, None); // a fourth: not kept
+    assert_eq!(a.clicks_waiting(), 3);
+    assert_eq!(a.clicks_unpaired_now(), 2);
+    let moved = crate::wire::fnv1a64(b"moved");
+    a.release_waiting(|h| h == moved);
+    a.expire_waiting(NOW + 2_000);
+    let s = a.take_stats();
+    assert_eq!(s.clicks_unpaired, [2, 1, 1], "the orphan's two clicks, the impression not kept, the click handed over");
+    assert_eq!(s.clicks_paired, 0);
+    assert_eq!((a.clicks_waiting(), a.waiting()), (0, 0));
+    assert!(timing_rows(&a.drain()).is_empty());
 }

@@ -81,11 +81,16 @@ pub enum Dimension {
     /// table with it is a bid landscape: each bid under its own price's
     /// bucket, each win or loss under its bid's.
     BidPrice,
+    /// `delay_bucket`: the logarithmic bucket (the price buckets' scale, in
+    /// milliseconds) of the time from a transaction's bid to its win or
+    /// loss, or from its impression to a click. A table with it is a
+    /// timing table: each paired win, loss or click under its delay's bucket.
+    Delay,
 }
 
 impl Dimension {
     /// Every dimension, in column order.
-    pub const ALL: [Dimension; 7] = [
+    pub const ALL: [Dimension; 8] = [
         Dimension::Country,
         Dimension::Os,
         Dimension::Exchange,
@@ -93,6 +98,7 @@ impl Dimension {
         Dimension::Advertiser,
         Dimension::Price,
         Dimension::BidPrice,
+        Dimension::Delay,
     ];
 
     /// Its name in the configuration.
@@ -105,6 +111,7 @@ impl Dimension {
             Dimension::Advertiser => "advertiser",
             Dimension::Price => "price",
             Dimension::BidPrice => "bid_price",
+            Dimension::Delay => "delay",
         }
     }
 
@@ -118,6 +125,7 @@ impl Dimension {
             Dimension::Advertiser => "advertiser_id",
             Dimension::Price => "price_bucket",
             Dimension::BidPrice => "bid_price_bucket",
+            Dimension::Delay => "delay_bucket",
         }
     }
 
@@ -172,6 +180,12 @@ impl Dimensions {
         self.has(Dimension::BidPrice)
     }
 
+    /// Whether these are a timing table's (they hold [`Dimension::Delay`]).
+    #[inline]
+    pub fn is_timing(self) -> bool {
+        self.has(Dimension::Delay)
+    }
+
     /// The kind of rows a table of these dimensions takes (see [`RowKey::kind`]).
     #[inline]
     pub fn kind(self) -> u8 {
@@ -179,6 +193,8 @@ impl Dimensions {
             1
         } else if self.is_landscape() {
             2
+        } else if self.is_timing() {
+            3
         } else {
             0
         }
@@ -211,6 +227,7 @@ impl Shape {
             advertiser: if d.has(Dimension::Advertiser) { key.advertiser } else { 0 },
             price_bucket: if d.has(Dimension::Price) { key.price_bucket } else { 0 },
             bid_bucket: if d.has(Dimension::BidPrice) { key.bid_bucket } else { 0 },
+            delay_bucket: if d.has(Dimension::Delay) { key.delay_bucket } else { 0 },
         }
     }
 
@@ -218,8 +235,8 @@ impl Shape {
     /// key order. Rows whose bucket starts before `oldest_minute` (past the
     /// table's retention) are left out; the second value counts their events.
     /// A price distribution takes the rows with a price bucket, a bid
-    /// landscape those with a bid's bucket, every other table the rows
-    /// without either.
+    /// landscape those with a bid's bucket, a timing table those with a
+    /// delay's bucket, every other table the rows without any.
     ///
     /// When the projection keeps the order (every table with the country,
     /// OS, campaign and advertiser: see [`RowKey`]), equal keys are adjacent
