@@ -134,7 +134,7 @@ pub struct Settings {
     #[arg(long, env = "BID_LOGGER_LANDSCAPE_WINDOW", value_name = "DURATION")]
     pub landscape_window: Option<String>,
     /// With a bid landscape or a timing table declared: transactions waiting for their other half per ingest thread
-    /// and pairing at most (128 bytes each and the hash table's spare room); one more is not kept (counted)
+    /// and pairing at most (about 170 bytes each with the hash table's room); one more is not kept (counted)
     /// [default: 1000000].
     #[arg(long, env = "BID_LOGGER_LANDSCAPE_MAX_PENDING", value_name = "N")]
     pub landscape_max_pending: Option<usize>,

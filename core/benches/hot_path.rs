@@ -107,6 +107,27 @@ fn hot_path(c: &mut Criterion) {
             black_box(hot.aggregator.drain());
         })
     });
+    group.bench_function("message/process+timing", |b| {
+        // a timing table by exchange declared: every bid, win and loss is
+        // paired, and every impression waits for its clicks
+        let timing = AggregateConfig {
+            pairing: Some(PairingConfig {
+                landscape: None,
+                timing: Some(Dimensions::of(&[Dimension::Exchange, Dimension::Delay])),
+                window_ms: 60_000,
+                max_pending: 1_000_000,
+            }),
+            ..AggregateConfig::default()
+        };
+        let mut hot = HotPath::new(HotPathConfig { aggregate: timing, ..HotPathConfig::default() });
+        b.iter(|| {
+            for (t, p) in &msgs {
+                hot.process(t, p, now);
+            }
+            hot.aggregator.expire_waiting(now + 120_000);
+            black_box(hot.aggregator.drain());
+        })
+    });
     group.bench_function("message/process+prices", |b| {
         let mut hot = HotPath::new(HotPathConfig { aggregate: prices.clone(), ..HotPathConfig::default() });
         b.iter(|| {

@@ -416,12 +416,13 @@ fn stop_member(member: Logger) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_joining_and_one_leaving_under_load_account_for_every_event() {
-    // a price distribution, and a landscape whose bids wait for outcomes
-    // the busy members never receive
+    // a price distribution, and a landscape and a timing table whose bids
+    // wait for outcomes the busy members never receive
     let prices = rollup_config(
         "fleet_join_leave",
         "[rollup.price_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"country\", \"os\", \"price\"]\n\n\
-         [rollup.landscape_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"bid_price\"]\n",
+         [rollup.landscape_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"bid_price\"]\n\n\
+         [rollup.timing_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"delay\"]\n",
     );
     let extra = ["--config", prices.as_str()];
     let (db, endpoint, [a, b]) = busy_fleet("fleet_join_leave", ["a", "b"], &extra).await;
