@@ -273,7 +273,7 @@ impl HotPath {
             self.invalid[DecodeError::TooLarge.index()] += 1;
             return;
         }
-        let mut ev = match decode(topic, payload) {
+        let ev = match decode(topic, payload) {
             Ok(ev) => ev,
             Err(e) => {
                 self.invalid[e.index()] += 1;
@@ -288,7 +288,7 @@ impl HotPath {
         // both samples.
         let hash = fnv1a64(ev.txn);
         let owner = self.owner_of(hash);
-        if owner != ev.partition && !self.mismatched(&mut ev, hash, owner) {
+        if owner != ev.partition && !self.mismatched(&ev, hash) {
             return;
         }
         self.keep(ev, hash, owner, now_ms);
@@ -310,12 +310,12 @@ impl HotPath {
         self.takes_every_partition && self.everything[event_type.index()]
     }
 
-    /// An event on another partition than its transaction's `owner`:
-    /// counted; kept (under `owner`) when its type takes everything (see
+    /// An event on another partition than its transaction's:
+    /// counted; kept when its type takes everything (see
     /// [`HotPath::keeps_mismatched`]), otherwise dropped as invalid.
     /// Returns whether it is kept.
     #[inline]
-    fn mismatched(&mut self, ev: &mut Event<'_>, hash: u64, owner: u32) -> bool {
+    fn mismatched(&mut self, ev: &Event<'_>, hash: u64) -> bool {
         self.partitions.record(ev.partition, hash);
         if !self.keeps_mismatched(ev.event_type) {
             // Only part of this transaction's events reach the topics this
@@ -323,8 +323,9 @@ impl HotPath {
             self.invalid[DecodeError::PartitionMismatch.index()] += 1;
             return false;
         }
-        // Everything is taken anyway: keep it, under its real partition.
-        ev.partition = owner;
+        // Everything is taken anyway: keep it (sampled and raw-sampled as
+        // its transaction's partition, `owner`; its pairing halves go with
+        // the topic it came on).
         true
     }
 
@@ -362,12 +363,15 @@ impl HotPath {
             self.unowned += 1;
             return;
         }
-        if self.mismatched(&mut ev, hash, owner) {
+        if self.mismatched(&ev, hash) {
+            // (the member owning `owner` answers for it, its halves too)
+            ev.partition = owner;
             self.keep(ev, hash, owner, now_ms);
         }
     }
 
-    /// Samples, admits and aggregates a decoded event of partition `owner`.
+    /// Samples, admits and aggregates a decoded event of partition `owner`
+    /// (its transaction's), which came on the topic of `ev.partition`.
     #[inline]
     fn keep(&mut self, ev: Event<'_>, hash: u64, owner: u32, now_ms: i64) {
         let t = ev.event_type.index();
@@ -381,7 +385,12 @@ impl HotPath {
             return;
         }
         if raw {
-            self.aggregator.push_raw(&ev, now_ms);
+            if ev.partition == owner {
+                self.aggregator.push_raw(&ev, now_ms);
+            } else {
+                // the raw sample's partition is the transaction's
+                self.aggregator.push_raw(&Event { partition: owner, ..ev.clone() }, now_ms);
+            }
         }
         if rollup {
             self.aggregator.record_admitted(&ev);

@@ -489,11 +489,11 @@ impl Ingest {
             owned[p as usize] = false;
         }
         if fenced || !removed.is_empty() {
-            // A landscape's halves waiting in a partition no longer this
+            // The pairings' halves that came on a partition no longer this
             // thread's leave with it, counted: their other half, if it
             // comes, goes to the new owner.
-            let (count, owned) = (u64::from(self.hot.partition_count), self.hot.owned.as_deref().unwrap_or(&[]));
-            self.hot.aggregator.release_waiting(|h| !owned.get((h % count) as usize).copied().unwrap_or(false));
+            let owned = self.hot.owned.as_deref().unwrap_or(&[]);
+            self.hot.aggregator.release_waiting(|p| !owned.get(p as usize).copied().unwrap_or(false));
         }
         let claims = self.hot.buffer.get_or_insert_with(|| ClaimBuffer::new(0, 0));
         // Claims withdrawn (or taken by another member): what was buffered is the owner's.

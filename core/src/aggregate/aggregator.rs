@@ -128,9 +128,9 @@ impl ClickUnpaired {
 #[derive(Debug, Clone)]
 enum Waiting {
     /// A bid: its price bucket, exchange and event time.
-    Bid { bucket: u16, exchange: OsName, ts_ms: i64, since: i64 },
+    Bid { bucket: u16, exchange: OsName, ts_ms: i64, since: i64, partition: u16 },
     /// A win or loss: its row, but for its bid's bucket.
-    Outcome { row: Box<EventRow>, since: i64 },
+    Outcome { row: Box<EventRow>, since: i64, partition: u16 },
 }
 
 /// Half of a transaction waiting in the impression-click pairing.
@@ -138,9 +138,9 @@ enum Waiting {
 enum ClickHalf {
     /// An impression: its exchange and event time. It stays for the window
     /// (a transaction may be clicked more than once).
-    Impression { exchange: OsName, ts_ms: i64, since: i64 },
+    Impression { exchange: OsName, ts_ms: i64, since: i64, partition: u16 },
     /// A click that came before its impression.
-    Click { row: Box<EventRow>, since: i64 },
+    Click { row: Box<EventRow>, since: i64, partition: u16 },
 }
 
 /// A paired event's row fields but the bucket (names kept as names).
@@ -167,6 +167,9 @@ impl EventRow {
 trait Half {
     /// When it began waiting (the pairing's clock, ms).
     fn since(&self) -> i64;
+    /// The partition of the topic it came on: it leaves when that
+    /// partition is handed over, since its other half will go with it.
+    fn partition(&self) -> u16;
 }
 
 impl Half for Waiting {
@@ -175,12 +178,24 @@ impl Half for Waiting {
             Waiting::Bid { since, .. } | Waiting::Outcome { since, .. } => *since,
         }
     }
+
+    fn partition(&self) -> u16 {
+        match self {
+            Waiting::Bid { partition, .. } | Waiting::Outcome { partition, .. } => *partition,
+        }
+    }
 }
 
 impl Half for ClickHalf {
     fn since(&self) -> i64 {
         match self {
             ClickHalf::Impression { since, .. } | ClickHalf::Click { since, .. } => *since,
+        }
+    }
+
+    fn partition(&self) -> u16 {
+        match self {
+            ClickHalf::Impression { partition, .. } | ClickHalf::Click { partition, .. } => *partition,
         }
     }
 }
@@ -233,10 +248,10 @@ impl<H: Half> Halves<H> {
         }
     }
 
-    /// Lets the halves of the transactions `gone` says leave, each through `left`.
-    fn release(&mut self, gone: impl Fn(u64) -> bool, mut left: impl FnMut(&H)) {
-        self.waiting.retain(|&txn, half| {
-            let goes = gone(txn);
+    /// Lets the halves of the partitions `gone` says leave, each through `left`.
+    fn release(&mut self, gone: impl Fn(u32) -> bool, mut left: impl FnMut(&H)) {
+        self.waiting.retain(|_, half| {
+            let goes = gone(u32::from(half.partition()));
             if goes {
                 left(half);
             }
@@ -656,7 +671,7 @@ impl Aggregator {
     fn pair(&mut self, ev: &Event<'_>, minute: u32, country: u16, p: &PairingConfig, counters: &Counters) {
         let row = Self::event_row(ev, minute, country, counters);
         let txn = fnv1a64(ev.txn);
-        let since = self.now_ms;
+        let (since, partition) = (self.now_ms, arrival_partition(ev));
         if ev.event_type == EventType::Bid {
             let Some(bucket) = ev.price.and_then(price_bucket) else { return };
             if let Some(dims) = p.landscape {
@@ -674,7 +689,7 @@ impl Aggregator {
                     if earlier.is_some() {
                         self.stats.unpaired[Unpaired::NoOutcome as usize] += 1; // a bid again: the first one's outcome never came
                     }
-                    let half = Waiting::Bid { bucket, exchange: row.exchange, ts_ms: ev.ts_ms, since };
+                    let half = Waiting::Bid { bucket, exchange: row.exchange, ts_ms: ev.ts_ms, since, partition };
                     if !self.waiting.wait(txn, half, p.max_pending) {
                         self.stats.unpaired[Unpaired::Full as usize] += 1;
                     }
@@ -690,7 +705,8 @@ impl Aggregator {
                     if earlier.is_some() {
                         self.stats.unpaired[Unpaired::NoBid as usize] += 1; // an outcome again
                     }
-                    if !self.waiting.wait(txn, Waiting::Outcome { row: Box::new(row), since }, p.max_pending) {
+                    let half = Waiting::Outcome { row: Box::new(row), since, partition };
+                    if !self.waiting.wait(txn, half, p.max_pending) {
                         self.stats.unpaired[Unpaired::Full as usize] += 1;
                     }
                 }
@@ -718,7 +734,7 @@ impl Aggregator {
         let Some(dims) = p.timing else { return };
         let row = Self::event_row(ev, minute, country, counters);
         let txn = fnv1a64(ev.txn);
-        let since = self.now_ms;
+        let (since, partition) = (self.now_ms, arrival_partition(ev));
         let click_after = |click: &EventRow, exchange: OsName, ts_ms: i64| {
             let exchange = if click.exchange.as_str() == OS_UNKNOWN { exchange } else { click.exchange };
             (EventRow { exchange, ..*click }, delay_bucket(click.ts_ms() - ts_ms))
@@ -735,13 +751,14 @@ impl Aggregator {
                     self.stats.clicks_unpaired[ClickUnpaired::NoImpression as usize] += 1;
                 }
                 None => {
-                    if !self.clicks.wait(txn, ClickHalf::Click { row: Box::new(row), since }, p.max_pending) {
+                    if !self.clicks.wait(txn, ClickHalf::Click { row: Box::new(row), since, partition }, p.max_pending)
+                    {
                         self.stats.clicks_unpaired[ClickUnpaired::Full as usize] += 1;
                     }
                 }
             }
         } else {
-            let impression = ClickHalf::Impression { exchange: row.exchange, ts_ms: ev.ts_ms, since };
+            let impression = ClickHalf::Impression { exchange: row.exchange, ts_ms: ev.ts_ms, since, partition };
             match self.clicks.waiting.get(&txn) {
                 Some(ClickHalf::Impression { .. }) => {} // an impression again: the first one stays
                 Some(ClickHalf::Click { .. }) => {
@@ -800,12 +817,12 @@ impl Aggregator {
         });
     }
 
-    /// Drops the halves waiting of the transactions `gone` says are no
-    /// longer this thread's (by their txn hash: a partition handed over),
-    /// counting them as [`Unpaired::Handover`] (a click as
-    /// [`ClickUnpaired::Handover`]; an impression is not counted); returns
-    /// how many bids and outcomes left.
-    pub fn release_waiting(&mut self, gone: impl Fn(u64) -> bool) -> u64 {
+    /// Drops the halves waiting that came on the topics of the partitions
+    /// `gone` says are no longer this thread's (handed over), counting them
+    /// as [`Unpaired::Handover`] (a click as [`ClickUnpaired::Handover`];
+    /// an impression is not counted); returns how many bids and outcomes
+    /// left.
+    pub fn release_waiting(&mut self, gone: impl Fn(u32) -> bool) -> u64 {
         let mut released = 0;
         self.waiting.release(&gone, |_| released += 1);
         self.stats.unpaired[Unpaired::Handover as usize] += released;
@@ -917,6 +934,13 @@ impl Aggregator {
         self.exchange.reset();
         delta
     }
+}
+
+/// The partition of the topic `ev` came on, as a waiting half keeps it
+/// (partitions are below 10 000).
+#[inline]
+fn arrival_partition(ev: &Event<'_>) -> u16 {
+    u16::try_from(ev.partition).unwrap_or(u16::MAX)
 }
 
 /// The table a paired row goes to.
