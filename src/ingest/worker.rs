@@ -328,6 +328,7 @@ impl Ingest {
         let mut handed_over = Instant::now();
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
         let mut next_housekeeping = coarse_monotonic_ms() + HOUSEKEEPING_MS;
+        self.hot.aggregator.expire_waiting(coarse_monotonic_ms() as i64);
         let mut pacer = Pacer::default();
         // The source being read, how many messages in a row it gave, and
         // how many sources in a row were empty.
@@ -379,6 +380,10 @@ impl Ingest {
             if housekeeping {
                 next_housekeeping = coarse_monotonic_ms() + HOUSEKEEPING_MS;
                 now_ms = self::now_ms();
+                // The pairings' halves that waited past the window leave
+                // (their clock is monotonic: a step of the wall clock moves
+                // no window).
+                self.hot.aggregator.expire_waiting(coarse_monotonic_ms() as i64);
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -585,9 +590,6 @@ impl Ingest {
     /// Gives the accumulated delta to the sink if the channel has room;
     /// otherwise keeps it (the next interval merges into it).
     fn hand_over(&mut self) {
-        // The landscapes' halves that waited past the window leave, even
-        // while nothing arrives (the clock moves with the events otherwise).
-        self.hot.aggregator.expire_waiting(self::now_ms());
         let restart = self.fleet.as_ref().is_some_and(|f| !f.restart.is_empty());
         // Loss counted with nothing else (the gap across a restart, counted
         // once the earlier run's marks are read) is handed over too: a

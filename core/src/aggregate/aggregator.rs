@@ -474,7 +474,8 @@ pub struct Aggregator {
     waiting: Halves<Waiting>,
     /// Transactions with an impression or a click waiting for the other.
     clicks: Halves<ClickHalf>,
-    /// The latest `now` seen (the waiting halves' clock).
+    /// The pairings' clock (ms of a monotonic clock, moved by
+    /// [`Aggregator::expire_waiting`] alone): when each half began waiting.
     now_ms: i64,
     /// The last event, added to `rows` when the next one arrives (or before
     /// anything reads `rows`), so that its slot's cache line is loaded while
@@ -527,7 +528,6 @@ impl Aggregator {
     /// counts the rejections.
     #[inline]
     pub fn admit(&mut self, ts_ms: i64, now_ms: i64) -> Outcome {
-        self.now_ms = self.now_ms.max(now_ms);
         if ts_ms < now_ms.saturating_sub(self.config.max_lateness_ms) || ts_ms < 0 {
             self.stats.late += 1;
             Outcome::Late
@@ -798,9 +798,10 @@ impl Aggregator {
         add_keeping_bucket(table, self.config.max_live_keys, key, KeyTable::hash(key.0), counters);
     }
 
-    /// Moves the clock of the pairings' waiting halves to `now_ms` (it
-    /// moves with every event admitted too) and lets the halves that waited
-    /// longer than the window leave, counted.
+    /// Moves the pairings' clock to `now_ms`, ms of a monotonic clock (the
+    /// ingest loop calls it every few milliseconds: a half's wait is that
+    /// precise, and a step of the wall clock changes nothing), and lets the
+    /// halves that waited longer than the window leave, counted.
     pub fn expire_waiting(&mut self, now_ms: i64) {
         self.now_ms = self.now_ms.max(now_ms);
         let Some(p) = self.config.pairing else { return };

@@ -485,6 +485,7 @@ fn landscape_halves_pair_in_either_order_and_leave_counted_once_the_window_passe
     let send = |et: EventType, txn: &'static [u8], at: i64, a: &mut Aggregator| {
         let mut e = ev(et, NOW, Some("US"), Some("ios"), 1);
         e.txn = txn;
+        a.expire_waiting(at); // (the pairings' clock: the ingest loop's)
         a.record(&e, at);
     };
     send(EventType::Bid, b"paired", NOW, &mut a);
@@ -517,6 +518,7 @@ fn halves_of_a_partition_handed_over_leave_counted_once_as_handover() {
         max_pending: 100,
     };
     let mut a = Aggregator::new(AggregateConfig { pairing: Some(landscape), ..AggregateConfig::default() });
+    a.expire_waiting(NOW);
     let txns: Vec<String> = (0..40).map(|i| format!("txn-{i}")).collect();
     for (i, txn) in txns.iter().enumerate() {
         let mut e = ev(if i % 2 == 0 { EventType::Bid } else { EventType::Win }, NOW, Some("US"), Some("ios"), 1);
@@ -565,6 +567,7 @@ fn send(a: &mut Aggregator, et: EventType, txn: &'static [u8], ts: i64, at: i64,
     let mut e = ev(et, ts, Some("US"), Some("ios"), 1);
     e.txn = txn;
     e.exchange = exchange;
+    a.expire_waiting(at);
     a.record(&e, at);
 }
 
@@ -611,6 +614,7 @@ fn clicks_without_an_impression_leave_counted_and_unclicked_impressions_do_not()
     send(&mut a, EventType::Bid, b"bid", NOW, NOW + 120, None); // (not in this pairing: no landscape needed)
     let mut moved = ev(EventType::Click, NOW, Some("US"), Some("ios"), 1);
     (moved.txn, moved.partition) = (b"moved", 5);
+    a.expire_waiting(NOW + 200);
     a.record(&moved, NOW + 200);
     send(&mut a, EventType::Impression, b"full", NOW, NOW + 300, None); // a fourth: not kept
     assert_eq!(a.clicks_waiting(), 3);
@@ -622,4 +626,23 @@ fn clicks_without_an_impression_leave_counted_and_unclicked_impressions_do_not()
     assert_eq!(s.clicks_paired, 0);
     assert_eq!((a.clicks_waiting(), a.waiting()), (0, 0));
     assert!(timing_rows(&a.drain()).is_empty());
+}
+
+#[test]
+fn a_step_of_the_wall_clock_expires_no_waiting_half() {
+    let mut a = timing(100);
+    let mono = 5_000; // the ingest loop's monotonic clock
+    a.expire_waiting(mono);
+    let mut e = ev(EventType::Bid, NOW, Some("US"), Some("ios"), 1);
+    e.txn = b"waits";
+    a.record(&e, NOW);
+    // the wall clock steps an hour forward: events are admitted against it
+    let mut e = ev(EventType::Bid, NOW + 3_600_000, Some("US"), Some("ios"), 1);
+    e.txn = b"after the step";
+    assert_eq!(a.record(&e, NOW + 3_600_000), Outcome::Accepted);
+    a.expire_waiting(mono + 100);
+    assert_eq!(a.waiting(), 2, "the window is measured on the monotonic clock");
+    a.expire_waiting(mono + 1_001);
+    assert_eq!(a.waiting(), 0);
+    assert_eq!(a.take_stats().unpaired[Unpaired::NoOutcome as usize], 2);
 }
