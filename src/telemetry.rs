@@ -138,7 +138,9 @@ metrics_table! {
     counter CLICKS_PAIRED = "bid_logger_clicks_paired_total", Count, "",
         "Clicks paired with their transaction's impression for the timing tables (tables with the `delay` dimension).";
     counter CLICKS_UNPAIRED = "bid_logger_clicks_unpaired_total", Count, "`reason` = `no_impression`, `full`, `handover`, `stopped`",
-        "Clicks that left the timing tables' pairing without their impression: no impression within `landscape-window` (before or after), not kept (or their impression not kept) because `landscape-max-pending` were waiting, waiting in a partition a fleet member handed over or lost to a fence, or waiting at a stop. Impressions never clicked are not counted. The events themselves are in every rollup.";
+        "Clicks that left the timing tables' pairing without their impression: no impression within `landscape-window` (before or after), not kept because `landscape-max-pending` were waiting, waiting in a partition a fleet member handed over or lost to a fence, or waiting at a stop. Impressions never clicked are not counted. The events themselves are in every rollup.";
+    counter IMPRESSIONS_UNKEPT = "bid_logger_impressions_unkept_total", Count, "",
+        "Impressions the timing tables' pairing could not keep because `landscape-max-pending` were waiting: their clicks, if any, are counted in `bid_logger_clicks_unpaired_total` when they leave.";
     gauge CLICKS_WAITING = "bid_logger_clicks_waiting", Count, "",
         "Impressions (for the window, for their clicks) and clicks (for their impression) in memory for the timing tables (bounded by `landscape-max-pending` per ingest thread).";
     histogram FLUSH_DURATION = "bid_logger_flush_duration_seconds", Seconds, "",

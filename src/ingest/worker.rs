@@ -60,6 +60,7 @@ struct IngestMetrics {
     clicks_paired: Counter,
     /// Per [`ClickUnpaired`], then `stopped`.
     clicks_unpaired: [Counter; 4],
+    impressions_unkept: Counter,
     clicks_waiting: Gauge,
     published_clicks_waiting: usize,
     raw_dropped: Counter,
@@ -104,6 +105,7 @@ impl IngestMetrics {
                 "stopped",
             ]
             .map(|reason| counter!(t::CLICKS_UNPAIRED, "reason" => reason)),
+            impressions_unkept: counter!(t::IMPRESSIONS_UNKEPT),
             clicks_waiting: gauge!(t::CLICKS_WAITING),
             published_clicks_waiting: 0,
             raw_dropped: counter!(t::RAW_ROWS_DROPPED, "reason" => "buffer_full"),
@@ -529,6 +531,9 @@ impl Ingest {
             claims.start(p);
         }
         let now_ms = now_ms();
+        // (handing rows to the sink may have waited: the pairings' clock
+        // first moves, so no half the replay pairs had already expired)
+        self.hot.aggregator.expire_waiting(coarse_monotonic_ms() as i64);
         for &p in added.iter().filter(|p| f.buffering.binary_search(p).is_ok()) {
             self.hot.replay(p, now_ms);
         }
@@ -681,6 +686,7 @@ impl Ingest {
             unpaired,
             clicks_paired,
             clicks_unpaired,
+            impressions_unkept,
         } = self.hot.aggregator.take_stats();
         let received: u64 = self.sources.iter_mut().map(|s| s.publish(&self.activity)).sum();
         let hot = &mut self.hot;
@@ -707,6 +713,7 @@ impl Ingest {
         for (c, n) in m.clicks_unpaired.iter().zip(clicks_unpaired) {
             c.increment(n);
         }
+        m.impressions_unkept.increment(impressions_unkept);
         m.raw_dropped.increment(raw_dropped);
         m.restarts.increment(hot.seqs.restarts);
         m.resets.increment(hot.seqs.resets);

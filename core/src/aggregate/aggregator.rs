@@ -102,8 +102,7 @@ impl Unpaired {
 pub enum ClickUnpaired {
     /// No impression of its transaction waited, and none came within the window.
     NoImpression = 0,
-    /// Not kept (a click, or the impression it needed): `max_pending`
-    /// transactions were waiting.
+    /// Not kept: `max_pending` transactions were waiting.
     Full = 1,
     /// Waiting when its partition was handed to another fleet member (or
     /// taken by a fence).
@@ -127,8 +126,8 @@ impl ClickUnpaired {
 /// rarer, in a box of its own.
 #[derive(Debug, Clone)]
 enum Waiting {
-    /// A bid: its price bucket, exchange and event time.
-    Bid { bucket: u16, exchange: OsName, ts_ms: i64, since: i64, partition: u16 },
+    /// A bid: its price bucket (if it had a price), exchange and event time.
+    Bid { bucket: Option<u16>, exchange: OsName, ts_ms: i64, since: i64, partition: u16 },
     /// A win or loss: its row, but for its bid's bucket.
     Outcome { row: Box<EventRow>, since: i64, partition: u16 },
 }
@@ -308,9 +307,13 @@ pub struct AggregateStats {
     pub unpaired: [u64; 4],
     /// Clicks paired with their impression for the timing tables.
     pub clicks_paired: u64,
-    /// Clicks (and impressions not kept) that left the impression-click
-    /// pairing unpaired, per [`ClickUnpaired`].
+    /// Clicks that left the impression-click pairing unpaired, per
+    /// [`ClickUnpaired`].
     pub clicks_unpaired: [u64; 3],
+    /// Impressions the impression-click pairing could not keep
+    /// (`max_pending` transactions were waiting): their clicks, if any,
+    /// leave counted in [`AggregateStats::clicks_unpaired`].
+    pub impressions_unkept: u64,
 }
 
 /// A packed key: `minute:26 | type:3 | country:10 | os:12 | exchange:12 |
@@ -667,14 +670,19 @@ impl Aggregator {
     /// Pairs a bid with its win or loss, in either order: a bid adds a row
     /// under its own price's bucket and waits; an outcome adds a row under
     /// its bid's bucket (with the bid's exchange when it has none), and a
-    /// row under its delay after the bid, or waits for its bid.
+    /// row under its delay after the bid, or waits for its bid. A bid
+    /// without a price has no landscape row, nor have its outcomes; it
+    /// waits all the same when a timing table is declared.
     fn pair(&mut self, ev: &Event<'_>, minute: u32, country: u16, p: &PairingConfig, counters: &Counters) {
         let row = Self::event_row(ev, minute, country, counters);
         let txn = fnv1a64(ev.txn);
         let (since, partition) = (self.now_ms, arrival_partition(ev));
         if ev.event_type == EventType::Bid {
-            let Some(bucket) = ev.price.and_then(price_bucket) else { return };
-            if let Some(dims) = p.landscape {
+            let bucket = ev.price.and_then(price_bucket);
+            if bucket.is_none() && p.timing.is_none() {
+                return; // nothing to count it in
+            }
+            if let (Some(dims), Some(bucket)) = (p.landscape, bucket) {
                 self.add_paired(dims, &row, bucket, Paired::Landscape);
             }
             match self.waiting.waiting.remove(&txn) {
@@ -714,10 +722,11 @@ impl Aggregator {
         }
     }
 
-    /// Counts an outcome paired with its bid (of price bucket `bucket`,
-    /// event time `bid_ts_ms`) in the landscapes and the timing tables.
-    fn add_pair(&mut self, p: &PairingConfig, outcome: &EventRow, bucket: u16, bid_ts_ms: i64) {
-        if let Some(dims) = p.landscape {
+    /// Counts an outcome paired with its bid (of price bucket `bucket`, if
+    /// it had a price, and event time `bid_ts_ms`) in the landscapes and
+    /// the timing tables.
+    fn add_pair(&mut self, p: &PairingConfig, outcome: &EventRow, bucket: Option<u16>, bid_ts_ms: i64) {
+        if let (Some(dims), Some(bucket)) = (p.landscape, bucket) {
             self.add_paired(dims, outcome, bucket, Paired::Landscape);
         }
         if let Some(dims) = p.timing {
@@ -772,8 +781,7 @@ impl Aggregator {
                 }
                 None => {
                     if !self.clicks.wait(txn, impression, p.max_pending) {
-                        // its clicks will find no impression: counted now, as one
-                        self.stats.clicks_unpaired[ClickUnpaired::Full as usize] += 1;
+                        self.stats.impressions_unkept += 1; // its clicks, if any, leave counted as clicks
                     }
                 }
             }

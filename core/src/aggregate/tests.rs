@@ -589,13 +589,19 @@ fn a_timing_table_counts_each_win_loss_and_click_under_its_delay_in_either_order
     send(&mut a, EventType::Click, b"t3", NOW + 40_000, NOW + 50, x);
     send(&mut a, EventType::Click, b"t4", NOW - 10, NOW + 60, None);
     send(&mut a, EventType::Impression, b"t4", NOW, NOW + 70, x);
+    // a bid without a price: its win is timed all the same
+    let mut bid = ev(EventType::Bid, NOW, Some("US"), Some("ios"), 1);
+    (bid.txn, bid.price, bid.exchange) = (b"t5", None, x);
+    a.record(&bid, NOW + 80);
+    send(&mut a, EventType::Win, b"t5", NOW + 250, NOW + 90, None);
     let s = a.take_stats();
-    assert_eq!((s.paired, s.clicks_paired, s.clicks_unpaired), (2, 3, [0, 0, 0]));
-    assert_eq!(a.waiting(), 0, "both bids paired");
+    assert_eq!((s.paired, s.clicks_paired, s.clicks_unpaired), (3, 3, [0, 0, 0]));
+    assert_eq!(a.waiting(), 0, "every bid paired");
     assert_eq!(a.clicks_waiting(), 2, "the impressions wait for more clicks");
     let adx = || "adx".to_string();
     let mut expected = vec![
         (EventType::Win, delay_bucket(120), adx(), 1),
+        (EventType::Win, delay_bucket(250), adx(), 1),
         (EventType::Loss, delay_bucket(3_000), adx(), 1),
         (EventType::Click, delay_bucket(4_000), adx(), 1),
         (EventType::Click, delay_bucket(40_000), adx(), 1),
@@ -622,7 +628,8 @@ fn clicks_without_an_impression_leave_counted_and_unclicked_impressions_do_not()
     a.release_waiting(|p| p == 5);
     a.expire_waiting(NOW + 2_000);
     let s = a.take_stats();
-    assert_eq!(s.clicks_unpaired, [2, 1, 1], "the orphan's two clicks, the impression not kept, the click handed over");
+    assert_eq!(s.clicks_unpaired, [2, 0, 1], "the orphan's two clicks, the click handed over");
+    assert_eq!(s.impressions_unkept, 1);
     assert_eq!(s.clicks_paired, 0);
     assert_eq!((a.clicks_waiting(), a.waiting()), (0, 0));
     assert!(timing_rows(&a.drain()).is_empty());
