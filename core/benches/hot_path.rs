@@ -86,48 +86,26 @@ fn hot_path(c: &mut Criterion) {
             black_box(hot.aggregator.drain());
         })
     });
-    group.bench_function("message/process+landscape", |b| {
-        // a bid landscape by exchange declared: every bid, win and loss
-        // is paired in memory (the simulator's transactions, in order)
-        let landscape = AggregateConfig {
-            pairing: Some(PairingConfig {
-                landscape: Some(Dimensions::of(&[Dimension::Exchange, Dimension::BidPrice])),
-                timing: None,
-                window_ms: 60_000,
-                max_pending: 1_000_000,
-            }),
-            ..AggregateConfig::default()
-        };
-        let mut hot = HotPath::new(HotPathConfig { aggregate: landscape, ..HotPathConfig::default() });
-        b.iter(|| {
-            for (t, p) in &msgs {
-                hot.process(t, p, now);
-            }
-            hot.aggregator.expire_waiting(now + 120_000);
-            black_box(hot.aggregator.drain());
-        })
-    });
-    group.bench_function("message/process+timing", |b| {
-        // a timing table by exchange declared: every bid, win and loss is
-        // paired, and every impression waits for its clicks
-        let timing = AggregateConfig {
-            pairing: Some(PairingConfig {
-                landscape: None,
-                timing: Some(Dimensions::of(&[Dimension::Exchange, Dimension::Delay])),
-                window_ms: 60_000,
-                max_pending: 1_000_000,
-            }),
-            ..AggregateConfig::default()
-        };
-        let mut hot = HotPath::new(HotPathConfig { aggregate: timing, ..HotPathConfig::default() });
-        b.iter(|| {
-            for (t, p) in &msgs {
-                hot.process(t, p, now);
-            }
-            hot.aggregator.expire_waiting(now + 120_000);
-            black_box(hot.aggregator.drain());
-        })
-    });
+    // a bid landscape by exchange declared: every bid, win and loss is
+    // paired in memory (the simulator's transactions, in order)
+    let landscape = (Some(Dimensions::of(&[Dimension::Exchange, Dimension::BidPrice])), None);
+    // a timing table by exchange declared: every bid, win and loss is
+    // paired, and every impression waits for its clicks
+    let timing = (None, Some(Dimensions::of(&[Dimension::Exchange, Dimension::Delay])));
+    for (name, (landscape, timing)) in [("message/process+landscape", landscape), ("message/process+timing", timing)] {
+        group.bench_function(name, |b| {
+            let pairing = PairingConfig { landscape, timing, window_ms: 60_000, max_pending: 1_000_000 };
+            let aggregate = AggregateConfig { pairing: Some(pairing), ..AggregateConfig::default() };
+            let mut hot = HotPath::new(HotPathConfig { aggregate, ..HotPathConfig::default() });
+            b.iter(|| {
+                for (t, p) in &msgs {
+                    hot.process(t, p, now);
+                }
+                hot.aggregator.expire_waiting(now + 120_000);
+                black_box(hot.aggregator.drain());
+            })
+        });
+    }
     group.bench_function("message/process+prices", |b| {
         let mut hot = HotPath::new(HotPathConfig { aggregate: prices.clone(), ..HotPathConfig::default() });
         b.iter(|| {

@@ -44,13 +44,15 @@ fn transactions(rng: &mut SmallRng, n: usize, tag: &str, now: i64) -> Vec<TestEv
     events
 }
 
-/// The price tables exact per bucket through a mid-run loss of every
-/// database connection and a graceful stop with coarse rows pending; the
+/// The price tables exact per bucket through a PostgreSQL down for a while
+/// and restarted mid-run and a graceful stop with coarse rows pending; the
 /// rollups unchanged by them; and every quantile read with
 /// `bid_logger_quantile` within 1 % of the exact one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn price_distributions_count_every_priced_event_once_and_give_quantiles_within_one_percent() {
-    let db = fresh_database("prices").await;
+    // Needs a server this test may restart: a private cluster.
+    let pg = bid_logger_tools::pgtemp::TempPostgres::start().expect("throwaway PostgreSQL for the restart");
+    let db = create_database_on(&pg.url(), "prices").await;
     let config = rollup_config(
         "prices",
         "[rollup.price_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"country\", \"os\", \"price\"]\n\n\
@@ -66,15 +68,18 @@ async fn price_distributions_count_every_priced_event_once_and_give_quantiles_wi
         publisher.publish(e, P);
     }
     logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
-    let client = connect(&db).await;
-    assert!(kill_logger_connections(&client).await > 0, "the logger's sessions were killed");
     let second = transactions(&mut rng, 3000, "second", now);
+    pg.stop().expect("stopping PostgreSQL");
     for e in &second {
-        publisher.publish(e, P);
+        publisher.publish(e, P); // (counted while the database is down)
     }
     let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
+    logger.wait_metric("bid_logger_events_accepted_total", all.len() as f64, Duration::from_secs(30));
+    logger.wait_metric("bid_logger_flush_failures_total", 1.0, Duration::from_secs(30));
+    pg.restart().expect("starting PostgreSQL again");
     logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(60));
     logger.stop_ok();
+    let client = connect(&db).await;
 
     for (table, bucket_s, dims) in [
         ("price_hour", 3600, &["exchange", "country", "os", "price_bucket"][..]),
@@ -118,6 +123,20 @@ async fn price_distributions_count_every_priced_event_once_and_give_quantiles_wi
     assert_eq!(null, None, "no q, no quantile");
 }
 
+/// Counts `e` in an hourly table by exchange and bucket (a landscape's
+/// bid price bucket or a timing table's delay bucket), unsampled.
+fn count_hourly(expected: &mut AnyRows, e: &TestEvent, exchange: &str, bucket: u16) {
+    let key = (
+        e.ts.div_euclid(3_600_000) * 3600,
+        e.event_type.to_string(),
+        vec![exchange.to_string(), bucket.to_string()],
+        1_000_000,
+    );
+    let v = expected.entry(key).or_default();
+    v.0 += 1;
+    v.2 += e.price.unwrap_or(0);
+}
+
 /// A bid landscape: every bid under its own price's bucket, every win or
 /// loss under its bid's (in either order, a win without an exchange taking
 /// its bid's), within `landscape-window`; what finds no other half in time
@@ -144,15 +163,7 @@ async fn a_bid_landscape_pairs_each_outcome_with_its_bid_in_either_order_within_
     let mut expected = AnyRows::new();
     let mut add = |e: &TestEvent, exchange: &str, bid_price: i64| {
         let bucket = bid_logger_core::aggregate::price::price_bucket(bid_price).unwrap();
-        let key = (
-            e.ts.div_euclid(3_600_000) * 3600,
-            e.event_type.to_string(),
-            vec![exchange.to_string(), bucket.to_string()],
-            1_000_000,
-        );
-        let v = expected.entry(key).or_default();
-        v.0 += 1;
-        v.2 += e.price.unwrap();
+        count_hourly(&mut expected, e, exchange, bucket);
     };
     let mut first = Vec::new();
     let mut late_wins = Vec::new();
@@ -354,12 +365,14 @@ async fn the_report_gives_each_exchanges_cpm_quantiles_and_its_landscape() {
 /// A timing table: every win or loss under its delay after its bid, every
 /// click under its delay after its impression (each click of a transaction
 /// clicked twice), in either order, from two publishers (the bidder's bids,
-/// the tracker's outcomes and clicks), through a loss of every database
-/// connection and a graceful stop; what finds no other half within the
+/// the tracker's outcomes and clicks), through a PostgreSQL restart with
+/// halves waiting and a graceful stop; what finds no other half within the
 /// window is counted by reason; every quantile of the delays within 1 %.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timing_table_gives_each_delay_after_the_bid_and_the_impression_within_one_percent() {
-    let db = fresh_database("timing").await;
+    // Needs a server this test may restart: a private cluster.
+    let pg = bid_logger_tools::pgtemp::TempPostgres::start().expect("throwaway PostgreSQL for the restart");
+    let db = create_database_on(&pg.url(), "timing").await;
     let config =
         rollup_config("timing", "[rollup.timing_hour]\ngrain = \"hour\"\ndimensions = [\"exchange\", \"delay\"]\n");
     let (mut bidder, mut tracker) = (Publisher::bind(), Publisher::bind());
@@ -395,16 +408,7 @@ async fn a_timing_table_gives_each_delay_after_the_bid_and_the_impression_within
         let click = event("click", click_ts, Some(exchange), None);
         let mut paired = |e: &TestEvent, after: i64| {
             let delay = e.ts - after;
-            let bucket = bid_logger_core::aggregate::price::delay_bucket(delay);
-            let key = (
-                e.ts.div_euclid(3_600_000) * 3600,
-                e.event_type.to_string(),
-                vec![exchange.to_string(), bucket.to_string()],
-                1_000_000,
-            );
-            let v = expected.entry(key).or_default();
-            v.0 += 1;
-            v.2 += e.price.unwrap_or(0);
+            count_hourly(&mut expected, e, exchange, bid_logger_core::aggregate::price::delay_bucket(delay));
             delays.entry((exchange.to_string(), e.event_type)).or_default().push(delay.max(1));
         };
         first.push((bid.clone(), true));
@@ -467,8 +471,8 @@ async fn a_timing_table_gives_each_delay_after_the_bid_and_the_impression_within
     };
     publish(half, &mut bidder, &mut tracker);
     logger.wait_metric("bid_logger_events_flushed_total", half.len() as f64, Duration::from_secs(30));
-    let client = connect(&db).await;
-    assert!(kill_logger_connections(&client).await > 0, "the logger's sessions were killed");
+    // PostgreSQL restarted while halves wait in memory
+    pg.restart().expect("restarting PostgreSQL");
     publish(rest, &mut bidder, &mut tracker);
     logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_secs(5)).await; // past the window
@@ -486,6 +490,7 @@ async fn a_timing_table_gives_each_delay_after_the_bid_and_the_impression_within
     assert_eq!(clicks_unpaired("no_impression"), no_impression as f64);
     assert_eq!(clicks_unpaired("full"), 0.0);
     logger.stop_ok();
+    let client = connect(&db).await;
     let all: Vec<TestEvent> = first.iter().chain(&late).map(|(e, _)| e.clone()).collect();
     assert_warehouse_matches(&client, &all, 1_000_000).await;
     let rows = table_rows(&client, "timing_hour", &["exchange", "delay_bucket"]).await;
