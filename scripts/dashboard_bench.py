@@ -2,7 +2,8 @@
 then times every SQL panel of the warehouse dashboard, and of the prices
 dashboard when the warehouse has its tables (price_hour, landscape_hour);
 see scripts/dashboard-bench. `dashboard_bench.py URL --no-fill` times a
-warehouse filled before."""
+warehouse filled before; `--select NAME=VALUE` (repeated) times the panels
+with that variable at that value instead of All."""
 
 import json
 import re
@@ -12,6 +13,7 @@ import time
 import psycopg
 
 URL = sys.argv[1]
+SELECT = dict(a.split("=", 1) for a in sys.argv[2:] if "=" in a)
 DASHBOARDS = ["grafana/dashboards/bid-logger-warehouse.json", "grafana/dashboards/bid-logger-prices.json"]
 TYPES = "ARRAY['auction','bid','win','loss','impression','click','install','event']"
 COUNTRIES = "ARRAY['US','BR','IN','DE','GB','FR','JP','MX','ID','--']"
@@ -51,19 +53,30 @@ def fill(conn, table, step, buckets, ids):
           file=sys.stderr)
 
 
-# The prices dashboard's tables, as the rollups' tiers: 30 days of hours and
-# a year of days; price tables 3 types × 5 exchanges × 10 countries × 3 OS ×
-# 22 price buckets (9 900 keys a bucket: a tenth of the simulator's price
-# tables, docs/warehouse.md "Sizing"), landscapes 3 types × 5 exchanges
-# × 190 bid buckets (2 850 keys a bucket: the simulator's, 2 790 measured).
-PRICE_KEYS = ("exchange, country, os, price_bucket", "'x' || x, c, o, 400 + 4 * k",
+# The prices dashboard's tables at the simulator's cardinality: price
+# tables 3 types × 5 exchanges × 50 countries × 6 OS × 22 price buckets
+# (99 000 keys a bucket; docs/warehouse.md "Sizing" measures at least
+# 97 512 an hour and 97 728 a day), landscapes 3 types × 5 exchanges × 190
+# bid buckets (2 850 keys a bucket: the simulator's, 2 790 measured). The
+# price tables are filled over the ranges the panels read (they read the
+# hour table up to 3 days back and the day table beyond, 90 days here; the
+# older ranges are pruned by partition): 4 days of hours and 120 of days.
+# The price tables by exchange alone (read with every country and OS) get
+# 3 types × 5 exchanges × 208 price buckets (3 120 keys a bucket: 3 115
+# measured), and hold, like the landscapes, 30 days of hours and a year of
+# days.
+PRICE_KEYS = ("exchange, country, os, price_bucket", "'x' || x, 'c' || c, 'o' || o, 400 + 4 * k",
               "unnest(ARRAY['bid','win','impression']) t, generate_series(1, 5) x, "
-              f"unnest({COUNTRIES}) c, unnest({OSES}) o, generate_series(0, 21) k")
+              "generate_series(1, 50) c, generate_series(1, 6) o, generate_series(0, 21) k")
+PRICE_EXCHANGE_KEYS = ("exchange, price_bucket", "'x' || x, 300 + k",
+                       "unnest(ARRAY['bid','win','impression']) t, generate_series(1, 5) x, generate_series(0, 207) k")
 LANDSCAPE_KEYS = ("exchange, bid_price_bucket", "'x' || x, 300 + k",
                   "unnest(ARRAY['bid','win','loss']) t, generate_series(1, 5) x, generate_series(0, 189) k")
 PRICE_HISTORY = [
-    ("price_hour", "1 hour", 720, PRICE_KEYS),
-    ("price_day", "1 day", 365, PRICE_KEYS),
+    ("price_hour", "1 hour", 96, PRICE_KEYS),
+    ("price_day", "1 day", 120, PRICE_KEYS),
+    ("price_exchange_hour", "1 hour", 720, PRICE_EXCHANGE_KEYS),
+    ("price_exchange_day", "1 day", 365, PRICE_EXCHANGE_KEYS),
     ("landscape_hour", "1 hour", 720, LANDSCAPE_KEYS),
     ("landscape_day", "1 day", 365, LANDSCAPE_KEYS),
 ]
@@ -107,7 +120,7 @@ def expand(sql, variables, start, end, interval_ms):
 
 def main():
     with psycopg.connect(URL, autocommit=True) as conn:
-        if len(sys.argv) < 3 or sys.argv[2] != "--no-fill":
+        if "--no-fill" not in sys.argv[2:]:
             for table, step, buckets, ids in HISTORY:
                 fill(conn, table, step, buckets, ids)
             for table, step, buckets, keys in PRICE_HISTORY:
@@ -131,7 +144,7 @@ def time_dashboard(conn, dash):
         started = time.time()
         values = [r[0] for r in conn.execute(v["query"]).fetchall()]
         print(f"variable {v['name']}: {len(values)} values in {1000 * (time.time() - started):.0f} ms")
-        variables[v["name"]] = v.get("allValue", values)
+        variables[v["name"]] = [SELECT[v["name"]]] if v["name"] in SELECT else v.get("allValue", values)
     # Grafana's default range and a long one, as a panel 1 000 points
     # wide asks for them ($__interval_ms: the range over 1 000)
     ranges = [("6h", 6 * 3600), ("90d", 90 * 86400)]
@@ -156,4 +169,5 @@ def time_dashboard(conn, dash):
     return worst
 
 
-main()
+if __name__ == "__main__":
+    main()
