@@ -321,7 +321,16 @@ CREATE TABLE IF NOT EXISTS {recent} (
     revenue_micros    bigint      NOT NULL,
     updated_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY ({key}, sample_ppm)
-);
+) WITH (fillfactor = 50);
+-- (every fold updates the keys of the open buckets: room on their pages
+-- keeps those updates HOT, with no new index entry; a table made before
+-- gets it for its new pages)
+DO $$
+BEGIN
+    IF NOT coalesce((SELECT reloptions FROM pg_class WHERE oid = '{recent}'::regclass), '{{}}') @> ARRAY['fillfactor=50'] THEN
+        ALTER TABLE {recent} SET (fillfactor = 50);
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS {boundary} (
     rollup       text PRIMARY KEY,
     since        timestamptz NOT NULL,

@@ -187,6 +187,15 @@ async fn migrate_is_idempotent_and_creates_the_warehouse() {
     }
     let versions: i64 = client.query_one("SELECT count(*) FROM bid_logger_migrations", &[]).await.unwrap().get(0);
     assert_eq!(versions as usize, bid_logger::db::migrate::MIGRATIONS.len());
+    // the recent tables leave room for HOT updates, also when made before
+    client.batch_execute("ALTER TABLE rollup_minute_recent RESET (fillfactor)").await.unwrap();
+    assert_eq!(bid_logger(&["migrate", "--database-url", &db]).0, 0);
+    let recent = "SELECT relname::text, coalesce(reloptions, '{}')::text FROM pg_class
+                  WHERE relname LIKE 'rollup%\\_recent' ORDER BY 1";
+    let rows: Vec<(String, String)> =
+        client.query(recent, &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(rows.iter().all(|(_, options)| options == "{fillfactor=50}"), "{rows:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
