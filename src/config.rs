@@ -1159,7 +1159,7 @@ mod tests {
         let c = Settings { rollup: file.rollup, ..base() }.resolve().unwrap();
         let hour = &c.sink.tables[1];
         assert_eq!(hour.retention, Some(Duration::from_secs(30 * 86_400)));
-        assert_eq!((hour.shape.grain, hour.flush_interval), (Grain::Hour, Duration::from_secs(10)), "other keys kept");
+        assert_eq!((hour.shape.grain, hour.flush_interval), (Grain::Hour, Duration::from_secs(60)), "other keys kept");
         let custom = c.sink.tables.iter().find(|t| t.name == "rollup_day_exchange").unwrap();
         assert_eq!(custom.shape, Shape { grain: Grain::Day, dims: Dimensions::of(&[Dimension::Exchange]) });
         assert_eq!((custom.flush_interval, custom.retention), (Duration::from_secs(60), None));

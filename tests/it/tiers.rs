@@ -330,8 +330,9 @@ async fn live_rows_left_by_a_direct_table_leave_with_its_log_when_it_is_coarse_a
     assert!(live > 0, "set-up: rollup_hour has live rows");
     assert_eq!(sum_events(&client, "rollup_hour").await, 300);
 
-    // The default settings: rollup_hour is coarse (10 s, fed through its log).
-    let second = Logger::start(&db, &["--connect", &publisher.endpoint]);
+    // rollup_hour coarse (at 10 s, fed through its log; the default is 60 s)
+    let coarse = rollup_config("coarse-hour", "[rollup.rollup_hour]\nflush-interval = \"10s\"\n");
+    let second = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", &coarse]);
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     while second.metric("bid_logger_log_events_consumed_total", "table=\"rollup_hour\"") < 300.0 {
         assert!(std::time::Instant::now() < deadline, "rollup_hour's log was not consumed");
