@@ -305,9 +305,41 @@ impl ServerCertVerifier for ChainOnly {
 
 /// `prefer`/`require` with no root at hand: encryption without
 /// authentication of the server, as libpq does. The handshake's signatures
-/// are still checked against the certificate presented.
+/// are still checked against the certificate presented, a version 1
+/// certificate's too (webpki parses version 3 only; OpenSSL, and so libpq,
+/// takes both, and Citus makes a version 1 certificate for every node it
+/// sets up).
 #[derive(Debug)]
 struct AnyCertificate(Arc<CryptoProvider>);
+
+impl AnyCertificate {
+    /// Checks `signature` of `message` with the public key of `cert`, a
+    /// certificate webpki does not parse, by each algorithm `scheme` maps
+    /// to; `None` when `cert` is not a certificate at all.
+    fn verify_with_key(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Option<Result<HandshakeSignatureValid, rustls::Error>> {
+        use x509_cert::der::Decode;
+        let parsed = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+        let key = parsed.tbs_certificate.subject_public_key_info.subject_public_key.as_bytes()?.to_vec();
+        let algorithms = &self.0.signature_verification_algorithms;
+        let candidates = algorithms.mapping.iter().find(|(scheme, _)| *scheme == dss.scheme).map(|(_, algs)| *algs);
+        let Some(candidates) = candidates else {
+            return Some(Err(rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            )));
+        };
+        let valid = candidates.iter().any(|alg| alg.verify_signature(&key, message, dss.signature()).is_ok());
+        Some(if valid {
+            Ok(HandshakeSignatureValid::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(CertificateError::BadSignature))
+        })
+    }
+}
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
@@ -328,6 +360,7 @@ impl ServerCertVerifier for AnyCertificate {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+            .or_else(|e| self.verify_with_key(message, cert, dss).unwrap_or(Err(e)))
     }
 
     fn verify_tls13_signature(
@@ -336,7 +369,17 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms).or_else(
+            |e| {
+                // (TLS 1.3 forbids PKCS #1 v1.5 and SHA-1 signatures)
+                use SignatureScheme as S;
+                let legacy = [S::RSA_PKCS1_SHA1, S::RSA_PKCS1_SHA256, S::RSA_PKCS1_SHA384, S::RSA_PKCS1_SHA512];
+                if legacy.contains(&dss.scheme) || dss.scheme == S::ECDSA_SHA1_Legacy {
+                    return Err(e);
+                }
+                self.verify_with_key(message, cert, dss).unwrap_or(Err(e))
+            },
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -127,6 +127,78 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Replaces the server's certificate with a self-signed X.509 version 1
+/// certificate, as Citus makes for each node (and `openssl x509 -req`
+/// without extensions), and reloads.
+async fn give_a_version_1_certificate(server: &TlsServer) {
+    let dir = &server.dir;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl, to make a version 1 certificate: scripts/setup installs it");
+        assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+    };
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "v1.key",
+        "-subj",
+        "/CN=localhost",
+        "-out",
+        "v1.csr",
+    ]);
+    run(&["x509", "-req", "-in", "v1.csr", "-signkey", "v1.key", "-days", "2", "-out", "v1.crt"]);
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-in", "v1.crt", "-noout", "-text"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("Version: 1 (0x0)"), "not a version 1 certificate:\n{text}");
+    let admin = connect(&server.pg.url()).await;
+    let data: String = admin.query_one("SHOW data_directory", &[]).await.unwrap().get(0);
+    let data = PathBuf::from(data);
+    write_server_file(&data, "server.crt", &std::fs::read(dir.join("v1.crt")).unwrap(), 0o644);
+    write_server_file(&data, "server.key", &std::fs::read(dir.join("v1.key")).unwrap(), 0o600);
+    admin.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_certificate_is_accepted_by_require_and_prefer_as_libpq_does() {
+    let server = tls_only_server().await;
+    give_a_version_1_certificate(&server).await;
+    // The reload is asynchronous: psql (libpq) takes the new certificate
+    // once it is served; the logger must take it too.
+    for params in ["sslmode=require", "sslmode=prefer", ""] {
+        let url = server.url("postgres", "127.0.0.1", "postgres", params);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = bid_logger(&["migrate", "--database-url", &url]);
+            if out.status.success() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{params:?}: {}", stderr(&out));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // verify-ca still checks the chain: this certificate is signed by no CA
+    // the client trusts.
+    let url = server.url(
+        "postgres",
+        "127.0.0.1",
+        "postgres",
+        &format!("sslmode=verify-ca&sslrootcert={}", server.file("ca.pem")),
+    );
+    let out = bid_logger(&["migrate", "--database-url", &url]);
+    assert!(!out.status.success(), "verify-ca took a certificate of no trusted CA");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_only_server_is_reached_with_require_and_refuses_plain_connections() {
     let server = tls_only_server().await;
