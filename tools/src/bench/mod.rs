@@ -196,6 +196,11 @@ pub struct Measurement {
     pub rss: u64,
     /// For the logger: when every event had been accepted (flushing aside).
     pub ingested: Option<Duration>,
+    /// For the logger on a local PostgreSQL: the CPU seconds of the logger
+    /// and of every PostgreSQL process from the first published message to
+    /// the logger's exit after a graceful stop (its last flush and delta-log
+    /// consumptions included).
+    pub whole_system_cpu: Option<f64>,
 }
 
 impl Measurement {
@@ -214,6 +219,56 @@ impl Measurement {
     pub fn cpu_per_million(&self) -> f64 {
         self.cpu / (self.events as f64 / 1e6)
     }
+
+    /// The whole system's CPU seconds per million published events.
+    pub fn whole_system_per_million(&self) -> Option<f64> {
+        self.whole_system_cpu.map(|cpu| cpu / (self.events as f64 / 1e6))
+    }
+}
+
+/// A PostgreSQL server on this machine, whose CPU time can be read from
+/// `/proc`: its postmaster's own, its exited children's (backends,
+/// autovacuum workers, checkpoints that ended) and its live children's.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalServer {
+    postmaster: u32,
+}
+
+impl LocalServer {
+    /// The server behind `url`, when its data directory is readable here
+    /// (`None` for a server elsewhere).
+    pub async fn of(url: &str) -> Option<LocalServer> {
+        let client = bid_logger::db::connect(url).await.ok()?;
+        let data: String = client.query_one("SHOW data_directory", &[]).await.ok()?.get(0);
+        let pid = std::fs::read_to_string(std::path::Path::new(&data).join("postmaster.pid")).ok()?;
+        let postmaster = pid.lines().next()?.trim().parse().ok()?;
+        std::path::Path::new(&format!("/proc/{postmaster}")).exists().then_some(LocalServer { postmaster })
+    }
+
+    /// Its CPU seconds so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let fields = |pid: &str| -> Option<Vec<String>> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            Some(stat.rsplit_once(')')?.1.split_whitespace().map(String::from).collect())
+        };
+        let ticks = |f: &[String], i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let pm = self.postmaster.to_string();
+        // utime, stime, cutime, cstime: fields 14–17 of stat, 11–14 after the name
+        let mut total = fields(&pm).map_or(0.0, |f| (11..15).map(|i| ticks(&f, i)).sum());
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == pm || !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if let Some(f) = fields(&name) {
+                if f.get(1) == Some(&pm) {
+                    total += ticks(&f, 11) + ticks(&f, 12);
+                }
+            }
+        }
+        // SAFETY: sysconf has no preconditions.
+        total / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
 }
 
 /// How the stream reaches a subject.
@@ -231,12 +286,15 @@ pub enum Feed {
 
 /// Runs one subject: `spawn` starts it (given the endpoint), `subscriptions`
 /// is how many topics it subscribes to, `done` polls whether it has finished
-/// (given the child) and is called every 10 ms.
+/// (given the child) and is called every 10 ms. With `server`, the subject
+/// is then stopped gracefully (SIGTERM) and the whole system's CPU is read
+/// up to its exit.
 pub fn measure(
     name: &str,
     stream: &Stream,
     subscriptions: usize,
     feed: Feed,
+    server: Option<LocalServer>,
     spawn: impl FnOnce(&str) -> Child,
     mut done: impl FnMut(&mut Child) -> Progress,
 ) -> Measurement {
@@ -261,6 +319,7 @@ pub fn measure(
             }
         });
         let (t0, cpu0) = rx.recv().expect("publisher started");
+        let server0 = server.map(|s| s.cpu_seconds());
         let deadline = t0 + Duration::from_secs(600);
         let mut peak = 0;
         let mut ingested = None;
@@ -275,15 +334,36 @@ pub fn measure(
             assert!(Instant::now() < deadline, "{name} did not finish within 600 s");
             std::thread::sleep(Duration::from_millis(10));
         };
+        let whole_system_cpu = server.zip(server0).map(|(server, server0)| {
+            let logger = stop_gracefully(&mut child, pid, deadline);
+            logger - cpu0 + server.cpu_seconds() - server0
+        });
         let socket = handle.join().expect("publisher thread");
         let events = stream.messages.len() as u64;
-        (Measurement { name: name.to_string(), events, elapsed, cpu, rss: peak, ingested }, socket)
+        let m = Measurement { name: name.to_string(), events, elapsed, cpu, rss: peak, ingested, whole_system_cpu };
+        (m, socket)
     });
     let (m, socket) = publisher;
     drop(socket);
     let _ = child.kill();
     let _ = child.wait();
     m
+}
+
+/// Asks `child` (process `pid`) to stop (SIGTERM) and waits for its exit;
+/// returns its CPU seconds as last read before it exited (every 10 ms).
+fn stop_gracefully(child: &mut Child, pid: u32, deadline: Instant) -> f64 {
+    // SAFETY: kill with our child's pid and a valid signal.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let mut cpu = cpu_seconds(pid);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return cpu;
+        }
+        cpu = cpu.max(cpu_seconds(pid));
+        assert!(Instant::now() < deadline, "the subject did not exit within 600 s of its start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Stops process `pid` (SIGSTOP) and waits until it is stopped.
@@ -411,6 +491,14 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     let subscribed_all = subscription_count(p, Rate::ALL);
     let n = cfg.count as u64;
     let (logger_exe, tools_exe) = (cfg.logger.clone(), cfg.tools.clone());
+    // The whole system's CPU (logger + PostgreSQL) is read when the server
+    // runs on this machine.
+    let server = LocalServer::of(server_url).await;
+    if server.is_none() {
+        eprintln!(
+            "bench: PostgreSQL is not on this machine (or its data directory is unreadable): no whole-system CPU"
+        );
+    }
     let mut results = Vec::new();
 
     let null = |name: &str, sample: &str, count: u64, subs: usize, feed: Feed| {
@@ -420,6 +508,7 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
             &stream,
             subs,
             feed,
+            None,
             |ep| {
                 spawn(
                     &tools_exe,
@@ -449,6 +538,7 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
             &stream,
             subs,
             feed,
+            server,
             |ep| {
                 let child = spawn(&logger_exe, &logger_args(ep, &db, p, sample, port));
                 settled(port);
@@ -506,6 +596,7 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
             &stream,
             1,
             feed,
+            None,
             |ep| {
                 spawn(
                     "python3",
@@ -599,6 +690,9 @@ fn median(rounds: &[Measurement]) -> Measurement {
         cpu: mid(rounds.iter().map(|m| m.cpu).collect()),
         rss: rounds.iter().map(|m| m.rss).max().unwrap_or(0),
         ingested: first.ingested.map(|_| mid(rounds.iter().filter_map(|m| m.ingested).collect())),
+        whole_system_cpu: first
+            .whole_system_cpu
+            .map(|_| mid(rounds.iter().filter_map(|m| m.whole_system_cpu).collect())),
     }
 }
 
@@ -695,6 +789,15 @@ fn print_backlog(results: &[Measurement]) {
             logger.ingest_rate() / null.ingest_rate(),
             logger.cpu_per_million() / null.cpu_per_million()
         );
+        if let Some(whole) = logger.whole_system_per_million() {
+            println!(
+                "backlog: whole system (logger + PostgreSQL, up to the logger's graceful exit) / null subscriber: {:.2} / {:.2} \
+                 CPU s per M events = {:.2}×",
+                whole,
+                null.cpu_per_million(),
+                whole / null.cpu_per_million()
+            );
+        }
         if let Some(py) = find("python baseline") {
             println!(
                 "backlog: logger / python baseline: drain rate {:.1}× (null subscriber / python: {:.1}×)",
@@ -768,6 +871,15 @@ fn print_table(results: &[Measurement], stream: &Stream) {
             logger.rate() / null.rate(),
             logger.cpu_per_million() / null.cpu_per_million()
         );
+        if let Some(whole) = logger.whole_system_per_million() {
+            println!(
+                "whole system (logger + PostgreSQL, up to the logger's graceful exit) / null subscriber: {:.2} / {:.2} \
+                 CPU s per M events = {:.2}×",
+                whole,
+                null.cpu_per_million(),
+                whole / null.cpu_per_million()
+            );
+        }
         if let Some(py) = find("python baseline") {
             println!(
                 "logger / python baseline: ingest throughput {:.1}×, end-to-end throughput {:.1}×, CPU per event {:.3}× ({:.1}× less)",
