@@ -26,7 +26,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// `sslmode`, as libpq spells it.
@@ -313,26 +313,37 @@ impl ServerCertVerifier for ChainOnly {
 struct AnyCertificate(Arc<CryptoProvider>);
 
 impl AnyCertificate {
-    /// Checks `signature` of `message` with the public key of `cert`, a
-    /// certificate webpki does not parse, by each algorithm `scheme` maps
-    /// to; `None` when `cert` is not a certificate at all.
+    /// Checks the handshake's signature of `message` with the public key of
+    /// `cert` when it is a version 1 or 2 certificate (which webpki does not
+    /// parse), with rustls' own rules for the key and the scheme: in TLS 1.3
+    /// the scheme's one algorithm, in TLS 1.2 those it maps to whose key type
+    /// is the certificate's. `None` when `cert` is a version 3 certificate
+    /// or no certificate at all (webpki's error stands).
     fn verify_with_key(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
+        tls13: bool,
     ) -> Option<Result<HandshakeSignatureValid, rustls::Error>> {
-        use x509_cert::der::Decode;
+        use x509_cert::der::{Decode, Encode};
         let parsed = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
-        let key = parsed.tbs_certificate.subject_public_key_info.subject_public_key.as_bytes()?.to_vec();
+        if parsed.tbs_certificate.version == x509_cert::certificate::Version::V3 {
+            return None;
+        }
+        let spki = SubjectPublicKeyInfoDer::from(parsed.tbs_certificate.subject_public_key_info.to_der().ok()?);
         let algorithms = &self.0.signature_verification_algorithms;
-        let candidates = algorithms.mapping.iter().find(|(scheme, _)| *scheme == dss.scheme).map(|(_, algs)| *algs);
-        let Some(candidates) = candidates else {
+        if tls13 {
+            return Some(rustls::crypto::verify_tls13_signature_with_raw_key(message, &spki, dss, algorithms));
+        }
+        let key = webpki::RawPublicKeyEntity::try_from(&spki).ok()?;
+        let Some((_, candidates)) = algorithms.mapping.iter().find(|(scheme, _)| *scheme == dss.scheme) else {
             return Some(Err(rustls::Error::PeerMisbehaved(
                 rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
             )));
         };
-        let valid = candidates.iter().any(|alg| alg.verify_signature(&key, message, dss.signature()).is_ok());
+        // (a candidate for another key type fails on the key's algorithm)
+        let valid = candidates.iter().any(|alg| key.verify_signature(*alg, message, dss.signature()).is_ok());
         Some(if valid {
             Ok(HandshakeSignatureValid::assertion())
         } else {
@@ -360,7 +371,7 @@ impl ServerCertVerifier for AnyCertificate {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-            .or_else(|e| self.verify_with_key(message, cert, dss).unwrap_or(Err(e)))
+            .or_else(|e| self.verify_with_key(message, cert, dss, false).unwrap_or(Err(e)))
     }
 
     fn verify_tls13_signature(
@@ -369,17 +380,8 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms).or_else(
-            |e| {
-                // (TLS 1.3 forbids PKCS #1 v1.5 and SHA-1 signatures)
-                use SignatureScheme as S;
-                let legacy = [S::RSA_PKCS1_SHA1, S::RSA_PKCS1_SHA256, S::RSA_PKCS1_SHA384, S::RSA_PKCS1_SHA512];
-                if legacy.contains(&dss.scheme) || dss.scheme == S::ECDSA_SHA1_Legacy {
-                    return Err(e);
-                }
-                self.verify_with_key(message, cert, dss).unwrap_or(Err(e))
-            },
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+            .or_else(|e| self.verify_with_key(message, cert, dss, true).unwrap_or(Err(e)))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
