@@ -158,17 +158,25 @@ fn null_receive(socket: &zmq::Socket, count: u64) {
     std::hint::black_box(bytes);
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name (which is in
+/// parentheses and may hold spaces): state, ppid, … utime is field 14 of
+/// stat, index 11 here; stime, cutime, cstime follow. Empty when the
+/// process is gone.
+fn stat_fields(pid: &str) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').map_or_else(Vec::new, |(_, rest)| rest.split_whitespace().map(String::from).collect())
+}
+
+/// The sum of `fields`' clock ticks at `indices`, in seconds.
+fn seconds(fields: &[String], indices: std::ops::Range<usize>) -> f64 {
+    let ticks: f64 = indices.map(|i| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)).sum();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 /// CPU seconds (user + system) a process has used so far.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
+    seconds(&stat_fields(&pid.to_string()), 11..13)
 }
 
 /// Peak resident set size of a process, in bytes.
@@ -245,29 +253,22 @@ impl LocalServer {
         std::path::Path::new(&format!("/proc/{postmaster}")).exists().then_some(LocalServer { postmaster })
     }
 
-    /// Its CPU seconds so far.
+    /// Its CPU seconds so far: the postmaster's utime, stime, cutime and
+    /// cstime, and the utime and stime of its live children.
     pub fn cpu_seconds(&self) -> f64 {
-        let fields = |pid: &str| -> Option<Vec<String>> {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            Some(stat.rsplit_once(')')?.1.split_whitespace().map(String::from).collect())
-        };
-        let ticks = |f: &[String], i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         let pm = self.postmaster.to_string();
-        // utime, stime, cutime, cstime: fields 14–17 of stat, 11–14 after the name
-        let mut total = fields(&pm).map_or(0.0, |f| (11..15).map(|i| ticks(&f, i)).sum());
+        let mut total = seconds(&stat_fields(&pm), 11..15);
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name == pm || !name.bytes().all(|b| b.is_ascii_digit()) {
                 continue;
             }
-            if let Some(f) = fields(&name) {
-                if f.get(1) == Some(&pm) {
-                    total += ticks(&f, 11) + ticks(&f, 12);
-                }
+            let f = stat_fields(&name);
+            if f.get(1) == Some(&pm) {
+                total += seconds(&f, 11..13);
             }
         }
-        // SAFETY: sysconf has no preconditions.
-        total / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+        total
     }
 }
 
@@ -789,15 +790,7 @@ fn print_backlog(results: &[Measurement]) {
             logger.ingest_rate() / null.ingest_rate(),
             logger.cpu_per_million() / null.cpu_per_million()
         );
-        if let Some(whole) = logger.whole_system_per_million() {
-            println!(
-                "backlog: whole system (logger + PostgreSQL, up to the logger's graceful exit) / null subscriber: {:.2} / {:.2} \
-                 CPU s per M events = {:.2}×",
-                whole,
-                null.cpu_per_million(),
-                whole / null.cpu_per_million()
-            );
-        }
+        print_whole_system("backlog: ", logger, null);
         if let Some(py) = find("python baseline") {
             println!(
                 "backlog: logger / python baseline: drain rate {:.1}× (null subscriber / python: {:.1}×)",
@@ -839,6 +832,20 @@ async fn fresh_db(server_url: &str, prefix: &str) -> anyhow::Result<String> {
     Ok(crate::demo::with_dbname(server_url, &name)?)
 }
 
+/// The whole system's CPU per event against the null subscriber's, when it
+/// was measured.
+fn print_whole_system(prefix: &str, logger: &Measurement, null: &Measurement) {
+    if let Some(whole) = logger.whole_system_per_million() {
+        println!(
+            "{prefix}whole system (logger + PostgreSQL, up to the logger's graceful exit) / null subscriber: {:.2} / \
+             {:.2} CPU s per M events = {:.2}×",
+            whole,
+            null.cpu_per_million(),
+            whole / null.cpu_per_million()
+        );
+    }
+}
+
 fn print_table(results: &[Measurement], stream: &Stream) {
     println!(
         "\nstream: {} messages, mean payload {:.0} bytes, partition count {}",
@@ -871,15 +878,7 @@ fn print_table(results: &[Measurement], stream: &Stream) {
             logger.rate() / null.rate(),
             logger.cpu_per_million() / null.cpu_per_million()
         );
-        if let Some(whole) = logger.whole_system_per_million() {
-            println!(
-                "whole system (logger + PostgreSQL, up to the logger's graceful exit) / null subscriber: {:.2} / {:.2} \
-                 CPU s per M events = {:.2}×",
-                whole,
-                null.cpu_per_million(),
-                whole / null.cpu_per_million()
-            );
-        }
+        print_whole_system("", logger, null);
         if let Some(py) = find("python baseline") {
             println!(
                 "logger / python baseline: ingest throughput {:.1}×, end-to-end throughput {:.1}×, CPU per event {:.3}× ({:.1}× less)",
