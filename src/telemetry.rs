@@ -146,7 +146,7 @@ metrics_table! {
     histogram FLUSH_DURATION = "bid_logger_flush_duration_seconds", Seconds, "",
         "Duration of successful flushes (one transaction: the live rows, the delta logs, the raw sample; buckets 1 ms … 30 s).";
     counter ROWS_UPSERTED = "bid_logger_rows_upserted_total", Count, "`table` = each rollup table",
-        "Rows inserted or updated in a table's merged rows: by its folds and consumptions, and a direct table's late rows by every batch.";
+        "Rows inserted or updated in a table's merged and recent rows, by its folds and consumptions (a batch only appends).";
     counter EVENTS_FLUSHED = "bid_logger_events_flushed_total", Count, "",
         "Events written: in every table's delta log (and a direct table's live rows), in one transaction (each event counted once).";
     counter FLUSH_FAILURES = "bid_logger_flush_failures_total", Count, "",

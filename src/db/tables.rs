@@ -5,15 +5,17 @@
 //! tables split by the table's *boundary* `B`, a bucket (its row of
 //! [`BOUNDARY_TABLE`]): `T_merged` (keyed rows of buckets before `B`,
 //! range-partitioned), `T_recent` (keyed sums of buckets from `B` on) and
-//! `T_live` (rows of batches not folded yet, from `B` on). It also has a
-//! *delta log*, `bid_logger_log_<table>`: one row per batch holding the
-//! batch's rows of the table in PostgreSQL's binary `COPY` format.
+//! `T_live` (rows of batches not folded yet; the view shows those from `B`
+//! on). It also has a *delta log*, `bid_logger_log_<table>`: one row per
+//! batch holding the batch's rows of the table in PostgreSQL's binary
+//! `COPY` format.
 //!
 //! A table is *direct* when its flush interval is the logger's own
-//! `flush-interval`: every batch share-locks the table's boundary, appends
-//! its rows of buckets from `B` on to `T_live` and to the log, and upserts
-//! its older rows (late events) into `T_merged`, all in the batch's
-//! transaction. A *coarse* table (a longer interval) gets only the log row.
+//! `flush-interval`: every batch appends all its rows of the table to
+//! `T_live` and to the log, in the batch's transaction, and does nothing
+//! else to it (it reads no boundary and locks no row): a late event's row
+//! (a bucket before `B`) is shown once the next fold has added it to
+//! `T_merged`. A *coarse* table (a longer interval) gets only the log row.
 //! A log is consumed (*folded*, for a direct table) at
 //! [`RollupTable::consume_interval`]: one transaction deletes the log's
 //! rows, `COPY`s their sums into a staging table, upserts them
@@ -72,17 +74,16 @@ pub const FOLD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How far a direct table's boundary (see [`RollupTable::view_sql`]) stays
 /// behind the clock, in minutes: a fold moves it to the start of the bucket
-/// holding the minute this many minutes before its own. Rows of newer
-/// buckets are appended by the batches (and folded into `<name>_recent`);
-/// rows of older ones, late events (few), are upserted into the merged
-/// table by the batch itself.
+/// holding the minute this many minutes before its own. A batch's rows of
+/// newer buckets are shown as soon as it commits (and folded into
+/// `<name>_recent`); rows of older ones, late events (few), once a fold has
+/// added them to the merged table.
 pub const LIVE_MINUTES: i64 = 1;
 
 /// The table holding each rollup table's boundary: the oldest bucket its
-/// recent and live rows may hold, every bucket of its merged table being
-/// older. A batch holds a direct table's boundary with a shared advisory
-/// lock (the sink's `boundary_lock`) from before it reads it to its commit;
-/// a fold that moves it takes that lock exclusively.
+/// recent rows (and the live rows the view shows) may hold, every bucket of
+/// its merged table being older. Only a consumption of the table's log,
+/// which holds the log's lock, reads it to split its sums and moves it.
 pub const BOUNDARY_TABLE: &str = "bid_logger_boundary";
 
 /// A default table: (name, grain, dimensions, retention in days, 0 = forever).
@@ -374,6 +375,12 @@ BEGIN
         EXECUTE {view};
     ELSIF (SELECT relkind FROM pg_class WHERE oid = to_regclass('{name}')) <> 'v' THEN
         RAISE EXCEPTION '{name} exists and is not a partitioned table or the view bid-logger makes: rename or drop it';
+    ELSIF position('{boundary}' in pg_get_viewdef('{name}'::regclass)) = 0 THEN
+        -- made by a release whose batches upserted late rows themselves:
+        -- the live rows it shows now stop at the boundary (same columns,
+        -- so its grants and its _est view stay)
+        EXECUTE {view};
+        RAISE NOTICE '{name}: its view now shows live rows from its boundary on';
     END IF;
     IF to_regclass('{name}_est') IS NULL THEN
         EXECUTE {est};
@@ -396,26 +403,30 @@ END $$;
     /// of [`BOUNDARY_TABLE`]): the merged table holds keys of buckets before
     /// `B`, each once; `<name>_recent` (keyed, small) the folded sums of
     /// buckets from `B` on; `<name>_live` the rows of batches not folded yet,
-    /// all from `B` on too. The merged table is read as it is (its ranges
-    /// pruned, its scans parallel, exactly as a plain table's), and only the
-    /// recent and live rows, a few minutes of keys, are added up per key.
+    /// of which the view shows those from `B` on (a late event's row, before
+    /// `B`, is shown once folded into the merged table: never twice). The
+    /// merged table is read as it is (its ranges pruned, its scans parallel,
+    /// exactly as a plain table's), and only the recent and live rows, a few
+    /// minutes of keys, are added up per key.
     pub fn view_sql(&self) -> String {
         let key = self.key_columns();
         let cols = format!("{key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at");
         format!(
-            "CREATE VIEW {name} AS
+            "CREATE OR REPLACE VIEW {name} AS
 SELECT {cols} FROM {merged}
 UNION ALL
 SELECT {key}, sample_ppm, sum(events)::bigint, sum(attributed_events)::bigint, sum(price_micros)::bigint,
        sum(revenue_micros)::bigint, max(updated_at)
 FROM (SELECT {cols} FROM {recent}
       UNION ALL
-      SELECT {cols} FROM {live}) open
+      SELECT {cols} FROM {live}
+      WHERE bucket >= (SELECT since FROM {boundary} WHERE rollup = '{name}')) open
 GROUP BY {key}, sample_ppm",
             name = self.name,
             merged = self.merged,
             recent = self.recent_table(),
             live = self.live_table(),
+            boundary = BOUNDARY_TABLE,
         )
     }
 

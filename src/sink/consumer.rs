@@ -61,6 +61,7 @@ impl Consumer {
         for table in &tables {
             // exported from the start, so that rates and alerts see a zero
             counter!(t::LOG_FAILURES, "table" => table.name.clone()).increment(0);
+            counter!(t::ROWS_UPSERTED, "table" => table.name.clone()).increment(0);
         }
         if tables.is_empty() {
             return None;

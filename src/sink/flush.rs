@@ -6,15 +6,12 @@
 //!    table)` with `ON CONFLICT DO NOTHING`. If they exist, an earlier
 //!    attempt whose `COMMIT` outcome was lost (connection killed, server
 //!    restarted) did land, and nothing is written again.
-//! 2. For each *direct* table: binary `COPY` of its rows into a temporary
-//!    staging table, then an additive upsert, a plain
-//!    `INSERT … SELECT … ON CONFLICT DO UPDATE` of the stage. Rows are staged
-//!    in key order and a freshly filled temporary table is read back in the
-//!    order it was written, so every instance locks rows in key order and
-//!    two instances do not deadlock on overlapping keys (were that order
-//!    ever broken, PostgreSQL would detect the deadlock and the batch would
-//!    be retried: a deadlock is a transient error).
-//! 3. For each *coarse* table: binary `COPY` of its rows into its delta log.
+//! 2. For each table: its rows as one row of its delta log (one compressed
+//!    payload) and, for a *direct* table, as its live rows (binary `COPY`),
+//!    whatever their buckets. A batch only appends: it locks no row of the
+//!    tables, so batches (of one instance or of a fleet) never wait for one
+//!    another or for a fold.
+//! 3. (the log is the only way in for a *coarse* table)
 //! 4. The batch's raw rows (`events_sample`).
 //! 5. Its committed sequence marks and event count ([`marks::record`]).
 //!
@@ -66,8 +63,6 @@ pub struct Writer<'a> {
 pub enum Written {
     /// The rows were written now.
     Now {
-        /// Rows inserted or updated per table (0 for a logged one).
-        rows: Vec<u64>,
         /// Rows written to `events_sample`.
         raw_rows: u64,
         /// Ranges created, per entry of the `ranges` the batch was written with.
@@ -209,81 +204,27 @@ struct LogRow {
 struct TablePlan {
     /// Its log row (none when the batch has no rows of it).
     log: Option<LogRow>,
-    /// A direct table's rows of recent buckets: its live rows.
+    /// A direct table's rows (all of them, late events' too): its live rows.
     live: Option<Vec<Row>>,
-    /// A direct table's rows of older buckets (late events, few): their
-    /// sums in a fold's order (its encoded key's), to be staged and upserted
-    /// into its merged table, so that a batch and a fold never lock the
-    /// same rows in opposite orders.
-    late: Option<Bytes>,
 }
 
 impl TablePlan {
-    /// `since`: a direct table's boundary, in minutes (`i64::MAX`: it has
-    /// none, every row goes to the merged table).
-    fn new(table: &RollupTable, rows: &[Row], ppm: &Ppm, since: i64) -> TablePlan {
-        let log_of = |rows: &[Row]| LogRow {
+    fn new(table: &RollupTable, rows: &[Row], ppm: &Ppm) -> TablePlan {
+        if rows.is_empty() {
+            return TablePlan { log: None, live: None };
+        }
+        let log = LogRow {
             events: rows.iter().map(|r| r.1.events as i64).sum(),
             rows: rows.len() as i64,
             payload: pack(&encode_rows(table, rows, Some(ppm), true, true)),
         };
-        if rows.is_empty() {
-            return TablePlan { log: None, live: None, late: None };
-        }
-        if table.logged {
-            return TablePlan { log: Some(log_of(rows)), live: None, late: None };
-        }
-        // A direct table: the rows of buckets from its boundary on go to its
-        // live table and its log, which the fold consumes; older ones to its
-        // merged table, which holds every bucket before the boundary.
-        let (recent, late): (Vec<Row>, Vec<Row>) = rows.iter().cloned().partition(|r: &Row| r.0.minute >= since);
-        let late = (!late.is_empty()).then(|| {
-            let mut sums = Merged::new(table.shape);
-            sums.add_rows(&encode_rows(table, &late, Some(ppm), true, true))
-                .expect("rows encoded by encode_rows decode");
-            sums.encode(None).payload
-        });
-        if recent.is_empty() {
-            return TablePlan { log: None, live: None, late };
-        }
-        TablePlan { log: Some(log_of(&recent)), live: Some(recent), late }
+        // A direct table's rows are also its live rows, whatever their
+        // buckets: the view shows those from its boundary on at once, and
+        // a late event's (before the boundary) once the fold has added it
+        // to the merged table (see `RollupTable::view_sql`).
+        let live = (!table.logged).then(|| rows.to_vec());
+        TablePlan { log: Some(log), live }
     }
-}
-
-/// Takes the shared advisory locks `$1` (the direct tables' boundary locks,
-/// in key order), held until the commit: no fold can move one of those
-/// boundaries meanwhile. (An advisory lock, not a row lock: a fold waiting
-/// for the exclusive lock is queued ahead of the batches that come after
-/// it, where a row's `FOR SHARE` lets them pass and can starve it.)
-const LOCK_BOUNDARIES: &str =
-    "SELECT pg_advisory_xact_lock_shared(k) FROM (SELECT unnest($1::bigint[]) AS k ORDER BY 1) keys";
-
-/// The boundaries of the tables `$1`, in seconds since the epoch; read in a
-/// statement after `LOCK_BOUNDARIES` (so that its snapshot is taken once
-/// the locks are held, after any move before them has committed).
-const READ_BOUNDARIES: &str =
-    "SELECT rollup, extract(epoch FROM since)::float8 FROM bid_logger_boundary WHERE rollup = ANY($1::text[])";
-
-/// The advisory-lock key of `table`'s boundary ("bidbnd" and a hash of
-/// the name): shared by its batches, exclusive for a fold moving it.
-pub fn boundary_lock(table: &str) -> i64 {
-    let hash = bid_logger_core::wire::fnv1a64(table.as_bytes());
-    (0x6269_6462_6e64_i64 << 16) ^ (hash & 0xffff_ffff) as i64
-}
-
-/// The boundary of each of `tables` in minutes, from `READ_BOUNDARIES`'s
-/// rows (`i64::MAX` for a logged table, or a direct one without a row).
-fn boundaries(tables: &[RollupTable], rows: &[tokio_postgres::Row]) -> Vec<i64> {
-    tables
-        .iter()
-        .map(|t| {
-            rows.iter()
-                .find(|r| r.get::<_, &str>(0) == t.name)
-                .map(|r| (r.get::<_, f64>(1) / 60.0).floor() as i64)
-                .filter(|_| !t.logged)
-                .unwrap_or(i64::MAX)
-        })
-        .collect()
 }
 
 /// The start of `minute` (at most the year 9575: a table without a
@@ -324,72 +265,37 @@ pub async fn write_batch(
     let ledger: [&(dyn ToSql + Sync); 6] = [&instance, &id.run_id, &id.batch, &(batch.events as i64), &names, &counts];
     // A fleet member's transaction is bounded when idle (see
     // `assignment::idle_timeout`), set with the ledger row in one round trip.
-    // The direct tables' boundaries are locked and read in the same round
-    // trip. The read must run after the lock: `query_typed` sends a whole
-    // statement when first polled, so the two go out in this order (`query`
-    // would prepare first and send each on a later poll, in whichever order
-    // the preparations' answers wake them).
-    let direct: Vec<&str> = tables.iter().filter(|t| !t.logged).map(|t| t.name.as_str()).collect();
-    let keys: Vec<i64> = direct.iter().map(|t| boundary_lock(t)).collect();
-    let ledger_and_boundaries = async {
-        let (inserted, _, read) = futures_util::future::try_join3(
-            tx.execute(INSERT_LEDGER, &ledger),
-            tx.query_typed(LOCK_BOUNDARIES, &[(&keys, Type::INT8_ARRAY)]),
-            tx.query_typed(READ_BOUNDARIES, &[(&direct, Type::TEXT_ARRAY)]),
-        )
-        .await?;
-        Ok::<_, tokio_postgres::Error>((inserted, read))
-    };
-    let (inserted, locked) = match &mark.fence {
+    let inserted = match &mark.fence {
         Some(fence) => {
-            futures_util::future::try_join(ledger_and_boundaries, tx.batch_execute(&fence.idle_timeout)).await?.0
+            futures_util::future::try_join(tx.execute(INSERT_LEDGER, &ledger), tx.batch_execute(&fence.idle_timeout))
+                .await?
+                .0
         }
-        None => ledger_and_boundaries.await?,
+        None => tx.execute(INSERT_LEDGER, &ledger).await?,
     };
     if inserted == 0 {
         tx.rollback().await?;
         return Ok(Written::Already);
     }
     let ppm = sample_ppm.map(|p| p as i32);
-    let since = boundaries(tables, &locked);
-    let plans: Vec<TablePlan> = tables
-        .iter()
-        .zip(&batch.tables)
-        .zip(&since)
-        .map(|((t, rows), &since)| TablePlan::new(t, rows, &ppm, since))
-        .collect();
-    // One round trip: every table's log row, and the stages of late rows.
+    let plans: Vec<TablePlan> =
+        tables.iter().zip(&batch.tables).map(|(t, rows)| TablePlan::new(t, rows, &ppm)).collect();
+    // One round trip: every table's log row.
     let txr = &tx;
-    let appends = futures_util::future::try_join_all(tables.iter().zip(&plans).map(|(table, plan)| async move {
+    let log_ids = futures_util::future::try_join_all(tables.iter().zip(&plans).map(|(table, plan)| async move {
         let Some(log) = &plan.log else { return Ok(None) };
         let sql = table.log_append_sql();
         let params: [&(dyn ToSql + Sync); 3] = [&log.events, &log.rows, &log.payload];
         Ok::<_, tokio_postgres::Error>(Some(txr.query_one(&sql, &params).await?.get::<_, i64>(0)))
-    }));
-    let stages = futures_util::future::try_join_all(tables.iter().zip(&plans).filter(|(_, p)| p.late.is_some()).map(
-        |(t, _)| async move {
-            let sql = t.stage_sql(true);
-            txr.batch_execute(&sql).await
-        },
-    ));
-    let (log_ids, _) = futures_util::future::try_join(appends, stages).await?;
-    let mut upserted = Vec::with_capacity(tables.len());
-    for (((table, plan), log_id), &since) in tables.iter().zip(&plans).zip(log_ids).zip(&since) {
-        let mut n = 0;
+    }))
+    .await?;
+    for ((table, plan), log_id) in tables.iter().zip(&plans).zip(log_ids) {
         if let (Some(live), Some(log_id)) = (&plan.live, log_id) {
             let sink = tx.copy_in::<_, Bytes>(&table.live_copy_sql()).await?;
             pin_mut!(sink);
             sink.send(encode_live_rows(table, live, &ppm, log_id)).await?;
             sink.finish().await?;
         }
-        if let Some(late) = &plan.late {
-            let sink = tx.copy_in::<_, Bytes>(&table.copy_sql(true)).await?;
-            pin_mut!(sink);
-            sink.send(late.clone()).await?;
-            sink.finish().await?;
-            n = tx.execute(&table.log_upsert_sql(false), &[&minute_time(since)]).await?;
-        }
-        upserted.push(n);
     }
     let raw_rows = copy_raw(&tx, batch, raw_sample_ppm).await?;
     // Last, so the rows it locks (shared by the parts) are held only until the commit.
@@ -399,7 +305,7 @@ pub async fn write_batch(
         marks::check(&tx, instance, fence).await?;
     }
     tx.commit().await?;
-    Ok(Written::Now { rows: upserted, raw_rows, ranges_created })
+    Ok(Written::Now { raw_rows, ranges_created })
 }
 
 /// What one consumption of a log did.
@@ -448,14 +354,10 @@ pub const MAX_CONSUME_ROWS: i64 = 64;
 /// boundary when it is due and `may_move`, in the same transaction.
 ///
 /// The boundary moves only in a consumption, and this one holds the log's
-/// lock: it is read as it is. When it is due to move (and the log was
-/// taken whole), the transaction moves the recent rows before the new
-/// boundary into the merged table first, and only then locks the boundary:
-/// that waits for the batches that share-locked it to commit and holds the
-/// next ones back until this commits, so the wait is short
-/// ([`BOUNDARY_WAIT`]) and what follows is bounded by [`MOVE_TIMEOUT`]: the
-/// log rows committed in between are folded (split at the new boundary),
-/// and the boundary is set.
+/// lock: it is read as it is, and no batch reads it (a batch appends every
+/// row to the log and the live table). When it is due to move (and the log
+/// was taken whole), the same transaction moves the recent rows before the
+/// new boundary into the merged table and sets it ([`move_boundary`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn consume(
     client: &mut tokio_postgres::Client,
@@ -492,23 +394,21 @@ pub async fn consume(
     }
     let (mut moved, mut move_retry) = (Moved::No, None);
     if let Some(within) = move_within.filter(|_| moves) {
-        // A savepoint: a move that runs out of time (a batch holding the
-        // boundary, a lock on the merged table) is undone, and the fold
-        // before it still commits.
+        // A savepoint: a move that runs out of time (a lock on the recent
+        // or merged table) is undone, and the fold before it still commits.
         tx.batch_execute("SAVEPOINT bid_logger_move").await?;
-        match move_boundary(&tx, table, feeds, limit, now_ms, next, within).await {
-            Ok(Some(after)) => {
-                done = done.and(after);
+        match move_boundary(&tx, table, now_ms, next, within).await {
+            Ok(rows) => {
+                done.rows += rows;
                 moved = Moved::Yes;
             }
-            Ok(None) => moved = Moved::OutOfTime,
             Err(e) if e.is_timeout_or_deadlock() => moved = Moved::OutOfTime,
             Err(e) => return Err(e),
         }
         if moved == Moved::OutOfTime {
             tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_move").await?;
-            // Whichever member tries next waits (doubling): each attempt holds
-            // the table's batches back while it waits for the boundary.
+            // Whichever member tries next waits (doubling): each attempt
+            // holds the folds of the table back while it waits for the lock.
             let wait: f64 = tx.query_one(BACK_OFF_MOVE, &[&table.name]).await?.get(0);
             move_retry = Some(std::time::Duration::from_secs_f64(wait.max(0.0)));
         }
@@ -531,20 +431,23 @@ pub async fn consume(
 }
 
 /// Moves `table`'s boundary to `next` (minutes), in the consumption's
-/// transaction: the recent rows before it into the merged table, then,
-/// holding the boundary, folds of the log rows committed meanwhile split
-/// at `next` until the log is empty, and the boundary set. `None` when it
-/// held the boundary for `within` (at most [`MOVE_TIMEOUT`]) with rows
-/// still in the log (nothing may be kept then).
+/// transaction, right after a fold that took the whole log: the recent rows
+/// before it into the merged table, and the boundary set; returns the rows
+/// moved. Every statement is bounded by `within` (at most
+/// [`MOVE_TIMEOUT`]): it waits only for a lock on the recent or merged
+/// table (an analyst's `LOCK`, range maintenance), never for a batch.
+///
+/// A batch committed after that fold's read of the log is folded by the
+/// next fold: until then its live rows of buckets before `next`, if any,
+/// are not shown (the view shows live rows from the boundary on), and
+/// never twice.
 async fn move_boundary(
     tx: &tokio_postgres::Transaction<'_>,
     table: &RollupTable,
-    feeds: &[&RollupTable],
-    limit: i64,
     now_ms: i64,
     next: i64,
     within: std::time::Duration,
-) -> Result<Option<Folded>, DbError> {
+) -> Result<u64, DbError> {
     let at = minute_time(next);
     let ms = within.as_millis().max(1);
     tx.batch_execute(&format!("SET LOCAL lock_timeout = '{ms}ms'; SET LOCAL statement_timeout = '{ms}ms'")).await?;
@@ -552,33 +455,8 @@ async fn move_boundary(
     // range may be gone: a boundary left behind by a long stop).
     let cut = table.retention.map(|_| minute_time(table.oldest_minute(now_ms)));
     let moved: i64 = tx.query_one(&table.move_sql(), &[&at, &cut]).await?.get(0);
-    // From the lock on, every batch of the table waits for this commit:
-    // the wait for it is short (the batches holding it must commit first,
-    // and new ones queue behind this), and every statement, and every
-    // pause of ours, is bounded.
-    tx.batch_execute(&format!(
-        "SET LOCAL lock_timeout = '{}ms'; SET LOCAL idle_in_transaction_session_timeout = '{ms}ms'",
-        BOUNDARY_WAIT.min(within).as_millis().max(1)
-    ))
-    .await?;
-    tx.execute(LOCK_BOUNDARY, &[&boundary_lock(&table.name)]).await?;
-    let held = std::time::Instant::now();
-    // Every batch that held the boundary has committed: take all it logged.
-    // (the log is bounded now: new batches wait for this commit)
-    let mut after = Folded::default();
-    loop {
-        if held.elapsed() >= within {
-            return Ok(None);
-        }
-        let more = fold(tx, table, feeds, limit.max(MAX_CONSUME_ROWS), now_ms, next).await?;
-        after = after.and(more);
-        if !more.more {
-            break;
-        }
-    }
     tx.execute(SET_BOUNDARY, &[&table.name, &at]).await?;
-    after.rows += moved as u64;
-    Ok(Some(after))
+    Ok(moved as u64)
 }
 
 /// What one fold of log rows did.
@@ -589,18 +467,6 @@ struct Folded {
     events: u64,
     expired: u64,
     more: bool,
-}
-
-impl Folded {
-    fn and(self, other: Folded) -> Folded {
-        Folded {
-            taken: self.taken + other.taken,
-            rows: self.rows + other.rows,
-            events: self.events + other.events,
-            expired: self.expired + other.expired,
-            more: other.more,
-        }
-    }
 }
 
 /// Takes at most `limit` rows of `table`'s log and adds their sums up: the
@@ -693,10 +559,6 @@ async fn fold(
 /// for every member).
 pub const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How long a boundary move waits for the boundary's lock (for the batches
-/// holding it to commit): every new batch of the table waits behind it.
-pub const BOUNDARY_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
-
 /// A table's boundary and the database's clock, in seconds since the
 /// epoch, and whether a move must wait (one ran out of time lately).
 const READ_BOUNDARY: &str = "SELECT extract(epoch FROM since)::float8, extract(epoch FROM now())::float8,
@@ -707,9 +569,6 @@ const READ_BOUNDARY: &str = "SELECT extract(epoch FROM since)::float8, extract(e
 const BACK_OFF_MOVE: &str = "UPDATE bid_logger_boundary
     SET move_after = now() + move_backoff, move_backoff = least(move_backoff * 2, interval '16 minutes')
     WHERE rollup = $1 RETURNING extract(epoch FROM move_after - now())::float8";
-
-/// Locks a table's boundary for a consumption that moves it.
-const LOCK_BOUNDARY: &str = "SELECT pg_advisory_xact_lock($1)";
 
 /// Moves a table's boundary forward (never back).
 const SET_BOUNDARY: &str = "UPDATE bid_logger_boundary SET since = $2, move_after = NULL,

@@ -62,7 +62,6 @@ pub struct SinkSummary {
 struct SinkMetrics {
     duration: Histogram,
     /// Per table, in the order of the configured tables.
-    rows: Vec<Counter>,
     expired: Vec<Counter>,
     events: Counter,
     failures: Counter,
@@ -184,7 +183,6 @@ impl Sink {
         let run_id = new_run_id();
         let metrics = SinkMetrics {
             duration: histogram!(t::FLUSH_DURATION),
-            rows: config.tables.iter().map(|tb| counter!(t::ROWS_UPSERTED, "table" => tb.name.clone())).collect(),
             expired: config
                 .tables
                 .iter()
@@ -726,13 +724,9 @@ impl Sink {
         t::count_lost(part.lost.swap(0, Ordering::Relaxed));
         let (batch, events) = (part.id.batch, part.batch.events);
         match written {
-            Written::Now { rows, raw_rows, .. } => {
-                let m = &self.metrics;
-                for (counter, n) in m.rows.iter().zip(&rows) {
-                    counter.increment(*n);
-                }
-                m.raw_written.increment(raw_rows);
-                tracing::trace!(batch, events, ?rows, raw_rows, "written");
+            Written::Now { raw_rows, .. } => {
+                self.metrics.raw_written.increment(raw_rows);
+                tracing::trace!(batch, events, raw_rows, "written");
             }
             Written::Already => {
                 tracing::info!(batch, events, "rows had already landed (found in the ledger); not written again")

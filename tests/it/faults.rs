@@ -245,7 +245,7 @@ async fn sigkill_loses_at_most_the_unflushed_interval_and_the_next_start_is_clea
     );
     drop(first); // SIGKILL
     let client = connect(&db).await;
-    let after_kill = total_events(&client, "rollup_minute").await as usize;
+    let after_kill = landed_events(&client, "rollup_minute").await as usize;
     assert!(after_kill >= flushed.len() && after_kill <= flushed.len() + unflushed.len(), "{after_kill}");
     // Whatever reached rollup_minute is in every coarser table, its log, or
     // the log of the table feeding it (rollup_day is fed from rollup_hour's
@@ -259,7 +259,7 @@ async fn sigkill_loses_at_most_the_unflushed_interval_and_the_next_start_is_clea
         };
         assert_eq!((rows + log + upstream) as usize, after_kill, "{table}: {rows} + {log} in its log + {upstream}");
     }
-    assert_eq!(total_events(&client, "rollup_exchange_minute").await as usize, after_kill);
+    assert_eq!(landed_events(&client, "rollup_exchange_minute").await as usize, after_kill);
 
     let second = Logger::start(&db, &args);
     publisher.wait_for_subscriptions(2 * all_topics(16));
@@ -472,19 +472,30 @@ async fn a_publisher_that_exits_right_after_sending_loses_nothing() {
 }
 
 /// A batch of 10 000 rows or more is written as `db-pool-size` parts in
-/// parallel, each its own transaction: a part blocked by a row lock times out
-/// and is retried alone while the other parts land, and in the end every
-/// event is in every table exactly once.
+/// parallel, each its own transaction: a part blocked (here the first, which
+/// carries the batch's raw rows, behind another session's lock on
+/// `events_sample`) times out and is retried alone while the other parts
+/// land, and in the end every event is in every table exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_batch_lands_in_parallel_parts_and_a_blocked_part_is_retried_alone() {
     let db = fresh_database("parts").await;
     let mut publisher = Publisher::bind();
     let logger = Logger::start(
         &db,
-        &["--connect", &publisher.endpoint, "--db-pool-size", "3", "--flush-timeout", "1s", "--flush-interval", "2s"],
+        &[
+            "--connect",
+            &publisher.endpoint,
+            "--db-pool-size",
+            "3",
+            "--flush-timeout",
+            "1s",
+            "--flush-interval",
+            "2s",
+            "--raw-sample",
+            "1",
+        ],
     );
     publisher.wait_for_subscriptions(all_topics(16));
-    // late events: upserted into the merged table, where a row lock holds a part
     let now = now_ms() - 300_000;
     let event = |i: usize, campaign: u32| {
         let mut e = TestEvent::new("bid", format!("parts-{i}"), now);
@@ -493,17 +504,16 @@ async fn a_large_batch_lands_in_parallel_parts_and_a_blocked_part_is_retried_alo
         e.price = Some(i as i64);
         e
     };
-    // One row of campaign 7 exists; a transaction holds its rollup_minute row.
+    // A first batch lands; then a session locks the raw sample's table.
     let seed = vec![event(0, 7)];
     publisher.publish(&seed[0], P);
     logger.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(30));
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    let locked = tx.execute("SELECT 1 FROM rollup_minute_merged WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
-    assert_eq!(locked, 1);
+    tx.batch_execute("LOCK TABLE events_sample IN SHARE MODE").await.unwrap();
 
-    // 30 000 distinct keys (one campaign each, plus campaign 7 again): one
-    // batch of three parts, one of which needs the locked row.
+    // 30 000 distinct keys (one campaign each): one batch of three parts,
+    // the first of which writes the raw rows.
     let big: Vec<TestEvent> = (1..=30_000).map(|i| event(i, if i == 30_000 { 7 } else { 1_000 + i as u32 })).collect();
     for e in &big {
         publisher.publish(e, P);
@@ -517,7 +527,7 @@ async fn a_large_batch_lands_in_parallel_parts_and_a_blocked_part_is_retried_alo
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let flushed = logger.metric("bid_logger_events_flushed_total", "");
-    assert!(flushed < 30_001.0, "the part holding campaign 7 cannot land while its row is locked ({flushed})");
+    assert!(flushed < 30_001.0, "the part with the raw rows cannot land while events_sample is locked ({flushed})");
     let landed_parts: i64 = tx
         .query_one("SELECT count(DISTINCT batch_id) FROM bid_logger_flush_ledger WHERE batch_id > 0", &[])
         .await
@@ -587,7 +597,7 @@ async fn sighup_flushes_and_keeps_running_under_load_with_exact_totals() {
     unsafe { libc::kill(logger.pid() as i32, libc::SIGHUP) };
     logger.wait_metric("bid_logger_events_flushed_total", 5_000.0, Duration::from_secs(30));
     let client = connect(&db).await;
-    assert_eq!(total_events(&client, "rollup_minute").await, 5_000, "visible after SIGHUP");
+    assert_eq!(landed_events(&client, "rollup_minute").await, 5_000, "landed after SIGHUP");
     // More load, with SIGHUPs arriving while it is received.
     let second = events(&mut rng, 50_000, "second");
     for (i, e) in second.iter().enumerate() {
@@ -1006,10 +1016,10 @@ async fn a_fold_killed_half_way_loses_and_doubles_nothing_and_the_next_start_fol
 
 /// A fold that moves the boundary while the merged table is locked (an
 /// analyst's `LOCK`, a long migration) waits at its move of the recent
-/// rows, before it locks the boundary: batches keep landing within their
-/// flush interval meanwhile (the move gives up after 5 s, keeping the fold,
-/// and is tried again), and once the lock goes the boundary moves and every
-/// event is there once, on its side of the boundary.
+/// rows: batches keep landing within their flush interval meanwhile (they
+/// only append; the move gives up after 5 s, keeping the fold, and is tried
+/// again), and once the lock goes the boundary moves and every event is
+/// there once, on its side of the boundary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fold_waiting_to_move_the_boundary_does_not_hold_batches_back() {
     let db = fresh_database("movewait").await;
@@ -1075,23 +1085,28 @@ async fn wait_boundary_moved(client: &tokio_postgres::Client, within: Duration) 
     }
 }
 
-/// A batch that holds the boundary for long (a stalled transaction): each
-/// move waits for it a second at most, holding the table's other batches
-/// back that long, then gives up and is not tried again for a minute
-/// (doubling up to 16): batches keep landing, the boundary stays where it
-/// was, and moves once the batch is gone.
+/// A batch that stalls (here behind a lock on the raw sample's table, its
+/// log and live rows written) holds back neither the folds nor the moves
+/// of the boundary: a batch reads no boundary and locks no row of the
+/// rollup tables. Once it goes on, every event is there once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_holding_the_boundary_makes_a_move_give_up_in_a_second_and_wait_before_the_next() {
+async fn a_stalled_batch_holds_back_neither_the_folds_nor_the_boundary() {
     let db = fresh_database("moveheld").await;
     let setup = migrated_with_boundary_back(&db).await;
-    let mut holder = connect(&db).await;
-    let hold = holder.transaction().await.unwrap();
-    let boundary = bid_logger::sink::flush::boundary_lock("rollup_minute");
-    hold.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&boundary]).await.unwrap();
     let mut publisher = Publisher::bind();
     let config = rollup_config("moveheld", "[rollup.rollup_minute]\nfold-interval = \"1s\"\n");
-    let args =
-        ["--connect", &publisher.endpoint, "--flush-interval", "100ms", "--flush-timeout", "60s", "--config", &config];
+    let args = [
+        "--connect",
+        &publisher.endpoint,
+        "--flush-interval",
+        "100ms",
+        "--flush-timeout",
+        "60s",
+        "--raw-sample",
+        "1",
+        "--config",
+        &config,
+    ];
     let logger = Logger::start(&db, &args);
     publisher.wait_for_subscriptions(all_topics(16));
     let mut rng = SmallRng::seed_from_u64(33);
@@ -1100,29 +1115,34 @@ async fn a_batch_holding_the_boundary_makes_a_move_give_up_in_a_second_and_wait_
         publisher.publish(e, P);
     }
     logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
-    let gave_up = |logger: &Logger| logger.stderr_so_far().matches("moving the boundary ran out of time").count();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while gave_up(&logger) == 0 {
-        assert!(Instant::now() < deadline, "no move gave up: {}", logger.stderr_so_far());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Ten folds later: no other attempt, and batches land as they come.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // The next batch stalls at its raw rows, after its log and live rows.
+    let mut locker = connect(&db).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE events_sample IN SHARE MODE").await.unwrap();
     let second = recent_events(&mut rng, 1000, "second");
     for e in &second {
         publisher.publish(e, P);
     }
-    logger.wait_metric("bid_logger_events_flushed_total", 2000.0, Duration::from_secs(5));
-    assert_eq!(gave_up(&logger), 1, "one attempt a minute at most: {}", logger.stderr_so_far());
-    // the wait is kept beside the boundary, for every member of a fleet
-    let waits =
-        "SELECT move_after > now() + interval '40 seconds' FROM bid_logger_boundary WHERE rollup = 'rollup_minute'";
-    assert!(setup.query_one(waits, &[]).await.unwrap().get::<_, bool>(0), "the next move waits about a minute");
-    hold.rollback().await.unwrap();
-    wait_boundary_moved(&setup, Duration::from_secs(90)).await;
+    let stalled = "SELECT count(*) FROM pg_locks WHERE relation = 'events_sample'::regclass AND NOT granted";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tx.query_one(stalled, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        assert!(Instant::now() < deadline, "set-up: no batch came to wait at events_sample");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // the boundary (ten minutes back) moves meanwhile, and the first events are folded
+    wait_boundary_moved(&setup, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while logger.metric("bid_logger_log_events_consumed_total", "table=\"rollup_minute\"") < 1000.0 {
+        assert!(Instant::now() < deadline, "the folds did not take the first batches");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(logger.metric("bid_logger_events_flushed_total", ""), 1000.0, "set-up: the second batch still waits");
+    assert!(!logger.stderr_so_far().contains("ran out of time"), "{}", logger.stderr_so_far());
+    tx.rollback().await.unwrap();
+    let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
+    logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(30));
     logger.stop_ok();
     assert_boundary_holds(&setup, "rollup_minute").await;
-    let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
     assert_warehouse_matches(&setup, &all, 1_000_000).await;
 }
 

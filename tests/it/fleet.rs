@@ -129,10 +129,10 @@ async fn a_kill_between_the_parts_of_a_batch_counts_the_parts_that_did_not_land(
     let db = fresh_database("kill_between_parts").await;
     let mut publisher = Publisher::bind();
     let endpoint = publisher.endpoint.clone();
-    let args = ["--connect", &endpoint, "--instance-id", "parts", "--db-pool-size", "3"];
+    let args = ["--connect", &endpoint, "--instance-id", "parts", "--db-pool-size", "3", "--raw-sample", "1"];
     let first = Logger::start(&db, &[&args[..], &["--flush-interval", "2s"]].concat());
     publisher.wait_for_subscriptions(all_topics(P));
-    let now = now_ms() - 300_000; // late: upserted into the merged table, where a row lock holds it
+    let now = now_ms() - 300_000;
     let event = |i: usize, campaign: u32, seq: u64| sequenced_bid(format!("parts-{i}"), now, campaign, seq);
     let seed = event(0, 7, 1);
     let partition = seed.topic(P);
@@ -151,8 +151,8 @@ async fn a_kill_between_the_parts_of_a_batch_counts_the_parts_that_did_not_land(
     first.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(30));
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    tx.execute("SELECT 1 FROM rollup_minute_merged WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
-    // 30 000 keys: one batch of three parts, one of which needs the locked row.
+    tx.batch_execute("LOCK TABLE events_sample IN SHARE MODE").await.unwrap();
+    // 30 000 keys: one batch of three parts, the first of which writes the raw rows.
     let big: Vec<TestEvent> =
         (1..=30_000).map(|i| on_seed_topic(i, if i == 30_000 { 7 } else { 1_000 + i as u32 }, 1 + i as u64)).collect();
     for e in &big {
@@ -160,14 +160,14 @@ async fn a_kill_between_the_parts_of_a_batch_counts_the_parts_that_did_not_land(
     }
     let client = connect(&db).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while total_events(&client, "rollup_minute").await <= 1 {
+    while landed_events(&client, "rollup_minute").await <= 1 {
         assert!(Instant::now() < deadline, "no part landed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await; // the other free part too
     drop(first); // SIGKILL, the blocked part still waiting for the lock
     tx.rollback().await.unwrap();
-    let written = total_events(&client, "rollup_minute").await;
+    let written = landed_events(&client, "rollup_minute").await as u64;
     assert!(written > 1 && written < 30_001, "{written}: some parts landed, not all");
 
     // The next start counts what did not land; the sequence goes on without a gap.
@@ -182,24 +182,24 @@ async fn a_kill_between_the_parts_of_a_batch_counts_the_parts_that_did_not_land(
     assert_eq!(written + lost, 30_001, "{written} written + {lost} lost:\n{stderr}");
 }
 
-/// A gap seen but not committed (its batch blocked on a locked row, then
-/// SIGKILL) is counted once: by the next start, from the committed marks,
+/// A gap seen but not committed (its batch blocked behind a lock on the raw
+/// sample's table, then SIGKILL) is counted once: by the next start, from the committed marks,
 /// and not also by the run that saw it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_seen_by_a_run_killed_before_its_batch_committed_is_counted_once() {
     let db = fresh_database("gap_counted_once").await;
     let mut publisher = Publisher::bind();
     let endpoint = publisher.endpoint.clone();
-    let args = ["--connect", &endpoint, "--instance-id", "gaps", "--flush-interval", "300ms"];
+    let args = ["--connect", &endpoint, "--instance-id", "gaps", "--flush-interval", "300ms", "--raw-sample", "1"];
     let first = Logger::start(&db, &args);
     publisher.wait_for_subscriptions(all_topics(P));
-    let now = now_ms() - 300_000; // late: upserted into the merged table, where a row lock holds it
+    let now = now_ms() - 300_000;
     let event = |campaign: u32, seq: u64| sequenced_bid("gap-txn".to_string(), now, campaign, seq);
     publisher.publish(&event(7, 1), P);
     first.wait_metric("bid_logger_events_flushed_total", 1.0, Duration::from_secs(30));
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
-    tx.execute("SELECT 1 FROM rollup_minute_merged WHERE campaign_id = 7 FOR UPDATE", &[]).await.unwrap();
+    tx.batch_execute("LOCK TABLE events_sample IN SHARE MODE").await.unwrap();
     // 2, 3 and 4 never sent: a gap of 3, in a batch that waits for the lock.
     publisher.publish(&event(7, 5), P);
     first.wait_metric("bid_logger_events_accepted_total", 2.0, Duration::from_secs(30));

@@ -629,10 +629,25 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
+/// The events of direct table `table` that have landed: what its view
+/// shows and, read in the same statement, its live rows of buckets before
+/// its boundary (late events' rows, which the view shows once a fold has
+/// added them to the merged table; a killed logger leaves them to the next
+/// fold).
+pub async fn landed_events(client: &tokio_postgres::Client, table: &str) -> i64 {
+    let sql = format!(
+        "SELECT ((SELECT coalesce(sum(events), 0) FROM {table})
+               + (SELECT coalesce(sum(events), 0) FROM {table}_live
+                  WHERE bucket < (SELECT since FROM bid_logger_boundary WHERE rollup = '{table}')))::bigint"
+    );
+    client.query_one(&sql, &[]).await.unwrap().get(0)
+}
+
 /// The invariant of a rollup table's parts: every bucket of its merged
-/// table before its boundary, every bucket of its recent and live tables
-/// from it on (so that the view's merged rows and added-up rows never share
-/// a key).
+/// table before its boundary, every bucket of its recent table from it on
+/// (so that the view's merged rows and added-up rows never share a key),
+/// and no live row before it once the folds have taken every batch (a late
+/// event's live row waits there, not shown, for the next fold).
 pub async fn assert_boundary_holds(client: &tokio_postgres::Client, table: &str) {
     let sql = format!(
         "SELECT (SELECT count(*) FROM {table}_merged WHERE bucket >= b.since),

@@ -305,6 +305,53 @@ async fn one_row_per_key(client: &tokio_postgres::Client, table: &str, dims: &st
     assert_eq!(rows, keys, "{table}: one row per key");
 }
 
+/// A late event (a bucket before the boundary) reaches a direct table
+/// through the fold, like any other: its batch appends it as a live row,
+/// which the view does not show, so that a key already in the merged table
+/// never shows twice; the fold (here, the graceful stop's) adds it to the
+/// merged row. A first run leaves keys five minutes back in the merged
+/// table; a second, whose folds are an hour apart, receives the same keys
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_event_shows_once_folded_into_its_merged_row_never_twice() {
+    let db = fresh_database("late_folded").await;
+    let config = rollup_config("late-folded", "[rollup.rollup_minute]\nfold-interval = \"1h\"\n");
+    let mut publisher = Publisher::bind();
+    let args = ["--connect", &publisher.endpoint, "--flush-interval", "200ms", "--config", &config];
+    let ts = now_ms() - 5 * 60_000;
+    let first = at(ts, 300, "first");
+    let logger = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(all_topics(P));
+    for e in &first {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
+    logger.stop_ok();
+    let client = connect(&db).await;
+    let full = "country, os, campaign_id, advertiser_id";
+    assert_eq!(sum_events(&client, "rollup_minute_merged").await, 300, "set-up: the first run's rows are merged");
+
+    let mut publisher = Publisher::bind();
+    let args = ["--connect", &publisher.endpoint, "--flush-interval", "200ms", "--config", &config];
+    let logger = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let second = at(ts, 300, "second"); // the same keys, other transactions
+    for e in &second {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
+    let live: i64 = client.query_one("SELECT count(*) FROM rollup_minute_live", &[]).await.unwrap().get(0);
+    assert!(live > 0, "set-up: the late rows wait as live rows");
+    one_row_per_key(&client, "rollup_minute", full).await;
+    assert_eq!(sum_events(&client, "rollup_minute").await, 300, "a late row not folded yet is not shown");
+    logger.stop_ok();
+    one_row_per_key(&client, "rollup_minute", full).await;
+    assert_boundary_holds(&client, "rollup_minute").await;
+    let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
+    assert_eq!(sum_events(&client, "rollup_minute_merged").await, 600, "folded into the merged rows");
+}
+
 /// A table that was direct (live rows written, not folded yet when the
 /// logger was killed) and is coarse at the next start: its next
 /// consumption moves its log into its merged rows and takes the live rows
@@ -349,9 +396,10 @@ async fn live_rows_left_by_a_direct_table_leave_with_its_log_when_it_is_coarse_a
 /// Whatever side of a direct table's boundary a row falls on, it lands
 /// once: the boundary starts ten minutes back, the folds (every second)
 /// move it to a minute back, and events of the last ten minutes arrive
-/// before and after that move: after it, most are late (upserted into the
-/// merged table by their batch), the rest live. The view keeps one row per
-/// key, the tables their sides of the boundary, the sums every event.
+/// before and after that move: after it, most are late (appended as live
+/// rows, then added to the merged table by the next fold), the rest live.
+/// The view keeps one row per key, the tables their sides of the boundary,
+/// the sums every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_on_both_sides_of_a_moving_boundary_land_once_on_their_side() {
     let db = fresh_database("boundary").await;
@@ -383,7 +431,12 @@ async fn rows_on_both_sides_of_a_moving_boundary_land_once_on_their_side() {
     }
     let all: Vec<TestEvent> = before.into_iter().chain(after).collect();
     logger.wait_metric("bid_logger_events_flushed_total", all.len() as f64, Duration::from_secs(30));
-    // while running: every side right, one row per key, every event once
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while logger.metric("bid_logger_log_events_consumed_total", "table=\"rollup_minute\"") < all.len() as f64 {
+        assert!(std::time::Instant::now() < deadline, "the folds did not take every batch");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // while running, once folded: every side right, one row per key, every event once
     for table in ["rollup_minute", "rollup_exchange_minute"] {
         assert_boundary_holds(&client, table).await;
     }
