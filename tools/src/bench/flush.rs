@@ -177,9 +177,14 @@ pub async fn compare(
         let plain_time = t.elapsed();
         out.push(FlushRound { rows, logger: logger_time, plain: plain_time });
     }
-    // Both sides must have written the same thing.
+    // Both sides must have written the same thing: the logger's batches
+    // append every row as live rows (its folds, later, add them up), the
+    // plain side upserts them.
+    let appended = "SELECT (SELECT sum(events) FROM rollup_minute_live)::bigint,
+        (SELECT count(*) FROM (SELECT DISTINCT bucket, event_type, country, os, campaign_id, advertiser_id
+                               FROM rollup_hour_live) keys)";
     let totals = "SELECT (SELECT sum(events) FROM rollup_minute)::bigint, (SELECT count(*) FROM rollup_hour)";
-    let a = logger.query_one(totals, &[]).await?;
+    let a = logger.query_one(appended, &[]).await?;
     let b = plain.query_one(totals, &[]).await?;
     let (a, b): ((i64, i64), (i64, i64)) = ((a.get(0), a.get(1)), (b.get(0), b.get(1)));
     anyhow::ensure!(a == b, "logger and plain flush disagree: (events, hour rows) {a:?} vs {b:?}");

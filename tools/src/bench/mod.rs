@@ -803,7 +803,7 @@ fn print_backlog(results: &[Measurement]) {
 
 fn print_flush(rounds: &[flush::FlushRound]) {
     println!(
-        "\nflush: one batch of {} rows (minute + hour), logger write_batch vs plain COPY + INSERT … ON CONFLICT",
+        "\nflush: one batch of {} rows (minute + hour), logger write_batch (appends; folded later) vs plain COPY + INSERT … ON CONFLICT",
         rounds[0].rows
     );
     println!(
