@@ -22,7 +22,7 @@
 //! ([`RollupTable::log_upsert_sql`]: into `T_merged` before `B`, into
 //! `T_recent` from `B` on) and deletes the live rows of the same batches.
 //! When [`RollupTable::next_boundary`] has passed `B`, the same transaction
-//! locks the boundary, moves `T_recent`'s rows before it into `T_merged`
+//! moves `T_recent`'s rows before it into `T_merged`
 //! ([`RollupTable::move_sql`]) and sets it. The consumer adds the payloads
 //! up per key in the logger (the sink's payload module), so PostgreSQL
 //! upserts each key once per consumption.
@@ -378,7 +378,10 @@ BEGIN
     ELSIF position('{boundary}' in pg_get_viewdef('{name}'::regclass)) = 0 THEN
         -- made by a release whose batches upserted late rows themselves:
         -- the live rows it shows now stop at the boundary (same columns,
-        -- so its grants and its _est view stay)
+        -- so its grants and its _est view stay); only its owner may
+        IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = '{name}'::regclass), 'USAGE') THEN
+            RAISE EXCEPTION '{name} is the view of an earlier build: run `bid-logger migrate` as the role that owns it (UPGRADING.md), then start this build';
+        END IF;
         EXECUTE {view};
         RAISE NOTICE '{name}: its view now shows live rows from its boundary on';
     END IF;

@@ -218,7 +218,7 @@ impl Consumer {
                 if c.moved == Moved::OutOfTime {
                     let retry_in = Duration::from_secs(c.move_retry.unwrap_or_default().as_secs_f64().round() as u64);
                     tracing::warn!(table = %table.name, ?retry_in,
-                        "moving the boundary ran out of time (a batch or a lock held it); undone, the fold is kept");
+                        "moving the boundary ran out of time (a lock on its tables held it); undone, the fold is kept");
                 }
                 tracing::trace!(table = %table.name, events = c.events, rows = c.rows, "delta log consumed");
                 Ok(if c.more { LogState::More } else { LogState::Empty })

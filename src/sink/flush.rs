@@ -10,10 +10,9 @@
 //!    payload) and, for a *direct* table, as its live rows (binary `COPY`),
 //!    whatever their buckets. A batch only appends: it locks no row of the
 //!    tables, so batches (of one instance or of a fleet) never wait for one
-//!    another or for a fold.
-//! 3. (the log is the only way in for a *coarse* table)
-//! 4. The batch's raw rows (`events_sample`).
-//! 5. Its committed sequence marks and event count ([`marks::record`]).
+//!    another or for a fold. (The log is a *coarse* table's only way in.)
+//! 3. The batch's raw rows (`events_sample`).
+//! 4. Its committed sequence marks and event count ([`marks::record`]).
 //!
 //! A coarse table's log is consumed at the table's own interval by
 //! [`consume`]: one transaction that deletes the log's rows, upserts their
@@ -227,8 +226,7 @@ impl TablePlan {
     }
 }
 
-/// The start of `minute` (at most the year 9575: a table without a
-/// boundary has every row before `i64::MAX`).
+/// The start of `minute` (at most the year 9575).
 fn minute_time(minute: i64) -> std::time::SystemTime {
     system_time(minute.min(4_000_000_000).saturating_mul(60_000))
 }
@@ -550,11 +548,8 @@ async fn fold(
 /// A boundary move's time budget (the consumer uses at most a sixth of
 /// `flush-timeout`, so that the client's timeout never cuts a move and the
 /// fold before it): how long it may wait for a lock on the tables
-/// (`lock_timeout`), how long each of its statements and each pause between
-/// them may take (`statement_timeout`, `idle_in_transaction_session_timeout`:
-/// a pause past it ends the session), and after how long of holding the
-/// boundary (and with it every batch of the table) it starts no other fold.
-/// A move that runs out is undone, the fold before it kept, and the next
+/// (`lock_timeout`) and how long each of its statements may take
+/// (`statement_timeout`). A move that runs out is undone, the fold before it kept, and the next
 /// waits (`bid_logger_boundary.move_after`, doubling from a minute to 16,
 /// for every member).
 pub const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

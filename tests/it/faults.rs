@@ -1093,6 +1093,11 @@ async fn wait_boundary_moved(client: &tokio_postgres::Client, within: Duration) 
 async fn a_stalled_batch_holds_back_neither_the_folds_nor_the_boundary() {
     let db = fresh_database("moveheld").await;
     let setup = migrated_with_boundary_back(&db).await;
+    // No fold (nor move) until the batch is stalled: this test holds the log's lock.
+    let mut holder = connect(&db).await;
+    let hold = holder.transaction().await.unwrap();
+    let fold_lock = bid_logger::sink::flush::consume_lock("rollup_minute");
+    hold.execute("SELECT pg_advisory_xact_lock($1)", &[&fold_lock]).await.unwrap();
     let mut publisher = Publisher::bind();
     let config = rollup_config("moveheld", "[rollup.rollup_minute]\nfold-interval = \"1s\"\n");
     let args = [
@@ -1129,6 +1134,10 @@ async fn a_stalled_batch_holds_back_neither_the_folds_nor_the_boundary() {
         assert!(Instant::now() < deadline, "set-up: no batch came to wait at events_sample");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let still_back = "SELECT since < date_trunc('minute', now()) - interval '5 minutes' FROM bid_logger_boundary
+                      WHERE rollup = 'rollup_minute'";
+    assert!(setup.query_one(still_back, &[]).await.unwrap().get::<_, bool>(0), "set-up: no move yet");
+    hold.rollback().await.unwrap();
     // the boundary (ten minutes back) moves meanwhile, and the first events are folded
     wait_boundary_moved(&setup, Duration::from_secs(30)).await;
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -67,6 +67,24 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
     let as_writer = connect(&writer_url).await;
     let err = as_writer.batch_execute("ALTER TABLE rollup_minute_merged ADD COLUMN x int").await.unwrap_err();
     assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+
+    // An upgrade from a build whose view showed every live row: the writer
+    // cannot replace the owner's view, and says who must; the owner's
+    // migrate replaces it.
+    let minute = bid_logger::db::tables::default_tables(Duration::from_secs(1))
+        .into_iter()
+        .find(|t| t.name == "rollup_minute")
+        .unwrap();
+    let filter = "\n      WHERE bucket >= (SELECT since FROM bid_logger_boundary WHERE rollup = 'rollup_minute')";
+    assert!(minute.view_sql().contains(filter), "set-up: the view's live condition");
+    as_owner.batch_execute(&minute.view_sql().replace(filter, "")).await.expect("the earlier view");
+    let out = bid_logger(&["migrate", "--database-url", &writer_url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("run `bid-logger migrate` as the role that owns it"), "{stderr}");
+    let out = bid_logger(&["migrate", "--database-url", &owner_url]);
+    assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
+    let def: String = admin.query_one("SELECT pg_get_viewdef('rollup_minute'::regclass)", &[]).await.unwrap().get(0);
+    assert!(def.contains("bid_logger_boundary"), "the owner's migrate replaced the view: {def}");
     drop((as_owner, as_writer));
     let _ = admin
         .batch_execute(&format!(

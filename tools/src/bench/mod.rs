@@ -748,7 +748,7 @@ async fn latency_run(
     // Ingest keeps pace while flushes run when every published message was
     // received, none lost, and the latency stays bounded.
     eprintln!(
-        "bench: latency run: {flushes:.0} flushes, mean {:.0} ms, mean {:.0} rows (minute + hour) per flush; \
+        "bench: latency run: {flushes:.0} flushes, mean {:.0} ms, {:.0} rows upserted by the folds and consumptions per flush; \
          a flush was running {:.0} % of the time; {:.0} of {} published messages received, {:.0} lost",
         flushing / flushes * 1e3,
         m(bid_logger::telemetry::ROWS_UPSERTED) / flushes,
