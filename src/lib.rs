@@ -28,10 +28,9 @@
 //!   and never waits for it.
 //! * [`sink`]: the exactly-once flush (a delta becomes one or more
 //!   [`sink::batch::Batch`]es, each holding every table's projected rows;
-//!   each is one transaction: ledger rows, per direct table a binary `COPY`
-//!   into a staging table and an additive upsert, per coarse table a `COPY`
-//!   into its delta log, which a consumer task moves into the table at its
-//!   own interval) with retries and merging of pending deltas; a batch's
+//!   each is one transaction: ledger rows, per table a row in its delta log
+//!   and, for a direct table, a binary `COPY` of its live rows; a consumer
+//!   task folds each log into the table at its own interval) with retries and merging of pending deltas; a batch's
 //!   transaction also creates the time ranges its rows need that range
 //!   maintenance has not made yet.
 //! * [`db`]: the database, shared by the sink, the fleet, `migrate`,

@@ -4,11 +4,9 @@
 //! A [`Delta`] is sorted in [`RowKey`]'s order (day, the dimensions other
 //! than the exchange, minute, exchange), so the rows of one
 //! `rollup_minute`/`rollup_hour`/`rollup_day` key are adjacent: parts are
-//! cut where [`RowKey::same_group`] changes, and parts written in parallel
-//! never touch the same row of those tables. (Tables without the campaign,
-//! such as the exchange rollups, may share keys across parts; their upserts
-//! lock rows in key order, so parts wait for each other there but do not
-//! deadlock.)
+//! cut where [`RowKey::same_group`] changes, so a fold finds a key's rows
+//! of one batch in one part. Parts written in parallel only append (live
+//! rows, log rows), so they never wait for each other's row locks.
 
 use crate::db::tables::{self, RollupTable};
 #[cfg(doc)]

@@ -5,9 +5,9 @@
 //! * [`consumer`]: the task that moves the coarse tables' delta logs into
 //!   their tables.
 //! * [`flush`]: writes one batch in one transaction (ledger rows, then per
-//!   direct table a binary `COPY` into a staging table and an additive
-//!   upsert, per coarse table a `COPY` into its delta log), and consumes a
-//!   coarse table's delta log.
+//!   table a compressed row in its delta log and, for a direct table, a
+//!   binary `COPY` of its live rows: appends only), and consumes (folds) a
+//!   table's delta log.
 //! * [`marks`]: the committed sequence marks and outstanding events that
 //!   make a restart count what it lost.
 //! * [`service`]: the task that receives deltas from ingest, merges them
