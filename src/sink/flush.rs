@@ -200,15 +200,15 @@ struct LogRow {
 }
 
 /// What a batch writes to one table.
-struct TablePlan {
+struct TablePlan<'a> {
     /// Its log row (none when the batch has no rows of it).
     log: Option<LogRow>,
     /// A direct table's rows (all of them, late events' too): its live rows.
-    live: Option<Vec<Row>>,
+    live: Option<&'a [Row]>,
 }
 
-impl TablePlan {
-    fn new(table: &RollupTable, rows: &[Row], ppm: &Ppm) -> TablePlan {
+impl<'a> TablePlan<'a> {
+    fn new(table: &RollupTable, rows: &'a [Row], ppm: &Ppm) -> TablePlan<'a> {
         if rows.is_empty() {
             return TablePlan { log: None, live: None };
         }
@@ -221,7 +221,7 @@ impl TablePlan {
         // buckets: the view shows those from its boundary on at once, and
         // a late event's (before the boundary) once the fold has added it
         // to the merged table (see `RollupTable::view_sql`).
-        let live = (!table.logged).then(|| rows.to_vec());
+        let live = (!table.logged).then_some(rows);
         TablePlan { log: Some(log), live }
     }
 }
@@ -276,7 +276,7 @@ pub async fn write_batch(
         return Ok(Written::Already);
     }
     let ppm = sample_ppm.map(|p| p as i32);
-    let plans: Vec<TablePlan> =
+    let plans: Vec<TablePlan<'_>> =
         tables.iter().zip(&batch.tables).map(|(t, rows)| TablePlan::new(t, rows, &ppm)).collect();
     // One round trip: every table's log row.
     let txr = &tx;
@@ -288,7 +288,7 @@ pub async fn write_batch(
     }))
     .await?;
     for ((table, plan), log_id) in tables.iter().zip(&plans).zip(log_ids) {
-        if let (Some(live), Some(log_id)) = (&plan.live, log_id) {
+        if let (Some(live), Some(log_id)) = (plan.live, log_id) {
             let sink = tx.copy_in::<_, Bytes>(&table.live_copy_sql()).await?;
             pin_mut!(sink);
             sink.send(encode_live_rows(table, live, &ppm, log_id)).await?;

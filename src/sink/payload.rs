@@ -114,7 +114,7 @@ impl Merged {
     }
 
     /// Adds every row of `payload` (binary `COPY` rows).
-    pub fn add_rows(&mut self, payload: &[u8]) -> Result<(), Malformed> {
+    fn add_rows(&mut self, payload: &[u8]) -> Result<(), Malformed> {
         let mut r = Reader { buf: payload, at: 0 };
         if r.take(COPY_HEADER.len())? != COPY_HEADER {
             return Err(Malformed { at: 0, what: "not a binary COPY header" });
