@@ -4,7 +4,8 @@
 //! Every table `T` is a view ([`RollupTable::view_sql`]) over three
 //! tables split by the table's *boundary* `B`, a bucket (its row of
 //! [`BOUNDARY_TABLE`]): `T_merged` (keyed rows of buckets before `B`,
-//! range-partitioned), `T_recent` (keyed sums of buckets from `B` on) and
+//! range-partitioned), `T_recent` (folds' sums of buckets from `B` on,
+//! appended, a key in as many rows as folds carried it) and
 //! `T_live` (rows of batches not folded yet; the view shows those from `B`
 //! on). It also has a *delta log*, `bid_logger_log_<table>`: one row per
 //! batch holding the batch's rows of the table in PostgreSQL's binary
@@ -18,14 +19,16 @@
 //! `T_merged`. A *coarse* table (a longer interval) gets only the log row.
 //! A log is consumed (*folded*, for a direct table) at
 //! [`RollupTable::consume_interval`]: one transaction deletes the log's
-//! rows, `COPY`s their sums into a staging table, upserts them
-//! ([`RollupTable::log_upsert_sql`]: into `T_merged` before `B`, into
-//! `T_recent` from `B` on) and deletes the live rows of the same batches.
-//! When [`RollupTable::next_boundary`] has passed `B`, the same transaction
-//! moves `T_recent`'s rows before it into `T_merged`
-//! ([`RollupTable::move_sql`]) and sets it. The consumer adds the payloads
-//! up per key in the logger (the sink's payload module), so PostgreSQL
-//! upserts each key once per consumption.
+//! rows, `COPY`s their sums into a staging table, writes them
+//! ([`RollupTable::log_upsert_sql`]: upserted into `T_merged` before `B`,
+//! appended to `T_recent` from `B` on) and deletes the live rows of the
+//! same batches. When [`RollupTable::next_boundary`] has passed `B`, the
+//! same transaction moves `T_recent`'s rows before it into `T_merged`,
+//! added up per key ([`RollupTable::move_sql`]), and sets it. The consumer
+//! adds the payloads up per key in the logger (the sink's payload module),
+//! so PostgreSQL writes each key once per consumption, and into a keyed
+//! table (an index probe and an update) only once per bucket, at its move,
+//! but for late events.
 //!
 //! A coarse table whose rows can be computed from another coarse table's
 //! (a grain not finer, a subset of its dimensions, an interval not
@@ -322,16 +325,22 @@ CREATE TABLE IF NOT EXISTS {recent} (
     attributed_events bigint      NOT NULL,
     price_micros      bigint      NOT NULL,
     revenue_micros    bigint      NOT NULL,
-    updated_at        timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY ({key}, sample_ppm)
-) WITH (fillfactor = 50);
--- (every fold updates the keys of the open buckets: room on their pages
--- keeps those updates HOT, with no new index entry; a table made before
--- gets it for its new pages)
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+-- (a fold appends its sums, a move adds them up: no key, no room kept for
+-- updates; an earlier build's keyed one loses both, by its owner only)
 DO $$
+DECLARE pkey text := (SELECT conname FROM pg_constraint WHERE conrelid = '{recent}'::regclass AND contype = 'p');
 BEGIN
-    IF NOT coalesce((SELECT reloptions FROM pg_class WHERE oid = '{recent}'::regclass), '{{}}') @> ARRAY['fillfactor=50'] THEN
-        ALTER TABLE {recent} SET (fillfactor = 50);
+    IF pkey IS NOT NULL OR (SELECT reloptions FROM pg_class WHERE oid = '{recent}'::regclass) IS NOT NULL THEN
+        IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = '{recent}'::regclass), 'USAGE') THEN
+            RAISE EXCEPTION '{recent} is keyed by an earlier build: run `bid-logger migrate` as the role that owns it (UPGRADING.md), then start this build';
+        END IF;
+        IF pkey IS NOT NULL THEN
+            EXECUTE format('ALTER TABLE {recent} DROP CONSTRAINT %I', pkey);
+        END IF;
+        ALTER TABLE {recent} RESET (fillfactor);
+        RAISE NOTICE '{recent}: folds now append to it';
     END IF;
 END $$;
 CREATE TABLE IF NOT EXISTS {boundary} (
@@ -404,8 +413,8 @@ END $$;
     /// The view readers query under the table's name: one row per key. Its
     /// rows are in three tables, split by the table's boundary `B` (its row
     /// of [`BOUNDARY_TABLE`]): the merged table holds keys of buckets before
-    /// `B`, each once; `<name>_recent` (keyed, small) the folded sums of
-    /// buckets from `B` on; `<name>_live` the rows of batches not folded yet,
+    /// `B`, each once; `<name>_recent` (unkeyed, small) the folds' sums of
+    /// buckets from `B` on, appended; `<name>_live` the rows of batches not folded yet,
     /// of which the view shows those from `B` on (a late event's row, before
     /// `B`, is shown once folded into the merged table: never twice). The
     /// merged table is read as it is (its ranges pruned, its scans parallel,
@@ -470,17 +479,21 @@ GROUP BY {key}",
     }
 
     /// Moves the sums of buckets before `$1` from its recent table into its
-    /// merged table (added to a row there, if any: a fold's boundary is only
-    /// ever moved forward, so there is none unless the table was written
-    /// before this layout), but those before `$2` (past its retention; none
-    /// when `NULL`), which leave as the retention's ranges do: returns the
-    /// rows moved.
+    /// merged table, added up per key (the recent table holds a key once per
+    /// fold that carried it), each added to a row there, if any (a late
+    /// event's, folded into the merged table after an earlier build's
+    /// batch, or a table written before this layout), but those before `$2`
+    /// (past its retention; none when `NULL`), which leave as the
+    /// retention's ranges do: returns the keys moved.
     pub fn move_sql(&self) -> String {
         let key = self.key_columns();
         let cols = format!("{key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at");
         format!(
             "WITH moved AS (DELETE FROM {recent} WHERE bucket < $1 RETURNING {cols}),
-kept AS (INSERT INTO {merged} AS t ({cols}) SELECT {cols} FROM moved WHERE $2::timestamptz IS NULL OR bucket >= $2
+kept AS (INSERT INTO {merged} AS t ({cols})
+         SELECT {key}, sample_ppm, sum(events), sum(attributed_events), sum(price_micros), sum(revenue_micros),
+                max(updated_at)
+         FROM moved WHERE $2::timestamptz IS NULL OR bucket >= $2 GROUP BY {key}, sample_ppm
          ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD} RETURNING 1)
 SELECT count(*) FROM kept",
             recent = self.recent_table(),
@@ -571,20 +584,26 @@ SELECT count(*) FROM kept",
         )
     }
 
-    /// The upsert of its log's stage, which holds the consumed payloads'
+    /// The write of its log's stage, which holds the consumed payloads'
     /// sums, each key once, in key order (see the sink's `payload::Merged`):
-    /// the rows of buckets before `$1` (its boundary) into its merged table,
-    /// or (`recent`) the others into its recent table.
+    /// the rows of buckets before `$1` (its boundary) upserted into its
+    /// merged table, or (`recent`) the others appended to its recent table
+    /// (no conflict check: an upsert there, every fold, cost PostgreSQL
+    /// more than everything else a fold does; `BENCHMARKS.md`, "Recent rows
+    /// appended").
     pub fn log_upsert_sql(&self, recent: bool) -> String {
         let key = self.key_columns();
         format!(
             "INSERT INTO {name} AS t ({key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
 SELECT {key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, now()
-FROM {stage} WHERE bucket {op} $1
-ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
+FROM {stage} WHERE bucket {op} $1{conflict}",
             stage = self.stage_name(true),
             name = if recent { self.recent_table() } else { self.merged.clone() },
             op = if recent { ">=" } else { "<" },
+            conflict = match recent {
+                true => String::new(),
+                false => format!("\nON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}"),
+            },
         )
     }
 }

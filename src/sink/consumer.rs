@@ -3,7 +3,7 @@
 //! the table's interval; a graceful stop consumes every log once more after
 //! the last batch.
 
-use super::flush::{consume, Moved, MAX_CONSUME_ROWS, MOVE_TIMEOUT};
+use super::flush::{consume, MoveBudget, Moved, MAX_CONSUME_ROWS};
 use super::service::{settle, BACKOFF_MAX, BACKOFF_MIN};
 use super::SinkConfig;
 use crate::db::tables::RollupTable;
@@ -196,9 +196,9 @@ impl Consumer {
         let (instance, id, limit) = (&self.instance, (self.run_id, self.seq), self.limit[i]);
         let feeds: Vec<&RollupTable> = self.feeds[i].iter().collect();
         let now_ms = bid_logger_core::clock::now_ms();
-        // A move fits well inside the flush timeout: one cut by it would
-        // lose the fold before it (the savepoint needs the connection).
-        let move_within = moving.then(|| MOVE_TIMEOUT.min(self.flush_timeout / 6));
+        // A move fits inside the flush timeout: one cut by it would lose
+        // the fold before it (the savepoint needs the connection).
+        let move_within = moving.then(|| MoveBudget::within(self.flush_timeout));
         let work = async { consume(&mut client, instance, id, table, &feeds, limit, now_ms, move_within).await };
         let timeout = until.map_or(self.flush_timeout, |t| {
             self.flush_timeout.min(t.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)))
@@ -218,7 +218,8 @@ impl Consumer {
                 if c.moved == Moved::OutOfTime {
                     let retry_in = Duration::from_secs(c.move_retry.unwrap_or_default().as_secs_f64().round() as u64);
                     tracing::warn!(table = %table.name, ?retry_in,
-                        "moving the boundary ran out of time (a lock on its tables held it); undone, the fold is kept");
+                        "moving the boundary ran out of time (a lock on its tables held it, or its work took half of flush-timeout); \
+                         undone, the fold is kept");
                 }
                 tracing::trace!(table = %table.name, events = c.events, rows = c.rows, "delta log consumed");
                 Ok(if c.more { LogState::More } else { LogState::Empty })

@@ -333,8 +333,9 @@ pub enum Moved {
     No,
     /// Moved forward.
     Yes,
-    /// The move ran out of time (a lock it waited for, or its own work past
-    /// [`MOVE_TIMEOUT`]) and was undone; the fold before it was kept.
+    /// The move ran out of time (a lock it waited for past [`MOVE_TIMEOUT`],
+    /// or its own work past [`MoveBudget::statements`]) and was undone; the
+    /// fold before it was kept.
     OutOfTime,
 }
 
@@ -365,7 +366,7 @@ pub async fn consume(
     feeds: &[&RollupTable],
     limit: i64,
     now_ms: i64,
-    move_within: Option<std::time::Duration>,
+    move_within: Option<MoveBudget>,
 ) -> Result<Consumed, DbError> {
     let tx = client.transaction().await?;
     let locked: bool = tx.query_one(TRY_LOCK, &[&consume_lock(&table.name)]).await?.get(0);
@@ -430,10 +431,10 @@ pub async fn consume(
 
 /// Moves `table`'s boundary to `next` (minutes), in the consumption's
 /// transaction, right after a fold that took the whole log: the recent rows
-/// before it into the merged table, and the boundary set; returns the rows
-/// moved. Every statement is bounded by `within` (at most
-/// [`MOVE_TIMEOUT`]): it waits only for a lock on the recent or merged
-/// table (an analyst's `LOCK`, range maintenance), never for a batch.
+/// before it into the merged table, and the boundary set; returns the keys
+/// moved. It waits at most `within.lock` for a lock on the recent or merged
+/// table (an analyst's `LOCK`, range maintenance), never for a batch, and
+/// each statement runs at most `within.statements`.
 ///
 /// A batch committed after that fold's read of the log is folded by the
 /// next fold: until then its live rows of buckets before `next`, if any,
@@ -444,11 +445,11 @@ async fn move_boundary(
     table: &RollupTable,
     now_ms: i64,
     next: i64,
-    within: std::time::Duration,
+    within: MoveBudget,
 ) -> Result<u64, DbError> {
     let at = minute_time(next);
-    let ms = within.as_millis().max(1);
-    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{ms}ms'; SET LOCAL statement_timeout = '{ms}ms'")).await?;
+    let (lock, run) = (within.lock.as_millis().max(1), within.statements.as_millis().max(1));
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{lock}ms'; SET LOCAL statement_timeout = '{run}ms'")).await?;
     // Rows past the retention are dropped here, as its ranges are (their
     // range may be gone: a boundary left behind by a long stop).
     let cut = table.retention.map(|_| minute_time(table.oldest_minute(now_ms)));
@@ -545,14 +546,36 @@ async fn fold(
     Ok(Folded { taken: taken.len(), rows, events: merged.events as u64, expired: sums.expired as u64, more })
 }
 
-/// A boundary move's time budget (the consumer uses at most a sixth of
-/// `flush-timeout`, so that the client's timeout never cuts a move and the
-/// fold before it): how long it may wait for a lock on the tables
-/// (`lock_timeout`) and how long each of its statements may take
-/// (`statement_timeout`). A move that runs out is undone, the fold before it kept, and the next
+/// How long a boundary move may wait for a lock on the tables
+/// (`lock_timeout`; the consumer uses at most a sixth of `flush-timeout`).
+/// A move that runs out is undone, the fold before it kept, and the next
 /// waits (`bid_logger_boundary.move_after`, doubling from a minute to 16,
 /// for every member).
 pub const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A boundary move's time budget: how long it may wait for a lock, and how
+/// long each of its statements may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoveBudget {
+    /// Its wait for a lock on the recent or merged table (`lock_timeout`).
+    pub lock: std::time::Duration,
+    /// Each of its statements' run (`statement_timeout`).
+    pub statements: std::time::Duration,
+}
+
+impl MoveBudget {
+    /// The budget within a consumption bounded by `flush_timeout`: a lock
+    /// wait of [`MOVE_TIMEOUT`] at most (a sixth of it, if less), and half
+    /// of it for each statement, so that the client's timeout never cuts a
+    /// move and the fold before it. The work is not cut at the lock's
+    /// budget: a move adds up a minute of the folds' rows (1.8 s at 200 000
+    /// events/s on a slow 2-core machine), and one cut every time would
+    /// leave the boundary, and the recent rows, growing behind for good.
+    pub fn within(flush_timeout: std::time::Duration) -> MoveBudget {
+        let lock = MOVE_TIMEOUT.min(flush_timeout / 6);
+        MoveBudget { lock, statements: (flush_timeout / 2).max(lock) }
+    }
+}
 
 /// A table's boundary and the database's clock, in seconds since the
 /// epoch, and whether a move must wait (one ran out of time lately).

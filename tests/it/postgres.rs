@@ -85,6 +85,22 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
     assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
     let def: String = admin.query_one("SELECT pg_get_viewdef('rollup_minute'::regclass)", &[]).await.unwrap().get(0);
     assert!(def.contains("bid_logger_boundary"), "the owner's migrate replaced the view: {def}");
+    // The same from a build whose recent tables were keyed.
+    let keyed = "ALTER TABLE rollup_minute_recent SET (fillfactor = 50),
+                 ADD PRIMARY KEY (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm)";
+    as_owner.batch_execute(keyed).await.expect("the earlier recent table");
+    let out = bid_logger(&["migrate", "--database-url", &writer_url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let says = "rollup_minute_recent is keyed by an earlier build: run `bid-logger migrate` as the role that owns it";
+    assert!(!out.status.success() && stderr.contains(says), "{stderr}");
+    let out = bid_logger(&["migrate", "--database-url", &owner_url]);
+    assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
+    let keys: i64 = admin
+        .query_one("SELECT count(*) FROM pg_constraint WHERE conrelid = 'rollup_minute_recent'::regclass", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(keys, 0, "the owner's migrate dropped the recent table's key");
     drop((as_owner, as_writer));
     let _ = admin
         .batch_execute(&format!(

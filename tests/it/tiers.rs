@@ -352,6 +352,65 @@ async fn a_late_event_shows_once_folded_into_its_merged_row_never_twice() {
     assert_eq!(sum_events(&client, "rollup_minute_merged").await, 600, "folded into the merged rows");
 }
 
+/// A fold appends its sums to the recent table without looking for the
+/// key: two folds of the same keys leave two rows per key there, which the
+/// view adds up, and the move into the merged table adds up into one row
+/// per key. Two runs each fold once (at their stop: no folds while they
+/// run, no move at a stop) the same keys three minutes back (the boundary
+/// ten minutes back); a third run's first fold moves the boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_folded_twice_are_two_recent_rows_shown_as_one_and_moved_as_one() {
+    let db = fresh_database("recent_appended").await;
+    let client = migrated_with_boundary_back(&db).await;
+    let quiet = rollup_config("recent-appended", "[rollup.rollup_minute]\nfold-interval = \"1h\"\n");
+    let ts = now_ms() - 3 * 60_000;
+    let mut all = Vec::new();
+    for tag in ["first", "second"] {
+        let mut publisher = Publisher::bind();
+        let args = ["--connect", &publisher.endpoint, "--flush-interval", "200ms", "--config", &quiet];
+        let logger = Logger::start(&db, &args);
+        publisher.wait_for_subscriptions(all_topics(P));
+        let events = at(ts, 300, tag);
+        for e in &events {
+            publisher.publish(e, P);
+        }
+        logger.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
+        logger.stop_ok();
+        all.extend(events);
+    }
+    let full = "bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm";
+    let counts = format!(
+        "SELECT count(*), count(DISTINCT ({full})), coalesce(sum(events), 0)::bigint FROM rollup_minute_recent"
+    );
+    let row = client.query_one(&counts, &[]).await.unwrap();
+    let (rows, keys, events): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert!(keys > 0 && rows == 2 * keys, "each fold appended each key once: {rows} rows, {keys} keys");
+    assert_eq!(events, 600, "set-up: both runs' events are in the recent rows");
+    one_row_per_key(&client, "rollup_minute", "country, os, campaign_id, advertiser_id").await;
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
+
+    let since = "SELECT since FROM bid_logger_boundary WHERE rollup = 'rollup_minute'";
+    let before: std::time::SystemTime = client.query_one(since, &[]).await.unwrap().get(0);
+    let mut publisher = Publisher::bind();
+    let often = rollup_config("recent-moved", "[rollup.rollup_minute]\nfold-interval = \"1s\"\n");
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", &often]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while client.query_one(since, &[]).await.unwrap().get::<_, std::time::SystemTime>(0) == before {
+        assert!(std::time::Instant::now() < deadline, "the boundary did not move");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    logger.stop_ok();
+    let merged = format!(
+        "SELECT count(*), count(DISTINCT ({full})), coalesce(sum(events), 0)::bigint FROM rollup_minute_merged"
+    );
+    let row = client.query_one(&merged, &[]).await.unwrap();
+    let (rows, merged_keys, events): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((rows, merged_keys, events), (keys, keys, 600), "moved as one row per key, every event once");
+    assert_boundary_holds(&client, "rollup_minute").await;
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
+}
+
 /// A table that was direct (live rows written, not folded yet when the
 /// logger was killed) and is coarse at the next start: its next
 /// consumption moves its log into its merged rows and takes the live rows
