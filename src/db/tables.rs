@@ -83,6 +83,14 @@ pub const FOLD_INTERVAL: Duration = Duration::from_secs(10);
 /// added them to the merged table.
 pub const LIVE_MINUTES: i64 = 1;
 
+/// The most buckets one move of a boundary takes: a boundary left behind
+/// (moves that ran out of time while a lock was held, then waited up to 16
+/// minutes) catches up this many buckets per fold, so that a move's work
+/// stays that of a few minutes of folds however long the stall (one adding
+/// up all of them could outgrow its statements' budget, be cut every time,
+/// and leave the boundary behind for good).
+pub const MOVE_MOST_BUCKETS: i64 = 5;
+
 /// The table holding each rollup table's boundary: the oldest bucket its
 /// recent rows (and the live rows the view shows) may hold, every bucket of
 /// its merged table being older. Only a consumption of the table's log,
@@ -332,13 +340,11 @@ CREATE TABLE IF NOT EXISTS {recent} (
 DO $$
 DECLARE pkey text := (SELECT conname FROM pg_constraint WHERE conrelid = '{recent}'::regclass AND contype = 'p');
 BEGIN
-    IF pkey IS NOT NULL OR (SELECT reloptions FROM pg_class WHERE oid = '{recent}'::regclass) IS NOT NULL THEN
+    IF pkey IS NOT NULL THEN
         IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = '{recent}'::regclass), 'USAGE') THEN
             RAISE EXCEPTION '{recent} is keyed by an earlier build: run `bid-logger migrate` as the role that owns it (UPGRADING.md), then start this build';
         END IF;
-        IF pkey IS NOT NULL THEN
-            EXECUTE format('ALTER TABLE {recent} DROP CONSTRAINT %I', pkey);
-        END IF;
+        EXECUTE format('ALTER TABLE {recent} DROP CONSTRAINT %I', pkey);
         ALTER TABLE {recent} RESET (fillfactor);
         RAISE NOTICE '{recent}: folds now append to it';
     END IF;
@@ -476,6 +482,16 @@ GROUP BY {key}",
         let grain = self.shape.grain.minutes();
         let at = if self.logged { now_minute + grain } else { now_minute - LIVE_MINUTES };
         at - at.rem_euclid(grain)
+    }
+
+    /// Where a move at `now_minute` takes its boundary from `since` (both in
+    /// minutes): to [`RollupTable::next_boundary`], but at most
+    /// [`MOVE_MOST_BUCKETS`] buckets on (never back: no move when it is not
+    /// past `since`).
+    pub fn move_to(&self, now_minute: i64, since: i64) -> i64 {
+        let grain = self.shape.grain.minutes();
+        let most = since.saturating_add(MOVE_MOST_BUCKETS * grain);
+        self.next_boundary(now_minute).min(most - most.rem_euclid(grain))
     }
 
     /// Moves the sums of buckets before `$1` from its recent table into its
@@ -659,6 +675,19 @@ mod tests {
             fold_interval: FOLD_INTERVAL,
             merged: format!("{name}_merged"),
         }
+    }
+
+    #[test]
+    fn a_boundary_left_behind_catches_up_five_buckets_per_move() {
+        let minute = declared("m", Grain::Minute, &[Dimension::Country], 1);
+        let hour = declared("h", Grain::Hour, &[Dimension::Country], 60);
+        let now = 483_334 * 60; // minutes since the epoch, on an hour
+        assert_eq!(minute.move_to(now, now - 2), now - 1, "a minute back, as normally");
+        assert_eq!(minute.move_to(now, now - 1), now - 1, "not past it: no move");
+        assert_eq!(minute.move_to(now, now - 600), now - 595, "ten hours behind: five minutes on");
+        assert_eq!(hour.move_to(now, now), now + 60, "the next hour, as normally");
+        assert_eq!(hour.move_to(now, now - 60 * 24), now - 60 * 19, "a day behind: five hours on");
+        assert_eq!(minute.move_to(now, i64::MIN), i64::MIN + 5, "no overflow");
     }
 
     fn feeders(tables: &[RollupTable]) -> Vec<(&str, Option<&str>)> {

@@ -384,7 +384,7 @@ pub async fn consume(
             table.name
         )));
     };
-    let next = table.next_boundary(db_minute);
+    let next = table.move_to(db_minute, since);
     let mut done = fold(&tx, table, feeds, limit, now_ms, since).await?;
     let moves = move_within.is_some() && !backed_off && next > since && !done.more;
     if done.taken == 0 && !moves {
@@ -566,11 +566,12 @@ pub struct MoveBudget {
 impl MoveBudget {
     /// The budget within a consumption bounded by `flush_timeout`: a lock
     /// wait of [`MOVE_TIMEOUT`] at most (a sixth of it, if less), and half
-    /// of it for each statement, so that the client's timeout never cuts a
-    /// move and the fold before it. The work is not cut at the lock's
-    /// budget: a move adds up a minute of the folds' rows (1.8 s at 200 000
-    /// events/s on a slow 2-core machine), and one cut every time would
-    /// leave the boundary, and the recent rows, growing behind for good.
+    /// of it for each statement. The work is not cut at the lock's budget:
+    /// a move adds up a minute of the folds' rows (1.8 s at 200 000
+    /// events/s on a slow 2-core machine), at most [`MOVE_MOST_BUCKETS`](crate::db::tables::MOVE_MOST_BUCKETS)
+    /// after a stall. (A fold taking more than the other half, then a move
+    /// its whole budget, would meet the client's timeout: the consumption
+    /// is undone whole and retried with one log row.)
     pub fn within(flush_timeout: std::time::Duration) -> MoveBudget {
         let lock = MOVE_TIMEOUT.min(flush_timeout / 6);
         MoveBudget { lock, statements: (flush_timeout / 2).max(lock) }

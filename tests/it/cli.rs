@@ -188,7 +188,8 @@ async fn migrate_is_idempotent_and_creates_the_warehouse() {
     let versions: i64 = client.query_one("SELECT count(*) FROM bid_logger_migrations", &[]).await.unwrap().get(0);
     assert_eq!(versions as usize, bid_logger::db::migrate::MIGRATIONS.len());
     // the recent tables are appended to: no key, no room kept for updates,
-    // also when an earlier build made them keyed
+    // also when an earlier build made them keyed (a table's other options
+    // are the operator's)
     let keyed = "ALTER TABLE rollup_minute_recent SET (fillfactor = 50),
                  ADD PRIMARY KEY (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm)";
     client.batch_execute(keyed).await.unwrap();
@@ -200,6 +201,14 @@ async fn migrate_is_idempotent_and_creates_the_warehouse() {
         client.query(recent, &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     assert_eq!(rows.len(), 5, "{rows:?}");
     assert!(rows.iter().all(|(_, options, indexes)| options == "{}" && *indexes == 0), "{rows:?}");
+    client.batch_execute("ALTER TABLE rollup_minute_recent SET (autovacuum_vacuum_scale_factor = 0.01)").await.unwrap();
+    assert_eq!(bid_logger(&["migrate", "--database-url", &db]).0, 0);
+    let options: String = client
+        .query_one("SELECT reloptions::text FROM pg_class WHERE relname = 'rollup_minute_recent'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(options, "{autovacuum_vacuum_scale_factor=0.01}", "an operator's option stays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
