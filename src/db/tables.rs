@@ -83,12 +83,14 @@ pub const FOLD_INTERVAL: Duration = Duration::from_secs(10);
 /// added them to the merged table.
 pub const LIVE_MINUTES: i64 = 1;
 
-/// The most buckets one move of a boundary takes: a boundary left behind
-/// (moves that ran out of time while a lock was held, then waited up to 16
-/// minutes) catches up this many buckets per fold, so that a move's work
-/// stays that of a few minutes of folds however long the stall (one adding
-/// up all of them could outgrow its statements' budget, be cut every time,
-/// and leave the boundary behind for good).
+/// How many buckets of recent rows one move of a boundary adds up at most,
+/// beyond those of one consumption interval: a boundary left behind (moves
+/// that ran out of time while a lock was held, then waited up to 16
+/// minutes) catches up this many buckets per consumption, so that a move's
+/// work stays that of a few minutes of folds however long the stall (one
+/// adding up all of them could outgrow its statements' budget, be cut every
+/// time, and leave the boundary behind for good). Buckets with no recent
+/// row (a stop) are passed at once.
 pub const MOVE_MOST_BUCKETS: i64 = 5;
 
 /// The table holding each rollup table's boundary: the oldest bucket its
@@ -484,14 +486,27 @@ GROUP BY {key}",
         at - at.rem_euclid(grain)
     }
 
-    /// Where a move at `now_minute` takes its boundary from `since` (both in
-    /// minutes): to [`RollupTable::next_boundary`], but at most
-    /// [`MOVE_MOST_BUCKETS`] buckets on (never back: no move when it is not
-    /// past `since`).
-    pub fn move_to(&self, now_minute: i64, since: i64) -> i64 {
+    /// Where a move at `now_minute` takes its boundary from `since` (all in
+    /// minutes), its recent table's oldest bucket being `oldest`: to
+    /// [`RollupTable::next_boundary`], but past no more than
+    /// [`MOVE_MOST_BUCKETS`] buckets of recent rows beyond one consumption
+    /// interval's, counted from `oldest` (so that empty buckets are passed
+    /// at once, and a table consumed rarely still keeps up). The caller
+    /// moves only when its next place is past `since`; this never is
+    /// before it.
+    pub fn move_to(&self, now_minute: i64, since: i64, oldest: Option<i64>) -> i64 {
+        let next = self.next_boundary(now_minute);
+        let Some(oldest) = oldest else { return next };
         let grain = self.shape.grain.minutes();
-        let most = since.saturating_add(MOVE_MOST_BUCKETS * grain);
-        self.next_boundary(now_minute).min(most - most.rem_euclid(grain))
+        let interval = (self.consume_interval().as_secs() as i64 + 60 * grain - 1) / (60 * grain);
+        let most = since.max(oldest).saturating_add((MOVE_MOST_BUCKETS + interval) * grain);
+        next.min(most - most.rem_euclid(grain)).max(since)
+    }
+
+    /// Its recent table's oldest bucket, in minutes since the epoch (`NULL`
+    /// when it is empty).
+    pub fn oldest_recent_sql(&self) -> String {
+        format!("SELECT floor(extract(epoch FROM min(bucket)) / 60)::bigint FROM {}", self.recent_table())
     }
 
     /// Moves the sums of buckets before `$1` from its recent table into its
@@ -678,16 +693,22 @@ mod tests {
     }
 
     #[test]
-    fn a_boundary_left_behind_catches_up_five_buckets_per_move() {
-        let minute = declared("m", Grain::Minute, &[Dimension::Country], 1);
-        let hour = declared("h", Grain::Hour, &[Dimension::Country], 60);
+    fn a_boundary_left_behind_catches_up_a_few_buckets_of_recent_rows_per_move() {
+        let minute = declared("m", Grain::Minute, &[Dimension::Country], 1); // folded every 10 s
+        let hour = declared("h", Grain::Hour, &[Dimension::Country], 60); // consumed every minute
+        let mut rare = minute.clone();
+        rare.fold_interval = Duration::from_secs(3600);
         let now = 483_334 * 60; // minutes since the epoch, on an hour
-        assert_eq!(minute.move_to(now, now - 2), now - 1, "a minute back, as normally");
-        assert_eq!(minute.move_to(now, now - 1), now - 1, "not past it: no move");
-        assert_eq!(minute.move_to(now, now - 600), now - 595, "ten hours behind: five minutes on");
-        assert_eq!(hour.move_to(now, now), now + 60, "the next hour, as normally");
-        assert_eq!(hour.move_to(now, now - 60 * 24), now - 60 * 19, "a day behind: five hours on");
-        assert_eq!(minute.move_to(now, i64::MIN), i64::MIN + 5, "no overflow");
+        let (back, day) = (now - 600, now - 60 * 24);
+        assert_eq!(minute.move_to(now, now - 2, Some(now - 2)), now - 1, "a minute back, as normally");
+        assert_eq!(minute.move_to(now, now - 1, Some(now - 1)), now - 1, "not past it: no move");
+        assert_eq!(minute.move_to(now, back, Some(back)), back + 6, "rows ten hours back: six minutes on");
+        assert_eq!(minute.move_to(now, back, Some(now - 3)), now - 1, "empty buckets passed at once");
+        assert_eq!(minute.move_to(now, back, None), now - 1, "no recent row: straight there");
+        assert_eq!(rare.move_to(now, back, Some(back)), back + 65, "folded hourly: an hour and five minutes on");
+        assert_eq!(hour.move_to(now, now, Some(now)), now + 60, "the next hour, as normally");
+        assert_eq!(hour.move_to(now, day, Some(day)), day + 6 * 60, "a day behind: six hours on");
+        assert_eq!(minute.move_to(now, i64::MIN, Some(i64::MIN)), i64::MIN + 6, "no overflow");
     }
 
     fn feeders(tables: &[RollupTable]) -> Vec<(&str, Option<&str>)> {

@@ -384,9 +384,8 @@ pub async fn consume(
             table.name
         )));
     };
-    let next = table.move_to(db_minute, since);
     let mut done = fold(&tx, table, feeds, limit, now_ms, since).await?;
-    let moves = move_within.is_some() && !backed_off && next > since && !done.more;
+    let moves = move_within.is_some() && !backed_off && table.next_boundary(db_minute) > since && !done.more;
     if done.taken == 0 && !moves {
         tx.rollback().await?;
         return Ok(Consumed::default());
@@ -396,7 +395,7 @@ pub async fn consume(
         // A savepoint: a move that runs out of time (a lock on the recent
         // or merged table) is undone, and the fold before it still commits.
         tx.batch_execute("SAVEPOINT bid_logger_move").await?;
-        match move_boundary(&tx, table, now_ms, next, within).await {
+        match move_boundary(&tx, table, now_ms, (since, db_minute), within).await {
             Ok(rows) => {
                 done.rows += rows;
                 moved = Moved::Yes;
@@ -429,10 +428,11 @@ pub async fn consume(
     })
 }
 
-/// Moves `table`'s boundary to `next` (minutes), in the consumption's
-/// transaction, right after a fold that took the whole log: the recent rows
-/// before it into the merged table, and the boundary set; returns the keys
-/// moved. It waits at most `within.lock` for a lock on the recent or merged
+/// Moves `table`'s boundary from `since` towards its next place at
+/// `db_minute` (minutes; [`RollupTable::move_to`]: at most a few buckets
+/// past its oldest recent row), in the consumption's transaction, right
+/// after a fold that took the whole log: the recent rows before it into the
+/// merged table, and the boundary set; returns the keys moved. It waits at most `within.lock` for a lock on the recent or merged
 /// table (an analyst's `LOCK`, range maintenance), never for a batch, and
 /// each statement runs at most `within.statements`.
 ///
@@ -444,12 +444,13 @@ async fn move_boundary(
     tx: &tokio_postgres::Transaction<'_>,
     table: &RollupTable,
     now_ms: i64,
-    next: i64,
+    (since, db_minute): (i64, i64),
     within: MoveBudget,
 ) -> Result<u64, DbError> {
-    let at = minute_time(next);
     let (lock, run) = (within.lock.as_millis().max(1), within.statements.as_millis().max(1));
     tx.batch_execute(&format!("SET LOCAL lock_timeout = '{lock}ms'; SET LOCAL statement_timeout = '{run}ms'")).await?;
+    let oldest: Option<i64> = tx.query_one(&table.oldest_recent_sql(), &[]).await?.get(0);
+    let at = minute_time(table.move_to(db_minute, since, oldest));
     // Rows past the retention are dropped here, as its ranges are (their
     // range may be gone: a boundary left behind by a long stop).
     let cut = table.retention.map(|_| minute_time(table.oldest_minute(now_ms)));
