@@ -437,7 +437,7 @@ pub async fn consume(
 /// each statement runs at most `within.statements`.
 ///
 /// A batch committed after that fold's read of the log is folded by the
-/// next fold: until then its live rows of buckets before `next`, if any,
+/// next fold: until then its live rows of buckets before the new boundary, if any,
 /// are not shown (the view shows live rows from the boundary on), and
 /// never twice.
 async fn move_boundary(
@@ -568,9 +568,10 @@ impl MoveBudget {
     /// The budget within a consumption bounded by `flush_timeout`: a lock
     /// wait of [`MOVE_TIMEOUT`] at most (a sixth of it, if less), and half
     /// of it for each statement. The work is not cut at the lock's budget:
-    /// a move adds up a minute of the folds' rows (1.8 s at 200 000
-    /// events/s on a slow 2-core machine), at most [`MOVE_MOST_BUCKETS`](crate::db::tables::MOVE_MOST_BUCKETS)
-    /// after a stall. (A fold taking more than the other half, then a move
+    /// a move normally adds up a minute of the folds' rows (1.8 s at 200 000
+    /// events/s on a slow 2-core machine); after a stall, at most
+    /// [`MOVE_MOST_BUCKETS`](crate::db::tables::MOVE_MOST_BUCKETS) buckets
+    /// beyond a consumption interval's. (A fold taking more than the other half, then a move
     /// its whole budget, would meet the client's timeout: the consumption
     /// is undone whole and retried with one log row.)
     pub fn within(flush_timeout: std::time::Duration) -> MoveBudget {
