@@ -30,9 +30,9 @@
 //!   [`sink::batch::Batch`]es, each holding every table's projected rows;
 //!   each is one transaction: ledger rows, per table a row in its delta log
 //!   and, for a direct table, a binary `COPY` of its live rows; a consumer
-//!   task folds each log into the table at its own interval) with retries and merging of pending deltas; a batch's
-//!   transaction also creates the time ranges its rows need that range
-//!   maintenance has not made yet.
+//!   task folds each log into the table at its own interval) with retries
+//!   and merging of pending deltas; a batch's transaction also creates the
+//!   time ranges its rows need that range maintenance has not made yet.
 //! * [`db`]: the database, shared by the sink, the fleet, `migrate`,
 //!   `report` and the tools: connection strings with TLS ([`db::tls`]), the
 //!   pool, the error type, the migrations, the declared tables

@@ -500,7 +500,7 @@ GROUP BY {key}",
         let grain = self.shape.grain.minutes();
         let interval = (self.consume_interval().as_secs() as i64 + 60 * grain - 1) / (60 * grain);
         let most = since.max(oldest).saturating_add((MOVE_MOST_BUCKETS + interval) * grain);
-        next.min(most - most.rem_euclid(grain)).max(since)
+        next.min(most - most.rem_euclid(grain))
     }
 
     /// Its recent table's oldest bucket, in minutes since the epoch (`NULL`

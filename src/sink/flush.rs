@@ -449,7 +449,14 @@ async fn move_boundary(
 ) -> Result<u64, DbError> {
     let (lock, run) = (within.lock.as_millis().max(1), within.statements.as_millis().max(1));
     tx.batch_execute(&format!("SET LOCAL lock_timeout = '{lock}ms'; SET LOCAL statement_timeout = '{run}ms'")).await?;
-    let oldest: Option<i64> = tx.query_one(&table.oldest_recent_sql(), &[]).await?.get(0);
+    // Only a boundary more than a move's reach behind needs its oldest
+    // recent row (a scan of the unindexed table): any recent row is from
+    // `since` on, so nearer than that the move goes all the way anyway.
+    let behind = table.move_to(db_minute, since, Some(since)) < table.next_boundary(db_minute);
+    let oldest = match behind {
+        true => tx.query_one(&table.oldest_recent_sql(), &[]).await?.get(0),
+        false => Some(since),
+    };
     let at = minute_time(table.move_to(db_minute, since, oldest));
     // Rows past the retention are dropped here, as its ranges are (their
     // range may be gone: a boundary left behind by a long stop).
