@@ -207,8 +207,11 @@ pub struct Measurement {
     /// For the logger on a local PostgreSQL: the CPU seconds of the logger
     /// and of every PostgreSQL process from the first published message to
     /// the logger's exit after a graceful stop (its last flush and delta-log
-    /// consumptions included).
+    /// consumptions included) and the settling of its writes after it
+    /// ([`Warehouse::settle`]).
     pub whole_system_cpu: Option<f64>,
+    /// The part of `whole_system_cpu` spent settling the writes.
+    pub settle_cpu: Option<f64>,
 }
 
 impl Measurement {
@@ -240,6 +243,61 @@ impl Measurement {
 #[derive(Debug, Clone, Copy)]
 pub struct LocalServer {
     postmaster: u32,
+}
+
+/// A subject's database on a [`LocalServer`]: the whole system's CPU counts
+/// the work the subject's writes leave to the server as well.
+#[derive(Debug, Clone, Copy)]
+pub struct Warehouse<'a> {
+    /// The server whose CPU is read.
+    pub server: LocalServer,
+    /// The subject's database.
+    pub url: &'a str,
+}
+
+impl Warehouse<'_> {
+    /// Pays what the writes so far left to the server, so that it falls in
+    /// the run that made it and in no other: a `VACUUM` of the database
+    /// (the dead rows of folded live rows, the visibility of every page
+    /// written), a `CHECKPOINT` (the dirty pages written out), and a wait
+    /// (at most 30 s) until no autovacuum worker runs on the server, as one
+    /// started on an earlier subject's database would count here. Called
+    /// before a subject's clock starts (its start-up's catalog writes) and
+    /// after its graceful exit. Errors (a role that may not `CHECKPOINT`)
+    /// only leave that part undone, and are reported once.
+    pub fn settle(&self) {
+        let url = self.url.to_string();
+        let result = std::thread::spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let client = bid_logger::db::connect(&url).await?;
+                client.batch_execute("VACUUM").await?;
+                let checkpoint = client.batch_execute("CHECKPOINT").await;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    let workers: i64 = client
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'",
+                            &[],
+                        )
+                        .await?
+                        .get(0);
+                    if workers == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                checkpoint?;
+                Ok(())
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")));
+        if let Err(e) = result {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| eprintln!("bench: settling the server's work after a subject: {e:#}"));
+        }
+    }
 }
 
 impl LocalServer {
@@ -287,15 +345,16 @@ pub enum Feed {
 
 /// Runs one subject: `spawn` starts it (given the endpoint), `subscriptions`
 /// is how many topics it subscribes to, `done` polls whether it has finished
-/// (given the child) and is called every 10 ms. With `server`, the subject
-/// is then stopped gracefully (SIGTERM) and the whole system's CPU is read
-/// up to its exit.
+/// (given the child) and is called every 10 ms. With `warehouse`, the
+/// subject is then stopped gracefully (SIGTERM) and the whole system's CPU
+/// is read up to its exit and the work its writes left to the server
+/// ([`Warehouse::settle`], done before the clock starts as well).
 pub fn measure(
     name: &str,
     stream: &Stream,
     subscriptions: usize,
     feed: Feed,
-    server: Option<LocalServer>,
+    warehouse: Option<Warehouse<'_>>,
     spawn: impl FnOnce(&str) -> Child,
     mut done: impl FnMut(&mut Child) -> Progress,
 ) -> Measurement {
@@ -303,6 +362,10 @@ pub fn measure(
     let endpoint = format!("tcp://127.0.0.1:{port}");
     let mut child = spawn(&endpoint);
     let pid = child.id();
+    if let Some(w) = warehouse {
+        w.settle();
+    }
+    let server = warehouse.map(|w| w.server);
     let (tx, rx) = std::sync::mpsc::channel();
     let publisher = std::thread::scope(|scope| {
         let handle = scope.spawn(|| match feed {
@@ -335,13 +398,28 @@ pub fn measure(
             assert!(Instant::now() < deadline, "{name} did not finish within 600 s");
             std::thread::sleep(Duration::from_millis(10));
         };
-        let whole_system_cpu = server.zip(server0).map(|(server, server0)| {
+        let whole = server.zip(server0).map(|(server, server0)| {
             let logger = stop_gracefully(&mut child, pid, deadline);
-            logger - cpu0 + server.cpu_seconds() - server0
+            let exited = server.cpu_seconds();
+            if let Some(w) = warehouse {
+                w.settle();
+            }
+            let settled = server.cpu_seconds();
+            (logger - cpu0 + settled - server0, settled - exited)
         });
+        let (whole_system_cpu, settle_cpu) = (whole.map(|w| w.0), whole.map(|w| w.1));
         let socket = handle.join().expect("publisher thread");
         let events = stream.messages.len() as u64;
-        let m = Measurement { name: name.to_string(), events, elapsed, cpu, rss: peak, ingested, whole_system_cpu };
+        let m = Measurement {
+            name: name.to_string(),
+            events,
+            elapsed,
+            cpu,
+            rss: peak,
+            ingested,
+            whole_system_cpu,
+            settle_cpu,
+        };
         (m, socket)
     });
     let (m, socket) = publisher;
@@ -539,7 +617,7 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
             &stream,
             subs,
             feed,
-            server,
+            server.map(|server| Warehouse { server, url: &db }),
             |ep| {
                 let child = spawn(&logger_exe, &logger_args(ep, &db, p, sample, port));
                 settled(port);
@@ -571,19 +649,29 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
         eprintln!("bench: round {round} of {}", cfg.rounds.max(1));
         rounds[0].push(null("null subscriber", "1", n, subscribed_all, Feed::Live));
         let db = fresh_db(server_url, "bench_logger").await?;
-        rounds[1].push(logger("bid-logger (sample 1)", "1", n, subscribed_all, db, Feed::Live));
+        rounds[1].push(logger("bid-logger (sample 1)", "1", n, subscribed_all, db.clone(), Feed::Live));
+        drop_db(server_url, &db).await?;
         rounds[2].push(null("null subscriber (sample 1/8)", "1/8", kept_messages, subscribed_eighth, Feed::Live));
         let db = fresh_db(server_url, "bench_logger8").await?;
-        rounds[3].push(logger("bid-logger (sample 1/8)", "1/8", kept_events, subscribed_eighth, db, Feed::Live));
+        rounds[3].push(logger(
+            "bid-logger (sample 1/8)",
+            "1/8",
+            kept_events,
+            subscribed_eighth,
+            db.clone(),
+            Feed::Live,
+        ));
+        drop_db(server_url, &db).await?;
     }
     for r in &rounds {
         for m in r {
             eprintln!(
-                "bench: {:<30} ingest {:.3} s, done {:.3} s, {:.3} CPU s/M",
+                "bench: {:<30} ingest {:.3} s, done {:.3} s, {:.3} CPU s/M{}",
                 m.name,
                 m.ingested.unwrap_or(m.elapsed).as_secs_f64(),
                 m.elapsed.as_secs_f64(),
-                m.cpu_per_million()
+                m.cpu_per_million(),
+                whole_system_note(m)
             );
         }
     }
@@ -609,7 +697,8 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     };
     if let Some(script) = &cfg.baseline {
         let db = fresh_db(server_url, "bench_py").await?;
-        results.push(python(script, db, Feed::Live));
+        results.push(python(script, db.clone(), Feed::Live));
+        drop_db(server_url, &db).await?;
     }
     print_table(&results, &stream);
 
@@ -620,12 +709,23 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
         eprintln!("bench: backlog round {round} of {}", cfg.rounds.max(1));
         backlog[0].push(null("null subscriber", "1", n, subscribed_all, Feed::Backlog));
         let db = fresh_db(server_url, "bench_backlog").await?;
-        backlog[1].push(logger("bid-logger (sample 1)", "1", n, subscribed_all, db, Feed::Backlog));
+        backlog[1].push(logger("bid-logger (sample 1)", "1", n, subscribed_all, db.clone(), Feed::Backlog));
+        drop_db(server_url, &db).await?;
+    }
+    for m in backlog.iter().flatten() {
+        eprintln!(
+            "bench: backlog {:<22} drain {:.3} s, {:.3} CPU s/M{}",
+            m.name,
+            m.elapsed.as_secs_f64(),
+            m.cpu_per_million(),
+            whole_system_note(m)
+        );
     }
     let mut drained: Vec<Measurement> = backlog.iter().map(|r| median(r)).collect();
     if let Some(script) = &cfg.baseline {
         let db = fresh_db(server_url, "bench_py_backlog").await?;
-        drained.push(python(script, db, Feed::Backlog));
+        drained.push(python(script, db.clone(), Feed::Backlog));
+        drop_db(server_url, &db).await?;
     }
     print_backlog(&drained);
 
@@ -634,6 +734,8 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     let a = fresh_db(server_url, "bench_flush_logger").await?;
     let b = fresh_db(server_url, "bench_flush_plain").await?;
     let flush_rounds = flush::compare(&a, &b, &delta, 5).await?;
+    drop_db(server_url, &a).await?;
+    drop_db(server_url, &b).await?;
     print_flush(&flush_rounds);
 
     if !cfg.latency.is_zero() {
@@ -694,6 +796,7 @@ fn median(rounds: &[Measurement]) -> Measurement {
         whole_system_cpu: first
             .whole_system_cpu
             .map(|_| mid(rounds.iter().filter_map(|m| m.whole_system_cpu).collect())),
+        settle_cpu: first.settle_cpu.map(|_| mid(rounds.iter().filter_map(|m| m.settle_cpu).collect())),
     }
 }
 
@@ -825,6 +928,17 @@ fn print_flush(rounds: &[flush::FlushRound]) {
     println!("flush: logger takes {ratio:.2}× the plain time (median of {} rounds)", rounds.len());
 }
 
+/// Drops a database [`fresh_db`] made, once its subject is done: a
+/// server holding every earlier subject's database (hundreds of ranges
+/// each) has its autovacuum visit them all, which would count in the
+/// next subjects' whole-system CPU.
+async fn drop_db(server_url: &str, db_url: &str) -> anyhow::Result<()> {
+    let name: String = bid_logger::db::connect(db_url).await?.query_one("SELECT current_database()", &[]).await?.get(0);
+    let client = bid_logger::db::connect(server_url).await?;
+    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
+    Ok(())
+}
+
 async fn fresh_db(server_url: &str, prefix: &str) -> anyhow::Result<String> {
     let client = bid_logger::db::connect(server_url).await?;
     let name = format!("{prefix}_{}", bid_logger_core::clock::now_ms());
@@ -832,12 +946,22 @@ async fn fresh_db(server_url: &str, prefix: &str) -> anyhow::Result<String> {
     Ok(crate::demo::with_dbname(server_url, &name)?)
 }
 
+/// A round's whole-system CPU for its `bench:` line ("" when not measured).
+fn whole_system_note(m: &Measurement) -> String {
+    match (m.whole_system_per_million(), m.settle_cpu) {
+        (Some(w), Some(s)) => {
+            format!(", whole system {w:.3} CPU s/M (settling its writes {:.3})", s / (m.events as f64 / 1e6))
+        }
+        _ => String::new(),
+    }
+}
+
 /// The whole system's CPU per event against the null subscriber's, when it
 /// was measured.
 fn print_whole_system(prefix: &str, logger: &Measurement, null: &Measurement) {
     if let Some(whole) = logger.whole_system_per_million() {
         println!(
-            "{prefix}whole system (logger + PostgreSQL, up to the logger's graceful exit) / null subscriber: {:.2} / \
+            "{prefix}whole system (logger + PostgreSQL, up to the logger's graceful exit and the VACUUM and CHECKPOINT of its writes) / null subscriber: {:.2} / \
              {:.2} CPU s per M events = {:.2}×",
             whole,
             null.cpu_per_million(),
