@@ -401,6 +401,16 @@ BEGIN
         END IF;
         EXECUTE {view};
         RAISE NOTICE '{name}: its view now shows live rows from its boundary on';
+    ELSIF position('JOIN {boundary}' in pg_get_viewdef('{name}'::regclass)) = 0 THEN
+        -- an earlier build's view read the boundary in a subquery, which
+        -- kept PostgreSQL from scanning the merged ranges in parallel: the
+        -- same rows, read slower, so a role that may not replace it goes on
+        IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = '{name}'::regclass), 'USAGE') THEN
+            EXECUTE {view};
+            RAISE NOTICE '{name}: its view now joins its boundary (its merged ranges read in parallel again)';
+        ELSE
+            RAISE WARNING '{name} is the view of an earlier build, read without parallel scans: run `bid-logger migrate` as the role that owns it (UPGRADING.md)';
+        END IF;
     END IF;
     IF to_regclass('{name}_est') IS NULL THEN
         EXECUTE {est};
@@ -439,8 +449,7 @@ SELECT {key}, sample_ppm, sum(events)::bigint, sum(attributed_events)::bigint, s
        sum(revenue_micros)::bigint, max(updated_at)
 FROM (SELECT {cols} FROM {recent}
       UNION ALL
-      SELECT {cols} FROM {live}
-      WHERE bucket >= (SELECT since FROM {boundary} WHERE rollup = '{name}')) open
+      SELECT {cols} FROM {live} JOIN {boundary} ON rollup = '{name}' AND bucket >= since) open
 GROUP BY {key}, sample_ppm",
             name = self.name,
             merged = self.merged,

@@ -75,7 +75,7 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
         .into_iter()
         .find(|t| t.name == "rollup_minute")
         .unwrap();
-    let filter = "\n      WHERE bucket >= (SELECT since FROM bid_logger_boundary WHERE rollup = 'rollup_minute')";
+    let filter = " JOIN bid_logger_boundary ON rollup = 'rollup_minute' AND bucket >= since";
     assert!(minute.view_sql().contains(filter), "set-up: the view's live condition");
     as_owner.batch_execute(&minute.view_sql().replace(filter, "")).await.expect("the earlier view");
     let out = bid_logger(&["migrate", "--database-url", &writer_url]);
@@ -83,8 +83,22 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
     assert!(!out.status.success() && stderr.contains("run `bid-logger migrate` as the role that owns it"), "{stderr}");
     let out = bid_logger(&["migrate", "--database-url", &owner_url]);
     assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
-    let def: String = admin.query_one("SELECT pg_get_viewdef('rollup_minute'::regclass)", &[]).await.unwrap().get(0);
-    assert!(def.contains("bid_logger_boundary"), "the owner's migrate replaced the view: {def}");
+    let view = "SELECT pg_get_viewdef('rollup_minute'::regclass)";
+    let def: String = admin.query_one(view, &[]).await.unwrap().get(0);
+    assert!(def.contains("JOIN bid_logger_boundary"), "the owner's migrate replaced the view: {def}");
+    // From a build whose view read the boundary in a subquery (the same
+    // rows, its merged ranges never scanned in parallel): the writer goes
+    // on with it, the owner's migrate replaces it.
+    let subquery = "\n      WHERE bucket >= (SELECT since FROM bid_logger_boundary WHERE rollup = 'rollup_minute')";
+    as_owner.batch_execute(&minute.view_sql().replace(filter, subquery)).await.expect("the earlier view");
+    let out = bid_logger(&["migrate", "--database-url", &writer_url]);
+    assert!(out.status.success(), "the writer goes on: {}", String::from_utf8_lossy(&out.stderr));
+    let def: String = admin.query_one(view, &[]).await.unwrap().get(0);
+    assert!(!def.contains("JOIN bid_logger_boundary"), "only its owner replaces the view: {def}");
+    let out = bid_logger(&["migrate", "--database-url", &owner_url]);
+    assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
+    let def: String = admin.query_one(view, &[]).await.unwrap().get(0);
+    assert!(def.contains("JOIN bid_logger_boundary"), "the owner's migrate joins the boundary: {def}");
     // The same from a build whose recent tables were keyed.
     let keyed = "ALTER TABLE rollup_minute_recent SET (fillfactor = 50),
                  ADD PRIMARY KEY (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm)";
