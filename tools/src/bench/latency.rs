@@ -33,6 +33,32 @@ pub struct LatencyReport {
 /// Events the publisher had sent by each tick: (time, cumulative count).
 pub type Timeline = Vec<(Instant, u64)>;
 
+/// The share of the published events whose bucket was before
+/// `rollup_minute`'s boundary when published, as a fold sets it
+/// ([`bid_logger::db::tables::LIVE_MINUTES`] behind the clock's minute; it
+/// lags up to a `fold-interval` more, so this is a lower bound). The view
+/// shows those at the next fold, not at their batch's commit, which is what
+/// the latency run measures. `wall_ms` is the wall clock at `at` (an
+/// instant before the first tick).
+pub fn behind_boundary(stream: &Stream, timeline: &Timeline, at: Instant, wall_ms: i64) -> f64 {
+    let minutes: Vec<Option<i64>> = stream
+        .messages
+        .iter()
+        .map(|(topic, payload)| {
+            bid_logger_core::decode::decode(topic, payload).ok().map(|e| e.ts_ms.div_euclid(60_000))
+        })
+        .collect();
+    let (mut behind, mut prev) = (0u64, 0u64);
+    for &(tick, cum) in timeline {
+        let now_ms = wall_ms + tick.saturating_duration_since(at).as_millis() as i64;
+        let boundary = now_ms.div_euclid(60_000) - bid_logger::db::tables::LIVE_MINUTES;
+        behind +=
+            (prev..cum).filter(|&i| minutes[i as usize % minutes.len()].is_some_and(|m| m < boundary)).count() as u64;
+        prev = cum;
+    }
+    behind as f64 / prev.max(1) as f64
+}
+
 /// Publishes `stream` in a loop at `rate` events/s for `duration` on an XPUB
 /// bound at `endpoint`, once `subscriptions` subscriptions have arrived.
 pub fn paced_publish(
