@@ -91,6 +91,13 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
         let columns: Vec<String> = tx.query(EXISTING_COLUMNS, &[&table.name]).await?.iter().map(|r| r.get(0)).collect();
         check_existing(table, &columns).map_err(DbError::Schema)?;
         tx.batch_execute(&table.create_sql()).await?;
+        let joined: bool = tx.query_one(VIEW_JOINS_BOUNDARY, &[&table.name]).await?.get(0);
+        if !joined {
+            // a view only its owner may replace (create_sql replaces it when it may)
+            tracing::warn!(table = %table.name,
+                "the view is an earlier build's, read without parallel scans (the same rows, slower): \
+                 run `bid-logger migrate` as the role that owns it (UPGRADING.md)");
+        }
     }
     let day_like_hour =
         |t: &RollupTable| t.name == "rollup_day" && t.shape.grain == Grain::Day && t.shape.dims == hour_dims(tables);
@@ -105,6 +112,13 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
     tx.commit().await?;
     Ok(count)
 }
+
+/// Whether a rollup view joins its boundary (`$1`: the table's name), as
+/// [`RollupTable::view_sql`] makes it: an earlier build's read it in a
+/// subquery, which keeps PostgreSQL from scanning its merged ranges in
+/// parallel.
+const VIEW_JOINS_BOUNDARY: &str =
+    "SELECT coalesce(position('JOIN bid_logger_boundary' in pg_get_viewdef(to_regclass($1)::oid)) > 0, true)";
 
 fn hour_dims(tables: &[RollupTable]) -> Dimensions {
     tables.iter().find(|t| t.name == "rollup_hour").map_or(Dimensions::ALL, |t| t.shape.dims)

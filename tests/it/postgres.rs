@@ -92,7 +92,12 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
     let subquery = "\n      WHERE bucket >= (SELECT since FROM bid_logger_boundary WHERE rollup = 'rollup_minute')";
     as_owner.batch_execute(&minute.view_sql().replace(filter, subquery)).await.expect("the earlier view");
     let out = bid_logger(&["migrate", "--database-url", &writer_url]);
-    assert!(out.status.success(), "the writer goes on: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the writer goes on: {stderr}");
+    assert!(
+        stderr.contains("read without parallel scans") && stderr.contains("rollup_minute"),
+        "and says so: {stderr}"
+    );
     let def: String = admin.query_one(view, &[]).await.unwrap().get(0);
     assert!(!def.contains("JOIN bid_logger_boundary"), "only its owner replaces the view: {def}");
     let out = bid_logger(&["migrate", "--database-url", &owner_url]);

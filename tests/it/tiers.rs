@@ -317,7 +317,7 @@ async fn every_rollup_view_is_read_in_parallel() {
         // what a large table costs, on these empty ones
         tx.batch_execute(
             "SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0;
-             SET LOCAL min_parallel_table_scan_size = 0",
+             SET LOCAL min_parallel_table_scan_size = 0; SET LOCAL max_parallel_workers_per_gather = 2",
         )
         .await
         .unwrap();

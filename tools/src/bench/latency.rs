@@ -35,8 +35,9 @@ pub type Timeline = Vec<(Instant, u64)>;
 
 /// The share of the published events whose bucket was before
 /// `rollup_minute`'s boundary when published, as a fold sets it
-/// ([`bid_logger::db::tables::LIVE_MINUTES`] behind the clock's minute; it
-/// lags up to a `fold-interval` more, so this is a lower bound). The view
+/// ([`bid_logger::db::tables::LIVE_MINUTES`] behind the clock's minute; the
+/// real one, set at the last fold, may lag a `fold-interval` more and have
+/// fewer events behind it, so this is an upper bound). The view
 /// shows those at the next fold, not at their batch's commit, which is what
 /// the latency run measures. `wall_ms` is the wall clock at `at` (an
 /// instant before the first tick).

@@ -260,42 +260,57 @@ impl Warehouse<'_> {
     /// the run that made it and in no other: a `VACUUM` of the database
     /// (the dead rows of folded live rows, the visibility of every page
     /// written), a `CHECKPOINT` (the dirty pages written out), and a wait
-    /// (at most 30 s) until no autovacuum worker runs on the server, as one
-    /// started on an earlier subject's database would count here. Called
-    /// before a subject's clock starts (its start-up's catalog writes) and
-    /// after its graceful exit. Errors (a role that may not `CHECKPOINT`)
-    /// only leave that part undone, and are reported once.
-    pub fn settle(&self) {
+    /// (at most 30 s) until no autovacuum worker runs: on the whole server
+    /// before a subject's clock starts (one on an earlier subject's
+    /// database would count in the run; its start-up's catalog writes are
+    /// settled too), on its own database `after` its graceful exit. Then
+    /// until its own backend has exited. Errors (a role that may not
+    /// `CHECKPOINT`) only leave that part undone, and are reported once.
+    pub fn settle(&self, after: bool) {
         let url = self.url.to_string();
-        let result = std::thread::spawn(move || -> anyhow::Result<()> {
+        let result = std::thread::spawn(move || -> anyhow::Result<(Option<i32>, Vec<String>)> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
                 let client = bid_logger::db::connect(&url).await?;
-                client.batch_execute("VACUUM").await?;
-                let checkpoint = client.batch_execute("CHECKPOINT").await;
+                let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+                let mut errors = Vec::new();
+                for step in ["VACUUM", "CHECKPOINT"] {
+                    if let Err(e) = client.batch_execute(step).await {
+                        errors.push(format!("{step}: {e}"));
+                    }
+                }
+                // before the clock, any database's (it would count in the
+                // run); after it, its own database's only
+                let workers = format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'{}",
+                    if after { " AND datname = current_database()" } else { "" }
+                );
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while Instant::now() < deadline {
-                    let workers: i64 = client
-                        .query_one(
-                            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'",
-                            &[],
-                        )
-                        .await?
-                        .get(0);
-                    if workers == 0 {
-                        break;
+                    match client.query_one(&workers, &[]).await {
+                        Ok(row) if row.get::<_, i64>(0) == 0 => break,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(e) => {
+                            errors.push(e.to_string());
+                            break;
+                        }
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                checkpoint?;
-                Ok(())
+                Ok((Some(pid), errors))
             })
         })
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")));
-        if let Err(e) = result {
+        let (pid, errors) = result.unwrap_or_else(|e| (None, vec![format!("{e:#}")]));
+        // Its backend's CPU is the server's once it has exited and been
+        // reaped (then in the postmaster's children's time).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !errors.is_empty() {
             static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| eprintln!("bench: settling the server's work after a subject: {e:#}"));
+            ONCE.call_once(|| eprintln!("bench: settling the server's work after a subject: {}", errors.join("; ")));
         }
     }
 }
@@ -363,7 +378,7 @@ pub fn measure(
     let mut child = spawn(&endpoint);
     let pid = child.id();
     if let Some(w) = warehouse {
-        w.settle();
+        w.settle(false);
     }
     let server = warehouse.map(|w| w.server);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -402,7 +417,7 @@ pub fn measure(
             let logger = stop_gracefully(&mut child, pid, deadline);
             let exited = server.cpu_seconds();
             if let Some(w) = warehouse {
-                w.settle();
+                w.settle(true);
             }
             let settled = server.cpu_seconds();
             (logger - cpu0 + settled - server0, settled - exited)
@@ -746,8 +761,13 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
             fraction * 100.0,
             cfg.latency
         );
+        // The same traffic stamped now: the stream above is minutes old, and
+        // an event older than rollup_minute's boundary shows at a fold, not
+        // at its batch's commit (the latency measured).
+        let stream = generate(cfg.count, p, 7);
         let db = fresh_db(server_url, "bench_latency").await?;
         let report = latency_run(&cfg.logger, &db, &stream, rate, cfg.latency).await?;
+        drop_db(server_url, &db).await?;
         print_latency(&report, &format!("{:.0} % of the logger's ingest rate", fraction * 100.0));
     }
     Ok(results)
@@ -806,6 +826,7 @@ async fn latency_only(cfg: &BenchConfig, stream: &Stream, rate: f64, server_url:
     eprintln!("bench: latency at {rate:.0} events/s for {:?}…", cfg.latency);
     let db = fresh_db(server_url, "bench_latency").await?;
     let report = latency_run(&cfg.logger, &db, stream, rate, cfg.latency).await?;
+    drop_db(server_url, &db).await?;
     print_latency(&report, "as asked");
     Ok(())
 }
@@ -863,7 +884,7 @@ async fn latency_run(
     );
     drop(socket);
     eprintln!(
-        "bench: latency run: about {:.1} % of the events were older than rollup_minute's boundary when published: \
+        "bench: latency run: at most {:.1} % of the events were older than rollup_minute's boundary when published: \
          the view shows those at the next fold (fold-interval), not at their batch's commit, which the figures below measure",
         latency::behind_boundary(stream, &timeline, at, wall_ms) * 100.0
     );
