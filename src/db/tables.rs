@@ -325,7 +325,7 @@ CREATE TABLE IF NOT EXISTS {merged} (
     revenue_micros    bigint      NOT NULL,
     updated_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY ({key}, sample_ppm)
-) PARTITION BY RANGE (bucket);
+) PARTITION BY RANGE (bucket);{brin}
 CREATE TABLE IF NOT EXISTS {recent} (
     bucket            timestamptz NOT NULL,
     event_type        text COLLATE \"C\" NOT NULL,
@@ -424,7 +424,34 @@ END $$;
 ",
             view = quote_literal(&self.view_sql()),
             est = quote_literal(&self.est_view_sql()),
+            brin = self.brin_sql(),
         )
+    }
+
+    /// A BRIN index on `bucket` over the merged ranges of an hour or day
+    /// table, whose ranges (a month, a year) hold hundreds of buckets: a
+    /// query over some of them reads their pages only, rows being written
+    /// in bucket order (BENCHMARKS.md, "The views read in parallel
+    /// again"). A minute table's hour ranges are read through their key,
+    /// which starts with `bucket`.
+    fn brin_sql(&self) -> String {
+        match self.shape.grain {
+            Grain::Minute => String::new(),
+            Grain::Hour | Grain::Day => {
+                // only its owner may make it (a writer role goes on without)
+                format!(
+                    "
+DO $$
+BEGIN
+    IF to_regclass('{merged}_bucket_brin') IS NULL
+       AND pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = '{merged}'::regclass), 'USAGE') THEN
+        CREATE INDEX {merged}_bucket_brin ON {merged} USING brin (bucket);
+    END IF;
+END $$;",
+                    merged = self.merged
+                )
+            }
+        }
     }
 
     /// The view readers query under the table's name: one row per key. Its

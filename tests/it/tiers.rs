@@ -298,7 +298,8 @@ async fn an_idle_logger_applies_the_retention_at_start_up() {
 }
 
 /// Every rollup view can be read by parallel workers: its merged ranges
-/// scanned in parallel (a `Parallel Append`), as a plain table's would be.
+/// scanned in parallel (a `Parallel Append`), as a plain table's would be;
+/// and an hour or day table's ranges have a BRIN index on `bucket`.
 /// A view reading its boundary in a subquery (an init plan: parallel
 /// restricted) kept a 90-day dashboard query on one core, 1.7 x slower
 /// than its merged table (BENCHMARKS.md).
@@ -338,6 +339,23 @@ async fn every_rollup_view_is_read_in_parallel() {
             plan.join("\n")
         );
         tx.rollback().await.unwrap();
+        // an hour or day table's ranges (a month, a year of buckets) are
+        // indexed on `bucket` in BRIN, the range just made too
+        let brin: Vec<String> = client
+            .query(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 JOIN pg_index x ON x.indrelid = c.oid JOIN pg_class ix ON ix.oid = x.indexrelid
+                 JOIN pg_am am ON am.oid = ix.relam
+                 WHERE i.inhparent = $1::text::regclass AND am.amname = 'brin'",
+                &[&table.merged],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let coarse = table.shape.grain != bid_logger_core::aggregate::Grain::Minute;
+        assert_eq!(brin.len(), usize::from(coarse), "{}'s ranges with a BRIN index: {brin:?}", table.name);
     }
 }
 
