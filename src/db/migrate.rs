@@ -98,6 +98,16 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
                 "the view is an earlier build's, read without parallel scans (the same rows, slower): \
                  run `bid-logger migrate` as the role that owns it (UPGRADING.md)");
         }
+        if table.shape.grain != Grain::Minute {
+            let brin = format!("{}_bucket_brin", table.merged);
+            let indexed: bool = tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&brin]).await?.get(0);
+            if !indexed {
+                // only the owner makes it (create_sql makes it when it may)
+                tracing::warn!(table = %table.name,
+                    "its ranges have no BRIN index on bucket yet (long queries read whole ranges): \
+                     run `bid-logger migrate` as the role that owns it (UPGRADING.md)");
+            }
+        }
     }
     let day_like_hour =
         |t: &RollupTable| t.name == "rollup_day" && t.shape.grain == Grain::Day && t.shape.dims == hour_dims(tables);

@@ -104,6 +104,18 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
     assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
     let def: String = admin.query_one(view, &[]).await.unwrap().get(0);
     assert!(def.contains("JOIN bid_logger_boundary"), "the owner's migrate joins the boundary: {def}");
+    // From a build without the hour and day ranges' BRIN index: the writer
+    // goes on without it and says so, the owner's migrate makes it.
+    as_owner.batch_execute("DROP INDEX rollup_hour_merged_bucket_brin").await.expect("the earlier ranges");
+    let out = bid_logger(&["migrate", "--database-url", &writer_url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the writer goes on: {stderr}");
+    assert!(stderr.contains("no BRIN index on bucket yet") && stderr.contains("rollup_hour"), "and says so: {stderr}");
+    let out = bid_logger(&["migrate", "--database-url", &owner_url]);
+    assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
+    let made: bool =
+        admin.query_one("SELECT to_regclass('rollup_hour_merged_bucket_brin') IS NOT NULL", &[]).await.unwrap().get(0);
+    assert!(made, "the owner's migrate made the index");
     // The same from a build whose recent tables were keyed.
     let keyed = "ALTER TABLE rollup_minute_recent SET (fillfactor = 50),
                  ADD PRIMARY KEY (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm)";

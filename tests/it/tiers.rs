@@ -357,6 +357,20 @@ async fn every_rollup_view_is_read_in_parallel() {
         let coarse = table.shape.grain != bid_logger_core::aggregate::Grain::Minute;
         assert_eq!(brin.len(), usize::from(coarse), "{}'s ranges with a BRIN index: {brin:?}", table.name);
     }
+    // A second migrate, over ranges that exist, keeps one index per range.
+    let out = bid_logger(&["migrate", "--database-url", &db]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let per_range: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_index x JOIN pg_class ix ON ix.oid = x.indexrelid
+             JOIN pg_am am ON am.oid = ix.relam WHERE am.amname = 'brin'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // three coarse tables, each a parent index and one range's
+    assert_eq!(per_range, 6, "BRIN indexes after a second migrate");
 }
 
 /// `table` holds one row per key (the view adds up merged and live rows).
