@@ -91,22 +91,18 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
         let columns: Vec<String> = tx.query(EXISTING_COLUMNS, &[&table.name]).await?.iter().map(|r| r.get(0)).collect();
         check_existing(table, &columns).map_err(DbError::Schema)?;
         tx.batch_execute(&table.create_sql()).await?;
-        let joined: bool = tx.query_one(VIEW_JOINS_BOUNDARY, &[&table.name]).await?.get(0);
-        if !joined {
-            // a view only its owner may replace (create_sql replaces it when it may)
+        // what only the owner may change, which create_sql changed when it might
+        let brin = table.brin_index();
+        let row = tx.query_one(OWNERS_WORK_DONE, &[&table.name, &brin]).await?;
+        if !row.get::<_, bool>(0) {
             tracing::warn!(table = %table.name,
                 "the view is an earlier build's, read without parallel scans (the same rows, slower): \
                  run `bid-logger migrate` as the role that owns it (UPGRADING.md)");
         }
-        if table.shape.grain != Grain::Minute {
-            let brin = format!("{}_bucket_brin", table.merged);
-            let indexed: bool = tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&brin]).await?.get(0);
-            if !indexed {
-                // only the owner makes it (create_sql makes it when it may)
-                tracing::warn!(table = %table.name,
-                    "its ranges have no BRIN index on bucket yet (long queries read whole ranges): \
-                     run `bid-logger migrate` as the role that owns it (UPGRADING.md)");
-            }
+        if !row.get::<_, bool>(1) {
+            tracing::warn!(table = %table.name,
+                "its ranges have no BRIN index on bucket yet (long queries read whole ranges): \
+                 run `bid-logger migrate` as the role that owns it (UPGRADING.md)");
         }
     }
     let day_like_hour =
@@ -123,12 +119,14 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
     Ok(count)
 }
 
-/// Whether a rollup view joins its boundary (`$1`: the table's name), as
-/// [`RollupTable::view_sql`] makes it: an earlier build's read it in a
-/// subquery, which keeps PostgreSQL from scanning its merged ranges in
-/// parallel.
-const VIEW_JOINS_BOUNDARY: &str =
-    "SELECT coalesce(position('JOIN bid_logger_boundary' in pg_get_viewdef(to_regclass($1)::oid)) > 0, true)";
+/// For a rollup table (`$1`: its name; `$2`: its BRIN index's, if it has
+/// one): whether its view joins its boundary, as [`RollupTable::view_sql`]
+/// makes it (an earlier build's read it in a subquery, which keeps
+/// PostgreSQL from scanning its merged ranges in parallel), and whether its
+/// BRIN index exists. Only the owner makes either.
+const OWNERS_WORK_DONE: &str =
+    "SELECT coalesce(position('JOIN bid_logger_boundary' in pg_get_viewdef(to_regclass($1)::oid)) > 0, true),
+            $2::text IS NULL OR to_regclass($2::text) IS NOT NULL";
 
 fn hour_dims(tables: &[RollupTable]) -> Dimensions {
     tables.iter().find(|t| t.name == "rollup_hour").map_or(Dimensions::ALL, |t| t.shape.dims)

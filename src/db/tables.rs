@@ -343,7 +343,7 @@ DO $$
 DECLARE pkey text := (SELECT conname FROM pg_constraint WHERE conrelid = '{recent}'::regclass AND contype = 'p');
 BEGIN
     IF pkey IS NOT NULL THEN
-        IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = '{recent}'::regclass), 'USAGE') THEN
+        IF NOT {owns_recent} THEN
             RAISE EXCEPTION '{recent} is keyed by an earlier build: run `bid-logger migrate` as the role that owns it (UPGRADING.md), then start this build';
         END IF;
         EXECUTE format('ALTER TABLE {recent} DROP CONSTRAINT %I', pkey);
@@ -396,7 +396,7 @@ BEGIN
         -- made by a release whose batches upserted late rows themselves:
         -- the live rows it shows now stop at the boundary (same columns,
         -- so its grants and its _est view stay); only its owner may
-        IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = '{name}'::regclass), 'USAGE') THEN
+        IF NOT {owns_name} THEN
             RAISE EXCEPTION '{name} is the view of an earlier build: run `bid-logger migrate` as the role that owns it (UPGRADING.md), then start this build';
         END IF;
         EXECUTE {view};
@@ -406,7 +406,7 @@ BEGIN
         -- kept PostgreSQL from scanning the merged ranges in parallel: the
         -- same rows, read slower, so a role that may not replace it goes on
         -- (and the migration logs a warning)
-        IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = '{name}'::regclass), 'USAGE') THEN
+        IF {owns_name} THEN
             EXECUTE {view};
             RAISE NOTICE '{name}: its view now joins its boundary (its merged ranges read in parallel again)';
         END IF;
@@ -425,6 +425,8 @@ END $$;
             view = quote_literal(&self.view_sql()),
             est = quote_literal(&self.est_view_sql()),
             brin = self.brin_sql(),
+            owns_recent = owned(&recent),
+            owns_name = owned(name),
         )
     }
 
@@ -435,23 +437,25 @@ END $$;
     /// again"). A minute table's hour ranges are read through their key,
     /// which starts with `bucket`.
     fn brin_sql(&self) -> String {
-        match self.shape.grain {
-            Grain::Minute => String::new(),
-            Grain::Hour | Grain::Day => {
-                // only its owner may make it (a writer role goes on without)
-                format!(
-                    "
+        let Some(index) = self.brin_index() else { return String::new() };
+        // only its owner may make it (a writer role goes on without)
+        format!(
+            "
 DO $$
 BEGIN
-    IF to_regclass('{merged}_bucket_brin') IS NULL
-       AND pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = '{merged}'::regclass), 'USAGE') THEN
-        CREATE INDEX {merged}_bucket_brin ON {merged} USING brin (bucket);
+    IF to_regclass('{index}') IS NULL AND {owns_merged} THEN
+        CREATE INDEX {index} ON {merged} USING brin (bucket);
     END IF;
 END $$;",
-                    merged = self.merged
-                )
-            }
-        }
+            merged = self.merged,
+            owns_merged = owned(&self.merged),
+        )
+    }
+
+    /// The name of its merged ranges' BRIN index on `bucket` (see
+    /// [`RollupTable::create_sql`]); `None` for a minute table, which has none.
+    pub fn brin_index(&self) -> Option<String> {
+        (self.shape.grain != Grain::Minute).then(|| format!("{}_bucket_brin", self.merged))
     }
 
     /// The view readers query under the table's name: one row per key. Its
@@ -680,6 +684,13 @@ const ADD: &str = "events = t.events + EXCLUDED.events,
     price_micros = t.price_micros + EXCLUDED.price_micros,
     revenue_micros = t.revenue_micros + EXCLUDED.revenue_micros,
     updated_at = EXCLUDED.updated_at";
+
+/// SQL true when the current role may act as `relation`'s owner (alter
+/// it, replace it, index it): an earlier build's schema is changed by its
+/// owner only.
+fn owned(relation: &str) -> String {
+    format!("pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = '{relation}'::regclass), 'USAGE')")
+}
 
 fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
