@@ -34,8 +34,8 @@ while True:
         if pid not in first:
             first[pid] = cpu if start else 0.0
         last[pid] = cpu
-        if pid not in title:
-            title[pid] = cmd
+        if pid not in title or "postgres:" in cmd:
+            title[pid] = cmd  # (a backend just forked still has the postmaster's command line)
         if " DELETE" in cmd:
             deleting.add(pid)
     start = False

@@ -56,6 +56,8 @@ async fn database(config: &Config) -> Vec<Finding> {
         Err(e) => findings.push(problem(format!("database {masked}: {}", db::cause_of(&e)))),
     }
     findings.extend(migrations(&client).await);
+    let live: Vec<String> = config.sink.tables.iter().map(|t| t.live_table()).collect();
+    findings.push(autovacuum(&client, &live).await);
     // What a flush and a fold do with each table (docs/postgres.md, grants).
     let mut tables: Vec<String> = Vec::new();
     let mut needs: Vec<&str> = Vec::new();
@@ -90,6 +92,34 @@ async fn database(config: &Config) -> Vec<Finding> {
     }
     findings
 }
+
+/// Whether autovacuum runs on the live tables: every batch appends to
+/// them and every fold deletes what it took, so without it their dead rows
+/// pile up and each fold's `DELETE` scans them all (docs/postgres.md,
+/// "Fillfactor and autovacuum"). A warning, not a problem: it slows the
+/// folds over hours, it does not stop a start.
+async fn autovacuum(client: &tokio_postgres::Client, live: &[String]) -> Finding {
+    let row = match client.query_one(AUTOVACUUM, &[&live]).await {
+        Ok(row) => row,
+        Err(e) => return problem(format!("database: reading the autovacuum settings: {}", db::cause_of(&e))),
+    };
+    let (on, off): (bool, Vec<String>) = (row.get(0), row.get(1));
+    let why = "their dead rows pile up and every fold scans them (see docs/postgres.md, autovacuum)";
+    if !on {
+        ok(format!("database: warning: autovacuum is off on the server: the live tables are never vacuumed, so {why}"))
+    } else if !off.is_empty() {
+        ok(format!("database: warning: autovacuum is off for {}: {why}", off.join(", ")))
+    } else {
+        ok("database: autovacuum on")
+    }
+}
+
+/// The server's `autovacuum`, and those of the tables `$1` whose own
+/// `autovacuum_enabled` is false.
+const AUTOVACUUM: &str = "SELECT current_setting('autovacuum') = 'on',
+       coalesce(array_agg(relname::text ORDER BY relname) FILTER (
+           WHERE EXISTS (SELECT 1 FROM unnest(reloptions) o WHERE o ~* '^autovacuum_enabled=(false|off|no|n|f|0)$')), '{}')
+FROM pg_class WHERE relkind = 'r' AND oid = ANY(SELECT to_regclass(t) FROM unnest($1::text[]) t)";
 
 /// The server's version and the session's TLS version, if any.
 const SESSION: &str = "SELECT current_setting('server_version'),
