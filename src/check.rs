@@ -101,7 +101,7 @@ async fn database(config: &Config) -> Vec<Finding> {
 async fn autovacuum(client: &tokio_postgres::Client, live: &[String]) -> Finding {
     let row = match client.query_one(AUTOVACUUM, &[&live]).await {
         Ok(row) => row,
-        Err(e) => return problem(format!("database: reading the autovacuum settings: {}", db::cause_of(&e))),
+        Err(e) => return ok(format!("database: warning: reading the autovacuum settings: {}", db::cause_of(&e))),
     };
     let (on, off): (bool, Vec<String>) = (row.get(0), row.get(1));
     let why = "their dead rows pile up and every fold scans them (see docs/postgres.md, autovacuum)";
