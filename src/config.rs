@@ -1159,10 +1159,10 @@ mod tests {
         let c = Settings { rollup: file.rollup, ..base() }.resolve().unwrap();
         let hour = &c.sink.tables[1];
         assert_eq!(hour.retention, Some(Duration::from_secs(30 * 86_400)));
-        assert_eq!((hour.shape.grain, hour.flush_interval), (Grain::Hour, Duration::from_secs(60)), "other keys kept");
+        assert_eq!((hour.shape.grain, hour.flush_interval), (Grain::Hour, Duration::from_secs(300)), "other keys kept");
         let custom = c.sink.tables.iter().find(|t| t.name == "rollup_day_exchange").unwrap();
         assert_eq!(custom.shape, Shape { grain: Grain::Day, dims: Dimensions::of(&[Dimension::Exchange]) });
-        assert_eq!((custom.flush_interval, custom.retention), (Duration::from_secs(60), None));
+        assert_eq!((custom.flush_interval, custom.retention), (Duration::from_secs(900), None));
         // The effective configuration resolves to itself.
         let again = Settings::from_toml(&c.to_toml()).unwrap();
         let again = Settings { database_url: base().database_url, ..again }.resolve().unwrap();

@@ -38,6 +38,10 @@ pub enum DbError {
     /// A delta log holds what its writer cannot have written.
     #[error("inconsistent delta log: {0}")]
     Log(String),
+    /// An earlier build left rows in a delta log that this build's
+    /// migration cannot tell where to pass on.
+    #[error("{0}")]
+    Unconsumed(String),
     /// The database's tables contradict the configuration.
     #[error("invalid configuration: {0}")]
     Schema(String),
@@ -153,6 +157,7 @@ impl DbError {
             | DbError::Tls(_)
             | DbError::Schema(_)
             | DbError::Log(_)
+            | DbError::Unconsumed(_)
             | DbError::Newer { .. } => false,
         }
     }

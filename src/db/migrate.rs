@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (16, "price_distributions", include_str!("../../sql/0016_price_distributions.sql")),
     (17, "sample_by_type", include_str!("../../sql/0017_sample_by_type.sql")),
     (18, "chain_timing", include_str!("../../sql/0018_chain_timing.sql")),
+    (19, "log_feeds", include_str!("../../sql/0019_log_feeds.sql")),
 ];
 
 /// The migration that partitions the rollups; `rollup_day` is backfilled
@@ -40,6 +41,38 @@ const CREATE_VERSIONS: &str = "CREATE TABLE IF NOT EXISTS bid_logger_migrations 
 const LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 const APPLIED: &str = "SELECT version FROM bid_logger_migrations";
 const RECORD: &str = "INSERT INTO bid_logger_migrations (version, name) VALUES ($1, $2)";
+
+/// The migration after which every delta-log row says where its sums go on.
+const LOG_FEEDS: i32 = 19;
+
+/// Before [`LOG_FEEDS`]: an earlier build's rows left in a delta log (a
+/// hard kill, a stop that could not consume) went on where that build's
+/// configuration, intervals included, sent them, which this build cannot
+/// know for a coarse table feeding another: every log must be empty. The
+/// earlier build empties them at a graceful stop (it still starts on a
+/// warehouse without the migration).
+async fn logs_consumed(tx: &tokio_postgres::Transaction<'_>) -> Result<(), DbError> {
+    let logs = tx
+        .query(
+            "SELECT c.relname::text FROM pg_class c
+             WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
+               AND c.relname LIKE 'bid\\_logger\\_log\\_%' ORDER BY 1",
+            &[],
+        )
+        .await?;
+    for log in logs {
+        let log: String = log.get(0);
+        let rows: i64 =
+            tx.query_one(&format!("SELECT count(*) FROM (SELECT 1 FROM {log} LIMIT 1000000) r"), &[]).await?.get(0);
+        if rows > 0 {
+            return Err(DbError::Unconsumed(format!(
+                "{log} holds {rows} rows an earlier build did not consume: start that build once more and stop it \
+                 with SIGTERM (its stop consumes every delta log), then start this one (UPGRADING.md)"
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// `rollup_day` from `rollup_hour` (same dimensions), into one range
 /// `rollup_day_before` of `rollup_day_merged` holding every day before the
@@ -74,6 +107,9 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
     let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
     if let Some(&newer) = applied.iter().filter(|&&v| v > known).max() {
         return Err(DbError::Newer { applied: newer, known });
+    }
+    if !applied.contains(&LOG_FEEDS) {
+        logs_consumed(&tx).await?;
     }
     let mut count = 0;
     let mut partitioned_now = false;

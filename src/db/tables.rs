@@ -137,36 +137,92 @@ pub fn default_tables(flush_interval: Duration) -> Vec<RollupTable> {
     tables
 }
 
-/// Sets each logged table's `fed_by`: among the other logged tables that
-/// can compute its rows (grain not finer, every dimension of it, interval
-/// not longer; when all of that is equal, only an earlier table), the one
-/// with the fewest rows (the coarsest grain, then the fewest dimensions).
-/// Every chain of feeds ends at a table fed by the batches.
+/// Sets each logged table's `fed_by`: among the other tables that can
+/// compute its rows (grain not finer, every dimension of it, see
+/// [`computes`]) and that take in their rows at least as often (a direct
+/// table's folds, a logged table's consumptions: [`RollupTable::consume_interval`]
+/// not longer than its interval; when shape and interval are equal, only
+/// an earlier table), the one with the fewest rows (the coarsest grain,
+/// then the fewest dimensions). Every chain of feeds ends at a table fed by
+/// the batches. In the default set, `rollup_hour` is fed from
+/// `rollup_minute`'s folds and `rollup_day` from `rollup_hour`'s
+/// consumptions.
 pub fn link(tables: &mut [RollupTable]) {
-    let feeder = |tables: &[RollupTable], c: usize| -> Option<usize> {
-        let child = &tables[c];
-        // A price distribution holds the priced events alone, a landscape
-        // the bids and their outcomes: each feeds, and is fed by, its kind only.
-        let subset = |p: &RollupTable| {
-            child.shape.dims.iter().all(|d| p.shape.dims.has(d)) && p.shape.dims.kind() == child.shape.dims.kind()
-        };
-        (0..tables.len())
-            .filter(|&p| p != c && child.logged && tables[p].logged)
-            .filter(|&p| {
-                let parent = &tables[p];
-                let same = parent.shape == child.shape && parent.flush_interval == child.flush_interval;
-                parent.shape.grain <= child.shape.grain
-                    && subset(parent)
-                    && parent.flush_interval <= child.flush_interval
-                    && (!same || p < c)
-            })
-            .max_by_key(|&p| (tables[p].shape.grain, std::cmp::Reverse(tables[p].shape.dims.iter().count())))
-    };
     let feeders: Vec<Option<String>> =
-        (0..tables.len()).map(|c| feeder(tables, c).map(|p| tables[p].name.clone())).collect();
+        (0..tables.len()).map(|c| feeder(tables, c, true).map(|p| tables[p].name.clone())).collect();
     for (table, fed_by) in tables.iter_mut().zip(feeders) {
         table.fed_by = fed_by;
     }
+}
+
+/// Whether `parent`'s rows can be coarsened into `child`'s: a grain not
+/// finer, every dimension of the child, the same kind (a price
+/// distribution holds the priced events alone, a landscape the bids and
+/// their outcomes: each feeds, and is fed by, its kind only).
+pub fn computes(parent: &RollupTable, child: &RollupTable) -> bool {
+    parent.shape.grain <= child.shape.grain
+        && child.shape.dims.iter().all(|d| parent.shape.dims.has(d))
+        && parent.shape.dims.kind() == child.shape.dims.kind()
+}
+
+/// Table `c`'s feeder; `direct`: a direct table may feed (this build);
+/// otherwise only a logged one (the builds before it).
+fn feeder(tables: &[RollupTable], c: usize, direct: bool) -> Option<usize> {
+    let child = &tables[c];
+    (0..tables.len())
+        .filter(|&p| p != c && child.logged && (direct || tables[p].logged))
+        .filter(|&p| {
+            let parent = &tables[p];
+            let same = parent.shape == child.shape && parent.flush_interval == child.flush_interval;
+            computes(parent, child) && parent.consume_interval() <= child.flush_interval && (!same || p < c)
+        })
+        .max_by_key(|&p| (tables[p].shape.grain, std::cmp::Reverse(tables[p].shape.dims.iter().count())))
+}
+
+/// The `feeds` of a log row of `table` appended now: the links
+/// `parent>child` (comma-separated; empty: none) of every table its sums
+/// go on to, directly or through the logs of the tables fed from it. Its
+/// consumption passes the row's sums along exactly those links, whatever
+/// the configuration is by then (each table it appends to gets the links
+/// below it), so that a change of who feeds whom (a new build, a changed
+/// interval) between the append and the consumption neither doubles nor
+/// drops an event.
+pub fn feeds_of(tables: &[RollupTable], table: &str) -> String {
+    let links: Vec<(&str, &str)> =
+        tables.iter().filter_map(|t| t.fed_by.as_deref().map(|p| (p, t.name.as_str()))).collect();
+    below(&links, table)
+}
+
+/// The `feeds` a log row of `table` appended by a build before direct
+/// tables fed others (`feeds` NULL) goes by: where those builds sent it
+/// (only logged tables fed others).
+pub fn feeds_before(tables: &[RollupTable], table: &str) -> String {
+    let links: Vec<(&str, &str)> = (0..tables.len())
+        .filter_map(|c| feeder(tables, c, false).map(|p| (tables[p].name.as_str(), tables[c].name.as_str())))
+        .collect();
+    below(&links, table)
+}
+
+/// The links of `feeds` (see [`feeds_of`]).
+pub fn links(feeds: &str) -> Vec<(&str, &str)> {
+    feeds.split(',').filter_map(|link| link.split_once('>')).collect()
+}
+
+/// The links among `links` reachable from `table`, as `feeds`.
+pub fn below(links: &[(&str, &str)], table: &str) -> String {
+    let mut reached = vec![table];
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < reached.len() {
+        for &(p, c) in links {
+            if p == reached[i] && !reached.contains(&c) {
+                reached.push(c);
+                out.push(format!("{p}>{c}"));
+            }
+        }
+        i += 1;
+    }
+    out.join(",")
 }
 
 /// The dimensions of every price distribution among `tables` together
@@ -228,15 +284,17 @@ pub fn batch_source(tables: &[RollupTable], t: usize) -> usize {
 
 /// The default flush interval of a table of `grain`: minute tables are
 /// written by every batch (the logger's `flush_interval`, 1 s by default),
-/// hour and day tables every 60 s (never more often than the batches): a
-/// minute's lag is nothing on an hour's bucket, and each consumption
-/// upserts every key its interval touched, so a longer one writes fewer
-/// rows (at 10 s, PostgreSQL spent 12–14 % more CPU per event).
+/// hour tables every 5 minutes and day tables every 15 (never more often
+/// than the batches): five minutes' lag on an hour's bucket, fifteen on a
+/// day's, and each consumption upserts every key its interval touched, so
+/// a longer one writes fewer rows (PostgreSQL spent 12–14 % more CPU per
+/// event with them at 10 s than at 60 s, and 15–21 % less at these than
+/// at 60 s: `BENCHMARKS.md`, "Coarse tables fed from the folds").
 pub fn default_flush_interval(grain: Grain, flush_interval: Duration) -> Duration {
     match grain {
         Grain::Minute => flush_interval,
-        Grain::Hour => Duration::from_secs(60).max(flush_interval),
-        Grain::Day => Duration::from_secs(60).max(flush_interval),
+        Grain::Hour => Duration::from_secs(300).max(flush_interval),
+        Grain::Day => Duration::from_secs(900).max(flush_interval),
     }
 }
 
@@ -384,7 +442,8 @@ BEGIN
             id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             events     bigint NOT NULL,
             rows       bigint NOT NULL,
-            payload    bytea  NOT NULL
+            payload    bytea  NOT NULL,
+            feeds      text
         );
         ALTER TABLE {log} ALTER COLUMN payload SET STORAGE EXTERNAL;
     END IF;
@@ -641,16 +700,17 @@ SELECT count(*) FROM kept",
     }
 
     /// Appends one batch's rows to its log: `$1` events, `$2` rows, `$3`
-    /// payload; returns the log row's id.
+    /// payload, `$4` the tables they go on to ([`feeds_of`]); returns the
+    /// log row's id.
     pub fn log_append_sql(&self) -> String {
-        format!("INSERT INTO {} (events, rows, payload) VALUES ($1, $2, $3) RETURNING id", self.log_table())
+        format!("INSERT INTO {} (events, rows, payload, feeds) VALUES ($1, $2, $3, $4) RETURNING id", self.log_table())
     }
 
     /// Takes (deletes and returns) the oldest `$1` payloads of its log.
     pub fn log_take_sql(&self) -> String {
         let log = self.log_table();
         format!(
-            "DELETE FROM {log} WHERE id IN (SELECT id FROM {log} ORDER BY id LIMIT $1) RETURNING events, payload, id"
+            "DELETE FROM {log} WHERE id IN (SELECT id FROM {log} ORDER BY id LIMIT $1) RETURNING events, payload, id, feeds"
         )
     }
 
@@ -762,33 +822,42 @@ mod tests {
     }
 
     #[test]
-    fn the_day_table_is_fed_from_the_hour_tables_consumption() {
+    fn the_hour_tables_are_fed_from_the_minute_tables_folds_and_the_day_table_from_the_hour_tables() {
         let tables = default_tables(Duration::from_secs(1));
         assert_eq!(
             feeders(&tables),
             [
                 ("rollup_minute", None),
-                ("rollup_hour", None),
+                ("rollup_hour", Some("rollup_minute")),
                 ("rollup_day", Some("rollup_hour")),
                 ("rollup_exchange_minute", None),
-                ("rollup_exchange_hour", None),
+                ("rollup_exchange_hour", Some("rollup_exchange_minute")),
             ]
         );
-        assert_eq!(batch_source(&tables, 2), 1);
-        // rollup_hour's batch rows keep what rollup_day keeps (forever)
-        assert_eq!(projection_oldest_minute(&tables, 1, 86_400_000 * 1000), i64::MIN);
-        assert_ne!(tables[1].oldest_minute(86_400_000 * 1000), i64::MIN);
+        assert_eq!(batch_source(&tables, 2), 0);
+        assert_eq!(feeds_of(&tables, "rollup_minute"), "rollup_minute>rollup_hour,rollup_hour>rollup_day");
+        assert_eq!(feeds_of(&tables, "rollup_hour"), "rollup_hour>rollup_day");
+        assert_eq!(feeds_of(&tables, "rollup_day"), "");
+        assert_eq!(below(&links(&feeds_of(&tables, "rollup_minute")), "rollup_hour"), "rollup_hour>rollup_day");
+        // rollup_minute's batch rows keep what rollup_day keeps (forever)
+        assert_eq!(projection_oldest_minute(&tables, 0, 86_400_000 * 1000), i64::MIN);
+        assert_ne!(tables[0].oldest_minute(86_400_000 * 1000), i64::MIN);
+        // the builds before: only rollup_hour fed another table
+        assert_eq!(feeds_before(&tables, "rollup_minute"), "");
+        assert_eq!(feeds_before(&tables, "rollup_hour"), "rollup_hour>rollup_day");
+        assert_eq!(feeds_before(&tables, "rollup_exchange_minute"), "");
     }
 
     #[test]
     fn a_table_is_fed_by_the_coarsest_table_that_can_compute_it_and_never_in_a_cycle() {
         use Dimension::*;
         let mut tables = default_tables(Duration::from_secs(1));
-        tables.push(declared("exchange_day", Grain::Day, &[Exchange, Country], 60));
-        tables.push(declared("twin_a", Grain::Hour, &[Os], 60));
-        tables.push(declared("twin_b", Grain::Hour, &[Os], 60));
-        tables.push(declared("fast_day", Grain::Day, &[Country], 5)); // more often than the hour tables
+        tables.push(declared("exchange_day", Grain::Day, &[Exchange, Country], 300));
+        tables.push(declared("twin_a", Grain::Hour, &[Os], 300));
+        tables.push(declared("twin_b", Grain::Hour, &[Os], 300));
+        tables.push(declared("fast_day", Grain::Day, &[Country], 5)); // more often than the minute tables' folds
         tables.push(declared("direct_day", Grain::Day, &[Country], 1)); // every batch: no log
+        tables.push(declared("minute_fed", Grain::Hour, &[Country], 60)); // more often than the hour tables
         link(&mut tables);
         let f = feeders(&tables);
         assert_eq!(f[5], ("exchange_day", Some("rollup_exchange_hour")));
@@ -796,6 +865,7 @@ mod tests {
         assert_eq!(f[7], ("twin_b", Some("twin_a")), "the same shape: only an earlier table");
         assert_eq!(f[8], ("fast_day", None), "no feeder is consumed as often");
         assert_eq!(f[9], ("direct_day", None));
+        assert_eq!(f[10], ("minute_fed", Some("rollup_exchange_minute")), "a direct table's folds (every 10 s)");
         for t in 0..tables.len() {
             assert!(tables[batch_source(&tables, t)].fed_by.is_none(), "every chain ends at a batch-fed table");
         }

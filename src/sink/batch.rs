@@ -176,19 +176,22 @@ mod tests {
     #[test]
     fn a_feeding_table_keeps_what_the_table_it_feeds_keeps() {
         let mut tables = default_tables(Duration::from_secs(1));
-        tables[1].retention = Some(Duration::from_secs(3_600)); // rollup_hour: one hour; rollup_day: forever
+        // rollup_minute and rollup_hour: one hour; rollup_day: forever
+        tables[0].retention = Some(Duration::from_secs(3_600));
+        tables[1].retention = Some(Duration::from_secs(3_600));
         let whole = delta();
         let batch = &Batch::parts(whole.clone(), 1, &tables, NOW)[0];
-        let hour: u64 = batch.tables[1].iter().map(|r| r.1.events).sum();
-        assert_eq!((hour, batch.expired[1]), (whole.events, 0), "rollup_day needs every bucket from rollup_hour's log");
+        let minute: u64 = batch.tables[0].iter().map(|r| r.1.events).sum();
+        assert_eq!((minute, batch.expired[0]), (whole.events, 0), "rollup_day needs every bucket, through rollup_hour");
         tables[2].retention = Some(Duration::from_secs(86_400)); // now rollup_day keeps one day
         let batch = &Batch::parts(whole.clone(), 1, &tables, NOW)[0];
         let oldest = (NOW - 86_400_000).div_euclid(60_000);
         let kept: u64 = whole.rows.iter().filter(|r| r.0.minute >= oldest).map(|r| r.1.events).sum();
-        let hour: u64 = batch.tables[1].iter().map(|r| r.1.events).sum();
+        let minute: u64 = batch.tables[0].iter().map(|r| r.1.events).sum();
         assert!(kept < whole.events, "some events are older than a day");
-        assert_eq!((hour, batch.expired[1]), (kept, whole.events - kept));
-        assert_eq!(batch.expired[2], whole.events - kept, "what neither keeps is counted for both");
+        assert_eq!((minute, batch.expired[0]), (kept, whole.events - kept));
+        assert_eq!(batch.expired[1], whole.events - kept, "what none keeps is counted for each");
+        assert_eq!(batch.expired[2], whole.events - kept, "what none keeps is counted for each");
     }
 
     #[test]
@@ -196,13 +199,20 @@ mod tests {
         let mut tables = default_tables(Duration::from_secs(1));
         tables[0].retention = Some(Duration::from_secs(86_400));
         let whole = delta();
+        let kept = |batch: &Batch| -> u64 { batch.tables[0].iter().map(|r| r.1.events).sum() };
+        // rollup_hour, fed from rollup_minute's folds, keeps them: the
+        // batch carries them for it (the fold leaves them out of rollup_minute)
+        let batch = &Batch::parts(whole.clone(), 1, &tables, NOW)[0];
+        assert_eq!((kept(batch), batch.expired[0]), (whole.events, 0));
+        // once no table of the chain keeps them, the batch leaves them out
+        tables[1].retention = Some(Duration::from_secs(86_400));
+        tables[2].retention = Some(Duration::from_secs(86_400));
         let batch = &Batch::parts(whole.clone(), 1, &tables, NOW)[0];
         let oldest = (NOW - 86_400_000).div_euclid(60_000);
-        let kept: u64 = batch.tables[0].iter().map(|r| r.1.events).sum();
         let expected: u64 = whole.rows.iter().filter(|r| r.0.minute >= oldest).map(|r| r.1.events).sum();
         assert!(expected < whole.events, "some events are older than a day");
-        assert_eq!((kept, batch.expired[0]), (expected, whole.events - expected));
-        assert_eq!(batch.expired[1], 0, "rollup_hour keeps them");
+        assert_eq!((kept(batch), batch.expired[0]), (expected, whole.events - expected));
+        assert_eq!(batch.expired[1], batch.expired[0], "and counts them for every table of the chain");
     }
 
     #[test]

@@ -15,13 +15,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
+/// Passes at a stop, beyond the first, over the logs of tables fed after
+/// they were consumed (by rows appended under other links than today's:
+/// each link of a feed is between two different tables, and a chain of
+/// them is a few tables long).
+const MAX_STOP_PASSES: usize = 8;
+
 /// Reads the coarse tables' delta logs into their tables, each at its own
 /// interval, on a connection of its own (so a long consumption never delays
 /// a batch).
 pub struct Consumer {
     tables: Vec<RollupTable>,
-    /// Per table, the tables fed from its consumptions.
-    feeds: Vec<Vec<RollupTable>>,
+    /// Every configured table (what a log row's `feeds` names).
+    all: Vec<RollupTable>,
     pool: deadpool_postgres::Pool,
     instance: String,
     run_id: i64,
@@ -36,10 +42,11 @@ pub struct Consumer {
 /// What one attempt at a log found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LogState {
-    /// Consumed, nothing left.
-    Empty,
-    /// Consumed, more left.
-    More,
+    /// Consumed, nothing left; `fed`: the tables (bits of [`Consumer::all`])
+    /// whose logs it passed sums on to.
+    Empty { fed: u64 },
+    /// Consumed, more left (`fed` as for `Empty`).
+    More { fed: u64 },
     /// Another consumer holds the log's lock (another instance, or a
     /// timed-out attempt of ours whose transaction the server is still
     /// rolling back).
@@ -56,8 +63,6 @@ impl Consumer {
         let mut logged: Vec<usize> = (0..config.tables.len()).collect();
         logged.sort_by_key(|&t| crate::db::tables::chain(&config.tables, t).count());
         let tables: Vec<RollupTable> = logged.into_iter().map(|t| config.tables[t].clone()).collect();
-        let feeds =
-            tables.iter().map(|t| crate::db::tables::fed_from(&config.tables, &t.name).cloned().collect()).collect();
         for table in &tables {
             // exported from the start, so that rates and alerts see a zero
             counter!(t::LOG_FAILURES, "table" => table.name.clone()).increment(0);
@@ -74,7 +79,7 @@ impl Consumer {
             }
         };
         Some(Consumer {
-            feeds,
+            all: config.tables.clone(),
             tables,
             pool,
             instance: config.instance_id.clone(),
@@ -130,8 +135,11 @@ impl Consumer {
         }
         let mut last_error: Option<String> = None;
         let mut wait = BACKOFF_MIN;
+        let mut passes = 0;
+        let mut done: Vec<usize> = Vec::new();
         while !left.is_empty() && Instant::now() < deadline {
             let mut failed: Vec<usize> = Vec::new();
+            let mut again: Vec<usize> = Vec::new();
             for i in left {
                 // A table fed from a log still pending waits for it (feeders
                 // come first in `tables`, so it is retried after it).
@@ -142,8 +150,24 @@ impl Consumer {
                 }
                 // (no boundary moves at the stop: the next run's folds move it)
                 match self.consume(i, Some(deadline), false).await {
-                    Ok(LogState::Empty) => {}
-                    Ok(LogState::More) => {
+                    Ok(LogState::Empty { fed }) => {
+                        done.push(i);
+                        // A row appended under other links (an earlier
+                        // run's or build's) may feed a table consumed
+                        // before it: that one goes again.
+                        for (j, t) in self.tables.iter().enumerate() {
+                            let bit = self
+                                .all
+                                .iter()
+                                .position(|a| a.name == t.name)
+                                .map_or(0, |b| 1u64.checked_shl(b as u32).unwrap_or(0));
+                            if fed & bit != 0 && done.contains(&j) && !again.contains(&j) {
+                                again.push(j);
+                                done.retain(|&d| d != j);
+                            }
+                        }
+                    }
+                    Ok(LogState::More { .. }) => {
                         // the deadline came with rows left
                         last_error = Some("shutdown-timeout reached with rows left in the log".into());
                         failed.push(i);
@@ -159,8 +183,15 @@ impl Consumer {
                     }
                 }
             }
+            let retry = !failed.is_empty();
+            if !again.is_empty() && passes < MAX_STOP_PASSES {
+                passes += 1;
+                failed.extend(again);
+                failed.sort_unstable(); // (the feeders first, as in the first pass)
+                failed.dedup();
+            }
             left = failed;
-            if !left.is_empty() {
+            if retry {
                 tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
                 wait = (wait * 2).min(BACKOFF_MAX);
             }
@@ -179,10 +210,13 @@ impl Consumer {
     /// Consumes table `i`'s log until it is empty (each transaction bounded)
     /// or busy, or `until` has passed.
     async fn consume(&mut self, i: usize, until: Option<Instant>, moving: bool) -> Result<LogState, DbError> {
+        let mut fed_so_far = 0;
         loop {
             match self.consume_once(i, until, moving).await? {
-                LogState::More if until.is_none_or(|t| Instant::now() < t) => continue,
-                state => return Ok(state),
+                LogState::More { fed } if until.is_none_or(|t| Instant::now() < t) => fed_so_far |= fed,
+                LogState::More { fed } => return Ok(LogState::More { fed: fed_so_far | fed }),
+                LogState::Empty { fed } => return Ok(LogState::Empty { fed: fed_so_far | fed }),
+                LogState::Busy => return Ok(LogState::Busy),
             }
         }
     }
@@ -194,12 +228,11 @@ impl Consumer {
         self.seq -= 1; // consumptions count down in the ledger, batches up
         let mut client = self.pool.get().await?;
         let (instance, id, limit) = (&self.instance, (self.run_id, self.seq), self.limit[i]);
-        let feeds: Vec<&RollupTable> = self.feeds[i].iter().collect();
         let now_ms = bid_logger_core::clock::now_ms();
         // A move fits inside the flush timeout: one cut by it would lose
         // the fold before it (the savepoint needs the connection).
         let move_within = moving.then(|| MoveBudget::within(self.flush_timeout));
-        let work = async { consume(&mut client, instance, id, table, &feeds, limit, now_ms, move_within).await };
+        let work = async { consume(&mut client, instance, id, table, &self.all, limit, now_ms, move_within).await };
         let timeout = until.map_or(self.flush_timeout, |t| {
             self.flush_timeout.min(t.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)))
         });
@@ -222,7 +255,7 @@ impl Consumer {
                          undone, the fold is kept");
                 }
                 tracing::trace!(table = %table.name, events = c.events, rows = c.rows, "delta log consumed");
-                Ok(if c.more { LogState::More } else { LogState::Empty })
+                Ok(if c.more { LogState::More { fed: c.fed } } else { LogState::Empty { fed: c.fed } })
             }
             Err(e) => {
                 if matches!(e, DbError::Timeout(_)) {

@@ -283,7 +283,8 @@ pub async fn write_batch(
     let log_ids = futures_util::future::try_join_all(tables.iter().zip(&plans).map(|(table, plan)| async move {
         let Some(log) = &plan.log else { return Ok(None) };
         let sql = table.log_append_sql();
-        let params: [&(dyn ToSql + Sync); 3] = [&log.events, &log.rows, &log.payload];
+        let feeds = crate::db::tables::feeds_of(tables, &table.name);
+        let params: [&(dyn ToSql + Sync); 4] = [&log.events, &log.rows, &log.payload, &feeds];
         Ok::<_, tokio_postgres::Error>(Some(txr.query_one(&sql, &params).await?.get::<_, i64>(0)))
     }))
     .await?;
@@ -319,6 +320,9 @@ pub struct Consumed {
     pub busy: bool,
     /// The log held more rows than one transaction takes.
     pub more: bool,
+    /// The tables whose logs it passed sums on to (bit `i`: the `i`th of
+    /// the configured tables).
+    pub fed: u64,
     /// What became of the table's boundary.
     pub moved: Moved,
     /// After a move that ran out of time: when the next may be tried.
@@ -363,7 +367,7 @@ pub async fn consume(
     instance: &str,
     (run_id, seq): (i64, i64),
     table: &RollupTable,
-    feeds: &[&RollupTable],
+    tables: &[RollupTable],
     limit: i64,
     now_ms: i64,
     move_within: Option<MoveBudget>,
@@ -384,7 +388,7 @@ pub async fn consume(
             table.name
         )));
     };
-    let mut done = fold(&tx, table, feeds, limit, now_ms, since).await?;
+    let mut done = fold(&tx, table, tables, limit, now_ms, since).await?;
     let moves = move_within.is_some() && !backed_off && table.next_boundary(db_minute) > since && !done.more;
     if done.taken == 0 && !moves {
         tx.rollback().await?;
@@ -423,6 +427,7 @@ pub async fn consume(
         expired: done.expired,
         busy: false,
         more: done.more,
+        fed: done.fed,
         moved,
         move_retry,
     })
@@ -474,16 +479,17 @@ struct Folded {
     events: u64,
     expired: u64,
     more: bool,
+    fed: u64,
 }
 
 /// Takes at most `limit` rows of `table`'s log and adds their sums up: the
 /// buckets before `since` (minutes) into the merged table, the others into
-/// the recent table; their sums, coarsened, to the logs of the tables it
-/// `feeds`; deletes their live rows.
+/// the recent table; their sums, coarsened, to the logs of the tables each
+/// row names ([`feeds`]); deletes their live rows.
 async fn fold(
     tx: &tokio_postgres::Transaction<'_>,
     table: &RollupTable,
-    feeds: &[&RollupTable],
+    tables: &[RollupTable],
     limit: i64,
     now_ms: i64,
     since: i64,
@@ -541,9 +547,45 @@ async fn fold(
         tx.batch_execute(&format!("TRUNCATE {}", table.log_stage_table())).await?;
         rows = old + new;
     }
-    for fed in feeds {
-        let coarse = merged.project(table.shape, fed.shape).encode(None);
-        tx.query_one(&fed.log_append_sql(), &[&coarse.events, &coarse.rows, &pack(&coarse.payload)]).await?;
+    // Each row's sums go on along the links it carries, whatever the
+    // configuration is now: normally one list for every row (then the sums
+    // just added up serve), several only across a change of who feeds whom.
+    let mut lists: Vec<Option<&str>> = taken.iter().map(|r| r.get::<_, Option<&str>>(3)).collect();
+    lists.sort_unstable();
+    lists.dedup();
+    let mut fed = 0u64;
+    for list in &lists {
+        let before;
+        let links = crate::db::tables::links(match list {
+            Some(list) => list,
+            None => {
+                before = crate::db::tables::feeds_before(tables, &table.name);
+                &before
+            }
+        });
+        let to = feeds(tables, table, &links);
+        if to.is_empty() {
+            continue;
+        }
+        let part;
+        let sums = if lists.len() == 1 {
+            &merged
+        } else {
+            let mut m = Merged::new(table.shape);
+            for row in taken.iter().filter(|r| r.get::<_, Option<&str>>(3) == *list) {
+                m.add(row.get(1)).map_err(|e| DbError::Log(format!("{}: {e}", table.log_table())))?;
+            }
+            part = m;
+            &part
+        };
+        for to in to {
+            let coarse = sums.project(table.shape, to.shape).encode(None);
+            let next = crate::db::tables::below(&links, &to.name);
+            tx.query_one(&to.log_append_sql(), &[&coarse.events, &coarse.rows, &pack(&coarse.payload), &next]).await?;
+            if let Some(i) = tables.iter().position(|t| t.name == to.name) {
+                fed |= 1u64.checked_shl(i as u32).unwrap_or(0);
+            }
+        }
     }
     // Its live rows leave with their log rows: the view reads the folded
     // rows from the recent or merged table from this commit on. (Whatever
@@ -551,7 +593,29 @@ async fn fold(
     // earlier run.)
     let ids: Vec<i64> = taken.iter().map(|r| r.get(2)).collect();
     tx.execute(&table.live_delete_sql(), &[&ids]).await?;
-    Ok(Folded { taken: taken.len(), rows, events: merged.events as u64, expired: sums.expired as u64, more })
+    Ok(Folded { taken: taken.len(), rows, events: merged.events as u64, expired: sums.expired as u64, more, fed })
+}
+
+/// The tables a log row of `table` goes on to: the children of `table`
+/// among its `links` (a row of a build before them: where that build sent
+/// it, [`feeds_before`](crate::db::tables::feeds_before)), among the
+/// configured tables that `table` can compute (one no longer configured,
+/// or no longer computable from it, is left out, with a warning: nothing
+/// else would write it).
+fn feeds<'a>(tables: &'a [RollupTable], table: &RollupTable, links: &[(&str, &str)]) -> Vec<&'a RollupTable> {
+    links
+        .iter()
+        .filter(|(parent, _)| *parent == table.name)
+        .filter_map(|&(_, name)| {
+            let fed = tables.iter().find(|t| t.name == name && crate::db::tables::computes(table, t));
+            if fed.is_none() {
+                tracing::warn!(table = %table.name, fed = name,
+                    "a delta-log row names a table this configuration does not have or cannot compute from it: \
+                     its events are not passed on to it");
+            }
+            fed
+        })
+        .collect()
 }
 
 /// How long a boundary move may wait for a lock on the tables

@@ -481,3 +481,40 @@ fn with_json_logs_a_configuration_error_and_a_fatal_error_are_json_lines() {
     assert!(line["fields"]["message"].as_str().unwrap().contains("metrics-addr"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Migration 0019 (delta-log rows say where their sums go on) is not
+/// applied while an earlier build's rows wait in a delta log: where they go
+/// depends on that build's configuration. `migrate` fails with one line
+/// naming the log and what to do, and applies it once the log is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_builds_rows_left_in_a_delta_log_hold_back_the_feeds_migration() {
+    let db = fresh_database("feeds_migration").await;
+    assert_eq!(bid_logger(&["migrate", "--database-url", &db]).0, 0);
+    let client = connect(&db).await;
+    // the warehouse as an earlier build left it after a hard kill
+    client
+        .batch_execute(
+            "DELETE FROM bid_logger_migrations WHERE version = 19;
+             ALTER TABLE bid_logger_log_rollup_hour DROP COLUMN feeds;
+             INSERT INTO bid_logger_log_rollup_hour (events, rows, payload) VALUES (3, 1, '\\x00')",
+        )
+        .await
+        .unwrap();
+    let (code, _, stderr) = bid_logger(&["migrate", "--database-url", &db]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("bid_logger_log_rollup_hour holds 1 rows an earlier build did not consume")
+            && stderr.contains("stop it with SIGTERM"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    client.batch_execute("DELETE FROM bid_logger_log_rollup_hour").await.unwrap();
+    let (code, _, stderr) = bid_logger(&["migrate", "--database-url", &db]);
+    assert_eq!(code, 0, "{stderr}");
+    let feeds: i64 = client
+        .query_one("SELECT count(*) FROM information_schema.columns WHERE column_name = 'feeds'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(feeds >= 5, "every delta log has `feeds` again: {feeds}");
+}

@@ -248,15 +248,18 @@ async fn sigkill_loses_at_most_the_unflushed_interval_and_the_next_start_is_clea
     let after_kill = landed_events(&client, "rollup_minute").await as usize;
     assert!(after_kill >= flushed.len() && after_kill <= flushed.len() + unflushed.len(), "{after_kill}");
     // Whatever reached rollup_minute is in every coarser table, its log, or
-    // the log of the table feeding it (rollup_day is fed from rollup_hour's
-    // consumptions).
-    for (table, feeder) in [("rollup_hour", None), ("rollup_day", Some("rollup_hour")), ("rollup_exchange_hour", None)]
-    {
+    // the logs of the tables feeding it (rollup_hour is fed from
+    // rollup_minute's folds, rollup_day from rollup_hour's consumptions).
+    for (table, feeders) in [
+        ("rollup_hour", &["rollup_minute"][..]),
+        ("rollup_day", &["rollup_hour", "rollup_minute"][..]),
+        ("rollup_exchange_hour", &["rollup_exchange_minute"][..]),
+    ] {
         let (rows, log) = table_and_log(&client, table).await;
-        let upstream = match feeder {
-            Some(feeder) => table_and_log(&client, feeder).await.1,
-            None => 0,
-        };
+        let mut upstream = 0;
+        for feeder in feeders {
+            upstream += table_and_log(&client, feeder).await.1;
+        }
         assert_eq!((rows + log + upstream) as usize, after_kill, "{table}: {rows} + {log} in its log + {upstream}");
     }
     assert_eq!(landed_events(&client, "rollup_exchange_minute").await as usize, after_kill);

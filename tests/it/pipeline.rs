@@ -191,15 +191,22 @@ async fn exact_totals_with_late_out_of_order_invalid_and_odd_values() {
     assert_eq!(logger.metric("bid_logger_events_rejected_total", "reason=\"future\""), 1.0);
     assert_eq!(logger.metric("bid_logger_messages_lost_total", ""), 0.0, "no false loss");
     assert_eq!(logger.metric("bid_logger_events_accepted_total", "") as usize, events.len());
-    // the day table's rows still wait in its delta log (or in rollup_hour's,
-    // whose consumptions feed it): the stop must deliver them
+    // the day table's rows still wait in its delta log, or in the logs of
+    // rollup_hour and rollup_minute (whose consumptions and folds feed it):
+    // the stop must deliver them
     let reader = connect(&db).await;
     let sql = "SELECT (SELECT coalesce(sum(events), 0) FROM bid_logger_log_rollup_day)::bigint,
                       (SELECT coalesce(sum(events), 0) FROM bid_logger_log_rollup_hour)::bigint,
+                      (SELECT coalesce(sum(events), 0) FROM bid_logger_log_rollup_minute)::bigint,
                       (SELECT count(*) FROM rollup_day)::bigint";
     let row = reader.query_one(sql, &[]).await.unwrap();
-    let (day_log, hour_log, day_rows): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    assert_eq!((day_log + hour_log) as usize, events.len(), "every event waits for rollup_day before the stop");
+    let (day_log, hour_log, minute_log, day_rows): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        (day_log + hour_log + minute_log) as usize,
+        events.len(),
+        "every event waits for rollup_day before the stop"
+    );
     assert_eq!(day_rows, 0, "rollup_day is written at its own interval only");
 
     let (code, stderr) = logger.stop();

@@ -117,6 +117,12 @@ async fn a_shorter_retention_drops_old_minute_ranges_while_hour_and_day_keep_eve
     // Range maintenance runs apart from the flushes: wait for it.
     logger.wait_metric("bid_logger_rollup_partitions_dropped_total", 1.0, Duration::from_secs(30));
     assert!(logger.metric("bid_logger_rollup_partitions_dropped_total", table) >= 1.0);
+    // (rollup_minute feeds rollup_hour: its fold, every 10 s, leaves them out, counted)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while logger.metric("bid_logger_rollup_events_expired_total", table) < 10.0 {
+        assert!(std::time::Instant::now() < deadline, "rollup_minute's fold did not count the expired events");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(logger.metric("bid_logger_rollup_events_expired_total", table), 10.0);
     assert_eq!(logger.metric("bid_logger_rollup_events_expired_total", "table=\"rollup_hour\""), 0.0);
     logger.stop_ok();
@@ -512,7 +518,7 @@ async fn live_rows_left_by_a_direct_table_leave_with_its_log_when_it_is_coarse_a
     assert!(live > 0, "set-up: rollup_hour has live rows");
     assert_eq!(sum_events(&client, "rollup_hour").await, 300);
 
-    // rollup_hour coarse (at 10 s, fed through its log; the default is 60 s)
+    // rollup_hour coarse (at 10 s, fed through its log; the default is 5 minutes)
     let coarse = rollup_config("coarse-hour", "[rollup.rollup_hour]\nflush-interval = \"10s\"\n");
     let second = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", &coarse]);
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
@@ -586,4 +592,90 @@ async fn rows_on_both_sides_of_a_moving_boundary_land_once_on_their_side() {
     one_row_per_key(&client, "rollup_minute", "country, os, campaign_id, advertiser_id").await;
     one_row_per_key(&client, "rollup_exchange_minute", "exchange, country, os").await;
     assert_warehouse_matches(&client, &all, 1_000_000).await;
+}
+
+/// Who feeds `rollup_hour` changes between runs while log rows wait (each
+/// run killed before its folds): with `rollup_minute` folded hourly, an
+/// hour table consumed every 10 s is fed by the batches (config A), one
+/// consumed every 2 h from `rollup_minute`'s folds (config B). Each log
+/// row goes where the run that appended it sent it, so the last run's
+/// graceful stop neither drops (B's rows folded under A) nor doubles (A's
+/// rows folded under B) an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_rows_go_on_where_their_run_sent_them_when_the_feeds_change_between_runs() {
+    let db = fresh_database("feeds_change").await;
+    let mut publisher = Publisher::bind();
+    let batch_fed = rollup_config(
+        "feeds-a",
+        "[rollup.rollup_minute]\nfold-interval = \"1h\"\n[rollup.rollup_hour]\nflush-interval = \"10s\"\n",
+    );
+    let fold_fed = rollup_config(
+        "feeds-b",
+        "[rollup.rollup_minute]\nfold-interval = \"1h\"\n[rollup.rollup_hour]\nflush-interval = \"2h\"\n",
+    );
+    let client = connect(&db).await;
+    let minute_log = |feeds: &'static str| {
+        let client = &client;
+        async move {
+            let sql = "SELECT count(*) FROM bid_logger_log_rollup_minute WHERE feeds = $1";
+            client.query_one(sql, &[&feeds]).await.unwrap().get::<_, i64>(0)
+        }
+    };
+    let mut sent = 0;
+    for (round, (config, graceful)) in [
+        (&batch_fed, false),
+        (&fold_fed, false),
+        (&batch_fed, true),
+        (&fold_fed, false),
+        (&batch_fed, false),
+        (&fold_fed, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", config]);
+        publisher.wait_for_subscriptions((round + 1) * all_topics(P)); // (counted over every run)
+        let events = at(now_ms(), 100, &format!("round{round}"));
+        for e in &events {
+            publisher.publish(e, P);
+        }
+        sent += events.len() as i64;
+        logger.wait_metric("bid_logger_events_flushed_total", 100.0, Duration::from_secs(30));
+        if graceful {
+            logger.stop_ok();
+            for table in
+                ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"]
+            {
+                assert_eq!(sum_events(&client, table).await, sent, "{table} after round {round}");
+            }
+            continue;
+        }
+        drop(logger); // SIGKILL, before any fold of rollup_minute
+                      // set-up: this run's rows wait in rollup_minute's log, naming what they feed
+                      // (under B, rollup_day, consumed every 15 minutes, is fed by the batches)
+        let feeds = if config == &batch_fed { "" } else { "rollup_minute>rollup_hour" };
+        assert!(minute_log(feeds).await > 0, "round {round}: rollup_minute's log holds rows feeding `{feeds}`");
+    }
+    // and a row of a build before `feeds` (NULL) goes where those builds sent
+    // it: a minute table's nowhere (they fed the hour table from the batches)
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", &batch_fed]);
+    publisher.wait_for_subscriptions(7 * all_topics(P));
+    for e in &at(now_ms(), 100, "before") {
+        publisher.publish(e, P);
+    }
+    sent += 100;
+    logger.wait_metric("bid_logger_events_flushed_total", 100.0, Duration::from_secs(30));
+    drop(logger);
+    client.execute("UPDATE bid_logger_log_rollup_minute SET feeds = NULL", &[]).await.unwrap();
+    let last = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", &fold_fed]);
+    publisher.wait_for_subscriptions(8 * all_topics(P));
+    for e in &at(now_ms(), 10, "after") {
+        publisher.publish(e, P);
+    }
+    sent += 10;
+    last.wait_metric("bid_logger_events_flushed_total", 10.0, Duration::from_secs(30));
+    last.stop_ok();
+    for table in ["rollup_minute", "rollup_hour", "rollup_day"] {
+        assert_eq!(sum_events(&client, table).await, sent, "{table} after a build's rows without feeds");
+    }
 }
