@@ -621,6 +621,17 @@ async fn log_rows_go_on_where_their_run_sent_them_when_the_feeds_change_between_
             client.query_one(sql, &[&feeds]).await.unwrap().get::<_, i64>(0)
         }
     };
+    // The `nth` logger started with `config` (the publisher counts
+    // subscriptions over every run), once it has flushed `n` events tagged `tag`.
+    let run = |publisher: &mut Publisher, config: &str, nth: usize, tag: &str, n: usize| {
+        let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", config]);
+        publisher.wait_for_subscriptions(nth * all_topics(P));
+        for e in &at(now_ms(), n, tag) {
+            publisher.publish(e, P);
+        }
+        logger.wait_metric("bid_logger_events_flushed_total", n as f64, Duration::from_secs(30));
+        logger
+    };
     let mut sent = 0;
     for (round, (config, graceful)) in [
         (&batch_fed, false),
@@ -633,14 +644,8 @@ async fn log_rows_go_on_where_their_run_sent_them_when_the_feeds_change_between_
     .into_iter()
     .enumerate()
     {
-        let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", config]);
-        publisher.wait_for_subscriptions((round + 1) * all_topics(P)); // (counted over every run)
-        let events = at(now_ms(), 100, &format!("round{round}"));
-        for e in &events {
-            publisher.publish(e, P);
-        }
-        sent += events.len() as i64;
-        logger.wait_metric("bid_logger_events_flushed_total", 100.0, Duration::from_secs(30));
+        let logger = run(&mut publisher, config, round + 1, &format!("round{round}"), 100);
+        sent += 100;
         if graceful {
             logger.stop_ok();
             for table in
@@ -658,23 +663,11 @@ async fn log_rows_go_on_where_their_run_sent_them_when_the_feeds_change_between_
     }
     // and a row of a build before `feeds` (NULL) goes where those builds sent
     // it: a minute table's nowhere (they fed the hour table from the batches)
-    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", &batch_fed]);
-    publisher.wait_for_subscriptions(7 * all_topics(P));
-    for e in &at(now_ms(), 100, "before") {
-        publisher.publish(e, P);
-    }
+    drop(run(&mut publisher, &batch_fed, 7, "before", 100));
     sent += 100;
-    logger.wait_metric("bid_logger_events_flushed_total", 100.0, Duration::from_secs(30));
-    drop(logger);
     client.execute("UPDATE bid_logger_log_rollup_minute SET feeds = NULL", &[]).await.unwrap();
-    let last = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", &fold_fed]);
-    publisher.wait_for_subscriptions(8 * all_topics(P));
-    for e in &at(now_ms(), 10, "after") {
-        publisher.publish(e, P);
-    }
+    run(&mut publisher, &fold_fed, 8, "after", 10).stop_ok();
     sent += 10;
-    last.wait_metric("bid_logger_events_flushed_total", 10.0, Duration::from_secs(30));
-    last.stop_ok();
     for table in ["rollup_minute", "rollup_hour", "rollup_day"] {
         assert_eq!(sum_events(&client, table).await, sent, "{table} after a build's rows without feeds");
     }
