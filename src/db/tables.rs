@@ -19,9 +19,10 @@
 //! `T_merged`. A *coarse* table (a longer interval) gets only the log row.
 //! A log is consumed (*folded*, for a direct table) at
 //! [`RollupTable::consume_interval`]: one transaction deletes the log's
-//! rows, `COPY`s their sums into a staging table, writes them
-//! ([`RollupTable::log_upsert_sql`]: upserted into `T_merged` before `B`,
-//! appended to `T_recent` from `B` on) and deletes the live rows of the
+//! rows, adds them up per key, writes the sums (those before `B`
+//! `COPY`d into a staging table and upserted into `T_merged`,
+//! [`RollupTable::log_upsert_sql`]; the others `COPY`d into `T_recent`,
+//! [`RollupTable::recent_copy_sql`]) and deletes the live rows of the
 //! same batches. When [`RollupTable::next_boundary`] has passed `B`, the
 //! same transaction moves `T_recent`'s rows before it into `T_merged`,
 //! added up per key ([`RollupTable::move_sql`]), and sets it. The consumer
@@ -609,21 +610,27 @@ GROUP BY {key}",
 
     /// Moves the sums of buckets before `$1` from its recent table into its
     /// merged table, added up per key (the recent table holds a key once per
-    /// fold that carried it), each added to a row there, if any (a late
-    /// event's, folded into the merged table after an earlier build's
-    /// batch, or a table written before this layout), but those before `$2`
-    /// (past its retention; none when `NULL`), which leave as the
-    /// retention's ranges do: returns the keys moved.
-    pub fn move_sql(&self) -> String {
+    /// fold that carried it), but those before `$2` (past its retention;
+    /// none when `NULL`), which leave as the retention's ranges do: returns
+    /// the keys moved. The merged table has no row of the buckets moved
+    /// (the boundary is past its every bucket, and only moves write from
+    /// there on), so they are inserted without a conflict check; `upsert`
+    /// adds each to a row there instead, if any (a table written before this
+    /// layout, whose plain move failed on a key it had).
+    pub fn move_sql(&self, upsert: bool) -> String {
         let key = self.key_columns();
         let cols = format!("{key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at");
+        let conflict = match upsert {
+            true => format!("\n         ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}"),
+            false => String::new(),
+        };
         format!(
             "WITH moved AS (DELETE FROM {recent} WHERE bucket < $1 RETURNING {cols}),
 kept AS (INSERT INTO {merged} AS t ({cols})
          SELECT {key}, sample_ppm, sum(events), sum(attributed_events), sum(price_micros), sum(revenue_micros),
                 max(updated_at)
-         FROM moved WHERE $2::timestamptz IS NULL OR bucket >= $2 GROUP BY {key}, sample_ppm
-         ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD} RETURNING 1)
+         FROM moved WHERE $2::timestamptz IS NULL OR bucket >= $2 GROUP BY {key}, sample_ppm{conflict}
+         RETURNING 1)
 SELECT count(*) FROM kept",
             recent = self.recent_table(),
             merged = self.merged,
@@ -714,26 +721,31 @@ SELECT count(*) FROM kept",
         )
     }
 
-    /// The write of its log's stage, which holds the consumed payloads'
-    /// sums, each key once, in key order (see the sink's `payload::Merged`):
-    /// the rows of buckets before `$1` (its boundary) upserted into its
-    /// merged table, or (`recent`) the others appended to its recent table
-    /// (no conflict check: an upsert there, every fold, cost PostgreSQL
-    /// more than everything else a fold does; `BENCHMARKS.md`, "Recent rows
-    /// appended").
-    pub fn log_upsert_sql(&self, recent: bool) -> String {
+    /// The upsert of its log's stage into its merged table: the consumed
+    /// payloads' sums of buckets before its boundary, each key once, in
+    /// key order (see the sink's `payload::Merged`).
+    pub fn log_upsert_sql(&self) -> String {
         let key = self.key_columns();
         format!(
-            "INSERT INTO {name} AS t ({key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
+            "INSERT INTO {merged} AS t ({key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at)
 SELECT {key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, now()
-FROM {stage} WHERE bucket {op} $1{conflict}",
+FROM {stage}
+ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
             stage = self.stage_name(true),
-            name = if recent { self.recent_table() } else { self.merged.clone() },
-            op = if recent { ">=" } else { "<" },
-            conflict = match recent {
-                true => String::new(),
-                false => format!("\nON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}"),
-            },
+            merged = self.merged,
+        )
+    }
+
+    /// The binary `COPY` of a fold's sums of buckets from its boundary on
+    /// into its recent table (the layout of a log payload; no conflict
+    /// check: an upsert there, every fold, cost PostgreSQL more than
+    /// everything else a fold does, `BENCHMARKS.md`, "Recent rows
+    /// appended"; and no stage).
+    pub fn recent_copy_sql(&self) -> String {
+        format!(
+            "COPY {} ({}, sample_ppm, events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)",
+            self.recent_table(),
+            self.key_columns()
         )
     }
 }

@@ -466,7 +466,22 @@ async fn move_boundary(
     // Rows past the retention are dropped here, as its ranges are (their
     // range may be gone: a boundary left behind by a long stop).
     let cut = table.retention.map(|_| minute_time(table.oldest_minute(now_ms)));
-    let moved: i64 = tx.query_one(&table.move_sql(), &[&at, &cut]).await?.get(0);
+    // Normally nothing in the merged table to add to (see
+    // `RollupTable::move_sql`); where there is, the move is done again as
+    // an upsert.
+    tx.batch_execute("SAVEPOINT bid_logger_append").await?;
+    let moved: i64 = match tx.query_one(&table.move_sql(false), &[&at, &cut]).await {
+        Ok(row) => {
+            tx.batch_execute("RELEASE SAVEPOINT bid_logger_append").await?;
+            row.get(0)
+        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_append").await?;
+            tracing::info!(table = %table.name, "the merged table had rows of the buckets moved: added to them");
+            tx.query_one(&table.move_sql(true), &[&at, &cut]).await?.get(0)
+        }
+        Err(e) => return Err(e.into()),
+    };
     tx.execute(SET_BOUNDARY, &[&table.name, &at]).await?;
     Ok(moved as u64)
 }
@@ -515,38 +530,30 @@ async fn fold(
         )));
     }
     let oldest_us = table.retention.map(|_| table.oldest_minute(now_ms).saturating_mul(60_000_000) - PG_EPOCH_US);
-    let sums = merged.encode(oldest_us);
-    let mut rows = 0;
-    if sums.rows > 0 {
+    let since_us = since.saturating_mul(60_000_000).saturating_sub(PG_EPOCH_US);
+    let [old, new] = merged.encode_split(oldest_us, since_us);
+    // Buckets before the boundary are upserted into the merged table (a
+    // coarse table's sums, a direct table's late events'), through the
+    // stage; the others are appended to the recent table by a `COPY` of
+    // their own (no conflict check, no stage: `BENCHMARKS.md`, "Folds
+    // append by `COPY`"). Only what has rows runs: a statement into the
+    // merged table waits for any lock on it, even to write nothing.
+    if old.rows > 0 {
         tx.batch_execute(&table.stage_sql(true)).await?;
         let sink = tx.copy_in::<_, Bytes>(&table.copy_sql(true)).await?;
         pin_mut!(sink);
-        sink.send(sums.payload).await?;
+        sink.send(old.payload).await?;
         sink.finish().await?;
-        // Buckets before the boundary into the merged table (a coarse
-        // table's), the others into the recent table (a direct table's
-        // folded rows), in one round trip; then the stage is emptied for
-        // the transaction's next fold.
-        // Only the statements with rows to write run (a statement into the
-        // merged table waits for any lock on it, even to write nothing).
-        let bound = minute_time(since);
-        let since_us = since.saturating_mul(60_000_000).saturating_sub(PG_EPOCH_US);
-        let (oldest, newest) = sums.buckets.unwrap_or((i64::MAX, i64::MIN));
-        let upsert = |recent: bool, needed: bool| {
-            let sql = table.log_upsert_sql(recent);
-            async move {
-                if needed {
-                    tx.execute(&sql, &[&bound]).await
-                } else {
-                    Ok(0)
-                }
-            }
-        };
-        let (old, new) =
-            futures_util::future::try_join(upsert(false, oldest < since_us), upsert(true, newest >= since_us)).await?;
+        tx.execute(&table.log_upsert_sql(), &[]).await?;
         tx.batch_execute(&format!("TRUNCATE {}", table.log_stage_table())).await?;
-        rows = old + new;
     }
+    if new.rows > 0 {
+        let sink = tx.copy_in::<_, Bytes>(&table.recent_copy_sql()).await?;
+        pin_mut!(sink);
+        sink.send(new.payload).await?;
+        sink.finish().await?;
+    }
+    let rows = (old.rows + new.rows) as u64;
     // Each row's sums go on along the links it carries, whatever the
     // configuration is now: normally one list for every row (then the sums
     // just added up serve), several only across a change of who feeds whom.
@@ -593,7 +600,7 @@ async fn fold(
     // earlier run.)
     let ids: Vec<i64> = taken.iter().map(|r| r.get(2)).collect();
     tx.execute(&table.live_delete_sql(), &[&ids]).await?;
-    Ok(Folded { taken: taken.len(), rows, events: merged.events as u64, expired: sums.expired as u64, more, fed })
+    Ok(Folded { taken: taken.len(), rows, events: merged.events as u64, expired: old.expired as u64, more, fed })
 }
 
 /// The tables a log row of `table` goes on to: the children of `table`

@@ -193,12 +193,17 @@ impl Merged {
     /// The rows in key order as one payload, leaving out (and counting)
     /// buckets before `oldest_us` (µs since 2000-01-01; `None`: keep all).
     pub fn encode(&self, oldest_us: Option<i64>) -> Encoded {
+        let [all, _] = self.encode_split(oldest_us, i64::MAX);
+        all
+    }
+
+    /// [`Merged::encode`], as two payloads: the buckets before `split_us`
+    /// (with the count of events left out), and the others.
+    pub fn encode_split(&self, oldest_us: Option<i64>, split_us: i64) -> [Encoded; 2] {
         let mut rows: Vec<(&[u8], &Measures)> = self.sums.iter().map(|(k, m)| (&k[..], m)).collect();
         rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut buf = BytesMut::with_capacity(COPY_HEADER.len() + rows.len() * 110 + 2);
-        buf.put_slice(COPY_HEADER);
-        let (mut n, mut events, mut expired) = (0, 0, 0);
-        let mut buckets: Option<(i64, i64)> = None;
+        let mut out = [Part::new(rows.len()), Part::new(rows.len())];
+        let mut expired = 0;
         let fields = (self.key_fields() + 4) as i16;
         for (key, m) in rows {
             // The bucket is the first field: length 8, then its value.
@@ -207,18 +212,44 @@ impl Merged {
                 expired += m[0];
                 continue;
             }
-            buf.put_i16(fields);
-            buf.put_slice(key);
+            let part = &mut out[usize::from(bucket >= split_us)];
+            part.buf.put_i16(fields);
+            part.buf.put_slice(key);
             for v in m {
-                buf.put_i32(8);
-                buf.put_i64(*v);
+                part.buf.put_i32(8);
+                part.buf.put_i64(*v);
             }
-            n += 1;
-            events += m[0];
-            buckets = Some(buckets.map_or((bucket, bucket), |(lo, hi)| (lo.min(bucket), hi.max(bucket))));
+            part.rows += 1;
+            part.events += m[0];
+            part.buckets = Some(part.buckets.map_or((bucket, bucket), |(lo, hi)| (lo.min(bucket), hi.max(bucket))));
         }
-        buf.put_slice(COPY_TRAILER);
-        Encoded { payload: buf.freeze(), rows: n, events, expired, buckets }
+        let [before, from] = out.map(|mut part| {
+            part.buf.put_slice(COPY_TRAILER);
+            Encoded {
+                payload: part.buf.freeze(),
+                rows: part.rows,
+                events: part.events,
+                expired: 0,
+                buckets: part.buckets,
+            }
+        });
+        [Encoded { expired, ..before }, from]
+    }
+}
+
+/// One payload being encoded.
+struct Part {
+    buf: BytesMut,
+    rows: i64,
+    events: i64,
+    buckets: Option<(i64, i64)>,
+}
+
+impl Part {
+    fn new(rows: usize) -> Part {
+        let mut buf = BytesMut::with_capacity(COPY_HEADER.len() + rows * 110 + 2);
+        buf.put_slice(COPY_HEADER);
+        Part { buf, rows: 0, events: 0, buckets: None }
     }
 }
 
@@ -367,6 +398,33 @@ mod tests {
         let encoded = merged.encode(Some(oldest_us));
         assert!(kept > 0 && kept < 4000);
         assert_eq!((encoded.events, encoded.expired), (kept, 4000 - kept));
+    }
+
+    #[test]
+    fn a_split_payload_holds_the_buckets_on_each_side_once_and_counts_the_cut_off_in_its_first_part() {
+        let tables = default_tables(Duration::from_secs(1));
+        let hour = table(&tables, "rollup_hour");
+        let rows = fine(0, 4000);
+        let merged = direct(hour, &rows);
+        let minute_us = |m: i64| m * 60_000_000 - PG_EPOCH_US;
+        let (oldest, split) = ((NOW - 20 * 3_600_000).div_euclid(60_000), (NOW - 5 * 3_600_000).div_euclid(60_000));
+        let [before, from] = merged.encode_split(Some(minute_us(oldest)), minute_us(split));
+        let whole = merged.encode(Some(minute_us(oldest)));
+        let events = |keep: &dyn Fn(i64) -> bool| -> i64 {
+            rows.iter().filter(|r| keep(hour.shape.key(&r.0).minute)).map(|r| r.1.events as i64).sum()
+        };
+        assert_eq!(before.events, events(&|m| m >= oldest && m < split));
+        assert_eq!(from.events, events(&|m| m >= split));
+        assert!(before.events > 0 && from.events > 0, "set-up: rows on both sides");
+        assert_eq!((before.expired, from.expired), (whole.expired, 0));
+        assert_eq!((before.rows + from.rows, before.events + from.events), (whole.rows, whole.events));
+        assert!(before.buckets.unwrap().1 < minute_us(split) && from.buckets.unwrap().0 >= minute_us(split));
+        let mut again = Merged::new(hour.shape);
+        again.add(&before.payload).unwrap();
+        again.add(&from.payload).unwrap();
+        let mut kept = Merged::new(hour.shape);
+        kept.add(&whole.payload).unwrap();
+        assert_eq!(again.sums, kept.sums, "the two parts read back as the whole");
     }
 
     #[test]

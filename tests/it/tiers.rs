@@ -493,6 +493,46 @@ async fn keys_folded_twice_are_two_recent_rows_shown_as_one_and_moved_as_one() {
     assert_warehouse_matches(&client, &all, 1_000_000).await;
 }
 
+/// A move normally inserts its keys into buckets the merged table has no
+/// row of; where it has (here: a copy of the recent rows, as a table
+/// written by an earlier layout could hold), the move adds them to those
+/// rows instead of failing on the first key, and every event is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_into_buckets_the_merged_table_already_holds_adds_to_its_rows() {
+    let db = fresh_database("move_adds").await;
+    let client = migrated_with_boundary_back(&db).await;
+    let quiet = rollup_config("move-adds-quiet", "[rollup.rollup_minute]\nfold-interval = \"1h\"\n");
+    let mut publisher = Publisher::bind();
+    let logger =
+        Logger::start(&db, &["--connect", &publisher.endpoint, "--flush-interval", "200ms", "--config", &quiet]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    for e in &at(now_ms() - 3 * 60_000, 300, "move-adds") {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
+    logger.stop_ok(); // folds at its stop (into the recent rows), no move
+    let copy = "INSERT INTO rollup_minute_merged SELECT * FROM rollup_minute_recent";
+    let keys = client.execute(copy, &[]).await.unwrap() as i64;
+    assert!(keys > 0, "set-up: the recent rows were copied into the merged table");
+
+    let often = rollup_config("move-adds-often", "[rollup.rollup_minute]\nfold-interval = \"1s\"\n");
+    let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", &often]);
+    let moved = "SELECT since >= date_trunc('minute', now()) - interval '1 minute' FROM bid_logger_boundary
+                 WHERE rollup = 'rollup_minute'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !client.query_one(moved, &[]).await.unwrap().get::<_, bool>(0) {
+        assert!(std::time::Instant::now() < deadline, "the boundary did not move");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    logger.stop_ok();
+    let merged = "SELECT count(*), coalesce(sum(events), 0)::bigint FROM rollup_minute_merged";
+    let row = client.query_one(merged, &[]).await.unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (keys, 600), "each key once, its events added");
+    assert_eq!(sum_events(&client, "rollup_minute").await, 600);
+    one_row_per_key(&client, "rollup_minute", "country, os, campaign_id, advertiser_id").await;
+    assert_boundary_holds(&client, "rollup_minute").await;
+}
+
 /// A table that was direct (live rows written, not folded yet when the
 /// logger was killed) and is coarse at the next start: its next
 /// consumption moves its log into its merged rows and takes the live rows
