@@ -435,6 +435,22 @@ CREATE TABLE IF NOT EXISTS {live} (
     log_id            bigint      NOT NULL,
     updated_at        timestamptz NOT NULL DEFAULT now()
 );
+-- the live and recent tables are emptied every few seconds, and read
+-- whole: their statistics steer no plan, and autovacuum's ANALYZE of them,
+-- one a minute each, is PostgreSQL CPU spent for nothing; it now comes
+-- every 2^31 rows changed (hours apart). Set by their owner only, where
+-- no threshold is set (an operator's stays).
+DO $$
+DECLARE t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['{live}', '{recent}'] LOOP
+        IF pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = t::regclass), 'USAGE')
+           AND NOT EXISTS (SELECT 1 FROM pg_class, unnest(reloptions) o
+                           WHERE oid = t::regclass AND split_part(o, '=', 1) = 'autovacuum_analyze_threshold') THEN
+            EXECUTE format('ALTER TABLE %I SET ({ANALYZE_RARELY})', t);
+        END IF;
+    END LOOP;
+END $$;
 DO $$
 DECLARE r record;
 BEGIN
@@ -612,11 +628,11 @@ GROUP BY {key}",
     /// merged table, added up per key (the recent table holds a key once per
     /// fold that carried it), but those before `$2` (past its retention;
     /// none when `NULL`), which leave as the retention's ranges do: returns
-    /// the keys moved. The merged table has no row of the buckets moved
-    /// (the boundary is past its every bucket, and only moves write from
-    /// there on), so they are inserted without a conflict check; `upsert`
-    /// adds each to a row there instead, if any (a table written before this
-    /// layout, whose plain move failed on a key it had).
+    /// the keys moved. The merged table normally has no row of the buckets
+    /// moved (the boundary is past its every bucket, and only moves write
+    /// from there on), so they are inserted without a conflict check;
+    /// `upsert` adds each to a row there instead, if any (written there by
+    /// hand or by a tool: [`RollupTable::merged_holds_sql`]).
     pub fn move_sql(&self, upsert: bool) -> String {
         let key = self.key_columns();
         let cols = format!("{key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at");
@@ -635,6 +651,12 @@ SELECT count(*) FROM kept",
             recent = self.recent_table(),
             merged = self.merged,
         )
+    }
+
+    /// Whether its merged table holds a row of a bucket in `[$1, $2)` (a
+    /// probe of the primary key, which starts with `bucket`).
+    pub fn merged_holds_sql(&self) -> String {
+        format!("SELECT EXISTS (SELECT 1 FROM {} WHERE bucket >= $1 AND bucket < $2)", self.merged)
     }
 
     /// Its live table: the rows of the batches not folded yet.
@@ -749,6 +771,11 @@ ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
         )
     }
 }
+
+/// The storage parameter of the live and recent tables: autovacuum's
+/// `ANALYZE` of them about every 2^31 rows changed, not every minute
+/// (`BENCHMARKS.md`, "Live and recent tables analyzed rarely").
+pub const ANALYZE_RARELY: &str = "autovacuum_analyze_threshold=2147483647";
 
 /// The additive `DO UPDATE` of every upsert.
 const ADD: &str = "events = t.events + EXCLUDED.events,

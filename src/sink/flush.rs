@@ -466,21 +466,30 @@ async fn move_boundary(
     // Rows past the retention are dropped here, as its ranges are (their
     // range may be gone: a boundary left behind by a long stop).
     let cut = table.retention.map(|_| minute_time(table.oldest_minute(now_ms)));
-    // Normally nothing in the merged table to add to (see
-    // `RollupTable::move_sql`); where there is, the move is done again as
-    // an upsert.
-    tx.batch_execute("SAVEPOINT bid_logger_append").await?;
-    let moved: i64 = match tx.query_one(&table.move_sql(false), &[&at, &cut]).await {
-        Ok(row) => {
-            tx.batch_execute("RELEASE SAVEPOINT bid_logger_append").await?;
-            row.get(0)
+    // Normally the merged table holds no row of the buckets moved (see
+    // `RollupTable::move_sql`), and they are inserted without a conflict
+    // check; where it does (written by hand or by a tool), or should a key
+    // conflict anyway, the move is an upsert, adding to those rows.
+    let held: bool = tx.query_one(&table.merged_holds_sql(), &[&minute_time(since), &at]).await?.get(0);
+    let upsert = || async {
+        tracing::info!(table = %table.name, "the merged table holds rows of the buckets moved: the move adds to them");
+        Ok::<i64, tokio_postgres::Error>(tx.query_one(&table.move_sql(true), &[&at, &cut]).await?.get(0))
+    };
+    let moved = if held {
+        upsert().await?
+    } else {
+        tx.batch_execute("SAVEPOINT bid_logger_append").await?;
+        match tx.query_one(&table.move_sql(false), &[&at, &cut]).await {
+            Ok(row) => {
+                tx.batch_execute("RELEASE SAVEPOINT bid_logger_append").await?;
+                row.get(0)
+            }
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_append").await?;
+                upsert().await?
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-            tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_append").await?;
-            tracing::info!(table = %table.name, "the merged table had rows of the buckets moved: added to them");
-            tx.query_one(&table.move_sql(true), &[&at, &cut]).await?.get(0)
-        }
-        Err(e) => return Err(e.into()),
     };
     tx.execute(SET_BOUNDARY, &[&table.name, &at]).await?;
     Ok(moved as u64)

@@ -202,7 +202,7 @@ impl Merged {
     pub fn encode_split(&self, oldest_us: Option<i64>, split_us: i64) -> [Encoded; 2] {
         let mut rows: Vec<(&[u8], &Measures)> = self.sums.iter().map(|(k, m)| (&k[..], m)).collect();
         rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut out = [Part::new(rows.len()), Part::new(rows.len())];
+        let mut out = [Part::new(rows.len()), Part::new(if split_us == i64::MAX { 0 } else { rows.len() })];
         let mut expired = 0;
         let fields = (self.key_fields() + 4) as i16;
         for (key, m) in rows {

@@ -494,43 +494,60 @@ async fn keys_folded_twice_are_two_recent_rows_shown_as_one_and_moved_as_one() {
 }
 
 /// A move normally inserts its keys into buckets the merged table has no
-/// row of; where it has (here: a copy of the recent rows, as a table
-/// written by an earlier layout could hold), the move adds them to those
-/// rows instead of failing on the first key, and every event is counted.
+/// row of. Where it has (here: a copy of the recent rows, as rows written
+/// there by hand could be), the move adds them to those rows: found by a
+/// probe of the buckets it moves (`rollup_minute`), or, should a key
+/// conflict anyway (`rollup_exchange_minute`, whose recent rows are put
+/// before its boundary), by the insert's unique violation. Every event
+/// is counted once, in one row per key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_into_buckets_the_merged_table_already_holds_adds_to_its_rows() {
     let db = fresh_database("move_adds").await;
     let client = migrated_with_boundary_back(&db).await;
-    let quiet = rollup_config("move-adds-quiet", "[rollup.rollup_minute]\nfold-interval = \"1h\"\n");
+    let fold_every = |tag: &str, every: &str| {
+        let table = |t: &str| format!("[rollup.{t}]\nfold-interval = \"{every}\"\n");
+        rollup_config(tag, &(table("rollup_minute") + &table("rollup_exchange_minute")))
+    };
+    let quiet = fold_every("move-adds-quiet", "1h");
     let mut publisher = Publisher::bind();
     let logger =
         Logger::start(&db, &["--connect", &publisher.endpoint, "--flush-interval", "200ms", "--config", &quiet]);
     publisher.wait_for_subscriptions(all_topics(P));
-    for e in &at(now_ms() - 3 * 60_000, 300, "move-adds") {
+    let ts = now_ms() - 3 * 60_000;
+    for e in &at(ts, 300, "move-adds") {
         publisher.publish(e, P);
     }
     logger.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
     logger.stop_ok(); // folds at its stop (into the recent rows), no move
-    let copy = "INSERT INTO rollup_minute_merged SELECT * FROM rollup_minute_recent";
-    let keys = client.execute(copy, &[]).await.unwrap() as i64;
-    assert!(keys > 0, "set-up: the recent rows were copied into the merged table");
+    let mut keys = Vec::new();
+    for t in ["rollup_minute", "rollup_exchange_minute"] {
+        let copy = format!("INSERT INTO {t}_merged SELECT * FROM {t}_recent");
+        keys.push(client.execute(&copy, &[]).await.unwrap() as i64);
+    }
+    assert!(keys.iter().all(|&k| k > 0), "set-up: the recent rows were copied into the merged tables");
+    let ahead = "UPDATE bid_logger_boundary SET since = to_timestamp($1::float8 / 1000) + interval '1 minute'
+                 WHERE rollup = 'rollup_exchange_minute'";
+    client.execute(ahead, &[&((ts / 60_000 * 60_000) as f64)]).await.unwrap();
 
-    let often = rollup_config("move-adds-often", "[rollup.rollup_minute]\nfold-interval = \"1s\"\n");
+    let often = fold_every("move-adds-often", "1s");
     let logger = Logger::start(&db, &["--connect", &publisher.endpoint, "--config", &often]);
-    let moved = "SELECT since >= date_trunc('minute', now()) - interval '1 minute' FROM bid_logger_boundary
-                 WHERE rollup = 'rollup_minute'";
+    let moved = "SELECT bool_and(since >= date_trunc('minute', now()) - interval '1 minute') FROM bid_logger_boundary
+                 WHERE rollup IN ('rollup_minute', 'rollup_exchange_minute')";
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !client.query_one(moved, &[]).await.unwrap().get::<_, bool>(0) {
-        assert!(std::time::Instant::now() < deadline, "the boundary did not move");
+        assert!(std::time::Instant::now() < deadline, "the boundaries did not move");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     logger.stop_ok();
-    let merged = "SELECT count(*), coalesce(sum(events), 0)::bigint FROM rollup_minute_merged";
-    let row = client.query_one(merged, &[]).await.unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (keys, 600), "each key once, its events added");
-    assert_eq!(sum_events(&client, "rollup_minute").await, 600);
+    for (t, keys) in ["rollup_minute", "rollup_exchange_minute"].into_iter().zip(keys) {
+        let merged = format!("SELECT count(*), coalesce(sum(events), 0)::bigint FROM {t}_merged");
+        let row = client.query_one(&merged, &[]).await.unwrap();
+        assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (keys, 600), "{t}: each key once, its events added");
+        assert_eq!(sum_events(&client, t).await, 600, "{t}");
+        assert_boundary_holds(&client, t).await;
+    }
     one_row_per_key(&client, "rollup_minute", "country, os, campaign_id, advertiser_id").await;
-    assert_boundary_holds(&client, "rollup_minute").await;
+    one_row_per_key(&client, "rollup_exchange_minute", "country, os, exchange").await;
 }
 
 /// A table that was direct (live rows written, not folded yet when the
@@ -711,4 +728,39 @@ async fn log_rows_go_on_where_their_run_sent_them_when_the_feeds_change_between_
     for table in ["rollup_minute", "rollup_hour", "rollup_day"] {
         assert_eq!(sum_events(&client, table).await, sent, "{table} after a build's rows without feeds");
     }
+}
+
+/// The live and recent tables (emptied every few seconds, read whole)
+/// are not analyzed by autovacuum every minute; a table made by an earlier
+/// build gets the setting at the next `migrate`, and one an operator set
+/// a threshold on keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_and_recent_tables_are_analyzed_rarely_also_when_made_by_an_earlier_build() {
+    let db = fresh_database("analyze_rarely").await;
+    let migrate = || {
+        let out = bid_logger(&["migrate", "--database-url", &db]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    migrate();
+    let client = connect(&db).await;
+    let settings = "SELECT c.relname::text, coalesce(c.reloptions, '{}')::text[] FROM pg_class c
+                    WHERE c.relkind = 'r' AND c.relname ~ '^rollup_.*_(live|recent)$' ORDER BY 1";
+    let rarely = bid_logger::db::tables::ANALYZE_RARELY.to_string();
+    let own = "autovacuum_analyze_threshold=50".to_string();
+    let check = |rows: Vec<tokio_postgres::Row>, operators: &str| {
+        let tables: Vec<(String, Vec<String>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(tables.len(), 10, "five live and five recent tables: {tables:?}");
+        for (table, options) in &tables {
+            let expected = if table == operators { &own } else { &rarely };
+            assert!(options.contains(expected), "{table}: {options:?}");
+        }
+    };
+    check(client.query(settings, &[]).await.unwrap(), "");
+    // as an earlier build left them, and an operator's own setting
+    for t in ["rollup_minute_live", "rollup_exchange_minute_recent"] {
+        client.batch_execute(&format!("ALTER TABLE {t} RESET (autovacuum_analyze_threshold)")).await.unwrap();
+    }
+    client.batch_execute("ALTER TABLE rollup_hour_recent SET (autovacuum_analyze_threshold = 50)").await.unwrap();
+    migrate();
+    check(client.query(settings, &[]).await.unwrap(), "rollup_hour_recent");
 }
