@@ -772,6 +772,12 @@ ON CONFLICT ({key}, sample_ppm) DO UPDATE SET {ADD}",
     }
 }
 
+/// The bit of the table `name` in a mask over `tables` (bit `i`: the
+/// `i`th; 0 when it is not among them or past the 64th).
+pub fn bit_of(tables: &[RollupTable], name: &str) -> u64 {
+    tables.iter().position(|t| t.name == name).map_or(0, |i| 1u64.checked_shl(i as u32).unwrap_or(0))
+}
+
 /// The storage parameter of the live and recent tables: autovacuum's
 /// `ANALYZE` of them about every 2^31 rows changed, not every minute
 /// (`BENCHMARKS.md`, "Live and recent tables analyzed rarely").

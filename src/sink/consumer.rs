@@ -156,11 +156,7 @@ impl Consumer {
                         // run's or build's) may feed a table consumed
                         // before it: that one goes again.
                         for (j, t) in self.tables.iter().enumerate() {
-                            let bit = self
-                                .all
-                                .iter()
-                                .position(|a| a.name == t.name)
-                                .map_or(0, |b| 1u64.checked_shl(b as u32).unwrap_or(0));
+                            let bit = crate::db::tables::bit_of(&self.all, &t.name);
                             if fed & bit != 0 && done.contains(&j) && !again.contains(&j) {
                                 again.push(j);
                                 done.retain(|&d| d != j);

@@ -598,9 +598,7 @@ async fn fold(
             let coarse = sums.project(table.shape, to.shape).encode(None);
             let next = crate::db::tables::below(&links, &to.name);
             tx.query_one(&to.log_append_sql(), &[&coarse.events, &coarse.rows, &pack(&coarse.payload), &next]).await?;
-            if let Some(i) = tables.iter().position(|t| t.name == to.name) {
-                fed |= 1u64.checked_shl(i as u32).unwrap_or(0);
-            }
+            fed |= crate::db::tables::bit_of(tables, &to.name);
         }
     }
     // Its live rows leave with their log rows: the view reads the folded
