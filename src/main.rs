@@ -412,11 +412,12 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     // metrics-rs: libraries emit, the executable installs the recorder.
     let _guard = rt.enter();
+    let signals = pipeline::Signals::install()?;
     telemetry::install_exporter(config.metrics_addr)
         .with_context(|| format!("metrics-addr: {}", config.metrics_addr))?;
     let process_metrics = rt.spawn(telemetry::sample_process_metrics());
     let progress = std::sync::Arc::new(telemetry::Progress::default());
-    let summary = rt.block_on(pipeline::run(config, progress, std::future::pending()))?;
+    let summary = rt.block_on(pipeline::run(config, progress, signals, std::future::pending()))?;
     process_metrics.abort();
     if summary.sink.events_unwritten > 0 {
         let unwritten = summary.sink.events_unwritten;

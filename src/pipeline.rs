@@ -46,7 +46,9 @@ pub struct RunSummary {
 
 /// Runs the logger until SIGTERM or SIGINT (or until `stop` resolves), then
 /// stops receiving, flushes everything and returns the summary. `progress`
-/// follows the run as it goes.
+/// follows the run as it goes. `signals` are installed by the caller before
+/// anything else it starts, so that a stop in the first moments is handled
+/// too; one during the start-up ends the run before it receives.
 ///
 /// Metrics go to whatever recorder the executable installed (none: they are
 /// dropped); the library never installs one.
@@ -58,6 +60,7 @@ pub struct RunSummary {
 pub async fn run(
     config: Config,
     progress: Arc<Progress>,
+    mut signals: Signals,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<RunSummary, PipelineError> {
     tracing::info!(
@@ -81,14 +84,27 @@ pub async fn run(
         );
     }
     let pool = db::pool(&config.sink.database_url, config.sink.pool_size).map_err(PipelineError::Database)?;
-    let migrated = check_database(&pool, &config.sink.tables).await?;
-    let loaded = if migrated { load_marks(&pool, &config.sink).await } else { None };
+    let flush = Arc::new(FlushRequests::default());
+    tokio::pin!(stop);
+    // A stop asked for while the database is checked ends the run there:
+    // nothing has been received yet, and the migration and the marks are
+    // each one transaction, rolled back when dropped.
+    let start_up = async {
+        let migrated = check_database(&pool, &config.sink.tables).await?;
+        let loaded = if migrated { load_marks(&pool, &config.sink).await } else { None };
+        Ok::<_, PipelineError>((migrated, loaded))
+    };
+    let (migrated, loaded) = tokio::select! {
+        started = start_up => started?,
+        () = signals.wait_for_stop(stop.as_mut(), &flush) => {
+            tracing::info!("stopped during start-up, before receiving anything");
+            return Ok(RunSummary::default());
+        }
+    };
 
     metrics::gauge!(crate::telemetry::FLUSH_INTERVAL).set(config.sink.flush_interval.as_secs_f64());
-    let mut signals = Signals::new()?;
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let stopping = Arc::new(AtomicBool::new(false));
-    let flush = Arc::new(FlushRequests::default());
     // The ingest threads' trackers are seeded with the committed marks; the
     // sink keeps them too, so a partition's value keeps the publishers this
     // run has not heard from yet.
@@ -274,16 +290,19 @@ async fn load_marks(pool: &deadpool_postgres::Pool, config: &sink::SinkConfig) -
     }
 }
 
-/// The signals the logger acts on, installed before the pipeline starts so
-/// that none arrives unhandled (SIGHUP's default action would kill it).
-struct Signals {
+/// The signals the logger acts on, installed before anything else starts
+/// (the metrics listener included) so that none arrives unhandled: the
+/// default action of each would kill the process.
+pub struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> Result<Signals, PipelineError> {
+    /// Installs the handlers; signals arriving from now on are kept until
+    /// the run reads them.
+    pub fn install() -> Result<Signals, PipelineError> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {
             term: signal(SignalKind::terminate()).map_err(PipelineError::Signals)?,

@@ -349,6 +349,27 @@ async fn a_stop_while_the_database_never_answered_takes_one_shutdown_timeout_and
     assert!(!stderr.contains("they are in PostgreSQL"), "{stderr}");
 }
 
+#[test]
+fn a_stop_in_the_first_moments_while_the_database_is_checked_exits_cleanly() {
+    // A database that takes the connection and never answers holds the
+    // start-up in its check; the metrics endpoint already answers. A
+    // SIGTERM now (a service manager stopping a logger it just started)
+    // is a graceful stop, not the signal's default action.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let db = format!("postgres://postgres@{}/silent", silent.local_addr().unwrap());
+    let logger = Logger::start(&db, &["--connect", "tcp://127.0.0.1:9"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while logger.metric("process_cpu_seconds_total", "") == 0.0 {
+        assert!(std::time::Instant::now() < deadline, "no metrics:\n{}", logger.stderr_so_far());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopping = std::time::Instant::now();
+    let stderr = logger.stop_ok();
+    assert!(stopping.elapsed() < Duration::from_secs(5), "the stop took {:?}:\n{stderr}", stopping.elapsed());
+    assert!(stderr.contains("stopped during start-up, before receiving anything"), "{stderr}");
+    drop(silent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_keeps_whole_transactions_and_subscribes_to_fewer_partitions() {
     let db = fresh_database("sample").await;

@@ -92,7 +92,8 @@ pub async fn run(cfg: DemoConfig) -> Result<(), DemoError> {
     let config = settings.resolve().map_err(|e| DemoError::Mismatch(e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let progress = Arc::new(bid_logger::telemetry::Progress::default());
-    let logger = tokio::spawn(bid_logger::pipeline::run(config, progress.clone(), async {
+    let signals = bid_logger::pipeline::Signals::install()?;
+    let logger = tokio::spawn(bid_logger::pipeline::run(config, progress.clone(), signals, async {
         let _ = stop_rx.await;
     }));
     println!("[2/5] logger: subscribed to {endpoint}; metrics at http://{}/metrics", cfg.metrics_addr);
