@@ -212,6 +212,10 @@ pub struct Measurement {
     pub whole_system_cpu: Option<f64>,
     /// The part of `whole_system_cpu` spent settling the writes.
     pub settle_cpu: Option<f64>,
+    /// The part of `whole_system_cpu` from the SIGTERM to the logger's exit
+    /// (its last flush, every delta log consumed): once per stop, not per
+    /// event.
+    pub stop_cpu: Option<f64>,
 }
 
 impl Measurement {
@@ -414,15 +418,17 @@ pub fn measure(
             std::thread::sleep(Duration::from_millis(10));
         };
         let whole = server.zip(server0).map(|(server, server0)| {
+            let (logger_running, server_running) = (cpu_seconds(pid), server.cpu_seconds());
             let logger = stop_gracefully(&mut child, pid, deadline);
             let exited = server.cpu_seconds();
             if let Some(w) = warehouse {
                 w.settle(true);
             }
             let settled = server.cpu_seconds();
-            (logger - cpu0 + settled - server0, settled - exited)
+            let stop = logger - logger_running + exited - server_running;
+            (logger - cpu0 + settled - server0, settled - exited, stop)
         });
-        let (whole_system_cpu, settle_cpu) = (whole.map(|w| w.0), whole.map(|w| w.1));
+        let (whole_system_cpu, settle_cpu, stop_cpu) = (whole.map(|w| w.0), whole.map(|w| w.1), whole.map(|w| w.2));
         let socket = handle.join().expect("publisher thread");
         let events = stream.messages.len() as u64;
         let m = Measurement {
@@ -434,6 +440,7 @@ pub fn measure(
             ingested,
             whole_system_cpu,
             settle_cpu,
+            stop_cpu,
         };
         (m, socket)
     });
@@ -817,6 +824,7 @@ fn median(rounds: &[Measurement]) -> Measurement {
             .whole_system_cpu
             .map(|_| mid(rounds.iter().filter_map(|m| m.whole_system_cpu).collect())),
         settle_cpu: first.settle_cpu.map(|_| mid(rounds.iter().filter_map(|m| m.settle_cpu).collect())),
+        stop_cpu: first.stop_cpu.map(|_| mid(rounds.iter().filter_map(|m| m.stop_cpu).collect())),
     }
 }
 
@@ -977,9 +985,14 @@ async fn fresh_db(server_url: &str, prefix: &str) -> anyhow::Result<String> {
 
 /// A round's whole-system CPU for its `bench:` line ("" when not measured).
 fn whole_system_note(m: &Measurement) -> String {
-    match (m.whole_system_per_million(), m.settle_cpu) {
-        (Some(w), Some(s)) => {
-            format!(", whole system {w:.3} CPU s/M (settling its writes {:.3})", s / (m.events as f64 / 1e6))
+    match (m.whole_system_per_million(), m.settle_cpu, m.stop_cpu) {
+        (Some(w), Some(s), Some(stop)) => {
+            let per_million = |x: f64| x / (m.events as f64 / 1e6);
+            format!(
+                ", whole system {w:.3} CPU s/M (its graceful stop {:.3}, settling its writes {:.3})",
+                per_million(stop),
+                per_million(s)
+            )
         }
         _ => String::new(),
     }
@@ -996,6 +1009,18 @@ fn print_whole_system(prefix: &str, logger: &Measurement, null: &Measurement) {
             null.cpu_per_million(),
             whole / null.cpu_per_million()
         );
+        if let Some(stop) = logger.stop_cpu {
+            // A stop's cost is paid once per stop (the last flush, every
+            // delta log consumed): over a short stream it weighs per event
+            // what a service running for days never sees.
+            let running = whole - stop / (logger.events as f64 / 1e6);
+            println!(
+                "{prefix}  of which its graceful stop {:.2} CPU s per M events; without it {:.2} = {:.2}×",
+                whole - running,
+                running,
+                running / null.cpu_per_million()
+            );
+        }
     }
 }
 
