@@ -468,8 +468,12 @@ async fn move_boundary(
     let cut = table.retention.map(|_| minute_time(table.oldest_minute(now_ms)));
     // Normally the merged table holds no row of the buckets moved (see
     // `RollupTable::move_sql`), and they are inserted without a conflict
-    // check; where it does (written by hand or by a tool), or should a key
-    // conflict anyway, the move is an upsert, adding to those rows.
+    // check; where it does (written by hand or by a tool), or should the
+    // insert fail anyway, the move is an upsert, adding to those rows. Any
+    // error the server reports counts but a timeout or deadlock (the move's
+    // budget, handled by the caller): a key conflict is SQLSTATE 23505 on
+    // one PostgreSQL, but Citus reports one met while it copies rows through
+    // the coordinator as XX000 (`docs/citus.md`).
     let held: bool = tx.query_one(&table.merged_holds_sql(), &[&minute_time(since), &at]).await?.get(0);
     let upsert = || async {
         tracing::info!(table = %table.name, "the merged table holds rows of the buckets moved: the move adds to them");
@@ -484,7 +488,8 @@ async fn move_boundary(
                 tx.batch_execute("RELEASE SAVEPOINT bid_logger_append").await?;
                 row.get(0)
             }
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            Err(e) if e.as_db_error().is_some() && !crate::db::error::is_timeout_or_deadlock(&e) => {
+                tracing::info!(table = %table.name, error = %e, "the move's insert failed: undone, moving as an upsert");
                 tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_append").await?;
                 upsert().await?
             }
