@@ -87,14 +87,18 @@ pub async fn run(
     let flush = Arc::new(FlushRequests::default());
     tokio::pin!(stop);
     // A stop asked for while the database is checked ends the run there:
-    // nothing has been received yet, and the migration and the marks are
-    // each one transaction, rolled back when dropped.
+    // nothing has been received yet. The migration is one transaction,
+    // rolled back when dropped. So is the reading of the marks, which
+    // records what the previous run left unwritten as lost: a stop may
+    // cut it before its commit (the next run records it) or after (then
+    // only this run's log line and counter of it are missing).
     let start_up = async {
         let migrated = check_database(&pool, &config.sink.tables).await?;
         let loaded = if migrated { load_marks(&pool, &config.sink).await } else { None };
         Ok::<_, PipelineError>((migrated, loaded))
     };
     let (migrated, loaded) = tokio::select! {
+        biased;
         started = start_up => started?,
         () = signals.wait_for_stop(stop.as_mut(), &flush) => {
             tracing::info!("stopped during start-up, before receiving anything");

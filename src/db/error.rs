@@ -163,6 +163,20 @@ impl DbError {
     }
 }
 
+/// Whether a statement failed on a key already in a unique index: SQLSTATE
+/// 23505, or, on Citus, XX000 with PostgreSQL's message for it (Citus
+/// re-raises an error a worker reports while it copies rows through the
+/// coordinator without its code; `docs/citus.md`). The message is matched
+/// as PostgreSQL writes it in English, the workers' default `lc_messages`.
+pub fn is_key_conflict(e: &tokio_postgres::Error) -> bool {
+    let Some(db) = e.as_db_error() else { return false };
+    match db.code().code() {
+        "23505" => true,
+        "XX000" => db.message().starts_with("duplicate key value violates unique constraint"),
+        _ => false,
+    }
+}
+
 /// Whether the server cancelled a statement by `statement_timeout` or
 /// `lock_timeout`, or to break a deadlock ([`DbError::is_timeout_or_deadlock`]).
 pub fn is_timeout_or_deadlock(e: &tokio_postgres::Error) -> bool {

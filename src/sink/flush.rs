@@ -468,12 +468,12 @@ async fn move_boundary(
     let cut = table.retention.map(|_| minute_time(table.oldest_minute(now_ms)));
     // Normally the merged table holds no row of the buckets moved (see
     // `RollupTable::move_sql`), and they are inserted without a conflict
-    // check; where it does (written by hand or by a tool), or should the
-    // insert fail anyway, the move is an upsert, adding to those rows. Any
-    // error the server reports counts but a timeout or deadlock (the move's
-    // budget, handled by the caller): a key conflict is SQLSTATE 23505 on
-    // one PostgreSQL, but Citus reports one met while it copies rows through
-    // the coordinator as XX000 (`docs/citus.md`).
+    // check; where it does (written by hand or by a tool: the probe), or
+    // should a key conflict anyway, the move is an upsert, adding to those
+    // rows. The insert and that upsert share one statement's budget: a
+    // conflict met late leaves the upsert the rest, and one that runs out
+    // is the caller's timeout (undone, the fold kept), never a consumption
+    // cut by the client's.
     let held: bool = tx.query_one(&table.merged_holds_sql(), &[&minute_time(since), &at]).await?.get(0);
     let upsert = || async {
         tracing::info!(table = %table.name, "the merged table holds rows of the buckets moved: the move adds to them");
@@ -482,15 +482,21 @@ async fn move_boundary(
     let moved = if held {
         upsert().await?
     } else {
+        let started = std::time::Instant::now();
         tx.batch_execute("SAVEPOINT bid_logger_append").await?;
         match tx.query_one(&table.move_sql(false), &[&at, &cut]).await {
             Ok(row) => {
                 tx.batch_execute("RELEASE SAVEPOINT bid_logger_append").await?;
                 row.get(0)
             }
-            Err(e) if e.as_db_error().is_some() && !crate::db::error::is_timeout_or_deadlock(&e) => {
-                tracing::info!(table = %table.name, error = %e, "the move's insert failed: undone, moving as an upsert");
-                tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_append").await?;
+            Err(e) if crate::db::error::is_key_conflict(&e) => {
+                tracing::info!(table = %table.name, error = %crate::db::cause_of(&e),
+                    "a key of the move is in the merged table already: the insert undone");
+                let left = within.statements.saturating_sub(started.elapsed()).as_millis().max(1);
+                tx.batch_execute(&format!(
+                    "ROLLBACK TO SAVEPOINT bid_logger_append; SET LOCAL statement_timeout = '{left}ms'"
+                ))
+                .await?;
                 upsert().await?
             }
             Err(e) => return Err(e.into()),
