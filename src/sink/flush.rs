@@ -497,7 +497,11 @@ async fn move_boundary(
                     "ROLLBACK TO SAVEPOINT bid_logger_append; SET LOCAL statement_timeout = '{left}ms'"
                 ))
                 .await?;
-                upsert().await?
+                let moved = upsert().await?;
+                // The statements after it (the boundary, the ledger) get the
+                // move's budget back.
+                tx.batch_execute(&format!("SET LOCAL statement_timeout = '{run}ms'")).await?;
+                moved
             }
             Err(e) => return Err(e.into()),
         }

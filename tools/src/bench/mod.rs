@@ -212,9 +212,10 @@ pub struct Measurement {
     pub whole_system_cpu: Option<f64>,
     /// The part of `whole_system_cpu` spent settling the writes.
     pub settle_cpu: Option<f64>,
-    /// The part of `whole_system_cpu` from the SIGTERM to the logger's exit
-    /// (its last flush, every delta log consumed): once per stop, not per
-    /// event.
+    /// The part of `whole_system_cpu` from the SIGTERM to the logger's exit:
+    /// its last flush and every delta log consumed, which over a stream
+    /// shorter than the fold and consumption intervals is all the folding
+    /// and consuming the stream asked for.
     pub stop_cpu: Option<f64>,
 }
 
@@ -1010,9 +1011,11 @@ fn print_whole_system(prefix: &str, logger: &Measurement, null: &Measurement) {
             whole / null.cpu_per_million()
         );
         if let Some(stop) = logger.stop_cpu {
-            // A stop's cost is paid once per stop (the last flush, every
-            // delta log consumed): over a short stream it weighs per event
-            // what a service running for days never sees.
+            // The stop does what the folds and consumptions left to it:
+            // over a short stream, all of them, which a running service
+            // pays as it goes. Without it the figure is a floor, not the
+            // running cost (BENCHMARKS.md, "The whole system in a burst:
+            // the graceful stop's part").
             let running = whole - stop / (logger.events as f64 / 1e6);
             println!(
                 "{prefix}  of which its graceful stop {:.2} CPU s per M events; without it {:.2} = {:.2}×",
