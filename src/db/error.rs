@@ -141,7 +141,7 @@ impl DbError {
     /// 55P03, 40P01): the session is still there, its transaction can roll
     /// back to a savepoint.
     pub fn is_timeout_or_deadlock(&self) -> bool {
-        matches!(self, DbError::Db(e) if is_timeout_or_deadlock(e))
+        matches!(self, DbError::Db(e) if e.code().is_some_and(|c| matches!(c.code(), "57014" | "55P03" | "40P01")))
     }
 
     /// Whether retrying can help without anyone changing anything: lost
@@ -175,12 +175,6 @@ pub fn is_key_conflict(e: &tokio_postgres::Error) -> bool {
         "XX000" => db.message().starts_with("duplicate key value violates unique constraint"),
         _ => false,
     }
-}
-
-/// Whether the server cancelled a statement by `statement_timeout` or
-/// `lock_timeout`, or to break a deadlock ([`DbError::is_timeout_or_deadlock`]).
-pub fn is_timeout_or_deadlock(e: &tokio_postgres::Error) -> bool {
-    e.code().is_some_and(|c| matches!(c.code(), "57014" | "55P03" | "40P01"))
 }
 
 fn db_error_is_transient(e: &tokio_postgres::Error) -> bool {

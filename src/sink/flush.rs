@@ -475,11 +475,10 @@ async fn move_boundary(
     // is the caller's timeout (undone, the fold kept), never a consumption
     // cut by the client's.
     let held: bool = tx.query_one(&table.merged_holds_sql(), &[&minute_time(since), &at]).await?.get(0);
-    let upsert = || async {
-        tracing::info!(table = %table.name, "the merged table holds rows of the buckets moved: the move adds to them");
-        Ok::<i64, tokio_postgres::Error>(tx.query_one(&table.move_sql(true), &[&at, &cut]).await?.get(0))
-    };
+    let upsert =
+        || async { Ok::<i64, tokio_postgres::Error>(tx.query_one(&table.move_sql(true), &[&at, &cut]).await?.get(0)) };
     let moved = if held {
+        tracing::info!(table = %table.name, "the merged table holds rows of the buckets moved: the move adds to them");
         upsert().await?
     } else {
         let started = std::time::Instant::now();
