@@ -355,9 +355,12 @@ impl RollupTable {
         let live = self.live_table();
         let recent = self.recent_table();
         let boundary = BOUNDARY_TABLE;
-        let secs = self.shape.grain.minutes() * 60;
-        // a coarse table's starts at the next bucket (see `next_boundary`)
-        let ahead = i64::from(self.logged);
+        let grain = self.shape.grain.minutes();
+        let secs = grain * 60;
+        // where a running warehouse's stands (`next_boundary`): a direct
+        // table's `LIVE_MINUTES` behind the clock, a coarse table's at the
+        // next bucket
+        let shift = if self.logged { grain } else { -LIVE_MINUTES };
         format!(
             "DO $$
 DECLARE r record;
@@ -416,9 +419,10 @@ CREATE TABLE IF NOT EXISTS {boundary} (
     move_after   timestamptz,
     move_backoff interval NOT NULL DEFAULT interval '1 minute'
 );
--- the boundary starts at the current bucket (a coarse table's at the next), after every bucket of the merged table
+-- the boundary starts where a running warehouse's stands (a direct table's a minute
+-- behind the clock, a coarse table's at the next bucket), after every bucket of the merged table
 INSERT INTO {boundary} (rollup, since)
-SELECT '{name}', greatest(to_timestamp((floor(extract(epoch FROM now()) / {secs}) + {ahead}) * {secs}),
+SELECT '{name}', greatest(to_timestamp(floor((extract(epoch FROM now()) / 60 + {shift}) / {grain}) * {secs}),
                           coalesce(max(bucket) + interval '{secs} seconds', '-infinity'))
 FROM {merged}
 WHERE NOT EXISTS (SELECT 1 FROM {boundary} WHERE rollup = '{name}')

@@ -493,6 +493,50 @@ async fn keys_folded_twice_are_two_recent_rows_shown_as_one_and_moved_as_one() {
     assert_warehouse_matches(&client, &all, 1_000_000).await;
 }
 
+/// A fresh warehouse's boundaries start where a running one's stand: a
+/// direct table's a minute behind the clock, a coarse table's at the next
+/// bucket. So the events of the minute before the first start are appended
+/// to the recent rows, as a running warehouse's are, not written as late
+/// events (an upsert each into the merged table).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_warehouse_starts_its_boundaries_where_a_running_one_keeps_them() {
+    let db = fresh_database("fresh_boundary").await;
+    let client = connect(&db).await;
+    client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    // (the clock read before and after: the minute may turn in between)
+    let before: std::time::SystemTime = client.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    assert!(bid_logger(&["migrate", "--database-url", &db]).status.success(), "migrate");
+    let placed = "SELECT rollup, since, bool_or(CASE
+                      WHEN rollup LIKE '%minute' THEN since = date_trunc('minute', t) - interval '1 minute'
+                      WHEN rollup LIKE '%hour' THEN since = date_trunc('hour', t) + interval '1 hour'
+                      WHEN rollup LIKE '%day' THEN since = date_trunc('day', t) + interval '1 day' END)
+                  FROM bid_logger_boundary, (VALUES ($1::timestamptz), (now())) AS clock(t)
+                  GROUP BY rollup, since ORDER BY rollup";
+    let rows = client.query(placed, &[&before]).await.unwrap();
+    assert_eq!(rows.len(), 5, "one boundary per default table");
+    for r in &rows {
+        let (table, since, placed): (String, std::time::SystemTime, bool) = (r.get(0), r.get(1), r.get(2));
+        assert!(placed, "{table}'s boundary starts at {since:?}, not where a running warehouse keeps it");
+    }
+
+    // an event of the minute before this one
+    let ts = (now_ms().div_euclid(60_000) - 1) * 60_000 + 1_000;
+    let mut publisher = Publisher::bind();
+    let quiet = rollup_config("fresh-boundary", "[rollup.rollup_minute]\nfold-interval = \"1h\"\n");
+    let logger =
+        Logger::start(&db, &["--connect", &publisher.endpoint, "--flush-interval", "200ms", "--config", &quiet]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let events = at(ts, 100, "fresh");
+    for e in &events {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", 100.0, Duration::from_secs(30));
+    logger.stop_ok();
+    assert_eq!(sum_events(&client, "rollup_minute_recent").await, 100, "appended to the recent rows");
+    assert_eq!(sum_events(&client, "rollup_minute_merged").await, 0, "none written as a late event");
+    assert_warehouse_matches(&client, &events, 1_000_000).await;
+}
+
 /// A move normally inserts its keys into buckets the merged table has no
 /// row of. Where it has (here: a copy of the recent rows, as rows written
 /// there by hand could be), the move adds them to those rows: found by a

@@ -129,6 +129,14 @@ struct BenchArgs {
     /// comparison).
     #[arg(long, value_name = "EVENTS_PER_S")]
     latency_rate: Option<f64>,
+    /// How long the paced stream (the simulator's traffic at --paced-rate, into the logger and PostgreSQL, then
+    /// into the null subscriber: the whole system's CPU per event as a running service pays it) publishes to each;
+    /// 0s skips it.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = bid_logger::config::duration_arg)]
+    paced: std::time::Duration,
+    /// The paced stream's rate in messages/s.
+    #[arg(long, value_name = "N", default_value_t = 200_000.0)]
+    paced_rate: f64,
 }
 
 #[derive(Args)]
@@ -282,6 +290,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if baseline.is_none() {
         eprintln!("bench: {} not found; the Python baseline is not measured", args.baseline.display());
     }
+    anyhow::ensure!(args.paced.is_zero() || args.paced_rate > 0.0, "--paced-rate must be above zero");
     let config = bid_logger_tools::bench::BenchConfig {
         count: args.count,
         partition_count: args.partition_count,
@@ -292,6 +301,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         latency: args.latency,
         latency_fraction: args.latency_fraction,
         latency_rate: args.latency_rate,
+        paced: args.paced,
+        paced_rate: args.paced_rate,
     };
     runtime()?.block_on(async {
         let (_cluster, url) = match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub mod flush;
 pub mod latency;
+pub mod paced;
 
 /// A pre-generated stream: every message's two frames.
 #[derive(Clone)]
@@ -454,7 +455,7 @@ pub fn measure(
 
 /// Asks `child` (process `pid`) to stop (SIGTERM) and waits for its exit;
 /// returns its CPU seconds as last read before it exited (every 10 ms).
-fn stop_gracefully(child: &mut Child, pid: u32, deadline: Instant) -> f64 {
+pub(crate) fn stop_gracefully(child: &mut Child, pid: u32, deadline: Instant) -> f64 {
     // SAFETY: kill with our child's pid and a valid signal.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let mut cpu = cpu_seconds(pid);
@@ -526,6 +527,11 @@ pub struct BenchConfig {
     pub latency_fraction: f64,
     /// Measure only the latency, at this rate (events/s).
     pub latency_rate: Option<f64>,
+    /// How long the paced stream publishes to each of its subjects (zero:
+    /// not measured; see [`paced`]).
+    pub paced: Duration,
+    /// The paced stream's rate (messages/s).
+    pub paced_rate: f64,
 }
 
 fn exited(child: &mut Child) -> Progress {
@@ -540,7 +546,7 @@ fn exited(child: &mut Child) -> Progress {
 /// on a fresh warehouse), as a long-running logger has: the stream is
 /// published only then, so that a start's one-off work is not measured as
 /// per-event cost. A build without the maintenance metric is given 5 s.
-fn settled(port: u16) {
+pub(crate) fn settled(port: u16) {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(60) {
         let body = crate::http_get(port, "/metrics").unwrap_or_default();
@@ -633,11 +639,18 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
 
     let logger = |name: &str, sample: &str, expected: u64, subs: usize, db: String, feed: Feed| {
         eprintln!("bench: {name}…");
+        // The same traffic stamped now, as a live stream is: the stream
+        // above is minutes old by now, and every event of it would be late
+        // (before `rollup_minute`'s boundary, a minute behind the clock),
+        // each written by an upsert into the merged ranges instead of
+        // appended (`BENCHMARKS.md`, "The whole system in a burst, with the
+        // stream stamped now").
+        let stamped = generate(cfg.count, p, 7);
         let port = free_port();
         let mut last_poll = Instant::now();
         measure(
             name,
-            &stream,
+            &stamped,
             subs,
             feed,
             server.map(|server| Warehouse { server, url: &db }),
@@ -752,6 +765,24 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     }
     print_backlog(&drained);
 
+    if !cfg.paced.is_zero() {
+        match server {
+            Some(server) => {
+                eprintln!(
+                    "bench: the whole system on a paced stream: the simulator at {:.0} msg/s for {:?} to the logger, \
+                     then to the null subscriber…",
+                    cfg.paced_rate, cfg.paced
+                );
+                let paced =
+                    paced::measure(&cfg.logger, &cfg.tools, server, server_url, p, cfg.paced_rate, cfg.paced).await?;
+                paced::print(&paced);
+            }
+            None => eprintln!(
+                "bench: PostgreSQL is not on this machine: no paced stream (its figure is the whole system's)"
+            ),
+        }
+    }
+
     eprintln!("bench: flush, logger vs plain COPY + INSERT … ON CONFLICT…");
     let delta = flush::batch_of(&stream, bid_logger::sink::service::MAX_BATCH_ROWS);
     let a = fresh_db(server_url, "bench_flush_logger").await?;
@@ -781,11 +812,17 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
     Ok(results)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     crate::free_port().expect("a free port on loopback")
 }
 
-fn logger_args(endpoint: &str, db: &str, partition_count: u32, sample: &str, metrics_port: u16) -> Vec<String> {
+pub(crate) fn logger_args(
+    endpoint: &str,
+    db: &str,
+    partition_count: u32,
+    sample: &str,
+    metrics_port: u16,
+) -> Vec<String> {
     [
         "run",
         "--connect",
@@ -970,14 +1007,14 @@ fn print_flush(rounds: &[flush::FlushRound]) {
 /// server holding every earlier subject's database (hundreds of ranges
 /// each) has its autovacuum visit them all, which would count in the
 /// next subjects' whole-system CPU.
-async fn drop_db(server_url: &str, db_url: &str) -> anyhow::Result<()> {
+pub(crate) async fn drop_db(server_url: &str, db_url: &str) -> anyhow::Result<()> {
     let name: String = bid_logger::db::connect(db_url).await?.query_one("SELECT current_database()", &[]).await?.get(0);
     let client = bid_logger::db::connect(server_url).await?;
     client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
     Ok(())
 }
 
-async fn fresh_db(server_url: &str, prefix: &str) -> anyhow::Result<String> {
+pub(crate) async fn fresh_db(server_url: &str, prefix: &str) -> anyhow::Result<String> {
     let client = bid_logger::db::connect(server_url).await?;
     let name = format!("{prefix}_{}", bid_logger_core::clock::now_ms());
     client.batch_execute(&format!("CREATE DATABASE {name}")).await?;

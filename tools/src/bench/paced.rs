@@ -1,0 +1,193 @@
+//! The whole system on a paced stream: the simulator's traffic at a live
+//! rate, long enough that the folds, moves and consumptions run as they do
+//! in a running service, into the logger and PostgreSQL, then into the null
+//! subscriber; the CPU of each per event.
+//!
+//! A burst of a few seconds (the subjects of [`super::run`]) ends before
+//! its first fold is due: its graceful stop does every fold and
+//! consumption, and every key is new to every table. A running service
+//! pays those as it goes, a fold's keys at a time; this is that cost.
+
+use super::{cpu_seconds, fresh_db, logger_args, settled, stop_gracefully, LocalServer, Warehouse};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What [`measure`] found.
+#[derive(Debug, Clone)]
+pub struct Paced {
+    /// Messages per second the simulator was asked for.
+    pub rate: f64,
+    /// How long it published to each subject.
+    pub duration: Duration,
+    /// Messages it sent to the logger.
+    pub published: u64,
+    /// Events in `rollup_minute` (the same in every default table).
+    pub events: u64,
+    /// The logger's CPU seconds, from the first message to its exit.
+    pub logger_cpu: f64,
+    /// PostgreSQL's over the same time, and the settling of the writes.
+    pub server_cpu: f64,
+    /// The part of both from the SIGTERM to the logger's exit.
+    pub stop_cpu: f64,
+    /// Messages the null subscriber received (95 % of the stream, so that
+    /// it never waits for one the simulator did not send).
+    pub null_messages: u64,
+    /// Its CPU seconds for them.
+    pub null_cpu: f64,
+}
+
+impl Paced {
+    /// The logger's and PostgreSQL's CPU seconds per million events.
+    pub fn whole_system_per_million(&self) -> f64 {
+        (self.logger_cpu + self.server_cpu) / self.events as f64 * 1e6
+    }
+
+    /// The null subscriber's CPU seconds per million messages.
+    pub fn null_per_million(&self) -> f64 {
+        self.null_cpu / self.null_messages as f64 * 1e6
+    }
+}
+
+/// The five default tables, whose totals must agree.
+const DEFAULT_TABLES: [&str; 5] =
+    ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"];
+
+/// Publishes the simulator's default traffic (`bid-logger-tools simulate`,
+/// a process of its own, not counted) at `rate` messages/s for `duration`
+/// to the logger (sample 1, `partition_count` partitions) on a fresh
+/// database of `server_url` (a [`LocalServer`]), then to the null
+/// subscriber; checks that every default table holds the same events.
+pub async fn measure(
+    logger_exe: &str,
+    tools_exe: &str,
+    server: LocalServer,
+    server_url: &str,
+    partition_count: u32,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<Paced> {
+    let db = fresh_db(server_url, "bench_paced").await?;
+    let port = super::free_port();
+    let endpoint = format!("tcp://127.0.0.1:{}", super::free_port());
+    let mut child = super::spawn(logger_exe, &logger_args(&endpoint, &db, partition_count, "1", port));
+    let pid = child.id();
+    settled(port);
+    let warehouse = Warehouse { server, url: &db };
+    warehouse.settle(false);
+    let (logger0, server0) = (cpu_seconds(pid), server.cpu_seconds());
+    let published = simulate(tools_exe, &endpoint, partition_count, rate, duration)?;
+    // what is still in the logger's socket and queue
+    std::thread::sleep(Duration::from_secs(2));
+    if let Ok(Some(status)) = child.try_wait() {
+        anyhow::bail!("the logger exited during the paced stream ({status})");
+    }
+    let (logger_running, server_running) = (cpu_seconds(pid), server.cpu_seconds());
+    let logger1 = stop_gracefully(&mut child, pid, Instant::now() + Duration::from_secs(600));
+    let exited = server.cpu_seconds();
+    warehouse.settle(true);
+    let server1 = server.cpu_seconds();
+    let totals = totals(&db).await?;
+    super::drop_db(server_url, &db).await?;
+    let events = totals[0].1;
+    anyhow::ensure!(
+        totals.iter().all(|(_, n)| *n == events),
+        "the default tables hold different events after the paced stream: {totals:?}"
+    );
+    anyhow::ensure!(events > 0, "the logger wrote no event of the paced stream");
+
+    let null_messages = published * 95 / 100;
+    let endpoint = format!("tcp://127.0.0.1:{}", super::free_port());
+    let mut null = super::spawn(
+        tools_exe,
+        &[
+            "null-subscriber".into(),
+            "--connect".into(),
+            endpoint.clone(),
+            "--partition-count".into(),
+            partition_count.to_string(),
+            "--count".into(),
+            null_messages.to_string(),
+        ],
+    );
+    let null_pid = null.id();
+    let null0 = cpu_seconds(null_pid);
+    let reader = std::thread::spawn(move || {
+        let mut cpu = null0;
+        while !matches!(null.try_wait(), Ok(Some(_))) {
+            cpu = cpu.max(cpu_seconds(null_pid));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        cpu - null0
+    });
+    simulate(tools_exe, &endpoint, partition_count, rate, duration)?;
+    let null_cpu = reader.join().map_err(|_| anyhow::anyhow!("the null subscriber's reader panicked"))?;
+    Ok(Paced {
+        rate,
+        duration,
+        published,
+        events: events as u64,
+        logger_cpu: logger1 - logger0,
+        server_cpu: server1 - server0,
+        stop_cpu: (logger1 - logger_running) + (exited - server_running),
+        null_messages,
+        null_cpu,
+    })
+}
+
+/// Runs the simulator bound at `endpoint` until it has published for
+/// `duration`; returns the messages it sent.
+fn simulate(
+    tools_exe: &str,
+    endpoint: &str,
+    partition_count: u32,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<u64> {
+    let out = Command::new(tools_exe)
+        .args(["simulate", "--bind", endpoint, "--partition-count", &partition_count.to_string()])
+        .args(["--rate", &rate.to_string(), "--duration", &format!("{}ms", duration.as_millis())])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "the simulator failed ({}): {text}", out.status);
+    // "simulate: N messages in S s = R msg/s (I invalid)"
+    text.lines()
+        .find_map(|l| l.strip_prefix("simulate: ")?.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("the simulator did not say how many messages it sent: {text}"))
+}
+
+/// Each default table's events.
+async fn totals(db: &str) -> anyhow::Result<Vec<(&'static str, i64)>> {
+    let client = bid_logger::db::connect(db).await?;
+    let mut totals = Vec::new();
+    for table in DEFAULT_TABLES {
+        let sql = format!("SELECT coalesce(sum(events), 0)::bigint FROM {table}");
+        totals.push((table, client.query_one(&sql, &[]).await?.get(0)));
+    }
+    Ok(totals)
+}
+
+/// Prints the paced stream's figures.
+pub fn print(p: &Paced) {
+    let per_million = |cpu: f64| cpu / p.events as f64 * 1e6;
+    println!(
+        "\nwhole system on a paced stream: the simulator's traffic at {:.0} msg/s for {:.0} s ({} messages; {} events \
+         in each of the five default tables)",
+        p.rate,
+        p.duration.as_secs_f64(),
+        p.published,
+        p.events
+    );
+    println!("{:<30} {:>16}", "", "CPU s / M events");
+    println!("{:<30} {:>16.3}", "bid-logger", per_million(p.logger_cpu));
+    println!("{:<30} {:>16.3}", "PostgreSQL", per_million(p.server_cpu));
+    println!("{:<30} {:>16.3}", "whole system", p.whole_system_per_million());
+    println!("{:<30} {:>16.3}", "  of which the graceful stop", per_million(p.stop_cpu));
+    println!("{:<30} {:>16.3}", "null subscriber", p.null_per_million());
+    println!(
+        "paced: whole system (logger + PostgreSQL, up to the logger's graceful exit and the VACUUM and CHECKPOINT of \
+         its writes) / null subscriber on the same stream: {:.2}× (target ≤ 3)",
+        p.whole_system_per_million() / p.null_per_million()
+    );
+}
