@@ -27,6 +27,16 @@ pub struct Stream {
     pub partition_count: u32,
     /// Mean payload size in bytes.
     pub mean_payload: f64,
+    /// The generator's seed.
+    pub seed: u64,
+}
+
+impl Stream {
+    /// The same traffic (same seed, same messages) with event times
+    /// relative to now, as a live stream's are.
+    pub fn stamped_now(&self) -> Stream {
+        generate(self.messages.len(), self.partition_count, self.seed)
+    }
 }
 
 /// Generates `count` valid messages with the simulator's traffic model.
@@ -48,7 +58,7 @@ pub fn generate(count: usize, partition_count: u32, seed: u64) -> Stream {
         bytes += payload.len();
         messages.push((topic, payload));
     }
-    Stream { mean_payload: bytes as f64 / count as f64, messages, partition_count }
+    Stream { mean_payload: bytes as f64 / count as f64, messages, partition_count, seed }
 }
 
 /// Publishes `stream` on an XPUB bound at `endpoint` once `subscriptions`
@@ -364,6 +374,21 @@ pub enum Feed {
     Backlog,
 }
 
+/// What a subject is sent.
+#[derive(Clone, Copy)]
+pub enum Sent<'a> {
+    /// This stream.
+    Stream(&'a Stream),
+    /// This stream stamped just before it is published
+    /// ([`Stream::stamped_now`]), once the subject has started and settled:
+    /// for a subject that writes to a warehouse, where a stream minutes old
+    /// would be late as a whole (before `rollup_minute`'s boundary, a minute
+    /// behind the clock), every row written by an upsert into the merged
+    /// ranges instead of appended (`BENCHMARKS.md`, "The whole system in a
+    /// burst, with the stream stamped now").
+    StampedNow(&'a Stream),
+}
+
 /// Runs one subject: `spawn` starts it (given the endpoint), `subscriptions`
 /// is how many topics it subscribes to, `done` polls whether it has finished
 /// (given the child) and is called every 10 ms. With `warehouse`, the
@@ -372,7 +397,7 @@ pub enum Feed {
 /// ([`Warehouse::settle`], done before the clock starts as well).
 pub fn measure(
     name: &str,
-    stream: &Stream,
+    sent: Sent<'_>,
     subscriptions: usize,
     feed: Feed,
     warehouse: Option<Warehouse<'_>>,
@@ -386,6 +411,14 @@ pub fn measure(
     if let Some(w) = warehouse {
         w.settle(false);
     }
+    let stamped;
+    let stream = match sent {
+        Sent::Stream(stream) => stream,
+        Sent::StampedNow(stream) => {
+            stamped = stream.stamped_now();
+            &stamped
+        }
+    };
     let server = warehouse.map(|w| w.server);
     let (tx, rx) = std::sync::mpsc::channel();
     let publisher = std::thread::scope(|scope| {
@@ -613,7 +646,7 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
         eprintln!("bench: {name}…");
         measure(
             name,
-            &stream,
+            Sent::Stream(&stream),
             subs,
             feed,
             None,
@@ -639,18 +672,11 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
 
     let logger = |name: &str, sample: &str, expected: u64, subs: usize, db: String, feed: Feed| {
         eprintln!("bench: {name}…");
-        // The same traffic stamped now, as a live stream is: the stream
-        // above is minutes old by now, and every event of it would be late
-        // (before `rollup_minute`'s boundary, a minute behind the clock),
-        // each written by an upsert into the merged ranges instead of
-        // appended (`BENCHMARKS.md`, "The whole system in a burst, with the
-        // stream stamped now").
-        let stamped = generate(cfg.count, p, 7);
         let port = free_port();
         let mut last_poll = Instant::now();
         measure(
             name,
-            &stamped,
+            Sent::StampedNow(&stream),
             subs,
             feed,
             server.map(|server| Warehouse { server, url: &db }),
@@ -718,7 +744,7 @@ pub async fn run(cfg: BenchConfig, server_url: &str) -> anyhow::Result<Vec<Measu
         let script = script.display().to_string();
         measure(
             "python baseline",
-            &stream,
+            Sent::Stream(&stream),
             1,
             feed,
             None,
