@@ -9,7 +9,8 @@
 //!   and the logger, a graceful stop, the warehouse checked against the
 //!   simulator's truth, and a short report.
 //! * [`bench`]: the end-to-end benchmark (null subscriber, logger, Python
-//!   baseline, flush and latency runs) and the outage soak driver.
+//!   baseline, the whole system on a paced stream, flush and latency runs)
+//!   and the outage soak driver.
 //! * [`pgfault`]: a PostgreSQL proxy that loses COMMIT replies (the tests'
 //!   bad link).
 //! * [`pgtemp`]: a throwaway PostgreSQL cluster (initdb, pg_ctl) for the

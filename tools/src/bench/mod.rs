@@ -1,7 +1,9 @@
 //! The end-to-end benchmark: the same pre-generated stream, published at full
 //! speed, to (1) a null subscriber that only receives, (2) the logger, end to
 //! end until every event is flushed, (3) the logger at `--sample 1/8`, and
-//! (4) the Python baseline; one run, one machine.
+//! (4) the Python baseline; one run, one machine. The logger subjects get
+//! it stamped just before it is published ([`Sent::StampedNow`]). Then the
+//! whole system on a paced stream ([`paced`]).
 //!
 //! Subjects run as separate processes; their CPU time comes from
 //! `/proc/<pid>/stat` between the first message published and the subject

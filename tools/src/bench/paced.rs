@@ -1,7 +1,11 @@
 //! The whole system on a paced stream: the simulator's traffic at a live
-//! rate, long enough that the folds, moves and consumptions run as they do
-//! in a running service, into the logger and PostgreSQL, then into the null
-//! subscriber; the CPU of each per event.
+//! rate into the logger and PostgreSQL, then into the null subscriber; the
+//! CPU of each per event. The folds (every 10 s) and the minute tables'
+//! moves (every minute) run as in a running service; the run waits for the
+//! moves of its last minute before the stop. The hour and day tables,
+//! consumed every 5 and 15 minutes, are consumed by the graceful stop
+//! (counted) when the stream is shorter: once for the whole stream, as a
+//! running service's are once per interval.
 //!
 //! A burst of a few seconds (the subjects of [`super::run`]) ends before
 //! its first fold is due: its graceful stop does every fold and
@@ -53,6 +57,19 @@ impl Paced {
     }
 }
 
+/// A child process killed (if still running) and reaped when dropped: a
+/// measurement cut by an error leaves no subject behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(Some(_))) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The five default tables, whose totals must agree.
 const DEFAULT_TABLES: [&str; 5] =
     ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"];
@@ -74,8 +91,8 @@ pub async fn measure(
     let db = fresh_db(server_url, "bench_paced").await?;
     let port = super::free_port();
     let endpoint = format!("tcp://127.0.0.1:{}", super::free_port());
-    let mut child = super::spawn(logger_exe, &logger_args(&endpoint, &db, partition_count, "1", port));
-    let pid = child.id();
+    let mut child = Reaped(super::spawn(logger_exe, &logger_args(&endpoint, &db, partition_count, "1", port)));
+    let pid = child.0.id();
     settled(port);
     let warehouse = Warehouse { server, url: &db };
     warehouse.settle(false);
@@ -83,12 +100,12 @@ pub async fn measure(
     let (published, achieved) = simulate(tools_exe, &endpoint, partition_count, rate, duration)?;
     // what is still in the logger's socket and queue
     std::thread::sleep(Duration::from_secs(2));
-    if let Ok(Some(status)) = child.try_wait() {
+    if let Ok(Some(status)) = child.0.try_wait() {
         anyhow::bail!("the logger exited during the paced stream ({status})");
     }
     let waited = moved_past_the_stream(&db).await?;
     let (logger_running, server_running) = (cpu_seconds(pid), server.cpu_seconds());
-    let logger1 = stop_gracefully(&mut child, pid, Instant::now() + Duration::from_secs(600));
+    let logger1 = stop_gracefully(&mut child.0, pid, Instant::now() + Duration::from_secs(600));
     let exited = server.cpu_seconds();
     warehouse.settle(true);
     let server1 = server.cpu_seconds();
@@ -104,7 +121,7 @@ pub async fn measure(
     // (95 %: it never waits for a message the simulator did not send)
     let null_messages = published * 95 / 100;
     let endpoint = format!("tcp://127.0.0.1:{}", super::free_port());
-    let mut null = super::spawn(
+    let mut null = Reaped(super::spawn(
         tools_exe,
         &[
             "null-subscriber".into(),
@@ -115,22 +132,20 @@ pub async fn measure(
             "--count".into(),
             null_messages.to_string(),
         ],
-    );
-    let null_pid = null.id();
+    ));
+    let null_pid = null.0.id();
     let null0 = cpu_seconds(null_pid);
     let (tx, rx) = std::sync::mpsc::channel::<Instant>();
     let reader = std::thread::spawn(move || {
         let mut cpu = null0;
         let mut deadline = None;
         loop {
-            if let Ok(Some(_)) = null.try_wait() {
+            if let Ok(Some(_)) = null.0.try_wait() {
                 return Some(cpu - null0);
             }
             cpu = cpu.max(cpu_seconds(null_pid));
             deadline = deadline.or_else(|| rx.try_recv().ok());
             if deadline.is_some_and(|d| Instant::now() > d) {
-                let _ = null.kill();
-                let _ = null.wait();
                 return None;
             }
             std::thread::sleep(Duration::from_millis(10));
