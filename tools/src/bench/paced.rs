@@ -89,37 +89,14 @@ pub async fn measure(
     duration: Duration,
 ) -> anyhow::Result<Paced> {
     let db = fresh_db(server_url, "bench_paced").await?;
-    let port = super::free_port();
-    let endpoint = format!("tcp://127.0.0.1:{}", super::free_port());
-    let mut child = Reaped(super::spawn(logger_exe, &logger_args(&endpoint, &db, partition_count, "1", port)));
-    let pid = child.0.id();
-    settled(port);
-    let warehouse = Warehouse { server, url: &db };
-    warehouse.settle(false);
-    let (logger0, server0) = (cpu_seconds(pid), server.cpu_seconds());
-    let (published, achieved) = simulate(tools_exe, &endpoint, partition_count, rate, duration)?;
-    // what is still in the logger's socket and queue
-    std::thread::sleep(Duration::from_secs(2));
-    if let Ok(Some(status)) = child.0.try_wait() {
-        anyhow::bail!("the logger exited during the paced stream ({status})");
-    }
-    let waited = moved_past_the_stream(&db).await?;
-    let (logger_running, server_running) = (cpu_seconds(pid), server.cpu_seconds());
-    let logger1 = stop_gracefully(&mut child.0, pid, Instant::now() + Duration::from_secs(600));
-    let exited = server.cpu_seconds();
-    warehouse.settle(true);
-    let server1 = server.cpu_seconds();
-    let totals = totals(&db).await?;
-    super::drop_db(server_url, &db).await?;
-    let events = totals[0].1;
-    anyhow::ensure!(
-        totals.iter().all(|(_, n)| *n == events),
-        "the default tables hold different events after the paced stream: {totals:?}"
-    );
-    anyhow::ensure!(events > 0, "the logger wrote no event of the paced stream");
+    let logged = logger_part(logger_exe, tools_exe, server, &db, partition_count, rate, duration).await;
+    // (on an error too: a database left behind draws autovacuum into what runs next)
+    let dropped = super::drop_db(server_url, &db).await;
+    let logged = logged?;
+    dropped?;
 
     // (95 %: it never waits for a message the simulator did not send)
-    let null_messages = published * 95 / 100;
+    let null_messages = logged.published * 95 / 100;
     let endpoint = format!("tcp://127.0.0.1:{}", super::free_port());
     let mut null = Reaped(super::spawn(
         tools_exe,
@@ -136,41 +113,122 @@ pub async fn measure(
     let null_pid = null.0.id();
     let null0 = cpu_seconds(null_pid);
     let (tx, rx) = std::sync::mpsc::channel::<Instant>();
-    let reader = std::thread::spawn(move || {
-        let mut cpu = null0;
-        let mut deadline = None;
-        loop {
-            if let Ok(Some(_)) = null.0.try_wait() {
-                return Some(cpu - null0);
-            }
-            cpu = cpu.max(cpu_seconds(null_pid));
-            deadline = deadline.or_else(|| rx.try_recv().ok());
-            if deadline.is_some_and(|d| Instant::now() > d) {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Its CPU, read until it exits; `None` if it fails, or is still
+    // receiving at the deadline sent once the stream has ended (or the
+    // stream failed: the sender is gone). Dropped there, it is killed.
+    let reader = std::thread::spawn({
+        let failed = failed.clone();
+        move || {
+            let cpu = null_cpu(&mut null, null_pid, null0, rx);
+            failed.store(cpu.is_none(), std::sync::atomic::Ordering::Relaxed);
+            cpu
         }
     });
-    let (_, null_achieved) = simulate(tools_exe, &endpoint, partition_count, rate, duration)?;
+    let gone = || failed.load(std::sync::atomic::Ordering::Relaxed);
+    let null_achieved = simulate(tools_exe, &endpoint, partition_count, rate, duration, gone)?.1;
     let _ = tx.send(Instant::now() + Duration::from_secs(30));
     let null_cpu =
         reader.join().map_err(|_| anyhow::anyhow!("the null subscriber's reader panicked"))?.ok_or_else(|| {
             anyhow::anyhow!(
-                "the null subscriber did not receive {null_messages} messages within 30 s of the stream's end"
+                "the null subscriber failed, or did not receive {null_messages} messages within 30 s of the stream's end"
             )
         })?;
     Ok(Paced {
         rate,
         duration,
-        achieved: [achieved, null_achieved],
-        waited,
+        achieved: [logged.achieved, null_achieved],
+        waited: logged.waited,
+        published: logged.published,
+        events: logged.events,
+        logger_cpu: logged.logger_cpu,
+        server_cpu: logged.server_cpu,
+        stop_cpu: logged.stop_cpu,
+        null_messages,
+        null_cpu,
+    })
+}
+
+/// The null subscriber's CPU seconds from `null0` until it exits: `None`
+/// if it fails, or is still running at the deadline `rx` sends (or when
+/// its sender is gone first).
+fn null_cpu(null: &mut Reaped, pid: u32, null0: f64, rx: std::sync::mpsc::Receiver<Instant>) -> Option<f64> {
+    let mut cpu = null0;
+    let mut deadline = None;
+    loop {
+        if let Ok(Some(status)) = null.0.try_wait() {
+            return status.success().then_some(cpu - null0);
+        }
+        cpu = cpu.max(cpu_seconds(pid));
+        match rx.try_recv() {
+            Ok(at) => deadline = Some(at),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) if deadline.is_none() => return None,
+            Err(_) => {}
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The logger's part of [`measure`], on the database `db`.
+struct Logged {
+    published: u64,
+    achieved: f64,
+    waited: Duration,
+    events: u64,
+    logger_cpu: f64,
+    server_cpu: f64,
+    stop_cpu: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn logger_part(
+    logger_exe: &str,
+    tools_exe: &str,
+    server: LocalServer,
+    db: &str,
+    partition_count: u32,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<Logged> {
+    let port = super::free_port();
+    let endpoint = format!("tcp://127.0.0.1:{}", super::free_port());
+    let mut child = Reaped(super::spawn(logger_exe, &logger_args(&endpoint, db, partition_count, "1", port)));
+    let pid = child.0.id();
+    settled(port);
+    let warehouse = Warehouse { server, url: db };
+    warehouse.settle(false);
+    let (logger0, server0) = (cpu_seconds(pid), server.cpu_seconds());
+    let (published, achieved) =
+        simulate(tools_exe, &endpoint, partition_count, rate, duration, || matches!(child.0.try_wait(), Ok(Some(_))))?;
+    // what is still in the logger's socket and queue
+    std::thread::sleep(Duration::from_secs(2));
+    if let Ok(Some(status)) = child.0.try_wait() {
+        anyhow::bail!("the logger exited during the paced stream ({status})");
+    }
+    let waited = moved_past_the_stream(db).await?;
+    let (logger_running, server_running) = (cpu_seconds(pid), server.cpu_seconds());
+    let logger1 = stop_gracefully(&mut child.0, pid, Instant::now() + Duration::from_secs(600));
+    let exited = server.cpu_seconds();
+    warehouse.settle(true);
+    let server1 = server.cpu_seconds();
+    let totals = totals(db).await?;
+    let events = totals[0].1;
+    anyhow::ensure!(
+        totals.iter().all(|(_, n)| *n == events),
+        "the default tables hold different events after the paced stream: {totals:?}"
+    );
+    anyhow::ensure!(events > 0, "the logger wrote no event of the paced stream");
+    Ok(Logged {
         published,
+        achieved,
+        waited,
         events: events as u64,
         logger_cpu: logger1 - logger0,
         server_cpu: server1 - server0,
         stop_cpu: (logger1 - logger_running) + (exited - server_running),
-        null_messages,
-        null_cpu,
     })
 }
 
@@ -197,22 +255,37 @@ async fn moved_past_the_stream(db: &str) -> anyhow::Result<Duration> {
 }
 
 /// Runs the simulator bound at `endpoint` until it has published for
-/// `duration`; returns the messages it sent and the rate it reached.
+/// `duration`; returns the messages it sent and the rate it reached. It
+/// waits for a subscriber first: `subject_gone`, polled every 100 ms, ends
+/// it with an error should the subject have died.
 fn simulate(
     tools_exe: &str,
     endpoint: &str,
     partition_count: u32,
     rate: f64,
     duration: Duration,
+    mut subject_gone: impl FnMut() -> bool,
 ) -> anyhow::Result<(u64, f64)> {
-    let out = Command::new(tools_exe)
-        .args(["simulate", "--bind", endpoint, "--partition-count", &partition_count.to_string()])
-        .args(["--rate", &rate.to_string(), "--duration", &format!("{}ms", duration.as_millis())])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    anyhow::ensure!(out.status.success(), "the simulator failed ({}): {text}", out.status);
+    let mut sim = Reaped(
+        Command::new(tools_exe)
+            .args(["simulate", "--bind", endpoint, "--partition-count", &partition_count.to_string()])
+            .args(["--rate", &rate.to_string(), "--duration", &format!("{}ms", duration.as_millis())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    // (it waits for a subscriber: one that has died would keep it waiting)
+    while !matches!(sim.0.try_wait()?, Some(_)) {
+        anyhow::ensure!(!subject_gone(), "the subject exited while the simulator was publishing to it");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut text = String::new();
+    if let Some(mut out) = sim.0.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut text)?;
+    }
+    let status = sim.0.wait()?;
+    anyhow::ensure!(status.success(), "the simulator failed ({status}): {text}");
     // "simulate: N messages in S s = R msg/s (I invalid)"
     let said = text.lines().find_map(|l| {
         let words: Vec<&str> = l.strip_prefix("simulate: ")?.split_whitespace().collect();
