@@ -276,7 +276,7 @@ fn simulate(
             .spawn()?,
     );
     // (it waits for a subscriber: one that has died would keep it waiting)
-    while !matches!(sim.0.try_wait()?, Some(_)) {
+    while sim.0.try_wait()?.is_none() {
         anyhow::ensure!(!subject_gone(), "the subject exited while the simulator was publishing to it");
         std::thread::sleep(Duration::from_millis(100));
     }
