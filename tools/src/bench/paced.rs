@@ -70,10 +70,6 @@ impl Drop for Reaped {
     }
 }
 
-/// The five default tables, whose totals must agree.
-const DEFAULT_TABLES: [&str; 5] =
-    ["rollup_minute", "rollup_hour", "rollup_day", "rollup_exchange_minute", "rollup_exchange_hour"];
-
 /// Publishes the simulator's default traffic (`bid-logger-tools simulate`,
 /// a process of its own, not counted) at `rate` messages/s for `duration`
 /// to the logger (sample 1, `partition_count` partitions) on a fresh
@@ -298,7 +294,7 @@ fn simulate(
 async fn totals(db: &str) -> anyhow::Result<Vec<(&'static str, i64)>> {
     let client = bid_logger::db::connect(db).await?;
     let mut totals = Vec::new();
-    for table in DEFAULT_TABLES {
+    for (table, _) in crate::demo::DEFAULT_TABLES {
         let sql = format!("SELECT coalesce(sum(events), 0)::bigint FROM {table}");
         totals.push((table, client.query_one(&sql, &[]).await?.get(0)));
     }
