@@ -605,6 +605,17 @@ GROUP BY {key}",
         at - at.rem_euclid(grain)
     }
 
+    /// The oldest bucket (in minutes) a batch at `now_minute` writes to a
+    /// direct table's live rows: the bucket before [`RollupTable::next_boundary`]'s.
+    /// The view shows live rows from the boundary on, and the boundary
+    /// stands there once the fold after a minute's end has moved it: an
+    /// older row (a late event's) would show only while a move is late.
+    /// Such rows go through the log alone, and show once folded (within
+    /// `fold-interval`), as a late event's do anyway.
+    pub fn live_from(&self, now_minute: i64) -> i64 {
+        self.next_boundary(now_minute) - self.shape.grain.minutes()
+    }
+
     /// Where a move at `now_minute` takes its boundary from `since` (all in
     /// minutes), its recent table's oldest bucket being `oldest`: to
     /// [`RollupTable::next_boundary`], but past no more than
@@ -636,7 +647,8 @@ GROUP BY {key}",
     /// moved (the boundary is past its every bucket, and only moves write
     /// from there on), so they are inserted without a conflict check;
     /// `upsert` adds each to a row there instead, if any (written there by
-    /// hand or by a tool: [`RollupTable::merged_holds_sql`]).
+    /// hand or by a tool: [`RollupTable::merged_holds_sql`]). Their
+    /// `updated_at` is the move's time, as in the plain move's `COPY`.
     pub fn move_sql(&self, upsert: bool) -> String {
         let key = self.key_columns();
         let cols = format!("{key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at");
@@ -648,12 +660,38 @@ GROUP BY {key}",
             "WITH moved AS (DELETE FROM {recent} WHERE bucket < $1 RETURNING {cols}),
 kept AS (INSERT INTO {merged} AS t ({cols})
          SELECT {key}, sample_ppm, sum(events), sum(attributed_events), sum(price_micros), sum(revenue_micros),
-                max(updated_at)
+                now()
          FROM moved WHERE $2::timestamptz IS NULL OR bucket >= $2 GROUP BY {key}, sample_ppm{conflict}
          RETURNING 1)
 SELECT count(*) FROM kept",
             recent = self.recent_table(),
             merged = self.merged,
+        )
+    }
+
+    /// The plain move's first half: deletes its recent rows of buckets
+    /// before `at_minute` (minutes since the epoch) and returns them as one
+    /// binary `COPY` stream, in a log payload's layout (the key,
+    /// `sample_ppm`, the four measures), for the logger to add up per key.
+    /// (`COPY` takes no parameters: the bucket is a literal number.)
+    pub fn move_out_sql(&self, at_minute: i64) -> String {
+        format!(
+            "COPY (DELETE FROM {recent} WHERE bucket < to_timestamp({secs}) RETURNING {key}, sample_ppm, events,
+    attributed_events, price_micros, revenue_micros) TO STDOUT (FORMAT binary)",
+            recent = self.recent_table(),
+            secs = at_minute.saturating_mul(60),
+            key = self.key_columns(),
+        )
+    }
+
+    /// The plain move's second half: the sums, each key once, in key order,
+    /// into its merged table by binary `COPY` (a log payload's layout; no
+    /// conflict check; `updated_at` is the move's time).
+    pub fn merged_copy_sql(&self) -> String {
+        format!(
+            "COPY {} ({}, sample_ppm, events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)",
+            self.merged,
+            self.key_columns()
         )
     }
 

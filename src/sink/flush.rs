@@ -22,14 +22,14 @@
 
 use super::batch::Batch;
 use super::marks::{self, Watermark};
-use super::payload::{pack, Merged, COPY_HEADER, COPY_TRAILER, PG_EPOCH_US};
+use super::payload::{pack, Merged, Streamed, COPY_HEADER, COPY_TRAILER, PG_EPOCH_US};
 use crate::db::ranges::{self, Parent};
 use crate::db::tables::RollupTable;
 use crate::db::DbError;
 use bid_logger_core::aggregate::{Dimension, Row};
 use bid_logger_core::wire::EventType;
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::{pin_mut, SinkExt};
+use futures_util::{pin_mut, SinkExt, StreamExt};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -129,15 +129,17 @@ pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushe
 /// ids: int8), `sample_ppm` (int4) when writing to a log, then the four
 /// measures (int8).
 pub(crate) fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<&Ppm>, first: bool, last: bool) -> Bytes {
-    encode_rows_with(table, rows, log_ppm, None, first, last)
+    encode_rows_with(table, rows, log_ppm, None, i64::MIN, first, last)
 }
 
-/// [`encode_rows`], with `log_id` (int8) after the measures when given.
+/// [`encode_rows`], with `log_id` (int8) after the measures when given,
+/// of the rows of buckets from `from_minute` on.
 fn encode_rows_with(
     table: &RollupTable,
     rows: &[Row],
     log_ppm: Option<&Ppm>,
     log_id: Option<i64>,
+    from_minute: i64,
     first: bool,
     last: bool,
 ) -> Bytes {
@@ -147,7 +149,7 @@ fn encode_rows_with(
     if first {
         buf.put_slice(COPY_HEADER);
     }
-    for (key, c) in rows {
+    for (key, c) in rows.iter().filter(|r| r.0.minute >= from_minute) {
         buf.put_i16(fields as i16);
         let int8 = |buf: &mut BytesMut, v: i64| {
             buf.put_i32(8);
@@ -203,12 +205,13 @@ struct LogRow {
 struct TablePlan<'a> {
     /// Its log row (none when the batch has no rows of it).
     log: Option<LogRow>,
-    /// A direct table's rows (all of them, late events' too): its live rows.
-    live: Option<&'a [Row]>,
+    /// A direct table's rows, and the oldest bucket (minutes) of those
+    /// written as its live rows.
+    live: Option<(&'a [Row], i64)>,
 }
 
 impl<'a> TablePlan<'a> {
-    fn new(table: &RollupTable, rows: &'a [Row], ppm: &Ppm) -> TablePlan<'a> {
+    fn new(table: &RollupTable, rows: &'a [Row], ppm: &Ppm, now_minute: i64) -> TablePlan<'a> {
         if rows.is_empty() {
             return TablePlan { log: None, live: None };
         }
@@ -217,11 +220,14 @@ impl<'a> TablePlan<'a> {
             rows: rows.len() as i64,
             payload: pack(&encode_rows(table, rows, Some(ppm), true, true)),
         };
-        // A direct table's rows are also its live rows, whatever their
-        // buckets: the view shows those from its boundary on at once, and
-        // a late event's (before the boundary) once the fold has added it
-        // to the merged table (see `RollupTable::view_sql`).
-        let live = (!table.logged).then_some(rows);
+        // A direct table's rows are also its live rows: the view shows
+        // those from its boundary on at once, and a late event's (before the
+        // boundary) once the fold has added it to the merged table (see
+        // `RollupTable::view_sql`). Rows of a bucket before the one before
+        // the boundary's place (`RollupTable::live_from`) would show only
+        // while a move is late: they are left to the fold, and written once.
+        let from = table.live_from(now_minute);
+        let live = (!table.logged && rows.iter().any(|r| r.0.minute >= from)).then_some((rows, from));
         TablePlan { log: Some(log), live }
     }
 }
@@ -231,10 +237,10 @@ fn minute_time(minute: i64) -> std::time::SystemTime {
     system_time(minute.min(4_000_000_000).saturating_mul(60_000))
 }
 
-/// `rows` of `table` as its live rows in binary `COPY` format: a log
-/// payload's fields, then `log_id`.
-fn encode_live_rows(table: &RollupTable, rows: &[Row], ppm: &Ppm, log_id: i64) -> Bytes {
-    encode_rows_with(table, rows, Some(ppm), Some(log_id), true, true)
+/// `rows` of `table` of buckets from `from_minute` on as its live rows in
+/// binary `COPY` format: a log payload's fields, then `log_id`.
+fn encode_live_rows(table: &RollupTable, (rows, from_minute): (&[Row], i64), ppm: &Ppm, log_id: i64) -> Bytes {
+    encode_rows_with(table, rows, Some(ppm), Some(log_id), from_minute, true, true)
 }
 
 /// Writes `batch` (batch `id` of `to.instance`) and `mark` to every table,
@@ -276,8 +282,9 @@ pub async fn write_batch(
         return Ok(Written::Already);
     }
     let ppm = sample_ppm.map(|p| p as i32);
+    let now_minute = bid_logger_core::clock::now_ms().div_euclid(60_000);
     let plans: Vec<TablePlan<'_>> =
-        tables.iter().zip(&batch.tables).map(|(t, rows)| TablePlan::new(t, rows, &ppm)).collect();
+        tables.iter().zip(&batch.tables).map(|(t, rows)| TablePlan::new(t, rows, &ppm, now_minute)).collect();
     // One round trip: every table's log row.
     let txr = &tx;
     let log_ids = futures_util::future::try_join_all(tables.iter().zip(&plans).map(|(table, plan)| async move {
@@ -462,18 +469,21 @@ async fn move_boundary(
         true => tx.query_one(&table.oldest_recent_sql(), &[]).await?.get(0),
         false => Some(since),
     };
-    let at = minute_time(table.move_to(db_minute, since, oldest));
+    let at_minute = table.move_to(db_minute, since, oldest);
+    let at = minute_time(at_minute);
     // Rows past the retention are dropped here, as its ranges are (their
     // range may be gone: a boundary left behind by a long stop).
-    let cut = table.retention.map(|_| minute_time(table.oldest_minute(now_ms)));
+    let cut_minute = table.retention.map(|_| table.oldest_minute(now_ms));
+    let cut = cut_minute.map(minute_time);
     // Normally the merged table holds no row of the buckets moved (see
-    // `RollupTable::move_sql`), and they are inserted without a conflict
-    // check; where it does (written by hand or by a tool: the probe), or
-    // should a key conflict anyway, the move is an upsert, adding to those
-    // rows. The insert and that upsert share one statement's budget: a
-    // conflict met late leaves the upsert the rest, and one that runs out
-    // is the caller's timeout (undone, the fold kept), never a consumption
-    // cut by the client's.
+    // `RollupTable::move_sql`): the logger adds the rows up and `COPY`s
+    // their sums in without a conflict check ([`move_rows`]). Where it
+    // does (written by hand or by a tool: the probe), or should a key
+    // conflict anyway, the move is an upsert in one statement, adding to
+    // those rows. The plain move and that upsert share one statement's
+    // budget: a conflict met late leaves the upsert the rest, and one that
+    // runs out is the caller's timeout (undone, the fold kept), never a
+    // consumption cut by the client's.
     let held: bool = tx.query_one(&table.merged_holds_sql(), &[&minute_time(since), &at]).await?.get(0);
     let upsert =
         || async { Ok::<i64, tokio_postgres::Error>(tx.query_one(&table.move_sql(true), &[&at, &cut]).await?.get(0)) };
@@ -483,12 +493,32 @@ async fn move_boundary(
     } else {
         let started = std::time::Instant::now();
         tx.batch_execute("SAVEPOINT bid_logger_append").await?;
-        match tx.query_one(&table.move_sql(false), &[&at, &cut]).await {
-            Ok(row) => {
-                tx.batch_execute("RELEASE SAVEPOINT bid_logger_append").await?;
-                row.get(0)
+        let plain = match move_rows(tx, table, at_minute, cut_minute, (started, within.statements)).await {
+            // A server that cannot stream a `DELETE`'s rows (a `COPY` of a
+            // data-modifying query: some distributed planners) gets the
+            // move as one statement that adds up in SQL.
+            Err(DbError::Db(e)) if e.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED) => {
+                tracing::warn!(table = %table.name, error = %crate::db::cause_of(&e),
+                    "the server cannot stream the moved rows: the move adds them up in SQL");
+                tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_append").await?;
+                tx.query_one(&table.move_sql(false), &[&at, &cut])
+                    .await
+                    .map(|r| r.get::<_, i64>(0))
+                    .map_err(DbError::Db)
             }
-            Err(e) if crate::db::error::is_key_conflict(&e) => {
+            other => other,
+        };
+        match plain {
+            Ok(rows) => {
+                // The statements after it (the boundary, the ledger) get the
+                // move's budget back.
+                tx.batch_execute(&format!(
+                    "RELEASE SAVEPOINT bid_logger_append; SET LOCAL statement_timeout = '{run}ms'"
+                ))
+                .await?;
+                rows
+            }
+            Err(DbError::Db(e)) if crate::db::error::is_key_conflict(&e) => {
                 tracing::info!(table = %table.name, error = %crate::db::cause_of(&e),
                     "a key of the move is in the merged table already: the insert undone");
                 let left = within.statements.saturating_sub(started.elapsed()).as_millis().max(1);
@@ -502,11 +532,46 @@ async fn move_boundary(
                 tx.batch_execute(&format!("SET LOCAL statement_timeout = '{run}ms'")).await?;
                 moved
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     };
     tx.execute(SET_BOUNDARY, &[&table.name, &at]).await?;
     Ok(moved as u64)
+}
+
+/// The plain move: `table`'s recent rows before `at_minute` deleted and
+/// streamed to the logger (one `COPY` of the `DELETE`'s rows), added up per
+/// key here, and their sums `COPY`d into the merged table in key order,
+/// without a conflict check; those before `cut_minute` (past the retention)
+/// left out. Returns the keys moved. PostgreSQL neither keeps nor groups
+/// the deleted rows (a minute of folds' rows: `BENCHMARKS.md`, "Moves
+/// added up by the logger"). Its two statements share one statement's
+/// `budget`, counted from `started` (the caller sets it back after).
+async fn move_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &RollupTable,
+    at_minute: i64,
+    cut_minute: Option<i64>,
+    (started, budget): (std::time::Instant, std::time::Duration),
+) -> Result<i64, DbError> {
+    let out = tx.copy_out(&table.move_out_sql(at_minute)).await?;
+    pin_mut!(out);
+    let (mut sums, mut stream) = (Merged::new(table.shape), Streamed::default());
+    let malformed = |e: super::payload::Malformed| DbError::Log(format!("{}, moved rows: {e}", table.recent_table()));
+    while let Some(chunk) = out.next().await {
+        sums.add_chunk(&mut stream, &chunk?).map_err(malformed)?;
+    }
+    stream.finish().map_err(malformed)?;
+    let sorted = sums.encode(cut_minute.map(|m| m.saturating_mul(60_000_000) - PG_EPOCH_US));
+    if sorted.rows > 0 {
+        let left = budget.saturating_sub(started.elapsed()).as_millis().max(1);
+        tx.batch_execute(&format!("SET LOCAL statement_timeout = '{left}ms'")).await?;
+        let sink = tx.copy_in::<_, Bytes>(&table.merged_copy_sql()).await?;
+        pin_mut!(sink);
+        sink.send(sorted.payload).await?;
+        sink.finish().await?;
+    }
+    Ok(sorted.rows)
 }
 
 /// What one fold of log rows did.

@@ -88,6 +88,30 @@ pub struct Encoded {
     pub buckets: Option<(i64, i64)>,
 }
 
+/// Where [`Merged::add_chunk`] stands in a binary `COPY` stream.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    /// Bytes of a row not complete yet.
+    pending: Vec<u8>,
+    /// Bytes taken in before them.
+    read: usize,
+    started: bool,
+    ended: bool,
+}
+
+impl Streamed {
+    /// Whether the stream ended with its trailer, nothing after it.
+    pub fn finish(&self) -> Result<(), Malformed> {
+        match self.ended {
+            true => Ok(()),
+            false => Err(Malformed { at: self.read + self.pending.len(), what: CUT_SHORT }),
+        }
+    }
+}
+
+/// What [`Reader`] says of a payload that ends inside a row.
+const CUT_SHORT: &str = "cut short";
+
 /// A payload that is not what the logger writes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed delta-log payload at byte {at}: {what}")]
@@ -119,34 +143,80 @@ impl Merged {
         if r.take(COPY_HEADER.len())? != COPY_HEADER {
             return Err(Malformed { at: 0, what: "not a binary COPY header" });
         }
-        let fields = (self.key_fields() + 4) as i16;
-        loop {
-            let count = i16::from_be_bytes(r.array()?);
-            if count == -1 {
-                break;
-            }
-            if count != fields {
-                return Err(Malformed { at: r.at - 2, what: "unexpected field count" });
-            }
-            let start = r.at;
-            for _ in 0..self.key_fields() {
-                let len = i32::from_be_bytes(r.array()?);
-                let len = usize::try_from(len).map_err(|_| Malformed { at: r.at - 4, what: "NULL key field" })?;
-                r.take(len)?;
-            }
-            let key = &payload[start..r.at];
-            let mut m = [0i64; 4];
-            for v in &mut m {
-                if i32::from_be_bytes(r.array()?) != 8 {
-                    return Err(Malformed { at: r.at - 4, what: "measure not an int8" });
-                }
-                *v = i64::from_be_bytes(r.array()?);
-            }
-            self.events += m[0];
-            self.add_row(key, &m);
-        }
+        while self.next_row(&mut r)? {}
         if r.at != payload.len() {
             return Err(Malformed { at: r.at, what: "bytes after the trailer" });
+        }
+        Ok(())
+    }
+
+    /// Adds the next row of `r`; `false` at the trailer. Nothing is added
+    /// from a row cut short.
+    fn next_row(&mut self, r: &mut Reader<'_>) -> Result<bool, Malformed> {
+        let count = i16::from_be_bytes(r.array()?);
+        if count == -1 {
+            return Ok(false);
+        }
+        if count != (self.key_fields() + 4) as i16 {
+            return Err(Malformed { at: r.at - 2, what: "unexpected field count" });
+        }
+        let start = r.at;
+        for _ in 0..self.key_fields() {
+            let len = i32::from_be_bytes(r.array()?);
+            let len = usize::try_from(len).map_err(|_| Malformed { at: r.at - 4, what: "NULL key field" })?;
+            r.take(len)?;
+        }
+        let key = &r.buf[start..r.at];
+        let mut m = [0i64; 4];
+        for v in &mut m {
+            if i32::from_be_bytes(r.array()?) != 8 {
+                return Err(Malformed { at: r.at - 4, what: "measure not an int8" });
+            }
+            *v = i64::from_be_bytes(r.array()?);
+        }
+        self.events += m[0];
+        self.add_row(key, &m);
+        Ok(true)
+    }
+
+    /// Adds the complete rows of `chunk`, the next piece of a binary `COPY`
+    /// stream read from PostgreSQL (a row may span pieces: `stream` keeps
+    /// the rest for the next). [`Streamed::finish`] says whether it ended.
+    pub fn add_chunk(&mut self, stream: &mut Streamed, chunk: &[u8]) -> Result<(), Malformed> {
+        if stream.ended {
+            return Err(Malformed { at: stream.read, what: "bytes after the trailer" });
+        }
+        stream.pending.extend_from_slice(chunk);
+        let mut r = Reader { buf: &stream.pending, at: 0 };
+        if !stream.started {
+            if r.buf.len() < COPY_HEADER.len() {
+                return Ok(());
+            }
+            if r.take(COPY_HEADER.len())? != COPY_HEADER {
+                return Err(Malformed { at: 0, what: "not a binary COPY header" });
+            }
+            stream.started = true;
+        }
+        loop {
+            let start = r.at;
+            match self.next_row(&mut r) {
+                Ok(true) => {}
+                Ok(false) => {
+                    stream.ended = true;
+                    break;
+                }
+                Err(e) if e.what == CUT_SHORT => {
+                    r.at = start;
+                    break;
+                }
+                Err(e) => return Err(Malformed { at: stream.read + e.at, ..e }),
+            }
+        }
+        let used = r.at;
+        stream.read += used;
+        stream.pending.drain(..used);
+        if stream.ended && !stream.pending.is_empty() {
+            return Err(Malformed { at: stream.read, what: "bytes after the trailer" });
         }
         Ok(())
     }
@@ -273,7 +343,7 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
         let end = self.at.checked_add(n).filter(|&e| e <= self.buf.len());
-        let end = end.ok_or(Malformed { at: self.at, what: "cut short" })?;
+        let end = end.ok_or(Malformed { at: self.at, what: CUT_SHORT })?;
         let out = &self.buf[self.at..end];
         self.at = end;
         Ok(out)
@@ -425,6 +495,34 @@ mod tests {
         let mut kept = Merged::new(hour.shape);
         kept.add(&whole.payload).unwrap();
         assert_eq!(again.sums, kept.sums, "the two parts read back as the whole");
+    }
+
+    #[test]
+    fn a_stream_read_in_pieces_of_any_size_adds_up_as_the_whole_payload() {
+        let tables = default_tables(Duration::from_secs(1));
+        let minute = table(&tables, "rollup_minute");
+        let (projected, _) = minute.shape.project(&fine(0, 3000), i64::MIN);
+        let whole = encode_rows(minute, &projected, Some(PPM), true, true);
+        let mut expected = Merged::new(minute.shape);
+        expected.add(&whole).unwrap();
+        for piece in [1, 2, 7, 19, 64, 1000, whole.len()] {
+            let (mut m, mut stream) = (Merged::new(minute.shape), Streamed::default());
+            for chunk in whole.chunks(piece) {
+                assert!(stream.finish().is_err(), "pieces of {piece}: ended before the trailer");
+                m.add_chunk(&mut stream, chunk).unwrap();
+            }
+            stream.finish().unwrap();
+            assert_eq!((m.sums, m.events), (expected.sums.clone(), expected.events), "pieces of {piece}");
+        }
+        // cut short, bytes after the trailer, another table's rows
+        let (mut m, mut stream) = (Merged::new(minute.shape), Streamed::default());
+        m.add_chunk(&mut stream, &whole[..whole.len() - 1]).unwrap();
+        assert!(stream.finish().is_err(), "cut short");
+        let (mut m, mut stream) = (Merged::new(minute.shape), Streamed::default());
+        m.add_chunk(&mut stream, &whole).unwrap();
+        assert!(m.add_chunk(&mut stream, &[0]).is_err(), "bytes after the trailer");
+        let other = table(&tables, "rollup_exchange_minute");
+        assert!(Merged::new(other.shape).add_chunk(&mut Streamed::default(), &whole).is_err(), "field count");
     }
 
     #[test]

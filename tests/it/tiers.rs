@@ -388,12 +388,12 @@ async fn one_row_per_key(client: &tokio_postgres::Client, table: &str, dims: &st
 }
 
 /// A late event (a bucket before the boundary) reaches a direct table
-/// through the fold, like any other: its batch appends it as a live row,
-/// which the view does not show, so that a key already in the merged table
-/// never shows twice; the fold (here, the graceful stop's) adds it to the
-/// merged row. A first run leaves keys five minutes back in the merged
-/// table; a second, whose folds are an hour apart, receives the same keys
-/// again.
+/// through the fold, like any other: its batch appends it to the log only
+/// (not as a live row: the view would not show it, and a key already in the
+/// merged table must never show twice); the fold (here, the graceful
+/// stop's) adds it to the merged row. A first run leaves keys five minutes
+/// back in the merged table; a second, whose folds are an hour apart,
+/// receives the same keys again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_event_shows_once_folded_into_its_merged_row_never_twice() {
     let db = fresh_database("late_folded").await;
@@ -423,7 +423,13 @@ async fn a_late_event_shows_once_folded_into_its_merged_row_never_twice() {
     }
     logger.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
     let live: i64 = client.query_one("SELECT count(*) FROM rollup_minute_live", &[]).await.unwrap().get(0);
-    assert!(live > 0, "set-up: the late rows wait as live rows");
+    assert_eq!(live, 0, "late rows are not written as live rows");
+    let logged: i64 = client
+        .query_one("SELECT coalesce(sum(events), 0)::bigint FROM bid_logger_log_rollup_minute", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 300, "the late rows wait in the log");
     one_row_per_key(&client, "rollup_minute", full).await;
     assert_eq!(sum_events(&client, "rollup_minute").await, 300, "a late row not folded yet is not shown");
     logger.stop_ok();
@@ -619,6 +625,111 @@ async fn a_move_into_buckets_the_merged_table_already_holds_adds_to_its_rows() {
     one_row_per_key(&client, "rollup_exchange_minute", "country, os, exchange").await;
 }
 
+/// Moves `db`'s minute tables' boundaries: runs a logger folding every
+/// second until both stand a minute behind the clock; its stderr.
+async fn move_the_minute_boundaries(db: &str, client: &tokio_postgres::Client, tag: &str) -> String {
+    let table = |t: &str| format!("[rollup.{t}]\nfold-interval = \"1s\"\n");
+    let often = rollup_config(tag, &(table("rollup_minute") + &table("rollup_exchange_minute")));
+    let publisher = Publisher::bind();
+    let logger = Logger::start(db, &["--connect", &publisher.endpoint, "--config", &often]);
+    let moved = "SELECT bool_and(since >= date_trunc('minute', now()) - interval '1 minute') FROM bid_logger_boundary
+                 WHERE rollup IN ('rollup_minute', 'rollup_exchange_minute')";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !client.query_one(moved, &[]).await.unwrap().get::<_, bool>(0) {
+        assert!(std::time::Instant::now() < deadline, "the boundaries did not move");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    logger.stop_ok()
+}
+
+/// Events three minutes back into recent rows: a logger that folds only at
+/// its stop (no move), the boundaries ten minutes back.
+async fn events_in_recent_rows(db: &str, tag: &str) -> Vec<TestEvent> {
+    let quiet = rollup_config(tag, "[rollup.rollup_minute]\nfold-interval = \"1h\"\n");
+    let mut publisher = Publisher::bind();
+    let logger =
+        Logger::start(db, &["--connect", &publisher.endpoint, "--flush-interval", "200ms", "--config", &quiet]);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let events = at(now_ms() - 3 * 60_000, 300, tag);
+    for e in &events {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
+    logger.stop_ok();
+    events
+}
+
+/// A server that cannot stream the rows a `DELETE` takes (some distributed
+/// planners refuse a `COPY` of a data-modifying query with SQLSTATE 0A000;
+/// here a trigger refuses it so) gets the move as one statement that adds
+/// up in SQL: the boundary moves, the recent rows land in the merged rows
+/// once, every table exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_the_server_cannot_stream_is_done_in_one_statement() {
+    let db = fresh_database("move_unstreamed").await;
+    let client = migrated_with_boundary_back(&db).await;
+    let events = events_in_recent_rows(&db, "move-unstreamed").await;
+    let recent = "SELECT coalesce(sum(events), 0)::bigint FROM rollup_minute_recent";
+    assert_eq!(client.query_one(recent, &[]).await.unwrap().get::<_, i64>(0), 300, "set-up: recent rows to move");
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse_streamed_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF current_query() LIKE 'COPY (DELETE%' THEN
+                     RAISE EXCEPTION 'COPY of a DELETE is not supported here' USING ERRCODE = '0A000';
+                 END IF;
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER refuse_streamed_delete BEFORE DELETE ON rollup_minute_recent
+                 FOR EACH STATEMENT EXECUTE FUNCTION refuse_streamed_delete();",
+        )
+        .await
+        .unwrap();
+    let stderr = move_the_minute_boundaries(&db, &client, "move-unstreamed-often").await;
+    assert!(
+        stderr.contains("the server cannot stream the moved rows"),
+        "rollup_minute's move fell back to one statement:\n{stderr}"
+    );
+    assert_eq!(sum_events(&client, "rollup_minute_merged").await, 300, "moved into the merged rows");
+    assert_eq!(client.query_one(recent, &[]).await.unwrap().get::<_, i64>(0), 0, "no recent row left");
+    for t in ["rollup_minute", "rollup_exchange_minute"] {
+        assert_boundary_holds(&client, t).await;
+    }
+    one_row_per_key(&client, "rollup_minute", "country, os, campaign_id, advertiser_id").await;
+    assert_warehouse_matches(&client, &events, 1_000_000).await;
+}
+
+/// Recent rows past the retention (a boundary left behind by a stop of
+/// days) leave with the move as the retention's ranges do: the logger adds
+/// up the rows the move takes and writes none of a bucket before the
+/// retention (its range is gone: writing it would fail every move). Here a
+/// recent row four days back (`rollup_minute` keeps three) beside the
+/// recent rows of a run three minutes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_rows_past_the_retention_leave_with_the_move() {
+    let db = fresh_database("move_expired").await;
+    let client = migrated_with_boundary_back(&db).await;
+    let events = events_in_recent_rows(&db, "move-expired").await;
+    client
+        .batch_execute(
+            "UPDATE bid_logger_boundary SET since = date_trunc('minute', now()) - interval '4 days 10 minutes'
+                 WHERE rollup = 'rollup_minute';
+             INSERT INTO rollup_minute_recent (bucket, event_type, country, os, campaign_id, advertiser_id,
+                     sample_ppm, events, attributed_events, price_micros, revenue_micros)
+                 VALUES (date_trunc('minute', now()) - interval '4 days', 'auction', 'US', 'ios', 1, 1,
+                     1000000, 7, 0, 0, 0);",
+        )
+        .await
+        .unwrap();
+    assert_eq!(sum_events(&client, "rollup_minute").await, 307, "set-up: the old recent row is shown");
+    move_the_minute_boundaries(&db, &client, "move-expired-often").await;
+    let old = "SELECT count(*) FROM rollup_minute WHERE bucket < now() - interval '3 days'";
+    assert_eq!(client.query_one(old, &[]).await.unwrap().get::<_, i64>(0), 0, "the row past the retention left");
+    assert_eq!(sum_events(&client, "rollup_minute_merged").await, 300, "the run's rows moved");
+    assert_boundary_holds(&client, "rollup_minute").await;
+    assert_warehouse_matches(&client, &events, 1_000_000).await;
+}
+
 /// A table that was direct (live rows written, not folded yet when the
 /// logger was killed) and is coarse at the next start: its next
 /// consumption moves its log into its merged rows and takes the live rows
@@ -663,8 +774,8 @@ async fn live_rows_left_by_a_direct_table_leave_with_its_log_when_it_is_coarse_a
 /// Whatever side of a direct table's boundary a row falls on, it lands
 /// once: the boundary starts ten minutes back, the folds (every second)
 /// move it to a minute back, and events of the last ten minutes arrive
-/// before and after that move: after it, most are late (appended as live
-/// rows, then added to the merged table by the next fold), the rest live.
+/// before and after that move: after it, most are late (appended to the
+/// log, then added to the merged table by the next fold), the rest live.
 /// The view keeps one row per key, the tables their sides of the boundary,
 /// the sums every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
