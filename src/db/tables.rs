@@ -12,11 +12,11 @@
 //! `COPY` format.
 //!
 //! A table is *direct* when its flush interval is the logger's own
-//! `flush-interval`: every batch appends all its rows of the table to
-//! `T_live` and to the log, in the batch's transaction, and does nothing
-//! else to it (it reads no boundary and locks no row): a late event's row
-//! (a bucket before `B`) is shown once the next fold has added it to
-//! `T_merged`. A *coarse* table (a longer interval) gets only the log row.
+//! `flush-interval`: every batch appends all its rows of the table to the
+//! log and those of buckets from `B` as the process knows it on to
+//! `T_live`, in the batch's transaction, and does nothing else to it (it
+//! reads no boundary and locks no row): a late event's row (a bucket
+//! before `B`) is shown once the next fold has added it to `T_merged`. A *coarse* table (a longer interval) gets only the log row.
 //! A log is consumed (*folded*, for a direct table) at
 //! [`RollupTable::consume_interval`]: one transaction deletes the log's
 //! rows, adds them up per key, writes the sums (those before `B`
@@ -605,17 +605,6 @@ GROUP BY {key}",
         at - at.rem_euclid(grain)
     }
 
-    /// The oldest bucket (in minutes) a batch at `now_minute` writes to a
-    /// direct table's live rows: the bucket before [`RollupTable::next_boundary`]'s.
-    /// The view shows live rows from the boundary on, and the boundary
-    /// stands there once the fold after a minute's end has moved it: an
-    /// older row (a late event's) would show only while a move is late.
-    /// Such rows go through the log alone, and show once folded (within
-    /// `fold-interval`), as a late event's do anyway.
-    pub fn live_from(&self, now_minute: i64) -> i64 {
-        self.next_boundary(now_minute) - self.shape.grain.minutes()
-    }
-
     /// Where a move at `now_minute` takes its boundary from `since` (all in
     /// minutes), its recent table's oldest bucket being `oldest`: to
     /// [`RollupTable::next_boundary`], but past no more than
@@ -684,14 +673,16 @@ SELECT count(*) FROM kept",
         )
     }
 
-    /// The plain move's second half: the sums, each key once, in key order,
-    /// into its merged table by binary `COPY` (a log payload's layout; no
-    /// conflict check; `updated_at` is the move's time).
-    pub fn merged_copy_sql(&self) -> String {
+    /// The plain move's second half: its log's stage (the sums, each key
+    /// once, in key order) inserted into its merged table without a
+    /// conflict check (`updated_at`: the move's time).
+    pub fn stage_insert_sql(&self) -> String {
+        let key = self.key_columns();
         format!(
-            "COPY {} ({}, sample_ppm, events, attributed_events, price_micros, revenue_micros) FROM STDIN (FORMAT binary)",
-            self.merged,
-            self.key_columns()
+            "INSERT INTO {merged} ({key}, sample_ppm, events, attributed_events, price_micros, revenue_micros)
+SELECT {key}, sample_ppm, events, attributed_events, price_micros, revenue_micros FROM {stage}",
+            merged = self.merged,
+            stage = self.stage_name(true),
         )
     }
 

@@ -3,7 +3,7 @@
 //! the table's interval; a graceful stop consumes every log once more after
 //! the last batch.
 
-use super::flush::{consume, MoveBudget, Moved, MAX_CONSUME_ROWS};
+use super::flush::{consume, KnownBoundaries, MoveBudget, Moved, MAX_CONSUME_ROWS};
 use super::service::{settle, BACKOFF_MAX, BACKOFF_MIN};
 use super::SinkConfig;
 use crate::db::tables::RollupTable;
@@ -37,6 +37,10 @@ pub struct Consumer {
     /// Per table: log rows taken per transaction (one after a timeout,
     /// doubled back after each success).
     limit: Vec<i64>,
+    /// The boundaries as known (by the configured tables' order, shared
+    /// with the batches), and each of `tables`' place in that order.
+    known: Arc<KnownBoundaries>,
+    configured: Vec<usize>,
 }
 
 /// What one attempt at a log found.
@@ -55,14 +59,19 @@ enum LogState {
 
 impl Consumer {
     /// `None` when no table is logged.
-    pub fn new(config: &SinkConfig, run_id: i64, migrated: Arc<AtomicBool>) -> Option<Consumer> {
+    pub fn new(
+        config: &SinkConfig,
+        run_id: i64,
+        migrated: Arc<AtomicBool>,
+        known: Arc<KnownBoundaries>,
+    ) -> Option<Consumer> {
         // A table feeding others comes before them, so that a pass over every
         // log (at the stop) carries the feeder's rows all the way.
         // Every table has a log: a coarse table's is its only way in, a
         // direct table's is folded (with its live rows) into its merged table.
         let mut logged: Vec<usize> = (0..config.tables.len()).collect();
         logged.sort_by_key(|&t| crate::db::tables::chain(&config.tables, t).count());
-        let tables: Vec<RollupTable> = logged.into_iter().map(|t| config.tables[t].clone()).collect();
+        let tables: Vec<RollupTable> = logged.iter().map(|&t| config.tables[t].clone()).collect();
         for table in &tables {
             // exported from the start, so that rates and alerts see a zero
             counter!(t::LOG_FAILURES, "table" => table.name.clone()).increment(0);
@@ -88,6 +97,8 @@ impl Consumer {
             flush_timeout: config.flush_timeout,
             migrated,
             limit: vec![MAX_CONSUME_ROWS; config.tables.len()],
+            known,
+            configured: logged,
         })
     }
 
@@ -238,6 +249,9 @@ impl Consumer {
         match done {
             Ok(c) if c.busy => Ok(LogState::Busy),
             Ok(c) => {
+                if let Some(boundary) = c.boundary {
+                    self.known.saw(self.configured[i], boundary);
+                }
                 self.limit[i] = (limit * 2).min(MAX_CONSUME_ROWS);
                 counter!(t::LOG_EVENTS_CONSUMED, &labels).increment(c.events);
                 counter!(t::ROWS_UPSERTED, &labels).increment(c.rows);

@@ -7,8 +7,9 @@
 //!    attempt whose `COMMIT` outcome was lost (connection killed, server
 //!    restarted) did land, and nothing is written again.
 //! 2. For each table: its rows as one row of its delta log (one compressed
-//!    payload) and, for a *direct* table, as its live rows (binary `COPY`),
-//!    whatever their buckets. A batch only appends: it locks no row of the
+//!    payload) and, for a *direct* table, those of buckets from its
+//!    boundary as known ([`KnownBoundaries`]) on as its live rows (binary
+//!    `COPY`). A batch only appends: it locks no row of the
 //!    tables, so batches (of one instance or of a fleet) never wait for one
 //!    another or for a fold. (The log is a *coarse* table's only way in.)
 //! 3. The batch's raw rows (`events_sample`).
@@ -30,6 +31,7 @@ use bid_logger_core::aggregate::{Dimension, Row};
 use bid_logger_core::wire::EventType;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{pin_mut, SinkExt, StreamExt};
+use std::sync::atomic::{AtomicI64, Ordering};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -40,6 +42,50 @@ pub struct BatchId {
     pub run_id: i64,
     /// Sequential within the run.
     pub batch: i64,
+}
+
+/// What this process knows of each table's boundary, by configured table,
+/// in minutes since the epoch (`i64::MIN` until known): read once before
+/// the first batch and by every consumption, set by every move. A lower
+/// bound of the boundary, which only moves forward (another member may
+/// have moved it since): a batch leaves out of a direct table's live rows
+/// the buckets before it, which the view would not show (they show once
+/// folded into the merged table, as late events' rows do).
+#[derive(Debug)]
+pub struct KnownBoundaries(Vec<AtomicI64>);
+
+impl KnownBoundaries {
+    /// Nothing known of `tables` tables.
+    pub fn new(tables: usize) -> KnownBoundaries {
+        KnownBoundaries((0..tables).map(|_| AtomicI64::new(i64::MIN)).collect())
+    }
+
+    /// Table `t`'s boundary as known (`i64::MIN`: not known).
+    pub fn get(&self, t: usize) -> i64 {
+        self.0.get(t).map_or(i64::MIN, |b| b.load(Ordering::Relaxed))
+    }
+
+    /// Table `t`'s boundary was seen at `minute` (an older sight is kept out).
+    pub fn saw(&self, t: usize, minute: i64) {
+        if let Some(b) = self.0.get(t) {
+            b.fetch_max(minute, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads every table's boundary.
+    pub async fn read(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        tables: &[RollupTable],
+    ) -> Result<(), tokio_postgres::Error> {
+        let read = "SELECT rollup, floor(extract(epoch FROM since) / 60)::bigint FROM bid_logger_boundary";
+        for row in client.query(read, &[]).await? {
+            if let Some(t) = tables.iter().position(|t| t.name == row.get::<_, &str>(0)) {
+                self.saw(t, row.get(1));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where and how batches are written.
@@ -55,6 +101,8 @@ pub struct Writer<'a> {
     pub sample_ppm: [u32; EventType::ALL.len()],
     /// The raw sample's rate.
     pub raw_sample_ppm: u32,
+    /// The tables' boundaries as known (by `tables`' order).
+    pub known: &'a KnownBoundaries,
 }
 
 /// What an attempt did.
@@ -211,7 +259,7 @@ struct TablePlan<'a> {
 }
 
 impl<'a> TablePlan<'a> {
-    fn new(table: &RollupTable, rows: &'a [Row], ppm: &Ppm, now_minute: i64) -> TablePlan<'a> {
+    fn new(table: &RollupTable, rows: &'a [Row], ppm: &Ppm, boundary: i64) -> TablePlan<'a> {
         if rows.is_empty() {
             return TablePlan { log: None, live: None };
         }
@@ -223,11 +271,9 @@ impl<'a> TablePlan<'a> {
         // A direct table's rows are also its live rows: the view shows
         // those from its boundary on at once, and a late event's (before the
         // boundary) once the fold has added it to the merged table (see
-        // `RollupTable::view_sql`). Rows of a bucket before the one before
-        // the boundary's place (`RollupTable::live_from`) would show only
-        // while a move is late: they are left to the fold, and written once.
-        let from = table.live_from(now_minute);
-        let live = (!table.logged && rows.iter().any(|r| r.0.minute >= from)).then_some((rows, from));
+        // `RollupTable::view_sql`). Those before the boundary as known are
+        // left to the fold (the log has them): written once, not twice.
+        let live = (!table.logged && rows.iter().any(|r| r.0.minute >= boundary)).then_some((rows, boundary));
         TablePlan { log: Some(log), live }
     }
 }
@@ -254,7 +300,7 @@ pub async fn write_batch(
     mark: &Watermark,
     ranges: &[(Parent<'_>, Vec<i64>)],
 ) -> Result<Written, tokio_postgres::Error> {
-    let Writer { instance, scope, tables, sample_ppm, raw_sample_ppm } = *to;
+    let Writer { instance, scope, tables, sample_ppm, raw_sample_ppm, known } = *to;
     let tx = client.transaction().await?;
     // The ranges the rows need that are not known to exist, first: the
     // range lock is taken before any other lock of the transaction (see
@@ -282,9 +328,9 @@ pub async fn write_batch(
         return Ok(Written::Already);
     }
     let ppm = sample_ppm.map(|p| p as i32);
-    let now_minute = bid_logger_core::clock::now_ms().div_euclid(60_000);
-    let plans: Vec<TablePlan<'_>> =
-        tables.iter().zip(&batch.tables).map(|(t, rows)| TablePlan::new(t, rows, &ppm, now_minute)).collect();
+    let plans: Vec<TablePlan<'_>> = (tables.iter().zip(&batch.tables).enumerate())
+        .map(|(i, (t, rows))| TablePlan::new(t, rows, &ppm, known.get(i)))
+        .collect();
     // One round trip: every table's log row.
     let txr = &tx;
     let log_ids = futures_util::future::try_join_all(tables.iter().zip(&plans).map(|(table, plan)| async move {
@@ -334,6 +380,9 @@ pub struct Consumed {
     pub moved: Moved,
     /// After a move that ran out of time: when the next may be tried.
     pub move_retry: Option<std::time::Duration>,
+    /// The table's boundary as it read it, or set it (in minutes since the
+    /// epoch; `None` when busy).
+    pub boundary: Option<i64>,
 }
 
 /// What a consumption did with its table's boundary.
@@ -365,7 +414,8 @@ pub const MAX_CONSUME_ROWS: i64 = 64;
 ///
 /// The boundary moves only in a consumption, and this one holds the log's
 /// lock: it is read as it is, and no batch reads it (a batch appends every
-/// row to the log and the live table). When it is due to move (and the log
+/// row to the log, and those from the boundary as its process last knew it
+/// to the live table). When it is due to move (and the log
 /// was taken whole), the same transaction moves the recent rows before the
 /// new boundary into the merged table and sets it ([`move_boundary`]).
 #[allow(clippy::too_many_arguments)]
@@ -399,17 +449,17 @@ pub async fn consume(
     let moves = move_within.is_some() && !backed_off && table.next_boundary(db_minute) > since && !done.more;
     if done.taken == 0 && !moves {
         tx.rollback().await?;
-        return Ok(Consumed::default());
+        return Ok(Consumed { boundary: Some(since), ..Consumed::default() });
     }
-    let (mut moved, mut move_retry) = (Moved::No, None);
+    let (mut moved, mut move_retry, mut boundary) = (Moved::No, None, since);
     if let Some(within) = move_within.filter(|_| moves) {
         // A savepoint: a move that runs out of time (a lock on the recent
         // or merged table) is undone, and the fold before it still commits.
         tx.batch_execute("SAVEPOINT bid_logger_move").await?;
         match move_boundary(&tx, table, now_ms, (since, db_minute), within).await {
-            Ok(rows) => {
+            Ok((rows, at)) => {
                 done.rows += rows;
-                moved = Moved::Yes;
+                (moved, boundary) = (Moved::Yes, at);
             }
             Err(e) if e.is_timeout_or_deadlock() => moved = Moved::OutOfTime,
             Err(e) => return Err(e),
@@ -437,6 +487,7 @@ pub async fn consume(
         fed: done.fed,
         moved,
         move_retry,
+        boundary: Some(boundary),
     })
 }
 
@@ -444,9 +495,11 @@ pub async fn consume(
 /// `db_minute` (minutes; [`RollupTable::move_to`]: at most a few buckets
 /// past its oldest recent row), in the consumption's transaction, right
 /// after a fold that took the whole log: the recent rows before it into the
-/// merged table, and the boundary set; returns the keys moved. It waits at most `within.lock` for a lock on the recent or merged
+/// merged table, and the boundary set; returns the keys moved and the
+/// boundary (minutes). It waits at most `within.lock` for a lock on the recent or merged
 /// table (an analyst's `LOCK`, range maintenance), never for a batch, and
-/// each statement runs at most `within.statements`.
+/// each statement runs at most `within.statements` (the plain move's two,
+/// and the upsert after a conflict, share it).
 ///
 /// A batch committed after that fold's read of the log is folded by the
 /// next fold: until then its live rows of buckets before the new boundary, if any,
@@ -458,7 +511,7 @@ async fn move_boundary(
     now_ms: i64,
     (since, db_minute): (i64, i64),
     within: MoveBudget,
-) -> Result<u64, DbError> {
+) -> Result<(u64, i64), DbError> {
     let (lock, run) = (within.lock.as_millis().max(1), within.statements.as_millis().max(1));
     tx.batch_execute(&format!("SET LOCAL lock_timeout = '{lock}ms'; SET LOCAL statement_timeout = '{run}ms'")).await?;
     // Only a boundary more than a move's reach behind needs its oldest
@@ -476,8 +529,8 @@ async fn move_boundary(
     let cut_minute = table.retention.map(|_| table.oldest_minute(now_ms));
     let cut = cut_minute.map(minute_time);
     // Normally the merged table holds no row of the buckets moved (see
-    // `RollupTable::move_sql`): the logger adds the rows up and `COPY`s
-    // their sums in without a conflict check ([`move_rows`]). Where it
+    // `RollupTable::move_sql`): the logger adds the rows up and inserts
+    // their sums without a conflict check ([`move_rows`]). Where it
     // does (written by hand or by a tool: the probe), or should a key
     // conflict anyway, the move is an upsert in one statement, adding to
     // those rows. The plain move and that upsert share one statement's
@@ -500,7 +553,13 @@ async fn move_boundary(
             Err(DbError::Db(e)) if e.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED) => {
                 tracing::warn!(table = %table.name, error = %crate::db::cause_of(&e),
                     "the server cannot stream the moved rows: the move adds them up in SQL");
-                tx.batch_execute("ROLLBACK TO SAVEPOINT bid_logger_append").await?;
+                // (what is left of the budget: the rollback undoes a
+                // `SET LOCAL` after the savepoint)
+                let left = within.statements.saturating_sub(started.elapsed()).as_millis().max(1);
+                tx.batch_execute(&format!(
+                    "ROLLBACK TO SAVEPOINT bid_logger_append; SET LOCAL statement_timeout = '{left}ms'"
+                ))
+                .await?;
                 tx.query_one(&table.move_sql(false), &[&at, &cut])
                     .await
                     .map(|r| r.get::<_, i64>(0))
@@ -536,17 +595,18 @@ async fn move_boundary(
         }
     };
     tx.execute(SET_BOUNDARY, &[&table.name, &at]).await?;
-    Ok(moved as u64)
+    Ok((moved as u64, at_minute))
 }
 
 /// The plain move: `table`'s recent rows before `at_minute` deleted and
 /// streamed to the logger (one `COPY` of the `DELETE`'s rows), added up per
-/// key here, and their sums `COPY`d into the merged table in key order,
+/// key here, and their sums inserted into the merged table in key order,
 /// without a conflict check; those before `cut_minute` (past the retention)
-/// left out. Returns the keys moved. PostgreSQL neither keeps nor groups
-/// the deleted rows (a minute of folds' rows: `BENCHMARKS.md`, "Moves
-/// added up by the logger"). Its two statements share one statement's
-/// `budget`, counted from `started` (the caller sets it back after).
+/// left out (through the log's stage). Returns the keys moved. PostgreSQL
+/// neither keeps nor groups the deleted rows (a minute of folds' rows:
+/// `BENCHMARKS.md`, "Moves added up by the logger"). Its statements share
+/// one statement's `budget`, counted from `started` (the caller sets it
+/// back after).
 async fn move_rows(
     tx: &tokio_postgres::Transaction<'_>,
     table: &RollupTable,
@@ -564,12 +624,20 @@ async fn move_rows(
     stream.finish().map_err(malformed)?;
     let sorted = sums.encode(cut_minute.map(|m| m.saturating_mul(60_000_000) - PG_EPOCH_US));
     if sorted.rows > 0 {
-        let left = budget.saturating_sub(started.elapsed()).as_millis().max(1);
-        tx.batch_execute(&format!("SET LOCAL statement_timeout = '{left}ms'")).await?;
-        let sink = tx.copy_in::<_, Bytes>(&table.merged_copy_sql()).await?;
+        // Through the log's stage (a temporary table, which nobody else
+        // locks): a `COPY` into the merged table that fails before it
+        // starts (its lock wait run out) leaves the client's connection out
+        // of step with the server (an extra `Sync`: rust-postgres #789), a
+        // plain statement does not.
+        tx.batch_execute(&table.stage_sql(true)).await?;
+        let sink = tx.copy_in::<_, Bytes>(&table.copy_sql(true)).await?;
         pin_mut!(sink);
         sink.send(sorted.payload).await?;
         sink.finish().await?;
+        let left = budget.saturating_sub(started.elapsed()).as_millis().max(1);
+        tx.batch_execute(&format!("SET LOCAL statement_timeout = '{left}ms'")).await?;
+        tx.execute(&table.stage_insert_sql(), &[]).await?;
+        tx.batch_execute(&format!("TRUNCATE {}", table.log_stage_table())).await?;
     }
     Ok(sorted.rows)
 }
@@ -733,7 +801,8 @@ impl MoveBudget {
     /// wait of [`MOVE_TIMEOUT`] at most (a sixth of it, if less), and half
     /// of it for each statement. The work is not cut at the lock's budget:
     /// a move normally adds up a minute of the folds' rows (1.8 s at 200 000
-    /// events/s on a slow 2-core machine); after a stall, at most
+    /// events/s on a slow 2-core machine, in SQL; about 1 s added up by the
+    /// logger, `BENCHMARKS.md`, "Moves added up by the logger"); after a stall, at most
     /// [`MOVE_MOST_BUCKETS`](crate::db::tables::MOVE_MOST_BUCKETS) buckets
     /// beyond a consumption interval's. (A fold taking more than the other half, then a move
     /// its whole budget, would meet the client's timeout: the consumption

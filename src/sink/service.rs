@@ -15,7 +15,7 @@
 
 use super::batch::Batch;
 use super::consumer::Consumer;
-use super::flush::{write_batch, BatchId, Writer, Written, PRUNE_LEDGER};
+use super::flush::{write_batch, BatchId, KnownBoundaries, Writer, Written, PRUNE_LEDGER};
 use super::marks::{self, Fence, Loaded, Previous, Watermark};
 use super::SinkConfig;
 use crate::assignment::{Assignment, Handover};
@@ -129,6 +129,10 @@ pub struct Sink {
     stopping: bool,
     /// Whether the schema is known to be up to date (shared with the consumer).
     migrated: Arc<AtomicBool>,
+    /// The tables' boundaries as known (shared with the consumer), and
+    /// whether they have been read since the start.
+    known: Arc<KnownBoundaries>,
+    known_read: bool,
     /// The ranges known to exist (kept by the maintenance task too).
     book: Arc<RangeBook>,
     /// The committed marks and those received since (see [`marks`]).
@@ -208,6 +212,7 @@ impl Sink {
         };
         let summary =
             SinkSummary { lost_before_start: loaded.as_ref().map_or(0, |l| l.lost), ..SinkSummary::default() };
+        let known = KnownBoundaries::new(config.tables.len());
         Sink {
             config,
             pool,
@@ -221,6 +226,8 @@ impl Sink {
             failing: None,
             stopping: false,
             migrated: Arc::new(AtomicBool::new(migrated)),
+            known: Arc::new(known),
+            known_read: false,
             book: Arc::new(RangeBook::default()),
             loaded: loaded.is_some(),
             late,
@@ -253,8 +260,8 @@ impl Sink {
         // batches and the logs' last consumption share one
         // `shutdown-timeout`, not one each.
         let (stop_consumer, consumer_stop) = watch::channel(None);
-        let consumer =
-            Consumer::new(&self.config, self.run_id, self.migrated.clone()).map(|c| tokio::spawn(c.run(consumer_stop)));
+        let consumer = Consumer::new(&self.config, self.run_id, self.migrated.clone(), self.known.clone())
+            .map(|c| tokio::spawn(c.run(consumer_stop)));
         let (stop_maintenance, maintenance_stop) = watch::channel(false);
         let maintenance = self.maintenance().map(|m| tokio::spawn(m.run(maintenance_stop)));
         loop {
@@ -590,11 +597,22 @@ impl Sink {
         }
         let started = Instant::now();
         let mut failure = migrate_once(&self.pool, &self.config, &self.migrated).await.err();
+        if failure.is_none() && !self.known_read {
+            // Before the first batch: which rows of it the views would not
+            // show (then the consumptions keep it up to date). Unknown, a
+            // batch writes every row of a direct table as a live row.
+            let read =
+                async { self.known.read(&**self.pool.get().await?, &self.config.tables).await.map_err(DbError::Db) };
+            match read.await {
+                Ok(()) => self.known_read = true,
+                Err(e) => tracing::debug!(error = %e, "cannot read the tables' boundaries yet"),
+            }
+        }
         if failure.is_none() {
-            let (pool, config, book) = (&self.pool, &self.config, &self.book);
+            let (pool, config, book, known) = (&self.pool, &self.config, &self.book, &*self.known);
             let attempts = self.pending.iter().enumerate().filter(|(_, p)| !p.landed).map(|(i, p)| async move {
                 let needed = needed_ranges(config, book, &p.batch);
-                let result = attempt(pool, config, p.id, &p.batch, &p.mark, &needed).await;
+                let result = attempt(pool, config, known, p.id, &p.batch, &p.mark, &needed).await;
                 if let Ok(written) = &result {
                     let created = match written {
                         Written::Now { ranges_created, .. } => ranges_created.as_slice(),
@@ -886,6 +904,7 @@ fn table_hours(batch: &Batch, t: usize) -> BTreeSet<i64> {
 async fn attempt(
     pool: &deadpool_postgres::Pool,
     config: &SinkConfig,
+    known: &KnownBoundaries,
     id: BatchId,
     batch: &Batch,
     mark: &Watermark,
@@ -898,6 +917,7 @@ async fn attempt(
         tables: &config.tables,
         sample_ppm: config.sample_ppm,
         raw_sample_ppm: config.raw_sample_ppm,
+        known,
     };
     let work = async { write_batch(&mut client, &to, id, batch, mark, ranges).await.map_err(DbError::Db) };
     let outcome = tokio::time::timeout(config.flush_timeout, work).await;

@@ -629,16 +629,16 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-/// The events of direct table `table` that have landed: what its view
-/// shows and, read in the same statement, its live rows of buckets before
-/// its boundary (late events' rows, which the view shows once a fold has
-/// added them to the merged table; a killed logger leaves them to the next
-/// fold).
+/// The events of direct table `table` that have landed, read in one
+/// statement: those folded (its merged and recent rows) and those of the
+/// batches not folded yet (its log: the view shows their live rows from the
+/// boundary on at once, late events' rows once a fold has added them to the
+/// merged table; a killed logger leaves them to the next fold).
 pub async fn landed_events(client: &tokio_postgres::Client, table: &str) -> i64 {
     let sql = format!(
-        "SELECT ((SELECT coalesce(sum(events), 0) FROM {table})
-               + (SELECT coalesce(sum(events), 0) FROM {table}_live
-                  WHERE bucket < (SELECT since FROM bid_logger_boundary WHERE rollup = '{table}')))::bigint"
+        "SELECT ((SELECT coalesce(sum(events), 0) FROM {table}_merged)
+               + (SELECT coalesce(sum(events), 0) FROM {table}_recent)
+               + (SELECT coalesce(sum(events), 0) FROM bid_logger_log_{table}))::bigint"
     );
     client.query_one(&sql, &[]).await.unwrap().get(0)
 }

@@ -18,7 +18,7 @@
 
 use bid_logger::db::ranges;
 use bid_logger::sink::batch::Batch;
-use bid_logger::sink::flush::{write_batch, BatchId, Writer};
+use bid_logger::sink::flush::{write_batch, BatchId, KnownBoundaries, Writer};
 use bid_logger::sink::marks::Watermark;
 use bid_logger_core::marks::SeqMarks;
 use bid_logger_core::seq::{topic_id, Mark};
@@ -58,12 +58,14 @@ async fn main() -> anyhow::Result<()> {
     let batch = Batch::parts(delta, 1, &tables, now).pop().expect("a non-empty delta");
     let publishers: Vec<Arc<str>> = (0..200).map(|p| Arc::from(format!("bidder-{p:03}"))).collect();
     let mut marks = SeqMarks::default();
+    let known = KnownBoundaries::new(tables.len());
     let to = Writer {
         instance: "marks-cost",
         scope: "marks-cost",
         tables: &tables,
         sample_ppm: [1_000_000; bid_logger_core::wire::EventType::ALL.len()],
         raw_sample_ppm: 0,
+        known: &known,
     };
     let (mut without, mut with, mut encode) = (Vec::new(), Vec::new(), Vec::new());
     let mut id = 0;
