@@ -25,7 +25,8 @@
 //! [`RollupTable::recent_copy_sql`]) and deletes the live rows of the
 //! same batches. When [`RollupTable::next_boundary`] has passed `B`, the
 //! same transaction moves `T_recent`'s rows before it into `T_merged`,
-//! added up per key ([`RollupTable::move_sql`]), and sets it. The consumer
+//! added up per key in the logger (the sink's move; in one statement,
+//! [`RollupTable::move_sql`], where that cannot be), and sets it. The consumer
 //! adds the payloads up per key in the logger (the sink's payload module),
 //! so PostgreSQL writes each key once per consumption, and into a keyed
 //! table (an index probe and an update) only once per bucket, at its move,
@@ -637,7 +638,7 @@ GROUP BY {key}",
     /// from there on), so they are inserted without a conflict check;
     /// `upsert` adds each to a row there instead, if any (written there by
     /// hand or by a tool: [`RollupTable::merged_holds_sql`]). Their
-    /// `updated_at` is the move's time, as in the plain move's `COPY`.
+    /// `updated_at` is the move's time, as in the plain move's insert.
     pub fn move_sql(&self, upsert: bool) -> String {
         let key = self.key_columns();
         let cols = format!("{key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at");

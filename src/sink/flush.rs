@@ -629,13 +629,12 @@ async fn move_rows(
         // starts (its lock wait run out) leaves the client's connection out
         // of step with the server (an extra `Sync`: rust-postgres #789), a
         // plain statement does not.
-        tx.batch_execute(&table.stage_sql(true)).await?;
+        let left = budget.saturating_sub(started.elapsed()).as_millis().max(1);
+        tx.batch_execute(&format!("{}; SET LOCAL statement_timeout = '{left}ms'", table.stage_sql(true))).await?;
         let sink = tx.copy_in::<_, Bytes>(&table.copy_sql(true)).await?;
         pin_mut!(sink);
         sink.send(sorted.payload).await?;
         sink.finish().await?;
-        let left = budget.saturating_sub(started.elapsed()).as_millis().max(1);
-        tx.batch_execute(&format!("SET LOCAL statement_timeout = '{left}ms'")).await?;
         tx.execute(&table.stage_insert_sql(), &[]).await?;
         tx.batch_execute(&format!("TRUNCATE {}", table.log_stage_table())).await?;
     }

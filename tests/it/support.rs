@@ -646,8 +646,9 @@ pub async fn landed_events(client: &tokio_postgres::Client, table: &str) -> i64 
 /// The invariant of a rollup table's parts: every bucket of its merged
 /// table before its boundary, every bucket of its recent table from it on
 /// (so that the view's merged rows and added-up rows never share a key),
-/// and no live row before it once the folds have taken every batch (a late
-/// event's live row waits there, not shown, for the next fold).
+/// and no live row before it once the folds have taken every batch (a live
+/// row a batch wrote before a boundary another moved, unknown to its logger,
+/// waits there, not shown, for the next fold).
 pub async fn assert_boundary_holds(client: &tokio_postgres::Client, table: &str) {
     let sql = format!(
         "SELECT (SELECT count(*) FROM {table}_merged WHERE bucket >= b.since),

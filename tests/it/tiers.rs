@@ -440,6 +440,49 @@ async fn a_late_event_shows_once_folded_into_its_merged_row_never_twice() {
     assert_eq!(sum_events(&client, "rollup_minute_merged").await, 600, "folded into the merged rows");
 }
 
+/// The view shows live rows from the boundary on only. A logger knows the
+/// boundary as it read it at start or at its last fold: another member (here
+/// this test) may have moved it since, and the logger's batches then write
+/// live rows of buckets before it, which must not show (their key may be in
+/// the merged rows already: twice) until a fold adds them to the merged
+/// rows. The boundary ten minutes back at the start, folds an hour apart,
+/// events three minutes back; the boundary moved to a minute back by hand
+/// while the logger runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_rows_behind_a_boundary_another_moved_show_only_once_folded() {
+    let db = fresh_database("live_behind").await;
+    let client = migrated_with_boundary_back(&db).await;
+    let config = rollup_config("live-behind", "[rollup.rollup_minute]\nfold-interval = \"1h\"\n");
+    let mut publisher = Publisher::bind();
+    let args = ["--connect", &publisher.endpoint, "--flush-interval", "200ms", "--config", &config];
+    let logger = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let first = at(now_ms() - 3 * 60_000, 100, "before");
+    for e in &first {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", 100.0, Duration::from_secs(30));
+    assert_eq!(sum_events(&client, "rollup_minute").await, 100, "set-up: shown as live rows");
+    let moved = "UPDATE bid_logger_boundary SET since = date_trunc('minute', now()) - interval '1 minute'
+                 WHERE rollup = 'rollup_minute'";
+    client.batch_execute(moved).await.unwrap();
+    let second = at(now_ms() - 3 * 60_000, 100, "after");
+    for e in &second {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", 200.0, Duration::from_secs(30));
+    let behind = "SELECT coalesce(sum(l.events), 0)::bigint FROM rollup_minute_live l JOIN bid_logger_boundary b
+                  ON b.rollup = 'rollup_minute' AND l.bucket < b.since";
+    let behind: i64 = client.query_one(behind, &[]).await.unwrap().get(0);
+    assert_eq!(behind, 200, "set-up: the logger wrote live rows before the boundary it did not know");
+    assert_eq!(sum_events(&client, "rollup_minute").await, 0, "live rows before the boundary are not shown");
+    logger.stop_ok();
+    assert_boundary_holds(&client, "rollup_minute").await;
+    one_row_per_key(&client, "rollup_minute", "country, os, campaign_id, advertiser_id").await;
+    let all: Vec<TestEvent> = first.into_iter().chain(second).collect();
+    assert_warehouse_matches(&client, &all, 1_000_000).await;
+}
+
 /// A fold appends its sums to the recent table without looking for the
 /// key: two folds of the same keys leave two rows per key there, which the
 /// view adds up, and the move into the merged table adds up into one row
