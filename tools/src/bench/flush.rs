@@ -182,12 +182,12 @@ pub async fn compare(
         out.push(FlushRound { rows, logger: logger_time, plain: plain_time });
     }
     // Both sides must have written the same thing: the logger's batches
-    // append every row to the tables' logs (its folds, later, add them up;
-    // its live rows leave out buckets before the last minutes), the plain
-    // side upserts them: the events of every round, and each round's hour
-    // keys.
+    // append every row to the tables' logs (its folds, later, add them up),
+    // the plain side upserts them: the events of every round, and each
+    // round's hour keys (none while `rollup_hour` is fed from the minute
+    // table's folds, as in the default set: then neither side writes it).
     let appended = "SELECT (SELECT sum(events) FROM bid_logger_log_rollup_minute)::bigint,
-        (SELECT max(rows) FROM bid_logger_log_rollup_hour)::bigint";
+        (SELECT coalesce(max(rows), 0) FROM bid_logger_log_rollup_hour)::bigint";
     let totals = "SELECT (SELECT sum(events) FROM rollup_minute)::bigint, (SELECT count(*) FROM rollup_hour)";
     let a = logger.query_one(appended, &[]).await?;
     let b = plain.query_one(totals, &[]).await?;
