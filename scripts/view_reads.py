@@ -38,8 +38,9 @@ def main():
                     started = time.perf_counter()
                     conn.execute(sql.format(t=t)).fetchall()
                     times.setdefault((name, variant), []).append(1000 * (time.perf_counter() - started))
-            live = conn.execute("SELECT (SELECT count(*) FROM rollup_minute_live), "
-                                "(SELECT count(*) FROM rollup_exchange_minute_live)").fetchone()
+            live = conn.execute("SELECT (SELECT coalesce(sum(cardinality(live_bucket)), 0) FROM bid_logger_log_rollup_minute), "
+                                "(SELECT coalesce(sum(cardinality(live_bucket)), 0) "
+                                "FROM bid_logger_log_rollup_exchange_minute)").fetchone()
             times.setdefault(("live rows", "rollup_minute"), []).append(live[0])
             times.setdefault(("live rows", "rollup_exchange_minute"), []).append(live[1])
             time.sleep(2)

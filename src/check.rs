@@ -56,7 +56,7 @@ async fn database(config: &Config) -> Vec<Finding> {
         Err(e) => findings.push(problem(format!("database {masked}: {}", db::cause_of(&e)))),
     }
     findings.extend(migrations(&client).await);
-    let live: Vec<String> = config.sink.tables.iter().map(|t| t.live_table()).collect();
+    let live: Vec<String> = config.sink.tables.iter().flat_map(|t| [t.log_table(), t.live_table()]).collect();
     findings.push(autovacuum(&client, &live).await);
     // What a flush and a fold do with each table (docs/postgres.md, grants).
     let mut tables: Vec<String> = Vec::new();
@@ -93,8 +93,8 @@ async fn database(config: &Config) -> Vec<Finding> {
     findings
 }
 
-/// Whether autovacuum runs on the live tables: every batch appends to
-/// them and every fold deletes what it took, so without it their dead rows
+/// Whether autovacuum runs on the delta logs and live tables: every batch
+/// appends to them and every fold deletes what it took, so without it their dead rows
 /// pile up and each fold's `DELETE` scans them all (docs/postgres.md,
 /// "Fillfactor and autovacuum"). A warning, not a problem: it slows the
 /// folds over hours, it does not stop a start.
@@ -106,7 +106,7 @@ async fn autovacuum(client: &tokio_postgres::Client, live: &[String]) -> Finding
     let (on, off): (bool, Vec<String>) = (row.get(0), row.get(1));
     let why = "their dead rows pile up and every fold scans them (see docs/postgres.md, autovacuum)";
     if !on {
-        ok(format!("database: warning: autovacuum is off on the server: the live tables are never vacuumed, so {why}"))
+        ok(format!("database: warning: autovacuum is off on the server: the delta logs and live tables are never vacuumed, so {why}"))
     } else if !off.is_empty() {
         ok(format!("database: warning: autovacuum is off for {}: {why}", off.join(", ")))
     } else {

@@ -5,25 +5,27 @@
 //! tables split by the table's *boundary* `B`, a bucket (its row of
 //! [`BOUNDARY_TABLE`]): `T_merged` (keyed rows of buckets before `B`,
 //! range-partitioned), `T_recent` (folds' sums of buckets from `B` on,
-//! appended, a key in as many rows as folds carried it) and
-//! `T_live` (rows of batches not folded yet; the view shows those from `B`
-//! on). It also has a *delta log*, `bid_logger_log_<table>`: one row per
-//! batch holding the batch's rows of the table in PostgreSQL's binary
-//! `COPY` format.
+//! appended, a key in as many rows as folds carried it) and the *live rows*
+//! of the batches not folded yet (the view shows those from `B` on). Its
+//! *delta log*, `bid_logger_log_<table>`, has one row per batch holding the
+//! batch's rows of the table in PostgreSQL's binary `COPY` format, and a
+//! direct table's batch's live rows beside them, one array per column
+//! ([`RollupTable::live_array_columns`]): they leave with the log row.
+//! (`T_live`, one row per key, holds the live rows of builds before that;
+//! the view still shows them, and the folds delete them.)
 //!
 //! A table is *direct* when its flush interval is the logger's own
 //! `flush-interval`: every batch appends all its rows of the table to the
-//! log and those of buckets from `B` as the process knows it on to
-//! `T_live`, in the batch's transaction, and does nothing else to it (it
+//! log, with those of buckets from `B` as the process knows it on as its
+//! live rows, in the batch's transaction, and does nothing else to it (it
 //! reads no boundary and locks no row): a late event's row (a bucket
 //! before `B`) is shown once the next fold has added it to `T_merged`. A *coarse* table (a longer interval) gets only the log row.
 //! A log is consumed (*folded*, for a direct table) at
 //! [`RollupTable::consume_interval`]: one transaction deletes the log's
-//! rows, adds them up per key, writes the sums (those before `B`
-//! `COPY`d into a staging table and upserted into `T_merged`,
-//! [`RollupTable::log_upsert_sql`]; the others `COPY`d into `T_recent`,
-//! [`RollupTable::recent_copy_sql`]) and deletes the live rows of the
-//! same batches. When [`RollupTable::next_boundary`] has passed `B`, the
+//! rows (their live rows with them), adds them up per key, and writes the
+//! sums (those before `B` `COPY`d into a staging table and upserted into
+//! `T_merged`, [`RollupTable::log_upsert_sql`]; the others `COPY`d into
+//! `T_recent`, [`RollupTable::recent_copy_sql`]). When [`RollupTable::next_boundary`] has passed `B`, the
 //! same transaction moves `T_recent`'s rows before it into `T_merged`,
 //! added up per key in the logger (the sink's move; in one statement,
 //! [`RollupTable::move_sql`], where that cannot be), and sets it. The consumer
@@ -354,6 +356,7 @@ impl RollupTable {
         let dims = self.dimension_definitions();
         let log = self.log_table();
         let live = self.live_table();
+        let live_arrays = self.live_array_columns();
         let recent = self.recent_table();
         let boundary = BOUNDARY_TABLE;
         let grain = self.shape.grain.minutes();
@@ -469,6 +472,20 @@ BEGIN
         );
         ALTER TABLE {log} ALTER COLUMN payload SET STORAGE EXTERNAL;
     END IF;
+    -- a batch's live rows, held in its log row (one array per column,
+    -- compressed by lz4 where the server has it, else stored as they are)
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{log}'::regclass AND attname = 'live_bucket'
+                   AND NOT attisdropped) THEN
+        IF NOT {owns_log} THEN
+            RAISE EXCEPTION '{log} lacks the live rows'' columns of this build: run `bid-logger migrate` as the role that owns it (UPGRADING.md), then start this build';
+        END IF;
+        ALTER TABLE {log} {add_live}, ADD COLUMN written_at timestamptz;
+        BEGIN
+            EXECUTE 'ALTER TABLE {log} {lz4_live}';
+        EXCEPTION WHEN OTHERS THEN
+            ALTER TABLE {log} {external_live};
+        END;
+    END IF;
     IF to_regclass('{name}') IS NULL THEN
         EXECUTE {view};
     ELSIF (SELECT relkind FROM pg_class WHERE oid = to_regclass('{name}')) <> 'v' THEN
@@ -482,6 +499,14 @@ BEGIN
         END IF;
         EXECUTE {view};
         RAISE NOTICE '{name}: its view now shows live rows from its boundary on';
+    ELSIF position('live_bucket' in pg_get_viewdef('{name}'::regclass)) = 0 THEN
+        -- an earlier build's view shows the live table's rows only; this
+        -- build's batches hold theirs in the log: only its owner may
+        IF NOT {owns_name} THEN
+            RAISE EXCEPTION '{name} is the view of an earlier build: run `bid-logger migrate` as the role that owns it (UPGRADING.md), then start this build';
+        END IF;
+        EXECUTE {view};
+        RAISE NOTICE '{name}: its view now shows the live rows held in its log';
     ELSIF position('JOIN {boundary}' in pg_get_viewdef('{name}'::regclass)) = 0 THEN
         -- an earlier build's view read the boundary in a subquery, which
         -- kept PostgreSQL from scanning the merged ranges in parallel: the
@@ -508,6 +533,11 @@ END $$;
             brin = self.brin_sql(),
             owns_recent = owned(&recent),
             owns_name = owned(name),
+            owns_log = owned(&log),
+            add_live = live_arrays.iter().map(|(c, t)| format!("ADD COLUMN {c} {t}[]")).collect::<Vec<_>>().join(", "),
+            lz4_live = live_arrays.iter().map(|(c, _)| format!("ALTER COLUMN {c} SET COMPRESSION lz4")).collect::<Vec<_>>().join(", "),
+            external_live =
+                live_arrays.iter().map(|(c, _)| format!("ALTER COLUMN {c} SET STORAGE EXTERNAL")).collect::<Vec<_>>().join(", "),
         )
     }
 
@@ -543,15 +573,29 @@ END $$;",
     /// rows are in three tables, split by the table's boundary `B` (its row
     /// of [`BOUNDARY_TABLE`]): the merged table holds keys of buckets before
     /// `B`, each once; `<name>_recent` (unkeyed, small) the folds' sums of
-    /// buckets from `B` on, appended; `<name>_live` the rows of batches not folded yet,
-    /// of which the view shows those from `B` on (a late event's row, before
-    /// `B`, is shown once folded into the merged table: never twice). The
+    /// buckets from `B` on, appended; the live rows of the batches not folded
+    /// yet, held in their log rows (and in `<name>_live`, where an earlier
+    /// build wrote them), of which the view shows those from `B` on (a late
+    /// event's row, before `B`, is shown once folded into the merged table:
+    /// never twice). The
     /// merged table is read as it is (its ranges pruned, its scans parallel,
     /// exactly as a plain table's), and only the recent and live rows, a few
     /// minutes of keys, are added up per key.
     pub fn view_sql(&self) -> String {
         let key = self.key_columns();
         let cols = format!("{key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at");
+        // The live rows its log holds, unnested (text in the collation of
+        // the tables' columns).
+        let live = self.live_array_columns();
+        let arrays = live.iter().map(|(c, _)| format!("l.{c}")).collect::<Vec<_>>().join(", ");
+        let names: Vec<&str> = live.iter().map(|(c, _)| &c["live_".len()..]).collect();
+        let held = live
+            .iter()
+            .zip(&names)
+            .map(|((_, t), n)| if *t == "text" { format!("u.{n} COLLATE \"C\"") } else { format!("u.{n}") })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let names = names.join(", ");
         format!(
             "CREATE OR REPLACE VIEW {name} AS
 SELECT {cols} FROM {merged}
@@ -560,12 +604,17 @@ SELECT {key}, sample_ppm, sum(events)::bigint, sum(attributed_events)::bigint, s
        sum(revenue_micros)::bigint, max(updated_at)
 FROM (SELECT {cols} FROM {recent}
       UNION ALL
-      SELECT {cols} FROM {live} JOIN {boundary} ON rollup = '{name}' AND bucket >= since) open
+      SELECT {cols}
+      FROM (SELECT {cols} FROM {live}
+            UNION ALL
+            SELECT {held}, l.written_at FROM {log} l CROSS JOIN LATERAL unnest({arrays}) AS u({names})) live
+      JOIN {boundary} ON rollup = '{name}' AND bucket >= since) open
 GROUP BY {key}, sample_ppm",
             name = self.name,
             merged = self.merged,
             recent = self.recent_table(),
             live = self.live_table(),
+            log = self.log_table(),
             boundary = BOUNDARY_TABLE,
         )
     }
@@ -767,6 +816,36 @@ SELECT {key}, sample_ppm, events, attributed_events, price_micros, revenue_micro
     /// log row's id.
     pub fn log_append_sql(&self) -> String {
         format!("INSERT INTO {} (events, rows, payload, feeds) VALUES ($1, $2, $3, $4) RETURNING id", self.log_table())
+    }
+
+    /// The columns of its log that hold a batch's live rows (a direct
+    /// table's rows of buckets from its boundary on, as the batch's process
+    /// knew it), one array per column of the view, in the order of a log
+    /// payload's fields: (column, element type).
+    pub fn live_array_columns(&self) -> Vec<(String, &'static str)> {
+        let mut cols = vec![("live_bucket".to_string(), "timestamptz"), ("live_event_type".to_string(), "text")];
+        for d in self.shape.dims.iter() {
+            cols.push((format!("live_{}", d.column()), if d.is_text() { "text" } else { "bigint" }));
+        }
+        cols.push(("live_sample_ppm".to_string(), "integer"));
+        for m in ["events", "attributed_events", "price_micros", "revenue_micros"] {
+            cols.push((format!("live_{m}"), "bigint"));
+        }
+        cols
+    }
+
+    /// [`RollupTable::log_append_sql`] with the batch's live rows: `$5` on,
+    /// one array per [`RollupTable::live_array_columns`].
+    pub fn log_append_live_sql(&self) -> String {
+        let cols = self.live_array_columns();
+        let names: Vec<&str> = cols.iter().map(|(c, _)| c.as_str()).collect();
+        let params: Vec<String> = cols.iter().enumerate().map(|(i, (_, t))| format!("${}::{t}[]", i + 5)).collect();
+        format!(
+            "INSERT INTO {} (events, rows, payload, feeds, {}, written_at) VALUES ($1, $2, $3, $4, {}, now()) RETURNING id",
+            self.log_table(),
+            names.join(", "),
+            params.join(", ")
+        )
     }
 
     /// Takes (deletes and returns) the oldest `$1` payloads of its log.

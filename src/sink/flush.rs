@@ -33,7 +33,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{pin_mut, SinkExt, StreamExt};
 use std::sync::atomic::{AtomicI64, Ordering};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{to_sql_checked, IsNull, Kind, ToSql, Type};
 
 /// Identifies a batch across attempts and restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,27 +177,13 @@ pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushe
 /// ids: int8), `sample_ppm` (int4) when writing to a log, then the four
 /// measures (int8).
 pub(crate) fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<&Ppm>, first: bool, last: bool) -> Bytes {
-    encode_rows_with(table, rows, log_ppm, None, i64::MIN, first, last)
-}
-
-/// [`encode_rows`], with `log_id` (int8) after the measures when given,
-/// of the rows of buckets from `from_minute` on.
-fn encode_rows_with(
-    table: &RollupTable,
-    rows: &[Row],
-    log_ppm: Option<&Ppm>,
-    log_id: Option<i64>,
-    from_minute: i64,
-    first: bool,
-    last: bool,
-) -> Bytes {
     let dims: Vec<Dimension> = table.shape.dims.iter().collect();
-    let fields = 2 + dims.len() + usize::from(log_ppm.is_some()) + 4 + usize::from(log_id.is_some());
+    let fields = 2 + dims.len() + usize::from(log_ppm.is_some()) + 4;
     let mut buf = BytesMut::with_capacity(19 + rows.len() * 120 + 2);
     if first {
         buf.put_slice(COPY_HEADER);
     }
-    for (key, c) in rows.iter().filter(|r| r.0.minute >= from_minute) {
+    for (key, c) in rows {
         buf.put_i16(fields as i16);
         let int8 = |buf: &mut BytesMut, v: i64| {
             buf.put_i32(8);
@@ -229,9 +215,6 @@ fn encode_rows_with(
         int8(&mut buf, c.attributed as i64);
         int8(&mut buf, c.price);
         int8(&mut buf, c.revenue);
-        if let Some(id) = log_id {
-            int8(&mut buf, id);
-        }
     }
     if last {
         buf.put_slice(COPY_TRAILER);
@@ -249,17 +232,16 @@ struct LogRow {
     payload: Vec<u8>,
 }
 
-/// What a batch writes to one table.
-struct TablePlan<'a> {
-    /// Its log row (none when the batch has no rows of it).
+/// What a batch writes to one table: its log row (none when the batch has
+/// no rows of it).
+struct TablePlan {
     log: Option<LogRow>,
-    /// A direct table's rows, and the oldest bucket (minutes) of those
-    /// written as its live rows.
-    live: Option<(&'a [Row], i64)>,
+    /// A direct table's live rows, held in the log row.
+    live: Option<LiveRows>,
 }
 
-impl<'a> TablePlan<'a> {
-    fn new(table: &RollupTable, rows: &'a [Row], ppm: &Ppm, boundary: i64) -> TablePlan<'a> {
+impl TablePlan {
+    fn new(table: &RollupTable, rows: &[Row], ppm: &Ppm, boundary: i64) -> TablePlan {
         if rows.is_empty() {
             return TablePlan { log: None, live: None };
         }
@@ -272,21 +254,115 @@ impl<'a> TablePlan<'a> {
         // those from its boundary on at once, and a late event's (before the
         // boundary) once the fold has added it to the merged table (see
         // `RollupTable::view_sql`). Those before the boundary as known are
-        // left to the fold (the log has them): written once, not twice.
-        let live = (!table.logged && rows.iter().any(|r| r.0.minute >= boundary)).then_some((rows, boundary));
+        // left to the fold (the payload has them): written once, not twice.
+        let live = if table.logged { None } else { LiveRows::of(table, rows, ppm, boundary) };
         TablePlan { log: Some(log), live }
     }
+}
+
+/// A batch's live rows of a direct table: one PostgreSQL array per column
+/// of the view ([`RollupTable::live_array_columns`]), sent in binary and
+/// held in the batch's log row, so that they leave with it at the fold. One
+/// value per column instead of a row per key: PostgreSQL neither writes,
+/// deletes nor vacuums a tuple per key (`BENCHMARKS.md`, "Live rows held in
+/// the log").
+struct LiveRows(Vec<ColumnArray>);
+
+impl LiveRows {
+    /// `rows` of buckets from `from_minute` on, if any.
+    fn of(table: &RollupTable, rows: &[Row], ppm: &Ppm, from_minute: i64) -> Option<LiveRows> {
+        let dims: Vec<Dimension> = table.shape.dims.iter().collect();
+        let mut columns = vec![ColumnArray::new(Type::TIMESTAMPTZ), ColumnArray::new(Type::TEXT)];
+        columns.extend(dims.iter().map(|d| ColumnArray::new(if d.is_text() { Type::TEXT } else { Type::INT8 })));
+        columns.push(ColumnArray::new(Type::INT4));
+        columns.extend((0..4).map(|_| ColumnArray::new(Type::INT8)));
+        let mut held = 0;
+        for (key, c) in rows.iter().filter(|r| r.0.minute >= from_minute) {
+            held += 1;
+            let mut col = columns.iter_mut();
+            let mut next = || col.next().expect("a column per field");
+            next().int8(key.minute * 60_000_000 - PG_EPOCH_US); // timestamptz: µs since 2000
+            next().text(key.event_type.as_str());
+            for d in &dims {
+                match d {
+                    Dimension::Country => next().text(key.country_str()),
+                    Dimension::Os => next().text(key.os.as_str()),
+                    Dimension::Exchange => next().text(key.exchange.as_str()),
+                    Dimension::Campaign => next().int8(key.campaign),
+                    Dimension::Advertiser => next().int8(key.advertiser),
+                    Dimension::Price => next().int8(i64::from(key.price_bucket)),
+                    Dimension::BidPrice => next().int8(i64::from(key.bid_bucket)),
+                    Dimension::Delay => next().int8(i64::from(key.delay_bucket)),
+                }
+            }
+            next().int4(ppm[key.event_type.index()]);
+            for v in [c.events as i64, c.attributed as i64, c.price, c.revenue] {
+                next().int8(v);
+            }
+        }
+        (held > 0).then_some(LiveRows(columns))
+    }
+}
+
+/// One column of live rows as a one-dimensional PostgreSQL array in binary
+/// (its elements as a binary `COPY` writes fields: length, then value).
+#[derive(Debug)]
+struct ColumnArray {
+    element: Type,
+    len: i32,
+    elements: BytesMut,
+}
+
+impl ColumnArray {
+    fn new(element: Type) -> ColumnArray {
+        ColumnArray { element, len: 0, elements: BytesMut::new() }
+    }
+
+    fn int8(&mut self, v: i64) {
+        self.len += 1;
+        self.elements.put_i32(8);
+        self.elements.put_i64(v);
+    }
+
+    fn int4(&mut self, v: i32) {
+        self.len += 1;
+        self.elements.put_i32(4);
+        self.elements.put_i32(v);
+    }
+
+    fn text(&mut self, v: &str) {
+        self.len += 1;
+        self.elements.put_i32(v.len() as i32);
+        self.elements.put_slice(v.as_bytes());
+    }
+}
+
+impl ToSql for ColumnArray {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if !matches!(ty.kind(), Kind::Array(member) if *member == self.element) {
+            return Err(format!("live rows: a column of {} sent as {ty}", self.element).into());
+        }
+        // dimensions, no nulls, the element's type, then the one dimension:
+        // its length and lower bound
+        out.put_i32(1);
+        out.put_i32(0);
+        out.put_u32(self.element.oid());
+        out.put_i32(self.len);
+        out.put_i32(1);
+        out.put_slice(&self.elements);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(ty.kind(), Kind::Array(_))
+    }
+
+    to_sql_checked!();
 }
 
 /// The start of `minute` (at most the year 9575).
 fn minute_time(minute: i64) -> std::time::SystemTime {
     system_time(minute.min(4_000_000_000).saturating_mul(60_000))
-}
-
-/// `rows` of `table` of buckets from `from_minute` on as its live rows in
-/// binary `COPY` format: a log payload's fields, then `log_id`.
-fn encode_live_rows(table: &RollupTable, (rows, from_minute): (&[Row], i64), ppm: &Ppm, log_id: i64) -> Bytes {
-    encode_rows_with(table, rows, Some(ppm), Some(log_id), from_minute, true, true)
 }
 
 /// Writes `batch` (batch `id` of `to.instance`) and `mark` to every table,
@@ -328,27 +404,25 @@ pub async fn write_batch(
         return Ok(Written::Already);
     }
     let ppm = sample_ppm.map(|p| p as i32);
-    let plans: Vec<TablePlan<'_>> = (tables.iter().zip(&batch.tables).enumerate())
+    let plans: Vec<TablePlan> = (tables.iter().zip(&batch.tables).enumerate())
         .map(|(i, (t, rows))| TablePlan::new(t, rows, &ppm, known.get(i)))
         .collect();
-    // One round trip: every table's log row.
+    // One round trip: every table's log row, with its live rows.
     let txr = &tx;
-    let log_ids = futures_util::future::try_join_all(tables.iter().zip(&plans).map(|(table, plan)| async move {
-        let Some(log) = &plan.log else { return Ok(None) };
-        let sql = table.log_append_sql();
+    futures_util::future::try_join_all(tables.iter().zip(&plans).map(|(table, plan)| async move {
+        let Some(log) = &plan.log else { return Ok(()) };
         let feeds = crate::db::tables::feeds_of(tables, &table.name);
-        let params: [&(dyn ToSql + Sync); 4] = [&log.events, &log.rows, &log.payload, &feeds];
-        Ok::<_, tokio_postgres::Error>(Some(txr.query_one(&sql, &params).await?.get::<_, i64>(0)))
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&log.events, &log.rows, &log.payload, &feeds];
+        let sql = match &plan.live {
+            Some(live) => {
+                params.extend(live.0.iter().map(|c| c as &(dyn ToSql + Sync)));
+                table.log_append_live_sql()
+            }
+            None => table.log_append_sql(),
+        };
+        txr.execute(&sql, &params).await.map(drop)
     }))
     .await?;
-    for ((table, plan), log_id) in tables.iter().zip(&plans).zip(log_ids) {
-        if let (Some(live), Some(log_id)) = (plan.live, log_id) {
-            let sink = tx.copy_in::<_, Bytes>(&table.live_copy_sql()).await?;
-            pin_mut!(sink);
-            sink.send(encode_live_rows(table, live, &ppm, log_id)).await?;
-            sink.finish().await?;
-        }
-    }
     let raw_rows = copy_raw(&tx, batch, raw_sample_ppm).await?;
     // Last, so the rows it locks (shared by the parts) are held only until the commit.
     marks::record(&tx, scope, instance, id.run_id, mark, batch.events).await?;
@@ -747,10 +821,12 @@ async fn fold(
             fed |= crate::db::tables::bit_of(tables, &to.name);
         }
     }
-    // Its live rows leave with their log rows: the view reads the folded
-    // rows from the recent or merged table from this commit on. (Whatever
-    // the table is now: it may have been direct, with live rows, in an
-    // earlier run.)
+    // Its live rows leave with their log rows, taken above: the view reads
+    // the folded rows from the recent or merged table from this commit on.
+    // So do those an earlier build wrote to the live table, a row per key
+    // (a fleet member not upgraded yet may still write them), whatever the
+    // table is now: it may have been direct, with live rows, in an earlier
+    // run.
     let ids: Vec<i64> = taken.iter().map(|r| r.get(2)).collect();
     tx.execute(&table.live_delete_sql(), &[&ids]).await?;
     Ok(Folded { taken: taken.len(), rows, events: merged.events as u64, expired: old.expired as u64, more, fed })

@@ -404,17 +404,20 @@ async fn check_config_online_names_each_unreachable_part_in_one_line_and_passes_
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("schema up to date") && stdout.contains("without TLS"), "{stdout}");
     // Autovacuum, as the server has it (this machine's may run without),
-    // then off for one live table: a warning on stdout, not a problem.
+    // then off for one delta log: a warning on stdout, not a problem.
     let client = connect(&db).await;
     let server_on: bool = client.query_one("SELECT current_setting('autovacuum') = 'on'", &[]).await.unwrap().get(0);
     let expected = if server_on { "database: autovacuum on" } else { "autovacuum is off on the server" };
     assert!(stdout.contains(expected), "{stdout}");
-    client.batch_execute("ALTER TABLE rollup_minute_live SET (autovacuum_enabled = false)").await.unwrap();
+    client.batch_execute("ALTER TABLE bid_logger_log_rollup_minute SET (autovacuum_enabled = false)").await.unwrap();
     let (code, stdout, stderr) =
         bid_logger(&["check-config", "--online", "--connect", &publisher.endpoint, "--database-url", &db]);
     assert_eq!(code, 0, "{stderr}");
-    let expected =
-        if server_on { "autovacuum is off for rollup_minute_live:" } else { "autovacuum is off on the server" };
+    let expected = if server_on {
+        "autovacuum is off for bid_logger_log_rollup_minute:"
+    } else {
+        "autovacuum is off on the server"
+    };
     assert!(stdout.contains(expected) && stdout.contains("warning"), "{stdout}");
 
     // A database that is not there: one line, naming the cause.

@@ -104,6 +104,32 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
     assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
     let def: String = admin.query_one(view, &[]).await.unwrap().get(0);
     assert!(def.contains("JOIN bid_logger_boundary"), "the owner's migrate joins the boundary: {def}");
+    // From a build whose batches wrote their live rows to the live table,
+    // a row per key (its log without the live rows' columns, its view
+    // without them): the writer may not add them and says who must; the
+    // owner's migrate adds them and replaces the view.
+    let current = minute.view_sql();
+    let from = current
+        .find("\n            UNION ALL\n            SELECT u.")
+        .expect("set-up: the log's live rows in the view");
+    let to = current.find(") live\n").expect("set-up: the view's live rows");
+    as_owner.batch_execute(&format!("{}{}", &current[..from], &current[to..])).await.expect("the earlier view");
+    let drops: Vec<String> = minute.live_array_columns().into_iter().map(|(c, _)| format!("DROP COLUMN {c}")).collect();
+    let earlier_log = format!("ALTER TABLE bid_logger_log_rollup_minute {}, DROP COLUMN written_at", drops.join(", "));
+    as_owner.batch_execute(&earlier_log).await.expect("the earlier log");
+    let out = bid_logger(&["migrate", "--database-url", &writer_url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let says = "bid_logger_log_rollup_minute lacks the live rows' columns of this build: \
+                run `bid-logger migrate` as the role that owns it";
+    assert!(!out.status.success() && stderr.contains(says), "{stderr}");
+    let out = bid_logger(&["migrate", "--database-url", &owner_url]);
+    assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
+    let def: String = admin.query_one(view, &[]).await.unwrap().get(0);
+    assert!(def.contains("live_bucket"), "the owner's migrate shows the log's live rows: {def}");
+    let columns = "SELECT count(*) FROM pg_attribute WHERE attrelid = 'bid_logger_log_rollup_minute'::regclass
+                   AND (attname LIKE 'live\\_%' OR attname = 'written_at') AND NOT attisdropped";
+    let columns: i64 = admin.query_one(columns, &[]).await.unwrap().get(0);
+    assert_eq!(columns as usize, minute.live_array_columns().len() + 1, "the owner's migrate added the columns");
     // From a build without the hour and day ranges' BRIN index: the writer
     // goes on without it and says so, the owner's migrate makes it.
     as_owner.batch_execute("DROP INDEX rollup_hour_merged_bucket_brin").await.expect("the earlier ranges");

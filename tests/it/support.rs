@@ -643,6 +643,15 @@ pub async fn landed_events(client: &tokio_postgres::Client, table: &str) -> i64 
     client.query_one(&sql, &[]).await.unwrap().get(0)
 }
 
+/// A subquery of `table`'s live rows (`bucket`, `events`): those its log
+/// rows hold, and those an earlier build wrote to its live table.
+pub fn live_rows(table: &str) -> String {
+    format!(
+        "(SELECT u.bucket, u.events FROM bid_logger_log_{table} g, unnest(g.live_bucket, g.live_events) AS u(bucket, events)
+          UNION ALL SELECT bucket, events FROM {table}_live)"
+    )
+}
+
 /// The invariant of a rollup table's parts: every bucket of its merged
 /// table before its boundary, every bucket of its recent table from it on
 /// (so that the view's merged rows and added-up rows never share a key),
@@ -653,8 +662,9 @@ pub async fn assert_boundary_holds(client: &tokio_postgres::Client, table: &str)
     let sql = format!(
         "SELECT (SELECT count(*) FROM {table}_merged WHERE bucket >= b.since),
                 (SELECT count(*) FROM {table}_recent WHERE bucket < b.since),
-                (SELECT count(*) FROM {table}_live WHERE bucket < b.since)
-         FROM bid_logger_boundary b WHERE b.rollup = '{table}'"
+                (SELECT count(*) FROM {live} l WHERE l.bucket < b.since)
+         FROM bid_logger_boundary b WHERE b.rollup = '{table}'",
+        live = live_rows(table)
     );
     let row = client.query_one(&sql, &[]).await.unwrap();
     let (merged, recent, live): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));

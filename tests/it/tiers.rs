@@ -422,7 +422,8 @@ async fn a_late_event_shows_once_folded_into_its_merged_row_never_twice() {
         publisher.publish(e, P);
     }
     logger.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
-    let live: i64 = client.query_one("SELECT count(*) FROM rollup_minute_live", &[]).await.unwrap().get(0);
+    let live = format!("SELECT count(*) FROM {} x", live_rows("rollup_minute"));
+    let live: i64 = client.query_one(&live, &[]).await.unwrap().get(0);
     assert_eq!(live, 0, "late rows are not written as live rows");
     let logged: i64 = client
         .query_one("SELECT coalesce(sum(events), 0)::bigint FROM bid_logger_log_rollup_minute", &[])
@@ -471,9 +472,12 @@ async fn live_rows_behind_a_boundary_another_moved_show_only_once_folded() {
         publisher.publish(e, P);
     }
     logger.wait_metric("bid_logger_events_flushed_total", 200.0, Duration::from_secs(30));
-    let behind = "SELECT coalesce(sum(l.events), 0)::bigint FROM rollup_minute_live l JOIN bid_logger_boundary b
-                  ON b.rollup = 'rollup_minute' AND l.bucket < b.since";
-    let behind: i64 = client.query_one(behind, &[]).await.unwrap().get(0);
+    let behind = format!(
+        "SELECT coalesce(sum(l.events), 0)::bigint FROM {} l JOIN bid_logger_boundary b
+         ON b.rollup = 'rollup_minute' AND l.bucket < b.since",
+        live_rows("rollup_minute")
+    );
+    let behind: i64 = client.query_one(&behind, &[]).await.unwrap().get(0);
     assert_eq!(behind, 200, "set-up: the logger wrote live rows before the boundary it did not know");
     assert_eq!(sum_events(&client, "rollup_minute").await, 0, "live rows before the boundary are not shown");
     logger.stop_ok();
@@ -773,6 +777,60 @@ async fn recent_rows_past_the_retention_leave_with_the_move() {
     assert_warehouse_matches(&client, &events, 1_000_000).await;
 }
 
+/// Live rows as an earlier build wrote them (a row per key in the live
+/// table, none in the log row), left by a hard kill or by a fleet member
+/// not upgraded yet: the view shows them, and the fold that takes their
+/// log rows deletes them, so every event is shown once, before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_rows_an_earlier_build_wrote_to_the_live_table_show_once_and_leave_with_their_log_rows() {
+    let db = fresh_database("earlier_live_rows").await;
+    let mut publisher = Publisher::bind();
+    // no fold before the kill
+    let config = rollup_config("earlier-live", "[rollup.rollup_minute]\nfold-interval = \"1h\"\n");
+    let args = ["--connect", &publisher.endpoint, "--flush-interval", "200ms", "--config", &config];
+    let first = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let events = at(now_ms(), 300, "earlier");
+    for e in &events {
+        publisher.publish(e, P);
+    }
+    first.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
+    drop(first); // SIGKILL: the batches wait in the log
+    let client = connect(&db).await;
+    let held = format!("SELECT count(*) FROM {} x", live_rows("rollup_minute"));
+    let held: i64 = client.query_one(&held, &[]).await.unwrap().get(0);
+    assert!(held > 0, "set-up: rollup_minute has live rows");
+    // as an earlier build leaves them: in the live table, a row per key
+    let arrays = "live_bucket, live_event_type, live_country, live_os, live_campaign_id, live_advertiser_id, \
+                  live_sample_ppm, live_events, live_attributed_events, live_price_micros, live_revenue_micros";
+    let nulls = arrays.split(", ").map(|c| format!("{} = NULL", c.trim())).collect::<Vec<_>>().join(", ");
+    client
+        .batch_execute(&format!(
+            "INSERT INTO rollup_minute_live (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm,
+                                             events, attributed_events, price_micros, revenue_micros, log_id)
+             SELECT u.*, g.id FROM bid_logger_log_rollup_minute g, unnest({arrays}) AS u;
+             UPDATE bid_logger_log_rollup_minute SET {nulls}, written_at = NULL;"
+        ))
+        .await
+        .unwrap();
+    let in_table: i64 = client.query_one("SELECT count(*) FROM rollup_minute_live", &[]).await.unwrap().get(0);
+    assert_eq!(in_table, held, "set-up: the live rows moved to the live table");
+    assert_eq!(sum_events(&client, "rollup_minute").await, 300, "the live table's rows are shown, once");
+
+    let second = Logger::start(&db, &["--connect", &publisher.endpoint]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while second.metric("bid_logger_log_events_consumed_total", "table=\"rollup_minute\"") < 300.0 {
+        assert!(std::time::Instant::now() < deadline, "rollup_minute's log was not folded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.stop_ok();
+    let left: i64 = client.query_one("SELECT count(*) FROM rollup_minute_live", &[]).await.unwrap().get(0);
+    assert_eq!(left, 0, "the live table's rows left with their log rows");
+    assert_eq!(sum_events(&client, "rollup_minute").await, 300, "every event once");
+    assert_boundary_holds(&client, "rollup_minute").await;
+    assert_warehouse_matches(&client, &events, 1_000_000).await;
+}
+
 /// A table that was direct (live rows written, not folded yet when the
 /// logger was killed) and is coarse at the next start: its next
 /// consumption moves its log into its merged rows and takes the live rows
@@ -794,7 +852,8 @@ async fn live_rows_left_by_a_direct_table_leave_with_its_log_when_it_is_coarse_a
     first.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
     drop(first); // SIGKILL: rollup_hour's rows wait as live rows and in its log
     let client = connect(&db).await;
-    let live: i64 = client.query_one("SELECT count(*) FROM rollup_hour_live", &[]).await.unwrap().get(0);
+    let live_hour = format!("SELECT count(*) FROM {} x", live_rows("rollup_hour"));
+    let live: i64 = client.query_one(&live_hour, &[]).await.unwrap().get(0);
     assert!(live > 0, "set-up: rollup_hour has live rows");
     assert_eq!(sum_events(&client, "rollup_hour").await, 300);
 
@@ -807,7 +866,7 @@ async fn live_rows_left_by_a_direct_table_leave_with_its_log_when_it_is_coarse_a
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     second.stop_ok();
-    let live: i64 = client.query_one("SELECT count(*) FROM rollup_hour_live", &[]).await.unwrap().get(0);
+    let live: i64 = client.query_one(&live_hour, &[]).await.unwrap().get(0);
     assert_eq!(live, 0, "the live rows left with their log rows");
     assert_eq!(sum_events(&client, "rollup_hour").await, 300, "every event once");
     assert_eq!(sum_events(&client, "rollup_hour_merged").await, 300, "all in the merged rows");
