@@ -29,7 +29,7 @@
 //! * [`sink`]: the exactly-once flush (a delta becomes one or more
 //!   [`sink::batch::Batch`]es, each holding every table's projected rows;
 //!   each is one transaction: ledger rows, per table a row in its delta log
-//!   and, for a direct table, a binary `COPY` of its live rows; a consumer
+//!   holding, for a direct table, its live rows too; a consumer
 //!   task folds each log into the table at its own interval) with retries
 //!   and merging of pending deltas; a batch's transaction also creates the
 //!   time ranges its rows need that range maintenance has not made yet.

@@ -7,9 +7,11 @@
 --   psql "$COORDINATOR_URL" -v shards=8 -f deploy/citus/distribute.sql
 --
 -- Each rollup table T is three tables: T_merged (ranges by bucket), T_recent
--- and T_live. All three are distributed by the same column, so that the view
--- T (which adds up recent and live rows per key), the fold (recent) and the
--- move (recent -> merged) run on each worker for its own shards:
+-- and T_live (the live rows of builds before the live rows were held in the
+-- delta log, which stays on the coordinator). All three are distributed by
+-- the same column, so that the view T (which adds up recent and live rows
+-- per key), the fold (recent) and the move (recent -> merged) run on each
+-- worker for its own shards:
 --   * campaign_id, when T has it (rollup_minute, rollup_hour, rollup_day, ...);
 --   * otherwise exchange (rollup_exchange_*, price, landscape and timing
 --     tables by exchange);

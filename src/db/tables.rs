@@ -484,6 +484,7 @@ BEGIN
             EXECUTE 'ALTER TABLE {log} {lz4_live}';
         EXCEPTION WHEN OTHERS THEN
             ALTER TABLE {log} {external_live};
+            RAISE NOTICE '{log}: live rows stored uncompressed (lz4: %)', SQLERRM;
         END;
     END IF;
     IF to_regclass('{name}') IS NULL THEN
@@ -757,17 +758,8 @@ SELECT {key}, sample_ppm, events, attributed_events, price_micros, revenue_micro
         }
     }
 
-    /// The binary `COPY` of a batch's live rows (the layout of a log
-    /// payload, then the log row's id).
-    pub fn live_copy_sql(&self) -> String {
-        format!(
-            "COPY {} ({}, sample_ppm, events, attributed_events, price_micros, revenue_micros, log_id) FROM STDIN (FORMAT binary)",
-            self.live_table(),
-            self.key_columns()
-        )
-    }
-
-    /// Deletes the live rows of the log rows `$1` (consumed).
+    /// Deletes the live rows an earlier build wrote to its live table for
+    /// the log rows `$1` (consumed).
     pub fn live_delete_sql(&self) -> String {
         format!("DELETE FROM {} WHERE log_id = ANY($1::bigint[])", self.live_table())
     }

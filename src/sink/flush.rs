@@ -8,8 +8,8 @@
 //!    restarted) did land, and nothing is written again.
 //! 2. For each table: its rows as one row of its delta log (one compressed
 //!    payload) and, for a *direct* table, those of buckets from its
-//!    boundary as known ([`KnownBoundaries`]) on as its live rows (binary
-//!    `COPY`). A batch only appends: it locks no row of the
+//!    boundary as known ([`KnownBoundaries`]) on as its live rows, in the
+//!    same log row (an array per column, [`LiveRows`]). A batch only appends: it locks no row of the
 //!    tables, so batches (of one instance or of a fleet) never wait for one
 //!    another or for a fold. (The log is a *coarse* table's only way in.)
 //! 3. The batch's raw rows (`events_sample`).
@@ -488,8 +488,8 @@ pub const MAX_CONSUME_ROWS: i64 = 64;
 ///
 /// The boundary moves only in a consumption, and this one holds the log's
 /// lock: it is read as it is, and no batch reads it (a batch appends every
-/// row to the log, and those from the boundary as its process last knew it
-/// to the live table). When it is due to move (and the log
+/// row to the log, with those from the boundary as its process last knew
+/// it as its live rows). When it is due to move (and the log
 /// was taken whole), the same transaction moves the recent rows before the
 /// new boundary into the merged table and sets it ([`move_boundary`]).
 #[allow(clippy::too_many_arguments)]

@@ -5,8 +5,8 @@
 //! * [`consumer`]: the task that moves the coarse tables' delta logs into
 //!   their tables.
 //! * [`flush`]: writes one batch in one transaction (ledger rows, then per
-//!   table a compressed row in its delta log and, for a direct table, a
-//!   binary `COPY` of its live rows: appends only), and consumes (folds) a
+//!   table a compressed row in its delta log, holding a direct table's
+//!   live rows too: appends only), and consumes (folds) a
 //!   table's delta log.
 //! * [`marks`]: the committed sequence marks and outstanding events that
 //!   make a restart count what it lost.

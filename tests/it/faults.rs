@@ -940,7 +940,7 @@ async fn a_fold_killed_half_way_loses_and_doubles_nothing_and_the_next_start_fol
     logger.wait_metric("bid_logger_events_flushed_total", first.len() as f64, Duration::from_secs(30));
 
     // The recent table refuses writes: the next fold takes the log's rows
-    // and waits at its upsert; batches append to the live table meanwhile.
+    // and waits at its upsert; batches append to the log meanwhile.
     let mut locker = connect(&db).await;
     let tx = locker.transaction().await.unwrap();
     tx.batch_execute("LOCK TABLE rollup_minute_recent IN EXCLUSIVE MODE").await.unwrap();

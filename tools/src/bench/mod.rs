@@ -276,7 +276,7 @@ pub struct Warehouse<'a> {
 impl Warehouse<'_> {
     /// Pays what the writes so far left to the server, so that it falls in
     /// the run that made it and in no other: a `VACUUM` of the database
-    /// (the dead rows of folded live rows, the visibility of every page
+    /// (the dead rows of folded log and recent rows, the visibility of every page
     /// written), a `CHECKPOINT` (the dirty pages written out), and a wait
     /// (at most 30 s) until no autovacuum worker runs: on the whole server
     /// before a subject's clock starts (one on an earlier subject's
