@@ -7,8 +7,8 @@
 --   psql "$COORDINATOR_URL" -v shards=8 -f deploy/citus/distribute.sql
 --
 -- Each rollup table T is three tables: T_merged (ranges by bucket), T_recent
--- and T_live (the live rows of builds before the live rows were held in the
--- delta log, which stays on the coordinator). All three are distributed by
+-- and T_live (on Citus the live rows stay there, not in the coordinator's
+-- delta log: migrate makes the views so). All three are distributed by
 -- the same column, so that the view T (which adds up recent and live rows
 -- per key), the fold (recent) and the move (recent -> merged) run on each
 -- worker for its own shards:

@@ -460,7 +460,14 @@ BEGIN
     END LOOP;
 END $$;
 DO $$
-DECLARE r record;
+DECLARE
+    r record;
+    -- on Citus the view reads live rows from the live table only (its
+    -- query stays on the workers), and the sink writes them there; so
+    -- does a database set so (`bid_logger.live_rows = 'table'`)
+    in_table boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+                        OR current_setting('bid_logger.live_rows', true) = 'table';
+    view text := CASE WHEN in_table THEN {view_citus} ELSE {view} END;
 BEGIN
     IF to_regclass('{log}') IS NULL THEN
         CREATE TABLE {log} (
@@ -488,7 +495,7 @@ BEGIN
         END;
     END IF;
     IF to_regclass('{name}') IS NULL THEN
-        EXECUTE {view};
+        EXECUTE view;
     ELSIF (SELECT relkind FROM pg_class WHERE oid = to_regclass('{name}')) <> 'v' THEN
         RAISE EXCEPTION '{name} exists and is not a partitioned table or the view bid-logger makes: rename or drop it';
     ELSIF position('{boundary}' in pg_get_viewdef('{name}'::regclass)) = 0 THEN
@@ -498,15 +505,23 @@ BEGIN
         IF NOT {owns_name} THEN
             RAISE EXCEPTION '{name} is the view of an earlier build: run `bid-logger migrate` as the role that owns it (UPGRADING.md), then start this build';
         END IF;
-        EXECUTE {view};
+        EXECUTE view;
         RAISE NOTICE '{name}: its view now shows live rows from its boundary on';
-    ELSIF position('live_bucket' in pg_get_viewdef('{name}'::regclass)) = 0 THEN
+    ELSIF in_table AND position('live_bucket' in pg_get_viewdef('{name}'::regclass)) > 0 THEN
+        -- made before Citus was (the same rows, all pulled to the
+        -- coordinator), or before the setting: its owner makes it read the
+        -- live table only
+        IF {owns_name} THEN
+            EXECUTE view;
+            RAISE NOTICE '{name}: its view now reads live rows from its live table';
+        END IF;
+    ELSIF NOT in_table AND position('live_bucket' in pg_get_viewdef('{name}'::regclass)) = 0 THEN
         -- an earlier build's view shows the live table's rows only; this
         -- build's batches hold theirs in the log: only its owner may
         IF NOT {owns_name} THEN
             RAISE EXCEPTION '{name} is the view of an earlier build: run `bid-logger migrate` as the role that owns it (UPGRADING.md), then start this build';
         END IF;
-        EXECUTE {view};
+        EXECUTE view;
         RAISE NOTICE '{name}: its view now shows the live rows held in its log';
     ELSIF position('JOIN {boundary}' in pg_get_viewdef('{name}'::regclass)) = 0 THEN
         -- an earlier build's view read the boundary in a subquery, which
@@ -514,7 +529,7 @@ BEGIN
         -- same rows, read slower, so a role that may not replace it goes on
         -- (and the migration logs a warning)
         IF {owns_name} THEN
-            EXECUTE {view};
+            EXECUTE view;
             RAISE NOTICE '{name}: its view now joins its boundary (its merged ranges read in parallel again)';
         END IF;
     END IF;
@@ -530,6 +545,7 @@ BEGIN
 END $$;
 ",
             view = quote_literal(&self.view_sql()),
+            view_citus = quote_literal(&self.view_sql_reading(false)),
             est = quote_literal(&self.est_view_sql()),
             brin = self.brin_sql(),
             owns_recent = owned(&recent),
@@ -583,6 +599,15 @@ END $$;",
     /// exactly as a plain table's), and only the recent and live rows, a few
     /// minutes of keys, are added up per key.
     pub fn view_sql(&self) -> String {
+        self.view_sql_reading(true)
+    }
+
+    /// [`RollupTable::view_sql`], reading live rows from the log rows too
+    /// when `log_rows` (not on Citus, where the live table alone keeps the
+    /// view's query on the workers: a query that also reads the
+    /// coordinator's log is run on the coordinator, every row of it pulled
+    /// there; the sink writes the live rows where the view reads them).
+    pub fn view_sql_reading(&self, log_rows: bool) -> String {
         let key = self.key_columns();
         let cols = format!("{key}, sample_ppm, events, attributed_events, price_micros, revenue_micros, updated_at");
         // The live rows its log holds, unnested (text in the collation of
@@ -597,6 +622,18 @@ END $$;",
             .collect::<Vec<_>>()
             .join(", ");
         let names = names.join(", ");
+        let live_rows = if log_rows {
+            format!(
+                "SELECT {cols}
+      FROM (SELECT {cols} FROM {live}
+            UNION ALL
+            SELECT {held}, l.written_at FROM {log} l CROSS JOIN LATERAL unnest({arrays}) AS u({names})) live",
+                live = self.live_table(),
+                log = self.log_table(),
+            )
+        } else {
+            format!("SELECT {cols} FROM {}", self.live_table())
+        };
         format!(
             "CREATE OR REPLACE VIEW {name} AS
 SELECT {cols} FROM {merged}
@@ -605,17 +642,12 @@ SELECT {key}, sample_ppm, sum(events)::bigint, sum(attributed_events)::bigint, s
        sum(revenue_micros)::bigint, max(updated_at)
 FROM (SELECT {cols} FROM {recent}
       UNION ALL
-      SELECT {cols}
-      FROM (SELECT {cols} FROM {live}
-            UNION ALL
-            SELECT {held}, l.written_at FROM {log} l CROSS JOIN LATERAL unnest({arrays}) AS u({names})) live
+      {live_rows}
       JOIN {boundary} ON rollup = '{name}' AND bucket >= since) open
 GROUP BY {key}, sample_ppm",
             name = self.name,
             merged = self.merged,
             recent = self.recent_table(),
-            live = self.live_table(),
-            log = self.log_table(),
             boundary = BOUNDARY_TABLE,
         )
     }
@@ -756,6 +788,17 @@ SELECT {key}, sample_ppm, events, attributed_events, price_micros, revenue_micro
         } else {
             self.fold_interval
         }
+    }
+
+    /// The binary `COPY` of a batch's live rows into its live table (the
+    /// layout of a log payload, then the log row's id), where its view
+    /// reads them there only (on Citus).
+    pub fn live_copy_sql(&self) -> String {
+        format!(
+            "COPY {} ({}, sample_ppm, events, attributed_events, price_micros, revenue_micros, log_id) FROM STDIN (FORMAT binary)",
+            self.live_table(),
+            self.key_columns()
+        )
     }
 
     /// Deletes the live rows an earlier build wrote to its live table for

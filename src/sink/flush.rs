@@ -31,7 +31,7 @@ use bid_logger_core::aggregate::{Dimension, Row};
 use bid_logger_core::wire::EventType;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{pin_mut, SinkExt, StreamExt};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, Kind, ToSql, Type};
 
@@ -51,28 +51,45 @@ pub struct BatchId {
 /// have moved it since): a batch leaves out of a direct table's live rows
 /// the buckets before it, which the view would not show (they show once
 /// folded into the merged table, as late events' rows do).
+///
+/// Also where each table's view reads live rows: from the log rows (this
+/// build's migration, on PostgreSQL), or from the live table only (its
+/// migration on Citus, where a view reading the coordinator's log could
+/// not run on the workers; or an earlier build's view), read with the
+/// boundaries. Until read: from the log rows.
 #[derive(Debug)]
-pub struct KnownBoundaries(Vec<AtomicI64>);
+pub struct KnownBoundaries {
+    since: Vec<AtomicI64>,
+    rows_in_live_table: Vec<AtomicBool>,
+}
 
 impl KnownBoundaries {
     /// Nothing known of `tables` tables.
     pub fn new(tables: usize) -> KnownBoundaries {
-        KnownBoundaries((0..tables).map(|_| AtomicI64::new(i64::MIN)).collect())
+        KnownBoundaries {
+            since: (0..tables).map(|_| AtomicI64::new(i64::MIN)).collect(),
+            rows_in_live_table: (0..tables).map(|_| AtomicBool::new(false)).collect(),
+        }
     }
 
     /// Table `t`'s boundary as known (`i64::MIN`: not known).
     pub fn get(&self, t: usize) -> i64 {
-        self.0.get(t).map_or(i64::MIN, |b| b.load(Ordering::Relaxed))
+        self.since.get(t).map_or(i64::MIN, |b| b.load(Ordering::Relaxed))
     }
 
     /// Table `t`'s boundary was seen at `minute` (an older sight is kept out).
     pub fn saw(&self, t: usize, minute: i64) {
-        if let Some(b) = self.0.get(t) {
+        if let Some(b) = self.since.get(t) {
             b.fetch_max(minute, Ordering::Relaxed);
         }
     }
 
-    /// Reads every table's boundary.
+    /// Whether table `t`'s view reads live rows from its live table only.
+    fn rows_in_live_table(&self, t: usize) -> bool {
+        self.rows_in_live_table.get(t).is_some_and(|b| b.load(Ordering::Relaxed))
+    }
+
+    /// Reads every table's boundary, and where its view reads live rows.
     pub async fn read(
         &self,
         client: &impl tokio_postgres::GenericClient,
@@ -84,9 +101,20 @@ impl KnownBoundaries {
                 self.saw(t, row.get(1));
             }
         }
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        for row in client.query(ROWS_IN_LIVE_TABLE, &[&names]).await? {
+            if let Some(t) = tables.iter().position(|t| t.name == row.get::<_, &str>(0)) {
+                self.rows_in_live_table[t].store(row.get(1), Ordering::Relaxed);
+            }
+        }
         Ok(())
     }
 }
+
+/// Per view of `$1`: whether it reads live rows from its live table only
+/// (not the log rows' `live_bucket`, …).
+const ROWS_IN_LIVE_TABLE: &str = "SELECT t, position('live_bucket' in pg_get_viewdef(to_regclass(t))) = 0
+    FROM unnest($1::text[]) t WHERE to_regclass(t) IS NOT NULL";
 
 /// Where and how batches are written.
 #[derive(Debug, Clone, Copy)]
@@ -177,13 +205,27 @@ pub const PRUNE_LEDGER: &str = "DELETE FROM bid_logger_flush_ledger WHERE flushe
 /// ids: int8), `sample_ppm` (int4) when writing to a log, then the four
 /// measures (int8).
 pub(crate) fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<&Ppm>, first: bool, last: bool) -> Bytes {
+    encode_rows_with(table, rows, log_ppm, None, i64::MIN, first, last)
+}
+
+/// [`encode_rows`], with `log_id` (int8) after the measures when given,
+/// of the rows of buckets from `from_minute` on.
+fn encode_rows_with(
+    table: &RollupTable,
+    rows: &[Row],
+    log_ppm: Option<&Ppm>,
+    log_id: Option<i64>,
+    from_minute: i64,
+    first: bool,
+    last: bool,
+) -> Bytes {
     let dims: Vec<Dimension> = table.shape.dims.iter().collect();
-    let fields = 2 + dims.len() + usize::from(log_ppm.is_some()) + 4;
+    let fields = 2 + dims.len() + usize::from(log_ppm.is_some()) + 4 + usize::from(log_id.is_some());
     let mut buf = BytesMut::with_capacity(19 + rows.len() * 120 + 2);
     if first {
         buf.put_slice(COPY_HEADER);
     }
-    for (key, c) in rows {
+    for (key, c) in rows.iter().filter(|r| r.0.minute >= from_minute) {
         buf.put_i16(fields as i16);
         let int8 = |buf: &mut BytesMut, v: i64| {
             buf.put_i32(8);
@@ -215,6 +257,9 @@ pub(crate) fn encode_rows(table: &RollupTable, rows: &[Row], log_ppm: Option<&Pp
         int8(&mut buf, c.attributed as i64);
         int8(&mut buf, c.price);
         int8(&mut buf, c.revenue);
+        if let Some(id) = log_id {
+            int8(&mut buf, id);
+        }
     }
     if last {
         buf.put_slice(COPY_TRAILER);
@@ -234,14 +279,23 @@ struct LogRow {
 
 /// What a batch writes to one table: its log row (none when the batch has
 /// no rows of it).
-struct TablePlan {
+struct TablePlan<'a> {
     log: Option<LogRow>,
-    /// A direct table's live rows, held in the log row.
-    live: Option<LiveRows>,
+    /// A direct table's live rows.
+    live: Option<Live<'a>>,
 }
 
-impl TablePlan {
-    fn new(table: &RollupTable, rows: &[Row], ppm: &Ppm, boundary: i64) -> TablePlan {
+/// Where a batch's live rows of a table go: where its view reads them.
+enum Live<'a> {
+    /// Held in its log row.
+    InLog(LiveRows),
+    /// A row per key in its live table (`rows` of buckets from the minute
+    /// on): where the view reads the live table only.
+    Rows(&'a [Row], i64),
+}
+
+impl<'a> TablePlan<'a> {
+    fn new(table: &RollupTable, rows: &'a [Row], ppm: &Ppm, boundary: i64, in_table: bool) -> TablePlan<'a> {
         if rows.is_empty() {
             return TablePlan { log: None, live: None };
         }
@@ -255,7 +309,13 @@ impl TablePlan {
         // boundary) once the fold has added it to the merged table (see
         // `RollupTable::view_sql`). Those before the boundary as known are
         // left to the fold (the payload has them): written once, not twice.
-        let live = if table.logged { None } else { LiveRows::of(table, rows, ppm, boundary) };
+        let live = if table.logged {
+            None
+        } else if in_table {
+            rows.iter().any(|r| r.0.minute >= boundary).then_some(Live::Rows(rows, boundary))
+        } else {
+            LiveRows::of(table, rows, ppm, boundary).map(Live::InLog)
+        };
         TablePlan { log: Some(log), live }
     }
 }
@@ -404,25 +464,33 @@ pub async fn write_batch(
         return Ok(Written::Already);
     }
     let ppm = sample_ppm.map(|p| p as i32);
-    let plans: Vec<TablePlan> = (tables.iter().zip(&batch.tables).enumerate())
-        .map(|(i, (t, rows))| TablePlan::new(t, rows, &ppm, known.get(i)))
+    let plans: Vec<TablePlan<'_>> = (tables.iter().zip(&batch.tables).enumerate())
+        .map(|(i, (t, rows))| TablePlan::new(t, rows, &ppm, known.get(i), known.rows_in_live_table(i)))
         .collect();
     // One round trip: every table's log row, with its live rows.
     let txr = &tx;
-    futures_util::future::try_join_all(tables.iter().zip(&plans).map(|(table, plan)| async move {
-        let Some(log) = &plan.log else { return Ok(()) };
+    let log_ids = futures_util::future::try_join_all(tables.iter().zip(&plans).map(|(table, plan)| async move {
+        let Some(log) = &plan.log else { return Ok(None) };
         let feeds = crate::db::tables::feeds_of(tables, &table.name);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&log.events, &log.rows, &log.payload, &feeds];
         let sql = match &plan.live {
-            Some(live) => {
+            Some(Live::InLog(live)) => {
                 params.extend(live.0.iter().map(|c| c as &(dyn ToSql + Sync)));
                 table.log_append_live_sql()
             }
-            None => table.log_append_sql(),
+            _ => table.log_append_sql(),
         };
-        txr.execute(&sql, &params).await.map(drop)
+        Ok::<_, tokio_postgres::Error>(Some(txr.query_one(&sql, &params).await?.get::<_, i64>(0)))
     }))
     .await?;
+    for ((table, plan), log_id) in tables.iter().zip(&plans).zip(log_ids) {
+        if let (Some(Live::Rows(rows, from_minute)), Some(log_id)) = (&plan.live, log_id) {
+            let sink = tx.copy_in::<_, Bytes>(&table.live_copy_sql()).await?;
+            pin_mut!(sink);
+            sink.send(encode_rows_with(table, rows, Some(&ppm), Some(log_id), *from_minute, true, true)).await?;
+            sink.finish().await?;
+        }
+    }
     let raw_rows = copy_raw(&tx, batch, raw_sample_ppm).await?;
     // Last, so the rows it locks (shared by the parts) are held only until the commit.
     marks::record(&tx, scope, instance, id.run_id, mark, batch.events).await?;

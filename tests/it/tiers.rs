@@ -777,6 +777,44 @@ async fn recent_rows_past_the_retention_leave_with_the_move() {
     assert_warehouse_matches(&client, &events, 1_000_000).await;
 }
 
+/// A view that reads live rows from its live table only (as `migrate`
+/// makes it on Citus, where a view reading the coordinator's log could not
+/// run on the workers, or where the database says so): the logger reads
+/// that at start and writes its batches' live rows there, a row per key,
+/// so they show at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_reading_the_live_table_only_gets_the_live_rows_there() {
+    let db = fresh_database("live_table_view").await;
+    let out = bid_logger(&["migrate", "--database-url", &db]);
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+    let client = connect(&db).await;
+    let name: String = client.query_one("SELECT current_database()::text", &[]).await.unwrap().get(0);
+    client.batch_execute(&format!("ALTER DATABASE {name} SET bid_logger.live_rows = 'table'")).await.unwrap();
+    let out = bid_logger(&["migrate", "--database-url", &db]);
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+    let def: String = client.query_one("SELECT pg_get_viewdef('rollup_minute')", &[]).await.unwrap().get(0);
+    assert!(!def.contains("live_bucket"), "the owner's migrate made the view read the live table only: {def}");
+    let mut publisher = Publisher::bind();
+    let config = rollup_config("live-table-view", "[rollup.rollup_minute]\nfold-interval = \"1h\"\n");
+    let args = ["--connect", &publisher.endpoint, "--flush-interval", "200ms", "--config", &config];
+    let logger = Logger::start(&db, &args);
+    publisher.wait_for_subscriptions(all_topics(P));
+    let events = at(now_ms(), 300, "table-view");
+    for e in &events {
+        publisher.publish(e, P);
+    }
+    logger.wait_metric("bid_logger_events_flushed_total", 300.0, Duration::from_secs(30));
+    let in_table: i64 = client.query_one("SELECT count(*) FROM rollup_minute_live", &[]).await.unwrap().get(0);
+    let in_log = "SELECT coalesce(sum(cardinality(live_bucket)), 0)::bigint FROM bid_logger_log_rollup_minute";
+    let in_log: i64 = client.query_one(in_log, &[]).await.unwrap().get(0);
+    assert!(in_table > 0 && in_log == 0, "live rows in the live table ({in_table}), none in the log ({in_log})");
+    assert_eq!(sum_events(&client, "rollup_minute").await, 300, "shown at once, before any fold");
+    logger.stop_ok();
+    let left: i64 = client.query_one("SELECT count(*) FROM rollup_minute_live", &[]).await.unwrap().get(0);
+    assert_eq!(left, 0, "folded at the stop, the live rows with their log rows");
+    assert_warehouse_matches(&client, &events, 1_000_000).await;
+}
+
 /// Live rows as an earlier build wrote them (a row per key in the live
 /// table, none in the log row), left by a hard kill or by a fleet member
 /// not upgraded yet: the view shows them, and the fold that takes their
