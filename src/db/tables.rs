@@ -466,7 +466,7 @@ DECLARE
     -- query stays on the workers), and the sink writes them there; so
     -- does a database set so (`bid_logger.live_rows = 'table'`)
     in_table boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
-                        OR current_setting('bid_logger.live_rows', true) = 'table';
+                        OR coalesce(current_setting('bid_logger.live_rows', true), '') = 'table';
     view text := CASE WHEN in_table THEN {view_citus} ELSE {view} END;
 BEGIN
     IF to_regclass('{log}') IS NULL THEN
@@ -801,8 +801,9 @@ SELECT {key}, sample_ppm, events, attributed_events, price_micros, revenue_micro
         )
     }
 
-    /// Deletes the live rows an earlier build wrote to its live table for
-    /// the log rows `$1` (consumed).
+    /// Deletes the live rows written to its live table (by an earlier
+    /// build, or where its view reads them there) for the log rows `$1`
+    /// (consumed).
     pub fn live_delete_sql(&self) -> String {
         format!("DELETE FROM {} WHERE log_id = ANY($1::bigint[])", self.live_table())
     }

@@ -9,7 +9,9 @@
 //! 2. For each table: its rows as one row of its delta log (one compressed
 //!    payload) and, for a *direct* table, those of buckets from its
 //!    boundary as known ([`KnownBoundaries`]) on as its live rows, in the
-//!    same log row (an array per column, [`LiveRows`]). A batch only appends: it locks no row of the
+//!    same log row (an array per column, [`LiveRows`]), or, where its view
+//!    reads them from its live table only (on Citus), a binary `COPY` of
+//!    them into it. A batch only appends: it locks no row of the
 //!    tables, so batches (of one instance or of a fleet) never wait for one
 //!    another or for a fold. (The log is a *coarse* table's only way in.)
 //! 3. The batch's raw rows (`events_sample`).
@@ -113,7 +115,8 @@ impl KnownBoundaries {
 
 /// Per view of `$1`: whether it reads live rows from its live table only
 /// (not the log rows' `live_bucket`, …).
-const ROWS_IN_LIVE_TABLE: &str = "SELECT t, position('live_bucket' in pg_get_viewdef(to_regclass(t))) = 0
+const ROWS_IN_LIVE_TABLE: &str =
+    "SELECT t, coalesce(position('live_bucket' in pg_get_viewdef(to_regclass(t))) = 0, false)
     FROM unnest($1::text[]) t WHERE to_regclass(t) IS NOT NULL";
 
 /// Where and how batches are written.
@@ -467,7 +470,8 @@ pub async fn write_batch(
     let plans: Vec<TablePlan<'_>> = (tables.iter().zip(&batch.tables).enumerate())
         .map(|(i, (t, rows))| TablePlan::new(t, rows, &ppm, known.get(i), known.rows_in_live_table(i)))
         .collect();
-    // One round trip: every table's log row, with its live rows.
+    // One round trip: every table's log row, with its live rows (or then
+    // a `COPY` of them into its live table, where the view reads them there).
     let txr = &tx;
     let log_ids = futures_util::future::try_join_all(tables.iter().zip(&plans).map(|(table, plan)| async move {
         let Some(log) = &plan.log else { return Ok(None) };
@@ -891,8 +895,9 @@ async fn fold(
     }
     // Its live rows leave with their log rows, taken above: the view reads
     // the folded rows from the recent or merged table from this commit on.
-    // So do those an earlier build wrote to the live table, a row per key
-    // (a fleet member not upgraded yet may still write them), whatever the
+    // So do those written to the live table, a row per key (by an earlier
+    // build, a fleet member not upgraded yet, or where the view reads them
+    // there, on Citus), whatever the
     // table is now: it may have been direct, with live rows, in an earlier
     // run.
     let ids: Vec<i64> = taken.iter().map(|r| r.get(2)).collect();
