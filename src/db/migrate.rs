@@ -140,6 +140,12 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
                 "its ranges have no BRIN index on bucket yet (long queries read whole ranges): \
                  run `bid-logger migrate` as the role that owns it (UPGRADING.md)");
         }
+        if !row.get::<_, bool>(2) {
+            tracing::warn!(table = %table.name,
+                "the view reads the live rows held in the delta log, where this database keeps them in the live \
+                 table (on Citus the view then runs on the coordinator: the same rows, slower): \
+                 run `bid-logger migrate` as the role that owns it (docs/citus.md)");
+        }
     }
     let day_like_hour =
         |t: &RollupTable| t.name == "rollup_day" && t.shape.grain == Grain::Day && t.shape.dims == hour_dims(tables);
@@ -158,11 +164,17 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
 /// For a rollup table (`$1`: its name; `$2`: its BRIN index's, if it has
 /// one): whether its view joins its boundary, as [`RollupTable::view_sql`]
 /// makes it (an earlier build's read it in a subquery, which keeps
-/// PostgreSQL from scanning its merged ranges in parallel), and whether its
-/// BRIN index exists. Only the owner makes either.
+/// PostgreSQL from scanning its merged ranges in parallel), whether its
+/// BRIN index exists, and whether its view reads live rows where the
+/// database keeps them (on Citus, or where `bid_logger.live_rows` is
+/// `table`, from the live table only: a view made before reads the log's
+/// too, which Citus runs on the coordinator). Only the owner makes any.
 const OWNERS_WORK_DONE: &str =
     "SELECT coalesce(position('JOIN bid_logger_boundary' in pg_get_viewdef(to_regclass($1)::oid)) > 0, true),
-            $2::text IS NULL OR to_regclass($2::text) IS NOT NULL";
+            $2::text IS NULL OR to_regclass($2::text) IS NOT NULL,
+            NOT ((EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+                  OR coalesce(current_setting('bid_logger.live_rows', true), '') = 'table')
+                 AND coalesce(position('live_bucket' in pg_get_viewdef(to_regclass($1)::oid)) > 0, false))";
 
 fn hour_dims(tables: &[RollupTable]) -> Dimensions {
     tables.iter().find(|t| t.name == "rollup_hour").map_or(Dimensions::ALL, |t| t.shape.dims)

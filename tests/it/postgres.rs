@@ -130,6 +130,26 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
                    AND (attname LIKE 'live\\_%' OR attname = 'written_at') AND NOT attisdropped";
     let columns: i64 = admin.query_one(columns, &[]).await.unwrap().get(0);
     assert_eq!(columns as usize, minute.live_array_columns().len() + 1, "the owner's migrate added the columns");
+    // A database that keeps its live rows in the live tables (as on Citus)
+    // whose views were made before: the writer goes on with them (the same
+    // rows, the log's read too) and says so; the owner's migrate makes them
+    // read the live table only.
+    admin.batch_execute(&format!("ALTER DATABASE {db_name} SET bid_logger.live_rows = 'table'")).await.unwrap();
+    let out = bid_logger(&["migrate", "--database-url", &writer_url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the writer goes on: {stderr}");
+    assert!(
+        stderr.contains("the view reads the live rows held in the delta log") && stderr.contains("rollup_minute"),
+        "and says so: {stderr}"
+    );
+    let out = bid_logger(&["migrate", "--database-url", &owner_url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("held in the delta log"), "migrate as the owner: {stderr}");
+    let def: String = admin.query_one(view, &[]).await.unwrap().get(0);
+    assert!(!def.contains("live_bucket"), "the owner's migrate reads the live table only: {def}");
+    admin.batch_execute(&format!("ALTER DATABASE {db_name} RESET bid_logger.live_rows")).await.unwrap();
+    let out = bid_logger(&["migrate", "--database-url", &owner_url]);
+    assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
     // From a build without the hour and day ranges' BRIN index: the writer
     // goes on without it and says so, the owner's migrate makes it.
     as_owner.batch_execute("DROP INDEX rollup_hour_merged_bucket_brin").await.expect("the earlier ranges");
