@@ -1,7 +1,7 @@
 //! Schema migrations: the files in `sql/`, applied in order, once; then the
 //! declared rollup tables, created when missing.
 
-use super::tables::{check_existing, RollupTable, EXISTING_COLUMNS};
+use super::tables::{check_existing, RollupTable, EXISTING_COLUMNS, LIVE_ROWS_IN_TABLE};
 use super::DbError;
 use bid_logger_core::aggregate::{Dimensions, Grain};
 
@@ -129,7 +129,7 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
         tx.batch_execute(&table.create_sql()).await?;
         // what only the owner may change, which create_sql changed when it might
         let brin = table.brin_index();
-        let row = tx.query_one(OWNERS_WORK_DONE, &[&table.name, &brin]).await?;
+        let row = tx.query_one(&owners_work_done(), &[&table.name, &brin]).await?;
         if !row.get::<_, bool>(0) {
             tracing::warn!(table = %table.name,
                 "the view is an earlier build's, read without parallel scans (the same rows, slower): \
@@ -168,13 +168,16 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
 /// BRIN index exists, and whether its view reads live rows where the
 /// database keeps them (on Citus, or where `bid_logger.live_rows` is
 /// `table`, from the live table only: a view made before reads the log's
-/// too, which Citus runs on the coordinator). Only the owner makes any.
-const OWNERS_WORK_DONE: &str =
-    "SELECT coalesce(position('JOIN bid_logger_boundary' in pg_get_viewdef(to_regclass($1)::oid)) > 0, true),
+/// too, which Citus runs on the coordinator: [`LIVE_ROWS_IN_TABLE`]). Only
+/// the owner makes any.
+fn owners_work_done() -> String {
+    format!(
+        "SELECT coalesce(position('JOIN bid_logger_boundary' in pg_get_viewdef(to_regclass($1)::oid)) > 0, true),
             $2::text IS NULL OR to_regclass($2::text) IS NOT NULL,
-            NOT ((EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
-                  OR coalesce(current_setting('bid_logger.live_rows', true), '') = 'table')
-                 AND coalesce(position('live_bucket' in pg_get_viewdef(to_regclass($1)::oid)) > 0, false))";
+            NOT ({LIVE_ROWS_IN_TABLE}
+                 AND coalesce(position('live_bucket' in pg_get_viewdef(to_regclass($1)::oid)) > 0, false))"
+    )
+}
 
 fn hour_dims(tables: &[RollupTable]) -> Dimensions {
     tables.iter().find(|t| t.name == "rollup_hour").map_or(Dimensions::ALL, |t| t.shape.dims)

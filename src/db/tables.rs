@@ -103,6 +103,13 @@ pub const MOVE_MOST_BUCKETS: i64 = 5;
 /// which holds the log's lock, reads it to split its sums and moves it.
 pub const BOUNDARY_TABLE: &str = "bid_logger_boundary";
 
+/// Whether the database keeps the direct tables' live rows in their live
+/// tables (SQL, true or false): on Citus, whose workers cannot read the
+/// coordinator's logs, or where `bid_logger.live_rows` is `table`. Its
+/// views then read live rows there only ([`RollupTable::view_sql_reading`]).
+pub const LIVE_ROWS_IN_TABLE: &str = "(EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') \
+     OR coalesce(current_setting('bid_logger.live_rows', true), '') = 'table')";
+
 /// A default table: (name, grain, dimensions, retention in days, 0 = forever).
 type DefaultTable = (&'static str, Grain, &'static [Dimension], u64);
 
@@ -465,8 +472,7 @@ DECLARE
     -- on Citus the view reads live rows from the live table only (its
     -- query stays on the workers), and the sink writes them there; so
     -- does a database set so (`bid_logger.live_rows = 'table'`)
-    in_table boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
-                        OR coalesce(current_setting('bid_logger.live_rows', true), '') = 'table';
+    in_table boolean := {live_rows_in_table};
     view text := CASE WHEN in_table THEN {view_citus} ELSE {view} END;
 BEGIN
     IF to_regclass('{log}') IS NULL THEN
@@ -546,6 +552,7 @@ END $$;
 ",
             view = quote_literal(&self.view_sql()),
             view_citus = quote_literal(&self.view_sql_reading(false)),
+            live_rows_in_table = LIVE_ROWS_IN_TABLE,
             est = quote_literal(&self.est_view_sql()),
             brin = self.brin_sql(),
             owns_recent = owned(&recent),

@@ -897,9 +897,8 @@ async fn fold(
     // the folded rows from the recent or merged table from this commit on.
     // So do those written to the live table, a row per key (by an earlier
     // build, a fleet member not upgraded yet, or where the view reads them
-    // there, on Citus), whatever the
-    // table is now: it may have been direct, with live rows, in an earlier
-    // run.
+    // there, on Citus), whatever the table is now: it may have been
+    // direct, with live rows, in an earlier run.
     let ids: Vec<i64> = taken.iter().map(|r| r.get(2)).collect();
     tx.execute(&table.live_delete_sql(), &[&ids]).await?;
     Ok(Folded { taken: taken.len(), rows, events: merged.events as u64, expired: old.expired as u64, more, fed })
