@@ -659,6 +659,27 @@ GROUP BY {key}, sample_ppm",
         )
     }
 
+    /// Its rows, each with its measures corrected for sampling as its
+    /// `_est` view corrects them ([`RollupTable::est_view_sql`]), but not
+    /// added up per key (and in `double precision`, not `numeric`): what a
+    /// query that groups them itself should read. The view's grouping by
+    /// every key costs a hash aggregate of every row of the range before
+    /// the query's own: a 90-day report by campaign over `rollup_day_est`
+    /// took 7 s where these rows took 0.5 s (BENCHMARKS.md, "A report over
+    /// a long range").
+    pub fn estimated_rows_sql(&self) -> String {
+        let est = |m: &str| format!("{m}::float8 * 1000000 / sample_ppm AS {m}");
+        format!(
+            "SELECT {key}, {events}, {attributed}, {price}, {revenue} FROM {name}",
+            key = self.key_columns(),
+            events = est("events"),
+            attributed = est("attributed_events"),
+            price = est("price_micros"),
+            revenue = est("revenue_micros"),
+            name = self.name,
+        )
+    }
+
     /// Its `_est` view: rows scaled by `1e6 / sample_ppm` and added up over
     /// rates. A plain `GROUP BY` over the table, so PostgreSQL pushes a
     /// query's conditions on `bucket` (and the dimensions) into the scan and

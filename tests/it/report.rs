@@ -177,4 +177,29 @@ async fn the_report_gives_exact_figures_per_group_from_the_right_tier_in_every_f
     assert_eq!(doc["source"], "rollup_exchange_hour_est");
     let events: f64 = doc["rows"].as_array().unwrap().iter().map(|r| r["events"].as_f64().unwrap()).sum();
     assert_eq!(events, 3000.0);
+
+    // Rows of one key sampled at two rates: each corrected for its own
+    // (3 events at 1/8 and 2 at 1/2 are 28), as the `_est` view corrects
+    // them, though the report groups the rows itself.
+    let client = connect(&db).await;
+    client
+        .batch_execute(
+            "INSERT INTO rollup_minute_merged (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm,
+                 events, attributed_events, price_micros, revenue_micros)
+             SELECT date_trunc('minute', now()) - interval '30 minutes', 'impression', 'ZZ', 'ios', 1, 1, ppm, n, 0, 1000 * n, 0
+             FROM (VALUES (125000, 3), (500000, 2)) r(ppm, n)",
+        )
+        .await
+        .unwrap();
+    let est: f64 =
+        client.query_one("SELECT sum(events) FROM rollup_minute_est WHERE country = 'ZZ'", &[]).await.unwrap().get(0);
+    let doc: serde_json::Value = serde_json::from_str(&report(
+        &db,
+        &["--since", "2h", "--by", "country", "--where", "country=ZZ", "--format", "json"],
+    ))
+    .unwrap();
+    let row = &doc["rows"][0];
+    assert_eq!([est, row["events"].as_f64().unwrap(), row["impressions"].as_f64().unwrap()], [28.0; 3], "{doc}");
+    assert_eq!(row["spend_usd"].as_f64(), Some(0.03), "28 000 micros: {doc}");
+    assert_eq!(row["cpm_usd"].as_f64(), Some(1.0), "{doc}");
 }
