@@ -86,18 +86,20 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
     let view = "SELECT pg_get_viewdef('rollup_minute'::regclass)";
     let def: String = admin.query_one(view, &[]).await.unwrap().get(0);
     assert!(def.contains("JOIN bid_logger_boundary"), "the owner's migrate replaced the view: {def}");
+    // An earlier build's part only the owner may change: the writer's
+    // migrate goes on without changing it and warns, naming the table.
+    let writer_goes_on_and_says = |says: &str, table: &str| {
+        let out = bid_logger(&["migrate", "--database-url", &writer_url]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "the writer goes on: {stderr}");
+        assert!(stderr.contains(says) && stderr.contains(table), "and says so: {stderr}");
+    };
     // From a build whose view read the boundary in a subquery (the same
     // rows, its merged ranges never scanned in parallel): the writer goes
     // on with it, the owner's migrate replaces it.
     let subquery = "\n      WHERE bucket >= (SELECT since FROM bid_logger_boundary WHERE rollup = 'rollup_minute')";
     as_owner.batch_execute(&minute.view_sql().replace(filter, subquery)).await.expect("the earlier view");
-    let out = bid_logger(&["migrate", "--database-url", &writer_url]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the writer goes on: {stderr}");
-    assert!(
-        stderr.contains("read without parallel scans") && stderr.contains("rollup_minute"),
-        "and says so: {stderr}"
-    );
+    writer_goes_on_and_says("read without parallel scans", "rollup_minute");
     let def: String = admin.query_one(view, &[]).await.unwrap().get(0);
     assert!(!def.contains("JOIN bid_logger_boundary"), "only its owner replaces the view: {def}");
     let out = bid_logger(&["migrate", "--database-url", &owner_url]);
@@ -135,13 +137,7 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
     // rows, the log's read too) and says so; the owner's migrate makes them
     // read the live table only.
     admin.batch_execute(&format!("ALTER DATABASE {db_name} SET bid_logger.live_rows = 'table'")).await.unwrap();
-    let out = bid_logger(&["migrate", "--database-url", &writer_url]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the writer goes on: {stderr}");
-    assert!(
-        stderr.contains("the view reads the live rows held in the delta log") && stderr.contains("rollup_minute"),
-        "and says so: {stderr}"
-    );
+    writer_goes_on_and_says("the view reads the live rows held in the delta log", "rollup_minute");
     let out = bid_logger(&["migrate", "--database-url", &owner_url]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !stderr.contains("held in the delta log"), "migrate as the owner: {stderr}");
@@ -153,10 +149,7 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
     // From a build without the hour and day ranges' BRIN index: the writer
     // goes on without it and says so, the owner's migrate makes it.
     as_owner.batch_execute("DROP INDEX rollup_hour_merged_bucket_brin").await.expect("the earlier ranges");
-    let out = bid_logger(&["migrate", "--database-url", &writer_url]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the writer goes on: {stderr}");
-    assert!(stderr.contains("no BRIN index on bucket yet") && stderr.contains("rollup_hour"), "and says so: {stderr}");
+    writer_goes_on_and_says("no BRIN index on bucket yet", "rollup_hour");
     let out = bid_logger(&["migrate", "--database-url", &owner_url]);
     assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
     let made: bool =
