@@ -128,8 +128,8 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
         check_existing(table, &columns).map_err(DbError::Schema)?;
         tx.batch_execute(&table.create_sql()).await?;
         // what only the owner may change, which create_sql changed when it might
-        let brin = table.brin_index();
-        let row = tx.query_one(&owners_work_done(), &[&table.name, &brin]).await?;
+        let indexes = table.range_indexes();
+        let row = tx.query_one(&owners_work_done(), &[&table.name, &indexes]).await?;
         if !row.get::<_, bool>(0) {
             tracing::warn!(table = %table.name,
                 "the view is an earlier build's, read without parallel scans (the same rows, slower): \
@@ -137,8 +137,8 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
         }
         if !row.get::<_, bool>(1) {
             tracing::warn!(table = %table.name,
-                "its ranges have no BRIN index on bucket yet (long queries read whole ranges): \
-                 run `bid-logger migrate` as the role that owns it (UPGRADING.md)");
+                "its ranges lack an index of this build's (on bucket: BRIN, and one per event type), \
+                 so long queries read more of them: run `bid-logger migrate` as the role that owns it (UPGRADING.md)");
         }
         if !row.get::<_, bool>(2) {
             tracing::warn!(table = %table.name,
@@ -161,19 +161,19 @@ pub async fn migrate(client: &mut tokio_postgres::Client, tables: &[RollupTable]
     Ok(count)
 }
 
-/// For a rollup table (`$1`: its name; `$2`: its BRIN index's, if it has
-/// one): whether its view joins its boundary, as [`RollupTable::view_sql`]
-/// makes it (an earlier build's read it in a subquery, which keeps
-/// PostgreSQL from scanning its merged ranges in parallel), whether its
-/// BRIN index exists, and whether its view reads live rows where the
-/// database keeps them (on Citus, or where `bid_logger.live_rows` is
-/// `table`, from the live table only: a view made before reads the log's
-/// too, which Citus runs on the coordinator: [`LIVE_ROWS_IN_TABLE`]). Only
-/// the owner makes any.
+/// For a rollup table (`$1`: its name; `$2`: its ranges' indexes'
+/// names, [`RollupTable::range_indexes`]): whether its view joins its
+/// boundary, as [`RollupTable::view_sql`] makes it (an earlier build's read
+/// it in a subquery, which keeps PostgreSQL from scanning its merged
+/// ranges in parallel), whether every one of those indexes exists, and
+/// whether its view reads live rows where the database keeps them (on
+/// Citus, or where `bid_logger.live_rows` is `table`, from the live table
+/// only: a view made before reads the log's too, which Citus runs on the
+/// coordinator: [`LIVE_ROWS_IN_TABLE`]). Only the owner makes any.
 fn owners_work_done() -> String {
     format!(
         "SELECT coalesce(position('JOIN bid_logger_boundary' in pg_get_viewdef(to_regclass($1)::oid)) > 0, true),
-            $2::text IS NULL OR to_regclass($2::text) IS NOT NULL,
+            NOT EXISTS (SELECT FROM unnest($2::text[]) i WHERE to_regclass(i) IS NULL),
             NOT ({LIVE_ROWS_IN_TABLE}
                  AND coalesce(position('live_bucket' in pg_get_viewdef(to_regclass($1)::oid)) > 0, false))"
     )

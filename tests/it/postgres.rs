@@ -146,15 +146,20 @@ async fn the_documented_grants_are_enough_to_migrate_and_run() {
     admin.batch_execute(&format!("ALTER DATABASE {db_name} RESET bid_logger.live_rows")).await.unwrap();
     let out = bid_logger(&["migrate", "--database-url", &owner_url]);
     assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
-    // From a build without the hour and day ranges' BRIN index: the writer
-    // goes on without it and says so, the owner's migrate makes it.
-    as_owner.batch_execute("DROP INDEX rollup_hour_merged_bucket_brin").await.expect("the earlier ranges");
-    writer_goes_on_and_says("no BRIN index on bucket yet", "rollup_hour");
-    let out = bid_logger(&["migrate", "--database-url", &owner_url]);
-    assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
-    let made: bool =
-        admin.query_one("SELECT to_regclass('rollup_hour_merged_bucket_brin') IS NOT NULL", &[]).await.unwrap().get(0);
-    assert!(made, "the owner's migrate made the index");
+    // From a build without the hour and day ranges' BRIN index, or without
+    // their indexes per event type: the writer goes on without them and
+    // says so, the owner's migrate makes them.
+    for index in ["rollup_hour_merged_bucket_brin", "rollup_day_merged_impression"] {
+        as_owner.batch_execute(&format!("DROP INDEX {index}")).await.expect("the earlier ranges");
+        let table = index.split("_merged").next().unwrap();
+        writer_goes_on_and_says("its ranges lack an index of this build's", table);
+        let left: bool = admin.query_one("SELECT to_regclass($1) IS NULL", &[&index]).await.unwrap().get(0);
+        assert!(left, "only the owner makes {index}");
+        let out = bid_logger(&["migrate", "--database-url", &owner_url]);
+        assert!(out.status.success(), "migrate as the owner: {}", String::from_utf8_lossy(&out.stderr));
+        let made: bool = admin.query_one("SELECT to_regclass($1) IS NOT NULL", &[&index]).await.unwrap().get(0);
+        assert!(made, "the owner's migrate made {index}");
+    }
     // The same from a build whose recent tables were keyed.
     let keyed = "ALTER TABLE rollup_minute_recent SET (fillfactor = 50),
                  ADD PRIMARY KEY (bucket, event_type, country, os, campaign_id, advertiser_id, sample_ppm)";

@@ -305,7 +305,8 @@ async fn an_idle_logger_applies_the_retention_at_start_up() {
 
 /// Every rollup view can be read by parallel workers: its merged ranges
 /// scanned in parallel (a `Parallel Append`), as a plain table's would be;
-/// and an hour or day table's ranges have a BRIN index on `bucket`.
+/// and an hour or day table's ranges have a BRIN index on `bucket`, and a
+/// B-tree on `bucket` per event type, of that type's rows.
 /// A view reading its boundary in a subquery (an init plan: parallel
 /// restricted) kept a 90-day dashboard query on one core, 1.7 x slower
 /// than its merged table (BENCHMARKS.md).
@@ -362,21 +363,45 @@ async fn every_rollup_view_is_read_in_parallel() {
             .collect();
         let coarse = table.shape.grain != bid_logger_core::aggregate::Grain::Minute;
         assert_eq!(brin.len(), usize::from(coarse), "{}'s ranges with a BRIN index: {brin:?}", table.name);
+        // and on `bucket` per event type, each for that type's rows only
+        let mut per_type: Vec<String> = client
+            .query(
+                "SELECT pg_get_expr(x.indpred, x.indrelid) FROM pg_inherits i JOIN pg_index x ON x.indrelid = i.inhrelid
+                 WHERE i.inhparent = $1::text::regclass AND x.indpred IS NOT NULL
+                   AND pg_get_indexdef(x.indexrelid) LIKE '%USING btree (bucket) WHERE%'",
+                &[&table.merged],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        per_type.sort();
+        let mut expected: Vec<String> = bid_logger_core::wire::EventType::ALL
+            .iter()
+            .map(|t| format!("(event_type = '{}'::text)", t.as_str()))
+            .collect();
+        expected.sort();
+        if !coarse {
+            expected.clear();
+        }
+        assert_eq!(per_type, expected, "{}'s ranges' indexes per event type", table.name);
     }
     // A second migrate, over ranges that exist, keeps one index per range.
     let out = bid_logger(&["migrate", "--database-url", &db]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let per_range: i64 = client
+    let per_range: (i64, i64) = client
         .query_one(
-            "SELECT count(*) FROM pg_index x JOIN pg_class ix ON ix.oid = x.indexrelid
-             JOIN pg_am am ON am.oid = ix.relam WHERE am.amname = 'brin'",
+            "SELECT count(*) FILTER (WHERE am.amname = 'brin'), count(*) FILTER (WHERE x.indpred IS NOT NULL)
+             FROM pg_index x JOIN pg_class ix ON ix.oid = x.indexrelid JOIN pg_am am ON am.oid = ix.relam",
             &[],
         )
         .await
-        .unwrap()
-        .get(0);
-    // three coarse tables, each a parent index and one range's
-    assert_eq!(per_range, 6, "BRIN indexes after a second migrate");
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    // three coarse tables, each a parent index and one range's, one of
+    // each kind and eight per event type
+    assert_eq!(per_range, (6, 48), "BRIN and per-type indexes after a second migrate");
 }
 
 /// `table` holds one row per key (the view adds up merged and live rows).
