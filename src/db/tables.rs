@@ -399,7 +399,7 @@ CREATE TABLE IF NOT EXISTS {merged} (
     revenue_micros    bigint      NOT NULL,
     updated_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY ({key}, sample_ppm)
-) PARTITION BY RANGE (bucket);{brin}
+) PARTITION BY RANGE (bucket);{range_indexes}
 CREATE TABLE IF NOT EXISTS {recent} (
     bucket            timestamptz NOT NULL,
     event_type        text COLLATE \"C\" NOT NULL,
@@ -555,7 +555,7 @@ END $$;
             view_citus = quote_literal(&self.view_sql_reading(false)),
             live_rows_in_table = LIVE_ROWS_IN_TABLE,
             est = quote_literal(&self.est_view_sql()),
-            brin = self.range_indexes_sql(),
+            range_indexes = self.range_indexes_sql(),
             owns_recent = owned(&recent),
             owns_name = owned(name),
             owns_log = owned(&log),
